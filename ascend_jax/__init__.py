@@ -1,0 +1,1 @@
+"""ascend_jax: simulate Ascend AIC/AIV resource groups and AI CPU communication operators in JAX."""

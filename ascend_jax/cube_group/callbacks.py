@@ -1,0 +1,172 @@
+"""AIC callbacks (``CallBack::Init`` / ``CallBack::Call``) and the handle calls made inside them.
+
+A callback is a class with ``init(mm, tiling)``, run once per AIC before its first message, and
+``call(mm, msg, handle)``, run for every non-QUIT message the AIC receives (spec §6.1). The same
+callback object serves both engines:
+
+* the reference interpreter calls it with plain Python / numpy scalars, one message at a time;
+* the JAX engine traces it once per group with JAX scalars and vmaps it over the group's AICs.
+
+So ``call`` must not branch with Python ``if`` on message values. It describes what to do as data:
+``handle.free_message(msg + i, wait_state, when=cond)`` and ``handle.set_skip_msg(k)`` record
+requests, ``handle.xp`` is ``numpy`` or ``jax.numpy`` for ``where`` and friends. The engine then
+performs the recorded frees in order, one per step, each blocking until its wait state holds
+(``FreeMessage(msg, waitState)``, spec §6.4), and finally applies the skip and the release.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+from ascend_jax.errors import ConfigError
+from ascend_jax.message import CubeMsgState
+
+#: ``wait_state`` meaning "no wait": plain ``FreeMessage(msg)``.
+NO_WAIT = -1
+
+
+class MsgRef:
+    """A message pointer: the received slot plus a whole-message offset (``rcvMsg + i``)."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self, offset: Any = 0):
+        self.offset = offset
+
+    def __add__(self, i: Any) -> MsgRef:
+        return MsgRef(self.offset + i)
+
+
+class MsgView(MsgRef):
+    """The received message as the callback sees it: head and payload fields by name.
+
+    Attributes:
+      state: ``head.msgState`` (VALID, FAKE, or any other non-FREE, non-QUIT value).
+      aiv_id: ``head.aivID``.
+      <field>: every payload field of the group's message type, e.g. ``msg.skipCnt``. A FAKE
+        slot's payload is whatever was last posted there (stale), as on the device.
+    """
+
+    __slots__ = ("state", "aiv_id", "_fields")
+
+    def __init__(self, state: Any, aiv_id: Any, fields: dict[str, Any]):
+        super().__init__(0)
+        self.state = state
+        self.aiv_id = aiv_id
+        self._fields = fields
+
+    def __getattr__(self, name: str) -> Any:
+        fields = object.__getattribute__(self, "_fields")
+        if name in fields:
+            return fields[name]
+        raise AttributeError(f"message has no field {name!r}; fields: {sorted(fields)}")
+
+
+class AicHandle:
+    """What ``call`` may use of ``CubeResGroupHandle`` on an AIC (spec §6.4).
+
+    Attributes:
+      xp: ``numpy`` (reference) or ``jax.numpy`` (engine).
+      aiv_per_aic: P, static Python int (use it for loop bounds).
+      queues: n, queues served by this AIC (may be traced).
+      column: ``aivWork``, the received message's column (may be traced).
+      depth: the received message's row (may be traced).
+    """
+
+    def __init__(self, xp: Any, aiv_per_aic: int, queues: Any, column: Any, depth: Any):
+        self.xp = xp
+        self.aiv_per_aic = aiv_per_aic
+        self.queues = queues
+        self.column = column
+        self.depth = depth
+        self.frees: list[tuple[Any, Any, Any]] = []  # (offset, wait_state, when)
+        self.skip: Any = 0
+
+    def free_message(self, msg: MsgRef, wait_state: Any = None, *, when: Any = True) -> None:
+        """``FreeMessage(msg)`` or ``FreeMessage(msg, waitState)``, performed only if ``when``.
+
+        ``wait_state`` None (or NO_WAIT) frees without waiting; VALID or FAKE first blocks until the
+        slot holds that state. FREE and QUIT are forbidden by the docs: a protocol error.
+        """
+        if not isinstance(msg, MsgRef):
+            raise TypeError("free_message expects the received msg or msg + i")
+        self.frees.append((msg.offset, NO_WAIT if wait_state is None else wait_state, when))
+
+    def set_skip_msg(self, skip_cnt: Any) -> None:
+        """``SetSkipMsg(k)``: after this call the cursor skips the next k columns of the row.
+
+        Calls accumulate (``aivWork += k`` each time). A skip that would leave the row
+        (``column + k >= queues``) or a negative one is a protocol error (spec F7).
+        """
+        self.skip = self.skip + skip_cnt
+
+
+class Callback(Protocol):
+    """The AIC callback protocol (``CallBack::Init`` / ``CallBack::Call``)."""
+
+    required_fields: tuple[str, ...]
+
+    def init(self, mm: Any, tiling: Any) -> None: ...
+
+    def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None: ...
+
+
+class FreeCallback:
+    """Built-in ``free``: frees every received message, nothing else."""
+
+    required_fields: tuple[str, ...] = ()
+
+    def init(self, mm: Any, tiling: Any) -> None:
+        pass
+
+    def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
+        handle.free_message(msg)
+
+
+class MergeCallback:
+    """Built-in ``merge`` (DESIGN.md): message merging by ``skipCnt`` as in the seed's callback.
+
+    A VALID message with ``skipCnt`` 0 is freed. With ``skipCnt = k > 0`` the leader is freed with
+    wait state VALID, the k following slots of the row with wait state FAKE, then
+    ``SetSkipMsg(k)``. A FAKE that no skip covered is freed (its stale skipCnt is ignored).
+    """
+
+    required_fields: tuple[str, ...] = ("skipCnt",)
+
+    def init(self, mm: Any, tiling: Any) -> None:
+        pass
+
+    def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
+        xp = handle.xp
+        k = xp.where(msg.state == CubeMsgState.VALID, msg.skipCnt, 0)
+        handle.free_message(msg, xp.where(k > 0, int(CubeMsgState.VALID), NO_WAIT))
+        for i in range(1, handle.aiv_per_aic):
+            handle.free_message(msg + i, CubeMsgState.FAKE, when=k >= i)
+        handle.set_skip_msg(k)
+
+
+BUILTIN_CALLBACKS: dict[str, type] = {"free": FreeCallback, "merge": MergeCallback}
+
+
+def resolve_callback(spec: Any, field: str = "callback") -> Any:
+    """Returns a callback object from a built-in name, ``"python:pkg.module:Class"``, or an object."""
+    if not isinstance(spec, str):
+        if not (hasattr(spec, "call") and hasattr(spec, "init")):
+            raise ConfigError(field, spec, "a callback needs init(mm, tiling) and call(mm, msg, handle)")
+        return spec
+    if spec in BUILTIN_CALLBACKS:
+        return BUILTIN_CALLBACKS[spec]()
+    if spec.startswith("python:"):
+        target = spec.removeprefix("python:")
+        mod_name, _, cls_name = target.partition(":")
+        if not mod_name or not cls_name:
+            raise ConfigError(field, spec, "must look like 'python:package.module:Class'")
+        try:
+            cls = getattr(importlib.import_module(mod_name), cls_name)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(field, spec, f"cannot be imported ({e})") from None
+        return resolve_callback(cls(), field)
+    raise ConfigError(
+        field, spec, f"unknown callback; built-ins are {sorted(BUILTIN_CALLBACKS)}", "or use 'python:module:Class'"
+    )

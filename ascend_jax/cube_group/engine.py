@@ -1,0 +1,218 @@
+"""``simulate``: runs one or many programs in the JAX engine.
+
+The run of one lane is a ``lax.while_loop`` over :func:`step`, bounded by the lane's ``max_steps``;
+a batch is ``jit(vmap(run))`` over stacked lanes. The loop of a batch runs until its slowest lane
+stops; finished lanes are left untouched by later steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ascend_jax.cube_group.callbacks import NO_WAIT
+from ascend_jax.cube_group.program import CubeGroupProgram
+from ascend_jax.cube_group.result import CubeGroupResult, slot_location, state_name
+from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables, encode_program, init_state
+from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
+from ascend_jax.cube_group.step import count_frees, step
+from ascend_jax.errors import ConfigError
+
+#: Incremented each time the batched run is traced (tests use it to check for retracing).
+TRACE_COUNT = {"run": 0}
+
+
+def _run_lane(shape: EngineShape, n_frees: int, tab: Tables, key: jax.Array) -> State:
+    st = init_state(shape, n_frees, key)
+    return jax.lax.while_loop(lambda s: s.status == Status.RUNNING, functools.partial(step, shape, tab), st)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run_batch(shape: EngineShape, n_frees: int, tab: Tables, keys: jax.Array) -> State:
+    TRACE_COUNT["run"] += 1
+    return jax.vmap(functools.partial(_run_lane, shape, n_frees))(tab, keys)
+
+
+def make_shape(programs: Sequence[CubeGroupProgram], encoded: Sequence[dict], schedule: str) -> EngineShape:
+    """The common static shape of a batch; programs must share groups, callbacks and barriers."""
+    first = programs[0]
+    for i, p in enumerate(programs[1:], 1):
+        same = (
+            p.groups == first.groups
+            and p.callbacks == first.callbacks
+            and [d.descr for d in p.msg_dtypes] == [d.descr for d in first.msg_dtypes]
+            and p.barriers == first.barriers
+        )
+        if not same:
+            raise ConfigError(f"programs[{i}]", p.name, "lanes of one batch must share groups, callbacks, message types and barriers")
+    fields = tuple(
+        tuple((name, str(enc_f[name].dtype)) for name in first.msg_dtypes[gi].names[1:])
+        for gi, enc_f in enumerate(encoded[0]["fields"])
+    )
+    return EngineShape(
+        groups=first.groups,
+        callbacks=first.callbacks,
+        fields=fields,
+        aiv_blocks=tuple(sorted({b for p in programs for b, _ in p.aivs})),
+        max_ops=max((len(r) for e in encoded for r in e["rows"]), default=1),
+        msgs_per_group=tuple(
+            max(1, max(len(next(iter(e["fields"][gi].values()), [])) for e in encoded)) for gi in range(len(first.groups))
+        ),
+        receive_capacity=max(e["capacity"] for e in encoded),
+        barrier_copies=tuple(b.copies for b in first.barriers),
+        schedule=schedule,
+    )
+
+
+def simulate(
+    programs: CubeGroupProgram | Sequence[CubeGroupProgram],
+    schedule: str = "lockstep",
+    seeds: int | Sequence[int] = 0,
+    max_steps: int | None = None,
+    jit: bool = True,
+) -> list[CubeGroupResult]:
+    """Runs programs in the JAX engine, one batch lane each.
+
+    Args:
+      programs: one program or a list (lanes); lanes must share geometry and callbacks but may
+        differ in ops, messages, delays and limits.
+      schedule: ``"lockstep"`` or ``"random"`` (each enabled core acts with probability 1/2).
+      seeds: one seed per lane, or a first seed (lane i gets seed + i).
+      max_steps: overrides every program's ``max_steps``.
+      jit: False runs the same step eagerly (slow; for debugging and tests).
+    Returns:
+      one :class:`CubeGroupResult` per lane.
+    """
+    if schedule not in ("lockstep", "random"):
+        raise ConfigError("schedule", schedule, "must be 'lockstep' or 'random'")
+    if isinstance(programs, CubeGroupProgram):
+        programs = [programs]
+    programs = [dataclasses.replace(p, max_steps=max_steps) if max_steps is not None else p for p in programs]
+    if isinstance(seeds, int):
+        seeds = [seeds + i for i in range(len(programs))]
+    if len(seeds) != len(programs):
+        raise ConfigError("seeds", list(seeds), f"needs one seed per lane ({len(programs)})")
+    for i, p in enumerate(programs):
+        for gi, cb in enumerate(p.callbacks):
+            for _ in range(p.groups[gi].aic_num):  # CallBack::Init once per AIC before its first message
+                cb.init(None, None)
+        del i
+    encoded = [encode_program(p) for p in programs]
+    shape = make_shape(programs, encoded, schedule)
+    lanes = [build_tables(shape, p, e) for p, e in zip(programs, encoded, strict=True)]
+    tab = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *lanes)
+    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    n_frees = count_frees(shape, jax.tree.map(lambda x: x[0], tab))
+    if jit:
+        final = _run_batch(shape, n_frees, tab, keys)
+    else:
+        final = _run_eager(shape, n_frees, tab, keys)
+    final = jax.tree.map(np.asarray, final)
+    lane_tabs = jax.tree.map(np.asarray, tab)
+    return [
+        extract_result(shape, p, jax.tree.map(lambda x, i=i: x[i], final), jax.tree.map(lambda x, i=i: x[i], lane_tabs), s, schedule)
+        for i, (p, s) in enumerate(zip(programs, seeds, strict=True))
+    ]
+
+
+def _run_eager(shape: EngineShape, n_frees: int, tab: Tables, keys: jax.Array) -> State:
+    """The same semantics without jit: a Python loop over lanes and steps."""
+    outs = []
+    for i in range(keys.shape[0]):
+        lane = jax.tree.map(lambda x, i=i: x[i], tab)
+        st = init_state(shape, n_frees, keys[i])
+        with jax.disable_jit():
+            while int(st.status) == Status.RUNNING:
+                st = step(shape, lane, st)
+        outs.append(st)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def extract_result(
+    shape: EngineShape, program: CubeGroupProgram, st: State, tab: Tables, seed: int, schedule: str
+) -> CubeGroupResult:
+    """Reads one lane's final state (numpy) into a :class:`CubeGroupResult`."""
+    consts = shape.aic_constants()
+    status = Status(int(st.status))
+    received = {}
+    for c, core in enumerate(consts["core"]):
+        log = []
+        for slot, state in zip(st.recv_slot[c, : st.recv_count[c]], st.recv_state[c, : st.recv_count[c]], strict=True):
+            _, q, d = slot_location(program, int(slot))
+            log.append((q, d, state_name(state)))
+        received[int(core)] = log
+    error = None
+    if status == Status.ERROR:
+        c = int(st.error_aic)
+        code = ErrorCode(int(st.error_code))
+        gi, q, d = slot_location(program, int(st.error_slot))
+        error = {
+            "code": code.name,
+            "core": f"aic{int(consts['core'][c])}",
+            "group": program.groups[gi].name,
+            "queue": q,
+            "depth": d,
+            "message": code.describe(),
+        }
+        key = {
+            ErrorCode.SKIP_CROSSES_ROW: "skip",
+            ErrorCode.SKIP_NEGATIVE: "skip",
+            ErrorCode.FREE_OUT_OF_BLOCK: "offset",
+            ErrorCode.FREE_UNUSED_COLUMN: "offset",
+            ErrorCode.BAD_WAIT_STATE: "wait_state",
+        }.get(code)
+        if key:
+            error[key] = int(st.error_detail)
+    return CubeGroupResult(
+        program=program,
+        status=status,
+        steps=int(st.step),
+        slot_state=st.slot_state.astype(np.int64),
+        slot_aiv_id=st.slot_aiv_id.astype(np.int64),
+        slot_msg=st.slot_msg.astype(np.int64),
+        received=received,
+        blocked=_witness(shape, program, st, tab) if status == Status.DEADLOCK else [],
+        error=error,
+        barrier_arrive=st.barrier_arrive[: len(program.barriers)].astype(np.int64),
+        barrier_wait=st.barrier_wait[: len(program.barriers)].astype(np.int64),
+        seed=seed if schedule == "random" else None,
+    )
+
+
+def _witness(shape: EngineShape, program: CubeGroupProgram, st: State, tab: Tables) -> list[dict[str, Any]]:
+    """Every unfinished core and the predicate it is blocked on, from the final arrays."""
+    consts = shape.aic_constants()
+    out = []
+    for c, core in enumerate(consts["core"]):
+        phase = int(st.aic_phase[c])
+        if phase == AicPhase.DONE:
+            continue
+        if phase == AicPhase.CALL:
+            f = int(st.aic_free_pc[c])
+            slot, until = int(st.aic_free_slot[c, f]), int(st.aic_free_wait[c, f])
+            until_name = "FREE" if until == NO_WAIT else state_name(until)
+        else:
+            slot = int(consts["block"][c] + st.aic_row[c] * consts["p"][c] + st.aic_col[c])
+            until_name = "NOT_FREE"
+        gi, q, d = slot_location(program, slot)
+        out.append({"core": f"aic{int(core)}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": until_name})
+    for v, block in enumerate(shape.aiv_blocks):
+        pc = int(st.aiv_pc[v])
+        if pc >= int(tab.op_len[v]):
+            continue
+        kind = int(tab.op_kind[v, pc])
+        if kind in (OpKind.ALLOC, OpKind.WAIT):
+            gi, q, d = slot_location(program, int(tab.op_slot[v, pc]))
+            out.append({"core": f"aiv{block}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": "FREE"})
+        elif kind in (OpKind.ARRIVE, OpKind.BWAIT):
+            b = program.barriers[int(tab.op_a[v, pc])]
+            thr = int(tab.op_c[v, pc])
+            until = f"W=={thr}" if kind == OpKind.ARRIVE else f"A>={thr}"
+            out.append({"core": f"aiv{block}", "barrier": b.name, "index": int(tab.op_b[v, pc]), "until": until})
+    return out

@@ -1,0 +1,385 @@
+"""Sequential reference interpreter: the oracle the JAX engine is tested against.
+
+Plain Python, one core action at a time, written from the spec independently of the engine: it
+walks the symbolic ops, keeps each AIV's ring position, each AIC's ``msgPos`` / ``aivWork`` /
+``aivWorkState`` (a Python int bitmask) and runs ``release`` as the literal loop of spec §6.3.
+
+Schedules:
+
+* ``lockstep``: each step, every AIV whose next action is enabled performs it, then every AIC
+  whose next action is enabled (evaluated after the AIVs moved) performs it. Enabledness within a
+  phase is judged on the state at the start of the phase. The JAX engine's steps are the same, so
+  step counts and ``max_steps`` outcomes agree.
+* ``random``: as lockstep, but each enabled core acts with probability 1/2 (seeded); delays still
+  tick. Results (received logs, slot states, witness) must not change; step counts do.
+
+A step in which no core is enabled and no delay ticks while some core is unfinished is a deadlock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ascend_jax.cube_group.barrier import BarrierObject
+from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView
+from ascend_jax.cube_group.program import AivOp, CubeGroupProgram
+from ascend_jax.cube_group.result import CubeGroupResult
+from ascend_jax.cube_group.status import ErrorCode, Status
+from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
+
+FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
+
+
+@dataclasses.dataclass
+class _Slot:
+    state: int = FREE
+    aiv_id: int = 0
+    payload: Any = None  # 0-d struct array, None = zeroed workspace
+    msg_id: int = -1
+
+
+@dataclasses.dataclass
+class _Aiv:
+    block_idx: int
+    ops: tuple[AivOp, ...]
+    pc: int = 0
+    timer: int = 0
+    pos: dict = dataclasses.field(default_factory=dict)  # group -> ring position 0..3
+    alloc_slot: dict = dataclasses.field(default_factory=dict)  # (group, alloc #) -> slot index
+    barriers: dict = dataclasses.field(default_factory=dict)  # barrier -> BarrierObject
+    wait_results: list = dataclasses.field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.pc >= len(self.ops)
+
+
+@dataclasses.dataclass
+class _Aic:
+    group: int
+    k: int
+    core: int
+    n: int
+    msg_pos: int = 0
+    aiv_work: int = 0
+    aiv_work_state: int = 0
+    in_call: bool = False
+    pending: list = dataclasses.field(default_factory=list)  # [(slot, wait_state)]
+    skip: int = 0
+    log: list = dataclasses.field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.aiv_work_state == 0
+
+
+class ReferenceInterpreter:
+    """Runs a :class:`CubeGroupProgram` one action at a time.
+
+    Args:
+      program: the compiled kernel.
+      schedule: ``"lockstep"`` or ``"random"``.
+      seed: seed of the random schedule.
+      max_steps: overrides ``program.max_steps``.
+    """
+
+    def __init__(self, program: CubeGroupProgram, schedule: str = "lockstep", seed: int = 0, max_steps: int | None = None):
+        if schedule not in ("lockstep", "random"):
+            raise ValueError(f"schedule = {schedule!r}: must be 'lockstep' or 'random'")
+        self.p = program
+        self.schedule = schedule
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.max_steps = program.max_steps if max_steps is None else max_steps
+        self.capacity = program.receive_capacity()
+        self.slots = {gi: [_Slot() for _ in range(g.num_slots)] for gi, g in enumerate(program.groups)}
+        ids, counters = {}, {}
+        for b, ops in program.aivs:  # message ids: posts per group in (block_idx, op) order
+            for i, op in enumerate(ops):
+                if op.kind == "post":
+                    ids[(b, i)] = counters.get(op.group, 0)
+                    counters[op.group] = ids[(b, i)] + 1
+        self.msg_ids = ids
+        self.aivs = [_Aiv(b, ops) for b, ops in program.aivs]
+        self.aics = []
+        for gi, k in program.aics:
+            g = program.groups[gi]
+            n = g.queues_of_aic(k)
+            self.aics.append(_Aic(gi, k, program.aic_core_index(gi, k), n, aiv_work_state=(1 << n) - 1))
+        self.counters_a = np.zeros((len(program.barriers), max((b.copies for b in program.barriers), default=1)), np.int64)
+        self.counters_w = np.zeros_like(self.counters_a)
+        self.mm = [None] * len(self.aics)
+        for i, a in enumerate(self.aics):  # CallBack::Init once per AIC, before its first message
+            program.callbacks[a.group].init(self.mm[i], None)
+        self.error: dict | None = None
+
+    # -- AIV -------------------------------------------------------------------------------
+    def _aiv_head(self, aiv: _Aiv, gi: int) -> int:
+        g = self.p.groups[gi]
+        q = self.p.queue_of[(gi, aiv.block_idx)]
+        return (q // g.aiv_per_aic) * g.aiv_per_aic * MAX_MSG_PER_AIV + q % g.aiv_per_aic
+
+    def _barrier_obj(self, aiv: _Aiv, bi: int) -> BarrierObject:
+        if bi not in aiv.barriers:
+            aiv.barriers[bi] = BarrierObject(self.p.barriers[bi])
+        return aiv.barriers[bi]
+
+    def _aiv_ready(self, aiv: _Aiv) -> bool:
+        op = aiv.ops[aiv.pc]
+        if op.kind == "alloc":
+            pos = aiv.pos.get(op.group, 0)
+            return self.slots[op.group][self._aiv_head(aiv, op.group) + pos * self.p.groups[op.group].aiv_per_aic].state == FREE
+        if op.kind == "wait" and op.sync:
+            return self.slots[op.group][self._aiv_head(aiv, op.group) + op.offset].state == FREE
+        if op.kind == "arrive":
+            obj = self._barrier_obj(aiv, op.group)
+            thr = obj.arrive_threshold()
+            return thr < 0 or self.counters_w[op.group, op.index] == thr
+        if op.kind == "barrier_wait":
+            obj = self._barrier_obj(aiv, op.group)
+            return self.counters_a[op.group, op.index] >= obj.wait_threshold()
+        return True  # post, fake, quit, Wait<false>, delay
+
+    def _aiv_act(self, aiv: _Aiv) -> None:
+        op = aiv.ops[aiv.pc]
+        if op.kind == "delay":
+            aiv.timer += 1
+            if aiv.timer < op.cycles:
+                return
+            aiv.timer = 0
+        elif op.kind == "alloc":
+            g = self.p.groups[op.group]
+            pos = aiv.pos.get(op.group, 0)
+            aiv.alloc_slot[(op.group, op.alloc)] = self._aiv_head(aiv, op.group) + pos * g.aiv_per_aic
+            aiv.pos[op.group] = (pos + 1) % MAX_MSG_PER_AIV
+        elif op.kind in ("post", "fake", "quit"):
+            slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
+            if op.kind == "post":  # the whole struct, head included
+                slot.state, slot.aiv_id = op.state, op.aiv_id
+                slot.payload, slot.msg_id = op.payload, self.msg_ids[(aiv.block_idx, aiv.pc)]
+            elif op.kind == "fake":  # head state only; payload stays stale
+                slot.state = FAKE
+            else:  # SetQuit: aivID, then the state
+                slot.aiv_id, slot.state = op.aiv_id, QUIT
+        elif op.kind == "wait":
+            state = self.slots[op.group][self._aiv_head(aiv, op.group) + op.offset].state
+            aiv.wait_results.append(state == FREE)
+        elif op.kind == "arrive":
+            obj = self._barrier_obj(aiv, op.group)
+            self.counters_a[op.group, : obj.geometry.copies] += 1
+            obj.after_arrive()
+        elif op.kind == "barrier_wait":
+            obj = self._barrier_obj(aiv, op.group)
+            self.counters_w[op.group, : obj.geometry.copies] += 1
+            obj.after_wait()
+        aiv.pc += 1
+
+    # -- AIC -------------------------------------------------------------------------------
+    def _block(self, aic: _Aic) -> int:
+        g = self.p.groups[aic.group]
+        return aic.k * g.aiv_per_aic * MAX_MSG_PER_AIV
+
+    def _aic_ready(self, aic: _Aic) -> bool:
+        slots = self.slots[aic.group]
+        if aic.in_call:
+            slot, wait = aic.pending[0]
+            return wait == NO_WAIT or slots[slot].state == wait
+        return slots[self._block(aic) + aic.msg_pos].state != FREE
+
+    def _advance(self, aic: _Aic) -> None:
+        p = self.p.groups[aic.group].aiv_per_aic
+        if aic.aiv_work + 1 >= aic.n:
+            aic.msg_pos = 0 if aic.msg_pos // p == MAX_MSG_PER_AIV - 1 else aic.msg_pos + (p - aic.n) + 1
+            aic.aiv_work = 0
+        else:
+            aic.msg_pos += 1
+            aic.aiv_work += 1
+
+    def _release(self, aic: _Aic) -> None:
+        self._advance(aic)
+        if aic.aiv_work_state == 0:
+            return
+        while not (aic.aiv_work_state >> aic.aiv_work) & 1:
+            self._advance(aic)
+
+    def _aic_act(self, i: int, aic: _Aic) -> dict | None:
+        """Performs the AIC's next action; returns an error dict instead when it is a protocol error."""
+        slots = self.slots[aic.group]
+        if aic.in_call:
+            slot, _ = aic.pending.pop(0)
+            slots[slot].state = FREE
+            if not aic.pending:
+                self._finish_call(aic)
+            return None
+        g = self.p.groups[aic.group]
+        base = self._block(aic)
+        cur = slots[base + aic.msg_pos]
+        queue, depth = aic.k * g.aiv_per_aic + aic.aiv_work, aic.msg_pos // g.aiv_per_aic
+        if len(aic.log) >= self.capacity:
+            return self._error(ErrorCode.RECEIVE_LOG_FULL, aic, queue, depth)
+        if cur.state == QUIT:
+            aic.log.append((queue, depth, "QUIT"))
+            if cur.aiv_id < 64:
+                aic.aiv_work_state &= ~(1 << cur.aiv_id)
+            self._release(aic)
+            return None
+        dtype = self.p.msg_dtypes[aic.group]
+        payload = cur.payload if cur.payload is not None else np.zeros((), dtype)
+        fields = {name: payload[name][()] for name in dtype.names[1:]}
+        msg = MsgView(cur.state, cur.aiv_id, fields)
+        handle = AicHandle(np, g.aiv_per_aic, aic.n, aic.aiv_work, depth)
+        self.p.callbacks[aic.group].call(self.mm[i], msg, handle)
+        skip = int(handle.skip)
+        if skip < 0:
+            return self._error(ErrorCode.SKIP_NEGATIVE, aic, queue, depth, skip=skip)
+        if aic.aiv_work + skip >= aic.n:
+            return self._error(ErrorCode.SKIP_CROSSES_ROW, aic, queue, depth, skip=skip)
+        pending = []
+        for offset, wait, when in handle.frees:
+            if not bool(when):
+                continue
+            rel, wait = aic.msg_pos + int(offset), int(wait)
+            if not 0 <= rel < g.aiv_per_aic * MAX_MSG_PER_AIV:
+                return self._error(ErrorCode.FREE_OUT_OF_BLOCK, aic, queue, depth, offset=int(offset))
+            if rel % g.aiv_per_aic >= aic.n:
+                return self._error(ErrorCode.FREE_UNUSED_COLUMN, aic, queue, depth, offset=int(offset))
+            if wait not in (NO_WAIT, VALID, FAKE):
+                return self._error(ErrorCode.BAD_WAIT_STATE, aic, queue, depth, wait_state=wait)
+            pending.append((base + rel, wait))
+        aic.log.append((queue, depth, _name(cur.state)))
+        aic.skip = skip
+        aic.pending = pending
+        if pending:
+            aic.in_call = True
+        else:
+            self._finish_call(aic)
+        return None
+
+    def _finish_call(self, aic: _Aic) -> None:
+        aic.in_call = False
+        aic.aiv_work += aic.skip  # SetSkipMsg
+        aic.msg_pos += aic.skip
+        self._release(aic)
+
+    def _error(self, code: ErrorCode, aic: _Aic, queue: int, depth: int, **detail) -> dict:
+        return {
+            "code": code.name,
+            "core": f"aic{aic.core}",
+            "group": self.p.groups[aic.group].name,
+            "queue": queue,
+            "depth": depth,
+            "message": code.describe(),
+            **{k: int(v) for k, v in detail.items()},
+        }
+
+    # -- loop ------------------------------------------------------------------------------
+    def _chosen(self, ready: list) -> list:
+        if self.schedule == "lockstep":
+            return ready
+        return [c for c in ready if self.rng.random() < 0.5]
+
+    def step(self) -> bool:
+        """One step; returns whether any core was enabled (progress was possible)."""
+        ready_v = [a for a in self.aivs if not a.done and self._aiv_ready(a)]
+        ticking = [a for a in ready_v if a.ops[a.pc].kind == "delay"]
+        acting = set(map(id, self._chosen([a for a in ready_v if a.ops[a.pc].kind != "delay"])))
+        for a in ready_v:
+            if a in ticking or id(a) in acting:
+                self._aiv_act(a)
+        ready_c = [(i, c) for i, c in enumerate(self.aics) if not c.done and self._aic_ready(c)]
+        errors = []
+        for i, c in self._chosen(ready_c):
+            err = self._aic_act(i, c)
+            if err is not None:
+                errors.append(err)
+        if errors and self.error is None:
+            self.error = errors[0]
+        return bool(ready_v or ready_c)
+
+    def run(self) -> CubeGroupResult:
+        status, steps = Status.RUNNING, 0
+        while status == Status.RUNNING:
+            progressed = self.step()
+            steps += 1
+            if self.error is not None:
+                status = Status.ERROR
+            elif all(a.done for a in self.aivs) and all(c.done for c in self.aics):
+                status = Status.OK
+            elif not progressed:
+                status = Status.DEADLOCK
+            elif steps >= self.max_steps:
+                status = Status.MAX_STEPS
+        return self._result(status, steps)
+
+    def _blocked(self) -> list[dict]:
+        out = []
+        for c in self.aics:
+            if c.done:
+                continue
+            g = self.p.groups[c.group]
+            if c.in_call:
+                slot, wait = c.pending[0]
+                k, col, d = g.slot_queue_depth(slot)
+                out.append(_entry(f"aic{c.core}", g.name, k * g.aiv_per_aic + col, d, _name(wait)))
+            else:
+                out.append(_entry(f"aic{c.core}", g.name, c.k * g.aiv_per_aic + c.aiv_work, c.msg_pos // g.aiv_per_aic, "NOT_FREE"))
+        for a in self.aivs:
+            if a.done:
+                continue
+            op = a.ops[a.pc]
+            if op.kind in ("alloc", "wait"):
+                g = self.p.groups[op.group]
+                rel = self._aiv_head(a, op.group) + (a.pos.get(op.group, 0) * g.aiv_per_aic if op.kind == "alloc" else op.offset)
+                k, col, d = g.slot_queue_depth(rel)
+                out.append(_entry(f"aiv{a.block_idx}", g.name, k * g.aiv_per_aic + col, d, "FREE"))
+            elif op.kind == "arrive":
+                obj = self._barrier_obj(a, op.group)
+                out.append(_barrier_entry(f"aiv{a.block_idx}", obj.geometry.name, op.index, f"W=={obj.arrive_threshold()}"))
+            elif op.kind == "barrier_wait":
+                obj = self._barrier_obj(a, op.group)
+                out.append(_barrier_entry(f"aiv{a.block_idx}", obj.geometry.name, op.index, f"A>={obj.wait_threshold()}"))
+        return out
+
+    def _result(self, status: Status, steps: int) -> CubeGroupResult:
+        total = sum(g.num_slots for g in self.p.groups)
+        st, aid, mid = (np.zeros(total, np.int64) for _ in range(3))
+        for gi, g in enumerate(self.p.groups):
+            for i, s in enumerate(self.slots[gi]):
+                st[g.slot_base + i], aid[g.slot_base + i], mid[g.slot_base + i] = s.state, s.aiv_id, s.msg_id
+        return CubeGroupResult(
+            program=self.p,
+            status=status,
+            steps=steps,
+            slot_state=st,
+            slot_aiv_id=aid,
+            slot_msg=mid,
+            received={c.core: list(c.log) for c in self.aics},
+            blocked=self._blocked() if status == Status.DEADLOCK else [],
+            error=self.error if status == Status.ERROR else None,
+            barrier_arrive=self.counters_a.copy(),
+            barrier_wait=self.counters_w.copy(),
+            seed=self.seed if self.schedule == "random" else None,
+        )
+
+
+def _name(state: int) -> str:
+    try:
+        return CubeMsgState(state).name
+    except ValueError:
+        return str(state)
+
+
+def _entry(core: str, group: str, queue: int, depth: int, until: str) -> dict:
+    return {"core": core, "group": group, "queue": int(queue), "depth": int(depth), "until": until}
+
+
+def _barrier_entry(core: str, barrier: str, index: int, until: str) -> dict:
+    return {"core": core, "barrier": barrier, "index": int(index), "until": until}
+
+
+def run_reference(program: CubeGroupProgram, schedule: str = "lockstep", seed: int = 0, max_steps: int | None = None) -> CubeGroupResult:
+    """Runs ``program`` in the reference interpreter."""
+    return ReferenceInterpreter(program, schedule, seed, max_steps).run()

@@ -1,0 +1,125 @@
+"""The result of a run, engine-independent, and its JSON form (DESIGN.md result contract)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ascend_jax.cube_group.barrier import barrier_image
+from ascend_jax.cube_group.layout import workspace_image
+from ascend_jax.cube_group.program import CubeGroupProgram
+from ascend_jax.cube_group.status import Status
+from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
+
+
+def state_name(value: int) -> str:
+    """Name of a head state; values outside the enum print as numbers."""
+    try:
+        return CubeMsgState(int(value)).name
+    except ValueError:
+        return str(int(value))
+
+
+@dataclasses.dataclass
+class CubeGroupResult:
+    """What one simulated kernel launch produced.
+
+    Attributes:
+      program: the program that ran.
+      status: OK, DEADLOCK, MAX_STEPS or ERROR.
+      steps: engine steps executed.
+      slot_state: [total_slots] head state of every slot at the end (engine slot numbering).
+      slot_aiv_id: [total_slots] head aivID of every slot.
+      slot_msg: [total_slots] which post (per-group message id) last wrote the payload, -1 none.
+      received: absolute AIC index -> every message its loop received, in order, as
+        ``(queue, depth, state)``.
+      blocked: on deadlock, one entry per blocked core (see DESIGN.md).
+      error: on ERROR, ``{"code", "core", "message", ...}``.
+      barrier_arrive, barrier_wait: [barriers, N] final counter copies.
+      seed: schedule seed of this run (random schedule), or None.
+    """
+
+    program: CubeGroupProgram
+    status: Status
+    steps: int
+    slot_state: np.ndarray
+    slot_aiv_id: np.ndarray
+    slot_msg: np.ndarray
+    received: dict[int, list[tuple[int, int, str]]]
+    blocked: list[dict[str, Any]]
+    error: dict[str, Any] | None
+    barrier_arrive: np.ndarray
+    barrier_wait: np.ndarray
+    seed: int | None = None
+
+    def slot_states(self, group: int) -> list[list[str]]:
+        """``slot_states[depth][queue]`` names of group ``group``."""
+        g = self.program.groups[group]
+        return [
+            [state_name(self.slot_state[g.slot_base + g.slot_index(q, d)]) for q in range(g.msg_queue_size)]
+            for d in range(MAX_MSG_PER_AIV)
+        ]
+
+    def outcome(self) -> tuple:
+        """Everything that must not depend on the engine or the schedule (for comparisons)."""
+        return (
+            self.status,
+            tuple(sorted((k, tuple(map(tuple, v))) for k, v in self.received.items())),
+            tuple(self.slot_state.tolist()),
+            tuple(tuple(sorted(b.items())) for b in self.blocked),
+            None if self.error is None else tuple(sorted(self.error.items())),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The DESIGN.md result object."""
+        groups = {}
+        for gi, g in enumerate(self.program.groups):
+            aics = range(g.first_aic, g.first_aic + g.aic_num)
+            groups[g.name] = {
+                "slot_states": self.slot_states(gi),
+                "received": {str(a): [list(e) for e in self.received.get(a, [])] for a in aics},
+            }
+        out: dict[str, Any] = {
+            "scenario": self.program.name,
+            "status": self.status.label,
+            "steps": int(self.steps),
+            "groups": groups,
+            "blocked": self.blocked,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    def workspace_image(self) -> np.ndarray:
+        """Final KfcWorkspace bytes (uint8), byte 0 at the first group's base address."""
+        payloads = []
+        for gi, g in enumerate(self.program.groups):
+            table = message_table(self.program, gi)
+            ids = self.slot_msg[g.slot_base : g.slot_base + g.num_slots]
+            payloads.append(np.where(ids >= 0, table[np.maximum(ids, 0)], np.zeros((), table.dtype)))
+        return workspace_image(list(self.program.groups), self.slot_state, self.slot_aiv_id, payloads)
+
+    def barrier_image(self) -> np.ndarray:
+        """Final GroupBarrier workspace bytes (uint8), byte 0 at the first barrier's base address."""
+        return barrier_image(list(self.program.barriers), self.barrier_arrive, self.barrier_wait)
+
+
+def message_table(program: CubeGroupProgram, group: int) -> np.ndarray:
+    """[messages] struct array of every post into ``group``, in (block_idx, op) order.
+
+    The index into this table is the message id that slots record (``slot_msg``).
+    """
+    msgs = [op.payload for _, ops in program.aivs for op in ops if op.kind == "post" and op.group == group]
+    dtype = program.msg_dtypes[group]
+    return np.array(msgs, dtype=dtype) if msgs else np.zeros(0, dtype)
+
+
+def slot_location(program: CubeGroupProgram, slot: int) -> tuple[int, int, int]:
+    """(group, queue, depth) of a global slot index; queue may be >= Q for unused columns."""
+    for gi, g in enumerate(program.groups):
+        if g.slot_base <= slot < g.slot_base + g.num_slots:
+            k, c, d = g.slot_queue_depth(slot - g.slot_base)
+            return gi, k * g.aiv_per_aic + c, d
+    raise IndexError(slot)

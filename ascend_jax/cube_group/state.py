@@ -1,0 +1,275 @@
+"""Engine data: static shape, per-lane program tables, and the simulation state pytree.
+
+Size letters: ``S`` slots of all groups, ``V`` AIVs with a program, ``L`` ops per AIV (padded),
+``C`` AICs serving a group, ``W`` row width bound (max P), ``F`` free requests per callback call
+(padded), ``R`` receive-log entries per AIC, ``B`` barriers, ``N`` counter copies (max), ``M_g``
+messages posted into group ``g``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ascend_jax.cube_group.barrier import BarrierObject
+from ascend_jax.cube_group.layout import GroupGeometry
+from ascend_jax.cube_group.program import CubeGroupProgram
+from ascend_jax.cube_group.result import message_table
+from ascend_jax.cube_group.status import OpKind
+from ascend_jax.errors import ConfigError
+from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineShape:
+    """Everything that fixes array shapes or trace structure (static, hashable).
+
+    Lanes of one batch must share it; programs that differ only in op contents, message values,
+    delays, ``max_steps`` or ``max_received`` share it after padding and reuse one compilation.
+    """
+
+    groups: tuple[GroupGeometry, ...]
+    callbacks: tuple[Any, ...]
+    fields: tuple[tuple[tuple[str, str], ...], ...]  # per group: (field name, jnp dtype name)
+    aiv_blocks: tuple[int, ...]  # block_idx of each AIV row
+    max_ops: int  # L
+    msgs_per_group: tuple[int, ...]  # M_g (>= 1, padded)
+    receive_capacity: int  # R (array size; the per-lane limit is traced)
+    barrier_copies: tuple[int, ...]  # N_b per barrier
+    schedule: str  # "lockstep" | "random"
+
+    @property
+    def num_slots(self) -> int:
+        return sum(g.num_slots for g in self.groups)
+
+    @property
+    def aics(self) -> list[tuple[int, int]]:
+        return [(gi, k) for gi, g in enumerate(self.groups) for k in range(g.aic_num)]
+
+    @property
+    def row_width(self) -> int:
+        return max(g.aiv_per_aic for g in self.groups)
+
+    def aic_constants(self) -> dict[str, np.ndarray]:
+        """[C] per-AIC geometry: group, block base slot, P, n, absolute core index."""
+        rows = [
+            (gi, g.slot_base + k * g.aiv_per_aic * MAX_MSG_PER_AIV, g.aiv_per_aic, g.queues_of_aic(k), g.first_aic + k)
+            for gi, k in self.aics
+            for g in [self.groups[gi]]
+        ]
+        arr = np.array(rows, np.int32).reshape(-1, 5)
+        return dict(group=arr[:, 0], block=arr[:, 1], p=arr[:, 2], n=arr[:, 3], core=arr[:, 4])
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Tables:
+    """One lane's program as arrays (traced; lanes differ freely).
+
+    op_kind/op_slot/op_a/op_b/op_c: [V, L] int32, see :class:`OpKind` for the fields.
+    op_len: [V] ops per AIV.
+    msg_fields: per group, field name -> [M_g] values.
+    max_steps: [] step bound. receive_limit: [] receive-log entries allowed per AIC.
+    """
+
+    op_kind: jax.Array
+    op_slot: jax.Array
+    op_a: jax.Array
+    op_b: jax.Array
+    op_c: jax.Array
+    op_len: jax.Array
+    msg_fields: tuple[dict[str, jax.Array], ...]
+    max_steps: jax.Array
+    receive_limit: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class State:
+    """Simulation state of one lane (immutable; updated with ``dataclasses.replace``).
+
+    slot_state, slot_aiv_id, slot_msg: [S] head state, head aivID, message id of the payload (-1 zero).
+    aiv_pc, aiv_timer: [V] next op, steps spent in the current delay.
+    aiv_wait_result: [V, L] int8 result of Wait<false> ops (-1 not run).
+    aic_phase, aic_row, aic_col: [C] AicPhase, cursor row (depth) and column (aivWork).
+    aic_alive: [C, W] aivWorkState as booleans.
+    aic_free_slot, aic_free_wait, aic_free_en: [C, F] the frees the current call requested.
+    aic_free_pc, aic_skip: [C] next free to perform, SetSkipMsg total of the current call.
+    recv_slot, recv_state: [C, R] received log (global slot, state); recv_count: [C].
+    barrier_arrive, barrier_wait: [B, N] counter copies.
+    step, status, error_code, error_aic, error_slot, error_detail: [] run bookkeeping.
+    key: PRNG key of the random schedule.
+    """
+
+    slot_state: jax.Array
+    slot_aiv_id: jax.Array
+    slot_msg: jax.Array
+    aiv_pc: jax.Array
+    aiv_timer: jax.Array
+    aiv_wait_result: jax.Array
+    aic_phase: jax.Array
+    aic_row: jax.Array
+    aic_col: jax.Array
+    aic_alive: jax.Array
+    aic_free_slot: jax.Array
+    aic_free_wait: jax.Array
+    aic_free_en: jax.Array
+    aic_free_pc: jax.Array
+    aic_skip: jax.Array
+    recv_slot: jax.Array
+    recv_state: jax.Array
+    recv_count: jax.Array
+    barrier_arrive: jax.Array
+    barrier_wait: jax.Array
+    step: jax.Array
+    status: jax.Array
+    error_code: jax.Array
+    error_aic: jax.Array
+    error_slot: jax.Array
+    error_detail: jax.Array
+    key: jax.Array
+
+
+def _field_dtype(dtype: np.dtype) -> str:
+    if dtype.kind == "f":
+        return "float32"
+    return "int32"
+
+
+def encode_program(program: CubeGroupProgram) -> dict[str, Any]:
+    """Lowers a program's symbolic ops to numpy tables (unpadded) and shape facts."""
+    rows = []
+    msg_counter = {gi: 0 for gi in range(len(program.groups))}
+    for b, ops in program.aivs:
+        ring: dict[int, int] = {}
+        alloc_slot: dict[tuple[int, int], int] = {}
+        barrier_objs: dict[int, Any] = {}
+        row = []
+        for op in ops:
+            g = program.groups[op.group] if op.kind in ("alloc", "post", "fake", "quit", "wait") else None
+            if g is not None:
+                q = program.queue_of[(op.group, b)]
+                head = g.slot_base + g.slot_index(q, 0)
+            if op.kind == "alloc":
+                pos = ring.get(op.group, 0)
+                slot = head + pos * g.aiv_per_aic
+                alloc_slot[(op.group, op.alloc)] = slot
+                ring[op.group] = (pos + 1) % MAX_MSG_PER_AIV
+                row.append((OpKind.ALLOC, slot, 0, 0, 0))
+            elif op.kind == "post":
+                mid = msg_counter[op.group]
+                msg_counter[op.group] += 1
+                row.append((OpKind.WRITE, alloc_slot[(op.group, op.alloc)], op.state, op.aiv_id, mid))
+            elif op.kind == "fake":
+                row.append((OpKind.WRITE, alloc_slot[(op.group, op.alloc)], int(CubeMsgState.FAKE), -1, -1))
+            elif op.kind == "quit":
+                row.append((OpKind.WRITE, alloc_slot[(op.group, op.alloc)], int(CubeMsgState.QUIT), op.aiv_id, -1))
+            elif op.kind == "wait":
+                row.append((OpKind.WAIT, head + op.offset, int(op.sync), 0, 0))
+            elif op.kind == "delay":
+                row.append((OpKind.DELAY, 0, op.cycles, 0, 0))
+            elif op.kind in ("arrive", "barrier_wait"):
+                obj = barrier_objs.setdefault(op.group, BarrierObject(program.barriers[op.group]))
+                if op.kind == "arrive":
+                    row.append((OpKind.ARRIVE, 0, op.group, op.index, obj.arrive_threshold()))
+                    obj.after_arrive()
+                else:
+                    row.append((OpKind.BWAIT, 0, op.group, op.index, obj.wait_threshold()))
+                    obj.after_wait()
+            else:  # pragma: no cover - the builder makes no other kinds
+                raise AssertionError(op.kind)
+        rows.append(row)
+    fields = []
+    for gi in range(len(program.groups)):
+        table = message_table(program, gi)
+        cols = {}
+        for name in program.msg_dtypes[gi].names[1:]:
+            values = np.asarray(table[name])
+            kind = _field_dtype(values.dtype)
+            if kind == "int32" and values.size and not jax.config.jax_enable_x64:
+                if values.max(initial=0) > np.iinfo(np.int32).max or values.min(initial=0) < np.iinfo(np.int32).min:
+                    raise ConfigError(
+                        f"group {program.groups[gi].name!r} message field {name}",
+                        int(values.max()),
+                        "exceeds int32, the JAX engine's field type without 64-bit mode",
+                        "enable jax_enable_x64 or use smaller values",
+                    )
+            cols[name] = values.astype(np.float32 if kind == "float32" else np.int64)
+        fields.append(cols)
+    return {"rows": rows, "fields": fields, "capacity": program.receive_capacity()}
+
+
+def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: dict[str, Any]) -> Tables:
+    """Pads one encoded program to ``shape`` and returns its tables (numpy, ready to stack)."""
+    v, l_ = len(shape.aiv_blocks), shape.max_ops
+    tab = np.zeros((5, v, max(l_, 1)), np.int32)
+    lens = np.zeros(v, np.int32)
+    by_block = dict(zip((b for b, _ in program.aivs), enc["rows"], strict=True))
+    for i, b in enumerate(shape.aiv_blocks):
+        row = by_block.get(b, [])
+        lens[i] = len(row)
+        if row:
+            tab[:, i, : len(row)] = np.array(row, np.int64).T
+    fields = []
+    for gi, cols in enumerate(enc["fields"]):
+        m = shape.msgs_per_group[gi]
+        out = {}
+        for name, dt in shape.fields[gi]:
+            vals = cols[name]
+            padded = np.zeros((m,) + vals.shape[1:], dt)
+            padded[: len(vals)] = vals
+            out[name] = padded
+        fields.append(out)
+    return Tables(
+        op_kind=tab[0],
+        op_slot=tab[1],
+        op_a=tab[2],
+        op_b=tab[3],
+        op_c=tab[4],
+        op_len=lens,
+        msg_fields=tuple(fields),
+        max_steps=np.int32(program.max_steps),
+        receive_limit=np.int32(enc["capacity"]),
+    )
+
+
+def init_state(shape: EngineShape, n_frees: int, key: jax.Array) -> State:
+    """The state at launch: zeroed workspace, every AIV at op 0, every AIC at (0, 0) with all columns live."""
+    consts = shape.aic_constants()
+    c, w, r = len(consts["core"]), shape.row_width, shape.receive_capacity
+    v, l_ = len(shape.aiv_blocks), max(shape.max_ops, 1)
+    nb, nc = max(len(shape.barrier_copies), 1), max(shape.barrier_copies, default=1)
+    i32 = jnp.int32
+    return State(
+        slot_state=jnp.zeros(shape.num_slots, i32),
+        slot_aiv_id=jnp.zeros(shape.num_slots, i32),
+        slot_msg=jnp.full(shape.num_slots, -1, i32),
+        aiv_pc=jnp.zeros(v, i32),
+        aiv_timer=jnp.zeros(v, i32),
+        aiv_wait_result=jnp.full((v, l_), -1, jnp.int8),
+        aic_phase=jnp.zeros(c, i32),
+        aic_row=jnp.zeros(c, i32),
+        aic_col=jnp.zeros(c, i32),
+        aic_alive=jnp.asarray(np.arange(w)[None, :] < consts["n"][:, None]),
+        aic_free_slot=jnp.zeros((c, n_frees), i32),
+        aic_free_wait=jnp.zeros((c, n_frees), i32),
+        aic_free_en=jnp.zeros((c, n_frees), bool),
+        aic_free_pc=jnp.zeros(c, i32),
+        aic_skip=jnp.zeros(c, i32),
+        recv_slot=jnp.zeros((c, r), i32),
+        recv_state=jnp.zeros((c, r), i32),
+        recv_count=jnp.zeros(c, i32),
+        barrier_arrive=jnp.zeros((nb, nc), i32),
+        barrier_wait=jnp.zeros((nb, nc), i32),
+        step=jnp.zeros((), i32),
+        status=jnp.zeros((), i32),
+        error_code=jnp.zeros((), i32),
+        error_aic=jnp.zeros((), i32),
+        error_slot=jnp.zeros((), i32),
+        error_detail=jnp.zeros((), i32),
+        key=key,
+    )

@@ -1,0 +1,69 @@
+"""Run status, protocol error codes and AIV op kinds: small integer enums carried in the state."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Status(enum.IntEnum):
+    """Outcome of a run (``status`` in the result JSON)."""
+
+    RUNNING = 0
+    OK = 1
+    DEADLOCK = 2
+    MAX_STEPS = 3
+    ERROR = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class ErrorCode(enum.IntEnum):
+    """Protocol errors detected at run time (the device's debug asserts and documented misuse).
+
+    Errors of a callback's request are detected when the AIC dispatches the message, before any
+    of its frees take effect, so the final slot states show the queues as the error found them.
+    """
+
+    NONE = 0
+    SKIP_CROSSES_ROW = 1  # SetSkipMsg: column + k >= n (spec §6.4, F7)
+    SKIP_NEGATIVE = 2  # SetSkipMsg with k < 0
+    FREE_OUT_OF_BLOCK = 3  # FreeMessage target outside the AIC's 4 x P block
+    FREE_UNUSED_COLUMN = 4  # FreeMessage target in a column no queue uses (last AIC)
+    BAD_WAIT_STATE = 5  # FreeMessage waitState FREE, QUIT or not a state (docs forbid it)
+    RECEIVE_LOG_FULL = 6  # the AIC received more messages than the log holds (raise max_received)
+
+    def describe(self) -> str:
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS = {
+    ErrorCode.NONE: "no error",
+    ErrorCode.SKIP_CROSSES_ROW: "SetSkipMsg(k) would move the cursor past the end of the row (column + k >= n)",
+    ErrorCode.SKIP_NEGATIVE: "SetSkipMsg(k) with k < 0",
+    ErrorCode.FREE_OUT_OF_BLOCK: "FreeMessage on a slot outside this AIC's block",
+    ErrorCode.FREE_UNUSED_COLUMN: "FreeMessage on a column that no queue uses",
+    ErrorCode.BAD_WAIT_STATE: "FreeMessage waitState must be VALID or FAKE (the docs forbid FREE and QUIT)",
+    ErrorCode.RECEIVE_LOG_FULL: "the AIC received more messages than max_received; raise it",
+}
+
+
+class OpKind(enum.IntEnum):
+    """AIV op table entries. Fields of an op: ``slot`` and ``a``, ``b``, ``c`` as noted."""
+
+    NOP = 0
+    ALLOC = 1  # AllocMessage: block until slot is FREE
+    WRITE = 2  # PostMessage / PostFakeMsg / SetQuit: a = state, b = aivID, c = msg id (-1: keep payload)
+    WAIT = 3  # Wait<sync>(off) on slot: a = 1 sync (block until FREE), 0 test once
+    DELAY = 4  # a = cycles (steps in the lockstep schedule)
+    ARRIVE = 5  # GroupBarrier::Arrive: a = barrier, b = index, c = W threshold (-1: no wait)
+    BWAIT = 6  # GroupBarrier::Wait: a = barrier, b = index, c = A threshold
+
+
+class AicPhase(enum.IntEnum):
+    """Where an AIC is in its service loop."""
+
+    RECEIVE = 0  # spinning on the cursor slot until it is not FREE
+    CALL = 1  # performing the frees its callback requested
+    DONE = 2  # aivWorkState == 0: CreateCubeResGroup returned

@@ -1,0 +1,292 @@
+"""One engine step for one lane: every enabled AIV acts, then every enabled AIC acts.
+
+Both kernels are written for a single instance and vectorised over cores with masks and
+``jnp.where`` (no ``lax.cond`` / ``lax.switch``); batching happens at the edge with ``vmap``.
+Blocking calls are predicates evaluated once per step on the state at the start of the phase.
+Writes are scatters with out-of-range indices dropped for masked-off cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView
+from ascend_jax.cube_group.state import EngineShape, State, Tables
+from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
+from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
+
+FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
+
+
+def _chosen(shape: EngineShape, key: jax.Array, n: int) -> jax.Array:
+    """Which enabled cores act: all of them (lockstep) or each with probability 1/2 (random)."""
+    if shape.schedule == "lockstep":
+        return jnp.ones(n, bool)
+    return jax.random.bernoulli(key, 0.5, (n,))
+
+
+def aiv_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tuple[State, jax.Array]:
+    """Every AIV whose next op is enabled performs it. Returns the new state and [V] enabled."""
+    v = tab.op_len.shape[0]
+    n_slots = shape.num_slots
+    rows = jnp.arange(v)
+    pc = jnp.minimum(st.aiv_pc, tab.op_kind.shape[1] - 1)
+    active = st.aiv_pc < tab.op_len
+    kind = tab.op_kind[rows, pc]
+    slot = tab.op_slot[rows, pc]
+    a, b, c = tab.op_a[rows, pc], tab.op_b[rows, pc], tab.op_c[rows, pc]
+    slot_free = st.slot_state[slot] == FREE
+    nb, ncopy = st.barrier_arrive.shape
+    bar = jnp.clip(a, 0, nb - 1)
+    idx = jnp.clip(b, 0, ncopy - 1)
+    ready = active & jnp.select(
+        [kind == OpKind.ALLOC, kind == OpKind.WAIT, kind == OpKind.ARRIVE, kind == OpKind.BWAIT],
+        [slot_free, (a == 0) | slot_free, (c < 0) | (st.barrier_wait[bar, idx] == c), st.barrier_arrive[bar, idx] >= c],
+        True,
+    )
+    is_delay = kind == OpKind.DELAY
+    act = ready & (is_delay | _chosen(shape, key, v))
+    timer = jnp.where(act & is_delay, st.aiv_timer + 1, st.aiv_timer)
+    delay_done = act & is_delay & (timer >= a)
+    timer = jnp.where(delay_done, 0, timer)
+    advance = act & (~is_delay | delay_done)
+
+    write = act & (kind == OpKind.WRITE)
+    slot_state = st.slot_state.at[jnp.where(write, slot, n_slots)].set(a, mode="drop")
+    slot_aiv_id = st.slot_aiv_id.at[jnp.where(write & (b >= 0), slot, n_slots)].set(b, mode="drop")
+    slot_msg = st.slot_msg.at[jnp.where(write & (c >= 0), slot, n_slots)].set(c, mode="drop")
+
+    test = act & (kind == OpKind.WAIT) & (a == 0)
+    wait_result = st.aiv_wait_result.at[rows, jnp.where(test, pc, st.aiv_wait_result.shape[1])].set(
+        slot_free.astype(jnp.int8), mode="drop"
+    )
+
+    copies = jnp.asarray(np.arange(ncopy)[None, :] < np.array(shape.barrier_copies or (1,))[:, None])
+    arrive_add = jnp.zeros(nb, jnp.int32).at[jnp.where(act & (kind == OpKind.ARRIVE), bar, nb)].add(1, mode="drop")
+    wait_add = jnp.zeros(nb, jnp.int32).at[jnp.where(act & (kind == OpKind.BWAIT), bar, nb)].add(1, mode="drop")
+    st = dataclasses.replace(
+        st,
+        slot_state=slot_state,
+        slot_aiv_id=slot_aiv_id,
+        slot_msg=slot_msg,
+        aiv_pc=st.aiv_pc + advance,
+        aiv_timer=timer,
+        aiv_wait_result=wait_result,
+        barrier_arrive=st.barrier_arrive + arrive_add[:, None] * copies,
+        barrier_wait=st.barrier_wait + wait_add[:, None] * copies,
+    )
+    return st, ready
+
+
+def callback_requests(shape: EngineShape, tab: Tables, st: State, n_frees: int, row, col):
+    """Evaluates every group's callback on the message under each AIC's cursor.
+
+    Returns [C, F] offsets, wait states and enables, and [C] skip counts. Each group's callback is
+    traced once and vmapped over that group's AICs only (no branch per callback kind).
+    """
+    consts = shape.aic_constants()
+    cur = consts["block"] + row * consts["p"] + col
+    outs = []
+    start = 0
+    for gi, g in enumerate(shape.groups):
+        sl = slice(start, start + g.aic_num)
+        start += g.aic_num
+        cb = shape.callbacks[gi]
+        table = tab.msg_fields[gi]
+
+        def one(slot, column, depth, n, cb=cb, table=table, p=g.aiv_per_aic):
+            mid = st.slot_msg[slot]
+            fields = {k: jnp.where(mid >= 0, t[jnp.maximum(mid, 0)], jnp.zeros((), t.dtype)) for k, t in table.items()}
+            msg = MsgView(st.slot_state[slot], st.slot_aiv_id[slot], fields)
+            h = AicHandle(jnp, p, n, column, depth)
+            cb.call(None, msg, h)
+            f = len(h.frees)
+            off = jnp.stack([jnp.asarray(o, jnp.int32) for o, _, _ in h.frees]) if f else jnp.zeros(0, jnp.int32)
+            wait = jnp.stack([jnp.asarray(w, jnp.int32) for _, w, _ in h.frees]) if f else jnp.zeros(0, jnp.int32)
+            en = jnp.stack([jnp.asarray(e, bool) for _, _, e in h.frees]) if f else jnp.zeros(0, bool)
+            pad = n_frees - f
+            return (
+                jnp.pad(off, (0, pad)),
+                jnp.pad(wait, (0, pad)),
+                jnp.pad(en, (0, pad)),
+                jnp.asarray(h.skip, jnp.int32),
+            )
+
+        outs.append(jax.vmap(one)(cur[sl], col[sl], row[sl], jnp.asarray(consts["n"][sl])))
+    return tuple(jnp.concatenate(parts) for parts in zip(*outs, strict=True))
+
+
+def count_frees(shape: EngineShape, tab: Tables) -> int:
+    """F: the most free requests any group's callback records in one call (traced abstractly)."""
+    most = 1
+    for gi, g in enumerate(shape.groups):
+        table = tab.msg_fields[gi]
+        counts = []
+
+        def probe(cb=shape.callbacks[gi], table=table, p=g.aiv_per_aic, counts=counts):
+            fields = {k: jnp.zeros(v.shape[1:], v.dtype) for k, v in table.items()}
+            h = AicHandle(jnp, p, jnp.int32(p), jnp.int32(0), jnp.int32(0))
+            cb.call(None, MsgView(jnp.int32(VALID), jnp.int32(0), fields), h)
+            counts.append(len(h.frees))
+            return jnp.int32(0)
+
+        jax.eval_shape(probe)
+        most = max(most, counts[0])
+    return most
+
+
+def _release(alive: jax.Array, n: jax.Array, row: jax.Array, col: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``__ReleaseMessage`` in closed form: the next live column after ``col`` in the row, else the
+    first live column of the next row (rows wrap 3 -> 0). [C, W] alive, [C] n/row/col."""
+    w = alive.shape[1]
+    cols = jnp.arange(w)[None, :]
+    later = alive & (cols > col[:, None]) & (cols < n[:, None])
+    has_later = later.any(axis=1)
+    first_later = jnp.argmax(later, axis=1)
+    first_any = jnp.argmax(alive, axis=1)
+    new_row = jnp.where(has_later, row, (row + 1) % MAX_MSG_PER_AIV)
+    new_col = jnp.where(has_later, first_later, first_any)
+    return new_row.astype(jnp.int32), new_col.astype(jnp.int32)
+
+
+def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tuple[State, jax.Array, jax.Array]:
+    """Every AIC whose next action is enabled performs it.
+
+    Returns the new state, [C] enabled, and [C] error codes (0 none) of AICs whose action was a
+    protocol error (those AICs change nothing).
+    """
+    consts = shape.aic_constants()
+    c_num, n_frees = st.aic_free_slot.shape
+    n_slots = shape.num_slots
+    rows_c = jnp.arange(c_num)
+    p, n, block = (jnp.asarray(consts[k]) for k in ("p", "n", "block"))
+    row, col = st.aic_row, st.aic_col
+    msg_pos = row * p + col
+    cur = block + msg_pos
+    cur_state = st.slot_state[cur]
+
+    in_recv = st.aic_phase == AicPhase.RECEIVE
+    in_call = st.aic_phase == AicPhase.CALL
+    fpc = jnp.minimum(st.aic_free_pc, n_frees - 1)
+    f_slot = st.aic_free_slot[rows_c, fpc]
+    f_wait = st.aic_free_wait[rows_c, fpc]
+    recv_ready = in_recv & (cur_state != FREE)
+    call_ready = in_call & ((f_wait == NO_WAIT) | (st.slot_state[f_slot] == f_wait))
+    ready = recv_ready | call_ready
+    act = ready & _chosen(shape, key, c_num)
+
+    # -- dispatch: validate the callback's request ------------------------------------------
+    offsets, waits, enables, skip = callback_requests(shape, tab, st, n_frees, row, col)
+    rel = msg_pos[:, None] + offsets
+    out_block = enables & ((rel < 0) | (rel >= MAX_MSG_PER_AIV * p[:, None]))
+    unused = enables & ~out_block & (rel % p[:, None] >= n[:, None])
+    bad_wait = enables & (waits != NO_WAIT) & (waits != VALID) & (waits != FAKE)
+    free_code = jnp.where(
+        out_block, ErrorCode.FREE_OUT_OF_BLOCK, jnp.where(unused, ErrorCode.FREE_UNUSED_COLUMN, jnp.where(bad_wait, ErrorCode.BAD_WAIT_STATE, 0))
+    )
+    first_bad = jnp.argmax(free_code > 0, axis=1)
+    call_code = jnp.where(
+        skip < 0,
+        ErrorCode.SKIP_NEGATIVE,
+        jnp.where(col + skip >= n, ErrorCode.SKIP_CROSSES_ROW, free_code[rows_c, first_bad]),
+    )
+    is_quit = cur_state == QUIT
+    log_full = st.recv_count >= tab.receive_limit
+    code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, call_code))
+    recv_act = act & in_recv
+    error = jnp.where(recv_act, code, 0)
+    recv_ok = recv_act & (code == 0)
+    detail = jnp.where(
+        code == ErrorCode.BAD_WAIT_STATE, waits[rows_c, first_bad], jnp.where(code >= ErrorCode.FREE_OUT_OF_BLOCK, offsets[rows_c, first_bad], skip)
+    )
+
+    # -- log every received message ---------------------------------------------------------
+    r = st.recv_slot.shape[1]
+    log_at = jnp.where(recv_ok, st.recv_count, r)
+    recv_slot = st.recv_slot.at[rows_c, log_at].set(cur, mode="drop")
+    recv_state = st.recv_state.at[rows_c, log_at].set(cur_state, mode="drop")
+
+    # -- QUIT: clear bit aivID ---------------------------------------------------------------
+    quit_now = recv_ok & is_quit
+    aiv_id = st.slot_aiv_id[cur]
+    w = st.aic_alive.shape[1]
+    clear = quit_now[:, None] & (jnp.arange(w)[None, :] == aiv_id[:, None])
+    alive = st.aic_alive & ~clear
+
+    # -- a message for the callback: store its frees -----------------------------------------
+    call_now = recv_ok & ~is_quit
+    any_free = enables.any(axis=1)
+    free_slot = jnp.where(call_now[:, None], block[:, None] + rel, st.aic_free_slot)
+    free_wait = jnp.where(call_now[:, None], waits, st.aic_free_wait)
+    free_en = jnp.where(call_now[:, None], enables, st.aic_free_en)
+    skip_now = jnp.where(call_now, skip, st.aic_skip)
+
+    # -- CALL: perform the next free -----------------------------------------------------------
+    free_act = act & in_call
+    slot_state = st.slot_state.at[jnp.where(free_act, f_slot, n_slots)].set(FREE, mode="drop")
+    after = free_en & (jnp.arange(n_frees)[None, :] > fpc[:, None])
+    next_pc = jnp.where(after.any(axis=1), jnp.argmax(after, axis=1), n_frees)
+    first_pc = jnp.where(any_free, jnp.argmax(enables, axis=1), n_frees)
+    free_pc = jnp.where(call_now, first_pc, jnp.where(free_act, next_pc, st.aic_free_pc))
+
+    # -- end of Call (SetSkipMsg, then release) or after a QUIT (release) ----------------------
+    call_end = (call_now & ~any_free) | (free_act & (next_pc >= n_frees))
+    releasing = call_end | quit_now
+    new_row, new_col = _release(alive, n, row, col + jnp.where(call_end, skip_now, 0))
+    finished = releasing & ~alive.any(axis=1)
+    phase = jnp.where(
+        finished,
+        AicPhase.DONE,
+        jnp.where(releasing, AicPhase.RECEIVE, jnp.where(call_now, AicPhase.CALL, st.aic_phase)),
+    ).astype(jnp.int32)
+
+    st = dataclasses.replace(
+        st,
+        slot_state=slot_state,
+        aic_phase=phase,
+        aic_row=jnp.where(releasing, new_row, row),
+        aic_col=jnp.where(releasing, new_col, col),
+        aic_alive=alive,
+        aic_free_slot=free_slot,
+        aic_free_wait=free_wait,
+        aic_free_en=free_en,
+        aic_free_pc=free_pc.astype(jnp.int32),
+        aic_skip=skip_now,
+        recv_slot=recv_slot,
+        recv_state=recv_state,
+        recv_count=st.recv_count + recv_ok,
+    )
+    return st, ready, error, cur, detail
+
+
+def step(shape: EngineShape, tab: Tables, st: State) -> State:
+    """One step of one lane, then the status update. A lane that is not RUNNING is left as is."""
+    key, k_aiv, k_aic = jax.random.split(st.key, 3)
+    new, aiv_ready = aiv_step(shape, tab, st, k_aiv)
+    new, aic_ready, error, cur, detail = aic_step(shape, tab, new, k_aic)
+    steps = st.step + 1
+    has_error = (error > 0).any()
+    first = jnp.argmax(error > 0)
+    done = (new.aiv_pc >= tab.op_len).all() & (new.aic_phase == AicPhase.DONE).all()
+    progressed = aiv_ready.any() | aic_ready.any()
+    status = jnp.select(
+        [has_error, done, ~progressed, steps >= tab.max_steps],
+        [Status.ERROR, Status.OK, Status.DEADLOCK, Status.MAX_STEPS],
+        Status.RUNNING,
+    ).astype(jnp.int32)
+    new = dataclasses.replace(
+        new,
+        step=steps,
+        status=status,
+        error_code=jnp.where(has_error, error[first], 0).astype(jnp.int32),
+        error_aic=jnp.where(has_error, first, 0).astype(jnp.int32),
+        error_slot=jnp.where(has_error, cur[first], 0).astype(jnp.int32),
+        error_detail=jnp.where(has_error, detail[first], 0).astype(jnp.int32),
+        key=key,
+    )
+    running = st.status == Status.RUNNING
+    return jax.tree.map(lambda x, y: jnp.where(running, x, y), new, st)
