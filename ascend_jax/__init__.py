@@ -1,1 +1,58 @@
-"""ascend_jax: simulate Ascend AIC/AIV resource groups and AI CPU communication operators in JAX."""
+"""ascend_jax: simulate Ascend C AIC/AIV resource groups (CubeResGroupHandle) in JAX.
+
+Public API; everything not listed in ``__all__`` is an implementation detail.
+"""
+
+from ascend_jax.chips import CHIPS, ChipSpec, get_chip
+from ascend_jax.cube_group.barrier import BarrierGeometry
+from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, FreeCallback, MergeCallback, MsgRef, MsgView
+from ascend_jax.cube_group.engine import simulate
+from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace
+from ascend_jax.cube_group.program import AivProgram, CubeGroupKernel, CubeGroupProgram, MsgSlot
+from ascend_jax.cube_group.reference import ReferenceInterpreter, run_reference
+from ascend_jax.cube_group.result import CubeGroupResult
+from ascend_jax.cube_group.status import ErrorCode, Status
+from ascend_jax.errors import ConfigError
+from ascend_jax.message import (
+    CUBE_GROUP_MSG_HEAD,
+    CUBE_MSG_BODY,
+    CubeMsgState,
+    check_message_dtype,
+    message_dtype,
+    pack_message,
+)
+from ascend_jax.scenario import builtin_scenario_path, load_scenario
+
+__all__ = [
+    "CHIPS",
+    "CUBE_GROUP_MSG_HEAD",
+    "CUBE_MSG_BODY",
+    "NO_WAIT",
+    "AicHandle",
+    "AivProgram",
+    "BarrierGeometry",
+    "ChipSpec",
+    "ConfigError",
+    "CubeGroupKernel",
+    "CubeGroupProgram",
+    "CubeGroupResult",
+    "CubeMsgState",
+    "ErrorCode",
+    "FreeCallback",
+    "GroupGeometry",
+    "KfcWorkspace",
+    "MergeCallback",
+    "MsgRef",
+    "MsgSlot",
+    "MsgView",
+    "ReferenceInterpreter",
+    "Status",
+    "builtin_scenario_path",
+    "check_message_dtype",
+    "get_chip",
+    "load_scenario",
+    "message_dtype",
+    "pack_message",
+    "run_reference",
+    "simulate",
+]

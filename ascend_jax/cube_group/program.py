@@ -98,10 +98,11 @@ class AivProgram:
         self.ops: list[AivOp] = []
         self._groups: dict[int, _AivGroupState] = {}
         self._barriers: dict[int, list[int]] = {}  # barrier -> [arrive count, wait count]
+        self.location: str | None = None  # set by loaders so errors name their own paths
 
     # -- helpers ---------------------------------------------------------------------------
     def _where(self) -> str:
-        return f"aiv[{self.block_idx}].ops[{len(self.ops)}]"
+        return self.location or f"aiv[{self.block_idx}].ops[{len(self.ops)}]"
 
     def _bound(self, group: GroupGeometry | str | int, what: str) -> tuple[int, _AivGroupState]:
         gi = self.kernel._group_index(group, f"{self._where()}.group")
@@ -186,6 +187,8 @@ class AivProgram:
         aiv_id = self.block_idx if aiv_id is None else aiv_id
         if not isinstance(aiv_id, (int, np.integer)) or not 0 <= aiv_id <= 255:
             raise ConfigError(f"{where}.aiv_id", aiv_id, "must be an integer in 0..255 (uint8)")
+        if fields is not None and not isinstance(fields, Mapping):
+            raise ConfigError(f"{where}.fields", fields, "must be a table of payload field values")
         dtype = self.kernel.msg_dtypes[slot.group] if isinstance(slot, MsgSlot) else CUBE_MSG_BODY
         payload = pack_message(dtype, fields, f"{where}.fields")
         st = self._fill(slot, "post_message")

@@ -1,0 +1,117 @@
+"""The ``ascend-jax`` command.
+
+``ascend-jax run [FILE.toml] [--json] [--engine jax|reference] [--batch N] [--seed S]
+[--max-steps N] [--schedule lockstep|random]`` runs a scenario (the built-in default without FILE);
+``ascend-jax check FILE.toml`` validates one without running it.
+
+Exit codes: 0 the run ended ok (every lane); 3 a run ended in deadlock, max_steps or a protocol
+error; 2 the scenario is invalid (the message names the field, value, rule and fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+
+from ascend_jax.cube_group.engine import simulate
+from ascend_jax.cube_group.reference import run_reference
+from ascend_jax.cube_group.result import CubeGroupResult
+from ascend_jax.cube_group.status import Status
+from ascend_jax.errors import ConfigError
+from ascend_jax.scenario import builtin_scenario_path, load_scenario
+
+EXIT_OK, EXIT_INVALID, EXIT_NOT_OK = 0, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ascend-jax", description="Simulate Ascend CubeResGroupHandle kernels in JAX.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a scenario (the built-in default if no file is given)")
+    run.add_argument("file", nargs="?", help="scenario .toml file")
+    run.add_argument("--json", action="store_true", help="print the result JSON (DESIGN.md contract)")
+    run.add_argument("--engine", choices=["jax", "reference"], default="jax")
+    run.add_argument("--batch", type=int, default=1, help="number of lanes (seeds seed..seed+N-1)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the first lane's random schedule")
+    run.add_argument("--max-steps", type=int, default=None, help="override the scenario's max_steps")
+    run.add_argument("--schedule", choices=["lockstep", "random"], default="lockstep")
+    check = sub.add_parser("check", help="validate a scenario without running it")
+    check.add_argument("file")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            program = load_scenario(args.file)
+            print(f"{args.file}: valid ({len(program.groups)} groups, {len(program.aivs)} AIVs, {len(program.aics)} AICs)")
+            return EXIT_OK
+        if args.batch < 1:
+            raise ConfigError("--batch", args.batch, "must be >= 1")
+        if args.max_steps is not None and args.max_steps < 1:
+            raise ConfigError("--max-steps", args.max_steps, "must be >= 1")
+        path = args.file or builtin_scenario_path()
+        program = load_scenario(path, max_steps=args.max_steps)
+    except ConfigError as e:
+        print(f"invalid scenario: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    seeds = [args.seed + i for i in range(args.batch)]
+    t0 = time.perf_counter()
+    if args.engine == "reference":
+        results = [run_reference(program, args.schedule, s) for s in seeds]
+    else:
+        results = simulate([program] * args.batch, schedule=args.schedule, seeds=seeds)
+    elapsed = time.perf_counter() - t0
+    if args.json:
+        out = results[0].to_json()
+        if args.batch > 1:
+            first = results[0].outcome()
+            out["batch"] = [
+                {"lane": i, "seed": r_seed, "status": r.status.label, "steps": r.steps, "same_as_lane0": r.outcome() == first}
+                for i, (r, r_seed) in enumerate(zip(results, seeds, strict=True))
+            ]
+        print(json.dumps(out, indent=2))
+    else:
+        _summary(results, str(path), args.engine, args.schedule, elapsed)
+    return EXIT_OK if all(r.status == Status.OK for r in results) else EXIT_NOT_OK
+
+
+def _summary(results: list[CubeGroupResult], path: str, engine: str, schedule: str, elapsed: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    r = results[0]
+    colour = {"ok": "green", "deadlock": "red", "error": "red", "max_steps": "yellow"}[r.status.label]
+    console.print(
+        f"[bold]{r.program.name}[/bold] ({path})  engine={engine} schedule={schedule} lanes={len(results)}  "
+        f"status=[{colour}]{r.status.label}[/{colour}]  steps={r.steps}  wall={elapsed:.2f}s"
+    )
+    if len(results) > 1:
+        counts = Counter(x.status.label for x in results)
+        same = sum(x.outcome() == r.outcome() for x in results)
+        console.print(f"lanes: {dict(counts)}; {same}/{len(results)} with lane 0's received logs and slot states")
+    for gi, g in enumerate(r.program.groups):
+        table = Table(title=f"group {g.name}: AICs {g.first_aic}..{g.first_aic + g.aic_num - 1}, Q={g.msg_queue_size}, P={g.aiv_per_aic}")
+        for col in ("AIC", "queues", "received", "VALID", "FAKE", "QUIT", "first messages (queue, depth, state)"):
+            table.add_column(col)
+        for k in range(g.aic_num):
+            core = g.first_aic + k
+            log = r.received.get(core, [])
+            kinds = Counter(s for _, _, s in log)
+            head = " ".join(f"({q},{d},{s})" for q, d, s in log[:4]) + (" ..." if len(log) > 4 else "")
+            table.add_row(str(core), str(g.queues_of_aic(k)), str(len(log)), str(kinds["VALID"]), str(kinds["FAKE"]), str(kinds["QUIT"]), head)
+        console.print(table)
+        states = Counter(s for row in r.slot_states(gi) for s in row)
+        console.print(f"final slot states of {g.name}: {dict(states)}")
+    for b in r.blocked:
+        console.print(f"[red]blocked[/red] {b}")
+    if r.error:
+        console.print(f"[red]error[/red] {r.error}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
