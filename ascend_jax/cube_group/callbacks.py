@@ -112,7 +112,18 @@ class Callback(Protocol):
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None: ...
 
 
-class FreeCallback:
+class _StatelessCallback:
+    """Built-ins carry no state: two instances behave identically, so they compare equal and
+    hash alike (lanes of a batch and the jit cache can share them)."""
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+class FreeCallback(_StatelessCallback):
     """Built-in ``free``: frees every received message, nothing else."""
 
     required_fields: tuple[str, ...] = ()
@@ -124,7 +135,7 @@ class FreeCallback:
         handle.free_message(msg)
 
 
-class MergeCallback:
+class MergeCallback(_StatelessCallback):
     """Built-in ``merge`` (DESIGN.md): message merging by ``skipCnt`` as in the seed's callback.
 
     A VALID message with ``skipCnt`` 0 is freed. With ``skipCnt = k > 0`` the leader is freed with

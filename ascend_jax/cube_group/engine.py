@@ -39,6 +39,12 @@ def _run_batch(shape: EngineShape, n_frees: int, tab: Tables, keys: jax.Array) -
     return jax.vmap(functools.partial(_run_lane, shape, n_frees))(tab, keys)
 
 
+def _bucket(n: int) -> int:
+    """Rounds a padded size up to a power of two (at least 8), so that programs of similar size
+    share one compilation; the true per-lane limits stay in the traced tables."""
+    return max(8, 1 << max(0, n - 1).bit_length())
+
+
 def make_shape(programs: Sequence[CubeGroupProgram], encoded: Sequence[dict], schedule: str) -> EngineShape:
     """The common static shape of a batch; programs must share groups, callbacks and barriers."""
     first = programs[0]
@@ -60,11 +66,11 @@ def make_shape(programs: Sequence[CubeGroupProgram], encoded: Sequence[dict], sc
         callbacks=first.callbacks,
         fields=fields,
         aiv_blocks=tuple(sorted({b for p in programs for b, _ in p.aivs})),
-        max_ops=max((len(r) for e in encoded for r in e["rows"]), default=1),
+        max_ops=_bucket(max((len(r) for e in encoded for r in e["rows"]), default=1)),
         msgs_per_group=tuple(
-            max(1, max(len(next(iter(e["fields"][gi].values()), [])) for e in encoded)) for gi in range(len(first.groups))
+            _bucket(max(len(next(iter(e["fields"][gi].values()), [])) for e in encoded)) for gi in range(len(first.groups))
         ),
-        receive_capacity=max(e["capacity"] for e in encoded),
+        receive_capacity=_bucket(max(e["capacity"] for e in encoded)),
         barrier_copies=tuple(b.copies for b in first.barriers),
         schedule=schedule,
     )
