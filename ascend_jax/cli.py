@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             program = load_scenario(args.file)
-            print(f"{args.file}: valid ({len(program.groups)} groups, {len(program.aivs)} AIVs, {len(program.aics)} AICs)")
+            print(
+                f"{args.file}: valid ({len(program.groups)} groups, {len(program.aivs)} AIVs, {len(program.aics)} AICs)"
+            )
             return EXIT_OK
         if args.batch < 1:
             raise ConfigError("--batch", args.batch, "must be >= 1")
@@ -70,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch > 1:
             first = results[0].outcome()
             out["batch"] = [
-                {"lane": i, "seed": r_seed, "status": r.status.label, "steps": r.steps, "same_as_lane0": r.outcome() == first}
+                {
+                    "lane": i,
+                    "seed": r_seed,
+                    "status": r.status.label,
+                    "steps": r.steps,
+                    "same_as_lane0": r.outcome() == first,
+                }
                 for i, (r, r_seed) in enumerate(zip(results, seeds, strict=True))
             ]
         print(json.dumps(out, indent=2))
@@ -95,7 +103,9 @@ def _summary(results: list[CubeGroupResult], path: str, engine: str, schedule: s
         same = sum(x.outcome() == r.outcome() for x in results)
         console.print(f"lanes: {dict(counts)}; {same}/{len(results)} with lane 0's received logs and slot states")
     for gi, g in enumerate(r.program.groups):
-        table = Table(title=f"group {g.name}: AICs {g.first_aic}..{g.first_aic + g.aic_num - 1}, Q={g.msg_queue_size}, P={g.aiv_per_aic}")
+        table = Table(
+            title=f"group {g.name}: AICs {g.first_aic}..{g.first_aic + g.aic_num - 1}, Q={g.msg_queue_size}, P={g.aiv_per_aic}"
+        )
         for col in ("AIC", "queues", "received", "VALID", "FAKE", "QUIT", "first messages (queue, depth, state)"):
             table.add_column(col)
         for k in range(g.aic_num):
@@ -103,7 +113,15 @@ def _summary(results: list[CubeGroupResult], path: str, engine: str, schedule: s
             log = r.received.get(core, [])
             kinds = Counter(s for _, _, s in log)
             head = " ".join(f"({q},{d},{s})" for q, d, s in log[:4]) + (" ..." if len(log) > 4 else "")
-            table.add_row(str(core), str(g.queues_of_aic(k)), str(len(log)), str(kinds["VALID"]), str(kinds["FAKE"]), str(kinds["QUIT"]), head)
+            table.add_row(
+                str(core),
+                str(g.queues_of_aic(k)),
+                str(len(log)),
+                str(kinds["VALID"]),
+                str(kinds["FAKE"]),
+                str(kinds["QUIT"]),
+                head,
+            )
         console.print(table)
         states = Counter(s for row in r.slot_states(gi) for s in row)
         console.print(f"final slot states of {g.name}: {dict(states)}")

@@ -116,9 +116,7 @@ def message_dtype(fields: Sequence[tuple[str, object]], size: int | None = None)
     return check_message_dtype(dtype, "message")
 
 
-def pack_message(
-    dtype: np.dtype, fields: Mapping[str, object] | None = None, field_path: str = "fields"
-) -> np.ndarray:
+def pack_message(dtype: np.dtype, fields: Mapping[str, object] | None = None, field_path: str = "fields") -> np.ndarray:
     """Returns one zero-initialised message of ``dtype`` with ``fields`` set (a 0-d struct array).
 
     ``head`` cannot be set here: the head is written by the post call (state and aivID).

@@ -43,7 +43,11 @@ def _keys(table: Any, path: str, required: set[str], optional: set[str]) -> Mapp
         raise ConfigError(path, table, "must be a table")
     unknown = set(table) - required - optional
     if unknown:
-        raise ConfigError(f"{path}.{sorted(unknown)[0]}", table[sorted(unknown)[0]], f"unknown key; allowed: {sorted(required | optional)}")
+        raise ConfigError(
+            f"{path}.{sorted(unknown)[0]}",
+            table[sorted(unknown)[0]],
+            f"unknown key; allowed: {sorted(required | optional)}",
+        )
     missing = required - set(table)
     if missing:
         raise ConfigError(f"{path}.{sorted(missing)[0]}", None, "is required")
@@ -111,7 +115,9 @@ def build_kernel(doc: Mapping[str, Any], max_steps: int | None = None) -> CubeGr
         for j, op in enumerate(a["ops"]):
             path = f"aiv[{i}].ops[{j}]"
             if not isinstance(op, Mapping) or op.get("op") not in _OPS:
-                raise ConfigError(f"{path}.op", op.get("op") if isinstance(op, Mapping) else op, f"must be one of {sorted(_OPS)}")
+                raise ConfigError(
+                    f"{path}.op", op.get("op") if isinstance(op, Mapping) else op, f"must be one of {sorted(_OPS)}"
+                )
             required, optional = _OPS[op["op"]]
             _keys(op, path, required | {"op"}, optional)
             program.location = path

@@ -144,7 +144,9 @@ def test_jitted_run_traces_once_for_programs_of_one_shape():
 
     aj.simulate(make(0, 1))
     before = engine.TRACE_COUNT["run"]
-    results = aj.simulate(make(2, 5)) + aj.simulate(make(1, 9)) + aj.simulate([make(0, 2), make(2, 3)] * 1, max_steps=500)
+    results = (
+        aj.simulate(make(2, 5)) + aj.simulate(make(1, 9)) + aj.simulate([make(0, 2), make(2, 3)] * 1, max_steps=500)
+    )
     assert all(r.status == Status.OK for r in results)
     # one new trace at most: the two-lane batch has a new batch size; same-size calls reuse the cache
     assert engine.TRACE_COUNT["run"] - before <= 1

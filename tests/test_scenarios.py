@@ -38,9 +38,7 @@ def test_merge_with_late_fake_follower():
     r = run_both(program)
     assert r.status == Status.OK
     assert r.steps == 16
-    assert r.received == {
-        0: [(0, 0, V), (3, 0, V), (4, 0, V), (0, 1, Q), (1, 1, Q), (2, 1, Q), (3, 1, Q), (4, 1, Q)]
-    }
+    assert r.received == {0: [(0, 0, V), (3, 0, V), (4, 0, V), (0, 1, Q), (1, 1, Q), (2, 1, Q), (3, 1, Q), (4, 1, Q)]}
     assert r.slot_states(0) == [[F] * 5, [Q] * 5, [F] * 5, [F] * 5]
     assert r.blocked == [] and r.error is None
 
@@ -66,7 +64,18 @@ def test_quit_in_the_middle_of_a_row():
     r = run_both(k.compile())
     assert r.status == Status.OK
     assert r.received == {
-        0: [(0, 0, V), (1, 0, Q), (2, 0, V), (3, 0, V), (0, 1, V), (2, 1, V), (3, 1, V), (0, 2, Q), (2, 2, Q), (3, 2, Q)]
+        0: [
+            (0, 0, V),
+            (1, 0, Q),
+            (2, 0, V),
+            (3, 0, V),
+            (0, 1, V),
+            (2, 1, V),
+            (3, 1, V),
+            (0, 2, Q),
+            (2, 2, Q),
+            (3, 2, Q),
+        ]
     }
     assert r.slot_states(0) == [[F, Q, F, F], [F] * 4, [Q, F, Q, Q], [F] * 4]
 
@@ -150,7 +159,10 @@ def test_aiv_serving_two_groups():
         a.quit(g2)
     r = run_both(k.compile())
     assert r.status == Status.OK
-    assert r.received == {0: [(0, 0, V), (1, 0, V), (0, 1, Q), (1, 1, Q)], 1: [(0, 0, V), (1, 0, V), (0, 1, Q), (1, 1, Q)]}
+    assert r.received == {
+        0: [(0, 0, V), (1, 0, V), (0, 1, Q), (1, 1, Q)],
+        1: [(0, 0, V), (1, 0, V), (0, 1, Q), (1, 1, Q)],
+    }
     assert r.slot_states(0) == r.slot_states(1) == [[F, F], [Q, Q], [F, F], [F, F]]
     assert r.workspace_image().size == 1024
 

@@ -56,7 +56,9 @@ def make_shape(programs: Sequence[CubeGroupProgram], encoded: Sequence[dict], sc
             and p.barriers == first.barriers
         )
         if not same:
-            raise ConfigError(f"programs[{i}]", p.name, "lanes of one batch must share groups, callbacks, message types and barriers")
+            raise ConfigError(
+                f"programs[{i}]", p.name, "lanes of one batch must share groups, callbacks, message types and barriers"
+            )
     fields = tuple(
         tuple((name, str(enc_f[name].dtype)) for name in first.msg_dtypes[gi].names[1:])
         for gi, enc_f in enumerate(encoded[0]["fields"])
@@ -68,7 +70,8 @@ def make_shape(programs: Sequence[CubeGroupProgram], encoded: Sequence[dict], sc
         aiv_blocks=tuple(sorted({b for p in programs for b, _ in p.aivs})),
         max_ops=_bucket(max((len(r) for e in encoded for r in e["rows"]), default=1)),
         msgs_per_group=tuple(
-            _bucket(max(len(next(iter(e["fields"][gi].values()), [])) for e in encoded)) for gi in range(len(first.groups))
+            _bucket(max(len(next(iter(e["fields"][gi].values()), [])) for e in encoded))
+            for gi in range(len(first.groups))
         ),
         receive_capacity=_bucket(max(e["capacity"] for e in encoded)),
         barrier_copies=tuple(b.copies for b in first.barriers),
@@ -115,14 +118,18 @@ def simulate(
     tab = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *lanes)
     keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
     n_frees = count_frees(shape, jax.tree.map(lambda x: x[0], tab))
-    if jit:
-        final = _run_batch(shape, n_frees, tab, keys)
-    else:
-        final = _run_eager(shape, n_frees, tab, keys)
+    final = _run_batch(shape, n_frees, tab, keys) if jit else _run_eager(shape, n_frees, tab, keys)
     final = jax.tree.map(np.asarray, final)
     lane_tabs = jax.tree.map(np.asarray, tab)
     return [
-        extract_result(shape, p, jax.tree.map(lambda x, i=i: x[i], final), jax.tree.map(lambda x, i=i: x[i], lane_tabs), s, schedule)
+        extract_result(
+            shape,
+            p,
+            jax.tree.map(lambda x, i=i: x[i], final),
+            jax.tree.map(lambda x, i=i: x[i], lane_tabs),
+            s,
+            schedule,
+        )
         for i, (p, s) in enumerate(zip(programs, seeds, strict=True))
     ]
 
@@ -207,7 +214,9 @@ def _witness(shape: EngineShape, program: CubeGroupProgram, st: State, tab: Tabl
             slot = int(consts["block"][c] + st.aic_row[c] * consts["p"][c] + st.aic_col[c])
             until_name = "NOT_FREE"
         gi, q, d = slot_location(program, slot)
-        out.append({"core": f"aic{int(core)}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": until_name})
+        out.append(
+            {"core": f"aic{int(core)}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": until_name}
+        )
     for v, block in enumerate(shape.aiv_blocks):
         pc = int(st.aiv_pc[v])
         if pc >= int(tab.op_len[v]):
@@ -215,7 +224,9 @@ def _witness(shape: EngineShape, program: CubeGroupProgram, st: State, tab: Tabl
         kind = int(tab.op_kind[v, pc])
         if kind in (OpKind.ALLOC, OpKind.WAIT):
             gi, q, d = slot_location(program, int(tab.op_slot[v, pc]))
-            out.append({"core": f"aiv{block}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": "FREE"})
+            out.append(
+                {"core": f"aiv{block}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": "FREE"}
+            )
         elif kind in (OpKind.ARRIVE, OpKind.BWAIT):
             b = program.barriers[int(tab.op_a[v, pc])]
             thr = int(tab.op_c[v, pc])

@@ -417,7 +417,9 @@ class CubeGroupKernel:
         g = self.workspace.create_cube_res_group(name, block_start, block_size, msg_queue_size, msg_dtype)
         missing = [f for f in getattr(cb, "required_fields", ()) if f not in np.dtype(msg_dtype).names]
         if missing:
-            raise ConfigError(f"{field}.callback", callback, f"needs message fields {missing} that the message type lacks")
+            raise ConfigError(
+                f"{field}.callback", callback, f"needs message fields {missing} that the message type lacks"
+            )
         self.callbacks.append(cb)
         self.msg_dtypes.append(np.dtype(msg_dtype))
         return g
@@ -457,13 +459,17 @@ class CubeGroupKernel:
         for i, g in enumerate(self.groups):
             if group is g or group == g.name or (isinstance(group, int) and not isinstance(group, bool) and group == i):
                 return i
-        raise ConfigError(field, getattr(group, "name", group), f"no such group; groups: {[g.name for g in self.groups]}")
+        raise ConfigError(
+            field, getattr(group, "name", group), f"no such group; groups: {[g.name for g in self.groups]}"
+        )
 
     def _barrier(self, barrier: BarrierGeometry | str, field: str) -> BarrierGeometry:
         for b in self.barriers:
             if barrier is b or barrier == b.name:
                 return b
-        raise ConfigError(field, getattr(barrier, "name", barrier), f"no such barrier; barriers: {[b.name for b in self.barriers]}")
+        raise ConfigError(
+            field, getattr(barrier, "name", barrier), f"no such barrier; barriers: {[b.name for b in self.barriers]}"
+        )
 
     def compile(self) -> CubeGroupProgram:
         """Checks the whole kernel (bindings, pending allocs) and freezes it."""

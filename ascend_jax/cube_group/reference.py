@@ -86,7 +86,9 @@ class ReferenceInterpreter:
       max_steps: overrides ``program.max_steps``.
     """
 
-    def __init__(self, program: CubeGroupProgram, schedule: str = "lockstep", seed: int = 0, max_steps: int | None = None):
+    def __init__(
+        self, program: CubeGroupProgram, schedule: str = "lockstep", seed: int = 0, max_steps: int | None = None
+    ):
         if schedule not in ("lockstep", "random"):
             raise ValueError(f"schedule = {schedule!r}: must be 'lockstep' or 'random'")
         self.p = program
@@ -109,7 +111,9 @@ class ReferenceInterpreter:
             g = program.groups[gi]
             n = g.queues_of_aic(k)
             self.aics.append(_Aic(gi, k, program.aic_core_index(gi, k), n, aiv_work_state=(1 << n) - 1))
-        self.counters_a = np.zeros((len(program.barriers), max((b.copies for b in program.barriers), default=1)), np.int64)
+        self.counters_a = np.zeros(
+            (len(program.barriers), max((b.copies for b in program.barriers), default=1)), np.int64
+        )
         self.counters_w = np.zeros_like(self.counters_a)
         self.mm = [None] * len(self.aics)
         for i, a in enumerate(self.aics):  # CallBack::Init once per AIC, before its first message
@@ -131,7 +135,10 @@ class ReferenceInterpreter:
         op = aiv.ops[aiv.pc]
         if op.kind == "alloc":
             pos = aiv.pos.get(op.group, 0)
-            return self.slots[op.group][self._aiv_head(aiv, op.group) + pos * self.p.groups[op.group].aiv_per_aic].state == FREE
+            return (
+                self.slots[op.group][self._aiv_head(aiv, op.group) + pos * self.p.groups[op.group].aiv_per_aic].state
+                == FREE
+            )
         if op.kind == "wait" and op.sync:
             return self.slots[op.group][self._aiv_head(aiv, op.group) + op.offset].state == FREE
         if op.kind == "arrive":
@@ -325,22 +332,32 @@ class ReferenceInterpreter:
                 k, col, d = g.slot_queue_depth(slot)
                 out.append(_entry(f"aic{c.core}", g.name, k * g.aiv_per_aic + col, d, _name(wait)))
             else:
-                out.append(_entry(f"aic{c.core}", g.name, c.k * g.aiv_per_aic + c.aiv_work, c.msg_pos // g.aiv_per_aic, "NOT_FREE"))
+                out.append(
+                    _entry(
+                        f"aic{c.core}", g.name, c.k * g.aiv_per_aic + c.aiv_work, c.msg_pos // g.aiv_per_aic, "NOT_FREE"
+                    )
+                )
         for a in self.aivs:
             if a.done:
                 continue
             op = a.ops[a.pc]
             if op.kind in ("alloc", "wait"):
                 g = self.p.groups[op.group]
-                rel = self._aiv_head(a, op.group) + (a.pos.get(op.group, 0) * g.aiv_per_aic if op.kind == "alloc" else op.offset)
+                rel = self._aiv_head(a, op.group) + (
+                    a.pos.get(op.group, 0) * g.aiv_per_aic if op.kind == "alloc" else op.offset
+                )
                 k, col, d = g.slot_queue_depth(rel)
                 out.append(_entry(f"aiv{a.block_idx}", g.name, k * g.aiv_per_aic + col, d, "FREE"))
             elif op.kind == "arrive":
                 obj = self._barrier_obj(a, op.group)
-                out.append(_barrier_entry(f"aiv{a.block_idx}", obj.geometry.name, op.index, f"W=={obj.arrive_threshold()}"))
+                out.append(
+                    _barrier_entry(f"aiv{a.block_idx}", obj.geometry.name, op.index, f"W=={obj.arrive_threshold()}")
+                )
             elif op.kind == "barrier_wait":
                 obj = self._barrier_obj(a, op.group)
-                out.append(_barrier_entry(f"aiv{a.block_idx}", obj.geometry.name, op.index, f"A>={obj.wait_threshold()}"))
+                out.append(
+                    _barrier_entry(f"aiv{a.block_idx}", obj.geometry.name, op.index, f"A>={obj.wait_threshold()}")
+                )
         return out
 
     def _result(self, status: Status, steps: int) -> CubeGroupResult:
@@ -380,6 +397,8 @@ def _barrier_entry(core: str, barrier: str, index: int, until: str) -> dict:
     return {"core": core, "barrier": barrier, "index": int(index), "until": until}
 
 
-def run_reference(program: CubeGroupProgram, schedule: str = "lockstep", seed: int = 0, max_steps: int | None = None) -> CubeGroupResult:
+def run_reference(
+    program: CubeGroupProgram, schedule: str = "lockstep", seed: int = 0, max_steps: int | None = None
+) -> CubeGroupResult:
     """Runs ``program`` in the reference interpreter."""
     return ReferenceInterpreter(program, schedule, seed, max_steps).run()

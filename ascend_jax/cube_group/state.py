@@ -190,14 +190,15 @@ def encode_program(program: CubeGroupProgram) -> dict[str, Any]:
         for name in program.msg_dtypes[gi].names[1:]:
             values = np.asarray(table[name])
             kind = _field_dtype(values.dtype)
-            if kind == "int32" and values.size and not jax.config.jax_enable_x64:
-                if values.max(initial=0) > np.iinfo(np.int32).max or values.min(initial=0) < np.iinfo(np.int32).min:
-                    raise ConfigError(
-                        f"group {program.groups[gi].name!r} message field {name}",
-                        int(values.max()),
-                        "exceeds int32, the JAX engine's field type without 64-bit mode",
-                        "enable jax_enable_x64 or use smaller values",
-                    )
+            info = np.iinfo(np.int32)
+            out_of_range = values.size and (values.max() > info.max or values.min() < info.min)
+            if kind == "int32" and out_of_range and not jax.config.jax_enable_x64:
+                raise ConfigError(
+                    f"group {program.groups[gi].name!r} message field {name}",
+                    int(values.max()),
+                    "exceeds int32, the JAX engine's field type without 64-bit mode",
+                    "enable jax_enable_x64 or use smaller values",
+                )
             cols[name] = values.astype(np.float32 if kind == "float32" else np.int64)
         fields.append(cols)
     return {"rows": rows, "fields": fields, "capacity": program.receive_capacity()}

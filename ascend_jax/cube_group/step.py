@@ -186,7 +186,9 @@ def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
     unused = enables & ~out_block & (rel % p[:, None] >= n[:, None])
     bad_wait = enables & (waits != NO_WAIT) & (waits != VALID) & (waits != FAKE)
     free_code = jnp.where(
-        out_block, ErrorCode.FREE_OUT_OF_BLOCK, jnp.where(unused, ErrorCode.FREE_UNUSED_COLUMN, jnp.where(bad_wait, ErrorCode.BAD_WAIT_STATE, 0))
+        out_block,
+        ErrorCode.FREE_OUT_OF_BLOCK,
+        jnp.where(unused, ErrorCode.FREE_UNUSED_COLUMN, jnp.where(bad_wait, ErrorCode.BAD_WAIT_STATE, 0)),
     )
     first_bad = jnp.argmax(free_code > 0, axis=1)
     call_code = jnp.where(
@@ -201,7 +203,9 @@ def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
     error = jnp.where(recv_act, code, 0)
     recv_ok = recv_act & (code == 0)
     detail = jnp.where(
-        code == ErrorCode.BAD_WAIT_STATE, waits[rows_c, first_bad], jnp.where(code >= ErrorCode.FREE_OUT_OF_BLOCK, offsets[rows_c, first_bad], skip)
+        code == ErrorCode.BAD_WAIT_STATE,
+        waits[rows_c, first_bad],
+        jnp.where(code >= ErrorCode.FREE_OUT_OF_BLOCK, offsets[rows_c, first_bad], skip),
     )
 
     # -- log every received message ---------------------------------------------------------
