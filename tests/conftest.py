@@ -16,6 +16,7 @@ def run_both(program: CubeGroupProgram, **kw):
     [eng] = simulate(program, **({"max_steps": kw["max_steps"]} if "max_steps" in kw else {}))
     assert eng.outcome() == ref.outcome(), (ref.to_json(), eng.to_json())
     assert eng.steps == ref.steps
+    assert eng.wait_results == ref.wait_results
     return ref
 
 

@@ -346,10 +346,13 @@ def test_wait_false_records_without_blocking():
     a = k.aiv(0)
     a.assign_queue(g, 0)
     off = a.post(g)
-    a.wait(g, off, sync=False)
+    a.wait(g, off, sync=False)  # step 3: the AIC received the message at step 2 but frees it at step 3
+    a.delay(3)
+    a.wait(g, off, sync=False)  # by now the slot is FREE again
     a.quit(g)
     r = run_both(k.compile())
     assert r.status == Status.OK
+    assert r.wait_results == {0: [False, True]}
 
 
 def test_barrier_example_orders_posts():

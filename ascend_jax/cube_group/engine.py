@@ -194,6 +194,11 @@ def extract_result(
         error=error,
         barrier_arrive=st.barrier_arrive[: len(program.barriers)].astype(np.int64),
         barrier_wait=st.barrier_wait[: len(program.barriers)].astype(np.int64),
+        wait_results={
+            int(block): [bool(x) for x in row[row >= 0]]
+            for block, row in zip(shape.aiv_blocks, st.aiv_wait_result, strict=True)
+            if (row >= 0).any()
+        },
         seed=seed if schedule == "random" else None,
     )
 

@@ -171,7 +171,7 @@ class ReferenceInterpreter:
                 slot.state = FAKE
             else:  # SetQuit: aivID, then the state
                 slot.aiv_id, slot.state = op.aiv_id, QUIT
-        elif op.kind == "wait":
+        elif op.kind == "wait" and not op.sync:  # Wait<false> returns whether the slot is FREE
             state = self.slots[op.group][self._aiv_head(aiv, op.group) + op.offset].state
             aiv.wait_results.append(state == FREE)
         elif op.kind == "arrive":
@@ -378,6 +378,7 @@ class ReferenceInterpreter:
             error=self.error if status == Status.ERROR else None,
             barrier_arrive=self.counters_a.copy(),
             barrier_wait=self.counters_w.copy(),
+            wait_results={a.block_idx: list(a.wait_results) for a in self.aivs if a.wait_results},
             seed=self.seed if self.schedule == "random" else None,
         )
 

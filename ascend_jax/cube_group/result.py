@@ -38,6 +38,8 @@ class CubeGroupResult:
       blocked: on deadlock, one entry per blocked core (see DESIGN.md).
       error: on ERROR, ``{"code", "core", "message", ...}``.
       barrier_arrive, barrier_wait: [barriers, N] final counter copies.
+      wait_results: block_idx -> what each executed ``Wait<false>`` returned (True: slot FREE), in
+        program order. These depend on timing, so they are not part of :meth:`outcome`.
       seed: schedule seed of this run (random schedule), or None.
     """
 
@@ -52,6 +54,7 @@ class CubeGroupResult:
     error: dict[str, Any] | None
     barrier_arrive: np.ndarray
     barrier_wait: np.ndarray
+    wait_results: dict[int, list[bool]] = dataclasses.field(default_factory=dict)
     seed: int | None = None
 
     def slot_states(self, group: int) -> list[list[str]]:
