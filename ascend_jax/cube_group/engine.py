@@ -107,11 +107,10 @@ def simulate(
         seeds = [seeds + i for i in range(len(programs))]
     if len(seeds) != len(programs):
         raise ConfigError("seeds", list(seeds), f"needs one seed per lane ({len(programs)})")
-    for i, p in enumerate(programs):
+    for p in programs:
         for gi, cb in enumerate(p.callbacks):
             for _ in range(p.groups[gi].aic_num):  # CallBack::Init once per AIC before its first message
                 cb.init(None, None)
-        del i
     encoded = [encode_program(p) for p in programs]
     shape = make_shape(programs, encoded, schedule)
     lanes = [build_tables(shape, p, e) for p, e in zip(programs, encoded, strict=True)]
