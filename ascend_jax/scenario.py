@@ -55,7 +55,7 @@ def _keys(table: Any, path: str, required: set[str], optional: set[str]) -> Mapp
 
 
 def load_scenario(source: str | Path | Mapping[str, Any], max_steps: int | None = None) -> CubeGroupProgram:
-    """Loads a scenario from a TOML path, TOML text is not accepted; a parsed dict is.
+    """Loads and validates a scenario from a TOML file path or an already parsed document.
 
     Args:
       source: path to a ``.toml`` file, or the parsed document.

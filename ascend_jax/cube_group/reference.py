@@ -291,11 +291,9 @@ class ReferenceInterpreter:
     def step(self) -> bool:
         """One step; returns whether any core was enabled (progress was possible)."""
         ready_v = [a for a in self.aivs if not a.done and self._aiv_ready(a)]
-        ticking = [a for a in ready_v if a.ops[a.pc].kind == "delay"]
-        acting = set(map(id, self._chosen([a for a in ready_v if a.ops[a.pc].kind != "delay"])))
-        for a in ready_v:
-            if a in ticking or id(a) in acting:
-                self._aiv_act(a)
+        ticking = [a for a in ready_v if a.ops[a.pc].kind == "delay"]  # time passes for every delay
+        for a in ticking + self._chosen([a for a in ready_v if a.ops[a.pc].kind != "delay"]):
+            self._aiv_act(a)
         ready_c = [(i, c) for i, c in enumerate(self.aics) if not c.done and self._aic_ready(c)]
         errors = []
         for i, c in self._chosen(ready_c):

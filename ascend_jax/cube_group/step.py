@@ -156,8 +156,9 @@ def _release(alive: jax.Array, n: jax.Array, row: jax.Array, col: jax.Array) -> 
 def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tuple[State, jax.Array, jax.Array]:
     """Every AIC whose next action is enabled performs it.
 
-    Returns the new state, [C] enabled, and [C] error codes (0 none) of AICs whose action was a
-    protocol error (those AICs change nothing).
+    Returns the new state, [C] enabled, [C] error codes (0 none) of AICs whose action was a
+    protocol error (those AICs change nothing), [C] the cursor slot each AIC looked at, and [C]
+    the error detail (skip count, free offset or wait state, by error code).
     """
     consts = shape.aic_constants()
     c_num, n_frees = st.aic_free_slot.shape
