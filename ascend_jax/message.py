@@ -55,6 +55,33 @@ CUBE_MSG_BODY = np.dtype(
 )
 
 
+#: A 128-byte message carrying everything the seed's Matmul callback reads: the CubeMsgBody
+#: fields (isAtomic widened to the uint8 ``enAtomic`` 0..3) plus ``lastTailM``, the five
+#: SetOrgShape values, ``cGap`` and ``biasAddr`` (the seed's callback uses lastTailM, the org shapes
+#: and cGap, which the 64-byte struct lacks; sample v2 uses a 128-byte message). Gaps are in elements.
+CUBE_MATMUL_MSG = np.dtype(
+    {
+        "names": [
+            "head", "funcID", "skipCnt", "value", "isTransA", "isTransB", "isAtomic", "isLast",
+            "tailM", "tailN", "tailK", "lastTailM",
+            "mOrgShape", "nOrgShape", "kaOrgShape", "kbOrgShape", "kcOrgShape",
+            "aAddr", "bAddr", "cAddr", "biasAddr", "aGap", "bGap", "cGap",
+        ],
+        "formats": [
+            CUBE_GROUP_MSG_HEAD, np.uint8, np.uint8, np.uint32, np.bool_, np.bool_, np.uint8, np.bool_,
+            np.int32, np.int32, np.int32, np.int32,
+            np.int32, np.int32, np.int32, np.int32, np.int32,
+            np.uint64, np.uint64, np.uint64, np.uint64, np.uint64, np.uint64, np.uint64,
+        ],
+        "offsets": [0, 2, 3, 4, 8, 9, 10, 11, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 56, 64, 72, 80, 88, 96],
+        "itemsize": 128,
+    }
+)  # fmt: skip
+
+#: Message types by name (scenario ``message = "..."``).
+MESSAGE_TYPES = {"CubeMsgBody": CUBE_MSG_BODY, "CubeMatmulMsg": CUBE_MATMUL_MSG}
+
+
 def check_message_dtype(dtype: np.dtype, field: str = "msg_dtype") -> np.dtype:
     """Checks that ``dtype`` can be a CubeResGroupHandle message type and returns it.
 

@@ -80,8 +80,18 @@ class AicHandle:
         self.queues = queues
         self.column = column
         self.depth = depth
-        self.frees: list[tuple[Any, Any, Any]] = []  # (offset, wait_state, when)
+        #: the call's ordered actions: ("free", offset, wait_state, when) or ("matmul", words, when)
+        self.actions: list[tuple] = []
         self.skip: Any = 0
+
+    @property
+    def frees(self) -> list[tuple[Any, Any, Any]]:
+        """The free actions as (offset, wait_state, when), in order."""
+        return [a[1:] for a in self.actions if a[0] == "free"]
+
+    def record_matmul(self, words: list[Any], when: Any = True) -> None:
+        """Appends a matmul action (:data:`ascend_jax.matmul.DESC_FIELDS` words); used by ``Matmul.iterate_all``."""
+        self.actions.append(("matmul", list(words), when))
 
     def free_message(self, msg: MsgRef, wait_state: Any = None, *, when: Any = True) -> None:
         """``FreeMessage(msg)`` or ``FreeMessage(msg, waitState)``, performed only if ``when``.
@@ -91,7 +101,7 @@ class AicHandle:
         """
         if not isinstance(msg, MsgRef):
             raise TypeError("free_message expects the received msg or msg + i")
-        self.frees.append((msg.offset, NO_WAIT if wait_state is None else wait_state, when))
+        self.actions.append(("free", msg.offset, NO_WAIT if wait_state is None else wait_state, when))
 
     def set_skip_msg(self, skip_cnt: Any) -> None:
         """``SetSkipMsg(k)``: after this call the cursor skips the next k columns of the row.
@@ -157,7 +167,59 @@ class MergeCallback(_StatelessCallback):
         handle.set_skip_msg(k)
 
 
-BUILTIN_CALLBACKS: dict[str, type] = {"free": FreeCallback, "merge": MergeCallback}
+class MatmulCallback(_StatelessCallback):
+    """Built-in ``matmul``: the seed's Matmul callback (``merge`` plus the Matmul of every message).
+
+    For a VALID message with ``skipCnt = k`` (0 for a single task), for i = 0..k: SetOrgShape from
+    the message (a value <= 0 keeps the tiling's), SetTail(tailM, tailN, tailK) with ``lastTailM``
+    instead of tailM for i == k (when lastTailM > 0), SetTensorA(aAddr + i*aGap*sizeof(A),
+    isTransA), SetTensorB(bAddr + i*bGap*sizeof(B), isTransB), SetBias(biasAddr) when non-zero,
+    IterateAll(cAddr + i*cGap*sizeof(C), isAtomic), End, then FreeMessage(msg + i, VALID for i = 0
+    else FAKE); finally SetSkipMsg(k). A FAKE that no skip covered is freed without compute (the
+    seed's callback would compute on its stale payload). Fields the message type lacks (e.g. with
+    the 64-byte CubeMsgBody: lastTailM, org shapes, cGap, biasAddr) count as 0.
+    """
+
+    required_fields: tuple[str, ...] = (
+        "skipCnt", "isTransA", "isTransB", "isAtomic", "tailM", "tailN", "tailK", "aAddr", "bAddr", "cAddr",
+    )  # fmt: skip
+
+    def init(self, mm: Any, tiling: Any) -> None:
+        pass
+
+    def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
+        xp = handle.xp
+        f = object.__getattribute__(msg, "_fields")
+
+        def get(name: str) -> Any:
+            return f.get(name, 0)
+
+        t = mm.tiling
+        valid = msg.state == CubeMsgState.VALID
+        k = xp.where(valid, msg.skipCnt, 0)
+        mm.set_org_shape(
+            xp.where(get("mOrgShape") > 0, get("mOrgShape"), t.M),
+            xp.where(get("nOrgShape") > 0, get("nOrgShape"), t.N),
+            xp.where(get("kaOrgShape") > 0, get("kaOrgShape"), t.Ka),
+            xp.where(get("kbOrgShape") > 0, get("kbOrgShape"), t.Kb),
+            get("kcOrgShape"),
+        )
+        for i in range(handle.aiv_per_aic):
+            last_tail = xp.where((i == k) & (get("lastTailM") > 0), get("lastTailM"), msg.tailM)
+            mm.set_tail(last_tail, msg.tailN, msg.tailK)
+            mm.set_tensor_a(msg.aAddr + i * get("aGap") * mm.a_itemsize, msg.isTransA)
+            mm.set_tensor_b(msg.bAddr + i * get("bGap") * mm.b_itemsize, msg.isTransB)
+            mm.set_bias(get("biasAddr"))
+            mm.iterate_all(msg.cAddr + i * get("cGap") * mm.c_itemsize, msg.isAtomic, when=valid & (i <= k))
+            mm.end()
+            if i == 0:
+                handle.free_message(msg, xp.where(valid, int(CubeMsgState.VALID), NO_WAIT))
+            else:
+                handle.free_message(msg + i, CubeMsgState.FAKE, when=k >= i)
+        handle.set_skip_msg(k)
+
+
+BUILTIN_CALLBACKS: dict[str, type] = {"free": FreeCallback, "merge": MergeCallback, "matmul": MatmulCallback}
 
 
 def resolve_callback(spec: Any, field: str = "callback") -> Any:

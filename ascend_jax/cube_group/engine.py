@@ -1,8 +1,9 @@
 """``simulate``: runs one or many programs in the JAX engine.
 
-The run of one lane is a ``lax.while_loop`` over :func:`step`, bounded by the lane's ``max_steps``;
-a batch is ``jit(vmap(run))`` over stacked lanes. The loop of a batch runs until its slowest lane
-stops; finished lanes are left untouched by later steps.
+A batch is one jitted ``lax.while_loop`` whose body is the protocol :func:`step` vmapped over the
+stacked lanes, followed by the compute phase (:func:`apply_matmuls`, vmapped) under a ``lax.cond``
+that skips it when no AIC of any lane performed a matmul this step. Each lane is bounded by its
+own ``max_steps``; the loop runs until its slowest lane stops; finished lanes are left untouched.
 """
 
 from __future__ import annotations
@@ -17,26 +18,39 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.cube_group.callbacks import NO_WAIT
+from ascend_jax.cube_group.compute import apply_matmuls
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.result import CubeGroupResult, slot_location, state_name
 from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables, encode_program, init_state
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 from ascend_jax.cube_group.step import count_frees, step
 from ascend_jax.errors import ConfigError
+from ascend_jax.matmul import Matmul
 
 #: Incremented each time the batched run is traced (tests use it to check for retracing).
 TRACE_COUNT = {"run": 0}
 
 
-def _run_lane(shape: EngineShape, n_frees: int, tab: Tables, key: jax.Array) -> State:
-    st = init_state(shape, n_frees, key)
-    return jax.lax.while_loop(lambda s: s.status == Status.RUNNING, functools.partial(step, shape, tab), st)
+def batch_step(shape: EngineShape, tab: Tables, st: State) -> State:
+    """One step of every lane: the vmapped protocol step, then the compute phase if needed."""
+    st, en, desc = jax.vmap(functools.partial(step, shape))(tab, st)
+    if not shape.has_matmul:
+        return st
+    return jax.lax.cond(
+        en.any(),
+        lambda s: jax.vmap(functools.partial(apply_matmuls, shape))(tab, s, en, desc),
+        lambda s: s,
+        st,
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _run_batch(shape: EngineShape, n_frees: int, tab: Tables, keys: jax.Array) -> State:
     TRACE_COUNT["run"] += 1
-    return jax.vmap(functools.partial(_run_lane, shape, n_frees))(tab, keys)
+    st = jax.vmap(functools.partial(init_state, shape, n_frees))(tab, keys)
+    return jax.lax.while_loop(
+        lambda s: (s.status == Status.RUNNING).any(), functools.partial(batch_step, shape, tab), st
+    )
 
 
 def _bucket(n: int) -> int:
@@ -45,8 +59,11 @@ def _bucket(n: int) -> int:
     return max(8, 1 << max(0, n - 1).bit_length())
 
 
-def make_shape(programs: Sequence[CubeGroupProgram], encoded: Sequence[dict], schedule: str) -> EngineShape:
-    """The common static shape of a batch; programs must share groups, callbacks and barriers."""
+def make_shape(
+    programs: Sequence[CubeGroupProgram], encoded: Sequence[dict], schedule: str, atomic_order: str = "fixed"
+) -> EngineShape:
+    """The common static shape of a batch; programs must share groups, callbacks, matmul configs,
+    barriers and GM tensor layout (GM contents may differ per lane)."""
     first = programs[0]
     for i, p in enumerate(programs[1:], 1):
         same = (
@@ -54,10 +71,14 @@ def make_shape(programs: Sequence[CubeGroupProgram], encoded: Sequence[dict], sc
             and p.callbacks == first.callbacks
             and [d.descr for d in p.msg_dtypes] == [d.descr for d in first.msg_dtypes]
             and p.barriers == first.barriers
+            and p.matmuls == first.matmuls
+            and p.gm.same_layout(first.gm)
         )
         if not same:
             raise ConfigError(
-                f"programs[{i}]", p.name, "lanes of one batch must share groups, callbacks, message types and barriers"
+                f"programs[{i}]",
+                p.name,
+                "lanes of one batch must share groups, callbacks, message types, matmul configs, barriers and tensors",
             )
     fields = tuple(
         tuple((name, str(enc_f[name].dtype)) for name in first.msg_dtypes[gi].names[1:])
@@ -76,6 +97,10 @@ def make_shape(programs: Sequence[CubeGroupProgram], encoded: Sequence[dict], sc
         receive_capacity=_bucket(max(e["capacity"] for e in encoded)),
         barrier_copies=tuple(b.copies for b in first.barriers),
         schedule=schedule,
+        matmuls=tuple(first.matmuls) or (None,) * len(first.groups),
+        gm_size=max(1, first.gm.size),
+        n_tensors=max(1, len(first.gm.tensors)),
+        atomic_order=atomic_order,
     )
 
 
@@ -85,6 +110,7 @@ def simulate(
     seeds: int | Sequence[int] = 0,
     max_steps: int | None = None,
     jit: bool = True,
+    atomic_order: str = "fixed",
 ) -> list[CubeGroupResult]:
     """Runs programs in the JAX engine, one batch lane each.
 
@@ -95,11 +121,15 @@ def simulate(
       seeds: one seed per lane, or a first seed (lane i gets seed + i).
       max_steps: overrides every program's ``max_steps``.
       jit: False runs the same step eagerly (slow; for debugging and tests).
+      atomic_order: ``"fixed"`` writes a step's matmul results in AIC index order; ``"random"``
+        in a permutation drawn per lane and step (bounds the order dependence of atomics).
     Returns:
       one :class:`CubeGroupResult` per lane.
     """
     if schedule not in ("lockstep", "random"):
         raise ConfigError("schedule", schedule, "must be 'lockstep' or 'random'")
+    if atomic_order not in ("fixed", "random"):
+        raise ConfigError("atomic_order", atomic_order, "must be 'fixed' or 'random'")
     if isinstance(programs, CubeGroupProgram):
         programs = [programs]
     programs = [dataclasses.replace(p, max_steps=max_steps) if max_steps is not None else p for p in programs]
@@ -110,9 +140,9 @@ def simulate(
     for p in programs:
         for gi, cb in enumerate(p.callbacks):
             for _ in range(p.groups[gi].aic_num):  # CallBack::Init once per AIC before its first message
-                cb.init(None, None)
+                cb.init(*init_args(p, gi))
     encoded = [encode_program(p) for p in programs]
-    shape = make_shape(programs, encoded, schedule)
+    shape = make_shape(programs, encoded, schedule, atomic_order)
     lanes = [build_tables(shape, p, e) for p, e in zip(programs, encoded, strict=True)]
     tab = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *lanes)
     keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
@@ -133,15 +163,25 @@ def simulate(
     ]
 
 
+def init_args(program: CubeGroupProgram, gi: int) -> tuple:
+    """``(mm, tiling)`` for ``CallBack::Init`` of group ``gi`` (an unbound Matmul, or None)."""
+    cfg = program.matmuls[gi] if program.matmuls else None
+    if cfg is None:
+        return (None, None)
+    return (Matmul(cfg[0], cfg[1]), cfg[1])
+
+
 def _run_eager(shape: EngineShape, n_frees: int, tab: Tables, keys: jax.Array) -> State:
     """The same semantics without jit: a Python loop over lanes and steps."""
     outs = []
     for i in range(keys.shape[0]):
         lane = jax.tree.map(lambda x, i=i: x[i], tab)
-        st = init_state(shape, n_frees, keys[i])
+        st = init_state(shape, n_frees, lane, keys[i])
         with jax.disable_jit():
             while int(st.status) == Status.RUNNING:
-                st = step(shape, lane, st)
+                st, en, desc = step(shape, lane, st)
+                if shape.has_matmul and bool(en.any()):
+                    st = apply_matmuls(shape, lane, st, en, desc)
         outs.append(st)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
@@ -178,9 +218,14 @@ def extract_result(
             ErrorCode.FREE_OUT_OF_BLOCK: "offset",
             ErrorCode.FREE_UNUSED_COLUMN: "offset",
             ErrorCode.BAD_WAIT_STATE: "wait_state",
+            ErrorCode.MATMUL_ATOMIC: "en_atomic",
         }.get(code)
         if key:
             error[key] = int(st.error_detail)
+        elif code == ErrorCode.MATMUL_SHAPE:
+            error["dimension"] = "MNK"[int(st.error_detail) - 1]
+        elif code == ErrorCode.GM_OUT_OF_RANGE:
+            error["address"] = program.gm.describe(int(st.error_detail))
     return CubeGroupResult(
         program=program,
         status=status,
@@ -199,6 +244,7 @@ def extract_result(
             if (row >= 0).any()
         },
         seed=seed if schedule == "random" else None,
+        gm=st.gm[: program.gm.size].copy(),
     )
 
 

@@ -36,6 +36,8 @@ from ascend_jax.cube_group.barrier import (
 from ascend_jax.cube_group.callbacks import resolve_callback
 from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace, check_group
 from ascend_jax.errors import ConfigError
+from ascend_jax.gm import GlobalMemory, Tensor
+from ascend_jax.matmul import MatmulType, TCubeTiling
 from ascend_jax.message import CUBE_MSG_BODY, MAX_MSG_PER_AIV, CubeMsgState, pack_message
 
 
@@ -190,6 +192,12 @@ class AivProgram:
         if fields is not None and not isinstance(fields, Mapping):
             raise ConfigError(f"{where}.fields", fields, "must be a table of payload field values")
         dtype = self.kernel.msg_dtypes[slot.group] if isinstance(slot, MsgSlot) else CUBE_MSG_BODY
+        if fields:  # address fields may name a tensor: "a+1024"
+            fields = {
+                k: self.kernel.gm.address(v, f"{where}.fields.{k}") if isinstance(v, (str, Tensor)) else v
+                for k, v in fields.items()
+            }
+            fields = {k: v.addr if isinstance(v, Tensor) else v for k, v in fields.items()}
         payload = pack_message(dtype, fields, f"{where}.fields")
         st = self._fill(slot, "post_message")
         self.ops.append(
@@ -311,6 +319,8 @@ class CubeGroupProgram:
       queue_of: (group, block_idx) -> bound queue.
       max_steps: bound on the number of engine steps.
       max_received: per-AIC capacity of the received-message log (auto when None).
+      matmuls: per group, (MatmulType, TCubeTiling) or None.
+      gm: the global memory (tensors and their initial bytes).
     """
 
     name: str
@@ -323,6 +333,8 @@ class CubeGroupProgram:
     queue_of: Mapping[tuple[int, int], int]
     max_steps: int
     max_received: int | None = None
+    matmuls: tuple[Any, ...] = ()
+    gm: GlobalMemory = dataclasses.field(default_factory=GlobalMemory, compare=False)
 
     @property
     def aics(self) -> list[tuple[int, int]]:
@@ -383,8 +395,14 @@ class CubeGroupKernel:
         self.callbacks: list[Any] = []
         self.msg_dtypes: list[np.dtype] = []
         self.barriers: list[BarrierGeometry] = []
+        self.matmuls: list[Any] = []
+        self.gm = GlobalMemory()
         self._aivs: dict[int, AivProgram] = {}
         self._bindings: dict[tuple[int, int], int] = {}
+
+    def alloc(self, name: str, shape: Any, dtype: Any, init: Any = "zeros", seed: int = 0) -> Tensor:
+        """Allocates a GM tensor (see :meth:`GlobalMemory.alloc`); its ``addr`` goes into messages."""
+        return self.gm.alloc(name, shape, dtype, init, seed)
 
     def create_cube_res_group(
         self,
@@ -394,9 +412,20 @@ class CubeGroupKernel:
         msg_queue_size: int,
         callback: Any = "merge",
         msg_dtype: np.dtype = CUBE_MSG_BODY,
+        matmul: MatmulType | Mapping[str, Any] | None = None,
+        tiling: TCubeTiling | Mapping[str, Any] | None = None,
     ) -> GroupGeometry:
-        """``CreateCubeResGroup``: places the group at the workspace cursor (spec §2.2)."""
+        """``CreateCubeResGroup<groupID, MatmulApiType, CallBack, Msg>``: places the group at the
+        workspace cursor (spec §2.2). ``matmul`` (the MatmulApiType's A/B/C/bias types) and
+        ``tiling`` give the callback its ``mm`` object; both or neither."""
         field = f"group[{len(self.groups)}]"
+        if (matmul is None) != (tiling is None):
+            missing = "tiling" if tiling is None else "matmul"
+            raise ConfigError(f"{field}.{missing}", None, "matmul and tiling go together", f"give {missing} too")
+        mm_cfg = None
+        if matmul is not None:
+            mt = MatmulType.from_table(matmul, f"{field}.matmul")
+            mm_cfg = (mt, TCubeTiling.from_table(tiling, f"{field}.tiling").check(mt, f"{field}.tiling"))
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{field}.name", name, "must be a non-empty string")
         if any(g.name == name for g in self.groups):
@@ -420,8 +449,18 @@ class CubeGroupKernel:
             raise ConfigError(
                 f"{field}.callback", callback, f"needs message fields {missing} that the message type lacks"
             )
+        from ascend_jax.cube_group.callbacks import MatmulCallback
+
+        if isinstance(cb, MatmulCallback) and mm_cfg is None:
+            raise ConfigError(
+                f"{field}.callback",
+                "matmul",
+                "the matmul callback needs the group's matmul type and tiling",
+                "give matmul = {...} and tiling = {...}",
+            )
         self.callbacks.append(cb)
         self.msg_dtypes.append(np.dtype(msg_dtype))
+        self.matmuls.append(mm_cfg)
         return g
 
     def group_barrier(self, name: str, arrive_size: int, wait_size: int) -> BarrierGeometry:
@@ -505,4 +544,6 @@ class CubeGroupKernel:
             queue_of={(gi, b): q for (gi, q), b in self._bindings.items()},
             max_steps=self.max_steps,
             max_received=self.max_received,
+            matmuls=tuple(self.matmuls),
+            gm=self.gm.copy(),
         )

@@ -14,6 +14,15 @@ Schedules:
   tick. Results (received logs, slot states, witness) must not change; step counts do.
 
 A step in which no core is enabled and no delay ticks while some core is unfinished is a deadlock.
+
+Matmul actions performed in a step are computed after every AIC of the step has acted: all loads
+first (GM as it was), then the writes in AIC order, as in the engine's compute phase. Numerics:
+
+* ``numerics="hardware"``: GM is a byte image and tiles are computed as the cube unit does
+  (:func:`ascend_jax.matmul.hw_matmul`); this is what the engine is compared with.
+* ``numerics="exact"``: every tensor has a float64 shadow; matmuls and atomics are computed in
+  float64 without rounding. This is the float64 numpy reference of the numerics report; tiles
+  must then be read with their tensor's element type.
 """
 
 from __future__ import annotations
@@ -28,6 +37,19 @@ from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView
 from ascend_jax.cube_group.program import AivOp, CubeGroupProgram
 from ascend_jax.cube_group.result import CubeGroupResult
 from ascend_jax.cube_group.status import ErrorCode, Status
+from ascend_jax.errors import ConfigError
+from ascend_jax.matmul import (
+    DESC_FIELDS,
+    Matmul,
+    _NoMatmul,
+    combine,
+    exact_combine,
+    exact_matmul,
+    hw_matmul,
+    np_store,
+    np_tile,
+    shape_error,
+)
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 
 FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
@@ -67,7 +89,7 @@ class _Aic:
     aiv_work: int = 0
     aiv_work_state: int = 0
     in_call: bool = False
-    pending: list = dataclasses.field(default_factory=list)  # [(slot, wait_state)]
+    pending: list = dataclasses.field(default_factory=list)  # [("free", slot, wait) | ("matmul", desc)]
     skip: int = 0
     log: list = dataclasses.field(default_factory=list)
 
@@ -87,10 +109,23 @@ class ReferenceInterpreter:
     """
 
     def __init__(
-        self, program: CubeGroupProgram, schedule: str = "lockstep", seed: int = 0, max_steps: int | None = None
+        self,
+        program: CubeGroupProgram,
+        schedule: str = "lockstep",
+        seed: int = 0,
+        max_steps: int | None = None,
+        numerics: str = "hardware",
     ):
         if schedule not in ("lockstep", "random"):
             raise ValueError(f"schedule = {schedule!r}: must be 'lockstep' or 'random'")
+        if numerics not in ("hardware", "exact"):
+            raise ValueError(f"numerics = {numerics!r}: must be 'hardware' or 'exact'")
+        self.numerics = numerics
+        self.image = program.gm.image
+        self.bounds = program.gm.bounds()
+        self.shadow = {n: program.gm.read(n).astype(np.float64) for n in program.gm.tensors}
+        self.written: set[str] = set()  # tensors a matmul wrote
+        self._mm_queue: list = []
         self.p = program
         self.schedule = schedule
         self.seed = seed
@@ -115,9 +150,9 @@ class ReferenceInterpreter:
             (len(program.barriers), max((b.copies for b in program.barriers), default=1)), np.int64
         )
         self.counters_w = np.zeros_like(self.counters_a)
-        self.mm = [None] * len(self.aics)
-        for i, a in enumerate(self.aics):  # CallBack::Init once per AIC, before its first message
-            program.callbacks[a.group].init(self.mm[i], None)
+        for a in self.aics:  # CallBack::Init once per AIC, before its first message
+            cfg = program.matmuls[a.group] if program.matmuls else None
+            program.callbacks[a.group].init(*((None, None) if cfg is None else (Matmul(*cfg), cfg[1])))
         self.error: dict | None = None
 
     # -- AIV -------------------------------------------------------------------------------
@@ -192,7 +227,10 @@ class ReferenceInterpreter:
     def _aic_ready(self, aic: _Aic) -> bool:
         slots = self.slots[aic.group]
         if aic.in_call:
-            slot, wait = aic.pending[0]
+            act = aic.pending[0]
+            if act[0] == "matmul":
+                return True
+            _, slot, wait = act
             return wait == NO_WAIT or slots[slot].state == wait
         return slots[self._block(aic) + aic.msg_pos].state != FREE
 
@@ -216,8 +254,11 @@ class ReferenceInterpreter:
         """Performs the AIC's next action; returns an error dict instead when it is a protocol error."""
         slots = self.slots[aic.group]
         if aic.in_call:
-            slot, _ = aic.pending.pop(0)
-            slots[slot].state = FREE
+            act = aic.pending.pop(0)
+            if act[0] == "matmul":
+                self._mm_queue.append((aic, act[1]))
+            else:
+                slots[act[1]].state = FREE
             if not aic.pending:
                 self._finish_call(aic)
             return None
@@ -238,16 +279,28 @@ class ReferenceInterpreter:
         fields = {name: payload[name][()] for name in dtype.names[1:]}
         msg = MsgView(cur.state, cur.aiv_id, fields)
         handle = AicHandle(np, g.aiv_per_aic, aic.n, aic.aiv_work, depth)
-        self.p.callbacks[aic.group].call(self.mm[i], msg, handle)
+        cfg = self.p.matmuls[aic.group] if self.p.matmuls else None
+        mm = _NoMatmul(g.name) if cfg is None else Matmul(cfg[0], cfg[1], np, handle)
+        self.p.callbacks[aic.group].call(mm, msg, handle)
         skip = int(handle.skip)
         if skip < 0:
             return self._error(ErrorCode.SKIP_NEGATIVE, aic, queue, depth, skip=skip)
         if aic.aiv_work + skip >= aic.n:
             return self._error(ErrorCode.SKIP_CROSSES_ROW, aic, queue, depth, skip=skip)
         pending = []
-        for offset, wait, when in handle.frees:
-            if not bool(when):
+        for act in handle.actions:
+            if not bool(act[-1]):
                 continue
+            if act[0] == "matmul":
+                desc = dict(zip(DESC_FIELDS, (int(x) for x in act[1]), strict=True))
+                which = int(shape_error(cfg[1], desc["m"], desc["n"], desc["k"], desc["atomic"]))
+                if which == 4:
+                    return self._error(ErrorCode.MATMUL_ATOMIC, aic, queue, depth, en_atomic=desc["atomic"])
+                if which:
+                    return self._error(ErrorCode.MATMUL_SHAPE, aic, queue, depth, dimension="MNK"[which - 1])
+                pending.append(("matmul", desc))
+                continue
+            _, offset, wait, _ = act
             rel, wait = aic.msg_pos + int(offset), int(wait)
             if not 0 <= rel < g.aiv_per_aic * MAX_MSG_PER_AIV:
                 return self._error(ErrorCode.FREE_OUT_OF_BLOCK, aic, queue, depth, offset=int(offset))
@@ -255,7 +308,7 @@ class ReferenceInterpreter:
                 return self._error(ErrorCode.FREE_UNUSED_COLUMN, aic, queue, depth, offset=int(offset))
             if wait not in (NO_WAIT, VALID, FAKE):
                 return self._error(ErrorCode.BAD_WAIT_STATE, aic, queue, depth, wait_state=wait)
-            pending.append((base + rel, wait))
+            pending.append(("free", base + rel, wait))
         aic.log.append((queue, depth, _name(cur.state)))
         aic.skip = skip
         aic.pending = pending
@@ -279,8 +332,84 @@ class ReferenceInterpreter:
             "queue": queue,
             "depth": depth,
             "message": code.describe(),
-            **{k: int(v) for k, v in detail.items()},
+            **{k: v if isinstance(v, str) else int(v) for k, v in detail.items()},
         }
+
+    # -- compute ---------------------------------------------------------------------------
+    def _inside(self, lo: int, hi: int) -> bool:
+        return any(s <= lo and hi <= e and s < e for s, e in self.bounds)
+
+    def _check(self, mt, d: dict) -> int | None:
+        """The first out-of-range address of a descriptor (A, B, C, bias order), else None."""
+
+        def span(addr, rows, cols, stride, trans, size):
+            last = (cols - 1) * stride + rows - 1 if trans else (rows - 1) * stride + cols - 1
+            return addr, addr + (last + 1) * size
+
+        spans = [
+            (d["a_addr"], span(d["a_addr"], d["m"], d["k"], d["stride_a"], d["trans_a"], mt.dtype("a").itemsize)),
+            (d["b_addr"], span(d["b_addr"], d["k"], d["n"], d["stride_b"], d["trans_b"], mt.dtype("b").itemsize)),
+            (d["c_addr"], span(d["c_addr"], d["m"], d["n"], d["stride_c"], False, mt.dtype("c").itemsize)),
+        ]
+        if d["has_bias"]:
+            spans.append((d["bias_addr"], span(d["bias_addr"], 1, d["n"], d["n"], False, mt.dtype("bias").itemsize)))
+        for addr, (lo, hi) in spans:
+            if not self._inside(lo, hi):
+                return addr
+        return None
+
+    def _tile(self, addr: int, rows: int, cols: int, stride: int, trans: bool, dtype: np.dtype) -> np.ndarray:
+        if self.numerics == "hardware":
+            return np_tile(self.image, addr, rows, cols, stride, trans, dtype)
+        name, flat, off = self._exact_index(addr, rows, cols, stride, trans, dtype)
+        return flat[off]
+
+    def _exact_index(self, addr, rows, cols, stride, trans, dtype):
+        t = self.p.gm.tensors[self.p.gm.owner(addr)]
+        if t.dtype != dtype or (addr - t.addr) % dtype.itemsize:
+            raise ConfigError(
+                "numerics",
+                self.p.gm.describe(addr),
+                f"the float64 reference reads tiles with their tensor's type ({t.dtype}), not {dtype}, at element offsets",
+            )
+        r = np.arange(rows)[:, None]
+        c = np.arange(cols)[None, :]
+        off = (addr - t.addr) // dtype.itemsize + ((c * stride + r) if trans else (r * stride + c))
+        return t.name, self.shadow[t.name].reshape(-1), off
+
+    def _compute(self) -> None:
+        """Runs the step's matmuls: every load first, then the writes in AIC order."""
+        queue, self._mm_queue = self._mm_queue, []
+        done = []
+        for aic, d in queue:
+            mt, tiling = self.p.matmuls[aic.group]
+            bad = self._check(mt, d)
+            if bad is not None:
+                done.append((aic, d, mt, None, bad))
+                continue
+            m, n, k = d["m"], d["n"], d["k"]
+            a = self._tile(d["a_addr"], m, k, d["stride_a"], bool(d["trans_a"]), mt.dtype("a"))
+            b = self._tile(d["b_addr"], k, n, d["stride_b"], bool(d["trans_b"]), mt.dtype("b"))
+            bias = self._tile(d["bias_addr"], 1, n, n, False, mt.dtype("bias"))[0] if d["has_bias"] else None
+            c = exact_matmul(a, b, bias) if self.numerics == "exact" else hw_matmul(mt, tiling, a, b, bias)
+            done.append((aic, d, mt, c, None))
+        for aic, d, mt, c, bad in done:
+            if bad is not None:
+                if self.error is None:
+                    g = self.p.groups[aic.group]
+                    queue_, depth = aic.k * g.aiv_per_aic + aic.aiv_work, aic.msg_pos // g.aiv_per_aic
+                    self.error = self._error(
+                        ErrorCode.GM_OUT_OF_RANGE, aic, queue_, depth, address=self.p.gm.describe(bad)
+                    )
+                continue
+            m, n = c.shape
+            if self.numerics == "hardware":
+                old = np_tile(self.image, d["c_addr"], m, n, d["stride_c"], False, mt.dtype("c"))
+                np_store(self.image, d["c_addr"], d["stride_c"], combine(mt, old, c, d["atomic"], np))
+            else:
+                name, flat, off = self._exact_index(d["c_addr"], m, n, d["stride_c"], False, mt.dtype("c"))
+                flat[off] = exact_combine(flat[off], c, d["atomic"])
+                self.written.add(name)
 
     # -- loop ------------------------------------------------------------------------------
     def _chosen(self, ready: list) -> list:
@@ -302,6 +431,8 @@ class ReferenceInterpreter:
                 errors.append(err)
         if errors and self.error is None:
             self.error = errors[0]
+        if self._mm_queue:
+            self._compute()
         return bool(ready_v or ready_c)
 
     def run(self) -> CubeGroupResult:
@@ -326,7 +457,7 @@ class ReferenceInterpreter:
                 continue
             g = self.p.groups[c.group]
             if c.in_call:
-                slot, wait = c.pending[0]
+                _, slot, wait = c.pending[0]
                 k, col, d = g.slot_queue_depth(slot)
                 out.append(_entry(f"aic{c.core}", g.name, k * g.aiv_per_aic + col, d, _name(wait)))
             else:
@@ -378,6 +509,7 @@ class ReferenceInterpreter:
             barrier_wait=self.counters_w.copy(),
             wait_results={a.block_idx: list(a.wait_results) for a in self.aivs if a.wait_results},
             seed=self.seed if self.schedule == "random" else None,
+            gm=self.image.copy() if self.numerics == "hardware" else None,
         )
 
 
@@ -399,5 +531,5 @@ def _barrier_entry(core: str, barrier: str, index: int, until: str) -> dict:
 def run_reference(
     program: CubeGroupProgram, schedule: str = "lockstep", seed: int = 0, max_steps: int | None = None
 ) -> CubeGroupResult:
-    """Runs ``program`` in the reference interpreter."""
+    """Runs ``program`` in the reference interpreter (hardware numerics)."""
     return ReferenceInterpreter(program, schedule, seed, max_steps).run()

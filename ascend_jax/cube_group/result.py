@@ -41,6 +41,8 @@ class CubeGroupResult:
       wait_results: block_idx -> what each executed ``Wait<false>`` returned (True: slot FREE), in
         program order. These depend on timing, so they are not part of :meth:`outcome`.
       seed: schedule seed of this run (random schedule), or None.
+      gm: final GM bytes (``[G] uint8`` from ``GM_BASE``), or None when the program has no tensors.
+      numerics: the numerics report (see :func:`ascend_jax.numerics.numerics_report`) once computed.
     """
 
     program: CubeGroupProgram
@@ -56,6 +58,15 @@ class CubeGroupResult:
     barrier_wait: np.ndarray
     wait_results: dict[int, list[bool]] = dataclasses.field(default_factory=dict)
     seed: int | None = None
+    gm: np.ndarray | None = None
+    numerics: dict[str, Any] | None = None
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The final value of GM tensor ``name``."""
+        return self.program.gm.read(name, self.gm)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {name: self.tensor(name) for name in self.program.gm.tensors}
 
     def slot_states(self, group: int) -> list[list[str]]:
         """``slot_states[depth][queue]`` names of group ``group``."""
@@ -93,6 +104,8 @@ class CubeGroupResult:
         }
         if self.error is not None:
             out["error"] = self.error
+        if self.numerics is not None:
+            out["numerics"] = self.numerics
         return out
 
     def workspace_image(self) -> np.ndarray:

@@ -3,7 +3,9 @@
 Size letters: ``S`` slots of all groups, ``V`` AIVs with a program, ``L`` ops per AIV (padded),
 ``C`` AICs serving a group, ``W`` row width bound (max P), ``F`` free requests per callback call
 (padded), ``R`` receive-log entries per AIC, ``B`` barriers, ``N`` counter copies (max), ``M_g``
-messages posted into group ``g``.
+messages posted into group ``g``, ``G`` GM bytes, ``T`` GM tensors, ``D`` matmul descriptor words.
+
+``F`` counts a callback call's actions (frees and matmuls, in the order the callback recorded them).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.result import message_table
 from ascend_jax.cube_group.status import OpKind
 from ascend_jax.errors import ConfigError
+from ascend_jax.matmul import N_DESC
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 
 
@@ -41,6 +44,14 @@ class EngineShape:
     receive_capacity: int  # R (array size; the per-lane limit is traced)
     barrier_copies: tuple[int, ...]  # N_b per barrier
     schedule: str  # "lockstep" | "random"
+    matmuls: tuple[Any, ...] = ()  # per group: (MatmulType, TCubeTiling) or None
+    gm_size: int = 1  # G (bytes, padded)
+    n_tensors: int = 1  # T (padded)
+    atomic_order: str = "fixed"  # "fixed" (AIC index order) | "random" (per lane and step)
+
+    @property
+    def has_matmul(self) -> bool:
+        return any(m is not None for m in self.matmuls)
 
     @property
     def num_slots(self) -> int:
@@ -74,6 +85,7 @@ class Tables:
     op_len: [V] ops per AIV.
     msg_fields: per group, field name -> [M_g] values.
     max_steps: [] step bound. receive_limit: [] receive-log entries allowed per AIC.
+    gm_init: [G] uint8 initial GM image. gm_bounds: [T, 2] int32 (start, end) of every tensor.
     """
 
     op_kind: jax.Array
@@ -85,6 +97,8 @@ class Tables:
     msg_fields: tuple[dict[str, jax.Array], ...]
     max_steps: jax.Array
     receive_limit: jax.Array
+    gm_init: jax.Array
+    gm_bounds: jax.Array
 
 
 @jax.tree_util.register_dataclass
@@ -97,7 +111,10 @@ class State:
     aiv_wait_result: [V, L] int8 result of Wait<false> ops (-1 not run).
     aic_phase, aic_row, aic_col: [C] AicPhase, cursor row (depth) and column (aivWork).
     aic_alive: [C, W] aivWorkState as booleans.
-    aic_free_slot, aic_free_wait, aic_free_en: [C, F] the frees the current call requested.
+    aic_free_slot, aic_free_wait, aic_free_en: [C, F] the actions the current call requested
+      (a free's slot and wait state; matmul actions have wait NO_WAIT).
+    aic_act_mm: [C, F] whether each action is a matmul; aic_act_desc: [C, F, D] its descriptor.
+    gm: [G] uint8 global memory.
     aic_free_pc, aic_skip: [C] next free to perform, SetSkipMsg total of the current call.
     recv_slot, recv_state: [C, R] received log (global slot, state); recv_count: [C].
     barrier_arrive, barrier_wait: [B, N] counter copies.
@@ -118,6 +135,9 @@ class State:
     aic_free_slot: jax.Array
     aic_free_wait: jax.Array
     aic_free_en: jax.Array
+    aic_act_mm: jax.Array
+    aic_act_desc: jax.Array
+    gm: jax.Array
     aic_free_pc: jax.Array
     aic_skip: jax.Array
     recv_slot: jax.Array
@@ -225,7 +245,15 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: dict[str, A
             padded[: len(vals)] = vals
             out[name] = padded
         fields.append(out)
+    gm_init = np.zeros(shape.gm_size, np.uint8)
+    image = program.gm.image
+    gm_init[: image.size] = image
+    bounds = np.zeros((shape.n_tensors, 2), np.int32)
+    b = program.gm.bounds()
+    bounds[: len(b)] = b
     return Tables(
+        gm_init=gm_init,
+        gm_bounds=bounds,
         op_kind=tab[0],
         op_slot=tab[1],
         op_a=tab[2],
@@ -238,7 +266,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: dict[str, A
     )
 
 
-def init_state(shape: EngineShape, n_frees: int, key: jax.Array) -> State:
+def init_state(shape: EngineShape, n_frees: int, tab: Tables, key: jax.Array) -> State:
     """The state at launch: zeroed workspace, every AIV at op 0, every AIC at (0, 0) with all columns live."""
     consts = shape.aic_constants()
     c, w, r = len(consts["core"]), shape.row_width, shape.receive_capacity
@@ -259,6 +287,9 @@ def init_state(shape: EngineShape, n_frees: int, key: jax.Array) -> State:
         aic_free_slot=jnp.zeros((c, n_frees), i32),
         aic_free_wait=jnp.zeros((c, n_frees), i32),
         aic_free_en=jnp.zeros((c, n_frees), bool),
+        aic_act_mm=jnp.zeros((c, n_frees), bool),
+        aic_act_desc=jnp.zeros((c, n_frees, N_DESC), i32),
+        gm=jnp.asarray(tab.gm_init),
         aic_free_pc=jnp.zeros(c, i32),
         aic_skip=jnp.zeros(c, i32),
         recv_slot=jnp.zeros((c, r), i32),

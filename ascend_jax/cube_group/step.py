@@ -17,6 +17,8 @@ import numpy as np
 from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView
 from ascend_jax.cube_group.state import EngineShape, State, Tables
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
+from ascend_jax.matmul import N_DESC, Matmul, _NoMatmul, shape_error
+from ascend_jax.matmul import D as DM
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 
 FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
@@ -82,11 +84,20 @@ def aiv_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
     return st, ready
 
 
+def _group_mm(shape: EngineShape, gi: int, h: AicHandle, xp=jnp):
+    """The ``mm`` object a group's callback sees: a recorder bound to ``h``, or a guard."""
+    cfg = shape.matmuls[gi] if shape.matmuls else None
+    if cfg is None:
+        return _NoMatmul(shape.groups[gi].name)
+    return Matmul(cfg[0], cfg[1], xp, h)
+
+
 def callback_requests(shape: EngineShape, tab: Tables, st: State, n_frees: int, row, col):
     """Evaluates every group's callback on the message under each AIC's cursor.
 
-    Returns [C, F] offsets, wait states and enables, and [C] skip counts. Each group's callback is
-    traced once and vmapped over that group's AICs only (no branch per callback kind).
+    Returns [C, F] action arrays (free offsets, wait states, enables, is-matmul, matmul dispatch
+    error code and detail), [C, F, D] matmul descriptors and [C] skip counts. Each group's
+    callback is traced once and vmapped over that group's AICs only (no branch per callback kind).
     """
     consts = shape.aic_constants()
     cur = consts["block"] + row * consts["p"] + col
@@ -97,22 +108,52 @@ def callback_requests(shape: EngineShape, tab: Tables, st: State, n_frees: int, 
         start += g.aic_num
         cb = shape.callbacks[gi]
         table = tab.msg_fields[gi]
+        cfg = shape.matmuls[gi] if shape.matmuls else None
 
-        def one(slot, column, depth, n, cb=cb, table=table, p=g.aiv_per_aic):
+        def one(slot, column, depth, n, cb=cb, table=table, p=g.aiv_per_aic, gi=gi, cfg=cfg):
             mid = st.slot_msg[slot]
             fields = {k: jnp.where(mid >= 0, t[jnp.maximum(mid, 0)], jnp.zeros((), t.dtype)) for k, t in table.items()}
             msg = MsgView(st.slot_state[slot], st.slot_aiv_id[slot], fields)
             h = AicHandle(jnp, p, n, column, depth)
-            cb.call(None, msg, h)
-            f = len(h.frees)
-            off = jnp.stack([jnp.asarray(o, jnp.int32) for o, _, _ in h.frees]) if f else jnp.zeros(0, jnp.int32)
-            wait = jnp.stack([jnp.asarray(w, jnp.int32) for _, w, _ in h.frees]) if f else jnp.zeros(0, jnp.int32)
-            en = jnp.stack([jnp.asarray(e, bool) for _, _, e in h.frees]) if f else jnp.zeros(0, bool)
-            pad = n_frees - f
+            cb.call(_group_mm(shape, gi, h), msg, h)
+            i32 = jnp.int32
+            off, wait, en, is_mm, descs, code, detail = [], [], [], [], [], [], []
+            for act in h.actions:
+                if act[0] == "free":
+                    _, o, w, e = act
+                    off.append(jnp.asarray(o, i32))
+                    wait.append(jnp.asarray(w, i32))
+                    descs.append(jnp.zeros(N_DESC, i32))
+                    is_mm.append(False)
+                    code.append(i32(0))
+                    detail.append(i32(0))
+                else:
+                    _, words, e = act
+                    off.append(i32(0))
+                    wait.append(i32(NO_WAIT))
+                    d = jnp.stack([jnp.asarray(x).astype(i32) for x in words])
+                    descs.append(d)
+                    is_mm.append(True)
+                    which = shape_error(cfg[1], d[DM["m"]], d[DM["n"]], d[DM["k"]], d[DM["atomic"]], jnp)
+                    code.append(
+                        jnp.where(which == 4, ErrorCode.MATMUL_ATOMIC, jnp.where(which > 0, ErrorCode.MATMUL_SHAPE, 0))
+                    )
+                    detail.append(jnp.where(which == 4, d[DM["atomic"]], which).astype(i32))
+                en.append(jnp.asarray(e, bool))
+            pad = n_frees - len(h.actions)
+
+            def col_(xs, dt, shape_=()):
+                x = jnp.stack(xs) if xs else jnp.zeros((0, *shape_), dt)
+                return jnp.pad(x.astype(dt), [(0, pad)] + [(0, 0)] * len(shape_))
+
             return (
-                jnp.pad(off, (0, pad)),
-                jnp.pad(wait, (0, pad)),
-                jnp.pad(en, (0, pad)),
+                col_(off, jnp.int32),
+                col_(wait, jnp.int32),
+                col_(en, bool),
+                col_([jnp.asarray(x) for x in is_mm], bool),
+                col_(code, jnp.int32),
+                col_(detail, jnp.int32),
+                col_(descs, jnp.int32, (N_DESC,)),
                 jnp.asarray(h.skip, jnp.int32),
             )
 
@@ -121,17 +162,17 @@ def callback_requests(shape: EngineShape, tab: Tables, st: State, n_frees: int, 
 
 
 def count_frees(shape: EngineShape, tab: Tables) -> int:
-    """F: the most free requests any group's callback records in one call (traced abstractly)."""
+    """F: the most actions (frees and matmuls) any group's callback records in one call (traced abstractly)."""
     most = 1
     for gi, g in enumerate(shape.groups):
         table = tab.msg_fields[gi]
         counts = []
 
-        def probe(cb=shape.callbacks[gi], table=table, p=g.aiv_per_aic, counts=counts):
+        def probe(cb=shape.callbacks[gi], table=table, p=g.aiv_per_aic, counts=counts, gi=gi):
             fields = {k: jnp.zeros(v.shape[1:], v.dtype) for k, v in table.items()}
             h = AicHandle(jnp, p, jnp.int32(p), jnp.int32(0), jnp.int32(0))
-            cb.call(None, MsgView(jnp.int32(VALID), jnp.int32(0), fields), h)
-            counts.append(len(h.frees))
+            cb.call(_group_mm(shape, gi, h), MsgView(jnp.int32(VALID), jnp.int32(0), fields), h)
+            counts.append(len(h.actions))
             return jnp.int32(0)
 
         jax.eval_shape(probe)
@@ -181,15 +222,22 @@ def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
     act = ready & _chosen(shape, key, c_num)
 
     # -- dispatch: validate the callback's request ------------------------------------------
-    offsets, waits, enables, skip = callback_requests(shape, tab, st, n_frees, row, col)
+    offsets, waits, enables, is_mm, mm_code, mm_detail, descs, skip = callback_requests(
+        shape, tab, st, n_frees, row, col
+    )
     rel = msg_pos[:, None] + offsets
-    out_block = enables & ((rel < 0) | (rel >= MAX_MSG_PER_AIV * p[:, None]))
-    unused = enables & ~out_block & (rel % p[:, None] >= n[:, None])
-    bad_wait = enables & (waits != NO_WAIT) & (waits != VALID) & (waits != FAKE)
+    frees = enables & ~is_mm
+    out_block = frees & ((rel < 0) | (rel >= MAX_MSG_PER_AIV * p[:, None]))
+    unused = frees & ~out_block & (rel % p[:, None] >= n[:, None])
+    bad_wait = frees & (waits != NO_WAIT) & (waits != VALID) & (waits != FAKE)
     free_code = jnp.where(
         out_block,
         ErrorCode.FREE_OUT_OF_BLOCK,
-        jnp.where(unused, ErrorCode.FREE_UNUSED_COLUMN, jnp.where(bad_wait, ErrorCode.BAD_WAIT_STATE, 0)),
+        jnp.where(
+            unused,
+            ErrorCode.FREE_UNUSED_COLUMN,
+            jnp.where(bad_wait, ErrorCode.BAD_WAIT_STATE, jnp.where(enables & is_mm, mm_code, 0)),
+        ),
     )
     first_bad = jnp.argmax(free_code > 0, axis=1)
     call_code = jnp.where(
@@ -203,10 +251,14 @@ def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
     recv_act = act & in_recv
     error = jnp.where(recv_act, code, 0)
     recv_ok = recv_act & (code == 0)
-    detail = jnp.where(
-        code == ErrorCode.BAD_WAIT_STATE,
-        waits[rows_c, first_bad],
-        jnp.where(code >= ErrorCode.FREE_OUT_OF_BLOCK, offsets[rows_c, first_bad], skip),
+    detail = jnp.select(
+        [
+            code == ErrorCode.BAD_WAIT_STATE,
+            (code == ErrorCode.MATMUL_SHAPE) | (code == ErrorCode.MATMUL_ATOMIC),
+            (code == ErrorCode.FREE_OUT_OF_BLOCK) | (code == ErrorCode.FREE_UNUSED_COLUMN),
+        ],
+        [waits[rows_c, first_bad], mm_detail[rows_c, first_bad], offsets[rows_c, first_bad]],
+        skip,
     )
 
     # -- log every received message ---------------------------------------------------------
@@ -228,11 +280,16 @@ def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
     free_slot = jnp.where(call_now[:, None], block[:, None] + rel, st.aic_free_slot)
     free_wait = jnp.where(call_now[:, None], waits, st.aic_free_wait)
     free_en = jnp.where(call_now[:, None], enables, st.aic_free_en)
+    act_mm = jnp.where(call_now[:, None], is_mm, st.aic_act_mm)
+    act_desc = jnp.where(call_now[:, None, None], descs, st.aic_act_desc)
     skip_now = jnp.where(call_now, skip, st.aic_skip)
 
-    # -- CALL: perform the next free -----------------------------------------------------------
+    # -- CALL: perform the next action (a free, or a matmul handed to the compute phase) ---------
     free_act = act & in_call
-    slot_state = st.slot_state.at[jnp.where(free_act, f_slot, n_slots)].set(FREE, mode="drop")
+    f_is_mm = st.aic_act_mm[rows_c, fpc]
+    mm_now = free_act & f_is_mm
+    mm_desc = st.aic_act_desc[rows_c, fpc]
+    slot_state = st.slot_state.at[jnp.where(free_act & ~f_is_mm, f_slot, n_slots)].set(FREE, mode="drop")
     after = free_en & (jnp.arange(n_frees)[None, :] > fpc[:, None])
     next_pc = jnp.where(after.any(axis=1), jnp.argmax(after, axis=1), n_frees)
     first_pc = jnp.where(any_free, jnp.argmax(enables, axis=1), n_frees)
@@ -259,20 +316,24 @@ def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
         aic_free_slot=free_slot,
         aic_free_wait=free_wait,
         aic_free_en=free_en,
+        aic_act_mm=act_mm,
+        aic_act_desc=act_desc,
         aic_free_pc=free_pc.astype(jnp.int32),
         aic_skip=skip_now,
         recv_slot=recv_slot,
         recv_state=recv_state,
         recv_count=st.recv_count + recv_ok,
     )
-    return st, ready, error, cur, detail
+    return st, ready, error, cur, detail, mm_now, mm_desc
 
 
-def step(shape: EngineShape, tab: Tables, st: State) -> State:
-    """One step of one lane, then the status update. A lane that is not RUNNING is left as is."""
+def step(shape: EngineShape, tab: Tables, st: State) -> tuple[State, jax.Array, jax.Array]:
+    """One protocol step of one lane, then the status update. A lane that is not RUNNING is left
+    as is. Returns the state and the step's matmul requests: [C] enables and [C, D] descriptors
+    (for :func:`ascend_jax.cube_group.compute.apply_matmuls`)."""
     key, k_aiv, k_aic = jax.random.split(st.key, 3)
     new, aiv_ready = aiv_step(shape, tab, st, k_aiv)
-    new, aic_ready, error, cur, detail = aic_step(shape, tab, new, k_aic)
+    new, aic_ready, error, cur, detail, mm_now, mm_desc = aic_step(shape, tab, new, k_aic)
     steps = st.step + 1
     has_error = (error > 0).any()
     first = jnp.argmax(error > 0)
@@ -294,4 +355,4 @@ def step(shape: EngineShape, tab: Tables, st: State) -> State:
         key=key,
     )
     running = st.status == Status.RUNNING
-    return jax.tree.map(lambda x, y: jnp.where(running, x, y), new, st)
+    return jax.tree.map(lambda x, y: jnp.where(running, x, y), new, st), mm_now & running, mm_desc

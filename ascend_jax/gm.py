@@ -1,0 +1,327 @@
+"""Global memory (GM): one byte-addressed space, an allocator, and typed tile access.
+
+Host side (:class:`GlobalMemory`): tensors are placed like ``aclrtMalloc`` places them (start
+64-byte aligned, footprint ``ALIGN_UP(size, 32) + 32`` bytes), from :data:`GM_BASE` upwards, so
+address 0 (a null pointer) and everything below :data:`GM_BASE` are unmapped. The image is a
+numpy ``uint8`` array covering ``[GM_BASE, GM_BASE + size)``; tensors are read and written as
+numpy arrays.
+
+Device side (functions taking ``gm``, a ``[G] uint8`` JAX array): typed tiles are gathered byte by
+byte and bit-cast, stored by scattering their bytes, and checked against the allocation table.
+A tile is in range when its whole byte extent lies inside one tensor's requested bytes (stricter
+than the device, whose 32-byte padding would hide a small overrun).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ascend_jax.errors import ConfigError
+
+#: First mapped GM byte address; lower addresses (null pointers included) are out of range.
+GM_BASE = 0x10000
+#: ``aclrtMalloc``: start address 64-byte aligned.
+GM_ALIGN = 64
+
+#: Element types a tensor may have (numpy dtypes; bfloat16 comes from ml_dtypes through JAX).
+DTYPES: dict[str, np.dtype] = {
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(jnp.bfloat16),
+    "float32": np.dtype(np.float32),
+    "int8": np.dtype(np.int8),
+    "int32": np.dtype(np.int32),
+}
+#: Ascend C spellings accepted as aliases.
+DTYPE_ALIASES = {"half": "float16", "float": "float32", "bfloat16_t": "bfloat16", "int8_t": "int8", "int32_t": "int32"}
+
+
+def get_dtype(name: Any, field: str = "dtype") -> np.dtype:
+    """The numpy dtype for a name (``float16``, ``half``, ``bfloat16``, ``float32``, ``int8``, ``int32``)."""
+    if isinstance(name, np.dtype) or (isinstance(name, type) and issubclass(name, np.generic)):
+        dt = np.dtype(name)
+        if dt in DTYPES.values():
+            return dt
+        raise ConfigError(field, str(dt), f"unsupported element type; one of {sorted(DTYPES)}")
+    key = DTYPE_ALIASES.get(name, name) if isinstance(name, str) else name
+    if key not in DTYPES:
+        raise ConfigError(
+            field, name, f"unsupported element type; one of {sorted(DTYPES)} (or {sorted(DTYPE_ALIASES)})"
+        )
+    return DTYPES[key]
+
+
+def dtype_name(dt: np.dtype) -> str:
+    return next(k for k, v in DTYPES.items() if v == dt)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """A GM tensor: ``shape`` elements of ``dtype``, row-major, starting at byte ``addr``."""
+
+    name: str
+    addr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.nbytes
+
+
+_ADDR_EXPR = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(?:\+\s*(\d+|0x[0-9a-fA-F]+))?\s*$")
+
+
+class GlobalMemory:
+    """The GM of one kernel launch: allocator plus a byte image.
+
+    Usage::
+
+        gm = GlobalMemory()
+        a = gm.alloc("a", (64, 32), "float16", init="random", seed=1)
+        gm.write("a", np.ones((64, 32), np.float16))
+        gm.read("a")            # -> numpy array
+        gm.address("a+128")     # -> a.addr + 128
+    """
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, Tensor] = {}
+        self._cursor = GM_BASE
+        self._image = np.zeros(0, np.uint8)
+
+    # -- allocation ------------------------------------------------------------------------
+    def alloc(
+        self,
+        name: str,
+        shape: Any,
+        dtype: Any,
+        init: Any = "zeros",
+        seed: int = 0,
+        field: str | None = None,
+    ) -> Tensor:
+        """``aclrtMalloc`` + initialisation.
+
+        Args:
+          name: unique tensor name (used in address expressions and dumps).
+          shape: tuple of positive ints.
+          dtype: element type name (see :data:`DTYPES`).
+          init: ``"zeros"``, ``"random"`` (uniform in [-1, 1) for floats, [-8, 8) for ints, rounded to
+            the dtype; from ``seed``), a path to a ``.npy`` file, or a numpy array.
+          seed: seed of ``"random"``.
+          field: location for error messages (default ``tensor[<name>]``).
+        """
+        where = field or f"tensor[{name!r}]"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][\w.]*", name):
+            raise ConfigError(f"{where}.name", name, "must be an identifier (letters, digits, _ and .)")
+        if name in self.tensors:
+            raise ConfigError(f"{where}.name", name, "a tensor with this name already exists")
+        if isinstance(shape, int):
+            shape = (shape,)
+        if (
+            not isinstance(shape, (list, tuple))
+            or not shape
+            or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape)
+        ):
+            raise ConfigError(f"{where}.shape", shape, "must be a non-empty list of positive integers")
+        dt = get_dtype(dtype, f"{where}.dtype")
+        shape = tuple(int(s) for s in shape)
+        start = -(-self._cursor // GM_ALIGN) * GM_ALIGN
+        t = Tensor(name, start, shape, dt)
+        footprint = -(-max(t.nbytes, 1) // 32) * 32 + 32
+        self._cursor = start + footprint
+        if self._cursor >= 2**31:
+            raise ConfigError(f"{where}.shape", shape, "GM beyond 2 GiB is not supported (addresses are int32)")
+        grown = np.zeros(self._cursor - GM_BASE, np.uint8)
+        grown[: self._image.size] = self._image
+        self._image = grown
+        self.tensors[name] = t
+        self.write(name, self._initial(t, init, seed, where))
+        return t
+
+    @staticmethod
+    def _initial(t: Tensor, init: Any, seed: int, where: str) -> np.ndarray:
+        if isinstance(init, np.ndarray):
+            data = init
+        elif init == "zeros":
+            return np.zeros(t.shape, t.dtype)
+        elif init == "random":
+            if not isinstance(seed, (int, np.integer)):
+                raise ConfigError(f"{where}.seed", seed, "must be an integer")
+            rng = np.random.default_rng(seed)
+            if t.dtype.kind == "f" or t.dtype == DTYPES["bfloat16"]:
+                return rng.uniform(-1.0, 1.0, t.shape).astype(t.dtype)
+            return rng.integers(-8, 8, t.shape).astype(t.dtype)
+        elif isinstance(init, (str, Path)) and str(init).endswith(".npy"):
+            try:
+                data = np.load(init)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{where}.init", str(init), f"cannot be loaded ({e})") from None
+        else:
+            raise ConfigError(f"{where}.init", init, "must be 'zeros', 'random' or a path to a .npy file")
+        if tuple(data.shape) != t.shape:
+            raise ConfigError(f"{where}.init", f"array of shape {tuple(data.shape)}", f"must have shape {t.shape}")
+        return np.asarray(data).astype(t.dtype)
+
+    # -- host access -----------------------------------------------------------------------
+    def tensor(self, name: str | Tensor, field: str = "tensor") -> Tensor:
+        if isinstance(name, Tensor):
+            return name
+        if name not in self.tensors:
+            raise ConfigError(field, name, f"no such tensor; tensors: {sorted(self.tensors)}")
+        return self.tensors[name]
+
+    def write(self, name: str | Tensor, data: np.ndarray) -> None:
+        """Copies ``data`` (cast to the tensor's dtype) into the tensor's bytes."""
+        t = self.tensor(name)
+        arr = np.ascontiguousarray(np.asarray(data).astype(t.dtype).reshape(t.shape))
+        lo = t.addr - GM_BASE
+        self._image[lo : lo + t.nbytes] = arr.view(np.uint8).reshape(-1)
+
+    def read(self, name: str | Tensor, image: np.ndarray | None = None) -> np.ndarray:
+        """The tensor's current value (from this GM's image, or from ``image``, e.g. a result's)."""
+        t = self.tensor(name)
+        src = self._image if image is None else np.asarray(image, np.uint8)
+        lo = t.addr - GM_BASE
+        return src[lo : lo + t.nbytes].copy().view(t.dtype).reshape(t.shape)
+
+    @property
+    def image(self) -> np.ndarray:
+        """``[G] uint8``: bytes ``GM_BASE .. GM_BASE + G - 1`` (a copy)."""
+        return self._image.copy()
+
+    @property
+    def size(self) -> int:
+        return int(self._image.size)
+
+    def bounds(self) -> np.ndarray:
+        """``[T, 2] int64``: (start, end) byte addresses of every tensor, in allocation order."""
+        return np.array([(t.addr, t.end) for t in self.tensors.values()], np.int64).reshape(-1, 2)
+
+    def address(self, expr: Any, field: str = "address") -> int:
+        """Resolves an address: an int, or ``"name"`` / ``"name+byte_offset"`` (offset decimal or 0x hex)."""
+        if isinstance(expr, (int, np.integer)) and not isinstance(expr, bool):
+            return int(expr)
+        m = _ADDR_EXPR.match(expr) if isinstance(expr, str) else None
+        if m is None:
+            raise ConfigError(field, expr, "must be an integer address or 'tensor+byte_offset'")
+        t = self.tensor(m.group(1), field)
+        return t.addr + (int(m.group(2), 0) if m.group(2) else 0)
+
+    def owner(self, addr: int) -> str | None:
+        """Name of the tensor holding byte ``addr``, if any."""
+        for t in self.tensors.values():
+            if t.addr <= addr < t.end:
+                return t.name
+        return None
+
+    def describe(self, addr: int) -> str:
+        name = self.owner(addr)
+        if name is None:
+            return f"0x{addr:x} (outside every tensor)"
+        return f"0x{addr:x} ({name}+{addr - self.tensors[name].addr})"
+
+    def same_layout(self, other: GlobalMemory) -> bool:
+        a = {k: (t.addr, t.shape, t.dtype) for k, t in self.tensors.items()}
+        b = {k: (t.addr, t.shape, t.dtype) for k, t in other.tensors.items()}
+        return a == b
+
+    def copy(self) -> GlobalMemory:
+        out = GlobalMemory()
+        out.tensors = dict(self.tensors)
+        out._cursor = self._cursor
+        out._image = self._image.copy()
+        return out
+
+    def dump(self, directory: str | Path, image: np.ndarray | None = None) -> list[Path]:
+        """Writes every tensor to ``directory/<name>.npy``; returns the paths."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name in self.tensors:
+            p = out / f"{name}.npy"
+            np.save(p, self.read(name, image))
+            paths.append(p)
+        return paths
+
+
+def tensors_from_tables(tables: Any, base_dir: Path | None = None, field: str = "tensor") -> GlobalMemory:
+    """Builds a :class:`GlobalMemory` from scenario ``[[tensor]]`` tables (name, shape, dtype, init, seed)."""
+    gm = GlobalMemory()
+    if tables is None:
+        return gm
+    if not isinstance(tables, list):
+        raise ConfigError(field, tables, "must be an array of tables ([[tensor]])")
+    allowed = {"name", "shape", "dtype", "init", "seed"}
+    for i, t in enumerate(tables):
+        where = f"{field}[{i}]"
+        if not isinstance(t, Mapping):
+            raise ConfigError(where, t, "must be a table")
+        unknown = set(t) - allowed
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ConfigError(f"{where}.{key}", t[key], f"unknown key; allowed: {sorted(allowed)}")
+        for key in ("name", "shape", "dtype"):
+            if key not in t:
+                raise ConfigError(f"{where}.{key}", None, "is required")
+        init = t.get("init", "zeros")
+        if isinstance(init, str) and init.endswith(".npy") and base_dir is not None and not Path(init).is_absolute():
+            init = str(base_dir / init)
+        gm.alloc(t["name"], t["shape"], t["dtype"], init, t.get("seed", 0), where)
+    return gm
+
+
+# -- device side (JAX) ---------------------------------------------------------------------
+
+
+def element_offsets(rows: int, cols: int, stride: jax.Array, trans: jax.Array) -> jax.Array:
+    """``[rows, cols]`` element offsets of a logical tile whose storage is row-major with ``stride``
+    elements per stored row; ``trans`` means the tile is stored transposed (``[cols, rows]``)."""
+    r = jnp.arange(rows, dtype=jnp.int32)[:, None]
+    c = jnp.arange(cols, dtype=jnp.int32)[None, :]
+    return jnp.where(trans, c * stride + r, r * stride + c)
+
+
+def tile_extent(addr, n_rows, n_cols, stride, trans, itemsize: int):
+    """First byte and one past the last byte a ``n_rows x n_cols`` tile touches (n_rows, n_cols >= 1)."""
+    last = jnp.where(trans, (n_cols - 1) * stride + n_rows - 1, (n_rows - 1) * stride + n_cols - 1)
+    return addr, addr + (last + 1) * itemsize
+
+
+def in_bounds(bounds: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """Whether ``[lo, hi)`` lies inside one row of ``bounds`` (``[T, 2]``; rows with start == end never match)."""
+    return ((bounds[:, 0] <= lo) & (hi <= bounds[:, 1]) & (bounds[:, 0] < bounds[:, 1])).any()
+
+
+def load_tile(gm: jax.Array, offsets: jax.Array, valid: jax.Array, addr: jax.Array, dtype: np.dtype) -> jax.Array:
+    """Gathers a typed tile: element ``i`` is at byte ``addr + offsets[i] * itemsize``; invalid
+    elements read as 0. ``gm`` is ``[G] uint8`` covering addresses ``GM_BASE ..``."""
+    size = dtype.itemsize
+    byte0 = addr - GM_BASE + offsets * size
+    idx = byte0[..., None] + jnp.arange(size, dtype=jnp.int32)
+    idx = jnp.where(valid[..., None], idx, 0)
+    raw = jnp.take(gm, idx, mode="clip")
+    val = jax.lax.bitcast_convert_type(raw if size > 1 else raw[..., 0], dtype)
+    return jnp.where(valid, val, jnp.zeros((), dtype))
+
+
+def store_tile(gm: jax.Array, offsets: jax.Array, valid: jax.Array, addr: jax.Array, value: jax.Array) -> jax.Array:
+    """Scatters a typed tile's bytes (only ``valid`` elements) and returns the new ``gm``."""
+    size = value.dtype.itemsize
+    raw = jax.lax.bitcast_convert_type(value, jnp.uint8)
+    if size == 1:
+        raw = raw[..., None]
+    byte0 = addr - GM_BASE + offsets * size
+    idx = byte0[..., None] + jnp.arange(size, dtype=jnp.int32)
+    idx = jnp.where(valid[..., None], idx, gm.shape[0])
+    return gm.at[idx].set(raw, mode="drop")
