@@ -1,11 +1,16 @@
 """The ``ascend-jax`` command.
 
-``ascend-jax run [FILE.toml] [--json] [--engine jax|reference] [--batch N] [--seed S]
-[--max-steps N] [--schedule lockstep|random]`` runs a scenario (the built-in default without FILE);
+``ascend-jax run [FILE.toml | --model NAME] [--json] [--engine jax|reference] [--batch N]
+[--seed S] [--max-steps N] [--schedule lockstep|random] [--atomic-order fixed|random]
+[--dump DIR]`` runs a scenario (the built-in default without FILE) or a model;
 ``ascend-jax check FILE.toml`` validates one without running it.
 
-Exit codes: 0 the run ended ok (every lane); 3 a run ended in deadlock, max_steps or a protocol
-error; 2 the scenario is invalid (the message names the field, value, rule and fix).
+Programs with matmul groups get a numerics report (``"numerics"`` in the JSON): every tensor a
+matmul wrote against the float64 reference, plus the model's own numpy answer when it has one.
+
+Exit codes: 0 the run ended ok (every lane) and every numerics entry is ok; 3 a run ended in
+deadlock, max_steps or a protocol error, or a numerics check failed; 2 the scenario is invalid
+(the message names the field, value, rule and fix).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from ascend_jax.cube_group.reference import run_reference
 from ascend_jax.cube_group.result import CubeGroupResult
 from ascend_jax.cube_group.status import Status
 from ascend_jax.errors import ConfigError
+from ascend_jax.models import load_model
+from ascend_jax.numerics import compare, numerics_report
 from ascend_jax.scenario import builtin_scenario_path, load_scenario
 
 EXIT_OK, EXIT_INVALID, EXIT_NOT_OK = 0, 2, 3
@@ -37,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of the first lane's random schedule")
     run.add_argument("--max-steps", type=int, default=None, help="override the scenario's max_steps")
     run.add_argument("--schedule", choices=["lockstep", "random"], default="lockstep")
+    run.add_argument("--model", help="run models/NAME.py or models/NAME.toml instead of a file")
+    run.add_argument(
+        "--atomic-order",
+        choices=["fixed", "random"],
+        default="fixed",
+        help="order in which a step's matmul results reach GM (random: per lane and step)",
+    )
+    run.add_argument("--dump", metavar="DIR", help="write every GM tensor of lane 0 to DIR/<name>.npy")
     check = sub.add_parser("check", help="validate a scenario without running it")
     check.add_argument("file")
     return ap
@@ -55,18 +70,38 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--batch", args.batch, "must be >= 1")
         if args.max_steps is not None and args.max_steps < 1:
             raise ConfigError("--max-steps", args.max_steps, "must be >= 1")
-        path = args.file or builtin_scenario_path()
-        program = load_scenario(path, max_steps=args.max_steps)
+        expected = None
+        if args.model:
+            if args.file:
+                raise ConfigError("--model", args.model, "give either a scenario file or --model, not both")
+            program, expected, path = load_model(args.model, max_steps=args.max_steps)
+        else:
+            path = args.file or builtin_scenario_path()
+            program = load_scenario(path, max_steps=args.max_steps)
     except ConfigError as e:
         print(f"invalid scenario: {e}", file=sys.stderr)
         return EXIT_INVALID
     seeds = [args.seed + i for i in range(args.batch)]
     t0 = time.perf_counter()
     if args.engine == "reference":
+        if args.atomic_order != "fixed":
+            print("invalid scenario: --atomic-order random needs --engine jax", file=sys.stderr)
+            return EXIT_INVALID
         results = [run_reference(program, args.schedule, s) for s in seeds]
     else:
-        results = simulate([program] * args.batch, schedule=args.schedule, seeds=seeds)
+        results = simulate([program] * args.batch, schedule=args.schedule, seeds=seeds, atomic_order=args.atomic_order)
     elapsed = time.perf_counter() - t0
+    numerics_ok = True
+    if any(m is not None for m in program.matmuls):
+        report = numerics_report(program, results)
+        if expected is not None:
+            for name, want in expected(program).items():
+                tol = report[name]["tolerance"] if name in report else 1e-5
+                check = compare(results[0].tensor(name), want, tol)
+                report.setdefault(name, {})["numpy_check"] = check
+        numerics_ok = all(e.get("ok", True) and e.get("numpy_check", {}).get("ok", True) for e in report.values())
+    if args.dump:
+        program.gm.dump(args.dump, results[0].gm)
     if args.json:
         out = results[0].to_json()
         if args.batch > 1:
@@ -84,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=2))
     else:
         _summary(results, str(path), args.engine, args.schedule, elapsed)
-    return EXIT_OK if all(r.status == Status.OK for r in results) else EXIT_NOT_OK
+    ok = all(r.status == Status.OK for r in results) and numerics_ok
+    return EXIT_OK if ok else EXIT_NOT_OK
 
 
 def _summary(results: list[CubeGroupResult], path: str, engine: str, schedule: str, elapsed: float) -> None:
@@ -125,6 +161,23 @@ def _summary(results: list[CubeGroupResult], path: str, engine: str, schedule: s
         console.print(table)
         states = Counter(s for row in r.slot_states(gi) for s in row)
         console.print(f"final slot states of {g.name}: {dict(states)}")
+    if r.numerics:
+        table = Table(title="numerics against the float64 reference")
+        for col in ("tensor", "combination", "rel L2", "max abs", "NaN/Inf", "tolerance", "ok", "numpy check"):
+            table.add_column(col)
+        for name, e in r.numerics.items():
+            check = e.get("numpy_check")
+            table.add_row(
+                name,
+                e.get("combination", "-"),
+                f"{e['rel_l2_error']:.3g}" if "rel_l2_error" in e else "-",
+                f"{e['max_abs_error']:.3g}" if "max_abs_error" in e else "-",
+                f"{e.get('nan', 0)}/{e.get('inf', 0)}",
+                f"{e['tolerance']:.3g}" if "tolerance" in e else "-",
+                str(e.get("ok", "-")),
+                "-" if check is None else f"rel L2 {check['rel_l2_error']:.3g} ok={check['ok']}",
+            )
+        console.print(table)
     for b in r.blocked:
         console.print(f"[red]blocked[/red] {b}")
     if r.error:

@@ -14,14 +14,17 @@ from typing import Any
 
 from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
 from ascend_jax.errors import ConfigError
+from ascend_jax.gm import tensors_from_tables
+from ascend_jax.message import MESSAGE_TYPES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-_TOP = {"name", "chip", "max_steps", "max_received", "group", "barrier", "aiv"}
-_GROUP = {"name", "block_start", "block_size", "msg_queue_size", "callback"}
+_TOP = {"name", "chip", "max_steps", "max_received", "group", "barrier", "aiv", "tensor"}
+_GROUP = {"name", "block_start", "block_size", "msg_queue_size", "callback", "message", "matmul", "tiling"}
+_GROUP_REQUIRED = {"name", "block_start", "block_size", "msg_queue_size"}
 _BARRIER = {"name", "arrive_size", "wait_size"}
 _AIV = {"block_idx", "ops"}
 _OPS = {
@@ -61,17 +64,19 @@ def load_scenario(source: str | Path | Mapping[str, Any], max_steps: int | None 
       source: path to a ``.toml`` file, or the parsed document.
       max_steps: overrides the scenario's ``max_steps``.
     """
+    base_dir = None
     if isinstance(source, Mapping):
         doc = source
     else:
         path = Path(source)
+        base_dir = path.parent
         try:
             doc = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError("scenario", str(path), "file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError("scenario", str(path), f"is not valid TOML ({e})") from None
-    return build_kernel(doc, max_steps).compile()
+    return build_kernel(doc, max_steps, base_dir).compile()
 
 
 def builtin_scenario_path(name: str = DEFAULT_SCENARIO) -> Path:
@@ -82,8 +87,12 @@ def builtin_scenario_path(name: str = DEFAULT_SCENARIO) -> Path:
     return path
 
 
-def build_kernel(doc: Mapping[str, Any], max_steps: int | None = None) -> CubeGroupKernel:
-    """Builds (without compiling) the kernel a parsed scenario describes."""
+def build_kernel(doc: Mapping[str, Any], max_steps: int | None = None, base_dir: Path | None = None) -> CubeGroupKernel:
+    """Builds (without compiling) the kernel a parsed scenario describes.
+
+    ``[[tensor]]`` tables are allocated first, in order; ``.npy`` paths are relative to
+    ``base_dir`` (the scenario's folder). Message fields may be written ``"tensor+byte_offset"``.
+    """
     _keys(doc, "scenario", set(), _TOP)
     kernel = CubeGroupKernel(
         chip=doc.get("chip", "910B1"),
@@ -91,13 +100,25 @@ def build_kernel(doc: Mapping[str, Any], max_steps: int | None = None) -> CubeGr
         max_steps=max_steps if max_steps is not None else doc.get("max_steps", 100_000),
         max_received=doc.get("max_received"),
     )
+    kernel.gm = tensors_from_tables(doc.get("tensor"), base_dir)
     groups = doc.get("group", [])
     if not isinstance(groups, list) or not groups:
         raise ConfigError("group", groups, "a scenario needs at least one [[group]]")
     for i, g in enumerate(groups):
-        _keys(g, f"group[{i}]", _GROUP - {"callback"}, {"callback"})
+        _keys(g, f"group[{i}]", _GROUP_REQUIRED, _GROUP - _GROUP_REQUIRED)
+        callback = g.get("callback", "merge")
+        message = g.get("message", "CubeMatmulMsg" if callback == "matmul" else "CubeMsgBody")
+        if message not in MESSAGE_TYPES:
+            raise ConfigError(f"group[{i}].message", message, f"unknown message type; one of {sorted(MESSAGE_TYPES)}")
         kernel.create_cube_res_group(
-            g["name"], g["block_start"], g["block_size"], g["msg_queue_size"], g.get("callback", "merge")
+            g["name"],
+            g["block_start"],
+            g["block_size"],
+            g["msg_queue_size"],
+            callback,
+            MESSAGE_TYPES[message],
+            matmul=g.get("matmul"),
+            tiling=g.get("tiling"),
         )
     for i, b in enumerate(doc.get("barrier", [])):
         _keys(b, f"barrier[{i}]", _BARRIER, set())
