@@ -303,12 +303,17 @@ def in_bounds(bounds: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
     return ((bounds[:, 0] <= lo) & (hi <= bounds[:, 1]) & (bounds[:, 0] < bounds[:, 1])).any()
 
 
+def _byte_indices(byte0: jax.Array, size: int) -> jax.Array:
+    """``[..., size]`` byte indices of elements starting at ``byte0``."""
+    return byte0[..., None] + jnp.arange(size, dtype=jnp.int32).reshape((1,) * byte0.ndim + (size,))
+
+
 def load_tile(gm: jax.Array, offsets: jax.Array, valid: jax.Array, addr: jax.Array, dtype: np.dtype) -> jax.Array:
     """Gathers a typed tile: element ``i`` is at byte ``addr + offsets[i] * itemsize``; invalid
     elements read as 0. ``gm`` is ``[G] uint8`` covering addresses ``GM_BASE ..``."""
     size = dtype.itemsize
     byte0 = addr - GM_BASE + offsets * size
-    idx = byte0[..., None] + jnp.arange(size, dtype=jnp.int32)
+    idx = _byte_indices(byte0, size)
     idx = jnp.where(valid[..., None], idx, 0)
     raw = jnp.take(gm, idx, mode="clip")
     val = jax.lax.bitcast_convert_type(raw if size > 1 else raw[..., 0], dtype)
@@ -322,6 +327,6 @@ def store_tile(gm: jax.Array, offsets: jax.Array, valid: jax.Array, addr: jax.Ar
     if size == 1:
         raw = raw[..., None]
     byte0 = addr - GM_BASE + offsets * size
-    idx = byte0[..., None] + jnp.arange(size, dtype=jnp.int32)
+    idx = _byte_indices(byte0, size)
     idx = jnp.where(valid[..., None], idx, gm.shape[0])
     return gm.at[idx].set(raw, mode="drop")

@@ -90,13 +90,13 @@ def apply_matmuls(shape: EngineShape, tab: Tables, st: State, en: jax.Array, des
 
 def count_dot_generals(jaxpr) -> int:
     """Number of ``dot_general`` equations in a jaxpr, sub-jaxprs included (for the docs and tests)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # ClosedJaxpr -> Jaxpr
     total = 0
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
             total += 1
         for v in eqn.params.values():
             for sub in v if isinstance(v, (list, tuple)) else [v]:
-                inner = getattr(sub, "jaxpr", None)
-                if inner is not None:
-                    total += count_dot_generals(inner if hasattr(inner, "eqns") else inner.jaxpr)
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    total += count_dot_generals(sub)
     return total

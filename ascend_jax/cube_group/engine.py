@@ -137,16 +137,7 @@ def simulate(
         seeds = [seeds + i for i in range(len(programs))]
     if len(seeds) != len(programs):
         raise ConfigError("seeds", list(seeds), f"needs one seed per lane ({len(programs)})")
-    for p in programs:
-        for gi, cb in enumerate(p.callbacks):
-            for _ in range(p.groups[gi].aic_num):  # CallBack::Init once per AIC before its first message
-                cb.init(*init_args(p, gi))
-    encoded = [encode_program(p) for p in programs]
-    shape = make_shape(programs, encoded, schedule, atomic_order)
-    lanes = [build_tables(shape, p, e) for p, e in zip(programs, encoded, strict=True)]
-    tab = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *lanes)
-    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
-    n_frees = count_frees(shape, jax.tree.map(lambda x: x[0], tab))
+    shape, n_frees, tab, keys = prepare(programs, schedule, seeds, atomic_order)
     final = _run_batch(shape, n_frees, tab, keys) if jit else _run_eager(shape, n_frees, tab, keys)
     final = jax.tree.map(np.asarray, final)
     lane_tabs = jax.tree.map(np.asarray, tab)
@@ -161,6 +152,30 @@ def simulate(
         )
         for i, (p, s) in enumerate(zip(programs, seeds, strict=True))
     ]
+
+
+def prepare(
+    programs: Sequence[CubeGroupProgram], schedule: str, seeds: Sequence[int], atomic_order: str = "fixed"
+) -> tuple[EngineShape, int, Tables, jax.Array]:
+    """Encodes a batch: (static shape, actions per call F, stacked lane tables, PRNG keys)."""
+    for p in programs:
+        for gi, cb in enumerate(p.callbacks):
+            for _ in range(p.groups[gi].aic_num):  # CallBack::Init once per AIC before its first message
+                cb.init(*init_args(p, gi))
+    encoded = [encode_program(p) for p in programs]
+    shape = make_shape(programs, encoded, schedule, atomic_order)
+    lanes = [build_tables(shape, p, e) for p, e in zip(programs, encoded, strict=True)]
+    tab = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *lanes)
+    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    return shape, count_frees(shape, jax.tree.map(lambda x: x[0], tab)), tab, keys
+
+
+def batch_jaxpr(programs: Sequence[CubeGroupProgram], atomic_order: str = "fixed"):
+    """The jaxpr of one engine step of a batch (protocol step and compute phase), for inspection:
+    e.g. ``count_dot_generals(batch_jaxpr([p] * 8))`` shows the compute is one batched matmul."""
+    shape, n_frees, tab, keys = prepare(programs, "lockstep", list(range(len(programs))), atomic_order)
+    st = jax.vmap(functools.partial(init_state, shape, n_frees))(tab, keys)
+    return jax.make_jaxpr(functools.partial(batch_step, shape))(tab, st)
 
 
 def init_args(program: CubeGroupProgram, gi: int) -> tuple:

@@ -33,12 +33,12 @@ from ascend_jax.cube_group.barrier import (
     MAX_BARRIER_ROUNDS,
     BarrierGeometry,
 )
-from ascend_jax.cube_group.callbacks import resolve_callback
+from ascend_jax.cube_group.callbacks import MatmulCallback, resolve_callback
 from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace, check_group
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GlobalMemory, Tensor
 from ascend_jax.matmul import MatmulType, TCubeTiling
-from ascend_jax.message import CUBE_MSG_BODY, MAX_MSG_PER_AIV, CubeMsgState, pack_message
+from ascend_jax.message import CUBE_MSG_BODY, MAX_MSG_PER_AIV, CubeMsgState, check_message_dtype, pack_message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,14 +443,13 @@ class CubeGroupKernel:
                     f"{other.name!r} (AICs {lo}..{hi - 1}); an AIC belongs to at most one group",
                     "move the group to free AICs",
                 )
-        g = self.workspace.create_cube_res_group(name, block_start, block_size, msg_queue_size, msg_dtype)
-        missing = [f for f in getattr(cb, "required_fields", ()) if f not in np.dtype(msg_dtype).names]
+        # every check before the workspace moves, so a rejected call changes nothing
+        msg_dtype = check_message_dtype(msg_dtype, f"{field}.msg_dtype")
+        missing = [f for f in getattr(cb, "required_fields", ()) if f not in msg_dtype.names]
         if missing:
             raise ConfigError(
                 f"{field}.callback", callback, f"needs message fields {missing} that the message type lacks"
             )
-        from ascend_jax.cube_group.callbacks import MatmulCallback
-
         if isinstance(cb, MatmulCallback) and mm_cfg is None:
             raise ConfigError(
                 f"{field}.callback",
@@ -458,6 +457,7 @@ class CubeGroupKernel:
                 "the matmul callback needs the group's matmul type and tiling",
                 "give matmul = {...} and tiling = {...}",
             )
+        g = self.workspace.create_cube_res_group(name, block_start, block_size, msg_queue_size, msg_dtype)
         self.callbacks.append(cb)
         self.msg_dtypes.append(np.dtype(msg_dtype))
         self.matmuls.append(mm_cfg)
