@@ -1,0 +1,117 @@
+"""Building blocks of the comm models: the P2P job of the seed and the ring collectives, with their
+float64 numpy answers, and the numerics report of a comm run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ascend_jax.aicpu.codes import HcclCMDType, HcclDataType, HcclReduceOp, numpy_dtype
+from ascend_jax.aicpu.collectives import hccl_recv_custom, hccl_ring_custom, hccl_send_custom
+from ascend_jax.aicpu.reference import CommResult
+from ascend_jax.aicpu.world import CommCost, TaskProgram, World
+from ascend_jax.numerics import compare
+
+#: Relative-L2 tolerance of comm outputs against float64 numpy: fp32 sums over p <= 64 ranks.
+COMM_TOLERANCE = {"float32": 1e-6, "float16": 2e-3, "int32": 0.0}
+
+
+def p2p_job(count: int = 1024, seed: int = 0, both_send_first: bool = False, **opts: Any) -> TaskProgram:
+    """The seed's 2-rank flow: rank 0 HcclSendCustom ``count`` fp32 to rank 1, rank 1
+    HcclRecvCustom (receiver pulls); each host then synchronizes its stream.
+
+    ``both_send_first``: each rank sends to the other, then receives (pitfall F7, a deadlock that
+    ends in a notify-wait timeout). Other keyword options go to the send / recv calls
+    (``op_info``, ``kernel_name``, ``comm_name_override``, ``timeout``).
+    """
+    world = World(2, name="p2p_send_recv")
+    world.init_comm("comm0")
+    rng = np.random.default_rng(seed)
+    data = [rng.standard_normal(count).astype(np.float32) for _ in range(2)]
+    rets = {}
+    for r in range(2):
+        h = world.host(r)
+        _, stream = h.aclrt_create_stream()
+        _, send = h.aclrt_malloc(count * 4, "sendBuf")
+        _, recv = h.aclrt_malloc(count * 4, "recvBuf")
+        h.aclrt_memcpy_h2d(send, data[r])
+        peer = 1 - r
+        calls = []
+        if both_send_first:
+            calls = [("send", send), ("recv", recv)]
+        else:
+            calls = [("send", send)] if r == 0 else [("recv", recv)]
+        for kind, buf in calls:
+            fn = hccl_send_custom if kind == "send" else hccl_recv_custom
+            rets[(r, kind)] = fn(h, buf, count, int(HcclDataType.FP32), peer, "comm0", stream, **opts)
+        h.aclrt_synchronize_stream(stream)
+        world.mark_output(f"rank{r}.recvBuf", r, recv, int(HcclDataType.FP32), count)
+    world.host_returns = rets
+    world.inputs = data
+    return world.program()
+
+
+def p2p_expected(program: TaskProgram) -> dict[str, np.ndarray]:
+    data = program.world.inputs
+    return {"rank1.recvBuf": data[0].astype(np.float64)}
+
+
+def ring_job(
+    op_type: int, ranks: int = 4, count: int = 256, seed: int = 0, dtype: int = int(HcclDataType.FP32)
+) -> TaskProgram:
+    """A ring collective over ``ranks`` ranks, ``count`` elements per block (fp32 sum by default)."""
+    name = {HcclCMDType.ALLGATHER: "allgather", HcclCMDType.REDUCE_SCATTER: "reduce_scatter",
+            HcclCMDType.ALLREDUCE: "allreduce"}[HcclCMDType(op_type)]  # fmt: skip
+    world = World(ranks, hccl_buffer_size=max(64, count * 8), name=f"{name}-p{ranks}", cost=CommCost())
+    world.init_comm("comm0")
+    rng = np.random.default_rng(seed)
+    dt = numpy_dtype(dtype)
+    in_count = count if op_type == HcclCMDType.ALLGATHER else ranks * count
+    out_count = count if op_type == HcclCMDType.REDUCE_SCATTER else ranks * count
+    inputs = []
+    for r in range(ranks):
+        h = world.host(r)
+        _, stream = h.aclrt_create_stream()
+        x = (rng.standard_normal(in_count) if dt.kind == "f" else rng.integers(-100, 100, in_count)).astype(dt)
+        inputs.append(x)
+        _, send = h.aclrt_malloc(in_count * dt.itemsize, "sendBuf")
+        _, recv = h.aclrt_malloc(out_count * dt.itemsize, "recvBuf")
+        _, work = h.aclrt_malloc(ranks * count * dt.itemsize, "workBuf")
+        h.aclrt_memcpy_h2d(send, x)
+        ret = hccl_ring_custom(h, op_type, send, recv, work, count, dtype, int(HcclReduceOp.SUM), "comm0", stream)
+        if ret:
+            raise RuntimeError(f"rank {r}: host call failed with {ret}")
+        h.aclrt_synchronize_stream(stream)
+        world.mark_output(f"rank{r}.recvBuf", r, recv, dtype, out_count)
+    world.inputs = inputs
+    world.op_type = op_type
+    return world.program()
+
+
+def ring_expected(program: TaskProgram) -> dict[str, np.ndarray]:
+    x = [a.astype(np.float64) for a in program.world.inputs]
+    p = len(x)
+    op = program.world.op_type
+    out = {}
+    for r in range(p):
+        if op == HcclCMDType.ALLGATHER:
+            want = np.concatenate(x)
+        else:
+            total = np.sum(x, axis=0)
+            n = len(total) // p
+            want = total[r * n : (r + 1) * n] if op == HcclCMDType.REDUCE_SCATTER else total
+        out[f"rank{r}.recvBuf"] = want
+    return out
+
+
+def comm_numerics(result: CommResult, expected: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per output buffer: errors against the float64 numpy answer (and stores it in the result)."""
+    report = {}
+    for name, want in expected.items():
+        sim = result.output(name)
+        dt = sim.dtype.name if sim.dtype.kind != "V" else "bfloat16"
+        tol = COMM_TOLERANCE.get(dt, 1e-2)
+        report[name] = {"dtype": dt, **compare(sim, want, tol)}
+    result.numerics = report
+    return report
