@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter
 
+from ascend_jax.aicpu.world import TaskProgram
 from ascend_jax.cube_group.engine import simulate
 from ascend_jax.cube_group.reference import run_reference
 from ascend_jax.cube_group.result import CubeGroupResult
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         help="order in which a step's matmul results reach GM (random: per lane and step)",
     )
     run.add_argument("--dump", metavar="DIR", help="write every GM tensor of lane 0 to DIR/<name>.npy")
+    run.add_argument("--ranks", type=int, default=None, help="ranks of a comm model (ring collectives: 2..8)")
     check = sub.add_parser("check", help="validate a scenario without running it")
     check.add_argument("file")
     return ap
@@ -74,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.model:
             if args.file:
                 raise ConfigError("--model", args.model, "give either a scenario file or --model, not both")
-            program, expected, path = load_model(args.model, max_steps=args.max_steps)
+            program, expected, path = load_model(args.model, max_steps=args.max_steps, ranks=args.ranks)
+            if isinstance(program, TaskProgram):
+                return _run_comm(program, expected, args)
         else:
             path = args.file or builtin_scenario_path()
             program = load_scenario(path, max_steps=args.max_steps)
@@ -120,6 +124,46 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _summary(results, str(path), args.engine, args.schedule, elapsed)
     ok = all(r.status == Status.OK for r in results) and numerics_ok
+    return EXIT_OK if ok else EXIT_NOT_OK
+
+
+def _run_comm(program: TaskProgram, expected, args: argparse.Namespace) -> int:
+    """Runs a comm model (JAX engine or reference), prints JSON or a summary, returns the exit code."""
+    from ascend_jax.aicpu.engine import run_comm
+    from ascend_jax.aicpu.models import comm_numerics
+    from ascend_jax.aicpu.reference import CommStatus, run_comm_reference
+
+    t0 = time.perf_counter()
+    result = run_comm_reference(program) if args.engine == "reference" else run_comm(program)
+    elapsed = time.perf_counter() - t0
+    report = comm_numerics(result, expected(program)) if expected else {}
+    ok = result.status == CommStatus.OK and all(e["ok"] for e in report.values())
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        colour = "green" if result.status == CommStatus.OK else "red"
+        console.print(
+            f"[bold]{program.name}[/bold]  engine={args.engine}  ranks={program.n_ranks}  "
+            f"status=[{colour}]{result.status.label}[/{colour}]  steps={result.steps}  "
+            f"simulated={result.to_json(timeline=False)['time_s'] * 1e6:.1f} us  wall={elapsed:.2f}s"
+        )
+        table = Table(title="queues")
+        for col in ("queue", "status", "error", "tasks"):
+            table.add_column(col)
+        for entry in result.to_json(timeline=False)["ranks"]:
+            for q in entry["queues"]:
+                table.add_row(q["queue"], q["status"], str(q["error"]), f"{q['tasks_done']}/{q['tasks']}")
+        console.print(table)
+        for name, e in report.items():
+            console.print(
+                f"numerics {name}: rel L2 {e['rel_l2_error']:.3g} (tolerance {e['tolerance']:.3g}) ok={e['ok']}"
+            )
+        for h in result.hang:
+            console.print(f"[red]stuck[/red] {h}")
     return EXIT_OK if ok else EXIT_NOT_OK
 
 

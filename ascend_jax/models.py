@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.errors import ConfigError
 from ascend_jax.scenario import load_scenario
 
@@ -47,9 +46,11 @@ def find_model(name: str) -> Path:
 
 
 def load_model(
-    name: str, seed: int = 0, max_steps: int | None = None
-) -> tuple[CubeGroupProgram, Callable[[CubeGroupProgram], dict[str, Any]] | None, Path]:
-    """Returns (program, expected function or None, path) of model ``name``."""
+    name: str, seed: int = 0, max_steps: int | None = None, ranks: int | None = None
+) -> tuple[Any, Callable[[Any], dict[str, Any]] | None, Path]:
+    """Returns (program, expected function or None, path) of model ``name``: a
+    :class:`CubeGroupProgram`, or a comm :class:`ascend_jax.aicpu.world.TaskProgram` for models
+    whose ``build`` takes ``ranks``."""
     path = find_model(name)
     if path.suffix == ".toml":
         return load_scenario(path, max_steps=max_steps), None, path
@@ -58,7 +59,17 @@ def load_model(
     spec.loader.exec_module(module)
     if not hasattr(module, "build"):
         raise ConfigError("--model", name, f"{path} defines no build(seed) function")
-    program = module.build(seed)
+    import inspect
+
+    params = inspect.signature(module.build).parameters
+    if ranks is not None:
+        if "ranks" not in params:
+            raise ConfigError("--ranks", ranks, f"model {name!r} has a fixed number of ranks")
+        if not 2 <= ranks <= 64:
+            raise ConfigError("--ranks", ranks, "must be in 2..64")
+        program = module.build(seed, ranks=ranks)
+    else:
+        program = module.build(seed)
     if max_steps is not None:
         import dataclasses
 

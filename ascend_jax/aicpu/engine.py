@@ -152,10 +152,7 @@ def _reduce(shape: CommShape, dst: jax.Array, src: jax.Array, dtype: jax.Array, 
         size = dt.itemsize
         a = jax.lax.bitcast_convert_type(dst.reshape(q_n, b_n // size, size) if size > 1 else dst, dt)
         b = jax.lax.bitcast_convert_type(src.reshape(q_n, b_n // size, size) if size > 1 else src, dt)
-        if dt.kind in "iu":
-            summed = a + b
-        else:
-            summed = (a.astype(jnp.float32) + b.astype(jnp.float32)).astype(dt)
+        summed = a + b if dt.kind in "iu" else (a.astype(jnp.float32) + b.astype(jnp.float32)).astype(dt)
         opq = op[:, None]
         val = jnp.where(
             opq == HcclReduceOp.SUM, summed, jnp.where(opq == HcclReduceOp.MAX, jnp.maximum(a, b), jnp.minimum(a, b))
@@ -176,14 +173,6 @@ def comm_step(shape: CommShape, tab: CommTables, st: CommState) -> CommState:
     timeout, duration = tab.timeout[qs, pc], tab.duration[qs, pc]
     running = st.qstatus == QueueStatus.RUNNING
 
-    is_wait = running & (kind == TaskKind.WAIT)
-    avail = st.flag[n_safe]
-    deadline = st.clock + timeout
-    late = is_wait & avail & (timeout > 0) & (st.flag_time[n_safe] > deadline)
-    cand = is_wait & avail & ~late
-    first = jnp.full(shape.notifies, q_n, jnp.int32).at[jnp.where(cand, n_safe, shape.notifies)].min(qs, mode="drop")
-    win = cand & (first[n_safe] == qs)
-
     is_data = running & ((kind == TaskKind.COPY) | (kind == TaskKind.REDUCE))
     nbytes = t[:, F["nbytes"]]
     src_rank, dst_rank = t[:, F["src_rank"]], t[:, F["dst_rank"]]
@@ -194,12 +183,33 @@ def comm_step(shape: CommShape, tab: CommTables, st: CommState) -> CommState:
     is_kernel = running & (kind == TaskKind.KERNEL)
     kfail = is_kernel & (t[:, F["error"]] != 0)
     is_record = running & ((kind == TaskKind.RECORD) | (is_kernel & ~kfail))
-    execute = win | is_record | (is_data & ~fault)
-    fail_now = late | fault | kfail
-    fail_code = jnp.where(late, tab.wait_timeout_error, jnp.where(fault, MEMORY_FAULT_ERROR, t[:, F["error"]]))
-    fail_at = jnp.where(late, deadline, st.clock)
 
-    start = jnp.where(is_wait, jnp.maximum(st.clock, st.flag_time[n_safe]), st.clock)
+    # candidate events and their times
+    is_wait = running & (kind == TaskKind.WAIT)
+    avail = st.flag[n_safe]
+    deadline = st.clock + timeout
+    timed = timeout > 0
+    wait_late = is_wait & avail & timed & (st.flag_time[n_safe] > deadline)
+    wait_ok = is_wait & avail & ~wait_late
+    wait_expire = is_wait & ~avail & timed
+    other = running & ~is_wait & ~fault & ~kfail
+    fail_c = wait_late | wait_expire | fault | kfail
+    has = fail_c | wait_ok | other
+    t_ev = jnp.where(
+        wait_ok, jnp.maximum(st.clock, st.flag_time[n_safe]), jnp.where(wait_late | wait_expire, deadline, st.clock)
+    )
+    tmin = jnp.min(jnp.where(has, t_ev, jnp.inf))
+    sel = has & (t_ev == tmin)
+    cand = sel & wait_ok
+    first = jnp.full(shape.notifies, q_n, jnp.int32).at[jnp.where(cand, n_safe, shape.notifies)].min(qs, mode="drop")
+    win = cand & (first[n_safe] == qs)
+    execute = win | (sel & other)
+    fail_now = sel & fail_c
+    fail_code = jnp.where(
+        wait_late | wait_expire, tab.wait_timeout_error, jnp.where(fault, MEMORY_FAULT_ERROR, t[:, F["error"]])
+    )
+    fail_at = t_ev
+    start = t_ev
     end = start + duration
 
     # notifies: waits consume, then records set (lowest queue first); records on a set flag are lost
@@ -246,21 +256,7 @@ def comm_step(shape: CommShape, tab: CommTables, st: CommState) -> CommState:
     )
     qerror = jnp.where(fail_now, fail_code, st.qerror)
 
-    # stuck: the earliest finite deadline of a blocked wait expires; none -> hang
-    progressed = (execute | fail_now).any()
-    any_running = running.any()
-    stuck = any_running & ~progressed
-    timed = is_wait & (timeout > 0)
-    dl = jnp.where(timed, deadline, jnp.inf)
-    victim = jnp.argmin(dl)  # ties: lowest queue
-    expire = stuck & timed.any()
-    hang = stuck & ~timed.any()
-    vq = jnp.where(expire, victim, q_n)
-    qstatus = qstatus.at[vq].set(QueueStatus.FAILED, mode="drop")
-    qerror = qerror.at[vq].set(tab.wait_timeout_error, mode="drop")
-    clock = clock.at[vq].set(dl[victim], mode="drop")
-    start_tl = start_tl.at[vq, pc[victim]].set(dl[victim], mode="drop")
-    end_tl = end_tl.at[vq, pc[victim]].set(dl[victim], mode="drop")
+    hang = running.any() & ~has.any()
 
     step = st.step + 1
     still = (qstatus == QueueStatus.RUNNING).any()

@@ -3,19 +3,23 @@
 Semantics of one step (both engines):
 
 1. Every running queue looks at its head task, judged on the state at the start of the step:
-   a RECORD, a KERNEL task, a COPY or a REDUCE is ready; a WAIT is ready when its notify is set,
-   and of several waiters on one set notify the lowest queue index wins (the others stay
-   blocked). A WAIT whose notify was set later than its deadline (``clock + timeout``, timeout
-   > 0) fails with the wait-timeout error at the deadline. A KERNEL task with an error code, or a
-   COPY / REDUCE touching bytes outside every allocation of its rank, fails its queue.
+   a RECORD, a KERNEL task, a COPY or a REDUCE is ready at ``clock``; a WAIT is ready when its
+   notify is set, at ``max(clock, time the notify was set)``, and of several waiters on one set
+   notify the lowest queue index wins (the others stay blocked). A WAIT with a timeout (> 0)
+   whose notify is not set, or was set after its deadline (``clock + timeout``), fails with the
+   wait-timeout error at the deadline. A KERNEL task with an error code, or a COPY / REDUCE
+   touching bytes outside every allocation of its rank, fails its queue at ``clock``.
 2. Ready tasks execute: ``start = clock`` (a WAIT: ``max(clock, time the notify was set)``),
    ``end = start + duration``. Waits clear their notify; then records set theirs (lowest queue
    first; a record on a notify that is still set is *lost* and counted). Copies and reductions
    read memory as it was at the start of the step and write in queue order. A queue whose last
    task executed is done; a failed queue runs nothing more.
-3. If nothing could run while some queue is unfinished, the blocked WAIT with the earliest
-   finite deadline fails (wait-timeout error) at that deadline; if no blocked wait has a timeout,
-   the run is a hang and stops with a report of every stuck queue, its task and its notify.
+3. Events are taken in simulated-time order: every candidate (an executable head task at its
+   start time, a failing one at its failure time, a blocked WAIT with a timeout at its deadline)
+   has a time, and a step performs only the candidates at the earliest time. So a record issued
+   at 2 us and a wait that only starts at 1 s see each other in that order, whatever the number
+   of tasks before them. If no queue has a candidate while some is unfinished, the run is a hang
+   and stops with a report of every stuck queue, its task and its notify.
 
 Times are float32 seconds, computed identically by both engines.
 """
@@ -228,34 +232,46 @@ class CommReference:
         for q, qu in enumerate(p.queues):
             if self.status[q] == QueueStatus.RUNNING:
                 heads[q] = qu.tasks[int(self.pc[q])]
-        taken: set[int] = set()
-        execute, fail = [], []
-        for q, t in heads.items():  # ascending q: the lowest waiter wins a notify
+        events = []  # (time, q, "exec" | error code)
+        for q, t in heads.items():
             if t.kind == TaskKind.WAIT:
-                if not self.flag[t.notify]:
-                    continue
                 deadline = F32(self.clock[q] + F32(t.timeout))
-                if t.timeout > 0 and self.flag_time[t.notify] > deadline:
-                    fail.append((q, p.wait_timeout_error, deadline))
-                    continue
-                if t.notify in taken:
-                    continue
-                taken.add(t.notify)
-                execute.append(q)
+                if self.flag[t.notify]:
+                    if t.timeout > 0 and self.flag_time[t.notify] > deadline:
+                        events.append((deadline, q, p.wait_timeout_error))
+                    else:
+                        events.append((F32(max(self.clock[q], self.flag_time[t.notify])), q, "exec"))
+                elif t.timeout > 0:
+                    events.append((deadline, q, p.wait_timeout_error))
             elif t.kind == TaskKind.KERNEL and t.error:
-                fail.append((q, t.error, self.clock[q]))
+                events.append((self.clock[q], q, t.error))
             elif t.kind in (TaskKind.COPY, TaskKind.REDUCE) and not (
                 self._inside(t.src_rank, t.src_addr, t.nbytes) and self._inside(t.dst_rank, t.dst_addr, t.nbytes)
             ):
-                fail.append((q, MEMORY_FAULT_ERROR, self.clock[q]))
+                events.append((self.clock[q], q, MEMORY_FAULT_ERROR))
             else:
-                execute.append(q)
+                events.append((self.clock[q], q, "exec"))
+        if not events:
+            return False, bool(heads)
+        tmin = min(e[0] for e in events)
+        taken: set[int] = set()
+        execute, fail, times = [], [], {}
+        for at, q, what in sorted((e for e in events if e[0] == tmin), key=lambda e: e[1]):
+            t = heads[q]
+            if what != "exec":
+                fail.append((q, what, at))
+                continue
+            if t.kind == TaskKind.WAIT:
+                if t.notify in taken:
+                    continue  # a lower queue took this notify
+                taken.add(t.notify)
+            execute.append(q)
+            times[q] = at
         snapshot = [m.copy() for m in self.mem]
         ends = {}
         for q in execute:
             t = heads[q]
-            start = max(self.clock[q], self.flag_time[t.notify]) if t.kind == TaskKind.WAIT else self.clock[q]
-            start = F32(start)
+            start = F32(times[q])
             ends[q] = F32(start + F32(t.duration))
             self.start[q, self.pc[q]] = start
             self.end[q, self.pc[q]] = ends[q]
@@ -287,20 +303,6 @@ class CommReference:
                 self.status[q] = QueueStatus.DONE
         for q, code, at in fail:
             self._fail(q, code, at)
-        if execute or fail:
-            return True, False
-        if not heads:
-            return False, False
-        # stuck: the earliest finite wait deadline expires
-        best = None
-        for q, t in heads.items():
-            if t.kind == TaskKind.WAIT and t.timeout > 0:
-                deadline = F32(self.clock[q] + F32(t.timeout))
-                if best is None or deadline < best[1]:
-                    best = (q, deadline)
-        if best is None:
-            return False, True
-        self._fail(best[0], p.wait_timeout_error, best[1])
         return True, False
 
     def _fail(self, q: int, code: int, at: Any) -> None:
