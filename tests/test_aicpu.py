@@ -161,6 +161,39 @@ def test_ring_int32_sum_is_exact():
 # -- pitfalls ---------------------------------------------------------------------------------------------------
 
 
+@device_kernel("libtest_args.so", "EchoCount")
+def _echo_count(dev: DeviceApi, param) -> int:
+    """Records the OpParam count it was launched with on the world (to see the copy semantics)."""
+    dev.world.seen_counts.append(int(param["count"]))
+    return 0
+
+
+def test_kernel_args_append_copies_and_sync_codes_are_filled():
+    w = World(1)
+    w.seen_counts = []
+    h = w.host(0)
+    doc = {
+        "EchoCount": {
+            "opInfo": {"opKernelLib": "AICPUKernel", "kernelSo": "libtest_args.so", "functionName": "EchoCount"}
+        }
+    }
+    _, s = h.aclrt_create_stream()
+    _, b = h.aclrt_binary_load_from_file(doc)
+    _, f = h.aclrt_binary_get_function(b, "EchoCount")
+    _, a = h.aclrt_kernel_args_init(f)
+    param = np.zeros((), OP_PARAM)
+    param["count"] = 7
+    h.aclrt_kernel_args_append(a, param)
+    param["count"] = 99  # changed after the append: the kernel still sees 7
+    h.aclrt_kernel_args_finalize(a)
+    assert h.aclrt_launch_kernel_with_config(f, 1, s, {7: 1836}, a, None, OP_PARAM) == 0
+    assert w.seen_counts == [7]
+    sync = h.aclrt_synchronize_stream(s)
+    assert sync.code is None
+    run_comm(w.program())
+    assert sync.code == 0
+
+
 def test_pitfall_json_key_differs_from_lookup_name():
     doc = {
         "CustomAicpuKernel": {"opInfo": {"opKernelLib": "AICPUKernel", "kernelSo": P2P_SO, "functionName": P2P_KERNEL}}

@@ -301,7 +301,7 @@ def run_comm(program: TaskProgram, jit: bool = True, max_steps: int | None = Non
     q_real = len(program.queues)
     width = max((len(q.tasks) for q in program.queues), default=1)
     status = CommStatus(int(st.status))
-    return CommResult(
+    result = CommResult(
         program=program,
         status=status,
         steps=int(st.step),
@@ -316,3 +316,5 @@ def run_comm(program: TaskProgram, jit: bool = True, max_steps: int | None = Non
         flags=st.flag[: len(program.notify_names)].copy(),
         hang=hang_report(program, st.qstatus, st.pc) if status == CommStatus.HANG else [],
     )
+    result.fill_syncs()
+    return result

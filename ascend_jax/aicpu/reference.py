@@ -121,6 +121,13 @@ class CommResult:
             return -1
         return int(self.queue_error[queue])
 
+    def fill_syncs(self) -> None:
+        """Sets ``code`` of every :class:`StreamSync` the host programs received (-1: never returns)."""
+        world = self.program.world
+        for sync in getattr(world, "syncs", []):
+            if sync.stream >= 0:
+                sync.code = self.sync_code(sync.stream)
+
     def output(self, name: str) -> np.ndarray:
         """The final value of an output buffer the model marked."""
         rank, addr, dtype, count = self.program.outputs[name]
@@ -341,7 +348,10 @@ class CommReference:
 
 
 def run_comm_reference(program: TaskProgram, max_steps: int | None = None) -> CommResult:
-    return CommReference(program, max_steps).run()
+    """Runs ``program`` in the reference interpreter and fills the hosts' ``StreamSync`` codes."""
+    result = CommReference(program, max_steps).run()
+    result.fill_syncs()
+    return result
 
 
 __all__ = ["CommReference", "CommResult", "CommStatus", "HcclDataType", "QueueStatus", "run_comm_reference"]
