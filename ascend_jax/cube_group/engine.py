@@ -137,6 +137,9 @@ def simulate(
         seeds = [seeds + i for i in range(len(programs))]
     if len(seeds) != len(programs):
         raise ConfigError("seeds", list(seeds), f"needs one seed per lane ({len(programs)})")
+    bad = [s for s in seeds if not isinstance(s, (int, np.integer)) or not 0 <= s < 2**32]
+    if bad:
+        raise ConfigError("seeds", bad[0], "seeds must be integers in 0..2**32-1")
     shape, n_frees, tab, keys = prepare(programs, schedule, seeds, atomic_order)
     final = _run_batch(shape, n_frees, tab, keys) if jit else _run_eager(shape, n_frees, tab, keys)
     final = jax.tree.map(np.asarray, final)
@@ -158,16 +161,34 @@ def prepare(
     programs: Sequence[CubeGroupProgram], schedule: str, seeds: Sequence[int], atomic_order: str = "fixed"
 ) -> tuple[EngineShape, int, Tables, jax.Array]:
     """Encodes a batch: (static shape, actions per call F, stacked lane tables, PRNG keys)."""
-    for p in programs:
+    distinct = {id(p): p for p in programs}  # lanes often share one program object: encode it once
+    for p in distinct.values():
         for gi, cb in enumerate(p.callbacks):
             for _ in range(p.groups[gi].aic_num):  # CallBack::Init once per AIC before its first message
                 cb.init(*init_args(p, gi))
-    encoded = [encode_program(p) for p in programs]
-    shape = make_shape(programs, encoded, schedule, atomic_order)
-    lanes = [build_tables(shape, p, e) for p, e in zip(programs, encoded, strict=True)]
-    tab = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *lanes)
-    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
-    return shape, count_frees(shape, jax.tree.map(lambda x: x[0], tab)), tab, keys
+    enc = {k: encode_program(p) for k, p in distinct.items()}
+    encoded = [enc[id(p)] for p in programs]
+    shape = make_shape(list(distinct.values()), list(enc.values()), schedule, atomic_order)
+    built = {k: build_tables(shape, p, enc[k]) for k, p in distinct.items()}
+    order = [id(p) for p in programs]
+    if len(built) == 1:
+        only = next(iter(built.values()))
+        tab = jax.tree.map(lambda x: jnp.asarray(np.broadcast_to(x, (len(programs), *np.shape(x)))), only)
+    else:
+        tab = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *[built[k] for k in order])
+    del encoded
+    keys = jax.vmap(lambda s: jax.random.key_data(jax.random.key(s)))(jnp.asarray(np.asarray(seeds, np.uint32)))
+    return shape, _count_frees(shape, jax.tree.map(lambda x: x[0], tab)), tab, keys
+
+
+_FREES_CACHE: dict = {}
+
+
+def _count_frees(shape: EngineShape, tab: Tables) -> int:
+    key = (shape, tuple(tuple((k, v.shape, str(v.dtype)) for k, v in g.items()) for g in tab.msg_fields))
+    if key not in _FREES_CACHE:
+        _FREES_CACHE[key] = count_frees(shape, tab)
+    return _FREES_CACHE[key]
 
 
 def batch_jaxpr(programs: Sequence[CubeGroupProgram], atomic_order: str = "fixed"):
@@ -207,13 +228,13 @@ def extract_result(
     """Reads one lane's final state (numpy) into a :class:`CubeGroupResult`."""
     consts = shape.aic_constants()
     status = Status(int(st.status))
+    q_of, d_of = _slot_tables(program)
     received = {}
     for c, core in enumerate(consts["core"]):
-        log = []
-        for slot, state in zip(st.recv_slot[c, : st.recv_count[c]], st.recv_state[c, : st.recv_count[c]], strict=True):
-            _, q, d = slot_location(program, int(slot))
-            log.append((q, d, state_name(state)))
-        received[int(core)] = log
+        n = int(st.recv_count[c])
+        slots = st.recv_slot[c, :n]
+        names = [_STATE_NAMES.get(int(x)) or state_name(x) for x in st.recv_state[c, :n].tolist()]
+        received[int(core)] = list(zip(q_of[slots].tolist(), d_of[slots].tolist(), names, strict=True))
     error = None
     if status == Status.ERROR:
         c = int(st.error_aic)
@@ -261,6 +282,27 @@ def extract_result(
         seed=seed if schedule == "random" else None,
         gm=st.gm[: program.gm.size].copy(),
     )
+
+
+_STATE_NAMES = {0: "FREE", 1: "VALID", 2: "QUIT", 3: "FAKE"}
+_SLOT_TABLES: dict = {}
+
+
+def _slot_tables(program: CubeGroupProgram) -> tuple[np.ndarray, np.ndarray]:
+    """[S] queue and depth of every global slot (cached per program object)."""
+    key = id(program)
+    hit = _SLOT_TABLES.get(key)
+    if hit is None or hit[0] is not program:
+        total = sum(g.num_slots for g in program.groups)
+        q = np.zeros(total, np.int64)
+        d = np.zeros(total, np.int64)
+        for s in range(total):
+            _, q[s], d[s] = slot_location(program, s)
+        hit = (program, q, d)
+        if len(_SLOT_TABLES) > 64:
+            _SLOT_TABLES.clear()
+        _SLOT_TABLES[key] = hit
+    return hit[1], hit[2]
 
 
 def _witness(shape: EngineShape, program: CubeGroupProgram, st: State, tab: Tables) -> list[dict[str, Any]]:
