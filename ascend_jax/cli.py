@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         help="order in which a step's matmul results reach GM (random: per lane and step)",
     )
     run.add_argument("--dump", metavar="DIR", help="write every GM tensor of lane 0 to DIR/<name>.npy")
+    run.add_argument("--chunk", type=int, default=None, help="lanes per compiled call (default: by memory budget)")
     run.add_argument("--ranks", type=int, default=None, help="ranks of a comm model (ring collectives: 2..8)")
     check = sub.add_parser("check", help="validate a scenario without running it")
     check.add_argument("file")
@@ -182,6 +183,11 @@ def _summary(results: list[CubeGroupResult], path: str, engine: str, schedule: s
         counts = Counter(x.status.label for x in results)
         same = sum(x.outcome() == r.outcome() for x in results)
         console.print(f"lanes: {dict(counts)}; {same}/{len(results)} with lane 0's received logs and slot states")
+        failing = [x for x in results if x.status in (Status.DEADLOCK, Status.ERROR)]
+        if failing:
+            seeds = ", ".join(str(x.seed) for x in failing[:10]) + (" ..." if len(failing) > 10 else "")
+            console.print(f"[red]{len(failing)} lanes ended in deadlock or error[/red]; replay one alone with "
+                          f"--batch 1 --schedule {schedule} --seed S, S in: {seeds}")  # fmt: skip
     for gi, g in enumerate(r.program.groups):
         table = Table(
             title=f"group {g.name}: AICs {g.first_aic}..{g.first_aic + g.aic_num - 1}, Q={g.msg_queue_size}, P={g.aiv_per_aic}"

@@ -417,3 +417,32 @@ def test_default_scenario_runs_ok(engine):
         log = r.received[core]
         assert len(log) == 21
         assert log[:5] == [(8 * core, 0, V)] + [(8 * core + c, 0, V) for c in range(4, 8)]
+
+
+def test_chunked_batches_equal_one_call_and_failing_lanes_replay_by_seed():
+    import ascend_jax as aj
+    from ascend_jax.cube_group import engine
+
+    k = aj.CubeGroupKernel(max_steps=500)
+    g = k.create_cube_res_group("g", 0, 2, 3, "merge")
+    for q in range(3):
+        a = k.aiv(q)
+        a.assign_queue(g, q)
+        for _ in range(3):
+            a.post(g, {"skipCnt": 0})
+        if q != 2:  # queue 2 never quits: every lane ends in deadlock
+            a.quit(g)
+    p = k.compile()
+    seeds = list(range(40, 51))
+    whole = aj.simulate([p] * len(seeds), schedule="random", seeds=seeds)
+    before = engine.TRACE_COUNT["run"]
+    chunked = aj.simulate([p] * len(seeds), schedule="random", seeds=seeds, chunk_size=4)
+    assert engine.TRACE_COUNT["run"] - before <= 1  # 3 chunks (last one padded), one compilation
+    assert [(r.outcome(), r.steps, r.seed) for r in whole] == [(r.outcome(), r.steps, r.seed) for r in chunked]
+    assert all(r.status == aj.Status.DEADLOCK for r in whole)
+    assert len({r.steps for r in whole}) > 1  # the random schedule changes timing per seed ...
+    assert len({r.outcome() for r in whole}) == 1  # ... never the received logs, slot states, witness
+    for r in whole[::5]:  # each failing lane reports its seed and replays alone, step for step
+        assert r.to_json()["seed"] == r.seed
+        [alone] = aj.simulate(p, schedule="random", seeds=[r.seed])
+        assert (alone.outcome(), alone.steps) == (r.outcome(), r.steps)

@@ -63,7 +63,8 @@ def reduce_bytes(dst: np.ndarray, src: np.ndarray, dtype: int, op: int) -> np.nd
     a = dst.view(dt)
     b = src.view(dt)
     if op == HcclReduceOp.SUM:
-        out = a + b if dt.kind in "iu" else (a.astype(np.float32) + b.astype(np.float32)).astype(dt)
+        with np.errstate(all="ignore"):  # arbitrary bytes may hold NaN / Inf, as on the device
+            out = a + b if dt.kind in "iu" else (a.astype(np.float32) + b.astype(np.float32)).astype(dt)
     elif op == HcclReduceOp.MAX:
         out = np.maximum(a, b)
     else:

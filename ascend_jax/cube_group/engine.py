@@ -111,6 +111,8 @@ def simulate(
     max_steps: int | None = None,
     jit: bool = True,
     atomic_order: str = "fixed",
+    chunk_size: int | None = None,
+    progress: bool = False,
 ) -> list[CubeGroupResult]:
     """Runs programs in the JAX engine, one batch lane each.
 
@@ -123,6 +125,10 @@ def simulate(
       jit: False runs the same step eagerly (slow; for debugging and tests).
       atomic_order: ``"fixed"`` writes a step's matmul results in AIC index order; ``"random"``
         in a permutation drawn per lane and step (bounds the order dependence of atomics).
+      chunk_size: lanes per compiled call; default: as many as fit :data:`MEMORY_BUDGET` bytes
+        (see :func:`lane_bytes`). A batch larger than a chunk runs chunk by chunk with one
+        compilation (the last chunk is padded with copies of its first lane).
+      progress: show a progress bar over chunks.
     Returns:
       one :class:`CubeGroupResult` per lane.
     """
@@ -132,7 +138,9 @@ def simulate(
         raise ConfigError("atomic_order", atomic_order, "must be 'fixed' or 'random'")
     if isinstance(programs, CubeGroupProgram):
         programs = [programs]
-    programs = [dataclasses.replace(p, max_steps=max_steps) if max_steps is not None else p for p in programs]
+    if max_steps is not None:  # one replacement per distinct program keeps shared lanes shared
+        swapped = {id(p): dataclasses.replace(p, max_steps=max_steps) for p in programs}
+        programs = [swapped[id(p)] for p in programs]
     if isinstance(seeds, int):
         seeds = [seeds + i for i in range(len(programs))]
     if len(seeds) != len(programs):
@@ -140,35 +148,87 @@ def simulate(
     bad = [s for s in seeds if not isinstance(s, (int, np.integer)) or not 0 <= s < 2**32]
     if bad:
         raise ConfigError("seeds", bad[0], "seeds must be integers in 0..2**32-1")
-    shape, n_frees, tab, keys = prepare(programs, schedule, seeds, atomic_order)
-    final = _run_batch(shape, n_frees, tab, keys) if jit else _run_eager(shape, n_frees, tab, keys)
-    final = jax.tree.map(np.asarray, final)
-    lane_tabs = jax.tree.map(np.asarray, tab)
-    return [
-        extract_result(
-            shape,
-            p,
-            jax.tree.map(lambda x, i=i: x[i], final),
-            jax.tree.map(lambda x, i=i: x[i], lane_tabs),
-            s,
-            schedule,
-        )
-        for i, (p, s) in enumerate(zip(programs, seeds, strict=True))
-    ]
+    seeds = [int(s) for s in seeds]
+    shape = prepare(programs[:1], schedule, seeds[:1], atomic_order, shape_of=programs)[0]
+    n = len(programs)
+    if chunk_size is None:
+        chunk_size = max(1, min(n, MEMORY_BUDGET // (8 * lane_bytes(programs[0], shape))))
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError("chunk_size", chunk_size, "must be an integer >= 1")
+    chunk_size = min(chunk_size, n)
+    results: list[CubeGroupResult] = []
+    bar = _progress(progress and n > chunk_size, n)
+    for lo in range(0, n, chunk_size):
+        progs, sds = programs[lo : lo + chunk_size], seeds[lo : lo + chunk_size]
+        real = len(progs)
+        progs = progs + [progs[0]] * (chunk_size - real)  # pad: one compilation for every chunk
+        sds = sds + [sds[0]] * (chunk_size - real)
+        shape, n_frees, tab, keys = prepare(progs, schedule, sds, atomic_order, shape_of=programs)
+        final = _run_batch(shape, n_frees, tab, keys) if jit else _run_eager(shape, n_frees, tab, keys)
+        final = jax.tree.map(np.asarray, final)
+        lane_tabs = jax.tree.map(np.asarray, tab)
+        for i in range(real):
+            lane = jax.tree.map(lambda x, i=i: x[i], final)
+            results.append(
+                extract_result(shape, progs[i], lane, jax.tree.map(lambda x, i=i: x[i], lane_tabs), sds[i], schedule)
+            )
+        if bar is not None:
+            bar[0].update(bar[1], advance=real)
+    if bar is not None:
+        bar[0].stop()
+    return results
+
+
+#: Bytes of device memory a chunk of lanes may use (state, tables and step temporaries).
+MEMORY_BUDGET = int(float(__import__("os").environ.get("ASCEND_JAX_MEMORY_BUDGET", 2 * 2**30)))
+
+
+def lane_bytes(program: CubeGroupProgram, shape: EngineShape | None = None) -> int:
+    """Bytes of one lane's state plus tables (the per-lane footprint; a step needs a few times
+    this in temporaries, hence the factor 8 in the automatic chunk size)."""
+    if shape is None:
+        shape = prepare([program], "lockstep", [0])[0]
+    _, n_frees, tab, keys = prepare([program], shape.schedule, [0], shape.atomic_order, shape_of=[program], shape=shape)
+    lane_tab = jax.tree.map(lambda x: x[0], tab)
+    st = jax.eval_shape(functools.partial(init_state, shape, n_frees), lane_tab, keys[0])
+    leaves = jax.tree.leaves(st) + jax.tree.leaves(lane_tab)
+    return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in leaves))
+
+
+def _progress(show: bool, total: int):
+    if not show:
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(transient=False)
+    task = bar.add_task("lanes", total=total)
+    bar.start()
+    return bar, task
 
 
 def prepare(
-    programs: Sequence[CubeGroupProgram], schedule: str, seeds: Sequence[int], atomic_order: str = "fixed"
+    programs: Sequence[CubeGroupProgram],
+    schedule: str,
+    seeds: Sequence[int],
+    atomic_order: str = "fixed",
+    shape_of: Sequence[CubeGroupProgram] | None = None,
+    shape: EngineShape | None = None,
 ) -> tuple[EngineShape, int, Tables, jax.Array]:
-    """Encodes a batch: (static shape, actions per call F, stacked lane tables, PRNG keys)."""
+    """Encodes a batch: (static shape, actions per call F, stacked lane tables, PRNG keys).
+
+    ``shape_of``: the programs whose common shape to use (default ``programs``), so that every
+    chunk of a large batch compiles once.
+    """
     distinct = {id(p): p for p in programs}  # lanes often share one program object: encode it once
     for p in distinct.values():
         for gi, cb in enumerate(p.callbacks):
             for _ in range(p.groups[gi].aic_num):  # CallBack::Init once per AIC before its first message
                 cb.init(*init_args(p, gi))
-    enc = {k: encode_program(p) for k, p in distinct.items()}
+    enc = {k: _encode(p) for k, p in distinct.items()}
     encoded = [enc[id(p)] for p in programs]
-    shape = make_shape(list(distinct.values()), list(enc.values()), schedule, atomic_order)
+    if shape is None:
+        every = {id(p): p for p in (shape_of or programs)}
+        shape = make_shape(list(every.values()), [_encode(p) for p in every.values()], schedule, atomic_order)
     built = {k: build_tables(shape, p, enc[k]) for k, p in distinct.items()}
     order = [id(p) for p in programs]
     if len(built) == 1:
@@ -182,6 +242,18 @@ def prepare(
 
 
 _FREES_CACHE: dict = {}
+_ENCODED: dict = {}
+
+
+def _encode(program: CubeGroupProgram) -> dict:
+    """``encode_program`` cached per program object (chunks and shape passes reuse it)."""
+    hit = _ENCODED.get(id(program))
+    if hit is None or hit[0] is not program:
+        if len(_ENCODED) > 256:
+            _ENCODED.clear()
+        hit = (program, encode_program(program))
+        _ENCODED[id(program)] = hit
+    return hit[1]
 
 
 def _count_frees(shape: EngineShape, tab: Tables) -> int:
@@ -279,7 +351,7 @@ def extract_result(
             for block, row in zip(shape.aiv_blocks, st.aiv_wait_result, strict=True)
             if (row >= 0).any()
         },
-        seed=seed if schedule == "random" else None,
+        seed=seed,
         gm=st.gm[: program.gm.size].copy(),
     )
 

@@ -508,7 +508,7 @@ class ReferenceInterpreter:
             barrier_arrive=self.counters_a.copy(),
             barrier_wait=self.counters_w.copy(),
             wait_results={a.block_idx: list(a.wait_results) for a in self.aivs if a.wait_results},
-            seed=self.seed if self.schedule == "random" else None,
+            seed=self.seed,
             gm=self.image.copy() if self.numerics == "hardware" else None,
         )
 

@@ -40,7 +40,8 @@ class CubeGroupResult:
       barrier_arrive, barrier_wait: [barriers, N] final counter copies.
       wait_results: block_idx -> what each executed ``Wait<false>`` returned (True: slot FREE), in
         program order. These depend on timing, so they are not part of :meth:`outcome`.
-      seed: schedule seed of this run (random schedule), or None.
+      seed: the lane's seed (drives the random schedule and random atomic order); replaying it
+        alone (``simulate(program, schedule, seeds=[seed])``) reproduces the lane exactly.
       gm: final GM bytes (``[G] uint8`` from ``GM_BASE``), or None when the program has no tensors.
       numerics: the numerics report (see :func:`ascend_jax.numerics.numerics_report`) once computed.
     """
@@ -104,6 +105,8 @@ class CubeGroupResult:
         }
         if self.error is not None:
             out["error"] = self.error
+        if self.status in (Status.DEADLOCK, Status.ERROR) and self.seed is not None:
+            out["seed"] = self.seed
         if self.numerics is not None:
             out["numerics"] = self.numerics
         return out
