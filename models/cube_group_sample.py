@@ -20,6 +20,8 @@ The tile sizes are this model's choice (the sample's own sizes are not public): 
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 
 from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
@@ -35,15 +37,25 @@ TILING = dict(M=M, N=N, Ka=K, Kb=K, singleCoreM=M, singleCoreN=N, singleCoreK=K,
 MATMUL = dict(a="float16", b="float16", c="float32", bias="float32")
 
 
-def build(seed: int = 0) -> CubeGroupProgram:
-    """The sample kernel; A and B are uniform in [-1, 1) (as half) from ``seed``."""
-    k = CubeGroupKernel(chip="910B1", name="cube_group_sample")
-    a = k.alloc("a", (TILES, M, K), "float16", "random", seed)
-    b = k.alloc("b", (K, N), "float16", "random", seed + 1)
-    c = k.alloc("c", (TILES, M, N), "float32")
-    g = k.create_cube_res_group(
-        "qk", BLOCK_START, BLOCK_SIZE, QUEUES, "matmul", CUBE_MATMUL_MSG, matmul=MATMUL, tiling=TILING
-    )
+def build(seed: int = 0, protocol_only: bool = False) -> CubeGroupProgram:
+    """The sample kernel; A and B are uniform in [-1, 1) (as half) from ``seed``.
+
+    ``protocol_only``: the same messages with the ``merge`` callback and no Matmul (the sample's
+    protocol without compute, for throughput benchmarks).
+    """
+    k = CubeGroupKernel(chip="910B1", name="cube_group_sample" + ("-protocol" if protocol_only else ""))
+    if protocol_only:  # same addresses in the messages, but no GM to carry
+        a = b = c = types.SimpleNamespace(addr=0x10000)
+    else:
+        a = k.alloc("a", (TILES, M, K), "float16", "random", seed)
+        b = k.alloc("b", (K, N), "float16", "random", seed + 1)
+        c = k.alloc("c", (TILES, M, N), "float32")
+    if protocol_only:
+        g = k.create_cube_res_group("qk", BLOCK_START, BLOCK_SIZE, QUEUES, "merge", CUBE_MATMUL_MSG)
+    else:
+        g = k.create_cube_res_group(
+            "qk", BLOCK_START, BLOCK_SIZE, QUEUES, "matmul", CUBE_MATMUL_MSG, matmul=MATMUL, tiling=TILING
+        )
     a_tile, c_tile = M * K * 2, M * N * 4  # bytes per tile
     for q in range(QUEUES):
         aiv = k.aiv(q)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +99,7 @@ def make_shape(
         barrier_copies=tuple(b.copies for b in first.barriers),
         schedule=schedule,
         matmuls=tuple(first.matmuls) or (None,) * len(first.groups),
-        gm_size=max(1, first.gm.size),
+        gm_size=max(1, first.gm.size) if any(m is not None for m in first.matmuls) else 1,
         n_tensors=max(1, len(first.gm.tensors)),
         atomic_order=atomic_order,
     )
@@ -165,13 +166,15 @@ def simulate(
         sds = sds + [sds[0]] * (chunk_size - real)
         shape, n_frees, tab, keys = prepare(progs, schedule, sds, atomic_order, shape_of=programs)
         final = _run_batch(shape, n_frees, tab, keys) if jit else _run_eager(shape, n_frees, tab, keys)
-        final = jax.tree.map(np.asarray, final)
-        lane_tabs = jax.tree.map(np.asarray, tab)
-        for i in range(real):
-            lane = jax.tree.map(lambda x, i=i: x[i], final)
-            results.append(
-                extract_result(shape, progs[i], lane, jax.tree.map(lambda x, i=i: x[i], lane_tabs), sds[i], schedule)
-            )
+        final = {f.name: np.asarray(getattr(final, f.name)) for f in dataclasses.fields(State)}
+        tabs = {f.name: getattr(tab, f.name) for f in dataclasses.fields(Tables) if f.name != "msg_fields"}
+        tabs = {
+            k: np.asarray(v) for k, v in tabs.items() if k in ("op_kind", "op_slot", "op_a", "op_b", "op_c", "op_len")
+        }
+        for i in range(real):  # plain indexing: tree_map per lane costs more than the extraction
+            lane = types.SimpleNamespace(**{k: v[i] for k, v in final.items()})
+            lane_tab = types.SimpleNamespace(**{k: v[i] for k, v in tabs.items()})
+            results.append(extract_result(shape, progs[i], lane, lane_tab, sds[i], schedule))
         if bar is not None:
             bar[0].update(bar[1], advance=real)
     if bar is not None:
@@ -347,12 +350,11 @@ def extract_result(
         barrier_arrive=st.barrier_arrive[: len(program.barriers)].astype(np.int64),
         barrier_wait=st.barrier_wait[: len(program.barriers)].astype(np.int64),
         wait_results={
-            int(block): [bool(x) for x in row[row >= 0]]
-            for block, row in zip(shape.aiv_blocks, st.aiv_wait_result, strict=True)
-            if (row >= 0).any()
+            int(shape.aiv_blocks[v]): [bool(x) for x in st.aiv_wait_result[v][st.aiv_wait_result[v] >= 0]]
+            for v in np.flatnonzero((st.aiv_wait_result >= 0).any(axis=1))
         },
         seed=seed,
-        gm=st.gm[: program.gm.size].copy(),
+        gm=st.gm[: program.gm.size].copy() if shape.has_matmul else program.gm.image,
     )
 
 

@@ -26,6 +26,8 @@ from ascend_jax.errors import ConfigError
 from ascend_jax.matmul import N_DESC
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 
+_AIC_CONSTANTS: dict = {}
+
 
 @dataclasses.dataclass(frozen=True)
 class EngineShape:
@@ -66,7 +68,13 @@ class EngineShape:
         return max(g.aiv_per_aic for g in self.groups)
 
     def aic_constants(self) -> dict[str, np.ndarray]:
-        """[C] per-AIC geometry: group, block base slot, P, n, absolute core index."""
+        """[C] per-AIC geometry: group, block base slot, P, n, absolute core index (cached)."""
+        hit = _AIC_CONSTANTS.get(self.groups)
+        if hit is None:
+            hit = _AIC_CONSTANTS[self.groups] = self._aic_constants()
+        return hit
+
+    def _aic_constants(self) -> dict[str, np.ndarray]:
         rows = [
             (gi, g.slot_base + k * g.aiv_per_aic * MAX_MSG_PER_AIV, g.aiv_per_aic, g.queues_of_aic(k), g.first_aic + k)
             for gi, k in self.aics
@@ -246,8 +254,9 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: dict[str, A
             out[name] = padded
         fields.append(out)
     gm_init = np.zeros(shape.gm_size, np.uint8)
-    image = program.gm.image
-    gm_init[: image.size] = image
+    if shape.has_matmul:  # without matmuls nothing reads or writes GM: carry one byte
+        image = program.gm.image
+        gm_init[: image.size] = image
     bounds = np.zeros((shape.n_tensors, 2), np.int32)
     b = program.gm.bounds()
     bounds[: len(b)] = b

@@ -355,4 +355,11 @@ def step(shape: EngineShape, tab: Tables, st: State) -> tuple[State, jax.Array, 
         key=key,
     )
     running = st.status == Status.RUNNING
-    return jax.tree.map(lambda x, y: jnp.where(running, x, y), new, st), mm_now & running, mm_desc
+    # a finished lane keeps its state; GM is left out: the protocol step never writes it, and the
+    # compute phase only writes for requests of running lanes (a select over GM per step is costly)
+    kept = {
+        f.name: jnp.where(running, getattr(new, f.name), getattr(st, f.name))
+        for f in dataclasses.fields(State)
+        if f.name != "gm"
+    }
+    return State(**kept, gm=st.gm), mm_now & running, mm_desc
