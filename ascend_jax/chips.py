@@ -1,12 +1,21 @@
-"""Chip descriptions: the core counts the protocol checks need.
+"""Chip descriptions: core counts, clocks, buffer sizes and memory rates; CANN platform INI loader.
 
-Only what the CubeResGroupHandle checks use is here (core counts, UB size); clocks, memory rates and
-the CANN platform INI loader belong to the cost model.
+Presets for Ascend 910B1..B4. Core counts and UB size follow the spec (§10, S15); the clock, L2
+size and ``[AICoreMemoryRates]`` values are public notes quoting CANN's
+``platform_config/Ascend910B*.ini`` and are **unconfirmed here** (910B1: cube_freq 1850 MHz,
+l2_read_rate 110 / l2_write_rate 86 B/cycle/core; 910B4: cube_freq 1500 MHz, ddr_rate 32). Load
+the INI of your CANN installation with :func:`load_platform_ini` for authoritative numbers; every
+rate is also a calibratable parameter of the cost model.
 """
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from ascend_jax.errors import ConfigError
 
@@ -17,31 +26,143 @@ class ChipSpec:
 
     Attributes:
       name: SoC name as in CANN (``Ascend910B1``...).
-      aic_num: cube cores (AIC).
-      aiv_num: vector cores (AIV); 2 per AIC on Atlas A2 (``KERNEL_TYPE_MIX_AIC_1_2``).
+      aic_num: cube cores (AIC), ``cube_core_cnt``.
+      aiv_num: vector cores (AIV), ``vector_core_cnt``; 2 per AIC on Atlas A2.
       ub_size: unified buffer bytes per AIV.
+      cube_freq_mhz: AI core clock (``cube_freq``), MHz.
+      l0a_size, l0b_size, l0c_size, l1_size: per-AIC buffers, bytes.
+      l2_size, memory_size: bytes.
+      memory_rates: ``[AICoreMemoryRates]`` as bytes per cycle per core (``ddr_rate``,
+        ``l2_read_rate``, ``l2_write_rate``, ``l1_to_l0_a_rate``...).
+      dtype_mkn: ``[DtypeMKN]``: fractal (M, N, K) per cube instruction by input type
+        (``default`` 16x16x16; ``int8`` 16x32x16, i.e. K = 32).
     """
 
     name: str
     aic_num: int
     aiv_num: int
     ub_size: int = 196608
+    cube_freq_mhz: float = 1850.0
+    l0a_size: int = 65536
+    l0b_size: int = 65536
+    l0c_size: int = 131072
+    l1_size: int = 524288
+    l2_size: int = 192 * 2**20
+    memory_size: int = 64 * 2**30
+    memory_rates: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"ddr_rate": 32.0, "l2_read_rate": 110.0, "l2_write_rate": 86.0}
+    )
+    dtype_mkn: Mapping[str, tuple[int, int, int]] = dataclasses.field(
+        default_factory=lambda: {"default": (16, 16, 16), "int8": (16, 32, 16)}
+    )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.aic_num, self.aiv_num, self.cube_freq_mhz))
+
+    def rate(self, key: str, default: float | None = None) -> float:
+        """A memory rate in bytes/cycle/core (``ddr_read_rate`` falls back to ``ddr_rate``)."""
+        if key in self.memory_rates:
+            return float(self.memory_rates[key])
+        base = key.replace("_read", "").replace("_write", "")
+        if base in self.memory_rates:
+            return float(self.memory_rates[base])
+        if default is None:
+            raise ConfigError("chip.memory_rates", key, f"not in {sorted(self.memory_rates)}")
+        return default
+
+    def cycles_to_us(self, cycles: float) -> float:
+        return cycles / self.cube_freq_mhz
 
 
-# 910B1/B2: 24 AIC / 48 AIV, UB 196608 B (spec §10, S15). 910B3/B4: 20 / 40 (spec §10, unconfirmed).
+_B4_RATES = {"ddr_rate": 32.0, "l2_read_rate": 110.0, "l2_write_rate": 86.0}
 CHIPS: dict[str, ChipSpec] = {
     "910B1": ChipSpec("Ascend910B1", 24, 48),
     "910B2": ChipSpec("Ascend910B2", 24, 48),
-    "910B3": ChipSpec("Ascend910B3", 20, 40),
-    "910B4": ChipSpec("Ascend910B4", 20, 40),
+    "910B3": ChipSpec("Ascend910B3", 20, 40, cube_freq_mhz=1800.0),
+    "910B4": ChipSpec(
+        "Ascend910B4", 20, 40, cube_freq_mhz=1500.0, l2_size=96 * 2**20, memory_size=32 * 2**30, memory_rates=_B4_RATES
+    ),  # fmt: skip
 }
 
 
 def get_chip(name: str | ChipSpec, field: str = "chip") -> ChipSpec:
-    """Returns the preset called ``name`` (``"910B1"`` or ``"Ascend910B1"``)."""
+    """Returns the preset called ``name`` (``"910B1"`` or ``"Ascend910B1"``), or loads a ``.ini`` path."""
     if isinstance(name, ChipSpec):
         return name
+    if isinstance(name, (str, Path)) and str(name).endswith(".ini"):
+        return load_platform_ini(name, field)
     key = name.removeprefix("Ascend") if isinstance(name, str) else name
     if key not in CHIPS:
-        raise ConfigError(field, name, f"unknown chip; presets are {sorted(CHIPS)}")
+        raise ConfigError(field, name, f"unknown chip; presets are {sorted(CHIPS)} (or a platform_config .ini path)")
     return CHIPS[key]
+
+
+_NUMBER = re.compile(r"^\s*[0-9.eE+-]+(\s*/\s*[0-9.eE+-]+)?\s*$")
+
+
+def _number(value: str, where: str) -> float:
+    """An INI number; ``a/b`` quotients occur in real files (``ub_to_ddr_rate=21474836480/680000000``)."""
+    if not _NUMBER.match(value):
+        raise ConfigError(where, value, "must be a number or a quotient a/b")
+    parts = [float(x) for x in value.split("/")]
+    return parts[0] / parts[1] if len(parts) == 2 else parts[0]
+
+
+def load_platform_ini(path: str | Path, field: str = "chip") -> ChipSpec:
+    """Reads a CANN ``platform_config/<SoC>.ini``: ``[version] SoC_version``, ``[SoCInfo]``
+    (``cube_core_cnt`` or ``ai_core_cnt``, ``vector_core_cnt``, ``memory_size``, ``l2_size``),
+    ``[AICoreSpec]`` (``cube_freq``, ``l0_a_size``, ``l0_b_size``, ``l0_c_size``, ``l1_size``,
+    ``ub_size``), ``[AICoreMemoryRates]`` (every numeric key) and ``[DtypeMKN]``.
+    Missing optional keys keep the 910B1 defaults; a missing core count is an error."""
+    p = Path(path)
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # keys keep their case
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(field, str(p), f"cannot be read ({e})") from None
+    try:
+        cp.read_string(text)
+    except configparser.Error as e:
+        raise ConfigError(field, str(p), f"is not a valid INI file ({e.__class__.__name__})") from None
+
+    def get(section: str, key: str) -> str | None:
+        return cp.get(section, key, fallback=None) if cp.has_section(section) else None
+
+    where = f"{p.name}"
+    aic = get("SoCInfo", "cube_core_cnt") or get("SoCInfo", "ai_core_cnt")
+    if aic is None:
+        raise ConfigError(f"{where}[SoCInfo].cube_core_cnt", None, "is required (or ai_core_cnt)")
+    kw: dict[str, Any] = {"name": get("version", "SoC_version") or p.stem, "aic_num": int(_number(aic, where))}
+    aiv = get("SoCInfo", "vector_core_cnt")
+    kw["aiv_num"] = int(_number(aiv, f"{where}[SoCInfo].vector_core_cnt")) if aiv else 2 * kw["aic_num"]
+    for section, key, attr, conv in (
+        ("SoCInfo", "memory_size", "memory_size", int),
+        ("SoCInfo", "l2_size", "l2_size", int),
+        ("AICoreSpec", "cube_freq", "cube_freq_mhz", float),
+        ("AICoreSpec", "l0_a_size", "l0a_size", int),
+        ("AICoreSpec", "l0_b_size", "l0b_size", int),
+        ("AICoreSpec", "l0_c_size", "l0c_size", int),
+        ("AICoreSpec", "l1_size", "l1_size", int),
+        ("AICoreSpec", "ub_size", "ub_size", int),
+    ):
+        v = get(section, key)
+        if v is not None:
+            kw[attr] = conv(_number(v, f"{where}[{section}].{key}"))
+    if cp.has_section("AICoreMemoryRates"):
+        rates = {}
+        for key, v in cp.items("AICoreMemoryRates"):
+            if key.startswith("Intrinsic_"):
+                continue
+            rates[key] = _number(v, f"{where}[AICoreMemoryRates].{key}")
+        if rates:
+            kw["memory_rates"] = rates
+    if cp.has_section("DtypeMKN"):
+        mkn = {}
+        for key, v in cp.items("DtypeMKN"):
+            nums = [int(x) for x in v.split(",")]
+            if len(nums) != 3:
+                raise ConfigError(f"{where}[DtypeMKN].{key}", v, "must be M,N,K")
+            mkn["default" if key == "Default" else key.removeprefix("DT_").lower()] = tuple(nums)
+        kw["dtype_mkn"] = {"default": (16, 16, 16), **mkn}
+    return ChipSpec(**kw)

@@ -185,3 +185,27 @@ def test_scenario_loads(tmp_path):
     path.write_text(SCENARIO)
     program = aj.load_scenario(path)
     assert program.name == "x" and program.queue_of == {(0, 0): 0}
+
+
+def test_platform_ini_loader(tmp_path):
+    from ascend_jax.chips import get_chip, load_platform_ini
+
+    ini = tmp_path / "Ascend910B4.ini"
+    ini.write_text(
+        "[version]\nSoC_version=Ascend910B4\n[SoCInfo]\ncube_core_cnt=20\nvector_core_cnt=40\nl2_size=100663296\n"
+        "[AICoreSpec]\ncube_freq=1500\nl0_c_size=131072\n[AICoreMemoryRates]\nddr_rate=32\nl2_read_rate=110\n"
+        "ub_to_ddr_rate=21474836480/680000000\nIntrinsic_data_move_out2l1=64\n[DtypeMKN]\nDefault=16,16,16\nDT_INT8=16,32,16\n"
+    )
+    chip = load_platform_ini(ini)
+    assert (chip.name, chip.aic_num, chip.aiv_num, chip.cube_freq_mhz) == ("Ascend910B4", 20, 40, 1500.0)
+    assert chip.rate("ddr_read_rate") == 32.0 and abs(chip.rate("ub_to_ddr_rate") - 31.58) < 0.01
+    assert "Intrinsic_data_move_out2l1" not in chip.memory_rates
+    assert chip.dtype_mkn["int8"] == (16, 32, 16) and chip.cycles_to_us(1500) == 1.0
+    assert get_chip(str(ini)) == chip
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[SoCInfo]\nvector_core_cnt=40\n")
+    with pytest.raises(ConfigError, match=r"bad.ini\[SoCInfo\].cube_core_cnt"):
+        load_platform_ini(bad)
+    bad.write_text("[SoCInfo]\ncube_core_cnt=twenty\n")
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_platform_ini(bad)
