@@ -50,7 +50,7 @@ def main() -> None:
         tiles = jnp.asarray(np.concatenate([a] * lanes))
         bb = jnp.asarray(b)
         jax.block_until_ready(plain(tiles, bb))
-        t_plain = best_of(lambda t=tiles: jax.block_until_ready(plain(t, bb)), 3)
+        t_plain = best_of(lambda t=tiles, b_=bb: jax.block_until_ready(plain(t, b_)), 3)
         shape, n_frees, tab, keys = engine.prepare([program] * lanes, "lockstep", list(range(lanes)))
         compiled = engine._run_batch.lower(shape, n_frees, tab, keys).compile()
         t_eng = best_of(lambda c=compiled, t=tab, k=keys: jax.block_until_ready(c(t, k)), 3)
