@@ -133,8 +133,8 @@ def simulate(
     Returns:
       one :class:`CubeGroupResult` per lane.
     """
-    if schedule not in ("lockstep", "random"):
-        raise ConfigError("schedule", schedule, "must be 'lockstep' or 'random'")
+    if schedule not in ("lockstep", "random", "timed"):
+        raise ConfigError("schedule", schedule, "must be 'lockstep', 'random' or 'timed'")
     if atomic_order not in ("fixed", "random"):
         raise ConfigError("atomic_order", atomic_order, "must be 'fixed' or 'random'")
     if isinstance(programs, CubeGroupProgram):
@@ -169,12 +169,14 @@ def simulate(
         final = {f.name: np.asarray(getattr(final, f.name)) for f in dataclasses.fields(State)}
         tabs = {f.name: getattr(tab, f.name) for f in dataclasses.fields(Tables) if f.name != "msg_fields"}
         tabs = {
-            k: np.asarray(v) for k, v in tabs.items() if k in ("op_kind", "op_slot", "op_a", "op_b", "op_c", "op_len")
+            k: np.asarray(v)
+            for k, v in tabs.items()
+            if k in ("op_kind", "op_slot", "op_a", "op_b", "op_c", "op_len", "cost")
         }
         for i in range(real):  # plain indexing: tree_map per lane costs more than the extraction
             lane = types.SimpleNamespace(**{k: v[i] for k, v in final.items()})
             lane_tab = types.SimpleNamespace(**{k: v[i] for k, v in tabs.items()})
-            results.append(extract_result(shape, progs[i], lane, lane_tab, sds[i], schedule))
+            results.append(extract_result(shape, progs[i], lane, lane_tab, sds[i], schedule, lane_tab.cost))
         if bar is not None:
             bar[0].update(bar[1], advance=real)
     if bar is not None:
@@ -298,7 +300,13 @@ def _run_eager(shape: EngineShape, n_frees: int, tab: Tables, keys: jax.Array) -
 
 
 def extract_result(
-    shape: EngineShape, program: CubeGroupProgram, st: State, tab: Tables, seed: int, schedule: str
+    shape: EngineShape,
+    program: CubeGroupProgram,
+    st: State,
+    tab: Tables,
+    seed: int,
+    schedule: str,
+    cost: np.ndarray | None = None,
 ) -> CubeGroupResult:
     """Reads one lane's final state (numpy) into a :class:`CubeGroupResult`."""
     consts = shape.aic_constants()
@@ -355,6 +363,32 @@ def extract_result(
         },
         seed=seed,
         gm=st.gm[: program.gm.size].copy() if shape.has_matmul else program.gm.image,
+        timing=_timing(shape, program, st, cost) if schedule == "timed" else None,
+    )
+
+
+def _timing(shape: EngineShape, program: CubeGroupProgram, st: Any, cost: np.ndarray) -> dict:
+    from ascend_jax.cube_group.result import timing_report
+
+    qmap = shape.queue_of_slot()
+    occ: dict = {}
+    base = 0
+    for gi, g in enumerate(program.groups):
+        occ[gi] = {q: [float(x) for x in st.occ_cycles[base + q]] for q in range(g.msg_queue_size)}
+        base += g.msg_queue_size
+    del qmap
+    return timing_report(
+        program,
+        aic_busy=st.aic_busy.astype(float).tolist(),
+        aic_blocked=st.aic_blocked.astype(float).tolist(),
+        aic_clock=st.aic_clock.astype(float).tolist(),
+        aiv={
+            int(b): (float(st.aiv_alloc_stall[v]), float(st.aiv_wait_stall[v]), float(st.aiv_clock[v]))
+            for v, b in enumerate(shape.aiv_blocks)
+            if b in dict(program.aivs)
+        },
+        occupancy=occ,
+        freq_mhz=float(cost[-1]),
     )
 
 

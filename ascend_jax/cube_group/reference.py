@@ -53,6 +53,7 @@ from ascend_jax.matmul import (
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 
 FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
+F32 = np.float32
 
 
 @dataclasses.dataclass
@@ -115,12 +116,16 @@ class ReferenceInterpreter:
         seed: int = 0,
         max_steps: int | None = None,
         numerics: str = "hardware",
+        cost: Any = None,
     ):
-        if schedule not in ("lockstep", "random"):
-            raise ValueError(f"schedule = {schedule!r}: must be 'lockstep' or 'random'")
+        if schedule not in ("lockstep", "random", "timed"):
+            raise ValueError(f"schedule = {schedule!r}: must be 'lockstep', 'random' or 'timed'")
         if numerics not in ("hardware", "exact"):
             raise ValueError(f"numerics = {numerics!r}: must be 'hardware' or 'exact'")
         self.numerics = numerics
+        from ascend_jax.timing import CostModel
+
+        self.cost = (cost or CostModel.for_chip(program.chip)).vector()
         self.image = program.gm.image
         self.bounds = program.gm.bounds()
         self.shadow = {n: program.gm.read(n).astype(np.float64) for n in program.gm.tensors}
@@ -150,6 +155,17 @@ class ReferenceInterpreter:
             (len(program.barriers), max((b.copies for b in program.barriers), default=1)), np.int64
         )
         self.counters_w = np.zeros_like(self.counters_a)
+        # timed schedule (float32 cycles, computed as the engine computes them)
+        self.aiv_clock = {a.block_idx: F32(0) for a in self.aivs}
+        self.aic_clock = [F32(0)] * len(self.aics)
+        self.slot_time = {gi: [F32(0)] * g.num_slots for gi, g in enumerate(program.groups)}
+        self.barrier_time = [F32(0)] * max(len(program.barriers), 1)
+        self.alloc_stall = {a.block_idx: F32(0) for a in self.aivs}
+        self.wait_stall = {a.block_idx: F32(0) for a in self.aivs}
+        self.aic_busy = [F32(0)] * len(self.aics)
+        self.aic_blocked = [F32(0)] * len(self.aics)
+        self.t_now = F32(0)
+        self.occupancy: dict = {}
         for a in self.aics:  # CallBack::Init once per AIC, before its first message
             cfg = program.matmuls[a.group] if program.matmuls else None
             program.callbacks[a.group].init(*((None, None) if cfg is None else (Matmul(*cfg), cfg[1])))
@@ -417,8 +433,128 @@ class ReferenceInterpreter:
             return ready
         return [c for c in ready if self.rng.random() < 0.5]
 
+    # -- timed schedule ----------------------------------------------------------------------
+    def _c(self, name: str) -> np.float32:
+        from ascend_jax.timing import C
+
+        return F32(self.cost[C[name]])
+
+    def _aiv_time(self, aiv: _Aiv) -> tuple[np.float32, np.float32]:
+        op = aiv.ops[aiv.pc]
+        clock = self.aiv_clock[aiv.block_idx]
+        enable = F32(0)
+        if op.kind == "alloc":
+            g = self.p.groups[op.group]
+            enable = self.slot_time[op.group][self._aiv_head(aiv, op.group) + aiv.pos.get(op.group, 0) * g.aiv_per_aic]
+        elif op.kind == "wait" and op.sync:
+            enable = self.slot_time[op.group][self._aiv_head(aiv, op.group) + op.offset]
+        elif op.kind in ("arrive", "barrier_wait"):
+            enable = self.barrier_time[op.group]
+        dur = {
+            "alloc": self._c("alloc"),
+            "fake": self._c("fake"),
+            "quit": self._c("quit"),
+            "post": self._c("post"),
+            "wait": self._c("wait"),
+            "arrive": self._c("barrier"),
+            "barrier_wait": self._c("barrier"),
+        }.get(op.kind, F32(op.cycles) if op.kind == "delay" else F32(0))
+        if op.kind == "post" and op.state in (FAKE, QUIT):  # a hand-made FAKE / QUIT costs as the engine's
+            dur = self._c("fake") if op.state == FAKE else self._c("quit")
+        return F32(max(clock, enable)), dur
+
+    def _aic_time(self, aic: _Aic) -> tuple[np.float32, np.float32]:
+        i = self.aics.index(aic)
+        clock = self.aic_clock[i]
+        slots = self.slot_time[aic.group]
+        if not aic.in_call:
+            cur = self.slots[aic.group][self._block(aic) + aic.msg_pos]
+            dur = self._c("poll") if cur.state == QUIT else self._c("dispatch")
+            return F32(max(clock, slots[self._block(aic) + aic.msg_pos])), dur
+        act = aic.pending[0]
+        if act[0] == "matmul":
+            return clock, self._mm_cycles(aic, act[1])
+        _, slot, wait = act
+        enable = F32(0) if wait == NO_WAIT else slots[slot]
+        return F32(max(clock, enable)), self._c("free")
+
+    def _mm_cycles(self, aic: _Aic, d: dict) -> np.float32:
+        mt = self.p.matmuls[aic.group][0]
+        k0 = F32(32 if mt.a == "int8" else 16)
+        m, n, k = F32(d["m"]), F32(d["n"]), F32(d["k"])
+        fr = F32(np.ceil(m / F32(16))) * F32(np.ceil(n / F32(16))) * F32(np.ceil(k / k0))
+        sa, sb, sc = (F32(mt.dtype(x).itemsize) for x in ("a", "b", "c"))
+        traffic = m * k * sa + k * n * sb + m * n * sc
+        return F32(self._c("mm_overhead") + fr + traffic / self._c("ddr_rate"))
+
+    def _timed_step(self) -> bool:
+        ready_v = [a for a in self.aivs if not a.done and self._aiv_ready(a)]
+        ready_c = [(i, c) for i, c in enumerate(self.aics) if not c.done and self._aic_ready(c)]
+        if not (ready_v or ready_c):
+            return False
+        times_v = {a.block_idx: self._aiv_time(a) for a in ready_v}
+        times_c = {i: self._aic_time(c) for i, c in ready_c}
+        tmin = min([t for t, _ in times_v.values()] + [t for t, _ in times_c.values()])
+        self._occupancy(tmin)
+        for a in ready_v:
+            start, dur = times_v[a.block_idx]
+            if start != tmin:
+                continue
+            op = a.ops[a.pc]
+            stall = F32(start - self.aiv_clock[a.block_idx])
+            if op.kind == "alloc":
+                self.alloc_stall[a.block_idx] = F32(self.alloc_stall[a.block_idx] + stall)
+            elif op.kind in ("wait", "arrive", "barrier_wait"):
+                self.wait_stall[a.block_idx] = F32(self.wait_stall[a.block_idx] + stall)
+            end = F32(start + dur)
+            if op.kind in ("post", "fake", "quit"):
+                self.slot_time[op.group][a.alloc_slot[(op.group, op.alloc)]] = end
+            if op.kind in ("arrive", "barrier_wait"):
+                self.barrier_time[op.group] = F32(max(self.barrier_time[op.group], end))
+            self.aiv_clock[a.block_idx] = end
+            if op.kind == "delay":  # one action of `cycles` cycles
+                a.pc += 1
+            else:
+                self._aiv_act(a)
+        errors = []
+        for i, c in enumerate(self.aics):
+            if c.done or not self._aic_ready(c):
+                continue
+            start, dur = self._aic_time(c)
+            if start != tmin:
+                continue
+            freeing = c.in_call and c.pending[0][0] == "free"
+            slot = c.pending[0][1] if freeing else None
+            end = F32(start + dur)
+            err = self._aic_act(i, c)
+            if err is not None:
+                errors.append(err)
+                continue
+            self.aic_busy[i] = F32(self.aic_busy[i] + dur)
+            self.aic_blocked[i] = F32(self.aic_blocked[i] + F32(start - self.aic_clock[i]))
+            self.aic_clock[i] = end
+            if freeing:
+                self.slot_time[c.group][slot] = end
+        if errors and self.error is None:
+            self.error = errors[0]
+        if self._mm_queue:
+            self._compute()
+        return True
+
+    def _occupancy(self, tmin: np.float32) -> None:
+        dt = F32(max(F32(tmin - self.t_now), F32(0)))
+        for gi, g in enumerate(self.p.groups):
+            for q in range(g.msg_queue_size):
+                level = sum(self.slots[gi][g.slot_index(q, d)].state != FREE for d in range(MAX_MSG_PER_AIV))
+                key = (gi, q)
+                row = self.occupancy.setdefault(key, [F32(0)] * (MAX_MSG_PER_AIV + 1))
+                row[level] = F32(row[level] + dt)
+        self.t_now = F32(max(tmin, self.t_now))
+
     def step(self) -> bool:
         """One step; returns whether any core was enabled (progress was possible)."""
+        if self.schedule == "timed":
+            return self._timed_step()
         ready_v = [a for a in self.aivs if not a.done and self._aiv_ready(a)]
         ticking = [a for a in ready_v if a.ops[a.pc].kind == "delay"]  # time passes for every delay
         for a in ticking + self._chosen([a for a in ready_v if a.ops[a.pc].kind != "delay"]):
@@ -510,6 +646,26 @@ class ReferenceInterpreter:
             wait_results={a.block_idx: list(a.wait_results) for a in self.aivs if a.wait_results},
             seed=self.seed,
             gm=self.image.copy() if self.numerics == "hardware" else None,
+            timing=self._timing() if self.schedule == "timed" else None,
+        )
+
+    def _timing(self) -> dict:
+        from ascend_jax.cube_group.result import timing_report
+
+        occ = {}
+        for (gi, q), row in self.occupancy.items():
+            occ.setdefault(gi, {})[q] = [float(x) for x in row]
+        return timing_report(
+            self.p,
+            aic_busy=[float(x) for x in self.aic_busy],
+            aic_blocked=[float(x) for x in self.aic_blocked],
+            aic_clock=[float(x) for x in self.aic_clock],
+            aiv={
+                b: (float(self.alloc_stall[b]), float(self.wait_stall[b]), float(self.aiv_clock[b]))
+                for b in self.aiv_clock
+            },
+            occupancy=occ,
+            freq_mhz=float(self.cost[-1]),
         )
 
 

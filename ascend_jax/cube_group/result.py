@@ -61,6 +61,7 @@ class CubeGroupResult:
     seed: int | None = None
     gm: np.ndarray | None = None
     numerics: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None
 
     def tensor(self, name: str) -> np.ndarray:
         """The final value of GM tensor ``name``."""
@@ -109,6 +110,8 @@ class CubeGroupResult:
             out["seed"] = self.seed
         if self.numerics is not None:
             out["numerics"] = self.numerics
+        if self.timing is not None:
+            out["timing"] = self.timing
         return out
 
     def workspace_image(self) -> np.ndarray:
@@ -123,6 +126,50 @@ class CubeGroupResult:
     def barrier_image(self) -> np.ndarray:
         """Final GroupBarrier workspace bytes (uint8), byte 0 at the first barrier's base address."""
         return barrier_image(list(self.program.barriers), self.barrier_arrive, self.barrier_wait)
+
+
+def timing_report(
+    program: CubeGroupProgram,
+    aic_busy: list[float],
+    aic_blocked: list[float],
+    aic_clock: list[float],
+    aiv: dict[int, tuple[float, float, float]],
+    occupancy: dict[int, dict[int, list[float]]],
+    freq_mhz: float,
+) -> dict[str, Any]:
+    """The ``timing`` section of a timed run (cycles of the AI core clock).
+
+    ``kernel_cycles``: when the last core finished; per AIC busy (its actions), blocked (spinning
+    on a slot before an action) and idle (the rest of the kernel time) cycles; per AIV cycles
+    stalled in AllocMessage and in waits (Wait and barriers); per queue the cycles spent with 0..4
+    non-FREE slots and the time-averaged occupancy.
+    """
+    kernel = max([*aic_clock, *(c for _, _, c in aiv.values()), 0.0])
+    cores = [program.aic_core_index(gi, k) for gi, k in program.aics]
+    aic = {
+        str(core): {"busy_cycles": b, "blocked_cycles": bl, "idle_cycles": max(kernel - b - bl, 0.0)}
+        for core, b, bl in zip(cores, aic_busy, aic_blocked, strict=True)
+    }
+    out_aiv = {str(b): {"alloc_stall_cycles": a, "wait_stall_cycles": w} for b, (a, w, _) in sorted(aiv.items())}
+    occ = {}
+    for gi, g in enumerate(program.groups):
+        rows = occupancy.get(gi, {})
+        occ[g.name] = {}
+        for q in range(g.msg_queue_size):
+            levels = rows.get(q, [0.0] * 5)
+            total = sum(levels)
+            occ[g.name][str(q)] = {
+                "cycles_at_level": levels,
+                "mean": sum(i * x for i, x in enumerate(levels)) / total if total else 0.0,
+            }
+    return {
+        "kernel_cycles": kernel,
+        "kernel_us": kernel / freq_mhz,
+        "freq_mhz": freq_mhz,
+        "aic": aic,
+        "aiv": out_aiv,
+        "occupancy": occ,
+    }
 
 
 def message_table(program: CubeGroupProgram, group: int) -> np.ndarray:

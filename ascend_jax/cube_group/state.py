@@ -45,7 +45,7 @@ class EngineShape:
     msgs_per_group: tuple[int, ...]  # M_g (>= 1, padded)
     receive_capacity: int  # R (array size; the per-lane limit is traced)
     barrier_copies: tuple[int, ...]  # N_b per barrier
-    schedule: str  # "lockstep" | "random"
+    schedule: str  # "lockstep" | "random" | "timed"
     matmuls: tuple[Any, ...] = ()  # per group: (MatmulType, TCubeTiling) or None
     gm_size: int = 1  # G (bytes, padded)
     n_tensors: int = 1  # T (padded)
@@ -54,6 +54,22 @@ class EngineShape:
     @property
     def has_matmul(self) -> bool:
         return any(m is not None for m in self.matmuls)
+
+    @property
+    def total_queues(self) -> int:
+        return sum(g.msg_queue_size for g in self.groups)
+
+    def queue_of_slot(self) -> np.ndarray:
+        """[S] global queue index (groups in order) of every slot; unused columns -> total_queues."""
+        out = []
+        base = 0
+        for g in self.groups:
+            for s in range(g.num_slots):
+                k, c, _ = g.slot_queue_depth(s)
+                q = k * g.aiv_per_aic + c
+                out.append(base + q if c < g.queues_of_aic(k) else self.total_queues)
+            base += g.msg_queue_size
+        return np.array(out, np.int32)
 
     @property
     def num_slots(self) -> int:
@@ -94,6 +110,7 @@ class Tables:
     msg_fields: per group, field name -> [M_g] values.
     max_steps: [] step bound. receive_limit: [] receive-log entries allowed per AIC.
     gm_init: [G] uint8 initial GM image. gm_bounds: [T, 2] int32 (start, end) of every tensor.
+    cost: [11] float32 cost-model cycles (``timing.CostModel.vector``; timed schedule only).
     """
 
     op_kind: jax.Array
@@ -107,6 +124,7 @@ class Tables:
     receive_limit: jax.Array
     gm_init: jax.Array
     gm_bounds: jax.Array
+    cost: jax.Array
 
 
 @jax.tree_util.register_dataclass
@@ -128,6 +146,10 @@ class State:
     barrier_arrive, barrier_wait: [B, N] counter copies.
     step, status, error_code, error_aic, error_slot, error_detail: [] run bookkeeping.
     key: PRNG key of the random schedule.
+    Timed schedule (cycles, float32): aiv_clock [V], aic_clock [C], slot_time [S] (when each slot's
+    state last changed), barrier_time [B]; aiv_alloc_stall, aiv_wait_stall [V]; aic_busy,
+    aic_blocked [C]; occ_cycles [Q+1, 5] cycles each queue spent with 0..4 non-FREE slots;
+    t_now [] time of the last event.
     """
 
     slot_state: jax.Array
@@ -160,6 +182,16 @@ class State:
     error_slot: jax.Array
     error_detail: jax.Array
     key: jax.Array
+    aiv_clock: jax.Array
+    aic_clock: jax.Array
+    slot_time: jax.Array
+    barrier_time: jax.Array
+    aiv_alloc_stall: jax.Array
+    aiv_wait_stall: jax.Array
+    aic_busy: jax.Array
+    aic_blocked: jax.Array
+    occ_cycles: jax.Array
+    t_now: jax.Array
 
 
 def _field_dtype(dtype: np.dtype) -> str:
@@ -260,7 +292,10 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: dict[str, A
     bounds = np.zeros((shape.n_tensors, 2), np.int32)
     b = program.gm.bounds()
     bounds[: len(b)] = b
+    from ascend_jax.timing import CostModel
+
     return Tables(
+        cost=CostModel.for_chip(program.chip).vector(),
         gm_init=gm_init,
         gm_bounds=bounds,
         op_kind=tab[0],
@@ -313,4 +348,14 @@ def init_state(shape: EngineShape, n_frees: int, tab: Tables, key: jax.Array) ->
         error_slot=jnp.zeros((), i32),
         error_detail=jnp.zeros((), i32),
         key=key,
+        aiv_clock=jnp.zeros(v, jnp.float32),
+        aic_clock=jnp.zeros(c, jnp.float32),
+        slot_time=jnp.zeros(shape.num_slots, jnp.float32),
+        barrier_time=jnp.zeros(nb, jnp.float32),
+        aiv_alloc_stall=jnp.zeros(v, jnp.float32),
+        aiv_wait_stall=jnp.zeros(v, jnp.float32),
+        aic_busy=jnp.zeros(c, jnp.float32),
+        aic_blocked=jnp.zeros(c, jnp.float32),
+        occ_cycles=jnp.zeros((shape.total_queues + 1, 5), jnp.float32),
+        t_now=jnp.zeros((), jnp.float32),
     )

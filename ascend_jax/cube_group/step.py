@@ -20,6 +20,7 @@ from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 from ascend_jax.matmul import N_DESC, Matmul, _NoMatmul, shape_error
 from ascend_jax.matmul import D as DM
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
+from ascend_jax.timing import C as TC
 
 FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
 
@@ -31,8 +32,65 @@ def _chosen(shape: EngineShape, key: jax.Array, n: int) -> jax.Array:
     return jax.random.bernoulli(key, 0.5, (n,))
 
 
-def aiv_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tuple[State, jax.Array]:
-    """Every AIV whose next op is enabled performs it. Returns the new state and [V] enabled."""
+def _aiv_times(shape: EngineShape, tab: Tables, st: State):
+    """Timed schedule: [V] start cycle and duration of every AIV's next op (valid where ready)."""
+    v = tab.op_len.shape[0]
+    rows = jnp.arange(v)
+    pc = jnp.minimum(st.aiv_pc, tab.op_kind.shape[1] - 1)
+    kind = tab.op_kind[rows, pc]
+    slot = tab.op_slot[rows, pc]
+    a = tab.op_a[rows, pc]
+    nb = st.barrier_arrive.shape[0]
+    bar = jnp.clip(a, 0, nb - 1)
+    cost = tab.cost
+    enable = jnp.select(
+        [kind == OpKind.ALLOC, (kind == OpKind.WAIT) & (a != 0), (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)],
+        [st.slot_time[slot], st.slot_time[slot], st.barrier_time[bar]],
+        0.0,
+    )
+    start = jnp.maximum(st.aiv_clock, enable)
+    dur = jnp.select(
+        [
+            kind == OpKind.ALLOC,
+            (kind == OpKind.WRITE) & (a == FAKE),
+            (kind == OpKind.WRITE) & (a == QUIT),
+            kind == OpKind.WRITE,
+            kind == OpKind.WAIT,
+            kind == OpKind.DELAY,
+            (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT),
+        ],
+        [cost[TC["alloc"]], cost[TC["fake"]], cost[TC["quit"]], cost[TC["post"]], cost[TC["wait"]],
+         a.astype(jnp.float32), cost[TC["barrier"]]],
+        0.0,
+    )  # fmt: skip
+    return start, dur
+
+
+def aiv_ready(shape: EngineShape, tab: Tables, st: State) -> jax.Array:
+    """[V] whether each AIV's next op is enabled on ``st``."""
+    v = tab.op_len.shape[0]
+    rows = jnp.arange(v)
+    pc = jnp.minimum(st.aiv_pc, tab.op_kind.shape[1] - 1)
+    active = st.aiv_pc < tab.op_len
+    kind = tab.op_kind[rows, pc]
+    slot = tab.op_slot[rows, pc]
+    a, b, c = tab.op_a[rows, pc], tab.op_b[rows, pc], tab.op_c[rows, pc]
+    slot_free = st.slot_state[slot] == FREE
+    nb, ncopy = st.barrier_arrive.shape
+    bar = jnp.clip(a, 0, nb - 1)
+    idx = jnp.clip(b, 0, ncopy - 1)
+    return active & jnp.select(
+        [kind == OpKind.ALLOC, kind == OpKind.WAIT, kind == OpKind.ARRIVE, kind == OpKind.BWAIT],
+        [slot_free, (a == 0) | slot_free, (c < 0) | (st.barrier_wait[bar, idx] == c), st.barrier_arrive[bar, idx] >= c],
+        True,
+    )
+
+
+def aiv_step(
+    shape: EngineShape, tab: Tables, st: State, key: jax.Array, tmin: jax.Array | None = None
+) -> tuple[State, jax.Array]:
+    """Every AIV whose next op is enabled performs it (timed schedule: those starting at ``tmin``).
+    Returns the new state and [V] enabled."""
     v = tab.op_len.shape[0]
     n_slots = shape.num_slots
     rows = jnp.arange(v)
@@ -44,18 +102,22 @@ def aiv_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
     slot_free = st.slot_state[slot] == FREE
     nb, ncopy = st.barrier_arrive.shape
     bar = jnp.clip(a, 0, nb - 1)
-    idx = jnp.clip(b, 0, ncopy - 1)
-    ready = active & jnp.select(
-        [kind == OpKind.ALLOC, kind == OpKind.WAIT, kind == OpKind.ARRIVE, kind == OpKind.BWAIT],
-        [slot_free, (a == 0) | slot_free, (c < 0) | (st.barrier_wait[bar, idx] == c), st.barrier_arrive[bar, idx] >= c],
-        True,
-    )
+    ready = aiv_ready(shape, tab, st)
+    del active
     is_delay = kind == OpKind.DELAY
-    act = ready & (is_delay | _chosen(shape, key, v))
-    timer = jnp.where(act & is_delay, st.aiv_timer + 1, st.aiv_timer)
-    delay_done = act & is_delay & (timer >= a)
-    timer = jnp.where(delay_done, 0, timer)
-    advance = act & (~is_delay | delay_done)
+    timed = shape.schedule == "timed"
+    if timed:  # a delay is one action of `cycles` cycles
+        start, dur = _aiv_times(shape, tab, st)
+        act = ready & (start == tmin)
+        timer = st.aiv_timer
+        advance = act
+        end = start + dur
+    else:
+        act = ready & (is_delay | _chosen(shape, key, v))
+        timer = jnp.where(act & is_delay, st.aiv_timer + 1, st.aiv_timer)
+        delay_done = act & is_delay & (timer >= a)
+        timer = jnp.where(delay_done, 0, timer)
+        advance = act & (~is_delay | delay_done)
 
     write = act & (kind == OpKind.WRITE)
     slot_state = st.slot_state.at[jnp.where(write, slot, n_slots)].set(a, mode="drop")
@@ -70,6 +132,17 @@ def aiv_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
     copies = jnp.asarray(np.arange(ncopy)[None, :] < np.array(shape.barrier_copies or (1,))[:, None])
     arrive_add = jnp.zeros(nb, jnp.int32).at[jnp.where(act & (kind == OpKind.ARRIVE), bar, nb)].add(1, mode="drop")
     wait_add = jnp.zeros(nb, jnp.int32).at[jnp.where(act & (kind == OpKind.BWAIT), bar, nb)].add(1, mode="drop")
+    if timed:
+        waiting = (kind == OpKind.WAIT) | (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
+        is_bar = act & ((kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT))
+        st = dataclasses.replace(
+            st,
+            aiv_clock=jnp.where(act, end, st.aiv_clock),
+            slot_time=st.slot_time.at[jnp.where(write, slot, n_slots)].set(end, mode="drop"),
+            barrier_time=st.barrier_time.at[jnp.where(is_bar, bar, nb)].max(end, mode="drop"),
+            aiv_alloc_stall=st.aiv_alloc_stall + jnp.where(act & (kind == OpKind.ALLOC), start - st.aiv_clock, 0.0),
+            aiv_wait_stall=st.aiv_wait_stall + jnp.where(act & waiting, start - st.aiv_clock, 0.0),
+        )
     st = dataclasses.replace(
         st,
         slot_state=slot_state,
@@ -194,8 +267,59 @@ def _release(alive: jax.Array, n: jax.Array, row: jax.Array, col: jax.Array) -> 
     return new_row.astype(jnp.int32), new_col.astype(jnp.int32)
 
 
-def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tuple[State, jax.Array, jax.Array]:
-    """Every AIC whose next action is enabled performs it.
+def _aic_static(shape: EngineShape) -> dict[str, np.ndarray]:
+    """[C] per-AIC matmul cost constants: K0 (fractal K) and element bytes of A, B, C (0: no matmul)."""
+    k0, sa, sb, sc = [], [], [], []
+    for gi, g in enumerate(shape.groups):
+        cfg = shape.matmuls[gi] if shape.matmuls else None
+        for _ in range(g.aic_num):
+            if cfg is None:
+                k0.append(16), sa.append(0), sb.append(0), sc.append(0)
+            else:
+                mt = cfg[0]
+                k0.append(32 if mt.a == "int8" else 16)
+                sa.append(mt.dtype("a").itemsize), sb.append(mt.dtype("b").itemsize), sc.append(mt.dtype("c").itemsize)
+    return {k: np.array(v, np.float32) for k, v in (("k0", k0), ("sa", sa), ("sb", sb), ("sc", sc))}
+
+
+def matmul_cycles(shape: EngineShape, tab: Tables, desc: jax.Array) -> jax.Array:
+    """[C] cycles of each AIC's matmul action ``desc`` [C, D] (see :mod:`ascend_jax.timing`)."""
+    k = _aic_static(shape)
+    m = desc[:, DM["m"]].astype(jnp.float32)
+    n = desc[:, DM["n"]].astype(jnp.float32)
+    kk = desc[:, DM["k"]].astype(jnp.float32)
+    fractals = jnp.ceil(m / 16) * jnp.ceil(n / 16) * jnp.ceil(kk / jnp.asarray(k["k0"]))
+    traffic = m * kk * jnp.asarray(k["sa"]) + kk * n * jnp.asarray(k["sb"]) + m * n * jnp.asarray(k["sc"])
+    return tab.cost[TC["mm_overhead"]] + fractals + traffic / tab.cost[TC["ddr_rate"]]
+
+
+def aic_times(shape: EngineShape, tab: Tables, st: State):
+    """Timed schedule: [C] ready, start cycle and duration of every AIC's next action on ``st``."""
+    consts = shape.aic_constants()
+    c_num, n_frees = st.aic_free_slot.shape
+    rows_c = jnp.arange(c_num)
+    p, block = jnp.asarray(consts["p"]), jnp.asarray(consts["block"])
+    cur = block + st.aic_row * p + st.aic_col
+    cur_state = st.slot_state[cur]
+    in_recv = st.aic_phase == AicPhase.RECEIVE
+    in_call = st.aic_phase == AicPhase.CALL
+    fpc = jnp.minimum(st.aic_free_pc, n_frees - 1)
+    f_slot = st.aic_free_slot[rows_c, fpc]
+    f_wait = st.aic_free_wait[rows_c, fpc]
+    f_is_mm = st.aic_act_mm[rows_c, fpc]
+    ready = (in_recv & (cur_state != FREE)) | (in_call & ((f_wait == NO_WAIT) | (st.slot_state[f_slot] == f_wait)))
+    enable = jnp.where(in_recv, st.slot_time[cur], jnp.where(f_is_mm | (f_wait == NO_WAIT), 0.0, st.slot_time[f_slot]))
+    start = jnp.maximum(st.aic_clock, enable)
+    cost = tab.cost
+    recv_dur = jnp.where(cur_state == QUIT, cost[TC["poll"]], cost[TC["dispatch"]])
+    call_dur = jnp.where(f_is_mm, matmul_cycles(shape, tab, st.aic_act_desc[rows_c, fpc]), cost[TC["free"]])
+    return ready, start, jnp.where(in_recv, recv_dur, call_dur)
+
+
+def aic_step(
+    shape: EngineShape, tab: Tables, st: State, key: jax.Array, tmin: jax.Array | None = None
+) -> tuple[State, jax.Array, jax.Array]:
+    """Every AIC whose next action is enabled performs it (timed schedule: those starting at ``tmin``).
 
     Returns the new state, [C] enabled, [C] error codes (0 none) of AICs whose action was a
     protocol error (those AICs change nothing), [C] the cursor slot each AIC looked at, and [C]
@@ -219,7 +343,12 @@ def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
     recv_ready = in_recv & (cur_state != FREE)
     call_ready = in_call & ((f_wait == NO_WAIT) | (st.slot_state[f_slot] == f_wait))
     ready = recv_ready | call_ready
-    act = ready & _chosen(shape, key, c_num)
+    timed = shape.schedule == "timed"
+    if timed:
+        _, t_start, t_dur = aic_times(shape, tab, st)
+        act = ready & (t_start == tmin)
+    else:
+        act = ready & _chosen(shape, key, c_num)
 
     # -- dispatch: validate the callback's request ------------------------------------------
     offsets, waits, enables, is_mm, mm_code, mm_detail, descs, skip = callback_requests(
@@ -306,6 +435,16 @@ def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
         jnp.where(releasing, AicPhase.RECEIVE, jnp.where(call_now, AicPhase.CALL, st.aic_phase)),
     ).astype(jnp.int32)
 
+    if timed:
+        t_end = t_start + t_dur
+        freed = free_act & ~f_is_mm
+        st = dataclasses.replace(
+            st,
+            aic_clock=jnp.where(act, t_end, st.aic_clock),
+            aic_busy=st.aic_busy + jnp.where(act, t_dur, 0.0),
+            aic_blocked=st.aic_blocked + jnp.where(act, t_start - st.aic_clock, 0.0),
+            slot_time=st.slot_time.at[jnp.where(freed, f_slot, n_slots)].set(t_end, mode="drop"),
+        )
     st = dataclasses.replace(
         st,
         slot_state=slot_state,
@@ -327,18 +466,37 @@ def aic_step(shape: EngineShape, tab: Tables, st: State, key: jax.Array) -> tupl
     return st, ready, error, cur, detail, mm_now, mm_desc
 
 
+def _occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
+    """Adds the time since the last event to each queue's current occupancy level (0..4 non-FREE)."""
+    qmap = jnp.asarray(shape.queue_of_slot())
+    busy = jnp.zeros(shape.total_queues + 1, jnp.int32).at[qmap].add((st.slot_state != FREE).astype(jnp.int32))
+    level = jnp.clip(busy, 0, MAX_MSG_PER_AIV)
+    dt = jnp.where(jnp.isfinite(tmin), jnp.maximum(tmin - st.t_now, 0.0), 0.0)
+    occ = st.occ_cycles.at[jnp.arange(shape.total_queues + 1), level].add(dt)
+    return dataclasses.replace(
+        st, occ_cycles=occ, t_now=jnp.where(jnp.isfinite(tmin), jnp.maximum(tmin, st.t_now), st.t_now)
+    )
+
+
 def step(shape: EngineShape, tab: Tables, st: State) -> tuple[State, jax.Array, jax.Array]:
     """One protocol step of one lane, then the status update. A lane that is not RUNNING is left
     as is. Returns the state and the step's matmul requests: [C] enables and [C, D] descriptors
     (for :func:`ascend_jax.cube_group.compute.apply_matmuls`)."""
     key, k_aiv, k_aic = jax.random.split(st.key, 3)
-    new, aiv_ready = aiv_step(shape, tab, st, k_aiv)
-    new, aic_ready, error, cur, detail, mm_now, mm_desc = aic_step(shape, tab, new, k_aic)
+    tmin = None
+    if shape.schedule == "timed":  # events in time order: only the cores starting earliest act
+        r_v = aiv_ready(shape, tab, st)
+        s_v, _ = _aiv_times(shape, tab, st)
+        r_c, s_c, _ = aic_times(shape, tab, st)
+        tmin = jnp.minimum(jnp.min(jnp.where(r_v, s_v, jnp.inf)), jnp.min(jnp.where(r_c, s_c, jnp.inf)))
+        st = _occupancy(shape, st, tmin)
+    new, v_ready = aiv_step(shape, tab, st, k_aiv, tmin)
+    new, aic_ready, error, cur, detail, mm_now, mm_desc = aic_step(shape, tab, new, k_aic, tmin)
     steps = st.step + 1
     has_error = (error > 0).any()
     first = jnp.argmax(error > 0)
     done = (new.aiv_pc >= tab.op_len).all() & (new.aic_phase == AicPhase.DONE).all()
-    progressed = aiv_ready.any() | aic_ready.any()
+    progressed = v_ready.any() | aic_ready.any()
     status = jnp.select(
         [has_error, done, ~progressed, steps >= tab.max_steps],
         [Status.ERROR, Status.OK, Status.DEADLOCK, Status.MAX_STEPS],
