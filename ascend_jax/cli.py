@@ -44,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=int, default=1, help="number of lanes (seeds seed..seed+N-1)")
     run.add_argument("--seed", type=int, default=0, help="seed of the first lane's random schedule")
     run.add_argument("--max-steps", type=int, default=None, help="override the scenario's max_steps")
-    run.add_argument("--schedule", choices=["lockstep", "random"], default="lockstep")
+    run.add_argument(
+        "--schedule",
+        choices=["lockstep", "random", "timed"],
+        default="lockstep",
+        help="timed: events in cycle order by the cost model; the JSON gets a 'timing' section",
+    )
     run.add_argument("--model", help="run models/NAME.py or models/NAME.toml instead of a file")
     run.add_argument(
         "--atomic-order",

@@ -152,3 +152,18 @@ def test_jitted_run_traces_once_for_programs_of_one_shape():
     assert engine.TRACE_COUNT["run"] - before <= 1
     aj.simulate(make(1, 4))
     assert engine.TRACE_COUNT["run"] - before <= 1
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs())
+def test_timed_schedule_equals_reference_and_keeps_results(program):
+    ref_lock = aj.run_reference(program)
+    timed = aj.simulate(program, schedule="timed")[0]
+    ref = aj.run_reference(program, schedule="timed")
+    assert timed.outcome() == ref.outcome()  # both engines agree exactly under the timed schedule
+    assert timed.steps == ref.steps
+    assert timed.timing == ref.timing
+    if ref_lock.status == Status.ERROR:  # the first error found depends on timing (see above)
+        assert ref.status == Status.ERROR
+    else:
+        assert ref.outcome() == ref_lock.outcome()

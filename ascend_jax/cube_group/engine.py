@@ -114,6 +114,7 @@ def simulate(
     atomic_order: str = "fixed",
     chunk_size: int | None = None,
     progress: bool = False,
+    costs: Any = None,
 ) -> list[CubeGroupResult]:
     """Runs programs in the JAX engine, one batch lane each.
 
@@ -130,6 +131,8 @@ def simulate(
         (see :func:`lane_bytes`). A batch larger than a chunk runs chunk by chunk with one
         compilation (the last chunk is padded with copies of its first lane).
       progress: show a progress bar over chunks.
+      costs: the ``timed`` schedule's :class:`ascend_jax.timing.CostModel`: one for every lane or
+        one per lane (lanes may differ without recompiling); default ``CostModel.for_chip``.
     Returns:
       one :class:`CubeGroupResult` per lane.
     """
@@ -150,6 +153,13 @@ def simulate(
     if bad:
         raise ConfigError("seeds", bad[0], "seeds must be integers in 0..2**32-1")
     seeds = [int(s) for s in seeds]
+    from ascend_jax.timing import CostModel
+
+    if costs is None or isinstance(costs, CostModel):
+        costs = [costs] * len(programs)
+    if len(costs) != len(programs) or not all(c is None or isinstance(c, CostModel) for c in costs):
+        raise ConfigError("costs", type(costs).__name__, f"needs a CostModel or one per lane ({len(programs)})")
+    cost_vecs = [(c or CostModel.for_chip(p.chip)).vector() for c, p in zip(costs, programs, strict=True)]
     shape = prepare(programs[:1], schedule, seeds[:1], atomic_order, shape_of=programs)[0]
     n = len(programs)
     if chunk_size is None:
@@ -165,6 +175,8 @@ def simulate(
         progs = progs + [progs[0]] * (chunk_size - real)  # pad: one compilation for every chunk
         sds = sds + [sds[0]] * (chunk_size - real)
         shape, n_frees, tab, keys = prepare(progs, schedule, sds, atomic_order, shape_of=programs)
+        vecs = cost_vecs[lo : lo + chunk_size]
+        tab = dataclasses.replace(tab, cost=jnp.asarray(np.stack(vecs + [vecs[0]] * (chunk_size - real))))
         final = _run_batch(shape, n_frees, tab, keys) if jit else _run_eager(shape, n_frees, tab, keys)
         final = {f.name: np.asarray(getattr(final, f.name)) for f in dataclasses.fields(State)}
         tabs = {f.name: getattr(tab, f.name) for f in dataclasses.fields(Tables) if f.name != "msg_fields"}

@@ -685,7 +685,11 @@ def _barrier_entry(core: str, barrier: str, index: int, until: str) -> dict:
 
 
 def run_reference(
-    program: CubeGroupProgram, schedule: str = "lockstep", seed: int = 0, max_steps: int | None = None
+    program: CubeGroupProgram,
+    schedule: str = "lockstep",
+    seed: int = 0,
+    max_steps: int | None = None,
+    cost: Any = None,
 ) -> CubeGroupResult:
-    """Runs ``program`` in the reference interpreter (hardware numerics)."""
-    return ReferenceInterpreter(program, schedule, seed, max_steps).run()
+    """Runs ``program`` in the reference interpreter (hardware numerics; ``cost`` for ``timed``)."""
+    return ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost).run()

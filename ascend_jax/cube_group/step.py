@@ -438,11 +438,12 @@ def aic_step(
     if timed:
         t_end = t_start + t_dur
         freed = free_act & ~f_is_mm
+        done_ok = act & (error == 0)  # an AIC whose action is a protocol error changes nothing
         st = dataclasses.replace(
             st,
-            aic_clock=jnp.where(act, t_end, st.aic_clock),
-            aic_busy=st.aic_busy + jnp.where(act, t_dur, 0.0),
-            aic_blocked=st.aic_blocked + jnp.where(act, t_start - st.aic_clock, 0.0),
+            aic_clock=jnp.where(done_ok, t_end, st.aic_clock),
+            aic_busy=st.aic_busy + jnp.where(done_ok, t_dur, 0.0),
+            aic_blocked=st.aic_blocked + jnp.where(done_ok, t_start - st.aic_clock, 0.0),
             slot_time=st.slot_time.at[jnp.where(freed, f_slot, n_slots)].set(t_end, mode="drop"),
         )
     st = dataclasses.replace(
