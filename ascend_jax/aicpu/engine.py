@@ -155,8 +155,13 @@ def _reduce(shape: CommShape, dst: jax.Array, src: jax.Array, dtype: jax.Array, 
         summed = a + b if dt.kind in "iu" else (a.astype(jnp.float32) + b.astype(jnp.float32)).astype(dt)
         opq = op[:, None]
         val = jnp.where(
-            opq == HcclReduceOp.SUM, summed, jnp.where(opq == HcclReduceOp.MAX, jnp.maximum(a, b), jnp.minimum(a, b))
+            opq == HcclReduceOp.SUM,
+            summed,
+            jnp.where(opq == HcclReduceOp.MAX, jnp.where(b > a, b, a), jnp.where(b < a, b, a)),
         )
+        if dt.kind not in "iu":  # as the reference: any NaN operand -> the canonical quiet NaN
+            nan = jnp.isnan(a.astype(jnp.float32)) | jnp.isnan(b.astype(jnp.float32))
+            val = jnp.where(nan, jnp.asarray(np.array(np.nan, dt)), val)
         raw = jax.lax.bitcast_convert_type(val, jnp.uint8).reshape(q_n, b_n)
         out = jnp.where((dtype == code)[:, None], raw, out)
     return out

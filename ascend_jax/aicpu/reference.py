@@ -58,17 +58,21 @@ class CommStatus(enum.IntEnum):
 
 def reduce_bytes(dst: np.ndarray, src: np.ndarray, dtype: int, op: int) -> np.ndarray:
     """``op(dst, src)`` on byte arrays holding elements of ``dtype`` (numpy; the hardware rounds
-    once per element to the element type)."""
+    once per element to the element type). MAX / MIN keep ``dst`` on ties (so -0 / +0 is
+    deterministic); a NaN operand gives the canonical quiet NaN."""
     dt = numpy_dtype(dtype)
     a = dst.view(dt)
     b = src.view(dt)
-    if op == HcclReduceOp.SUM:
-        with np.errstate(all="ignore"):  # arbitrary bytes may hold NaN / Inf, as on the device
+    with np.errstate(all="ignore"):  # arbitrary bytes may hold NaN / Inf, as on the device
+        if op == HcclReduceOp.SUM:
             out = a + b if dt.kind in "iu" else (a.astype(np.float32) + b.astype(np.float32)).astype(dt)
-    elif op == HcclReduceOp.MAX:
-        out = np.maximum(a, b)
-    else:
-        out = np.minimum(a, b)
+        elif op == HcclReduceOp.MAX:
+            out = np.where(b > a, b, a)
+        else:
+            out = np.where(b < a, b, a)
+        if dt.kind not in "iu":  # any NaN operand gives the canonical quiet NaN (both engines)
+            nan = np.isnan(a.astype(np.float32)) | np.isnan(b.astype(np.float32))
+            out = np.where(nan, np.array(np.nan, dt), out).astype(dt)
     return np.ascontiguousarray(out).view(np.uint8)
 
 
