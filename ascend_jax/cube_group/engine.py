@@ -159,7 +159,11 @@ def simulate(
         costs = [costs] * len(programs)
     if len(costs) != len(programs) or not all(c is None or isinstance(c, CostModel) for c in costs):
         raise ConfigError("costs", type(costs).__name__, f"needs a CostModel or one per lane ({len(programs)})")
-    cost_vecs = [(c or CostModel.for_chip(p.chip)).vector() for c, p in zip(costs, programs, strict=True)]
+    defaults: dict = {}  # one default cost vector per distinct chip
+    for p in programs:
+        if p.chip not in defaults:
+            defaults[p.chip] = CostModel.for_chip(p.chip).vector()
+    cost_vecs = [c.vector() if c is not None else defaults[p.chip] for c, p in zip(costs, programs, strict=True)]
     shape = prepare(programs[:1], schedule, seeds[:1], atomic_order, shape_of=programs)[0]
     n = len(programs)
     if chunk_size is None:
@@ -205,11 +209,21 @@ def lane_bytes(program: CubeGroupProgram, shape: EngineShape | None = None) -> i
     this in temporaries, hence the factor 8 in the automatic chunk size)."""
     if shape is None:
         shape = prepare([program], "lockstep", [0])[0]
+    hit = _LANE_BYTES.get((id(program), shape))
+    if hit is not None and hit[0] is program:
+        return hit[1]
     _, n_frees, tab, keys = prepare([program], shape.schedule, [0], shape.atomic_order, shape_of=[program], shape=shape)
     lane_tab = jax.tree.map(lambda x: x[0], tab)
     st = jax.eval_shape(functools.partial(init_state, shape, n_frees), lane_tab, keys[0])
     leaves = jax.tree.leaves(st) + jax.tree.leaves(lane_tab)
-    return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in leaves))
+    nbytes = int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in leaves))
+    if len(_LANE_BYTES) > 64:
+        _LANE_BYTES.clear()
+    _LANE_BYTES[(id(program), shape)] = (program, nbytes)
+    return nbytes
+
+
+_LANE_BYTES: dict = {}
 
 
 def _progress(show: bool, total: int):
