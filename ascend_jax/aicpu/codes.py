@@ -86,11 +86,11 @@ NUMPY_DTYPE = {
     HcclDataType.FP16: np.dtype(np.float16),
     HcclDataType.FP32: np.dtype(np.float32),
     HcclDataType.UINT8: np.dtype(np.uint8),
-    HcclDataType.BFP16: np.dtype("bfloat16") if hasattr(np, "bfloat16") else None,
 }
 
 
 def numpy_dtype(dt: int) -> np.dtype:
+    """numpy element type of an HcclDataType (bfloat16 from ml_dtypes through JAX)."""
     import jax.numpy as jnp
 
     if dt == HcclDataType.BFP16:

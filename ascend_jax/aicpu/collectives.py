@@ -29,7 +29,6 @@ from ascend_jax.aicpu.codes import (
     CommEngine,
     CommProtocol,
     HcclCMDType,
-    HcclReduceOp,
     HcclResult,
 )
 from ascend_jax.aicpu.opinfo import device_kernel
@@ -346,7 +345,6 @@ def ring_kernel(dev: DeviceApi, param: np.ndarray) -> int:
 
 
 __all__ = [
-    "HcclReduceOp",
     "hccl_recv_custom",
     "hccl_ring_custom",
     "hccl_send_custom",

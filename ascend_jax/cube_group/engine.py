@@ -396,13 +396,11 @@ def extract_result(
 def _timing(shape: EngineShape, program: CubeGroupProgram, st: Any, cost: np.ndarray) -> dict:
     from ascend_jax.cube_group.result import timing_report
 
-    qmap = shape.queue_of_slot()
     occ: dict = {}
     base = 0
     for gi, g in enumerate(program.groups):
         occ[gi] = {q: [float(x) for x in st.occ_cycles[base + q]] for q in range(g.msg_queue_size)}
         base += g.msg_queue_size
-    del qmap
     return timing_report(
         program,
         aic_busy=st.aic_busy.astype(float).tolist(),

@@ -95,7 +95,6 @@ def aiv_step(
     n_slots = shape.num_slots
     rows = jnp.arange(v)
     pc = jnp.minimum(st.aiv_pc, tab.op_kind.shape[1] - 1)
-    active = st.aiv_pc < tab.op_len
     kind = tab.op_kind[rows, pc]
     slot = tab.op_slot[rows, pc]
     a, b, c = tab.op_a[rows, pc], tab.op_b[rows, pc], tab.op_c[rows, pc]
@@ -103,7 +102,6 @@ def aiv_step(
     nb, ncopy = st.barrier_arrive.shape
     bar = jnp.clip(a, 0, nb - 1)
     ready = aiv_ready(shape, tab, st)
-    del active
     is_delay = kind == OpKind.DELAY
     timed = shape.schedule == "timed"
     if timed:  # a delay is one action of `cycles` cycles
