@@ -152,12 +152,6 @@ class _Memory:
     def inside(self, addr: int, n: int) -> bool:
         return any(s <= addr and addr + n <= e for s, e, _ in self.allocs)
 
-    def label(self, addr: int) -> str:
-        for s, e, lab in self.allocs:
-            if s <= addr < e:
-                return f"{lab}+{addr - s}"
-        return f"0x{addr:x}"
-
 
 @dataclasses.dataclass
 class Comm:
@@ -318,12 +312,6 @@ class TaskProgram:
     outputs: Mapping[str, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
     wait_timeout_error: int = DEFAULT_WAIT_TIMEOUT_ERROR
     world: Any = dataclasses.field(default=None, compare=False)
-
-    def label(self, rank: int, addr: int) -> str:
-        for s, e, lab in self.allocs[rank]:
-            if s <= addr < e:
-                return f"{lab}+{addr - s}"
-        return f"0x{addr:x}"
 
 
 # -- host side ----------------------------------------------------------------------------------

@@ -32,14 +32,16 @@ def _chosen(shape: EngineShape, key: jax.Array, n: int) -> jax.Array:
     return jax.random.bernoulli(key, 0.5, (n,))
 
 
+def _aiv_head(tab: Tables, st: State):
+    """Each AIV's next op: (pc, kind, slot, a, b, c), all [V] (pc clamped for finished AIVs)."""
+    rows = jnp.arange(tab.op_len.shape[0])
+    pc = jnp.minimum(st.aiv_pc, tab.op_kind.shape[1] - 1)
+    return pc, tab.op_kind[rows, pc], tab.op_slot[rows, pc], tab.op_a[rows, pc], tab.op_b[rows, pc], tab.op_c[rows, pc]
+
+
 def _aiv_times(shape: EngineShape, tab: Tables, st: State):
     """Timed schedule: [V] start cycle and duration of every AIV's next op (valid where ready)."""
-    v = tab.op_len.shape[0]
-    rows = jnp.arange(v)
-    pc = jnp.minimum(st.aiv_pc, tab.op_kind.shape[1] - 1)
-    kind = tab.op_kind[rows, pc]
-    slot = tab.op_slot[rows, pc]
-    a = tab.op_a[rows, pc]
+    _, kind, slot, a, _, _ = _aiv_head(tab, st)
     nb = st.barrier_arrive.shape[0]
     bar = jnp.clip(a, 0, nb - 1)
     cost = tab.cost
@@ -68,13 +70,8 @@ def _aiv_times(shape: EngineShape, tab: Tables, st: State):
 
 def aiv_ready(shape: EngineShape, tab: Tables, st: State) -> jax.Array:
     """[V] whether each AIV's next op is enabled on ``st``."""
-    v = tab.op_len.shape[0]
-    rows = jnp.arange(v)
-    pc = jnp.minimum(st.aiv_pc, tab.op_kind.shape[1] - 1)
     active = st.aiv_pc < tab.op_len
-    kind = tab.op_kind[rows, pc]
-    slot = tab.op_slot[rows, pc]
-    a, b, c = tab.op_a[rows, pc], tab.op_b[rows, pc], tab.op_c[rows, pc]
+    _, kind, slot, a, b, c = _aiv_head(tab, st)
     slot_free = st.slot_state[slot] == FREE
     nb, ncopy = st.barrier_arrive.shape
     bar = jnp.clip(a, 0, nb - 1)
@@ -94,10 +91,7 @@ def aiv_step(
     v = tab.op_len.shape[0]
     n_slots = shape.num_slots
     rows = jnp.arange(v)
-    pc = jnp.minimum(st.aiv_pc, tab.op_kind.shape[1] - 1)
-    kind = tab.op_kind[rows, pc]
-    slot = tab.op_slot[rows, pc]
-    a, b, c = tab.op_a[rows, pc], tab.op_b[rows, pc], tab.op_c[rows, pc]
+    pc, kind, slot, a, b, c = _aiv_head(tab, st)
     slot_free = st.slot_state[slot] == FREE
     nb, ncopy = st.barrier_arrive.shape
     bar = jnp.clip(a, 0, nb - 1)
