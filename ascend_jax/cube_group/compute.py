@@ -11,8 +11,9 @@ Order within a step (documented semantics, the reference interpreter does the sa
    (``atomic_order="random"``), so that a user can bound how much rounding depends on the
    arrival order of atomic accumulations.
 
-A matmul whose A, B, C or bias extent is not inside one tensor ends the lane with
-``GM_OUT_OF_RANGE`` (core, message and address in the result) and writes nothing.
+A matmul whose A, B, C or bias extent is not inside one tensor (checked in int64 when the program
+is encoded) ends the lane with ``GM_OUT_OF_RANGE`` (core, message and address in the result) and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ import jax.numpy as jnp
 from ascend_jax.cube_group.state import EngineShape, State, Tables
 from ascend_jax.cube_group.status import ErrorCode, Status
 from ascend_jax.gm import element_offsets, load_tile, store_tile
-from ascend_jax.matmul import D, check_addresses, combine, compute_tiles, gather_operands
+from ascend_jax.matmul import D, combine, compute_tiles, gather_operands
 
 
-def apply_matmuls(shape: EngineShape, tab: Tables, st: State, en: jax.Array, desc: jax.Array) -> State:
-    """Performs one lane's matmul requests of a step: ``en`` [C] bool, ``desc`` [C, D] int32."""
+def apply_matmuls(shape: EngineShape, tab: Tables, st: State, en: jax.Array, ver: jax.Array, pc: jax.Array) -> State:
+    """Performs one lane's matmul requests of a step: ``en`` [C] bool, each AIC's action ``pc`` of
+    version ``ver`` ([C] int32). Descriptors and GM bounds were settled at encode time."""
     consts = shape.aic_constants()
+    desc_all = tab.act_desc[ver, pc]  # [C, D]
+    bad_all = en & tab.act_bad[ver, pc]
     start = 0
     work = []
     for gi, g in enumerate(shape.groups):
@@ -41,17 +45,14 @@ def apply_matmuls(shape: EngineShape, tab: Tables, st: State, en: jax.Array, des
         if cfg is None:
             continue
         mt, tiling = cfg
-        d, e = desc[sl], en[sl]
+        d, e = desc_all[sl], en[sl] & ~bad_all[sl]
         a, b, bias = jax.vmap(functools.partial(gather_operands, mt, tiling, st.gm))(d)
-        ok, bad = jax.vmap(functools.partial(check_addresses, mt, tiling, tab.gm_bounds))(d)
         c = compute_tiles(mt, tiling, a, b, bias)
-        work.append((sl, mt, tiling, d, e, ok, bad, c))
+        work.append((sl, mt, tiling, d, e, c))
 
     gm = st.gm
-    bad_en = jnp.zeros(en.shape[0], bool)
-    bad_addr = jnp.zeros(en.shape[0], jnp.int32)
-    order_key = jax.random.fold_in(st.key, 0x5EED)
-    for gidx, (sl, mt, tiling, d, e, ok, bad, c) in enumerate(work):
+    order_key = jax.random.fold_in(jax.random.wrap_key_data(st.key), 0x5EED)
+    for gidx, (_, mt, tiling, d, e, c) in enumerate(work):
         n_aic = d.shape[0]
         if shape.atomic_order == "random":
             order = jax.random.permutation(jax.random.fold_in(order_key, gidx), n_aic)
@@ -61,30 +62,30 @@ def apply_matmuls(shape: EngineShape, tab: Tables, st: State, en: jax.Array, des
         rows = jnp.arange(mm_)[:, None]
         cols = jnp.arange(nn)[None, :]
 
-        def write(i, gm, d=d, e=e, ok=ok, c=c, mt=mt, order=order, rows=rows, cols=cols, mm_=mm_, nn=nn):
+        def write(i, gm, d=d, e=e, c=c, mt=mt, order=order, rows=rows, cols=cols, mm_=mm_, nn=nn):
             ci = order[i]
             di = d[ci]
-            valid = e[ci] & ok[ci] & (rows < di[D["m"]]) & (cols < di[D["n"]])
+            valid = e[ci] & (rows < di[D["m"]]) & (cols < di[D["n"]])
             off = element_offsets(mm_, nn, di[D["stride_c"]], False)
             old = load_tile(gm, off, valid, di[D["c_addr"]], mt.dtype("c"))
             new = combine(mt, old, c[ci], di[D["atomic"]])
             return store_tile(gm, off, valid, di[D["c_addr"]], new)
 
         gm = jax.lax.fori_loop(0, n_aic, write, gm)
-        bad_en = bad_en.at[sl].set(e & ~ok)
-        bad_addr = bad_addr.at[sl].set(bad)
 
-    has_bad = bad_en.any() & (st.status != Status.ERROR)
-    first = jnp.argmax(bad_en)
+    has_bad = bad_all.any() & (st.status != Status.ERROR)
+    first = jnp.argmax(bad_all)
     cursor = jnp.asarray(consts["block"]) + st.aic_row * jnp.asarray(consts["p"]) + st.aic_col
+    pick = lambda new, old: jnp.where(has_bad, new, old).astype(jnp.int32)  # noqa: E731
     return dataclasses.replace(
         st,
         gm=gm,
-        status=jnp.where(has_bad, Status.ERROR, st.status).astype(jnp.int32),
-        error_code=jnp.where(has_bad, ErrorCode.GM_OUT_OF_RANGE, st.error_code).astype(jnp.int32),
-        error_aic=jnp.where(has_bad, first, st.error_aic).astype(jnp.int32),
-        error_slot=jnp.where(has_bad, cursor[first], st.error_slot).astype(jnp.int32),
-        error_detail=jnp.where(has_bad, bad_addr[first], st.error_detail).astype(jnp.int32),
+        status=pick(Status.ERROR, st.status),
+        error_code=pick(ErrorCode.GM_OUT_OF_RANGE, st.error_code),
+        error_aic=pick(first, st.error_aic),
+        error_slot=pick(cursor[first], st.error_slot),
+        error_ver=pick(ver[first], st.error_ver),
+        error_pc=pick(pc[first], st.error_pc),
     )
 
 

@@ -1,0 +1,284 @@
+"""Final engine arrays -> results: a :class:`BatchResult` of numpy arrays, per-lane objects on demand.
+
+``simulate`` returns one :class:`BatchResult`. Batch questions (how many lanes deadlocked, which
+lanes differ from lane 0, steps and kernel cycles per lane) are numpy operations on its arrays;
+the per-lane :class:`CubeGroupResult` (received logs as lists, witnesses, error dicts, JSON) is
+built only when a lane is asked for (``res[i]``, iteration) and then cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ascend_jax.cube_group.callbacks import NO_WAIT
+from ascend_jax.cube_group.encode import EncodedProgram
+from ascend_jax.cube_group.program import CubeGroupProgram
+from ascend_jax.cube_group.result import CubeGroupResult, slot_location, state_name, timing_report
+from ascend_jax.cube_group.state import EngineShape
+from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
+
+#: error dict key carrying ``ver_detail`` for each dispatch-time error code
+_DETAIL_KEY = {
+    ErrorCode.SKIP_CROSSES_ROW: "skip",
+    ErrorCode.SKIP_NEGATIVE: "skip",
+    ErrorCode.FREE_OUT_OF_BLOCK: "offset",
+    ErrorCode.FREE_UNUSED_COLUMN: "offset",
+    ErrorCode.BAD_WAIT_STATE: "wait_state",
+    ErrorCode.MATMUL_ATOMIC: "en_atomic",
+}
+
+
+class _Lanes:
+    """Which program each lane ran: ``index[i]`` into ``programs`` / ``encoded`` / ``tables``."""
+
+    def __init__(
+        self, programs: list[CubeGroupProgram], encoded: list[EncodedProgram], tables: list, index: np.ndarray
+    ):
+        self.programs = programs
+        self.encoded = encoded
+        self.tables = tables  # numpy op tables per distinct program (witnesses read them)
+        self.index = index
+
+
+class BatchResult(Sequence):
+    """Results of a batch of lanes, as arrays (lane-major, ``B`` lanes).
+
+    Attributes:
+      status: [B] int :class:`Status` values. steps: [B] engine steps.
+      seeds: [B] the lanes' seeds. arrays: every final state array, ``[B, ...]`` numpy.
+      schedule: the schedule that ran.
+    Index it (``res[i]``) or iterate for per-lane :class:`CubeGroupResult` objects.
+    """
+
+    def __init__(
+        self,
+        shape: EngineShape,
+        lanes: _Lanes,
+        arrays: dict[str, np.ndarray],
+        seeds: np.ndarray,
+        costs: np.ndarray,
+        schedule: str,
+    ):
+        self.shape = shape
+        self._lanes = lanes
+        self.arrays = arrays
+        self.seeds = seeds
+        self.costs = costs
+        self.schedule = schedule
+        self.status = arrays["status"]
+        self.steps = arrays["step"]
+        self._cache: dict[int, CubeGroupResult] = {}
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        hit = self._cache.get(i)
+        if hit is None:
+            hit = self._cache[i] = self._lane(i)
+        return hit
+
+    def __iter__(self) -> Iterator[CubeGroupResult]:
+        return (self[i] for i in range(len(self)))
+
+    def __add__(self, other: Sequence) -> list:
+        return list(self) + list(other)
+
+    def __radd__(self, other: Sequence) -> list:
+        return list(other) + list(self)
+
+    def __repr__(self) -> str:
+        return f"BatchResult(lanes={len(self)}, status={self.status_counts()})"
+
+    def program(self, i: int) -> CubeGroupProgram:
+        return self._lanes.programs[self._lanes.index[i]]
+
+    # -- batch aggregates (numpy) -----------------------------------------------------------
+    def status_counts(self) -> dict[str, int]:
+        """Lanes per status label, e.g. ``{"ok": 1000, "deadlock": 24}``."""
+        values, counts = np.unique(self.status, return_counts=True)
+        return {Status(int(v)).label: int(c) for v, c in zip(values, counts, strict=True)}
+
+    def received_slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """[B, C, R] global slot and head state of every received message, and [B, C] counts
+        (entries at or past the count are -1)."""
+        ver = self.arrays["recv_ver"]
+        count = self.arrays["recv_count"]
+        slot = np.full(ver.shape, -1, np.int64)
+        state = np.full(ver.shape, -1, np.int64)
+        valid = np.arange(ver.shape[2])[None, None, :] < count[:, :, None]
+        for p, enc in enumerate(self._lanes.encoded):
+            lanes = np.flatnonzero(self._lanes.index == p)
+            if not len(lanes) or not enc.n_versions:
+                continue
+            v = np.minimum(ver[lanes], enc.n_versions - 1)
+            slot[lanes] = np.where(valid[lanes], enc.ver_slot[v], -1)
+            state[lanes] = np.where(valid[lanes], enc.ver_state[v], -1)
+        return slot, state, count
+
+    def same_as_lane0(self) -> np.ndarray:
+        """[B] whether each lane's status, received logs and final slot states equal lane 0's."""
+        slot, state, count = self.received_slots()
+        same = (self.status == self.status[0]) & (count == count[:1]).all(axis=1)
+        same &= ((slot == slot[:1]) & (state == state[:1])).all(axis=(1, 2))
+        same &= (self.arrays["slot_state"] == self.arrays["slot_state"][:1]).all(axis=1)
+        return same
+
+    def kernel_cycles(self) -> np.ndarray | None:
+        """[B] cycles when the last core finished (timed schedule), else None."""
+        if "aic_clock" not in self.arrays:
+            return None
+        return np.maximum(
+            self.arrays["aic_clock"].max(axis=1, initial=0.0), self.arrays["aiv_clock"].max(axis=1, initial=0.0)
+        )
+
+    # -- one lane -----------------------------------------------------------------------------
+    def _lane(self, i: int) -> CubeGroupResult:
+        a = {k: v[i] for k, v in self.arrays.items()}
+        p = self._lanes.index[i]
+        program, enc, tab = self._lanes.programs[p], self._lanes.encoded[p], self._lanes.tables[p]
+        shape = self.shape
+        consts = shape.aic_constants()
+        status = Status(int(a["status"]))
+        q_of, d_of = _slot_tables(program)
+        received = {}
+        for c, core in enumerate(consts["core"]):
+            vers = a["recv_ver"][c, : int(a["recv_count"][c])]
+            slots = enc.ver_slot[vers]
+            names = [state_name(x) for x in enc.ver_state[vers].tolist()]
+            received[int(core)] = list(zip(q_of[slots].tolist(), d_of[slots].tolist(), names, strict=True))
+        sv = a["slot_ver"]
+        has = sv >= 0
+        safe = np.maximum(sv, 0)
+        slot_aiv_id = np.where(has, enc.ver_aiv_id[safe] if enc.n_versions else 0, 0).astype(np.int64)
+        slot_msg = np.where(has, enc.ver_msg[safe] if enc.n_versions else -1, -1).astype(np.int64)
+        nb = len(program.barriers)
+        v_rows = [int(np.flatnonzero(np.array(shape.aiv_blocks) == b)[0]) for b, _ in program.aivs]
+        wait_results = {}
+        if shape.wait_tests:
+            wr = a["aiv_wait_result"]
+            for v, (b, _) in zip(v_rows, program.aivs, strict=True):
+                got = wr[v][wr[v] >= 0]
+                if len(got):
+                    wait_results[int(b)] = [bool(x) for x in got]
+        return CubeGroupResult(
+            program=program,
+            status=status,
+            steps=int(a["step"]),
+            slot_state=a["slot_state"].astype(np.int64),
+            slot_aiv_id=slot_aiv_id,
+            slot_msg=slot_msg,
+            received=received,
+            blocked=_witness(shape, program, enc, tab, a) if status == Status.DEADLOCK else [],
+            error=_error(shape, program, enc, a) if status == Status.ERROR else None,
+            barrier_arrive=a["barrier_arrive"][:nb].astype(np.int64),
+            barrier_wait=a["barrier_wait"][:nb].astype(np.int64),
+            wait_results=wait_results,
+            seed=int(self.seeds[i]),
+            gm=a["gm"][: program.gm.size].copy() if shape.has_matmul else program.gm.image,
+            timing=_timing(shape, program, a, self.costs[i]) if self.schedule == "timed" else None,
+        )
+
+
+def _error(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a: dict) -> dict[str, Any]:
+    """The error dict of a lane that stopped with ``error`` (same keys as the reference's)."""
+    consts = shape.aic_constants()
+    code = ErrorCode(int(a["error_code"]))
+    ver = int(a["error_ver"])
+    gi, q, d = slot_location(program, int(a["error_slot"]))
+    out: dict[str, Any] = {
+        "code": code.name,
+        "core": f"aic{int(consts['core'][int(a['error_aic'])])}",
+        "group": program.groups[gi].name,
+        "queue": q,
+        "depth": d,
+        "message": code.describe(),
+    }
+    if code in _DETAIL_KEY:
+        out[_DETAIL_KEY[code]] = int(enc.ver_detail[ver])
+    elif code == ErrorCode.MATMUL_SHAPE:
+        out["dimension"] = "MNK"[int(enc.ver_detail[ver]) - 1]
+    elif code == ErrorCode.GM_OUT_OF_RANGE:
+        out["address"] = program.gm.describe(enc.bad_address[(ver, int(a["error_pc"]))])
+    return out
+
+
+def _timing(shape: EngineShape, program: CubeGroupProgram, a: dict, cost: np.ndarray) -> dict:
+    occ: dict = {}
+    base = 0
+    for gi, g in enumerate(program.groups):
+        occ[gi] = {q: [float(x) for x in a["occ_cycles"][base + q]] for q in range(g.msg_queue_size)}
+        base += g.msg_queue_size
+    return timing_report(
+        program,
+        aic_busy=a["aic_busy"].astype(float).tolist(),
+        aic_blocked=a["aic_blocked"].astype(float).tolist(),
+        aic_clock=a["aic_clock"].astype(float).tolist(),
+        aiv={
+            int(b): (float(a["aiv_alloc_stall"][v]), float(a["aiv_wait_stall"][v]), float(a["aiv_clock"][v]))
+            for v, b in enumerate(shape.aiv_blocks)
+            if b in dict(program.aivs)
+        },
+        occupancy=occ,
+        freq_mhz=float(cost[-1]),
+    )
+
+
+_SLOT_TABLES: dict = {}
+
+
+def _slot_tables(program: CubeGroupProgram) -> tuple[np.ndarray, np.ndarray]:
+    """[S] queue and depth of every global slot (per program geometry)."""
+    key = program.groups
+    hit = _SLOT_TABLES.get(key)
+    if hit is None:
+        total = sum(g.num_slots for g in program.groups)
+        q = np.zeros(total, np.int64)
+        d = np.zeros(total, np.int64)
+        for s in range(total):
+            _, q[s], d[s] = slot_location(program, s)
+        hit = _SLOT_TABLES[key] = (q, d)
+    return hit
+
+
+def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, tab: Any, a: dict) -> list[dict]:
+    """Every unfinished core and the predicate it is blocked on, from the final arrays."""
+    consts = shape.aic_constants()
+    out = []
+    for c, core in enumerate(consts["core"]):
+        phase = int(a["aic_phase"][c])
+        if phase == AicPhase.DONE:
+            continue
+        if phase == AicPhase.CALL:
+            ver, pc = int(a["aic_ver"][c]), int(a["aic_pc"][c])
+            slot, until = int(enc.act_slot[ver, pc]), int(enc.act_wait[ver, pc])
+            until_name = "FREE" if until == NO_WAIT else state_name(until)
+        else:
+            slot = int(consts["block"][c] + a["aic_row"][c] * consts["p"][c] + a["aic_col"][c])
+            until_name = "NOT_FREE"
+        gi, q, d = slot_location(program, slot)
+        out.append(
+            {"core": f"aic{int(core)}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": until_name}
+        )
+    for v, block in enumerate(shape.aiv_blocks):
+        pc = int(a["aiv_pc"][v])
+        if pc >= int(tab.op_len[v]):
+            continue
+        kind = int(tab.op_kind[v, pc])
+        if kind in (OpKind.ALLOC, OpKind.WAIT):
+            gi, q, d = slot_location(program, int(tab.op_slot[v, pc]))
+            out.append(
+                {"core": f"aiv{block}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": "FREE"}
+            )
+        elif kind in (OpKind.ARRIVE, OpKind.BWAIT):
+            b = program.barriers[int(tab.op_a[v, pc])]
+            thr = int(tab.op_c[v, pc])
+            until = f"W=={thr}" if kind == OpKind.ARRIVE else f"A>={thr}"
+            out.append({"core": f"aiv{block}", "barrier": b.name, "index": int(tab.op_b[v, pc]), "until": until})
+    return out
