@@ -139,7 +139,7 @@ def encode_ops(program: CubeGroupProgram) -> tuple[list[list[tuple]], list[tuple
                 _check_int32(
                     f"{op.where}.cycles", op.cycles, "must be in 0..2**31-1 cycles", "split the delay or shorten it"
                 )
-                row.append((OpKind.DELAY, 0, min(op.cycles, horizon), 0, 0))
+                row.append((OpKind.DELAY, 0, min(op.cycles, horizon, I32_MAX), 0, 0))
             elif op.kind in ("arrive", "barrier_wait"):
                 obj = barrier_objs.setdefault(op.group, BarrierObject(program.barriers[op.group]))
                 if op.kind == "arrive":
@@ -203,6 +203,10 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
         for _ in range(program.groups[gi].aic_num):  # CallBack::Init once per AIC before its first message
             cb.init(None if cfg is None else Matmul(cfg[0], cfg[1]), None if cfg is None else cfg[1])
     rows, vlist = encode_ops(program)
+    if len(vlist) >= 1 << 23:
+        raise ConfigError(
+            "program", f"{len(vlist)} posts, fakes and quits", "must be fewer than 2**23", "split the run"
+        )
     versions = np.array(vlist, np.int64).reshape(-1, 5)
     nv = len(versions)
     per_group = []

@@ -314,6 +314,8 @@ def simulate(
 def _flatten(st: State) -> dict[str, np.ndarray]:
     """The final state as one flat dict of numpy arrays (timed fields at top level)."""
     out = {f.name: np.asarray(getattr(st, f.name)) for f in dataclasses.fields(State) if f.name != "timed"}
+    out["slot_state"] = out["slot"] & 0xFF
+    out["slot_ver"] = (out.pop("slot") >> 8) - 1
     if st.timed is not None:
         out.update({f.name: np.asarray(getattr(st.timed, f.name)) for f in dataclasses.fields(st.timed)})
     return out

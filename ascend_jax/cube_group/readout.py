@@ -142,7 +142,7 @@ class BatchResult(Sequence):
     def _lane(self, i: int) -> CubeGroupResult:
         a = {k: v[i] for k, v in self.arrays.items()}
         p = self._lanes.index[i]
-        program, enc, tab = self._lanes.programs[p], self._lanes.encoded[p], self._lanes.tables[p]
+        program, enc = self._lanes.programs[p], self._lanes.encoded[p]
         shape = self.shape
         consts = shape.aic_constants()
         status = Status(int(a["status"]))
@@ -175,7 +175,7 @@ class BatchResult(Sequence):
             slot_aiv_id=slot_aiv_id,
             slot_msg=slot_msg,
             received=received,
-            blocked=_witness(shape, program, enc, tab, a) if status == Status.DEADLOCK else [],
+            blocked=_witness(shape, program, enc, a) if status == Status.DEADLOCK else [],
             error=_error(shape, program, enc, a) if status == Status.ERROR else None,
             barrier_arrive=a["barrier_arrive"][:nb].astype(np.int64),
             barrier_wait=a["barrier_wait"][:nb].astype(np.int64),
@@ -247,7 +247,7 @@ def _slot_tables(program: CubeGroupProgram) -> tuple[np.ndarray, np.ndarray]:
     return hit
 
 
-def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, tab: Any, a: dict) -> list[dict]:
+def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a: dict) -> list[dict]:
     """Every unfinished core and the predicate it is blocked on, from the final arrays."""
     consts = shape.aic_constants()
     out = []
@@ -266,19 +266,19 @@ def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram,
         out.append(
             {"core": f"aic{int(core)}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": until_name}
         )
+    rows = dict(zip((b for b, _ in program.aivs), enc.rows, strict=True))
     for v, block in enumerate(shape.aiv_blocks):
         pc = int(a["aiv_pc"][v])
-        if pc >= int(tab.op_len[v]):
+        row = rows.get(block, [])
+        if pc >= len(row):
             continue
-        kind = int(tab.op_kind[v, pc])
+        kind, slot, op_a, op_b, op_c = row[pc]
         if kind in (OpKind.ALLOC, OpKind.WAIT):
-            gi, q, d = slot_location(program, int(tab.op_slot[v, pc]))
+            gi, q, d = slot_location(program, slot)
             out.append(
                 {"core": f"aiv{block}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": "FREE"}
             )
         elif kind in (OpKind.ARRIVE, OpKind.BWAIT):
-            b = program.barriers[int(tab.op_a[v, pc])]
-            thr = int(tab.op_c[v, pc])
-            until = f"W=={thr}" if kind == OpKind.ARRIVE else f"A>={thr}"
-            out.append({"core": f"aiv{block}", "barrier": b.name, "index": int(tab.op_b[v, pc]), "until": until})
+            until = f"W=={op_c}" if kind == OpKind.ARRIVE else f"A>={op_c}"
+            out.append({"core": f"aiv{block}", "barrier": program.barriers[op_a].name, "index": op_b, "until": until})
     return out

@@ -19,6 +19,7 @@ import numpy as np
 from ascend_jax.cube_group.encode import EncodedProgram
 from ascend_jax.cube_group.layout import GroupGeometry
 from ascend_jax.cube_group.program import CubeGroupProgram
+from ascend_jax.cube_group.status import OpKind
 from ascend_jax.matmul import N_DESC
 from ascend_jax.message import MAX_MSG_PER_AIV
 
@@ -113,29 +114,20 @@ class EngineShape:
 class Tables:
     """One program as arrays (traced; shared by every lane of a batch that runs the same program).
 
-    op_kind/op_slot/op_a/op_b/op_c: [V, L] int32, see :class:`OpKind`; op_len: [V] ops per AIV.
-    ver_code, ver_skip, ver_first, ver_aiv_id: [N] the callback's decision per slot version
-      (dispatch error code, SetSkipMsg total, first action) and the head aivID (QUIT: the column).
-    act_slot, act_wait, act_next: [N, F] int32; act_mm: [N, F] bool.
+    ops: [V, L, 2] int32, each AIV op packed in two words (:func:`pack_op`); op_len: [V] ops per AIV.
+    ver: [N, 4] int32 per slot version (columns :data:`VER`): the callback's dispatch error code,
+      first action (F: none), SetSkipMsg total, and the head aivID (QUIT: the column to retire).
+    act: [N, F, 4] int32 per action (columns :data:`ACT`): slot freed, wait state, next action
+      (F: none), is-matmul.
     act_desc: [N, F, D] int32 and act_bad: [N, F] bool (groups with a Matmul; else F = 0 columns).
     act_fractals, act_traffic: [N, F] float32 (timed schedule with matmuls only; else [N, 0]).
     max_steps, receive_limit: [] int32. gm_init: [G] uint8.
     """
 
-    op_kind: jax.Array
-    op_slot: jax.Array
-    op_a: jax.Array
-    op_b: jax.Array
-    op_c: jax.Array
+    ops: jax.Array
     op_len: jax.Array
-    ver_code: jax.Array
-    ver_skip: jax.Array
-    ver_first: jax.Array
-    ver_aiv_id: jax.Array
-    act_slot: jax.Array
-    act_wait: jax.Array
-    act_next: jax.Array
-    act_mm: jax.Array
+    ver: jax.Array
+    act: jax.Array
     act_desc: jax.Array
     act_bad: jax.Array
     act_fractals: jax.Array
@@ -170,12 +162,14 @@ class Timed:
 class State:
     """Simulation state of one lane (immutable; updated with ``dataclasses.replace``).
 
-    slot_state, slot_ver: [S] head state and current version (-1: the zeroed workspace).
+    slot: [S] int32 word per slot: head state in bits 0..7, current version + 1 above (0: the
+      zeroed workspace), see :func:`slot_word`.
     aiv_pc, aiv_timer: [V] next op, steps spent in the current delay.
     aiv_wait_result: [V, L] int8 result of Wait<false> ops (-1 not run; [V, 0] when none exist).
     aic_phase, aic_row, aic_col: [C] AicPhase, cursor row (depth) and column (aivWork).
     aic_alive: [C, W] aivWorkState as booleans.
-    aic_ver, aic_pc: [C] the version being served and its next action (CALL phase).
+    aic_ver, aic_pc, aic_skip: [C] the version being served, its next action and its SetSkipMsg
+      total (CALL phase).
     recv_ver: [C, R] received log (versions; their slot and state follow); recv_count: [C].
     barrier_arrive, barrier_wait: [B, K] counter copies.
     gm: [G] uint8 global memory.
@@ -184,8 +178,7 @@ class State:
     timed: :class:`Timed` under the timed schedule, else None.
     """
 
-    slot_state: jax.Array
-    slot_ver: jax.Array
+    slot: jax.Array
     aiv_pc: jax.Array
     aiv_timer: jax.Array
     aiv_wait_result: jax.Array
@@ -195,6 +188,7 @@ class State:
     aic_alive: jax.Array
     aic_ver: jax.Array
     aic_pc: jax.Array
+    aic_skip: jax.Array
     recv_ver: jax.Array
     recv_count: jax.Array
     barrier_arrive: jax.Array
@@ -211,17 +205,49 @@ class State:
     timed: Timed | None = None
 
 
+#: columns of ``Tables.ver`` and ``Tables.act``
+VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3}
+ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3}
+
+#: bits of a WRITE's version in the second op word (the head state sits above them)
+VERSION_BITS = 23
+MAX_VERSIONS = 1 << VERSION_BITS
+
+
+def slot_word(state, ver):
+    """The packed slot word: head ``state`` (0..255) and version ``ver`` (-1: zeroed workspace)."""
+    return state | ((ver + 1) << 8)
+
+
+def pack_op(rows: np.ndarray) -> np.ndarray:
+    """[n, 5] (kind, slot, a, b, c) op rows -> [n, 2] int32 words, so one gather fetches an op.
+
+    Word 0: ``kind | x << 3`` with ``x`` the slot, or ``barrier << 6 | index`` for barrier ops.
+    Word 1: WRITE ``version | state << 23``; WAIT the sync flag; DELAY the cycles; barrier ops
+    the counter threshold (-1: none); ALLOC 0.
+    """
+    kind, slot, a, b, c = rows.T
+    barrier = (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
+    x = np.where(barrier, (a << 6) | b, slot)
+    w1 = np.select(
+        [kind == OpKind.WRITE, (kind == OpKind.WAIT) | (kind == OpKind.DELAY), barrier],
+        [c | (a << VERSION_BITS), a, c],
+        0,
+    )
+    return np.stack([kind | (x << 3), w1], axis=-1).astype(np.int32)
+
+
 def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram) -> Tables:
     """Pads one encoded program to ``shape`` and returns its tables (numpy, ready to stack)."""
     v, l_ = len(shape.aiv_blocks), shape.max_ops
-    tab = np.zeros((5, v, l_), np.int32)
+    ops = np.zeros((v, l_, 2), np.int32)
     lens = np.zeros(v, np.int32)
     by_block = dict(zip((b for b, _ in program.aivs), enc.rows, strict=True))
     for i, b in enumerate(shape.aiv_blocks):
         row = by_block.get(b, [])
         lens[i] = len(row)
         if row:
-            tab[:, i, : len(row)] = np.array(row, np.int64).T
+            ops[i, : len(row)] = pack_op(np.array(row, np.int64))
     n, f = shape.n_versions, shape.n_actions
     nv, fv = enc.n_versions, enc.n_actions
 
@@ -239,20 +265,26 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
     if shape.has_matmul:  # without matmuls nothing reads or writes GM: carry one byte
         gm_init[: program.gm.image.size] = program.gm.image
     return Tables(
-        op_kind=tab[0],
-        op_slot=tab[1],
-        op_a=tab[2],
-        op_b=tab[3],
-        op_c=tab[4],
+        ops=ops,
         op_len=lens,
-        ver_code=pad(enc.ver_code, np.int32),
-        ver_skip=pad(enc.ver_skip, np.int32),
-        ver_first=pad(np.where(enc.ver_first >= fv, f, enc.ver_first), np.int32, fill=f),
-        ver_aiv_id=pad(np.minimum(enc.ver_aiv_id, 2**31 - 1), np.int32),
-        act_slot=pad(enc.act_slot, np.int32),
-        act_wait=pad(enc.act_wait, np.int32),
-        act_next=pad(np.where(enc.act_next >= fv, f, enc.act_next), np.int32, fill=f),
-        act_mm=pad(enc.act_mm, bool),
+        ver=np.stack(
+            [
+                pad(enc.ver_code, np.int32),
+                pad(np.where(enc.ver_first >= fv, f, enc.ver_first), np.int32, fill=f),
+                pad(enc.ver_skip, np.int32),
+                pad(np.minimum(enc.ver_aiv_id, 2**31 - 1), np.int32),
+            ],
+            axis=-1,
+        ),
+        act=np.stack(
+            [
+                pad(enc.act_slot, np.int32),
+                pad(enc.act_wait, np.int32),
+                pad(np.where(enc.act_next >= fv, f, enc.act_next), np.int32, fill=f),
+                pad(enc.act_mm, np.int32),
+            ],
+            axis=-1,
+        ),
         act_desc=pad(enc.act_desc, np.int32, cols=mm_cols),
         act_bad=pad(enc.act_bad, bool, cols=mm_cols),
         act_fractals=pad(enc.act_fractals, np.float32, cols=cost_cols),
@@ -287,8 +319,7 @@ def init_state(shape: EngineShape, tab: Tables, key: jax.Array) -> State:
         )
     zero = jnp.zeros((), i32)
     return State(
-        slot_state=jnp.zeros(s, i32),
-        slot_ver=jnp.full(s, -1, i32),
+        slot=jnp.zeros(s, i32),
         aiv_pc=jnp.zeros(v, i32),
         aiv_timer=jnp.zeros(v, i32),
         aiv_wait_result=jnp.full((v, l_ if shape.wait_tests else 0), -1, jnp.int8),
@@ -298,6 +329,7 @@ def init_state(shape: EngineShape, tab: Tables, key: jax.Array) -> State:
         aic_alive=jnp.asarray(np.arange(w)[None, :] < consts["n"][:, None]),
         aic_ver=jnp.zeros(c, i32),
         aic_pc=jnp.zeros(c, i32),
+        aic_skip=jnp.zeros(c, i32),
         recv_ver=jnp.zeros((c, r), i32),
         recv_count=jnp.zeros(c, i32),
         barrier_arrive=jnp.zeros((nb, nc), i32),
@@ -315,4 +347,16 @@ def init_state(shape: EngineShape, tab: Tables, key: jax.Array) -> State:
     )
 
 
-__all__ = ["EngineShape", "State", "Tables", "Timed", "build_tables", "init_state", "N_DESC"]
+__all__ = [
+    "EngineShape",
+    "State",
+    "Tables",
+    "Timed",
+    "build_tables",
+    "init_state",
+    "pack_op",
+    "slot_word",
+    "VER",
+    "ACT",
+    "N_DESC",
+]

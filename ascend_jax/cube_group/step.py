@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.cube_group.callbacks import NO_WAIT
-from ascend_jax.cube_group.state import EngineShape, State, Tables
+from ascend_jax.cube_group.state import ACT, MAX_VERSIONS, VER, VERSION_BITS, EngineShape, State, Tables, slot_word
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 from ascend_jax.timing import C as TC
@@ -36,10 +36,17 @@ def _chosen(shape: EngineShape, key: jax.Array, n: int) -> jax.Array:
 
 
 def _aiv_head(tab: Tables, st: State):
-    """Each AIV's next op: (pc, kind, slot, a, b, c), all [V] (pc clamped for finished AIVs)."""
+    """Each AIV's next op: (pc, kind, slot, a, b, c), all [V] (pc clamped for finished AIVs),
+    unpacked from the two words of :func:`ascend_jax.cube_group.state.pack_op` (one gather)."""
     rows = jnp.arange(tab.op_len.shape[0])
-    pc = jnp.minimum(st.aiv_pc, tab.op_kind.shape[1] - 1)
-    return pc, tab.op_kind[rows, pc], tab.op_slot[rows, pc], tab.op_a[rows, pc], tab.op_b[rows, pc], tab.op_c[rows, pc]
+    pc = jnp.minimum(st.aiv_pc, tab.ops.shape[1] - 1)
+    w = tab.ops[rows, pc]
+    kind, x, w1 = w[:, 0] & 7, w[:, 0] >> 3, w[:, 1]
+    write = kind == OpKind.WRITE
+    barrier = (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
+    a = jnp.where(write, w1 >> VERSION_BITS, jnp.where(barrier, x >> 6, w1))
+    c = jnp.where(write, w1 & (MAX_VERSIONS - 1), w1)
+    return pc, kind, x, a, x & 63, c
 
 
 def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
@@ -75,15 +82,16 @@ def aiv_ready(shape: EngineShape, tab: Tables, st: State) -> jax.Array:
     """[V] whether each AIV's next op is enabled on ``st`` (never in a lane that has stopped)."""
     active = (st.aiv_pc < tab.op_len) & (st.status == Status.RUNNING)
     _, kind, slot, a, b, c = _aiv_head(tab, st)
-    slot_free = st.slot_state[slot] == FREE
-    nb, ncopy = st.barrier_arrive.shape
-    bar = jnp.clip(a, 0, nb - 1)
-    idx = jnp.clip(b, 0, ncopy - 1)
-    return active & jnp.select(
-        [kind == OpKind.ALLOC, kind == OpKind.WAIT, kind == OpKind.ARRIVE, kind == OpKind.BWAIT],
-        [slot_free, (a == 0) | slot_free, (c < 0) | (st.barrier_wait[bar, idx] == c), st.barrier_arrive[bar, idx] >= c],
-        True,
-    )
+    slot_free = (st.slot[slot] & 0xFF) == FREE
+    conds = [kind == OpKind.ALLOC, kind == OpKind.WAIT]
+    values = [slot_free, (a == 0) | slot_free]
+    if shape.barrier_copies:  # no barrier counters to read otherwise
+        nb, ncopy = st.barrier_arrive.shape
+        bar = jnp.clip(a, 0, nb - 1)
+        idx = jnp.clip(b, 0, ncopy - 1)
+        conds += [kind == OpKind.ARRIVE, kind == OpKind.BWAIT]
+        values += [(c < 0) | (st.barrier_wait[bar, idx] == c), st.barrier_arrive[bar, idx] >= c]
+    return active & jnp.select(conds, values, True)
 
 
 def aiv_step(
@@ -112,13 +120,12 @@ def aiv_step(
 
     write = act & (kind == OpKind.WRITE)
     target = jnp.where(write, slot, n_slots)
-    slot_state = st.slot_state.at[target].set(a, mode="drop")
-    slot_ver = st.slot_ver.at[target].set(c, mode="drop")
+    slot_words = st.slot.at[target].set(slot_word(a, c), mode="drop")
 
     wait_result = st.aiv_wait_result
     if shape.wait_tests:
         test = act & (kind == OpKind.WAIT) & (a == 0)
-        slot_free = st.slot_state[slot] == FREE
+        slot_free = (st.slot[slot] & 0xFF) == FREE
         wait_result = wait_result.at[jnp.arange(v), jnp.where(test, pc, wait_result.shape[1])].set(
             slot_free.astype(jnp.int8), mode="drop"
         )
@@ -146,8 +153,7 @@ def aiv_step(
         )
     st = dataclasses.replace(
         st,
-        slot_state=slot_state,
-        slot_ver=slot_ver,
+        slot=slot_words,
         aiv_pc=st.aiv_pc + advance,
         aiv_timer=timer,
         aiv_wait_result=wait_result,
@@ -173,23 +179,23 @@ def _release(alive: jax.Array, n: jax.Array, row: jax.Array, col: jax.Array) -> 
 
 
 def _aic_head(shape: EngineShape, tab: Tables, st: State):
-    """Each AIC's situation: cursor slot, its state and version, and the pending action of a
-    call (slot, wait state, is-matmul, pc clamped), all [C]."""
+    """Each AIC's situation, all [C]: cursor slot and its word; the pending action of a call
+    (pc clamped; its [C, 4] ``Tables.act`` row) and the word of the slot that action frees."""
     consts = shape.aic_constants()
     cur = jnp.asarray(consts["block"]) + st.aic_row * jnp.asarray(consts["p"]) + st.aic_col
-    f = tab.act_slot.shape[1]
-    pc = jnp.minimum(st.aic_pc, f - 1)
-    ver = st.aic_ver
-    return cur, st.slot_state[cur], pc, tab.act_slot[ver, pc], tab.act_wait[ver, pc], tab.act_mm[ver, pc]
+    pc = jnp.minimum(st.aic_pc, tab.act.shape[1] - 1)
+    act = tab.act[st.aic_ver, pc]
+    return cur, st.slot[cur], pc, act, st.slot[act[:, ACT["slot"]]]
 
 
 def aic_ready(shape: EngineShape, tab: Tables, st: State) -> jax.Array:
     """[C] whether each AIC's next action is enabled on ``st``."""
-    _, cur_state, _, f_slot, f_wait, _ = _aic_head(shape, tab, st)
+    _, cur_word, _, act, f_word = _aic_head(shape, tab, st)
+    cur_state, f_wait, f_state = cur_word & 0xFF, act[:, ACT["wait"]], f_word & 0xFF
     running = st.status == Status.RUNNING
     in_recv = st.aic_phase == AicPhase.RECEIVE
     in_call = st.aic_phase == AicPhase.CALL
-    call_ok = (f_wait == NO_WAIT) | (st.slot_state[f_slot] == f_wait)
+    call_ok = (f_wait == NO_WAIT) | (f_state == f_wait)
     return running & ((in_recv & (cur_state != FREE)) | (in_call & call_ok))
 
 
@@ -200,7 +206,13 @@ def matmul_cycles(tab: Tables, cost: jax.Array, ver: jax.Array, pc: jax.Array) -
 
 def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
     """Timed schedule: [C] ready, start cycle and duration of every AIC's next action on ``st``."""
-    cur, cur_state, pc, f_slot, f_wait, f_is_mm = _aic_head(shape, tab, st)
+    cur, cur_word, pc, act, _ = _aic_head(shape, tab, st)
+    cur_state, f_slot, f_wait, f_is_mm = (
+        cur_word & 0xFF,
+        act[:, ACT["slot"]],
+        act[:, ACT["wait"]],
+        act[:, ACT["mm"]] > 0,
+    )
     tm = st.timed
     ready = aic_ready(shape, tab, st)
     in_recv = st.aic_phase == AicPhase.RECEIVE
@@ -226,12 +238,13 @@ def aic_step(
     """
     consts = shape.aic_constants()
     c_num = st.aic_phase.shape[0]
-    f = tab.act_slot.shape[1]
+    f = tab.act.shape[1]
     n_slots = shape.num_slots
     rows_c = jnp.arange(c_num)
     n = jnp.asarray(consts["n"])
     row, col = st.aic_row, st.aic_col
-    cur, cur_state, pc, f_slot, f_wait, f_is_mm = _aic_head(shape, tab, st)
+    cur, cur_word, pc, act_row, f_word = _aic_head(shape, tab, st)
+    cur_state, f_slot, f_is_mm = cur_word & 0xFF, act_row[:, ACT["slot"]], act_row[:, ACT["mm"]] > 0
     in_recv = st.aic_phase == AicPhase.RECEIVE
     in_call = st.aic_phase == AicPhase.CALL
     ready = aic_ready(shape, tab, st)
@@ -242,10 +255,11 @@ def aic_step(
         act = ready & _chosen(shape, key, c_num)
 
     # -- dispatch: the callback's decision for the version under the cursor ------------------
-    ver = jnp.maximum(st.slot_ver[cur], 0)
+    ver = jnp.maximum((cur_word >> 8) - 1, 0)
+    vt = tab.ver[ver]  # [C, 4]
     is_quit = cur_state == QUIT
     log_full = st.recv_count >= tab.receive_limit
-    code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, tab.ver_code[ver]))
+    code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, vt[:, VER["code"]]))
     recv_act = act & in_recv
     error = jnp.where(recv_act, code, 0)
     recv_ok = recv_act & (code == 0)
@@ -257,25 +271,26 @@ def aic_step(
     # -- QUIT: clear bit aivID ---------------------------------------------------------------
     quit_now = recv_ok & is_quit
     w = st.aic_alive.shape[1]
-    alive = st.aic_alive & ~(quit_now[:, None] & (jnp.arange(w)[None, :] == tab.ver_aiv_id[ver][:, None]))
+    alive = st.aic_alive & ~(quit_now[:, None] & (jnp.arange(w)[None, :] == vt[:, VER["aiv_id"], None]))
 
     # -- a message for the callback: serve its actions -----------------------------------------
     call_now = recv_ok & ~is_quit
-    first = tab.ver_first[ver]
+    first = vt[:, VER["first"]]
     any_act = first < f
 
     # -- CALL: perform the next action (a free, or a matmul handed to the compute phase) ---------
     free_act = act & in_call
     mm_now = free_act & f_is_mm
-    slot_state = st.slot_state.at[jnp.where(free_act & ~f_is_mm, f_slot, n_slots)].set(FREE, mode="drop")
-    next_pc = tab.act_next[st.aic_ver, pc]
+    freed_word = (f_word & ~0xFF) | FREE  # FreeMessage writes the head state only
+    slot = st.slot.at[jnp.where(free_act & ~f_is_mm, f_slot, n_slots)].set(freed_word, mode="drop")
+    next_pc = act_row[:, ACT["next"]]
     aic_pc = jnp.where(call_now, first, jnp.where(free_act, next_pc, st.aic_pc))
     aic_ver = jnp.where(call_now, ver, st.aic_ver)
 
     # -- end of Call (SetSkipMsg, then release) or after a QUIT (release) ----------------------
     call_end = (call_now & ~any_act) | (free_act & (next_pc >= f))
     releasing = call_end | quit_now
-    skip = jnp.where(call_now, tab.ver_skip[ver], tab.ver_skip[st.aic_ver])
+    skip = jnp.where(call_now, vt[:, VER["skip"]], st.aic_skip)
     new_row, new_col = _release(alive, n, row, col + jnp.where(call_end, skip, 0))
     finished = releasing & ~alive.any(axis=1)
     phase = jnp.where(
@@ -298,13 +313,14 @@ def aic_step(
         )
     st = dataclasses.replace(
         st,
-        slot_state=slot_state,
+        slot=slot,
         aic_phase=phase,
         aic_row=jnp.where(releasing, new_row, row),
         aic_col=jnp.where(releasing, new_col, col),
         aic_alive=alive,
         aic_ver=aic_ver,
         aic_pc=aic_pc.astype(jnp.int32),
+        aic_skip=skip,
         recv_ver=recv_ver,
         recv_count=st.recv_count + recv_ok,
         timed=timed,
@@ -316,7 +332,7 @@ def _occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
     """Adds the time since the last event to each queue's current occupancy level (0..4 non-FREE)."""
     tm = st.timed
     qmap = jnp.asarray(shape.queue_of_slot())
-    busy = jnp.zeros(shape.total_queues + 1, jnp.int32).at[qmap].add((st.slot_state != FREE).astype(jnp.int32))
+    busy = jnp.zeros(shape.total_queues + 1, jnp.int32).at[qmap].add(((st.slot & 0xFF) != FREE).astype(jnp.int32))
     level = jnp.clip(busy, 0, MAX_MSG_PER_AIV)
     finite = jnp.isfinite(tmin)
     dt = jnp.where(finite, jnp.maximum(tmin - tm.t_now, 0.0), 0.0)
