@@ -1,0 +1,119 @@
+"""Engine v2: results as arrays, sharding over devices, and no silent integer wrap-around.
+
+The sharded run happens in a subprocess because the number of host devices
+(``--xla_force_host_platform_device_count``) is fixed when JAX starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import ascend_jax as aj
+from ascend_jax import Status
+from ascend_jax.errors import ConfigError
+
+
+def _merge_kernel(skip: int = 0, delay: int = 0, value: int = 0, max_steps: int = 2000):
+    k = aj.CubeGroupKernel(max_steps=max_steps)
+    g = k.create_cube_res_group("g", 0, 2, 2, callback="merge")
+    for q in range(2):
+        a = k.aiv(q)
+        a.assign_queue(g, q)
+        if delay and q == 1:
+            a.delay(delay)
+        a.post(g, fields={"skipCnt": skip if q == 0 else 0, "value": value})
+        a.quit(g)
+    return k.compile()
+
+
+def test_batch_result_arrays_and_lazy_lanes():
+    good, stuck = _merge_kernel(), _merge_kernel(skip=1)  # skip 1 with no FAKE follower: deadlock
+    res = aj.simulate([good, stuck, good])
+    assert len(res) == 3
+    assert res.status.tolist() == [Status.OK, Status.DEADLOCK, Status.OK]
+    assert res.status_counts() == {"ok": 2, "deadlock": 1}
+    assert res.same_as_lane0().tolist() == [True, False, True]
+    slot, state, count = res.received_slots()
+    assert count.tolist() == [[4], [1], [4]]
+    assert slot[0, 0, :4].tolist() == [0, 1, 2, 3] and state[0, 0, :4].tolist() == [1, 1, 2, 2]
+    assert slot[1, 0, 1] == -1  # past the count
+    # per-lane objects are built on demand and equal the reference
+    for r, p in zip(res, [good, stuck, good], strict=True):
+        assert r.outcome() == aj.run_reference(p).outcome()
+    assert res[1].blocked == [{"core": "aic0", "group": "g", "queue": 1, "depth": 0, "until": "FAKE"}]
+    assert [r.status for r in res[0:2]] == [Status.OK, Status.DEADLOCK]
+
+
+def test_values_that_do_not_fit_int32_never_wrap():
+    # a uint32 message field at its maximum is legal and only the callback's decision reads it
+    p = _merge_kernel(value=2**32 - 1)
+    assert aj.simulate(p)[0].outcome() == aj.run_reference(p).outcome()
+    # a delay longer than max_steps: both engines stop at max_steps (no wrap to a short delay)
+    p = _merge_kernel(delay=2**31 - 1, max_steps=50)
+    eng, ref = aj.simulate(p)[0], aj.run_reference(p)
+    assert eng.status == ref.status == Status.MAX_STEPS and eng.steps == ref.steps == 50
+    with pytest.raises(ConfigError, match="max_steps"):
+        aj.simulate(_merge_kernel(), max_steps=2**31)
+
+
+def test_gm_addresses_near_2_31_are_out_of_range_not_wrapped():
+    k = aj.CubeGroupKernel()
+    k.alloc("a", (32, 32), "float16", init="random")
+    k.alloc("b", (32, 32), "float16", init="random")
+    c = k.alloc("c", (32, 32), "float32")
+    tiling = dict(
+        M=32, N=32, Ka=32, Kb=32, singleCoreM=32, singleCoreN=32, singleCoreK=32, baseM=32, baseN=32, baseK=16
+    )
+    mt = dict(a="float16", b="float16", c="float32", bias="float32")
+    g = k.create_cube_res_group("g", 0, 2, 1, callback="matmul", matmul=mt, tiling=tiling)
+    a = k.aiv(0)
+    a.assign_queue(g, 0)
+    far = 2**31 - 64  # an int32 engine would wrap the C tile's end past 2**31 to a negative address
+    a.post(g, fields={"skipCnt": 0, "aAddr": "a", "bAddr": "b", "cAddr": far})
+    a.quit(g)
+    p = k.compile()
+    eng, ref = aj.simulate(p)[0], aj.run_reference(p)
+    assert eng.status == ref.status == Status.ERROR
+    assert eng.error["code"] == "GM_OUT_OF_RANGE" and eng.error == ref.error
+    assert np.array_equal(eng.tensor(c.name), np.zeros((32, 32), np.float32))  # nothing written
+
+
+_SHARDED = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, "tests")
+    import jax
+    import ascend_jax as aj
+    from test_engine_v2 import _merge_kernel
+    assert len(jax.devices()) == 4, jax.devices()
+    lanes = [_merge_kernel(skip=i % 2, delay=i % 3) for i in range(10)]
+    one = aj.simulate(lanes, schedule="random", seeds=7, devices=1)
+    four = aj.simulate(lanes, schedule="random", seeds=7, devices=4, chunk_size=6)
+    same = all(a.outcome() == b.outcome() and a.steps == b.steps for a, b in zip(one, four))
+    print(json.dumps({"same": same, "status": four.status.tolist(), "n": len(four)}))
+    """
+)
+
+
+def test_sharded_over_four_host_devices_equals_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", _SHARDED], env=env, cwd=root, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["same"] is True and got["n"] == 10
+    assert got["status"] == [Status.OK if i % 2 == 0 else Status.DEADLOCK for i in range(10)]
+
+
+def test_devices_argument_is_checked():
+    with pytest.raises(ConfigError, match="devices"):
+        aj.simulate(_merge_kernel(), devices=0)
