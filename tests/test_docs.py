@@ -149,6 +149,15 @@ def test_fast_engine_only_for_single_lane_runs():
     assert with_fast_engine(["check", "x.toml"]) == ["check", "x.toml"]
 
 
+def test_api_page_renders_every_public_name():
+    """Every name in ``ascend_jax.__all__`` has a ``::: ascend_jax.NAME`` entry on the API page, and
+    the page renders nothing else (a new public name fails here until it is documented)."""
+    import ascend_jax
+
+    listed = re.findall(r"^::: ascend_jax\.(\w+)\s*$", (DOCS / "reference" / "api.md").read_text(), re.M)
+    assert sorted(listed) == sorted(ascend_jax.__all__)
+
+
 def test_markers_are_found():
     """The docs do have runnable blocks (a renamed marker must not silently disable this test)."""
     pages = {p.relative_to(DOCS).as_posix() for p in pages_with_blocks()}
