@@ -3,6 +3,7 @@
 # Needs the docs extra: pip install -e '.[docs]'. PYTHON selects the interpreter (default: python3,
 # or .venv/bin/python when it exists). Extra arguments go to `mkdocs build`.
 set -euo pipefail
+export NO_MKDOCS_2_WARNING=1
 cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
