@@ -18,24 +18,33 @@ writes nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from ascend_jax.cube_group.state import EngineShape, State, Tables
-from ascend_jax.cube_group.status import ErrorCode, Status
+from ascend_jax.cube_group.state import EngineShape
 from ascend_jax.gm import element_offsets, load_tile, store_tile
 from ascend_jax.matmul import D, combine, compute_tiles, gather_operands
 
 
-def apply_matmuls(shape: EngineShape, tab: Tables, st: State, en: jax.Array, ver: jax.Array, pc: jax.Array) -> State:
+def apply_matmuls(
+    shape: EngineShape,
+    act_desc: jax.Array,
+    act_bad: jax.Array,
+    gm: jax.Array,
+    key: jax.Array,
+    en: jax.Array,
+    ver: jax.Array,
+    pc: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
     """Performs one lane's matmul requests of a step: ``en`` [C] bool, each AIC's action ``pc`` of
-    version ``ver`` ([C] int32). Descriptors and GM bounds were settled at encode time."""
-    consts = shape.aic_constants()
-    desc_all = tab.act_desc[ver, pc]  # [C, D]
-    bad_all = en & tab.act_bad[ver, pc]
+    version ``ver`` ([C] int32), with the lane's ``act_desc`` [N, F, D] and ``act_bad`` [N, F]
+    tables (descriptors and GM bounds were settled at encode time), on ``gm`` [G] uint8.
+    Returns the new GM and [C] whether each AIC's matmul lies outside GM (then nothing is written).
+    """
+    desc_all = act_desc[ver, pc]  # [C, D]
+    bad_all = en & act_bad[ver, pc]
     start = 0
     work = []
     for gi, g in enumerate(shape.groups):
@@ -46,12 +55,11 @@ def apply_matmuls(shape: EngineShape, tab: Tables, st: State, en: jax.Array, ver
             continue
         mt, tiling = cfg
         d, e = desc_all[sl], en[sl] & ~bad_all[sl]
-        a, b, bias = jax.vmap(functools.partial(gather_operands, mt, tiling, st.gm))(d)
+        a, b, bias = jax.vmap(functools.partial(gather_operands, mt, tiling, gm))(d)
         c = compute_tiles(mt, tiling, a, b, bias)
         work.append((sl, mt, tiling, d, e, c))
 
-    gm = st.gm
-    order_key = jax.random.fold_in(jax.random.wrap_key_data(st.key), 0x5EED)
+    order_key = jax.random.fold_in(jax.random.wrap_key_data(key), 0x5EED)
     for gidx, (_, mt, tiling, d, e, c) in enumerate(work):
         n_aic = d.shape[0]
         if shape.atomic_order == "random":
@@ -73,20 +81,7 @@ def apply_matmuls(shape: EngineShape, tab: Tables, st: State, en: jax.Array, ver
 
         gm = jax.lax.fori_loop(0, n_aic, write, gm)
 
-    has_bad = bad_all.any() & (st.status != Status.ERROR)
-    first = jnp.argmax(bad_all)
-    cursor = jnp.asarray(consts["block"]) + st.aic_row * jnp.asarray(consts["p"]) + st.aic_col
-    pick = lambda new, old: jnp.where(has_bad, new, old).astype(jnp.int32)  # noqa: E731
-    return dataclasses.replace(
-        st,
-        gm=gm,
-        status=pick(Status.ERROR, st.status),
-        error_code=pick(ErrorCode.GM_OUT_OF_RANGE, st.error_code),
-        error_aic=pick(first, st.error_aic),
-        error_slot=pick(cursor[first], st.error_slot),
-        error_ver=pick(ver[first], st.error_ver),
-        error_pc=pick(pc[first], st.error_pc),
-    )
+    return gm, bad_all
 
 
 def count_dot_generals(jaxpr) -> int:

@@ -27,37 +27,59 @@ from ascend_jax.cube_group.encode import EncodedProgram, encode_program
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.readout import BatchResult, _Lanes
 from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables, init_state
-from ascend_jax.cube_group.status import OpKind, Status
-from ascend_jax.cube_group.step import step
+from ascend_jax.cube_group.status import ErrorCode, OpKind, Status
+from ascend_jax.cube_group.step import cursor_slot, step
 from ascend_jax.errors import ConfigError
 
 #: Incremented each time the batched run is traced (tests use it to check for retracing).
 TRACE_COUNT = {"run": 0}
 
 
-def batch_step(shape: EngineShape, shared: bool, tab: Tables, cost: jax.Array, st: State) -> State:
-    """One step of every lane: the vmapped protocol step, then the compute phase if needed."""
-    axes = (None if shared else 0, 0, 0)
-    st, en, ver, pc = jax.vmap(functools.partial(step, shape), in_axes=axes)(tab, cost, st)
+def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, ver: jax.Array, pc: jax.Array) -> State:
+    """The compute phase of every lane (vmapped; lane-major GM), then GM errors into the state."""
+    axis = None if shape.shared else 0
+    gm, bad = jax.vmap(functools.partial(apply_matmuls, shape), in_axes=(axis, axis, 0, 0, 0, 0, 0))(
+        tab.act_desc, tab.act_bad, st.gm, st.key, en.T, ver.T, pc.T
+    )
+    bad = bad.T  # [C, B]
+    has_bad = bad.any(axis=0) & (st.status != Status.ERROR)
+    first = jnp.argmax(bad, axis=0)
+
+    def pick(new, old):
+        return jnp.where(has_bad, new, old).astype(jnp.int32)
+
+    def at(x):
+        return jnp.take_along_axis(x, first[None, :], axis=0)[0]
+
+    return dataclasses.replace(
+        st,
+        gm=gm,
+        status=pick(Status.ERROR, st.status),
+        error_code=pick(ErrorCode.GM_OUT_OF_RANGE, st.error_code),
+        error_aic=pick(first, st.error_aic),
+        error_slot=pick(at(cursor_slot(shape, st)), st.error_slot),
+        error_ver=pick(at(ver), st.error_ver),
+        error_pc=pick(at(pc), st.error_pc),
+    )
+
+
+def batch_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> State:
+    """One step of every lane: the protocol step, then the compute phase if any lane needs it."""
+    st, en, ver, pc = step(shape, tab, cost, st)
     if not shape.has_matmul:
         return st
-    return jax.lax.cond(
-        en.any(),
-        lambda s: jax.vmap(functools.partial(apply_matmuls, shape), in_axes=(axes[0], 0, 0, 0, 0))(tab, s, en, ver, pc),
-        lambda s: s,
-        st,
-    )
+    return jax.lax.cond(en.any(), lambda s: _compute(shape, tab, s, en, ver, pc), lambda s: s, st)
 
 
-def _run(shape: EngineShape, shared: bool, tab: Tables, cost: jax.Array, keys: jax.Array) -> State:
+def _run(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array) -> State:
     TRACE_COUNT["run"] += 1
-    st = jax.vmap(functools.partial(init_state, shape), in_axes=(None if shared else 0, 0))(tab, keys)
+    st = init_state(shape, tab, keys)
     return jax.lax.while_loop(
-        lambda s: (s.status == Status.RUNNING).any(), functools.partial(batch_step, shape, shared, tab, cost), st
+        lambda s: (s.status == Status.RUNNING).any(), functools.partial(batch_step, shape, tab, cost), st
     )
 
 
-_run_batch = jax.jit(_run, static_argnums=(0, 1))
+_run_batch = jax.jit(_run, static_argnums=(0,))
 
 
 def _bucket(n: int) -> int:
@@ -86,7 +108,7 @@ def make_shape(
                 "lanes of one batch must share groups, matmul configs, barriers and tensors",
             )
     has_mm = any(m is not None for m in first.matmuls)
-    return EngineShape(
+    shape = EngineShape(
         groups=first.groups,
         aiv_blocks=tuple(sorted({b for p in programs for b, _ in p.aivs})),
         max_ops=_bucket(max((len(r) for e in encoded for r in e.rows), default=1)),
@@ -99,20 +121,56 @@ def make_shape(
         gm_size=max(1, first.gm.size) if has_mm else 1,
         atomic_order=atomic_order if has_mm else "fixed",
         wait_tests=any(op.kind == "wait" and not op.sync for p in programs for _, ops in p.aivs for op in ops),
+        shared=len(programs) == 1,
     )
+    return dataclasses.replace(shape, aiv_home=_aiv_home(shape, programs, encoded))
+
+
+def _aiv_home(shape: EngineShape, programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]):
+    """Per AIV row, the queue row (``c * W + col``) of the one queue it touches (-1: none), when
+    every AIV touches at most one queue and lanes agree; else None (the step's general path)."""
+    grid = shape.grid_of_slot >> 2  # [S] queue row of every slot
+    homes = [-1] * len(shape.aiv_blocks)
+    for p, e in zip(programs, encoded, strict=True):
+        rows = dict(zip((b for b, _ in p.aivs), e.rows, strict=True))
+        for v, b in enumerate(shape.aiv_blocks):
+            touched = {int(grid[slot]) for kind, slot, *_ in rows.get(b, []) if kind in _SLOT_OPS}
+            if len(touched) > 1 or (touched and homes[v] not in (-1, *touched)):
+                return None
+            if touched:
+                homes[v] = touched.pop()
+    bound = [h for h in homes if h >= 0]
+    if len(set(bound)) != len(bound):  # two AIVs on one queue row: no static row per AIV
+        return None
+    return tuple(homes)
+
+
+_SLOT_OPS = (OpKind.ALLOC, OpKind.WRITE, OpKind.WAIT)
 
 
 @dataclasses.dataclass
 class Prepared:
-    """A batch ready to run: static shape, tables per distinct program, per-lane arrays."""
+    """A batch ready to run: static shape, tables (numpy), per-lane arrays."""
 
     shape: EngineShape
     lanes: _Lanes
-    shared: bool
-    tables: Tables  # numpy; [..] when shared, else [B, ..]
+    tables: Tables  # shared: one program's; else stacked, lane axis last (first for LANE_MAJOR)
     costs: np.ndarray  # [B, 12] float32
     keys: np.ndarray  # [B, 2] uint32
     seeds: np.ndarray  # [B]
+
+    def chunk(self, idx: np.ndarray) -> tuple[Tables, np.ndarray, np.ndarray]:
+        """Tables, [12, b] costs and [b, 2] keys of the lanes ``idx``."""
+        tab = self.tables
+        if not self.shape.shared:
+            tab = Tables(
+                **{
+                    f.name: (x[idx] if f.name in Tables.LANE_MAJOR else x[..., idx])
+                    for f in dataclasses.fields(Tables)
+                    for x in [getattr(tab, f.name)]
+                }
+            )
+        return tab, np.ascontiguousarray(self.costs[idx].T), self.keys[idx]
 
 
 def prepare(
@@ -171,21 +229,24 @@ def prepare(
     encoded = [encode_program(p) for p in distinct]
     shape = make_shape(distinct, encoded, schedule, atomic_order)
     tables = [build_tables(shape, p, e) for p, e in zip(distinct, encoded, strict=True)]
-    shared = len(distinct) == 1
-    if shared:
+    if shape.shared:
         tab = tables[0]
     else:
-        stacked = jax.tree.map(lambda *xs: np.stack(xs), *tables)
-        tab = jax.tree.map(lambda x: x[index], stacked)
+        tab = Tables(
+            **{
+                f.name: (x if f.name in Tables.LANE_MAJOR else np.moveaxis(x, 0, -1))
+                for f in dataclasses.fields(Tables)
+                for x in [np.stack([getattr(t, f.name) for t in tables])[index]]
+            }
+        )
     keys = np.zeros((len(programs), 2), np.uint32)
     if shape.needs_key:  # threefry key data of jax.random.key(seed) for a 32-bit seed: [0, seed]
         keys[:, 1] = seeds_arr
-    lanes = _Lanes(distinct, encoded, tables, index)
-    return Prepared(shape, lanes, shared, tab, cost_arr, keys, seeds_arr)
+    return Prepared(shape, _Lanes(distinct, encoded, tables, index), tab, cost_arr, keys, seeds_arr)
 
 
-#: Bytes of device memory a chunk of lanes may use (state, tables and step temporaries).
 def _memory_budget() -> int:
+    """Bytes of device memory a chunk of lanes may use (``ASCEND_JAX_MEMORY_BUDGET``, default 2 GiB)."""
     raw = os.environ.get("ASCEND_JAX_MEMORY_BUDGET", str(2 * 2**30))
     try:
         value = int(float(raw))
@@ -199,14 +260,13 @@ def _memory_budget() -> int:
 def lane_bytes(program: CubeGroupProgram, schedule: str = "lockstep") -> int:
     """Bytes of one lane's state plus its tables (the per-lane footprint; a step needs a few times
     this in temporaries, hence the factor 8 in the automatic chunk size)."""
-    prep = prepare([program], schedule)
-    return _lane_bytes(prep)
+    return _lane_bytes(prepare([program], schedule))
 
 
 def _lane_bytes(prep: Prepared) -> int:
-    tab = prep.tables if prep.shared else jax.tree.map(lambda x: x[0], prep.tables)
-    st = jax.eval_shape(functools.partial(init_state, prep.shape), tab, jnp.zeros(2, jnp.uint32))
-    leaves = jax.tree.leaves(st) + ([] if prep.shared else jax.tree.leaves(tab))
+    tab, _, keys = prep.chunk(np.zeros(1, np.int64))
+    st = jax.eval_shape(functools.partial(init_state, prep.shape), tab, jnp.asarray(keys))
+    leaves = jax.tree.leaves(st) + ([] if prep.shape.shared else jax.tree.leaves(tab))
     return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in leaves))
 
 
@@ -221,27 +281,33 @@ def _mesh(devices: int | None):
     return jax.sharding.Mesh(np.array(avail[:n]), ("lanes",))
 
 
-def _place(mesh, shared: bool, tab: Tables, cost: np.ndarray, keys: np.ndarray):
+def _place(mesh, shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.ndarray):
     """Device arrays for one chunk: lane axes sharded over ``mesh``, shared tables replicated."""
     if mesh is None:
         return jax.tree.map(jnp.asarray, tab), jnp.asarray(cost), jnp.asarray(keys)
     from jax.sharding import NamedSharding, PartitionSpec
 
-    lanes = NamedSharding(mesh, PartitionSpec("lanes"))
+    first = NamedSharding(mesh, PartitionSpec("lanes"))
     repl = NamedSharding(mesh, PartitionSpec())
-    tab = jax.tree.map(lambda x: jax.device_put(x, repl if shared else lanes), tab)
-    return tab, jax.device_put(cost, lanes), jax.device_put(keys, lanes)
+
+    def last(x):
+        return NamedSharding(mesh, PartitionSpec(*([None] * (x.ndim - 1)), "lanes"))
+
+    def put(name, x):
+        if shape.shared:
+            return jax.device_put(x, repl)
+        return jax.device_put(x, first if name in Tables.LANE_MAJOR else last(x))
+
+    tab = Tables(**{f.name: put(f.name, getattr(tab, f.name)) for f in dataclasses.fields(Tables)})
+    return tab, jax.device_put(cost, last(cost)), jax.device_put(keys, first)
 
 
 def compile_batch(prep: Prepared, chunk: int | None = None, devices: int | None = None):
     """The compiled loop of a prepared batch and its device arguments (for benchmarks):
     ``fn, args = compile_batch(prep); jax.block_until_ready(fn(*args))`` runs the loop alone."""
     n = len(prep.seeds) if chunk is None else chunk
-    mesh = _mesh(devices)
-    tab = prep.tables if prep.shared else jax.tree.map(lambda x: x[:n], prep.tables)
-    args = _place(mesh, prep.shared, tab, prep.costs[:n], prep.keys[:n])
-    fn = _run_batch.lower(prep.shape, prep.shared, *args).compile()
-    return fn, args
+    args = _place(_mesh(devices), prep.shape, *prep.chunk(np.arange(n)))
+    return _run_batch.lower(prep.shape, *args).compile(), args
 
 
 def simulate(
@@ -295,14 +361,9 @@ def simulate(
         idx = np.arange(lo, lo + chunk_size)
         real = min(chunk_size, n - lo)
         idx[real:] = lo  # pad: one compilation for every chunk
-        tab = prep.tables if prep.shared else jax.tree.map(lambda x, idx=idx: x[idx], prep.tables)
-        args = (tab, prep.costs[idx], prep.keys[idx])
-        if jit:
-            final = _run_batch(prep.shape, prep.shared, *_place(mesh, prep.shared, *args))
-        else:
-            final = _run_eager(prep.shape, prep.shared, *args)
-        final = jax.device_get(final)
-        parts.append({k: v[:real] for k, v in _flatten(final).items()})
+        args = prep.chunk(idx)
+        final = _run_batch(prep.shape, *_place(mesh, prep.shape, *args)) if jit else _run_eager(prep.shape, *args)
+        parts.append({k: v[:real] for k, v in _lane_major(prep.shape, jax.device_get(final)).items()})
         if bar is not None:
             bar[0].update(bar[1], advance=real)
     if bar is not None:
@@ -311,13 +372,22 @@ def simulate(
     return BatchResult(prep.shape, prep.lanes, arrays, prep.seeds, prep.costs, schedule)
 
 
-def _flatten(st: State) -> dict[str, np.ndarray]:
-    """The final state as one flat dict of numpy arrays (timed fields at top level)."""
+def _lane_major(shape: EngineShape, st: State) -> dict[str, np.ndarray]:
+    """The final state as one flat dict of lane-major numpy arrays ``[B, ...]``; slots (and slot
+    times) in global slot order ``[B, S]``, queue occupancy in queue order ``[B, Q, 5]``."""
     out = {f.name: np.asarray(getattr(st, f.name)) for f in dataclasses.fields(State) if f.name != "timed"}
-    out["slot_state"] = out["slot"] & 0xFF
-    out["slot_ver"] = (out.pop("slot") >> 8) - 1
     if st.timed is not None:
         out.update({f.name: np.asarray(getattr(st.timed, f.name)) for f in dataclasses.fields(st.timed)})
+    lane_major = {"gm", "key"}
+    out = {k: (v if k in lane_major else np.moveaxis(v, -1, 0)) for k, v in out.items()}
+    b = out["status"].shape[0]
+    grid = shape.grid_of_slot
+    slot = out.pop("slot").reshape(b, -1)[:, grid]
+    out["slot_state"] = slot & 0xFF
+    out["slot_ver"] = (slot >> 8) - 1
+    if "slot_time" in out:
+        out["slot_time"] = out["slot_time"].reshape(b, -1)[:, grid]
+        out["occ_cycles"] = out["occ_cycles"][:, shape.queue_rows]
     return out
 
 
@@ -336,27 +406,19 @@ def batch_jaxpr(programs: Sequence[CubeGroupProgram], atomic_order: str = "fixed
     """The jaxpr of one engine step of a batch (protocol step and compute phase), for inspection:
     e.g. ``count_dot_generals(batch_jaxpr([p] * 8))`` shows the compute is one batched matmul."""
     prep = prepare(programs, "lockstep", list(range(len(programs))), atomic_order)
-    tab = jax.tree.map(jnp.asarray, prep.tables)
-    st = jax.vmap(functools.partial(init_state, prep.shape), in_axes=(None if prep.shared else 0, 0))(
-        tab, jnp.asarray(prep.keys)
-    )
-    return jax.make_jaxpr(functools.partial(batch_step, prep.shape, prep.shared))(tab, jnp.asarray(prep.costs), st)
+    tab, cost, keys = (jax.tree.map(jnp.asarray, x) for x in prep.chunk(np.arange(len(programs))))
+    st = init_state(prep.shape, tab, keys)
+    return jax.make_jaxpr(functools.partial(batch_step, prep.shape))(tab, cost, st)
 
 
-def _run_eager(shape: EngineShape, shared: bool, tab: Tables, cost: np.ndarray, keys: np.ndarray) -> State:
-    """The same semantics without jit: a Python loop over lanes and steps."""
-    outs = []
-    for i in range(keys.shape[0]):
-        lane = jax.tree.map(jnp.asarray, tab if shared else jax.tree.map(lambda x, i=i: x[i], tab))
-        c = jnp.asarray(cost[i])
-        with jax.disable_jit():
-            st = init_state(shape, lane, jnp.asarray(keys[i]))
-            while int(st.status) == Status.RUNNING:
-                st, en, ver, pc = step(shape, lane, c, st)
-                if shape.has_matmul and bool(en.any()):
-                    st = apply_matmuls(shape, lane, st, en, ver, pc)
-        outs.append(st)
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+def _run_eager(shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.ndarray) -> State:
+    """The same semantics without jit: a Python loop over steps of the batch."""
+    tab, cost = jax.tree.map(jnp.asarray, tab), jnp.asarray(cost)
+    with jax.disable_jit():
+        st = init_state(shape, tab, jnp.asarray(keys))
+        while bool((st.status == Status.RUNNING).any()):
+            st = batch_step(shape, tab, cost, st)
+    return st
 
 
 __all__ = ["BatchResult", "OpKind", "TRACE_COUNT", "batch_jaxpr", "compile_batch", "lane_bytes", "prepare", "simulate"]

@@ -1,5 +1,12 @@
 """Engine data: the static shape, the traced tables (program and lane), and the state pytree.
 
+Layout: the batch axis ``B`` is the **last** axis of every protocol array (state and per-lane
+tables), so that the step's selects and reductions run over contiguous lanes (the step is
+written for the whole batch, not vmapped). Slots live in a grid ``[C, W, 4]`` (AIC, column,
+depth): an AIV's own queue is a row of the ``[C * W, 4]`` view and an AIC's block is
+``grid[c]``, so most accesses are static slices and one-hot selects instead of gathers. GM and
+the matmul tables stay lane-major (``[B, ...]``) for the vmapped compute phase.
+
 Size letters: ``S`` slots of all groups, ``V`` AIVs with a program, ``L`` ops per AIV (padded),
 ``N`` slot versions (padded, see :mod:`ascend_jax.cube_group.encode`), ``F`` actions per callback
 call, ``D`` matmul descriptor words, ``C`` AICs serving a group, ``W`` row width bound (max P),
@@ -46,6 +53,34 @@ class EngineShape:
     gm_size: int = 1  # G (bytes, padded)
     atomic_order: str = "fixed"  # "fixed" (AIC index order) | "random" (per lane and step)
     wait_tests: bool = False  # some AIV runs Wait<false>: carry its results
+    aiv_home: tuple[int, ...] | None = None  # per AIV row: its queue row (c * W + col), -1 none;
+    # None when some AIV serves two queues, lanes bind differently or a Wait targets another queue
+    shared: bool = True  # every lane runs the same program: tables carry no batch axis
+
+    @property
+    def grid_of_slot(self) -> np.ndarray:
+        """[S] flat index in the ``[C, W, 4]`` slot grid of every global slot."""
+        w = self.row_width
+        out = []
+        c0 = 0
+        for g in self.groups:
+            for s in range(g.num_slots):
+                k, col, d = g.slot_queue_depth(s)
+                out.append(((c0 + k) * w + col) * MAX_MSG_PER_AIV + d)
+            c0 += g.aic_num
+        return np.array(out, np.int64)
+
+    @property
+    def queue_rows(self) -> np.ndarray:
+        """[Q] the ``[C * W]`` queue row of every queue (groups in order)."""
+        w = self.row_width
+        out = []
+        c0 = 0
+        for g in self.groups:
+            p = g.aiv_per_aic
+            out += [(c0 + q // p) * w + q % p for q in range(g.msg_queue_size)]
+            c0 += g.aic_num
+        return np.array(out, np.int64)
 
     @property
     def has_matmul(self) -> bool:
@@ -114,11 +149,14 @@ class EngineShape:
 class Tables:
     """One program as arrays (traced; shared by every lane of a batch that runs the same program).
 
+    Shapes are for one program; a batch of different programs adds the lane axis ``B`` last to
+    the protocol fields (ops .. receive_limit) and first to act_desc, act_bad and gm_init.
+
     ops: [V, L, 2] int32, each AIV op packed in two words (:func:`pack_op`); op_len: [V] ops per AIV.
     ver: [N, 4] int32 per slot version (columns :data:`VER`): the callback's dispatch error code,
       first action (F: none), SetSkipMsg total, and the head aivID (QUIT: the column to retire).
-    act: [N, F, 4] int32 per action (columns :data:`ACT`): slot freed, wait state, next action
-      (F: none), is-matmul.
+    act: [N, F, 4] int32 per action (columns :data:`ACT`): grid index of the slot freed, wait
+      state, next action (F: none), is-matmul.
     act_desc: [N, F, D] int32 and act_bad: [N, F] bool (groups with a Matmul; else F = 0 columns).
     act_fractals, act_traffic: [N, F] float32 (timed schedule with matmuls only; else [N, 0]).
     max_steps, receive_limit: [] int32. gm_init: [G] uint8.
@@ -136,14 +174,16 @@ class Tables:
     receive_limit: jax.Array
     gm_init: jax.Array
 
+    LANE_MAJOR = ("act_desc", "act_bad", "gm_init")
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Timed:
-    """Timed-schedule state (cycles, float32): aiv_clock [V], aic_clock [C], slot_time [S] (when
-    each slot's state last changed), barrier_time [B]; aiv_alloc_stall, aiv_wait_stall [V];
-    aic_busy, aic_blocked [C]; occ_cycles [Q + 1, 5] cycles each queue spent with 0..4 non-FREE
-    slots; t_now [] time of the last event."""
+    """Timed-schedule state (cycles, float32, lane axis last): aiv_clock [V], aic_clock [C],
+    slot_time [C, W, 4] (when each slot's state last changed), barrier_time [NB];
+    aiv_alloc_stall, aiv_wait_stall [V]; aic_busy, aic_blocked [C]; occ_cycles [C * W, 5] cycles
+    each queue row spent with 0..4 non-FREE slots; t_now [] time of the last event."""
 
     aiv_clock: jax.Array
     aic_clock: jax.Array
@@ -160,10 +200,11 @@ class Timed:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class State:
-    """Simulation state of one lane (immutable; updated with ``dataclasses.replace``).
+    """Simulation state of a batch (immutable; updated with ``dataclasses.replace``). Shapes are
+    per lane; the lane axis ``B`` is last, except gm and key (lane-major).
 
-    slot: [S] int32 word per slot: head state in bits 0..7, current version + 1 above (0: the
-      zeroed workspace), see :func:`slot_word`.
+    slot: [C, W, 4] int32 word per slot: head state in bits 0..7, current version + 1 above (0:
+      the zeroed workspace), see :func:`slot_word`.
     aiv_pc, aiv_timer: [V] next op, steps spent in the current delay.
     aiv_wait_result: [V, L] int8 result of Wait<false> ops (-1 not run; [V, 0] when none exist).
     aic_phase, aic_row, aic_col: [C] AicPhase, cursor row (depth) and column (aivWork).
@@ -171,10 +212,11 @@ class State:
     aic_ver, aic_pc, aic_skip: [C] the version being served, its next action and its SetSkipMsg
       total (CALL phase).
     recv_ver: [C, R] received log (versions; their slot and state follow); recv_count: [C].
-    barrier_arrive, barrier_wait: [B, K] counter copies.
-    gm: [G] uint8 global memory.
-    step, status, error_code, error_aic, error_slot, error_ver, error_pc: [] run bookkeeping.
-    key: PRNG key data of the random schedule / atomic order (unused otherwise).
+    barrier_arrive, barrier_wait: [NB, K] counter copies.
+    gm: [B, G] uint8 global memory.
+    step, status, error_code, error_aic, error_slot, error_ver, error_pc: [] run bookkeeping
+      (error_slot: a global slot index).
+    key: [B, 2] PRNG key data of the random schedule / atomic order (unused otherwise).
     timed: :class:`Timed` under the timed schedule, else None.
     """
 
@@ -219,16 +261,18 @@ def slot_word(state, ver):
     return state | ((ver + 1) << 8)
 
 
-def pack_op(rows: np.ndarray) -> np.ndarray:
-    """[n, 5] (kind, slot, a, b, c) op rows -> [n, 2] int32 words, so one gather fetches an op.
+def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray) -> np.ndarray:
+    """[n, 5] (kind, slot, a, b, c) op rows -> [n, 2] int32 words (one fetch per op).
 
-    Word 0: ``kind | x << 3`` with ``x`` the slot, or ``barrier << 6 | index`` for barrier ops.
+    Word 0: ``kind | x << 3`` with ``x`` the slot's grid index, or ``barrier << 6 | index`` for
+    barrier ops.
     Word 1: WRITE ``version | state << 23``; WAIT the sync flag; DELAY the cycles; barrier ops
     the counter threshold (-1: none); ALLOC 0.
     """
     kind, slot, a, b, c = rows.T
     barrier = (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
-    x = np.where(barrier, (a << 6) | b, slot)
+    slot_ops = (kind == OpKind.ALLOC) | (kind == OpKind.WRITE) | (kind == OpKind.WAIT)
+    x = np.where(barrier, (a << 6) | b, np.where(slot_ops, grid_of_slot[np.where(slot_ops, slot, 0)], 0))
     w1 = np.select(
         [kind == OpKind.WRITE, (kind == OpKind.WAIT) | (kind == OpKind.DELAY), barrier],
         [c | (a << VERSION_BITS), a, c],
@@ -247,7 +291,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         row = by_block.get(b, [])
         lens[i] = len(row)
         if row:
-            ops[i, : len(row)] = pack_op(np.array(row, np.int64))
+            ops[i, : len(row)] = pack_op(np.array(row, np.int64), shape.grid_of_slot)
     n, f = shape.n_versions, shape.n_actions
     nv, fv = enc.n_versions, enc.n_actions
 
@@ -278,7 +322,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         ),
         act=np.stack(
             [
-                pad(enc.act_slot, np.int32),
+                pad(shape.grid_of_slot[enc.act_slot], np.int32),
                 pad(enc.act_wait, np.int32),
                 pad(np.where(enc.act_next >= fv, f, enc.act_next), np.int32, fill=f),
                 pad(enc.act_mm, np.int32),
@@ -295,54 +339,60 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
     )
 
 
-def init_state(shape: EngineShape, tab: Tables, key: jax.Array) -> State:
-    """The state at launch: zeroed workspace, every AIV at op 0, every AIC at (0, 0) with all columns live."""
+def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
+    """The batch at launch (``keys`` [B, 2]): zeroed workspace, every AIV at op 0, every AIC at
+    (0, 0) with all columns live."""
     consts = shape.aic_constants()
+    b = keys.shape[0]
     c, w, r = len(consts["core"]), shape.row_width, shape.receive_capacity
     v, l_ = len(shape.aiv_blocks), shape.max_ops
     nb, nc = max(len(shape.barrier_copies), 1), max(shape.barrier_copies, default=1)
     i32, f32 = jnp.int32, jnp.float32
-    s = shape.num_slots
+
+    def zeros(*dims, dtype=i32):
+        return jnp.zeros((*dims, b), dtype)
+
     timed = None
     if shape.timed:
         timed = Timed(
-            aiv_clock=jnp.zeros(v, f32),
-            aic_clock=jnp.zeros(c, f32),
-            slot_time=jnp.zeros(s, f32),
-            barrier_time=jnp.zeros(nb, f32),
-            aiv_alloc_stall=jnp.zeros(v, f32),
-            aiv_wait_stall=jnp.zeros(v, f32),
-            aic_busy=jnp.zeros(c, f32),
-            aic_blocked=jnp.zeros(c, f32),
-            occ_cycles=jnp.zeros((shape.total_queues + 1, 5), f32),
-            t_now=jnp.zeros((), f32),
+            aiv_clock=zeros(v, dtype=f32),
+            aic_clock=zeros(c, dtype=f32),
+            slot_time=zeros(c, w, MAX_MSG_PER_AIV, dtype=f32),
+            barrier_time=zeros(nb, dtype=f32),
+            aiv_alloc_stall=zeros(v, dtype=f32),
+            aiv_wait_stall=zeros(v, dtype=f32),
+            aic_busy=zeros(c, dtype=f32),
+            aic_blocked=zeros(c, dtype=f32),
+            occ_cycles=zeros(c * w, 5, dtype=f32),
+            t_now=zeros(dtype=f32),
         )
-    zero = jnp.zeros((), i32)
+    alive = np.arange(w)[None, :] < consts["n"][:, None]
+    gm = tab.gm_init
     return State(
-        slot=jnp.zeros(s, i32),
-        aiv_pc=jnp.zeros(v, i32),
-        aiv_timer=jnp.zeros(v, i32),
-        aiv_wait_result=jnp.full((v, l_ if shape.wait_tests else 0), -1, jnp.int8),
-        aic_phase=jnp.zeros(c, i32),
-        aic_row=jnp.zeros(c, i32),
-        aic_col=jnp.zeros(c, i32),
-        aic_alive=jnp.asarray(np.arange(w)[None, :] < consts["n"][:, None]),
-        aic_ver=jnp.zeros(c, i32),
-        aic_pc=jnp.zeros(c, i32),
-        aic_skip=jnp.zeros(c, i32),
-        recv_ver=jnp.zeros((c, r), i32),
-        recv_count=jnp.zeros(c, i32),
-        barrier_arrive=jnp.zeros((nb, nc), i32),
-        barrier_wait=jnp.zeros((nb, nc), i32),
-        gm=jnp.asarray(tab.gm_init),
-        step=zero,
-        status=zero,
-        error_code=zero,
-        error_aic=zero,
-        error_slot=zero,
-        error_ver=zero,
-        error_pc=zero,
-        key=key,
+        slot=zeros(c, w, MAX_MSG_PER_AIV),
+        aiv_pc=zeros(v),
+        aiv_timer=zeros(v),
+        aiv_wait_result=jnp.full((v, l_ if shape.wait_tests else 0, b), -1, jnp.int8),
+        aic_phase=zeros(c),
+        aic_row=zeros(c),
+        aic_col=zeros(c),
+        aic_alive=jnp.broadcast_to(jnp.asarray(alive)[:, :, None], (c, w, b)),
+        aic_ver=zeros(c),
+        aic_pc=zeros(c),
+        aic_skip=zeros(c),
+        recv_ver=zeros(c, r),
+        recv_count=zeros(c),
+        barrier_arrive=zeros(nb, nc),
+        barrier_wait=zeros(nb, nc),
+        gm=jnp.broadcast_to(gm, (b, gm.shape[-1])) if shape.shared else gm,
+        step=zeros(),
+        status=zeros(),
+        error_code=zeros(),
+        error_aic=zeros(),
+        error_slot=zeros(),
+        error_ver=zeros(),
+        error_pc=zeros(),
+        key=keys,
         timed=timed,
     )
 

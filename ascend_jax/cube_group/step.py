@@ -1,14 +1,17 @@
-"""One engine step for one lane: every enabled AIV acts, then every enabled AIC acts.
+"""One engine step for a whole batch: every enabled AIV acts, then every enabled AIC acts.
 
-Both kernels are written for a single instance and vectorised over cores with masks and
-``jnp.where`` (no ``lax.cond`` / ``lax.switch``); batching happens at the edge with ``vmap``.
-Blocking calls are predicates evaluated once per step on the state at the start of the phase.
-Writes are scatters with out-of-range indices dropped for masked-off cores.
+The step is written for the batch with the lane axis last (``[..., B]``), so its selects and
+reductions run over contiguous lanes. Per-lane look-ups avoid gathers where the structure allows:
+an AIV's next op is a one-hot select over its ops (short programs), its own queue is a static row
+of the slot grid, an AIC's cursor and the slot it frees are one-hot selects over its ``W x 4``
+block, barrier counters a one-hot over their copies. Gathers remain only for the callback's
+decision tables (``[C]`` per lane) and as the general path for long programs or AIVs that touch
+other queues. Blocking calls are predicates evaluated once per step on the state at the start of
+the phase; cores act by masks (no ``lax.cond`` / ``lax.switch``).
 
 The callback is not evaluated here: its decision for every slot version was computed when the
-program was encoded (:mod:`ascend_jax.cube_group.encode`), so receiving a message is a table
-look-up of the version under the cursor. A lane that is not RUNNING enables no core, so nothing
-but its tables is read and its state stays as it is.
+program was encoded (:mod:`ascend_jax.cube_group.encode`). A lane that is not RUNNING enables no
+core, so its state stays as it is.
 """
 
 from __future__ import annotations
@@ -26,22 +29,88 @@ from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 from ascend_jax.timing import C as TC
 
 FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
+D4 = MAX_MSG_PER_AIV
+#: programs up to this many ops per AIV fetch ops by a one-hot select, longer ones by a gather
+ONEHOT_OPS = 32
 
 
-def _chosen(shape: EngineShape, key: jax.Array, n: int) -> jax.Array:
-    """Which enabled cores act: all of them (lockstep) or each with probability 1/2 (random)."""
+# -- look-up helpers (lane axis last) -----------------------------------------------------------
+def _lane(shape: EngineShape, x: jax.Array) -> jax.Array:
+    """A table field made broadcastable against ``[..., B]`` (shared tables have no lane axis)."""
+    return x[..., None] if shape.shared else x
+
+
+def _lookup(shape: EngineShape, table: jax.Array, idx: jax.Array) -> jax.Array:
+    """Rows of a table at ``idx`` [M, B]: ``table`` [K, *X] (shared) or [K, *X, B] -> [M, *X, B]."""
+    if shape.shared:
+        return jnp.moveaxis(table[idx], 1, -1)
+    extra = table.ndim - 2
+    full = jnp.broadcast_to(idx.reshape(idx.shape[0], *(1,) * extra, idx.shape[1]), (idx.shape[0], *table.shape[1:]))
+    return jnp.take_along_axis(table, full, axis=0)
+
+
+def _pick4(rows: jax.Array, d: jax.Array) -> jax.Array:
+    """``rows`` [M, 4, B] at depth ``d`` [M, B] -> [M, B] (one-hot over the 4 depths)."""
+    sel = d[:, None, :] == jnp.arange(D4)[None, :, None]
+    return jnp.where(sel, rows, jnp.zeros((), rows.dtype)).sum(axis=1).astype(rows.dtype)
+
+
+def _grid_index(col: jax.Array, d: jax.Array, w: int) -> jax.Array:
+    """[C, B] flat grid index of each AIC's slot (column ``col``, depth ``d``) of its own block."""
+    c = jnp.arange(col.shape[0])[:, None]
+    return (c * w + col) * D4 + d
+
+
+def _grid_pick(grid: jax.Array, col: jax.Array, d: jax.Array) -> jax.Array:
+    """Each AIC's slot (``col``, ``d``) of its block: ``grid`` [C, W, 4, B] -> [C, B] (a gather of
+    C elements per lane: cheaper than a one-hot over the block)."""
+    flat = grid.reshape(-1, grid.shape[-1])
+    return jnp.take_along_axis(flat, _grid_index(col, d, grid.shape[1]), axis=0)
+
+
+def _grid_put(grid: jax.Array, col: jax.Array, d: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
+    """``grid`` with each masked AIC's slot (``col``, ``d``) set to ``value`` (all [C, B])."""
+    flat = grid.reshape(-1, grid.shape[-1])
+    idx = jnp.where(mask, _grid_index(col, d, grid.shape[1]), flat.shape[0])
+    lanes = jnp.broadcast_to(jnp.arange(flat.shape[1])[None, :], idx.shape)
+    return flat.at[idx, lanes].set(value, mode="drop").reshape(grid.shape)
+
+
+def _first_true(mask: jax.Array) -> jax.Array:
+    """Index of the first True along axis 0 (0 if none): [M, B] -> [B]."""
+    return jnp.argmax(mask, axis=0)
+
+
+def _at(x: jax.Array, i: jax.Array) -> jax.Array:
+    """``x`` [M, B] at row ``i`` [B] -> [B]."""
+    return jnp.take_along_axis(x, i[None, :], axis=0)[0]
+
+
+def _chosen(shape: EngineShape, keys: jax.Array, n: int) -> jax.Array:
+    """[n, B] which enabled cores act: all (lockstep) or each with probability 1/2 (random)."""
     if shape.schedule != "random":
-        return jnp.ones(n, bool)
-    return jax.random.bernoulli(jax.random.wrap_key_data(key), 0.5, (n,))
+        return jnp.ones((n, keys.shape[0]), bool)
+    draw = jax.vmap(lambda k: jax.random.bernoulli(jax.random.wrap_key_data(k), 0.5, (n,)))(keys)
+    return draw.T
 
 
-def _aiv_head(tab: Tables, st: State):
-    """Each AIV's next op: (pc, kind, slot, a, b, c), all [V] (pc clamped for finished AIVs),
-    unpacked from the two words of :func:`ascend_jax.cube_group.state.pack_op` (one gather)."""
-    rows = jnp.arange(tab.op_len.shape[0])
-    pc = jnp.minimum(st.aiv_pc, tab.ops.shape[1] - 1)
-    w = tab.ops[rows, pc]
-    kind, x, w1 = w[:, 0] & 7, w[:, 0] >> 3, w[:, 1]
+# -- AIV side ----------------------------------------------------------------------------------
+def _aiv_ops(shape: EngineShape, tab: Tables, st: State):
+    """Each AIV's next op: (pc, kind, x, a, b, c), all [V, B] (pc clamped for finished AIVs),
+    unpacked from the two words of :func:`ascend_jax.cube_group.state.pack_op`."""
+    n_ops = tab.ops.shape[1]
+    pc = jnp.minimum(st.aiv_pc, n_ops - 1)
+    if n_ops <= ONEHOT_OPS:
+        sel = pc[:, None, :] == jnp.arange(n_ops)[None, :, None]
+        w0 = jnp.where(sel, _lane(shape, tab.ops[:, :, 0]), 0).sum(axis=1)
+        w1 = jnp.where(sel, _lane(shape, tab.ops[:, :, 1]), 0).sum(axis=1)
+    elif shape.shared:
+        w = tab.ops[jnp.arange(pc.shape[0])[:, None], pc]
+        w0, w1 = w[..., 0], w[..., 1]
+    else:
+        w0 = jnp.take_along_axis(tab.ops[:, :, 0], pc[:, None, :], axis=1)[:, 0]
+        w1 = jnp.take_along_axis(tab.ops[:, :, 1], pc[:, None, :], axis=1)[:, 0]
+    kind, x = w0 & 7, w0 >> 3
     write = kind == OpKind.WRITE
     barrier = (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
     a = jnp.where(write, w1 >> VERSION_BITS, jnp.where(barrier, x >> 6, w1))
@@ -49,18 +118,68 @@ def _aiv_head(tab: Tables, st: State):
     return pc, kind, x, a, x & 63, c
 
 
-def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
-    """Timed schedule: [V] start cycle and duration of every AIV's next op (valid where ready)."""
-    _, kind, slot, a, _, _ = _aiv_head(tab, st)
+def _home_rows(shape: EngineShape, grid: jax.Array) -> jax.Array:
+    """[V, 4, B] each AIV's own queue row of the ``[C, W, 4, B]`` grid (static rows)."""
+    rows = grid.reshape(-1, D4, grid.shape[-1])
+    home = np.asarray(shape.aiv_home)
+    if home.shape[0] == rows.shape[0] and (home == np.arange(home.shape[0])).all():
+        return rows
+    return rows[np.maximum(home, 0)]
+
+
+def _home_write(shape: EngineShape, grid: jax.Array, new_rows: jax.Array) -> jax.Array:
+    """Writes the AIVs' rows back into the grid (inverse of :func:`_home_rows`)."""
+    rows = grid.reshape(-1, D4, grid.shape[-1])
+    home = np.asarray(shape.aiv_home)
+    if home.shape[0] == rows.shape[0] and (home == np.arange(home.shape[0])).all():
+        return new_rows.reshape(grid.shape)
+    bound = np.flatnonzero(home >= 0)
+    return rows.at[home[bound]].set(new_rows[bound]).reshape(grid.shape)
+
+
+def _slot_read(shape: EngineShape, grid: jax.Array, x: jax.Array) -> jax.Array:
+    """[V, B] the word of each AIV's target slot (grid index ``x`` [V, B])."""
+    if shape.aiv_home is not None:
+        return _pick4(_home_rows(shape, grid), x & (D4 - 1))
+    flat = grid.reshape(-1, grid.shape[-1])
+    return jnp.take_along_axis(flat, jnp.clip(x, 0, flat.shape[0] - 1), axis=0)
+
+
+def _slot_write(shape: EngineShape, grid: jax.Array, x: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
+    """The grid with each masked AIV's target slot set to ``value`` (all [V, B])."""
+    if shape.aiv_home is not None:
+        rows = _home_rows(shape, grid)
+        sel = mask[:, None, :] & ((x & (D4 - 1))[:, None, :] == jnp.arange(D4)[None, :, None])
+        return _home_write(shape, grid, jnp.where(sel, value[:, None, :], rows))
+    flat = grid.reshape(-1, grid.shape[-1])
+    lanes = jnp.broadcast_to(jnp.arange(flat.shape[1])[None, :], x.shape)
+    flat = flat.at[jnp.where(mask, x, flat.shape[0]), lanes].set(value, mode="drop")
+    return flat.reshape(grid.shape)
+
+
+def _barrier_read(st_counter: jax.Array, bar: jax.Array, idx: jax.Array) -> jax.Array:
+    """[V, B] counter copy ``idx`` of barrier ``bar`` (one-hot over the copies)."""
+    nb, nc, b = st_counter.shape
+    key = jnp.clip(bar, 0, nb - 1) * nc + jnp.clip(idx, 0, nc - 1)
+    sel = key[:, None, :] == jnp.arange(nb * nc)[None, :, None]
+    return jnp.where(sel, st_counter.reshape(1, nb * nc, b), 0).sum(axis=1)
+
+
+def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops):
+    """Timed schedule: [V, B] start cycle and duration of every AIV's next op (valid where ready)."""
+    _, kind, x, a, _, _ = ops
     tm = st.timed
-    nb = st.barrier_arrive.shape[0]
-    bar = jnp.clip(a, 0, nb - 1)
+    nb = tm.barrier_time.shape[0]
+    slot_t = _slot_read(shape, tm.slot_time, x)
+    bar_sel = jnp.clip(a, 0, nb - 1)[:, None, :] == jnp.arange(nb)[None, :, None]
+    bar_t = jnp.where(bar_sel, tm.barrier_time[None], 0.0).sum(axis=1)
     enable = jnp.select(
         [kind == OpKind.ALLOC, (kind == OpKind.WAIT) & (a != 0), (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)],
-        [tm.slot_time[slot], tm.slot_time[slot], tm.barrier_time[bar]],
+        [slot_t, slot_t, bar_t],
         0.0,
     )
     start = jnp.maximum(tm.aiv_clock, enable)
+    c = cost[:, None, :]  # [12, 1, B]
     dur = jnp.select(
         [
             kind == OpKind.ALLOC,
@@ -71,89 +190,85 @@ def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
             kind == OpKind.DELAY,
             (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT),
         ],
-        [cost[TC["alloc"]], cost[TC["fake"]], cost[TC["quit"]], cost[TC["post"]], cost[TC["wait"]],
-         a.astype(jnp.float32), cost[TC["barrier"]]],
+        [c[TC["alloc"]], c[TC["fake"]], c[TC["quit"]], c[TC["post"]], c[TC["wait"]], a.astype(jnp.float32),
+         c[TC["barrier"]]],
         0.0,
     )  # fmt: skip
     return start, dur
 
 
-def aiv_ready(shape: EngineShape, tab: Tables, st: State) -> jax.Array:
-    """[V] whether each AIV's next op is enabled on ``st`` (never in a lane that has stopped)."""
-    active = (st.aiv_pc < tab.op_len) & (st.status == Status.RUNNING)
-    _, kind, slot, a, b, c = _aiv_head(tab, st)
-    slot_free = (st.slot[slot] & 0xFF) == FREE
+def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
+    """[V, B] whether each AIV's next op is enabled on ``st`` (never in a lane that has stopped)."""
+    active = (st.aiv_pc < _lane(shape, tab.op_len)) & (st.status == Status.RUNNING)[None, :]
+    _, kind, x, a, b, c = ops
+    slot_free = (_slot_read(shape, st.slot, x) & 0xFF) == FREE
     conds = [kind == OpKind.ALLOC, kind == OpKind.WAIT]
     values = [slot_free, (a == 0) | slot_free]
     if shape.barrier_copies:  # no barrier counters to read otherwise
-        nb, ncopy = st.barrier_arrive.shape
-        bar = jnp.clip(a, 0, nb - 1)
-        idx = jnp.clip(b, 0, ncopy - 1)
         conds += [kind == OpKind.ARRIVE, kind == OpKind.BWAIT]
-        values += [(c < 0) | (st.barrier_wait[bar, idx] == c), st.barrier_arrive[bar, idx] >= c]
+        values += [(c < 0) | (_barrier_read(st.barrier_wait, a, b) == c), _barrier_read(st.barrier_arrive, a, b) >= c]
     return active & jnp.select(conds, values, True)
 
 
-def aiv_step(
-    shape: EngineShape, tab: Tables, cost: jax.Array, st: State, key: jax.Array, tmin: jax.Array | None = None
-) -> tuple[State, jax.Array]:
+def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: jax.Array | None):
     """Every AIV whose next op is enabled performs it (timed schedule: those starting at ``tmin``).
-    Returns the new state and [V] enabled."""
-    v = tab.op_len.shape[0]
-    n_slots = shape.num_slots
-    pc, kind, slot, a, b, c = _aiv_head(tab, st)
-    nb, ncopy = st.barrier_arrive.shape
-    bar = jnp.clip(a, 0, nb - 1)
-    ready = aiv_ready(shape, tab, st)
+    Returns the new state and [V, B] enabled."""
+    ops = _aiv_ops(shape, tab, st)
+    pc, kind, x, a, b, c = ops
+    v = pc.shape[0]
+    ready = aiv_ready(shape, tab, st, ops)
     is_delay = kind == OpKind.DELAY
     if shape.timed:  # a delay is one action of `cycles` cycles
-        start, dur = _aiv_times(shape, tab, cost, st)
-        act = ready & (start == tmin)
+        start, dur = _aiv_times(shape, tab, cost, st, ops)
+        act = ready & (start == tmin[None, :])
         timer = st.aiv_timer
         advance = act
     else:
-        act = ready & (is_delay | _chosen(shape, key, v))
+        act = ready & (is_delay | _chosen(shape, keys, v))
         timer = jnp.where(act & is_delay, st.aiv_timer + 1, st.aiv_timer)
         delay_done = act & is_delay & (timer >= a)
         timer = jnp.where(delay_done, 0, timer)
         advance = act & (~is_delay | delay_done)
 
     write = act & (kind == OpKind.WRITE)
-    target = jnp.where(write, slot, n_slots)
-    slot_words = st.slot.at[target].set(slot_word(a, c), mode="drop")
+    slot = _slot_write(shape, st.slot, x, write, slot_word(a, c))
 
     wait_result = st.aiv_wait_result
     if shape.wait_tests:
         test = act & (kind == OpKind.WAIT) & (a == 0)
-        slot_free = (st.slot[slot] & 0xFF) == FREE
-        wait_result = wait_result.at[jnp.arange(v), jnp.where(test, pc, wait_result.shape[1])].set(
-            slot_free.astype(jnp.int8), mode="drop"
-        )
+        slot_free = (_slot_read(shape, st.slot, x) & 0xFF) == FREE
+        sel = test[:, None, :] & (pc[:, None, :] == jnp.arange(wait_result.shape[1])[None, :, None])
+        wait_result = jnp.where(sel, slot_free[:, None, :].astype(jnp.int8), wait_result)
 
     barrier_arrive, barrier_wait = st.barrier_arrive, st.barrier_wait
     if shape.barrier_copies:
-        copies = jnp.asarray(np.arange(ncopy)[None, :] < np.array(shape.barrier_copies)[:, None])
-        arrive_add = jnp.zeros(nb, jnp.int32).at[jnp.where(act & (kind == OpKind.ARRIVE), bar, nb)].add(1, mode="drop")
-        wait_add = jnp.zeros(nb, jnp.int32).at[jnp.where(act & (kind == OpKind.BWAIT), bar, nb)].add(1, mode="drop")
-        barrier_arrive = barrier_arrive + arrive_add[:, None] * copies
-        barrier_wait = barrier_wait + wait_add[:, None] * copies
+        nb, ncopy, _ = barrier_arrive.shape
+        copies = jnp.asarray(np.arange(ncopy)[None, :] < np.array(shape.barrier_copies)[:, None])[:, :, None]
+        of_bar = a[:, None, :] == jnp.arange(nb)[None, :, None]  # [V, NB, B]
+        arrive_add = ((act & (kind == OpKind.ARRIVE))[:, None, :] & of_bar).sum(axis=0)
+        wait_add = ((act & (kind == OpKind.BWAIT))[:, None, :] & of_bar).sum(axis=0)
+        barrier_arrive = barrier_arrive + arrive_add[:, None, :] * copies
+        barrier_wait = barrier_wait + wait_add[:, None, :] * copies
     timed = st.timed
     if shape.timed:
         end = start + dur
         waiting = (kind == OpKind.WAIT) | (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
         is_bar = act & ((kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT))
+        nb = timed.barrier_time.shape[0]
+        of_bar = (jnp.clip(a, 0, nb - 1)[:, None, :] == jnp.arange(nb)[None, :, None]) & is_bar[:, None, :]
+        bar_end = jnp.where(of_bar, end[:, None, :], -jnp.inf).max(axis=0)
         timed = dataclasses.replace(
             timed,
             aiv_clock=jnp.where(act, end, timed.aiv_clock),
-            slot_time=timed.slot_time.at[target].set(end, mode="drop"),
-            barrier_time=timed.barrier_time.at[jnp.where(is_bar, bar, nb)].max(end, mode="drop"),
+            slot_time=_slot_write(shape, timed.slot_time, x, write, end),
+            barrier_time=jnp.maximum(timed.barrier_time, bar_end),
             aiv_alloc_stall=timed.aiv_alloc_stall
             + jnp.where(act & (kind == OpKind.ALLOC), start - timed.aiv_clock, 0.0),
             aiv_wait_stall=timed.aiv_wait_stall + jnp.where(act & waiting, start - timed.aiv_clock, 0.0),
         )
     st = dataclasses.replace(
         st,
-        slot=slot_words,
+        slot=slot,
         aiv_pc=st.aiv_pc + advance,
         aiv_timer=timer,
         aiv_wait_result=wait_result,
@@ -164,101 +279,102 @@ def aiv_step(
     return st, ready
 
 
+# -- AIC side ----------------------------------------------------------------------------------
 def _release(alive: jax.Array, n: jax.Array, row: jax.Array, col: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``__ReleaseMessage`` in closed form: the next live column after ``col`` in the row, else the
-    first live column of the next row (rows wrap 3 -> 0). [C, W] alive, [C] n/row/col."""
+    first live column of the next row (rows wrap 3 -> 0). [C, W, B] alive, [C, 1] n, [C, B] row/col."""
     w = alive.shape[1]
-    cols = jnp.arange(w)[None, :]
-    later = alive & (cols > col[:, None]) & (cols < n[:, None])
+    cols = jnp.arange(w)[None, :, None]
+    later = alive & (cols > col[:, None, :]) & (cols < n[:, :, None])
     has_later = later.any(axis=1)
     first_later = jnp.argmax(later, axis=1)
     first_any = jnp.argmax(alive, axis=1)
-    new_row = jnp.where(has_later, row, (row + 1) % MAX_MSG_PER_AIV)
+    new_row = jnp.where(has_later, row, (row + 1) % D4)
     new_col = jnp.where(has_later, first_later, first_any)
     return new_row.astype(jnp.int32), new_col.astype(jnp.int32)
 
 
+def _act_index(shape: EngineShape, tab: Tables, ver: jax.Array, pc: jax.Array) -> jax.Array:
+    return ver * tab.act.shape[1] + pc
+
+
 def _aic_head(shape: EngineShape, tab: Tables, st: State):
-    """Each AIC's situation, all [C]: cursor slot and its word; the pending action of a call
-    (pc clamped; its [C, 4] ``Tables.act`` row) and the word of the slot that action frees."""
-    consts = shape.aic_constants()
-    cur = jnp.asarray(consts["block"]) + st.aic_row * jnp.asarray(consts["p"]) + st.aic_col
-    pc = jnp.minimum(st.aic_pc, tab.act.shape[1] - 1)
-    act = tab.act[st.aic_ver, pc]
-    return cur, st.slot[cur], pc, act, st.slot[act[:, ACT["slot"]]]
+    """Each AIC's situation, all [C, B]: cursor word; the pending action of a call (pc clamped;
+    its [C, 4, B] ``Tables.act`` row), the local (column, depth) of the slot it frees and that
+    slot's word."""
+    f = tab.act.shape[1]
+    pc = jnp.minimum(st.aic_pc, f - 1)
+    flat = tab.act.reshape(-1, *tab.act.shape[2:])
+    act = _lookup(shape, flat, st.aic_ver * f + pc)
+    x = act[:, ACT["slot"]]
+    w = st.slot.shape[1]
+    f_col, f_d = (x >> 2) % w, x & (D4 - 1)
+    return _grid_pick(st.slot, st.aic_col, st.aic_row), pc, act, f_col, f_d, _grid_pick(st.slot, f_col, f_d)
 
 
-def aic_ready(shape: EngineShape, tab: Tables, st: State) -> jax.Array:
-    """[C] whether each AIC's next action is enabled on ``st``."""
-    _, cur_word, _, act, f_word = _aic_head(shape, tab, st)
-    cur_state, f_wait, f_state = cur_word & 0xFF, act[:, ACT["wait"]], f_word & 0xFF
-    running = st.status == Status.RUNNING
+def aic_ready(shape: EngineShape, st: State, head) -> jax.Array:
+    """[C, B] whether each AIC's next action is enabled on ``st``."""
+    cur_word, _, act, _, _, f_word = head
+    f_wait = act[:, ACT["wait"]]
     in_recv = st.aic_phase == AicPhase.RECEIVE
     in_call = st.aic_phase == AicPhase.CALL
-    call_ok = (f_wait == NO_WAIT) | (f_state == f_wait)
-    return running & ((in_recv & (cur_state != FREE)) | (in_call & call_ok))
+    call_ok = (f_wait == NO_WAIT) | ((f_word & 0xFF) == f_wait)
+    running = (st.status == Status.RUNNING)[None, :]
+    return running & ((in_recv & ((cur_word & 0xFF) != FREE)) | (in_call & call_ok))
 
 
-def matmul_cycles(tab: Tables, cost: jax.Array, ver: jax.Array, pc: jax.Array) -> jax.Array:
-    """[C] cycles of each AIC's matmul action (version ``ver``, action ``pc``; see :mod:`ascend_jax.timing`)."""
-    return cost[TC["mm_overhead"]] + tab.act_fractals[ver, pc] + tab.act_traffic[ver, pc] / cost[TC["ddr_rate"]]
-
-
-def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
-    """Timed schedule: [C] ready, start cycle and duration of every AIC's next action on ``st``."""
-    cur, cur_word, pc, act, _ = _aic_head(shape, tab, st)
-    cur_state, f_slot, f_wait, f_is_mm = (
-        cur_word & 0xFF,
-        act[:, ACT["slot"]],
-        act[:, ACT["wait"]],
-        act[:, ACT["mm"]] > 0,
-    )
+def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head):
+    """Timed schedule: [C, B] start cycle and duration of every AIC's next action on ``st``."""
+    cur_word, pc, act, f_col, f_d, _ = head
+    f_wait, f_is_mm = act[:, ACT["wait"]], act[:, ACT["mm"]] > 0
     tm = st.timed
-    ready = aic_ready(shape, tab, st)
     in_recv = st.aic_phase == AicPhase.RECEIVE
-    enable = jnp.where(in_recv, tm.slot_time[cur], jnp.where(f_is_mm | (f_wait == NO_WAIT), 0.0, tm.slot_time[f_slot]))
+    cur_t = _grid_pick(tm.slot_time, st.aic_col, st.aic_row)
+    f_t = _grid_pick(tm.slot_time, f_col, f_d)
+    enable = jnp.where(in_recv, cur_t, jnp.where(f_is_mm | (f_wait == NO_WAIT), 0.0, f_t))
     start = jnp.maximum(tm.aic_clock, enable)
-    recv_dur = jnp.where(cur_state == QUIT, cost[TC["poll"]], cost[TC["dispatch"]])
+    c = cost[:, None, :]
+    recv_dur = jnp.where((cur_word & 0xFF) == QUIT, c[TC["poll"]], c[TC["dispatch"]])
     if tab.act_fractals.shape[1]:
-        call_dur = jnp.where(f_is_mm, matmul_cycles(tab, cost, st.aic_ver, pc), cost[TC["free"]])
+        idx = _act_index(shape, tab, st.aic_ver, pc)
+        fr = _lookup(shape, tab.act_fractals.reshape(-1, *tab.act_fractals.shape[2:]), idx)
+        tr = _lookup(shape, tab.act_traffic.reshape(-1, *tab.act_traffic.shape[2:]), idx)
+        call_dur = jnp.where(f_is_mm, c[TC["mm_overhead"]] + fr + tr / c[TC["ddr_rate"]], c[TC["free"]])
     else:
-        call_dur = jnp.broadcast_to(cost[TC["free"]], pc.shape)
-    return ready, start, jnp.where(in_recv, recv_dur, call_dur)
+        call_dur = jnp.broadcast_to(c[TC["free"]], pc.shape)
+    return start, jnp.where(in_recv, recv_dur, call_dur)
 
 
-def aic_step(
-    shape: EngineShape, tab: Tables, cost: jax.Array, st: State, key: jax.Array, tmin: jax.Array | None = None
-):
+def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: jax.Array | None):
     """Every AIC whose next action is enabled performs it (timed schedule: those starting at ``tmin``).
 
-    Returns the new state, [C] enabled, [C] error codes (0 none) of AICs whose action was a
-    protocol error (those AICs change nothing), [C] the cursor slot each AIC looked at, [C] the
-    version it received, and [C] whether it performed a matmul action this step (with [C] the
-    version and action index of that matmul).
+    Returns the new state, [C, B] enabled, [C, B] error codes (0 none) of AICs whose action was a
+    protocol error (those AICs change nothing), [C, B] the version each received, and [C, B]
+    whether it performed a matmul action this step, with [C, B] the version and action of it.
     """
     consts = shape.aic_constants()
-    c_num = st.aic_phase.shape[0]
+    c_num, b = st.aic_phase.shape
     f = tab.act.shape[1]
-    n_slots = shape.num_slots
-    rows_c = jnp.arange(c_num)
-    n = jnp.asarray(consts["n"])
+    w = st.slot.shape[1]
+    n = jnp.asarray(consts["n"])[:, None]
     row, col = st.aic_row, st.aic_col
-    cur, cur_word, pc, act_row, f_word = _aic_head(shape, tab, st)
-    cur_state, f_slot, f_is_mm = cur_word & 0xFF, act_row[:, ACT["slot"]], act_row[:, ACT["mm"]] > 0
+    head = _aic_head(shape, tab, st)
+    cur_word, pc, act_row, f_col, f_d, f_word = head
+    cur_state, f_is_mm = cur_word & 0xFF, act_row[:, ACT["mm"]] > 0
     in_recv = st.aic_phase == AicPhase.RECEIVE
     in_call = st.aic_phase == AicPhase.CALL
-    ready = aic_ready(shape, tab, st)
+    ready = aic_ready(shape, st, head)
     if shape.timed:
-        _, t_start, t_dur = aic_times(shape, tab, cost, st)
-        act = ready & (t_start == tmin)
+        t_start, t_dur = aic_times(shape, tab, cost, st, head)
+        act = ready & (t_start == tmin[None, :])
     else:
-        act = ready & _chosen(shape, key, c_num)
+        act = ready & _chosen(shape, keys, c_num)
 
     # -- dispatch: the callback's decision for the version under the cursor ------------------
     ver = jnp.maximum((cur_word >> 8) - 1, 0)
-    vt = tab.ver[ver]  # [C, 4]
+    vt = _lookup(shape, tab.ver, ver)  # [C, 4, B]
     is_quit = cur_state == QUIT
-    log_full = st.recv_count >= tab.receive_limit
+    log_full = st.recv_count >= _lane(shape, tab.receive_limit)[None]
     code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, vt[:, VER["code"]]))
     recv_act = act & in_recv
     error = jnp.where(recv_act, code, 0)
@@ -266,12 +382,14 @@ def aic_step(
 
     # -- log every received message ---------------------------------------------------------
     r = st.recv_ver.shape[1]
-    recv_ver = st.recv_ver.at[rows_c, jnp.where(recv_ok, st.recv_count, r)].set(ver, mode="drop")
+    rows_c = jnp.broadcast_to(jnp.arange(c_num)[:, None], (c_num, b))
+    lanes = jnp.broadcast_to(jnp.arange(b)[None, :], (c_num, b))
+    recv_ver = st.recv_ver.at[rows_c, jnp.where(recv_ok, st.recv_count, r), lanes].set(ver, mode="drop")
 
     # -- QUIT: clear bit aivID ---------------------------------------------------------------
     quit_now = recv_ok & is_quit
-    w = st.aic_alive.shape[1]
-    alive = st.aic_alive & ~(quit_now[:, None] & (jnp.arange(w)[None, :] == vt[:, VER["aiv_id"], None]))
+    cols = jnp.arange(w)[None, :, None]
+    alive = st.aic_alive & ~(quit_now[:, None, :] & (cols == vt[:, None, VER["aiv_id"]]))
 
     # -- a message for the callback: serve its actions -----------------------------------------
     call_now = recv_ok & ~is_quit
@@ -281,8 +399,9 @@ def aic_step(
     # -- CALL: perform the next action (a free, or a matmul handed to the compute phase) ---------
     free_act = act & in_call
     mm_now = free_act & f_is_mm
+    freeing = free_act & ~f_is_mm
     freed_word = (f_word & ~0xFF) | FREE  # FreeMessage writes the head state only
-    slot = st.slot.at[jnp.where(free_act & ~f_is_mm, f_slot, n_slots)].set(freed_word, mode="drop")
+    slot = _grid_put(st.slot, f_col, f_d, freeing, freed_word)
     next_pc = act_row[:, ACT["next"]]
     aic_pc = jnp.where(call_now, first, jnp.where(free_act, next_pc, st.aic_pc))
     aic_ver = jnp.where(call_now, ver, st.aic_ver)
@@ -302,14 +421,13 @@ def aic_step(
     timed = st.timed
     if shape.timed:
         t_end = t_start + t_dur
-        freed = free_act & ~f_is_mm
         done_ok = act & (error == 0)  # an AIC whose action is a protocol error changes nothing
         timed = dataclasses.replace(
             timed,
             aic_clock=jnp.where(done_ok, t_end, timed.aic_clock),
             aic_busy=timed.aic_busy + jnp.where(done_ok, t_dur, 0.0),
             aic_blocked=timed.aic_blocked + jnp.where(done_ok, t_start - timed.aic_clock, 0.0),
-            slot_time=timed.slot_time.at[jnp.where(freed, f_slot, n_slots)].set(t_end, mode="drop"),
+            slot_time=_grid_put(timed.slot_time, f_col, f_d, freeing, t_end),
         )
     st = dataclasses.replace(
         st,
@@ -325,61 +443,70 @@ def aic_step(
         recv_count=st.recv_count + recv_ok,
         timed=timed,
     )
-    return st, ready, error, cur, ver, mm_now, st.aic_ver, pc
+    return st, ready, error, ver, mm_now, st.aic_ver, pc
 
 
 def _occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
-    """Adds the time since the last event to each queue's current occupancy level (0..4 non-FREE)."""
+    """Adds the time since the last event to each queue row's occupancy level (0..4 non-FREE)."""
     tm = st.timed
-    qmap = jnp.asarray(shape.queue_of_slot())
-    busy = jnp.zeros(shape.total_queues + 1, jnp.int32).at[qmap].add(((st.slot & 0xFF) != FREE).astype(jnp.int32))
-    level = jnp.clip(busy, 0, MAX_MSG_PER_AIV)
+    busy = ((st.slot & 0xFF) != FREE).sum(axis=2)  # [C, W, B]
+    level = busy.reshape(-1, busy.shape[-1])
     finite = jnp.isfinite(tmin)
     dt = jnp.where(finite, jnp.maximum(tmin - tm.t_now, 0.0), 0.0)
-    occ = tm.occ_cycles.at[jnp.arange(shape.total_queues + 1), level].add(dt)
-    return dataclasses.replace(
-        st,
-        timed=dataclasses.replace(tm, occ_cycles=occ, t_now=jnp.where(finite, jnp.maximum(tmin, tm.t_now), tm.t_now)),
-    )
+    sel = level[:, None, :] == jnp.arange(D4 + 1)[None, :, None]
+    occ = tm.occ_cycles + jnp.where(sel, dt[None, None, :], 0.0)
+    t_now = jnp.where(finite, jnp.maximum(tmin, tm.t_now), tm.t_now)
+    return dataclasses.replace(st, timed=dataclasses.replace(tm, occ_cycles=occ, t_now=t_now))
+
+
+def cursor_slot(shape: EngineShape, st: State) -> jax.Array:
+    """[C, B] global slot index under each AIC's cursor."""
+    consts = shape.aic_constants()
+    return jnp.asarray(consts["block"])[:, None] + st.aic_row * jnp.asarray(consts["p"])[:, None] + st.aic_col
 
 
 def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
-    """One protocol step of one lane, then the status update. A lane that is not RUNNING enables
-    no core and keeps its state. Returns the state and the step's matmul requests: [C] enables
-    and the [C] version and action index of each (for :func:`ascend_jax.cube_group.compute.apply_matmuls`)."""
-    key = st.key
-    k_aiv = k_aic = key
+    """One protocol step of the batch, then the status update. A lane that is not RUNNING enables
+    no core and keeps its state. ``cost`` is [12, B]. Returns the state and the step's matmul
+    requests: [C, B] enables and the [C, B] version and action index of each (for
+    :func:`ascend_jax.cube_group.compute.apply_matmuls`)."""
+    keys = st.key
+    k_aiv = k_aic = keys
     if shape.needs_key:
-        raw = jax.random.split(jax.random.wrap_key_data(key), 3)
-        key, k_aiv, k_aic = (jax.random.key_data(k) for k in raw)
+        raw = jax.vmap(lambda k: jax.random.key_data(jax.random.split(jax.random.wrap_key_data(k), 3)))(keys)
+        keys, k_aiv, k_aic = raw[:, 0], raw[:, 1], raw[:, 2]
     tmin = None
     if shape.timed:  # events in time order: only the cores starting earliest act
-        r_v = aiv_ready(shape, tab, st)
-        s_v, _ = _aiv_times(shape, tab, cost, st)
-        r_c, s_c, _ = aic_times(shape, tab, cost, st)
-        tmin = jnp.minimum(jnp.min(jnp.where(r_v, s_v, jnp.inf)), jnp.min(jnp.where(r_c, s_c, jnp.inf)))
+        ops = _aiv_ops(shape, tab, st)
+        r_v = aiv_ready(shape, tab, st, ops)
+        s_v, _ = _aiv_times(shape, tab, cost, st, ops)
+        head = _aic_head(shape, tab, st)
+        r_c = aic_ready(shape, st, head)
+        s_c, _ = aic_times(shape, tab, cost, st, head)
+        tmin = jnp.minimum(jnp.where(r_v, s_v, jnp.inf).min(axis=0), jnp.where(r_c, s_c, jnp.inf).min(axis=0))
         st = _occupancy(shape, st, tmin)
     running = st.status == Status.RUNNING
     new, v_ready = aiv_step(shape, tab, cost, st, k_aiv, tmin)
-    new, aic_ready_, error, cur, ver, mm_now, mm_ver, mm_pc = aic_step(shape, tab, cost, new, k_aic, tmin)
+    new, aic_ready_, error, ver, mm_now, mm_ver, mm_pc = aic_step(shape, tab, cost, new, k_aic, tmin)
     steps = st.step + 1
-    has_error = (error > 0).any()
-    first = jnp.argmax(error > 0)
-    done = (new.aiv_pc >= tab.op_len).all() & (new.aic_phase == AicPhase.DONE).all()
-    progressed = v_ready.any() | aic_ready_.any()
+    has_error = (error > 0).any(axis=0)
+    first = _first_true(error > 0)
+    done = (new.aiv_pc >= _lane(shape, tab.op_len)).all(axis=0) & (new.aic_phase == AicPhase.DONE).all(axis=0)
+    progressed = v_ready.any(axis=0) | aic_ready_.any(axis=0)
     status = jnp.select(
         [has_error, done, ~progressed, steps >= tab.max_steps],
         [Status.ERROR, Status.OK, Status.DEADLOCK, Status.MAX_STEPS],
         Status.RUNNING,
     ).astype(jnp.int32)
+    err = running & has_error
     new = dataclasses.replace(
         new,
         step=jnp.where(running, steps, st.step),
         status=jnp.where(running, status, st.status),
-        error_code=jnp.where(running & has_error, error[first], st.error_code).astype(jnp.int32),
-        error_aic=jnp.where(running & has_error, first, st.error_aic).astype(jnp.int32),
-        error_slot=jnp.where(running & has_error, cur[first], st.error_slot).astype(jnp.int32),
-        error_ver=jnp.where(running & has_error, ver[first], st.error_ver).astype(jnp.int32),
-        key=jnp.where(running, key, st.key),
+        error_code=jnp.where(err, _at(error, first), st.error_code).astype(jnp.int32),
+        error_aic=jnp.where(err, first, st.error_aic).astype(jnp.int32),
+        error_slot=jnp.where(err, _at(cursor_slot(shape, st), first), st.error_slot).astype(jnp.int32),
+        error_ver=jnp.where(err, _at(ver, first), st.error_ver).astype(jnp.int32),
+        key=jnp.where(running[:, None], keys, st.key),
     )
-    return new, mm_now, mm_ver, mm_pc
+    return new, mm_now & running[None, :], mm_ver, mm_pc
