@@ -207,5 +207,5 @@ def test_platform_ini_loader(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.ini\[SoCInfo\].cube_core_cnt"):
         load_platform_ini(bad)
     bad.write_text("[SoCInfo]\ncube_core_cnt=twenty\n")
-    with pytest.raises(ConfigError, match="must be a number"):
+    with pytest.raises(ConfigError, match=r"cube_core_cnt = .twenty.: must be a positive number"):
         load_platform_ini(bad)
