@@ -164,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse: usage errors (2, message printed), --help and --version (0)
+        return e.code if isinstance(e.code, int) else EXIT_INVALID
     if args.command == "schema":
         print(json.dumps(scenario_json_schema(), indent=2))
         return EXIT_OK

@@ -136,25 +136,24 @@ def resolve_data_path(value: str, base_dir: Path | None, field: str, limit: int 
     return p
 
 
-def load_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, field: str) -> np.ndarray:
+def load_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, field: str, shown: str | None = None) -> np.ndarray:
     """Reads a ``.npy`` file for a tensor of ``shape`` and ``dtype``, checking the header (format,
-    shape, element kind) before reading any data; never unpickles."""
+    shape, element kind) before reading any data; never unpickles. ``shown``: the path as the user wrote it."""
     fmt = np.lib.format
+    shown = shown or str(path)
     try:
         with open(path, "rb") as f:
             try:
                 version = fmt.read_magic(f)
             except ValueError:
                 raise ConfigError(
-                    field, str(path), "is not a .npy file (an .npz or other format?)", "save with np.save"
+                    field, shown, "is not a .npy file (an .npz or other format?)", "save with np.save"
                 ) from None
             try:
                 read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                 file_shape, _, file_dtype = read_header(f)
             except (ValueError, SyntaxError) as e:
-                raise ConfigError(
-                    field, str(path), f"has an unreadable .npy header ({e})", "save with np.save"
-                ) from None
+                raise ConfigError(field, shown, f"has an unreadable .npy header ({e})", "save with np.save") from None
             if file_dtype.names is not None or file_dtype.subdtype is not None or file_dtype.kind not in "biuf":
                 raise ConfigError(
                     field,
@@ -170,10 +169,12 @@ def load_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, field: str) ->
                 raise ConfigError(field, f"{path.name} of shape {tuple(file_shape)}", f"must have shape {tuple(shape)}")
             f.seek(0)
             data = np.load(f, allow_pickle=False)
+    except ConfigError:
+        raise
     except OSError as e:
-        raise ConfigError(field, str(path), f"cannot be read ({e.strerror or e})", "check the file") from None
+        raise ConfigError(field, shown, f"cannot be read ({e.strerror or e})", "check the file") from None
     except ValueError as e:
-        raise ConfigError(field, str(path), f"cannot be loaded ({e})", "save it again with np.save") from None
+        raise ConfigError(field, shown, f"cannot be loaded ({e})", "save it again with np.save") from None
     return np.asarray(data)
 
 
@@ -199,7 +200,7 @@ def _gm_from_tensors(sc: Scenario, base_dir: Path | None) -> GlobalMemory:
         init: Any = t.init
         if t.init.endswith(".npy"):
             path = resolve_data_path(t.init, base_dir, f"{where}.init")
-            init = load_npy(path, tuple(t.shape), _dtype(t.dtype), f"{where}.init")
+            init = load_npy(path, tuple(t.shape), _dtype(t.dtype), f"{where}.init", t.init)
         gm.alloc(t.name, list(t.shape), t.dtype, init, t.seed, where)
     return gm
 
@@ -269,7 +270,7 @@ def build_kernel(
         chip = str(resolve_data_path(chip, base_dir, "chip", limit=2**20))
     msg_types = {}
     for i, g in enumerate(sc.group):
-        _check_callback(g.callback, f"group[{i}].callback", allow_python)
+        _check_callback(g.callback, f"group[{i}].callback", allow_python or not import_callbacks)
         msg_types[g.name] = MESSAGE_TYPES[g.message or ("CubeMatmulMsg" if g.callback == "matmul" else "CubeMsgBody")]
     for i, a in enumerate(sc.aiv):
         for j, op in enumerate(a.ops):

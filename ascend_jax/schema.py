@@ -15,6 +15,7 @@ types, keys, ranges and sizes.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
@@ -204,8 +205,6 @@ class GroupTable(_Strict):
         if v.startswith("python:"):
             mod, _, attr = v.removeprefix("python:").partition(":")
             ident = r"[A-Za-z_][A-Za-z0-9_]*"
-            import re
-
             if not (re.fullmatch(rf"{ident}(\.{ident})*", mod) and re.fullmatch(ident, attr)):
                 raise PydanticCustomError("callback_form", "must look like 'python:package.module:Class'")
         return v
@@ -303,6 +302,10 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+#: Location parts pydantic adds for the member of a union that failed (not keys of the file).
+_UNION_MEMBER = re.compile(r"^(int|str|bool|float|none|constrained-\w+|[\w-]+\[.*\])$", re.S)
+
+
 def _path(loc: tuple[Any, ...]) -> str:
     """``('aiv', 2, 'ops', 3, 'post', 'group')`` -> ``aiv[2].ops[3].group`` (union tags dropped)."""
     out = ""
@@ -311,6 +314,8 @@ def _path(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         elif j >= 3 and loc[j - 2] == "ops" and isinstance(loc[j - 1], int) and part in OP_MODELS:
             continue  # the discriminator's tag, not a key of the file
+        elif j > 0 and _UNION_MEMBER.match(str(part)):
+            continue
         else:
             out += f".{part}" if out else str(part)
     return out or "scenario"
@@ -380,9 +385,12 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, Any, str, str]:
 def config_error(e: ValidationError) -> ConfigError:
     """The first error of a pydantic ``ValidationError`` as a :class:`ConfigError` (others counted)."""
     errs = e.errors(include_url=False)
+    # an unknown key first: a misspelt key is usually why a required one is "missing"
+    errs.sort(key=lambda err: err["type"] != "extra_forbidden")
     field, value, rule, fix = _describe(errs[0])
-    if len(errs) > 1:
-        rule += f" (and {len(errs) - 1} more error{'s' if len(errs) > 2 else ''})"
+    others = len({_path(tuple(err["loc"])) for err in errs} - {_path(tuple(errs[0]["loc"]))})
+    if others:
+        rule += f" (and errors in {others} more field{'s' if others > 1 else ''})"
     return ConfigError(field, value, rule, fix)
 
 
