@@ -209,3 +209,18 @@ def test_platform_ini_loader(tmp_path):
     bad.write_text("[SoCInfo]\ncube_core_cnt=twenty\n")
     with pytest.raises(ConfigError, match=r"cube_core_cnt = .twenty.: must be a positive number"):
         load_platform_ini(bad)
+
+
+def test_every_package_ships_in_the_wheel():
+    # pyproject lists packages explicitly (models/ ships as ascend_jax_models): a new subpackage must be added
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "ascend_jax").rglob("__init__.py")} | {
+        "ascend_jax_models"
+    }
+    assert set(config["packages"]) == on_disk
+    assert config["package-dir"] == {"ascend_jax_models": "models"}
