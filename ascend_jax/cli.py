@@ -32,6 +32,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from ascend_jax.errors import ConfigError
+from ascend_jax.models import RANKS_RANGE
 from ascend_jax.schema import MAX_STEPS_LIMIT, SEED_MAX, _Strict, config_error, scenario_json_schema
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_NOT_OK = 0, 1, 2, 3
@@ -55,7 +56,7 @@ class RunArgs(_Strict):
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
     max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS_LIMIT)] | None = None
     chunk: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
-    ranks: Annotated[int, Field(ge=2, le=8)] | None = None
+    ranks: Annotated[int, Field(ge=RANKS_RANGE[0], le=RANKS_RANGE[1])] | None = None
 
     @model_validator(mode="after")
     def _lane_seeds_fit(self) -> RunArgs:
@@ -110,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dump", metavar="DIR", help="write every GM tensor of lane 0 to DIR/<name>.npy")
     run.add_argument("--chunk", type=int, default=None, help="lanes per compiled call (default: by memory budget)")
-    run.add_argument("--ranks", type=int, default=None, help="ranks of a ring comm model, 2..8")
+    run.add_argument(
+        "--ranks", type=int, default=None, help=f"ranks of a ring comm model, {RANKS_RANGE[0]}..{RANKS_RANGE[1]}"
+    )
     run.add_argument(
         "--allow-python",
         action="store_true",
@@ -213,7 +216,12 @@ def _dump(program, image, directory: Path) -> None:
         target = directory / f"{name}.npy"
         if target.is_symlink() or target.resolve().parent != root:
             raise ConfigError("--dump", str(target), "would write outside the folder (a link or path)", "remove it")
-        np.save(target, program.gm.read(name, image))
+        try:
+            np.save(target, program.gm.read(name, image))
+        except OSError as e:
+            raise ConfigError(
+                "--dump", str(target), f"cannot be written ({e.strerror or e})", "free space or permissions"
+            ) from None
 
 
 def _run(args: argparse.Namespace) -> int:
