@@ -219,8 +219,7 @@ def test_every_package_ships_in_the_wheel():
 
     root = Path(__file__).resolve().parent.parent
     config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
-    on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "ascend_jax").rglob("__init__.py")} | {
-        "ascend_jax_models"
-    }
-    assert set(config["packages"]) == on_disk
+    code = {".".join(p.parent.relative_to(root).parts) for p in (root / "ascend_jax").rglob("__init__.py")}
+    data_only = {"ascend_jax.scenarios", "ascend_jax_models"}
+    assert set(config["packages"]) == code | data_only
     assert config["package-dir"] == {"ascend_jax_models": "models"}
