@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -275,3 +276,17 @@ def test_npy_paths_resolve_against_the_scenario_folder(capsys, sandbox):
     assert main(["run", str(path), "--engine", "reference", "--dump", str(out), "--json"]) == 0
     capsys.readouterr()
     np.testing.assert_array_equal(np.load(out / "a.npy"), np.full((4, 4), 0.5, np.float32))
+
+
+def test_console_script_process_exits_2_without_a_traceback(tmp_path):
+    # the real process, not main(): nothing (import, argparse, rich) prints a traceback
+    proc = subprocess.run(
+        [sys.executable, "-m", "ascend_jax.cli", "check", str(HOSTILE / "not_utf8.toml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "scenario = " in proc.stderr and "is not UTF-8 text" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
