@@ -33,7 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from ascend_jax.errors import ConfigError
 from ascend_jax.models import RANKS_RANGE
-from ascend_jax.schema import MAX_STEPS_LIMIT, SEED_MAX, _Strict, config_error, scenario_json_schema
+from ascend_jax.schema import MAX_STEPS_LIMIT, SEED_MAX, StrictModel, config_error, scenario_json_schema
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_NOT_OK = 0, 1, 2, 3
 #: Most lanes one ``run`` accepts (lanes run in chunks; this bounds the per-lane result objects).
@@ -49,7 +49,7 @@ def package_version() -> str:
     return __version__
 
 
-class RunArgs(_Strict):
+class RunArgs(StrictModel):
     """Numeric ``run`` arguments, validated like scenario keys (field names are the flags)."""
 
     batch: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1

@@ -50,7 +50,7 @@ STATE_NAMES = ("FREE", "VALID", "QUIT", "FAKE")
 DTYPE_NAMES = ("float16", "bfloat16", "float32", "int8", "int32", "half", "float", "bfloat16_t", "int8_t", "int32_t")
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     """Base of every table: strict types, unknown keys are errors, values are not coerced."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -67,7 +67,7 @@ FieldValue = Union[bool, int, float, str]  # noqa: UP007 (pydantic reads the uni
 # -- ops (one table per op kind, selected by "op") -------------------------------------------
 
 
-class AssignQueueOp(_Strict):
+class AssignQueueOp(StrictModel):
     """``AssignQueue(queue)``: this AIV's queue in ``group``."""
 
     op: Literal["assign_queue"]
@@ -75,7 +75,7 @@ class AssignQueueOp(_Strict):
     queue: Geometry
 
 
-class PostOp(_Strict):
+class PostOp(StrictModel):
     """``AllocMessage`` + ``PostMessage``: head ``state`` (default VALID), payload ``fields``."""
 
     op: Literal["post"]
@@ -87,21 +87,21 @@ class PostOp(_Strict):
     aiv_id: Annotated[int, Field(ge=0, le=255)] | None = None
 
 
-class FakeOp(_Strict):
+class FakeOp(StrictModel):
     """``AllocMessage`` + ``PostFakeMsg``."""
 
     op: Literal["fake"]
     group: Name
 
 
-class QuitOp(_Strict):
+class QuitOp(StrictModel):
     """``AllocMessage`` + ``SendQuitMsg``."""
 
     op: Literal["quit"]
     group: Name
 
 
-class WaitOp(_Strict):
+class WaitOp(StrictModel):
     """``Wait<sync>(offset)`` (default: this AIV's latest post in ``group``)."""
 
     op: Literal["wait"]
@@ -110,14 +110,14 @@ class WaitOp(_Strict):
     sync: bool = True
 
 
-class DelayOp(_Strict):
+class DelayOp(StrictModel):
     """``cycles`` idle cycles (one engine step each)."""
 
     op: Literal["delay"]
     cycles: Annotated[int, Field(ge=1, le=MAX_STEPS_LIMIT)]
 
 
-class ArriveOp(_Strict):
+class ArriveOp(StrictModel):
     """``GroupBarrier.Arrive(index)``."""
 
     op: Literal["arrive"]
@@ -125,7 +125,7 @@ class ArriveOp(_Strict):
     index: Geometry
 
 
-class BarrierWaitOp(_Strict):
+class BarrierWaitOp(StrictModel):
     """``GroupBarrier.Wait(index)``."""
 
     op: Literal["barrier_wait"]
@@ -133,7 +133,7 @@ class BarrierWaitOp(_Strict):
     index: Geometry
 
 
-OP_MODELS: dict[str, type[_Strict]] = {
+OP_MODELS: dict[str, type[StrictModel]] = {
     "assign_queue": AssignQueueOp,
     "post": PostOp,
     "fake": FakeOp,
@@ -152,7 +152,7 @@ Op = Annotated[
 # -- tables ----------------------------------------------------------------------------------
 
 
-class MatmulTable(_Strict):
+class MatmulTable(StrictModel):
     """``MatmulType`` element types of A, B, C and bias (GM, ND)."""
 
     a: Literal[DTYPE_NAMES] = "float16"  # type: ignore[valid-type]
@@ -164,7 +164,7 @@ class MatmulTable(_Strict):
     c_format: Literal["ND"] = "ND"
 
 
-class TilingTable(_Strict):
+class TilingTable(StrictModel):
     """The ``TCubeTiling`` fields a single-core IterateAll uses, in elements (int32, > 0)."""
 
     M: Tile
@@ -185,7 +185,7 @@ class TilingTable(_Strict):
     stepKb: Tile = 1
 
 
-class GroupTable(_Strict):
+class GroupTable(StrictModel):
     """``[[group]]``: ``CreateCubeResGroup(groupID, blockStart, blockSize, msgQueueSize)``."""
 
     name: Name
@@ -210,7 +210,7 @@ class GroupTable(_Strict):
         return v
 
 
-class BarrierTable(_Strict):
+class BarrierTable(StrictModel):
     """``[[barrier]]``: a ``GroupBarrier`` with ``arrive_size`` arriving and ``wait_size`` waiting AIVs."""
 
     name: Name
@@ -218,14 +218,14 @@ class BarrierTable(_Strict):
     wait_size: PositiveGeometry
 
 
-class AivTable(_Strict):
+class AivTable(StrictModel):
     """``[[aiv]]``: the program of the AIV with ``block_idx``."""
 
     block_idx: Geometry
     ops: list[Op] = Field(max_length=MAX_OPS)
 
 
-class TensorTable(_Strict):
+class TensorTable(StrictModel):
     """``[[tensor]]``: a GM tensor (``aclrtMalloc``) and its initial value."""
 
     name: Name
@@ -242,7 +242,7 @@ class TensorTable(_Strict):
         return v
 
 
-class Scenario(_Strict):
+class Scenario(StrictModel):
     """A scenario file: groups, barriers, AIV programs and GM tensors (DESIGN.md contract)."""
 
     model_config = ConfigDict(
