@@ -3,6 +3,13 @@
 Public API; everything not listed in ``__all__`` is an implementation detail.
 """
 
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("ascend_jax")
+except _metadata.PackageNotFoundError:  # pragma: no cover (a source tree that was never installed)
+    __version__ = "0+unknown"
+
 from ascend_jax.chips import CHIPS, ChipSpec, get_chip, load_platform_ini
 from ascend_jax.cube_group.barrier import BarrierGeometry
 from ascend_jax.cube_group.callbacks import (

@@ -100,12 +100,34 @@ def get_chip(name: str | ChipSpec, field: str = "chip") -> ChipSpec:
 _NUMBER = re.compile(r"^\s*[0-9.eE+-]+(\s*/\s*[0-9.eE+-]+)?\s*$")
 
 
+#: Largest INI file read, bytes (real platform_config files are a few KB).
+MAX_INI_BYTES = 2**20
+#: Largest core count accepted from an INI (far above any Ascend SoC).
+MAX_CORES = 4096
+
+
 def _number(value: str, where: str) -> float:
-    """An INI number; ``a/b`` quotients occur in real files (``ub_to_ddr_rate=21474836480/680000000``)."""
-    if not _NUMBER.match(value):
-        raise ConfigError(where, value, "must be a number or a quotient a/b")
-    parts = [float(x) for x in value.split("/")]
-    return parts[0] / parts[1] if len(parts) == 2 else parts[0]
+    """A positive, finite INI number; ``a/b`` quotients occur in real files
+    (``ub_to_ddr_rate=21474836480/680000000``)."""
+    rule = "must be a positive number or a quotient a/b of positive numbers"
+    if len(value) > 64 or not _NUMBER.match(value):
+        raise ConfigError(where, value, rule)
+    try:
+        parts = [float(x) for x in value.split("/")]
+        out = parts[0] / parts[1] if len(parts) == 2 else parts[0]
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(where, value, rule) from None
+    if not (0 < out < float("inf")):
+        raise ConfigError(where, value, rule)
+    return out
+
+
+def _count(value: str, where: str, limit: int = MAX_CORES) -> int:
+    """A whole number in 1..limit (core counts)."""
+    n = _number(value, where)
+    if n != int(n) or not 1 <= n <= limit:
+        raise ConfigError(where, value, f"must be a whole number in 1..{limit}")
+    return int(n)
 
 
 def load_platform_ini(path: str | Path, field: str = "chip") -> ChipSpec:
@@ -118,9 +140,15 @@ def load_platform_ini(path: str | Path, field: str = "chip") -> ChipSpec:
     cp = configparser.ConfigParser(strict=False, interpolation=None)
     cp.optionxform = str  # keys keep their case
     try:
-        text = p.read_text()
+        if not p.is_file():
+            raise ConfigError(field, str(p), "is not a regular file", "give a platform_config .ini file")
+        if p.stat().st_size > MAX_INI_BYTES:
+            raise ConfigError(field, str(p), f"is larger than {MAX_INI_BYTES} bytes (the limit)")
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(field, str(p), f"cannot be read ({e})") from None
+        raise ConfigError(field, str(p), f"cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(field, str(p), "is not UTF-8 text", "save it as UTF-8") from None
     try:
         cp.read_string(text)
     except configparser.Error as e:
@@ -133,9 +161,12 @@ def load_platform_ini(path: str | Path, field: str = "chip") -> ChipSpec:
     aic = get("SoCInfo", "cube_core_cnt") or get("SoCInfo", "ai_core_cnt")
     if aic is None:
         raise ConfigError(f"{where}[SoCInfo].cube_core_cnt", None, "is required (or ai_core_cnt)")
-    kw: dict[str, Any] = {"name": get("version", "SoC_version") or p.stem, "aic_num": int(_number(aic, where))}
+    kw: dict[str, Any] = {
+        "name": get("version", "SoC_version") or p.stem,
+        "aic_num": _count(aic, f"{where}[SoCInfo].cube_core_cnt"),
+    }
     aiv = get("SoCInfo", "vector_core_cnt")
-    kw["aiv_num"] = int(_number(aiv, f"{where}[SoCInfo].vector_core_cnt")) if aiv else 2 * kw["aic_num"]
+    kw["aiv_num"] = _count(aiv, f"{where}[SoCInfo].vector_core_cnt", 2 * MAX_CORES) if aiv else 2 * kw["aic_num"]
     for section, key, attr, conv in (
         ("SoCInfo", "memory_size", "memory_size", int),
         ("SoCInfo", "l2_size", "l2_size", int),
@@ -148,7 +179,10 @@ def load_platform_ini(path: str | Path, field: str = "chip") -> ChipSpec:
     ):
         v = get(section, key)
         if v is not None:
-            kw[attr] = conv(_number(v, f"{where}[{section}].{key}"))
+            x = _number(v, f"{where}[{section}].{key}")
+            if conv is int and (x != int(x) or x >= 2**63):
+                raise ConfigError(f"{where}[{section}].{key}", v, "must be a whole number of bytes below 2^63")
+            kw[attr] = conv(x)
     if cp.has_section("AICoreMemoryRates"):
         rates = {}
         for key, v in cp.items("AICoreMemoryRates"):
@@ -160,9 +194,10 @@ def load_platform_ini(path: str | Path, field: str = "chip") -> ChipSpec:
     if cp.has_section("DtypeMKN"):
         mkn = {}
         for key, v in cp.items("DtypeMKN"):
-            nums = [int(x) for x in v.split(",")]
-            if len(nums) != 3:
-                raise ConfigError(f"{where}[DtypeMKN].{key}", v, "must be M,N,K")
+            parts = v.split(",")
+            if len(parts) != 3 or not all(x.strip().isdigit() and 1 <= int(x) <= 4096 for x in parts):
+                raise ConfigError(f"{where}[DtypeMKN].{key}", v, "must be M,N,K: three whole numbers in 1..4096")
+            nums = [int(x) for x in parts]
             mkn["default" if key == "Default" else key.removeprefix("DT_").lower()] = tuple(nums)
         kw["dtype_mkn"] = {"default": (16, 16, 16), **mkn}
     return ChipSpec(**kw)

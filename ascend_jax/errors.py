@@ -8,6 +8,9 @@ Runtime protocol errors are not exceptions: they are status codes carried in the
 
 from __future__ import annotations
 
+#: Longest value repr an error message shows (a whole table would drown the message).
+MAX_VALUE_CHARS = 120
+
 
 class ConfigError(ValueError):
     """A static input (scenario, geometry, program) breaks a documented rule.
@@ -24,7 +27,10 @@ class ConfigError(ValueError):
         self.value = value
         self.rule = rule
         self.fix = fix
-        msg = f"{field} = {value!r}: {rule}"
+        shown = repr(value)
+        if len(shown) > MAX_VALUE_CHARS:
+            shown = shown[: MAX_VALUE_CHARS - 5] + " ...)"
+        msg = f"{field} = {shown}: {rule}"
         if fix:
             msg += f" (fix: {fix})"
         super().__init__(msg)

@@ -1,77 +1,174 @@
-"""Loading runnable models (``ascend-jax run --model NAME``).
+"""Loading runnable models (``ascend-jax run --model NAME``, ``ascend-jax models``).
 
-A model is ``NAME.py`` or ``NAME.toml`` in a models folder: ``$ASCEND_JAX_MODELS`` if set, then
-``./models``, then the ``models/`` folder of the source checkout this package was installed from.
-A Python model defines ``build(seed: int = 0) -> CubeGroupProgram`` and may define
-``expected(program) -> {tensor name: float64 array}``, its own numpy answer, which the numerics
-report checks next to the float64 reference interpreter.
+A model is ``NAME.py`` or ``NAME.toml`` in a models folder: first the folders listed in
+``$ASCEND_JAX_MODELS`` (separated by ``os.pathsep``), then the models shipped with the package
+(the source tree's top-level ``models/`` folder, installed as the package ``ascend_jax_models``).
+``NAME`` is a plain name (letters, digits, ``_``, ``-``); a file path (``../x/m.py``, ``/abs/m.py``)
+is accepted only with ``allow_python`` (``--allow-python``), since a Python model runs its code.
+
+A Python model defines ``build(seed: int = 0) -> CubeGroupProgram`` (or a comm ``TaskProgram``; comm
+models with a variable ring take ``ranks``) and may define ``expected(program) -> {tensor name:
+float64 array}``, its own numpy answer, which the numerics report checks next to the float64
+reference interpreter. Its module docstring's first line (a TOML model's first comment line) is
+the description ``ascend-jax models`` prints; listing never imports a model.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import importlib.util
+import inspect
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ascend_jax.errors import ConfigError
 from ascend_jax.scenario import load_scenario
+from ascend_jax.schema import did_you_mean
+
+MODELS_ENV = "ASCEND_JAX_MODELS"
+#: ``--ranks`` range of the ring comm models (the range the tests cover).
+RANKS_RANGE = (2, 8)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+_SUFFIXES = (".py", ".toml")
+
+
+def shipped_models_dir() -> Path | None:
+    """The folder of the models shipped with the package, or None if it is missing."""
+    spec = importlib.util.find_spec("ascend_jax_models")
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            if Path(loc).is_dir():
+                return Path(loc)
+    source_tree = Path(__file__).resolve().parent.parent / "models"  # an editable install made before packaging
+    return source_tree if source_tree.is_dir() else None
 
 
 def model_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get("ASCEND_JAX_MODELS"):
-        dirs.append(Path(os.environ["ASCEND_JAX_MODELS"]))
-    dirs.append(Path.cwd() / "models")
-    dirs.append(Path(__file__).resolve().parent.parent / "models")
+    """Folders searched for models, in order: ``$ASCEND_JAX_MODELS`` entries, then the shipped models."""
+    dirs = [Path(d) for d in os.environ.get(MODELS_ENV, "").split(os.pathsep) if d]
+    shipped = shipped_models_dir()
+    if shipped is not None:
+        dirs.append(shipped)
     return dirs
 
 
+def _model_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in model_dirs():
+        try:
+            entries = sorted(d.iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            if p.suffix in _SUFFIXES and _NAME.match(p.stem) and not p.stem.startswith("_") and p.is_file():
+                found.setdefault(p.stem, p)
+    return found
+
+
 def available_models() -> list[str]:
-    names = set()
-    for d in model_dirs():
-        if d.is_dir():
-            names.update(p.stem for p in d.iterdir() if p.suffix in (".py", ".toml") and not p.stem.startswith("_"))
-    return sorted(names)
+    """Names of every model ``--model`` accepts (without a path)."""
+    return sorted(_model_files())
 
 
-def find_model(name: str) -> Path:
-    for d in model_dirs():
-        for suffix in (".py", ".toml"):
-            p = d / f"{name}{suffix}"
-            if p.is_file():
-                return p
-    raise ConfigError("--model", name, f"no such model; models: {available_models()}")
+def describe(path: Path) -> str:
+    """One-line description of a model file, read without importing it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    if path.suffix == ".py":
+        try:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+        except (SyntaxError, ValueError, RecursionError):
+            return ""
+        return _first_sentence(doc.split("\n\n")[0])
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return _first_sentence(" ".join(lines))
+
+
+def _first_sentence(text: str) -> str:
+    words = " ".join(text.split())
+    head = words.split(". ")[0].rstrip(".")
+    return head + "." if head else ""
+
+
+def model_table() -> list[tuple[str, str, Path]]:
+    """(name, description, path) of every model, sorted by name."""
+    return [(name, describe(p), p) for name, p in sorted(_model_files().items())]
+
+
+def find_model(name: str, allow_python: bool = False) -> Path:
+    """The file of model ``name``; a path only with ``allow_python``."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError("--model", name, "must be a model name", "run `ascend-jax models` to list them")
+    if _NAME.match(name):
+        files = _model_files()
+        if name in files:
+            return files[name]
+        raise ConfigError(
+            "--model",
+            name,
+            f"no such model; models: {sorted(files)}",
+            (did_you_mean(name, files) + f"or add a folder holding {name}.py to ${MODELS_ENV}").strip(),
+        )
+    if not allow_python:
+        raise ConfigError(
+            "--model",
+            name,
+            "must be the name of a shipped model or of a file in a folder listed in $" + MODELS_ENV,
+            "run `ascend-jax models`; a model given by path runs its code and needs --allow-python",
+        )
+    p = Path(name)
+    if p.suffix not in _SUFFIXES or not p.is_file():
+        raise ConfigError("--model", name, "must be an existing .py or .toml file", "check the path")
+    return p
 
 
 def load_model(
-    name: str, seed: int = 0, max_steps: int | None = None, ranks: int | None = None
+    name: str,
+    seed: int = 0,
+    max_steps: int | None = None,
+    ranks: int | None = None,
+    allow_python: bool = False,
 ) -> tuple[Any, Callable[[Any], dict[str, Any]] | None, Path]:
     """Returns (program, expected function or None, path) of model ``name``: a
     :class:`CubeGroupProgram`, or a comm :class:`ascend_jax.aicpu.world.TaskProgram` for models
     whose ``build`` takes ``ranks``."""
-    path = find_model(name)
+    path = find_model(name, allow_python)
     if path.suffix == ".toml":
-        return load_scenario(path, max_steps=max_steps), None, path
-    spec = importlib.util.spec_from_file_location(f"ascend_jax_model_{name}", path)
+        if ranks is not None:
+            raise ConfigError(
+                "--ranks", ranks, f"model {path.stem!r} is a cube-group scenario", "--ranks applies to ring comm models"
+            )
+        return load_scenario(path, max_steps=max_steps, allow_python=allow_python), None, path
+    spec = importlib.util.spec_from_file_location(f"ascend_jax_model_{path.stem.replace('-', '_')}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError("--model", name, f"{path} cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not hasattr(module, "build"):
-        raise ConfigError("--model", name, f"{path} defines no build(seed) function")
-    import inspect
-
+    if not callable(getattr(module, "build", None)):
+        raise ConfigError("--model", name, f"{path} defines no build(seed) function", "add one")
     params = inspect.signature(module.build).parameters
     if ranks is not None:
         if "ranks" not in params:
-            raise ConfigError("--ranks", ranks, f"model {name!r} has a fixed number of ranks")
-        if not 2 <= ranks <= 64:
-            raise ConfigError("--ranks", ranks, "must be in 2..64")
+            raise ConfigError(
+                "--ranks", ranks, f"model {path.stem!r} has a fixed number of ranks (or is a cube-group model)",
+                "leave --ranks out; it applies to the ring comm models",
+            )  # fmt: skip
+        lo, hi = RANKS_RANGE
+        if not lo <= ranks <= hi:
+            raise ConfigError("--ranks", ranks, f"must be in {lo}..{hi}", "")
         program = module.build(seed, ranks=ranks)
     else:
         program = module.build(seed)
     if max_steps is not None:
-        import dataclasses
-
         program = dataclasses.replace(program, max_steps=max_steps)
     return program, getattr(module, "expected", None), path

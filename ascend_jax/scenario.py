@@ -1,7 +1,16 @@
 """Scenario files (TOML, DESIGN.md contract) -> a validated :class:`CubeGroupProgram`.
 
-Every table and key is checked; unknown keys are errors, so a typo never silently drops a
-setting. Errors name the scenario path (``aiv[2].ops[3].group``), the value, the rule and a fix.
+Reading and validation happen in this order, each failure a :class:`ConfigError` (exit 2 in the CLI):
+
+1. the file: a regular file of at most :data:`~ascend_jax.schema.MAX_SCENARIO_BYTES`, UTF-8, TOML;
+2. the document against the pydantic schema (:mod:`ascend_jax.schema`: keys, strict types, ranges);
+3. cross checks that need more than one table: message fields against the group's message type,
+   ``python:`` callbacks (refused without ``allow_python``), data paths (``.npy``, chip ``.ini``;
+   relative paths resolve against the scenario's folder and may not leave it), total GM size;
+4. the builders (:class:`CubeGroupKernel`), which check geometry against the chip.
+
+A scenario never runs code unless the caller passes ``allow_python=True`` (``--allow-python``), and
+with ``import_callbacks=False`` (``ascend-jax check``) no user module is imported at all.
 """
 
 from __future__ import annotations
@@ -12,57 +21,71 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ascend_jax.cube_group.callbacks import BUILTIN_CALLBACKS, MatmulCallback, MergeCallback
 from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
 from ascend_jax.errors import ConfigError
-from ascend_jax.gm import tensors_from_tables
+from ascend_jax.gm import DTYPE_ALIASES, DTYPES, GlobalMemory
 from ascend_jax.message import MESSAGE_TYPES
+from ascend_jax.schema import GM_LIMIT_BYTES, MAX_SCENARIO_BYTES, Scenario, did_you_mean, validate_document
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-_TOP = {"name", "chip", "max_steps", "max_received", "group", "barrier", "aiv", "tensor"}
-_GROUP = {"name", "block_start", "block_size", "msg_queue_size", "callback", "message", "matmul", "tiling"}
-_GROUP_REQUIRED = {"name", "block_start", "block_size", "msg_queue_size"}
-_BARRIER = {"name", "arrive_size", "wait_size"}
-_AIV = {"block_idx", "ops"}
-_OPS = {
-    "assign_queue": ({"group", "queue"}, set()),
-    "post": ({"group"}, {"fields", "state", "aiv_id"}),
-    "fake": ({"group"}, set()),
-    "quit": ({"group"}, set()),
-    "wait": ({"group"}, {"offset", "sync"}),
-    "delay": ({"cycles"}, set()),
-    "arrive": ({"barrier", "index"}, set()),
-    "barrier_wait": ({"barrier", "index"}, set()),
-}
-
 DEFAULT_SCENARIO = "default"
+#: Message fields that hold sizes or counts and so may not be negative.
+_NON_NEGATIVE_FIELDS = {"tailM", "tailN", "tailK", "lastTailM", "mOrgShape", "nOrgShape", "kaOrgShape", "kbOrgShape"}
 
 
-def _keys(table: Any, path: str, required: set[str], optional: set[str]) -> Mapping[str, Any]:
-    if not isinstance(table, Mapping):
-        raise ConfigError(path, table, "must be a table")
-    unknown = set(table) - required - optional
-    if unknown:
-        raise ConfigError(
-            f"{path}.{sorted(unknown)[0]}",
-            table[sorted(unknown)[0]],
-            f"unknown key; allowed: {sorted(required | optional)}",
-        )
-    missing = required - set(table)
-    if missing:
-        raise ConfigError(f"{path}.{sorted(missing)[0]}", None, "is required")
-    return table
+def read_document(path: str | Path, field: str = "scenario", limit: int = MAX_SCENARIO_BYTES) -> dict[str, Any]:
+    """Reads a TOML file into a dict: a regular file, at most ``limit`` bytes, UTF-8, valid TOML."""
+    p = Path(path)
+    text = _read_text(p, field, limit)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(field, str(p), f"is not valid TOML ({e})", "fix the syntax at the position given") from None
+    except RecursionError:
+        raise ConfigError(field, str(p), "is nested too deeply to read", "flatten the tables") from None
 
 
-def load_scenario(source: str | Path | Mapping[str, Any], max_steps: int | None = None) -> CubeGroupProgram:
+def _read_text(p: Path, field: str, limit: int) -> str:
+    try:
+        if not p.exists():
+            raise ConfigError(field, str(p), "file not found", "check the path")
+        if not p.is_file():
+            raise ConfigError(field, str(p), "is not a regular file (a folder or a device)", "give a .toml file")
+        size = p.stat().st_size
+        if size > limit:
+            raise ConfigError(field, str(p), f"is {size} bytes; the limit is {limit} bytes", "split the scenario")
+        data = p.read_bytes()[: limit + 1]
+    except OSError as e:
+        raise ConfigError(field, str(p), f"cannot be read ({e.strerror or e})", "check its permissions") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(field, str(p), f"is not UTF-8 text (byte {e.start})", "save it as UTF-8") from None
+
+
+def load_scenario(
+    source: str | Path | Mapping[str, Any],
+    max_steps: int | None = None,
+    *,
+    allow_python: bool = False,
+    import_callbacks: bool = True,
+) -> CubeGroupProgram:
     """Loads and validates a scenario from a TOML file path or an already parsed document.
 
     Args:
-      source: path to a ``.toml`` file, or the parsed document.
+      source: path to a ``.toml`` file, or the parsed document (relative data paths then resolve
+        against the working directory).
       max_steps: overrides the scenario's ``max_steps``.
+      allow_python: let ``callback = "python:module:Class"`` import and run ``module``.
+      import_callbacks: False validates ``python:`` callbacks by form only and never imports them
+        (``ascend-jax check``); the program then carries a built-in stand-in.
     """
     base_dir = None
     if isinstance(source, Mapping):
@@ -70,13 +93,9 @@ def load_scenario(source: str | Path | Mapping[str, Any], max_steps: int | None 
     else:
         path = Path(source)
         base_dir = path.parent
-        try:
-            doc = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError("scenario", str(path), "file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("scenario", str(path), f"is not valid TOML ({e})") from None
-    return build_kernel(doc, max_steps, base_dir).compile()
+        doc = read_document(path)
+    kernel = build_kernel(doc, max_steps, base_dir, allow_python=allow_python, import_callbacks=import_callbacks)
+    return kernel.compile()
 
 
 def builtin_scenario_path(name: str = DEFAULT_SCENARIO) -> Path:
@@ -87,81 +106,229 @@ def builtin_scenario_path(name: str = DEFAULT_SCENARIO) -> Path:
     return path
 
 
-def build_kernel(doc: Mapping[str, Any], max_steps: int | None = None, base_dir: Path | None = None) -> CubeGroupKernel:
+def resolve_data_path(value: str, base_dir: Path | None, field: str, limit: int = GM_LIMIT_BYTES) -> Path:
+    """A data file named in a scenario: relative paths resolve against ``base_dir`` (the scenario's
+    folder) and may not leave it; the file must be a regular file of at most ``limit`` bytes."""
+    raw = Path(value)
+    if raw.is_absolute():
+        p = raw
+    else:
+        root = (base_dir if base_dir is not None else Path.cwd()).resolve()
+        p = (root / raw).resolve()
+        if not p.is_relative_to(root):
+            raise ConfigError(
+                field,
+                value,
+                "leaves the scenario's folder",
+                "put the file beside the scenario (or give an absolute path)",
+            )
+    try:
+        if not p.exists():
+            raise ConfigError(
+                field, value, f"file not found (looked at {str(p)!r})", "paths are relative to the scenario"
+            )
+        if not p.is_file():
+            raise ConfigError(field, value, "is not a regular file", "give a file")
+        if p.stat().st_size > limit:
+            raise ConfigError(field, value, f"is larger than {limit} bytes (the limit)", "use a smaller file")
+    except OSError as e:
+        raise ConfigError(field, value, f"cannot be read ({e.strerror or e})", "check its permissions") from None
+    return p
+
+
+def load_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, field: str, shown: str | None = None) -> np.ndarray:
+    """Reads a ``.npy`` file for a tensor of ``shape`` and ``dtype``, checking the header (format,
+    shape, element kind) before reading any data; never unpickles. ``shown``: the path as the user wrote it."""
+    fmt = np.lib.format
+    shown = shown or str(path)
+    try:
+        with open(path, "rb") as f:
+            try:
+                version = fmt.read_magic(f)
+            except ValueError:
+                raise ConfigError(
+                    field, shown, "is not a .npy file (an .npz or other format?)", "save with np.save"
+                ) from None
+            try:
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                file_shape, _, file_dtype = read_header(f)
+            except (ValueError, SyntaxError) as e:
+                raise ConfigError(field, shown, f"has an unreadable .npy header ({e})", "save with np.save") from None
+            if file_dtype.names is not None or file_dtype.subdtype is not None or file_dtype.kind not in "biuf":
+                raise ConfigError(
+                    field,
+                    f"{path.name} of dtype {file_dtype}",
+                    "must hold plain bool, integer or float data (not complex, structured or objects)",
+                    f"save an array of {dtype}",
+                )
+            if dtype.kind in "iu" and file_dtype.kind == "f":
+                raise ConfigError(
+                    field, f"{path.name} of dtype {file_dtype}", f"float data for a {dtype} tensor", "save integers"
+                )
+            if tuple(file_shape) != tuple(shape):
+                raise ConfigError(field, f"{path.name} of shape {tuple(file_shape)}", f"must have shape {tuple(shape)}")
+            f.seek(0)
+            data = np.load(f, allow_pickle=False)
+    except ConfigError:
+        raise
+    except OSError as e:
+        raise ConfigError(field, shown, f"cannot be read ({e.strerror or e})", "check the file") from None
+    except ValueError as e:
+        raise ConfigError(field, shown, f"cannot be loaded ({e})", "save it again with np.save") from None
+    return np.asarray(data)
+
+
+def _dtype(name: str) -> np.dtype:
+    return DTYPES[DTYPE_ALIASES.get(name, name)]
+
+
+def _gm_from_tensors(sc: Scenario, base_dir: Path | None) -> GlobalMemory:
+    total = 0
+    for t in sc.tensor:
+        nbytes = int(np.prod(t.shape, dtype=object)) * _dtype(t.dtype).itemsize
+        total += -(-max(nbytes, 1) // 512) * 512 + 512
+        if total >= GM_LIMIT_BYTES:
+            raise ConfigError(
+                "tensor",
+                f"{total} bytes up to {t.name!r}",
+                f"GM tensors must fit in {GM_LIMIT_BYTES} bytes (int32 addresses)",
+                "use smaller shapes",
+            )
+    gm = GlobalMemory()
+    for i, t in enumerate(sc.tensor):
+        where = f"tensor[{i}]"
+        init: Any = t.init
+        if t.init.endswith(".npy"):
+            path = resolve_data_path(t.init, base_dir, f"{where}.init")
+            init = load_npy(path, tuple(t.shape), _dtype(t.dtype), f"{where}.init", t.init)
+        gm.alloc(t.name, list(t.shape), t.dtype, init, t.seed, where)
+    return gm
+
+
+def _check_callback(spec: str, field: str, allow_python: bool) -> None:
+    if spec.startswith("python:"):
+        if not allow_python:
+            raise ConfigError(
+                field,
+                spec,
+                "a python: callback imports and runs code named by the scenario; refused by default",
+                "pass --allow-python (allow_python=True) if you trust this file",
+            )
+        return
+    if spec not in BUILTIN_CALLBACKS:
+        raise ConfigError(
+            field,
+            spec,
+            f"unknown callback; built-ins are {sorted(BUILTIN_CALLBACKS)}",
+            (did_you_mean(spec, BUILTIN_CALLBACKS) + "or 'python:package.module:Class' with --allow-python").strip(),
+        )
+
+
+def _check_fields(fields: Mapping[str, Any], dtype: np.dtype, where: str) -> None:
+    """Types of ``post`` fields against the message type (pack_message checks the ranges)."""
+    names = list(dtype.names[1:])
+    for name, value in fields.items():
+        field = f"{where}.fields.{name}"
+        if name not in names:
+            raise ConfigError(
+                field,
+                value,
+                f"not a payload field of the message type (fields: {names})",
+                (did_you_mean(name, names) + "head is set by the post call's state / aiv_id").strip(),
+            )
+        kind = dtype.fields[name][0].kind
+        if isinstance(value, str):
+            if not (name.endswith("Addr") and kind == "u"):
+                raise ConfigError(
+                    field, value, "must be an integer; only address fields (…Addr) take 'tensor+byte_offset'", ""
+                )
+        elif isinstance(value, bool):
+            if kind != "b":
+                raise ConfigError(field, value, "must be an integer (true/false are not integers)", "write 0 or 1")
+        elif isinstance(value, float) and kind != "f":
+            raise ConfigError(field, value, "must be an integer", "write it without a fraction")
+        elif name in _NON_NEGATIVE_FIELDS and value < 0:
+            raise ConfigError(field, value, "must be >= 0 (a size in elements)", "")
+
+
+def build_kernel(
+    doc: Mapping[str, Any],
+    max_steps: int | None = None,
+    base_dir: Path | None = None,
+    *,
+    allow_python: bool = False,
+    import_callbacks: bool = True,
+) -> CubeGroupKernel:
     """Builds (without compiling) the kernel a parsed scenario describes.
 
     ``[[tensor]]`` tables are allocated first, in order; ``.npy`` paths are relative to
     ``base_dir`` (the scenario's folder). Message fields may be written ``"tensor+byte_offset"``.
     """
-    _keys(doc, "scenario", set(), _TOP)
+    sc = validate_document(doc)
+    chip: str = sc.chip
+    if chip.endswith(".ini"):
+        chip = str(resolve_data_path(chip, base_dir, "chip", limit=2**20))
+    msg_types = {}
+    for i, g in enumerate(sc.group):
+        _check_callback(g.callback, f"group[{i}].callback", allow_python or not import_callbacks)
+        msg_types[g.name] = MESSAGE_TYPES[g.message or ("CubeMatmulMsg" if g.callback == "matmul" else "CubeMsgBody")]
+    for i, a in enumerate(sc.aiv):
+        for j, op in enumerate(a.ops):
+            if op.op == "post" and op.fields and op.group in msg_types:
+                _check_fields(op.fields, msg_types[op.group], f"aiv[{i}].ops[{j}]")
     kernel = CubeGroupKernel(
-        chip=doc.get("chip", "910B1"),
-        name=doc.get("name", "scenario"),
-        max_steps=max_steps if max_steps is not None else doc.get("max_steps", 100_000),
-        max_received=doc.get("max_received"),
+        chip=chip,
+        name=sc.name,
+        max_steps=max_steps if max_steps is not None else sc.max_steps,
+        max_received=sc.max_received,
     )
-    kernel.gm = tensors_from_tables(doc.get("tensor"), base_dir)
-    groups = doc.get("group", [])
-    if not isinstance(groups, list) or not groups:
-        raise ConfigError("group", groups, "a scenario needs at least one [[group]]")
-    for i, g in enumerate(groups):
-        _keys(g, f"group[{i}]", _GROUP_REQUIRED, _GROUP - _GROUP_REQUIRED)
-        callback = g.get("callback", "merge")
-        message = g.get("message", "CubeMatmulMsg" if callback == "matmul" else "CubeMsgBody")
-        if message not in MESSAGE_TYPES:
-            raise ConfigError(f"group[{i}].message", message, f"unknown message type; one of {sorted(MESSAGE_TYPES)}")
+    kernel.gm = _gm_from_tensors(sc, base_dir)
+    for g in sc.group:
+        callback: Any = g.callback
+        if callback.startswith("python:") and not import_callbacks:
+            callback = MatmulCallback() if g.matmul is not None else MergeCallback()  # stand-in, never imported
         kernel.create_cube_res_group(
-            g["name"],
-            g["block_start"],
-            g["block_size"],
-            g["msg_queue_size"],
+            g.name,
+            g.block_start,
+            g.block_size,
+            g.msg_queue_size,
             callback,
-            MESSAGE_TYPES[message],
-            matmul=g.get("matmul"),
-            tiling=g.get("tiling"),
+            msg_types[g.name],
+            matmul=None if g.matmul is None else g.matmul.model_dump(),
+            tiling=None if g.tiling is None else g.tiling.model_dump(),
         )
-    for i, b in enumerate(doc.get("barrier", [])):
-        _keys(b, f"barrier[{i}]", _BARRIER, set())
-        kernel.group_barrier(b["name"], b["arrive_size"], b["wait_size"])
+    for b in sc.barrier:
+        kernel.group_barrier(b.name, b.arrive_size, b.wait_size)
     seen: dict[int, int] = {}
-    for i, a in enumerate(doc.get("aiv", [])):
-        _keys(a, f"aiv[{i}]", _AIV, set())
-        block = a["block_idx"]
-        if block in seen:
-            raise ConfigError(f"aiv[{i}].block_idx", block, f"already used by aiv[{seen[block]}]", "merge their ops")
-        program = kernel.aiv(block)
-        seen[block] = i
-        if not isinstance(a["ops"], list):
-            raise ConfigError(f"aiv[{i}].ops", a["ops"], "must be an array of op tables")
-        for j, op in enumerate(a["ops"]):
-            path = f"aiv[{i}].ops[{j}]"
-            if not isinstance(op, Mapping) or op.get("op") not in _OPS:
-                raise ConfigError(
-                    f"{path}.op", op.get("op") if isinstance(op, Mapping) else op, f"must be one of {sorted(_OPS)}"
-                )
-            required, optional = _OPS[op["op"]]
-            _keys(op, path, required | {"op"}, optional)
-            program.location = path
+    for i, a in enumerate(sc.aiv):
+        if a.block_idx in seen:
+            raise ConfigError(
+                f"aiv[{i}].block_idx", a.block_idx, f"already used by aiv[{seen[a.block_idx]}]", "merge their ops"
+            )
+        program = kernel.aiv(a.block_idx)
+        seen[a.block_idx] = i
+        for j, op in enumerate(a.ops):
+            program.location = f"aiv[{i}].ops[{j}]"
             _apply(program, op)
         program.location = None
     return kernel
 
 
-def _apply(program, op: Mapping[str, Any]) -> None:
-    kind = op["op"]
+def _apply(program, op) -> None:
+    kind = op.op
     if kind == "assign_queue":
-        program.assign_queue(op["group"], op["queue"])
+        program.assign_queue(op.group, op.queue)
     elif kind == "post":
-        program.post(op["group"], op.get("fields"), op.get("state", "VALID"), op.get("aiv_id"))
+        program.post(op.group, op.fields, op.state, op.aiv_id)
     elif kind == "fake":
-        program.fake(op["group"])
+        program.fake(op.group)
     elif kind == "quit":
-        program.quit(op["group"])
+        program.quit(op.group)
     elif kind == "wait":
-        program.wait(op["group"], op.get("offset"), op.get("sync", True))
+        program.wait(op.group, op.offset, op.sync)
     elif kind == "delay":
-        program.delay(op["cycles"])
+        program.delay(op.cycles)
     elif kind == "arrive":
-        program.arrive(op["barrier"], op["index"])
+        program.arrive(op.barrier, op.index)
     else:
-        program.barrier_wait(op["barrier"], op["index"])
+        program.barrier_wait(op.barrier, op.index)

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import ascend_jax as aj
+from ascend_jax import models as aj_models
 from ascend_jax.cli import main
 
 DEADLOCK = """
@@ -98,3 +99,19 @@ def test_default_run_prints_a_summary():
 def test_public_api_names_import():
     for name in aj.__all__:
         assert getattr(aj, name) is not None, name
+
+
+def test_chunk_runs_a_batch_in_chunks(capsys):
+    code, out = run_json(capsys, "models/merge_example.toml", "--batch", "3", "--chunk", "2", "--schedule", "random")
+    assert code == 0
+    assert [lane["seed"] for lane in out["batch"]] == [0, 1, 2]
+    assert all(lane["status"] == "ok" and lane["same_as_lane0"] for lane in out["batch"])
+
+
+def test_models_lists_every_shipped_model_with_a_description(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names == sorted(aj_models.available_models())
+    assert {"cube_group_sample", "merge_example", "p2p_send_recv", "allreduce"} <= set(names)
+    assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # a description on every line

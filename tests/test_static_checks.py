@@ -207,5 +207,19 @@ def test_platform_ini_loader(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.ini\[SoCInfo\].cube_core_cnt"):
         load_platform_ini(bad)
     bad.write_text("[SoCInfo]\ncube_core_cnt=twenty\n")
-    with pytest.raises(ConfigError, match="must be a number"):
+    with pytest.raises(ConfigError, match=r"cube_core_cnt = .twenty.: must be a positive number"):
         load_platform_ini(bad)
+
+
+def test_every_package_ships_in_the_wheel():
+    # pyproject lists packages explicitly (models/ ships as ascend_jax_models): a new subpackage must be added
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    code = {".".join(p.parent.relative_to(root).parts) for p in (root / "ascend_jax").rglob("__init__.py")}
+    data_only = {"ascend_jax.scenarios", "ascend_jax_models"}
+    assert set(config["packages"]) == code | data_only
+    assert config["package-dir"] == {"ascend_jax_models": "models"}
