@@ -39,7 +39,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_NOT_OK = 0, 1, 2, 3
 #: Most lanes one ``run`` accepts (lanes run in chunks; this bounds the per-lane result objects).
 MAX_BATCH = 2**20
 #: ``run`` flags that do not apply to comm models (given explicitly: exit 2).
-COMM_UNSUPPORTED = ("schedule", "atomic_order", "dump", "chunk", "batch", "seed")
+COMM_UNSUPPORTED = ("schedule", "atomic_order", "dump", "chunk", "batch", "seed", "devices")
 
 
 def package_version() -> str:
@@ -57,6 +57,7 @@ class RunArgs(StrictModel):
     max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS_LIMIT)] | None = None
     chunk: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
     ranks: Annotated[int, Field(ge=RANKS_RANGE[0], le=RANKS_RANGE[1])] | None = None
+    devices: Annotated[int, Field(ge=1, le=4096)] | None = None
 
     @model_validator(mode="after")
     def _lane_seeds_fit(self) -> RunArgs:
@@ -90,7 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a scenario (the built-in default if no file is given) or a model")
     run.add_argument("file", nargs="?", help="scenario .toml file")
     run.add_argument("--json", action="store_true", help="print the result JSON (DESIGN.md contract)")
-    run.add_argument("--engine", choices=["jax", "reference"], default=None, help="default: jax")
+    run.add_argument(
+        "--engine",
+        choices=["auto", "jax", "reference"],
+        default=None,
+        help="default auto: the reference interpreter for one lane of a deterministic schedule (no compile), "
+        "else the JAX engine",
+    )
+    run.add_argument(
+        "--devices", type=int, default=None, help="shard the lanes over this many local devices (default: all)"
+    )
     run.add_argument("--batch", type=int, default=None, help=f"number of lanes, 1..{MAX_BATCH} (seeds seed..seed+N-1)")
     run.add_argument("--seed", type=int, default=None, help=f"seed of the first lane's random schedule, 0..{SEED_MAX}")
     run.add_argument(
@@ -250,13 +260,18 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--ranks", nums.ranks, "applies only to ring comm models", "leave --ranks out")
         path = args.file or builtin_scenario_path()
         program = load_scenario(path, max_steps=nums.max_steps, allow_python=args.allow_python)
-    engine = args.engine or "jax"
     schedule = args.schedule or "lockstep"
     atomic_order = args.atomic_order or "fixed"
+    engine = args.engine or "auto"
+    if engine == "auto":  # one deterministic lane: the interpreter answers before JAX would compile
+        jax_only = atomic_order != "fixed" or nums.chunk is not None or nums.devices is not None
+        single = nums.batch == 1 and schedule != "random"  # random lanes replay only in the engine that drew them
+        engine = "reference" if single and not jax_only else "jax"
     if engine == "reference" and atomic_order != "fixed":
         raise ConfigError("--atomic-order", atomic_order, "random needs --engine jax", "leave --engine out")
-    if engine == "reference" and nums.chunk is not None:
-        raise ConfigError("--chunk", nums.chunk, "applies to --engine jax only", "leave --chunk out")
+    for flag in ("chunk", "devices"):
+        if engine == "reference" and getattr(nums, flag) is not None:
+            raise ConfigError(f"--{flag}", getattr(nums, flag), "applies to --engine jax only", f"leave --{flag} out")
     dump_dir = _prepare_dump(args.dump) if args.dump else None
     return _run_cube(program, expected, path, nums, engine, schedule, atomic_order, dump_dir, args.json)
 
@@ -272,7 +287,15 @@ def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_o
     if engine == "reference":
         results = [run_reference(program, schedule, s) for s in seeds]
     else:
-        kw: dict[str, Any] = {} if nums.chunk is None else {"chunk_size": nums.chunk}
+        enable_compilation_cache()
+        if nums.devices is not None:
+            import jax
+
+            if nums.devices > len(jax.devices()):
+                raise ConfigError(
+                    "--devices", nums.devices, f"this machine has {len(jax.devices())} device(s)", "lower --devices"
+                )
+        kw: dict[str, Any] = {"chunk_size": nums.chunk, "devices": nums.devices, "progress": nums.batch > 1}
         results = simulate([program] * nums.batch, schedule=schedule, seeds=seeds, atomic_order=atomic_order, **kw)
     elapsed = time.perf_counter() - t0
     numerics_ok = True
@@ -289,21 +312,12 @@ def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_o
     if as_json:
         out = results[0].to_json()
         if nums.batch > 1:
-            first = results[0].outcome()
-            out["batch"] = [
-                {
-                    "lane": i,
-                    "seed": r_seed,
-                    "status": r.status.label,
-                    "steps": r.steps,
-                    "same_as_lane0": r.outcome() == first,
-                }
-                for i, (r, r_seed) in enumerate(zip(results, seeds, strict=True))
-            ]
+            out["batch"] = results.batch_json()
         print(json.dumps(out, indent=2))
     else:
         _summary(results, str(path), engine, schedule, elapsed)
-    ok = all(r.status == Status.OK for r in results) and numerics_ok
+    statuses = results.status if hasattr(results, "status") else [r.status for r in results]
+    ok = all(int(x) == Status.OK for x in statuses) and numerics_ok
     return EXIT_OK if ok else EXIT_NOT_OK
 
 
@@ -348,6 +362,27 @@ def _run_comm(program, expected, args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_NOT_OK
 
 
+def enable_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache in a user cache folder, so that repeated CLI runs
+    of one shape do not compile again (``ASCEND_JAX_CACHE_DIR`` overrides the folder; ``off`` disables)."""
+    import os
+
+    import jax
+
+    folder = os.environ.get("ASCEND_JAX_CACHE_DIR")
+    if folder == "off":
+        return
+    if not folder:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "ascend_jax", "jax")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return  # no writable cache folder: compile every time
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def _summary(results, path: str, engine: str, schedule: str, elapsed: float) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -361,13 +396,13 @@ def _summary(results, path: str, engine: str, schedule: str, elapsed: float) -> 
         f"[bold]{safe(r.program.name)}[/bold] ({safe(path)})  engine={engine} schedule={schedule} lanes={len(results)}  "
         f"status=[{colour}]{r.status.label}[/{colour}]  steps={r.steps}  wall={elapsed:.2f}s"
     )
-    if len(results) > 1:
-        counts = Counter(x.status.label for x in results)
-        same = sum(x.outcome() == r.outcome() for x in results)
-        console.print(f"lanes: {dict(counts)}; {same}/{len(results)} with lane 0's received logs and slot states")
-        failing = [x for x in results if x.status in (Status.DEADLOCK, Status.ERROR)]
-        if failing:
-            seeds = ", ".join(str(x.seed) for x in failing[:10]) + (" ..." if len(failing) > 10 else "")
+    if len(results) > 1:  # a BatchResult: aggregates from its arrays, no per-lane objects
+        same = int(results.same_as_lane0().sum())
+        console.print(f"lanes: {results.status_counts()}; {same}/{len(results)} with lane 0's outcome")
+        bad = (results.status == Status.DEADLOCK) | (results.status == Status.ERROR)
+        failing = results.seeds[bad]
+        if len(failing):
+            seeds = ", ".join(str(x) for x in failing[:10]) + (" ..." if len(failing) > 10 else "")
             console.print(f"[red]{len(failing)} lanes ended in deadlock or error[/red]; replay one alone with "
                           f"--batch 1 --schedule {schedule} --seed S, S in: {seeds}")  # fmt: skip
     for gi, g in enumerate(r.program.groups):

@@ -77,16 +77,24 @@ def numerics_report(
     the float64 reference. Also stores the report in each result's ``numerics``."""
     if isinstance(results, CubeGroupResult):
         results = [results]
+    arrays = getattr(results, "arrays", None)  # a BatchResult: read every lane's GM from its array
+    if arrays is not None:
+        images = [arrays["gm"][i, : program.gm.size] for i in range(len(results))]
+    else:
+        images = [r.gm for r in results]
     refs, combos = exact_reference(program)
     report = {}
     for name, ref in refs.items():
         dt = program.gm.tensors[name].dtype
         tol = TOLERANCE[_name(dt)]
-        sim = results[0].tensor(name)
+        sim = program.gm.read(name, images[0])
         entry = {"dtype": _name(dt), "combination": combos[name], **compare(sim, ref, tol)}
-        if len(results) > 1:
-            entry["lane_spread"] = max(rel_l2(r.tensor(name), sim) for r in results[1:])
+        if len(images) > 1:
+            entry["lane_spread"] = max(rel_l2(program.gm.read(name, im), sim) for im in images[1:])
         report[name] = entry
-    for r in results:
-        r.numerics = report
+    if arrays is not None:
+        results.numerics = report  # lanes built later carry it
+    else:
+        for r in results:
+            r.numerics = report
     return report

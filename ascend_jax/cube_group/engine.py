@@ -394,9 +394,10 @@ def _lane_major(shape: EngineShape, st: State) -> dict[str, np.ndarray]:
 def _progress(show: bool, total: int):
     if not show:
         return None
+    from rich.console import Console
     from rich.progress import Progress
 
-    bar = Progress(transient=False)
+    bar = Progress(console=Console(stderr=True), transient=True)  # stdout stays clean for --json
     task = bar.add_task("lanes", total=total)
     bar.start()
     return bar, task

@@ -71,6 +71,8 @@ class BatchResult(Sequence):
         self.status = arrays["status"]
         self.steps = arrays["step"]
         self._cache: dict[int, CubeGroupResult] = {}
+        #: the numerics report (:func:`ascend_jax.numerics.numerics_report`) once computed
+        self.numerics: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.status)
@@ -82,6 +84,8 @@ class BatchResult(Sequence):
         hit = self._cache.get(i)
         if hit is None:
             hit = self._cache[i] = self._lane(i)
+        if hit.numerics is None:
+            hit.numerics = self.numerics
         return hit
 
     def __iter__(self) -> Iterator[CubeGroupResult]:
@@ -123,12 +127,25 @@ class BatchResult(Sequence):
         return slot, state, count
 
     def same_as_lane0(self) -> np.ndarray:
-        """[B] whether each lane's status, received logs and final slot states equal lane 0's."""
+        """[B] whether each lane's outcome equals lane 0's: status, received logs, final slot states,
+        where its cores stopped (the deadlock witness) and its error."""
+        a = self.arrays
         slot, state, count = self.received_slots()
         same = (self.status == self.status[0]) & (count == count[:1]).all(axis=1)
         same &= ((slot == slot[:1]) & (state == state[:1])).all(axis=(1, 2))
-        same &= (self.arrays["slot_state"] == self.arrays["slot_state"][:1]).all(axis=1)
+        for key in ("slot_state", "aiv_pc", "aic_phase", "aic_pc", "error_code", "error_aic", "error_slot"):
+            x = a[key].reshape(len(self), -1)
+            same &= (x == x[:1]).all(axis=1)
         return same
+
+    def batch_json(self) -> list[dict[str, Any]]:
+        """The result JSON's ``"batch"`` list: each lane's seed, status, steps and whether its
+        received logs and slot states equal lane 0's (from the arrays; no per-lane objects)."""
+        same = self.same_as_lane0()
+        return [
+            {"lane": i, "seed": int(s), "status": Status(int(st)).label, "steps": int(n), "same_as_lane0": bool(m)}
+            for i, (s, st, n, m) in enumerate(zip(self.seeds, self.status, self.steps, same, strict=True))
+        ]
 
     def kernel_cycles(self) -> np.ndarray | None:
         """[B] cycles when the last core finished (timed schedule), else None."""
