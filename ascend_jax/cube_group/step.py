@@ -50,9 +50,11 @@ def _lookup(shape: EngineShape, table: jax.Array, idx: jax.Array) -> jax.Array:
 
 
 def _pick4(rows: jax.Array, d: jax.Array) -> jax.Array:
-    """``rows`` [M, 4, B] at depth ``d`` [M, B] -> [M, B] (one-hot over the 4 depths)."""
-    sel = d[:, None, :] == jnp.arange(D4)[None, :, None]
-    return jnp.where(sel, rows, jnp.zeros((), rows.dtype)).sum(axis=1).astype(rows.dtype)
+    """``rows`` [M, 4, B] at depth ``d`` [M, B] -> [M, B] (a select chain over the 4 depths)."""
+    out = rows[:, 0]
+    for k in range(1, D4):
+        out = jnp.where(d == k, rows[:, k], out)
+    return out
 
 
 def _grid_index(col: jax.Array, d: jax.Array, w: int) -> jax.Array:
@@ -76,9 +78,13 @@ def _grid_put(grid: jax.Array, col: jax.Array, d: jax.Array, mask: jax.Array, va
     return flat.at[idx, lanes].set(value, mode="drop").reshape(grid.shape)
 
 
-def _first_true(mask: jax.Array) -> jax.Array:
-    """Index of the first True along axis 0 (0 if none): [M, B] -> [B]."""
-    return jnp.argmax(mask, axis=0)
+def _first_true(mask: jax.Array, axis: int = 0) -> jax.Array:
+    """Index of the first True along ``axis`` (0 if none). A min over indices, not ``argmax``:
+    XLA:CPU runs argmax as a variadic reduce that does not vectorise over lanes."""
+    n = mask.shape[axis]
+    iota = jax.lax.broadcasted_iota(jnp.int32, mask.shape, axis)
+    first = jnp.where(mask, iota, n).min(axis=axis)
+    return jnp.where(first == n, 0, first)
 
 
 def _at(x: jax.Array, i: jax.Array) -> jax.Array:
@@ -287,8 +293,8 @@ def _release(alive: jax.Array, n: jax.Array, row: jax.Array, col: jax.Array) -> 
     cols = jnp.arange(w)[None, :, None]
     later = alive & (cols > col[:, None, :]) & (cols < n[:, :, None])
     has_later = later.any(axis=1)
-    first_later = jnp.argmax(later, axis=1)
-    first_any = jnp.argmax(alive, axis=1)
+    first_later = _first_true(later, axis=1)
+    first_any = _first_true(alive, axis=1)
     new_row = jnp.where(has_later, row, (row + 1) % D4)
     new_col = jnp.where(has_later, first_later, first_any)
     return new_row.astype(jnp.int32), new_col.astype(jnp.int32)
