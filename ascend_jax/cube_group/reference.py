@@ -71,6 +71,7 @@ class _Aiv:
     block_idx: int
     ops: tuple[AivOp, ...]
     heads: dict  # group -> msgHead: the slot of this AIV's queue at depth 0 (group numbering)
+    msg_ids: list  # per op: the per-group message id of a post, -1 for other ops
     pc: int = 0
     timer: int = 0
     pos: dict = dataclasses.field(default_factory=dict)  # group -> ring position 0..3
@@ -153,18 +154,18 @@ class ReferenceInterpreter:
         )
         self.slots = {gi: [_Slot() for _ in range(g.num_slots)] for gi, g in enumerate(program.groups)}
         self.widths = widths = [g.aiv_per_aic for g in program.groups]  # P of every group
-        ids, counters = {}, [0] * len(widths)
+        heads: dict[int, dict[int, int]] = {b: {} for b, _ in program.aivs}
+        for (gi, b), q in program.queue_of.items():  # msgHead of queue q: its AIC's block, row 0, column q % P
+            heads[b][gi] = (q // widths[gi]) * widths[gi] * MAX_MSG_PER_AIV + q % widths[gi]
+        counters = [0] * len(widths)
         self.aivs = []
         for b, ops in program.aivs:
+            ids = [-1] * len(ops)
             for i, op in enumerate(ops):  # message ids: posts per group in (block_idx, op) order
                 if op.kind == "post":
-                    ids[(b, i)] = counters[op.group]
+                    ids[i] = counters[op.group]
                     counters[op.group] += 1
-            # msgHead of queue q: its AIC's block, row 0, column q % P (spec §2.3)
-            queues = {gi: q for gi in range(len(widths)) if (q := program.queue_of.get((gi, b))) is not None}
-            heads = {gi: (q // widths[gi]) * widths[gi] * MAX_MSG_PER_AIV + q % widths[gi] for gi, q in queues.items()}
-            self.aivs.append(_Aiv(b, ops, heads))
-        self.msg_ids = ids
+            self.aivs.append(_Aiv(b, ops, heads[b], ids))
         self.aics = []
         for gi, k in program.aics:
             g, cb, p = program.groups[gi], program.callbacks[gi], widths[gi]
@@ -212,21 +213,19 @@ class ReferenceInterpreter:
     def _aiv_ready(self, aiv: _Aiv) -> bool:
         op = aiv.ops[aiv.pc]
         kind = op.kind
-        if kind == "post" or kind == "fake" or kind == "quit":
-            return True
-        if kind == "alloc":
+        if kind == "wait":  # Wait<true> spins until the slot is FREE; Wait<false> reads once
+            return not op.sync or self.slots[op.group][aiv.heads[op.group] + op.offset].state == FREE
+        if kind == "alloc":  # AllocMessage spins until the ring slot is FREE
             pos = aiv.pos.get(op.group, 0)
             return self.slots[op.group][aiv.heads[op.group] + pos * self.widths[op.group]].state == FREE
-        if kind == "wait" and op.sync:
-            return self.slots[op.group][aiv.heads[op.group] + op.offset].state == FREE
         if kind == "arrive":
             obj = self._barrier_obj(aiv, op.group)
             thr = obj.arrive_threshold()
             return thr < 0 or self.counters_w[op.group, op.index] == thr
-        if op.kind == "barrier_wait":
+        if kind == "barrier_wait":
             obj = self._barrier_obj(aiv, op.group)
             return self.counters_a[op.group, op.index] >= obj.wait_threshold()
-        return True  # post, fake, quit, Wait<false>, delay
+        return True  # post, fake, quit, delay
 
     def _aiv_act(self, aiv: _Aiv) -> None:
         op = aiv.ops[aiv.pc]
@@ -243,7 +242,7 @@ class ReferenceInterpreter:
         elif kind == "post":  # the whole struct, head included
             slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
             slot.state, slot.aiv_id = op.state, op.aiv_id
-            slot.payload, slot.msg_id = op.payload, self.msg_ids[(aiv.block_idx, aiv.pc)]
+            slot.payload, slot.msg_id = op.payload, aiv.msg_ids[aiv.pc]
         elif kind == "fake":  # head state only; payload stays stale
             self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]].state = FAKE
         elif kind == "quit":  # SetQuit: aivID, then the state
@@ -594,7 +593,8 @@ class ReferenceInterpreter:
         """One step; returns whether any core was enabled (progress was possible)."""
         if self.schedule == "timed":
             return self._timed_step()
-        ready_v = [a for a in self.busy_aivs if self._aiv_ready(a)]
+        aiv_ready, aic_ready = self._aiv_ready, self._aic_ready
+        ready_v = [a for a in self.busy_aivs if aiv_ready(a)]
         if self.schedule == "lockstep":  # every enabled AIV acts (a delay's tick touches only its timer)
             acting = ready_v
         else:
@@ -602,9 +602,9 @@ class ReferenceInterpreter:
             acting = ticking + self._chosen([a for a in ready_v if a.ops[a.pc].kind != "delay"])
         for a in acting:
             self._aiv_act(a)
-        ready_c = [c for c in self.busy_aics if self._aic_ready(c)]
+        ready_c = [c for c in self.busy_aics if aic_ready(c)]
         errors = []
-        for c in self._chosen(ready_c):
+        for c in ready_c if self.schedule == "lockstep" else self._chosen(ready_c):
             err = self._aic_act(c)
             if err is not None:
                 errors.append(err)
