@@ -51,11 +51,11 @@ def jax_device() -> tuple[str, int]:
     return f"{d.platform}:{d.device_kind}", jax.device_count()
 
 
-def best_time(fn: Callable[[], object], min_total_s: float, max_repeats: int) -> float:
-    """Smallest wall time (s) of repeated ``fn()`` calls: at least one call, then more until
-    ``min_total_s`` seconds have passed or ``max_repeats`` calls were made (the machine is shared)."""
+def best_time(fn: Callable[[], object], repeats: int, min_total_s: float = 0.0) -> float:
+    """Smallest wall time (s) of ``fn()`` over ``repeats`` calls, and more calls (up to 1,000) while
+    their total is under ``min_total_s`` (the machine is shared: the best call is the least disturbed)."""
     best, total, n = float("inf"), 0.0, 0
-    while n < 1 or (total < min_total_s and n < max_repeats):
+    while n < repeats or (total < min_total_s and n < 1000):
         t0 = time.perf_counter()
         fn()
         dt = time.perf_counter() - t0
@@ -64,20 +64,23 @@ def best_time(fn: Callable[[], object], min_total_s: float, max_repeats: int) ->
 
 
 def time_sequential(run: Callable[[CubeGroupProgram], object], programs: Sequence[CubeGroupProgram]) -> float:
-    """Seconds to run every lane one after another with ``run`` (best of a few passes)."""
+    """Seconds to run every lane one after another with ``run``: best of 3 passes (2 above 4,096
+    lanes), or of as many as fit half a second for small batches."""
 
     def all_lanes():
         for p in programs:
             run(p)
 
-    return best_time(all_lanes, 0.5 if len(programs) < 1024 else 0.0, 200 if len(programs) < 1024 else 2)
+    n = len(programs)
+    return best_time(all_lanes, 3 if n <= 4096 else 2, 0.5 if n < 64 else 0.0)
 
 
 def time_jax(programs: Sequence[CubeGroupProgram]) -> tuple[float, float, float]:
     """``(end_to_end_s, engine_s, compile_s)`` of the JAX engine on a batch of lanes.
 
-    end_to_end_s: a warm ``simulate(programs)`` that returns every lane's result (best of a few).
-    engine_s: the compiled batched loop alone, on tables already encoded (best of a few).
+    end_to_end_s: a warm ``simulate(programs)`` that returns every lane's result.
+    engine_s: the compiled batched loop alone, on tables already encoded.
+    Both are the best of 3 calls (2 above 4,096 lanes; small batches: as many as fit 0.5 s).
     compile_s: the first ``simulate`` call minus a warm one.
 
     This is the one place that knows the engine's internals (``engine.prepare`` and
@@ -88,15 +91,15 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> tuple[float, float, float]
     t0 = time.perf_counter()
     aj.simulate(programs)
     first = time.perf_counter() - t0
-    repeats = 3 if len(programs) <= 4096 else 1
-    end_to_end = best_time(lambda: aj.simulate(programs), 0.0, repeats)
+    repeats, min_total_s = 3 if len(programs) <= 4096 else 2, 0.5 if len(programs) < 64 else 0.0
+    end_to_end = best_time(lambda: aj.simulate(programs), repeats, min_total_s)
     shape, n_frees, tab, keys = engine.prepare(programs, "lockstep", list(range(len(programs))))
 
     def loop():
         return jax.block_until_ready(engine._run_batch(shape, n_frees, tab, keys))
 
     loop()  # compiled already unless simulate chose smaller chunks
-    engine_s = best_time(loop, 0.0, 3)
+    engine_s = best_time(loop, repeats, min_total_s)
     return end_to_end, engine_s, max(first - end_to_end, 0.0)
 
 
