@@ -3,6 +3,9 @@
 Plain Python, one core action at a time, written from the spec independently of the engine: it
 walks the symbolic ops, keeps each AIV's ring position, each AIC's ``msgPos`` / ``aivWork`` /
 ``aivWorkState`` (a Python int bitmask) and runs ``release`` as the literal loop of spec §6.3.
+A user callback is called with numpy scalars, one message at a time; the built-in ``free`` and
+``merge`` callbacks' requests are written out from their documented rule (``_builtin_requests``),
+so the engine's traced callbacks are checked against an independent statement of that rule.
 
 Schedules:
 
@@ -264,9 +267,6 @@ class ReferenceInterpreter:
             self.some_finished = True
 
     # -- AIC -------------------------------------------------------------------------------
-    def _block(self, aic: _Aic) -> int:
-        return aic.base
-
     def _aic_ready(self, aic: _Aic) -> bool:
         slots = self.slots[aic.group]
         if aic.in_call:
@@ -275,7 +275,7 @@ class ReferenceInterpreter:
                 return True
             _, slot, wait = act
             return wait == NO_WAIT or slots[slot].state == wait
-        return slots[self._block(aic) + aic.msg_pos].state != FREE
+        return slots[aic.base + aic.msg_pos].state != FREE
 
     def _advance(self, aic: _Aic) -> None:
         p = aic.p
@@ -504,9 +504,9 @@ class ReferenceInterpreter:
         clock = self.aic_clock[i]
         slots = self.slot_time[aic.group]
         if not aic.in_call:
-            cur = self.slots[aic.group][self._block(aic) + aic.msg_pos]
+            cur = self.slots[aic.group][aic.base + aic.msg_pos]
             dur = self._c("poll") if cur.state == QUIT else self._c("dispatch")
-            return F32(max(clock, slots[self._block(aic) + aic.msg_pos])), dur
+            return F32(max(clock, slots[aic.base + aic.msg_pos])), dur
         act = aic.pending[0]
         if act[0] == "matmul":
             return clock, self._mm_cycles(aic, act[1])
