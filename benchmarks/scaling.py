@@ -3,8 +3,9 @@
 Kernel family: A AICs (blockStart 0, blockSize 2A) serving Q queues, every AIV posts ``m`` VALID
 messages then quits. Three sweeps around the sample's shape (A = 6, Q = 48, m = 2): Q, A (with
 Q = 2A) and m. For each point: the JAX engine's compiled loop at ``--batch`` lanes (best of 3,
-compile apart) and the reference interpreter (one lane, best of 3), as received messages per
-second, plus steps per run and the per-lane state size.
+compile apart), the plain sequential interpreter (``plain_interpreter.py``) and the reference
+interpreter (one lane, best of 3), as received messages per second, plus steps per run and the
+per-lane state size. ``ratio`` is the JAX loop over the plain interpreter.
 
     python benchmarks/scaling.py [--batch 256] [--quick] [--out FILE]
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import jax
 from _common import RESULTS, best_of, device_kind, machine, pyplot, write
+from plain_interpreter import run_plain
 
 from ascend_jax.cube_group import engine
 from ascend_jax.cube_group.program import CubeGroupKernel
@@ -39,6 +41,7 @@ def measure(program, batch: int) -> dict:
     ref = run_reference(program)
     msgs = sum(len(v) for v in ref.received.values())
     t_ref = best_of(lambda: run_reference(program), 3)
+    t_plain = best_of(lambda: run_plain(program), 3)
     shape, n_frees, tab, keys = engine.prepare([program] * batch, "lockstep", list(range(batch)))
     t0 = time.perf_counter()
     compiled = engine._run_batch.lower(shape, n_frees, tab, keys).compile()
@@ -47,9 +50,10 @@ def measure(program, batch: int) -> dict:
     return {
         "steps": ref.steps,
         "messages_per_lane": msgs,
+        "plain_messages_per_s": msgs / t_plain,
         "reference_messages_per_s": msgs / t_ref,
         "jax_messages_per_s": batch * msgs / t_eng,
-        "ratio": (batch * msgs / t_eng) / (msgs / t_ref),
+        "ratio": (batch * msgs / t_eng) / (msgs / t_plain),
         "jax_compile_s": compile_s,
         "lane_bytes": engine.lane_bytes(program),
     }
@@ -71,7 +75,7 @@ def main() -> None:
         for a, q, m in points:
             r = {"sweep": sweep, "aics": a, "queues": q, "messages_per_aiv": m, **measure(kernel(a, q, m), args.batch)}
             rows.append(r)
-            print(f"{sweep:17s} A={a:2d} Q={q:2d} m={m:2d}: steps {r['steps']:4d}  ref {r['reference_messages_per_s']:10,.0f}"
+            print(f"{sweep:17s} A={a:2d} Q={q:2d} m={m:2d}: steps {r['steps']:4d}  plain {r['plain_messages_per_s']:10,.0f}  ref {r['reference_messages_per_s']:10,.0f}"
                   f"  jax {r['jax_messages_per_s']:12,.0f} msgs/s  ratio {r['ratio']:6.1f}  lane {r['lane_bytes']} B")  # fmt: skip
     out = Path(args.out)
     write(out, {"meta": {**machine(), "device": device_kind(), "batch": args.batch}, "results": rows})
@@ -85,6 +89,7 @@ def main() -> None:
         pts = [r for r in rows if r["sweep"] == sweep]
         xs = [r[key] for r in pts]
         ax.plot(xs, [r["jax_messages_per_s"] for r in pts], marker="o", label=f"jax, batch {args.batch}")
+        ax.plot(xs, [r["plain_messages_per_s"] for r in pts], marker="^", label="plain Python")
         ax.plot(xs, [r["reference_messages_per_s"] for r in pts], marker="s", label="reference")
         ax.set_xlabel(key)
         ax.set_yscale("log")

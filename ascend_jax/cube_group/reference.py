@@ -3,6 +3,9 @@
 Plain Python, one core action at a time, written from the spec independently of the engine: it
 walks the symbolic ops, keeps each AIV's ring position, each AIC's ``msgPos`` / ``aivWork`` /
 ``aivWorkState`` (a Python int bitmask) and runs ``release`` as the literal loop of spec §6.3.
+A user callback is called with numpy scalars, one message at a time; the built-in ``free`` and
+``merge`` callbacks' requests are written out from their documented rule (``_builtin_requests``),
+so the engine's traced callbacks are checked against an independent statement of that rule.
 
 Schedules:
 
@@ -28,12 +31,13 @@ first (GM as it was), then the writes in AIC order, as in the engine's compute p
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ascend_jax.cube_group.barrier import BarrierObject
-from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView
+from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, FreeCallback, MergeCallback, MsgView
 from ascend_jax.cube_group.program import AivOp, CubeGroupProgram
 from ascend_jax.cube_group.result import CubeGroupResult
 from ascend_jax.cube_group.status import ErrorCode, Status
@@ -56,18 +60,21 @@ FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
 F32 = np.float32
 
 
-@dataclasses.dataclass
 class _Slot:
-    state: int = FREE
-    aiv_id: int = 0
-    payload: Any = None  # 0-d struct array, None = zeroed workspace
-    msg_id: int = -1
+    """One message slot. The class attributes are the zeroed workspace; writes set instance ones."""
+
+    state: int = FREE  # head msgState
+    aiv_id: int = 0  # head aivID
+    payload: Any = None  # 0-d struct array of the group's message type, None = zeroed
+    msg_id: int = -1  # which post (per-group message id) last wrote the payload
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Aiv:
     block_idx: int
     ops: tuple[AivOp, ...]
+    heads: dict  # group -> msgHead: the slot of this AIV's queue at depth 0 (group numbering)
+    msg_ids: list  # per op: the per-group message id of a post, -1 for other ops
     pc: int = 0
     timer: int = 0
     pos: dict = dataclasses.field(default_factory=dict)  # group -> ring position 0..3
@@ -80,12 +87,15 @@ class _Aiv:
         return self.pc >= len(self.ops)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Aic:
     group: int
     k: int
     core: int
     n: int
+    p: int  # P, the row width of the group's blocks
+    base: int  # first slot of this AIC's 4 x P block (group numbering)
+    builtin: str | None  # "free" / "merge" for the built-in callbacks (see _builtin_requests)
     msg_pos: int = 0
     aiv_work: int = 0
     aiv_work_state: int = 0
@@ -123,39 +133,66 @@ class ReferenceInterpreter:
         if numerics not in ("hardware", "exact"):
             raise ValueError(f"numerics = {numerics!r}: must be 'hardware' or 'exact'")
         self.numerics = numerics
-        from ascend_jax.timing import CostModel
+        if schedule == "timed":
+            from ascend_jax.timing import CostModel
 
-        self.cost = (cost or CostModel.for_chip(program.chip)).vector()
+            self.cost = (cost or CostModel.for_chip(program.chip)).vector()
         self.image = program.gm.image
         self.bounds = program.gm.bounds()
-        self.shadow = {n: program.gm.read(n).astype(np.float64) for n in program.gm.tensors}
+        self.shadow = (
+            {n: program.gm.read(n).astype(np.float64) for n in program.gm.tensors} if numerics == "exact" else {}
+        )
         self.written: set[str] = set()  # tensors a matmul wrote
         self._mm_queue: list = []
         self.p = program
         self.schedule = schedule
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed) if schedule == "random" else None
         self.max_steps = program.max_steps if max_steps is None else max_steps
-        self.capacity = program.receive_capacity()
+        # receive-log capacity: the exact value walks every op, so it is computed only once a log
+        # reaches its lower bound (two laps of the widest row) unless the program fixes it
+        self.capacity = program.max_received
+        self.capacity_floor = (
+            2 * MAX_MSG_PER_AIV * max(g.aiv_per_aic for g in program.groups) if self.capacity is None else self.capacity
+        )
         self.slots = {gi: [_Slot() for _ in range(g.num_slots)] for gi, g in enumerate(program.groups)}
-        ids, counters = {}, {}
-        for b, ops in program.aivs:  # message ids: posts per group in (block_idx, op) order
-            for i, op in enumerate(ops):
+        self.widths = widths = [g.aiv_per_aic for g in program.groups]  # P of every group
+        heads: dict[int, dict[int, int]] = {b: {} for b, _ in program.aivs}
+        for (gi, b), q in program.queue_of.items():  # msgHead of queue q: its AIC's block, row 0, column q % P
+            heads[b][gi] = (q // widths[gi]) * widths[gi] * MAX_MSG_PER_AIV + q % widths[gi]
+        counters = [0] * len(widths)
+        self.aivs = []
+        for b, ops in program.aivs:
+            ids = [-1] * len(ops)
+            for i, op in enumerate(ops):  # message ids: posts per group in (block_idx, op) order
                 if op.kind == "post":
-                    ids[(b, i)] = counters.get(op.group, 0)
-                    counters[op.group] = ids[(b, i)] + 1
-        self.msg_ids = ids
-        self.aivs = [_Aiv(b, ops) for b, ops in program.aivs]
+                    ids[i] = counters[op.group]
+                    counters[op.group] += 1
+            self.aivs.append(_Aiv(b, ops, heads[b], ids))
         self.aics = []
         for gi, k in program.aics:
-            g = program.groups[gi]
+            g, cb, p = program.groups[gi], program.callbacks[gi], widths[gi]
             n = g.queues_of_aic(k)
-            self.aics.append(_Aic(gi, k, program.aic_core_index(gi, k), n, aiv_work_state=(1 << n) - 1))
+            builtin = {FreeCallback: "free", MergeCallback: "merge"}.get(type(cb))
+            core = program.aic_core_index(gi, k)
+            aic = _Aic(gi, k, core, n, p, k * p * MAX_MSG_PER_AIV, builtin, aiv_work_state=(1 << n) - 1)
+            self.aics.append(aic)
+        self.busy_aivs = [a for a in self.aivs if not a.done]  # unfinished cores, in index order
+        self.busy_aics = list(self.aics)
+        self.some_finished = False  # a core finished in this step: drop it from the busy lists
         self.counters_a = np.zeros(
             (len(program.barriers), max((b.copies for b in program.barriers), default=1)), np.int64
         )
         self.counters_w = np.zeros_like(self.counters_a)
-        # timed schedule (float32 cycles, computed as the engine computes them)
+        if schedule == "timed":  # float32 cycles, computed as the engine computes them
+            self._init_timed()
+        for a in self.aics:  # CallBack::Init once per AIC, before its first message
+            cfg = program.matmuls[a.group] if program.matmuls else None
+            program.callbacks[a.group].init(*((None, None) if cfg is None else (Matmul(*cfg), cfg[1])))
+        self.error: dict | None = None
+
+    def _init_timed(self) -> None:
+        program = self.p
         self.aiv_clock = {a.block_idx: F32(0) for a in self.aivs}
         self.aic_clock = [F32(0)] * len(self.aics)
         self.slot_time = {gi: [F32(0)] * g.num_slots for gi, g in enumerate(program.groups)}
@@ -166,16 +203,10 @@ class ReferenceInterpreter:
         self.aic_blocked = [F32(0)] * len(self.aics)
         self.t_now = F32(0)
         self.occupancy: dict = {}
-        for a in self.aics:  # CallBack::Init once per AIC, before its first message
-            cfg = program.matmuls[a.group] if program.matmuls else None
-            program.callbacks[a.group].init(*((None, None) if cfg is None else (Matmul(*cfg), cfg[1])))
-        self.error: dict | None = None
 
     # -- AIV -------------------------------------------------------------------------------
     def _aiv_head(self, aiv: _Aiv, gi: int) -> int:
-        g = self.p.groups[gi]
-        q = self.p.queue_of[(gi, aiv.block_idx)]
-        return (q // g.aiv_per_aic) * g.aiv_per_aic * MAX_MSG_PER_AIV + q % g.aiv_per_aic
+        return aiv.heads[gi]
 
     def _barrier_obj(self, aiv: _Aiv, bi: int) -> BarrierObject:
         if bi not in aiv.barriers:
@@ -184,62 +215,58 @@ class ReferenceInterpreter:
 
     def _aiv_ready(self, aiv: _Aiv) -> bool:
         op = aiv.ops[aiv.pc]
-        if op.kind == "alloc":
+        kind = op.kind
+        if kind == "wait":  # Wait<true> spins until the slot is FREE; Wait<false> reads once
+            return not op.sync or self.slots[op.group][aiv.heads[op.group] + op.offset].state == FREE
+        if kind == "alloc":  # AllocMessage spins until the ring slot is FREE
             pos = aiv.pos.get(op.group, 0)
-            return (
-                self.slots[op.group][self._aiv_head(aiv, op.group) + pos * self.p.groups[op.group].aiv_per_aic].state
-                == FREE
-            )
-        if op.kind == "wait" and op.sync:
-            return self.slots[op.group][self._aiv_head(aiv, op.group) + op.offset].state == FREE
-        if op.kind == "arrive":
+            return self.slots[op.group][aiv.heads[op.group] + pos * self.widths[op.group]].state == FREE
+        if kind == "arrive":
             obj = self._barrier_obj(aiv, op.group)
             thr = obj.arrive_threshold()
             return thr < 0 or self.counters_w[op.group, op.index] == thr
-        if op.kind == "barrier_wait":
+        if kind == "barrier_wait":
             obj = self._barrier_obj(aiv, op.group)
             return self.counters_a[op.group, op.index] >= obj.wait_threshold()
-        return True  # post, fake, quit, Wait<false>, delay
+        return True  # post, fake, quit, delay
 
     def _aiv_act(self, aiv: _Aiv) -> None:
         op = aiv.ops[aiv.pc]
-        if op.kind == "delay":
+        kind = op.kind
+        if kind == "delay":
             aiv.timer += 1
             if aiv.timer < op.cycles:
                 return
             aiv.timer = 0
-        elif op.kind == "alloc":
-            g = self.p.groups[op.group]
+        elif kind == "alloc":
             pos = aiv.pos.get(op.group, 0)
-            aiv.alloc_slot[(op.group, op.alloc)] = self._aiv_head(aiv, op.group) + pos * g.aiv_per_aic
+            aiv.alloc_slot[(op.group, op.alloc)] = aiv.heads[op.group] + pos * self.widths[op.group]
             aiv.pos[op.group] = (pos + 1) % MAX_MSG_PER_AIV
-        elif op.kind in ("post", "fake", "quit"):
+        elif kind == "post":  # the whole struct, head included
             slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
-            if op.kind == "post":  # the whole struct, head included
-                slot.state, slot.aiv_id = op.state, op.aiv_id
-                slot.payload, slot.msg_id = op.payload, self.msg_ids[(aiv.block_idx, aiv.pc)]
-            elif op.kind == "fake":  # head state only; payload stays stale
-                slot.state = FAKE
-            else:  # SetQuit: aivID, then the state
-                slot.aiv_id, slot.state = op.aiv_id, QUIT
-        elif op.kind == "wait" and not op.sync:  # Wait<false> returns whether the slot is FREE
-            state = self.slots[op.group][self._aiv_head(aiv, op.group) + op.offset].state
+            slot.state, slot.aiv_id = op.state, op.aiv_id
+            slot.payload, slot.msg_id = op.payload, aiv.msg_ids[aiv.pc]
+        elif kind == "fake":  # head state only; payload stays stale
+            self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]].state = FAKE
+        elif kind == "quit":  # SetQuit: aivID, then the state
+            slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
+            slot.aiv_id, slot.state = op.aiv_id, QUIT
+        elif kind == "wait" and not op.sync:  # Wait<false> returns whether the slot is FREE
+            state = self.slots[op.group][aiv.heads[op.group] + op.offset].state
             aiv.wait_results.append(state == FREE)
-        elif op.kind == "arrive":
+        elif kind == "arrive":
             obj = self._barrier_obj(aiv, op.group)
             self.counters_a[op.group, : obj.geometry.copies] += 1
             obj.after_arrive()
-        elif op.kind == "barrier_wait":
+        elif kind == "barrier_wait":
             obj = self._barrier_obj(aiv, op.group)
             self.counters_w[op.group, : obj.geometry.copies] += 1
             obj.after_wait()
         aiv.pc += 1
+        if aiv.pc == len(aiv.ops):
+            self.some_finished = True
 
     # -- AIC -------------------------------------------------------------------------------
-    def _block(self, aic: _Aic) -> int:
-        g = self.p.groups[aic.group]
-        return aic.k * g.aiv_per_aic * MAX_MSG_PER_AIV
-
     def _aic_ready(self, aic: _Aic) -> bool:
         slots = self.slots[aic.group]
         if aic.in_call:
@@ -248,10 +275,10 @@ class ReferenceInterpreter:
                 return True
             _, slot, wait = act
             return wait == NO_WAIT or slots[slot].state == wait
-        return slots[self._block(aic) + aic.msg_pos].state != FREE
+        return slots[aic.base + aic.msg_pos].state != FREE
 
     def _advance(self, aic: _Aic) -> None:
-        p = self.p.groups[aic.group].aiv_per_aic
+        p = aic.p
         if aic.aiv_work + 1 >= aic.n:
             aic.msg_pos = 0 if aic.msg_pos // p == MAX_MSG_PER_AIV - 1 else aic.msg_pos + (p - aic.n) + 1
             aic.aiv_work = 0
@@ -266,7 +293,7 @@ class ReferenceInterpreter:
         while not (aic.aiv_work_state >> aic.aiv_work) & 1:
             self._advance(aic)
 
-    def _aic_act(self, i: int, aic: _Aic) -> dict | None:
+    def _aic_act(self, aic: _Aic) -> dict | None:
         """Performs the AIC's next action; returns an error dict instead when it is a protocol error."""
         slots = self.slots[aic.group]
         if aic.in_call:
@@ -278,33 +305,36 @@ class ReferenceInterpreter:
             if not aic.pending:
                 self._finish_call(aic)
             return None
-        g = self.p.groups[aic.group]
-        base = self._block(aic)
+        p, base = aic.p, aic.base
         cur = slots[base + aic.msg_pos]
-        queue, depth = aic.k * g.aiv_per_aic + aic.aiv_work, aic.msg_pos // g.aiv_per_aic
-        if len(aic.log) >= self.capacity:
+        queue, depth = aic.k * p + aic.aiv_work, aic.msg_pos // p
+        if len(aic.log) >= self.capacity_floor and len(aic.log) >= self._capacity():
             return self._error(ErrorCode.RECEIVE_LOG_FULL, aic, queue, depth)
         if cur.state == QUIT:
             aic.log.append((queue, depth, "QUIT"))
             if cur.aiv_id < 64:
                 aic.aiv_work_state &= ~(1 << cur.aiv_id)
+                self.some_finished = aic.done or self.some_finished
             self._release(aic)
             return None
-        dtype = self.p.msg_dtypes[aic.group]
-        payload = cur.payload if cur.payload is not None else np.zeros((), dtype)
-        fields = {name: payload[name][()] for name in dtype.names[1:]}
-        msg = MsgView(cur.state, cur.aiv_id, fields)
-        handle = AicHandle(np, g.aiv_per_aic, aic.n, aic.aiv_work, depth)
         cfg = self.p.matmuls[aic.group] if self.p.matmuls else None
-        mm = _NoMatmul(g.name) if cfg is None else Matmul(cfg[0], cfg[1], np, handle)
-        self.p.callbacks[aic.group].call(mm, msg, handle)
-        skip = int(handle.skip)
+        if aic.builtin is not None:
+            skip, actions = _builtin_requests(aic.builtin, cur, p)
+        else:  # CallBack::Call(mm, msg, handle), which records its requests in the handle
+            dtype = self.p.msg_dtypes[aic.group]
+            msg = MsgView(
+                cur.state, cur.aiv_id, _Fields(cur.payload if cur.payload is not None else np.zeros((), dtype))
+            )
+            handle = AicHandle(np, p, aic.n, aic.aiv_work, depth)
+            mm = _NoMatmul(self.p.groups[aic.group].name) if cfg is None else Matmul(cfg[0], cfg[1], np, handle)
+            self.p.callbacks[aic.group].call(mm, msg, handle)
+            skip, actions = int(handle.skip), handle.actions
         if skip < 0:
             return self._error(ErrorCode.SKIP_NEGATIVE, aic, queue, depth, skip=skip)
         if aic.aiv_work + skip >= aic.n:
             return self._error(ErrorCode.SKIP_CROSSES_ROW, aic, queue, depth, skip=skip)
         pending = []
-        for act in handle.actions:
+        for act in actions:
             if not bool(act[-1]):
                 continue
             if act[0] == "matmul":
@@ -318,9 +348,9 @@ class ReferenceInterpreter:
                 continue
             _, offset, wait, _ = act
             rel, wait = aic.msg_pos + int(offset), int(wait)
-            if not 0 <= rel < g.aiv_per_aic * MAX_MSG_PER_AIV:
+            if not 0 <= rel < p * MAX_MSG_PER_AIV:
                 return self._error(ErrorCode.FREE_OUT_OF_BLOCK, aic, queue, depth, offset=int(offset))
-            if rel % g.aiv_per_aic >= aic.n:
+            if rel % p >= aic.n:
                 return self._error(ErrorCode.FREE_UNUSED_COLUMN, aic, queue, depth, offset=int(offset))
             if wait not in (NO_WAIT, VALID, FAKE):
                 return self._error(ErrorCode.BAD_WAIT_STATE, aic, queue, depth, wait_state=wait)
@@ -333,6 +363,12 @@ class ReferenceInterpreter:
         else:
             self._finish_call(aic)
         return None
+
+    def _capacity(self) -> int:
+        """Entries each receive log holds (:meth:`CubeGroupProgram.receive_capacity`)."""
+        if self.capacity is None:
+            self.capacity = self.p.receive_capacity()
+        return self.capacity
 
     def _finish_call(self, aic: _Aic) -> None:
         aic.in_call = False
@@ -468,9 +504,9 @@ class ReferenceInterpreter:
         clock = self.aic_clock[i]
         slots = self.slot_time[aic.group]
         if not aic.in_call:
-            cur = self.slots[aic.group][self._block(aic) + aic.msg_pos]
+            cur = self.slots[aic.group][aic.base + aic.msg_pos]
             dur = self._c("poll") if cur.state == QUIT else self._c("dispatch")
-            return F32(max(clock, slots[self._block(aic) + aic.msg_pos])), dur
+            return F32(max(clock, slots[aic.base + aic.msg_pos])), dur
         act = aic.pending[0]
         if act[0] == "matmul":
             return clock, self._mm_cycles(aic, act[1])
@@ -514,6 +550,7 @@ class ReferenceInterpreter:
             self.aiv_clock[a.block_idx] = end
             if op.kind == "delay":  # one action of `cycles` cycles
                 a.pc += 1
+                self.some_finished = a.done or self.some_finished
             else:
                 self._aiv_act(a)
         errors = []
@@ -526,7 +563,7 @@ class ReferenceInterpreter:
             freeing = c.in_call and c.pending[0][0] == "free"
             slot = c.pending[0][1] if freeing else None
             end = F32(start + dur)
-            err = self._aic_act(i, c)
+            err = self._aic_act(c)
             if err is not None:
                 errors.append(err)
                 continue
@@ -539,6 +576,7 @@ class ReferenceInterpreter:
             self.error = errors[0]
         if self._mm_queue:
             self._compute()
+        self._drop_finished()
         return True
 
     def _occupancy(self, tmin: np.float32) -> None:
@@ -555,21 +593,34 @@ class ReferenceInterpreter:
         """One step; returns whether any core was enabled (progress was possible)."""
         if self.schedule == "timed":
             return self._timed_step()
-        ready_v = [a for a in self.aivs if not a.done and self._aiv_ready(a)]
-        ticking = [a for a in ready_v if a.ops[a.pc].kind == "delay"]  # time passes for every delay
-        for a in ticking + self._chosen([a for a in ready_v if a.ops[a.pc].kind != "delay"]):
+        aiv_ready, aic_ready = self._aiv_ready, self._aic_ready
+        ready_v = [a for a in self.busy_aivs if aiv_ready(a)]
+        if self.schedule == "lockstep":  # every enabled AIV acts (a delay's tick touches only its timer)
+            acting = ready_v
+        else:
+            ticking = [a for a in ready_v if a.ops[a.pc].kind == "delay"]  # time passes for every delay
+            acting = ticking + self._chosen([a for a in ready_v if a.ops[a.pc].kind != "delay"])
+        for a in acting:
             self._aiv_act(a)
-        ready_c = [(i, c) for i, c in enumerate(self.aics) if not c.done and self._aic_ready(c)]
+        ready_c = [c for c in self.busy_aics if aic_ready(c)]
         errors = []
-        for i, c in self._chosen(ready_c):
-            err = self._aic_act(i, c)
+        for c in ready_c if self.schedule == "lockstep" else self._chosen(ready_c):
+            err = self._aic_act(c)
             if err is not None:
                 errors.append(err)
         if errors and self.error is None:
             self.error = errors[0]
         if self._mm_queue:
             self._compute()
+        self._drop_finished()
         return bool(ready_v or ready_c)
+
+    def _drop_finished(self) -> None:
+        """Keeps ``busy_aivs`` / ``busy_aics`` to the cores that still have work (index order)."""
+        if self.some_finished:
+            self.busy_aivs = [a for a in self.busy_aivs if not a.done]
+            self.busy_aics = [c for c in self.busy_aics if not c.done]
+            self.some_finished = False
 
     def run(self) -> CubeGroupResult:
         status, steps = Status.RUNNING, 0
@@ -578,7 +629,7 @@ class ReferenceInterpreter:
             steps += 1
             if self.error is not None:
                 status = Status.ERROR
-            elif all(a.done for a in self.aivs) and all(c.done for c in self.aics):
+            elif not self.busy_aivs and not self.busy_aics:
                 status = Status.OK
             elif not progressed:
                 status = Status.DEADLOCK
@@ -629,8 +680,13 @@ class ReferenceInterpreter:
         total = sum(g.num_slots for g in self.p.groups)
         st, aid, mid = (np.zeros(total, np.int64) for _ in range(3))
         for gi, g in enumerate(self.p.groups):
-            for i, s in enumerate(self.slots[gi]):
-                st[g.slot_base + i], aid[g.slot_base + i], mid[g.slot_base + i] = s.state, s.aiv_id, s.msg_id
+            part = slice(g.slot_base, g.slot_base + g.num_slots)
+            slots = self.slots[gi]
+            st[part], aid[part], mid[part] = (
+                [s.state for s in slots],
+                [s.aiv_id for s in slots],
+                [s.msg_id for s in slots],
+            )
         return CubeGroupResult(
             program=self.p,
             status=status,
@@ -669,11 +725,50 @@ class ReferenceInterpreter:
         )
 
 
+class _Fields(Mapping):
+    """A message's payload fields by name, read from the struct when the callback asks for them."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: np.ndarray):
+        self.payload = payload  # 0-d struct array of the group's message type
+
+    def __getitem__(self, name: str) -> Any:
+        if name == "head" or name not in self.payload.dtype.names:
+            raise KeyError(name)
+        return self.payload[name][()]
+
+    def __iter__(self):
+        return iter(self.payload.dtype.names[1:])
+
+    def __len__(self) -> int:
+        return len(self.payload.dtype.names) - 1
+
+
+def _builtin_requests(kind: str, cur: _Slot, p: int) -> tuple[int, list[tuple]]:
+    """``(skip, actions)`` that the built-in ``free`` / ``merge`` callback records for the message in
+    ``cur``, written out from their rule (DESIGN.md; ``FreeCallback`` / ``MergeCallback`` in
+    ``callbacks.py``) instead of calling them, which costs ~20 us a message through numpy.
+
+    Actions are in the handle's format, ``("free", offset, wait_state, when)``, and go through the
+    same checks as a user callback's. ``free``: ``FreeMessage(msg)``. ``merge``: with ``k`` the
+    ``skipCnt`` of a VALID message (0 otherwise), ``FreeMessage(msg, VALID if k else no wait)``, then
+    ``FreeMessage(msg + i, FAKE)`` for i = 1..min(k, P - 1), then ``SetSkipMsg(k)``.
+    """
+    if kind == "free":
+        return 0, [("free", 0, NO_WAIT, True)]
+    k = int(cur.payload["skipCnt"]) if cur.state == VALID and cur.payload is not None else 0
+    actions = [("free", 0, VALID if k > 0 else NO_WAIT, True)]
+    actions += [("free", i, FAKE, True) for i in range(1, min(k + 1, p))]
+    return k, actions
+
+
+_STATE_NAMES = {int(s): s.name for s in CubeMsgState}
+
+
 def _name(state: int) -> str:
-    try:
-        return CubeMsgState(state).name
-    except ValueError:
-        return str(state)
+    """``CubeMsgState`` name of a head state; other values as numbers."""
+    return _STATE_NAMES.get(state) or str(state)
 
 
 def _entry(core: str, group: str, queue: int, depth: int, until: str) -> dict:
