@@ -51,9 +51,9 @@ def main() -> None:
         bb = jnp.asarray(b)
         jax.block_until_ready(plain(tiles, bb))
         t_plain = best_of(lambda t=tiles, b_=bb: jax.block_until_ready(plain(t, b_)), 3)
-        shape, n_frees, tab, keys = engine.prepare([program] * lanes, "lockstep", list(range(lanes)))
-        compiled = engine._run_batch.lower(shape, n_frees, tab, keys).compile()
-        t_eng = best_of(lambda c=compiled, t=tab, k=keys: jax.block_until_ready(c(t, k)), 3)
+        prep = engine.prepare([program] * lanes, "lockstep", list(range(lanes)))
+        compiled, args = engine.compile_batch(prep)
+        t_eng = best_of(lambda c=compiled, a=args: jax.block_until_ready(c(*a)), 3)
         engine.simulate([program] * lanes)
         t_e2e = best_of(lambda n=lanes: engine.simulate([program] * n), 3)
         flops = 2 * lanes * int(m_rows.sum()) * mod.N * mod.K

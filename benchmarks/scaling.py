@@ -42,11 +42,11 @@ def measure(program, batch: int) -> dict:
     msgs = sum(len(v) for v in ref.received.values())
     t_ref = best_of(lambda: run_reference(program), 3)
     t_plain = best_of(lambda: run_plain(program), 3)
-    shape, n_frees, tab, keys = engine.prepare([program] * batch, "lockstep", list(range(batch)))
+    prep = engine.prepare([program] * batch, "lockstep", list(range(batch)))
     t0 = time.perf_counter()
-    compiled = engine._run_batch.lower(shape, n_frees, tab, keys).compile()
+    compiled, args = engine.compile_batch(prep)
     compile_s = time.perf_counter() - t0
-    t_eng = best_of(lambda: jax.block_until_ready(compiled(tab, keys)), 3)
+    t_eng = best_of(lambda: jax.block_until_ready(compiled(*args)), 3)
     return {
         "steps": ref.steps,
         "messages_per_lane": msgs,
