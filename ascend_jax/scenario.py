@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ascend_jax.cube_group.callbacks import BUILTIN_CALLBACKS, MatmulCallback, MergeCallback
+from ascend_jax.cube_group.callbacks import BUILTIN_CALLBACKS, MATMUL_CALLBACKS, MatmulCallback, MergeCallback
 from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import DTYPE_ALIASES, DTYPES, GlobalMemory
@@ -271,7 +271,9 @@ def build_kernel(
     msg_types = {}
     for i, g in enumerate(sc.group):
         _check_callback(g.callback, f"group[{i}].callback", allow_python or not import_callbacks)
-        msg_types[g.name] = MESSAGE_TYPES[g.message or ("CubeMatmulMsg" if g.callback == "matmul" else "CubeMsgBody")]
+        msg_types[g.name] = MESSAGE_TYPES[
+            g.message or ("CubeMatmulMsg" if g.callback in MATMUL_CALLBACKS else "CubeMsgBody")
+        ]
     for i, a in enumerate(sc.aiv):
         for j, op in enumerate(a.ops):
             if op.op == "post" and op.fields and op.group in msg_types:

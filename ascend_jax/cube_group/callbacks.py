@@ -168,7 +168,8 @@ class MergeCallback(_StatelessCallback):
 
 
 class MatmulCallback(_StatelessCallback):
-    """Built-in ``matmul``: the seed's Matmul callback (``merge`` plus the Matmul of every message).
+    """Built-in ``matmul``: a tolerant variant of the seed's Matmul callback (``merge`` plus the
+    Matmul of every message; see :class:`SeedCallback` for the exact one).
 
     For a VALID message with ``skipCnt = k`` (0 for a single task), for i = 0..k: SetOrgShape from
     the message (a value <= 0 keeps the tiling's), SetTail(tailM, tailN, tailK) with ``lastTailM``
@@ -219,7 +220,75 @@ class MatmulCallback(_StatelessCallback):
         handle.set_skip_msg(k)
 
 
-BUILTIN_CALLBACKS: dict[str, type] = {"free": FreeCallback, "merge": MergeCallback, "matmul": MatmulCallback}
+class SeedCallback(_StatelessCallback):
+    """Built-in ``seed``: the seed document's Matmul callback exactly, including where it hangs.
+
+    It does not look at the head state. For ``k = skipCnt`` (the payload as it is, stale on a
+    FAKE) and i = 0..k: SetOrgShape from the message, SetTail(tailM, tailN, tailK) with
+    ``lastTailM`` for i == k, SetTensorA(aAddr + i*aGap*sizeof(A), isTransA), SetTensorB(bAddr +
+    i*bGap*sizeof(B), isTransB), IterateAll(cAddr + i*cGap*sizeof(C), isAtomic), End, then
+    ``FreeMessage(rcvMsg + i, i > 0 ? FAKE : VALID)``; finally SetSkipMsg(k). So a FAKE that no
+    skip covered is computed on its stale payload and then ``FreeMessage(rcvMsg, VALID)`` waits for
+    VALID on a FAKE slot forever: a deadlock whose witness is the AIC waiting for VALID. Needs the
+    128-byte message (``CubeMatmulMsg``). Compare :class:`MatmulCallback`, the tolerant variant.
+    """
+
+    required_fields: tuple[str, ...] = (
+        "skipCnt", "isTransA", "isTransB", "isAtomic", "tailM", "tailN", "tailK", "lastTailM", "mOrgShape",
+        "nOrgShape", "kaOrgShape", "kbOrgShape", "kcOrgShape", "aAddr", "bAddr", "cAddr", "aGap", "bGap", "cGap",
+    )  # fmt: skip
+
+    def init(self, mm: Any, tiling: Any) -> None:
+        pass
+
+    def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
+        k = msg.skipCnt
+        mm.set_org_shape(msg.mOrgShape, msg.nOrgShape, msg.kaOrgShape, msg.kbOrgShape, msg.kcOrgShape)
+        for i in range(handle.aiv_per_aic):
+            mm.set_tail(handle.xp.where(i == k, msg.lastTailM, msg.tailM), msg.tailN, msg.tailK)
+            mm.set_tensor_a(msg.aAddr + i * msg.aGap * mm.a_itemsize, msg.isTransA)
+            mm.set_tensor_b(msg.bAddr + i * msg.bGap * mm.b_itemsize, msg.isTransB)
+            mm.iterate_all(msg.cAddr + i * msg.cGap * mm.c_itemsize, msg.isAtomic, when=i <= k)
+            mm.end()
+            handle.free_message(msg + i, CubeMsgState.FAKE if i else CubeMsgState.VALID, when=i <= k)
+        handle.set_skip_msg(k)
+
+
+#: funcID of a merge leader in the official sample, and the followers it covers
+SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE = 1, 3
+
+
+class SampleCallback(_StatelessCallback):
+    """Built-in ``sample``: the official CubeGroupCustom sample's callback (no Matmul).
+
+    It dispatches on the payload's ``funcID``: 0 is a single task, freed with wait state VALID;
+    1 is a merge leader that frees itself (VALID) and the next three columns (FAKE) and calls
+    SetSkipMsg(3). Like the seed, it does not look at the head state, so an uncovered FAKE
+    hangs in ``FreeMessage(rcvMsg, VALID)``. (Reconstructed from the sample's described behaviour;
+    its source was not available to check line by line.)
+    """
+
+    required_fields: tuple[str, ...] = ("funcID",)
+
+    def init(self, mm: Any, tiling: Any) -> None:
+        pass
+
+    def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
+        k = handle.xp.where(msg.funcID == SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE, 0)
+        for i in range(handle.aiv_per_aic):
+            handle.free_message(msg + i, CubeMsgState.FAKE if i else CubeMsgState.VALID, when=i <= k)
+        handle.set_skip_msg(k)
+
+
+BUILTIN_CALLBACKS: dict[str, type] = {
+    "free": FreeCallback,
+    "merge": MergeCallback,
+    "matmul": MatmulCallback,
+    "seed": SeedCallback,
+    "sample": SampleCallback,
+}
+#: built-ins that run a Matmul (need a ``matmul`` type and ``tiling``; default message CubeMatmulMsg)
+MATMUL_CALLBACKS = ("matmul", "seed")
 
 
 def resolve_callback(spec: Any, field: str = "callback") -> Any:

@@ -156,7 +156,7 @@ class AivProgram:
         st.allocs += 1
         return slot
 
-    def _fill(self, slot: MsgSlot, what: str) -> _AivGroupState:
+    def _fill(self, slot: MsgSlot, what: str, latest: bool = True) -> _AivGroupState:
         where = self._where()
         if not isinstance(slot, MsgSlot) or slot.block_idx != self.block_idx:
             raise ConfigError(f"{where}.msg", slot, f"{what} needs a slot this AIV got from alloc_message")
@@ -169,7 +169,8 @@ class AivProgram:
                 "call alloc_message again",
             )
         st.pending.discard(slot.alloc)
-        st.last_offset = slot.depth * self.kernel.groups[slot.group].aiv_per_aic
+        if latest:  # a QUIT is not a post: the default wait stays on the latest post
+            st.last_offset = slot.depth * self.kernel.groups[slot.group].aiv_per_aic
         return st
 
     def post_message(
@@ -213,7 +214,7 @@ class AivProgram:
 
     def send_quit_msg(self, slot: MsgSlot) -> None:
         """``SetQuit(msg)`` (documented as SendQuitMsg): aivID = queue % P, then state QUIT."""
-        self._fill(slot, "send_quit_msg")
+        self._fill(slot, "send_quit_msg", latest=False)
         g = self.kernel.groups[slot.group]
         self.ops.append(
             AivOp("quit", slot.group, alloc=slot.alloc, aiv_id=slot.queue % g.aiv_per_aic, where=self._where())
