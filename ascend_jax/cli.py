@@ -21,7 +21,7 @@ import sys
 import time
 from collections import Counter
 
-from ascend_jax.aicpu.world import TaskProgram
+from ascend_jax.aicpu.tasks import TaskProgram
 from ascend_jax.cube_group.engine import simulate
 from ascend_jax.cube_group.reference import run_reference
 from ascend_jax.cube_group.result import CubeGroupResult

@@ -9,8 +9,9 @@ import numpy as np
 
 from ascend_jax.aicpu.codes import HcclCMDType, HcclDataType, HcclReduceOp, numpy_dtype
 from ascend_jax.aicpu.collectives import hccl_recv_custom, hccl_ring_custom, hccl_send_custom
-from ascend_jax.aicpu.reference import CommResult
-from ascend_jax.aicpu.world import CommCost, TaskProgram, World
+from ascend_jax.aicpu.result import CommResult
+from ascend_jax.aicpu.tasks import CommCost, TaskProgram
+from ascend_jax.aicpu.world import World
 from ascend_jax.numerics import compare
 
 #: Relative-L2 tolerance of comm outputs against float64 numpy: fp32 sums over p <= 64 ranks.
@@ -47,8 +48,8 @@ def p2p_job(count: int = 1024, seed: int = 0, both_send_first: bool = False, **o
             rets[(r, kind)] = fn(h, buf, count, int(HcclDataType.FP32), peer, "comm0", stream, **opts)
         h.aclrt_synchronize_stream(stream)
         world.mark_output(f"rank{r}.recvBuf", r, recv, int(HcclDataType.FP32), count)
-    world.host_returns = rets
-    world.inputs = data
+    world.host_returns.update(rets)
+    world.inputs.extend(data)
     return world.program()
 
 
@@ -84,15 +85,15 @@ def ring_job(
             raise RuntimeError(f"rank {r}: host call failed with {ret}")
         h.aclrt_synchronize_stream(stream)
         world.mark_output(f"rank{r}.recvBuf", r, recv, dtype, out_count)
-    world.inputs = inputs
-    world.op_type = op_type
+    world.inputs.extend(inputs)
+    world.meta["op_type"] = int(op_type)
     return world.program()
 
 
 def ring_expected(program: TaskProgram) -> dict[str, np.ndarray]:
     x = [a.astype(np.float64) for a in program.world.inputs]
     p = len(x)
-    op = program.world.op_type
+    op = program.world.meta["op_type"]
     out = {}
     for r in range(p):
         if op == HcclCMDType.ALLGATHER:
