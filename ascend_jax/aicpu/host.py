@@ -87,6 +87,30 @@ class HostApi:
         self.world.mem[self.rank].write(dst, raw)
         return 0
 
+    @_logged
+    def aclrt_memcpy_async(self, dst: int, dest_max: int, src: int, count: int, stream: int) -> int:
+        """``aclrtMemcpyAsync(..., ACL_MEMCPY_DEVICE_TO_DEVICE, stream)``: enqueues a copy of ``count``
+        bytes on ``stream`` (asynchronous; a bad address fails the stream when the copy runs).
+        NULL addresses or ``count > destMax`` -> 100000."""
+        if not dst or not src or count < 0 or count > dest_max:
+            return int(AclError.INVALID_PARAM)
+        q = self._stream(stream)
+        if q is None:
+            return int(AclError.RT_STREAM_CONTEXT)
+        q.tasks.append(
+            Task(
+                TaskKind.COPY,
+                src_rank=self.rank,
+                src_addr=src,
+                dst_rank=self.rank,
+                dst_addr=dst,
+                nbytes=count,
+                duration=self.world.cost.copy_s(count, False),
+                label=f"memcpy async {count} B",
+            )
+        )
+        return 0
+
     # -- streams and notifies ----------------------------------------------------------------
     @_logged
     def aclrt_create_stream(self) -> tuple[int, int]:
