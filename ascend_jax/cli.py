@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_comm(program: TaskProgram, expected, args: argparse.Namespace) -> int:
     """Runs a comm model (JAX engine or reference), prints JSON or a summary, returns the exit code."""
+    if args.batch > 1:
+        return _run_comm_batch(program, expected, args)
     from ascend_jax.aicpu.engine import run_comm
     from ascend_jax.aicpu.models import comm_numerics
     from ascend_jax.aicpu.reference import CommStatus, run_comm_reference
@@ -170,6 +172,40 @@ def _run_comm(program: TaskProgram, expected, args: argparse.Namespace) -> int:
             )
         for h in result.hang:
             console.print(f"[red]stuck[/red] {h}")
+    return EXIT_OK if ok else EXIT_NOT_OK
+
+
+def _run_comm_batch(program: TaskProgram, expected, args: argparse.Namespace) -> int:
+    """``--batch N`` on a comm model: lanes seed..seed+N-1 (one vmapped JAX run, or the reference per
+    lane); lane 0's JSON plus a ``"batch"`` list with every lane's status; exit 0 only if all are ok."""
+    from ascend_jax.aicpu import CommStatus, run_comm_batch, run_comm_reference
+    from ascend_jax.aicpu.models import comm_numerics
+
+    seeds = [args.seed + i for i in range(args.batch)]
+    lanes = [program if s == 0 else load_model(args.model, s, args.max_steps, args.ranks)[0] for s in seeds]
+    t0 = time.perf_counter()
+    if args.engine == "reference":
+        results = [run_comm_reference(p) for p in lanes]
+    else:
+        results = run_comm_batch(lanes, chunk=args.chunk or 256)
+    elapsed = time.perf_counter() - t0
+    rows = []
+    for i, (p, r, s) in enumerate(zip(lanes, results, seeds, strict=True)):
+        report = comm_numerics(r, expected(p)) if expected else {}
+        ok = all(e["ok"] for e in report.values())
+        rows.append({"lane": i, "seed": s, "status": r.status.label, "steps": r.steps,
+                     "time_s": r.to_json(timeline=False)["time_s"], "rank_errors": r.rank_errors(),
+                     "numerics_ok": ok})  # fmt: skip
+    if args.json:
+        out = results[0].to_json()
+        out["batch"] = rows
+        print(json.dumps(out, indent=2))
+    else:
+        counts = Counter(r["status"] for r in rows)
+        bad = sum(not r["numerics_ok"] for r in rows)
+        print(f"{program.name}: {len(rows)} lanes, engine={args.engine}, {dict(counts)}, "
+              f"numerics failures {bad}, wall {elapsed:.2f}s")  # fmt: skip
+    ok = all(r.status == CommStatus.OK for r in results) and all(r["numerics_ok"] for r in rows)
     return EXIT_OK if ok else EXIT_NOT_OK
 
 

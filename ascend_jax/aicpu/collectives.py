@@ -246,7 +246,9 @@ def p2p_kernel(dev: DeviceApi, param: np.ndarray) -> int:
 
 # -- ring collectives ------------------------------------------------------------------------------
 
-RING_PARAM = np.dtype([("op", OP_PARAM), ("ctx", RING_RES_CTX), ("workPtr", np.uint64)], align=True)
+RING_PARAM = np.dtype(
+    [("op", OP_PARAM), ("ctx", RING_RES_CTX), ("workPtr", np.uint64), ("timeout", np.uint32)], align=True
+)
 
 
 def hccl_ring_custom(
@@ -293,6 +295,7 @@ def hccl_ring_custom(
     _, c["nextBuffer"]["addr"], c["nextBuffer"]["size"] = host.hccl_channel_get_hccl_buffer(comm, int(c["nextChannel"]))
     c["myRank"], c["rankSize"], c["reduceOp"] = rank, size, reduce_op
     param["workPtr"] = work_buf
+    param["timeout"] = timeout
     return _launch(host, stream, RING_OP_INFO, RING_KERNEL, param, notifies, timeout)
 
 
@@ -306,7 +309,7 @@ def ring_kernel(dev: DeviceApi, param: np.ndarray) -> int:
     block = count * SIZE_TABLE[dtype]
     work, slot, peer_slot = int(param["workPtr"]), int(c["localBuffer"]["addr"]), int(c["nextBuffer"]["addr"])
     kind = int(op["opType"])
-    T = CUSTOM_TIMEOUT
+    T = int(param["timeout"])  # device waits use the host's timeout (seconds, 0 = forever)
 
     def exchange(send_block: int, recv_block: int, reduce: bool) -> None:
         _fail_unless(dev.hcomm_channel_notify_record_on_thread(thread, prv, NOTIFY_IDX_ACK))

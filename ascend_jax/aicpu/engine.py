@@ -75,7 +75,7 @@ class CommTables:
 @dataclasses.dataclass(frozen=True)
 class CommState:
     """pc, qstatus, qerror [Q] int32; clock [Q] f32; flag [N] bool, flag_time [N] f32, lost [N] int32;
-    mem [R, M] uint8; start, end [Q, L] f32 (NaN: not run); paused [Q] bool (kernel tasks to run
+    mem [R, M + B] uint8 (the last B bytes stay zero); start, end [Q, L] f32 (NaN: not run); paused [Q] bool (kernel tasks to run
     before the next step); status, step [] int32."""
 
     pc: jax.Array
@@ -154,7 +154,7 @@ def init_state(shape: CommShape, program: TaskProgram) -> dict[str, np.ndarray]:
     q_n, l_n = shape.queues, shape.tasks
     lens = np.zeros(q_n, np.int32)
     lens[: len(program.queues)] = [len(q.tasks) for q in program.queues]
-    mem = np.zeros((shape.ranks, shape.mem), np.uint8)
+    mem = np.zeros((shape.ranks, shape.mem + shape.max_bytes), np.uint8)  # B spare bytes: slices never clamp
     for r, m in enumerate(program.memory):
         mem[r, : m.size] = m
     return {
@@ -266,20 +266,25 @@ def comm_step(shape: CommShape, tab: CommTables, st: CommState) -> CommState:
 
     # data: read the start-of-step memory, write in queue order
     b = jnp.arange(shape.max_bytes)
-    src_idx = jnp.clip(src_addr - MEM_BASE, 0, shape.mem - 1)[:, None] + b[None, :]
-    dst_idx = jnp.clip(dst_addr - MEM_BASE, 0, shape.mem - 1)[:, None] + b[None, :]
-    src_bytes = st.mem[src_rank[:, None], jnp.clip(src_idx, 0, shape.mem - 1)]
+    src_off = jnp.clip(src_addr - MEM_BASE, 0, shape.mem)
+    dst_off = jnp.clip(dst_addr - MEM_BASE, 0, shape.mem)
+
+    def window(rank, off):  # [B] contiguous bytes of one rank (a row slice, not a byte gather)
+        return jax.lax.dynamic_slice(st.mem, (rank, off), (1, shape.max_bytes))[0]
+
+    src_bytes = jax.vmap(window)(src_rank, src_off)
     data = src_bytes
     if shape.reduce_dtypes:
-        dst_bytes = st.mem[dst_rank[:, None], jnp.clip(dst_idx, 0, shape.mem - 1)]
+        dst_bytes = jax.vmap(window)(dst_rank, dst_off)
         reduced = _reduce(shape, dst_bytes, src_bytes, t[:, F["dtype"]], t[:, F["op"]])
         data = jnp.where((kind == TaskKind.REDUCE)[:, None], reduced, src_bytes)
     writes = execute & is_data
     valid = writes[:, None] & (b[None, :] < nbytes[:, None])
 
     def write(q, mem):
-        cols = jnp.where(valid[q], dst_idx[q], shape.mem)
-        return mem.at[dst_rank[q], cols].set(data[q], mode="drop")
+        old = jax.lax.dynamic_slice(mem, (dst_rank[q], dst_off[q]), (1, shape.max_bytes))
+        new = jnp.where(valid[q], data[q], old[0])[None]
+        return jax.lax.dynamic_update_slice(mem, new, (dst_rank[q], dst_off[q]))
 
     mem = jax.lax.fori_loop(0, q_n, write, st.mem)
 
