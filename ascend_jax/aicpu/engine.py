@@ -13,7 +13,8 @@ a leading axis and runs ``jit(vmap(while_loop(step)))`` once per shape. When lan
 kernel task, the device model runs those kernels in Python (:mod:`ascend_jax.aicpu.device`), the
 lanes' tables are re-encoded in place and the same compiled loop resumes. Shapes are chosen so that
 kernels' submissions rarely change them (``L`` at least 128; the largest transfer bounded by the
-largest allocation; every hardware reduce dtype traced when a program launches kernels).
+largest allocation; the reduce dtypes a program declares, or every hardware reduce dtype, traced
+when it launches kernels).
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ def comm_shape(programs: list[TaskProgram]) -> CommShape:
         + ([e - s for p in programs for al in p.allocs for s, e, _ in al] if launches else [8])
     )
     dts = {t.dtype for p in programs for q in p.queues for t in q.tasks if t.kind == TaskKind.REDUCE and t.nbytes > 0}
-    if launches:
-        dts |= {int(d) for d in REDUCE_DTYPES}
+    for p in programs:
+        if p.launches:
+            dts |= {int(d) for d in (REDUCE_DTYPES if p.reduce_dtypes is None else p.reduce_dtypes)}
     return CommShape(
         queues=max(1, max(len(p.queues) for p in programs)),
         tasks=_bucket(longest, 128 if launches else 8),

@@ -73,7 +73,13 @@ def ring_job(
     of the host's done-wait and of every device wait (0 = forever)."""
     name = {HcclCMDType.ALLGATHER: "allgather", HcclCMDType.REDUCE_SCATTER: "reduce_scatter",
             HcclCMDType.ALLREDUCE: "allreduce"}[HcclCMDType(op_type)]  # fmt: skip
-    world = World(ranks, hccl_buffer_size=max(64, count * 8), name=f"{name}-p{ranks}", cost=cost or CommCost())
+    world = World(
+        ranks,
+        hccl_buffer_size=max(64, count * 8),
+        name=f"{name}-p{ranks}",
+        cost=cost or CommCost(),
+        reduce_dtypes=(dtype,),
+    )
     world.init_comm("comm0")
     rng = np.random.default_rng(seed)
     dt = numpy_dtype(dtype)

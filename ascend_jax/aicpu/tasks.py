@@ -158,7 +158,10 @@ class KernelLaunch:
 @dataclasses.dataclass(frozen=True)
 class TaskProgram:
     """Every queue's tasks, the notify table, the initial memory of every rank and the kernel
-    launches still to run. Engines run a private copy (:meth:`fork`): kernels append to it."""
+    launches still to run. Engines run a private copy (:meth:`fork`): kernels append to it.
+
+    ``reduce_dtypes``: the element types the kernels may reduce (None: every hardware reduce type);
+    the JAX engine traces only these and recompiles if a kernel reduces another one."""
 
     name: str
     n_ranks: int
@@ -170,6 +173,7 @@ class TaskProgram:
     outputs: Mapping[str, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
     wait_timeout_error: int = DEFAULT_WAIT_TIMEOUT_ERROR
     launches: tuple[KernelLaunch, ...] = ()
+    reduce_dtypes: tuple[int, ...] | None = None
     world: Any = dataclasses.field(default=None, compare=False)
 
     def fork(self) -> TaskProgram:

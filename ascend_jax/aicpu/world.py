@@ -106,6 +106,8 @@ class World:
       wait_timeout_error: aclError a stream reports after a notify-wait timeout.
       kernel_return_errors: stream code per special kernel return value (default
         :data:`~ascend_jax.aicpu.tasks.KERNEL_RETURN_ERRORS`; other non-zero values give 507018).
+      reduce_dtypes: HcclDataTypes the kernels may reduce, a hint for the JAX engine's shapes (None:
+        every hardware reduce type; a kernel that reduces another type costs a recompilation).
       name: job name in results.
 
     Attributes:
@@ -123,6 +125,7 @@ class World:
         cost: CommCost | None = None,
         wait_timeout_error: int = DEFAULT_WAIT_TIMEOUT_ERROR,
         kernel_return_errors: Mapping[int, int] | None = None,
+        reduce_dtypes: tuple[int, ...] | None = None,
         name: str = "comm-job",
     ):
         if not isinstance(ranks, int) or not 1 <= ranks <= 64:
@@ -135,6 +138,7 @@ class World:
         self.wait_timeout_error = int(wait_timeout_error)
         self.kernel_return_errors = dict(KERNEL_RETURN_ERRORS if kernel_return_errors is None else kernel_return_errors)
         self.hccl_buffer_size = hccl_buffer_size
+        self.reduce_dtypes = None if reduce_dtypes is None else tuple(int(d) for d in reduce_dtypes)
         self.mem = [Memory() for _ in range(ranks)]
         self.queues: list[Queue] = []
         self.notify_names: list[str] = []
@@ -225,6 +229,7 @@ class World:
             outputs=dict(self.outputs),
             wait_timeout_error=self.wait_timeout_error,
             launches=tuple(self.launches),
+            reduce_dtypes=self.reduce_dtypes,
             world=self,
         )
 
