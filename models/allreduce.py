@@ -3,7 +3,8 @@
 Each rank runs one device thread with channels to its ring neighbours; per step it records ACK to
 prev, waits ACK from next, writes its block into next's HCCL buffer, records DATA to next, waits
 DATA from prev and copies or reduces the received block (spec §9.3). fp32 data, SUM.
-Run: ``ascend-jax run --model allreduce --ranks 8 --json``.
+Run: ``ascend-jax run --model allreduce --ranks 8 --json``; ``--batch 1024`` runs 1,024 lanes
+(seeds seed..seed+1023, one vmapped JAX run); ``benchmarks/comm_sweep.py`` sweeps message sizes.
 """
 
 from __future__ import annotations

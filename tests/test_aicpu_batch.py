@@ -85,3 +85,12 @@ def test_one_acl_malloc_rule_for_gm_and_device_memory():
         t = gm.alloc(f"t{i}", (n,), "int8")
         assert dev.malloc(n, f"t{i}") == t.addr
     assert dev.cursor == gm._cursor
+
+
+def test_eager_engine_equals_jit():
+    from ascend_jax.aicpu import run_comm
+
+    p = p2p_job(32, seed=5)
+    eager, jitted = run_comm(p, jit=False), run_comm(p)
+    same(eager, jitted)
+    assert eager.status == CommStatus.OK

@@ -348,3 +348,31 @@ def test_random_programs_with_kernel_launches_jax_equals_reference(p):
     assert len(
         {(launch, rank) for _, rank, launch, call, _ in r.device_calls if call == "hcomm_batch_mode_end"}
     ) >= len(ran)
+
+
+@device_kernel(SO, "ManyTasks")
+def _many_tasks(dev: DeviceApi, p) -> int:
+    """200 tasks (more than the engine's first table width) and an fp16 reduce nobody declared."""
+    t, a, b = int(p["thread"]), int(p["a"]), int(p["b"])
+    dev.hcomm_batch_mode_start("m")
+    for i in range(199):
+        dev.hcomm_local_copy_on_thread(t, b + 2 * (i % 8), a + 2 * (i % 8), 2)
+    dev.hcomm_local_reduce_on_thread(t, b, a, 8, int(HcclDataType.FP16), 0)
+    dev.hcomm_batch_mode_end("m")
+    return 0
+
+
+def test_engine_regrows_when_kernels_outgrow_its_shape():
+    w = World(1, reduce_dtypes=(int(HcclDataType.FP32),))
+    w.init_comm("c")
+    h = w.host(0)
+    _, s = h.aclrt_create_stream()
+    _, (t,) = h.hccl_thread_acquire("c", 2, 1, 0)
+    _, a = h.aclrt_malloc(16)
+    _, b = h.aclrt_malloc(16)
+    h.aclrt_memcpy_h2d(a, np.arange(8, dtype=np.float16))
+    launch(h, s, "ManyTasks", param(t, a, b))
+    w.mark_output("b", 0, b, int(HcclDataType.FP16), 8)
+    r = run_both(w.program())
+    assert r.status == CommStatus.OK and len(r.program.queues[1].tasks) == 201
+    np.testing.assert_array_equal(r.output("b"), 2 * np.arange(8, dtype=np.float16))

@@ -123,6 +123,17 @@ def _fits(shape: CommShape, program: TaskProgram) -> bool:
     return need.tasks <= shape.tasks and set(need.reduce_dtypes) <= set(shape.reduce_dtypes)
 
 
+def _grown(shape: CommShape, programs: list[TaskProgram]) -> CommShape:
+    """``shape`` with room for the tasks and reduce dtypes kernels added. Memory and the largest
+    transfer stay: a transfer longer than every allocation faults whatever its length."""
+    need = comm_shape(programs)
+    return dataclasses.replace(
+        shape,
+        tasks=max(shape.tasks, need.tasks),
+        reduce_dtypes=tuple(sorted(set(shape.reduce_dtypes) | set(need.reduce_dtypes))),
+    )
+
+
 def encode_tables(shape: CommShape, program: TaskProgram) -> dict[str, np.ndarray]:
     """numpy tables of one lane."""
     q_n, l_n = shape.queues, shape.tasks
@@ -405,8 +416,7 @@ def run_comm_batch(
                 break
             fits = [_resume(shape, int(i), lanes, lane_models, st) for i in paused]
             if not all(fits):
-                shape = comm_shape(forks + lanes)
-                shape = dataclasses.replace(shape, tasks=max(shape.tasks, tab["ints"].shape[2]))
+                shape = _grown(shape, lanes)
                 _grow_state(st, shape.tasks)
                 tab = _stack([encode_tables(shape, p) for p in lanes])
             else:
@@ -465,7 +475,7 @@ def run_comm(program: TaskProgram, jit: bool = True, max_steps: int | None = Non
             if int(st["status"][0]) != CommStatus.PAUSED:
                 break
             if not _resume(shape, 0, [fork], [model], st):
-                shape = dataclasses.replace(comm_shape([fork]), tasks=max(comm_shape([fork]).tasks, shape.tasks))
+                shape = _grown(shape, [fork])
                 _grow_state(st, shape.tasks)
     return _result(fork, model, {k: v[0] for k, v in st.items()})
 

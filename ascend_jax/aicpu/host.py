@@ -168,7 +168,6 @@ class HostApi:
         q.tasks.append(self._notify_task(TaskKind.WAIT, self._notifies[notify], t))
         return 0
 
-    @_logged
     def aclrt_synchronize_stream(self, stream: int) -> StreamSync:
         """Returns a :class:`StreamSync` whose ``code`` the run fills in (the stream's error, 0 if none)."""
         q = self._streams.get(stream)
