@@ -8,7 +8,7 @@ collective's bus factor (AllReduce 2(p-1)/p, AllGather and ReduceScatter (p-1)/p
 whether the numerics match float64 numpy. The cost model's link bandwidth and latency are
 parameters, so the same sweep answers "what if the link were twice as fast".
 
-    python benchmarks/comm_sweep.py [--op allreduce] [--ranks 8] [--min-bytes 256] [--max-bytes 262144]
+    python benchmarks/comm_sweep.py [--op allreduce] [--ranks 8] [--min-bytes 256] [--max-bytes 1048576]
         [--link-gbps 50] [--latency-us 2] [--json] [--out benchmarks/results/comm_sweep.json]
 
 Sizes double from ``--min-bytes`` to ``--max-bytes`` (bytes of the whole buffer, nccl-tests'
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--op", choices=sorted(OPS), default="allreduce")
     ap.add_argument("--ranks", type=int, default=8, help="ranks in the ring (2..8)")
     ap.add_argument("--min-bytes", type=int, default=256)
-    ap.add_argument("--max-bytes", type=int, default=256 * 1024)
+    ap.add_argument("--max-bytes", type=int, default=1024 * 1024)
     ap.add_argument("--link-gbps", type=float, default=50.0, help="link (HCCS) bandwidth, GB/s")
     ap.add_argument("--latency-us", type=float, default=2.0, help="fixed cost of every copy / transfer, us")
     ap.add_argument("--json", action="store_true", help="print the JSON instead of the table")

@@ -376,3 +376,24 @@ def test_engine_regrows_when_kernels_outgrow_its_shape():
     r = run_both(w.program())
     assert r.status == CommStatus.OK and len(r.program.queues[1].tasks) == 201
     np.testing.assert_array_equal(r.output("b"), 2 * np.arange(8, dtype=np.float16))
+
+
+def test_sample_host_wrapper_codes_for_the_op_info_file(tmp_path):
+    # hicann/hccl examples/04_custom_ops_p2p op_host/load_kernel.cc LoadBinaryFromFile: realpath fails ->
+    # HCCL_E_INTERNAL; aclrtBinaryLoadFromFile fails (107000 here) -> HCCL_E_OPEN_FILE_FAILURE
+    from ascend_jax.aicpu.models import p2p_job
+
+    bad = tmp_path / "libp2p_aicpu_kernel.json"
+    bad.write_text("{not json")
+    p = p2p_job(16, op_info=str(bad))
+    assert p.world.host_returns[(0, "send")] == HcclResult.E_OPEN_FILE_FAILURE == 10
+    assert (0, "aclrt_binary_load_from_file", 107000) in p.world.host_calls
+    p = p2p_job(16, op_info=str(tmp_path / "missing.json"))
+    assert (
+        p.world.host_returns
+        == {(0, "send"): HcclResult.E_INTERNAL, (1, "recv"): HcclResult.E_INTERNAL}
+        == {
+            (0, "send"): 4,
+            (1, "recv"): 4,
+        }
+    )

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,8 +64,9 @@ def _host_state(host: HostApi) -> _HostState:
 
 def _acl(ret: int) -> int:
     """The sample's ``ACLCHECK``: any failing ACL call makes the wrapper return ``HCCL_E_RUNTIME`` (15)
-    (hicann/hccl ``examples/04_custom_ops_p2p``, ``op_host/launch_kernel.cc``; the raw aclError stays
-    visible in ``World.host_calls``)."""
+    (hicann/hccl ``examples/04_custom_ops_p2p``: the macro in ``inc/log.h``, used around every ACL call
+    of ``op_host/launch_kernel.cc`` ``LaunchKernelWithAclrt``; the raw aclError stays visible in
+    ``World.host_calls``)."""
     return int(HcclResult.E_RUNTIME) if ret else 0
 
 
@@ -74,6 +76,11 @@ def _launch(
     """``record n0 -> kernel(param) -> wait n1`` on ``stream`` (spec §8.1 H3)."""
     st = _host_state(host)
     if st.binary is None:
+        # hicann/hccl examples/04_custom_ops_p2p op_host/load_kernel.cc, LoadBinaryFromFile: a path that
+        # realpath() cannot resolve -> HCCL_E_INTERNAL (4); a failing aclrtBinaryLoadFromFile ->
+        # HCCL_E_OPEN_FILE_FAILURE (10)
+        if isinstance(op_info, (str, Path)) and not Path(op_info).exists():
+            return int(HcclResult.E_INTERNAL)
         ret, st.binary = host.aclrt_binary_load_from_file(op_info)
         if ret:
             st.binary = None
@@ -175,7 +182,8 @@ def hccl_send_custom(
     comm_name_override: str | None = None,
 ) -> int:
     """``HcclSendCustom`` (host library of the sample). Returns an HcclResult: 15 if an ACL call failed,
-    10 if the op-info JSON could not be loaded, the HCCL call's code otherwise."""
+    10 if the op-info JSON could not be loaded, 4 if its path does not exist, the HCCL call's code
+    otherwise."""
     return _p2p(host, send_buf, count, data_type, dest_rank, comm, stream, int(HcclCMDType.SEND), op_info,
                 kernel_name, tag, timeout, comm_name_override)  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""Sequential reference interpreter of task programs (the oracle of the JAX engine) and the result.
+"""Sequential reference interpreter of task programs (the oracle of the JAX engine).
 
 Semantics of one step (both engines):
 
@@ -11,7 +11,7 @@ Semantics of one step (both engines):
    wait-timeout error at the deadline. A KERNEL task with an error code fails its queue at
    ``ready + duration``; a COPY / REDUCE touching bytes outside every allocation of its rank fails
    it at ``ready``.
-2. Ready tasks execute: ``start = clock`` (a WAIT: ``max(clock, time the notify was set)``),
+2. Ready tasks execute: ``start = ready`` (a WAIT: ``max(ready, time the notify was set)``),
    ``end = start + duration``. Waits clear their notify; then records set theirs (lowest queue
    first; a record on a notify that is still set is *lost* and counted). Copies and reductions
    read memory as it was at the start of the step and write in queue order. A queue whose last
@@ -22,7 +22,6 @@ Semantics of one step (both engines):
    at 2 us and a wait that only starts at 1 s see each other in that order, whatever the number
    of tasks before them. If no queue has a candidate while some is unfinished, the run is a hang
    and stops with a report of every stuck queue, its task and its notify.
-
 4. A KERNEL task whose function has not run yet (``launch >= 0``) is a *pause* event at ``ready``:
    when it is among the earliest events, the step does nothing but run those kernels (in queue
    order) through :class:`~ascend_jax.aicpu.device.DeviceModel` over the memory as it is, which
