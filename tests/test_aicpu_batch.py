@@ -88,9 +88,21 @@ def test_one_acl_malloc_rule_for_gm_and_device_memory():
 
 
 def test_eager_engine_equals_jit():
-    from ascend_jax.aicpu import run_comm
+    from ascend_jax.aicpu import World, run_comm
 
-    p = p2p_job(32, seed=5)
+    # one rank, two streams: a copy and a record on one, a wait with a timeout on the other
+    w = World(1)
+    h = w.host(0)
+    _, s = h.aclrt_create_stream()
+    _, s2 = h.aclrt_create_stream()
+    _, a = h.aclrt_malloc(16)
+    _, b = h.aclrt_malloc(16)
+    h.aclrt_memcpy_h2d(a, np.arange(16, dtype=np.uint8))
+    _, n = h.aclrt_create_notify(0)
+    h.aclrt_memcpy_async(b, 16, a, 16, s)
+    h.aclrt_record_notify(n, s)
+    h.aclrt_wait_and_reset_notify(n, s2, 3)
+    p = w.program()
     eager, jitted = run_comm(p, jit=False), run_comm(p)
     same(eager, jitted)
-    assert eager.status == CommStatus.OK
+    assert eager.status == CommStatus.OK and eager.memory[0][b - a :].tolist()[:16] == list(range(16))
