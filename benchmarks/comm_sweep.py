@@ -27,8 +27,16 @@ from pathlib import Path
 
 from _common import device_kind, machine, pyplot, write
 
-from ascend_jax.aicpu import CommCost, CommStatus, HcclCMDType, HcclDataType, run_comm_batch
-from ascend_jax.aicpu.models import comm_numerics, ring_expected, ring_job
+from ascend_jax.aicpu import (
+    CommCost,
+    CommStatus,
+    HcclCMDType,
+    HcclDataType,
+    comm_numerics,
+    ring_expected,
+    ring_job,
+    run_comm_batch,
+)
 
 OPS = {
     "allreduce": HcclCMDType.ALLREDUCE,

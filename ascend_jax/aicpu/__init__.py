@@ -9,7 +9,9 @@ The pieces, one role per module:
   that runs a kernel when its stream reaches the kernel task;
 * :mod:`~ascend_jax.aicpu.engine` (JAX, lanes vmapped) and :mod:`~ascend_jax.aicpu.reference`
   (plain Python) run programs; :mod:`~ascend_jax.aicpu.result` is what both return;
-* :mod:`~ascend_jax.aicpu.collectives` the seed's P2P operator and ring collectives.
+* :mod:`~ascend_jax.aicpu.collectives` the seed's P2P operator and ring collectives;
+  :mod:`~ascend_jax.aicpu.models` whole jobs built from them (:func:`p2p_job`, :func:`ring_job`)
+  with their float64 numpy answers.
 
 Writing a custom operator: register a device kernel in a (simulated) ``.so``, list it in an op-info
 library, and launch it from each rank's host between two notifies::
@@ -73,6 +75,7 @@ from ascend_jax.aicpu.collectives import (
 from ascend_jax.aicpu.device import DeviceApi, DeviceModel, LaunchContext
 from ascend_jax.aicpu.engine import run_comm, run_comm_batch
 from ascend_jax.aicpu.host import HostApi
+from ascend_jax.aicpu.models import comm_numerics, p2p_expected, p2p_job, ring_expected, ring_job
 from ascend_jax.aicpu.opinfo import OpInfo, device_kernel, load_op_info
 from ascend_jax.aicpu.reduce import reduce_bytes, reduce_elements
 from ascend_jax.aicpu.reference import CommReference, run_comm_reference
@@ -113,10 +116,15 @@ __all__ = [
     "hccl_recv_custom",
     "hccl_ring_custom",
     "hccl_send_custom",
+    "comm_numerics",
     "load_op_info",
+    "p2p_expected",
+    "p2p_job",
     "p2p_kernel",
     "reduce_bytes",
     "reduce_elements",
+    "ring_expected",
+    "ring_job",
     "ring_kernel",
     "run_comm",
     "run_comm_batch",
