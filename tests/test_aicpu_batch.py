@@ -60,6 +60,8 @@ def test_cli_comm_batch_lists_every_lane(capsys):
     assert [b["seed"] for b in out["batch"]] == [4, 5, 6, 7, 8, 9]
     assert all(b["status"] == "ok" and b["numerics_ok"] and b["rank_errors"] == [0, 0, 0] for b in out["batch"])
     assert out["status"] == "ok" and len(out["ranks"]) == 3
+    calls = {(c["rank"], c["call"]) for c in out["host_calls"]}  # every host call with its return code
+    assert (2, "aclrt_launch_kernel_with_config") in calls and all(c["ret"] == 0 for c in out["host_calls"])
 
 
 def test_structure_engine_does_not_import_the_reference_and_the_docstring_example_runs():
