@@ -39,7 +39,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_NOT_OK = 0, 1, 2, 3
 #: Most lanes one ``run`` accepts (lanes run in chunks; this bounds the per-lane result objects).
 MAX_BATCH = 2**20
 #: ``run`` flags that do not apply to comm models (given explicitly: exit 2).
-COMM_UNSUPPORTED = ("schedule", "atomic_order", "dump", "chunk", "batch", "seed", "devices")
+COMM_UNSUPPORTED = ("schedule", "atomic_order", "dump", "devices")
 
 
 def package_version() -> str:
@@ -235,7 +235,7 @@ def _dump(program, image, directory: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ascend_jax.aicpu.world import TaskProgram
+    from ascend_jax.aicpu.tasks import TaskProgram
     from ascend_jax.models import load_model
     from ascend_jax.scenario import builtin_scenario_path, load_scenario
 
@@ -323,11 +323,13 @@ def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_o
 
 def _run_comm(program, expected, args: argparse.Namespace) -> int:
     """Runs a comm model (JAX engine or reference), prints JSON or a summary, returns the exit code."""
+    if (args.batch or 1) > 1:
+        return _run_comm_batch(program, expected, args)
     from ascend_jax.aicpu.engine import run_comm
     from ascend_jax.aicpu.models import comm_numerics
     from ascend_jax.aicpu.reference import CommStatus, run_comm_reference
 
-    engine = args.engine or "jax"
+    engine = "reference" if args.engine == "reference" else "jax"
     t0 = time.perf_counter()
     result = run_comm_reference(program) if engine == "reference" else run_comm(program)
     elapsed = time.perf_counter() - t0
@@ -359,6 +361,48 @@ def _run_comm(program, expected, args: argparse.Namespace) -> int:
             )
         for h in result.hang:
             console.print(f"[red]stuck[/red] {safe(h)}")
+    return EXIT_OK if ok else EXIT_NOT_OK
+
+
+def _run_comm_batch(program, expected, args: argparse.Namespace) -> int:
+    """``--batch N`` on a comm model: lanes seed..seed+N-1 (one vmapped JAX run, or the reference per
+    lane); lane 0's JSON plus a ``"batch"`` list with every lane's status; exit 0 only if all are ok."""
+    from ascend_jax.aicpu import CommStatus, run_comm_batch, run_comm_reference
+    from ascend_jax.aicpu.models import comm_numerics
+    from ascend_jax.models import load_model
+
+    first = args.seed or 0
+    seeds = [first + i for i in range(args.batch)]
+    lanes = [
+        program
+        if s == 0
+        else load_model(args.model, s, max_steps=args.max_steps, ranks=args.ranks, allow_python=args.allow_python)[0]
+        for s in seeds
+    ]
+    t0 = time.perf_counter()
+    if args.engine == "reference":
+        results = [run_comm_reference(p) for p in lanes]
+    else:
+        results = run_comm_batch(lanes, chunk=args.chunk or 256)
+    elapsed = time.perf_counter() - t0
+    rows = []
+    for i, (p, r, s) in enumerate(zip(lanes, results, seeds, strict=True)):
+        report = comm_numerics(r, expected(p)) if expected else {}
+        ok = all(e["ok"] for e in report.values())
+        rows.append({"lane": i, "seed": s, "status": r.status.label, "steps": r.steps,
+                     "time_s": r.to_json(timeline=False)["time_s"], "rank_errors": r.rank_errors(),
+                     "numerics_ok": ok})  # fmt: skip
+    if args.json:
+        out = results[0].to_json()
+        out["batch"] = rows
+        print(json.dumps(out, indent=2))
+    else:
+        counts = Counter(r["status"] for r in rows)
+        bad = sum(not r["numerics_ok"] for r in rows)
+        engine = "reference" if args.engine == "reference" else "jax"
+        print(f"{safe(program.name)}: {len(rows)} lanes, engine={engine}, {dict(counts)}, "
+              f"numerics failures {bad}, wall {elapsed:.2f}s")  # fmt: skip
+    ok = all(r.status == CommStatus.OK for r in results) and all(r["numerics_ok"] for r in rows)
     return EXIT_OK if ok else EXIT_NOT_OK
 
 

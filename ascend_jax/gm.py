@@ -31,6 +31,18 @@ GM_BASE = 0x10000
 #: ``aclrtMalloc``: start address 64-byte aligned.
 GM_ALIGN = 64
 
+
+def acl_malloc_place(cursor: int, nbytes: int) -> tuple[int, int]:
+    """Where ``aclrtMalloc`` puts ``nbytes`` bytes when the free space starts at byte ``cursor``.
+
+    Returns ``(start, new_cursor)``: the start is 64-byte aligned and the footprint is
+    ``ALIGN_UP(nbytes, 32) + 32`` bytes (a zero-byte request takes one 32-byte unit plus 32). The
+    one placement rule of the package: GM tensors and the AI CPU ranks' device memory both use it.
+    """
+    start = -(-cursor // GM_ALIGN) * GM_ALIGN
+    return start, start + -(-max(nbytes, 1) // 32) * 32 + 32
+
+
 #: Element types a tensor may have (numpy dtypes; bfloat16 comes from ml_dtypes through JAX).
 DTYPES: dict[str, np.dtype] = {
     "float16": np.dtype(np.float16),
@@ -136,10 +148,9 @@ class GlobalMemory:
             raise ConfigError(f"{where}.shape", shape, "must be a non-empty list of positive integers")
         dt = get_dtype(dtype, f"{where}.dtype")
         shape = tuple(int(s) for s in shape)
-        start = -(-self._cursor // GM_ALIGN) * GM_ALIGN
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        start, self._cursor = acl_malloc_place(self._cursor, nbytes)
         t = Tensor(name, start, shape, dt)
-        footprint = -(-max(t.nbytes, 1) // 32) * 32 + 32
-        self._cursor = start + footprint
         if self._cursor >= 2**31:
             raise ConfigError(f"{where}.shape", shape, "GM beyond 2 GiB is not supported (addresses are int32)")
         grown = np.zeros(self._cursor - GM_BASE, np.uint8)

@@ -8,8 +8,7 @@ Run: ``ascend-jax run --model allgather --ranks 8 --json``.
 
 from __future__ import annotations
 
-from ascend_jax.aicpu.codes import HcclCMDType
-from ascend_jax.aicpu.models import ring_expected, ring_job
+from ascend_jax.aicpu import HcclCMDType, ring_expected, ring_job
 
 
 def build(seed: int = 0, ranks: int = 4, count: int = 256):

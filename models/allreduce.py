@@ -3,13 +3,13 @@
 Each rank runs one device thread with channels to its ring neighbours; per step it records ACK to
 prev, waits ACK from next, writes its block into next's HCCL buffer, records DATA to next, waits
 DATA from prev and copies or reduces the received block (spec §9.3). fp32 data, SUM.
-Run: ``ascend-jax run --model allreduce --ranks 8 --json``.
+Run: ``ascend-jax run --model allreduce --ranks 8 --json``; ``--batch 1024`` runs 1,024 lanes
+(seeds seed..seed+1023, one vmapped JAX run); ``benchmarks/comm_sweep.py`` sweeps message sizes.
 """
 
 from __future__ import annotations
 
-from ascend_jax.aicpu.codes import HcclCMDType
-from ascend_jax.aicpu.models import ring_expected, ring_job
+from ascend_jax.aicpu import HcclCMDType, ring_expected, ring_job
 
 
 def build(seed: int = 0, ranks: int = 4, count: int = 256):

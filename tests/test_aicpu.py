@@ -12,14 +12,16 @@ from hypothesis import HealthCheck, given, settings
 
 from ascend_jax.aicpu.codes import AclError, HcclCMDType, HcclDataType, HcclReduceOp, HcclResult
 from ascend_jax.aicpu.collectives import P2P_KERNEL, P2P_SO
+from ascend_jax.aicpu.device import DeviceApi, DeviceModel
 from ascend_jax.aicpu.engine import run_comm
 from ascend_jax.aicpu.models import comm_numerics, p2p_expected, p2p_job, ring_expected, ring_job
 from ascend_jax.aicpu.opinfo import device_kernel, load_op_info
-from ascend_jax.aicpu.reference import CommStatus, QueueStatus, run_comm_reference
+from ascend_jax.aicpu.reference import run_comm_reference
+from ascend_jax.aicpu.result import CommStatus, QueueStatus
 from ascend_jax.aicpu.structs import ALG_RESOURCE_CTX, COMM_BUFFER, OP_PARAM
-from ascend_jax.aicpu.world import MEM_BASE, DeviceApi, Task, TaskKind, World
+from ascend_jax.aicpu.tasks import MEM_BASE, Task, TaskKind
+from ascend_jax.aicpu.world import World
 from ascend_jax.cli import main
-from ascend_jax.errors import ConfigError
 
 
 def run_both(program):
@@ -37,26 +39,28 @@ def run_both(program):
 # -- op-info and structs ---------------------------------------------------------------------------
 
 
-def test_op_info_loading_and_validation(tmp_path):
+def test_op_info_loading_is_lenient_like_the_runtime(tmp_path):
+    # hicann/runtime src/runtime/core/src/kernel/json_parse.cc and program.cc (RegisterCpuKernel):
+    # no opInfo -> entry skipped; missing kernelSo / functionName -> warning only; opKernelLib free text
     good = {"K": {"opInfo": {"opKernelLib": "AICPUKernel", "kernelSo": "libk.so", "functionName": "K"}}}
     path = tmp_path / "lib.json"
     path.write_text(json.dumps(good))
     lib = load_op_info(path)
     assert lib["K"].kernel_so == "libk.so" and lib["K"].function_name == "K"
-    cases = [
-        ({"K": {}}, r"\['K'\].opInfo = None: is required"),
-        ({"K": {"opInfo": {"opKernelLib": "AICPUKernel", "functionName": "K"}}}, r"opInfo.kernelSo"),
-        ({"K": {"opInfo": {"opKernelLib": "TBE", "kernelSo": "a.so", "functionName": "K"}}}, r"must be 'AICPUKernel'"),
-        ({"K": {"opInfo": {"opKernelLib": "AICPUKernel", "kernelSo": "a.so", "functionName": "a b"}}}, "C identifier"),
-    ]
-    for doc, msg in cases:
-        with pytest.raises(ConfigError, match=msg):
-            load_op_info(doc)
+    notes: list[str] = []
+    doc = {
+        "NoInfo": {},
+        "NoSo": {"opInfo": {"opKernelLib": "AICPUKernel", "functionName": "F"}},
+        "Tbe": {"opInfo": {"opKernelLib": "TBE", "kernelSo": "a.so", "functionName": "a b"}},
+    }
+    lib = load_op_info(doc, notes)
+    assert sorted(lib) == ["NoSo", "Tbe"]
+    assert lib["NoSo"].kernel_so == "" and lib["Tbe"].op_kernel_lib == "TBE"
+    assert notes == ["'NoInfo': no opInfo object; entry skipped", "'NoSo': opInfo.kernelSo missing"]
     path.write_text("{not json")
-    with pytest.raises(ConfigError, match="not valid JSON"):
-        load_op_info(path)
-    with pytest.raises(ConfigError, match="file not found"):
-        load_op_info(tmp_path / "missing.json")
+    assert load_op_info(path) is None
+    assert load_op_info(tmp_path / "missing.json") is None
+    assert load_op_info(["not", "an", "object"]) is None
 
 
 def test_struct_layouts_match_c():
@@ -78,7 +82,8 @@ def test_acl_host_calls_return_documented_codes():
     _, s = h.aclrt_create_stream()
     assert h.aclrt_record_notify(12345, s) == AclError.INVALID_PARAM
     assert h.aclrt_record_notify(n, 999) == AclError.RT_STREAM_CONTEXT
-    assert h.aclrt_binary_load_from_file({"bad": 1})[0] == AclError.INVALID_FILE
+    assert h.aclrt_binary_load_from_file("/no/such/op_info.json")[0] == AclError.RT_PARAM_INVALID == 107000
+    assert h.aclrt_binary_load_from_file({"bad": 1})[0] == 0  # an entry without opInfo is skipped
     ret, b = h.aclrt_binary_load_from_file(
         {"K": {"opInfo": {"opKernelLib": "AICPUKernel", "kernelSo": "x.so", "functionName": "K"}}}
     )
@@ -88,7 +93,8 @@ def test_acl_host_calls_return_documented_codes():
     _, args = h.aclrt_kernel_args_init(f)
     assert h.aclrt_kernel_args_append(args, b"")[0] == AclError.INVALID_PARAM
     assert h.aclrt_launch_kernel_with_config(f, 0, s, {}, args) == AclError.INVALID_PARAM  # numBlocks 0
-    assert h.aclrt_launch_kernel_with_config(f, 1, s, {7: 5, 8: 5}, args) == AclError.INVALID_PARAM  # s and us
+    # seconds and microseconds together: ApiErrorDecorator::CheckKernelLaunchCfg -> 107000
+    assert h.aclrt_launch_kernel_with_config(f, 1, s, {7: 5, 8: 5}, args) == AclError.RT_PARAM_INVALID == 107000
     assert h.aclrt_launch_kernel_with_config(f, 1, s, {}, args, reserve=object()) == AclError.INVALID_PARAM
     w.init_comm("c")
     assert h.hccl_channel_acquire("c", 2, 0, 0, 2)[0] == HcclResult.E_PARA  # to itself
@@ -101,22 +107,21 @@ def test_device_calls_check_arguments_only():
     h = w.host(0)
     _, threads = h.hccl_thread_acquire("c", 2, 1, 2)
     t = threads[0]
-    dev = DeviceApi(w, 0, w.new_notify(0, "gate"), 0)
-    # outside batch mode the data plane is rejected (batch mode is mandatory on A2/A3)
-    assert dev.hcomm_local_copy_on_thread(t, MEM_BASE, MEM_BASE + 64, 8) == HcclResult.E_NOT_SUPPORT
+    model = DeviceModel(w.program().fork())
+    dev = model.device_api(0)
     assert dev.hcomm_batch_mode_start("x") == 0
     assert dev.hcomm_local_copy_on_thread(t, 0, MEM_BASE, 8) == HcclResult.E_PTR
     assert dev.hcomm_local_copy_on_thread(999, MEM_BASE, MEM_BASE, 8) == HcclResult.E_PTR
     for dt, op in ((HcclDataType.INT64, HcclReduceOp.SUM), (HcclDataType.FP32, HcclReduceOp.PROD)):
         assert dev.hcomm_local_reduce_on_thread(t, MEM_BASE, MEM_BASE + 64, 4, int(dt), int(op)) == HcclResult.E_PARA
     assert dev.hcomm_local_reduce_on_thread(t, MEM_BASE, MEM_BASE + 64, 4, int(HcclDataType.BFP16), 2) == 0
-    assert dev.hcomm_thread_notify_wait_on_thread(t, 2, 1.0) == HcclResult.E_PARA  # notifyNumPerThread = 2
     assert dev.hcomm_acquire_comm("nope") == HcclResult.E_PTR
     assert dev.hcomm_acquire_comm(b"c") == 0
     # a copy to a bad address is accepted at enqueue: it fails when it runs
     assert dev.hcomm_local_copy_on_thread(t, 0xDEAD0, MEM_BASE, 8) == 0
     assert dev.hcomm_batch_mode_end("x") == 0
-    assert [k.kind for k in w.queues[0].tasks] == [TaskKind.WAIT, TaskKind.REDUCE, TaskKind.COPY]
+    kinds = [k.kind for k in model.program.queues[0].tasks]
+    assert kinds == [TaskKind.NOP, TaskKind.REDUCE, TaskKind.COPY]  # submission marker, then the tasks
 
 
 # -- the P2P flow -------------------------------------------------------------------------------------------
@@ -161,16 +166,19 @@ def test_ring_int32_sum_is_exact():
 # -- pitfalls ---------------------------------------------------------------------------------------------------
 
 
+SEEN_COUNTS: list[int] = []
+
+
 @device_kernel("libtest_args.so", "EchoCount")
 def _echo_count(dev: DeviceApi, param) -> int:
-    """Records the OpParam count it was launched with on the world (to see the copy semantics)."""
-    dev.world.seen_counts.append(int(param["count"]))
+    """Records the OpParam count it was launched with (to see the copy semantics)."""
+    SEEN_COUNTS.append(int(param["count"]))
     return 0
 
 
 def test_kernel_args_append_copies_and_sync_codes_are_filled():
+    SEEN_COUNTS.clear()
     w = World(1)
-    w.seen_counts = []
     h = w.host(0)
     doc = {
         "EchoCount": {
@@ -187,10 +195,11 @@ def test_kernel_args_append_copies_and_sync_codes_are_filled():
     param["count"] = 99  # changed after the append: the kernel still sees 7
     h.aclrt_kernel_args_finalize(a)
     assert h.aclrt_launch_kernel_with_config(f, 1, s, {7: 1836}, a, None, OP_PARAM) == 0
-    assert w.seen_counts == [7]
+    assert SEEN_COUNTS == []  # the kernel runs when the stream reaches it, not at launch
     sync = h.aclrt_synchronize_stream(s)
     assert sync.code is None
     run_comm(w.program())
+    assert SEEN_COUNTS == [7]
     assert sync.code == 0
 
 
@@ -199,7 +208,10 @@ def test_pitfall_json_key_differs_from_lookup_name():
         "CustomAicpuKernel": {"opInfo": {"opKernelLib": "AICPUKernel", "kernelSo": P2P_SO, "functionName": P2P_KERNEL}}
     }
     p = p2p_job(64, op_info=doc)
-    assert p.world.host_returns[(0, "send")] == AclError.RT_PARAM_INVALID == 107000
+    # aclrtBinaryGetFunction gives 107000 (F1); the sample's ACLCHECK turns it into HCCL_E_RUNTIME
+    # (hicann/hccl examples/04_custom_ops_p2p op_host/launch_kernel.cc)
+    assert p.world.host_returns[(0, "send")] == HcclResult.E_RUNTIME == 15
+    assert (0, "aclrt_binary_get_function", 107000) in p.world.host_calls
 
 
 def test_pitfall_function_name_not_exported():
@@ -227,12 +239,14 @@ def test_pitfall_both_ranks_send_first_times_out():
     assert failed["rank0.stream0"] == pytest.approx(1836, rel=1e-4)
 
 
+TEST_HANDLES: dict[int, tuple[int, int, int]] = {}
+
+
 @device_kernel("libtest_pitfalls.so", "DoubleRecord")
 def _double_record(dev: DeviceApi, param) -> int:
     """Rank 0 records the peer's ACK twice; rank 1 first copies 64 KiB (about 2.6 us), then waits
     twice on its ACK (5 s timeout), so both records land before its first wait."""
-    w = dev.world
-    thread, channel, buf = w.test_handles[dev.rank]
+    thread, channel, buf = TEST_HANDLES[dev.rank]
     dev.hcomm_batch_mode_start("t")
     if dev.rank == 0:
         dev.hcomm_channel_notify_record_on_thread(thread, channel, 0)
@@ -248,7 +262,7 @@ def _double_record(dev: DeviceApi, param) -> int:
 def test_pitfall_two_records_before_the_wait_lose_a_wakeup():
     w = World(2)
     w.init_comm("c")
-    w.test_handles = {}
+    TEST_HANDLES.clear()
     doc = {
         "DoubleRecord": {
             "opInfo": {"opKernelLib": "AICPUKernel", "kernelSo": "libtest_pitfalls.so", "functionName": "DoubleRecord"}
@@ -259,7 +273,7 @@ def test_pitfall_two_records_before_the_wait_lose_a_wakeup():
         _, threads = h.hccl_thread_acquire("c", 2, 1, 0)
         _, ch = h.hccl_channel_acquire("c", 2, 1 - r, 0, 1)
         _, buf = h.aclrt_malloc(2 * 65536)
-        w.test_handles[r] = (threads[0], ch, buf)
+        TEST_HANDLES[r] = (threads[0], ch, buf)
     for r in range(2):
         h = w.host(r)
         _, s = h.aclrt_create_stream()
@@ -281,7 +295,7 @@ def test_pitfall_unknown_communicator_name():
     p = p2p_job(64, comm_name_override="no_such_comm")
     r = run_both(p)
     assert r.rank_errors() == [AclError.RT_AICPU_EXCEPTION] * 2  # HcommAcquireComm -> HCCL_E_PTR -> kernel returns 1
-    assert all(not q.tasks for q in p.queues if q.kind == "thread")  # nothing was submitted
+    assert all(not q.tasks for q in r.program.queues if q.kind == "thread")  # nothing was submitted
 
 
 def test_hang_report_names_queue_task_and_notify():

@@ -8,7 +8,8 @@ import numpy as np
 
 
 class AclError(enum.IntEnum):
-    """``aclError`` values used by the model (spec §2.4)."""
+    """``aclError`` values used by the model (spec §2.4; the ``RT_*`` values checked against
+    hicann/runtime ``include/external/acl/error_codes/rt_error_codes.h``)."""
 
     SUCCESS = 0
     INVALID_PARAM = 100000
@@ -25,20 +26,21 @@ class AclError(enum.IntEnum):
     RT_INVALID_HANDLE = 107017
     RT_WAIT_TIMEOUT = 107019
     RT_TASK_TIMEOUT = 107020
-    RT_SYMBOL_NOT_FOUND = 107042
     RT_FEATURE_NOT_SUPPORT = 207000
     RT_NO_NOTIFY_RESOURCE = 207009
     RT_INTERNAL_ERROR = 507000
     RT_TS_ERROR = 507001
+    RT_END_OF_SEQUENCE = 507005
     RT_AICPU_TIMEOUT = 507017
     RT_AICPU_EXCEPTION = 507018
     RT_STREAM_SYNC_TIMEOUT = 507046
     RT_FFTS_PLUS_TIMEOUT = 507048
     RT_AICPU_INTERNAL_ERROR = 507900
+    RT_SYMBOL_NOT_FOUND = 507915
 
 
 class HcclResult(enum.IntEnum):
-    """``HcclResult`` (spec §7.3)."""
+    """``HcclResult``, every member (spec §7.3; hicann/hcomm ``include/hccl/hccl_types.h``)."""
 
     SUCCESS = 0
     E_PARA = 1
@@ -51,6 +53,22 @@ class HcclResult(enum.IntEnum):
     E_SYSCALL = 8
     E_TIMEOUT = 9
     E_OPEN_FILE_FAILURE = 10
+    E_TCP_CONNECT = 11
+    E_ROCE_CONNECT = 12
+    E_TCP_TRANSFER = 13
+    E_ROCE_TRANSFER = 14
+    E_RUNTIME = 15
+    E_DRV = 16
+    E_PROFILING = 17
+    E_CCE = 18
+    E_NETWORK = 19
+    E_AGAIN = 20
+    E_REMOTE = 21
+    E_SUSPENDING = 22
+    E_OPRETRY_FAIL = 23
+    E_OOM = 24
+    E_IN_STATUS = 1041
+    E_RESERVED = 1042
 
 
 class HcclDataType(enum.IntEnum):

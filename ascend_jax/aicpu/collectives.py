@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,9 +32,10 @@ from ascend_jax.aicpu.codes import (
     HcclCMDType,
     HcclResult,
 )
+from ascend_jax.aicpu.device import DeviceApi
+from ascend_jax.aicpu.host import HostApi
 from ascend_jax.aicpu.opinfo import device_kernel
 from ascend_jax.aicpu.structs import ALG_RESOURCE_CTX, OP_PARAM, RING_RES_CTX
-from ascend_jax.aicpu.world import DeviceApi, HostApi
 
 #: The sample's op-info library: key, functionName, host lookup name and C symbol all equal.
 P2P_KERNEL = "HcclLaunchP2PAicpuKernel"
@@ -57,9 +59,15 @@ class _HostState:
 
 
 def _host_state(host: HostApi) -> _HostState:
-    if not hasattr(host, "_custom_state"):
-        host._custom_state = _HostState()
-    return host._custom_state
+    return host.thread_local.setdefault("hccl_custom", _HostState())
+
+
+def _acl(ret: int) -> int:
+    """The sample's ``ACLCHECK``: any failing ACL call makes the wrapper return ``HCCL_E_RUNTIME`` (15)
+    (hicann/hccl ``examples/04_custom_ops_p2p``: the macro in ``inc/log.h``, used around every ACL call
+    of ``op_host/launch_kernel.cc`` ``LaunchKernelWithAclrt``; the raw aclError stays visible in
+    ``World.host_calls``)."""
+    return int(HcclResult.E_RUNTIME) if ret else 0
 
 
 def _launch(
@@ -68,31 +76,32 @@ def _launch(
     """``record n0 -> kernel(param) -> wait n1`` on ``stream`` (spec §8.1 H3)."""
     st = _host_state(host)
     if st.binary is None:
+        # hicann/hccl examples/04_custom_ops_p2p op_host/load_kernel.cc, LoadBinaryFromFile: a path that
+        # realpath() cannot resolve -> HCCL_E_INTERNAL (4); a failing aclrtBinaryLoadFromFile ->
+        # HCCL_E_OPEN_FILE_FAILURE (10)
+        if isinstance(op_info, (str, Path)) and not Path(op_info).exists():
+            return int(HcclResult.E_INTERNAL)
         ret, st.binary = host.aclrt_binary_load_from_file(op_info)
         if ret:
             st.binary = None
             return int(HcclResult.E_OPEN_FILE_FAILURE)
-    ret = host.aclrt_record_notify(notifies[0], stream)
-    if ret:
-        return ret
+    if _acl(host.aclrt_record_notify(notifies[0], stream)):
+        return int(HcclResult.E_RUNTIME)
     ret, func = host.aclrt_binary_get_function(st.binary, kernel_name)
-    if ret:
-        return ret
+    if _acl(ret):
+        return int(HcclResult.E_RUNTIME)
     ret, args = host.aclrt_kernel_args_init(func)
-    if ret:
-        return ret
+    if _acl(ret):
+        return int(HcclResult.E_RUNTIME)
     ret, _ = host.aclrt_kernel_args_append(args, param)
-    if ret:
-        return ret
-    ret = host.aclrt_kernel_args_finalize(args)
-    if ret:
-        return ret
+    if _acl(ret) or _acl(host.aclrt_kernel_args_finalize(args)):
+        return int(HcclResult.E_RUNTIME)
     ret = host.aclrt_launch_kernel_with_config(
         func, 1, stream, {ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT: NOTIFY_DEFAULT_WAIT_TIME}, args, None, param.dtype
     )
-    if ret:
-        return ret
-    return host.aclrt_wait_and_reset_notify(notifies[1], stream, timeout)
+    if _acl(ret):
+        return int(HcclResult.E_RUNTIME)
+    return _acl(host.aclrt_wait_and_reset_notify(notifies[1], stream, timeout))
 
 
 def _notifies(host: HostApi, key: str) -> list[int]:
@@ -172,7 +181,9 @@ def hccl_send_custom(
     timeout: int = CUSTOM_TIMEOUT,
     comm_name_override: str | None = None,
 ) -> int:
-    """``HcclSendCustom`` (host library of the sample). Returns HcclResult / aclError of the host calls."""
+    """``HcclSendCustom`` (host library of the sample). Returns an HcclResult: 15 if an ACL call failed,
+    10 if the op-info JSON could not be loaded, 4 if its path does not exist, the HCCL call's code
+    otherwise."""
     return _p2p(host, send_buf, count, data_type, dest_rank, comm, stream, int(HcclCMDType.SEND), op_info,
                 kernel_name, tag, timeout, comm_name_override)  # fmt: skip
 
@@ -243,7 +254,9 @@ def p2p_kernel(dev: DeviceApi, param: np.ndarray) -> int:
 
 # -- ring collectives ------------------------------------------------------------------------------
 
-RING_PARAM = np.dtype([("op", OP_PARAM), ("ctx", RING_RES_CTX), ("workPtr", np.uint64)], align=True)
+RING_PARAM = np.dtype(
+    [("op", OP_PARAM), ("ctx", RING_RES_CTX), ("workPtr", np.uint64), ("timeout", np.uint32)], align=True
+)
 
 
 def hccl_ring_custom(
@@ -290,6 +303,7 @@ def hccl_ring_custom(
     _, c["nextBuffer"]["addr"], c["nextBuffer"]["size"] = host.hccl_channel_get_hccl_buffer(comm, int(c["nextChannel"]))
     c["myRank"], c["rankSize"], c["reduceOp"] = rank, size, reduce_op
     param["workPtr"] = work_buf
+    param["timeout"] = timeout
     return _launch(host, stream, RING_OP_INFO, RING_KERNEL, param, notifies, timeout)
 
 
@@ -303,7 +317,7 @@ def ring_kernel(dev: DeviceApi, param: np.ndarray) -> int:
     block = count * SIZE_TABLE[dtype]
     work, slot, peer_slot = int(param["workPtr"]), int(c["localBuffer"]["addr"]), int(c["nextBuffer"]["addr"])
     kind = int(op["opType"])
-    T = CUSTOM_TIMEOUT
+    T = int(param["timeout"])  # device waits use the host's timeout (seconds, 0 = forever)
 
     def exchange(send_block: int, recv_block: int, reduce: bool) -> None:
         _fail_unless(dev.hcomm_channel_notify_record_on_thread(thread, prv, NOTIFY_IDX_ACK))

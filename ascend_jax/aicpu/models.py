@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 
 from ascend_jax.aicpu.codes import HcclCMDType, HcclDataType, HcclReduceOp, numpy_dtype
-from ascend_jax.aicpu.collectives import hccl_recv_custom, hccl_ring_custom, hccl_send_custom
-from ascend_jax.aicpu.reference import CommResult
-from ascend_jax.aicpu.world import CommCost, TaskProgram, World
+from ascend_jax.aicpu.collectives import CUSTOM_TIMEOUT, hccl_recv_custom, hccl_ring_custom, hccl_send_custom
+from ascend_jax.aicpu.result import CommResult
+from ascend_jax.aicpu.tasks import CommCost, TaskProgram
+from ascend_jax.aicpu.world import World
 from ascend_jax.numerics import compare
 
 #: Relative-L2 tolerance of comm outputs against float64 numpy: fp32 sums over p <= 64 ranks.
@@ -47,8 +48,8 @@ def p2p_job(count: int = 1024, seed: int = 0, both_send_first: bool = False, **o
             rets[(r, kind)] = fn(h, buf, count, int(HcclDataType.FP32), peer, "comm0", stream, **opts)
         h.aclrt_synchronize_stream(stream)
         world.mark_output(f"rank{r}.recvBuf", r, recv, int(HcclDataType.FP32), count)
-    world.host_returns = rets
-    world.inputs = data
+    world.host_returns.update(rets)
+    world.inputs.extend(data)
     return world.program()
 
 
@@ -58,12 +59,27 @@ def p2p_expected(program: TaskProgram) -> dict[str, np.ndarray]:
 
 
 def ring_job(
-    op_type: int, ranks: int = 4, count: int = 256, seed: int = 0, dtype: int = int(HcclDataType.FP32)
+    op_type: int,
+    ranks: int = 4,
+    count: int = 256,
+    seed: int = 0,
+    dtype: int = int(HcclDataType.FP32),
+    cost: CommCost | None = None,
+    timeout: int = CUSTOM_TIMEOUT,
 ) -> TaskProgram:
-    """A ring collective over ``ranks`` ranks, ``count`` elements per block (fp32 sum by default)."""
+    """A ring collective over ``ranks`` ranks, ``count`` elements per block (fp32 sum by default).
+
+    ``cost``: the cost model (link bandwidth and latency are its parameters); ``timeout``: seconds
+    of the host's done-wait and of every device wait (0 = forever)."""
     name = {HcclCMDType.ALLGATHER: "allgather", HcclCMDType.REDUCE_SCATTER: "reduce_scatter",
             HcclCMDType.ALLREDUCE: "allreduce"}[HcclCMDType(op_type)]  # fmt: skip
-    world = World(ranks, hccl_buffer_size=max(64, count * 8), name=f"{name}-p{ranks}", cost=CommCost())
+    world = World(
+        ranks,
+        hccl_buffer_size=max(64, count * 8),
+        name=f"{name}-p{ranks}",
+        cost=cost or CommCost(),
+        reduce_dtypes=(dtype,),
+    )
     world.init_comm("comm0")
     rng = np.random.default_rng(seed)
     dt = numpy_dtype(dtype)
@@ -79,20 +95,22 @@ def ring_job(
         _, recv = h.aclrt_malloc(out_count * dt.itemsize, "recvBuf")
         _, work = h.aclrt_malloc(ranks * count * dt.itemsize, "workBuf")
         h.aclrt_memcpy_h2d(send, x)
-        ret = hccl_ring_custom(h, op_type, send, recv, work, count, dtype, int(HcclReduceOp.SUM), "comm0", stream)
+        ret = hccl_ring_custom(
+            h, op_type, send, recv, work, count, dtype, int(HcclReduceOp.SUM), "comm0", stream, timeout=timeout
+        )
         if ret:
             raise RuntimeError(f"rank {r}: host call failed with {ret}")
         h.aclrt_synchronize_stream(stream)
         world.mark_output(f"rank{r}.recvBuf", r, recv, dtype, out_count)
-    world.inputs = inputs
-    world.op_type = op_type
+    world.inputs.extend(inputs)
+    world.meta["op_type"] = int(op_type)
     return world.program()
 
 
 def ring_expected(program: TaskProgram) -> dict[str, np.ndarray]:
     x = [a.astype(np.float64) for a in program.world.inputs]
     p = len(x)
-    op = program.world.op_type
+    op = program.world.meta["op_type"]
     out = {}
     for r in range(p):
         if op == HcclCMDType.ALLGATHER:

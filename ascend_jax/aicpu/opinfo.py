@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ascend_jax.errors import ConfigError
-
 #: kernelSo -> functionName -> Python kernel ``fn(dev, param) -> int``.
 KERNEL_LIBRARIES: dict[str, dict[str, Callable[..., int]]] = {}
 
@@ -25,7 +23,7 @@ def device_kernel(kernel_so: str, function_name: str | None = None) -> Callable:
     """Decorator: exports ``fn`` as ``function_name`` (default: its name) of library ``kernel_so``.
 
     The kernel is called as ``fn(dev, param)`` with ``dev`` the device-side API
-    (:class:`ascend_jax.aicpu.world.DeviceApi`) and ``param`` the copied argument blob as a 0-d
+    (:class:`ascend_jax.aicpu.device.DeviceApi`) and ``param`` the copied argument blob as a 0-d
     structured array; it returns 0 on success (``extern "C" unsigned int fn(void *param)``).
     """
 
@@ -47,47 +45,55 @@ class OpInfo:
     user_defined: bool = False
 
 
-def parse_op_info(doc: Any, source: str = "op-info") -> dict[str, OpInfo]:
-    """Validates a parsed op-info document; returns kernel name -> :class:`OpInfo`."""
-    if not isinstance(doc, Mapping) or not doc:
-        raise ConfigError(source, type(doc).__name__, "must be a JSON object whose keys are kernel names")
+def parse_op_info(doc: Any, warnings: list[str] | None = None) -> dict[str, OpInfo] | None:
+    """Registers the entries of a parsed op-info document as the runtime does; returns kernel name ->
+    :class:`OpInfo`, or None when ``doc`` is not a JSON object (the load then fails).
+
+    Lenient like hicann/runtime ``src/runtime/core/src/kernel/json_parse.cc`` and ``program.cc``
+    (``Program::RegisterCpuKernel``): an entry without an ``opInfo`` object is skipped with a
+    warning; a missing ``kernelSo`` or ``functionName`` only warns (the entry is registered with an
+    empty name, so the kernel fails on the device when it runs); ``opKernelLib`` is stored as free
+    text. ``warnings`` (if given) receives one line per skipped entry or missing field.
+    """
+    if not isinstance(doc, Mapping):
+        return None
+    notes = warnings if warnings is not None else []
     out = {}
     for name, entry in doc.items():
-        where = f"{source}[{name!r}]"
-        if not isinstance(entry, Mapping) or "opInfo" not in entry:
-            raise ConfigError(f"{where}.opInfo", None, "is required (the runtime skips entries without it)")
-        info = entry["opInfo"]
+        info = entry.get("opInfo") if isinstance(entry, Mapping) else None
         if not isinstance(info, Mapping):
-            raise ConfigError(f"{where}.opInfo", info, "must be an object")
+            notes.append(f"{name!r}: no opInfo object; entry skipped")
+            continue
+        if name in out:
+            notes.append(f"{name!r}: already registered; duplicate skipped")
+            continue
+        fields = {}
         for key in ("opKernelLib", "kernelSo", "functionName"):
-            if not isinstance(info.get(key), str) or not info.get(key):
-                raise ConfigError(f"{where}.opInfo.{key}", info.get(key), "is required and must be a non-empty string")
-        if info["opKernelLib"] != "AICPUKernel":
-            raise ConfigError(f"{where}.opInfo.opKernelLib", info["opKernelLib"], "must be 'AICPUKernel'")
-        if not info["kernelSo"].endswith(".so"):
-            raise ConfigError(f"{where}.opInfo.kernelSo", info["kernelSo"], "must name a shared library (*.so)")
-        if not info["functionName"].isidentifier():
-            raise ConfigError(
-                f"{where}.opInfo.functionName", info["functionName"], "must be a C identifier (the exported symbol)"
-            )
+            value = info.get(key)
+            if not isinstance(value, str) or not value:
+                notes.append(f"{name!r}: opInfo.{key} missing")
+                value = ""
+            fields[key] = value
         out[name] = OpInfo(
-            name, info["kernelSo"], info["functionName"], info["opKernelLib"], str(info.get("userDefined")) == "True"
+            name,
+            fields["kernelSo"],
+            fields["functionName"],
+            fields["opKernelLib"],
+            str(info.get("userDefined")) == "True",
         )
     return out
 
 
-def load_op_info(path: str | Path | Mapping[str, Any]) -> dict[str, OpInfo]:
-    """Loads an op-info JSON file (or an already parsed document)."""
+def load_op_info(path: str | Path | Mapping[str, Any], warnings: list[str] | None = None) -> dict[str, OpInfo] | None:
+    """Loads an op-info JSON file (or an already parsed document); None if the file cannot be read
+    or is not a JSON object (``aclrtBinaryLoadFromFile`` then returns 107000)."""
     if isinstance(path, Mapping):
-        return parse_op_info(path)
-    p = Path(path)
+        return parse_op_info(path, warnings)
     try:
-        doc = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError("op-info", str(p), "file not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError("op-info", str(p), f"is not valid JSON ({e})") from None
-    return parse_op_info(doc, str(p))
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    return parse_op_info(doc, warnings)
 
 
 def resolve_symbol(kernel_so: str, function_name: str) -> Callable[..., int] | None:

@@ -1,15 +1,17 @@
-"""Sequential reference interpreter of task programs (the oracle of the JAX engine) and the result.
+"""Sequential reference interpreter of task programs (the oracle of the JAX engine).
 
 Semantics of one step (both engines):
 
 1. Every running queue looks at its head task, judged on the state at the start of the step:
-   a RECORD, a KERNEL task, a COPY or a REDUCE is ready at ``clock``; a WAIT is ready when its
-   notify is set, at ``max(clock, time the notify was set)``, and of several waiters on one set
+   it is *ready* at ``ready = max(clock, not_before)``. A RECORD, a NOP, a KERNEL task, a COPY or
+   a REDUCE executes at ``ready``; a WAIT executes when its notify is set, at
+   ``max(ready, time the notify was set)``, and of several waiters on one set
    notify the lowest queue index wins (the others stay blocked). A WAIT with a timeout (> 0)
-   whose notify is not set, or was set after its deadline (``clock + timeout``), fails with the
-   wait-timeout error at the deadline. A KERNEL task with an error code, or a COPY / REDUCE
-   touching bytes outside every allocation of its rank, fails its queue at ``clock``.
-2. Ready tasks execute: ``start = clock`` (a WAIT: ``max(clock, time the notify was set)``),
+   whose notify is not set, or was set after its deadline (``ready + timeout``), fails with the
+   wait-timeout error at the deadline. A KERNEL task with an error code fails its queue at
+   ``ready + duration``; a COPY / REDUCE touching bytes outside every allocation of its rank fails
+   it at ``ready``.
+2. Ready tasks execute: ``start = ready`` (a WAIT: ``max(ready, time the notify was set)``),
    ``end = start + duration``. Waits clear their notify; then records set theirs (lowest queue
    first; a record on a notify that is still set is *lost* and counted). Copies and reductions
    read memory as it was at the start of the step and write in queue order. A queue whose last
@@ -20,217 +22,60 @@ Semantics of one step (both engines):
    at 2 us and a wait that only starts at 1 s see each other in that order, whatever the number
    of tasks before them. If no queue has a candidate while some is unfinished, the run is a hang
    and stops with a report of every stuck queue, its task and its notify.
+4. A KERNEL task whose function has not run yet (``launch >= 0``) is a *pause* event at ``ready``:
+   when it is among the earliest events, the step does nothing but run those kernels (in queue
+   order) through :class:`~ascend_jax.aicpu.device.DeviceModel` over the memory as it is, which
+   fixes the task's error and duration and appends the submitted device-thread tasks; then the
+   step is taken again. A pause is not a step.
 
 Times are float32 seconds, computed identically by both engines.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 from typing import Any
 
 import numpy as np
 
-from ascend_jax.aicpu.codes import SIZE_TABLE, HcclDataType, HcclReduceOp, numpy_dtype
-from ascend_jax.aicpu.world import MEM_BASE, MEMORY_FAULT_ERROR, TaskKind, TaskProgram
+from ascend_jax.aicpu.device import DeviceModel
+from ascend_jax.aicpu.reduce import reduce_bytes
+from ascend_jax.aicpu.result import CommResult, CommStatus, QueueStatus, hang_report
+from ascend_jax.aicpu.tasks import MEM_BASE, MEMORY_FAULT_ERROR, TaskKind, TaskProgram
 
 F32 = np.float32
 
 
-class QueueStatus(enum.IntEnum):
-    RUNNING = 0
-    DONE = 1
-    FAILED = 2
-
-
-class CommStatus(enum.IntEnum):
-    RUNNING = 0
-    OK = 1
-    ERROR = 2
-    HANG = 3
-    MAX_STEPS = 4
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-
-def reduce_bytes(dst: np.ndarray, src: np.ndarray, dtype: int, op: int) -> np.ndarray:
-    """``op(dst, src)`` on byte arrays holding elements of ``dtype`` (numpy; the hardware rounds
-    once per element to the element type). MAX / MIN keep ``dst`` on ties (so -0 / +0 is
-    deterministic); a NaN operand gives the canonical quiet NaN."""
-    dt = numpy_dtype(dtype)
-    a = dst.view(dt)
-    b = src.view(dt)
-    with np.errstate(all="ignore"):  # arbitrary bytes may hold NaN / Inf, as on the device
-        if op == HcclReduceOp.SUM:
-            out = a + b if dt.kind in "iu" else (a.astype(np.float32) + b.astype(np.float32)).astype(dt)
-        elif op == HcclReduceOp.MAX:
-            out = np.where(b > a, b, a)
-        else:
-            out = np.where(b < a, b, a)
-        if dt.kind not in "iu":  # any NaN operand gives the canonical quiet NaN (both engines)
-            nan = np.isnan(a.astype(np.float32)) | np.isnan(b.astype(np.float32))
-            out = np.where(nan, np.array(np.nan, dt), out).astype(dt)
-    return np.ascontiguousarray(out).view(np.uint8)
-
-
-@dataclasses.dataclass
-class CommResult:
-    """What a run produced: status, per-queue outcome, timeline, memory, and the report.
-
-    Attributes:
-      program: the program that ran.
-      status: OK, ERROR (some queue failed), HANG, MAX_STEPS.
-      steps: engine steps.
-      queue_status, queue_error, queue_pc, clock: per queue.
-      lost: per notify, records lost on an already-set flag.
-      memory: final device memory of every rank.
-      timeline: per queue, (start, end) of every executed task (NaN if it never ran).
-      hang: on HANG, one entry per stuck queue.
-    """
-
-    program: TaskProgram
-    status: CommStatus
-    steps: int
-    queue_status: np.ndarray
-    queue_error: np.ndarray
-    queue_pc: np.ndarray
-    clock: np.ndarray
-    lost: np.ndarray
-    memory: list[np.ndarray]
-    start: np.ndarray
-    end: np.ndarray
-    flags: np.ndarray
-    hang: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    numerics: dict[str, Any] | None = None
-
-    def outcome(self) -> tuple:
-        """Everything both engines must agree on."""
-        return (
-            self.status,
-            tuple(self.queue_status.tolist()),
-            tuple(self.queue_error.tolist()),
-            tuple(self.queue_pc.tolist()),
-            tuple(self.lost.tolist()),
-            tuple(self.flags.tolist()),
-            tuple(m.tobytes() for m in self.memory),
-            tuple(tuple(map(tuple, d)) for d in self.hang),
-        )
-
-    def sync_code(self, queue: int) -> int:
-        """``aclrtSynchronizeStream`` of a stream: its error, 0 if done, -1 if it never finishes (hang)."""
-        st = QueueStatus(int(self.queue_status[queue]))
-        if st == QueueStatus.RUNNING:
-            return -1
-        return int(self.queue_error[queue])
-
-    def fill_syncs(self) -> None:
-        """Sets ``code`` of every :class:`StreamSync` the host programs received (-1: never returns)."""
-        world = self.program.world
-        for sync in getattr(world, "syncs", []):
-            if sync.stream >= 0:
-                sync.code = self.sync_code(sync.stream)
-
-    def output(self, name: str) -> np.ndarray:
-        """The final value of an output buffer the model marked."""
-        rank, addr, dtype, count = self.program.outputs[name]
-        n = count * SIZE_TABLE[dtype]
-        raw = self.memory[rank][addr - MEM_BASE : addr - MEM_BASE + n]
-        return raw.copy().view(numpy_dtype(dtype))
-
-    def rank_errors(self) -> list[int]:
-        """Per rank: the first non-zero ``aclrtSynchronizeStream`` code of its streams (0 if none)."""
-        out = []
-        for r in range(self.program.n_ranks):
-            codes = [
-                self.sync_code(q) for q, qu in enumerate(self.program.queues) if qu.rank == r and qu.kind == "stream"
-            ]
-            bad = [c for c in codes if c != 0]
-            out.append(bad[0] if bad else 0)
-        return out
-
-    def to_json(self, timeline: bool = True) -> dict[str, Any]:
-        p = self.program
-        ranks = []
-        errors = self.rank_errors()
-        for r in range(p.n_ranks):
-            qs = [
-                {
-                    "queue": qu.name,
-                    "kind": qu.kind,
-                    "status": QueueStatus(int(self.queue_status[q])).name.lower(),
-                    "error": int(self.queue_error[q]),
-                    "tasks_done": int(self.queue_pc[q]),
-                    "tasks": len(qu.tasks),
-                }
-                for q, qu in enumerate(p.queues)
-                if qu.rank == r
-            ]
-            ranks.append({"rank": r, "error": errors[r], "queues": qs})
-        out: dict[str, Any] = {
-            "scenario": p.name,
-            "status": self.status.label,
-            "steps": int(self.steps),
-            "time_s": float(np.nanmax(self.clock)) if self.clock.size else 0.0,
-            "ranks": ranks,
-        }
-        lost = [{"notify": p.notify_names[n], "lost_records": int(c)} for n, c in enumerate(self.lost) if c]
-        if lost:
-            out["lost_records"] = lost
-        if self.hang:
-            out["hang"] = self.hang
-        if timeline:
-            out["timeline"] = [
-                {
-                    "queue": qu.name,
-                    "task": qu.tasks[i].label or TaskKind(qu.tasks[i].kind).name.lower(),
-                    "start": float(self.start[q, i]),
-                    "end": float(self.end[q, i]),
-                }
-                for q, qu in enumerate(p.queues)
-                for i in range(len(qu.tasks))
-                if not np.isnan(self.start[q, i])
-            ]
-        if self.numerics is not None:
-            out["numerics"] = self.numerics
-        return out
-
-
-def hang_report(program: TaskProgram, status: np.ndarray, pc: np.ndarray) -> list[dict[str, Any]]:
-    out = []
-    for q, qu in enumerate(program.queues):
-        if status[q] != QueueStatus.RUNNING:
-            continue
-        t = qu.tasks[int(pc[q])]
-        entry = {"queue": qu.name, "rank": qu.rank, "task": int(pc[q]), "label": t.label}
-        if t.kind == TaskKind.WAIT:
-            entry["waits_for"] = program.notify_names[t.notify]
-        out.append(entry)
-    return out
-
-
 class CommReference:
-    """Runs a :class:`TaskProgram` one step at a time in plain Python / numpy."""
+    """Runs a :class:`TaskProgram` one step at a time in plain Python / numpy (on a private fork:
+    kernels append to it; ``self.p`` is the program as it ran)."""
 
     def __init__(self, program: TaskProgram, max_steps: int | None = None):
-        self.p = program
+        self.p = program.fork()
+        self.model = DeviceModel(self.p)
         self.max_steps = program.max_steps if max_steps is None else max_steps
-        nq, nn = len(program.queues), len(program.notify_names)
+        nq, nn = len(self.p.queues), len(self.p.notify_names)
         self.pc = np.zeros(nq, np.int64)
-        self.status = np.array(
-            [QueueStatus.DONE if not q.tasks else QueueStatus.RUNNING for q in program.queues], np.int64
-        )
+        self.status = np.array([QueueStatus.DONE if not q.tasks else QueueStatus.RUNNING for q in self.p.queues])
         self.error = np.zeros(nq, np.int64)
         self.clock = np.zeros(nq, F32)
         self.flag = np.zeros(nn, bool)
         self.flag_time = np.zeros(nn, F32)
         self.lost = np.zeros(nn, np.int64)
-        self.mem = [m.copy() for m in program.memory]
-        width = max((len(q.tasks) for q in program.queues), default=1)
-        self.start = np.full((nq, width), np.nan, F32)
-        self.end = np.full((nq, width), np.nan, F32)
+        self.mem = [m.copy() for m in self.p.memory]
+        self.start = np.full((nq, 0), np.nan, F32)
+        self.end = np.full((nq, 0), np.nan, F32)
+        self._grow()
+
+    def _grow(self) -> None:
+        """Timeline columns for every task; queues that got tasks after finishing run again."""
+        width = max((len(q.tasks) for q in self.p.queues), default=1)
+        if width > self.start.shape[1]:
+            pad = np.full((len(self.p.queues), width - self.start.shape[1]), np.nan, F32)
+            self.start = np.concatenate([self.start, pad], axis=1)
+            self.end = np.concatenate([self.end, pad.copy()], axis=1)
+        for q, qu in enumerate(self.p.queues):
+            if self.status[q] == QueueStatus.DONE and self.pc[q] < len(qu.tasks):
+                self.status[q] = QueueStatus.RUNNING
 
     def _inside(self, rank: int, addr: int, n: int) -> bool:
         if n <= 0:
@@ -238,37 +83,44 @@ class CommReference:
         return any(s <= addr and addr + n <= e for s, e, _ in self.p.allocs[rank])
 
     def step(self) -> tuple[bool, bool]:
-        """One step; returns (progressed, hang)."""
+        """One step (after running the kernels the step reaches); returns (progressed, hang)."""
         p = self.p
-        heads = {}
-        for q, qu in enumerate(p.queues):
-            if self.status[q] == QueueStatus.RUNNING:
-                heads[q] = qu.tasks[int(self.pc[q])]
-        events = []  # (time, q, "exec" | error code)
+        heads = {q: qu.tasks[int(self.pc[q])] for q, qu in enumerate(p.queues) if self.status[q] == QueueStatus.RUNNING}
+        events = []  # (time, q, "exec" | "pause" | error code)
         for q, t in heads.items():
+            ready = max(self.clock[q], F32(t.not_before))
             if t.kind == TaskKind.WAIT:
-                deadline = F32(self.clock[q] + F32(t.timeout))
+                deadline = F32(ready + F32(t.timeout))
                 if self.flag[t.notify]:
                     if t.timeout > 0 and self.flag_time[t.notify] > deadline:
                         events.append((deadline, q, p.wait_timeout_error))
                     else:
-                        events.append((F32(max(self.clock[q], self.flag_time[t.notify])), q, "exec"))
+                        events.append((F32(max(ready, self.flag_time[t.notify])), q, "exec"))
                 elif t.timeout > 0:
                     events.append((deadline, q, p.wait_timeout_error))
+            elif t.kind == TaskKind.KERNEL and t.launch >= 0:
+                events.append((ready, q, "pause"))
             elif t.kind == TaskKind.KERNEL and t.error:
-                events.append((self.clock[q], q, t.error))
+                events.append((F32(ready + F32(t.duration)), q, t.error))
             elif t.kind in (TaskKind.COPY, TaskKind.REDUCE) and not (
                 self._inside(t.src_rank, t.src_addr, t.nbytes) and self._inside(t.dst_rank, t.dst_addr, t.nbytes)
             ):
-                events.append((self.clock[q], q, MEMORY_FAULT_ERROR))
+                events.append((ready, q, MEMORY_FAULT_ERROR))
             else:
-                events.append((self.clock[q], q, "exec"))
+                events.append((ready, q, "exec"))
         if not events:
             return False, bool(heads)
         tmin = min(e[0] for e in events)
+        now = sorted((e for e in events if e[0] == tmin), key=lambda e: e[1])
+        if any(what == "pause" for _, _, what in now):
+            for at, q, what in now:
+                if what == "pause":
+                    self.model.run_kernel(heads[q], at, self.mem)
+            self._grow()
+            return self.step()
         taken: set[int] = set()
         execute, fail, times = [], [], {}
-        for at, q, what in sorted((e for e in events if e[0] == tmin), key=lambda e: e[1]):
+        for at, q, what in now:
             t = heads[q]
             if what != "exec":
                 fail.append((q, what, at))
@@ -339,7 +191,7 @@ class CommReference:
             program=self.p,
             status=status,
             steps=steps,
-            queue_status=self.status.copy(),
+            queue_status=self.status.astype(np.int64),
             queue_error=self.error.copy(),
             queue_pc=self.pc.copy(),
             clock=self.clock.copy(),
@@ -349,6 +201,8 @@ class CommReference:
             end=self.end,
             flags=self.flag.copy(),
             hang=hang_report(self.p, self.status, self.pc) if status == CommStatus.HANG else [],
+            device_calls=list(self.model.calls),
+            kernel_log=list(self.model.log),
         )
 
 
@@ -359,4 +213,4 @@ def run_comm_reference(program: TaskProgram, max_steps: int | None = None) -> Co
     return result
 
 
-__all__ = ["CommReference", "CommResult", "CommStatus", "HcclDataType", "QueueStatus", "run_comm_reference"]
+__all__ = ["CommReference", "run_comm_reference"]

@@ -1,0 +1,396 @@
+"""One rank's host thread: the ACL runtime calls of spec §2.1 and the HCCL control plane of §4.2.
+
+Calls return the C return code first, then the out-parameters, e.g.
+``ret, notify = host.aclrt_create_notify(0)``. Every call is logged in ``World.host_calls``.
+Asynchronous calls (record, wait, kernel launch) only append a task to the stream.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ascend_jax.aicpu.codes import (
+    ACL_NOTIFY_DEFAULT,
+    ACL_NOTIFY_DEVICE_USE_ONLY,
+    ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT,
+    ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT_US,
+    AclError,
+    HcclResult,
+)
+from ascend_jax.aicpu.opinfo import OpInfo, load_op_info, resolve_symbol
+from ascend_jax.aicpu.structs import to_bytes
+from ascend_jax.aicpu.tasks import KernelLaunch, Queue, Task, TaskKind
+from ascend_jax.aicpu.world import Channel, Comm, StreamSync
+
+if TYPE_CHECKING:
+    from ascend_jax.aicpu.world import World
+
+
+def _logged(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Logs ``(rank, call, return code)`` of a host call in ``World.host_calls``."""
+
+    @functools.wraps(fn)
+    def call(self: HostApi, *args: Any, **kwargs: Any) -> Any:
+        out = fn(self, *args, **kwargs)
+        ret = out[0] if isinstance(out, tuple) else out.code if isinstance(out, StreamSync) else out
+        self.world.host_calls.append((self.rank, fn.__name__, -1 if ret is None else int(ret)))
+        return out
+
+    return call
+
+
+class _Args:
+    """An ``aclrtArgsHandle``: the copied parameter blobs and whether it was finalized."""
+
+    def __init__(self, func: int) -> None:
+        self.func = func
+        self.blobs: list[bytes] = []
+        self.final = False
+
+
+class HostApi:
+    """One rank's host thread (spec §2.1, §4.2).
+
+    Attributes:
+      world, rank: where it runs.
+      thread_local: this host thread's ``thread_local`` storage, for host libraries that keep
+        per-thread state (the sample keeps its loaded binary and its two notifies there).
+    """
+
+    def __init__(self, world: World, rank: int):
+        self.world = world
+        self.rank = rank
+        self.thread_local: dict[str, Any] = {}
+        self._streams: dict[int, int] = {}  # handle -> queue
+        self._notifies: dict[int, int] = {}  # handle -> global notify
+        self._bins: dict[int, dict[str, OpInfo]] = {}
+        self._funcs: dict[int, OpInfo] = {}
+        self._args: dict[int, _Args] = {}
+
+    # -- memory ----------------------------------------------------------------------------
+    @_logged
+    def aclrt_malloc(self, size: int, label: str = "buffer") -> tuple[int, int]:
+        if not isinstance(size, int) or size <= 0:
+            return int(AclError.INVALID_PARAM), 0
+        return 0, self.world.mem[self.rank].malloc(size, label)
+
+    @_logged
+    def aclrt_memcpy_h2d(self, dst: int, data: bytes | np.ndarray) -> int:
+        """``aclrtMemcpy(..., ACL_MEMCPY_HOST_TO_DEVICE)`` (synchronous)."""
+        raw = to_bytes(data) if isinstance(data, np.ndarray) else bytes(data)
+        if not self.world.mem[self.rank].inside(dst, len(raw)):
+            return int(AclError.INVALID_PARAM)
+        self.world.mem[self.rank].write(dst, raw)
+        return 0
+
+    @_logged
+    def aclrt_memcpy_async(self, dst: int, dest_max: int, src: int, count: int, stream: int) -> int:
+        """``aclrtMemcpyAsync(..., ACL_MEMCPY_DEVICE_TO_DEVICE, stream)``: enqueues a copy of ``count``
+        bytes on ``stream`` (asynchronous; a bad address fails the stream when the copy runs).
+        NULL addresses or ``count > destMax`` -> 100000."""
+        if not dst or not src or count < 0 or count > dest_max:
+            return int(AclError.INVALID_PARAM)
+        q = self._stream(stream)
+        if q is None:
+            return int(AclError.RT_STREAM_CONTEXT)
+        q.tasks.append(
+            Task(
+                TaskKind.COPY,
+                src_rank=self.rank,
+                src_addr=src,
+                dst_rank=self.rank,
+                dst_addr=dst,
+                nbytes=count,
+                duration=self.world.cost.copy_s(count, False),
+                label=f"memcpy async {count} B",
+            )
+        )
+        return 0
+
+    # -- streams and notifies ----------------------------------------------------------------
+    @_logged
+    def aclrt_create_stream(self) -> tuple[int, int]:
+        h = self.world.new_handle()
+        self._streams[h] = self.world.new_queue(self.rank, "stream", f"rank{self.rank}.stream{len(self._streams)}")
+        return 0, h
+
+    @_logged
+    def aclrt_create_notify(self, flag: int = ACL_NOTIFY_DEFAULT) -> tuple[int, int]:
+        # flags other than default / device-use-only: RT_ERROR_INVALID_VALUE -> 107000 (hicann/runtime
+        # src/runtime/api/api_c_event.cc; spec §2.1)
+        if flag not in (ACL_NOTIFY_DEFAULT, ACL_NOTIFY_DEVICE_USE_ONLY):
+            return int(AclError.RT_PARAM_INVALID), 0
+        h = self.world.new_handle()
+        self._notifies[h] = self.world.new_notify(self.rank, f"rank{self.rank}.aclNotify{len(self._notifies)}")
+        return 0, h
+
+    @_logged
+    def aclrt_get_notify_id(self, notify: int) -> tuple[int, int]:
+        if notify not in self._notifies:
+            return int(AclError.INVALID_PARAM), 0
+        return 0, self._notifies[notify]
+
+    def _stream(self, stream: int) -> Queue | None:
+        q = self._streams.get(stream)
+        return None if q is None else self.world.queues[q]
+
+    def _notify_task(self, kind: TaskKind, n: int, timeout: float = 0.0) -> Task:
+        what = "record" if kind == TaskKind.RECORD else "wait"
+        return Task(
+            kind, n, timeout=timeout, duration=self.world.cost.notify_s, label=f"{what} {self.world.notify_names[n]}"
+        )
+
+    @_logged
+    def aclrt_record_notify(self, notify: int, stream: int) -> int:
+        # NULL notify -> 100000, stream of another context -> 107003 (hicann/runtime
+        # src/acl/aclrt_impl/notify.cpp; spec §2.1)
+        if notify not in self._notifies:
+            return int(AclError.INVALID_PARAM)
+        q = self._stream(stream)
+        if q is None:
+            return int(AclError.RT_STREAM_CONTEXT)
+        q.tasks.append(self._notify_task(TaskKind.RECORD, self._notifies[notify]))
+        return 0
+
+    @_logged
+    def aclrt_wait_and_reset_notify(self, notify: int, stream: int, timeout: int) -> int:
+        """Timeout in seconds; 0 = forever (``UINT32_MAX`` = runtime default, also forever here)."""
+        if notify not in self._notifies:
+            return int(AclError.INVALID_PARAM)
+        q = self._stream(stream)
+        if q is None:
+            return int(AclError.RT_STREAM_CONTEXT)
+        t = 0.0 if timeout in (0, 2**32 - 1) else float(timeout)
+        q.tasks.append(self._notify_task(TaskKind.WAIT, self._notifies[notify], t))
+        return 0
+
+    def aclrt_synchronize_stream(self, stream: int) -> StreamSync:
+        """Returns a :class:`StreamSync` whose ``code`` the run fills in (the stream's error, 0 if none)."""
+        q = self._streams.get(stream)
+        sync = StreamSync(self.rank, -1 if q is None else q)
+        if q is None:
+            sync.code = int(AclError.RT_STREAM_CONTEXT)
+        self.world.syncs.append(sync)
+        return sync
+
+    # -- kernels -------------------------------------------------------------------------------
+    @_logged
+    def aclrt_binary_load_from_file(self, path: Any, cpu_kernel_mode: int = 0) -> tuple[int, int]:
+        """Registers the kernels of an op-info JSON (path or parsed dict).
+
+        Lenient like the runtime: entries without ``opInfo`` are skipped and missing fields only
+        warn (:func:`ascend_jax.aicpu.opinfo.parse_op_info`); a file that cannot be read or is not
+        a JSON object returns 107000 (hicann/runtime ``src/runtime/core/src/kernel/binary_loader.cc``,
+        ``ParseJsonAndRegisterCpuKernel``: EE1012 then ``RT_ERROR_INVALID_VALUE``).
+        """
+        lib = load_op_info(path)
+        if lib is None:
+            return int(AclError.RT_PARAM_INVALID), 0
+        h = self.world.new_handle()
+        self._bins[h] = lib
+        return 0, h
+
+    @_logged
+    def aclrt_binary_get_function(self, binary: int, kernel_name: str) -> tuple[int, int]:
+        """Looks up the JSON top-level key ``kernel_name``; unknown -> 107000 (F1; hicann/runtime
+        ``src/runtime/core/src/runtime.cc``, ``BinaryGetFunctionByName``)."""
+        if binary not in self._bins or not kernel_name:
+            return int(AclError.INVALID_PARAM), 0
+        info = self._bins[binary].get(kernel_name)
+        if info is None:
+            return int(AclError.RT_PARAM_INVALID), 0
+        h = self.world.new_handle()
+        self._funcs[h] = info
+        return 0, h
+
+    @_logged
+    def aclrt_kernel_args_init(self, func: int) -> tuple[int, int]:
+        if func not in self._funcs:
+            return int(AclError.INVALID_PARAM), 0
+        h = self.world.new_handle()
+        self._args[h] = _Args(func)
+        return 0, h
+
+    @_logged
+    def aclrt_kernel_args_append(self, args: int, param: bytes | np.ndarray) -> tuple[int, int]:
+        """Appends a *copy* of ``param`` (a struct value or bytes); later host changes do not reach the kernel."""
+        a = self._args.get(args)
+        raw = to_bytes(param) if isinstance(param, np.ndarray) else bytes(param or b"")
+        if a is None or not raw or a.final:
+            return int(AclError.INVALID_PARAM), 0
+        a.blobs.append(raw)
+        return 0, len(a.blobs) - 1
+
+    @_logged
+    def aclrt_kernel_args_finalize(self, args: int) -> int:
+        a = self._args.get(args)
+        if a is None:
+            return int(AclError.INVALID_PARAM)
+        a.final = True
+        return 0
+
+    @_logged
+    def aclrt_launch_kernel_with_config(
+        self,
+        func: int,
+        num_blocks: int,
+        stream: int,
+        cfg: Mapping[int, int] | None,
+        args: int,
+        reserve: Any = None,
+        param_dtype: np.dtype | None = None,
+    ) -> int:
+        """Enqueues the AI CPU kernel task. ``cfg``: ``{ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT: seconds}``
+        (or ``..._TIMEOUT_US: microseconds``).
+
+        The kernel function runs when the stream reaches the task (:mod:`ascend_jax.aicpu.device`);
+        ``param_dtype`` is how the kernel sees its first argument (default: raw bytes).
+        """
+        # NULL func / args, numBlocks 0, reserve != NULL -> 100000 (hicann/runtime
+        # src/acl/aclrt_impl/kernel.cpp, aclrtLaunchKernelWithConfigImpl; spec §2.1)
+        info = self._funcs.get(func)
+        a = self._args.get(args)
+        if info is None or a is None or num_blocks == 0 or reserve is not None:
+            return int(AclError.INVALID_PARAM)
+        q = self._stream(stream)
+        if q is None:
+            return int(AclError.RT_STREAM_CONTEXT)
+        cfg = dict(cfg or {})
+        # both timeout attributes: RT_ERROR_INVALID_VALUE -> 107000 (hicann/runtime, runtime API error
+        # decorator ApiErrorDecorator::CheckKernelLaunchCfg, "cannot be carried at the same time")
+        if ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT in cfg and ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT_US in cfg:
+            return int(AclError.RT_PARAM_INVALID)
+        if ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT_US in cfg:
+            raw, scale, top = cfg[ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT_US], 1e-6, 2**64 - 1
+        else:
+            raw, scale, top = cfg.get(ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT, 0), 1.0, 0xFFFF  # uint16 seconds
+        if not isinstance(raw, int) or not 0 <= raw <= top:
+            return int(AclError.INVALID_PARAM)
+        world = self.world
+        launch = KernelLaunch(
+            rank=self.rank,
+            queue=self._streams[stream],
+            name=info.name,
+            kernel_so=info.kernel_so,
+            function_name=info.function_name,
+            fn=resolve_symbol(info.kernel_so, info.function_name),
+            param=a.blobs[0] if a.blobs else b"",
+            param_dtype=param_dtype,
+            timeout_s=raw * scale,
+        )
+        world.launches.append(launch)
+        q.tasks.append(
+            Task(
+                TaskKind.KERNEL,
+                launch=len(world.launches) - 1,
+                duration=world.cost.kernel_s,
+                label=f"kernel {info.name} ({info.kernel_so}:{info.function_name})",
+            )
+        )
+        return 0
+
+    # -- HCCL control plane --------------------------------------------------------------------
+    def _comm(self, comm: Any) -> Comm | None:
+        name = comm.name if isinstance(comm, Comm) else comm
+        return self.world.comms[self.rank].get(name)
+
+    @_logged
+    def hccl_get_comm_name(self, comm: Any) -> tuple[int, str]:
+        c = self._comm(comm)
+        return (int(HcclResult.E_PTR), "") if c is None else (0, c.name)
+
+    @_logged
+    def hccl_get_rank_id(self, comm: Any) -> tuple[int, int]:
+        c = self._comm(comm)
+        return (int(HcclResult.E_PTR), 0) if c is None else (0, c.rank)
+
+    @_logged
+    def hccl_get_rank_size(self, comm: Any) -> tuple[int, int]:
+        c = self._comm(comm)
+        return (int(HcclResult.E_PTR), 0) if c is None else (0, c.size)
+
+    @_logged
+    def hccl_engine_ctx_get(self, comm: Any, tag: str, engine: int) -> tuple[int, int, int]:
+        c = self._comm(comm)
+        if c is None:
+            return int(HcclResult.E_PTR), 0, 0
+        if (tag, engine) not in c.ctx:
+            return int(HcclResult.E_NOT_FOUND), 0, 0
+        addr, size = c.ctx[(tag, engine)]
+        return 0, addr, size
+
+    @_logged
+    def hccl_engine_ctx_create(self, comm: Any, tag: str, engine: int, size: int) -> tuple[int, int]:
+        c = self._comm(comm)
+        if c is None or not tag:
+            return int(HcclResult.E_PTR), 0
+        if len(tag) > 255 or size <= 0:
+            return int(HcclResult.E_PARA), 0
+        addr = self.world.mem[self.rank].malloc(size, f"engine_ctx[{tag}]")
+        c.ctx[(tag, engine)] = (addr, size)
+        return 0, addr
+
+    @_logged
+    def hccl_thread_acquire(
+        self, comm: Any, engine: int, thread_num: int, notify_num_per_thread: int
+    ) -> tuple[int, list[int]]:
+        c = self._comm(comm)
+        if c is None:
+            return int(HcclResult.E_PTR), []
+        if thread_num < 1 or not 0 <= notify_num_per_thread <= 65535:
+            return int(HcclResult.E_PARA), []
+        out = []
+        for _ in range(thread_num):
+            h = self.world.new_handle()
+            n = sum(q.kind == "thread" and q.rank == self.rank for q in self.world.queues)
+            qi = self.world.new_queue(self.rank, "thread", f"rank{self.rank}.thread{n}", notify_num_per_thread)
+            self.world.threads[h] = qi
+            out.append(h)
+        return 0, out
+
+    @_logged
+    def hccl_channel_acquire(
+        self, comm: Any, engine: int, remote_rank: int, protocol: int, notify_num: int
+    ) -> tuple[int, int]:
+        """``HcclChannelAcquire`` with one descriptor; channels are reused per (engine, peer, protocol)."""
+        c = self._comm(comm)
+        if c is None:
+            return int(HcclResult.E_PTR), 0
+        if not 0 <= remote_rank < c.size or remote_rank == self.rank or notify_num < 0:
+            return int(HcclResult.E_PARA), 0
+        key = (engine, remote_rank, protocol)
+        if key in c.channels:
+            return 0, c.channels[key]
+        h = self.world.new_handle()
+        notifies = [
+            self.world.new_notify(self.rank, f"rank{self.rank}.ch->{remote_rank}.notify[{i}]")
+            for i in range(notify_num)
+        ]
+        self.world.channels[h] = Channel(h, self.rank, remote_rank, c.name, protocol, notifies)
+        c.channels[key] = h
+        return 0, h
+
+    @_logged
+    def hccl_get_hccl_buffer(self, comm: Any) -> tuple[int, int, int]:
+        c = self._comm(comm)
+        if c is None:
+            return int(HcclResult.E_PTR), 0, 0
+        if c.size == 1:
+            return 0, 0, 0
+        return 0, c.buffer_addr, c.buffer_size
+
+    @_logged
+    def hccl_channel_get_hccl_buffer(self, comm: Any, channel: int) -> tuple[int, int, int]:
+        c = self._comm(comm)
+        ch = self.world.channels.get(channel)
+        if c is None or ch is None or ch.rank != self.rank:
+            return int(HcclResult.E_PTR), 0, 0
+        peer = self.world.comms[ch.peer][c.name]
+        return 0, peer.buffer_addr, peer.buffer_size
+
+
+__all__ = ["HostApi"]
