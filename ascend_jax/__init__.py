@@ -20,8 +20,11 @@ from ascend_jax.cube_group.callbacks import (
     MergeCallback,
     MsgRef,
     MsgView,
+    SampleCallback,
+    SeedCallback,
 )
 from ascend_jax.cube_group.engine import lane_bytes, simulate
+from ascend_jax.cube_group.readout import BatchResult
 from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace
 from ascend_jax.cube_group.program import AivProgram, CubeGroupKernel, CubeGroupProgram, MsgSlot
 from ascend_jax.cube_group.reference import ReferenceInterpreter, run_reference
@@ -61,6 +64,7 @@ __all__ = [
     "NO_WAIT",
     "AicHandle",
     "AivProgram",
+    "BatchResult",
     "BarrierGeometry",
     "ChipSpec",
     "ConfigError",
@@ -77,6 +81,8 @@ __all__ = [
     "MsgSlot",
     "MsgView",
     "ReferenceInterpreter",
+    "SampleCallback",
+    "SeedCallback",
     "Status",
     "builtin_scenario_path",
     "check_message_dtype",
