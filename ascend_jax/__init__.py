@@ -24,9 +24,9 @@ from ascend_jax.cube_group.callbacks import (
     SeedCallback,
 )
 from ascend_jax.cube_group.engine import lane_bytes, simulate
-from ascend_jax.cube_group.readout import BatchResult
 from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace
 from ascend_jax.cube_group.program import AivProgram, CubeGroupKernel, CubeGroupProgram, MsgSlot
+from ascend_jax.cube_group.readout import BatchResult
 from ascend_jax.cube_group.reference import ReferenceInterpreter, run_reference
 from ascend_jax.cube_group.result import CubeGroupResult
 from ascend_jax.cube_group.status import ErrorCode, Status
