@@ -264,6 +264,16 @@ def lane_bytes(program: CubeGroupProgram, schedule: str = "lockstep") -> int:
 
 
 def _lane_bytes(prep: Prepared) -> int:
+    hit = _LANE_BYTES.get(prep.shape)
+    if hit is None:
+        hit = _LANE_BYTES[prep.shape] = _measure_lane_bytes(prep)
+    return hit
+
+
+_LANE_BYTES: dict = {}  # per static shape: the bytes depend on shapes only
+
+
+def _measure_lane_bytes(prep: Prepared) -> int:
     tab, _, keys = prep.chunk(np.zeros(1, np.int64))
     st = jax.eval_shape(functools.partial(init_state, prep.shape), tab, jnp.asarray(keys))
     leaves = jax.tree.leaves(st) + ([] if prep.shape.shared else jax.tree.leaves(tab))
@@ -350,7 +360,7 @@ def simulate(
     mesh = _mesh(devices) if jit else None
     n_dev = 1 if mesh is None else mesh.size
     if chunk_size is None:
-        chunk_size = max(1, min(n, _memory_budget() // (8 * _lane_bytes(prep))))
+        chunk_size = 1 if n == 1 else max(1, min(n, _memory_budget() // (8 * _lane_bytes(prep))))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ConfigError("chunk_size", chunk_size, "must be an integer >= 1")
     chunk_size = min(chunk_size, n)

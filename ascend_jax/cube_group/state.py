@@ -17,6 +17,7 @@ groups, ``G`` GM bytes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -59,28 +60,13 @@ class EngineShape:
 
     @property
     def grid_of_slot(self) -> np.ndarray:
-        """[S] flat index in the ``[C, W, 4]`` slot grid of every global slot."""
-        w = self.row_width
-        out = []
-        c0 = 0
-        for g in self.groups:
-            for s in range(g.num_slots):
-                k, col, d = g.slot_queue_depth(s)
-                out.append(((c0 + k) * w + col) * MAX_MSG_PER_AIV + d)
-            c0 += g.aic_num
-        return np.array(out, np.int64)
+        """[S] flat index in the ``[C, W, 4]`` slot grid of every global slot (cached per geometry)."""
+        return _grid_maps(self.groups)[0]
 
     @property
     def queue_rows(self) -> np.ndarray:
-        """[Q] the ``[C * W]`` queue row of every queue (groups in order)."""
-        w = self.row_width
-        out = []
-        c0 = 0
-        for g in self.groups:
-            p = g.aiv_per_aic
-            out += [(c0 + q // p) * w + q % p for q in range(g.msg_queue_size)]
-            c0 += g.aic_num
-        return np.array(out, np.int64)
+        """[Q] the ``[C * W]`` queue row of every queue (groups in order; cached per geometry)."""
+        return _grid_maps(self.groups)[1]
 
     @property
     def has_matmul(self) -> bool:
@@ -142,6 +128,26 @@ class EngineShape:
                 group=arr[:, 0], block=arr[:, 1], p=arr[:, 2], n=arr[:, 3], core=arr[:, 4]
             )
         return hit
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_maps(groups: tuple[GroupGeometry, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(grid index of every slot, queue row of every queue) for a tuple of group geometries."""
+    w = max(g.aiv_per_aic for g in groups)
+    slots, rows = [], []
+    c0 = 0
+    for g in groups:
+        p = g.aiv_per_aic
+        k, rem = np.divmod(np.arange(g.num_slots), p * MAX_MSG_PER_AIV)
+        d, col = np.divmod(rem, p)
+        slots.append(((c0 + k) * w + col) * MAX_MSG_PER_AIV + d)
+        q = np.arange(g.msg_queue_size)
+        rows.append((c0 + q // p) * w + q % p)
+        c0 += g.aic_num
+    out = np.concatenate(slots).astype(np.int64), np.concatenate(rows).astype(np.int64)
+    for x in out:
+        x.flags.writeable = False
+    return out
 
 
 @jax.tree_util.register_dataclass
@@ -284,14 +290,15 @@ def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray) -> np.ndarray:
 def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram) -> Tables:
     """Pads one encoded program to ``shape`` and returns its tables (numpy, ready to stack)."""
     v, l_ = len(shape.aiv_blocks), shape.max_ops
-    ops = np.zeros((v, l_, 2), np.int32)
+    rows = np.zeros((v, l_, 5), np.int64)  # (kind, slot, a, b, c); NOP padding
     lens = np.zeros(v, np.int32)
     by_block = dict(zip((b for b, _ in program.aivs), enc.rows, strict=True))
     for i, b in enumerate(shape.aiv_blocks):
         row = by_block.get(b, [])
         lens[i] = len(row)
         if row:
-            ops[i, : len(row)] = pack_op(np.array(row, np.int64), shape.grid_of_slot)
+            rows[i, : len(row)] = row
+    ops = pack_op(rows.reshape(-1, 5), shape.grid_of_slot).reshape(v, l_, 2)
     n, f = shape.n_versions, shape.n_actions
     nv, fv = enc.n_versions, enc.n_actions
 
