@@ -11,7 +11,8 @@ so step counts, statuses and received logs agree:
   ``FreeMessage`` of the callback it is in (one per step, each waiting for its wait state);
 * the cursor moves by ``release`` (spec §6.3);
 * a run ends ``ok`` when every core is done, ``deadlock`` after a step in which no core was
-  enabled, ``max_steps`` after ``max_steps`` steps, ``error`` after a step with a protocol error.
+  enabled, ``max_steps`` after ``max_steps`` steps; ``error`` instead of any of these when an AIC
+  stopped at a protocol error (that AIC stops, the others run on, as in the reference).
 
 Everything the program fixes is resolved once before the loop: each AIV op becomes a tuple of
 small ints with its global slot index (the ring position of an ``AllocMessage`` is its ordinal
@@ -187,7 +188,7 @@ def run_plain(program: CubeGroupProgram, max_steps: int | None = None) -> PlainR
                 break
         msg_pos[c], aiv_work[c] = pos, work
 
-    status, steps, error = "", 0, None
+    status, steps, failed = "", 0, {}  # failed: AIC -> the error that stopped it
     while not status:
         steps += 1
         # AIV phase: which AIVs are enabled, judged before any of them acts
@@ -261,7 +262,7 @@ def run_plain(program: CubeGroupProgram, max_steps: int | None = None) -> PlainR
             log = logs[c]
             queue, depth = first_q[c] + aiv_work[c], msg_pos[c] // width[c]
             if len(log) >= capacity:
-                error = error or "RECEIVE_LOG_FULL"
+                failed[c], done_c = "RECEIVE_LOG_FULL", True
                 continue
             if st == QUIT:
                 log.append((queue, depth, "QUIT"))
@@ -272,24 +273,25 @@ def run_plain(program: CubeGroupProgram, max_steps: int | None = None) -> PlainR
                     done_c = True
                 continue
             k = skip_of[s] if cb[c] == CB_MERGE and st == VALID else 0
-            if aiv_work[c] + k >= used[c]:
-                error = error or "SKIP_CROSSES_ROW"
-                continue
             log.append((queue, depth, STATE_NAMES.get(st) or str(st)))
+            if aiv_work[c] + k >= used[c]:  # this AIC stops here; the others run on
+                failed[c], done_c = "SKIP_CROSSES_ROW", True
+                continue
             if k:  # merge leader: wait VALID on itself, then FAKE on the k followers
                 frees[c] = [(s, VALID)] + [(s + i, FAKE) for i in range(1, k + 1)]
             else:
                 frees[c] = [(s, NO_WAIT)]
             skip[c] = k
         if done_c:
-            live_c = [c for c in live_c if work_state[c]]
+            live_c = [c for c in live_c if work_state[c] and c not in failed]
 
-        if error is not None:
-            status = "error"
-        elif not live_v and not live_c:
+        if not live_v and not live_c:
             status = "ok"
         elif not progressed:
             status = "deadlock"
         elif steps >= limit:
             status = "max_steps"
+        if status and failed:
+            status = "error"
+    error = failed[min(failed)] if status == "error" else None  # the lowest-index AIC's error
     return PlainResult(status, steps, {cores[c]: logs[c] for c in range(n_aic)}, error, polls)

@@ -116,12 +116,10 @@ def test_vmapped_batch_of_different_lanes_equals_reference(data):
 def test_random_schedules_do_not_change_results(program, seed):
     lock = aj.run_reference(program)
     randoms = aj.simulate([program] * 4, schedule="random", seeds=seed) + [aj.run_reference(program, "random", seed)]
-    for r in randoms:
-        if lock.status == Status.ERROR:
-            # the run stops at the first error, so which error and the final slots depend on timing
-            assert r.status == Status.ERROR
-        else:
-            assert r.outcome() == lock.outcome()
+    if lock.status == Status.MAX_STEPS:  # the bound cuts each interleaving at a different point
+        return
+    for r in randoms:  # errors too: an erring AIC stops, the others run on until nothing can move
+        assert r.outcome() == lock.outcome()
 
 
 def test_jitted_run_traces_once_for_programs_of_one_shape():
@@ -163,7 +161,5 @@ def test_timed_schedule_equals_reference_and_keeps_results(program):
     assert timed.outcome() == ref.outcome()  # both engines agree exactly under the timed schedule
     assert timed.steps == ref.steps
     assert timed.timing == ref.timing
-    if ref_lock.status == Status.ERROR:  # the first error found depends on timing (see above)
-        assert ref.status == Status.ERROR
-    else:
+    if ref_lock.status != Status.MAX_STEPS:  # errors included (see above)
         assert ref.outcome() == ref_lock.outcome()

@@ -269,11 +269,15 @@ def test_f7_skip_crossing_the_row_is_an_error():
         "message": aj.ErrorCode.SKIP_CROSSES_ROW.describe(),
         "skip": 2,
     }
-    assert r.received == {0: []}
-    # the run stops at the dispatch (step 2), before the quits are posted; nothing was freed
-    assert r.steps == 2
-    assert r.slot_states(0) == [[V, V], [F, F], [F, F], [F, F]]
+    # the AIC stops at the dispatch (step 2) with the message in its log and nothing freed; the
+    # AIVs run on and post their QUITs (steps 3-4), then nothing can move
+    assert r.received == {0: [(0, 0, V)]}
+    assert r.steps == 4
+    assert r.slot_states(0) == [[V, V], [Q, Q], [F, F], [F, F]]
     assert r.to_json()["status"] == "error"
+    for s in (1, 2, 3):  # the same error and final state under every random interleaving
+        [lane] = aj.simulate(k.compile(), schedule="random", seeds=[s])
+        assert lane.outcome() == r.outcome()
 
 
 def test_f8_head_left_free_hangs_the_aic():

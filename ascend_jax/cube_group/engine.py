@@ -27,8 +27,8 @@ from ascend_jax.cube_group.encode import EncodedProgram, encode_program
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.readout import BatchResult, _Lanes
 from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables, init_state
-from ascend_jax.cube_group.status import ErrorCode, OpKind, Status
-from ascend_jax.cube_group.step import cursor_slot, step
+from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
+from ascend_jax.cube_group.step import cursor_slot, final_status, step
 from ascend_jax.errors import ConfigError
 
 #: Incremented each time the batched run is traced (tests use it to check for retracing).
@@ -41,25 +41,21 @@ def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, ver: jax
     gm, bad = jax.vmap(functools.partial(apply_matmuls, shape), in_axes=(axis, axis, 0, 0, 0, 0, 0))(
         tab.act_desc, tab.act_bad, st.gm, st.key, en.T, ver.T, pc.T
     )
-    bad = bad.T  # [C, B]
-    has_bad = bad.any(axis=0) & (st.status != Status.ERROR)
-    first = jnp.argmax(bad, axis=0)
+    bad = bad.T & (st.aic_phase != AicPhase.ERROR)  # [C, B]: these AICs stop here
 
     def pick(new, old):
-        return jnp.where(has_bad, new, old).astype(jnp.int32)
+        return jnp.where(bad, new, old).astype(jnp.int32)
 
-    def at(x):
-        return jnp.take_along_axis(x, first[None, :], axis=0)[0]
-
+    phase = pick(AicPhase.ERROR, st.aic_phase)
     return dataclasses.replace(
         st,
         gm=gm,
-        status=pick(Status.ERROR, st.status),
-        error_code=pick(ErrorCode.GM_OUT_OF_RANGE, st.error_code),
-        error_aic=pick(first, st.error_aic),
-        error_slot=pick(at(cursor_slot(shape, st)), st.error_slot),
-        error_ver=pick(at(ver), st.error_ver),
-        error_pc=pick(at(pc), st.error_pc),
+        aic_phase=phase,
+        status=final_status(st.status, phase),
+        aic_err_code=pick(ErrorCode.GM_OUT_OF_RANGE, st.aic_err_code),
+        aic_err_slot=pick(cursor_slot(shape, st), st.aic_err_slot),
+        aic_err_ver=pick(ver, st.aic_err_ver),
+        aic_err_pc=pick(pc, st.aic_err_pc),
     )
 
 

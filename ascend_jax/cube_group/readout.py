@@ -133,7 +133,7 @@ class BatchResult(Sequence):
         slot, state, count = self.received_slots()
         same = (self.status == self.status[0]) & (count == count[:1]).all(axis=1)
         same &= ((slot == slot[:1]) & (state == state[:1])).all(axis=(1, 2))
-        for key in ("slot_state", "aiv_pc", "aic_phase", "aic_pc", "error_code", "error_aic", "error_slot"):
+        for key in ("slot_state", "aiv_pc", "aic_phase", "aic_pc", "aic_err_code", "aic_err_slot"):
             x = a[key].reshape(len(self), -1)
             same &= (x == x[:1]).all(axis=1)
         return same
@@ -204,14 +204,16 @@ class BatchResult(Sequence):
 
 
 def _error(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a: dict) -> dict[str, Any]:
-    """The error dict of a lane that stopped with ``error`` (same keys as the reference's)."""
+    """The error dict of a lane that stopped with ``error``: that of the lowest-index AIC that
+    stopped at an error (same keys as the reference's)."""
     consts = shape.aic_constants()
-    code = ErrorCode(int(a["error_code"]))
-    ver = int(a["error_ver"])
-    gi, q, d = slot_location(program, int(a["error_slot"]))
+    c = int(np.flatnonzero(a["aic_phase"] == AicPhase.ERROR)[0])
+    code = ErrorCode(int(a["aic_err_code"][c]))
+    ver = int(a["aic_err_ver"][c])
+    gi, q, d = slot_location(program, int(a["aic_err_slot"][c]))
     out: dict[str, Any] = {
         "code": code.name,
-        "core": f"aic{int(consts['core'][int(a['error_aic'])])}",
+        "core": f"aic{int(consts['core'][c])}",
         "group": program.groups[gi].name,
         "queue": q,
         "depth": d,
@@ -222,7 +224,7 @@ def _error(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a
     elif code == ErrorCode.MATMUL_SHAPE:
         out["dimension"] = "MNK"[int(enc.ver_detail[ver]) - 1]
     elif code == ErrorCode.GM_OUT_OF_RANGE:
-        out["address"] = program.gm.describe(enc.bad_address[(ver, int(a["error_pc"]))])
+        out["address"] = program.gm.describe(enc.bad_address[(ver, int(a["aic_err_pc"][c]))])
     return out
 
 
@@ -270,7 +272,7 @@ def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram,
     out = []
     for c, core in enumerate(consts["core"]):
         phase = int(a["aic_phase"][c])
-        if phase == AicPhase.DONE:
+        if phase in (AicPhase.DONE, AicPhase.ERROR):
             continue
         if phase == AicPhase.CALL:
             ver, pc = int(a["aic_ver"][c]), int(a["aic_pc"][c])

@@ -103,10 +103,12 @@ class _Aic:
     pending: list = dataclasses.field(default_factory=list)  # [("free", slot, wait) | ("matmul", desc)]
     skip: int = 0
     log: list = dataclasses.field(default_factory=list)
+    error: dict | None = None  # the protocol error that stopped this AIC
 
     @property
     def done(self) -> bool:
-        return self.aiv_work_state == 0
+        """Left its loop, or stopped at a protocol error (it never acts again)."""
+        return self.aiv_work_state == 0 or self.error is not None
 
 
 class ReferenceInterpreter:
@@ -189,7 +191,7 @@ class ReferenceInterpreter:
         for a in self.aics:  # CallBack::Init once per AIC, before its first message
             cfg = program.matmuls[a.group] if program.matmuls else None
             program.callbacks[a.group].init(*((None, None) if cfg is None else (Matmul(*cfg), cfg[1])))
-        self.error: dict | None = None
+        self.failed = 0  # AICs stopped at a protocol error
 
     def _init_timed(self) -> None:
         program = self.p
@@ -294,7 +296,25 @@ class ReferenceInterpreter:
             self._advance(aic)
 
     def _aic_act(self, aic: _Aic) -> dict | None:
-        """Performs the AIC's next action; returns an error dict instead when it is a protocol error."""
+        """Performs the AIC's next action. A protocol error at dispatch stops this AIC where it is
+        (the message it received is in its log, except when the log itself is full); the other
+        cores run on, so the final state does not depend on the schedule. Returns the error."""
+        err = self._dispatch(aic)
+        if err is not None:
+            if err["code"] != ErrorCode.RECEIVE_LOG_FULL.name:
+                state = self.slots[aic.group][aic.base + aic.msg_pos].state
+                aic.log.append((err["queue"], err["depth"], _name(state)))
+            self._fail(aic, err)
+        return err
+
+    def _fail(self, aic: _Aic, err: dict) -> None:
+        if aic.error is None:
+            aic.error = err
+            self.failed += 1
+            self.some_finished = True
+
+    def _dispatch(self, aic: _Aic) -> dict | None:
+        """The AIC's next action; an error dict instead when it is a protocol error."""
         slots = self.slots[aic.group]
         if aic.in_call:
             act = aic.pending.pop(0)
@@ -446,13 +466,12 @@ class ReferenceInterpreter:
             c = exact_matmul(a, b, bias) if self.numerics == "exact" else hw_matmul(mt, tiling, a, b, bias)
             done.append((aic, d, mt, c, None))
         for aic, d, mt, c, bad in done:
-            if bad is not None:
-                if self.error is None:
-                    g = self.p.groups[aic.group]
-                    queue_, depth = aic.k * g.aiv_per_aic + aic.aiv_work, aic.msg_pos // g.aiv_per_aic
-                    self.error = self._error(
-                        ErrorCode.GM_OUT_OF_RANGE, aic, queue_, depth, address=self.p.gm.describe(bad)
-                    )
+            if bad is not None:  # this AIC stops here; the rest of the step's matmuls are written
+                g = self.p.groups[aic.group]
+                queue_, depth = aic.k * g.aiv_per_aic + aic.aiv_work, aic.msg_pos // g.aiv_per_aic
+                self._fail(
+                    aic, self._error(ErrorCode.GM_OUT_OF_RANGE, aic, queue_, depth, address=self.p.gm.describe(bad))
+                )
                 continue
             m, n = c.shape
             if self.numerics == "hardware":
@@ -553,7 +572,6 @@ class ReferenceInterpreter:
                 self.some_finished = a.done or self.some_finished
             else:
                 self._aiv_act(a)
-        errors = []
         for i, c in enumerate(self.aics):
             if c.done or not self._aic_ready(c):
                 continue
@@ -563,17 +581,13 @@ class ReferenceInterpreter:
             freeing = c.in_call and c.pending[0][0] == "free"
             slot = c.pending[0][1] if freeing else None
             end = F32(start + dur)
-            err = self._aic_act(c)
-            if err is not None:
-                errors.append(err)
+            if self._aic_act(c) is not None:
                 continue
             self.aic_busy[i] = F32(self.aic_busy[i] + dur)
             self.aic_blocked[i] = F32(self.aic_blocked[i] + F32(start - self.aic_clock[i]))
             self.aic_clock[i] = end
             if freeing:
                 self.slot_time[c.group][slot] = end
-        if errors and self.error is None:
-            self.error = errors[0]
         if self._mm_queue:
             self._compute()
         self._drop_finished()
@@ -603,13 +617,8 @@ class ReferenceInterpreter:
         for a in acting:
             self._aiv_act(a)
         ready_c = [c for c in self.busy_aics if aic_ready(c)]
-        errors = []
         for c in ready_c if self.schedule == "lockstep" else self._chosen(ready_c):
-            err = self._aic_act(c)
-            if err is not None:
-                errors.append(err)
-        if errors and self.error is None:
-            self.error = errors[0]
+            self._aic_act(c)
         if self._mm_queue:
             self._compute()
         self._drop_finished()
@@ -627,14 +636,14 @@ class ReferenceInterpreter:
         while status == Status.RUNNING:
             progressed = self.step()
             steps += 1
-            if self.error is not None:
-                status = Status.ERROR
-            elif not self.busy_aivs and not self.busy_aics:
+            if not self.busy_aivs and not self.busy_aics:
                 status = Status.OK
             elif not progressed:
                 status = Status.DEADLOCK
             elif steps >= self.max_steps:
                 status = Status.MAX_STEPS
+            if status != Status.RUNNING and self.failed:
+                status = Status.ERROR  # an AIC stopped at an error; the rest ran until nothing could move
         return self._result(status, steps)
 
     def _blocked(self) -> list[dict]:
@@ -696,7 +705,7 @@ class ReferenceInterpreter:
             slot_msg=mid,
             received={c.core: list(c.log) for c in self.aics},
             blocked=self._blocked() if status == Status.DEADLOCK else [],
-            error=self.error if status == Status.ERROR else None,
+            error=next(c.error for c in self.aics if c.error is not None) if status == Status.ERROR else None,
             barrier_arrive=self.counters_a.copy(),
             barrier_wait=self.counters_w.copy(),
             wait_results={a.block_idx: list(a.wait_results) for a in self.aivs if a.wait_results},

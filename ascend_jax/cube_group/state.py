@@ -220,8 +220,9 @@ class State:
     recv_ver: [C, R] received log (versions; their slot and state follow); recv_count: [C].
     barrier_arrive, barrier_wait: [NB, K] counter copies.
     gm: [B, G] uint8 global memory.
-    step, status, error_code, error_aic, error_slot, error_ver, error_pc: [] run bookkeeping
-      (error_slot: a global slot index).
+    step, status: [] run bookkeeping.
+    aic_err_code, aic_err_slot, aic_err_ver, aic_err_pc: [C] the error that stopped each AIC
+      (phase ERROR): code, global slot under its cursor, version received and action index.
     key: [B, 2] PRNG key data of the random schedule / atomic order (unused otherwise).
     timed: :class:`Timed` under the timed schedule, else None.
     """
@@ -244,11 +245,10 @@ class State:
     gm: jax.Array
     step: jax.Array
     status: jax.Array
-    error_code: jax.Array
-    error_aic: jax.Array
-    error_slot: jax.Array
-    error_ver: jax.Array
-    error_pc: jax.Array
+    aic_err_code: jax.Array
+    aic_err_slot: jax.Array
+    aic_err_ver: jax.Array
+    aic_err_pc: jax.Array
     key: jax.Array
     timed: Timed | None = None
 
@@ -394,11 +394,10 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         gm=jnp.broadcast_to(gm, (b, gm.shape[-1])) if shape.shared else gm,
         step=zeros(),
         status=zeros(),
-        error_code=zeros(),
-        error_aic=zeros(),
-        error_slot=zeros(),
-        error_ver=zeros(),
-        error_pc=zeros(),
+        aic_err_code=zeros(c),
+        aic_err_slot=zeros(c),
+        aic_err_ver=zeros(c),
+        aic_err_pc=zeros(c),
         key=keys,
         timed=timed,
     )

@@ -23,7 +23,9 @@ class ErrorCode(enum.IntEnum):
     """Protocol errors detected at run time (the device's debug asserts and documented misuse).
 
     Errors of a callback's request are detected when the AIC dispatches the message, before any
-    of its frees take effect, so the final slot states show the queues as the error found them.
+    of its frees take effect. That AIC stops there (the message is in its received log); the other
+    cores run on until nothing can move, so the final state and the reported error (that of the
+    lowest-index AIC that stopped) are the same under every schedule.
     """
 
     NONE = 0
@@ -73,3 +75,4 @@ class AicPhase(enum.IntEnum):
     RECEIVE = 0  # spinning on the cursor slot until it is not FREE
     CALL = 1  # performing the actions (frees, matmuls) its callback requested, one per step
     DONE = 2  # aivWorkState == 0: CreateCubeResGroup returned
+    ERROR = 3  # stopped at a protocol error (a failed debug assert); never acts again

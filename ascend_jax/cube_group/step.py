@@ -87,11 +87,6 @@ def _first_true(mask: jax.Array, axis: int = 0) -> jax.Array:
     return jnp.where(first == n, 0, first)
 
 
-def _at(x: jax.Array, i: jax.Array) -> jax.Array:
-    """``x`` [M, B] at row ``i`` [B] -> [B]."""
-    return jnp.take_along_axis(x, i[None, :], axis=0)[0]
-
-
 def _chosen(shape: EngineShape, keys: jax.Array, n: int) -> jax.Array:
     """[n, B] which enabled cores act: all (lockstep) or each with probability 1/2 (random)."""
     if shape.schedule != "random":
@@ -354,9 +349,9 @@ def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head)
 def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: jax.Array | None):
     """Every AIC whose next action is enabled performs it (timed schedule: those starting at ``tmin``).
 
-    Returns the new state, [C, B] enabled, [C, B] error codes (0 none) of AICs whose action was a
-    protocol error (those AICs change nothing), [C, B] the version each received, and [C, B]
-    whether it performed a matmul action this step, with [C, B] the version and action of it.
+    Returns the new state, [C, B] enabled, and [C, B] whether each AIC performed a matmul action
+    this step, with [C, B] the version and action of it. An AIC whose dispatch is a protocol
+    error logs the message, records the error and stops (AicPhase.ERROR); nothing else changes.
     """
     consts = shape.aic_constants()
     c_num, b = st.aic_phase.shape
@@ -385,12 +380,14 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     recv_act = act & in_recv
     error = jnp.where(recv_act, code, 0)
     recv_ok = recv_act & (code == 0)
+    failing = error > 0  # this AIC stops here (AicPhase.ERROR)
 
-    # -- log every received message ---------------------------------------------------------
+    # -- log every received message (a message that caused an error too) -----------------------
+    logged = recv_act & (code != ErrorCode.RECEIVE_LOG_FULL)
     r = st.recv_ver.shape[1]
     rows_c = jnp.broadcast_to(jnp.arange(c_num)[:, None], (c_num, b))
     lanes = jnp.broadcast_to(jnp.arange(b)[None, :], (c_num, b))
-    recv_ver = st.recv_ver.at[rows_c, jnp.where(recv_ok, st.recv_count, r), lanes].set(ver, mode="drop")
+    recv_ver = st.recv_ver.at[rows_c, jnp.where(logged, st.recv_count, r), lanes].set(ver, mode="drop")
 
     # -- QUIT: clear bit aivID ---------------------------------------------------------------
     quit_now = recv_ok & is_quit
@@ -418,10 +415,10 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     skip = jnp.where(call_now, vt[:, VER["skip"]], st.aic_skip)
     new_row, new_col = _release(alive, n, row, col + jnp.where(call_end, skip, 0))
     finished = releasing & ~alive.any(axis=1)
-    phase = jnp.where(
-        finished,
-        AicPhase.DONE,
-        jnp.where(releasing, AicPhase.RECEIVE, jnp.where(call_now, AicPhase.CALL, st.aic_phase)),
+    phase = jnp.select(
+        [failing, finished, releasing, call_now],
+        [AicPhase.ERROR, AicPhase.DONE, AicPhase.RECEIVE, AicPhase.CALL],
+        st.aic_phase,
     ).astype(jnp.int32)
 
     timed = st.timed
@@ -446,10 +443,13 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         aic_pc=aic_pc.astype(jnp.int32),
         aic_skip=skip,
         recv_ver=recv_ver,
-        recv_count=st.recv_count + recv_ok,
+        recv_count=st.recv_count + logged,
+        aic_err_code=jnp.where(failing, error, st.aic_err_code),
+        aic_err_slot=jnp.where(failing, cursor_slot(shape, st), st.aic_err_slot),
+        aic_err_ver=jnp.where(failing, ver, st.aic_err_ver),
         timed=timed,
     )
-    return st, ready, error, ver, mm_now, st.aic_ver, pc
+    return st, ready, mm_now, st.aic_ver, pc
 
 
 def _occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
@@ -493,26 +493,25 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
         st = _occupancy(shape, st, tmin)
     running = st.status == Status.RUNNING
     new, v_ready = aiv_step(shape, tab, cost, st, k_aiv, tmin)
-    new, aic_ready_, error, ver, mm_now, mm_ver, mm_pc = aic_step(shape, tab, cost, new, k_aic, tmin)
+    new, aic_ready_, mm_now, mm_ver, mm_pc = aic_step(shape, tab, cost, new, k_aic, tmin)
     steps = st.step + 1
-    has_error = (error > 0).any(axis=0)
-    first = _first_true(error > 0)
-    done = (new.aiv_pc >= _lane(shape, tab.op_len)).all(axis=0) & (new.aic_phase == AicPhase.DONE).all(axis=0)
+    stopped = (new.aic_phase == AicPhase.DONE) | (new.aic_phase == AicPhase.ERROR)
+    done = (new.aiv_pc >= _lane(shape, tab.op_len)).all(axis=0) & stopped.all(axis=0)
     progressed = v_ready.any(axis=0) | aic_ready_.any(axis=0)
     status = jnp.select(
-        [has_error, done, ~progressed, steps >= tab.max_steps],
-        [Status.ERROR, Status.OK, Status.DEADLOCK, Status.MAX_STEPS],
-        Status.RUNNING,
-    ).astype(jnp.int32)
-    err = running & has_error
+        [done, ~progressed, steps >= tab.max_steps], [Status.OK, Status.DEADLOCK, Status.MAX_STEPS], Status.RUNNING
+    )
+    status = final_status(status, new.aic_phase)
     new = dataclasses.replace(
         new,
         step=jnp.where(running, steps, st.step),
         status=jnp.where(running, status, st.status),
-        error_code=jnp.where(err, _at(error, first), st.error_code).astype(jnp.int32),
-        error_aic=jnp.where(err, first, st.error_aic).astype(jnp.int32),
-        error_slot=jnp.where(err, _at(cursor_slot(shape, st), first), st.error_slot).astype(jnp.int32),
-        error_ver=jnp.where(err, _at(ver, first), st.error_ver).astype(jnp.int32),
         key=jnp.where(running[:, None], keys, st.key),
     )
     return new, mm_now & running[None, :], mm_ver, mm_pc
+
+
+def final_status(status: jax.Array, aic_phase: jax.Array) -> jax.Array:
+    """[B] a lane that has stopped with some AIC stopped at an error ends in ERROR."""
+    failed = (aic_phase == AicPhase.ERROR).any(axis=0)
+    return jnp.where((status != Status.RUNNING) & failed, Status.ERROR, status).astype(jnp.int32)
