@@ -78,8 +78,8 @@ def describe_blocked(result) -> list[str]:
                     f"; hint: queue {q}'s AIV never posts here: every bound queue posts in step and ends with a QUIT"
                 )
         elif until == "FREE":
-            text = f"{b['core']} waits on {where} for FREE{held}; hint: its AIC has not freed this slot yet "
-            text += "(it is blocked itself, see above: backpressure, pitfall F2)"
+            text = f"{b['core']} waits on {where} for FREE{held}; hint: its AIC has not freed this slot: "
+            text += "the AIV waits behind its AIC (backpressure, pitfall F2): fix what blocks the AIC"
         else:
             text = f"{b['core']} waits on {where} for {until}{held}"
             if until == "FAKE" and holds == "QUIT":
@@ -252,7 +252,7 @@ def spread_plot(errors: dict[str, np.ndarray], tolerances: dict[str, float], pat
     if tolerances:
         ax.plot([], [], linestyle=":", color="grey", label="tolerance")
     ax.set_xlabel("lane")
-    ax.set_ylabel("relative L2 error against float64 (1)")
+    ax.set_ylabel("relative L2 error against float64 (dimensionless)")
     ax.set_title(title)
     ax.legend()
     return _save(fig, path)
