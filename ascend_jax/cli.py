@@ -161,13 +161,6 @@ def printable(text: Any) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
-def safe(text: Any) -> str:
-    """``text`` for a rich console: :func:`printable`, with rich markup neutralised."""
-    from rich.markup import escape
-
-    return escape(printable(text))
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
