@@ -197,7 +197,7 @@ def occupancy_heatmap(
         times, levels = times[order], levels[order]
         at = np.searchsorted(times, edges[:-1], side="right") - 1  # level in force at each bin's start
         grid[i] = levels[np.maximum(at, 0)]
-    fig, ax = plt.subplots(figsize=(11, 1.5 + 0.1 * len(rows)))
+    fig, ax = plt.subplots(figsize=(11, max(3.5, 1.5 + 0.1 * len(rows))))
     cmap = plt.get_cmap("viridis", 5)
     img = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=cmap, vmin=-0.5, vmax=4.5,
                     extent=(0.0, edges[-1], len(rows) - 0.5, -0.5))  # fmt: skip
