@@ -161,6 +161,13 @@ def printable(text: Any) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
+def safe(text: Any) -> str:
+    """``text`` for a rich console: :func:`printable`, with rich markup neutralised."""
+    from rich.markup import escape
+
+    return escape(printable(text))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
@@ -497,7 +504,7 @@ def _run_comm(program, expected, args: argparse.Namespace, out: _Outputs) -> int
     from ascend_jax.aicpu.models import comm_numerics
     from ascend_jax.aicpu.reference import CommStatus, run_comm_reference
 
-    engine = args.engine or "jax"
+    engine = "reference" if args.engine == "reference" else "jax"
     t0 = time.perf_counter()
     with _Activity(f"running comm model {program.name} ({program.n_ranks} ranks) in the {engine} engine"):
         result = run_comm_reference(program) if engine == "reference" else run_comm(program)

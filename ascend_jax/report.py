@@ -262,7 +262,7 @@ def comm_timeline(result, path: Path) -> str:
     """Per rank and queue (rows), every executed task's span in µs, coloured by task kind."""
     from matplotlib.patches import Patch
 
-    from ascend_jax.aicpu.world import TaskKind
+    from ascend_jax.aicpu.reference import TaskKind
 
     plt = _plt()
     p = result.program

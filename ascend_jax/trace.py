@@ -160,8 +160,7 @@ def _counter(pid: int, queue: int, ts: float, level: int) -> dict:
 def comm_trace(result, meta: dict | None = None) -> dict:
     """The trace-event JSON object of a comm run (:class:`ascend_jax.aicpu.reference.CommResult`):
     tasks as slices (µs), record -> wait flows, one process per rank, one thread per queue."""
-    from ascend_jax.aicpu.reference import QueueStatus
-    from ascend_jax.aicpu.world import TaskKind
+    from ascend_jax.aicpu.reference import QueueStatus, TaskKind  # where both aicpu layouts export them
 
     p = result.program
     out: list[dict] = []

@@ -9,8 +9,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from ascend_jax.aicpu.reference import run_comm_reference
-from ascend_jax.aicpu.world import TaskKind
+from ascend_jax.aicpu.reference import TaskKind, run_comm_reference
 from ascend_jax.cli import main
 from ascend_jax.cube_group.reference import ReferenceInterpreter
 from ascend_jax.models import load_model
