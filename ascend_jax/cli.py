@@ -19,9 +19,11 @@ error (a bug: ``--debug`` shows its traceback).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -39,7 +41,9 @@ EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_NOT_OK = 0, 1, 2, 3
 #: Most lanes one ``run`` accepts (lanes run in chunks; this bounds the per-lane result objects).
 MAX_BATCH = 2**20
 #: ``run`` flags that do not apply to comm models (given explicitly: exit 2).
-COMM_UNSUPPORTED = ("schedule", "atomic_order", "dump", "devices")
+COMM_UNSUPPORTED = ("schedule", "atomic_order", "dump", "devices", "trace_lane")
+#: how to get the optional plotting dependency of ``--report``
+INSTALL_PLOTS = "install matplotlib: pip install 'ascend_jax[bench]' (or pip install matplotlib)"
 
 
 def package_version() -> str:
@@ -58,6 +62,7 @@ class RunArgs(StrictModel):
     chunk: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
     ranks: Annotated[int, Field(ge=RANKS_RANGE[0], le=RANKS_RANGE[1])] | None = None
     devices: Annotated[int, Field(ge=1, le=4096)] | None = None
+    trace_lane: Annotated[int, Field(ge=0, le=MAX_BATCH - 1)] | None = None
 
     @model_validator(mode="after")
     def _lane_seeds_fit(self) -> RunArgs:
@@ -120,6 +125,19 @@ def _parser() -> argparse.ArgumentParser:
         help="order in which a step's matmul results reach GM (default fixed; random: per lane and step)",
     )
     run.add_argument("--dump", metavar="DIR", help="write every GM tensor of lane 0 to DIR/<name>.npy")
+    run.add_argument(
+        "--trace",
+        metavar="FILE.json",
+        help="write a Chrome trace-event JSON (Perfetto, chrome://tracing) of the run (of one lane of a batch)",
+    )
+    run.add_argument(
+        "--trace-lane", type=int, default=None, metavar="I", help="the lane --trace and --report show (default 0)"
+    )
+    run.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write PNG plots and DIR/report.md summarising the run (needs matplotlib: the 'bench' extra)",
+    )
     run.add_argument("--chunk", type=int, default=None, help="lanes per compiled call (default: by memory budget)")
     run.add_argument(
         "--ranks", type=int, default=None, help=f"ranks of a ring comm model, {RANKS_RANGE[0]}..{RANKS_RANGE[1]}"
@@ -203,17 +221,45 @@ def _main(argv: list[str]) -> int:
 
 def _prepare_dump(directory: str) -> Path:
     """Checks (before any run) that ``directory`` is, or can be made, a writable folder."""
+    return _prepare_folder("--dump", directory)
+
+
+def _prepare_trace(path: str) -> Path:
+    """Checks (before any run) that ``path`` names a file that can be written (its folder exists)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError("--trace", path, "is a folder", "give a file name, e.g. trace.json")
+    if p.is_symlink() or (p.exists() and not p.is_file()):
+        raise ConfigError(
+            "--trace", path, "exists and is not a plain file (a link or a device)", "give a new file name"
+        )
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError("--trace", path, f"its folder {str(parent)!r} does not exist", "create the folder first")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError("--trace", path, "is not writable", "give a file in a folder you can write to")
+    return p
+
+
+def _prepare_report(directory: str) -> Path:
+    """Checks (before any run) that matplotlib is installed and ``directory`` is a writable folder."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError("--report", directory, "needs matplotlib, which is not installed", INSTALL_PLOTS) from None
+    return _prepare_folder("--report", directory)
+
+
+def _prepare_folder(flag: str, directory: str) -> Path:
     p = Path(directory)
     try:
         if p.exists() and not p.is_dir():
-            raise ConfigError("--dump", directory, "exists and is not a folder", "give a folder (new or existing)")
+            raise ConfigError(flag, directory, "exists and is not a folder", "give a folder (new or existing)")
         p.mkdir(parents=True, exist_ok=True)
         if not os.access(p, os.W_OK | os.X_OK):
-            raise ConfigError("--dump", directory, "is not writable", "give a folder you can write to")
+            raise ConfigError(flag, directory, "is not writable", "give a folder you can write to")
     except OSError as e:
-        raise ConfigError(
-            "--dump", directory, f"cannot be created ({e.strerror or e})", "give another folder"
-        ) from None
+        raise ConfigError(flag, directory, f"cannot be created ({e.strerror or e})", "give another folder") from None
     return p
 
 
@@ -254,7 +300,16 @@ def _run(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     flag, getattr(args, given[0]), f"does not apply to comm model {args.model!r}", f"leave {flag} out"
                 )
-            return _run_comm(program, expected, args)
+            if nums.batch > 1 and (args.trace or args.report):
+                flag = "--trace" if args.trace else "--report"
+                raise ConfigError(
+                    flag, args.trace or args.report, "shows one comm run, not a --batch of them", "drop --batch"
+                )
+            out = _Outputs(
+                trace=_prepare_trace(args.trace) if args.trace else None,
+                report=_prepare_report(args.report) if args.report else None,
+            )
+            return _run_comm(program, expected, args, out)
     else:
         if nums.ranks is not None:
             raise ConfigError("--ranks", nums.ranks, "applies only to ring comm models", "leave --ranks out")
@@ -272,20 +327,86 @@ def _run(args: argparse.Namespace) -> int:
     for flag in ("chunk", "devices"):
         if engine == "reference" and getattr(nums, flag) is not None:
             raise ConfigError(f"--{flag}", getattr(nums, flag), "applies to --engine jax only", f"leave --{flag} out")
-    dump_dir = _prepare_dump(args.dump) if args.dump else None
-    return _run_cube(program, expected, path, nums, engine, schedule, atomic_order, dump_dir, args.json)
+    if nums.trace_lane is not None:
+        if not (args.trace or args.report):
+            raise ConfigError("--trace-lane", nums.trace_lane, "chooses the lane of --trace or --report",
+                              "add --trace FILE.json or --report DIR, or leave --trace-lane out")  # fmt: skip
+        if nums.trace_lane >= nums.batch:
+            raise ConfigError("--trace-lane", nums.trace_lane, f"must be a lane of the batch, 0..{nums.batch - 1}",
+                              f"give a lane below --batch {nums.batch}")  # fmt: skip
+    out = _Outputs(
+        dump=_prepare_dump(args.dump) if args.dump else None,
+        trace=_prepare_trace(args.trace) if args.trace else None,
+        report=_prepare_report(args.report) if args.report else None,
+        lane=nums.trace_lane or 0,
+        as_json=args.json,
+    )
+    return _run_cube(program, expected, path, nums, engine, schedule, atomic_order, out)
 
 
-def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_order, dump_dir, as_json) -> int:
+@dataclasses.dataclass
+class _Outputs:
+    """What ``run`` writes besides stdout: ``--dump``, ``--trace`` and ``--report`` (checked paths)."""
+
+    dump: Path | None = None
+    trace: Path | None = None
+    report: Path | None = None
+    lane: int = 0
+    as_json: bool = False
+
+
+class _Activity:
+    """Tells stderr what a step that takes more than about a second is doing.
+
+    After ``delay`` seconds it prints ``ascend-jax: <what> ...``; when stderr is not a terminal (no
+    progress bar can show there) it repeats ``still <what> (N s)`` every ``every`` seconds; at the
+    end, if it said anything, ``<what>: done in N s``. stdout (``--json``) is never written.
+    """
+
+    def __init__(self, what: str, delay: float = 1.0, every: float = 15.0):
+        self.what, self.delay, self.every = what, delay, every
+        self.said = False
+        self._stop = threading.Event()
+        self._t0 = 0.0
+
+    def _say(self, text: str) -> None:
+        print(f"ascend-jax: {text}", file=sys.stderr, flush=True)
+
+    def _watch(self) -> None:
+        if self._stop.wait(self.delay):
+            return
+        self.said = True
+        self._say(f"{self.what} ...")
+        if sys.stderr.isatty():
+            return
+        while not self._stop.wait(self.every):
+            self._say(f"still {self.what} ({time.perf_counter() - self._t0:.0f} s)")
+
+    def __enter__(self) -> _Activity:
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.said and exc[0] is None:
+            self._say(f"{self.what}: done in {time.perf_counter() - self._t0:.1f} s")
+
+
+def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_order, out: _Outputs) -> int:
     from ascend_jax.cube_group.engine import simulate
     from ascend_jax.cube_group.reference import run_reference
     from ascend_jax.cube_group.status import Status
     from ascend_jax.numerics import compare, numerics_report
 
     seeds = [nums.seed + i for i in range(nums.batch)]
+    lanes = f"{nums.batch} lane{'s' if nums.batch > 1 else ''}"
     t0 = time.perf_counter()
     if engine == "reference":
-        results = [run_reference(program, schedule, s) for s in seeds]
+        with _Activity(f"running {lanes} of {program.name} in the reference interpreter ({schedule})"):
+            results = [run_reference(program, schedule, s) for s in seeds]
     else:
         enable_compilation_cache()
         if nums.devices is not None:
@@ -295,33 +416,94 @@ def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_o
                 raise ConfigError(
                     "--devices", nums.devices, f"this machine has {len(jax.devices())} device(s)", "lower --devices"
                 )
-        kw: dict[str, Any] = {"chunk_size": nums.chunk, "devices": nums.devices, "progress": nums.batch > 1}
-        results = simulate([program] * nums.batch, schedule=schedule, seeds=seeds, atomic_order=atomic_order, **kw)
+        kw: dict[str, Any] = {"chunk_size": nums.chunk, "devices": nums.devices, "progress": True}
+        with _Activity(f"compiling and running {lanes} of {program.name} in the JAX engine ({schedule})"):
+            results = simulate([program] * nums.batch, schedule=schedule, seeds=seeds, atomic_order=atomic_order, **kw)
     elapsed = time.perf_counter() - t0
     numerics_ok = True
     if any(m is not None for m in program.matmuls):
-        report = numerics_report(program, results)
+        with _Activity("computing the float64 reference of the numerics report"):
+            report = numerics_report(program, results)
         if expected is not None:
             for name, want in expected(program).items():
                 tol = report[name]["tolerance"] if name in report else 1e-5
                 check = compare(results[0].tensor(name), want, tol)
                 report.setdefault(name, {})["numpy_check"] = check
         numerics_ok = all(e.get("ok", True) and e.get("numpy_check", {}).get("ok", True) for e in report.values())
-    if dump_dir is not None:
-        _dump(program, results[0].gm, dump_dir)
-    if as_json:
-        out = results[0].to_json()
+    if out.dump is not None:
+        _dump(program, results[0].gm, out.dump)
+    if out.as_json:
+        res_json = results[0].to_json()
         if nums.batch > 1:
-            out["batch"] = results.batch_json()
-        print(json.dumps(out, indent=2))
-    else:
-        _summary(results, str(path), engine, schedule, elapsed)
+            res_json["batch"] = results.batch_json() if hasattr(results, "batch_json") else _batch_json(results)
+        print(json.dumps(res_json, indent=2))
+    lines = _summary_lines(results, str(path), engine, schedule, atomic_order, elapsed)
+    if not out.as_json:
+        _emit(lines)
+    if out.trace is not None or out.report is not None:
+        _trace_and_report(program, results, seeds, engine, schedule, atomic_order, elapsed, lines, out)
     statuses = results.status if hasattr(results, "status") else [r.status for r in results]
     ok = all(int(x) == Status.OK for x in statuses) and numerics_ok
     return EXIT_OK if ok else EXIT_NOT_OK
 
 
-def _run_comm(program, expected, args: argparse.Namespace) -> int:
+def _trace_and_report(program, results, seeds, engine, schedule, atomic_order, elapsed, lines, out: _Outputs) -> None:
+    """Re-runs lane ``out.lane`` in the reference interpreter with event recording and writes the
+    trace and / or the report (see :mod:`ascend_jax.trace`)."""
+    from ascend_jax.trace import cube_trace, record_cube, write_trace
+
+    lane = out.lane
+    with _Activity(f"recording lane {lane} in the reference interpreter for --trace / --report"):
+        rec, events = record_cube(program, schedule, seeds[lane])
+    run_lane = results[lane]
+    meta: dict[str, Any] = {
+        "lane": lane,
+        "seed": seeds[lane],
+        "recorded_by": "reference interpreter",
+        "run_engine": engine,
+        "run_status": run_lane.status.label,
+        "run_steps": int(run_lane.steps),
+        "matches_run": rec.outcome() == run_lane.outcome() and (schedule == "random" or rec.steps == run_lane.steps),
+    }
+    if schedule == "random":
+        meta["interleaving"] = (
+            "the reference interpreter's random draw from this seed, not the JAX engine's: the outcome (received "
+            "logs, final slots, witness) is the run's, the order of actions and the step count are not"
+        )
+    if atomic_order == "random":
+        meta["atomic_order"] = "the run used a random atomic order; this recording writes matmul results in AIC order"
+    if out.trace is not None:
+        write_trace(cube_trace(program, rec, events, schedule, meta), out.trace)
+        _note(f"trace of lane {lane} written to {printable(out.trace)} (open it in https://ui.perfetto.dev)")
+    if out.report is not None:
+        from ascend_jax.report import write_cube_report
+
+        with _Activity("drawing the report"):
+            files = write_cube_report(out.report, program, results, lane, (rec, events), schedule, atomic_order,
+                                      engine, elapsed, lines)  # fmt: skip
+        _note(f"report written to {printable(out.report)}: {', '.join(files)}")
+
+
+def _note(text: str) -> None:
+    print(f"ascend-jax: {text}", file=sys.stderr)
+
+
+def _batch_json(results) -> list[dict[str, Any]]:
+    """``batch_json`` of a list of per-lane results (reference engine with --batch)."""
+    first = results[0].outcome()
+    return [
+        {
+            "lane": i,
+            "seed": r.seed,
+            "status": r.status.label,
+            "steps": int(r.steps),
+            "same_as_lane0": r.outcome() == first,
+        }
+        for i, r in enumerate(results)
+    ]
+
+
+def _run_comm(program, expected, args: argparse.Namespace, out: _Outputs) -> int:
     """Runs a comm model (JAX engine or reference), prints JSON or a summary, returns the exit code."""
     if (args.batch or 1) > 1:
         return _run_comm_batch(program, expected, args)
@@ -331,36 +513,47 @@ def _run_comm(program, expected, args: argparse.Namespace) -> int:
 
     engine = "reference" if args.engine == "reference" else "jax"
     t0 = time.perf_counter()
-    result = run_comm_reference(program) if engine == "reference" else run_comm(program)
+    with _Activity(f"running comm model {program.name} ({program.n_ranks} ranks) in the {engine} engine"):
+        result = run_comm_reference(program) if engine == "reference" else run_comm(program)
     elapsed = time.perf_counter() - t0
     report = comm_numerics(result, expected(program)) if expected else {}
     ok = result.status == CommStatus.OK and all(e["ok"] for e in report.values())
+    summary = result.to_json(timeline=False)
+    lines = [
+        f"{printable(program.name)}  engine={engine}  ranks={program.n_ranks}  status={result.status.label}  "
+        f"steps={result.steps}  simulated={summary['time_s'] * 1e6:.1f} us  wall={elapsed:.2f}s"
+    ]
+    rows = [
+        [printable(q["queue"]), q["kind"], q["status"], str(q["error"]), f"{q['tasks_done']}/{q['tasks']}"]
+        for entry in summary["ranks"]
+        for q in entry["queues"]
+    ]
+    lines += _table("queues", ["queue", "kind", "status", "error", "tasks"], rows)
+    for name, e in report.items():
+        lines.append(
+            f"numerics {printable(name)}: rel L2 {e['rel_l2_error']:.3g} (tolerance {e['tolerance']:.3g}) ok={e['ok']}"
+        )
+    for lost in summary.get("lost_records", []):
+        lines.append(f"notify {printable(lost['notify'])}: {lost['lost_records']} record(s) lost (the flag was set)")
+    for h in result.hang:
+        waits = f", waiting for notify {printable(h['waits_for'])}" if "waits_for" in h else ""
+        lines.append(
+            f"stuck: rank {h['rank']} queue {printable(h['queue'])} at task {h['task']} {printable(h['label'])}{waits}"
+        )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
-        from rich.console import Console
-        from rich.table import Table
+        _emit(lines)
+    if out.trace is not None:
+        from ascend_jax.trace import comm_trace, write_trace
 
-        console = Console()
-        colour = "green" if result.status == CommStatus.OK else "red"
-        console.print(
-            f"[bold]{safe(program.name)}[/bold]  engine={engine}  ranks={program.n_ranks}  "
-            f"status=[{colour}]{result.status.label}[/{colour}]  steps={result.steps}  "
-            f"simulated={result.to_json(timeline=False)['time_s'] * 1e6:.1f} us  wall={elapsed:.2f}s"
-        )
-        table = Table(title="queues")
-        for col in ("queue", "status", "error", "tasks"):
-            table.add_column(col)
-        for entry in result.to_json(timeline=False)["ranks"]:
-            for q in entry["queues"]:
-                table.add_row(safe(q["queue"]), q["status"], str(q["error"]), f"{q['tasks_done']}/{q['tasks']}")
-        console.print(table)
-        for name, e in report.items():
-            console.print(
-                f"numerics {safe(name)}: rel L2 {e['rel_l2_error']:.3g} (tolerance {e['tolerance']:.3g}) ok={e['ok']}"
-            )
-        for h in result.hang:
-            console.print(f"[red]stuck[/red] {safe(h)}")
+        write_trace(comm_trace(result, {"engine": engine}), out.trace)
+        _note(f"trace written to {printable(out.trace)} (open it in https://ui.perfetto.dev)")
+    if out.report is not None:
+        from ascend_jax.report import write_comm_report
+
+        files = write_comm_report(out.report, result, report, elapsed, lines)
+        _note(f"report written to {printable(out.report)}: {', '.join(files)}")
     return EXIT_OK if ok else EXIT_NOT_OK
 
 
@@ -427,59 +620,82 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _summary(results, path: str, engine: str, schedule: str, elapsed: float) -> None:
+def _emit(lines: list[str]) -> None:
+    """Prints summary lines: coloured status words on a terminal, plain text otherwise (never
+    wrapped or cut: the lines are as wide as their content)."""
+    if not sys.stdout.isatty():
+        for line in lines:
+            print(line)
+        return
     from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
+    console = Console(soft_wrap=True, highlight=False)
+    colours = {"status=ok": "green", "status=deadlock": "red", "status=error": "red", "status=max_steps": "yellow"}
+    for line in lines:
+        text = escape(line)
+        for word, colour in colours.items():
+            text = text.replace(word, f"[{colour}]{word}[/{colour}]")
+        console.print(text)
+
+
+def _table(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A plain-text table: a title line, a header, a rule and one line per row, columns padded to
+    their widest cell (nothing cut)."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return [title, line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def _stats(values) -> str:
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    return f"min {v.min():.6g}, mean {v.mean():.6g}, max {v.max():.6g}"
+
+
+def _summary_lines(results, path: str, engine: str, schedule: str, atomic_order: str, elapsed: float) -> list[str]:
+    """The terminal summary of a cube-group run, as plain-text lines (the report quotes them too)."""
     from ascend_jax.cube_group.status import Status
+    from ascend_jax.report import describe_blocked, describe_error
 
-    console = Console()
     r = results[0]
-    colour = {"ok": "green", "deadlock": "red", "error": "red", "max_steps": "yellow"}[r.status.label]
-    console.print(
-        f"[bold]{safe(r.program.name)}[/bold] ({safe(path)})  engine={engine} schedule={schedule} lanes={len(results)}  "
-        f"status=[{colour}]{r.status.label}[/{colour}]  steps={r.steps}  wall={elapsed:.2f}s"
-    )
-    if len(results) > 1:  # a BatchResult: aggregates from its arrays, no per-lane objects
-        same = int(results.same_as_lane0().sum())
-        console.print(f"lanes: {results.status_counts()}; {same}/{len(results)} with lane 0's outcome")
-        bad = (results.status == Status.DEADLOCK) | (results.status == Status.ERROR)
-        failing = results.seeds[bad]
-        if len(failing):
-            seeds = ", ".join(str(x) for x in failing[:10]) + (" ..." if len(failing) > 10 else "")
-            console.print(f"[red]{len(failing)} lanes ended in deadlock or error[/red]; replay one alone with "
-                          f"--batch 1 --schedule {schedule} --seed S, S in: {seeds}")  # fmt: skip
+    n = len(results)
+    lines = [
+        f"{printable(r.program.name)} ({printable(path)})  engine={engine} schedule={schedule} "
+        f"atomic_order={atomic_order} lanes={n}  status={r.status.label}  steps={r.steps}  wall={elapsed:.2f}s"
+    ]
+    if n > 1:
+        lines += _batch_lines(results, schedule)
+        lines.append("lane 0:")
+    if r.timing is not None:
+        lines += _timing_lines(r)
     for gi, g in enumerate(r.program.groups):
-        table = Table(
-            title=f"group {safe(g.name)}: AICs {g.first_aic}..{g.first_aic + g.aic_num - 1}, Q={g.msg_queue_size}, P={g.aiv_per_aic}"
-        )
-        for col in ("AIC", "queues", "received", "VALID", "FAKE", "QUIT", "first messages (queue, depth, state)"):
-            table.add_column(col)
+        rows = []
         for k in range(g.aic_num):
             core = g.first_aic + k
             log = r.received.get(core, [])
             kinds = Counter(s for _, _, s in log)
             head = " ".join(f"({q},{d},{s})" for q, d, s in log[:4]) + (" ..." if len(log) > 4 else "")
-            table.add_row(
-                str(core),
-                str(g.queues_of_aic(k)),
-                str(len(log)),
-                str(kinds["VALID"]),
-                str(kinds["FAKE"]),
-                str(kinds["QUIT"]),
-                head,
-            )
-        console.print(table)
+            rows.append([str(core), str(g.queues_of_aic(k)), str(len(log))]
+                        + [str(kinds[s]) for s in ("VALID", "FAKE", "QUIT")] + [head])  # fmt: skip
+        title = (
+            f"group {printable(g.name)}: AICs {g.first_aic}..{g.first_aic + g.aic_num - 1}, "
+            f"Q={g.msg_queue_size}, P={g.aiv_per_aic}"
+        )
+        heads = ["AIC", "queues", "received", "VALID", "FAKE", "QUIT", "first messages (queue,depth,state)"]
+        lines += _table(title, heads, rows)
         states = Counter(s for row in r.slot_states(gi) for s in row)
-        console.print(f"final slot states of {safe(g.name)}: {dict(states)}")
+        lines.append(f"final slot states of {printable(g.name)}: " + ", ".join(f"{k} {v}" for k, v in states.items()))
     if r.numerics:
-        table = Table(title="numerics against the float64 reference")
-        for col in ("tensor", "combination", "rel L2", "max abs", "NaN/Inf", "tolerance", "ok", "numpy check"):
-            table.add_column(col)
+        rows = []
         for name, e in r.numerics.items():
             check = e.get("numpy_check")
-            table.add_row(
-                safe(name),
+            rows.append([
+                printable(name),
                 e.get("combination", "-"),
                 f"{e['rel_l2_error']:.3g}" if "rel_l2_error" in e else "-",
                 f"{e['max_abs_error']:.3g}" if "max_abs_error" in e else "-",
@@ -487,12 +703,87 @@ def _summary(results, path: str, engine: str, schedule: str, elapsed: float) -> 
                 f"{e['tolerance']:.3g}" if "tolerance" in e else "-",
                 str(e.get("ok", "-")),
                 "-" if check is None else f"rel L2 {check['rel_l2_error']:.3g} ok={check['ok']}",
+                f"{e['lane_spread']:.3g}" if "lane_spread" in e else "-",
+            ])  # fmt: skip
+        heads = ["tensor", "combination", "rel L2", "max abs", "NaN/Inf", "tolerance", "ok", "numpy check",
+                 "lane spread"]  # fmt: skip
+        lines += _table("numerics against the float64 reference (lane 0)", heads, rows)
+        spread = {k: e["lane_spread"] for k, e in r.numerics.items() if "lane_spread" in e}
+        if spread:
+            worst = max(spread, key=spread.get)
+            how = "a random atomic order" if atomic_order == "random" else "the lanes' schedules"
+            lines.append(
+                f"atomic-order spread: with {how}, lanes differ from lane 0 by up to {spread[worst]:.3g} "
+                f"(relative L2, tensor {printable(worst)}) over {n} lanes"
+                + ("; 0 means the result does not depend on the order" if spread[worst] == 0 else "")
             )
-        console.print(table)
-    for b in r.blocked:
-        console.print(f"[red]blocked[/red] {safe(b)}")
+    if r.blocked:
+        lines.append(f"deadlock: {len(r.blocked)} core(s) blocked:")
+        lines += [f"  {printable(s)}" for s in describe_blocked(r)]
     if r.error:
-        console.print(f"[red]error[/red] {safe(r.error)}")
+        lines.append(f"error: {printable(describe_error(r.error))}")
+    if r.status == Status.MAX_STEPS:
+        lines.append(f"max_steps: the run stopped after {r.steps} steps; raise --max-steps if it was still progressing")
+    return lines
+
+
+def _batch_lines(results, schedule: str) -> list[str]:
+    """Status counts, steps / kernel cycles across lanes and the lanes whose outcome differs from lane 0's."""
+    import numpy as np
+
+    from ascend_jax.cube_group.status import Status
+
+    n = len(results)
+    if hasattr(results, "same_as_lane0"):  # a BatchResult: aggregates from its arrays
+        status, steps, seeds = results.status, results.steps, results.seeds
+        same = results.same_as_lane0()
+        cycles = results.kernel_cycles()
+    else:
+        status = np.array([int(r.status) for r in results])
+        steps = np.array([r.steps for r in results])
+        seeds = np.array([r.seed for r in results])
+        same = np.array([r.outcome() == results[0].outcome() for r in results])
+        cycles = np.array([r.timing["kernel_cycles"] for r in results]) if results[0].timing else None
+    counts = Counter(Status(int(s)).label for s in status)
+    lines = [
+        "lanes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; steps {_stats(steps)}",
+    ]
+    if cycles is not None:
+        lines.append(f"kernel cycles across lanes: {_stats(cycles)}")
+    differ = np.flatnonzero(~same)
+    lines.append(f"{n - len(differ)}/{n} lanes with lane 0's outcome (status, received logs, final slots, witness)")
+    if len(differ):
+        shown = ", ".join(f"{i} (seed {int(seeds[i])}, {Status(int(status[i])).label})" for i in differ[:10])
+        lines.append(f"lanes that differ: {shown}" + (f" and {len(differ) - 10} more" if len(differ) > 10 else ""))
+    bad = (status == Status.DEADLOCK) | (status == Status.ERROR)
+    if bad.any():
+        failing = ", ".join(str(int(x)) for x in seeds[bad][:10]) + (" ..." if bad.sum() > 10 else "")
+        lines.append(f"{int(bad.sum())} lanes ended in deadlock or error; replay one alone with "
+                     f"--batch 1 --schedule {schedule} --seed S, S in: {failing}")  # fmt: skip
+    return lines
+
+
+def _timing_lines(r) -> list[str]:
+    """Kernel time and per-core busy / blocked / idle of a timed lane."""
+    t = r.timing
+    lines = [f"kernel: {t['kernel_cycles']:.0f} cycles = {t['kernel_us']:.3f} us at {t['freq_mhz']:g} MHz"]
+    total = max(t["kernel_cycles"], 1e-9)
+    rows = [
+        [f"aic{core}"]
+        + [f"{c[k]:.0f} ({100 * c[k] / total:.0f}%)" for k in ("busy_cycles", "blocked_cycles", "idle_cycles")]
+        for core, c in t["aic"].items()
+    ]
+    lines += _table("AIC time (cycles, share of the kernel)", ["core", "busy", "blocked", "idle"], rows)
+    if t["aiv"]:
+        alloc = {b: v["alloc_stall_cycles"] for b, v in t["aiv"].items()}
+        wait = {b: v["wait_stall_cycles"] for b, v in t["aiv"].items()}
+        top = sorted(alloc, key=lambda b: -(alloc[b] + wait[b]))[:3]
+        lines.append(
+            f"AIV stalls (cycles): AllocMessage {_stats(list(alloc.values()))}; waits and barriers "
+            f"{_stats(list(wait.values()))}; most stalled: "
+            + ", ".join(f"aiv{b} ({alloc[b] + wait[b]:.0f})" for b in top)
+        )
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,6 +67,7 @@ class _Slot:
     aiv_id: int = 0  # head aivID
     payload: Any = None  # 0-d struct array of the group's message type, None = zeroed
     msg_id: int = -1  # which post (per-group message id) last wrote the payload
+    write: int = -1  # event recording only: index in ``events`` of the action that last wrote the head
 
 
 @dataclasses.dataclass(slots=True)
@@ -100,6 +101,7 @@ class _Aic:
     aiv_work: int = 0
     aiv_work_state: int = 0
     in_call: bool = False
+    call_start: float = 0.0  # event recording only: when the current callback's dispatch began
     pending: list = dataclasses.field(default_factory=list)  # [("free", slot, wait) | ("matmul", desc)]
     skip: int = 0
     log: list = dataclasses.field(default_factory=list)
@@ -119,6 +121,8 @@ class ReferenceInterpreter:
       schedule: ``"lockstep"`` or ``"random"``.
       seed: seed of the random schedule.
       max_steps: overrides ``program.max_steps``.
+      events: a list to append one dict per core action to (see :meth:`_event`), or None (the
+        default: nothing is recorded and nothing costs). :mod:`ascend_jax.trace` reads it.
     """
 
     def __init__(
@@ -129,7 +133,11 @@ class ReferenceInterpreter:
         max_steps: int | None = None,
         numerics: str = "hardware",
         cost: Any = None,
+        events: list | None = None,
     ):
+        self.events = events
+        self._t = (0.0, 1.0)  # (start, duration) of the action being performed, for ``events``
+        self._tick = 0  # steps performed (the time axis of recorded events outside ``timed``)
         if schedule not in ("lockstep", "random", "timed"):
             raise ValueError(f"schedule = {schedule!r}: must be 'lockstep', 'random' or 'timed'")
         if numerics not in ("hardware", "exact"):
@@ -235,6 +243,8 @@ class ReferenceInterpreter:
     def _aiv_act(self, aiv: _Aiv) -> None:
         op = aiv.ops[aiv.pc]
         kind = op.kind
+        if self.events is not None:
+            self._aiv_event(aiv, op)
         if kind == "delay":
             aiv.timer += 1
             if aiv.timer < op.cycles:
@@ -248,14 +258,23 @@ class ReferenceInterpreter:
             slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
             slot.state, slot.aiv_id = op.state, op.aiv_id
             slot.payload, slot.msg_id = op.payload, aiv.msg_ids[aiv.pc]
+            if self.events is not None:
+                slot.write = len(self.events) - 1
         elif kind == "fake":  # head state only; payload stays stale
-            self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]].state = FAKE
+            slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
+            slot.state = FAKE
+            if self.events is not None:
+                slot.write = len(self.events) - 1
         elif kind == "quit":  # SetQuit: aivID, then the state
             slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
             slot.aiv_id, slot.state = op.aiv_id, QUIT
+            if self.events is not None:
+                slot.write = len(self.events) - 1
         elif kind == "wait" and not op.sync:  # Wait<false> returns whether the slot is FREE
             state = self.slots[op.group][aiv.heads[op.group] + op.offset].state
             aiv.wait_results.append(state == FREE)
+            if self.events is not None:
+                self.events[-1]["args"]["free"] = bool(state == FREE)
         elif kind == "arrive":
             obj = self._barrier_obj(aiv, op.group)
             self.counters_a[op.group, : obj.geometry.copies] += 1
@@ -267,6 +286,8 @@ class ReferenceInterpreter:
         aiv.pc += 1
         if aiv.pc == len(aiv.ops):
             self.some_finished = True
+        if self.events is not None and kind in ("post", "fake", "quit"):
+            self._occupancy_event(op.group, aiv.alloc_slot[(op.group, op.alloc)])
 
     # -- AIC -------------------------------------------------------------------------------
     def _aic_ready(self, aic: _Aic) -> bool:
@@ -322,6 +343,8 @@ class ReferenceInterpreter:
                 self._mm_queue.append((aic, act[1]))
             else:
                 slots[act[1]].state = FREE
+            if self.events is not None:
+                self._aic_action_event(aic, act)
             if not aic.pending:
                 self._finish_call(aic)
             return None
@@ -332,6 +355,8 @@ class ReferenceInterpreter:
             return self._error(ErrorCode.RECEIVE_LOG_FULL, aic, queue, depth)
         if cur.state == QUIT:
             aic.log.append((queue, depth, "QUIT"))
+            if self.events is not None:
+                self._receive_event(aic, cur, queue, depth, 0)
             if cur.aiv_id < 64:
                 aic.aiv_work_state &= ~(1 << cur.aiv_id)
                 self.some_finished = aic.done or self.some_finished
@@ -376,6 +401,9 @@ class ReferenceInterpreter:
                 return self._error(ErrorCode.BAD_WAIT_STATE, aic, queue, depth, wait_state=wait)
             pending.append(("free", base + rel, wait))
         aic.log.append((queue, depth, _name(cur.state)))
+        if self.events is not None:
+            self._receive_event(aic, cur, queue, depth, skip)
+            aic.call_start = self._t[0]
         aic.skip = skip
         aic.pending = pending
         if pending:
@@ -391,12 +419,20 @@ class ReferenceInterpreter:
         return self.capacity
 
     def _finish_call(self, aic: _Aic) -> None:
+        if self.events is not None:
+            g = self.p.groups[aic.group]
+            start, end = aic.call_start, self._t[0] + self._t[1]
+            queue, depth = aic.k * g.aiv_per_aic + aic.aiv_work, aic.msg_pos // g.aiv_per_aic
+            self._event(f"aic{aic.core}", aic.group, "call", {"queue": queue, "depth": depth}, start, end - start)
         aic.in_call = False
         aic.aiv_work += aic.skip  # SetSkipMsg
         aic.msg_pos += aic.skip
         self._release(aic)
 
     def _error(self, code: ErrorCode, aic: _Aic, queue: int, depth: int, **detail) -> dict:
+        if self.events is not None:
+            args = {"code": code.name, "queue": queue, "depth": depth, **detail}
+            self._event(f"aic{aic.core}", aic.group, "error", args, dur=0.0)
         return {
             "code": code.name,
             "core": f"aic{aic.core}",
@@ -406,6 +442,91 @@ class ReferenceInterpreter:
             "message": code.describe(),
             **{k: v if isinstance(v, str) else int(v) for k, v in detail.items()},
         }
+
+    # -- event recording (only when ``events`` is a list) ----------------------------------------
+    def _event(self, core: str, group: int | None, name: str, args: dict, ts=None, dur=None) -> dict:
+        """Appends ``{"core", "group", "name", "ts", "dur", "args"}``: an action of ``core`` (``aiv3``,
+        ``aic6``) in group index ``group`` (None: not a group's, e.g. a delay or a barrier) that
+        started at ``ts`` and took ``dur`` (cycles under ``timed``, steps otherwise; default: the
+        action being performed). ``name`` is the action (alloc, post, fake, quit, wait, delay,
+        barrier, receive, call, free, matmul), ``blocked`` (a timed core spinning before an action),
+        ``error`` or ``occupancy`` (``args["level"]``: non-FREE slots of ``args["queue"]``)."""
+        e = {
+            "core": core,
+            "group": group,
+            "name": name,
+            "ts": float(self._t[0] if ts is None else ts),
+            "dur": float(self._t[1] if dur is None else dur),
+            "args": args,
+        }
+        self.events.append(e)
+        return e
+
+    def _where(self, gi: int, rel: int) -> tuple[int, int]:
+        """(queue, depth) of slot ``rel`` of group ``gi`` (group numbering)."""
+        g = self.p.groups[gi]
+        k, col, d = g.slot_queue_depth(rel)
+        return k * g.aiv_per_aic + col, d
+
+    def _aiv_event(self, aiv: _Aiv, op: AivOp) -> None:
+        core, kind = f"aiv{aiv.block_idx}", op.kind
+        if kind == "delay":
+            if aiv.timer + 1 >= op.cycles:  # one slice when the delay ends, over all its steps
+                self._event(core, None, "delay", {"cycles": op.cycles}, self._t[0] - op.cycles + 1, op.cycles)
+            return
+        if kind in ("arrive", "barrier_wait"):
+            obj = self._barrier_obj(aiv, op.group)
+            args = {"op": kind.replace("barrier_", ""), "barrier": obj.geometry.name, "index": op.index}
+            self._event(core, None, "barrier", args)
+            return
+        gi = op.group
+        if kind == "alloc":
+            rel = aiv.heads[gi] + aiv.pos.get(gi, 0) * self.widths[gi]
+        elif kind == "wait":
+            rel = aiv.heads[gi] + op.offset
+        else:
+            rel = aiv.alloc_slot[(gi, op.alloc)]
+        queue, depth = self._where(gi, rel)
+        args: dict[str, Any] = {"queue": queue, "depth": depth}
+        if kind == "post":
+            args.update(state=_name(op.state), aivID=op.aiv_id, msg_id=aiv.msg_ids[aiv.pc])
+            args["message"] = _fields(op.payload)
+        elif kind == "quit":
+            args.update(state="QUIT", aivID=op.aiv_id)
+        elif kind == "fake":
+            args["state"] = "FAKE"
+        elif kind == "wait":
+            args["sync"] = bool(op.sync)
+        self._event(core, gi, kind, args)
+
+    def _receive_event(self, aic: _Aic, cur: _Slot, queue: int, depth: int, skip: int) -> None:
+        args: dict[str, Any] = {"queue": queue, "depth": depth, "state": _name(cur.state), "aivID": int(cur.aiv_id)}
+        if cur.state != QUIT:
+            args.update(msg_id=int(cur.msg_id), skip=int(skip), message=_fields(cur.payload))
+        e = self._event(f"aic{aic.core}", aic.group, "receive", args)
+        e["from"] = cur.write  # index of the event that wrote this head (-1: none)
+
+    def _aic_action_event(self, aic: _Aic, act: tuple) -> None:
+        if act[0] == "matmul":
+            d = act[1]
+            args = {k: d[k] for k in ("m", "n", "k", "atomic", "a_addr", "b_addr", "c_addr")}
+            self._event(f"aic{aic.core}", aic.group, "matmul", args)
+            return
+        _, slot, wait = act
+        queue, depth = self._where(aic.group, slot)
+        args = {"queue": queue, "depth": depth, "wait": "none" if wait == NO_WAIT else _name(wait)}
+        self._event(f"aic{aic.core}", aic.group, "free", args)
+        self._occupancy_event(aic.group, slot)
+
+    def _occupancy_event(self, gi: int, rel: int) -> None:
+        """A sample of the queue of slot ``rel``: its non-FREE slots, at the end of the current action."""
+        g = self.p.groups[gi]
+        queue, _ = self._where(gi, rel)
+        if queue >= g.msg_queue_size:
+            return
+        slots = self.slots[gi]
+        level = sum(slots[g.slot_index(queue, d)].state != FREE for d in range(MAX_MSG_PER_AIV))
+        self._event("", gi, "occupancy", {"queue": queue, "level": level}, self._t[0] + self._t[1], 0.0)
 
     # -- compute ---------------------------------------------------------------------------
     def _inside(self, lo: int, hi: int) -> bool:
@@ -562,6 +683,14 @@ class ReferenceInterpreter:
             elif op.kind in ("wait", "arrive", "barrier_wait"):
                 self.wait_stall[a.block_idx] = F32(self.wait_stall[a.block_idx] + stall)
             end = F32(start + dur)
+            if self.events is not None:
+                self._t = (float(start), float(dur))
+                if stall > 0:
+                    self._event(
+                        f"aiv{a.block_idx}", None, "blocked", {"before": op.kind}, self.aiv_clock[a.block_idx], stall
+                    )
+                if op.kind == "delay":
+                    self._event(f"aiv{a.block_idx}", None, "delay", {"cycles": op.cycles})
             if op.kind in ("post", "fake", "quit"):
                 self.slot_time[op.group][a.alloc_slot[(op.group, op.alloc)]] = end
             if op.kind in ("arrive", "barrier_wait"):
@@ -581,6 +710,18 @@ class ReferenceInterpreter:
             freeing = c.in_call and c.pending[0][0] == "free"
             slot = c.pending[0][1] if freeing else None
             end = F32(start + dur)
+            if self.events is not None:
+                self._t = (float(start), float(dur))
+                if start > self.aic_clock[i]:
+                    what = "free" if freeing else "matmul" if c.in_call else "receive"
+                    self._event(
+                        f"aic{c.core}",
+                        c.group,
+                        "blocked",
+                        {"before": what},
+                        self.aic_clock[i],
+                        start - self.aic_clock[i],
+                    )
             if self._aic_act(c) is not None:
                 continue
             self.aic_busy[i] = F32(self.aic_busy[i] + dur)
@@ -607,6 +748,9 @@ class ReferenceInterpreter:
         """One step; returns whether any core was enabled (progress was possible)."""
         if self.schedule == "timed":
             return self._timed_step()
+        if self.events is not None:
+            self._t = (float(self._tick), 1.0)
+            self._tick += 1
         aiv_ready, aic_ready = self._aiv_ready, self._aic_ready
         ready_v = [a for a in self.busy_aivs if aiv_ready(a)]
         if self.schedule == "lockstep":  # every enabled AIV acts (a delay's tick touches only its timer)
@@ -773,6 +917,13 @@ def _builtin_requests(kind: str, cur: _Slot, p: int) -> tuple[int, list[tuple]]:
 
 
 _STATE_NAMES = {int(s): s.name for s in CubeMsgState}
+
+
+def _fields(payload: Any) -> dict[str, Any]:
+    """A message's payload fields (not the head) as JSON values; {} for no payload."""
+    if payload is None:
+        return {}
+    return {n: payload[n].tolist() for n in payload.dtype.names[1:]}
 
 
 def _name(state: int) -> str:
