@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ import jax
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
+#: where a benchmark writes without ``--out``: outside the source tree (benchmarks/results/ holds
+#: only the figures someone chose to commit, written with ``--out benchmarks/results/NAME.json``)
+SCRATCH = Path(tempfile.gettempdir()) / "ascend_jax_benchmarks"
 
 
 def load_model_module(name: str):

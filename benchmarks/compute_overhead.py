@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import RESULTS, best_of, device_kind, load_model_module, machine, pyplot, write
+from _common import SCRATCH, best_of, device_kind, load_model_module, machine, pyplot, write
 
 from ascend_jax.cube_group import engine
 
@@ -29,7 +29,7 @@ from ascend_jax.cube_group import engine
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lanes", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--out", default=str(RESULTS / "compute_overhead.json"))
+    ap.add_argument("--out", default=str(SCRATCH / "compute_overhead.json"))
     args = ap.parse_args()
     mod = load_model_module("cube_group_sample")
     program = mod.build()
@@ -52,8 +52,8 @@ def main() -> None:
         jax.block_until_ready(plain(tiles, bb))
         t_plain = best_of(lambda t=tiles, b_=bb: jax.block_until_ready(plain(t, b_)), 3)
         prep = engine.prepare([program] * lanes, "lockstep", list(range(lanes)))
-        compiled, args = engine.compile_batch(prep)
-        t_eng = best_of(lambda c=compiled, a=args: jax.block_until_ready(c(*a)), 3)
+        compiled, dev_args = engine.compile_batch(prep)
+        t_eng = best_of(lambda c=compiled, a=dev_args: jax.block_until_ready(c(*a)), 3)
         engine.simulate([program] * lanes)
         t_e2e = best_of(lambda n=lanes: engine.simulate([program] * n), 3)
         flops = 2 * lanes * int(m_rows.sum()) * mod.N * mod.K

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def build(ab: str, c: str, bias: str, atomic: bool):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "numerics_by_dtype.json"))
+    ap.add_argument(
+        "--out", default=str(Path(tempfile.gettempdir()) / "ascend_jax_benchmarks" / "numerics_by_dtype.json")
+    )
     args = ap.parse_args()
     rows = []
     for ab, c, bias in COMBOS:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import jax
-from _common import RESULTS, best_of, device_kind, machine, pyplot, write
+from _common import SCRATCH, best_of, device_kind, machine, pyplot, write
 from plain_interpreter import run_plain
 
 from ascend_jax.cube_group import engine
@@ -63,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(RESULTS / "scaling.json"))
+    ap.add_argument("--out", default=str(SCRATCH / "scaling.json"))
     args = ap.parse_args()
     sweeps = {
         "queues": [(6, q, 2) for q in ([6, 24, 48] if args.quick else [6, 12, 24, 36, 48])],
