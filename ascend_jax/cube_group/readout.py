@@ -279,7 +279,7 @@ def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram,
             slot, until = int(enc.act_slot[ver, pc]), int(enc.act_wait[ver, pc])
             until_name = "FREE" if until == NO_WAIT else state_name(until)
         else:
-            slot = int(consts["block"][c] + a["aic_row"][c] * consts["p"][c] + a["aic_col"][c])
+            slot = int(consts["block"][c] + a["aic_pos"][c])
             until_name = "NOT_FREE"
         gi, q, d = slot_location(program, slot)
         out.append(

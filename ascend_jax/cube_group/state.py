@@ -109,7 +109,8 @@ class EngineShape:
         return max(g.aiv_per_aic for g in self.groups)
 
     def aic_constants(self) -> dict[str, np.ndarray]:
-        """[C] per-AIC geometry: group, block base slot, P, n, absolute core index (cached)."""
+        """[C] per-AIC geometry: group, block base slot, P, n, absolute core index, and the group's
+        slot range [group_lo, group_hi) (cached)."""
         hit = _AIC_CONSTANTS.get(self.groups)
         if hit is None:
             rows = [
@@ -124,8 +125,16 @@ class EngineShape:
                 for g in [self.groups[gi]]
             ]
             arr = np.array(rows, np.int32).reshape(-1, 5)
+            lo = np.array([self.groups[gi].slot_base for gi, _ in self.aics], np.int32).reshape(-1)
+            hi = np.array([self.groups[gi].slot_base + self.groups[gi].num_slots for gi, _ in self.aics], np.int32)
             hit = _AIC_CONSTANTS[self.groups] = dict(
-                group=arr[:, 0], block=arr[:, 1], p=arr[:, 2], n=arr[:, 3], core=arr[:, 4]
+                group=arr[:, 0],
+                block=arr[:, 1],
+                p=arr[:, 2],
+                n=arr[:, 3],
+                core=arr[:, 4],
+                group_lo=lo,
+                group_hi=hi.reshape(-1),
             )
         return hit
 
@@ -161,8 +170,8 @@ class Tables:
     ops: [V, L, 2] int32, each AIV op packed in two words (:func:`pack_op`); op_len: [V] ops per AIV.
     ver: [N, 4] int32 per slot version (columns :data:`VER`): the callback's dispatch error code,
       first action (F: none), SetSkipMsg total, and the head aivID (QUIT: the column to retire).
-    act: [N, F, 4] int32 per action (columns :data:`ACT`): grid index of the slot freed, wait
-      state, next action (F: none), is-matmul.
+    act: [N, F, 4] int32 per action (columns :data:`ACT`): global slot freed, wait state, next
+      action (F: none), is-matmul.
     act_desc: [N, F, D] int32 and act_bad: [N, F] bool (groups with a Matmul; else F = 0 columns).
     act_fractals, act_traffic: [N, F] float32 (timed schedule with matmuls only; else [N, 0]).
     max_steps, receive_limit: [] int32. gm_init: [G] uint8.
@@ -213,7 +222,8 @@ class State:
       the zeroed workspace), see :func:`slot_word`.
     aiv_pc, aiv_timer: [V] next op, steps spent in the current delay.
     aiv_wait_result: [V, L] int8 result of Wait<false> ops (-1 not run; [V, 0] when none exist).
-    aic_phase, aic_row, aic_col: [C] AicPhase, cursor row (depth) and column (aivWork).
+    aic_phase, aic_pos, aic_col: [C] AicPhase and the cursor as on the device: ``msgPos`` (slots
+      from the AIC's block base) and ``aivWork`` (the column it believes it is at).
     aic_alive: [C, W] aivWorkState as booleans.
     aic_ver, aic_pc, aic_skip: [C] the version being served, its next action and its SetSkipMsg
       total (CALL phase).
@@ -232,7 +242,7 @@ class State:
     aiv_timer: jax.Array
     aiv_wait_result: jax.Array
     aic_phase: jax.Array
-    aic_row: jax.Array
+    aic_pos: jax.Array
     aic_col: jax.Array
     aic_alive: jax.Array
     aic_ver: jax.Array
@@ -329,7 +339,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         ),
         act=np.stack(
             [
-                pad(shape.grid_of_slot[enc.act_slot], np.int32),
+                pad(enc.act_slot, np.int32),
                 pad(enc.act_wait, np.int32),
                 pad(np.where(enc.act_next >= fv, f, enc.act_next), np.int32, fill=f),
                 pad(enc.act_mm, np.int32),
@@ -381,7 +391,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aiv_timer=zeros(v),
         aiv_wait_result=jnp.full((v, l_ if shape.wait_tests else 0, b), -1, jnp.int8),
         aic_phase=zeros(c),
-        aic_row=zeros(c),
+        aic_pos=zeros(c),
         aic_col=zeros(c),
         aic_alive=jnp.broadcast_to(jnp.asarray(alive)[:, :, None], (c, w, b)),
         aic_ver=zeros(c),

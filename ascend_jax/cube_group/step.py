@@ -57,23 +57,30 @@ def _pick4(rows: jax.Array, d: jax.Array) -> jax.Array:
     return out
 
 
-def _grid_index(col: jax.Array, d: jax.Array, w: int) -> jax.Array:
-    """[C, B] flat grid index of each AIC's slot (column ``col``, depth ``d``) of its own block."""
-    c = jnp.arange(col.shape[0])[:, None]
-    return (c * w + col) * D4 + d
+def _slot_index(shape: EngineShape, slot: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Flat grid index of global slots ``slot`` [C, B] read by AIC c, and whether the slot lies in
+    that AIC's group (a cursor or free past the group's slots, possible in a release build, reads
+    FREE and writes nothing)."""
+    consts = shape.aic_constants()
+    lo, hi = (jnp.asarray(consts[k])[:, None] for k in ("group_lo", "group_hi"))
+    inside = (slot >= lo) & (slot < hi)
+    table = jnp.asarray(shape.grid_of_slot, jnp.int32)
+    return table[jnp.clip(slot, 0, table.shape[0] - 1)], inside
 
 
-def _grid_pick(grid: jax.Array, col: jax.Array, d: jax.Array) -> jax.Array:
-    """Each AIC's slot (``col``, ``d``) of its block: ``grid`` [C, W, 4, B] -> [C, B] (a gather of
-    C elements per lane: cheaper than a one-hot over the block)."""
+def _slot_pick(shape: EngineShape, grid: jax.Array, slot: jax.Array) -> jax.Array:
+    """The words (or times) of global slots ``slot`` [C, B] from ``grid`` [C, W, 4, B] (a gather of
+    C elements per lane; 0 outside the group)."""
     flat = grid.reshape(-1, grid.shape[-1])
-    return jnp.take_along_axis(flat, _grid_index(col, d, grid.shape[1]), axis=0)
+    idx, inside = _slot_index(shape, slot)
+    return jnp.where(inside, jnp.take_along_axis(flat, idx, axis=0), jnp.zeros((), grid.dtype))
 
 
-def _grid_put(grid: jax.Array, col: jax.Array, d: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
-    """``grid`` with each masked AIC's slot (``col``, ``d``) set to ``value`` (all [C, B])."""
+def _slot_put(shape: EngineShape, grid: jax.Array, slot: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
+    """``grid`` with global slot ``slot`` set to ``value`` where ``mask`` (all [C, B])."""
     flat = grid.reshape(-1, grid.shape[-1])
-    idx = jnp.where(mask, _grid_index(col, d, grid.shape[1]), flat.shape[0])
+    idx, inside = _slot_index(shape, slot)
+    idx = jnp.where(mask & inside, idx, flat.shape[0])
     lanes = jnp.broadcast_to(jnp.arange(flat.shape[1])[None, :], idx.shape)
     return flat.at[idx, lanes].set(value, mode="drop").reshape(grid.shape)
 
@@ -281,18 +288,28 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 
 
 # -- AIC side ----------------------------------------------------------------------------------
-def _release(alive: jax.Array, n: jax.Array, row: jax.Array, col: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``__ReleaseMessage`` in closed form: the next live column after ``col`` in the row, else the
-    first live column of the next row (rows wrap 3 -> 0). [C, W, B] alive, [C, 1] n, [C, B] row/col."""
+def _release(
+    alive: jax.Array, n: jax.Array, p: jax.Array, pos: jax.Array, col: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``__ReleaseMessage`` in closed form on the device's cursor: ``msgPos`` ``pos`` (slots from
+    the AIC's block base) and ``aivWork`` ``col``, both [C, B]; [C, W, B] alive, [C, 1] n and P.
+
+    Advancing moves both by one inside the live part of a row; at its end (``aivWork + 1 >= n``)
+    ``msgPos`` jumps over the unused columns to the next row (to 0 from row 3) and ``aivWork``
+    restarts at 0; then quit columns are skipped. A skip past the row (release builds) leaves
+    ``msgPos`` ahead of ``aivWork``; the arithmetic keeps that offset, as on the device.
+    """
     w = alive.shape[1]
     cols = jnp.arange(w)[None, :, None]
     later = alive & (cols > col[:, None, :]) & (cols < n[:, :, None])
-    has_later = later.any(axis=1)
+    has_later = later.any(axis=1) & (col + 1 < n)
     first_later = _first_true(later, axis=1)
+    end = pos + jnp.maximum(n - 1 - col, 0)  # msgPos at the last live column of this row
+    next_row = jnp.where(end // p == D4 - 1, 0, end + (p - n) + 1)
     first_any = _first_true(alive, axis=1)
-    new_row = jnp.where(has_later, row, (row + 1) % D4)
+    new_pos = jnp.where(has_later, pos + first_later - col, next_row + first_any)
     new_col = jnp.where(has_later, first_later, first_any)
-    return new_row.astype(jnp.int32), new_col.astype(jnp.int32)
+    return new_pos.astype(jnp.int32), new_col.astype(jnp.int32)
 
 
 def _act_index(shape: EngineShape, tab: Tables, ver: jax.Array, pc: jax.Array) -> jax.Array:
@@ -300,22 +317,19 @@ def _act_index(shape: EngineShape, tab: Tables, ver: jax.Array, pc: jax.Array) -
 
 
 def _aic_head(shape: EngineShape, tab: Tables, st: State):
-    """Each AIC's situation, all [C, B]: cursor word; the pending action of a call (pc clamped;
-    its [C, 4, B] ``Tables.act`` row), the local (column, depth) of the slot it frees and that
-    slot's word."""
+    """Each AIC's situation, all [C, B]: cursor slot and word; the pending action of a call (pc
+    clamped; its [C, 4, B] ``Tables.act`` row), the global slot it frees and that slot's word."""
     f = tab.act.shape[1]
     pc = jnp.minimum(st.aic_pc, f - 1)
     flat = tab.act.reshape(-1, *tab.act.shape[2:])
     act = _lookup(shape, flat, st.aic_ver * f + pc)
-    x = act[:, ACT["slot"]]
-    w = st.slot.shape[1]
-    f_col, f_d = (x >> 2) % w, x & (D4 - 1)
-    return _grid_pick(st.slot, st.aic_col, st.aic_row), pc, act, f_col, f_d, _grid_pick(st.slot, f_col, f_d)
+    cur, f_slot = cursor_slot(shape, st), act[:, ACT["slot"]]
+    return cur, _slot_pick(shape, st.slot, cur), pc, act, f_slot, _slot_pick(shape, st.slot, f_slot)
 
 
 def aic_ready(shape: EngineShape, st: State, head) -> jax.Array:
     """[C, B] whether each AIC's next action is enabled on ``st``."""
-    cur_word, _, act, _, _, f_word = head
+    _, cur_word, _, act, _, f_word = head
     f_wait = act[:, ACT["wait"]]
     in_recv = st.aic_phase == AicPhase.RECEIVE
     in_call = st.aic_phase == AicPhase.CALL
@@ -326,12 +340,12 @@ def aic_ready(shape: EngineShape, st: State, head) -> jax.Array:
 
 def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head):
     """Timed schedule: [C, B] start cycle and duration of every AIC's next action on ``st``."""
-    cur_word, pc, act, f_col, f_d, _ = head
+    cur, cur_word, pc, act, f_slot, _ = head
     f_wait, f_is_mm = act[:, ACT["wait"]], act[:, ACT["mm"]] > 0
     tm = st.timed
     in_recv = st.aic_phase == AicPhase.RECEIVE
-    cur_t = _grid_pick(tm.slot_time, st.aic_col, st.aic_row)
-    f_t = _grid_pick(tm.slot_time, f_col, f_d)
+    cur_t = _slot_pick(shape, tm.slot_time, cur)
+    f_t = _slot_pick(shape, tm.slot_time, f_slot)
     enable = jnp.where(in_recv, cur_t, jnp.where(f_is_mm | (f_wait == NO_WAIT), 0.0, f_t))
     start = jnp.maximum(tm.aic_clock, enable)
     c = cost[:, None, :]
@@ -358,9 +372,10 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     f = tab.act.shape[1]
     w = st.slot.shape[1]
     n = jnp.asarray(consts["n"])[:, None]
-    row, col = st.aic_row, st.aic_col
+    p = jnp.asarray(consts["p"])[:, None]
+    pos, col = st.aic_pos, st.aic_col
     head = _aic_head(shape, tab, st)
-    cur_word, pc, act_row, f_col, f_d, f_word = head
+    cur, cur_word, pc, act_row, f_slot, f_word = head
     cur_state, f_is_mm = cur_word & 0xFF, act_row[:, ACT["mm"]] > 0
     in_recv = st.aic_phase == AicPhase.RECEIVE
     in_call = st.aic_phase == AicPhase.CALL
@@ -404,7 +419,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     mm_now = free_act & f_is_mm
     freeing = free_act & ~f_is_mm
     freed_word = (f_word & ~0xFF) | FREE  # FreeMessage writes the head state only
-    slot = _grid_put(st.slot, f_col, f_d, freeing, freed_word)
+    slot = _slot_put(shape, st.slot, f_slot, freeing, freed_word)
     next_pc = act_row[:, ACT["next"]]
     aic_pc = jnp.where(call_now, first, jnp.where(free_act, next_pc, st.aic_pc))
     aic_ver = jnp.where(call_now, ver, st.aic_ver)
@@ -413,7 +428,8 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     call_end = (call_now & ~any_act) | (free_act & (next_pc >= f))
     releasing = call_end | quit_now
     skip = jnp.where(call_now, vt[:, VER["skip"]], st.aic_skip)
-    new_row, new_col = _release(alive, n, row, col + jnp.where(call_end, skip, 0))
+    skipped = jnp.where(call_end, skip, 0)  # SetSkipMsg: aivWork += k, msgPos += k
+    new_pos, new_col = _release(alive, n, p, pos + skipped, col + skipped)
     finished = releasing & ~alive.any(axis=1)
     phase = jnp.select(
         [failing, finished, releasing, call_now],
@@ -430,13 +446,13 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
             aic_clock=jnp.where(done_ok, t_end, timed.aic_clock),
             aic_busy=timed.aic_busy + jnp.where(done_ok, t_dur, 0.0),
             aic_blocked=timed.aic_blocked + jnp.where(done_ok, t_start - timed.aic_clock, 0.0),
-            slot_time=_grid_put(timed.slot_time, f_col, f_d, freeing, t_end),
+            slot_time=_slot_put(shape, timed.slot_time, f_slot, freeing, t_end),
         )
     st = dataclasses.replace(
         st,
         slot=slot,
         aic_phase=phase,
-        aic_row=jnp.where(releasing, new_row, row),
+        aic_pos=jnp.where(releasing, new_pos, pos),
         aic_col=jnp.where(releasing, new_col, col),
         aic_alive=alive,
         aic_ver=aic_ver,
@@ -445,7 +461,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         recv_ver=recv_ver,
         recv_count=st.recv_count + logged,
         aic_err_code=jnp.where(failing, error, st.aic_err_code),
-        aic_err_slot=jnp.where(failing, cursor_slot(shape, st), st.aic_err_slot),
+        aic_err_slot=jnp.where(failing, cur, st.aic_err_slot),
         aic_err_ver=jnp.where(failing, ver, st.aic_err_ver),
         timed=timed,
     )
@@ -468,7 +484,7 @@ def _occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
 def cursor_slot(shape: EngineShape, st: State) -> jax.Array:
     """[C, B] global slot index under each AIC's cursor."""
     consts = shape.aic_constants()
-    return jnp.asarray(consts["block"])[:, None] + st.aic_row * jnp.asarray(consts["p"])[:, None] + st.aic_col
+    return jnp.asarray(consts["block"])[:, None] + st.aic_pos
 
 
 def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
