@@ -41,7 +41,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_NOT_OK = 0, 1, 2, 3
 #: Most lanes one ``run`` accepts (lanes run in chunks; this bounds the per-lane result objects).
 MAX_BATCH = 2**20
 #: ``run`` flags that do not apply to comm models (given explicitly: exit 2).
-COMM_UNSUPPORTED = ("schedule", "atomic_order", "dump", "devices", "trace_lane")
+COMM_UNSUPPORTED = ("schedule", "atomic_order", "dump", "devices", "trace_lane", "build")
 #: how to get the optional plotting dependency of ``--report``
 INSTALL_PLOTS = "install matplotlib: pip install 'ascend_jax[bench]' (or pip install matplotlib)"
 
@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--devices", type=int, default=None, help="shard the lanes over this many local devices (default: all)"
+    )
+    run.add_argument(
+        "--build",
+        choices=["debug", "release"],
+        default=None,
+        help="override the scenario's build: debug (a failed assert stops that AIC) or release (asserts "
+        "compiled out; the JSON lists them in asserts_violated)",
     )
     run.add_argument("--batch", type=int, default=None, help=f"number of lanes, 1..{MAX_BATCH} (seeds seed..seed+N-1)")
     run.add_argument("--seed", type=int, default=None, help=f"seed of the first lane's random schedule, 0..{SEED_MAX}")
@@ -315,6 +322,8 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--ranks", nums.ranks, "applies only to ring comm models", "leave --ranks out")
         path = args.file or builtin_scenario_path()
         program = load_scenario(path, max_steps=nums.max_steps, allow_python=args.allow_python)
+    if args.build is not None:
+        program = dataclasses.replace(program, build=args.build)
     schedule = args.schedule or "lockstep"
     atomic_order = args.atomic_order or "fixed"
     engine = args.engine or "auto"

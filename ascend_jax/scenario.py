@@ -76,6 +76,7 @@ def load_scenario(
     *,
     allow_python: bool = False,
     import_callbacks: bool = True,
+    build: str | None = None,
 ) -> CubeGroupProgram:
     """Loads and validates a scenario from a TOML file path or an already parsed document.
 
@@ -86,6 +87,7 @@ def load_scenario(
       allow_python: let ``callback = "python:module:Class"`` import and run ``module``.
       import_callbacks: False validates ``python:`` callbacks by form only and never imports them
         (``ascend-jax check``); the program then carries a built-in stand-in.
+      build: overrides the scenario's ``build`` (``"debug"`` or ``"release"``).
     """
     base_dir = None
     if isinstance(source, Mapping):
@@ -94,7 +96,9 @@ def load_scenario(
         path = Path(source)
         base_dir = path.parent
         doc = read_document(path)
-    kernel = build_kernel(doc, max_steps, base_dir, allow_python=allow_python, import_callbacks=import_callbacks)
+    kernel = build_kernel(
+        doc, max_steps, base_dir, allow_python=allow_python, import_callbacks=import_callbacks, build=build
+    )
     return kernel.compile()
 
 
@@ -258,6 +262,7 @@ def build_kernel(
     *,
     allow_python: bool = False,
     import_callbacks: bool = True,
+    build: str | None = None,
 ) -> CubeGroupKernel:
     """Builds (without compiling) the kernel a parsed scenario describes.
 
@@ -283,6 +288,7 @@ def build_kernel(
         name=sc.name,
         max_steps=max_steps if max_steps is not None else sc.max_steps,
         max_received=sc.max_received,
+        build=build if build is not None else sc.build,
     )
     kernel.gm = _gm_from_tensors(sc, base_dir)
     for g in sc.group:

@@ -257,6 +257,11 @@ class Scenario(StrictModel):
     chip: str = Field("910B1", description="preset 910B1..910B4, or a CANN platform .ini path (scenario-relative)")
     max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS_LIMIT)] = 100_000
     max_received: Annotated[int, Field(ge=1, le=MAX_RECEIVED_LIMIT)] | None = None
+    build: Literal["debug", "release"] = Field(
+        "debug",
+        description="debug: a failed debug assert stops that AIC (status error); release: asserts are "
+        "compiled out, the run does what the device does and lists them in asserts_violated",
+    )
     group: list[GroupTable] = Field(min_length=1)
     barrier: list[BarrierTable] = []
     aiv: list[AivTable] = []

@@ -134,3 +134,139 @@ def test_default_wait_after_quit_waits_on_the_latest_post():
     ref, _ = both(k.compile())
     assert ref.status == Status.OK
     assert ref.received == {0: [(0, 0, V), (0, 1, Q)]}
+
+
+# -- build modes ---------------------------------------------------------------------------------
+class SkipOnly:
+    """Frees the received message and skips ``skipCnt`` columns, freeing no followers."""
+
+    required_fields = ("skipCnt",)
+
+    def init(self, mm, tiling):
+        pass
+
+    def call(self, mm, msg, handle):
+        handle.free_message(msg)
+        handle.set_skip_msg(handle.xp.where(msg.state == aj.CubeMsgState.VALID, msg.skipCnt, 0))
+
+
+def _skip_kernel(build: str):
+    """One AIC, 4 queues (P = n = 4): queue 1's message skips 3 columns from column 1, past the row."""
+    k = aj.CubeGroupKernel(build=build, max_steps=200)
+    g = k.create_cube_res_group("g", 0, 2, 4, callback=SkipOnly())
+    for q in range(4):
+        aiv = k.aiv(q)
+        aiv.assign_queue(g, q)
+        aiv.post(g, {"skipCnt": 3 if q == 1 else 0})
+        aiv.post(g)
+        aiv.quit(g)
+    return k.compile()
+
+
+def test_debug_build_stops_at_a_skip_past_the_row():
+    ref, _ = both(_skip_kernel("debug"))
+    assert ref.status == Status.ERROR and ref.error["code"] == "SKIP_CROSSES_ROW"
+    assert ref.received == {0: [(0, 0, V), (1, 0, V)]}
+    assert ref.asserts_violated == []
+    assert "asserts_violated" not in ref.to_json()
+
+
+def test_release_build_moves_the_cursor_as_the_device_does():
+    # after the skip aivWork = msgPos = 4; the release moves msgPos to 5 (row 1, column 1) while
+    # aivWork restarts at 0: for the rest of the lap the AIC reads column c + 1 believing it is at
+    # column c. It never reads (2, 0), (3, 0) or (0, 1), retires columns by the QUITs it happens to
+    # read, and ends waiting on (0, 3), which no one fills
+    ref, eng = both(_skip_kernel("release"))
+    assert ref.received == {
+        0: [(0, 0, V), (1, 0, V), (1, 1, V), (2, 1, V), (3, 1, V), (0, 2, Q), (2, 2, Q)],
+    }
+    assert ref.status == Status.DEADLOCK and ref.steps == 14
+    assert ref.blocked == [{"core": "aic0", "group": "g", "queue": 0, "depth": 3, "until": "NOT_FREE"}]
+    assert ref.slot_states(0)[0] == ["FREE", "FREE", V, V]
+    assert ref.asserts_violated[0] == {
+        "code": "SKIP_CROSSES_ROW",
+        "core": "aic0",
+        "group": "g",
+        "queue": 1,
+        "depth": 0,
+        "message": aj.ErrorCode.SKIP_CROSSES_ROW.describe(),
+    }
+    assert eng.to_json()["asserts_violated"] == ref.asserts_violated
+
+
+class FreeWaitingFor:
+    """Frees the received message with a forbidden wait state (FREE or QUIT)."""
+
+    required_fields = ()
+
+    def __init__(self, state):
+        self.state = state
+
+    def init(self, mm, tiling):
+        pass
+
+    def call(self, mm, msg, handle):
+        handle.free_message(msg, self.state)
+
+
+def _wait_kernel(build: str, state):
+    k = aj.CubeGroupKernel(build=build, max_steps=100)
+    g = k.create_cube_res_group("g", 0, 2, 1, callback=FreeWaitingFor(state))
+    aiv = k.aiv(0)
+    aiv.assign_queue(g, 0)
+    aiv.post(g)
+    aiv.quit(g)
+    return k.compile()
+
+
+def test_release_free_waiting_for_free_spins_forever():
+    debug, _ = both(_wait_kernel("debug", aj.CubeMsgState.FREE))
+    assert debug.status == Status.ERROR and debug.error["code"] == "BAD_WAIT_STATE"
+    ref, _ = both(_wait_kernel("release", aj.CubeMsgState.FREE))
+    assert ref.status == Status.DEADLOCK  # FreeMessage(msg, FREE) on a VALID slot never returns
+    assert ref.blocked == [{"core": "aic0", "group": "g", "queue": 0, "depth": 0, "until": "FREE"}]
+    assert [a["code"] for a in ref.asserts_violated] == ["BAD_WAIT_STATE"]
+
+
+def test_release_free_waiting_for_quit_erases_the_quit():
+    # queue 0 posts at depth 0 and quits at depth 1; the callback's FreeMessage(msg + 4, QUIT)
+    # (msg + P: the next row) waits for that QUIT and overwrites it with FREE
+    class EraseNextQuit(FreeWaitingFor):
+        def call(self, mm, msg, handle):
+            handle.free_message(msg)
+            handle.free_message(msg + handle.aiv_per_aic, aj.CubeMsgState.QUIT)
+
+    k = aj.CubeGroupKernel(build="release", max_steps=100)
+    g = k.create_cube_res_group("g", 0, 2, 1, callback=EraseNextQuit(None))
+    aiv = k.aiv(0)
+    aiv.assign_queue(g, 0)
+    aiv.post(g)
+    aiv.quit(g)
+    ref, _ = both(k.compile())
+    assert ref.slot_states(0)[1] == ["FREE"]  # the QUIT was erased before the AIC read it
+    assert ref.status == Status.DEADLOCK  # so the AIC never leaves its loop
+    assert [a["code"] for a in ref.asserts_violated] == ["BAD_WAIT_STATE"]
+
+
+def test_cli_build_release_lists_the_asserts(capsys):
+    import json
+
+    from ascend_jax.cli import main
+
+    code = main(["run", str(ROOT / "docs/examples/f7_skip_past_row.toml"), "--build", "release", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 3 and out["status"] == "deadlock"  # the merge waits for a FAKE the follower never posts
+    assert out["asserts_violated"] == [
+        {
+            "code": "SKIP_CROSSES_ROW",
+            "core": "aic0",
+            "group": "g",
+            "queue": 0,
+            "depth": 0,
+            "message": aj.ErrorCode.SKIP_CROSSES_ROW.describe(),
+        }
+    ]
+    assert out["blocked"] == [{"core": "aic0", "group": "g", "queue": 1, "depth": 0, "until": "FAKE"}]
+    code = main(["run", str(ROOT / "docs/examples/f7_skip_past_row.toml"), "--json"])  # debug by default
+    out = json.loads(capsys.readouterr().out)
+    assert code == 3 and out["status"] == "error" and "asserts_violated" not in out

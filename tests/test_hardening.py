@@ -254,6 +254,7 @@ def test_schema_and_version(capsys):
     assert set(schema["properties"]) == {
         "name",
         "chip",
+        "build",
         "max_steps",
         "max_received",
         "group",

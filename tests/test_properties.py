@@ -8,6 +8,8 @@ step counts too.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
@@ -163,3 +165,15 @@ def test_timed_schedule_equals_reference_and_keeps_results(program):
     assert timed.timing == ref.timing
     if ref_lock.status != Status.MAX_STEPS:  # errors included (see above)
         assert ref.outcome() == ref_lock.outcome()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs())
+def test_release_build_engine_equals_reference(program):
+    """Release builds (asserts compiled out: skips past the row move the cursor as the device's
+    arithmetic does, frees land wherever they point): both engines agree exactly."""
+    program = dataclasses.replace(program, build="release")
+    ref = aj.run_reference(program)
+    [eng] = aj.simulate(program)
+    assert eng.outcome() == ref.outcome(), (ref.to_json(), eng.to_json())
+    assert eng.steps == ref.steps

@@ -54,8 +54,11 @@ class EncodedProgram:
     WRITE's ``c`` the version it creates.
     Versions ``[N]``: ``ver_slot`` (global slot), ``ver_group``, ``ver_state``, ``ver_aiv_id``,
     ``ver_msg`` (per-group message id of the payload, -1 zeros); the callback's decision:
-    ``ver_code`` (dispatch error, 0 none), ``ver_detail`` (skip, offset, wait state, dimension or
-    enAtomic, by code), ``ver_skip``, ``ver_first`` (first enabled action, F if none).
+    ``ver_code`` (first failing action, 0 none: where a debug build stops), ``ver_detail`` (offset,
+    wait state, dimension or enAtomic, by code), ``ver_stop`` / ``ver_stop_detail`` (first Matmul
+    error: stops in every build), ``ver_assert`` (first failed assert among the frees: a release
+    build lists it), ``ver_skip``, ``ver_first`` (first enabled action, F if none). The skip
+    asserts depend on the AIC's ``aivWork`` at run time, so the engine checks them.
     Actions ``[N, F]``: ``act_slot`` (global slot of a free), ``act_wait``, ``act_mm``, ``act_next``
     (next enabled action, F if none), ``act_bad`` (matmul outside GM), ``act_desc`` ``[N, F, D]``
     (int64, zero where bad), ``act_fractals`` and ``act_traffic`` (float32, timed cost of a matmul).
@@ -70,6 +73,9 @@ class EncodedProgram:
     ver_msg: np.ndarray
     ver_code: np.ndarray
     ver_detail: np.ndarray
+    ver_stop: np.ndarray
+    ver_stop_detail: np.ndarray
+    ver_assert: np.ndarray
     ver_skip: np.ndarray
     ver_first: np.ndarray
     act_slot: np.ndarray
@@ -221,6 +227,9 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
     out = {
         "ver_code": np.zeros(nv, np.int64),
         "ver_detail": np.zeros(nv, np.int64),
+        "ver_stop": np.zeros(nv, np.int64),
+        "ver_stop_detail": np.zeros(nv, np.int64),
+        "ver_assert": np.zeros(nv, np.int64),
         "ver_skip": np.zeros(nv, np.int64),
         "act_slot": np.zeros((nv, f), np.int64),
         "act_wait": np.full((nv, f), NO_WAIT, np.int64),
@@ -233,16 +242,18 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
     }
     bad_address: dict[tuple[int, int], int] = {}
     bounds = np.asarray(program.gm.bounds(), np.int64).reshape(-1, 2)
-    for gi, ids, acts, skip, column, queues, k in per_group:
+    for gi, ids, acts, skip, _column, queues, k in per_group:
         g = program.groups[gi]
         n = len(ids)
         p = g.aiv_per_aic
         msg_pos = versions[ids, 0] - g.slot_base - k * p * MAX_MSG_PER_AIV
         block = g.slot_base + k * p * MAX_MSG_PER_AIV
-        code = np.where(
-            skip < 0, ErrorCode.SKIP_NEGATIVE, np.where(column + skip >= queues, ErrorCode.SKIP_CROSSES_ROW, 0)
-        )
-        detail = np.where(code > 0, skip, 0)
+        # the skip asserts depend on the AIC's aivWork at run time: the engine checks them
+        code = np.zeros(n, np.int64)  # first failing action (any kind): what a debug build stops at
+        detail = np.zeros(n, np.int64)
+        stop = np.zeros(n, np.int64)  # first Matmul error: stops the AIC in every build
+        stop_detail = np.zeros(n, np.int64)
+        asserted = np.zeros(n, np.int64)  # first failed debug assert among the frees (release: listed)
         cfg = program.matmuls[gi] if program.matmuls else None
         for j, act in enumerate(acts):
             en = _bcast(act[-1], n, bool)
@@ -282,16 +293,25 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
                     np.where(unused, ErrorCode.FREE_UNUSED_COLUMN, np.where(bad_wait, ErrorCode.BAD_WAIT_STATE, 0)),
                 )
                 a_detail = np.where(bad_wait & ~out_block & ~unused, wait, offset)
-                out["act_slot"][ids, j] = np.where(a_code == 0, block + rel, 0)
+                out["act_slot"][ids, j] = block + rel  # a release build frees wherever rcvMsg + i points
                 out["act_wait"][ids, j] = wait
             a_code = np.where(en, a_code, 0)
             first = (code == 0) & (a_code > 0)
             code = np.where(first, a_code, code)
             detail = np.where(first, a_detail, detail)
+            if act[0] == "matmul":
+                first = (stop == 0) & (a_code > 0)
+                stop = np.where(first, a_code, stop)
+                stop_detail = np.where(first, a_detail, stop_detail)
+            else:
+                asserted = np.where(asserted == 0, a_code, asserted)
             out["act_en"][ids, j] = en
         is_quit = versions[ids, 2] == QUIT
         out["ver_code"][ids] = np.where(is_quit, 0, code)
         out["ver_detail"][ids] = np.where(is_quit, 0, detail)
+        out["ver_stop"][ids] = np.where(is_quit, 0, stop)
+        out["ver_stop_detail"][ids] = np.where(is_quit, 0, stop_detail)
+        out["ver_assert"][ids] = np.where(is_quit, 0, asserted)
         out["ver_skip"][ids] = np.where(is_quit, 0, skip)
     en = out.pop("act_en")
     idx = np.arange(f)

@@ -100,12 +100,13 @@ def make_shape(
             and p.barriers == first.barriers
             and p.matmuls == first.matmuls
             and p.gm.same_layout(first.gm)
+            and p.build == first.build
         )
         if not same:
             raise ConfigError(
                 f"programs[{i}]",
                 p.name,
-                "lanes of one batch must share groups, matmul configs, barriers and tensors",
+                "lanes of one batch must share groups, matmul configs, barriers, tensors and build mode",
             )
     has_mm = any(m is not None for m in first.matmuls)
     shape = EngineShape(
@@ -122,6 +123,7 @@ def make_shape(
         atomic_order=atomic_order if has_mm else "fixed",
         wait_tests=any(op.kind == "wait" and not op.sync for p in programs for _, ops in p.aivs for op in ops),
         shared=len(programs) == 1,
+        build=first.build,
     )
     return dataclasses.replace(shape, aiv_home=_aiv_home(shape, programs, encoded))
 

@@ -40,6 +40,10 @@ from ascend_jax.gm import GlobalMemory, Tensor
 from ascend_jax.matmul import MatmulType, TCubeTiling
 from ascend_jax.message import CUBE_MSG_BODY, MAX_MSG_PER_AIV, CubeMsgState, check_message_dtype, pack_message
 
+#: Build modes: debug checks ``ASCENDC_DEBUG_ASSERT`` (kernel_operator_cube_group_handle_impl.h), release
+#: compiles them out (the macro is empty outside debug / CPU-simulation builds).
+BUILDS = ("debug", "release")
+
 
 @dataclasses.dataclass(frozen=True)
 class AivOp:
@@ -320,6 +324,7 @@ class CubeGroupProgram:
       queue_of: (group, block_idx) -> bound queue.
       max_steps: bound on the number of engine steps.
       max_received: per-AIC capacity of the received-message log (auto when None).
+      build: ``"debug"`` or ``"release"`` (see :class:`CubeGroupKernel`).
       matmuls: per group, (MatmulType, TCubeTiling) or None.
       gm: the global memory (tensors and their initial bytes).
     """
@@ -334,6 +339,7 @@ class CubeGroupProgram:
     queue_of: Mapping[tuple[int, int], int]
     max_steps: int
     max_received: int | None = None
+    build: str = "debug"
     matmuls: tuple[Any, ...] = ()
     gm: GlobalMemory = dataclasses.field(default_factory=GlobalMemory, compare=False)
 
@@ -373,6 +379,9 @@ class CubeGroupKernel:
       max_steps: engine step bound.
       workspace_base: byte address of the zeroed KfcWorkspace.
       max_received: per-AIC receive-log capacity (default: enough for every write plus two laps).
+      build: ``"debug"`` (a failed ``ASCENDC_DEBUG_ASSERT`` stops that AIC: status ``error``) or
+        ``"release"`` (asserts are compiled out: the run does what the device does and lists every
+        assert a debug build would have hit in ``asserts_violated``).
     """
 
     def __init__(
@@ -382,9 +391,13 @@ class CubeGroupKernel:
         max_steps: int = 100_000,
         workspace_base: int = 0,
         max_received: int | None = None,
+        build: str = "debug",
     ):
         self.chip = get_chip(chip)
         self.name = name
+        if build not in BUILDS:
+            raise ConfigError("build", build, f"must be one of {list(BUILDS)}", "'debug' stops at a failed assert")
+        self.build = build
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ConfigError("max_steps", max_steps, "must be an integer >= 1")
         if max_received is not None and (not isinstance(max_received, int) or max_received < 1):
@@ -545,6 +558,7 @@ class CubeGroupKernel:
             queue_of={(gi, b): q for (gi, q), b in self._bindings.items()},
             max_steps=self.max_steps,
             max_received=self.max_received,
+            build=self.build,
             matmuls=tuple(self.matmuls),
             gm=self.gm.copy(),
         )

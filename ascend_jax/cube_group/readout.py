@@ -20,10 +20,8 @@ from ascend_jax.cube_group.result import CubeGroupResult, slot_location, state_n
 from ascend_jax.cube_group.state import EngineShape
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 
-#: error dict key carrying ``ver_detail`` for each dispatch-time error code
+#: error dict key carrying the detail of each dispatch-time error code
 _DETAIL_KEY = {
-    ErrorCode.SKIP_CROSSES_ROW: "skip",
-    ErrorCode.SKIP_NEGATIVE: "skip",
     ErrorCode.FREE_OUT_OF_BLOCK: "offset",
     ErrorCode.FREE_UNUSED_COLUMN: "offset",
     ErrorCode.BAD_WAIT_STATE: "wait_state",
@@ -200,6 +198,7 @@ class BatchResult(Sequence):
             seed=int(self.seeds[i]),
             gm=a["gm"][: program.gm.size].copy() if shape.has_matmul else program.gm.image,
             timing=_timing(shape, program, a, self.costs[i]) if self.schedule == "timed" else None,
+            asserts_violated=_asserts(shape, program, a) if shape.release else [],
         )
 
 
@@ -210,7 +209,8 @@ def _error(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a
     c = int(np.flatnonzero(a["aic_phase"] == AicPhase.ERROR)[0])
     code = ErrorCode(int(a["aic_err_code"][c]))
     ver = int(a["aic_err_ver"][c])
-    gi, q, d = slot_location(program, int(a["aic_err_slot"][c]))
+    gi = int(consts["group"][c])
+    q, d = _place(program, gi, int(a["aic_err_slot"][c]))
     out: dict[str, Any] = {
         "code": code.name,
         "core": f"aic{int(consts['core'][c])}",
@@ -219,12 +219,48 @@ def _error(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a
         "depth": d,
         "message": code.describe(),
     }
-    if code in _DETAIL_KEY:
-        out[_DETAIL_KEY[code]] = int(enc.ver_detail[ver])
+    # the detail of the code reported: a skip's count, else the failing action's (the first
+    # Matmul error when that is what stopped a release build's AIC)
+    detail = int(enc.ver_stop_detail[ver] if enc.ver_stop[ver] == code else enc.ver_detail[ver])
+    if code in (ErrorCode.SKIP_CROSSES_ROW, ErrorCode.SKIP_NEGATIVE):
+        out["skip"] = int(enc.ver_skip[ver])
+    elif code in _DETAIL_KEY:
+        out[_DETAIL_KEY[code]] = detail
     elif code == ErrorCode.MATMUL_SHAPE:
-        out["dimension"] = "MNK"[int(enc.ver_detail[ver]) - 1]
+        out["dimension"] = "MNK"[detail - 1]
     elif code == ErrorCode.GM_OUT_OF_RANGE:
         out["address"] = program.gm.describe(enc.bad_address[(ver, int(a["aic_err_pc"][c]))])
+    return out
+
+
+def _place(program: CubeGroupProgram, gi: int, slot: int) -> tuple[int, int]:
+    """(queue, depth) of global slot ``slot`` in group ``gi``, or (-1, -1) past the group's slots
+    (a release build's stray cursor or free)."""
+    g = program.groups[gi]
+    if not g.slot_base <= slot < g.slot_base + g.num_slots:
+        return -1, -1
+    return slot_location(program, slot)[1:]
+
+
+def _asserts(shape: EngineShape, program: CubeGroupProgram, a: dict) -> list[dict[str, Any]]:
+    """Release builds: every failed assert, AICs in index order, each in the order it met them."""
+    consts = shape.aic_constants()
+    out = []
+    for c, core in enumerate(consts["core"]):
+        gi = int(consts["group"][c])
+        for entry in a["aic_asserts"][c, : int(a["aic_assert_n"][c])].tolist():
+            code = ErrorCode(entry & 31)
+            q, d = _place(program, gi, entry >> 5)
+            out.append(
+                {
+                    "code": code.name,
+                    "core": f"aic{int(core)}",
+                    "group": program.groups[gi].name,
+                    "queue": q,
+                    "depth": d,
+                    "message": code.describe(),
+                }
+            )
     return out
 
 
@@ -281,7 +317,8 @@ def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram,
         else:
             slot = int(consts["block"][c] + a["aic_pos"][c])
             until_name = "NOT_FREE"
-        gi, q, d = slot_location(program, slot)
+        gi = int(consts["group"][c])
+        q, d = _place(program, gi, slot)
         out.append(
             {"core": f"aic{int(core)}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": until_name}
         )

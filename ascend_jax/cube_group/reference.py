@@ -200,6 +200,8 @@ class ReferenceInterpreter:
             cfg = program.matmuls[a.group] if program.matmuls else None
             program.callbacks[a.group].init(*((None, None) if cfg is None else (Matmul(*cfg), cfg[1])))
         self.failed = 0  # AICs stopped at a protocol error
+        self.release = program.build == "release"
+        self.asserts: dict[int, list[dict]] = {}  # release builds: AIC core -> the asserts it failed
 
     def _init_timed(self) -> None:
         program = self.p
@@ -290,15 +292,30 @@ class ReferenceInterpreter:
             self._occupancy_event(op.group, aiv.alloc_slot[(op.group, op.alloc)])
 
     # -- AIC -------------------------------------------------------------------------------
-    def _aic_ready(self, aic: _Aic) -> bool:
+    def _slot(self, aic: _Aic, index: int) -> _Slot | None:
+        """Slot ``index`` (group numbering) of the AIC's group; None past the group's area (a
+        release build's stray cursor or free: reads FREE, writes nothing)."""
         slots = self.slots[aic.group]
+        return slots[index] if 0 <= index < len(slots) else None
+
+    def _place(self, aic: _Aic, index: int) -> tuple[int, int]:
+        """(queue, depth) of slot ``index`` of the AIC's group (the slot actually read), or (-1, -1)."""
+        g = self.p.groups[aic.group]
+        if not 0 <= index < g.num_slots:
+            return -1, -1
+        k, col, d = g.slot_queue_depth(index)
+        return k * g.aiv_per_aic + col, d
+
+    def _aic_ready(self, aic: _Aic) -> bool:
         if aic.in_call:
             act = aic.pending[0]
             if act[0] == "matmul":
                 return True
             _, slot, wait = act
-            return wait == NO_WAIT or slots[slot].state == wait
-        return slots[aic.base + aic.msg_pos].state != FREE
+            target = self._slot(aic, slot)
+            return wait == NO_WAIT or (FREE if target is None else target.state) == wait
+        cur = self._slot(aic, aic.base + aic.msg_pos)
+        return cur is not None and cur.state != FREE
 
     def _advance(self, aic: _Aic) -> None:
         p = aic.p
@@ -336,21 +353,20 @@ class ReferenceInterpreter:
 
     def _dispatch(self, aic: _Aic) -> dict | None:
         """The AIC's next action; an error dict instead when it is a protocol error."""
-        slots = self.slots[aic.group]
         if aic.in_call:
             act = aic.pending.pop(0)
             if act[0] == "matmul":
                 self._mm_queue.append((aic, act[1]))
-            else:
-                slots[act[1]].state = FREE
+            elif (target := self._slot(aic, act[1])) is not None:
+                target.state = FREE
             if self.events is not None:
                 self._aic_action_event(aic, act)
             if not aic.pending:
                 self._finish_call(aic)
             return None
         p, base = aic.p, aic.base
-        cur = slots[base + aic.msg_pos]
-        queue, depth = aic.k * p + aic.aiv_work, aic.msg_pos // p
+        cur = self._slot(aic, base + aic.msg_pos)
+        queue, depth = self._place(aic, base + aic.msg_pos)
         if len(aic.log) >= self.capacity_floor and len(aic.log) >= self._capacity():
             return self._error(ErrorCode.RECEIVE_LOG_FULL, aic, queue, depth)
         if cur.state == QUIT:
@@ -370,14 +386,17 @@ class ReferenceInterpreter:
             msg = MsgView(
                 cur.state, cur.aiv_id, _Fields(cur.payload if cur.payload is not None else np.zeros((), dtype))
             )
-            handle = AicHandle(np, p, aic.n, aic.aiv_work, depth)
+            handle = AicHandle(np, p, aic.n, aic.aiv_work, aic.msg_pos // p)
             mm = _NoMatmul(self.p.groups[aic.group].name) if cfg is None else Matmul(cfg[0], cfg[1], np, handle)
             self.p.callbacks[aic.group].call(mm, msg, handle)
             skip, actions = int(handle.skip), handle.actions
-        if skip < 0:
-            return self._error(ErrorCode.SKIP_NEGATIVE, aic, queue, depth, skip=skip)
-        if aic.aiv_work + skip >= aic.n:
-            return self._error(ErrorCode.SKIP_CROSSES_ROW, aic, queue, depth, skip=skip)
+        asserted: list = []  # a debug build stops at the first failed assert; release records it
+        if skip < 0 and (err := self._assert(asserted, ErrorCode.SKIP_NEGATIVE, aic, queue, depth, skip=skip)):
+            return err
+        if aic.aiv_work + skip >= aic.n and (
+            err := self._assert(asserted, ErrorCode.SKIP_CROSSES_ROW, aic, queue, depth, skip=skip)
+        ):
+            return err
         pending = []
         for act in actions:
             if not bool(act[-1]):
@@ -393,13 +412,16 @@ class ReferenceInterpreter:
                 continue
             _, offset, wait, _ = act
             rel, wait = aic.msg_pos + int(offset), int(wait)
+            code = None
             if not 0 <= rel < p * MAX_MSG_PER_AIV:
-                return self._error(ErrorCode.FREE_OUT_OF_BLOCK, aic, queue, depth, offset=int(offset))
-            if rel % p >= aic.n:
-                return self._error(ErrorCode.FREE_UNUSED_COLUMN, aic, queue, depth, offset=int(offset))
-            if wait not in (NO_WAIT, VALID, FAKE):
-                return self._error(ErrorCode.BAD_WAIT_STATE, aic, queue, depth, wait_state=wait)
-            pending.append(("free", base + rel, wait))
+                code, detail = ErrorCode.FREE_OUT_OF_BLOCK, {"offset": int(offset)}
+            elif rel % p >= aic.n:
+                code, detail = ErrorCode.FREE_UNUSED_COLUMN, {"offset": int(offset)}
+            elif wait not in (NO_WAIT, VALID, FAKE):
+                code, detail = ErrorCode.BAD_WAIT_STATE, {"wait_state": wait}
+            if code is not None and (err := self._assert(asserted, code, aic, queue, depth, **detail)):
+                return err
+            pending.append(("free", base + rel, wait))  # release: FREE lands wherever rcvMsg + i points
         aic.log.append((queue, depth, _name(cur.state)))
         if self.events is not None:
             self._receive_event(aic, cur, queue, depth, skip)
@@ -428,6 +450,18 @@ class ReferenceInterpreter:
         aic.aiv_work += aic.skip  # SetSkipMsg
         aic.msg_pos += aic.skip
         self._release(aic)
+
+    def _assert(self, asserted: list, code: ErrorCode, aic: _Aic, queue: int, depth: int, **detail) -> dict | None:
+        """A failed ``ASCENDC_DEBUG_ASSERT`` (kernel_operator_cube_group_handle_impl.h): debug builds
+        return the error (the AIC stops); release builds record the first one of this dispatch in
+        ``asserts_violated`` and go on as the device does (None)."""
+        if not self.release:
+            return self._error(code, aic, queue, depth, **detail)
+        if not asserted:
+            asserted.append(code)
+            entry = {k: v for k, v in self._error(code, aic, queue, depth).items()}
+            self.asserts.setdefault(aic.core, []).append(entry)
+        return None
 
     def _error(self, code: ErrorCode, aic: _Aic, queue: int, depth: int, **detail) -> dict:
         if self.events is not None:
@@ -798,14 +832,9 @@ class ReferenceInterpreter:
             g = self.p.groups[c.group]
             if c.in_call:
                 _, slot, wait = c.pending[0]
-                k, col, d = g.slot_queue_depth(slot)
-                out.append(_entry(f"aic{c.core}", g.name, k * g.aiv_per_aic + col, d, _name(wait)))
+                out.append(_entry(f"aic{c.core}", g.name, *self._place(c, slot), _name(wait)))
             else:
-                out.append(
-                    _entry(
-                        f"aic{c.core}", g.name, c.k * g.aiv_per_aic + c.aiv_work, c.msg_pos // g.aiv_per_aic, "NOT_FREE"
-                    )
-                )
+                out.append(_entry(f"aic{c.core}", g.name, *self._place(c, c.base + c.msg_pos), "NOT_FREE"))
         for a in self.aivs:
             if a.done:
                 continue
@@ -850,6 +879,7 @@ class ReferenceInterpreter:
             received={c.core: list(c.log) for c in self.aics},
             blocked=self._blocked() if status == Status.DEADLOCK else [],
             error=next(c.error for c in self.aics if c.error is not None) if status == Status.ERROR else None,
+            asserts_violated=[e for c in self.aics for e in self.asserts.get(c.core, [])],
             barrier_arrive=self.counters_a.copy(),
             barrier_wait=self.counters_w.copy(),
             wait_results={a.block_idx: list(a.wait_results) for a in self.aivs if a.wait_results},

@@ -44,6 +44,9 @@ class CubeGroupResult:
         alone (``simulate(program, schedule, seeds=[seed])``) reproduces the lane exactly.
       gm: final GM bytes (``[G] uint8`` from ``GM_BASE``), or None when the program has no tensors.
       numerics: the numerics report (see :func:`ascend_jax.numerics.numerics_report`) once computed.
+      asserts_violated: release builds: every ``ASCENDC_DEBUG_ASSERT`` a debug build would have
+        failed (the first of each dispatch), ``{"code", "core", "group", "queue", "depth",
+        "message"}``, AICs in index order, each AIC's in the order it met them.
     """
 
     program: CubeGroupProgram
@@ -62,6 +65,7 @@ class CubeGroupResult:
     gm: np.ndarray | None = None
     numerics: dict[str, Any] | None = None
     timing: dict[str, Any] | None = None
+    asserts_violated: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def tensor(self, name: str) -> np.ndarray:
         """The final value of GM tensor ``name``."""
@@ -86,6 +90,7 @@ class CubeGroupResult:
             tuple(self.slot_state.tolist()),
             tuple(tuple(sorted(b.items())) for b in self.blocked),
             None if self.error is None else tuple(sorted(self.error.items())),
+            tuple(tuple(sorted(a.items())) for a in self.asserts_violated),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +111,8 @@ class CubeGroupResult:
         }
         if self.error is not None:
             out["error"] = self.error
+        if self.program.build == "release":
+            out["asserts_violated"] = self.asserts_violated
         if self.status in (Status.DEADLOCK, Status.ERROR) and self.seed is not None:
             out["seed"] = self.seed
         if self.numerics is not None:

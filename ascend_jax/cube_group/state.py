@@ -57,6 +57,11 @@ class EngineShape:
     aiv_home: tuple[int, ...] | None = None  # per AIV row: its queue row (c * W + col), -1 none;
     # None when some AIV serves two queues, lanes bind differently or a Wait targets another queue
     shared: bool = True  # every lane runs the same program: tables carry no batch axis
+    build: str = "debug"  # "debug": a failed assert stops the AIC; "release": listed, run goes on
+
+    @property
+    def release(self) -> bool:
+        return self.build == "release"
 
     @property
     def grid_of_slot(self) -> np.ndarray:
@@ -168,8 +173,9 @@ class Tables:
     the protocol fields (ops .. receive_limit) and first to act_desc, act_bad and gm_init.
 
     ops: [V, L, 2] int32, each AIV op packed in two words (:func:`pack_op`); op_len: [V] ops per AIV.
-    ver: [N, 4] int32 per slot version (columns :data:`VER`): the callback's dispatch error code,
-      first action (F: none), SetSkipMsg total, and the head aivID (QUIT: the column to retire).
+    ver: [N, 6] int32 per slot version (columns :data:`VER`): the first failing action's code
+      (debug builds stop there), first action (F: none), SetSkipMsg total, head aivID (QUIT: the
+      column to retire), first Matmul error (stops in every build), first failed free assert.
     act: [N, F, 4] int32 per action (columns :data:`ACT`): global slot freed, wait state, next
       action (F: none), is-matmul.
     act_desc: [N, F, D] int32 and act_bad: [N, F] bool (groups with a Matmul; else F = 0 columns).
@@ -233,6 +239,8 @@ class State:
     step, status: [] run bookkeeping.
     aic_err_code, aic_err_slot, aic_err_ver, aic_err_pc: [C] the error that stopped each AIC
       (phase ERROR): code, global slot under its cursor, version received and action index.
+    aic_asserts: [C, R] release builds: each failed assert as ``slot << 5 | code`` in the order
+      the AIC met them ([C, 0] in debug builds); aic_assert_n: [C] how many.
     key: [B, 2] PRNG key data of the random schedule / atomic order (unused otherwise).
     timed: :class:`Timed` under the timed schedule, else None.
     """
@@ -259,12 +267,14 @@ class State:
     aic_err_slot: jax.Array
     aic_err_ver: jax.Array
     aic_err_pc: jax.Array
+    aic_asserts: jax.Array
+    aic_assert_n: jax.Array
     key: jax.Array
     timed: Timed | None = None
 
 
 #: columns of ``Tables.ver`` and ``Tables.act``
-VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3}
+VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3, "stop": 4, "assert": 5}
 ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3}
 
 #: bits of a WRITE's version in the second op word (the head state sits above them)
@@ -334,6 +344,8 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
                 pad(np.where(enc.ver_first >= fv, f, enc.ver_first), np.int32, fill=f),
                 pad(enc.ver_skip, np.int32),
                 pad(np.minimum(enc.ver_aiv_id, 2**31 - 1), np.int32),
+                pad(enc.ver_stop, np.int32),
+                pad(enc.ver_assert, np.int32),
             ],
             axis=-1,
         ),
@@ -408,6 +420,8 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aic_err_slot=zeros(c),
         aic_err_ver=zeros(c),
         aic_err_pc=zeros(c),
+        aic_asserts=zeros(c, r if shape.release else 0),
+        aic_assert_n=zeros(c),
         key=keys,
         timed=timed,
     )

@@ -388,10 +388,20 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 
     # -- dispatch: the callback's decision for the version under the cursor ------------------
     ver = jnp.maximum((cur_word >> 8) - 1, 0)
-    vt = _lookup(shape, tab.ver, ver)  # [C, 4, B]
+    vt = _lookup(shape, tab.ver, ver)  # [C, 6, B]
     is_quit = cur_state == QUIT
     log_full = st.recv_count >= _lane(shape, tab.receive_limit)[None]
-    code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, vt[:, VER["code"]]))
+    skip_v = vt[:, VER["skip"]]
+    # SetSkipMsg's debug assert is on the AIC's own aivWork (kernel_operator_cube_group_handle_impl.h)
+    skip_code = jnp.where(
+        skip_v < 0, ErrorCode.SKIP_NEGATIVE, jnp.where(col + skip_v >= n, ErrorCode.SKIP_CROSSES_ROW, 0)
+    )
+    if shape.release:  # asserts are compiled out: only Matmul errors stop the AIC
+        dispatch = vt[:, VER["stop"]]
+        asserted = jnp.where(skip_code > 0, skip_code, vt[:, VER["assert"]])
+    else:
+        dispatch = jnp.where(skip_code > 0, skip_code, vt[:, VER["code"]])
+    code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, dispatch))
     recv_act = act & in_recv
     error = jnp.where(recv_act, code, 0)
     recv_ok = recv_act & (code == 0)
@@ -427,7 +437,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     # -- end of Call (SetSkipMsg, then release) or after a QUIT (release) ----------------------
     call_end = (call_now & ~any_act) | (free_act & (next_pc >= f))
     releasing = call_end | quit_now
-    skip = jnp.where(call_now, vt[:, VER["skip"]], st.aic_skip)
+    skip = jnp.where(call_now, skip_v, st.aic_skip)
     skipped = jnp.where(call_end, skip, 0)  # SetSkipMsg: aivWork += k, msgPos += k
     new_pos, new_col = _release(alive, n, p, pos + skipped, col + skipped)
     finished = releasing & ~alive.any(axis=1)
@@ -436,6 +446,14 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         [AicPhase.ERROR, AicPhase.DONE, AicPhase.RECEIVE, AicPhase.CALL],
         st.aic_phase,
     ).astype(jnp.int32)
+
+    aic_asserts, aic_assert_n = st.aic_asserts, st.aic_assert_n
+    if shape.release:  # list each dispatch's first failed assert, in the AIC's order
+        noted = recv_act & ~log_full & ~is_quit & (asserted > 0)
+        at = jnp.arange(aic_asserts.shape[1])[None, :, None] == aic_assert_n[:, None, :]
+        entry = (cur << 5) | asserted
+        aic_asserts = jnp.where(noted[:, None, :] & at, entry[:, None, :], aic_asserts)
+        aic_assert_n = aic_assert_n + noted
 
     timed = st.timed
     if shape.timed:
@@ -463,6 +481,8 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         aic_err_code=jnp.where(failing, error, st.aic_err_code),
         aic_err_slot=jnp.where(failing, cur, st.aic_err_slot),
         aic_err_ver=jnp.where(failing, ver, st.aic_err_ver),
+        aic_asserts=aic_asserts,
+        aic_assert_n=aic_assert_n,
         timed=timed,
     )
     return st, ready, mm_now, st.aic_ver, pc
