@@ -327,11 +327,11 @@ def _apply(program, op) -> None:
     if kind == "assign_queue":
         program.assign_queue(op.group, op.queue)
     elif kind == "post":
-        program.post(op.group, op.fields, op.state, op.aiv_id)
+        program.post(op.group, op.fields, op.state, op.aiv_id, op.pipe)
     elif kind == "fake":
-        program.fake(op.group)
+        program.fake(op.group, op.pipe)
     elif kind == "quit":
-        program.quit(op.group)
+        program.quit(op.group, op.pipe)
     elif kind == "wait":
         program.wait(op.group, op.offset, op.sync)
     elif kind == "delay":

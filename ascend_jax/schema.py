@@ -75,6 +75,13 @@ class AssignQueueOp(StrictModel):
     queue: Geometry
 
 
+#: AllocMessage's pipe mode: MTE3 first waits for the MTE3->S flag, which only PostMessage<MTE3> sets again
+Pipe = Annotated[
+    Literal["SCALAR", "MTE3"],
+    Field(description="AllocMessage mode: MTE3 waits for the MTE3->S flag that only an MTE3 PostMessage sets"),
+]
+
+
 class PostOp(StrictModel):
     """``AllocMessage`` + ``PostMessage``: head ``state`` (default VALID), payload ``fields``."""
 
@@ -85,6 +92,7 @@ class PostOp(StrictModel):
     )
     state: Literal["FREE", "VALID", "QUIT", "FAKE"] | Annotated[int, Field(ge=0, le=3)] = "VALID"
     aiv_id: Annotated[int, Field(ge=0, le=255)] | None = None
+    pipe: Pipe = "SCALAR"
 
 
 class FakeOp(StrictModel):
@@ -92,6 +100,7 @@ class FakeOp(StrictModel):
 
     op: Literal["fake"]
     group: Name
+    pipe: Pipe = "SCALAR"
 
 
 class QuitOp(StrictModel):
@@ -99,6 +108,7 @@ class QuitOp(StrictModel):
 
     op: Literal["quit"]
     group: Name
+    pipe: Pipe = "SCALAR"
 
 
 class WaitOp(StrictModel):

@@ -270,3 +270,53 @@ def test_cli_build_release_lists_the_asserts(capsys):
     code = main(["run", str(ROOT / "docs/examples/f7_skip_past_row.toml"), "--json"])  # debug by default
     out = json.loads(capsys.readouterr().out)
     assert code == 3 and out["status"] == "error" and "asserts_violated" not in out
+
+
+# -- effects kernel authors trip on --------------------------------------------------------------
+def _mte3_kernel(fake_pipe: str):
+    """Queue 0 posts in MTE3 mode, then a FAKE (after an alloc in ``fake_pipe`` mode), then quits in
+    MTE3 mode; queue 1 posts the leader that covers the FAKE."""
+    k = aj.CubeGroupKernel(max_steps=100)
+    g = k.create_cube_res_group("g", 0, 2, 2, callback="merge")
+    lead, follow = k.aiv(0), k.aiv(1)
+    lead.assign_queue(g, 0)
+    follow.assign_queue(g, 1)
+    lead.post(g, {"skipCnt": 0})
+    follow.post(g, {"skipCnt": 0}, pipe="MTE3")
+    lead.post(g, {"skipCnt": 1})
+    follow.fake(g, pipe=fake_pipe)
+    lead.quit(g)
+    follow.quit(g, pipe="MTE3")
+    return k.compile()
+
+
+def test_mte3_alloc_after_a_fake_hangs_f13():
+    ok, _ = both(_mte3_kernel("SCALAR"))  # the FAKE's alloc was SCALAR: the flag is still set
+    assert ok.status == Status.OK
+    # an MTE3 alloc before PostFakeMsg takes the MTE3->S flag and nothing sets it again
+    ref, _ = both(_mte3_kernel("MTE3"))
+    assert ref.status == Status.DEADLOCK
+    assert ref.blocked == [
+        {"core": "aic0", "group": "g", "queue": 1, "depth": 2, "until": "NOT_FREE"},
+        {"core": "aiv1", "group": "g", "queue": 1, "depth": 2, "until": "MTE3_FLAG"},
+    ]
+    assert ref.received == {0: [(0, 0, V), (1, 0, V), (0, 1, V), (0, 2, Q)]}
+
+
+def test_scenario_pipe_key_reaches_the_program():
+    doc = {
+        "group": [{"name": "g", "block_start": 0, "block_size": 2, "msg_queue_size": 1}],
+        "aiv": [
+            {
+                "block_idx": 0,
+                "ops": [
+                    {"op": "assign_queue", "group": "g", "queue": 0},
+                    {"op": "fake", "group": "g", "pipe": "MTE3"},
+                    {"op": "quit", "group": "g", "pipe": "MTE3"},
+                ],
+            }
+        ],
+    }
+    ref, _ = both(aj.load_scenario(doc))
+    assert ref.status == Status.DEADLOCK
+    assert ref.blocked[-1] == {"core": "aiv0", "group": "g", "queue": 0, "depth": 1, "until": "MTE3_FLAG"}

@@ -124,7 +124,7 @@ def encode_ops(program: CubeGroupProgram) -> tuple[list[list[tuple]], list[tuple
                 pos = ring.get(op.group, 0)
                 alloc_slot[(op.group, op.alloc)] = head + pos * g.aiv_per_aic
                 ring[op.group] = (pos + 1) % MAX_MSG_PER_AIV
-                row.append((OpKind.ALLOC, alloc_slot[(op.group, op.alloc)], 0, 0, 0))
+                row.append((OpKind.ALLOC, alloc_slot[(op.group, op.alloc)], 0, int(op.pipe == "MTE3"), 0))
             elif op.kind in ("post", "fake", "quit"):
                 slot = alloc_slot[(op.group, op.alloc)]
                 prev = current.get(slot)
@@ -138,7 +138,8 @@ def encode_ops(program: CubeGroupProgram) -> tuple[list[list[tuple]], list[tuple
                     state, aiv_id, msg = QUIT, op.aiv_id, prev_msg
                 current[slot] = len(versions)
                 versions.append((slot, op.group, state, aiv_id, msg))
-                row.append((OpKind.WRITE, slot, state, 0, current[slot]))
+                sets_flag = op.kind == "post" and op.pipe == "MTE3"  # PostMessage<MTE3> sets MTE3->S again
+                row.append((OpKind.WRITE, slot, state, int(sets_flag), current[slot]))
             elif op.kind == "wait":
                 row.append((OpKind.WAIT, head + op.offset, int(op.sync), 0, 0))
             elif op.kind == "delay":

@@ -43,6 +43,8 @@ from ascend_jax.message import CUBE_MSG_BODY, MAX_MSG_PER_AIV, CubeMsgState, che
 #: Build modes: debug checks ``ASCENDC_DEBUG_ASSERT`` (kernel_operator_cube_group_handle_impl.h), release
 #: compiles them out (the macro is empty outside debug / CPU-simulation builds).
 BUILDS = ("debug", "release")
+#: AllocMessage / PostMessage pipe modes (PipeMode in kernel_utils_cube_group.h)
+PIPES = ("SCALAR", "MTE3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,8 @@ class AivOp:
       cycles: delay length.
       index: barrier ops: arrive / wait index.
       where: location for error messages, e.g. ``aiv[3].ops[2]``.
+      pipe: alloc: ``"SCALAR"`` or ``"MTE3"`` (``AllocMessage<MTE3_MODE>`` first waits for the
+        KfcWorkspace's MTE3->S flag); post: ``"MTE3"`` when ``PostMessage<MTE3_MODE>`` sets it again.
     """
 
     kind: str
@@ -74,6 +78,7 @@ class AivOp:
     cycles: int = 0
     index: int = 0
     where: str = ""
+    pipe: str = "SCALAR"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +90,7 @@ class MsgSlot:
     depth: int
     alloc: int
     block_idx: int
+    pipe: str = "SCALAR"
 
 
 @dataclasses.dataclass
@@ -151,11 +157,18 @@ class AivProgram:
         self.kernel._bindings[(gi, queue)] = self.block_idx
         self._groups[gi] = _AivGroupState(queue)
 
-    def alloc_message(self, group: GroupGeometry | str | int) -> MsgSlot:
-        """``AllocMessage()``: waits until the ring slot is FREE, then advances the ring."""
+    def alloc_message(self, group: GroupGeometry | str | int, pipe: str = "SCALAR") -> MsgSlot:
+        """``AllocMessage<pipe>()``: waits until the ring slot is FREE, then advances the ring.
+
+        ``pipe="MTE3"`` first waits for the KfcWorkspace's MTE3->S flag (set once when the workspace
+        is built, and again by each ``PostMessage<MTE3_MODE>``; PostFakeMsg and SetQuit do not set
+        it, so an MTE3 alloc followed by either leaves the next MTE3 alloc waiting forever, F13).
+        """
         gi, st = self._bound(group, "alloc_message")
-        slot = MsgSlot(gi, st.queue, st.allocs % MAX_MSG_PER_AIV, st.allocs, self.block_idx)
-        self.ops.append(AivOp("alloc", gi, alloc=st.allocs, where=self._where()))
+        if pipe not in PIPES:
+            raise ConfigError(f"{self._where()}.pipe", pipe, f"must be one of {list(PIPES)}")
+        slot = MsgSlot(gi, st.queue, st.allocs % MAX_MSG_PER_AIV, st.allocs, self.block_idx, pipe)
+        self.ops.append(AivOp("alloc", gi, alloc=st.allocs, where=self._where(), pipe=pipe))
         st.pending.add(st.allocs)
         st.allocs += 1
         return slot
@@ -206,7 +219,16 @@ class AivProgram:
         payload = pack_message(dtype, fields, f"{where}.fields")
         st = self._fill(slot, "post_message")
         self.ops.append(
-            AivOp("post", slot.group, alloc=slot.alloc, state=state, aiv_id=int(aiv_id), payload=payload, where=where)
+            AivOp(
+                "post",
+                slot.group,
+                alloc=slot.alloc,
+                state=state,
+                aiv_id=int(aiv_id),
+                payload=payload,
+                where=where,
+                pipe=slot.pipe,  # PostMessage in the alloc's mode (MTE3: sets the MTE3->S flag again)
+            )
         )
         return st.last_offset
 
@@ -281,17 +303,17 @@ class AivProgram:
         self._barrier_op("barrier_wait", barrier, index, "wait_size")
 
     # -- scenario conveniences ---------------------------------------------------------------
-    def post(self, group, fields=None, state=CubeMsgState.VALID, aiv_id=None) -> int:
-        """AllocMessage + PostMessage."""
-        return self.post_message(self.alloc_message(group), fields, state, aiv_id)
+    def post(self, group, fields=None, state=CubeMsgState.VALID, aiv_id=None, pipe="SCALAR") -> int:
+        """AllocMessage + PostMessage (both in ``pipe`` mode)."""
+        return self.post_message(self.alloc_message(group, pipe), fields, state, aiv_id)
 
-    def fake(self, group) -> int:
-        """AllocMessage + PostFakeMsg."""
-        return self.post_fake_msg(self.alloc_message(group))
+    def fake(self, group, pipe="SCALAR") -> int:
+        """AllocMessage<pipe> + PostFakeMsg."""
+        return self.post_fake_msg(self.alloc_message(group, pipe))
 
-    def quit(self, group) -> None:
-        """AllocMessage + SendQuitMsg."""
-        self.send_quit_msg(self.alloc_message(group))
+    def quit(self, group, pipe="SCALAR") -> None:
+        """AllocMessage<pipe> + SendQuitMsg."""
+        self.send_quit_msg(self.alloc_message(group, pipe))
 
     def queue_of(self, group_index: int) -> int | None:
         st = self._groups.get(group_index)

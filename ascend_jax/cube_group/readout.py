@@ -331,8 +331,10 @@ def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram,
         kind, slot, op_a, op_b, op_c = row[pc]
         if kind in (OpKind.ALLOC, OpKind.WAIT):
             gi, q, d = slot_location(program, slot)
+            flag_down = kind == OpKind.ALLOC and op_b == 1 and not a["aiv_mte3"][v]
+            until = "MTE3_FLAG" if flag_down else "FREE"
             out.append(
-                {"core": f"aiv{block}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": "FREE"}
+                {"core": f"aiv{block}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": until}
             )
         elif kind in (OpKind.ARRIVE, OpKind.BWAIT):
             until = f"W=={op_c}" if kind == OpKind.ARRIVE else f"A>={op_c}"

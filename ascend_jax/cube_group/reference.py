@@ -82,6 +82,7 @@ class _Aiv:
     alloc_slot: dict = dataclasses.field(default_factory=dict)  # (group, alloc #) -> slot index
     barriers: dict = dataclasses.field(default_factory=dict)  # barrier -> BarrierObject
     wait_results: list = dataclasses.field(default_factory=list)
+    mte3_flag: bool = True  # the KfcWorkspace's MTE3->S event, set once when it is built
 
     @property
     def done(self) -> bool:
@@ -230,7 +231,9 @@ class ReferenceInterpreter:
         kind = op.kind
         if kind == "wait":  # Wait<true> spins until the slot is FREE; Wait<false> reads once
             return not op.sync or self.slots[op.group][aiv.heads[op.group] + op.offset].state == FREE
-        if kind == "alloc":  # AllocMessage spins until the ring slot is FREE
+        if kind == "alloc":  # AllocMessage spins until the ring slot is FREE (MTE3: after the flag)
+            if op.pipe == "MTE3" and not aiv.mte3_flag:
+                return False
             pos = aiv.pos.get(op.group, 0)
             return self.slots[op.group][aiv.heads[op.group] + pos * self.widths[op.group]].state == FREE
         if kind == "arrive":
@@ -256,7 +259,11 @@ class ReferenceInterpreter:
             pos = aiv.pos.get(op.group, 0)
             aiv.alloc_slot[(op.group, op.alloc)] = aiv.heads[op.group] + pos * self.widths[op.group]
             aiv.pos[op.group] = (pos + 1) % MAX_MSG_PER_AIV
+            if op.pipe == "MTE3":  # WaitFlag<MTE3_S> consumed the event
+                aiv.mte3_flag = False
         elif kind == "post":  # the whole struct, head included
+            if op.pipe == "MTE3":  # the DMA post ends with SetFlag<MTE3_S>
+                aiv.mte3_flag = True
             slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
             slot.state, slot.aiv_id = op.state, op.aiv_id
             slot.payload, slot.msg_id = op.payload, aiv.msg_ids[aiv.pc]
@@ -845,7 +852,8 @@ class ReferenceInterpreter:
                     a.pos.get(op.group, 0) * g.aiv_per_aic if op.kind == "alloc" else op.offset
                 )
                 k, col, d = g.slot_queue_depth(rel)
-                out.append(_entry(f"aiv{a.block_idx}", g.name, k * g.aiv_per_aic + col, d, "FREE"))
+                until = "MTE3_FLAG" if op.kind == "alloc" and op.pipe == "MTE3" and not a.mte3_flag else "FREE"
+                out.append(_entry(f"aiv{a.block_idx}", g.name, k * g.aiv_per_aic + col, d, until))
             elif op.kind == "arrive":
                 obj = self._barrier_obj(a, op.group)
                 out.append(

@@ -227,6 +227,8 @@ class State:
     slot: [C, W, 4] int32 word per slot: head state in bits 0..7, current version + 1 above (0:
       the zeroed workspace), see :func:`slot_word`.
     aiv_pc, aiv_timer: [V] next op, steps spent in the current delay.
+    aiv_mte3: [V] bool, the KfcWorkspace's MTE3->S flag (set at launch, taken by an MTE3 alloc,
+      set again by an MTE3 post).
     aiv_wait_result: [V, L] int8 result of Wait<false> ops (-1 not run; [V, 0] when none exist).
     aic_phase, aic_pos, aic_col: [C] AicPhase and the cursor as on the device: ``msgPos`` (slots
       from the AIC's block base) and ``aivWork`` (the column it believes it is at).
@@ -248,6 +250,7 @@ class State:
     slot: jax.Array
     aiv_pc: jax.Array
     aiv_timer: jax.Array
+    aiv_mte3: jax.Array
     aiv_wait_result: jax.Array
     aic_phase: jax.Array
     aic_pos: jax.Array
@@ -277,6 +280,9 @@ class State:
 VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3, "stop": 4, "assert": 5}
 ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3}
 
+#: bit of word 0 that marks an MTE3 alloc / post
+MTE3_BIT = 30
+
 #: bits of a WRITE's version in the second op word (the head state sits above them)
 VERSION_BITS = 23
 MAX_VERSIONS = 1 << VERSION_BITS
@@ -290,8 +296,9 @@ def slot_word(state, ver):
 def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray) -> np.ndarray:
     """[n, 5] (kind, slot, a, b, c) op rows -> [n, 2] int32 words (one fetch per op).
 
-    Word 0: ``kind | x << 3`` with ``x`` the slot's grid index, or ``barrier << 6 | index`` for
-    barrier ops.
+    Word 0: ``kind | x << 3 | mte3 << 30`` with ``x`` the slot's grid index, or ``barrier << 6 |
+    index`` for barrier ops; ``mte3``: an ALLOC that waits for the MTE3->S flag, a WRITE that
+    sets it (``PostMessage<MTE3_MODE>``).
     Word 1: WRITE ``version | state << 23``; WAIT the sync flag; DELAY the cycles; barrier ops
     the counter threshold (-1: none); ALLOC 0.
     """
@@ -304,7 +311,8 @@ def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray) -> np.ndarray:
         [c | (a << VERSION_BITS), a, c],
         0,
     )
-    return np.stack([kind | (x << 3), w1], axis=-1).astype(np.int32)
+    mte3 = np.where((kind == OpKind.ALLOC) | (kind == OpKind.WRITE), b, 0)
+    return np.stack([kind | (x << 3) | (mte3 << MTE3_BIT), w1], axis=-1).astype(np.int32)
 
 
 def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram) -> Tables:
@@ -401,6 +409,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         slot=zeros(c, w, MAX_MSG_PER_AIV),
         aiv_pc=zeros(v),
         aiv_timer=zeros(v),
+        aiv_mte3=jnp.ones((v, b), bool),
         aiv_wait_result=jnp.full((v, l_ if shape.wait_tests else 0, b), -1, jnp.int8),
         aic_phase=zeros(c),
         aic_pos=zeros(c),

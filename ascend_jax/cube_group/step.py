@@ -23,7 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.cube_group.callbacks import NO_WAIT
-from ascend_jax.cube_group.state import ACT, MAX_VERSIONS, VER, VERSION_BITS, EngineShape, State, Tables, slot_word
+from ascend_jax.cube_group.state import (
+    ACT,
+    MAX_VERSIONS,
+    MTE3_BIT,
+    VER,
+    VERSION_BITS,
+    EngineShape,
+    State,
+    Tables,
+    slot_word,
+)
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 from ascend_jax.timing import C as TC
@@ -118,12 +128,13 @@ def _aiv_ops(shape: EngineShape, tab: Tables, st: State):
     else:
         w0 = jnp.take_along_axis(tab.ops[:, :, 0], pc[:, None, :], axis=1)[:, 0]
         w1 = jnp.take_along_axis(tab.ops[:, :, 1], pc[:, None, :], axis=1)[:, 0]
-    kind, x = w0 & 7, w0 >> 3
+    kind, x = w0 & 7, (w0 >> 3) & ((1 << (MTE3_BIT - 3)) - 1)
     write = kind == OpKind.WRITE
     barrier = (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
     a = jnp.where(write, w1 >> VERSION_BITS, jnp.where(barrier, x >> 6, w1))
     c = jnp.where(write, w1 & (MAX_VERSIONS - 1), w1)
-    return pc, kind, x, a, x & 63, c
+    b = jnp.where(barrier, x & 63, (w0 >> MTE3_BIT) & 1)  # barrier: the copy index; alloc/write: MTE3
+    return pc, kind, x, a, b, c
 
 
 def _home_rows(shape: EngineShape, grid: jax.Array) -> jax.Array:
@@ -211,7 +222,7 @@ def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
     _, kind, x, a, b, c = ops
     slot_free = (_slot_read(shape, st.slot, x) & 0xFF) == FREE
     conds = [kind == OpKind.ALLOC, kind == OpKind.WAIT]
-    values = [slot_free, (a == 0) | slot_free]
+    values = [slot_free & ((b == 0) | st.aiv_mte3), (a == 0) | slot_free]  # an MTE3 alloc waits for the flag
     if shape.barrier_copies:  # no barrier counters to read otherwise
         conds += [kind == OpKind.ARRIVE, kind == OpKind.BWAIT]
         values += [(c < 0) | (_barrier_read(st.barrier_wait, a, b) == c), _barrier_read(st.barrier_arrive, a, b) >= c]
@@ -240,6 +251,8 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 
     write = act & (kind == OpKind.WRITE)
     slot = _slot_write(shape, st.slot, x, write, slot_word(a, c))
+    mte3 = (b == 1) & ((kind == OpKind.ALLOC) | write)
+    aiv_mte3 = jnp.where(act & mte3, kind == OpKind.WRITE, st.aiv_mte3)  # alloc takes it, post sets it
 
     wait_result = st.aiv_wait_result
     if shape.wait_tests:
@@ -277,6 +290,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     st = dataclasses.replace(
         st,
         slot=slot,
+        aiv_mte3=aiv_mte3,
         aiv_pc=st.aiv_pc + advance,
         aiv_timer=timer,
         aiv_wait_result=wait_result,
