@@ -338,5 +338,7 @@ def _apply(program, op) -> None:
         program.delay(op.cycles)
     elif kind == "arrive":
         program.arrive(op.barrier, op.index)
+    elif kind == "sync_all":
+        program.sync_all()
     else:
         program.barrier_wait(op.barrier, op.index)

@@ -143,6 +143,12 @@ class BarrierWaitOp(StrictModel):
     index: Geometry
 
 
+class SyncAllOp(StrictModel):
+    """``SyncAll()`` over every core, AICs included (they reach it only after their loop ends)."""
+
+    op: Literal["sync_all"]
+
+
 OP_MODELS: dict[str, type[StrictModel]] = {
     "assign_queue": AssignQueueOp,
     "post": PostOp,
@@ -152,9 +158,10 @@ OP_MODELS: dict[str, type[StrictModel]] = {
     "delay": DelayOp,
     "arrive": ArriveOp,
     "barrier_wait": BarrierWaitOp,
+    "sync_all": SyncAllOp,
 }
 Op = Annotated[
-    Union[AssignQueueOp, PostOp, FakeOp, QuitOp, WaitOp, DelayOp, ArriveOp, BarrierWaitOp],  # noqa: UP007
+    Union[AssignQueueOp, PostOp, FakeOp, QuitOp, WaitOp, DelayOp, ArriveOp, BarrierWaitOp, SyncAllOp],  # noqa: UP007
     Field(discriminator="op"),
 ]
 

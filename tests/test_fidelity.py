@@ -320,3 +320,42 @@ def test_scenario_pipe_key_reaches_the_program():
     ref, _ = both(aj.load_scenario(doc))
     assert ref.status == Status.DEADLOCK
     assert ref.blocked[-1] == {"core": "aiv0", "group": "g", "queue": 0, "depth": 1, "until": "MTE3_FLAG"}
+
+
+def _sync_kernel(before_quit: bool):
+    k = aj.CubeGroupKernel(max_steps=200)
+    g = k.create_cube_res_group("g", 0, 2, 2, callback="merge")
+    for q in range(2):
+        aiv = k.aiv(q)
+        aiv.assign_queue(g, q)
+        aiv.post(g, {"skipCnt": 0})
+        if before_quit:
+            aiv.sync_all()
+        aiv.quit(g)
+        if not before_quit:
+            aiv.sync_all()
+    return k.compile()
+
+
+def test_sync_all_before_the_quits_deadlocks_f14():
+    ok, _ = both(_sync_kernel(before_quit=False))
+    assert ok.status == Status.OK
+    # steps 1-4: allocs, posts, the quits' allocs and QUITs while the AIC serves (0,0) and (1,0);
+    # 5: the AIC frees (1,0); 6-7: it reads both QUITs and leaves its loop; 8: SyncAll returns
+    assert ok.steps == 8
+    ref, _ = both(_sync_kernel(before_quit=True))
+    # the AIC leaves CreateCubeResGroup only after every QUIT, so it never reaches its SyncAll
+    assert ref.status == Status.DEADLOCK
+    assert ref.blocked == [
+        {"core": "aic0", "group": "g", "queue": 0, "depth": 1, "until": "NOT_FREE"},
+        {"core": "aiv0", "until": "SYNC_ALL"},
+        {"core": "aiv1", "until": "SYNC_ALL"},
+    ]
+    for schedule in ("timed", "random"):
+        eng = aj.simulate(_sync_kernel(before_quit=False), schedule=schedule)[0]
+        ref = aj.run_reference(_sync_kernel(before_quit=False), schedule=schedule)
+        assert eng.status == ref.status == Status.OK
+    assert (
+        aj.simulate(_sync_kernel(False), schedule="timed")[0].timing
+        == aj.run_reference(_sync_kernel(False), schedule="timed").timing
+    )

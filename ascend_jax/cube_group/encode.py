@@ -142,6 +142,8 @@ def encode_ops(program: CubeGroupProgram) -> tuple[list[list[tuple]], list[tuple
                 row.append((OpKind.WRITE, slot, state, int(sets_flag), current[slot]))
             elif op.kind == "wait":
                 row.append((OpKind.WAIT, head + op.offset, int(op.sync), 0, 0))
+            elif op.kind == "sync_all":
+                row.append((OpKind.SYNC, 0, 0, 0, 0))
             elif op.kind == "delay":
                 _check_int32(
                     f"{op.where}.cycles", op.cycles, "must be in 0..2**31-1 cycles", "split the delay or shorten it"

@@ -124,6 +124,7 @@ def make_shape(
         wait_tests=any(op.kind == "wait" and not op.sync for p in programs for _, ops in p.aivs for op in ops),
         shared=len(programs) == 1,
         build=first.build,
+        has_sync=any(op.kind == "sync_all" for p in programs for _, ops in p.aivs for op in ops),
     )
     return dataclasses.replace(shape, aiv_home=_aiv_home(shape, programs, encoded))
 

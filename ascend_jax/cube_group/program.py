@@ -52,7 +52,8 @@ class AivOp:
     """One AIV action, symbolic.
 
     Attributes:
-      kind: ``alloc``, ``post``, ``fake``, ``quit``, ``wait``, ``delay``, ``arrive``, ``barrier_wait``.
+      kind: ``alloc``, ``post``, ``fake``, ``quit``, ``wait``, ``delay``, ``arrive``, ``barrier_wait``,
+        ``sync_all``.
       group: group index (message ops) or barrier index (barrier ops); -1 otherwise.
       alloc: for post / fake / quit, which alloc of this AIV in this group it fills (0-based).
       state: post: the head state written (VALID unless the user says otherwise).
@@ -275,6 +276,13 @@ class AivProgram:
         self.ops.append(AivOp("wait", gi, offset=int(offset), sync=bool(sync), where=where))
 
     # -- other AIV actions -------------------------------------------------------------------
+    def sync_all(self) -> None:
+        """``SyncAll()`` over every core of the kernel, AICs included. An AIC reaches its own
+        ``SyncAll`` only after ``CreateCubeResGroup`` returns, that is after every column it serves
+        has quit; so an AIV that calls it before its QUITs deadlocks the kernel (F14). It returns
+        when every AIV with a program is at the same SyncAll and every AIC has left its loop."""
+        self.ops.append(AivOp("sync_all", where=self._where()))
+
     def delay(self, cycles: int) -> None:
         """Busy for ``cycles`` cycles (one step per cycle in the lockstep schedule)."""
         if not isinstance(cycles, (int, np.integer)) or cycles < 1:

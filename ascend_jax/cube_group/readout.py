@@ -336,6 +336,8 @@ def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram,
             out.append(
                 {"core": f"aiv{block}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": until}
             )
+        elif kind == OpKind.SYNC:
+            out.append({"core": f"aiv{block}", "until": "SYNC_ALL"})
         elif kind in (OpKind.ARRIVE, OpKind.BWAIT):
             until = f"W=={op_c}" if kind == OpKind.ARRIVE else f"A>={op_c}"
             out.append({"core": f"aiv{block}", "barrier": program.barriers[op_a].name, "index": op_b, "until": until})

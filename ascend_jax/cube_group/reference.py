@@ -83,6 +83,7 @@ class _Aiv:
     barriers: dict = dataclasses.field(default_factory=dict)  # barrier -> BarrierObject
     wait_results: list = dataclasses.field(default_factory=list)
     mte3_flag: bool = True  # the KfcWorkspace's MTE3->S event, set once when it is built
+    syncs: int = 0  # SyncAll calls completed
 
     @property
     def done(self) -> bool:
@@ -243,7 +244,18 @@ class ReferenceInterpreter:
         if kind == "barrier_wait":
             obj = self._barrier_obj(aiv, op.group)
             return self.counters_a[op.group, op.index] >= obj.wait_threshold()
+        if kind == "sync_all":
+            return self._sync_ready(aiv)
         return True  # post, fake, quit, delay
+
+    def _sync_ready(self, aiv: _Aiv) -> bool:
+        """SyncAll returns when every AIV is at (or past) this round and every AIC left its loop."""
+        every_aiv = all(
+            a.syncs > aiv.syncs or (not a.done and a.ops[a.pc].kind == "sync_all" and a.syncs == aiv.syncs)
+            for a in self.aivs
+            if a.ops  # an AIV without a program takes no part
+        )
+        return every_aiv and all(c.aiv_work_state == 0 for c in self.aics)
 
     def _aiv_act(self, aiv: _Aiv) -> None:
         op = aiv.ops[aiv.pc]
@@ -255,6 +267,8 @@ class ReferenceInterpreter:
             if aiv.timer < op.cycles:
                 return
             aiv.timer = 0
+        elif kind == "sync_all":
+            aiv.syncs += 1
         elif kind == "alloc":
             pos = aiv.pos.get(op.group, 0)
             aiv.alloc_slot[(op.group, op.alloc)] = aiv.heads[op.group] + pos * self.widths[op.group]
@@ -667,6 +681,8 @@ class ReferenceInterpreter:
             enable = self.slot_time[op.group][self._aiv_head(aiv, op.group) + op.offset]
         elif op.kind in ("arrive", "barrier_wait"):
             enable = self.barrier_time[op.group]
+        elif op.kind == "sync_all":  # when the last core arrives
+            enable = F32(max([*self.aiv_clock.values(), *self.aic_clock]))
         dur = {
             "alloc": self._c("alloc"),
             "fake": self._c("fake"),
@@ -675,6 +691,7 @@ class ReferenceInterpreter:
             "wait": self._c("wait"),
             "arrive": self._c("barrier"),
             "barrier_wait": self._c("barrier"),
+            "sync_all": self._c("barrier"),
         }.get(op.kind, F32(op.cycles) if op.kind == "delay" else F32(0))
         if op.kind == "post" and op.state in (FAKE, QUIT):  # a hand-made FAKE / QUIT costs as the engine's
             dur = self._c("fake") if op.state == FAKE else self._c("quit")
@@ -721,7 +738,7 @@ class ReferenceInterpreter:
             stall = F32(start - self.aiv_clock[a.block_idx])
             if op.kind == "alloc":
                 self.alloc_stall[a.block_idx] = F32(self.alloc_stall[a.block_idx] + stall)
-            elif op.kind in ("wait", "arrive", "barrier_wait"):
+            elif op.kind in ("wait", "arrive", "barrier_wait", "sync_all"):
                 self.wait_stall[a.block_idx] = F32(self.wait_stall[a.block_idx] + stall)
             end = F32(start + dur)
             if self.events is not None:
@@ -864,6 +881,8 @@ class ReferenceInterpreter:
                 out.append(
                     _barrier_entry(f"aiv{a.block_idx}", obj.geometry.name, op.index, f"A>={obj.wait_threshold()}")
                 )
+            elif op.kind == "sync_all":
+                out.append({"core": f"aiv{a.block_idx}", "until": "SYNC_ALL"})
         return out
 
     def _result(self, status: Status, steps: int) -> CubeGroupResult:

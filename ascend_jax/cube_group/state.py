@@ -58,6 +58,7 @@ class EngineShape:
     # None when some AIV serves two queues, lanes bind differently or a Wait targets another queue
     shared: bool = True  # every lane runs the same program: tables carry no batch axis
     build: str = "debug"  # "debug": a failed assert stops the AIC; "release": listed, run goes on
+    has_sync: bool = False  # some AIV calls SyncAll: carry its round counter
 
     @property
     def release(self) -> bool:
@@ -228,7 +229,7 @@ class State:
       the zeroed workspace), see :func:`slot_word`.
     aiv_pc, aiv_timer: [V] next op, steps spent in the current delay.
     aiv_mte3: [V] bool, the KfcWorkspace's MTE3->S flag (set at launch, taken by an MTE3 alloc,
-      set again by an MTE3 post).
+      set again by an MTE3 post). aiv_syncs: [V] SyncAll calls completed.
     aiv_wait_result: [V, L] int8 result of Wait<false> ops (-1 not run; [V, 0] when none exist).
     aic_phase, aic_pos, aic_col: [C] AicPhase and the cursor as on the device: ``msgPos`` (slots
       from the AIC's block base) and ``aivWork`` (the column it believes it is at).
@@ -251,6 +252,7 @@ class State:
     aiv_pc: jax.Array
     aiv_timer: jax.Array
     aiv_mte3: jax.Array
+    aiv_syncs: jax.Array
     aiv_wait_result: jax.Array
     aic_phase: jax.Array
     aic_pos: jax.Array
@@ -410,6 +412,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aiv_pc=zeros(v),
         aiv_timer=zeros(v),
         aiv_mte3=jnp.ones((v, b), bool),
+        aiv_syncs=zeros(v),
         aiv_wait_result=jnp.full((v, l_ if shape.wait_tests else 0, b), -1, jnp.int8),
         aic_phase=zeros(c),
         aic_pos=zeros(c),

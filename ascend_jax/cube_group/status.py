@@ -67,6 +67,7 @@ class OpKind(enum.IntEnum):
     DELAY = 4  # a = cycles (steps in the lockstep schedule)
     ARRIVE = 5  # GroupBarrier::Arrive: a = barrier, b = index, c = W threshold (-1: no wait)
     BWAIT = 6  # GroupBarrier::Wait: a = barrier, b = index, c = A threshold
+    SYNC = 7  # SyncAll() over every core: every AIV at its same SyncAll, every AIC out of its loop
 
 
 class AicPhase(enum.IntEnum):

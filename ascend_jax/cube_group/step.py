@@ -192,9 +192,15 @@ def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops)
     slot_t = _slot_read(shape, tm.slot_time, x)
     bar_sel = jnp.clip(a, 0, nb - 1)[:, None, :] == jnp.arange(nb)[None, :, None]
     bar_t = jnp.where(bar_sel, tm.barrier_time[None], 0.0).sum(axis=1)
+    last_core = jnp.maximum(tm.aiv_clock.max(axis=0), tm.aic_clock.max(axis=0))[None, :]  # SyncAll
     enable = jnp.select(
-        [kind == OpKind.ALLOC, (kind == OpKind.WAIT) & (a != 0), (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)],
-        [slot_t, slot_t, bar_t],
+        [
+            kind == OpKind.ALLOC,
+            (kind == OpKind.WAIT) & (a != 0),
+            (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT),
+            kind == OpKind.SYNC,
+        ],
+        [slot_t, slot_t, bar_t, jnp.broadcast_to(last_core, slot_t.shape)],
         0.0,
     )
     start = jnp.maximum(tm.aiv_clock, enable)
@@ -207,7 +213,7 @@ def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops)
             kind == OpKind.WRITE,
             kind == OpKind.WAIT,
             kind == OpKind.DELAY,
-            (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT),
+            (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT) | (kind == OpKind.SYNC),
         ],
         [c[TC["alloc"]], c[TC["fake"]], c[TC["quit"]], c[TC["post"]], c[TC["wait"]], a.astype(jnp.float32),
          c[TC["barrier"]]],
@@ -223,6 +229,14 @@ def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
     slot_free = (_slot_read(shape, st.slot, x) & 0xFF) == FREE
     conds = [kind == OpKind.ALLOC, kind == OpKind.WAIT]
     values = [slot_free & ((b == 0) | st.aiv_mte3), (a == 0) | slot_free]  # an MTE3 alloc waits for the flag
+    if shape.has_sync:  # SyncAll: every AIV with a program at this round, every AIC out of its loop
+        k = st.aiv_syncs
+        at_sync = (st.aiv_pc < _lane(shape, tab.op_len)) & (kind == OpKind.SYNC)
+        absent = jnp.broadcast_to(_lane(shape, tab.op_len) == 0, k.shape)
+        ok = (k[None] > k[:, None]) | (at_sync[None] & (k[None] == k[:, None])) | absent[None]
+        aics_done = (st.aic_phase == AicPhase.DONE).all(axis=0)[None, :]
+        conds.append(kind == OpKind.SYNC)
+        values.append(ok.all(axis=1) & aics_done)
     if shape.barrier_copies:  # no barrier counters to read otherwise
         conds += [kind == OpKind.ARRIVE, kind == OpKind.BWAIT]
         values += [(c < 0) | (_barrier_read(st.barrier_wait, a, b) == c), _barrier_read(st.barrier_arrive, a, b) >= c]
@@ -251,6 +265,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 
     write = act & (kind == OpKind.WRITE)
     slot = _slot_write(shape, st.slot, x, write, slot_word(a, c))
+    aiv_syncs = st.aiv_syncs + (act & (kind == OpKind.SYNC)) if shape.has_sync else st.aiv_syncs
     mte3 = (b == 1) & ((kind == OpKind.ALLOC) | write)
     aiv_mte3 = jnp.where(act & mte3, kind == OpKind.WRITE, st.aiv_mte3)  # alloc takes it, post sets it
 
@@ -273,7 +288,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     timed = st.timed
     if shape.timed:
         end = start + dur
-        waiting = (kind == OpKind.WAIT) | (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
+        waiting = (kind == OpKind.WAIT) | (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT) | (kind == OpKind.SYNC)
         is_bar = act & ((kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT))
         nb = timed.barrier_time.shape[0]
         of_bar = (jnp.clip(a, 0, nb - 1)[:, None, :] == jnp.arange(nb)[None, :, None]) & is_bar[:, None, :]
@@ -291,6 +306,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         st,
         slot=slot,
         aiv_mte3=aiv_mte3,
+        aiv_syncs=aiv_syncs,
         aiv_pc=st.aiv_pc + advance,
         aiv_timer=timer,
         aiv_wait_result=wait_result,
