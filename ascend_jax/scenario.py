@@ -289,6 +289,7 @@ def build_kernel(
         max_steps=max_steps if max_steps is not None else sc.max_steps,
         max_received=sc.max_received,
         build=build if build is not None else sc.build,
+        zero_workspace=sc.zero_workspace,
     )
     kernel.gm = _gm_from_tensors(sc, base_dir)
     for g in sc.group:

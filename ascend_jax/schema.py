@@ -279,6 +279,10 @@ class Scenario(StrictModel):
         description="debug: a failed debug assert stops that AIC (status error); release: asserts are "
         "compiled out, the run does what the device does and lists them in asserts_violated",
     )
+    zero_workspace: bool = Field(
+        True,
+        description="false: report a relaunch that starts from the first launch's slots and barrier counters",
+    )
     group: list[GroupTable] = Field(min_length=1)
     barrier: list[BarrierTable] = []
     aiv: list[AivTable] = []

@@ -4,6 +4,7 @@ and the default Wait after a QUIT. Every expected value is written out; both eng
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -359,3 +360,38 @@ def test_sync_all_before_the_quits_deadlocks_f14():
         aj.simulate(_sync_kernel(False), schedule="timed")[0].timing
         == aj.run_reference(_sync_kernel(False), schedule="timed").timing
     )
+
+
+def test_unzeroed_workspace_relaunch_f10():
+    """zero_workspace = false: the reported launch starts from the first launch's slots."""
+    k = aj.CubeGroupKernel(zero_workspace=False, max_steps=100)
+    g = k.create_cube_res_group("g", 0, 2, 2, callback="merge")
+    for q in range(2):
+        aiv = k.aiv(q)
+        aiv.assign_queue(g, q)
+        aiv.post(g, {"skipCnt": 0})
+        aiv.quit(g)
+    ref, eng = both(k.compile())
+    # the first launch left QUITs at depth 1: the AIC reads them after this launch's two tasks and
+    # leaves its loop, while the AIVs' allocs for their own QUITs spin on those slots forever
+    assert ref.status == Status.DEADLOCK and ref.steps == 8
+    assert ref.received == {0: [(0, 0, V), (1, 0, V), (0, 1, Q), (1, 1, Q)]}
+    assert ref.blocked == [
+        {"core": "aiv0", "group": "g", "queue": 0, "depth": 1, "until": "FREE"},
+        {"core": "aiv1", "group": "g", "queue": 1, "depth": 1, "until": "FREE"},
+    ]
+    fresh, _ = both(dataclasses.replace(k.compile(), zero_workspace=True))
+    assert fresh.status == Status.OK
+
+
+def test_scenario_zero_workspace_key():
+    doc = {
+        "zero_workspace": False,
+        "group": [{"name": "g", "block_start": 0, "block_size": 2, "msg_queue_size": 1}],
+        "aiv": [
+            {"block_idx": 0, "ops": [{"op": "assign_queue", "group": "g", "queue": 0}, {"op": "quit", "group": "g"}]}
+        ],
+    }
+    ref, _ = both(aj.load_scenario(doc))
+    # the old QUIT at depth 0 retires the column at once; the new QUIT's alloc spins on it
+    assert ref.status == Status.DEADLOCK and ref.received == {0: [(0, 0, Q)]}

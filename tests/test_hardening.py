@@ -255,6 +255,7 @@ def test_schema_and_version(capsys):
         "name",
         "chip",
         "build",
+        "zero_workspace",
         "max_steps",
         "max_received",
         "group",

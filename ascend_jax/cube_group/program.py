@@ -355,6 +355,7 @@ class CubeGroupProgram:
       max_steps: bound on the number of engine steps.
       max_received: per-AIC capacity of the received-message log (auto when None).
       build: ``"debug"`` or ``"release"`` (see :class:`CubeGroupKernel`).
+      zero_workspace: False: report a relaunch on the first launch's workspace (see :class:`CubeGroupKernel`).
       matmuls: per group, (MatmulType, TCubeTiling) or None.
       gm: the global memory (tensors and their initial bytes).
     """
@@ -370,6 +371,7 @@ class CubeGroupProgram:
     max_steps: int
     max_received: int | None = None
     build: str = "debug"
+    zero_workspace: bool = True
     matmuls: tuple[Any, ...] = ()
     gm: GlobalMemory = dataclasses.field(default_factory=GlobalMemory, compare=False)
 
@@ -409,6 +411,10 @@ class CubeGroupKernel:
       max_steps: engine step bound.
       workspace_base: byte address of the zeroed KfcWorkspace.
       max_received: per-AIC receive-log capacity (default: enough for every write plus two laps).
+      zero_workspace: False runs the kernel twice and reports the second launch, which starts from
+        the first launch's slots and GroupBarrier counters, as when the host does not zero the
+        workspace between launches (F10: old QUITs retire live columns, old slots block allocs).
+        GM tensors start from their initial values in both launches.
       build: ``"debug"`` (a failed ``ASCENDC_DEBUG_ASSERT`` stops that AIC: status ``error``) or
         ``"release"`` (asserts are compiled out: the run does what the device does and lists every
         assert a debug build would have hit in ``asserts_violated``).
@@ -422,8 +428,12 @@ class CubeGroupKernel:
         workspace_base: int = 0,
         max_received: int | None = None,
         build: str = "debug",
+        zero_workspace: bool = True,
     ):
         self.chip = get_chip(chip)
+        if not isinstance(zero_workspace, bool):
+            raise ConfigError("zero_workspace", zero_workspace, "must be true or false")
+        self.zero_workspace = zero_workspace
         self.name = name
         if build not in BUILDS:
             raise ConfigError("build", build, f"must be one of {list(BUILDS)}", "'debug' stops at a failed assert")
@@ -589,6 +599,7 @@ class CubeGroupKernel:
             max_steps=self.max_steps,
             max_received=self.max_received,
             build=self.build,
+            zero_workspace=self.zero_workspace,
             matmuls=tuple(self.matmuls),
             gm=self.gm.copy(),
         )

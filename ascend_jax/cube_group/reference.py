@@ -136,6 +136,7 @@ class ReferenceInterpreter:
         numerics: str = "hardware",
         cost: Any = None,
         events: list | None = None,
+        start: tuple | None = None,
     ):
         self.events = events
         self._t = (0.0, 1.0)  # (start, duration) of the action being performed, for ``events``
@@ -168,6 +169,10 @@ class ReferenceInterpreter:
             2 * MAX_MSG_PER_AIV * max(g.aiv_per_aic for g in program.groups) if self.capacity is None else self.capacity
         )
         self.slots = {gi: [_Slot() for _ in range(g.num_slots)] for gi, g in enumerate(program.groups)}
+        if start is not None:  # a relaunch on the previous launch's workspace (zero_workspace = false)
+            for gi, old in start[0].items():
+                for new, prev in zip(self.slots[gi], old, strict=True):
+                    new.__dict__.update(prev.__dict__)
         self.widths = widths = [g.aiv_per_aic for g in program.groups]  # P of every group
         heads: dict[int, dict[int, int]] = {b: {} for b, _ in program.aivs}
         for (gi, b), q in program.queue_of.items():  # msgHead of queue q: its AIC's block, row 0, column q % P
@@ -196,6 +201,8 @@ class ReferenceInterpreter:
             (len(program.barriers), max((b.copies for b in program.barriers), default=1)), np.int64
         )
         self.counters_w = np.zeros_like(self.counters_a)
+        if start is not None:
+            self.counters_a, self.counters_w = start[1].copy(), start[2].copy()
         if schedule == "timed":  # float32 cycles, computed as the engine computes them
             self._init_timed()
         for a in self.aics:  # CallBack::Init once per AIC, before its first message
@@ -1004,4 +1011,9 @@ def run_reference(
     cost: Any = None,
 ) -> CubeGroupResult:
     """Runs ``program`` in the reference interpreter (hardware numerics; ``cost`` for ``timed``)."""
-    return ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost).run()
+    if program.zero_workspace:
+        return ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost).run()
+    first = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost)
+    first.run()  # the launch whose workspace the reported one inherits
+    start = (first.slots, first.counters_a, first.counters_w)
+    return ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, start=start).run()
