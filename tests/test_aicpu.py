@@ -389,3 +389,19 @@ def task_programs(draw):
 @given(task_programs())
 def test_random_task_programs_jax_equals_reference(p):
     run_both(p)
+
+
+def test_hostile_op_info_files_give_107000_not_a_crash(tmp_path):
+    """aclrtBinaryLoadFromFile on a file that is not UTF-8, a folder, JSON nested 100k deep, or a
+    100k-digit number: the runtime answers 107000 (binary_loader.cc); the simulator must too."""
+    from ascend_jax.aicpu import World
+
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b"\xff\xfe not utf-8")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    num = tmp_path / "num.json"
+    num.write_text('{"k": ' + "9" * 100_000 + "}")
+    host = World(1).host(0)
+    for path in (bad, tmp_path, deep, num):
+        assert host.aclrt_binary_load_from_file(str(path))[0] == 107000, path

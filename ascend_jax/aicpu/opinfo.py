@@ -89,9 +89,9 @@ def load_op_info(path: str | Path | Mapping[str, Any], warnings: list[str] | Non
     or is not a JSON object (``aclrtBinaryLoadFromFile`` then returns 107000)."""
     if isinstance(path, Mapping):
         return parse_op_info(path, warnings)
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError, TypeError):
+    try:  # unreadable, not UTF-8, not JSON, nested past Python's limit, or a 100k-digit number
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, RecursionError):
         return None
     return parse_op_info(doc, warnings)
 
