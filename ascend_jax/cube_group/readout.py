@@ -110,7 +110,7 @@ class BatchResult(Sequence):
     def received_slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """[B, C, R] global slot and head state of every received message, and [B, C] counts
         (entries at or past the count are -1)."""
-        ver = self.arrays["recv_ver"]
+        ver = self.arrays["recv_ver"].astype(np.int64)
         count = self.arrays["recv_count"]
         slot = np.full(ver.shape, -1, np.int64)
         state = np.full(ver.shape, -1, np.int64)
@@ -164,7 +164,7 @@ class BatchResult(Sequence):
         q_of, d_of = _slot_tables(program)
         received = {}
         for c, core in enumerate(consts["core"]):
-            vers = a["recv_ver"][c, : int(a["recv_count"][c])]
+            vers = a["recv_ver"][c, : int(a["recv_count"][c])].astype(np.int64)
             slots = enc.ver_slot[vers]
             names = [state_name(x) for x in enc.ver_state[vers].tolist()]
             received[int(core)] = list(zip(q_of[slots].tolist(), d_of[slots].tolist(), names, strict=True))

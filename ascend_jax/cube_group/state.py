@@ -65,6 +65,11 @@ class EngineShape:
         return self.build == "release"
 
     @property
+    def version_dtype(self):
+        """The receive log's element type: int16 while version ids fit (half the memory traffic)."""
+        return jnp.int16 if self.n_versions <= 2**15 else jnp.int32
+
+    @property
     def grid_of_slot(self) -> np.ndarray:
         """[S] flat index in the ``[C, W, 4]`` slot grid of every global slot (cached per geometry)."""
         return _grid_maps(self.groups)[0]
@@ -236,7 +241,8 @@ class State:
     aic_alive: [C, W] aivWorkState as booleans.
     aic_ver, aic_pc, aic_skip: [C] the version being served, its next action and its SetSkipMsg
       total (CALL phase).
-    recv_ver: [C, R] received log (versions; their slot and state follow); recv_count: [C].
+    recv_ver: [C, R] received log (versions, int16 while they fit; their slot and state follow);
+      recv_count: [C].
     barrier_arrive, barrier_wait: [NB, K] counter copies.
     gm: [B, G] uint8 global memory.
     step, status: [] run bookkeeping.
@@ -421,7 +427,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aic_ver=zeros(c),
         aic_pc=zeros(c),
         aic_skip=zeros(c),
-        recv_ver=zeros(c, r),
+        recv_ver=zeros(c, r, dtype=shape.version_dtype),
         recv_count=zeros(c),
         barrier_arrive=zeros(nb, nc),
         barrier_wait=zeros(nb, nc),

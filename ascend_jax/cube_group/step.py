@@ -442,7 +442,9 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     r = st.recv_ver.shape[1]
     rows_c = jnp.broadcast_to(jnp.arange(c_num)[:, None], (c_num, b))
     lanes = jnp.broadcast_to(jnp.arange(b)[None, :], (c_num, b))
-    recv_ver = st.recv_ver.at[rows_c, jnp.where(logged, st.recv_count, r), lanes].set(ver, mode="drop")
+    recv_ver = st.recv_ver.at[rows_c, jnp.where(logged, st.recv_count, r), lanes].set(
+        ver.astype(st.recv_ver.dtype), mode="drop"
+    )
 
     # -- QUIT: clear bit aivID ---------------------------------------------------------------
     quit_now = recv_ok & is_quit
