@@ -27,9 +27,13 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: trace.py imports no engine at run time
+    from ascend_jax.cube_group.program import CubeGroupProgram
+    from ascend_jax.cube_group.result import CubeGroupResult
 
 #: phases this module writes and :func:`check_trace` accepts
 PHASES = {"X", "B", "E", "i", "I", "C", "s", "t", "f", "M"}
@@ -63,7 +67,9 @@ def _tid(core: str) -> int:
     return (_AIC_TID if core.startswith("aic") else _AIV_TID) + int(core[3:])
 
 
-def cube_trace(program, result, events: list[dict], schedule: str, meta: dict | None = None) -> dict:
+def cube_trace(
+    program: CubeGroupProgram, result: CubeGroupResult, events: list[dict], schedule: str, meta: dict | None = None
+) -> dict:
     """The trace-event JSON object of one recorded cube-group lane.
 
     Args:
