@@ -34,6 +34,7 @@ from ascend_jax.aicpu.tasks import (
     Task,
     TaskKind,
     TaskProgram,
+    local_copy,
 )
 
 
@@ -160,16 +161,7 @@ class DeviceApi:
             return int(HcclResult.E_PARA)
         return self._record(
             thread,
-            Task(
-                TaskKind.COPY,
-                src_rank=self.rank,
-                src_addr=src,
-                dst_rank=self.rank,
-                dst_addr=dst,
-                nbytes=length,
-                duration=self.world.cost.copy_s(length, False),
-                label=f"local copy {length} B",
-            ),
+            local_copy(self.world.cost, self.rank, src, dst, length, f"local copy {length} B"),
         )
 
     @staticmethod

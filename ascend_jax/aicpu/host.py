@@ -23,7 +23,7 @@ from ascend_jax.aicpu.codes import (
 )
 from ascend_jax.aicpu.opinfo import OpInfo, load_op_info, resolve_symbol
 from ascend_jax.aicpu.structs import to_bytes
-from ascend_jax.aicpu.tasks import KernelLaunch, Queue, Task, TaskKind
+from ascend_jax.aicpu.tasks import KernelLaunch, Queue, Task, TaskKind, local_copy
 from ascend_jax.aicpu.world import Channel, Comm, StreamSync
 
 if TYPE_CHECKING:
@@ -97,18 +97,7 @@ class HostApi:
         q = self._stream(stream)
         if q is None:
             return int(AclError.RT_STREAM_CONTEXT)
-        q.tasks.append(
-            Task(
-                TaskKind.COPY,
-                src_rank=self.rank,
-                src_addr=src,
-                dst_rank=self.rank,
-                dst_addr=dst,
-                nbytes=count,
-                duration=self.world.cost.copy_s(count, False),
-                label=f"memcpy async {count} B",
-            )
-        )
+        q.tasks.append(local_copy(self.world.cost, self.rank, src, dst, count, f"memcpy async {count} B"))
         return 0
 
     # -- streams and notifies ----------------------------------------------------------------

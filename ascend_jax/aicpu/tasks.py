@@ -92,6 +92,20 @@ class Task:
     label: str = ""
 
 
+def local_copy(world_cost: Any, rank: int, src: int, dst: int, nbytes: int, label: str) -> Task:
+    """A copy inside one rank's memory (``HcommLocalCopy``, ``aclrtMemcpyAsync``), timed by the cost model."""
+    return Task(
+        TaskKind.COPY,
+        src_rank=rank,
+        src_addr=src,
+        dst_rank=rank,
+        dst_addr=dst,
+        nbytes=nbytes,
+        duration=world_cost.copy_s(nbytes, False),
+        label=label,
+    )
+
+
 @dataclasses.dataclass
 class Queue:
     """A user stream or a device thread: an in-order task queue of one rank."""

@@ -132,14 +132,14 @@ class _StatelessCallback:
     def __hash__(self) -> int:
         return hash(type(self))
 
+    def init(self, mm: Any, tiling: Any) -> None:
+        """``CallBack::Init``: the built-ins keep no state."""
+
 
 class FreeCallback(_StatelessCallback):
     """Built-in ``free``: frees every received message, nothing else."""
 
     required_fields: tuple[str, ...] = ()
-
-    def init(self, mm: Any, tiling: Any) -> None:
-        pass
 
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
         handle.free_message(msg)
@@ -154,9 +154,6 @@ class MergeCallback(_StatelessCallback):
     """
 
     required_fields: tuple[str, ...] = ("skipCnt",)
-
-    def init(self, mm: Any, tiling: Any) -> None:
-        pass
 
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
         xp = handle.xp
@@ -184,9 +181,6 @@ class MatmulCallback(_StatelessCallback):
     required_fields: tuple[str, ...] = (
         "skipCnt", "isTransA", "isTransB", "isAtomic", "tailM", "tailN", "tailK", "aAddr", "bAddr", "cAddr",
     )  # fmt: skip
-
-    def init(self, mm: Any, tiling: Any) -> None:
-        pass
 
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
         xp = handle.xp
@@ -238,9 +232,6 @@ class SeedCallback(_StatelessCallback):
         "nOrgShape", "kaOrgShape", "kbOrgShape", "kcOrgShape", "aAddr", "bAddr", "cAddr", "aGap", "bGap", "cGap",
     )  # fmt: skip
 
-    def init(self, mm: Any, tiling: Any) -> None:
-        pass
-
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
         k = msg.skipCnt
         mm.set_org_shape(msg.mOrgShape, msg.nOrgShape, msg.kaOrgShape, msg.kbOrgShape, msg.kcOrgShape)
@@ -269,9 +260,6 @@ class SampleCallback(_StatelessCallback):
     """
 
     required_fields: tuple[str, ...] = ("funcID",)
-
-    def init(self, mm: Any, tiling: Any) -> None:
-        pass
 
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
         k = handle.xp.where(msg.funcID == SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE, 0)
