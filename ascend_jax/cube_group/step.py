@@ -95,6 +95,15 @@ def _slot_put(shape: EngineShape, grid: jax.Array, slot: jax.Array, mask: jax.Ar
     return flat.at[idx, lanes].set(value, mode="drop").reshape(grid.shape)
 
 
+def _select(conds: list, values: list, default):
+    """``jnp.select`` as a chain of ``where`` (the first true condition wins). ``jnp.select`` takes an
+    argmax over the stacked conditions, which XLA:CPU runs as a slow, unvectorised variadic reduce."""
+    out = default
+    for cond, value in zip(reversed(conds), reversed(values), strict=True):
+        out = jnp.where(cond, value, out)
+    return out
+
+
 def _first_true(mask: jax.Array, axis: int = 0) -> jax.Array:
     """Index of the first True along ``axis`` (0 if none). A min over indices, not ``argmax``:
     XLA:CPU runs argmax as a variadic reduce that does not vectorise over lanes."""
@@ -193,7 +202,7 @@ def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops)
     bar_sel = jnp.clip(a, 0, nb - 1)[:, None, :] == jnp.arange(nb)[None, :, None]
     bar_t = jnp.where(bar_sel, tm.barrier_time[None], 0.0).sum(axis=1)
     last_core = jnp.maximum(tm.aiv_clock.max(axis=0), tm.aic_clock.max(axis=0))[None, :]  # SyncAll
-    enable = jnp.select(
+    enable = _select(
         [
             kind == OpKind.ALLOC,
             (kind == OpKind.WAIT) & (a != 0),
@@ -205,7 +214,7 @@ def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops)
     )
     start = jnp.maximum(tm.aiv_clock, enable)
     c = cost[:, None, :]  # [12, 1, B]
-    dur = jnp.select(
+    dur = _select(
         [
             kind == OpKind.ALLOC,
             (kind == OpKind.WRITE) & (a == FAKE),
@@ -240,7 +249,7 @@ def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
     if shape.barrier_copies:  # no barrier counters to read otherwise
         conds += [kind == OpKind.ARRIVE, kind == OpKind.BWAIT]
         values += [(c < 0) | (_barrier_read(st.barrier_wait, a, b) == c), _barrier_read(st.barrier_arrive, a, b) >= c]
-    return active & jnp.select(conds, values, True)
+    return active & _select(conds, values, True)
 
 
 def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: jax.Array | None):
@@ -473,7 +482,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     skipped = jnp.where(call_end, skip, 0)  # SetSkipMsg: aivWork += k, msgPos += k
     new_pos, new_col = _release(alive, n, p, pos + skipped, col + skipped)
     finished = releasing & ~alive.any(axis=1)
-    phase = jnp.select(
+    phase = _select(
         [failing, finished, releasing, call_now],
         [AicPhase.ERROR, AicPhase.DONE, AicPhase.RECEIVE, AicPhase.CALL],
         st.aic_phase,
@@ -566,7 +575,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
     stopped = (new.aic_phase == AicPhase.DONE) | (new.aic_phase == AicPhase.ERROR)
     done = (new.aiv_pc >= _lane(shape, tab.op_len)).all(axis=0) & stopped.all(axis=0)
     progressed = v_ready.any(axis=0) | aic_ready_.any(axis=0)
-    status = jnp.select(
+    status = _select(
         [done, ~progressed, steps >= tab.max_steps], [Status.OK, Status.DEADLOCK, Status.MAX_STEPS], Status.RUNNING
     )
     status = final_status(status, new.aic_phase)
