@@ -56,10 +56,11 @@ class EncodedProgram:
     ``ver_msg`` (per-group message id of the payload, -1 zeros); the callback's decision:
     ``ver_code`` (first failing action, 0 none: where a debug build stops), ``ver_detail`` (offset,
     wait state, dimension or enAtomic, by code), ``ver_stop`` / ``ver_stop_detail`` (first Matmul
-    error: stops in every build), ``ver_assert`` (first failed assert among the frees: a release
-    build lists it), ``ver_skip``, ``ver_first`` (first enabled action, F if none). The skip
+    error: stops in every build), (a release build judges the free asserts at run time, from the
+    receiving AIC), ``ver_skip``, ``ver_first`` (first enabled action, F if none). The skip
     asserts depend on the AIC's ``aivWork`` at run time, so the engine checks them.
-    Actions ``[N, F]``: ``act_slot`` (global slot of a free), ``act_wait``, ``act_mm``, ``act_next``
+    Actions ``[N, F]``: ``act_slot`` (global slot of a free), ``act_wait``, ``act_mm``, ``act_en``
+    (the action is performed), ``act_next``
     (next enabled action, F if none), ``act_bad`` (matmul outside GM), ``act_desc`` ``[N, F, D]``
     (int64, zero where bad), ``act_fractals`` and ``act_traffic`` (float32, timed cost of a matmul).
     ``bad_address``: (version, action) -> the first out-of-range operand address.
@@ -75,12 +76,12 @@ class EncodedProgram:
     ver_detail: np.ndarray
     ver_stop: np.ndarray
     ver_stop_detail: np.ndarray
-    ver_assert: np.ndarray
     ver_skip: np.ndarray
     ver_first: np.ndarray
     act_slot: np.ndarray
     act_wait: np.ndarray
     act_mm: np.ndarray
+    act_en: np.ndarray
     act_next: np.ndarray
     act_bad: np.ndarray
     act_desc: np.ndarray
@@ -232,7 +233,6 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
         "ver_detail": np.zeros(nv, np.int64),
         "ver_stop": np.zeros(nv, np.int64),
         "ver_stop_detail": np.zeros(nv, np.int64),
-        "ver_assert": np.zeros(nv, np.int64),
         "ver_skip": np.zeros(nv, np.int64),
         "act_slot": np.zeros((nv, f), np.int64),
         "act_wait": np.full((nv, f), NO_WAIT, np.int64),
@@ -256,7 +256,6 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
         detail = np.zeros(n, np.int64)
         stop = np.zeros(n, np.int64)  # first Matmul error: stops the AIC in every build
         stop_detail = np.zeros(n, np.int64)
-        asserted = np.zeros(n, np.int64)  # first failed debug assert among the frees (release: listed)
         cfg = program.matmuls[gi] if program.matmuls else None
         for j, act in enumerate(acts):
             en = _bcast(act[-1], n, bool)
@@ -306,17 +305,14 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
                 first = (stop == 0) & (a_code > 0)
                 stop = np.where(first, a_code, stop)
                 stop_detail = np.where(first, a_detail, stop_detail)
-            else:
-                asserted = np.where(asserted == 0, a_code, asserted)
             out["act_en"][ids, j] = en
         is_quit = versions[ids, 2] == QUIT
         out["ver_code"][ids] = np.where(is_quit, 0, code)
         out["ver_detail"][ids] = np.where(is_quit, 0, detail)
         out["ver_stop"][ids] = np.where(is_quit, 0, stop)
         out["ver_stop_detail"][ids] = np.where(is_quit, 0, stop_detail)
-        out["ver_assert"][ids] = np.where(is_quit, 0, asserted)
         out["ver_skip"][ids] = np.where(is_quit, 0, skip)
-    en = out.pop("act_en")
+    en = out["act_en"]
     idx = np.arange(f)
     later = np.where(en[:, None, :] & (idx[None, None, :] > idx[None, :, None]), idx[None, None, :], f)
     act_next = later.min(axis=2) if f else np.zeros((nv, 0), np.int64)

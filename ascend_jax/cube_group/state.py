@@ -179,11 +179,11 @@ class Tables:
     the protocol fields (ops .. receive_limit) and first to act_desc, act_bad and gm_init.
 
     ops: [V, L, 2] int32, each AIV op packed in two words (:func:`pack_op`); op_len: [V] ops per AIV.
-    ver: [N, 6] int32 per slot version (columns :data:`VER`): the first failing action's code
+    ver: [N, 5] int32 per slot version (columns :data:`VER`): the first failing action's code
       (debug builds stop there), first action (F: none), SetSkipMsg total, head aivID (QUIT: the
-      column to retire), first Matmul error (stops in every build), first failed free assert.
-    act: [N, F, 4] int32 per action (columns :data:`ACT`): global slot freed, wait state, next
-      action (F: none), is-matmul.
+      column to retire), first Matmul error (stops in every build).
+    act: [N, F, 5] int32 per action (columns :data:`ACT`): global slot freed, wait state, next
+      action (F: none), is-matmul, performed.
     act_desc: [N, F, D] int32 and act_bad: [N, F] bool (groups with a Matmul; else F = 0 columns).
     act_fractals, act_traffic: [N, F] float32 (timed schedule with matmuls only; else [N, 0]).
     max_steps, receive_limit: [] int32. gm_init: [G] uint8.
@@ -285,8 +285,8 @@ class State:
 
 
 #: columns of ``Tables.ver`` and ``Tables.act``
-VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3, "stop": 4, "assert": 5}
-ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3}
+VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3, "stop": 4}
+ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3, "en": 4}
 
 #: bit of word 0 that marks an MTE3 alloc / post
 MTE3_BIT = 30
@@ -361,7 +361,6 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
                 pad(enc.ver_skip, np.int32),
                 pad(np.minimum(enc.ver_aiv_id, 2**31 - 1), np.int32),
                 pad(enc.ver_stop, np.int32),
-                pad(enc.ver_assert, np.int32),
             ],
             axis=-1,
         ),
@@ -371,6 +370,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
                 pad(enc.act_wait, np.int32),
                 pad(np.where(enc.act_next >= fv, f, enc.act_next), np.int32, fill=f),
                 pad(enc.act_mm, np.int32),
+                pad(enc.act_en, np.int32),
             ],
             axis=-1,
         ),

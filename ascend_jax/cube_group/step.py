@@ -351,6 +351,36 @@ def _release(
     return new_pos.astype(jnp.int32), new_col.astype(jnp.int32)
 
 
+def _free_asserts(shape: EngineShape, tab: Tables, ver: jax.Array, n: jax.Array, p: jax.Array) -> jax.Array:
+    """[C, B] the first free assert of version ``ver`` judged from the receiving AIC, as the
+    device's FreeMessage sees it: ``rcvMsg + i`` outside that AIC's block or on a column it does
+    not serve, or a wait state other than VALID / FAKE (0: none). Release builds only: there a
+    misaligned cursor can read a slot of another AIC's block, so the encode-time check (made for
+    the slot's own AIC) does not apply."""
+    consts = shape.aic_constants()
+    block = jnp.asarray(consts["block"])[:, None]
+    f = tab.act.shape[1]
+    flat = tab.act.reshape(-1, *tab.act.shape[2:])
+    first = jnp.zeros_like(ver)
+    for j in range(f):
+        row = _lookup(shape, flat, ver * f + j)  # [C, 5, B]
+        rel = row[:, ACT["slot"]] - block
+        wait = row[:, ACT["wait"]]
+        out_block = (rel < 0) | (rel >= D4 * p)
+        code = jnp.where(
+            out_block,
+            ErrorCode.FREE_OUT_OF_BLOCK,
+            jnp.where(
+                rel % p >= n,
+                ErrorCode.FREE_UNUSED_COLUMN,
+                jnp.where((wait != NO_WAIT) & (wait != VALID) & (wait != FAKE), ErrorCode.BAD_WAIT_STATE, 0),
+            ),
+        )
+        code = jnp.where((row[:, ACT["en"]] > 0) & (row[:, ACT["mm"]] == 0), code, 0)
+        first = jnp.where(first == 0, code, first)
+    return first
+
+
 def _act_index(shape: EngineShape, tab: Tables, ver: jax.Array, pc: jax.Array) -> jax.Array:
     return ver * tab.act.shape[1] + pc
 
@@ -427,7 +457,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 
     # -- dispatch: the callback's decision for the version under the cursor ------------------
     ver = jnp.maximum((cur_word >> 8) - 1, 0)
-    vt = _lookup(shape, tab.ver, ver)  # [C, 6, B]
+    vt = _lookup(shape, tab.ver, ver)  # [C, 5, B]
     is_quit = cur_state == QUIT
     log_full = st.recv_count >= _lane(shape, tab.receive_limit)[None]
     skip_v = vt[:, VER["skip"]]
@@ -437,7 +467,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     )
     if shape.release:  # asserts are compiled out: only Matmul errors stop the AIC
         dispatch = vt[:, VER["stop"]]
-        asserted = jnp.where(skip_code > 0, skip_code, vt[:, VER["assert"]])
+        asserted = jnp.where(skip_code > 0, skip_code, _free_asserts(shape, tab, ver, n, p))
     else:
         dispatch = jnp.where(skip_code > 0, skip_code, vt[:, VER["code"]])
     code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, dispatch))
