@@ -8,6 +8,7 @@ import json
 import hypothesis.strategies as hst
 import numpy as np
 import pytest
+from _comm import run_both
 from hypothesis import HealthCheck, given, settings
 
 from ascend_jax.aicpu.codes import AclError, HcclCMDType, HcclDataType, HcclReduceOp, HcclResult
@@ -16,25 +17,11 @@ from ascend_jax.aicpu.device import DeviceApi, DeviceModel
 from ascend_jax.aicpu.engine import run_comm
 from ascend_jax.aicpu.models import comm_numerics, p2p_expected, p2p_job, ring_expected, ring_job
 from ascend_jax.aicpu.opinfo import device_kernel, load_op_info
-from ascend_jax.aicpu.reference import run_comm_reference
 from ascend_jax.aicpu.result import CommStatus, QueueStatus
 from ascend_jax.aicpu.structs import ALG_RESOURCE_CTX, COMM_BUFFER, OP_PARAM
 from ascend_jax.aicpu.tasks import MEM_BASE, Task, TaskKind
 from ascend_jax.aicpu.world import World
 from ascend_jax.cli import main
-
-
-def run_both(program):
-    """Reference and JAX engine; they must agree on everything, timeline included."""
-    ref = run_comm_reference(program)
-    eng = run_comm(program)
-    assert eng.outcome() == ref.outcome()
-    assert eng.steps == ref.steps
-    np.testing.assert_array_equal(eng.clock, ref.clock)
-    np.testing.assert_array_equal(eng.start, ref.start)
-    np.testing.assert_array_equal(eng.end, ref.end)
-    return eng
-
 
 # -- op-info and structs ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hypothesis.strategies as hst
 import numpy as np
 import pytest
+from _comm import run_both
 from hypothesis import HealthCheck, given, settings
 
 from ascend_jax.aicpu import (
@@ -17,25 +18,12 @@ from ascend_jax.aicpu import (
     TaskKind,
     World,
     device_kernel,
-    run_comm,
     run_comm_reference,
 )
 
 SO = "libtest_v2.so"
 PARAM = np.dtype([("thread", np.uint64), ("a", np.uint64), ("b", np.uint64), ("n0", np.uint32), ("n1", np.uint32)])
 SEEN: list = []
-
-
-def run_both(program):
-    """Reference and JAX engine; they must agree on everything, timeline and Hcomm call times included."""
-    ref = run_comm_reference(program)
-    eng = run_comm(program)
-    assert eng.outcome() == ref.outcome()
-    assert eng.steps == ref.steps
-    np.testing.assert_array_equal(eng.clock, ref.clock)
-    np.testing.assert_array_equal(eng.start, ref.start)
-    np.testing.assert_array_equal(eng.end, ref.end)
-    return eng
 
 
 def launch(host, stream, fn_name, param, timeout_attr=None):

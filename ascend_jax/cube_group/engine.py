@@ -246,7 +246,7 @@ def prepare(
     keys = np.zeros((len(programs), 2), np.uint32)
     if shape.needs_key:  # threefry key data of jax.random.key(seed) for a 32-bit seed: [0, seed]
         keys[:, 1] = seeds_arr
-    return Prepared(shape, _Lanes(distinct, encoded, tables, index), tab, cost_arr, keys, seeds_arr)
+    return Prepared(shape, _Lanes(distinct, encoded, index), tab, cost_arr, keys, seeds_arr)
 
 
 def _memory_budget() -> int:
@@ -449,4 +449,4 @@ def _run_eager(shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.ndarr
     return st
 
 
-__all__ = ["BatchResult", "OpKind", "TRACE_COUNT", "batch_jaxpr", "compile_batch", "lane_bytes", "prepare", "simulate"]
+__all__ = ["BatchResult", "TRACE_COUNT", "batch_jaxpr", "compile_batch", "lane_bytes", "prepare", "simulate"]

@@ -30,14 +30,11 @@ _DETAIL_KEY = {
 
 
 class _Lanes:
-    """Which program each lane ran: ``index[i]`` into ``programs`` / ``encoded`` / ``tables``."""
+    """Which program each lane ran: ``index[i]`` into ``programs`` / ``encoded``."""
 
-    def __init__(
-        self, programs: list[CubeGroupProgram], encoded: list[EncodedProgram], tables: list, index: np.ndarray
-    ):
+    def __init__(self, programs: list[CubeGroupProgram], encoded: list[EncodedProgram], index: np.ndarray):
         self.programs = programs
         self.encoded = encoded
-        self.tables = tables  # numpy op tables per distinct program (witnesses read them)
         self.index = index
 
 
