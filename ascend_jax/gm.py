@@ -303,17 +303,6 @@ def element_offsets(rows: int, cols: int, stride: jax.Array, trans: jax.Array) -
     return jnp.where(trans, c * stride + r, r * stride + c)
 
 
-def tile_extent(addr, n_rows, n_cols, stride, trans, itemsize: int):
-    """First byte and one past the last byte a ``n_rows x n_cols`` tile touches (n_rows, n_cols >= 1)."""
-    last = jnp.where(trans, (n_cols - 1) * stride + n_rows - 1, (n_rows - 1) * stride + n_cols - 1)
-    return addr, addr + (last + 1) * itemsize
-
-
-def in_bounds(bounds: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
-    """Whether ``[lo, hi)`` lies inside one row of ``bounds`` (``[T, 2]``; rows with start == end never match)."""
-    return ((bounds[:, 0] <= lo) & (hi <= bounds[:, 1]) & (bounds[:, 0] < bounds[:, 1])).any()
-
-
 def _byte_indices(byte0: jax.Array, size: int) -> jax.Array:
     """``[..., size]`` byte indices of elements starting at ``byte0``."""
     return byte0[..., None] + jnp.arange(size, dtype=jnp.int32).reshape((1,) * byte0.ndim + (size,))
@@ -341,3 +330,39 @@ def store_tile(gm: jax.Array, offsets: jax.Array, valid: jax.Array, addr: jax.Ar
     idx = _byte_indices(byte0, size)
     idx = jnp.where(valid[..., None], idx, gm.shape[0])
     return gm.at[idx].set(raw, mode="drop")
+
+
+def row_starts(addr: jax.Array, n_rows: int, stride: jax.Array, itemsize: int) -> jax.Array:
+    """[n_rows] byte index in ``gm`` of each stored row of a tile at ``addr`` with ``stride``
+    elements per stored row."""
+    return addr - GM_BASE + jnp.arange(n_rows, dtype=jnp.int32) * stride * itemsize
+
+
+def load_rows(gm: jax.Array, starts: jax.Array, width: int, dtype: np.dtype) -> jax.Array:
+    """[R, width] elements: ``width`` contiguous elements from each byte index of ``starts`` [R]
+    (one windowed gather, a copy per row rather than a lookup per byte). ``gm`` must extend at
+    least ``width * itemsize`` bytes past any row that matters: windows are clamped into ``gm``,
+    so a row starting too close to its end would be read from a shifted position (callers mask
+    such rows, and the engine pads GM by :func:`row_margin`)."""
+    size = dtype.itemsize
+    raw = jax.vmap(lambda s: jax.lax.dynamic_slice(gm, (s,), (width * size,)))(starts)
+    raw = raw.reshape(starts.shape[0], width, size)
+    return jax.lax.bitcast_convert_type(raw if size > 1 else raw[..., 0], dtype)
+
+
+def store_rows(gm: jax.Array, starts: jax.Array, value: jax.Array) -> jax.Array:
+    """Writes ``value`` [R, W] (typed) as ``R`` contiguous rows at byte indices ``starts`` [R]
+    (one windowed scatter). Rows must not overlap one another."""
+    size = value.dtype.itemsize
+    raw = jax.lax.bitcast_convert_type(value, jnp.uint8)
+    raw = raw.reshape(value.shape[0], value.shape[1] * size)
+    dnums = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(1,), inserted_window_dims=(), scatter_dims_to_operand_dims=(0,)
+    )
+    return jax.lax.scatter(gm, starts[:, None], raw, dnums, indices_are_sorted=False, unique_indices=False, mode="clip")
+
+
+def row_margin(width_elements: int) -> int:
+    """Bytes of zero padding after GM so that a window of ``width_elements`` of up to 4 bytes
+    starting inside GM is never clamped."""
+    return -(-width_elements * 4 // 64) * 64

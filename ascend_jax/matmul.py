@@ -5,11 +5,12 @@ Three layers:
 * :class:`MatmulType` (``MatmulImpl<A_TYPE, B_TYPE, C_TYPE, BIAS_TYPE>``: element types and
   layouts) and :class:`TCubeTiling` (the tiling struct, validated against the documented
   constraints and the Atlas A2 buffer sizes).
-* :class:`Matmul`: the ``mm`` object passed to ``call(mm, msg, handle)``. Its methods
-  (``set_org_shape``, ``set_tail``, ``set_tensor_a``/``b``, ``set_bias``, ``iterate_all``, ``end``)
-  only record state; ``iterate_all`` appends a *matmul action* (a descriptor of int words,
-  :data:`DESC_FIELDS`) to the handle's ordered action list, next to its ``free_message`` actions.
-  The engines perform the actions in order, one per step.
+* :class:`Matmul`: the ``mm`` object of an AIC, created before ``Init`` and passed to every
+  ``call(mm, msg, handle)`` of that AIC. Its setters (``set_org_shape``, ``set_tail``,
+  ``set_tensor_a``/``b``, ``set_bias``, ...) change state that persists across calls, as on the
+  device; ``iterate_all`` appends a *matmul action* (the state it sees plus C and enAtomic,
+  :data:`ACTION_FIELDS` words) to the handle's ordered action list, next to its
+  ``free_message`` actions. The engines perform the actions in order, one per step.
 * The compute: :func:`compute_tiles` (JAX, one batched ``dot_general`` for every AIC of a step
   and every batch lane), :func:`hw_matmul` (numpy emulation of the same hardware numerics, used
   by the reference interpreter) and :func:`exact_matmul` (float64, the numerics reference).
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.errors import ConfigError
-from ascend_jax.gm import GM_BASE, dtype_name, element_offsets, get_dtype, in_bounds, load_tile, tile_extent
+from ascend_jax.gm import GM_BASE, dtype_name, element_offsets, get_dtype, load_tile
 
 # Atlas A2 (dav-c220) buffer sizes, bytes.
 L0A_SIZE = 64 * 1024
@@ -51,33 +52,15 @@ C0_BYTES = 32
 ATOMIC_NONE, ATOMIC_ADD, ATOMIC_MAX, ATOMIC_MIN = 0, 1, 2, 3
 ATOMIC_NAMES = {0: "none", 1: "add", 2: "max", 3: "min"}
 
-#: Words of a matmul action descriptor (int32 each, byte addresses as absolute GM addresses).
-DESC_FIELDS = (
-    "a_addr",
-    "b_addr",
-    "c_addr",
-    "bias_addr",
-    "m",
-    "n",
-    "k",
-    "stride_a",
-    "stride_b",
-    "stride_c",
-    "trans_a",
-    "trans_b",
-    "atomic",
-    "has_bias",
-)
-D = {name: i for i, name in enumerate(DESC_FIELDS)}
-N_DESC = len(DESC_FIELDS)
-
 _FLOATS = ("float16", "bfloat16", "float32")
 #: (A/B input type) -> (accumulator type, allowed C types, allowed bias types).
+#: Atlas A2: a float16, bfloat16 or float32 input takes a float32 or float16 bias; int8 inputs
+#: give int32, or float16 through the dequantisation scale (``SetQuantScalar``), with an int32 bias.
 SUPPORTED = {
     "float16": ("float32", _FLOATS, ("float16", "float32")),
-    "bfloat16": ("float32", _FLOATS, ("bfloat16", "float32")),
-    "float32": ("float32", _FLOATS, ("float32",)),
-    "int8": ("int32", ("int32",), ("int32",)),
+    "bfloat16": ("float32", _FLOATS, ("float32", "float16")),
+    "float32": ("float32", _FLOATS, ("float32", "float16")),
+    "int8": ("int32", ("int32", "float16"), ("int32",)),
 }
 
 #: Relative-L2 tolerance against the float64 reference, by C type. fp16 / bf16: 8 unit roundoffs
@@ -128,6 +111,11 @@ class MatmulType:
 
     def dtype(self, which: str) -> np.dtype:
         return get_dtype(getattr(self, which) if which != "acc" else self.acc)
+
+    @property
+    def dequant(self) -> bool:
+        """int8 inputs with a float16 C: L0C (int32) is scaled by the quant scale on the way out."""
+        return self.a == "int8" and self.c == "float16"
 
     @property
     def c0(self) -> int:
@@ -264,23 +252,97 @@ class _NoMatmul:
         )
 
 
-class Matmul:
-    """The ``mm`` object of a group (``MatmulImpl``), recording one call's matmul actions.
+#: The state a Matmul object keeps between calls (one int32 word each; asc-devkit
+#: ``impl/adv_api/detail/matmul/param/matmul_shape_info.h`` MatmulShapeInfo holds the org and
+#: singleCore shapes, ``CopyCubeIn::SetInput`` the A/B tensors, ``BiasScheduler`` the bias).
+#: ``quant_scale`` is the float32 bit pattern of SetQuantScalar's scale.
+MM_FIELDS = (
+    "org_m",
+    "org_n",
+    "org_ka",
+    "org_kb",
+    "org_kc",
+    "single_m",
+    "single_n",
+    "single_k",
+    "a_addr",
+    "trans_a",
+    "b_addr",
+    "trans_b",
+    "bias_addr",
+    "has_bias",
+    "quant_scale",
+)
+MF = {name: i for i, name in enumerate(MM_FIELDS)}
+N_MM = len(MM_FIELDS)
+#: An IterateAll action: the Matmul state it sees, then its own two arguments.
+ACTION_FIELDS = (*MM_FIELDS, "c_addr", "atomic")
+AF = {name: i for i, name in enumerate(ACTION_FIELDS)}
+N_ACTION = len(ACTION_FIELDS)
+#: Fields holding GM byte addresses (the encoder keeps values outside int32 in a side table).
+ADDRESS_FIELDS = ("a_addr", "b_addr", "bias_addr", "c_addr")
+#: ``MATMUL_SHAPE`` details: which SetTail / SetOrgShape argument broke its debug assert.
+SHAPE_DETAIL = ("", "M", "N", "K", "orgM", "orgN", "orgKa", "orgKb")
+ONE_F32_BITS = int(np.float32(1.0).view(np.int32))
 
-    Addresses are absolute GM byte addresses (``reinterpret_cast<__gm__ T*>(addr)``); shapes are
-    elements. Methods that take values accept Python ints, numpy or traced JAX scalars.
+
+def initial_state(tiling: TCubeTiling) -> dict[str, int]:
+    """The Matmul object right after ``Init``: org shapes and singleCore shapes from the tiling
+    (``MatmulShapeInfo::InitParams``), no tensors (address 0: outside every GM tensor), no bias,
+    quant scale 1.0."""
+    out = dict.fromkeys(MM_FIELDS, 0)
+    out.update(
+        org_m=tiling.M,
+        org_n=tiling.N,
+        org_ka=tiling.Ka,
+        org_kb=tiling.Kb,
+        single_m=tiling.singleCoreM,
+        single_n=tiling.singleCoreN,
+        single_k=tiling.singleCoreK,
+        quant_scale=ONE_F32_BITS,
+    )
+    return out
+
+
+class Matmul:
+    """The ``mm`` object of an AIC (``MatmulImpl``): state that persists from ``Init`` across
+    every ``Call`` of that AIC, as on the device.
+
+    Persistence rules (asc-devkit ``impl/adv_api/detail/matmul/matmul_impl_base.h``):
+
+    * ``set_org_shape`` replaces the five org shapes (``orgKc`` 0: C rows are ``orgN`` wide);
+    * ``set_tail(m, n, k)`` (``SetTail`` / ``SetSingleShape``) replaces each singleCore extent
+      whose argument is not -1; 0 is a real value (an empty tile). In the Norm configuration a
+      tail larger than the tiling's singleCore is legal (``CheckTailShape`` bounds it only for
+      IBShare); a debug build asserts ``tail >= -1`` and ``org > 0`` (``CheckTailShape``,
+      ``CheckOrgShape`` in ``param/matmul_shape_info.h``);
+    * ``set_tensor_a`` / ``set_tensor_b`` / ``set_bias`` / ``disable_bias`` persist until changed
+      (``End`` only releases buffers: ``scheduler/base/scheduler_base.h`` ``End``);
+    * ``iterate_all(c, en_atomic)`` uses the current state; ``enAtomic`` other than 1 (add),
+      2 (max), 3 (min) is a plain store (``SchedulerBase::SetAtomic``).
+
+    The object records what a call does in its handle, in call order: ``("matmul", words, keep,
+    when)`` for an IterateAll (:data:`ACTION_FIELDS` words) and ``("assert", detail, failed)``
+    for a debug assert (``MATMUL_SHAPE``; :data:`SHAPE_DETAIL`). Values may be Python ints, numpy
+    arrays (the encoder evaluates a callback over many messages at once) or scalars.
+
+    Symbolic use (``symbolic=True``, the encoder): the state before the call is unknown; each
+    field carries a ``keep`` flag meaning "still the value the call started with", which the
+    engine resolves from the AIC's carried state at run time.
     """
 
-    def __init__(self, mtype: MatmulType, tiling: TCubeTiling, xp: Any = np, handle: Any = None):
+    def __init__(
+        self, mtype: MatmulType, tiling: TCubeTiling, xp: Any = np, handle: Any = None, *, symbolic: bool = False
+    ):
         self.mtype = mtype
         self.tiling = tiling
         self.xp = xp
         self.handle = handle
         self.sub_block_idx = 0
-        self._org = (tiling.M, tiling.N, tiling.Ka, tiling.Kb, 0)
-        self._tail = (-1, -1, -1)
-        self._a = self._b = None
-        self._bias = None
+        self._val: dict[str, Any] = dict.fromkeys(MM_FIELDS, 0) if symbolic else initial_state(tiling)
+        self._keep: dict[str, Any] = dict.fromkeys(MM_FIELDS, symbolic)
+        #: asserts failed while no handle was bound (in ``Init``): (detail, argument name)
+        self.init_asserts: list[tuple[int, str]] = []
 
     # Element sizes for address arithmetic (``sizeof(aType)`` ...).
     @property
@@ -295,152 +357,228 @@ class Matmul:
     def c_itemsize(self) -> int:
         return self.mtype.dtype("c").itemsize
 
+    @property
+    def state(self) -> dict[str, Any]:
+        """The current field values."""
+        return dict(self._val)
+
+    def state_keep(self) -> tuple[list[Any], list[Any]]:
+        """(values, keep flags) in :data:`MM_FIELDS` order."""
+        return [self._val[f] for f in MM_FIELDS], [self._keep[f] for f in MM_FIELDS]
+
+    def _set(self, name: str, value: Any, keep_if: Any = False) -> None:
+        """Sets a field, or keeps it where ``keep_if`` holds (SetTail's -1, a call not made)."""
+        if keep_if is False:
+            self._val[name], self._keep[name] = value, False
+        else:
+            xp = self.xp
+            self._val[name] = xp.where(keep_if, self._val[name], value)
+            self._keep[name] = xp.where(keep_if, self._keep[name], False)
+
+    def _assert(self, detail: int, failed: Any) -> None:
+        """A debug assert of the Matmul API (``MATMUL_SHAPE`` with ``detail``)."""
+        if self.handle is None:
+            if bool(np.any(failed)):
+                self.init_asserts.append((detail, SHAPE_DETAIL[detail]))
+            return
+        self.handle.actions.append(("assert", detail, failed))
+
+    def _skip(self, when: Any) -> Any:
+        """``keep_if`` of a setter called with ``when``: False when the call is always made."""
+        return False if when is True else ~self.xp.asarray(when, bool)
+
     def init(self, tiling: Any = None) -> None:
         """``mm.Init(&tiling)``: the tiling is the group's; accepted for source compatibility."""
 
     def set_sub_block_idx(self, idx: int) -> None:
         self.sub_block_idx = idx
 
-    def set_org_shape(self, org_m, org_n, org_ka, org_kb=None, org_kc=0) -> None:
-        """``SetOrgShape(M, N, K)`` or ``SetOrgShape(M, N, Ka, Kb, Kc=0)``; Kc 0 means C's width is N."""
-        self._org = (org_m, org_n, org_ka, org_ka if org_kb is None else org_kb, org_kc)
+    def set_org_shape(self, org_m, org_n, org_ka, org_kb=None, org_kc=0, *, when=True) -> None:
+        """``SetOrgShape(M, N, K)`` or ``SetOrgShape(M, N, Ka, Kb, Kc=0)``; Kc 0 means C's width is N.
 
-    def set_tail(self, tail_m=-1, tail_n=-1, tail_k=-1) -> None:
-        """``SetTail``: the shape of the next IterateAll; a value <= 0 keeps singleCoreM/N/K."""
-        self._tail = (tail_m, tail_n, tail_k)
+        Every setter takes ``when`` (keyword, may be traced): the call is made only where it holds,
+        for callbacks that set state inside a loop the device runs a data-dependent number of times.
+        """
+        org_kb = org_ka if org_kb is None else org_kb
+        values = (org_m, org_n, org_ka, org_kb, org_kc)
+        skip = self._skip(when)
+        for i, v in enumerate(values[:4]):
+            self._assert(4 + i, (self.xp.asarray(v) <= 0) & ~self.xp.asarray(skip))
+        for name, v in zip(("org_m", "org_n", "org_ka", "org_kb", "org_kc"), values, strict=True):
+            self._set(name, v, skip)
+
+    def set_tail(self, tail_m=-1, tail_n=-1, tail_k=-1, *, when=True) -> None:
+        """``SetTail(m, n, k)``: replaces each singleCore extent whose argument is not -1."""
+        xp = self.xp
+        skip = xp.asarray(self._skip(when))
+        for i, (name, v) in enumerate(zip(("single_m", "single_n", "single_k"), (tail_m, tail_n, tail_k), strict=True)):
+            self._assert(1 + i, (xp.asarray(v) < -1) & ~skip)
+            self._set(name, v, keep_if=(xp.asarray(v) == -1) | skip)
 
     set_single_shape = set_tail
 
-    def set_tensor_a(self, addr, is_transpose_a=False) -> None:
+    def set_tensor_a(self, addr, is_transpose_a=False, *, when=True) -> None:
         """``SetTensorA(gm, isTransposeA)``: A is [M, Ka] row-major, or [Ka, M] when transposed."""
-        self._a = (addr, is_transpose_a)
+        self._set("a_addr", addr, self._skip(when))
+        self._set("trans_a", self.xp.asarray(is_transpose_a).astype(np.int32), self._skip(when))
 
-    def set_tensor_b(self, addr, is_transpose_b=False) -> None:
+    def set_tensor_b(self, addr, is_transpose_b=False, *, when=True) -> None:
         """``SetTensorB(gm, isTransposeB)``: B is [Kb, N] row-major, or [N, Kb] when transposed."""
-        self._b = (addr, is_transpose_b)
+        self._set("b_addr", addr, self._skip(when))
+        self._set("trans_b", self.xp.asarray(is_transpose_b).astype(np.int32), self._skip(when))
 
-    def set_bias(self, addr) -> None:
-        """``SetBias(gm)``: a [N] bias row, L0C's initial value (address 0: no bias)."""
-        self._bias = addr
+    def set_bias(self, addr, *, when=True) -> None:
+        """``SetBias(gm)``: a [N] bias row, L0C's initial value, until ``disable_bias``. Address 0
+        (a null tensor) disables the bias instead: the project's convention for messages that
+        carry an optional bias address."""
+        self._set("bias_addr", addr, self._skip(when))
+        self._set("has_bias", (self.xp.asarray(addr) != 0).astype(np.int32), self._skip(when))
 
-    def disable_bias(self) -> None:
-        self._bias = None
+    def disable_bias(self, *, when=True) -> None:
+        """``DisableBias()`` / ``ClearBias()``."""
+        self._set("has_bias", 0, self._skip(when))
+
+    clear_bias = disable_bias
+
+    def set_quant_scalar(self, scale: float, *, when=True) -> None:
+        """``SetQuantScalar``: the dequantisation scale of int8 x int8 -> float16 (C = half(acc * scale))."""
+        bits = np.asarray(scale, np.float32).view(np.int32)
+        self._set("quant_scale", bits, self._skip(when))
 
     def end(self) -> None:
-        """``End()``: nothing to release in the model."""
+        """``End()``: releases buffers; the state above persists."""
 
     def iterate_all(self, c_addr, en_atomic=0, *, when=True) -> None:
-        """``IterateAll(gmC, enAtomic)``: computes singleCoreM x singleCoreN (or the tail) into C.
+        """``IterateAll(gmC, enAtomic)``: computes the current singleCore shape into C.
 
-        ``en_atomic``: 0 store, 1 atomic add, 2 atomic max, 3 atomic min. ``when`` (keyword, may be
-        traced) makes the action conditional, since callbacks cannot branch on traced values.
+        ``en_atomic``: 1 atomic add, 2 atomic max, 3 atomic min, anything else a plain store.
+        ``when`` (keyword, may be traced) makes the action conditional, since callbacks cannot
+        branch on traced values.
         """
-        if self._a is None or self._b is None:
-            raise ConfigError(
-                "callback", "mm.iterate_all", "called before set_tensor_a and set_tensor_b", "set both tensors first"
-            )
         if self.handle is None:
             raise ConfigError(
                 "callback", "mm.iterate_all", "the Matmul object is not bound to a handle (used in init?)"
             )
-        xp = self.xp
-        t = self.tiling
-        org_m, org_n, org_ka, org_kb, org_kc = self._org
-        tm, tn, tk = self._tail
-        m = xp.where(xp.asarray(tm) > 0, tm, t.singleCoreM)
-        n = xp.where(xp.asarray(tn) > 0, tn, t.singleCoreN)
-        k = xp.where(xp.asarray(tk) > 0, tk, t.singleCoreK)
-        a_addr, ta = self._a
-        b_addr, tb = self._b
-        ta = xp.asarray(ta).astype(bool)
-        tb = xp.asarray(tb).astype(bool)
-        desc = {
-            "a_addr": a_addr,
-            "b_addr": b_addr,
-            "c_addr": c_addr,
-            "bias_addr": 0 if self._bias is None else self._bias,
-            "m": m,
-            "n": n,
-            "k": k,
-            "stride_a": xp.where(ta, org_m, org_ka),
-            "stride_b": xp.where(tb, org_kb, org_n),
-            "stride_c": xp.where(xp.asarray(org_kc) > 0, org_kc, org_n),
-            "trans_a": ta,
-            "trans_b": tb,
-            "atomic": en_atomic,
-            "has_bias": False if self._bias is None else xp.asarray(self._bias) != 0,
-        }
-        words = [desc[name] for name in DESC_FIELDS]
-        self.handle.record_matmul(words, when)
+        vals, keeps = self.state_keep()
+        self.handle.actions.append(("matmul", [*vals, c_addr, en_atomic], [*keeps, False, False], when))
 
 
-# -- checks shared by both engines -----------------------------------------------------------
+def check_init_asserts(mm: Matmul, group: str, build: str) -> None:
+    """A debug build cannot start when ``Init`` broke a Matmul assert (the kernel aborts before
+    any message); a release build keeps the value (e.g. a negative singleCore: empty tiles)."""
+    if mm.init_asserts and build != "release":
+        detail, name = mm.init_asserts[0]
+        arg = f"SetOrgShape {name}" if detail >= 4 else f"SetTail {name}"
+        raise ConfigError(
+            f"group {group!r} callback init",
+            arg,
+            "breaks a Matmul debug assert (tails must be >= -1, org shapes > 0)",
+            "fix the value, or run with build = 'release' to see what the device does",
+        )
 
 
-def shape_error(tiling: TCubeTiling, m, n, k, atomic, xp=np):
-    """Dispatch-time check of a descriptor: 0 ok, else the offending word index + 1 encoded as
-    1 (m), 2 (n), 3 (k) for a tail larger than singleCore, 4 for enAtomic outside 0..3."""
-    return xp.where(
-        m > tiling.singleCoreM,
-        1,
-        xp.where(
-            n > tiling.singleCoreN, 2, xp.where(k > tiling.singleCoreK, 3, xp.where((atomic < 0) | (atomic > 3), 4, 0))
-        ),
-    )
+def descriptor(f: Any, xp: Any = np) -> dict[str, Any]:
+    """The tile an IterateAll computes, from its :data:`ACTION_FIELDS` words ``f`` (indexable by
+    position; arrays broadcast): addresses, extents m/n/k (<= 0: empty), element strides."""
+    ta, tb = f[AF["trans_a"]] != 0, f[AF["trans_b"]] != 0
+    kc = f[AF["org_kc"]]
+    return {
+        "a_addr": f[AF["a_addr"]],
+        "b_addr": f[AF["b_addr"]],
+        "c_addr": f[AF["c_addr"]],
+        "bias_addr": f[AF["bias_addr"]],
+        "m": f[AF["single_m"]],
+        "n": f[AF["single_n"]],
+        "k": f[AF["single_k"]],
+        "stride_a": xp.where(ta, f[AF["org_m"]], f[AF["org_ka"]]),
+        "stride_b": xp.where(tb, f[AF["org_kb"]], f[AF["org_n"]]),
+        "stride_c": xp.where(kc > 0, kc, f[AF["org_n"]]),
+        "trans_a": ta,
+        "trans_b": tb,
+        "atomic": f[AF["atomic"]],
+        "has_bias": f[AF["has_bias"]] != 0,
+        "quant_scale": f[AF["quant_scale"]],
+    }
+
+
+def empty_tile(d: dict[str, Any]) -> Any:
+    """Whether an IterateAll computes nothing (an extent <= 0): it reads and writes no GM."""
+    return (d["m"] <= 0) | (d["n"] <= 0) | (d["k"] <= 0)
+
+
+# -- GM bounds, shared by both engines ------------------------------------------------------
+
+
+def tile_inside(bounds: Any, addr: Any, rows: Any, cols: Any, stride: Any, trans: Any, itemsize: int, xp: Any = np):
+    """Whether every element of a ``rows x cols`` tile (rows, cols >= 1) at byte ``addr`` lies in
+    one tensor of ``bounds`` ([T, 2] byte ranges). Element (i, j) is at element offset
+    ``i * stride + j`` (``j * stride + i`` when ``trans``). Written without products that could
+    leave int32 (the JAX engine's type): the tile fits iff its stored row width fits in the
+    tensor from ``addr`` and its stored rows fit in what is left, one stride at a time. A negative
+    stride over several rows, or a negative address, is outside."""
+    r = xp.where(trans, cols, rows)  # stored rows
+    c = xp.where(trans, rows, cols)  # elements per stored row
+    addr, r, c, stride = xp.broadcast_arrays(*(xp.asarray(x) for x in (addr, r, c, stride)))
+    lead = (1,) * addr.ndim
+    b0, b1 = bounds[:, 0].reshape(-1, *lead), bounds[:, 1].reshape(-1, *lead)
+    addr, r, c, stride = (x[None] for x in (addr, r, c, stride))
+    live = (b0 <= addr) & (addr < b1) & (b0 < b1)
+    cap = xp.where(live, (b1 - addr) // itemsize, 0)  # elements from addr to the tensor's end
+    room = cap - c
+    rows_ok = (r == 1) | (stride == 0) | ((stride > 0) & (r - 1 <= room // xp.maximum(stride, 1)))
+    return (live & (room >= 0) & rows_ok).any(axis=0)
+
+
+def check_operands(mt: MatmulType, bounds: Any, d: dict[str, Any], xp: Any = np):
+    """(ok, first bad address) of a descriptor: A, B, C and the bias (when enabled) must each lie
+    in one tensor. An empty tile (:func:`empty_tile`) touches nothing and is always ok."""
+    m, n, k = d["m"], d["n"], d["k"]
+    oks = [
+        tile_inside(bounds, d["a_addr"], m, k, d["stride_a"], d["trans_a"], mt.dtype("a").itemsize, xp),
+        tile_inside(bounds, d["b_addr"], k, n, d["stride_b"], d["trans_b"], mt.dtype("b").itemsize, xp),
+        tile_inside(bounds, d["c_addr"], m, n, d["stride_c"], False, mt.dtype("c").itemsize, xp),
+        tile_inside(bounds, d["bias_addr"], 1, n, n, False, mt.dtype("bias").itemsize, xp) | ~d["has_bias"],
+    ]
+    addrs = [d["a_addr"], d["b_addr"], d["c_addr"], d["bias_addr"]]
+    bad = xp.zeros_like(xp.asarray(d["a_addr"]))
+    for ok_i, addr in reversed(list(zip(oks, addrs, strict=True))):
+        bad = xp.where(ok_i, bad, addr)
+    ok = (oks[0] & oks[1] & oks[2] & oks[3]) | empty_tile(d)
+    return ok, bad
 
 
 # -- JAX compute ---------------------------------------------------------------------------
 
 
-def _operand_specs(mt: MatmulType, tiling: TCubeTiling):
-    kp = tiling.k_chunks * tiling.baseK
-    return kp, (tiling.singleCoreM, kp), (kp, tiling.singleCoreN)
+def padded_k(tiling: TCubeTiling, k_max: int) -> int:
+    """K extent of the engine's static operand tiles: ``k_max`` rounded up to whole baseK chunks."""
+    return -(-k_max // tiling.baseK) * tiling.baseK
 
 
-def gather_operands(mt: MatmulType, tiling: TCubeTiling, gm: jax.Array, desc: jax.Array):
-    """Loads one descriptor's A [M, Kp], B [Kp, N] and bias [N] (masked, zero padded) and returns
-    them with the address checks: ``ok`` and the first bad address (0 if none)."""
-    kp, (mm_, _), (_, nn) = _operand_specs(mt, tiling)
-    m, n, k = desc[D["m"]], desc[D["n"]], desc[D["k"]]
-    r_m = jnp.arange(mm_)[:, None]
-    c_k = jnp.arange(kp)[None, :]
-    a_valid = (r_m < m) & (c_k < k)
-    a_off = element_offsets(mm_, kp, desc[D["stride_a"]], desc[D["trans_a"]] != 0)
-    a = load_tile(gm, a_off, a_valid, desc[D["a_addr"]], mt.dtype("a"))
+def gather_operands(mt: MatmulType, dims: tuple[int, int, int], gm: jax.Array, d: dict[str, jax.Array]):
+    """Loads one descriptor's A [Mt, Kp], B [Kp, Nt] and bias [Nt] (masked, zero padded) from
+    ``gm`` [G] uint8; ``dims`` = (Mt, Nt, Kp) are the static tile bounds of the program."""
+    mm_, nn, kp = dims
+    m, n, k = d["m"], d["n"], d["k"]
+    a_valid = (jnp.arange(mm_)[:, None] < m) & (jnp.arange(kp)[None, :] < k)
+    a = load_tile(gm, element_offsets(mm_, kp, d["stride_a"], d["trans_a"]), a_valid, d["a_addr"], mt.dtype("a"))
     b_valid = (jnp.arange(kp)[:, None] < k) & (jnp.arange(nn)[None, :] < n)
-    b_off = element_offsets(kp, nn, desc[D["stride_b"]], desc[D["trans_b"]] != 0)
-    b = load_tile(gm, b_off, b_valid, desc[D["b_addr"]], mt.dtype("b"))
-    has_bias = desc[D["has_bias"]] != 0
-    bias_valid = (jnp.arange(nn) < n) & has_bias
-    bias = load_tile(gm, jnp.arange(nn, dtype=jnp.int32), bias_valid, desc[D["bias_addr"]], mt.dtype("bias"))
+    b = load_tile(gm, element_offsets(kp, nn, d["stride_b"], d["trans_b"]), b_valid, d["b_addr"], mt.dtype("b"))
+    bias_valid = (jnp.arange(nn) < n) & d["has_bias"]
+    bias = load_tile(gm, jnp.arange(nn, dtype=jnp.int32), bias_valid, d["bias_addr"], mt.dtype("bias"))
     return a, b, bias
 
 
-def check_addresses(mt: MatmulType, tiling: TCubeTiling, bounds: jax.Array, desc: jax.Array):
-    """Whether every byte A, B, C and bias touch lies in one tensor; and the first bad address."""
-    m, n, k = desc[D["m"]], desc[D["n"]], desc[D["k"]]
-    spans = [
-        tile_extent(desc[D["a_addr"]], m, k, desc[D["stride_a"]], desc[D["trans_a"]] != 0, mt.dtype("a").itemsize),
-        tile_extent(desc[D["b_addr"]], k, n, desc[D["stride_b"]], desc[D["trans_b"]] != 0, mt.dtype("b").itemsize),
-        tile_extent(desc[D["c_addr"]], m, n, desc[D["stride_c"]], False, mt.dtype("c").itemsize),
-    ]
-    oks = [in_bounds(bounds, lo, hi) for lo, hi in spans]
-    bias_lo, bias_hi = tile_extent(desc[D["bias_addr"]], 1, n, n, False, mt.dtype("bias").itemsize)
-    oks.append(in_bounds(bounds, bias_lo, bias_hi) | (desc[D["has_bias"]] == 0))
-    addrs = [desc[D["a_addr"]], desc[D["b_addr"]], desc[D["c_addr"]], desc[D["bias_addr"]]]
-    bad = jnp.int32(0)
-    for ok_i, addr in reversed(list(zip(oks, addrs, strict=True))):
-        bad = jnp.where(ok_i, bad, addr)
-    ok = oks[0] & oks[1] & oks[2] & oks[3]
-    return ok, bad
-
-
-def compute_tiles(mt: MatmulType, tiling: TCubeTiling, a: jax.Array, b: jax.Array, bias: jax.Array) -> jax.Array:
+def compute_tiles(
+    mt: MatmulType, tiling: TCubeTiling, a: jax.Array, b: jax.Array, bias: jax.Array, scale: jax.Array | None = None
+) -> jax.Array:
     """The cube unit on a batch of tiles: ``a [..., M, Kp]``, ``b [..., Kp, N]``, ``bias [..., N]`` ->
     ``[..., M, N]`` in the C type. One ``dot_general`` over all leading dims and the K chunks,
-    then the chunk partials are added to L0C in order, then one rounding to C."""
+    then the chunk partials are added to L0C in order, then one rounding to C (int8 -> float16:
+    ``half(acc * scale)``, ``scale`` [...] float32)."""
     acc_t = mt.dtype("acc")
-    nk, bk = tiling.k_chunks, tiling.baseK
+    bk = tiling.baseK
+    nk = a.shape[-1] // bk
     lead = a.shape[:-2]
     m, n = a.shape[-2], b.shape[-1]
     a4 = a.reshape(*lead, m, nk, bk)
@@ -450,11 +588,14 @@ def compute_tiles(mt: MatmulType, tiling: TCubeTiling, a: jax.Array, b: jax.Arra
     acc = jnp.broadcast_to(bias.astype(acc_t)[..., None, :], (*lead, m, n))
     for j in range(nk):
         acc = acc + parts[..., j, :, :]
+    if mt.dequant:
+        s = jnp.ones(lead, jnp.float32) if scale is None else scale
+        return (acc.astype(jnp.float32) * s[..., None, None]).astype(mt.dtype("c"))
     return acc.astype(mt.dtype("c"))
 
 
 def combine(mt: MatmulType, old: Any, new: Any, atomic: Any, xp: Any = jnp) -> Any:
-    """GM write of a C tile: store (0), or atomic add / max / min in the C type."""
+    """GM write of a C tile: atomic add (1) / max (2) / min (3) in the C type, else a store."""
     c_t = mt.dtype("c")
     added = old + new if c_t.kind == "i" else (old.astype(np.float32) + new.astype(np.float32)).astype(c_t)
     return xp.where(
@@ -485,7 +626,9 @@ def np_store(image: np.ndarray, addr: int, stride: int, value: np.ndarray) -> No
     image[idx] = np.ascontiguousarray(value).view(np.uint8).reshape(rows, cols, value.dtype.itemsize)
 
 
-def hw_matmul(mt: MatmulType, tiling: TCubeTiling, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+def hw_matmul(
+    mt: MatmulType, tiling: TCubeTiling, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, scale: float = 1.0
+) -> np.ndarray:
     """numpy emulation of :func:`compute_tiles` for one tile (a [m, k], b [k, n], bias [n] or None)."""
     acc_t = mt.dtype("acc")
     m, k = a.shape
@@ -494,13 +637,16 @@ def hw_matmul(mt: MatmulType, tiling: TCubeTiling, a: np.ndarray, b: np.ndarray,
     for j in range(0, k, tiling.baseK):
         part = a[:, j : j + tiling.baseK].astype(acc_t) @ b[j : j + tiling.baseK].astype(acc_t)
         acc = (acc + part).astype(acc_t)
+    if mt.dequant:
+        return (acc.astype(np.float32) * np.float32(scale)).astype(mt.dtype("c"))
     return acc.astype(mt.dtype("c"))
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """float64 reference of one tile: ``bias + a @ b`` with no rounding."""
+def exact_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, scale: float = 1.0) -> np.ndarray:
+    """float64 reference of one tile: ``(bias + a @ b) * scale`` with no rounding."""
     out = a.astype(np.float64) @ b.astype(np.float64)
-    return out if bias is None else out + bias.astype(np.float64)
+    out = out if bias is None else out + bias.astype(np.float64)
+    return out * scale if scale != 1.0 else out
 
 
 def exact_combine(old: np.ndarray, new: np.ndarray, atomic: int) -> np.ndarray:

@@ -36,8 +36,7 @@ _ERROR_HINTS = {
     "FREE_UNUSED_COLUMN": "the last AIC serves fewer queues: free only columns below its queue count",
     "BAD_WAIT_STATE": "pass VALID or FAKE as FreeMessage's waitState (or none)",
     "RECEIVE_LOG_FULL": "raise max_received in the scenario",
-    "MATMUL_SHAPE": "keep each tail (tailM/N/K) within the tiling's singleCoreM/N/K",
-    "MATMUL_ATOMIC": "use enAtomic 0 (none), 1 (add), 2 (max) or 3 (min)",
+    "MATMUL_SHAPE": "pass SetTail -1 (keep) or an extent >= 0, and SetOrgShape positive shapes",
     "GM_OUT_OF_RANGE": "check the message's addresses and strides against the scenario's tensors",
 }
 

@@ -139,10 +139,11 @@ COMBOS = [
     ("float16", "float32", "float32"),
     ("float16", "float16", "float16"),
     ("float16", "bfloat16", None),
-    ("bfloat16", "float32", "bfloat16"),
+    ("bfloat16", "float32", "float16"),
     ("bfloat16", "bfloat16", "float32"),
     ("bfloat16", "float16", None),
     ("float32", "float32", "float32"),
+    ("float32", "float32", "float16"),
     ("float32", "float16", None),
     ("float32", "bfloat16", None),
     ("int8", "int32", "int32"),
@@ -261,11 +262,16 @@ def test_out_of_range_address_is_an_error_and_writes_nothing():
     assert simulate(p)[0].outcome() == run_reference(p).outcome()
 
 
-def test_null_address_and_tail_over_tiling_are_errors():
+def test_null_address_is_an_error_and_a_tail_over_single_core_is_legal():
     p = _kernel(tails=(0, 0, 0))
-    bad = _kernel(tails=(17, 0, 0))  # tailM 17 > singleCoreM 16
-    for r in (simulate(bad)[0], run_reference(bad)):
-        assert r.status == Status.ERROR and r.error["code"] == "MATMUL_SHAPE" and r.error["dimension"] == "M"
+    big = _kernel(tails=(17, 0, 0))  # tailM 17 > singleCoreM 16: legal in the Norm configuration
+    for r in (simulate(big)[0], run_reference(big)):
+        # task 0 computes 17 rows (into C[0] and C[1]'s first row); task 1's 17th A row is past A
+        assert r.status == Status.ERROR and r.error["code"] == "GM_OUT_OF_RANGE" and r.error["depth"] == 0
+        assert r.error["queue"] == 1
+        a, b = big.gm.read("a").astype(np.float64), big.gm.read("b").astype(np.float64)
+        want = (a.reshape(-1, 64)[:17] @ b[0]).astype(np.float32)
+        np.testing.assert_allclose(r.tensor("c").reshape(-1, 16)[:17], want, rtol=1e-5, atol=1e-5)
     assert simulate(p)[0].status == Status.OK
     kern = CubeGroupKernel()
     kern.alloc("c", (16, 16), "float32")
@@ -327,7 +333,10 @@ def test_compute_of_a_step_is_one_batched_dot_general():
 
 def test_matmul_type_and_tiling_validation():
     with pytest.raises(ConfigError, match="matmul.c"):
-        MatmulType("int8", "int8", "float16")
+        MatmulType("int8", "int8", "bfloat16", "int32")
+    with pytest.raises(ConfigError, match="matmul.bias"):
+        MatmulType("bfloat16", "bfloat16", "float32", "bfloat16")
+    assert MatmulType("int8", "int8", "float16", "int32").dequant
     with pytest.raises(ConfigError, match="matmul.b"):
         MatmulType("float16", "float32", "float32")
     with pytest.raises(ConfigError, match="a_format"):

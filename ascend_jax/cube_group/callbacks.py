@@ -1,7 +1,8 @@
 """AIC callbacks (``CallBack::Init`` / ``CallBack::Call``) and the handle calls made inside them.
 
 A callback is a class with ``init(mm, tiling)``, run once per AIC before its first message, and
-``call(mm, msg, handle)``, run for every non-QUIT message the AIC receives (spec §6.1). The same
+``call(mm, msg, handle)``, run for every non-QUIT message the AIC receives (spec §6.1). ``mm`` is
+the AIC's one Matmul object: what ``init`` and earlier calls set on it persists. The same
 callback object serves both engines:
 
 * the reference interpreter calls it with plain Python / numpy scalars, one message at a time;
@@ -80,7 +81,8 @@ class AicHandle:
         self.queues = queues
         self.column = column
         self.depth = depth
-        #: the call's ordered actions: ("free", offset, wait_state, when) or ("matmul", words, when)
+        #: the call's ordered actions: ("free", offset, wait_state, when), ("matmul", words, keep,
+        #: when) or ("assert", detail, failed) (see :class:`ascend_jax.matmul.Matmul`)
         self.actions: list[tuple] = []
         self.skip: Any = 0
 
@@ -88,10 +90,6 @@ class AicHandle:
     def frees(self) -> list[tuple[Any, Any, Any]]:
         """The free actions as (offset, wait_state, when), in order."""
         return [a[1:] for a in self.actions if a[0] == "free"]
-
-    def record_matmul(self, words: list[Any], when: Any = True) -> None:
-        """Appends a matmul action (:data:`ascend_jax.matmul.DESC_FIELDS` words); used by ``Matmul.iterate_all``."""
-        self.actions.append(("matmul", list(words), when))
 
     def free_message(self, msg: MsgRef, wait_state: Any = None, *, when: Any = True) -> None:
         """``FreeMessage(msg)`` or ``FreeMessage(msg, waitState)``, performed only if ``when``.
@@ -169,13 +167,15 @@ class MatmulCallback(_StatelessCallback):
     Matmul of every message; see :class:`SeedCallback` for the exact one).
 
     For a VALID message with ``skipCnt = k`` (0 for a single task), for i = 0..k: SetOrgShape from
-    the message (a value <= 0 keeps the tiling's), SetTail(tailM, tailN, tailK) with ``lastTailM``
-    instead of tailM for i == k (when lastTailM > 0), SetTensorA(aAddr + i*aGap*sizeof(A),
-    isTransA), SetTensorB(bAddr + i*bGap*sizeof(B), isTransB), SetBias(biasAddr) when non-zero,
-    IterateAll(cAddr + i*cGap*sizeof(C), isAtomic), End, then FreeMessage(msg + i, VALID for i = 0
-    else FAKE); finally SetSkipMsg(k). A FAKE that no skip covered is freed without compute (the
-    seed's callback would compute on its stale payload). Fields the message type lacks (e.g. with
-    the 64-byte CubeMsgBody: lastTailM, org shapes, cGap, biasAddr) count as 0.
+    the message (a value <= 0 takes the tiling's), SetTail(tailM, tailN, tailK) with ``lastTailM``
+    instead of tailM for i == k (when lastTailM > 0) and a value <= 0 taking the tiling's
+    singleCore (so no tail leaks from an earlier message through the persistent Matmul object),
+    SetTensorA(aAddr + i*aGap*sizeof(A), isTransA), SetTensorB(bAddr + i*bGap*sizeof(B),
+    isTransB), SetBias(biasAddr) (0: no bias), IterateAll(cAddr + i*cGap*sizeof(C), isAtomic),
+    End, then FreeMessage(msg + i, VALID for i = 0 else FAKE); finally SetSkipMsg(k). A FAKE that
+    no skip covered is freed without compute (the seed's callback would compute on its stale
+    payload). Fields the message type lacks (e.g. with the 64-byte CubeMsgBody: lastTailM, org
+    shapes, cGap, biasAddr) count as 0.
     """
 
     required_fields: tuple[str, ...] = (
@@ -200,12 +200,18 @@ class MatmulCallback(_StatelessCallback):
             get("kcOrgShape"),
         )
         for i in range(handle.aiv_per_aic):
-            last_tail = xp.where((i == k) & (get("lastTailM") > 0), get("lastTailM"), msg.tailM)
-            mm.set_tail(last_tail, msg.tailN, msg.tailK)
-            mm.set_tensor_a(msg.aAddr + i * get("aGap") * mm.a_itemsize, msg.isTransA)
-            mm.set_tensor_b(msg.bAddr + i * get("bGap") * mm.b_itemsize, msg.isTransB)
-            mm.set_bias(get("biasAddr"))
-            mm.iterate_all(msg.cAddr + i * get("cGap") * mm.c_itemsize, msg.isAtomic, when=valid & (i <= k))
+            run = valid & (i <= k)
+            tail_m = xp.where((i == k) & (get("lastTailM") > 0), get("lastTailM"), msg.tailM)
+            mm.set_tail(
+                xp.where(tail_m > 0, tail_m, t.singleCoreM),
+                xp.where(msg.tailN > 0, msg.tailN, t.singleCoreN),
+                xp.where(msg.tailK > 0, msg.tailK, t.singleCoreK),
+                when=run,
+            )
+            mm.set_tensor_a(msg.aAddr + i * get("aGap") * mm.a_itemsize, msg.isTransA, when=run)
+            mm.set_tensor_b(msg.bAddr + i * get("bGap") * mm.b_itemsize, msg.isTransB, when=run)
+            mm.set_bias(get("biasAddr"), when=run)
+            mm.iterate_all(msg.cAddr + i * get("cGap") * mm.c_itemsize, msg.isAtomic, when=run)
             mm.end()
             if i == 0:
                 handle.free_message(msg, xp.where(valid, int(CubeMsgState.VALID), NO_WAIT))
@@ -221,10 +227,12 @@ class SeedCallback(_StatelessCallback):
     FAKE) and i = 0..k: SetOrgShape from the message, SetTail(tailM, tailN, tailK) with
     ``lastTailM`` for i == k, SetTensorA(aAddr + i*aGap*sizeof(A), isTransA), SetTensorB(bAddr +
     i*bGap*sizeof(B), isTransB), IterateAll(cAddr + i*cGap*sizeof(C), isAtomic), End, then
-    ``FreeMessage(rcvMsg + i, i > 0 ? FAKE : VALID)``; finally SetSkipMsg(k). So a FAKE that no
-    skip covered is computed on its stale payload and then ``FreeMessage(rcvMsg, VALID)`` waits for
-    VALID on a FAKE slot forever: a deadlock whose witness is the AIC waiting for VALID. Needs the
-    128-byte message (``CubeMatmulMsg``). Compare :class:`MatmulCallback`, the tolerant variant.
+    ``FreeMessage(rcvMsg + i, i > 0 ? FAKE : VALID)``; finally SetSkipMsg(k). The Matmul object
+    persists across calls, so SetTail's -1 keeps the previous message's extent and 0 is an empty
+    tile. An uncovered FAKE is computed on its stale payload and then ``FreeMessage(rcvMsg,
+    VALID)`` waits for VALID on a FAKE slot forever: a deadlock whose witness is the AIC waiting
+    for VALID. Needs the 128-byte message (``CubeMatmulMsg``). Compare :class:`MatmulCallback`,
+    the tolerant variant.
     """
 
     required_fields: tuple[str, ...] = (
@@ -236,12 +244,13 @@ class SeedCallback(_StatelessCallback):
         k = msg.skipCnt
         mm.set_org_shape(msg.mOrgShape, msg.nOrgShape, msg.kaOrgShape, msg.kbOrgShape, msg.kcOrgShape)
         for i in range(handle.aiv_per_aic):
-            mm.set_tail(handle.xp.where(i == k, msg.lastTailM, msg.tailM), msg.tailN, msg.tailK)
-            mm.set_tensor_a(msg.aAddr + i * msg.aGap * mm.a_itemsize, msg.isTransA)
-            mm.set_tensor_b(msg.bAddr + i * msg.bGap * mm.b_itemsize, msg.isTransB)
-            mm.iterate_all(msg.cAddr + i * msg.cGap * mm.c_itemsize, msg.isAtomic, when=i <= k)
+            run = i <= k
+            mm.set_tail(handle.xp.where(i == k, msg.lastTailM, msg.tailM), msg.tailN, msg.tailK, when=run)
+            mm.set_tensor_a(msg.aAddr + i * msg.aGap * mm.a_itemsize, msg.isTransA, when=run)
+            mm.set_tensor_b(msg.bAddr + i * msg.bGap * mm.b_itemsize, msg.isTransB, when=run)
+            mm.iterate_all(msg.cAddr + i * msg.cGap * mm.c_itemsize, msg.isAtomic, when=run)
             mm.end()
-            handle.free_message(msg + i, CubeMsgState.FAKE if i else CubeMsgState.VALID, when=i <= k)
+            handle.free_message(msg + i, CubeMsgState.FAKE if i else CubeMsgState.VALID, when=run)
         handle.set_skip_msg(k)
 
 

@@ -38,8 +38,17 @@ from ascend_jax.cube_group.result import message_table
 from ascend_jax.cube_group.status import ErrorCode, OpKind
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GM_BASE
-from ascend_jax.matmul import DESC_FIELDS, N_DESC, Matmul, _NoMatmul, shape_error
-from ascend_jax.matmul import D as DM
+from ascend_jax.matmul import (
+    ACTION_FIELDS,
+    ADDRESS_FIELDS,
+    MM_FIELDS,
+    N_ACTION,
+    N_MM,
+    Matmul,
+    _NoMatmul,
+    check_init_asserts,
+    padded_k,
+)
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 
 FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
@@ -55,15 +64,19 @@ class EncodedProgram:
     Versions ``[N]``: ``ver_slot`` (global slot), ``ver_group``, ``ver_state``, ``ver_aiv_id``,
     ``ver_msg`` (per-group message id of the payload, -1 zeros); the callback's decision:
     ``ver_code`` (first failing action, 0 none: where a debug build stops), ``ver_detail`` (offset,
-    wait state, dimension or enAtomic, by code), ``ver_stop`` / ``ver_stop_detail`` (first Matmul
-    error: stops in every build), (a release build judges the free asserts at run time, from the
-    receiving AIC), ``ver_skip``, ``ver_first`` (first enabled action, F if none). The skip
-    asserts depend on the AIC's ``aivWork`` at run time, so the engine checks them.
+    wait state or Matmul argument, by code; a release build judges the free asserts at run time,
+    from the receiving AIC), ``ver_skip``, ``ver_first`` (first enabled action, F if none). The
+    skip asserts depend on the AIC's ``aivWork`` at run time, so the engine checks them.
     Actions ``[N, F]``: ``act_slot`` (global slot of a free), ``act_wait``, ``act_mm``, ``act_en``
-    (the action is performed), ``act_next``
-    (next enabled action, F if none), ``act_bad`` (matmul outside GM), ``act_desc`` ``[N, F, D]``
-    (int64, zero where bad), ``act_fractals`` and ``act_traffic`` (float32, timed cost of a matmul).
-    ``bad_address``: (version, action) -> the first out-of-range operand address.
+    (the action is performed), ``act_next`` (next enabled action, F if none), ``act_assert``
+    (``MATMUL_SHAPE`` where a Matmul setter broke its debug assert, else 0).
+    Matmul state (groups with a Matmul): ``act_mmf`` ``[N, F, A + 1]`` the :data:`ACTION_FIELDS`
+    words of each IterateAll plus a bit mask (bit i: field i is the AIC's state before the call,
+    resolved at run time); ``ver_mmf`` ``[N, M + 1]`` the state a call leaves, with the same mask
+    (bit set: unchanged); ``mm_init`` ``[C, M]`` each AIC's state after ``Init``. Address words
+    outside 0..2**31-1 are stored as ``-1 - i`` with the true value in ``big_addresses[i]``.
+    ``mm_dims``: per group with a Matmul, the static (M, N, K) tile bound (the largest extent any
+    call or Init can set).
     """
 
     rows: list[list[tuple[int, int, int, int, int]]]
@@ -74,8 +87,6 @@ class EncodedProgram:
     ver_msg: np.ndarray
     ver_code: np.ndarray
     ver_detail: np.ndarray
-    ver_stop: np.ndarray
-    ver_stop_detail: np.ndarray
     ver_skip: np.ndarray
     ver_first: np.ndarray
     act_slot: np.ndarray
@@ -83,11 +94,12 @@ class EncodedProgram:
     act_mm: np.ndarray
     act_en: np.ndarray
     act_next: np.ndarray
-    act_bad: np.ndarray
-    act_desc: np.ndarray
-    act_fractals: np.ndarray
-    act_traffic: np.ndarray
-    bad_address: dict[tuple[int, int], int]
+    act_assert: np.ndarray
+    act_mmf: np.ndarray
+    ver_mmf: np.ndarray
+    mm_init: np.ndarray
+    mm_dims: tuple
+    big_addresses: list[int]
     capacity: int
 
     @property
@@ -168,17 +180,6 @@ def _bcast(x: Any, n: int, dtype: Any = np.int64) -> np.ndarray:
     return np.broadcast_to(np.asarray(x), (n,)).astype(dtype)
 
 
-def _tile_span(addr, rows, cols, stride, trans, itemsize):
-    """First byte and one past the last of a ``rows x cols`` tile (int64; mirrors gm.tile_extent)."""
-    last = np.where(trans, (cols - 1) * stride + rows - 1, (rows - 1) * stride + cols - 1)
-    return addr, addr + (last + 1) * itemsize
-
-
-def _inside(bounds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    b = bounds[:, None]
-    return ((b[..., 0] <= lo) & (hi <= b[..., 1]) & (b[..., 0] < b[..., 1])).any(axis=0)
-
-
 def _evaluate_group(program: CubeGroupProgram, gi: int, ids: np.ndarray, versions: np.ndarray):
     """Runs group ``gi``'s callback once, vectorised over its versions ``ids``; returns the
     recorded actions as lists of [n] arrays, plus the skip count [n]."""
@@ -197,10 +198,11 @@ def _evaluate_group(program: CubeGroupProgram, gi: int, ids: np.ndarray, version
     msg = MsgView(versions[ids, 2], versions[ids, 3], fields)
     handle = AicHandle(np, g.aiv_per_aic, queues, column, depth)
     cfg = program.matmuls[gi] if program.matmuls else None
-    mm = _NoMatmul(g.name) if cfg is None else Matmul(cfg[0], cfg[1], np, handle)
+    mm = _NoMatmul(g.name) if cfg is None else Matmul(cfg[0], cfg[1], np, handle, symbolic=True)
     with np.errstate(all="ignore"):
         program.callbacks[gi].call(mm, msg, handle)
-    return handle.actions, _bcast(handle.skip, n), column, queues, k
+    end_state = None if cfg is None else mm.state_keep()
+    return handle.actions, _bcast(handle.skip, n), column, queues, k, end_state
 
 
 def encode_program(program: CubeGroupProgram) -> EncodedProgram:
@@ -208,10 +210,16 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
     _check_int32("max_steps", program.max_steps, "must be in 1..2**31-1", "lower max_steps")
     capacity = program.receive_capacity()
     _check_int32("max_received", capacity, "must be in 0..2**31-1", "lower max_received")
+    init_rows = []
     for gi, cb in enumerate(program.callbacks):
         cfg = program.matmuls[gi] if program.matmuls else None
-        for _ in range(program.groups[gi].aic_num):  # CallBack::Init once per AIC before its first message
-            cb.init(None if cfg is None else Matmul(cfg[0], cfg[1]), None if cfg is None else cfg[1])
+        for _ in range(program.groups[gi].aic_num):  # CallBack::Init once per AIC; its mm is Call's
+            mm = None if cfg is None else Matmul(cfg[0], cfg[1])
+            cb.init(mm, None if cfg is None else cfg[1])
+            if cfg is not None:
+                check_init_asserts(mm, program.groups[gi].name, program.build)
+            state = mm.state if mm is not None else dict.fromkeys(MM_FIELDS, 0)
+            init_rows.append([np.asarray(state[f]).item() for f in MM_FIELDS])
     rows, vlist = encode_ops(program)
     if len(vlist) >= 1 << 23:
         raise ConfigError(
@@ -224,65 +232,56 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
     for gi in range(len(program.groups)):
         ids = np.flatnonzero(versions[:, 1] == gi)
         if len(ids):
-            acts, skip, column, queues, k = _evaluate_group(program, gi, ids, versions)
-            per_group.append((gi, ids, acts, skip, column, queues, k))
+            acts, skip, column, queues, k, end_state = _evaluate_group(program, gi, ids, versions)
+            per_group.append((gi, ids, acts, skip, column, queues, k, end_state))
             n_actions = max(n_actions, len(acts))
     f = n_actions
+    all_keep = (1 << N_MM) - 1
     out = {
         "ver_code": np.zeros(nv, np.int64),
         "ver_detail": np.zeros(nv, np.int64),
-        "ver_stop": np.zeros(nv, np.int64),
-        "ver_stop_detail": np.zeros(nv, np.int64),
         "ver_skip": np.zeros(nv, np.int64),
         "act_slot": np.zeros((nv, f), np.int64),
         "act_wait": np.full((nv, f), NO_WAIT, np.int64),
         "act_en": np.zeros((nv, f), bool),
         "act_mm": np.zeros((nv, f), bool),
-        "act_bad": np.zeros((nv, f), bool),
-        "act_desc": np.zeros((nv, f, N_DESC), np.int64),
-        "act_fractals": np.zeros((nv, f), np.float32),
-        "act_traffic": np.zeros((nv, f), np.float32),
+        "act_assert": np.zeros((nv, f), np.int64),
+        "act_mmf": np.zeros((nv, f, N_ACTION + 1), np.int64),
+        "ver_mmf": np.zeros((nv, N_MM + 1), np.int64),
     }
-    bad_address: dict[tuple[int, int], int] = {}
-    bounds = np.asarray(program.gm.bounds(), np.int64).reshape(-1, 2)
-    for gi, ids, acts, skip, _column, queues, k in per_group:
+    out["ver_mmf"][:, N_MM] = all_keep
+    big: list[int] = []
+    mm_init = _words(np.array(init_rows, np.int64).reshape(-1, N_MM), MM_FIELDS, big, "Init")
+    dims_seen: dict[int, list[np.ndarray]] = {}
+    for gi, ids, acts, skip, _column, queues, k, end_state in per_group:
         g = program.groups[gi]
         n = len(ids)
         p = g.aiv_per_aic
         msg_pos = versions[ids, 0] - g.slot_base - k * p * MAX_MSG_PER_AIV
         block = g.slot_base + k * p * MAX_MSG_PER_AIV
+        is_quit = versions[ids, 2] == QUIT
         # the skip asserts depend on the AIC's aivWork at run time: the engine checks them
         code = np.zeros(n, np.int64)  # first failing action (any kind): what a debug build stops at
         detail = np.zeros(n, np.int64)
-        stop = np.zeros(n, np.int64)  # first Matmul error: stops the AIC in every build
-        stop_detail = np.zeros(n, np.int64)
-        cfg = program.matmuls[gi] if program.matmuls else None
+        seen = dims_seen.setdefault(gi, [])
         for j, act in enumerate(acts):
             en = _bcast(act[-1], n, bool)
-            if act[0] == "matmul":
-                words = {name: _bcast(w, n) for name, w in zip(DESC_FIELDS, act[1], strict=True)}
-                which = shape_error(cfg[1], words["m"], words["n"], words["k"], words["atomic"])
-                a_code = np.where(which == 4, ErrorCode.MATMUL_ATOMIC, np.where(which > 0, ErrorCode.MATMUL_SHAPE, 0))
-                a_detail = np.where(which == 4, words["atomic"], which)
-                desc = np.stack([words[name] for name in DESC_FIELDS], axis=-1)
-                bad, first_bad = _check_gm(cfg[0], bounds, words)
-                desc = np.where(bad[:, None], 0, desc)
-                live = en & (a_code == 0) & ~bad
-                too_big = live & ((desc < -(2**31)) | (desc > I32_MAX)).any(axis=1)
-                if too_big.any():
-                    i = int(np.argmax(too_big))
-                    raise ConfigError(
-                        f"group {g.name!r} matmul descriptor",
-                        {name: int(desc[i, DM[name]]) for name in DESC_FIELDS},
-                        "a word exceeds int32, the JAX engine's descriptor type",
-                        "use smaller shapes or strides, or --engine reference",
-                    )
+            a_code = np.zeros(n, np.int64)
+            a_detail = np.zeros(n, np.int64)
+            if act[0] == "assert":  # a Matmul setter's debug assert: nothing is performed
+                a_code = np.where(en, ErrorCode.MATMUL_SHAPE, 0)
+                a_detail = np.full(n, act[1], np.int64)
+                out["act_assert"][ids, j] = np.where(is_quit, 0, a_code)
+                en = np.zeros(n, bool)
+            elif act[0] == "matmul":
+                vals = np.stack([_bcast(w, n) for w in act[1]], axis=-1)
+                keep = np.stack([_bcast(x, n, bool) for x in act[2]], axis=-1)
+                vals = np.where(keep, 0, vals)
+                words = _words(vals, ACTION_FIELDS, big, f"group {g.name!r} IterateAll", live=en & ~is_quit)
                 out["act_mm"][ids, j] = True
-                out["act_desc"][ids, j] = desc
-                out["act_bad"][ids, j] = bad
-                for r in np.flatnonzero(bad & en):
-                    bad_address[(int(ids[r]), j)] = int(first_bad[r])
-                out["act_fractals"][ids, j], out["act_traffic"][ids, j] = _mm_cost(cfg[0], desc)
+                out["act_mmf"][ids, j, :N_ACTION] = words
+                out["act_mmf"][ids, j, N_ACTION] = (keep[:, :N_MM] << np.arange(N_MM)).sum(axis=1)
+                seen.append((vals[:, :N_MM], (en & ~is_quit)[:, None] & ~keep[:, :N_MM]))
             else:
                 offset, wait = _bcast(act[1], n), _bcast(act[2], n)
                 rel = msg_pos + offset
@@ -297,21 +296,26 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
                 a_detail = np.where(bad_wait & ~out_block & ~unused, wait, offset)
                 out["act_slot"][ids, j] = block + rel  # a release build frees wherever rcvMsg + i points
                 out["act_wait"][ids, j] = wait
-            a_code = np.where(en, a_code, 0)
+            a_code = np.where(en | (act[0] == "assert"), a_code, 0)
             first = (code == 0) & (a_code > 0)
             code = np.where(first, a_code, code)
             detail = np.where(first, a_detail, detail)
-            if act[0] == "matmul":
-                first = (stop == 0) & (a_code > 0)
-                stop = np.where(first, a_code, stop)
-                stop_detail = np.where(first, a_detail, stop_detail)
             out["act_en"][ids, j] = en
-        is_quit = versions[ids, 2] == QUIT
+        if end_state is not None:  # the state each call leaves (QUIT: no call, nothing changes)
+            vals = np.stack([_bcast(v, n) for v in end_state[0]], axis=-1)
+            keep = np.stack([_bcast(x, n, bool) for x in end_state[1]], axis=-1) | is_quit[:, None]
+            vals = np.where(keep, 0, vals)
+            out["ver_mmf"][ids, :N_MM] = _words(vals, MM_FIELDS, big, f"group {g.name!r} callback")
+            out["ver_mmf"][ids, N_MM] = (keep << np.arange(N_MM)).sum(axis=1)
+            seen.append((vals, ~keep))
         out["ver_code"][ids] = np.where(is_quit, 0, code)
         out["ver_detail"][ids] = np.where(is_quit, 0, detail)
-        out["ver_stop"][ids] = np.where(is_quit, 0, stop)
-        out["ver_stop_detail"][ids] = np.where(is_quit, 0, stop_detail)
         out["ver_skip"][ids] = np.where(is_quit, 0, skip)
+    c0 = 0
+    for gi, g in enumerate(program.groups):  # what Init set counts too
+        rows_ = mm_init[c0 : c0 + g.aic_num]
+        dims_seen.setdefault(gi, []).append((rows_, np.ones(rows_.shape, bool)))
+        c0 += g.aic_num
     en = out["act_en"]
     idx = np.arange(f)
     later = np.where(en[:, None, :] & (idx[None, None, :] > idx[None, :, None]), idx[None, None, :], f)
@@ -326,42 +330,78 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
         ver_msg=versions[:, 4],
         ver_first=ver_first,
         act_next=act_next,
-        bad_address=bad_address,
+        mm_init=mm_init,
+        mm_dims=_tile_dims(program, dims_seen),
+        big_addresses=big,
         capacity=capacity,
         **out,
     )
 
 
-def _check_gm(mt: Any, bounds: np.ndarray, w: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """[n] whether any operand of a descriptor lies outside every tensor, and the first bad address
-    (A, B, C, bias order), in int64 (mirrors ``matmul.check_addresses``; reference ``_check``)."""
-    m, n, k = w["m"], w["n"], w["k"]
-    spans = [
-        (w["a_addr"], _tile_span(w["a_addr"], m, k, w["stride_a"], w["trans_a"] != 0, mt.dtype("a").itemsize)),
-        (w["b_addr"], _tile_span(w["b_addr"], k, n, w["stride_b"], w["trans_b"] != 0, mt.dtype("b").itemsize)),
-        (w["c_addr"], _tile_span(w["c_addr"], m, n, w["stride_c"], False, mt.dtype("c").itemsize)),
-    ]
-    oks = [_inside(bounds, lo, hi) for _, (lo, hi) in spans]
-    lo, hi = _tile_span(w["bias_addr"], 1, n, n, False, mt.dtype("bias").itemsize)
-    oks.append(_inside(bounds, lo, hi) | (w["has_bias"] == 0))
-    addrs = [a for a, _ in spans] + [w["bias_addr"]]
-    first = np.zeros_like(m)
-    for ok, addr in reversed(list(zip(oks, addrs, strict=True))):
-        first = np.where(ok, first, addr)
-    bad = ~(oks[0] & oks[1] & oks[2] & oks[3])
-    return bad, first
+#: Largest operand tile (elements) the engine allocates per AIC and step.
+MAX_TILE_ELEMENTS = 1 << 22
 
 
-def _mm_cost(mt: Any, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 cube fractals and GM bytes of each descriptor (the timed schedule's matmul cost,
-    ``timing`` module docstring; the reference's ``_mm_cycles`` computes the same in float32)."""
-    f32 = np.float32
-    m, n, k = (desc[:, DM[x]].astype(f32) for x in ("m", "n", "k"))
-    k0 = f32(32 if mt.a == "int8" else 16)
-    fractals = np.ceil(m / f32(16)) * np.ceil(n / f32(16)) * np.ceil(k / k0)
-    sa, sb, sc = (f32(mt.dtype(x).itemsize) for x in ("a", "b", "c"))
-    traffic = m * k * sa + k * n * sb + m * n * sc
-    return fractals.astype(f32), traffic.astype(f32)
+def _tile_dims(program: CubeGroupProgram, seen: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> tuple:
+    """Per group: (M, N, Kp, rows_disjoint) from every Matmul state value a call or Init can set
+    (``seen``: (values, set mask) pairs of :data:`MM_FIELDS` rows). M, N, K bound every tile (the
+    tiling's singleCore, or a larger SetTail: legal in the Norm configuration), K padded to baseK;
+    ``rows_disjoint``: every C row stride the run can use is at least N, so the engine may write a
+    tile's padded rows in one scatter."""
+    dims = []
+    for gi, cfg in enumerate(program.matmuls or [None] * len(program.groups)):
+        if cfg is None:
+            dims.append(None)
+            continue
+        t = cfg[1]
+        ext = np.array([t.singleCoreM, t.singleCoreN, t.singleCoreK], np.int64)
+        strides = []
+        for vals, mask in seen.get(gi, []):
+            if not len(vals):
+                continue
+            ext = np.maximum(ext, np.where(mask[:, 5:8], vals[:, 5:8], 0).max(axis=0))
+            strides.append(vals[:, 1][mask[:, 1]])  # org_n
+            kc = vals[:, 4][mask[:, 4]]
+            strides.append(kc[kc > 0])
+        m, n, k = (int(v) for v in ext)
+        k = padded_k(t, k)
+        if max(m * k, k * n, m * n) > MAX_TILE_ELEMENTS:
+            raise ConfigError(
+                f"group {program.groups[gi].name!r} Matmul tail",
+                f"M={m}, N={n}, K={k}",
+                f"a tile larger than {MAX_TILE_ELEMENTS} elements is more than the engine allocates per AIC",
+                "use smaller tails, or --engine reference",
+            )
+        all_strides = np.concatenate(strides) if strides else np.zeros(0, np.int64)
+        dims.append((m, n, k, bool(all_strides.size == 0 or all_strides.min() >= n)))
+    return tuple(dims)
+
+
+def _words(vals: np.ndarray, names: tuple[str, ...], big: list[int], where: str, live: Any = True) -> np.ndarray:
+    """[n, len(names)] int64 Matmul words made int32-safe: an address outside 0..2**31-1 becomes
+    ``-1 - i`` with its value in ``big[i]`` (it is outside GM: the engine reports it); an
+    ``enAtomic`` outside 1..3 is a plain store (0); any other word outside int32 is an error."""
+    out = vals.copy()
+    for i, name in enumerate(names):
+        col = out[:, i]
+        if name in ADDRESS_FIELDS:
+            odd = (col < 0) | (col > I32_MAX)
+            for r in np.flatnonzero(odd):
+                big.append(int(col[r]))
+                col[r] = -len(big)
+        elif name == "atomic":
+            out[:, i] = np.where((col >= 1) & (col <= 3), col, 0)
+        else:
+            bad = ((col < -(2**31)) | (col > I32_MAX)) & live
+            if np.any(bad):
+                r = int(np.argmax(bad))
+                raise ConfigError(
+                    f"{where} {name}",
+                    int(col[r]),
+                    "a Matmul shape or stride must fit int32, the JAX engine's word",
+                    "use smaller shapes, or --engine reference",
+                )
+    return out
 
 
 __all__ = ["EncodedProgram", "encode_program", "GM_BASE"]

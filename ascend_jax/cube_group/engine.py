@@ -30,6 +30,7 @@ from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 from ascend_jax.cube_group.step import cursor_slot, final_status, step
 from ascend_jax.errors import ConfigError
+from ascend_jax.gm import row_margin
 
 #: Most lanes per compiled call on a CPU by default (measured: 16,384 lanes of the sample protocol
 #: ran 7.2 M messages/s in one call and 8.6 M/s in chunks of 4,096).
@@ -39,12 +40,9 @@ CPU_CHUNK = 4096
 TRACE_COUNT = {"run": 0}
 
 
-def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, ver: jax.Array, pc: jax.Array) -> State:
+def _compute(shape: EngineShape, st: State, en: jax.Array, fields: jax.Array) -> State:
     """The compute phase of every lane (vmapped; lane-major GM), then GM errors into the state."""
-    axis = None if shape.shared else 0
-    gm, bad = jax.vmap(functools.partial(apply_matmuls, shape), in_axes=(axis, axis, 0, 0, 0, 0, 0))(
-        tab.act_desc, tab.act_bad, st.gm, st.key, en.T, ver.T, pc.T
-    )
+    gm, bad, addr = jax.vmap(functools.partial(apply_matmuls, shape), in_axes=(0, 0, 1, 2))(st.gm, st.key, en, fields)
     bad = bad.T & (st.aic_phase != AicPhase.ERROR)  # [C, B]: these AICs stop here
 
     def pick(new, old):
@@ -58,17 +56,17 @@ def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, ver: jax
         status=final_status(st.status, phase),
         aic_err_code=pick(ErrorCode.GM_OUT_OF_RANGE, st.aic_err_code),
         aic_err_slot=pick(cursor_slot(shape, st), st.aic_err_slot),
-        aic_err_ver=pick(ver, st.aic_err_ver),
-        aic_err_pc=pick(pc, st.aic_err_pc),
+        aic_err_ver=pick(st.aic_ver, st.aic_err_ver),
+        aic_err_addr=pick(addr.T, st.aic_err_addr),
     )
 
 
 def batch_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> State:
     """One step of every lane: the protocol step, then the compute phase if any lane needs it."""
-    st, en, ver, pc = step(shape, tab, cost, st)
+    st, en, fields = step(shape, tab, cost, st)
     if not shape.has_matmul:
         return st
-    return jax.lax.cond(en.any(), lambda s: _compute(shape, tab, s, en, ver, pc), lambda s: s, st)
+    return jax.lax.cond(en.any(), lambda s: _compute(shape, s, en, fields), lambda s: s, st)
 
 
 def _run(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start=None) -> State:
@@ -123,15 +121,39 @@ def make_shape(
         receive_capacity=_bucket(max(e.capacity for e in encoded)),
         barrier_copies=tuple(b.copies for b in first.barriers),
         schedule=schedule,
-        matmuls=tuple(first.matmuls) or (None,) * len(first.groups),
-        gm_size=max(1, first.gm.size) if has_mm else 1,
+        matmuls=_matmul_configs(first, encoded),
+        gm_size=_gm_size(first, encoded) if has_mm else 1,
+        gm_real=first.gm.size if has_mm else 0,
         atomic_order=atomic_order if has_mm else "fixed",
         wait_tests=any(op.kind == "wait" and not op.sync for p in programs for _, ops in p.aivs for op in ops),
         shared=len(programs) == 1,
         build=first.build,
         has_sync=any(op.kind == "sync_all" for p in programs for _, ops in p.aivs for op in ops),
+        gm_bounds=tuple(tuple(int(x) for x in b) for b in first.gm.bounds()) if has_mm else (),
     )
     return dataclasses.replace(shape, aiv_home=_aiv_home(shape, programs, encoded))
+
+
+def _gm_size(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) -> int:
+    """GM bytes the engine carries: the tensors, then a zero margin that a row window starting in
+    GM never crosses (:func:`ascend_jax.gm.row_margin`), also the scratch of rows not written."""
+    widest = max((max(d[:3]) for e in encoded for d in e.mm_dims if d is not None), default=1)
+    return first.gm.size + row_margin(widest)
+
+
+def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) -> tuple:
+    """Per group: (MatmulType, TCubeTiling, (M, N, Kp) tile bound over every lane) or None."""
+    if not first.matmuls:
+        return (None,) * len(first.groups)
+    out = []
+    for gi, cfg in enumerate(first.matmuls):
+        if cfg is None:
+            out.append(None)
+            continue
+        dims = np.max([e.mm_dims[gi][:3] for e in encoded], axis=0)
+        disjoint = all(e.mm_dims[gi][3] for e in encoded)
+        out.append((cfg[0], cfg[1], (*(int(x) for x in dims), disjoint)))
+    return tuple(out)
 
 
 def _aiv_home(shape: EngineShape, programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]):

@@ -19,13 +19,13 @@ from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.result import CubeGroupResult, slot_location, state_name, timing_report
 from ascend_jax.cube_group.state import EngineShape
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
+from ascend_jax.matmul import SHAPE_DETAIL
 
 #: error dict key carrying the detail of each dispatch-time error code
 _DETAIL_KEY = {
     ErrorCode.FREE_OUT_OF_BLOCK: "offset",
     ErrorCode.FREE_UNUSED_COLUMN: "offset",
     ErrorCode.BAD_WAIT_STATE: "wait_state",
-    ErrorCode.MATMUL_ATOMIC: "en_atomic",
 }
 
 
@@ -216,17 +216,17 @@ def _error(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a
         "depth": d,
         "message": code.describe(),
     }
-    # the detail of the code reported: a skip's count, else the failing action's (the first
-    # Matmul error when that is what stopped a release build's AIC)
-    detail = int(enc.ver_stop_detail[ver] if enc.ver_stop[ver] == code else enc.ver_detail[ver])
+    # the detail of the code reported: a skip's count, else the failing action's
+    detail = int(enc.ver_detail[ver])
     if code in (ErrorCode.SKIP_CROSSES_ROW, ErrorCode.SKIP_NEGATIVE):
         out["skip"] = int(enc.ver_skip[ver])
     elif code in _DETAIL_KEY:
         out[_DETAIL_KEY[code]] = detail
     elif code == ErrorCode.MATMUL_SHAPE:
-        out["dimension"] = "MNK"[detail - 1]
+        out["dimension"] = SHAPE_DETAIL[detail]
     elif code == ErrorCode.GM_OUT_OF_RANGE:
-        out["address"] = program.gm.describe(enc.bad_address[(ver, int(a["aic_err_pc"][c]))])
+        addr = int(a["aic_err_addr"][c])
+        out["address"] = program.gm.describe(addr if addr >= 0 else enc.big_addresses[-1 - addr])
     return out
 
 

@@ -43,16 +43,19 @@ from ascend_jax.cube_group.result import CubeGroupResult
 from ascend_jax.cube_group.status import ErrorCode, Status
 from ascend_jax.errors import ConfigError
 from ascend_jax.matmul import (
-    DESC_FIELDS,
+    SHAPE_DETAIL,
     Matmul,
     _NoMatmul,
+    check_init_asserts,
+    check_operands,
     combine,
+    descriptor,
+    empty_tile,
     exact_combine,
     exact_matmul,
     hw_matmul,
     np_store,
     np_tile,
-    shape_error,
 )
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 
@@ -105,6 +108,7 @@ class _Aic:
     in_call: bool = False
     call_start: float = 0.0  # event recording only: when the current callback's dispatch began
     pending: list = dataclasses.field(default_factory=list)  # [("free", slot, wait) | ("matmul", desc)]
+    mm: Any = None  # the AIC's Matmul object (lives from Init to the end of the run)
     skip: int = 0
     log: list = dataclasses.field(default_factory=list)
     error: dict | None = None  # the protocol error that stopped this AIC
@@ -205,9 +209,12 @@ class ReferenceInterpreter:
             self.counters_a, self.counters_w = start[1].copy(), start[2].copy()
         if schedule == "timed":  # float32 cycles, computed as the engine computes them
             self._init_timed()
-        for a in self.aics:  # CallBack::Init once per AIC, before its first message
+        for a in self.aics:  # CallBack::Init once per AIC, before its first message; its mm is Call's
             cfg = program.matmuls[a.group] if program.matmuls else None
-            program.callbacks[a.group].init(*((None, None) if cfg is None else (Matmul(*cfg), cfg[1])))
+            a.mm = _NoMatmul(program.groups[a.group].name) if cfg is None else Matmul(cfg[0], cfg[1], np)
+            program.callbacks[a.group].init(a.mm, None if cfg is None else cfg[1])
+            if cfg is not None:
+                check_init_asserts(a.mm, program.groups[a.group].name, program.build)
         self.failed = 0  # AICs stopped at a protocol error
         self.release = program.build == "release"
         self.asserts: dict[int, list[dict]] = {}  # release builds: AIC core -> the asserts it failed
@@ -415,8 +422,9 @@ class ReferenceInterpreter:
                 cur.state, cur.aiv_id, _Fields(cur.payload if cur.payload is not None else np.zeros((), dtype))
             )
             handle = AicHandle(np, p, aic.n, aic.aiv_work, aic.msg_pos // p)
-            mm = _NoMatmul(self.p.groups[aic.group].name) if cfg is None else Matmul(cfg[0], cfg[1], np, handle)
-            self.p.callbacks[aic.group].call(mm, msg, handle)
+            if cfg is not None:
+                aic.mm.handle = handle
+            self.p.callbacks[aic.group].call(aic.mm, msg, handle)
             skip, actions = int(handle.skip), handle.actions
         asserted: list = []  # a debug build stops at the first failed assert; release records it
         if skip < 0 and (err := self._assert(asserted, ErrorCode.SKIP_NEGATIVE, aic, queue, depth, skip=skip)):
@@ -429,13 +437,13 @@ class ReferenceInterpreter:
         for act in actions:
             if not bool(act[-1]):
                 continue
+            if act[0] == "assert":  # a Matmul API debug assert (SetTail / SetOrgShape argument)
+                detail = {"dimension": SHAPE_DETAIL[act[1]]}
+                if err := self._assert(asserted, ErrorCode.MATMUL_SHAPE, aic, queue, depth, **detail):
+                    return err
+                continue
             if act[0] == "matmul":
-                desc = dict(zip(DESC_FIELDS, (int(x) for x in act[1]), strict=True))
-                which = int(shape_error(cfg[1], desc["m"], desc["n"], desc["k"], desc["atomic"]))
-                if which == 4:
-                    return self._error(ErrorCode.MATMUL_ATOMIC, aic, queue, depth, en_atomic=desc["atomic"])
-                if which:
-                    return self._error(ErrorCode.MATMUL_SHAPE, aic, queue, depth, dimension="MNK"[which - 1])
+                desc = {k: int(v) for k, v in descriptor([int(x) for x in act[1]]).items()}
                 pending.append(("matmul", desc))
                 continue
             _, offset, wait, _ = act
@@ -591,27 +599,10 @@ class ReferenceInterpreter:
         self._event("", gi, "occupancy", {"queue": queue, "level": level}, self._t[0] + self._t[1], 0.0)
 
     # -- compute ---------------------------------------------------------------------------
-    def _inside(self, lo: int, hi: int) -> bool:
-        return any(s <= lo and hi <= e and s < e for s, e in self.bounds)
-
     def _check(self, mt, d: dict) -> int | None:
         """The first out-of-range address of a descriptor (A, B, C, bias order), else None."""
-
-        def span(addr, rows, cols, stride, trans, size):
-            last = (cols - 1) * stride + rows - 1 if trans else (rows - 1) * stride + cols - 1
-            return addr, addr + (last + 1) * size
-
-        spans = [
-            (d["a_addr"], span(d["a_addr"], d["m"], d["k"], d["stride_a"], d["trans_a"], mt.dtype("a").itemsize)),
-            (d["b_addr"], span(d["b_addr"], d["k"], d["n"], d["stride_b"], d["trans_b"], mt.dtype("b").itemsize)),
-            (d["c_addr"], span(d["c_addr"], d["m"], d["n"], d["stride_c"], False, mt.dtype("c").itemsize)),
-        ]
-        if d["has_bias"]:
-            spans.append((d["bias_addr"], span(d["bias_addr"], 1, d["n"], d["n"], False, mt.dtype("bias").itemsize)))
-        for addr, (lo, hi) in spans:
-            if not self._inside(lo, hi):
-                return addr
-        return None
+        ok, bad = check_operands(mt, np.asarray(self.bounds, np.int64).reshape(-1, 2), d)
+        return None if bool(ok) else int(bad)
 
     def _tile(self, addr: int, rows: int, cols: int, stride: int, trans: bool, dtype: np.dtype) -> np.ndarray:
         if self.numerics == "hardware":
@@ -642,11 +633,17 @@ class ReferenceInterpreter:
             if bad is not None:
                 done.append((aic, d, mt, None, bad))
                 continue
+            if empty_tile(d):  # an extent <= 0: IterateAll reads and writes nothing
+                continue
             m, n, k = d["m"], d["n"], d["k"]
             a = self._tile(d["a_addr"], m, k, d["stride_a"], bool(d["trans_a"]), mt.dtype("a"))
             b = self._tile(d["b_addr"], k, n, d["stride_b"], bool(d["trans_b"]), mt.dtype("b"))
             bias = self._tile(d["bias_addr"], 1, n, n, False, mt.dtype("bias"))[0] if d["has_bias"] else None
-            c = exact_matmul(a, b, bias) if self.numerics == "exact" else hw_matmul(mt, tiling, a, b, bias)
+            scale = float(np.int32(d["quant_scale"]).view(np.float32)) if mt.dequant else 1.0
+            if self.numerics == "exact":
+                c = exact_matmul(a, b, bias, scale)
+            else:
+                c = hw_matmul(mt, tiling, a, b, bias, scale)
             done.append((aic, d, mt, c, None))
         for aic, d, mt, c, bad in done:
             if bad is not None:  # this AIC stops here; the rest of the step's matmuls are written
@@ -722,7 +719,7 @@ class ReferenceInterpreter:
     def _mm_cycles(self, aic: _Aic, d: dict) -> np.float32:
         mt = self.p.matmuls[aic.group][0]
         k0 = F32(32 if mt.a == "int8" else 16)
-        m, n, k = F32(d["m"]), F32(d["n"]), F32(d["k"])
+        m, n, k = (F32(max(d[x], 0)) for x in ("m", "n", "k"))
         fr = F32(np.ceil(m / F32(16))) * F32(np.ceil(n / F32(16))) * F32(np.ceil(k / k0))
         sa, sb, sc = (F32(mt.dtype(x).itemsize) for x in ("a", "b", "c"))
         traffic = m * k * sa + k * n * sb + m * n * sc

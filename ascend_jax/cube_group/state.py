@@ -28,7 +28,7 @@ from ascend_jax.cube_group.encode import EncodedProgram
 from ascend_jax.cube_group.layout import GroupGeometry
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.status import OpKind
-from ascend_jax.matmul import N_DESC
+from ascend_jax.matmul import N_ACTION, N_MM
 from ascend_jax.message import MAX_MSG_PER_AIV
 
 _AIC_CONSTANTS: dict = {}
@@ -50,8 +50,9 @@ class EngineShape:
     receive_capacity: int  # R (array size; the per-lane limit is traced)
     barrier_copies: tuple[int, ...]  # K_b per barrier
     schedule: str  # "lockstep" | "random" | "timed"
-    matmuls: tuple[Any, ...] = ()  # per group: (MatmulType, TCubeTiling) or None
-    gm_size: int = 1  # G (bytes, padded)
+    matmuls: tuple[Any, ...] = ()  # per group: (MatmulType, TCubeTiling, (M, N, Kp, rows_disjoint)) or None
+    gm_size: int = 1  # G (bytes: the tensors, then a zero margin for row windows)
+    gm_real: int = 0  # bytes of the tensors (the margin starts here)
     atomic_order: str = "fixed"  # "fixed" (AIC index order) | "random" (per lane and step)
     wait_tests: bool = False  # some AIV runs Wait<false>: carry its results
     aiv_home: tuple[int, ...] | None = None  # per AIV row: its queue row (c * W + col), -1 none;
@@ -59,6 +60,7 @@ class EngineShape:
     shared: bool = True  # every lane runs the same program: tables carry no batch axis
     build: str = "debug"  # "debug": a failed assert stops the AIC; "release": listed, run goes on
     has_sync: bool = False  # some AIV calls SyncAll: carry its round counter
+    gm_bounds: tuple = ()  # ((first byte, end byte), ...) of every GM tensor (matmul bounds checks)
 
     @property
     def release(self) -> bool:
@@ -176,16 +178,18 @@ class Tables:
     """One program as arrays (traced; shared by every lane of a batch that runs the same program).
 
     Shapes are for one program; a batch of different programs adds the lane axis ``B`` last to
-    the protocol fields (ops .. receive_limit) and first to act_desc, act_bad and gm_init.
+    every field but gm_init (first).
 
     ops: [V, L, 2] int32, each AIV op packed in two words (:func:`pack_op`); op_len: [V] ops per AIV.
-    ver: [N, 5] int32 per slot version (columns :data:`VER`): the first failing action's code
+    ver: [N, 4] int32 per slot version (columns :data:`VER`): the first failing action's code
       (debug builds stop there), first action (F: none), SetSkipMsg total, head aivID (QUIT: the
-      column to retire), first Matmul error (stops in every build).
-    act: [N, F, 5] int32 per action (columns :data:`ACT`): global slot freed, wait state, next
-      action (F: none), is-matmul, performed.
-    act_desc: [N, F, D] int32 and act_bad: [N, F] bool (groups with a Matmul; else F = 0 columns).
-    act_fractals, act_traffic: [N, F] float32 (timed schedule with matmuls only; else [N, 0]).
+      column to retire).
+    act: [N, F, 6] int32 per action (columns :data:`ACT`): global slot freed, wait state, next
+      action (F: none), is-matmul, performed, Matmul debug assert (code or 0).
+    act_mmf: [N, F, A + 1] int32 IterateAll words and their keep mask; ver_mmf: [N, M + 1] the
+      Matmul state each call leaves and its keep mask; mm_init: [C, M] the state after Init (see
+      :class:`ascend_jax.cube_group.encode.EncodedProgram`; [N, 0, 0], [N, 0], [C, 0] without
+      a Matmul).
     max_steps, receive_limit: [] int32. gm_init: [G] uint8.
     """
 
@@ -193,15 +197,14 @@ class Tables:
     op_len: jax.Array
     ver: jax.Array
     act: jax.Array
-    act_desc: jax.Array
-    act_bad: jax.Array
-    act_fractals: jax.Array
-    act_traffic: jax.Array
+    act_mmf: jax.Array
+    ver_mmf: jax.Array
+    mm_init: jax.Array
     max_steps: jax.Array
     receive_limit: jax.Array
     gm_init: jax.Array
 
-    LANE_MAJOR = ("act_desc", "act_bad", "gm_init")
+    LANE_MAJOR = ("gm_init",)
 
 
 @jax.tree_util.register_dataclass
@@ -246,8 +249,12 @@ class State:
     barrier_arrive, barrier_wait: [NB, K] counter copies.
     gm: [B, G] uint8 global memory.
     step, status: [] run bookkeeping.
-    aic_err_code, aic_err_slot, aic_err_ver, aic_err_pc: [C] the error that stopped each AIC
-      (phase ERROR): code, global slot under its cursor, version received and action index.
+    aic_err_code, aic_err_slot, aic_err_ver, aic_err_addr: [C] the error that stopped each AIC
+      (phase ERROR): code, global slot under its cursor, version received, and the first GM
+      address out of range (``GM_OUT_OF_RANGE``; < 0: entry ``-1 - x`` of the encoder's
+      ``big_addresses``).
+    mm_state: [C, M] each AIC's Matmul object (:data:`ascend_jax.matmul.MM_FIELDS`; M = 0 without
+      a Matmul).
     aic_asserts: [C, R] release builds: each failed assert as ``slot << 5 | code`` in the order
       the AIC met them ([C, 0] in debug builds); aic_assert_n: [C] how many.
     key: [B, 2] PRNG key data of the random schedule / atomic order (unused otherwise).
@@ -277,7 +284,8 @@ class State:
     aic_err_code: jax.Array
     aic_err_slot: jax.Array
     aic_err_ver: jax.Array
-    aic_err_pc: jax.Array
+    aic_err_addr: jax.Array
+    mm_state: jax.Array
     aic_asserts: jax.Array
     aic_assert_n: jax.Array
     key: jax.Array
@@ -285,8 +293,8 @@ class State:
 
 
 #: columns of ``Tables.ver`` and ``Tables.act``
-VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3, "stop": 4}
-ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3, "en": 4}
+VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3}
+ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3, "en": 4, "assert": 5}
 
 #: bit of word 0 that marks an MTE3 alloc / post
 MTE3_BIT = 30
@@ -347,7 +355,9 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         return out
 
     mm_cols = f if shape.has_matmul else 0
-    cost_cols = f if shape.has_matmul and shape.timed else 0
+    mm_words = N_ACTION if shape.has_matmul else 0
+    ver_mmf = np.zeros((n, N_MM + 1 if mm_words else 0), np.int32)
+    ver_mmf[:nv] = enc.ver_mmf[:, : ver_mmf.shape[1]]
     gm_init = np.zeros(shape.gm_size, np.uint8)
     if shape.has_matmul:  # without matmuls nothing reads or writes GM: carry one byte
         gm_init[: program.gm.image.size] = program.gm.image
@@ -360,7 +370,6 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
                 pad(np.where(enc.ver_first >= fv, f, enc.ver_first), np.int32, fill=f),
                 pad(enc.ver_skip, np.int32),
                 pad(np.minimum(enc.ver_aiv_id, 2**31 - 1), np.int32),
-                pad(enc.ver_stop, np.int32),
             ],
             axis=-1,
         ),
@@ -371,13 +380,13 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
                 pad(np.where(enc.act_next >= fv, f, enc.act_next), np.int32, fill=f),
                 pad(enc.act_mm, np.int32),
                 pad(enc.act_en, np.int32),
+                pad(enc.act_assert, np.int32),
             ],
             axis=-1,
         ),
-        act_desc=pad(enc.act_desc, np.int32, cols=mm_cols),
-        act_bad=pad(enc.act_bad, bool, cols=mm_cols),
-        act_fractals=pad(enc.act_fractals, np.float32, cols=cost_cols),
-        act_traffic=pad(enc.act_traffic, np.float32, cols=cost_cols),
+        act_mmf=pad(enc.act_mmf[..., : mm_words + 1 if mm_words else 0], np.int32, cols=mm_cols),
+        ver_mmf=ver_mmf,
+        mm_init=enc.mm_init[:, : N_MM if mm_words else 0].astype(np.int32),
         max_steps=np.int32(program.max_steps),
         receive_limit=np.int32(enc.capacity),
         gm_init=gm_init,
@@ -437,7 +446,8 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aic_err_code=zeros(c),
         aic_err_slot=zeros(c),
         aic_err_ver=zeros(c),
-        aic_err_pc=zeros(c),
+        aic_err_addr=zeros(c),
+        mm_state=jnp.broadcast_to(_lane_last(shape, tab.mm_init), (c, tab.mm_init.shape[1], b)),
         aic_asserts=zeros(c, r if shape.release else 0),
         aic_assert_n=zeros(c),
         key=keys,
@@ -456,5 +466,9 @@ __all__ = [
     "slot_word",
     "VER",
     "ACT",
-    "N_DESC",
 ]
+
+
+def _lane_last(shape: EngineShape, x: jax.Array) -> jax.Array:
+    """A per-program table with a trailing lane axis (shared tables get a broadcastable one)."""
+    return x[..., None] if shape.shared else x

@@ -35,8 +35,7 @@ class ErrorCode(enum.IntEnum):
     FREE_UNUSED_COLUMN = 4  # FreeMessage target in a column no queue uses (last AIC)
     BAD_WAIT_STATE = 5  # FreeMessage waitState FREE, QUIT or not a state (docs forbid it)
     RECEIVE_LOG_FULL = 6  # the AIC received more messages than the log holds (raise max_received)
-    MATMUL_SHAPE = 7  # a Matmul tail larger than the tiling's singleCoreM/N/K (detail: 1 M, 2 N, 3 K)
-    MATMUL_ATOMIC = 8  # IterateAll enAtomic outside 0..3 (detail: the value)
+    MATMUL_SHAPE = 7  # SetTail below -1 or SetOrgShape <= 0 (detail: matmul.SHAPE_DETAIL index)
     GM_OUT_OF_RANGE = 9  # a Matmul operand or result outside every GM tensor (detail: the address)
 
     def describe(self) -> str:
@@ -51,8 +50,7 @@ _DESCRIPTIONS = {
     ErrorCode.FREE_UNUSED_COLUMN: "FreeMessage on a column that no queue uses",
     ErrorCode.BAD_WAIT_STATE: "FreeMessage waitState must be VALID or FAKE (the docs forbid FREE and QUIT)",
     ErrorCode.RECEIVE_LOG_FULL: "the AIC received more messages than max_received; raise it",
-    ErrorCode.MATMUL_SHAPE: "a Matmul tail is larger than the tiling's singleCore shape (L1/L0 buffers would overflow)",
-    ErrorCode.MATMUL_ATOMIC: "IterateAll enAtomic must be 0 (none), 1 (add), 2 (max) or 3 (min)",
+    ErrorCode.MATMUL_SHAPE: "a Matmul SetTail argument is below -1 or a SetOrgShape argument is not positive",
     ErrorCode.GM_OUT_OF_RANGE: "a Matmul reads or writes GM outside every allocated tensor; nothing was written",
 }
 

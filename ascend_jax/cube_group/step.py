@@ -35,6 +35,7 @@ from ascend_jax.cube_group.state import (
     slot_word,
 )
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
+from ascend_jax.matmul import AF, N_ACTION, N_MM
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 from ascend_jax.timing import C as TC
 
@@ -354,7 +355,8 @@ def _release(
 def _free_asserts(shape: EngineShape, tab: Tables, ver: jax.Array, n: jax.Array, p: jax.Array) -> jax.Array:
     """[C, B] the first free assert of version ``ver`` judged from the receiving AIC, as the
     device's FreeMessage sees it: ``rcvMsg + i`` outside that AIC's block or on a column it does
-    not serve, or a wait state other than VALID / FAKE (0: none). Release builds only: there a
+    not serve, or a wait state other than VALID / FAKE, or a Matmul setter's assert (0: none).
+    Release builds only: there a
     misaligned cursor can read a slot of another AIC's block, so the encode-time check (made for
     the slot's own AIC) does not apply."""
     consts = shape.aic_constants()
@@ -376,7 +378,7 @@ def _free_asserts(shape: EngineShape, tab: Tables, ver: jax.Array, n: jax.Array,
                 jnp.where((wait != NO_WAIT) & (wait != VALID) & (wait != FAKE), ErrorCode.BAD_WAIT_STATE, 0),
             ),
         )
-        code = jnp.where((row[:, ACT["en"]] > 0) & (row[:, ACT["mm"]] == 0), code, 0)
+        code = jnp.where((row[:, ACT["en"]] > 0) & (row[:, ACT["mm"]] == 0), code, row[:, ACT["assert"]])
         first = jnp.where(first == 0, code, first)
     return first
 
@@ -407,6 +409,33 @@ def aic_ready(shape: EngineShape, st: State, head) -> jax.Array:
     return running & ((in_recv & ((cur_word & 0xFF) != FREE)) | (in_call & call_ok))
 
 
+def mm_fields(shape: EngineShape, tab: Tables, mm_state: jax.Array, ver: jax.Array, pc: jax.Array) -> jax.Array:
+    """[C, A, B] the IterateAll words of action ``pc`` of version ``ver`` ([C, B]), with the fields
+    the call did not set taken from each AIC's Matmul state ``mm_state`` [C, M, B]."""
+    f = tab.act.shape[1]
+    row = _lookup(shape, tab.act_mmf.reshape(-1, *tab.act_mmf.shape[2:]), ver * f + pc)  # [C, A + 1, B]
+    bits = (row[:, N_ACTION][:, None, :] >> jnp.arange(N_MM, dtype=jnp.int32)[None, :, None]) & 1
+    state_part = jnp.where(bits > 0, mm_state, row[:, :N_MM])
+    return jnp.concatenate([state_part, row[:, N_MM:N_ACTION]], axis=1)
+
+
+def _mm_cost(shape: EngineShape, fields: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """[C, B] float32 cube fractals and GM bytes of each AIC's IterateAll (the timed schedule's
+    matmul cost; the reference's ``_mm_cycles`` computes the same in float32)."""
+    consts = shape.aic_constants()
+    per = []
+    for gi in consts["group"].tolist():
+        mt = shape.matmuls[gi][0] if shape.matmuls[gi] is not None else None
+        sizes = (1, 1, 1) if mt is None else tuple(mt.dtype(x).itemsize for x in ("a", "b", "c"))
+        per.append((32 if mt is not None and mt.a == "int8" else 16, *sizes))
+    k0, sa, sb, sc = (jnp.asarray(np.array(col, np.float32))[:, None] for col in zip(*per, strict=True))
+    m, n, k = (jnp.maximum(fields[:, AF[x]], 0).astype(jnp.float32) for x in ("single_m", "single_n", "single_k"))
+    sixteen = jnp.float32(16)
+    fractals = jnp.ceil(m / sixteen) * jnp.ceil(n / sixteen) * jnp.ceil(k / k0)
+    traffic = m * k * sa + k * n * sb + m * n * sc
+    return fractals, traffic
+
+
 def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head):
     """Timed schedule: [C, B] start cycle and duration of every AIC's next action on ``st``."""
     cur, cur_word, pc, act, f_slot, _ = head
@@ -419,10 +448,9 @@ def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head)
     start = jnp.maximum(tm.aic_clock, enable)
     c = cost[:, None, :]
     recv_dur = jnp.where((cur_word & 0xFF) == QUIT, c[TC["poll"]], c[TC["dispatch"]])
-    if tab.act_fractals.shape[1]:
-        idx = _act_index(shape, tab, st.aic_ver, pc)
-        fr = _lookup(shape, tab.act_fractals.reshape(-1, *tab.act_fractals.shape[2:]), idx)
-        tr = _lookup(shape, tab.act_traffic.reshape(-1, *tab.act_traffic.shape[2:]), idx)
+    if shape.has_matmul:
+        fields = mm_fields(shape, tab, st.mm_state, st.aic_ver, pc)
+        fr, tr = _mm_cost(shape, fields)
         call_dur = jnp.where(f_is_mm, c[TC["mm_overhead"]] + fr + tr / c[TC["ddr_rate"]], c[TC["free"]])
     else:
         call_dur = jnp.broadcast_to(c[TC["free"]], pc.shape)
@@ -433,7 +461,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     """Every AIC whose next action is enabled performs it (timed schedule: those starting at ``tmin``).
 
     Returns the new state, [C, B] enabled, and [C, B] whether each AIC performed a matmul action
-    this step, with [C, B] the version and action of it. An AIC whose dispatch is a protocol
+    this step, with [C, A, B] its resolved IterateAll words. An AIC whose dispatch is a protocol
     error logs the message, records the error and stops (AicPhase.ERROR); nothing else changes.
     """
     consts = shape.aic_constants()
@@ -465,8 +493,8 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     skip_code = jnp.where(
         skip_v < 0, ErrorCode.SKIP_NEGATIVE, jnp.where(col + skip_v >= n, ErrorCode.SKIP_CROSSES_ROW, 0)
     )
-    if shape.release:  # asserts are compiled out: only Matmul errors stop the AIC
-        dispatch = vt[:, VER["stop"]]
+    if shape.release:  # asserts are compiled out: nothing stops the AIC at dispatch
+        dispatch = jnp.zeros_like(skip_code)
         asserted = jnp.where(skip_code > 0, skip_code, _free_asserts(shape, tab, ver, n, p))
     else:
         dispatch = jnp.where(skip_code > 0, skip_code, vt[:, VER["code"]])
@@ -504,6 +532,10 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     next_pc = act_row[:, ACT["next"]]
     aic_pc = jnp.where(call_now, first, jnp.where(free_act, next_pc, st.aic_pc))
     aic_ver = jnp.where(call_now, ver, st.aic_ver)
+    if shape.has_matmul:  # the IterateAll performed now sees the state from before this call's end
+        fields = mm_fields(shape, tab, st.mm_state, st.aic_ver, pc)
+    else:
+        fields = jnp.zeros((c_num, 0, b), jnp.int32)
 
     # -- end of Call (SetSkipMsg, then release) or after a QUIT (release) ----------------------
     call_end = (call_now & ~any_act) | (free_act & (next_pc >= f))
@@ -512,6 +544,11 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     skipped = jnp.where(call_end, skip, 0)  # SetSkipMsg: aivWork += k, msgPos += k
     new_pos, new_col = _release(alive, n, p, pos + skipped, col + skipped)
     finished = releasing & ~alive.any(axis=1)
+    mm_state = st.mm_state
+    if shape.has_matmul:  # CallBack::Call returned: the Matmul object keeps what it set
+        upd = _lookup(shape, tab.ver_mmf, aic_ver)  # [C, M + 1, B]
+        bits = (upd[:, N_MM][:, None, :] >> jnp.arange(N_MM, dtype=jnp.int32)[None, :, None]) & 1
+        mm_state = jnp.where(call_end[:, None, :] & (bits == 0), upd[:, :N_MM], mm_state)
     phase = _select(
         [failing, finished, releasing, call_now],
         [AicPhase.ERROR, AicPhase.DONE, AicPhase.RECEIVE, AicPhase.CALL],
@@ -552,11 +589,12 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         aic_err_code=jnp.where(failing, error, st.aic_err_code),
         aic_err_slot=jnp.where(failing, cur, st.aic_err_slot),
         aic_err_ver=jnp.where(failing, ver, st.aic_err_ver),
+        mm_state=mm_state,
         aic_asserts=aic_asserts,
         aic_assert_n=aic_assert_n,
         timed=timed,
     )
-    return st, ready, mm_now, st.aic_ver, pc
+    return st, ready, mm_now, fields
 
 
 def _occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
@@ -581,7 +619,7 @@ def cursor_slot(shape: EngineShape, st: State) -> jax.Array:
 def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
     """One protocol step of the batch, then the status update. A lane that is not RUNNING enables
     no core and keeps its state. ``cost`` is [12, B]. Returns the state and the step's matmul
-    requests: [C, B] enables and the [C, B] version and action index of each (for
+    requests: [C, B] enables and the [C, A, B] action words of each (for
     :func:`ascend_jax.cube_group.compute.apply_matmuls`)."""
     keys = st.key
     k_aiv = k_aic = keys
@@ -600,7 +638,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
         st = _occupancy(shape, st, tmin)
     running = st.status == Status.RUNNING
     new, v_ready = aiv_step(shape, tab, cost, st, k_aiv, tmin)
-    new, aic_ready_, mm_now, mm_ver, mm_pc = aic_step(shape, tab, cost, new, k_aic, tmin)
+    new, aic_ready_, mm_now, mm_fields_ = aic_step(shape, tab, cost, new, k_aic, tmin)
     steps = st.step + 1
     stopped = (new.aic_phase == AicPhase.DONE) | (new.aic_phase == AicPhase.ERROR)
     done = (new.aiv_pc >= _lane(shape, tab.op_len)).all(axis=0) & stopped.all(axis=0)
@@ -615,7 +653,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
         status=jnp.where(running, status, st.status),
         key=jnp.where(running[:, None], keys, st.key),
     )
-    return new, mm_now & running[None, :], mm_ver, mm_pc
+    return new, mm_now & running[None, :], mm_fields_
 
 
 def final_status(status: jax.Array, aic_phase: jax.Array) -> jax.Array:
