@@ -57,7 +57,9 @@ def test_two_processes_equal_one_process_lane_by_lane(tmp_path):
                 p.kill()
     for code, (_, err) in zip(codes, logs, strict=True):
         assert code == 0, err.read_text()[-3000:]
-    outs = [json.loads(out.read_text().strip().splitlines()[-1]) for out, _ in logs]
+    printed = [out.read_text().splitlines() for out, _ in logs]
+    assert [len(lines) for lines in printed] == [1, 1]  # stdout holds the JSON only (Gloo chats on stderr)
+    outs = [json.loads(lines[0]) for lines in printed]
     refused = "devices = 2: a multi-process run shards the lanes over all 4 devices of its 2 processes"
     assert [o["info"] for o in outs] == [
         {"processes": 2, "index": i, "devices": 4, "devices=2": f"{refused} (fix: leave devices (--devices) out)"}

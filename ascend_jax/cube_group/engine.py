@@ -12,9 +12,11 @@ come back as a :class:`BatchResult` (:mod:`ascend_jax.cube_group.readout`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import sys
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -428,6 +430,25 @@ def _replicate(sharding):
     return jax.jit(lambda s: s, out_shardings=sharding)
 
 
+@contextlib.contextmanager
+def _native_stdout_to_stderr(mesh):
+    """In a multi-process run, points file descriptor 1 at stderr while the batch runs: JAX's CPU
+    collectives (Gloo) print a line per connection to the process's stdout, which ``--json``
+    output must not contain. Python's own ``sys.stdout`` is flushed before and after."""
+    if mesh is None or jax.process_count() == 1:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _check_same_call(mesh, prep: Prepared, chunk_size: int) -> None:
     """In a multi-process run, insists that every process called :func:`simulate` alike (the
     processes run one SPMD program: different lanes would hang or mix batches)."""
@@ -508,29 +529,30 @@ def simulate(
         raise ConfigError("chunk_size", chunk_size, "must be an integer >= 1")
     chunk_size = min(chunk_size, n)
     chunk_size = -(-chunk_size // n_dev) * n_dev  # every device gets the same number of lanes
-    _check_same_call(mesh, prep, chunk_size)
-    parts: list[dict[str, np.ndarray]] = []
-    bar = _progress(progress and n > chunk_size, n)
-    for lo in range(0, n, chunk_size):
-        idx = np.arange(lo, lo + chunk_size)
-        real = min(chunk_size, n - lo)
-        idx[real:] = lo  # pad: one compilation for every chunk
-        args = prep.chunk(idx)
-        relaunch = not prep.lanes.programs[0].zero_workspace
-        if jit:
-            placed = _place(mesh, prep.shape, *args)
-            final = _run_batch(prep.shape, *placed)
-            if relaunch:  # report a second launch on the first one's workspace
-                final = _run_batch(prep.shape, *placed, (final.slot, final.barrier_arrive, final.barrier_wait))
-        else:
-            final = _run_eager(prep.shape, *args)
-            if relaunch:
-                final = _run_eager(prep.shape, *args, (final.slot, final.barrier_arrive, final.barrier_wait))
-        parts.append({k: v[:real] for k, v in _lane_major(prep.shape, _fetch(mesh, final)).items()})
+    with _native_stdout_to_stderr(mesh):  # a multi-process run's collectives chat on stdout
+        _check_same_call(mesh, prep, chunk_size)
+        parts: list[dict[str, np.ndarray]] = []
+        bar = _progress(progress and n > chunk_size, n)
+        for lo in range(0, n, chunk_size):
+            idx = np.arange(lo, lo + chunk_size)
+            real = min(chunk_size, n - lo)
+            idx[real:] = lo  # pad: one compilation for every chunk
+            args = prep.chunk(idx)
+            relaunch = not prep.lanes.programs[0].zero_workspace
+            if jit:
+                placed = _place(mesh, prep.shape, *args)
+                final = _run_batch(prep.shape, *placed)
+                if relaunch:  # report a second launch on the first one's workspace
+                    final = _run_batch(prep.shape, *placed, (final.slot, final.barrier_arrive, final.barrier_wait))
+            else:
+                final = _run_eager(prep.shape, *args)
+                if relaunch:
+                    final = _run_eager(prep.shape, *args, (final.slot, final.barrier_arrive, final.barrier_wait))
+            parts.append({k: v[:real] for k, v in _lane_major(prep.shape, _fetch(mesh, final)).items()})
+            if bar is not None:
+                bar[0].update(bar[1], advance=real)
         if bar is not None:
-            bar[0].update(bar[1], advance=real)
-    if bar is not None:
-        bar[0].stop()
+            bar[0].stop()
     arrays = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return BatchResult(prep.shape, prep.lanes, arrays, prep.seeds, prep.costs, schedule)
 
