@@ -456,9 +456,14 @@ def _check_same_call(mesh, prep: Prepared, chunk_size: int) -> None:
         return
     from jax.experimental import multihost_utils
 
+    tables = 0  # every encoded program (ops, messages, callback decisions, GM contents) of every lane
+    for f in dataclasses.fields(Tables):
+        x = getattr(prep.tables, f.name)
+        if x is not None:
+            tables = zlib.crc32(np.ascontiguousarray(x), tables)
     parts = [repr(prep.shape).encode(), prep.seeds.tobytes(), prep.costs.tobytes(), prep.keys.tobytes()]
-    mine = np.array([len(prep.seeds), chunk_size, *(zlib.crc32(b) for b in parts)], np.uint32)
-    every = np.asarray(multihost_utils.process_allgather(mine))  # [processes, 6]
+    mine = np.array([len(prep.seeds), chunk_size, tables, *(zlib.crc32(b) for b in parts)], np.uint32)
+    every = np.asarray(multihost_utils.process_allgather(mine))  # [processes, 7]
     if not (every == mine).all():
         raise ConfigError(
             "programs",
