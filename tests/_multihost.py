@@ -76,4 +76,8 @@ if __name__ == "__main__":
         aj.simulate(kernel(0, 0), devices=2)
     except aj.ConfigError as e:
         info["devices=2"] = str(e)
+    try:  # processes that disagree on the lanes (here a message field) are refused before running
+        aj.simulate([kernel(skip=jax.process_index(), delay=0)] * 4)
+    except aj.ConfigError as e:
+        info["mismatch"] = str(e)
     print(json.dumps({"info": info, "lanes": lanes_json(result)}))
