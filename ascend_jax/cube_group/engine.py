@@ -337,7 +337,11 @@ def init_distributed(
         )
     n = _whole(field["num_processes"], given["num_processes"], 1, None, "the number of processes, e.g. 2")
     pid = _whole(
-        field["process_id"], given["process_id"], 0, n - 1, f"0 on the coordinator's host, 1..{n - 1} elsewhere"
+        field["process_id"],
+        given["process_id"],
+        0,
+        n - 1,
+        f"one of 0..{n - 1}, a different one in each process (0: the coordinator's)",
     )
     try:
         jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
