@@ -172,15 +172,15 @@ class VersionLines(Mapping):
     def __init__(self, dtype: np.dtype, table: np.ndarray, mid: np.ndarray, held: dict[int, np.ndarray] | None = None):
         self.dtype, self.table, self.mid = dtype, table, mid
         self.n_lines = message_lines(dtype)
-        # in-call content of each line >= 1: [n] message ids, MISS where the cache holds nothing
-        self.content = {line: np.full(len(mid), MISS, np.int64) for line in range(1, self.n_lines)}
+        # in-call content of each line >= 1: [n] message ids, MISS where the cache holds nothing;
+        # None: nothing held for any version
+        self.content: dict[int, np.ndarray | None] = dict.fromkeys(range(1, self.n_lines))
         for line, ids in (held or {}).items():
             self.content[line] = np.asarray(ids, np.int64).copy()
         self.events: list[tuple[str, int]] = []
-        m = len(table)
-        raw = table.view(np.uint8).reshape(m, dtype.itemsize) if m else np.zeros((0, dtype.itemsize), np.uint8)
-        self._raw = np.concatenate([raw, np.zeros((1, dtype.itemsize), np.uint8)])  # row m: zeroed payload
-        self._m = m
+        self._seen: dict[str, np.ndarray] = {}  # field -> value, until one of its lines is invalidated
+        self._m = len(table)
+        self._raw_rows: np.ndarray | None = None
 
     def _source(self, line: int) -> np.ndarray:
         """[n] message ids whose bytes this read of ``line`` sees; a miss loads the current one."""
@@ -188,28 +188,58 @@ class VersionLines(Mapping):
             return self.mid
         self.events.append(("read", line))
         c = self.content[line]
-        self.content[line] = c = np.where(c == MISS, self.mid, c)
+        if c is None:  # nothing held anywhere: every version loads its own payload
+            c = self.mid
+        elif c is not self.mid:
+            c = np.where(c == MISS, self.mid, c)
+        self.content[line] = c
         return c
+
+    def _raw(self) -> np.ndarray:
+        """``[M + 1, itemsize]`` uint8: every post's bytes, then the zeroed payload."""
+        if self._raw_rows is None:
+            m, size = self._m, self.dtype.itemsize
+            raw = self.table.view(np.uint8).reshape(m, size) if m else np.zeros((0, size), np.uint8)
+            self._raw_rows = np.concatenate([raw, np.zeros((1, size), np.uint8)])
+        return self._raw_rows
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name == "head" or name not in self.dtype.names:
             raise KeyError(name)
+        lines = field_lines(self.dtype, name)
+        if name in self._seen:  # the same bytes as the last read (its lines are still held)
+            for line in lines:
+                if line:
+                    self.events.append(("read", line))
+            return self._seen[name]
         ftype, offset = self.dtype.fields[name][:2]
-        sources = [(line, self._source(line)) for line in field_lines(self.dtype, name)]
+        sources = [(line, self._source(line)) for line in lines]
         n, size = len(self.mid), ftype.itemsize
-        out = np.empty((n, size), np.uint8)
-        for line, src in sources:
-            lo = max(offset, line * CACHE_LINE_BYTES)
-            hi = min(offset + size, (line + 1) * CACHE_LINE_BYTES)
-            rows = np.where(src >= 0, src, self._m)
-            out[:, lo - offset : hi - offset] = self._raw[rows, lo:hi]
-        return out.view(ftype.base).reshape((n, *ftype.shape))
+        if all(src is self.mid for _, src in sources):  # the slot as it is: one column lookup
+            rows = np.where(self.mid >= 0, self.mid, self._m)
+            value = self._column(name)[rows]
+        else:
+            out = np.empty((n, size), np.uint8)
+            for line, src in sources:
+                lo = max(offset, line * CACHE_LINE_BYTES)
+                hi = min(offset + size, (line + 1) * CACHE_LINE_BYTES)
+                rows = np.where(src >= 0, src, self._m)
+                out[:, lo - offset : hi - offset] = self._raw()[rows, lo:hi]
+            value = out.view(ftype.base).reshape((n, *ftype.shape))
+        self._seen[name] = value
+        return value
+
+    def _column(self, name: str) -> np.ndarray:
+        """``[M + 1, ...]`` field ``name`` of every post, then of the zeroed payload."""
+        col = self.table[name] if self._m else np.zeros((0, *self.dtype[name].shape), self.dtype[name].base)
+        return np.concatenate([col, np.zeros((1, *col.shape[1:]), col.dtype)])
 
     def invalidate(self, line: int) -> None:
         """``DataCacheCleanAndInvalid`` on line ``line`` of every version's slot."""
         if 1 <= line < self.n_lines:
             self.events.append(("inval", line))
-            self.content[line] = np.full(len(self.mid), MISS, np.int64)
+            self.content[line] = None
+            self._seen = {k: v for k, v in self._seen.items() if line not in field_lines(self.dtype, k)}
 
     def __iter__(self):
         return iter(self.dtype.names[1:])
