@@ -118,14 +118,17 @@ class AicLineCache:
 class CachedMessage(Mapping):
     """One received message's payload fields, each read through :class:`AicLineCache` (reference)."""
 
-    __slots__ = ("cache", "slot", "payload", "raw", "n_lines")
+    __slots__ = ("cache", "slot", "payload", "raw", "n_lines", "seen")
 
     def __init__(self, cache: AicLineCache, slot: int, payload: np.ndarray):
         self.cache, self.slot, self.payload = cache, slot, payload
-        self.raw = payload.tobytes()  # the slot's bytes in GM now, head included
+        self.raw: bytes | None = None  # the slot's bytes in GM now, head included (on first need)
         self.n_lines = message_lines(payload.dtype)
+        self.seen: dict[str, Any] = {}  # field -> value read, until an invalidate
 
     def _line(self, line: int) -> bytes:
+        if self.raw is None:
+            self.raw = self.payload.tobytes()
         if line == 0:  # refreshed by __RcvMessage just before Call
             return self.raw[:CACHE_LINE_BYTES]
         key = (self.slot, line)
@@ -138,15 +141,22 @@ class CachedMessage(Mapping):
         if name == "head" or name not in dtype.names:
             raise KeyError(name)
         lines = field_lines(dtype, name)
-        seen = b"".join(self._line(line) for line in lines)
-        ftype, offset = dtype.fields[name][:2]
-        start = offset - lines[0] * CACHE_LINE_BYTES
-        value = np.frombuffer(seen[start : start + ftype.itemsize], ftype.base).reshape(ftype.shape)
-        return value[()]
+        if lines[-1] == 0:  # the first line: the slot as it is
+            return self.payload[name][()]
+        if name not in self.seen:
+            held = b"".join(self._line(line) for line in lines)
+            ftype, offset = dtype.fields[name][:2]
+            start = offset - lines[0] * CACHE_LINE_BYTES
+            self.seen[name] = np.frombuffer(held[start : start + ftype.itemsize], ftype.base).reshape(ftype.shape)[()]
+        return self.seen[name]
 
     def invalidate(self, line: int) -> None:
         """``DataCacheCleanAndInvalid`` on line ``line`` of this slot."""
         self.cache.lines.pop((self.slot, line), None)
+        self.seen.clear()
+
+    def __contains__(self, name: object) -> bool:
+        return name != "head" and name in self.payload.dtype.names
 
     def __iter__(self):
         return iter(self.payload.dtype.names[1:])
@@ -233,6 +243,9 @@ class VersionLines(Mapping):
         """``[M + 1, ...]`` field ``name`` of every post, then of the zeroed payload."""
         col = self.table[name] if self._m else np.zeros((0, *self.dtype[name].shape), self.dtype[name].base)
         return np.concatenate([col, np.zeros((1, *col.shape[1:]), col.dtype)])
+
+    def __contains__(self, name: object) -> bool:
+        return name != "head" and name in self.dtype.names
 
     def invalidate(self, line: int) -> None:
         """``DataCacheCleanAndInvalid`` on line ``line`` of every version's slot."""
