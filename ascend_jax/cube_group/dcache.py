@@ -50,7 +50,9 @@ they do not invalidate first:
 * a post the AIC never calls on (freed inside another message's callback with no wait, or by a
   release build's stray free, or a post left with state FREE) still counts as a call here;
 * a release build's stray cursor that makes one AIC call on another AIC's slot uses the owner's
-  cache here.
+  cache here;
+* a relaunch on an unzeroed workspace: a message left by the first launch that the AIC calls on
+  is not in the chain.
 """
 
 from __future__ import annotations
