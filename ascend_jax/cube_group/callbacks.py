@@ -13,6 +13,10 @@ So ``call`` must not branch with Python ``if`` on message values. It describes w
 requests, ``handle.xp`` is ``numpy`` or ``jax.numpy`` for ``where`` and friends. The engine then
 performs the recorded frees in order, one per step, each blocking until its wait state holds
 (``FreeMessage(msg, waitState)``, spec §6.4), and finally applies the skip and the release.
+
+Fields past the message's first 64 bytes are read through the AIC's data cache, which may hold
+them from an earlier lap; ``handle.data_cache_clean_and_invalid(msg, line)`` before the read makes
+it fresh (``ascend_jax.cube_group.dcache``). The built-ins that read such fields do it first.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
+import numpy as np
+
+from ascend_jax.cube_group.dcache import check_line
 from ascend_jax.errors import ConfigError
 from ascend_jax.message import CubeMsgState
 
@@ -75,12 +82,14 @@ class AicHandle:
       depth: the received message's row (may be traced).
     """
 
-    def __init__(self, xp: Any, aiv_per_aic: int, queues: Any, column: Any, depth: Any):
+    def __init__(self, xp: Any, aiv_per_aic: int, queues: Any, column: Any, depth: Any, dcache: Any = None):
         self.xp = xp
         self.aiv_per_aic = aiv_per_aic
         self.queues = queues
         self.column = column
         self.depth = depth
+        #: the received message's fields as read through the AIC's D-cache (``dcache.py``), or None
+        self.dcache = dcache
         #: the call's ordered actions: ("free", offset, wait_state, when), ("matmul", words, keep,
         #: when) or ("assert", detail, failed) (see :class:`ascend_jax.matmul.Matmul`)
         self.actions: list[tuple] = []
@@ -100,6 +109,37 @@ class AicHandle:
         if not isinstance(msg, MsgRef):
             raise TypeError("free_message expects the received msg or msg + i")
         self.actions.append(("free", msg.offset, NO_WAIT if wait_state is None else wait_state, when))
+
+    @property
+    def msg_lines(self) -> int:
+        """Number of 64-byte D-cache lines of the message type (``sizeof(T) / 64``), static."""
+        return 1 if self.dcache is None else self.dcache.n_lines
+
+    def data_cache_clean_and_invalid(self, msg: MsgRef, line: int) -> None:
+        """``DataCacheCleanAndInvalid<int64_t, CacheLine::SINGLE_CACHE_LINE, DcciDst::CACHELINE_OUT>``
+        on the 64-byte line ``line`` of the received message (1: bytes 64..127, the seed's
+        ``rcvMsg + 64 B``).
+
+        The framework refreshes only line 0 before ``Call`` (``__RcvMessage``), so a field in a
+        later line reads the AIC's cached copy of that line, possibly loaded on an earlier lap,
+        until this call drops it; the next read of the line then loads the slot as it is now
+        (``ascend_jax.cube_group.dcache``). ``msg`` must be the received message itself (other
+        slots' lines are not modelled); ``line`` is a Python int in ``0..msg_lines`` (``msg_lines``
+        is the next slot's head line, a no-op).
+        """
+        if not isinstance(msg, MsgRef):
+            raise TypeError("data_cache_clean_and_invalid expects the received msg")
+        offset = msg.offset
+        if isinstance(offset, (bool, np.bool_)) or not isinstance(offset, (int, np.integer)) or offset != 0:
+            raise ConfigError(
+                "callback: data_cache_clean_and_invalid(msg, line)",
+                f"msg + {offset!r}",
+                "only the received message's own lines can be invalidated here",
+                "pass msg (a line of another slot is not modelled)",
+            )
+        line = check_line(line, self.msg_lines)
+        if self.dcache is not None:
+            self.dcache.invalidate(line)
 
     def set_skip_msg(self, skip_cnt: Any) -> None:
         """``SetSkipMsg(k)``: after this call the cursor skips the next k columns of the row.
@@ -148,13 +188,17 @@ class MergeCallback(_StatelessCallback):
 
     A VALID message with ``skipCnt`` 0 is freed. With ``skipCnt = k > 0`` the leader is freed with
     wait state VALID, the k following slots of the row with wait state FAKE, then
-    ``SetSkipMsg(k)``. A FAKE that no skip covered is freed (its stale skipCnt is ignored).
+    ``SetSkipMsg(k)``. A FAKE that no skip covered is freed (its stale skipCnt is ignored). Like
+    the seed's callback it first invalidates the message's lines past the first (none for a
+    64-byte message), so it never reads a stale line.
     """
 
     required_fields: tuple[str, ...] = ("skipCnt",)
 
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
         xp = handle.xp
+        for line in range(1, handle.msg_lines):
+            handle.data_cache_clean_and_invalid(msg, line)
         k = xp.where(msg.state == CubeMsgState.VALID, msg.skipCnt, 0)
         handle.free_message(msg, xp.where(k > 0, int(CubeMsgState.VALID), NO_WAIT))
         for i in range(1, handle.aiv_per_aic):
@@ -175,7 +219,10 @@ class MatmulCallback(_StatelessCallback):
     End, then FreeMessage(msg + i, VALID for i = 0 else FAKE); finally SetSkipMsg(k). A FAKE that
     no skip covered is freed without compute (the seed's callback would compute on its stale
     payload). Fields the message type lacks (e.g. with the 64-byte CubeMsgBody: lastTailM, org
-    shapes, cGap, biasAddr) count as 0.
+    shapes, cGap, biasAddr) count as 0. Before reading anything it invalidates every line of the
+    message past the first: the seed's callback does it for +64 B (all of the 128-byte
+    CubeMatmulMsg), and the API docs ask it of any message over 64 B, so the tolerant variant
+    never reads a stale cAddr, biasAddr or gap.
     """
 
     required_fields: tuple[str, ...] = (
@@ -184,6 +231,8 @@ class MatmulCallback(_StatelessCallback):
 
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
         xp = handle.xp
+        for line in range(1, handle.msg_lines):
+            handle.data_cache_clean_and_invalid(msg, line)
         f = object.__getattribute__(msg, "_fields")
 
         def get(name: str) -> Any:
@@ -231,8 +280,10 @@ class SeedCallback(_StatelessCallback):
     persists across calls, so SetTail's -1 keeps the previous message's extent and 0 is an empty
     tile. An uncovered FAKE is computed on its stale payload and then ``FreeMessage(rcvMsg,
     VALID)`` waits for VALID on a FAKE slot forever: a deadlock whose witness is the AIC waiting
-    for VALID. Needs the 128-byte message (``CubeMatmulMsg``). Compare :class:`MatmulCallback`,
-    the tolerant variant.
+    for VALID. Needs the 128-byte message (``CubeMatmulMsg``). Like the seed it first runs
+    DataCacheCleanAndInvalid on ``rcvMsg + 64 B`` (line 1) and on no other line, so with a longer
+    message type the fields past byte 128 are read stale. Compare :class:`MatmulCallback`, the
+    tolerant variant.
     """
 
     required_fields: tuple[str, ...] = (
@@ -241,6 +292,7 @@ class SeedCallback(_StatelessCallback):
     )  # fmt: skip
 
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
+        handle.data_cache_clean_and_invalid(msg, 1)  # the seed: DataCacheCleanAndInvalid at rcvMsg + 64 B
         k = msg.skipCnt
         mm.set_org_shape(msg.mOrgShape, msg.nOrgShape, msg.kaOrgShape, msg.kbOrgShape, msg.kcOrgShape)
         for i in range(handle.aiv_per_aic):
@@ -265,13 +317,17 @@ class SampleCallback(_StatelessCallback):
     1 is a merge leader that frees itself (VALID) and the next three columns (FAKE) and calls
     SetSkipMsg(3). Like the seed, it does not look at the head state, so an uncovered FAKE
     hangs in ``FreeMessage(rcvMsg, VALID)``. (Reconstructed from the sample's described behaviour;
-    its source was not available to check line by line.)
+    its source was not available to check line by line.) As in the sample's
+    ``MyCallbackFunc::Call``, funcID is read before ``CubeGroupCallBack<funcID>`` invalidates
+    ``rcvMsg + 64 B`` (line 1; with the sample's 64-byte message that is the next slot's head
+    line, a no-op here).
     """
 
     required_fields: tuple[str, ...] = ("funcID",)
 
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
         k = handle.xp.where(msg.funcID == SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE, 0)
+        handle.data_cache_clean_and_invalid(msg, 1)
         for i in range(handle.aiv_per_aic):
             handle.free_message(msg + i, CubeMsgState.FAKE if i else CubeMsgState.VALID, when=i <= k)
         handle.set_skip_msg(k)

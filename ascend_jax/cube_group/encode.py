@@ -10,7 +10,9 @@ Two facts make the engine's loop small:
   its aivID. The engine carries one version id per slot instead of head fields and payloads.
 * **A callback's decision depends only on what it receives.** With ``Init`` run once per AIC and
   the Matmul object reset per call, ``Call`` sees the message (state, aivID, payload) and the
-  handle (P, n, column, depth), all functions of the version. So each group's callback is
+  handle (P, n, column, depth), all functions of the version (past the first 64 bytes, the
+  payload the AIC's D-cache returns is a function of the slot's earlier versions: ``dcache.py``). So
+  each group's callback is
   evaluated once here, vectorised over every version of the group with ``handle.xp = numpy``
   (the same code the reference runs on scalars), and the engine looks its decision up: the
   ordered actions (frees with their wait states, matmul descriptors), the skip count, and the
@@ -33,6 +35,7 @@ import numpy as np
 
 from ascend_jax.cube_group.barrier import BarrierObject
 from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView
+from ascend_jax.cube_group.dcache import call_through_lines
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.result import message_table
 from ascend_jax.cube_group.status import ErrorCode, OpKind
@@ -181,27 +184,28 @@ def _bcast(x: Any, n: int, dtype: Any = np.int64) -> np.ndarray:
 
 
 def _evaluate_group(program: CubeGroupProgram, gi: int, ids: np.ndarray, versions: np.ndarray):
-    """Runs group ``gi``'s callback once, vectorised over its versions ``ids``; returns the
-    recorded actions as lists of [n] arrays, plus the skip count [n]."""
+    """Runs group ``gi``'s callback once, vectorised over its versions ``ids`` (twice when it reads
+    a message line it may hold stale, ``dcache.call_through_lines``); returns the recorded actions
+    as lists of [n] arrays, plus the skip count [n]."""
     g = program.groups[gi]
     n = len(ids)
     slot_rel = versions[ids, 0] - g.slot_base
     k, rem = np.divmod(slot_rel, g.aiv_per_aic * MAX_MSG_PER_AIV)
     depth, column = np.divmod(rem, g.aiv_per_aic)
     queues = np.where(k < g.aic_num - 1, g.aiv_per_aic, g.queues_of_aic(g.aic_num - 1))
-    table = message_table(program, gi)
-    mid = versions[ids, 4]
-    fields = {}
-    for name in program.msg_dtypes[gi].names[1:]:
-        col = table[name] if len(table) else np.zeros(0, program.msg_dtypes[gi][name])
-        fields[name] = np.where(mid >= 0, col[np.maximum(mid, 0)] if len(col) else 0, np.zeros((), col.dtype))
-    msg = MsgView(versions[ids, 2], versions[ids, 3], fields)
-    handle = AicHandle(np, g.aiv_per_aic, queues, column, depth)
     cfg = program.matmuls[gi] if program.matmuls else None
-    mm = _NoMatmul(g.name) if cfg is None else Matmul(cfg[0], cfg[1], np, handle, symbolic=True)
-    with np.errstate(all="ignore"):
-        program.callbacks[gi].call(mm, msg, handle)
-    end_state = None if cfg is None else mm.state_keep()
+
+    def call(fields):  # fields: every version's payload as its AIC's D-cache returns it (dcache.py)
+        msg = MsgView(versions[ids, 2], versions[ids, 3], fields)
+        handle = AicHandle(np, g.aiv_per_aic, queues, column, depth, dcache=fields)
+        mm = _NoMatmul(g.name) if cfg is None else Matmul(cfg[0], cfg[1], np, handle, symbolic=True)
+        handle.mm = mm  # the symbolic Matmul: its end state is the call's state update
+        with np.errstate(all="ignore"):
+            program.callbacks[gi].call(mm, msg, handle)
+        return handle
+
+    handle = call_through_lines(call, program.msg_dtypes[gi], message_table(program, gi), versions, ids)
+    end_state = None if cfg is None else handle.mm.state_keep()
     return handle.actions, _bcast(handle.skip, n), column, queues, k, end_state
 
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from ascend_jax.cube_group.barrier import BarrierObject
 from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, FreeCallback, MergeCallback, MsgView
+from ascend_jax.cube_group.dcache import AicLineCache, message_lines
 from ascend_jax.cube_group.program import AivOp, CubeGroupProgram
 from ascend_jax.cube_group.result import CubeGroupResult
 from ascend_jax.cube_group.status import ErrorCode, Status
@@ -112,6 +113,7 @@ class _Aic:
     skip: int = 0
     log: list = dataclasses.field(default_factory=list)
     error: dict | None = None  # the protocol error that stopped this AIC
+    dcache: AicLineCache = dataclasses.field(default_factory=AicLineCache)  # message lines past the first
 
     @property
     def done(self) -> bool:
@@ -418,10 +420,11 @@ class ReferenceInterpreter:
             skip, actions = _builtin_requests(aic.builtin, cur, p)
         else:  # CallBack::Call(mm, msg, handle), which records its requests in the handle
             dtype = self.p.msg_dtypes[aic.group]
-            msg = MsgView(
-                cur.state, cur.aiv_id, _Fields(cur.payload if cur.payload is not None else np.zeros((), dtype))
-            )
-            handle = AicHandle(np, p, aic.n, aic.aiv_work, aic.msg_pos // p)
+            payload = cur.payload if cur.payload is not None else np.zeros((), dtype)
+            # past the first 64 bytes Call reads through this AIC's D-cache (dcache.py); line 0 is fresh
+            lines = None if message_lines(dtype) == 1 else aic.dcache.view(base + aic.msg_pos, payload)
+            msg = MsgView(cur.state, cur.aiv_id, _Fields(payload) if lines is None else lines)
+            handle = AicHandle(np, p, aic.n, aic.aiv_work, aic.msg_pos // p, dcache=lines)
             if cfg is not None:
                 aic.mm.handle = handle
             self.p.callbacks[aic.group].call(aic.mm, msg, handle)
