@@ -432,7 +432,9 @@ def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_o
             results = simulate([program] * nums.batch, schedule=schedule, seeds=seeds, atomic_order=atomic_order, **kw)
     elapsed = time.perf_counter() - t0
     numerics_ok = True
-    if any(m is not None for m in program.matmuls):
+    from ascend_jax.cube_group.vector import has_vector_ops
+
+    if any(m is not None for m in program.matmuls) or has_vector_ops(program):
         with _Activity("computing the float64 reference of the numerics report"):
             report = numerics_report(program, results)
         if expected is not None:

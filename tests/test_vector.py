@@ -17,7 +17,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ascend_jax import ReferenceInterpreter, run_reference, simulate
+from ascend_jax import ReferenceInterpreter, load_scenario, run_reference, simulate
 from ascend_jax.cli import main
 from ascend_jax.cube_group.program import CubeGroupKernel
 from ascend_jax.cube_group.vector import VECTOR_KINDS, WORDS, vector_cycles, vector_tables
@@ -413,3 +413,89 @@ def test_cli_attention_grad_engines(capsys):
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["status"] == "ok"
     assert [lane["status"] for lane in out["batch"]] == ["ok", "ok"]
+
+
+# -- scenario TOML -------------------------------------------------------------------------------
+
+TOML_HEAD = """
+name = "v"
+[[tensor]]
+name = "x"
+shape = [8, 16]
+dtype = "float32"
+init = "random"
+[[tensor]]
+name = "y"
+shape = [8, 16]
+dtype = "float32"
+[[group]]
+name = "g"
+block_start = 0
+block_size = 2
+msg_queue_size = 1
+callback = "free"
+[[aiv]]
+block_idx = 0
+ops = [
+  { op = "assign_queue", group = "g", queue = 0 },
+  { op = "ub_buffer", name = "a", rows = 8, cols = 16 },
+  { op = "ub_buffer", name = "r", rows = 8, cols = 1 },
+"""
+
+
+def test_toml_vector_softmax_example():
+    p = load_scenario("docs/examples/vector_softmax.toml")
+    res = run_reference(p)
+    x = p.gm.read("x").astype(np.float64)
+    e = np.exp(x - x.max(1, keepdims=True))
+    err = compare(res.tensor("y"), e / e.sum(1, keepdims=True), 2.0**-10)
+    assert err["ok"] and err["rel_l2_error"] > 0
+
+
+def test_toml_ops_are_the_builders_ops(tmp_path):
+    path = tmp_path / "v.toml"
+    path.write_text(
+        TOML_HEAD
+        + """  { op = "vector", kind = "load", dst = "a", addr = "x+64", rows = 4, stride = 32 },
+  { op = "vector", kind = "row_sum", dst = "r", src0 = "a" },
+  { op = "vector", kind = "select", dst = "a", src0 = "a", src1 = "a", scalar = -1 },
+  { op = "vector", kind = "store", addr = "y", src0 = "a", atomic = true },
+  { op = "quit", group = "g" },
+]"""
+    )
+    p = load_scenario(path)
+    k, g, aiv = kernel(data("float32"))
+    a, r = aiv.vec.buffer("a", ROWS, COLS), aiv.vec.buffer("r", ROWS, 1)
+    x = k.gm.tensors["x0"]
+    aiv.vec.load(a, x.addr + 64, rows=4, stride=32)
+    aiv.vec.row_sum(r, a)
+    aiv.vec.select(a, a, a, -1)
+    aiv.vec.store("y", a, atomic=True)
+    aiv.quit(g)
+    q = k.compile()
+    toml_ops = [op.vec.words() for op in p.aivs[0][1] if op.kind == "vector"]
+    py_ops = [op.vec.words() for op in q.aivs[0][1] if op.kind == "vector"]
+    assert toml_ops == py_ops and len(toml_ops) == 4
+
+
+@pytest.mark.parametrize(
+    ("op", "field", "rule"),
+    [
+        ('{ op = "vector", kind = "exp", dst = "a", src0 = "b" }', "aiv[0].ops[3].src0", "no UB buffer"),
+        (
+            '{ op = "vector", kind = "exp", dst = "a", src0 = "a", scalar = 2 }',
+            "aiv[0].ops[3].scalar",
+            "does not apply",
+        ),
+        ('{ op = "vector", kind = "add", dst = "a", src0 = "a" }', "aiv[0].ops[3].src1", "is required"),
+        ('{ op = "vector", kind = "load", dst = "a", addr = "y", atomic = true }', "aiv[0].ops[3].atomic", "does not"),
+        ('{ op = "vector", kind = "expp", dst = "a", src0 = "a" }', "aiv[0].ops[3].kind", ""),
+        ('{ op = "ub_buffer", name = "a", rows = 1, cols = 1 }', "aiv[0].ops[3].name", "already has"),
+    ],
+)
+def test_toml_vector_errors(tmp_path, op, field, rule):
+    path = tmp_path / "bad.toml"
+    path.write_text(TOML_HEAD + f'  {op},\n  {{ op = "quit", group = "g" }},\n]')
+    with pytest.raises(ConfigError) as e:
+        load_scenario(path)
+    assert e.value.field == field and rule in e.value.rule

@@ -91,6 +91,16 @@ CASTS = {("float16", "float32"), ("float32", "float16"), ("bfloat16", "float32")
 UB_ALIGN = 32
 #: Buffer dtypes (codes in ``words``).
 UB_DTYPES = ("float16", "bfloat16", "float32")
+_REGION = frozenset({"rows", "cols"})
+#: Scenario table keys per kind: (required, optional).
+TABLE_KEYS: dict[str, tuple[frozenset, frozenset]] = {
+    "load": (frozenset({"dst", "addr"}), _REGION | {"stride"}),
+    "store": (frozenset({"src0", "addr"}), _REGION | {"stride", "atomic"}),
+    **{k: (frozenset({"dst", "src0", "src1"}), _REGION) for k in BINARY + BROADCAST},
+    **{k: (frozenset({"dst", "src0", "scalar"}), _REGION) for k in SCALAR},
+    **{k: (frozenset({"dst", "src0"}), _REGION) for k in UNARY + REDUCE + ("cast",)},
+    "select": (frozenset({"dst", "src0", "src1", "scalar"}), _REGION),
+}
 #: Int words of :meth:`VectorOp.words` (``scalar`` travels separately as a float).
 WORDS = ("kind", "dst", "src0", "src1", "rows", "cols", "addr", "stride", "atomic", "dtype")
 
@@ -281,6 +291,39 @@ class VectorBuilder:
                 "check the address, stride and shape",
             )
         return int(a), int(stride)
+
+    def named(self, name: str, key: str = "buffer") -> UbBuffer:
+        """This AIV's buffer called ``name``."""
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise self._fail(key, name, f"no UB buffer of this AIV has this name; buffers: {[b.name for b in self.buffers]}",
+                         "declare it first with { op = \"ub_buffer\", ... }")  # fmt: skip
+
+    def apply(self, table: dict[str, Any]) -> None:
+        """Appends the op a scenario table describes: ``kind`` plus the keys of :data:`TABLE_KEYS`
+        (buffers by name; a key the kind does not take is an error, not ignored)."""
+        kind = table["kind"]
+        need, may = TABLE_KEYS[kind]
+        given = {k for k, v in table.items() if k != "kind" and v is not None and v is not False}
+        for key in sorted(given - need - may):
+            raise self._fail(key, table[key], f"does not apply to a {kind!r} op", f"{kind} takes {sorted(need | may)}")
+        for key in sorted(need - given):
+            raise self._fail(key, None, f"is required by a {kind!r} op")
+        t = {k: (self.named(table[k], k) if k in ("dst", "src0", "src1") else table[k]) for k in given}
+        region = {k: t[k] for k in ("rows", "cols") if k in t}
+        if kind == "load":
+            self.load(t["dst"], t["addr"], stride=t.get("stride"), **region)
+        elif kind == "store":
+            self.store(t["addr"], t["src0"], stride=t.get("stride"), atomic=bool(t.get("atomic", False)), **region)
+        elif kind in BINARY or kind in BROADCAST:
+            getattr(self, kind)(t["dst"], t["src0"], t["src1"], **region)
+        elif kind in SCALAR:
+            getattr(self, kind)(t["dst"], t["src0"], t["scalar"], **region)
+        elif kind == "select":
+            self.select(t["dst"], t["src1"], t["src0"], t["scalar"], **region)
+        else:  # exp, row_max, row_sum, cast
+            getattr(self, kind)(t["dst"], t["src0"], **region)
 
     # -- declarations
     def buffer(self, name: str, rows: int, cols: int, dtype: Any = "float32") -> UbBuffer:
