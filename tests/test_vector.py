@@ -291,6 +291,7 @@ def test_vector_tables_are_the_ops_as_data():
         [-1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
     ]
     assert t["op_scalar"][0].tolist() == [0, 0, 0.5, 0, 0, 0]
+    assert t["op_bytes"][0].tolist() == [512, 512, 512, 512, 0, 0]
     assert t["buf_shape"][0].tolist() == [[ROWS, COLS], [ROWS, 1]]
     assert t["buf_offset"][0].tolist() == [0, ROWS * COLS * 4]
     assert t["buf_dtype"][0].tolist() == [2, 2]

@@ -49,6 +49,16 @@ per-core GM rate as the AIC's matmul traffic); a compute op takes ``vec_issue + 
 itemsize / vec_rate)``, itemsize the widest of its buffers (the vector unit handles ``vec_rate`` =
 256 bytes per cycle, one repeat). Issue and copy never overlap (no double buffering modelled).
 
+A batched engine (not written yet; the JAX engine rejects these programs): :func:`vector_tables`
+gives every op as int words + scalar + bytes, ``[V, L, ...]`` by the op's ``pc``. UB state fits a
+``[V, B, R, C] float32`` array per lane (R, C the largest buffer): float16 and bfloat16 values are
+exact in float32, and a result is rounded to its buffer's type by a float32 -> type -> float32
+round trip chosen by the ``dtype`` word. Regions are iota masks ``r < rows, c < cols``; loads and
+stores reuse :func:`ascend_jax.gm.load_tile` / ``store_tile`` with ``element_offsets(rows, cols,
+stride, False)``. Order to match: within a step every AIV's op acts in block_idx order (an AIV's
+store is visible to a later AIV's load in the same step), before the AICs and before the step's
+matmuls are written, so a load sees the matmuls of earlier steps only.
+
 Fidelity notes: the ops and their layout follow the Ascend C vector API (``DataCopy``, ``Add``,
 ``Muls``, ``Exp``, ``WholeReduceSum``, ``Cast``, ``Select``); the loop of GM->UB copy, float32
 compute and UB->GM copy over S1 slices of a cube block is the vector side described in
@@ -60,7 +70,6 @@ aligned, back to back. The 32-byte granularity of ``DataCopy`` lengths is not ch
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -577,12 +586,18 @@ def vector_cycles(op: VectorOp, cost: np.ndarray) -> np.float32:
 
     f32 = np.float32
     issue = f32(cost[C["vec_issue"]])
+    nbytes = f32(op_bytes(op))
     if op.kind in ("load", "store"):
-        nbytes = f32(op.rows * op.cols * op.gm_dtype.itemsize)
         return f32(issue + nbytes / f32(cost[C["ddr_rate"]]))
-    width = max(b.dtype.itemsize for b in (op.dst, op.src0, op.src1) if b is not None)
-    repeats = f32(math.ceil(op.rows * op.cols * width / float(cost[C["vec_rate"]])))
-    return f32(issue + repeats)
+    return f32(issue + f32(np.ceil(nbytes / f32(cost[C["vec_rate"]]))))
+
+
+def op_bytes(op: VectorOp) -> int:
+    """Bytes an op moves (a copy: the GM tile) or processes (compute: region x widest operand's
+    item size), the size its cost scales with."""
+    if op.kind in ("load", "store"):
+        return op.rows * op.cols * op.gm_dtype.itemsize
+    return op.rows * op.cols * max(b.dtype.itemsize for b in (op.dst, op.src0, op.src1) if b is not None)
 
 
 # -- whole programs ----------------------------------------------------------------------------
@@ -614,6 +629,9 @@ def vector_tables(program: CubeGroupProgram) -> dict[str, np.ndarray]:
     * ``op_words [V, L, len(WORDS)] int64``: :meth:`VectorOp.words` of each vector op; kind -1 for
       a protocol op or padding.
     * ``op_scalar [V, L] float32``.
+    * ``op_bytes [V, L] float32``: :func:`op_bytes` (0 for protocol ops), so a timed engine costs
+      an op as ``vec_issue + op_bytes / ddr_rate`` (copies) or ``vec_issue + ceil(op_bytes /
+      vec_rate)`` with its lane's cost vector.
     * ``buf_shape [V, B, 2] int64`` (rows, cols; 0 for none), ``buf_dtype [V, B] int64`` (code in
       :data:`UB_DTYPES`, -1 for none), ``buf_offset [V, B] int64`` (UB bytes).
     """
@@ -623,6 +641,7 @@ def vector_tables(program: CubeGroupProgram) -> dict[str, np.ndarray]:
     words = np.full((v, l_max, len(WORDS)), -1, np.int64)
     words[..., 1:] = 0
     scalar = np.zeros((v, l_max), np.float32)
+    nbytes = np.zeros((v, l_max), np.float32)
     for i, (_, ops) in enumerate(program.aivs):
         for j, op in enumerate(ops):
             if op.kind != "vector":
@@ -630,6 +649,7 @@ def vector_tables(program: CubeGroupProgram) -> dict[str, np.ndarray]:
             ints, s = op.vec.words()
             words[i, j] = ints
             scalar[i, j] = s
+            nbytes[i, j] = op_bytes(op.vec)
             for b in (op.vec.dst, op.vec.src0, op.vec.src1):
                 if b is not None:
                     bufs.setdefault(i, {})[b.index] = b
@@ -642,7 +662,14 @@ def vector_tables(program: CubeGroupProgram) -> dict[str, np.ndarray]:
             shape[i, k] = (b.rows, b.cols)
             dtype[i, k] = UB_DTYPES.index(b.dtype_name)
             offset[i, k] = b.offset
-    return {"op_words": words, "op_scalar": scalar, "buf_shape": shape, "buf_dtype": dtype, "buf_offset": offset}
+    return {
+        "op_words": words,
+        "op_scalar": scalar,
+        "op_bytes": nbytes,
+        "buf_shape": shape,
+        "buf_dtype": dtype,
+        "buf_offset": offset,
+    }
 
 
 __all__ = [
