@@ -315,10 +315,12 @@ class VectorBuilder:
         kind = table["kind"]
         need, may = TABLE_KEYS[kind]
         given = {k for k, v in table.items() if k != "kind" and v is not None and v is not False}
-        for key in sorted(given - need - may):
+        extra, missing = sorted(given - need - may), sorted(need - given)
+        if extra:
+            key = extra[0]
             raise self._fail(key, table[key], f"does not apply to a {kind!r} op", f"{kind} takes {sorted(need | may)}")
-        for key in sorted(need - given):
-            raise self._fail(key, None, f"is required by a {kind!r} op")
+        if missing:
+            raise self._fail(missing[0], None, f"is required by a {kind!r} op")
         t = {k: (self.named(table[k], k) if k in ("dst", "src0", "src1") else table[k]) for k in given}
         region = {k: t[k] for k in ("rows", "cols") if k in t}
         if kind == "load":
