@@ -30,6 +30,7 @@ from ascend_jax.cube_group.readout import BatchResult
 from ascend_jax.cube_group.reference import ReferenceInterpreter, run_reference
 from ascend_jax.cube_group.result import CubeGroupResult
 from ascend_jax.cube_group.status import ErrorCode, Status
+from ascend_jax.cube_group.vector import UbBuffer, VectorBuilder, VectorOp
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GlobalMemory, Tensor
 from ascend_jax.matmul import Matmul, MatmulType, TCubeTiling
@@ -92,4 +93,7 @@ __all__ = [
     "pack_message",
     "run_reference",
     "simulate",
+    "UbBuffer",
+    "VectorBuilder",
+    "VectorOp",
 ]

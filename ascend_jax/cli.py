@@ -100,8 +100,8 @@ def _parser() -> argparse.ArgumentParser:
         "--engine",
         choices=["auto", "jax", "reference"],
         default=None,
-        help="default auto: the reference interpreter for one lane of a deterministic schedule (no compile), "
-        "else the JAX engine",
+        help="default auto: the reference interpreter for one lane of a deterministic schedule (no compile) "
+        "or for a program with AIV vector ops, else the JAX engine",
     )
     run.add_argument(
         "--devices", type=int, default=None, help="shard the lanes over this many local devices (default: all)"
@@ -328,9 +328,11 @@ def _run(args: argparse.Namespace) -> int:
     atomic_order = args.atomic_order or "fixed"
     engine = args.engine or "auto"
     if engine == "auto":  # one deterministic lane: the interpreter answers before JAX would compile
+        from ascend_jax.cube_group.vector import has_vector_ops  # vector ops: reference only, for now
+
         jax_only = atomic_order != "fixed" or nums.chunk is not None or nums.devices is not None
         single = nums.batch == 1 and schedule != "random"  # random lanes replay only in the engine that drew them
-        engine = "reference" if single and not jax_only else "jax"
+        engine = "reference" if (single and not jax_only) or has_vector_ops(program) else "jax"
     if engine == "reference" and atomic_order != "fixed":
         raise ConfigError("--atomic-order", atomic_order, "random needs --engine jax", "leave --engine out")
     for flag in ("chunk", "devices"):
@@ -430,7 +432,9 @@ def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_o
             results = simulate([program] * nums.batch, schedule=schedule, seeds=seeds, atomic_order=atomic_order, **kw)
     elapsed = time.perf_counter() - t0
     numerics_ok = True
-    if any(m is not None for m in program.matmuls):
+    from ascend_jax.cube_group.vector import has_vector_ops
+
+    if any(m is not None for m in program.matmuls) or has_vector_ops(program):
         with _Activity("computing the float64 reference of the numerics report"):
             report = numerics_report(program, results)
         if expected is not None:

@@ -1,15 +1,16 @@
 """Numerics report: simulated GM tensors against the float64 numpy reference.
 
 The reference is the reference interpreter in ``numerics="exact"`` mode: the same program, the
-same action order, every matmul and atomic computed in float64 from the input values, without
-rounding. For every tensor a matmul wrote, the report gives::
+same action order, every matmul, atomic and AIV vector op computed in float64 from the input
+values, without rounding. For every tensor a matmul or a vector store wrote, the report gives::
 
     {"dtype": "float32", "combination": "float16xfloat16->float32", "rel_l2_error": ...,
      "max_abs_error": ..., "max_rel_error": ..., "nan": 0, "inf": 0, "tolerance": ..., "ok": true}
 
 ``rel_l2_error = ||sim - ref||_2 / ||ref||_2``; ``max_rel_error`` is taken over elements whose
 reference is non-zero; ``ok`` means ``rel_l2_error <= tolerance`` and no NaN/Inf where the
-reference is finite. Tolerances by C type are :data:`ascend_jax.matmul.TOLERANCE`. With several
+reference is finite. Tolerances by C type are :data:`ascend_jax.matmul.TOLERANCE`, unless the
+program sets one for the tensor (``CubeGroupProgram.tolerances``). With several
 batch lanes (e.g. ``atomic_order="random"``) the report adds ``lane_spread``: the largest relative
 L2 distance between a lane's result and lane 0's.
 """
@@ -28,7 +29,7 @@ from ascend_jax.matmul import TOLERANCE, rel_l2
 
 
 def exact_reference(program: CubeGroupProgram) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """float64 values of every tensor a matmul writes, and each one's dtype combination label."""
+    """float64 values of every tensor a matmul or vector store writes, and each one's dtype combination label."""
     ref = ReferenceInterpreter(program, numerics="exact")
     ref.run()
     labels = {}
@@ -86,7 +87,7 @@ def numerics_report(
     report = {}
     for name, ref in refs.items():
         dt = program.gm.tensors[name].dtype
-        tol = TOLERANCE[_name(dt)]
+        tol = program.tolerances.get(name, TOLERANCE[_name(dt)])
         sim = program.gm.read(name, images[0])
         entry = {"dtype": _name(dt), "combination": combos[name], **compare(sim, ref, tol)}
         if len(images) > 1:

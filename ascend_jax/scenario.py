@@ -341,5 +341,9 @@ def _apply(program, op) -> None:
         program.arrive(op.barrier, op.index)
     elif kind == "sync_all":
         program.sync_all()
+    elif kind == "ub_buffer":
+        program.vec.buffer(op.name, op.rows, op.cols, op.dtype)
+    elif kind == "vector":
+        program.vec.apply(op.model_dump(exclude={"op"}))
     else:
         program.barrier_wait(op.barrier, op.index)

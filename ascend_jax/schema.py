@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
 from ascend_jax.errors import ConfigError
 
 # -- limits (each message names the limit) ---------------------------------------------------
@@ -149,6 +150,34 @@ class SyncAllOp(StrictModel):
     op: Literal["sync_all"]
 
 
+class UbBufferOp(StrictModel):
+    """A UB buffer of this AIV (``LocalTensor``): ``rows x cols`` elements of ``dtype``; vector ops name it."""
+
+    op: Literal["ub_buffer"]
+    name: Name
+    rows: Tile
+    cols: Tile
+    dtype: Literal[UB_DTYPES] = "float32"  # type: ignore[valid-type]
+
+
+class VectorOpTable(StrictModel):
+    """An AIV vector op (docs/model/vector.md): ``kind`` and the operands it takes, by buffer name."""
+
+    op: Literal["vector"]
+    kind: Literal[VECTOR_KINDS]  # type: ignore[valid-type]
+    dst: Name | None = None
+    src0: Name | None = None
+    src1: Name | None = Field(None, description="second operand; the row column of sub_row / mul_row; select's mask")
+    addr: str | Annotated[int, Field(ge=0, le=INT32_MAX)] | None = Field(
+        None, description="load / store: GM address, 'tensor+byte_offset' or an integer"
+    )
+    rows: Tile | None = None
+    cols: Tile | None = None
+    stride: Tile | None = Field(None, description="load / store: GM elements between rows (default cols)")
+    atomic: bool = False
+    scalar: float | int | None = Field(None, description="muls / adds operand, select's fill value")
+
+
 OP_MODELS: dict[str, type[StrictModel]] = {
     "assign_queue": AssignQueueOp,
     "post": PostOp,
@@ -159,9 +188,23 @@ OP_MODELS: dict[str, type[StrictModel]] = {
     "arrive": ArriveOp,
     "barrier_wait": BarrierWaitOp,
     "sync_all": SyncAllOp,
+    "ub_buffer": UbBufferOp,
+    "vector": VectorOpTable,
 }
 Op = Annotated[
-    Union[AssignQueueOp, PostOp, FakeOp, QuitOp, WaitOp, DelayOp, ArriveOp, BarrierWaitOp, SyncAllOp],  # noqa: UP007
+    Union[  # noqa: UP007
+        AssignQueueOp,
+        PostOp,
+        FakeOp,
+        QuitOp,
+        WaitOp,
+        DelayOp,
+        ArriveOp,
+        BarrierWaitOp,
+        SyncAllOp,
+        UbBufferOp,
+        VectorOpTable,
+    ],  # fmt: skip
     Field(discriminator="op"),
 ]
 

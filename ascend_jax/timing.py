@@ -10,6 +10,8 @@ Cycles (AI core clock, ``cube_freq``):
   ``FreeMessage`` ``free``; ``IterateAll``: ``mm_overhead`` + one cycle per cube fractal
   (ceil(m/16) * ceil(n/16) * ceil(k/K0), K0 = 16, or 32 for int8: [DtypeMKN]) + GM traffic
   (A, B and C bytes) / ``ddr_rate`` bytes per cycle, the sum (no overlap modelled).
+* AIV vector ops (:mod:`ascend_jax.cube_group.vector`): a GM<->UB copy ``vec_issue`` + bytes /
+  ``ddr_rate``; a compute op ``vec_issue`` + one cycle per ``vec_rate`` bytes of its widest operand.
 
 The latencies are not published; the defaults are round placeholders to be calibrated against a
 device profile. Every lane of a batch may carry its own :class:`CostModel` without recompiling.
@@ -27,7 +29,7 @@ from ascend_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class CostModel:
-    """Cycles per action (see the module docstring) and ``ddr_rate`` in bytes per cycle per core."""
+    """Cycles per action (see the module docstring); ``ddr_rate`` and ``vec_rate`` in bytes per cycle per core."""
 
     alloc: float = 40.0
     post: float = 120.0
@@ -40,18 +42,20 @@ class CostModel:
     free: float = 40.0
     mm_overhead: float = 300.0
     ddr_rate: float = 32.0
+    vec_issue: float = 20.0
+    vec_rate: float = 256.0
     freq_mhz: float = 1850.0
 
     FIELDS = (
         "alloc", "post", "fake", "quit", "wait", "barrier", "dispatch", "poll", "free", "mm_overhead", "ddr_rate",
-        "freq_mhz",
+        "vec_issue", "vec_rate", "freq_mhz",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or v < 0 or (f.name in ("ddr_rate", "freq_mhz") and v <= 0):
-                raise ConfigError(f"cost.{f.name}", v, "must be a number >= 0 (ddr_rate, freq_mhz > 0)")
+            if not isinstance(v, (int, float)) or v < 0 or (f.name in ("ddr_rate", "vec_rate", "freq_mhz") and v <= 0):
+                raise ConfigError(f"cost.{f.name}", v, "must be a number >= 0 (ddr_rate, vec_rate, freq_mhz > 0)")
 
     @classmethod
     def for_chip(cls, chip: str | ChipSpec, **overrides: float) -> CostModel:
@@ -59,7 +63,7 @@ class CostModel:
         return cls(**{"ddr_rate": c.rate("ddr_rate", 32.0), "freq_mhz": c.cube_freq_mhz, **overrides})
 
     def vector(self) -> np.ndarray:
-        """float32 [12] in :attr:`FIELDS` order (what the engine carries per lane; freq_mhz last)."""
+        """float32 [len(FIELDS)] in :attr:`FIELDS` order (what the engine carries per lane; freq_mhz last)."""
         return np.array([getattr(self, k) for k in self.FIELDS], np.float32)
 
 

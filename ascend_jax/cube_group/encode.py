@@ -39,6 +39,7 @@ from ascend_jax.cube_group.dcache import call_through_lines
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.result import message_table
 from ascend_jax.cube_group.status import ErrorCode, OpKind
+from ascend_jax.cube_group.vector import reject_in_engine
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GM_BASE
 from ascend_jax.matmul import (
@@ -211,6 +212,7 @@ def _evaluate_group(program: CubeGroupProgram, gi: int, ids: np.ndarray, version
 
 def encode_program(program: CubeGroupProgram) -> EncodedProgram:
     """Encodes one program (see the module docstring); runs every callback's ``init`` once per AIC."""
+    reject_in_engine(program)  # AIV vector ops run in the reference interpreter only, for now
     _check_int32("max_steps", program.max_steps, "must be in 1..2**31-1", "lower max_steps")
     capacity = program.receive_capacity()
     _check_int32("max_received", capacity, "must be in 0..2**31-1", "lower max_received")

@@ -188,7 +188,7 @@ class Prepared:
     shape: EngineShape
     lanes: _Lanes
     tables: Tables  # shared: one program's; else stacked, lane axis last (first for LANE_MAJOR)
-    costs: np.ndarray  # [B, 12] float32
+    costs: np.ndarray  # [B, len(CostModel.FIELDS)] float32
     keys: np.ndarray  # [B, 2] uint32
     seeds: np.ndarray  # [B]
 

@@ -35,6 +35,7 @@ from ascend_jax.cube_group.barrier import (
 )
 from ascend_jax.cube_group.callbacks import MatmulCallback, resolve_callback
 from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace, check_group
+from ascend_jax.cube_group.vector import VectorBuilder, VectorOp
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GlobalMemory, Tensor
 from ascend_jax.matmul import MatmulType, TCubeTiling
@@ -53,7 +54,7 @@ class AivOp:
 
     Attributes:
       kind: ``alloc``, ``post``, ``fake``, ``quit``, ``wait``, ``delay``, ``arrive``, ``barrier_wait``,
-        ``sync_all``.
+        ``sync_all``, ``vector`` (a UB / vector-unit op, in ``vec``).
       group: group index (message ops) or barrier index (barrier ops); -1 otherwise.
       alloc: for post / fake / quit, which alloc of this AIV in this group it fills (0-based).
       state: post: the head state written (VALID unless the user says otherwise).
@@ -66,6 +67,7 @@ class AivOp:
       where: location for error messages, e.g. ``aiv[3].ops[2]``.
       pipe: alloc: ``"SCALAR"`` or ``"MTE3"`` (``AllocMessage<MTE3_MODE>`` first waits for the
         KfcWorkspace's MTE3->S flag); post: ``"MTE3"`` when ``PostMessage<MTE3_MODE>`` sets it again.
+      vec: vector: the :class:`~ascend_jax.cube_group.vector.VectorOp`.
     """
 
     kind: str
@@ -80,6 +82,7 @@ class AivOp:
     index: int = 0
     where: str = ""
     pipe: str = "SCALAR"
+    vec: VectorOp | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +115,7 @@ class AivProgram:
         self._groups: dict[int, _AivGroupState] = {}
         self._barriers: dict[int, list[int]] = {}  # barrier -> [arrive count, wait count]
         self.location: str | None = None  # set by loaders so errors name their own paths
+        self.vec = VectorBuilder(self)  # UB buffers and vector ops (ascend_jax.cube_group.vector)
 
     # -- helpers ---------------------------------------------------------------------------
     def _where(self) -> str:
@@ -310,6 +314,10 @@ class AivProgram:
         """``GroupBarrier::Wait(index)``."""
         self._barrier_op("barrier_wait", barrier, index, "wait_size")
 
+    def _vector(self, op: VectorOp) -> None:
+        """Appends a checked vector op (called by :class:`VectorBuilder`)."""
+        self.ops.append(AivOp("vector", where=self._where(), vec=op))
+
     # -- scenario conveniences ---------------------------------------------------------------
     def post(self, group, fields=None, state=CubeMsgState.VALID, aiv_id=None, pipe="SCALAR") -> int:
         """AllocMessage + PostMessage (both in ``pipe`` mode)."""
@@ -358,6 +366,9 @@ class CubeGroupProgram:
       zero_workspace: False: report a relaunch on the first launch's workspace (see :class:`CubeGroupKernel`).
       matmuls: per group, (MatmulType, TCubeTiling) or None.
       gm: the global memory (tensors and their initial bytes).
+      tolerances: tensor name -> relative-L2 tolerance of the numerics report, where the kernel's
+        own algorithm bounds the accuracy (e.g. operands rounded to float16 by vector ops) rather
+        than the matmul's C type (see :meth:`CubeGroupKernel.set_tolerance`).
     """
 
     name: str
@@ -374,6 +385,7 @@ class CubeGroupProgram:
     zero_workspace: bool = True
     matmuls: tuple[Any, ...] = ()
     gm: GlobalMemory = dataclasses.field(default_factory=GlobalMemory, compare=False)
+    tolerances: Mapping[str, float] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def aics(self) -> list[tuple[int, int]]:
@@ -451,12 +463,21 @@ class CubeGroupKernel:
         self.barriers: list[BarrierGeometry] = []
         self.matmuls: list[Any] = []
         self.gm = GlobalMemory()
+        self.tolerances: dict[str, float] = {}
         self._aivs: dict[int, AivProgram] = {}
         self._bindings: dict[tuple[int, int], int] = {}
 
     def alloc(self, name: str, shape: Any, dtype: Any, init: Any = "zeros", seed: int = 0) -> Tensor:
         """Allocates a GM tensor (see :meth:`GlobalMemory.alloc`); its ``addr`` goes into messages."""
         return self.gm.alloc(name, shape, dtype, init, seed)
+
+    def set_tolerance(self, tensor: str | Tensor, rel_l2: float) -> None:
+        """The numerics report's relative-L2 tolerance for ``tensor`` (default: by its type,
+        :data:`ascend_jax.matmul.TOLERANCE`), for kernels whose algorithm rounds more than a matmul."""
+        t = self.gm.tensor(tensor, "tolerance.tensor")
+        if isinstance(rel_l2, bool) or not isinstance(rel_l2, (int, float)) or not 0 <= rel_l2 < 1:
+            raise ConfigError(f"tolerance[{t.name!r}]", rel_l2, "must be a number in [0, 1)")
+        self.tolerances[t.name] = float(rel_l2)
 
     def create_cube_res_group(
         self,
@@ -602,4 +623,5 @@ class CubeGroupKernel:
             zero_workspace=self.zero_workspace,
             matmuls=tuple(self.matmuls),
             gm=self.gm.copy(),
+            tolerances=dict(self.tolerances),
         )

@@ -42,6 +42,7 @@ from ascend_jax.cube_group.dcache import AicLineCache, message_lines
 from ascend_jax.cube_group.program import AivOp, CubeGroupProgram
 from ascend_jax.cube_group.result import CubeGroupResult
 from ascend_jax.cube_group.status import ErrorCode, Status
+from ascend_jax.cube_group.vector import VectorUnit, vector_cycles
 from ascend_jax.errors import ConfigError
 from ascend_jax.matmul import (
     SHAPE_DETAIL,
@@ -161,7 +162,8 @@ class ReferenceInterpreter:
         self.shadow = (
             {n: program.gm.read(n).astype(np.float64) for n in program.gm.tensors} if numerics == "exact" else {}
         )
-        self.written: set[str] = set()  # tensors a matmul wrote
+        self.written: set[str] = set()  # tensors a matmul or a vector store wrote
+        self.vector = VectorUnit(self)  # every AIV's UB; runs vector ops on GM as it is now
         self._mm_queue: list = []
         self.p = program
         self.schedule = schedule
@@ -285,6 +287,8 @@ class ReferenceInterpreter:
             aiv.timer = 0
         elif kind == "sync_all":
             aiv.syncs += 1
+        elif kind == "vector":
+            self.vector.run(op.vec)
         elif kind == "alloc":
             pos = aiv.pos.get(op.group, 0)
             aiv.alloc_slot[(op.group, op.alloc)] = aiv.heads[op.group] + pos * self.widths[op.group]
@@ -547,6 +551,9 @@ class ReferenceInterpreter:
             if aiv.timer + 1 >= op.cycles:  # one slice when the delay ends, over all its steps
                 self._event(core, None, "delay", {"cycles": op.cycles}, self._t[0] - op.cycles + 1, op.cycles)
             return
+        if kind == "vector":
+            self._event(core, None, "vector", op.vec.describe())
+            return
         if kind in ("arrive", "barrier_wait"):
             obj = self._barrier_obj(aiv, op.group)
             args = {"op": kind.replace("barrier_", ""), "barrier": obj.geometry.name, "index": op.index}
@@ -702,6 +709,8 @@ class ReferenceInterpreter:
         }.get(op.kind, F32(op.cycles) if op.kind == "delay" else F32(0))
         if op.kind == "post" and op.state in (FAKE, QUIT):  # a hand-made FAKE / QUIT costs as the engine's
             dur = self._c("fake") if op.state == FAKE else self._c("quit")
+        elif op.kind == "vector":
+            dur = vector_cycles(op.vec, self.cost)
         return F32(max(clock, enable)), dur
 
     def _aic_time(self, aic: _Aic) -> tuple[np.float32, np.float32]:

@@ -1,0 +1,257 @@
+"""Attention backward (dQ, dK, dV) on a cube resource group, the AIVs computing the softmax gradient.
+
+Run it with ``ascend-jax run --model attention_grad [--schedule timed] [--json]`` (the reference
+interpreter: the JAX engine does not run vector ops yet).
+
+The workload of Ascend's FlashAttentionScoreGrad (ops-transformer, ``attention/
+flash_attention_score_grad``; the general template ``flash_attention_score_grad_s1s2_bn2gs1s2.h``
+splits B, N, S1 and S2 into s1 x s2 blocks over the cores), written here as a resource-group
+kernel. For inputs Q, K, V, dO ``[B, H, S, D]`` (float16 or bfloat16), the forward's output O and
+its row log-sum-exp ``lse`` ``[B, H, S1]`` (float32), and ``scale = 1 / sqrt(D)``:
+
+    P = exp(Q K^T * scale - lse)        (zero above the diagonal when causal)
+    dV = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(dO * O)),
+    dQ = dS K * scale,   dK = dS^T Q * scale
+
+The (b, h, s1 block, s2 block) blocks (causal: those on or below the diagonal; S2 blocks outer,
+S1 blocks inner, as the kernel's ``InitIndex`` walks them) go round robin to the AIVs. For each
+block an AIV
+
+1. posts two matmul tasks to its queue: ``S = Q_i K_j^T`` and ``dP = dO_i V_j^T`` into its own
+   float32 workspaces (the ``matmul`` callback runs each one's IterateAll);
+2. waits for the S task, then in slices of ``vec_rows`` rows (the UB holds a slice, not the block)
+   loads S, computes ``P = exp(S * scale - lse)`` (``select`` with the causal keep-mask on diagonal
+   blocks), casts P to the input type and stores it to its P workspace;
+3. waits for the dP task (first slice), loads dP, dO and O, computes ``rowsum(dO * O)`` in float32
+   and ``dS * scale = P * (dP - rowsum) * scale``, casts it and stores it to its dS workspace;
+4. posts ``dV_j += P^T dO_i``, ``dQ_i += dS K_j`` and ``dK_j += dS^T Q_i`` (atomic adds in float32
+   into zeroed outputs: dQ over s2 blocks, dK and dV over s1 blocks), then waits for the last of
+   them (an AIC serves a queue in order, so the earlier two are done too) before the next block
+   overwrites its workspaces.
+
+Numerics: Q K^T and dO V^T are exact products with float32 accumulation; P and dS are rounded once
+to the input type before the cube unit multiplies them, so dQ, dK and dV carry about one input
+rounding: the stated tolerance is 2 unit roundoffs of the input type (relative L2: 9.8e-4 for
+float16, 7.8e-3 for bfloat16; measured about 2e-4 and 1.7e-3 at the default shape) against :func:`expected`, the float64 numpy backward of the same
+inputs. Not modelled: dropout, pse, the forward's separate max / sum inputs, merging adjacent tasks
+with skip counts, double-buffered workspaces, and the final cast of dQ / dK / dV to the input type.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
+from ascend_jax.errors import ConfigError
+from ascend_jax.message import CUBE_MATMUL_MSG
+
+#: Unit roundoff of the input types.
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+#: Relative-L2 tolerance of dQ, dK, dV against the float64 backward: two unit roundoffs of the
+#: input type (P and dS are each rounded once to it; measured errors are about 0.4 of one).
+TOLERANCE = {t: 2 * u for t, u in UNIT_ROUNDOFF.items()}
+#: Elements of one float32 vector slice (32 KiB, the vector basic block of the FA/FAG design note).
+VEC_SLICE_ELEMS = 8192
+
+
+def _check(name: str, value: int, rule: bool, text: str, fix: str = "") -> None:
+    if not rule:
+        raise ConfigError(f"attention_grad.{name}", value, text, fix)
+
+
+def build(
+    seed: int = 0,
+    *,
+    batch: int = 1,
+    heads: int = 1,
+    s1: int = 128,
+    s2: int = 128,
+    d: int = 64,
+    block_s1: int = 64,
+    block_s2: int = 64,
+    causal: bool = False,
+    dtype: str = "float16",
+    aics: int = 2,
+    aivs: int = 4,
+    wait_qk: bool = True,
+    chip: str = "910B1",
+) -> CubeGroupProgram:
+    """The kernel for one shape; Q, K, V, dO uniform in [-1, 1) from ``seed`` (rounded to ``dtype``).
+
+    Args:
+      batch, heads, s1, s2, d: the attention shape (B, H, S1, S2, D).
+      block_s1, block_s2: the s1 x s2 block one AIV handles at a time (multiples of 16 dividing
+        S1 / S2; equal when ``causal``).
+      causal: keep only key positions <= query position (top-left aligned).
+      dtype: ``float16`` or ``bfloat16`` inputs (float32 accumulation and outputs).
+      aics, aivs: AICs of the group (from AIC 0) and AIVs posting to it (one queue each).
+      wait_qk: False drops the AIV's wait on the Q K^T task before it reads S (a race: P is
+        computed from whatever the S workspace holds).
+      chip: chip preset.
+    """
+    for name, v in (("batch", batch), ("heads", heads), ("s1", s1), ("s2", s2), ("d", d), ("aics", aics),
+                    ("aivs", aivs), ("block_s1", block_s1), ("block_s2", block_s2)):  # fmt: skip
+        _check(name, v, isinstance(v, int) and not isinstance(v, bool) and v >= 1, "must be an integer >= 1")
+    _check("dtype", dtype, dtype in ("float16", "bfloat16"), "must be 'float16' or 'bfloat16'")
+    for name, blk, s in (("block_s1", block_s1, s1), ("block_s2", block_s2, s2)):
+        _check(name, blk, blk % 16 == 0 and s % blk == 0, f"must be a multiple of 16 dividing {s}", "e.g. 64")
+    _check("d", d, d % 16 == 0, "must be a multiple of 16 (cube fractal)")
+    _check("block_s2", block_s2, not causal or block_s1 == block_s2, "must equal block_s1 when causal")
+    _check("aivs", aivs, aivs <= 2 * aics * 32, "too many queues for the group", "add AICs")
+    isz = 2
+    scale = 1.0 / math.sqrt(d)
+    k = CubeGroupKernel(chip=chip, name=f"attention_grad-{dtype}{'-causal' if causal else ''}", max_steps=10**7)
+    rng = np.random.default_rng(seed)
+    shape_q, shape_k = (batch, heads, s1, d), (batch, heads, s2, d)
+    q = k.alloc("q", shape_q, dtype, rng.uniform(-1, 1, shape_q))
+    kk = k.alloc("k", shape_k, dtype, rng.uniform(-1, 1, shape_k))
+    v = k.alloc("v", shape_k, dtype, rng.uniform(-1, 1, shape_k))
+    do = k.alloc("do", shape_q, dtype, rng.uniform(-1, 1, shape_q))
+    o_val, lse_val = forward(k.gm.read("q"), k.gm.read("k"), k.gm.read("v"), causal)
+    o = k.alloc("o", shape_q, dtype, o_val)
+    lse = k.alloc("lse", (batch, heads, s1), "float32", lse_val)
+    dq = k.alloc("dq", shape_q, "float32")
+    dk = k.alloc("dk", shape_k, "float32")
+    dv = k.alloc("dv", shape_k, "float32")
+    ws_shape = (aivs, block_s1, block_s2)
+    s_ws = k.alloc("s_ws", ws_shape, "float32")
+    dp_ws = k.alloc("dp_ws", ws_shape, "float32")
+    p_ws = k.alloc("p_ws", ws_shape, dtype)
+    ds_ws = k.alloc("ds_ws", ws_shape, dtype)
+    keep = (
+        k.alloc("keep_mask", (block_s1, block_s2), "float16", np.tril(np.ones((block_s1, block_s2))))
+        if causal
+        else None
+    )
+    for t in ("dq", "dk", "dv"):
+        k.set_tolerance(t, TOLERANCE[dtype])
+
+    t_max = max(block_s1, block_s2, d)
+    tiling = dict(M=t_max, N=t_max, Ka=t_max, Kb=t_max, singleCoreM=t_max, singleCoreN=t_max, singleCoreK=t_max,
+                  baseM=min(t_max, 128), baseN=min(t_max, 128), baseK=min(t_max, 64))  # fmt: skip
+    g = k.create_cube_res_group(
+        "fag", 0, 2 * aics, aivs, "matmul", CUBE_MATMUL_MSG,
+        matmul=dict(a=dtype, b=dtype, c="float32", bias="float32"), tiling=tiling,
+    )  # fmt: skip
+
+    blocks = [
+        (b, h, i, j)
+        for b in range(batch)
+        for h in range(heads)
+        for j in range(s2 // block_s2)
+        for i in range(s1 // block_s1)
+        if not causal or j <= i
+    ]
+    vec_rows = max(r for r in range(1, block_s1 + 1) if block_s1 % r == 0 and r * block_s2 <= VEC_SLICE_ELEMS)
+    for a in range(aivs):
+        aiv = k.aiv(a)
+        aiv.assign_queue(g, a)
+        mine = blocks[a::aivs]
+        if not mine:
+            aiv.quit(g)
+            continue
+        vec = aiv.vec
+        s32 = vec.buffer("s", vec_rows, block_s2, "float32")  # S, then P (float32)
+        dp32 = vec.buffer("dp", vec_rows, block_s2, "float32")  # dP, then dS
+        half = vec.buffer("half", vec_rows, block_s2, dtype)  # P or dS in the input type
+        mask = vec.buffer("mask", vec_rows, block_s2, "float16") if causal else None
+        do_in = vec.buffer("do_in", vec_rows, d, dtype)
+        o_in = vec.buffer("o_in", vec_rows, d, dtype)
+        do32 = vec.buffer("do32", vec_rows, d, "float32")
+        o32 = vec.buffer("o32", vec_rows, d, "float32")
+        lse_r = vec.buffer("lse", vec_rows, 1, "float32")
+        dsum = vec.buffer("rowsum", vec_rows, 1, "float32")
+        ws = a * block_s1 * block_s2  # this AIV's workspace slot, elements
+        for b, h, i, j in mine:
+            row_q = (b * heads + h) * s1 + i * block_s1  # first row of the block in [B*H*S1, D]
+            row_k = (b * heads + h) * s2 + j * block_s2
+            qi, doi, oi = (t.addr + row_q * d * isz for t in (q, do, o))
+            kj, vj = (t.addr + row_k * d * isz for t in (kk, v))
+
+            s_off = _task(aiv, g, qi, kj, s_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True)
+            dp_off = _task(aiv, g, doi, vj, dp_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True)
+            if wait_qk:
+                aiv.wait(g, s_off)
+            for r0 in range(0, block_s1, vec_rows):
+                at = (ws + r0 * block_s2) * 4
+                vec.load(s32, s_ws.addr + at, stride=block_s2)
+                vec.muls(s32, s32, scale)
+                vec.load(lse_r, lse.addr + row_q * 4 + r0 * 4)
+                vec.sub_row(s32, s32, lse_r)
+                vec.exp(s32, s32)
+                if causal and i == j:
+                    vec.load(mask, keep.addr + r0 * block_s2 * 2)
+                    vec.select(s32, mask, s32, 0.0)
+                vec.cast(half, s32)
+                vec.store(p_ws.addr + (ws + r0 * block_s2) * isz, half)
+                if r0 == 0:
+                    aiv.wait(g, dp_off)
+                vec.load(dp32, dp_ws.addr + at)
+                vec.load(do_in, doi + r0 * d * isz)
+                vec.load(o_in, oi + r0 * d * isz)
+                vec.cast(do32, do_in)
+                vec.cast(o32, o_in)
+                vec.mul(do32, do32, o32)
+                vec.row_sum(dsum, do32)
+                vec.sub_row(dp32, dp32, dsum)
+                vec.mul(dp32, dp32, s32)
+                vec.muls(dp32, dp32, scale)
+                vec.cast(half, dp32)
+                vec.store(ds_ws.addr + (ws + r0 * block_s2) * isz, half)
+            p_at, ds_at = p_ws.addr + ws * isz, ds_ws.addr + ws * isz
+            _task(aiv, g, p_at, doi, dv.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True, atomic=True)
+            _task(aiv, g, ds_at, kj, dq.addr + row_q * d * 4, block_s1, d, block_s2, atomic=True)
+            last = _task(aiv, g, ds_at, qi, dk.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True, atomic=True)
+            aiv.wait(g, last)
+        aiv.quit(g)
+    return k.compile()
+
+
+def _task(aiv, g, a_addr, b_addr, c_addr, m, n, kdim, trans_a=False, trans_b=False, atomic=False) -> int:
+    """Posts one IterateAll (``C[m, n] (+)= A[m, kdim] B[kdim, n]``, operands stored dense, A / B
+    transposed as asked) for the ``matmul`` callback; returns the message offset to wait on."""
+    fields = {
+        "aAddr": a_addr, "bAddr": b_addr, "cAddr": c_addr, "tailM": m, "tailN": n, "tailK": kdim,
+        "mOrgShape": m, "nOrgShape": n, "kaOrgShape": kdim, "kbOrgShape": kdim,
+        "isTransA": trans_a, "isTransB": trans_b, "isAtomic": int(atomic),
+    }  # fmt: skip
+    return aiv.post(g, fields)
+
+
+def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """float64 forward of ``[B, H, S, D]`` inputs: the output O ``[B, H, S1, D]`` and the row
+    log-sum-exp of the scaled, masked scores ``[B, H, S1]``."""
+    p, lse = _softmax(q, k, causal)
+    return p @ v.astype(np.float64), lse
+
+
+def _softmax(q: np.ndarray, k: np.ndarray, causal: bool) -> tuple[np.ndarray, np.ndarray]:
+    q64, k64 = q.astype(np.float64), k.astype(np.float64)
+    s = q64 @ np.swapaxes(k64, -1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        s1, s2 = s.shape[-2:]
+        s = np.where(np.tril(np.ones((s1, s2), bool)), s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    lse = m + np.log(np.exp(s - m).sum(-1, keepdims=True))
+    return np.exp(s - lse), lse[..., 0]
+
+
+def backward(q, k, v, do, causal: bool) -> dict[str, np.ndarray]:
+    """float64 attention backward: dQ, dK, dV of ``sum(O * dO)`` with ``O = softmax(Q K^T / sqrt(D)) V``."""
+    q64, k64, v64, do64 = (x.astype(np.float64) for x in (q, k, v, do))
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    p, _ = _softmax(q, k, causal)
+    o = p @ v64
+    dv = np.swapaxes(p, -1, -2) @ do64
+    dp = do64 @ np.swapaxes(v64, -1, -2)
+    ds = p * (dp - (do64 * o).sum(-1, keepdims=True))
+    return {"dq": ds @ k64 * scale, "dk": np.swapaxes(ds, -1, -2) @ q64 * scale, "dv": dv}
+
+
+def expected(program: CubeGroupProgram) -> dict[str, np.ndarray]:
+    """dQ, dK, dV in float64 numpy from the program's Q, K, V and dO (independent of the kernel:
+    O and the softmax are recomputed in float64)."""
+    causal = "keep_mask" in program.gm.tensors
+    return backward(*(program.gm.read(n) for n in ("q", "k", "v", "do")), causal)
