@@ -45,6 +45,7 @@ from ascend_jax.message import (
 from ascend_jax.numerics import numerics_report
 from ascend_jax.scenario import builtin_scenario_path, load_scenario
 from ascend_jax.timing import CostModel
+from ascend_jax.utilisation import AicTime, AivStall, Utilisation, compute_utilisation
 
 __all__ = [
     "CHIPS",
@@ -92,4 +93,8 @@ __all__ = [
     "pack_message",
     "run_reference",
     "simulate",
+    "AicTime",
+    "AivStall",
+    "Utilisation",
+    "compute_utilisation",
 ]

@@ -783,9 +783,9 @@ def _timing_lines(r) -> list[str]:
         for core, c in t["aic"].items()
     ]
     lines += _table("AIC time (cycles, share of the kernel)", ["core", "busy", "blocked", "idle"], rows)
-    from ascend_jax.utilisation import summary_line, utilisation
+    from ascend_jax.utilisation import compute_utilisation, summary_line
 
-    lines.append(summary_line(utilisation(t)))
+    lines.append(summary_line(compute_utilisation(t)))
     if t["aiv"]:
         alloc = {b: v["alloc_stall_cycles"] for b, v in t["aiv"].items()}
         wait = {b: v["wait_stall_cycles"] for b, v in t["aiv"].items()}

@@ -388,9 +388,9 @@ def write_cube_report(
                                    f"{head}: queue occupancy ({schedule})"),
                  f"Per queue, the slots that are not FREE (0..4) over time ({unit})."))  # fmt: skip
     if timed:
-        from ascend_jax.utilisation import utilisation
+        from ascend_jax.utilisation import compute_utilisation
 
-        made.append((utilisation_plot(utilisation(rec), directory / "utilisation.png",
+        made.append((utilisation_plot(compute_utilisation(rec), directory / "utilisation.png",
                                       f"{head}: per-core utilisation ({schedule})"),
                      "Per AIC the busy, blocked and idle µs (they add up to the kernel time) and the "
                      "utilisation, busy / kernel; per AIV the µs stalled before AllocMessage and before "

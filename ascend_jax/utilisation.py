@@ -105,7 +105,7 @@ class Utilisation:
         }
 
 
-def utilisation(source: Any) -> Utilisation:
+def compute_utilisation(source: Any) -> Utilisation:
     """The load balance of one timed lane.
 
     Args:

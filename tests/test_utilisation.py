@@ -9,7 +9,7 @@ import pytest
 
 import ascend_jax as aj
 from ascend_jax.cli import main
-from ascend_jax.utilisation import AicTime, AivStall, summary_line, utilisation
+from ascend_jax.utilisation import AicTime, AivStall, compute_utilisation, summary_line
 
 FREQ = 1850.0
 
@@ -44,7 +44,7 @@ AIC = {0: (280.0, 200.0, 0.0), 1: (40.0, 80.0, 360.0)}
 def test_two_aic_hand_case(engine):
     p = _two_aics()
     r = aj.run_reference(p, schedule="timed") if engine == "reference" else aj.simulate(p, schedule="timed")[0]
-    u = utilisation(r)
+    u = compute_utilisation(r)
     assert u.kernel_us == pytest.approx(KERNEL / FREQ)
     for core, (busy, blocked, idle) in AIC.items():
         assert u.aic[core] == AicTime(
@@ -82,7 +82,7 @@ def test_backpressure_and_wait_stalls():
     # fifth message (depth 0 again) at 5360: the wait (Wait<true> on it) stalls 5360 - 1360 = 4000.
     r = aj.run_reference(p, schedule="timed", cost=cost)
     assert r.timing == aj.simulate(p, schedule="timed", costs=cost)[0].timing
-    u = utilisation(r)
+    u = compute_utilisation(r)
     assert u.aiv[0] == AivStall(
         alloc_stall_us=pytest.approx(560 / FREQ),
         wait_stall_us=pytest.approx(4000 / FREQ),
@@ -94,14 +94,14 @@ def test_backpressure_and_wait_stalls():
 def test_needs_a_timed_result():
     r = aj.run_reference(_two_aics())
     with pytest.raises(ValueError, match="schedule='timed'"):
-        utilisation(r)
+        compute_utilisation(r)
 
 
 def test_json_key_and_summary_line(capsys):
     p = _two_aics()
     r = aj.run_reference(p, schedule="timed")
     js = r.to_json()
-    assert js["utilisation"] == utilisation(r).to_json()
+    assert js["utilisation"] == compute_utilisation(r).to_json()
     assert js["utilisation"]["summary"] == {
         "aics": 2,
         "mean": pytest.approx(160 / KERNEL),
@@ -116,7 +116,7 @@ def test_json_key_and_summary_line(capsys):
         "most_stalled": 0,
     }
     assert "utilisation" not in aj.run_reference(p).to_json()  # lockstep: no timing, no key
-    assert summary_line(utilisation(r)) == (
+    assert summary_line(compute_utilisation(r)) == (
         "AIC utilisation (busy / kernel): mean 33.3%, min 8.3% (aic1), max 58.3% (aic0); busy max/min 7, "
         "imbalance 0.750; AIV stall mean 0.000 us, max 0.000 us (aiv0)"
     )
