@@ -115,6 +115,8 @@ def compute_utilisation(source: Any) -> Utilisation:
     Raises:
       ValueError: the result has no timing (it was not run with ``schedule="timed"``).
     """
+    if not isinstance(source, dict) and not hasattr(source, "timing") and hasattr(source, "__getitem__"):
+        raise ValueError("utilisation describes one lane: pass res[i] of a batch, not the whole batch")
     timing = source if isinstance(source, dict) else getattr(source, "timing", None)
     if not timing:
         raise ValueError("utilisation needs a result of schedule='timed' (its 'timing' section); this one has none")

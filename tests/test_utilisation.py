@@ -95,6 +95,8 @@ def test_needs_a_timed_result():
     r = aj.run_reference(_two_aics())
     with pytest.raises(ValueError, match="schedule='timed'"):
         compute_utilisation(r)
+    with pytest.raises(ValueError, match="pass res"):
+        compute_utilisation(aj.simulate(_two_aics(), schedule="timed"))
 
 
 def test_json_key_and_summary_line(capsys):
