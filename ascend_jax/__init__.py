@@ -23,7 +23,7 @@ from ascend_jax.cube_group.callbacks import (
     SampleCallback,
     SeedCallback,
 )
-from ascend_jax.cube_group.engine import lane_bytes, simulate
+from ascend_jax.cube_group.engine import init_distributed, lane_bytes, simulate
 from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace
 from ascend_jax.cube_group.program import AivProgram, CubeGroupKernel, CubeGroupProgram, MsgSlot
 from ascend_jax.cube_group.readout import BatchResult
@@ -46,6 +46,7 @@ from ascend_jax.message import (
 from ascend_jax.numerics import numerics_report
 from ascend_jax.scenario import builtin_scenario_path, load_scenario
 from ascend_jax.timing import CostModel
+from ascend_jax.utilisation import AicTime, AivStall, Utilisation, compute_utilisation
 
 __all__ = [
     "CHIPS",
@@ -96,4 +97,9 @@ __all__ = [
     "UbBuffer",
     "VectorBuilder",
     "VectorOp",
+    "AicTime",
+    "AivStall",
+    "Utilisation",
+    "compute_utilisation",
+    "init_distributed",
 ]

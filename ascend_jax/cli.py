@@ -2,7 +2,7 @@
 
 ``ascend-jax run [FILE.toml | --model NAME] [--json] [--engine jax|reference] [--batch N]
 [--seed S] [--max-steps N] [--schedule lockstep|random|timed] [--atomic-order fixed|random]
-[--dump DIR] [--chunk N] [--ranks N] [--allow-python]`` runs a scenario (the built-in default
+[--dump DIR] [--chunk N] [--ranks N] [--model-arg NAME=VALUE] [--allow-python]`` runs a scenario (the built-in default
 without FILE) or a model; ``ascend-jax check FILE.toml`` validates one without running it (and
 without importing any user code); ``ascend-jax models`` lists the models; ``ascend-jax schema``
 prints the JSON Schema of the scenario format; ``ascend-jax --version``.
@@ -150,6 +150,12 @@ def _parser() -> argparse.ArgumentParser:
         "--ranks", type=int, default=None, help=f"ranks of a ring comm model, {RANKS_RANGE[0]}..{RANKS_RANGE[1]}"
     )
     run.add_argument(
+        "--model-arg",
+        action="append",
+        metavar="NAME=VALUE",
+        help="an option of the model's build() (repeatable), e.g. --model-arg merge=false",
+    )
+    run.add_argument(
         "--allow-python",
         action="store_true",
         help="let the scenario's python: callbacks and --model file paths import and run code",
@@ -289,7 +295,7 @@ def _dump(program, image, directory: Path) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from ascend_jax.aicpu.tasks import TaskProgram
-    from ascend_jax.models import load_model
+    from ascend_jax.models import load_model, parse_model_args
     from ascend_jax.scenario import builtin_scenario_path, load_scenario
 
     nums = _validate_run_args(args)
@@ -298,7 +304,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.file:
             raise ConfigError("--model", args.model, "give either a scenario file or --model, not both")
         program, expected, path = load_model(
-            args.model, max_steps=nums.max_steps, ranks=nums.ranks, allow_python=args.allow_python
+            args.model,
+            max_steps=nums.max_steps,
+            ranks=nums.ranks,
+            allow_python=args.allow_python,
+            options=parse_model_args(args.model_arg),
         )
         if isinstance(program, TaskProgram):
             given = [k for k in COMM_UNSUPPORTED if getattr(args, k) is not None]
@@ -320,6 +330,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         if nums.ranks is not None:
             raise ConfigError("--ranks", nums.ranks, "applies only to ring comm models", "leave --ranks out")
+        if args.model_arg:
+            raise ConfigError("--model-arg", args.model_arg[0], "applies only to --model", "leave --model-arg out")
         path = args.file or builtin_scenario_path()
         program = load_scenario(path, max_steps=nums.max_steps, allow_python=args.allow_python)
     if args.build is not None:
@@ -575,14 +587,21 @@ def _run_comm_batch(program, expected, args: argparse.Namespace) -> int:
     lane); lane 0's JSON plus a ``"batch"`` list with every lane's status; exit 0 only if all are ok."""
     from ascend_jax.aicpu import CommStatus, run_comm_batch, run_comm_reference
     from ascend_jax.aicpu.models import comm_numerics
-    from ascend_jax.models import load_model
+    from ascend_jax.models import load_model, parse_model_args
 
     first = args.seed or 0
     seeds = [first + i for i in range(args.batch)]
     lanes = [
         program
         if s == 0
-        else load_model(args.model, s, max_steps=args.max_steps, ranks=args.ranks, allow_python=args.allow_python)[0]
+        else load_model(
+            args.model,
+            s,
+            max_steps=args.max_steps,
+            ranks=args.ranks,
+            allow_python=args.allow_python,
+            options=parse_model_args(args.model_arg),
+        )[0]
         for s in seeds
     ]
     t0 = time.perf_counter()
@@ -787,6 +806,9 @@ def _timing_lines(r) -> list[str]:
         for core, c in t["aic"].items()
     ]
     lines += _table("AIC time (cycles, share of the kernel)", ["core", "busy", "blocked", "idle"], rows)
+    from ascend_jax.utilisation import compute_utilisation, summary_line
+
+    lines.append(summary_line(compute_utilisation(t)))
     if t["aiv"]:
         alloc = {b: v["alloc_stall_cycles"] for b, v in t["aiv"].items()}
         wait = {b: v["wait_stall_cycles"] for b, v in t["aiv"].items()}

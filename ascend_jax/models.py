@@ -21,6 +21,7 @@ import importlib.util
 import inspect
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -132,31 +133,89 @@ def find_model(name: str, allow_python: bool = False) -> Path:
     return p
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_model_args(items: list[str] | None) -> dict[str, str]:
+    """``["NAME=VALUE", ...]`` (``--model-arg``) -> ``{NAME: VALUE}`` (values still text)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise ConfigError("--model-arg", item, "must look like NAME=VALUE", "e.g. --model-arg merge=false")
+        if key in out:
+            raise ConfigError("--model-arg", item, f"{key} is given twice", "give each option once")
+        out[key] = value.strip()
+    return out
+
+
+def _model_kwargs(path: Path, build: Callable, options: dict[str, str]) -> dict[str, Any]:
+    """``options`` converted to the types of ``build``'s keyword defaults (bool, int, float, str)."""
+    params = inspect.signature(build).parameters
+    settable = {
+        k: p.default
+        for k, p in params.items()
+        if k not in ("seed", "ranks") and p.default is not inspect.Parameter.empty
+        and isinstance(p.default, bool | int | float | str)
+    }  # fmt: skip
+    kwargs: dict[str, Any] = {}
+    for key, text in options.items():
+        if key not in settable:
+            raise ConfigError(
+                "--model-arg", f"{key}={text}", f"model {path.stem!r} has no option {key!r}; options: {sorted(settable)}",
+                (did_you_mean(key, settable) + "run `ascend-jax models` and read the model's build()").strip(),
+            )  # fmt: skip
+        default = settable[key]
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in _TRUE + _FALSE:
+                    raise ValueError
+                kwargs[key] = text.lower() in _TRUE
+            else:
+                kwargs[key] = type(default)(text)
+        except ValueError:
+            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "text")
+            raise ConfigError("--model-arg", f"{key}={text}", f"{key} must be {kind} (default {default!r})",
+                              f"e.g. --model-arg {key}={str(default).lower() if isinstance(default, bool) else default}",
+                              ) from None  # fmt: skip
+    return kwargs
+
+
 def load_model(
     name: str,
     seed: int = 0,
     max_steps: int | None = None,
     ranks: int | None = None,
     allow_python: bool = False,
+    options: dict[str, str] | None = None,
 ) -> tuple[Any, Callable[[Any], dict[str, Any]] | None, Path]:
     """Returns (program, expected function or None, path) of model ``name``: a
     :class:`CubeGroupProgram`, or a comm :class:`ascend_jax.aicpu.world.TaskProgram` for models
-    whose ``build`` takes ``ranks``."""
+    whose ``build`` takes ``ranks``. ``options`` (``--model-arg``): keyword arguments of the model's
+    ``build`` as text, converted to the type of each one's default."""
     path = find_model(name, allow_python)
     if path.suffix == ".toml":
         if ranks is not None:
             raise ConfigError(
                 "--ranks", ranks, f"model {path.stem!r} is a cube-group scenario", "--ranks applies to ring comm models"
             )
+        if options:
+            key = next(iter(options))
+            raise ConfigError("--model-arg", f"{key}={options[key]}", f"model {path.stem!r} is a TOML scenario "
+                              "and takes no options", "edit the scenario file instead")  # fmt: skip
         return load_scenario(path, max_steps=max_steps, allow_python=allow_python), None, path
     spec = importlib.util.spec_from_file_location(f"ascend_jax_model_{path.stem.replace('-', '_')}", path)
     if spec is None or spec.loader is None:
         raise ConfigError("--model", name, f"{path} cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
+    # registered before it runs, as an import would: dataclasses and pickling look the module up by name
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     if not callable(getattr(module, "build", None)):
         raise ConfigError("--model", name, f"{path} defines no build(seed) function", "add one")
     params = inspect.signature(module.build).parameters
+    kwargs = _model_kwargs(path, module.build, options or {})
     if ranks is not None:
         if "ranks" not in params:
             raise ConfigError(
@@ -166,9 +225,9 @@ def load_model(
         lo, hi = RANKS_RANGE
         if not lo <= ranks <= hi:
             raise ConfigError("--ranks", ranks, f"must be in {lo}..{hi}", "")
-        program = module.build(seed, ranks=ranks)
+        program = module.build(seed, ranks=ranks, **kwargs)
     else:
-        program = module.build(seed)
+        program = module.build(seed, **kwargs)
     if max_steps is not None:
         program = dataclasses.replace(program, max_steps=max_steps)
     return program, getattr(module, "expected", None), path

@@ -175,6 +175,49 @@ def gantt(events: list[dict], timed: bool, scale: float, end: float, path: Path,
     return _save(fig, path)
 
 
+def utilisation_plot(u, path: Path, title: str) -> str:
+    """Per AIC (left) busy / blocked / idle µs as stacked bars with the utilisation in %, per AIV
+    (right) stall µs before AllocMessage and before waits / barriers (``u``: a
+    :class:`ascend_jax.utilisation.Utilisation`)."""
+    plt = _plt()
+    aics = list(u.aic)
+    aivs = list(u.aiv)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 1.6 + 0.22 * max(len(aics), len(aivs), 4)),
+                                 gridspec_kw={"width_ratios": [3, 2]})  # fmt: skip
+    rows = np.arange(len(aics))
+    left = np.zeros(len(aics))
+    for key, colour, label in (("busy_us", _BUSY, "busy"), ("blocked_us", _BLOCKED, "blocked"),
+                               ("idle_us", _IDLE, "idle")):  # fmt: skip
+        vals = np.array([getattr(u.aic[c], key) for c in aics])
+        ax.barh(rows, vals, left=left, color=colour, label=label)
+        left += vals
+    for r, c in zip(rows, aics, strict=True):
+        ax.text(u.kernel_us, r, f" {100 * u.aic[c].utilisation:.0f}%", va="center", fontsize=7)
+    ax.set_yticks(rows)
+    ax.set_yticklabels([f"aic{c}" for c in aics], fontsize=7 if len(aics) > 24 else 8)
+    ax.set_ylim(len(aics) - 0.5, -0.5)
+    ax.set_xlim(0, max(u.kernel_us, 1e-9) * 1.12)
+    ax.set_xlabel("time (µs); label: utilisation = busy / kernel")
+    ax.set_ylabel("AIC")
+    ax.set_title(f"AICs: mean {100 * u.mean:.0f}%, imbalance {u.imbalance:.2f}", fontsize=9, loc="left")
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=7, frameon=False)
+    rows = np.arange(len(aivs))
+    alloc = np.array([u.aiv[b].alloc_stall_us for b in aivs])
+    wait = np.array([u.aiv[b].wait_stall_us for b in aivs])
+    bx.barh(rows, alloc, color=_BLOCKED, label="AllocMessage")
+    bx.barh(rows, wait, left=alloc, color=_WAIT, label="wait / barrier")
+    bx.set_yticks(rows)
+    bx.set_yticklabels([f"aiv{b}" for b in aivs], fontsize=6 if len(aivs) > 24 else 8)
+    bx.set_ylim(len(aivs) - 0.5, -0.5)
+    bx.set_xlim(0, max(u.aiv_stall_max_us * 1.1, 1e-9))
+    bx.set_xlabel("stall (µs)")
+    bx.set_ylabel("AIV")
+    bx.set_title(f"AIVs: mean stall {u.aiv_stall_mean_us:.3g} µs", fontsize=9, loc="left")
+    bx.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=7, frameon=False)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def occupancy_heatmap(
     program, events: list[dict], timed: bool, scale: float, end: float, path: Path, title: str
 ) -> str:
@@ -343,6 +386,14 @@ def write_cube_report(
     made.append((occupancy_heatmap(program, events, timed, scale, end, directory / "occupancy.png",
                                    f"{head}: queue occupancy ({schedule})"),
                  f"Per queue, the slots that are not FREE (0..4) over time ({unit})."))  # fmt: skip
+    if timed:
+        from ascend_jax.utilisation import compute_utilisation
+
+        made.append((utilisation_plot(compute_utilisation(rec), directory / "utilisation.png",
+                                      f"{head}: per-core utilisation ({schedule})"),
+                     "Per AIC the busy, blocked and idle µs (they add up to the kernel time) and the "
+                     "utilisation, busy / kernel; per AIV the µs stalled before AllocMessage and before "
+                     "waits and barriers (the result JSON's `utilisation`)."))  # fmt: skip
     n = len(results)
     status = np.asarray(results.status if hasattr(results, "status") else [int(r.status) for r in results])
     steps = np.asarray(results.steps if hasattr(results, "steps") else [r.steps for r in results])

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ SCRATCH = Path(tempfile.gettempdir()) / "ascend_jax_benchmarks"
 def load_model_module(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "models" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # before it runs, as an import would (dataclasses look the module up)
     spec.loader.exec_module(mod)
     return mod
 

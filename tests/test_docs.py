@@ -185,10 +185,12 @@ def test_runnable_blocks(page: Path):
         if block["kind"] == "output":
             assert last_out is not None, f"{where}: an output block must follow a runnable block"
             if "json" in block["opts"]:
-                try:
-                    real = json.loads(last_out)
+                try:  # stdout's JSON, then maybe stderr's progress lines (a run that took over a second)
+                    real, end = json.JSONDecoder().raw_decode(last_out.lstrip())
                 except json.JSONDecodeError as e:
                     raise AssertionError(f"{where}: the run did not print JSON ({e}):\n{last_out}") from None
+                rest = last_out.lstrip()[end:].splitlines()
+                assert all(not line or line.startswith("ascend-jax: ") for line in rest), f"{where}: {last_out}"
                 json_subset(json.loads(block["code"]), real, where)
             else:
                 text_subset(block["code"], last_out, where)

@@ -32,14 +32,16 @@ def _report(capsys, tmp_path, *argv) -> tuple[int, str, list[str]]:
 def test_timed_sample_report(capsys, tmp_path):
     code, md, files = _report(capsys, tmp_path, "--model", "cube_group_sample", "--schedule", "timed")
     assert code == 0
-    assert files == ["gantt.png", "occupancy.png", "report.md"]
+    assert files == ["gantt.png", "occupancy.png", "report.md", "utilisation.png"]
     assert "![gantt.png](gantt.png)" in md and "![occupancy.png](occupancy.png)" in md
+    assert "![utilisation.png](utilisation.png)" in md
 
 
 def test_batch_report_has_lane_plots(capsys, tmp_path):
     code, md, files = _report(capsys, tmp_path, "models/merge_example.toml", "--batch", "6", "--schedule", "timed")
     assert code == 0
-    assert files == ["gantt.png", "kernel_cycles.png", "occupancy.png", "report.md", "status.png", "steps.png"]
+    assert files == ["gantt.png", "kernel_cycles.png", "occupancy.png", "report.md", "status.png", "steps.png",
+                     "utilisation.png"]  # fmt: skip
 
 
 def test_random_atomic_order_report_shows_the_spread(capsys, tmp_path):

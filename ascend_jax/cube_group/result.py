@@ -118,7 +118,10 @@ class CubeGroupResult:
         if self.numerics is not None:
             out["numerics"] = self.numerics
         if self.timing is not None:
+            from ascend_jax.utilisation import compute_utilisation
+
             out["timing"] = self.timing
+            out["utilisation"] = compute_utilisation(self.timing).to_json()
         return out
 
     def workspace_image(self) -> np.ndarray:
