@@ -65,7 +65,7 @@ def apply_matmuls(
             order = jax.random.permutation(jax.random.fold_in(order_key, gidx), n_aic)
         else:
             order = jnp.arange(n_aic)
-        mm_, nn, _, disjoint = dims
+        mm_, nn, _, disjoint, _, _ = dims
         scratch = shape.gm_real - GM_BASE  # rows that are not written go to the scratch margin
 
         def write(i, gm, d=d, e=e, c=c, mt=mt, order=order, mm_=mm_, nn=nn, scratch=scratch, disjoint=disjoint):
@@ -96,18 +96,22 @@ def apply_matmuls(
 def _operands(mt: MatmulType, dims: tuple[int, int, int], gm: jax.Array, d: dict[str, jax.Array]):
     """One descriptor's A [Mt, Kp], B [Kp, Nt] and bias [Nt] (masked, zero padded), each read as
     whole stored rows (:func:`ascend_jax.gm.load_rows`); ``dims`` = (Mt, Nt, Kp)."""
-    mm_, nn, kp, _ = dims
+    mm_, nn, kp, _, a_layout, b_layout = dims
     m, n, k = d["m"], d["n"], d["k"]
 
-    def tile(addr, rows, cols, stride, trans, dtype):
+    def tile(addr, rows, cols, stride, trans, dtype, layout):
         size = dtype.itemsize
-        plain = load_rows(gm, row_starts(addr, rows, stride, size), cols, dtype)
-        flipped = load_rows(gm, row_starts(addr, cols, stride, size), rows, dtype).T
-        return jnp.where(trans, flipped, plain)
+        if layout != "trans":
+            plain = load_rows(gm, row_starts(addr, rows, stride, size), cols, dtype)
+        if layout != "plain":
+            flipped = load_rows(gm, row_starts(addr, cols, stride, size), rows, dtype).T
+        if layout == "both":
+            return jnp.where(trans, flipped, plain)
+        return plain if layout == "plain" else flipped
 
-    a = tile(d["a_addr"], mm_, kp, d["stride_a"], d["trans_a"], mt.dtype("a"))
+    a = tile(d["a_addr"], mm_, kp, d["stride_a"], d["trans_a"], mt.dtype("a"), a_layout)
     a = jnp.where((jnp.arange(mm_)[:, None] < m) & (jnp.arange(kp)[None, :] < k), a, 0)
-    b = tile(d["b_addr"], kp, nn, d["stride_b"], d["trans_b"], mt.dtype("b"))
+    b = tile(d["b_addr"], kp, nn, d["stride_b"], d["trans_b"], mt.dtype("b"), b_layout)
     b = jnp.where((jnp.arange(kp)[:, None] < k) & (jnp.arange(nn)[None, :] < n), b, 0)
     bias = load_rows(gm, row_starts(d["bias_addr"], 1, 0, 1), nn, mt.dtype("bias"))[0]
     bias = jnp.where((jnp.arange(nn) < n) & d["has_bias"], bias, 0)

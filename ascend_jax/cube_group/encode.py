@@ -349,11 +349,13 @@ MAX_TILE_ELEMENTS = 1 << 22
 
 
 def _tile_dims(program: CubeGroupProgram, seen: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> tuple:
-    """Per group: (M, N, Kp, rows_disjoint) from every Matmul state value a call or Init can set
+    """Per group: (M, N, Kp, rows_disjoint, a_layout, b_layout) from every Matmul state value a
+    call or Init can set
     (``seen``: (values, set mask) pairs of :data:`MM_FIELDS` rows). M, N, K bound every tile (the
     tiling's singleCore, or a larger SetTail: legal in the Norm configuration), K padded to baseK;
     ``rows_disjoint``: every C row stride the run can use is at least N, so the engine may write a
-    tile's padded rows in one scatter."""
+    tile's padded rows in one scatter; ``a_layout`` / ``b_layout``: ``"plain"``, ``"trans"`` or
+    ``"both"``, the layouts A and B can be read in."""
     dims = []
     for gi, cfg in enumerate(program.matmuls or [None] * len(program.groups)):
         if cfg is None:
@@ -379,7 +381,12 @@ def _tile_dims(program: CubeGroupProgram, seen: dict[int, list[tuple[np.ndarray,
                 "use smaller tails, or --engine reference",
             )
         all_strides = np.concatenate(strides) if strides else np.zeros(0, np.int64)
-        dims.append((m, n, k, bool(all_strides.size == 0 or all_strides.min() >= n)))
+        modes = []
+        for f in (9, 11):  # trans_a, trans_b: which layouts the run can load ("plain", "trans", "both")
+            vals_f = [v[:, f][mk[:, f]] != 0 for v, mk in seen.get(gi, []) if len(v)]
+            flags = np.concatenate(vals_f) if vals_f else np.zeros(1, bool)
+            modes.append("both" if flags.any() and not flags.all() else "trans" if flags.all() else "plain")
+        dims.append((m, n, k, bool(all_strides.size == 0 or all_strides.min() >= n), *modes))
     return tuple(dims)
 
 

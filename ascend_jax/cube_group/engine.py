@@ -145,7 +145,8 @@ def _gm_size(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) -> int:
 
 
 def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) -> tuple:
-    """Per group: (MatmulType, TCubeTiling, (M, N, Kp) tile bound over every lane) or None."""
+    """Per group: (MatmulType, TCubeTiling, (M, N, Kp, rows_disjoint, a_layout, b_layout) over
+    every lane; see ``encode._tile_dims``) or None."""
     if not first.matmuls:
         return (None,) * len(first.groups)
     out = []
@@ -155,7 +156,9 @@ def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) 
             continue
         dims = np.max([e.mm_dims[gi][:3] for e in encoded], axis=0)
         disjoint = all(e.mm_dims[gi][3] for e in encoded)
-        out.append((cfg[0], cfg[1], (*(int(x) for x in dims), disjoint)))
+        layouts = [{e.mm_dims[gi][j] for e in encoded} for j in (4, 5)]
+        layouts = [x.pop() if len(x) == 1 else "both" for x in layouts]
+        out.append((cfg[0], cfg[1], (*(int(x) for x in dims), disjoint, *layouts)))
     return tuple(out)
 
 
