@@ -111,17 +111,35 @@ def test_official_sample_protocol_receives_in_the_expected_order():
     assert ref.slot_states(0)[1] == [Q] * 48 and ref.slot_states(0)[0] == ["FREE"] * 48
 
 
-def test_sample_callback_hangs_on_an_uncovered_fake():
-    k = aj.CubeGroupKernel(max_steps=100)
-    g = k.create_cube_res_group("g", 0, 2, 2, "sample")
-    for q in range(2):
-        aiv = k.aiv(q)
-        aiv.assign_queue(g, q)
-        aiv.post(g, {"funcID": 0}) if q == 0 else aiv.fake(g)
-        aiv.quit(g)
-    ref, _ = both(k.compile())
+def test_sample_callback_frees_an_uncovered_fake_by_its_stale_func_id():
+    # one AIC, four queues. Lap 1: queue 0 posts a funcID-1 leader covering queues 1..3 (FAKEs);
+    # depths 1..3 hold funcID-0 tasks. Lap 2, depth 0 again: queue 0 writes a FAKE that no leader
+    # covers; its payload is lap 1's (funcID 1), so FreeMessage(rcvMsg, VALID) waits forever.
+    # With a stale funcID 0 instead, FreeMessage(rcvMsg) has no wait state and the run ends ok.
+    def build(lap1_func):
+        k = aj.CubeGroupKernel(max_steps=200)
+        g = k.create_cube_res_group("g", 0, 2, 4, "sample")
+        for q in range(4):
+            aiv = k.aiv(q)
+            aiv.assign_queue(g, q)
+            if q == 0:
+                aiv.post(g, {"funcID": lap1_func})
+            elif lap1_func == 1:
+                aiv.fake(g)
+            else:
+                aiv.post(g, {"funcID": 0})
+            for _ in range(3):
+                aiv.post(g, {"funcID": 0})
+            aiv.fake(g) if q == 0 else aiv.post(g, {"funcID": 0})
+            aiv.quit(g)
+        return k.compile()
+
+    ref, _ = both(build(1))
     assert ref.status == Status.DEADLOCK
-    assert ref.blocked[0] == {"core": "aic0", "group": "g", "queue": 1, "depth": 0, "until": "VALID"}
+    assert ref.blocked[0] == {"core": "aic0", "group": "g", "queue": 0, "depth": 0, "until": "VALID"}
+    ref, _ = both(build(0))
+    assert ref.status == Status.OK
+    assert ref.received[0][16] == (0, 0, "FAKE")  # lap 2's uncovered FAKE, freed with no wait
 
 
 def test_default_wait_after_quit_waits_on_the_latest_post():

@@ -313,23 +313,26 @@ SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE = 1, 3
 class SampleCallback(_StatelessCallback):
     """Built-in ``sample``: the official CubeGroupCustom sample's callback (no Matmul).
 
-    It dispatches on the payload's ``funcID``: 0 is a single task, freed with wait state VALID;
-    1 is a merge leader that frees itself (VALID) and the next three columns (FAKE) and calls
-    SetSkipMsg(3). Like the seed, it does not look at the head state, so an uncovered FAKE
-    hangs in ``FreeMessage(rcvMsg, VALID)``. (Reconstructed from the sample's described behaviour;
-    its source was not available to check line by line.) As in the sample's
-    ``MyCallbackFunc::Call``, funcID is read before ``CubeGroupCallBack<funcID>`` invalidates
-    ``rcvMsg + 64 B`` (line 1; with the sample's 64-byte message that is the next slot's head
-    line, a no-op here).
+    It dispatches on the payload's ``funcID`` (asc-devkit docs, ``CubeResGroupHandle`` usage page,
+    ``MyCallbackFunc::Call`` and ``CubeGroupCallBack<funcId>``): 0 is a single task, freed with
+    ``FreeMessage(rcvMsg)`` (no wait state) and SetSkipMsg(0); 1 is a merge leader that frees itself
+    with wait state VALID and the next three columns with FAKE, then SetSkipMsg(3); any other funcID
+    frees nothing and skips nothing. It does not look at the head state, so an uncovered FAKE is
+    handled by its stale funcID: 0 frees it, 1 hangs in ``FreeMessage(rcvMsg, VALID)``. As in the
+    sample, funcID is read before ``rcvMsg + 64 B`` is invalidated (line 1; with the sample's
+    64-byte message that is the next slot's head line, a no-op here).
     """
 
     required_fields: tuple[str, ...] = ("funcID",)
 
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
-        k = handle.xp.where(msg.funcID == SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE, 0)
+        xp = handle.xp
+        single, leader = msg.funcID == 0, msg.funcID == SAMPLE_LEADER_FUNC_ID
+        k = xp.where(leader, SAMPLE_MERGE, 0)
         handle.data_cache_clean_and_invalid(msg, 1)
-        for i in range(handle.aiv_per_aic):
-            handle.free_message(msg + i, CubeMsgState.FAKE if i else CubeMsgState.VALID, when=i <= k)
+        handle.free_message(msg, xp.where(leader, int(CubeMsgState.VALID), NO_WAIT), when=single | leader)
+        for i in range(1, handle.aiv_per_aic):
+            handle.free_message(msg + i, CubeMsgState.FAKE, when=leader & (i <= k))
         handle.set_skip_msg(k)
 
 
