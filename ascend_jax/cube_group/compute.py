@@ -256,7 +256,7 @@ def _pairwise(x: jax.Array, n: jax.Array) -> jax.Array:
     n2 = n // 2
     n2 = n2 - n2 % 8  # >= 64 whenever n > 128
     left = _pairwise(x[..., : width // 2], n2)
-    idx = jnp.arange(width - 64) + n2[..., None]
+    idx = jnp.arange(width - 64).reshape((1,) * n2.ndim + (-1,)) + n2[..., None]
     right = _pairwise(jnp.take_along_axis(x, jnp.clip(idx, 0, width - 1), axis=-1), n - n2)
     return jnp.where(n <= 128, small, left + right)
 
