@@ -222,9 +222,7 @@ def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops)
         w = vector_words(shape, tab, a)
         nbytes = w[:, VEC["bytes"]].astype(jnp.float32)
         copy = w[:, VEC["kind"]] <= 1  # load, store
-        vec_dur = c[TC["vec_issue"]] + jnp.where(
-            copy, nbytes / c[TC["ddr_rate"]], jnp.ceil(nbytes / c[TC["vec_rate"]])
-        )
+        vec_dur = c[TC["vec_issue"]] + jnp.where(copy, nbytes / c[TC["ddr_rate"]], jnp.ceil(nbytes / c[TC["vec_rate"]]))
     dur = _select(
         [
             kind == OpKind.VECTOR,
