@@ -100,8 +100,8 @@ def _parser() -> argparse.ArgumentParser:
         "--engine",
         choices=["auto", "jax", "reference"],
         default=None,
-        help="default auto: the reference interpreter for one lane of a deterministic schedule (no compile) "
-        "or for a program with AIV vector ops, else the JAX engine",
+        help="default auto: the reference interpreter for one lane of a deterministic schedule (no compile), "
+        "else the JAX engine",
     )
     run.add_argument(
         "--devices", type=int, default=None, help="shard the lanes over this many local devices (default: all)"
@@ -340,11 +340,9 @@ def _run(args: argparse.Namespace) -> int:
     atomic_order = args.atomic_order or "fixed"
     engine = args.engine or "auto"
     if engine == "auto":  # one deterministic lane: the interpreter answers before JAX would compile
-        from ascend_jax.cube_group.vector import has_vector_ops  # vector ops: reference only, for now
-
         jax_only = atomic_order != "fixed" or nums.chunk is not None or nums.devices is not None
         single = nums.batch == 1 and schedule != "random"  # random lanes replay only in the engine that drew them
-        engine = "reference" if (single and not jax_only) or has_vector_ops(program) else "jax"
+        engine = "reference" if single and not jax_only else "jax"
     if engine == "reference" and atomic_order != "fixed":
         raise ConfigError("--atomic-order", atomic_order, "random needs --engine jax", "leave --engine out")
     for flag in ("chunk", "devices"):

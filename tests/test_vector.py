@@ -17,7 +17,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ascend_jax import ReferenceInterpreter, load_scenario, run_reference, simulate
+from ascend_jax import ReferenceInterpreter, load_scenario, run_reference
 from ascend_jax.cli import main
 from ascend_jax.cube_group.program import CubeGroupKernel
 from ascend_jax.cube_group.vector import VECTOR_KINDS, WORDS, vector_cycles, vector_tables
@@ -333,13 +333,6 @@ def test_another_aivs_buffer_is_rejected():
         aiv.vec.exp(aiv.vec.buffer("a", ROWS, COLS), buf)
 
 
-def test_jax_engine_rejects_vector_ops():
-    p = ag.build(0)
-    with pytest.raises(ConfigError) as e:
-        simulate(p)
-    assert e.value.field == "engine" and "--engine reference" in e.value.fix
-
-
 # -- the attention-backward model ----------------------------------------------------------------
 
 
@@ -405,15 +398,6 @@ def test_cli_attention_grad_timed_json(capsys):
         assert entry["ok"] and entry["numpy_check"]["ok"]
         assert entry["numpy_check"]["tolerance"] == ag.TOLERANCE["float16"]
     assert out["timing"]["kernel_us"] > 0 and set(out["timing"]["aiv"]) == {"0", "1", "2", "3"}
-
-
-def test_cli_attention_grad_engines(capsys):
-    assert main(["run", "--model", "attention_grad", "--engine", "jax"]) == 2
-    assert "--engine reference" in capsys.readouterr().err
-    code = main(["run", "--model", "attention_grad", "--batch", "2", "--json"])  # auto: the reference
-    out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["status"] == "ok"
-    assert [lane["status"] for lane in out["batch"]] == ["ok", "ok"]
 
 
 # -- scenario TOML -------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group.encode import VEC
 from ascend_jax.cube_group.state import EngineShape
+from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
 from ascend_jax.gm import GM_BASE, load_rows, row_starts, store_rows
 from ascend_jax.matmul import MatmulType, check_operands, combine, compute_tiles, descriptor, empty_tile
 
@@ -130,3 +132,189 @@ def count_dot_generals(jaxpr) -> int:
                 if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
                     total += count_dot_generals(sub)
     return total
+
+
+# -- AIV vector ops ----------------------------------------------------------------------------
+# Kind codes of ascend_jax.cube_group.vector.VECTOR_KINDS, UB dtype codes of UB_DTYPES.
+_K = {k: i for i, k in enumerate(VECTOR_KINDS)}
+_F16, _BF16, _F32 = (UB_DTYPES.index(t) for t in ("float16", "bfloat16", "float32"))
+
+
+def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.Array, words: jax.Array):
+    """Performs the vector ops the AIVs performed this step, before the step's matmuls are written.
+
+    ``gm`` [B, G] uint8, ``ub`` [B, V, NB, R, C] float32 (lane-major), ``en`` [V, B] which AIVs ran
+    a vector op, ``words`` [V, 12, B] its :data:`ascend_jax.cube_group.encode.VEC` row. Returns the
+    new (gm, ub).
+
+    Order (the reference's, ``ReferenceInterpreter.step``): the AIVs act in block_idx order, so a
+    store is visible to a later AIV's load in the same step. Compute ops touch only their own AIV's
+    UB, so they run for every AIV at once (vectorised over AIVs and lanes); GM copies run in a
+    ``fori_loop`` over the AIVs (each vectorised over lanes, skipped when no lane's AIV copies),
+    which keeps that order exactly, atomic stores included.
+    """
+    w = jnp.moveaxis(words, -1, 0)  # [B, V, 12]
+    e = en.T  # [B, V]
+    kind = w[..., VEC["kind"]]
+    is_copy = e & (kind <= _K["store"])
+    is_compute = e & (kind > _K["store"])
+    ub = jax.lax.cond(is_compute.any(), lambda u: jax.vmap(_vector_compute)(u, is_compute, w), lambda u: u, ub)
+
+    def one_aiv(v, carry):
+        gm, ub = carry
+
+        def run(c):
+            gm, ub = c
+            ub_v = jax.lax.dynamic_index_in_dim(ub, v, axis=1, keepdims=False)  # [B, NB, R, C]
+            w_v = jax.lax.dynamic_index_in_dim(w, v, axis=1, keepdims=False)  # [B, 12]
+            e_v = jax.lax.dynamic_index_in_dim(is_copy, v, axis=1, keepdims=False)  # [B]
+            gm, ub_v = jax.vmap(_vector_copy)(gm, ub_v, e_v, w_v)
+            return gm, jax.lax.dynamic_update_index_in_dim(ub, ub_v, v, axis=1)
+
+        return jax.lax.cond(is_copy[:, v].any(), run, lambda c: c, (gm, ub))
+
+    return jax.lax.fori_loop(0, e.shape[1], one_aiv, (gm, ub))
+
+
+def _round(x: jax.Array, dtype: jax.Array) -> jax.Array:
+    """float32 ``x`` rounded to the UB type ``dtype`` (code; round to nearest even) and back."""
+    f16 = x.astype(jnp.float16).astype(jnp.float32)
+    bf16 = x.astype(jnp.bfloat16).astype(jnp.float32)
+    return jnp.where(dtype == _F16, f16, jnp.where(dtype == _BF16, bf16, x))
+
+
+def _vector_compute(ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
+    """One lane's compute ops (no GM copies): ``ub`` [V, NB, R, C], ``en`` [V], ``w`` [V, 12].
+    Each result is computed in float32 and rounded once to its buffer's type (``VectorUnit.run``)."""
+    nv, nb, r, c = ub.shape
+    col = w.T[:, :, None, None]  # [12, V, 1, 1]
+    kind, dtype = col[VEC["kind"]], col[VEC["dtype"]]
+    aivs = jnp.arange(nv)
+    x = ub[aivs, jnp.clip(w[:, VEC["src0"]], 0, nb - 1)]
+    y = ub[aivs, jnp.clip(w[:, VEC["src1"]], 0, nb - 1)]
+    s = jax.lax.bitcast_convert_type(col[VEC["scalar"]], jnp.float32)
+    rows, cols = col[VEC["rows"]], col[VEC["cols"]]
+    ri = jnp.arange(r)[None, :, None]
+    ci = jnp.arange(c)[None, None, :]
+
+    def isk(*names):
+        out = kind == _K[names[0]]
+        for n in names[1:]:
+            out = out | (kind == _K[n])
+        return out
+
+    yb = jnp.where(isk("muls", "adds"), s, jnp.where(isk("sub_row", "mul_row"), y[:, :, :1], y))
+    inside = ci < cols
+    reduced_max = jnp.where(inside, x, -jnp.inf).max(axis=2, keepdims=True)
+    reduced_sum = pairwise_sum(x, cols[:, :, 0])[..., None]
+    res = _select_kind(
+        kind,
+        [
+            (("add", "adds"), x + yb),
+            (("sub", "sub_row"), x - yb),
+            (("mul", "muls", "mul_row"), x * yb),
+            (("div",), x / yb),
+            (("exp",), jnp.exp(x)),
+            (("row_max",), jnp.broadcast_to(reduced_max, x.shape)),
+            (("row_sum",), jnp.broadcast_to(reduced_sum, x.shape)),
+            (("select",), jnp.where(y != 0, x, s)),
+        ],
+        x,  # cast: the source value, rounded below
+    )
+    res = _round(res, dtype)
+    region = (ri < rows) & jnp.where(isk("row_max", "row_sum"), ci < 1, inside) & en[:, None, None]
+    dst = jnp.clip(w[:, VEC["dst"]], 0, nb - 1)
+    return ub.at[aivs, dst].set(jnp.where(region, res, ub[aivs, dst]))
+
+
+def _select_kind(kind: jax.Array, cases: list, default: jax.Array) -> jax.Array:
+    out = default
+    for names, value in cases:
+        hit = kind == _K[names[0]]
+        for n in names[1:]:
+            hit = hit | (kind == _K[n])
+        out = jnp.where(hit, value, out)
+    return out
+
+
+def pairwise_sum(x: jax.Array, n: jax.Array) -> jax.Array:
+    """``x`` [..., W] float32 summed over its first ``n`` [...] elements in numpy's order, so that
+    the result is bit-identical to ``np.add.reduce(x[..., :n], axis=-1, dtype=np.float32)`` (numpy's
+    ``pairwise_sum`` in ``loops_utils.h.src``: under 8 elements a plain loop; up to 128, eight
+    running sums over the multiples of 8 combined as a tree, then the rest one by one; above, split
+    at ``n / 2`` rounded down to a multiple of 8 and recurse; the reduction starts from 0)."""
+    res = _pairwise(x, n)
+    return jnp.where(res == 0, jnp.float32(0), res)  # 0 + res: a -0 sum is +0
+
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """``x[..., idx]`` for a per-row index ``idx`` [...] (clipped)."""
+    return jnp.take_along_axis(x, jnp.clip(idx, 0, x.shape[-1] - 1)[..., None], axis=-1)[..., 0]
+
+
+def _pairwise(x: jax.Array, n: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    small = _pairwise_block(x[..., : min(width, 128)], jnp.minimum(n, 128))
+    if width <= 128:
+        return small
+    n2 = n // 2
+    n2 = n2 - n2 % 8  # >= 64 whenever n > 128
+    left = _pairwise(x[..., : width // 2], n2)
+    idx = jnp.arange(width - 64).reshape((1,) * n2.ndim + (-1,)) + n2[..., None]
+    right = _pairwise(jnp.take_along_axis(x, jnp.clip(idx, 0, width - 1), axis=-1), n - n2)
+    return jnp.where(n <= 128, small, left + right)
+
+
+def _pairwise_block(x: jax.Array, n: jax.Array) -> jax.Array:
+    """numpy's pairwise sum of the first ``n`` <= 128 elements of ``x`` [..., <= 128]."""
+    width = x.shape[-1]
+    pad = -width % 8 + max(0, 8 - width)
+    if pad:
+        x = jnp.concatenate([x, jnp.zeros((*x.shape[:-1], pad), x.dtype)], axis=-1)
+    seq = jnp.zeros(x.shape[:-1], x.dtype)
+    for i in range(7):  # n < 8: one by one from 0
+        seq = jnp.where(i < n, seq + x[..., i], seq)
+    m = n - n % 8
+    r = x[..., :8]
+    for g in range(1, x.shape[-1] // 8):
+        r = jnp.where((8 * g < m)[..., None], r + x[..., 8 * g : 8 * g + 8], r)
+    res = ((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3])) + ((r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7]))
+    for k in range(7):  # the rest past the last multiple of 8
+        res = jnp.where(m + k < n, res + _take(x, m + k), res)
+    return jnp.where(n < 8, seq, res)
+
+
+def _vector_copy(gm: jax.Array, ub: jax.Array, en: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One lane's GM copy of one AIV (``VectorUnit.run``): ``gm`` [G] uint8, ``ub`` [NB, R, C] its
+    buffers, ``en`` [] whether it copies, ``w`` [12]. A load reads ``rows`` windows of C elements
+    (GM is padded by :func:`ascend_jax.gm.row_margin` of C); a store scatters the region's bytes
+    only (an atomic store adds to GM's value in float32 and rounds once to the GM type)."""
+    nb, r, c = ub.shape
+    kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
+    rows, cols, stride = w[VEC["rows"]], w[VEC["cols"]], w[VEC["stride"]]
+    size = jnp.where(dtype == _F32, 4, 2)
+    starts = w[VEC["addr"]] - GM_BASE + jnp.arange(r, dtype=jnp.int32) * stride * size
+    raw = jax.vmap(lambda s: jax.lax.dynamic_slice(gm, (s,), (c * 4,)))(jnp.where(en, starts, 0))  # [R, 4C]
+    as32 = jax.lax.bitcast_convert_type(raw.reshape(r, c, 4), jnp.float32)
+    half = raw[:, : 2 * c].reshape(r, c, 2)
+    as16 = jax.lax.bitcast_convert_type(half, jnp.float16).astype(jnp.float32)
+    asbf = jax.lax.bitcast_convert_type(half, jnp.bfloat16).astype(jnp.float32)
+    old = jnp.where(dtype == _F32, as32, jnp.where(dtype == _F16, as16, asbf))  # [R, C] GM's values
+    region = (jnp.arange(r)[:, None] < rows) & (jnp.arange(c)[None, :] < cols)
+    loading = en & (kind == _K["load"])
+    dst = jnp.clip(w[VEC["dst"]], 0, nb - 1)
+    ub = ub.at[dst].set(jnp.where(region & loading, old, ub[dst]))
+
+    storing = en & (kind == _K["store"])
+    val = ub[jnp.clip(w[VEC["src0"]], 0, nb - 1)]
+    val = jnp.where(w[VEC["atomic"]] != 0, _round(old + val, dtype), val)
+    b32 = jax.lax.bitcast_convert_type(val, jnp.uint8)  # [R, C, 4]
+    b16 = jax.lax.bitcast_convert_type(val.astype(jnp.float16), jnp.uint8)
+    bbf = jax.lax.bitcast_convert_type(val.astype(jnp.bfloat16), jnp.uint8)
+    b2 = jnp.where(dtype == _F16, b16, bbf)
+    data = jnp.where(dtype == _F32, b32, jnp.concatenate([b2, b2], axis=-1))  # [R, C, 4]
+    k = jnp.arange(4)[None, None, :]
+    idx = starts[:, None, None] + jnp.arange(c)[None, :, None] * size + k
+    ok = storing & region[:, :, None] & (k < size)
+    gm = gm.at[jnp.where(ok, idx, gm.shape[0])].set(data, mode="drop")
+    return gm, ub

@@ -22,6 +22,10 @@ Everything a JAX int32 could not hold is settled here in int64: GM bounds of eve
 (an out-of-range action keeps a zeroed descriptor and a flag, so no address wraps in the engine),
 and ``max_steps``, delays and descriptor words are range-checked with a clear error.
 
+AIV vector ops (:mod:`ascend_jax.cube_group.vector`) are data too: each becomes one row of int
+words (kind, buffers, region, GM address and stride, atomic flag, result type, the scalar's float32
+bits, bytes), and the engine runs them on a per-lane float32 UB image (``compute.apply_vector_ops``).
+
 Size letters: ``V`` AIVs, ``L`` ops per AIV, ``N`` versions (all groups), ``F`` actions per call,
 ``D`` descriptor words, ``S`` slots, ``C`` AICs, ``T`` tensors, ``G`` GM bytes.
 """
@@ -39,7 +43,7 @@ from ascend_jax.cube_group.dcache import call_through_lines
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.result import message_table
 from ascend_jax.cube_group.status import ErrorCode, OpKind
-from ascend_jax.cube_group.vector import reject_in_engine
+from ascend_jax.cube_group.vector import UB_DTYPES, VectorOp, op_bytes
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GM_BASE
 from ascend_jax.matmul import (
@@ -81,6 +85,8 @@ class EncodedProgram:
     outside 0..2**31-1 are stored as ``-1 - i`` with the true value in ``big_addresses[i]``.
     ``mm_dims``: per group with a Matmul, the static (M, N, K) tile bound (the largest extent any
     call or Init can set).
+    Vector ops: ``vec_ops`` ``[Vn, 12]`` every AIV vector op as :data:`VEC` words (a VECTOR op row's
+    ``a`` is its index); ``ub_dims`` (NB, R, C) the UB bound (see :func:`vector_words`).
     """
 
     rows: list[list[tuple[int, int, int, int, int]]]
@@ -105,6 +111,8 @@ class EncodedProgram:
     mm_dims: tuple
     big_addresses: list[int]
     capacity: int
+    vec_ops: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 12), np.int64))
+    ub_dims: tuple = (0, 0, 0)
 
     @property
     def n_versions(self) -> int:
@@ -161,6 +169,8 @@ def encode_ops(program: CubeGroupProgram) -> tuple[list[list[tuple]], list[tuple
                 row.append((OpKind.WAIT, head + op.offset, int(op.sync), 0, 0))
             elif op.kind == "sync_all":
                 row.append((OpKind.SYNC, 0, 0, 0, 0))
+            elif op.kind == "vector":  # a: the op's row of vector_words (appended by encode_program)
+                row.append((OpKind.VECTOR, 0, -1, 0, 0))
             elif op.kind == "delay":
                 _check_int32(
                     f"{op.where}.cycles", op.cycles, "must be in 0..2**31-1 cycles", "split the delay or shorten it"
@@ -212,7 +222,6 @@ def _evaluate_group(program: CubeGroupProgram, gi: int, ids: np.ndarray, version
 
 def encode_program(program: CubeGroupProgram) -> EncodedProgram:
     """Encodes one program (see the module docstring); runs every callback's ``init`` once per AIC."""
-    reject_in_engine(program)  # AIV vector ops run in the reference interpreter only, for now
     _check_int32("max_steps", program.max_steps, "must be in 1..2**31-1", "lower max_steps")
     capacity = program.receive_capacity()
     _check_int32("max_received", capacity, "must be in 0..2**31-1", "lower max_received")
@@ -227,6 +236,7 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
             state = mm.state if mm is not None else dict.fromkeys(MM_FIELDS, 0)
             init_rows.append([np.asarray(state[f]).item() for f in MM_FIELDS])
     rows, vlist = encode_ops(program)
+    vec_ops, ub_dims = vector_words(program, rows)
     if len(vlist) >= 1 << 23:
         raise ConfigError(
             "program", f"{len(vlist)} posts, fakes and quits", "must be fewer than 2**23", "split the run"
@@ -340,8 +350,41 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
         mm_dims=_tile_dims(program, dims_seen),
         big_addresses=big,
         capacity=capacity,
+        vec_ops=vec_ops,
+        ub_dims=ub_dims,
         **out,
     )
+
+
+#: Columns of :attr:`EncodedProgram.vec_ops`: :data:`ascend_jax.cube_group.vector.WORDS`, then the
+#: scalar (float32 bits, already rounded to the result type as the vector unit rounds it) and the
+#: op's bytes (:func:`ascend_jax.cube_group.vector.op_bytes`, the size its timed cost scales with).
+VEC = {name: i for i, name in enumerate(("kind", "dst", "src0", "src1", "rows", "cols", "addr", "stride", "atomic",
+                                         "dtype", "scalar", "bytes"))}  # fmt: skip
+N_VEC = len(VEC)
+F16_CODE = UB_DTYPES.index("float16")
+
+
+def vector_words(program: CubeGroupProgram, rows: list[list[tuple]]) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Every AIV vector op of ``program`` as one int row (:data:`VEC`), ``[Vn, N_VEC]`` int64 in
+    (AIV, pc) order, and the UB bound ``(NB, R, C)``: buffers per AIV and the largest rows and cols
+    of any buffer ((0, 0, 0) without vector ops). Points each VECTOR op row's ``a`` at its row."""
+    out: list[list[int]] = []
+    nb = r = c = 0
+    for (_, ops), row in zip(program.aivs, rows, strict=True):
+        for pc, op in enumerate(ops):
+            if op.kind != "vector":
+                continue
+            vec: VectorOp = op.vec
+            ints, scalar = vec.words()
+            # the ALU's scalar: rounded to float16 when the result is float16 (VectorUnit.run)
+            s32 = np.float32(np.float16(scalar)) if ints[9] == F16_CODE else np.float32(scalar)
+            out.append([*ints, int(s32.view(np.int32)), op_bytes(vec)])
+            row[pc] = (OpKind.VECTOR, 0, len(out) - 1, 0, 0)
+            for b in (vec.dst, vec.src0, vec.src1):
+                if b is not None:
+                    nb, r, c = max(nb, b.index + 1), max(r, b.rows), max(c, b.cols)
+    return np.array(out, np.int64).reshape(-1, N_VEC), (nb, r, c)
 
 
 #: Largest operand tile (elements) the engine allocates per AIC and step.

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.cube_group.compute import apply_matmuls
+from ascend_jax.cube_group.compute import apply_matmuls, apply_vector_ops
 from ascend_jax.cube_group.encode import EncodedProgram, encode_program
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.readout import BatchResult, _Lanes
@@ -66,7 +66,17 @@ def _compute(shape: EngineShape, st: State, en: jax.Array, fields: jax.Array) ->
 
 def batch_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> State:
     """One step of every lane: the protocol step, then the compute phase if any lane needs it."""
-    st, en, fields = step(shape, tab, cost, st)
+    st, en, fields, vec = step(shape, tab, cost, st)
+    if vec is not None:  # the AIVs' vector ops act before the step's matmuls are written
+        v_en, words = vec
+        gm, ub = jax.lax.cond(
+            v_en.any(),
+            lambda g, u: apply_vector_ops(shape, g, u, v_en, words),
+            lambda g, u: (g, u),
+            st.gm,
+            st.ub,
+        )
+        st = dataclasses.replace(st, gm=gm, ub=ub)
     if not shape.has_matmul:
         return st
     return jax.lax.cond(en.any(), lambda s: _compute(shape, s, en, fields), lambda s: s, st)
@@ -115,6 +125,9 @@ def make_shape(
                 "lanes of one batch must share groups, matmul configs, barriers, tensors, build and zero_workspace",
             )
     has_mm = any(m is not None for m in first.matmuls)
+    n_vec = max(len(e.vec_ops) for e in encoded)
+    has_gm = has_mm or n_vec > 0
+    ub = tuple(int(x) for x in np.max([e.ub_dims for e in encoded], axis=0)) if n_vec else (0, 0, 0)
     shape = EngineShape(
         groups=first.groups,
         aiv_blocks=tuple(sorted({b for p in programs for b, _ in p.aivs})),
@@ -125,22 +138,26 @@ def make_shape(
         barrier_copies=tuple(b.copies for b in first.barriers),
         schedule=schedule,
         matmuls=_matmul_configs(first, encoded),
-        gm_size=_gm_size(first, encoded) if has_mm else 1,
-        gm_real=first.gm.size if has_mm else 0,
+        gm_size=_gm_size(first, encoded, ub[2]) if has_gm else 1,
+        gm_real=first.gm.size if has_gm else 0,
         atomic_order=atomic_order if has_mm else "fixed",
         wait_tests=any(op.kind == "wait" and not op.sync for p in programs for _, ops in p.aivs for op in ops),
         shared=len(programs) == 1,
         build=first.build,
         has_sync=any(op.kind == "sync_all" for p in programs for _, ops in p.aivs for op in ops),
         gm_bounds=tuple(tuple(int(x) for x in b) for b in first.gm.bounds()) if has_mm else (),
+        n_vec_ops=_bucket(n_vec) if n_vec else 0,
+        ub=ub,
     )
     return dataclasses.replace(shape, aiv_home=_aiv_home(shape, programs, encoded))
 
 
-def _gm_size(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) -> int:
+def _gm_size(first: CubeGroupProgram, encoded: Sequence[EncodedProgram], ub_cols: int = 0) -> int:
     """GM bytes the engine carries: the tensors, then a zero margin that a row window starting in
-    GM never crosses (:func:`ascend_jax.gm.row_margin`), also the scratch of rows not written."""
+    GM never crosses (:func:`ascend_jax.gm.row_margin`), also the scratch of rows not written.
+    ``ub_cols``: the widest UB buffer (a vector load reads rows of that many elements)."""
     widest = max((max(d[:3]) for e in encoded for d in e.mm_dims if d is not None), default=1)
+    widest = max(widest, ub_cols)
     return first.gm.size + row_margin(widest)
 
 
@@ -597,6 +614,7 @@ def _lane_major(shape: EngineShape, st: State) -> dict[str, np.ndarray]:
     out = {f.name: np.asarray(getattr(st, f.name)) for f in dataclasses.fields(State) if f.name != "timed"}
     if st.timed is not None:
         out.update({f.name: np.asarray(getattr(st.timed, f.name)) for f in dataclasses.fields(st.timed)})
+    out.pop("ub")  # UB contents at the end are not part of a result
     lane_major = {"gm", "key"}
     out = {k: (v if k in lane_major else np.moveaxis(v, -1, 0)) for k, v in out.items()}
     b = out["status"].shape[0]

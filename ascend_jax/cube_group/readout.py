@@ -193,7 +193,7 @@ class BatchResult(Sequence):
             barrier_wait=a["barrier_wait"][:nb].astype(np.int64),
             wait_results=wait_results,
             seed=int(self.seeds[i]),
-            gm=a["gm"][: program.gm.size].copy() if shape.has_matmul else program.gm.image,
+            gm=a["gm"][: program.gm.size].copy() if shape.has_gm else program.gm.image,
             timing=_timing(shape, program, a, self.costs[i]) if self.schedule == "timed" else None,
             asserts_violated=_asserts(shape, program, a) if shape.release else [],
         )

@@ -61,6 +61,8 @@ class EngineShape:
     build: str = "debug"  # "debug": a failed assert stops the AIC; "release": listed, run goes on
     has_sync: bool = False  # some AIV calls SyncAll: carry its round counter
     gm_bounds: tuple = ()  # ((first byte, end byte), ...) of every GM tensor (matmul bounds checks)
+    n_vec_ops: int = 0  # Vn: rows of the vector op table (padded; 0: no AIV runs a vector op)
+    ub: tuple = (0, 0, 0)  # (NB, R, C): UB buffers per AIV, largest buffer rows and cols
 
     @property
     def release(self) -> bool:
@@ -84,6 +86,15 @@ class EngineShape:
     @property
     def has_matmul(self) -> bool:
         return any(m is not None for m in self.matmuls)
+
+    @property
+    def has_vector(self) -> bool:
+        return self.n_vec_ops > 0
+
+    @property
+    def has_gm(self) -> bool:
+        """Whether anything reads or writes GM (a matmul or a vector op); else GM is one byte."""
+        return self.has_matmul or self.has_vector
 
     @property
     def timed(self) -> bool:
@@ -190,6 +201,8 @@ class Tables:
       Matmul state each call leaves and its keep mask; mm_init: [C, M] the state after Init (see
       :class:`ascend_jax.cube_group.encode.EncodedProgram`; [N, 0, 0], [N, 0], [C, 0] without
       a Matmul).
+    vec: [Vn, 12] int32 every vector op's words (:data:`ascend_jax.cube_group.encode.VEC`; [0, 12]
+      without vector ops).
     max_steps, receive_limit: [] int32. gm_init: [G] uint8.
     """
 
@@ -200,6 +213,7 @@ class Tables:
     act_mmf: jax.Array
     ver_mmf: jax.Array
     mm_init: jax.Array
+    vec: jax.Array
     max_steps: jax.Array
     receive_limit: jax.Array
     gm_init: jax.Array
@@ -258,6 +272,8 @@ class State:
     aic_asserts: [C, R] release builds: each failed assert as ``slot << 5 | code`` in the order
       the AIC met them ([C, 0] in debug builds); aic_assert_n: [C] how many.
     key: [B, 2] PRNG key data of the random schedule / atomic order (unused otherwise).
+    ub: [B, V, NB, R, C] float32 every AIV's UB buffers (a float16 / bfloat16 value is exact in
+      float32; [B, 0, 0, 0, 0] without vector ops), lane-major like gm.
     timed: :class:`Timed` under the timed schedule, else None.
     """
 
@@ -289,6 +305,7 @@ class State:
     aic_asserts: jax.Array
     aic_assert_n: jax.Array
     key: jax.Array
+    ub: jax.Array
     timed: Timed | None = None
 
 
@@ -298,6 +315,8 @@ ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3, "en": 4, "assert": 5}
 
 #: bit of word 0 that marks an MTE3 alloc / post
 MTE3_BIT = 30
+#: low bits of word 0 holding the op kind
+KIND_BITS = 4
 
 #: bits of a WRITE's version in the second op word (the head state sits above them)
 VERSION_BITS = 23
@@ -312,23 +331,23 @@ def slot_word(state, ver):
 def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray) -> np.ndarray:
     """[n, 5] (kind, slot, a, b, c) op rows -> [n, 2] int32 words (one fetch per op).
 
-    Word 0: ``kind | x << 3 | mte3 << 30`` with ``x`` the slot's grid index, or ``barrier << 6 |
+    Word 0: ``kind | x << 4 | mte3 << 30`` with ``x`` the slot's grid index, or ``barrier << 6 |
     index`` for barrier ops; ``mte3``: an ALLOC that waits for the MTE3->S flag, a WRITE that
     sets it (``PostMessage<MTE3_MODE>``).
     Word 1: WRITE ``version | state << 23``; WAIT the sync flag; DELAY the cycles; barrier ops
-    the counter threshold (-1: none); ALLOC 0.
+    the counter threshold (-1: none); VECTOR its row of ``Tables.vec``; ALLOC 0.
     """
     kind, slot, a, b, c = rows.T
     barrier = (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
     slot_ops = (kind == OpKind.ALLOC) | (kind == OpKind.WRITE) | (kind == OpKind.WAIT)
     x = np.where(barrier, (a << 6) | b, np.where(slot_ops, grid_of_slot[np.where(slot_ops, slot, 0)], 0))
     w1 = np.select(
-        [kind == OpKind.WRITE, (kind == OpKind.WAIT) | (kind == OpKind.DELAY), barrier],
+        [kind == OpKind.WRITE, (kind == OpKind.WAIT) | (kind == OpKind.DELAY) | (kind == OpKind.VECTOR), barrier],
         [c | (a << VERSION_BITS), a, c],
         0,
     )
     mte3 = np.where((kind == OpKind.ALLOC) | (kind == OpKind.WRITE), b, 0)
-    return np.stack([kind | (x << 3) | (mte3 << MTE3_BIT), w1], axis=-1).astype(np.int32)
+    return np.stack([kind | (x << KIND_BITS) | (mte3 << MTE3_BIT), w1], axis=-1).astype(np.int32)
 
 
 def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram) -> Tables:
@@ -359,8 +378,10 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
     ver_mmf = np.zeros((n, N_MM + 1 if mm_words else 0), np.int32)
     ver_mmf[:nv] = enc.ver_mmf[:, : ver_mmf.shape[1]]
     gm_init = np.zeros(shape.gm_size, np.uint8)
-    if shape.has_matmul:  # without matmuls nothing reads or writes GM: carry one byte
+    if shape.has_gm:  # without matmuls and vector ops nothing reads or writes GM: carry one byte
         gm_init[: program.gm.image.size] = program.gm.image
+    vec = np.zeros((shape.n_vec_ops, 12), np.int32)
+    vec[: len(enc.vec_ops)] = enc.vec_ops
     return Tables(
         ops=ops,
         op_len=lens,
@@ -387,6 +408,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         act_mmf=pad(enc.act_mmf[..., : mm_words + 1 if mm_words else 0], np.int32, cols=mm_cols),
         ver_mmf=ver_mmf,
         mm_init=enc.mm_init[:, : N_MM if mm_words else 0].astype(np.int32),
+        vec=vec,
         max_steps=np.int32(program.max_steps),
         receive_limit=np.int32(enc.capacity),
         gm_init=gm_init,
@@ -451,6 +473,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aic_asserts=zeros(c, r if shape.release else 0),
         aic_assert_n=zeros(c),
         key=keys,
+        ub=jnp.zeros((b, v, *shape.ub) if shape.has_vector else (b, 0, 0, 0, 0), f32),
         timed=timed,
     )
 

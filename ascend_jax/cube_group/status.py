@@ -66,6 +66,7 @@ class OpKind(enum.IntEnum):
     ARRIVE = 5  # GroupBarrier::Arrive: a = barrier, b = index, c = W threshold (-1: no wait)
     BWAIT = 6  # GroupBarrier::Wait: a = barrier, b = index, c = A threshold
     SYNC = 7  # SyncAll() over every core: every AIV at its same SyncAll, every AIC out of its loop
+    VECTOR = 8  # an AIV vector op (vector.py): a = its row in the encoded program's ``vec_ops``
 
 
 class AicPhase(enum.IntEnum):

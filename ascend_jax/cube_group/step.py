@@ -23,8 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.cube_group.callbacks import NO_WAIT
+from ascend_jax.cube_group.encode import VEC
 from ascend_jax.cube_group.state import (
     ACT,
+    KIND_BITS,
     MAX_VERSIONS,
     MTE3_BIT,
     VER,
@@ -138,7 +140,7 @@ def _aiv_ops(shape: EngineShape, tab: Tables, st: State):
     else:
         w0 = jnp.take_along_axis(tab.ops[:, :, 0], pc[:, None, :], axis=1)[:, 0]
         w1 = jnp.take_along_axis(tab.ops[:, :, 1], pc[:, None, :], axis=1)[:, 0]
-    kind, x = w0 & 7, (w0 >> 3) & ((1 << (MTE3_BIT - 3)) - 1)
+    kind, x = w0 & ((1 << KIND_BITS) - 1), (w0 >> KIND_BITS) & ((1 << (MTE3_BIT - KIND_BITS)) - 1)
     write = kind == OpKind.WRITE
     barrier = (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
     a = jnp.where(write, w1 >> VERSION_BITS, jnp.where(barrier, x >> 6, w1))
@@ -215,8 +217,15 @@ def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops)
     )
     start = jnp.maximum(tm.aiv_clock, enable)
     c = cost[:, None, :]  # [12, 1, B]
+    vec_dur = 0.0
+    if shape.has_vector:  # vector.vector_cycles: a copy at the GM rate, compute at vec_rate
+        w = vector_words(shape, tab, a)
+        nbytes = w[:, VEC["bytes"]].astype(jnp.float32)
+        copy = w[:, VEC["kind"]] <= 1  # load, store
+        vec_dur = c[TC["vec_issue"]] + jnp.where(copy, nbytes / c[TC["ddr_rate"]], jnp.ceil(nbytes / c[TC["vec_rate"]]))
     dur = _select(
         [
+            kind == OpKind.VECTOR,
             kind == OpKind.ALLOC,
             (kind == OpKind.WRITE) & (a == FAKE),
             (kind == OpKind.WRITE) & (a == QUIT),
@@ -225,11 +234,16 @@ def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops)
             kind == OpKind.DELAY,
             (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT) | (kind == OpKind.SYNC),
         ],
-        [c[TC["alloc"]], c[TC["fake"]], c[TC["quit"]], c[TC["post"]], c[TC["wait"]], a.astype(jnp.float32),
-         c[TC["barrier"]]],
+        [vec_dur, c[TC["alloc"]], c[TC["fake"]], c[TC["quit"]], c[TC["post"]], c[TC["wait"]],
+         a.astype(jnp.float32), c[TC["barrier"]]],
         0.0,
     )  # fmt: skip
     return start, dur
+
+
+def vector_words(shape: EngineShape, tab: Tables, row: jax.Array) -> jax.Array:
+    """[V, 12, B] the ``Tables.vec`` rows ``row`` [V, B] (clipped: valid where the op is VECTOR)."""
+    return _lookup(shape, tab.vec, jnp.clip(row, 0, tab.vec.shape[0] - 1))
 
 
 def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
@@ -255,7 +269,9 @@ def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
 
 def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: jax.Array | None):
     """Every AIV whose next op is enabled performs it (timed schedule: those starting at ``tmin``).
-    Returns the new state and [V, B] enabled."""
+    Returns the new state, [V, B] enabled, and the vector ops performed: ([V, B] which AIVs, their
+    [V, 12, B] words), or None without vector ops (:func:`ascend_jax.cube_group.compute.apply_vector_ops`
+    runs them)."""
     ops = _aiv_ops(shape, tab, st)
     pc, kind, x, a, b, c = ops
     v = pc.shape[0]
@@ -324,7 +340,10 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         barrier_wait=barrier_wait,
         timed=timed,
     )
-    return st, ready
+    vec = None
+    if shape.has_vector:
+        vec = (act & (kind == OpKind.VECTOR), vector_words(shape, tab, a))
+    return st, ready, vec
 
 
 # -- AIC side ----------------------------------------------------------------------------------
@@ -618,9 +637,9 @@ def cursor_slot(shape: EngineShape, st: State) -> jax.Array:
 
 def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
     """One protocol step of the batch, then the status update. A lane that is not RUNNING enables
-    no core and keeps its state. ``cost`` is [12, B]. Returns the state and the step's matmul
+    no core and keeps its state. ``cost`` is [12, B]. Returns the state, the step's matmul
     requests: [C, B] enables and the [C, A, B] action words of each (for
-    :func:`ascend_jax.cube_group.compute.apply_matmuls`)."""
+    :func:`ascend_jax.cube_group.compute.apply_matmuls`), and its vector ops (see :func:`aiv_step`)."""
     keys = st.key
     k_aiv = k_aic = keys
     if shape.needs_key:
@@ -637,7 +656,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
         tmin = jnp.minimum(jnp.where(r_v, s_v, jnp.inf).min(axis=0), jnp.where(r_c, s_c, jnp.inf).min(axis=0))
         st = _occupancy(shape, st, tmin)
     running = st.status == Status.RUNNING
-    new, v_ready = aiv_step(shape, tab, cost, st, k_aiv, tmin)
+    new, v_ready, vec = aiv_step(shape, tab, cost, st, k_aiv, tmin)
     new, aic_ready_, mm_now, mm_fields_ = aic_step(shape, tab, cost, new, k_aic, tmin)
     steps = st.step + 1
     stopped = (new.aic_phase == AicPhase.DONE) | (new.aic_phase == AicPhase.ERROR)
@@ -653,7 +672,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
         status=jnp.where(running, status, st.status),
         key=jnp.where(running[:, None], keys, st.key),
     )
-    return new, mm_now & running[None, :], mm_fields_
+    return new, mm_now & running[None, :], mm_fields_, vec
 
 
 def final_status(status: jax.Array, aic_phase: jax.Array) -> jax.Array:

@@ -49,15 +49,14 @@ per-core GM rate as the AIC's matmul traffic); a compute op takes ``vec_issue + 
 itemsize / vec_rate)``, itemsize the widest of its buffers (the vector unit handles ``vec_rate`` =
 256 bytes per cycle, one repeat). Issue and copy never overlap (no double buffering modelled).
 
-A batched engine (not written yet; the JAX engine rejects these programs): :func:`vector_tables`
-gives every op as int words + scalar + bytes, ``[V, L, ...]`` by the op's ``pc``. UB state fits a
-``[V, B, R, C] float32`` array per lane (R, C the largest buffer): float16 and bfloat16 values are
-exact in float32, and a result is rounded to its buffer's type by a float32 -> type -> float32
-round trip chosen by the ``dtype`` word. Regions are iota masks ``r < rows, c < cols``; loads and
-stores reuse :func:`ascend_jax.gm.load_tile` / ``store_tile`` with ``element_offsets(rows, cols,
-stride, False)``. Order to match: within a step every AIV's op acts in block_idx order (an AIV's
-store is visible to a later AIV's load in the same step), before the AICs and before the step's
-matmuls are written, so a load sees the matmuls of earlier steps only.
+The JAX engine runs the same ops batched (``encode.vector_words``, ``compute.apply_vector_ops``):
+every op is a row of int words + scalar + bytes; each lane carries a ``[V, NB, R, C] float32`` UB
+(R, C the largest buffer; float16 and bfloat16 values are exact in float32) and rounds a result
+to its buffer's type by a float32 -> type -> float32 round trip chosen by the ``dtype`` word;
+regions are iota masks ``r < rows, c < cols``. Order: within a step every AIV's op acts in
+block_idx order (an AIV's store is visible to a later AIV's load in the same step), before the
+AICs and before the step's matmuls are written, so a load sees the matmuls of earlier steps only.
+:func:`vector_tables` gives the same ops as padded ``[V, L, ...]`` tables by ``pc``.
 
 Fidelity notes: the ops and their layout follow the Ascend C vector API (``DataCopy``, ``Add``,
 ``Muls``, ``Exp``, ``WholeReduceSum``, ``Cast``, ``Select``); the loop of GM->UB copy, float32
@@ -610,19 +609,6 @@ def has_vector_ops(program: CubeGroupProgram) -> bool:
     return any(op.kind == "vector" for _, ops in program.aivs for op in ops)
 
 
-def reject_in_engine(program: CubeGroupProgram) -> None:
-    """Raises the JAX engine's ConfigError for a program with vector ops (not supported there yet)."""
-    for b, ops in program.aivs:
-        for op in ops:
-            if op.kind == "vector":
-                raise ConfigError(
-                    "engine",
-                    f"jax (aiv[{b}] runs vector op {op.vec.kind!r} at {op.where})",
-                    "the JAX engine does not run AIV vector ops yet",
-                    "use --engine reference (run_reference in Python)",
-                )
-
-
 def vector_tables(program: CubeGroupProgram) -> dict[str, np.ndarray]:
     """Every AIV's vector ops and UB buffers as padded numpy tables, the data a batched engine
     would carry. ``V`` AIVs with ops (``program.aivs`` order), ``L`` ops per AIV (program order,
@@ -681,7 +667,6 @@ __all__ = [
     "VectorUnit",
     "VECTOR_KINDS",
     "has_vector_ops",
-    "reject_in_engine",
     "vector_cycles",
     "vector_tables",
 ]
