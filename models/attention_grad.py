@@ -39,6 +39,7 @@ with skip counts, double-buffered workspaces, and the final cast of dQ / dK / dV
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -61,6 +62,142 @@ def _check(name: str, value: int, rule: bool, text: str, fix: str = "") -> None:
         raise ConfigError(f"attention_grad.{name}", value, text, fix)
 
 
+ASSIGNS = ("round_robin", "balanced")
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """What one queue posts for the S and dP tasks of its ``n``-th block.
+
+    ``role`` is ``"single"`` (its own tasks, ``skipCnt`` 0), ``"leader"`` (its own and the next
+    ``skip`` columns' tasks, ``skipCnt = skip``, gaps in elements of Q / K rows) or ``"follower"``
+    (a FAKE: the leader of its row computes its tasks).
+    """
+
+    role: str
+    skip: int = 0
+    q_gap_rows: int = 0
+    k_gap_rows: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The layout of one build.
+
+    Attributes:
+      blocks: every (b, h, i, j) block (causal: on or below the diagonal), S2 blocks outer.
+      queues: per queue (AIV ``a`` is bound to queue ``a``) its blocks in posting order.
+      aic_queues: per AIC of the group the queues it serves (``P`` adjacent columns).
+      steps: per queue one :class:`Step` per block (the S / dP posts; dV, dQ, dK are never merged).
+    """
+
+    blocks: tuple[tuple[int, int, int, int], ...]
+    queues: tuple[tuple[tuple[int, int, int, int], ...], ...]
+    aic_queues: tuple[tuple[int, ...], ...]
+    steps: tuple[tuple[Step, ...], ...]
+
+    def blocks_per_aic(self) -> list[int]:
+        return [sum(len(self.queues[q]) for q in qs) for qs in self.aic_queues]
+
+    @property
+    def fakes(self) -> int:
+        """FAKE messages posted (two per follower step: its S and its dP)."""
+        return 2 * sum(s.role == "follower" for st in self.steps for s in st)
+
+    @property
+    def valid(self) -> int:
+        """VALID messages posted: five per block, less the FAKEs."""
+        return 5 * len(self.blocks) - self.fakes
+
+
+def block_list(batch: int, heads: int, n1: int, n2: int, causal: bool) -> list[tuple[int, int, int, int]]:
+    """The (b, h, i, j) blocks of ``n1 x n2`` block grids (causal: ``j <= i``), S2 blocks outer,
+    S1 blocks inner, as the kernel's ``InitIndex`` walks them."""
+    return [
+        (b, h, i, j)
+        for b in range(batch)
+        for h in range(heads)
+        for j in range(n2)
+        for i in range(n1)
+        if not causal or j <= i
+    ]
+
+
+def aic_queues(aics: int, aivs: int) -> list[tuple[int, ...]]:
+    """Queues of each AIC of the group: ``P = ceil(aivs / aics)`` adjacent ones each, the last AIC
+    the rest (docs/model/cube-groups.md)."""
+    p = -(-aivs // aics)
+    return [tuple(range(k * p, min((k + 1) * p, aivs))) for k in range(aics)]
+
+
+def plan(
+    batch: int,
+    heads: int,
+    n1: int,
+    n2: int,
+    causal: bool,
+    aics: int,
+    aivs: int,
+    assign: str = "round_robin",
+    merge: bool = False,
+    rows: tuple[int, int] = (1, 1),
+) -> Plan:
+    """Which queue handles which block, and which S / dP posts merge (module docstring).
+
+    Args:
+      batch, heads: B and H.
+      n1, n2: blocks along S1 and S2 (``S1 / block_s1``, ``S2 / block_s2``).
+      causal: keep only blocks with ``j <= i``.
+      aics, aivs: the group's AICs and queues (one AIV per queue).
+      assign: ``"round_robin"`` (block ``t`` to queue ``t % aivs``) or ``"balanced"`` (equal
+        contiguous runs per AIC, each dealt round robin over the AIC's queues).
+      merge: merge the S and dP posts of adjacent columns of one AIC whose blocks lie at one
+        address stride (``skipCnt`` + FAKEs).
+      rows: (block_s1, block_s2), only to express the merge gaps in Q / K rows.
+    """
+    blocks = block_list(batch, heads, n1, n2, causal)
+    per_aic = aic_queues(aics, aivs)
+    if assign == "round_robin":
+        queues = [blocks[a::aivs] for a in range(aivs)]
+    else:
+        served = [qs for qs in per_aic if qs]
+        runs = np.array_split(np.arange(len(blocks)), len(served))
+        queues = [[] for _ in range(aivs)]
+        for qs, run in zip(served, runs, strict=True):
+            for m, q in enumerate(qs):
+                queues[q] = [blocks[int(t)] for t in run[m :: len(qs)]]
+    steps: list[list[Step]] = [[Step("single")] * len(queues[q]) for q in range(aivs)]
+
+    def _addr(blk: tuple[int, int, int, int]) -> tuple[int, int]:
+        b, h, i, j = blk  # first row of the block in Q / dO [B*H*S1, D] and in K / V [B*H*S2, D]
+        return ((b * heads + h) * n1 + i) * rows[0], ((b * heads + h) * n2 + j) * rows[1]
+
+    if merge:
+        for qs in per_aic:
+            for n in range(max((len(queues[q]) for q in qs), default=0)):
+                c = 0
+                while c < len(qs):
+                    run = [qs[c]]
+                    if n < len(queues[qs[c]]):
+                        a0 = _addr(queues[qs[c]][n])
+                        unit = None
+                        while c + len(run) < len(qs) and n < len(queues[qs[c + len(run)]]):
+                            a = _addr(queues[qs[c + len(run)]][n])
+                            if unit is None:
+                                unit = (a[0] - a0[0], a[1] - a0[1])
+                                if min(unit) < 0:  # the gaps are unsigned
+                                    break
+                            elif a != (a0[0] + len(run) * unit[0], a0[1] + len(run) * unit[1]):
+                                break
+                            run.append(qs[c + len(run)])
+                    if len(run) > 1:
+                        steps[run[0]][n] = Step("leader", len(run) - 1, *unit)
+                        for q in run[1:]:
+                            steps[q][n] = Step("follower")
+                    c += len(run)
+    return Plan(tuple(blocks), tuple(tuple(q) for q in queues), tuple(per_aic), tuple(tuple(s) for s in steps))
+
+
 def build(
     seed: int = 0,
     *,
@@ -77,6 +214,8 @@ def build(
     aivs: int = 4,
     wait_qk: bool = True,
     chip: str = "910B1",
+    assign: str = "round_robin",
+    merge: bool = False,
 ) -> CubeGroupProgram:
     """The kernel for one shape; Q, K, V, dO uniform in [-1, 1) from ``seed`` (rounded to ``dtype``).
 
@@ -90,6 +229,8 @@ def build(
       wait_qk: False drops the AIV's wait on the Q K^T task before it reads S (a race: P is
         computed from whatever the S workspace holds).
       chip: chip preset.
+      assign: task-to-queue assignment, ``"round_robin"`` or ``"balanced"`` (:func:`plan`).
+      merge: merge the S and dP posts of adjacent columns (``skipCnt`` + FAKEs, :func:`plan`).
     """
     for name, v in (("batch", batch), ("heads", heads), ("s1", s1), ("s2", s2), ("d", d), ("aics", aics),
                     ("aivs", aivs), ("block_s1", block_s1), ("block_s2", block_s2)):  # fmt: skip
@@ -100,9 +241,13 @@ def build(
     _check("d", d, d % 16 == 0, "must be a multiple of 16 (cube fractal)")
     _check("block_s2", block_s2, not causal or block_s1 == block_s2, "must equal block_s1 when causal")
     _check("aivs", aivs, aivs <= 2 * aics * 32, "too many queues for the group", "add AICs")
+    _check("assign", assign, assign in ASSIGNS, f"must be one of {list(ASSIGNS)}", "'round_robin' or 'balanced'")
+    _check("merge", merge, isinstance(merge, bool), "must be true or false")
     isz = 2
     scale = 1.0 / math.sqrt(d)
-    k = CubeGroupKernel(chip=chip, name=f"attention_grad-{dtype}{'-causal' if causal else ''}", max_steps=10**7)
+    name = f"attention_grad-{dtype}{'-causal' if causal else ''}"
+    name += ("-balanced" if assign == "balanced" else "") + ("-merge" if merge else "")
+    k = CubeGroupKernel(chip=chip, name=name, max_steps=10**7)
     rng = np.random.default_rng(seed)
     shape_q, shape_k = (batch, heads, s1, d), (batch, heads, s2, d)
     q = k.alloc("q", shape_q, dtype, rng.uniform(-1, 1, shape_q))
@@ -136,19 +281,12 @@ def build(
         matmul=dict(a=dtype, b=dtype, c="float32", bias="float32"), tiling=tiling,
     )  # fmt: skip
 
-    blocks = [
-        (b, h, i, j)
-        for b in range(batch)
-        for h in range(heads)
-        for j in range(s2 // block_s2)
-        for i in range(s1 // block_s1)
-        if not causal or j <= i
-    ]
+    lay = plan(batch, heads, s1 // block_s1, s2 // block_s2, causal, aics, aivs, assign, merge, (block_s1, block_s2))
     vec_rows = max(r for r in range(1, block_s1 + 1) if block_s1 % r == 0 and r * block_s2 <= VEC_SLICE_ELEMS)
     for a in range(aivs):
         aiv = k.aiv(a)
         aiv.assign_queue(g, a)
-        mine = blocks[a::aivs]
+        mine = lay.queues[a]
         if not mine:
             aiv.quit(g)
             continue
@@ -164,14 +302,19 @@ def build(
         lse_r = vec.buffer("lse", vec_rows, 1, "float32")
         dsum = vec.buffer("rowsum", vec_rows, 1, "float32")
         ws = a * block_s1 * block_s2  # this AIV's workspace slot, elements
-        for b, h, i, j in mine:
+        for (b, h, i, j), step in zip(mine, lay.steps[a], strict=True):
             row_q = (b * heads + h) * s1 + i * block_s1  # first row of the block in [B*H*S1, D]
             row_k = (b * heads + h) * s2 + j * block_s2
             qi, doi, oi = (t.addr + row_q * d * isz for t in (q, do, o))
             kj, vj = (t.addr + row_k * d * isz for t in (kk, v))
 
-            s_off = _task(aiv, g, qi, kj, s_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True)
-            dp_off = _task(aiv, g, doi, vj, dp_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True)
+            if step.role == "follower":  # the leader of this row posted this block's S and dP
+                s_off, dp_off = aiv.fake(g), aiv.fake(g)
+            else:
+                gaps = dict(skip=step.skip, a_gap=step.q_gap_rows * d, b_gap=step.k_gap_rows * d,
+                            c_gap=block_s1 * block_s2)  # fmt: skip
+                s_off = _task(aiv, g, qi, kj, s_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True, **gaps)
+                dp_off = _task(aiv, g, doi, vj, dp_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True, **gaps)
             if wait_qk:
                 aiv.wait(g, s_off)
             for r0 in range(0, block_s1, vec_rows):
@@ -209,13 +352,17 @@ def build(
     return k.compile()
 
 
-def _task(aiv, g, a_addr, b_addr, c_addr, m, n, kdim, trans_a=False, trans_b=False, atomic=False) -> int:
+def _task(aiv, g, a_addr, b_addr, c_addr, m, n, kdim, trans_a=False, trans_b=False, atomic=False,
+          skip=0, a_gap=0, b_gap=0, c_gap=0) -> int:  # fmt: skip
     """Posts one IterateAll (``C[m, n] (+)= A[m, kdim] B[kdim, n]``, operands stored dense, A / B
-    transposed as asked) for the ``matmul`` callback; returns the message offset to wait on."""
+    transposed as asked) for the ``matmul`` callback; returns the message offset to wait on. With
+    ``skip = k > 0`` a merge leader: the callback runs k + 1 such matmuls, the i-th at
+    ``a_addr + i * a_gap`` etc. (gaps in elements of A, B, C), for the next k columns' FAKEs."""
     fields = {
         "aAddr": a_addr, "bAddr": b_addr, "cAddr": c_addr, "tailM": m, "tailN": n, "tailK": kdim,
         "mOrgShape": m, "nOrgShape": n, "kaOrgShape": kdim, "kbOrgShape": kdim,
         "isTransA": trans_a, "isTransB": trans_b, "isAtomic": int(atomic),
+        "skipCnt": skip, "aGap": a_gap, "bGap": b_gap, "cGap": c_gap,
     }  # fmt: skip
     return aiv.post(g, fields)
 
