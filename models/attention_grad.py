@@ -71,13 +71,16 @@ class Step:
 
     ``role`` is ``"single"`` (its own tasks, ``skipCnt`` 0), ``"leader"`` (its own and the next
     ``skip`` columns' tasks, ``skipCnt = skip``, gaps in elements of Q / K rows) or ``"follower"``
-    (a FAKE: the leader of its row computes its tasks).
+    (a FAKE: the leader of its row computes its tasks). ``leader`` is the leader's queue and
+    ``position`` the column's place in the run (0 for the leader, 1..skip for its followers).
     """
 
     role: str
     skip: int = 0
     q_gap_rows: int = 0
     k_gap_rows: int = 0
+    leader: int = -1
+    position: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,21 +91,24 @@ class Plan:
       blocks: every (b, h, i, j) block (causal: on or below the diagonal), S2 blocks outer.
       queues: per queue (AIV ``a`` is bound to queue ``a``) its blocks in posting order.
       aic_queues: per AIC of the group the queues it serves (``P`` adjacent columns).
-      steps: per queue one :class:`Step` per block (the S / dP posts; dV, dQ, dK are never merged).
+      steps: per queue one :class:`Step` per block (the S / dP posts, and with ``merge_grads`` the
+        dV / dQ / dK posts too).
+      merge_grads: whether the dV, dQ, dK posts merge like the S and dP posts.
     """
 
     blocks: tuple[tuple[int, int, int, int], ...]
     queues: tuple[tuple[tuple[int, int, int, int], ...], ...]
     aic_queues: tuple[tuple[int, ...], ...]
     steps: tuple[tuple[Step, ...], ...]
+    merge_grads: bool = False
 
     def blocks_per_aic(self) -> list[int]:
         return [sum(len(self.queues[q]) for q in qs) for qs in self.aic_queues]
 
     @property
     def fakes(self) -> int:
-        """FAKE messages posted (two per follower step: its S and its dP)."""
-        return 2 * sum(s.role == "follower" for st in self.steps for s in st)
+        """FAKE messages posted: per follower step two (its S and dP), five with ``merge_grads``."""
+        return (5 if self.merge_grads else 2) * sum(s.role == "follower" for st in self.steps for s in st)
 
     @property
     def valid(self) -> int:
@@ -141,6 +147,7 @@ def plan(
     assign: str = "round_robin",
     merge: bool = False,
     rows: tuple[int, int] = (1, 1),
+    merge_grads: bool = False,
 ) -> Plan:
     """Which queue handles which block, and which S / dP posts merge (module docstring).
 
@@ -154,6 +161,7 @@ def plan(
       merge: merge the S and dP posts of adjacent columns of one AIC whose blocks lie at one
         address stride (``skipCnt`` + FAKEs).
       rows: (block_s1, block_s2), only to express the merge gaps in Q / K rows.
+      merge_grads: the dV / dQ / dK posts merge too (same runs; only changes :attr:`Plan.fakes`).
     """
     blocks = block_list(batch, heads, n1, n2, causal)
     per_aic = aic_queues(aics, aivs)
@@ -191,11 +199,13 @@ def plan(
                                 break
                             run.append(qs[c + len(run)])
                     if len(run) > 1:
-                        steps[run[0]][n] = Step("leader", len(run) - 1, *unit)
-                        for q in run[1:]:
-                            steps[q][n] = Step("follower")
+                        steps[run[0]][n] = Step("leader", len(run) - 1, *unit, leader=run[0])
+                        for m, q in enumerate(run[1:], 1):
+                            steps[q][n] = Step("follower", len(run) - 1, *unit, leader=run[0], position=m)
                     c += len(run)
-    return Plan(tuple(blocks), tuple(tuple(q) for q in queues), tuple(per_aic), tuple(tuple(s) for s in steps))
+    return Plan(
+        tuple(blocks), tuple(tuple(q) for q in queues), tuple(per_aic), tuple(tuple(s) for s in steps), merge_grads
+    )
 
 
 def build(
@@ -216,6 +226,7 @@ def build(
     chip: str = "910B1",
     assign: str = "round_robin",
     merge: bool = False,
+    merge_grads: bool = False,
 ) -> CubeGroupProgram:
     """The kernel for one shape; Q, K, V, dO uniform in [-1, 1) from ``seed`` (rounded to ``dtype``).
 
@@ -231,6 +242,8 @@ def build(
       chip: chip preset.
       assign: task-to-queue assignment, ``"round_robin"`` or ``"balanced"`` (:func:`plan`).
       merge: merge the S and dP posts of adjacent columns (``skipCnt`` + FAKEs, :func:`plan`).
+      merge_grads: with ``merge``, merge the dV, dQ and dK posts of the same runs too, the leader
+        waiting on a ``GroupBarrier`` at which its followers arrive once their P and dS are stored.
     """
     for name, v in (("batch", batch), ("heads", heads), ("s1", s1), ("s2", s2), ("d", d), ("aics", aics),
                     ("aivs", aivs), ("block_s1", block_s1), ("block_s2", block_s2)):  # fmt: skip
@@ -243,10 +256,14 @@ def build(
     _check("aivs", aivs, aivs <= 2 * aics * 32, "too many queues for the group", "add AICs")
     _check("assign", assign, assign in ASSIGNS, f"must be one of {list(ASSIGNS)}", "'round_robin' or 'balanced'")
     _check("merge", merge, isinstance(merge, bool), "must be true or false")
+    _check("merge_grads", merge_grads, isinstance(merge_grads, bool), "must be true or false")
+    _check("merge_grads", merge_grads, merge or not merge_grads, "needs merge=true", "add --model-arg merge=true")
     isz = 2
     scale = 1.0 / math.sqrt(d)
     name = f"attention_grad-{dtype}{'-causal' if causal else ''}"
-    name += ("-balanced" if assign == "balanced" else "") + ("-merge" if merge else "")
+    name += (
+        ("-balanced" if assign == "balanced" else "") + ("-merge" if merge else "") + ("-grads" if merge_grads else "")
+    )
     k = CubeGroupKernel(chip=chip, name=name, max_steps=10**7)
     rng = np.random.default_rng(seed)
     shape_q, shape_k = (batch, heads, s1, d), (batch, heads, s2, d)
@@ -281,7 +298,14 @@ def build(
         matmul=dict(a=dtype, b=dtype, c="float32", bias="float32"), tiling=tiling,
     )  # fmt: skip
 
-    lay = plan(batch, heads, s1 // block_s1, s2 // block_s2, causal, aics, aivs, assign, merge, (block_s1, block_s2))
+    lay = plan(batch, heads, s1 // block_s1, s2 // block_s2, causal, aics, aivs, assign, merge, (block_s1, block_s2),
+               merge_grads)  # fmt: skip
+    barriers = {}  # (leader queue, skip) -> the GroupBarrier of that run: its followers arrive, it waits
+    if merge_grads:
+        for st in lay.steps:
+            for s in st:
+                if s.role == "leader" and (s.leader, s.skip) not in barriers:
+                    barriers[(s.leader, s.skip)] = k.group_barrier(f"grads_q{s.leader}_k{s.skip}", s.skip, 1)
     vec_rows = max(r for r in range(1, block_s1 + 1) if block_s1 % r == 0 and r * block_s2 <= VEC_SLICE_ELEMS)
     for a in range(aivs):
         aiv = k.aiv(a)
@@ -344,9 +368,25 @@ def build(
                 vec.cast(half, dp32)
                 vec.store(ds_ws.addr + (ws + r0 * block_s2) * isz, half)
             p_at, ds_at = p_ws.addr + ws * isz, ds_ws.addr + ws * isz
-            _task(aiv, g, p_at, doi, dv.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True, atomic=True)
-            _task(aiv, g, ds_at, kj, dq.addr + row_q * d * 4, block_s1, d, block_s2, atomic=True)
-            last = _task(aiv, g, ds_at, qi, dk.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True, atomic=True)
+            if merge_grads and step.role == "follower":
+                # P and dS are stored: tell the leader, whose merged tasks compute with them
+                aiv.arrive(barriers[(step.leader, step.skip)], step.position - 1)
+                aiv.fake(g)
+                aiv.fake(g)
+                last = aiv.fake(g)
+            else:
+                one, qg, kg = block_s1 * block_s2, step.q_gap_rows * d, step.k_gap_rows * d
+                gv, gq, gk = {}, {}, {}  # merge gaps (elements) of dV, dQ, dK
+                if merge_grads and step.role == "leader":
+                    aiv.barrier_wait(barriers[(step.leader, step.skip)], 0)  # every follower's dS is stored
+                    gv = dict(skip=step.skip, a_gap=one, b_gap=qg, c_gap=kg)
+                    gq = dict(skip=step.skip, a_gap=one, b_gap=kg, c_gap=qg)
+                    gk = dict(skip=step.skip, a_gap=one, b_gap=qg, c_gap=kg)
+                _task(aiv, g, p_at, doi, dv.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True, atomic=True,
+                      **gv)  # fmt: skip
+                _task(aiv, g, ds_at, kj, dq.addr + row_q * d * 4, block_s1, d, block_s2, atomic=True, **gq)
+                last = _task(aiv, g, ds_at, qi, dk.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True,
+                             atomic=True, **gk)  # fmt: skip
             aiv.wait(g, last)
         aiv.quit(g)
     return k.compile()
