@@ -91,24 +91,24 @@ class Plan:
       blocks: every (b, h, i, j) block (causal: on or below the diagonal), S2 blocks outer.
       queues: per queue (AIV ``a`` is bound to queue ``a``) its blocks in posting order.
       aic_queues: per AIC of the group the queues it serves (``P`` adjacent columns).
-      steps: per queue one :class:`Step` per block (the S / dP posts, and with ``merge_grads`` the
-        dV / dQ / dK posts too).
-      merge_grads: whether the dV, dQ, dK posts merge like the S and dP posts.
+      steps: per queue one :class:`Step` per block: its role in the S, dP, dQ and dK posts (and
+        with ``merge_dv`` the dV posts).
+      merge_dv: whether the dV posts merge too.
     """
 
     blocks: tuple[tuple[int, int, int, int], ...]
     queues: tuple[tuple[tuple[int, int, int, int], ...], ...]
     aic_queues: tuple[tuple[int, ...], ...]
     steps: tuple[tuple[Step, ...], ...]
-    merge_grads: bool = False
+    merge_dv: bool = False
 
     def blocks_per_aic(self) -> list[int]:
         return [sum(len(self.queues[q]) for q in qs) for qs in self.aic_queues]
 
     @property
     def fakes(self) -> int:
-        """FAKE messages posted: per follower step two (its S and dP), five with ``merge_grads``."""
-        return (5 if self.merge_grads else 2) * sum(s.role == "follower" for st in self.steps for s in st)
+        """FAKE messages posted: per follower step four (S, dP, dQ, dK), five with ``merge_dv``."""
+        return (5 if self.merge_dv else 4) * sum(s.role == "follower" for st in self.steps for s in st)
 
     @property
     def valid(self) -> int:
@@ -147,7 +147,7 @@ def plan(
     assign: str = "round_robin",
     merge: bool = False,
     rows: tuple[int, int] = (1, 1),
-    merge_grads: bool = False,
+    merge_dv: bool = False,
 ) -> Plan:
     """Which queue handles which block, and which S / dP posts merge (module docstring).
 
@@ -161,7 +161,7 @@ def plan(
       merge: merge the S and dP posts of adjacent columns of one AIC whose blocks lie at one
         address stride (``skipCnt`` + FAKEs).
       rows: (block_s1, block_s2), only to express the merge gaps in Q / K rows.
-      merge_grads: the dV / dQ / dK posts merge too (same runs; only changes :attr:`Plan.fakes`).
+      merge_dv: the dV posts merge too (same runs; only changes :attr:`Plan.fakes`).
     """
     blocks = block_list(batch, heads, n1, n2, causal)
     per_aic = aic_queues(aics, aivs)
@@ -204,7 +204,7 @@ def plan(
                             steps[q][n] = Step("follower", len(run) - 1, *unit, leader=run[0], position=m)
                     c += len(run)
     return Plan(
-        tuple(blocks), tuple(tuple(q) for q in queues), tuple(per_aic), tuple(tuple(s) for s in steps), merge_grads
+        tuple(blocks), tuple(tuple(q) for q in queues), tuple(per_aic), tuple(tuple(s) for s in steps), merge_dv
     )
 
 
@@ -226,7 +226,9 @@ def build(
     chip: str = "910B1",
     assign: str = "round_robin",
     merge: bool = False,
-    merge_grads: bool = False,
+    merge_dv: bool = False,
+    dv_barrier: bool = True,
+    follower_delay: int = 0,
 ) -> CubeGroupProgram:
     """The kernel for one shape; Q, K, V, dO uniform in [-1, 1) from ``seed`` (rounded to ``dtype``).
 
@@ -241,9 +243,14 @@ def build(
         computed from whatever the S workspace holds).
       chip: chip preset.
       assign: task-to-queue assignment, ``"round_robin"`` or ``"balanced"`` (:func:`plan`).
-      merge: merge the S and dP posts of adjacent columns (``skipCnt`` + FAKEs, :func:`plan`).
-      merge_grads: with ``merge``, merge the dV, dQ and dK posts of the same runs too, the leader
-        waiting on a ``GroupBarrier`` at which its followers arrive once their P and dS are stored.
+      merge: merge the S, dP, dQ and dK posts of adjacent columns of one AIC (``skipCnt`` +
+        FAKEs; :func:`plan` and the module docstring say which and why no barrier is needed).
+      merge_dv: with ``merge``, merge the dV posts of the same runs too, the leader waiting on a
+        ``GroupBarrier`` at which its followers arrive once their P and dS are stored.
+      dv_barrier: False drops that barrier (a race: the AIC computes a follower's dV from
+        whatever its P workspace holds when the leader's message arrives).
+      follower_delay: cycles a merge follower spends (a ``delay``) before computing its P and dS,
+        as a slower AIV would; 0 for none. It shows the race of ``dv_barrier=False``.
     """
     for name, v in (("batch", batch), ("heads", heads), ("s1", s1), ("s2", s2), ("d", d), ("aics", aics),
                     ("aivs", aivs), ("block_s1", block_s1), ("block_s2", block_s2)):  # fmt: skip
@@ -256,14 +263,15 @@ def build(
     _check("aivs", aivs, aivs <= 2 * aics * 32, "too many queues for the group", "add AICs")
     _check("assign", assign, assign in ASSIGNS, f"must be one of {list(ASSIGNS)}", "'round_robin' or 'balanced'")
     _check("merge", merge, isinstance(merge, bool), "must be true or false")
-    _check("merge_grads", merge_grads, isinstance(merge_grads, bool), "must be true or false")
-    _check("merge_grads", merge_grads, merge or not merge_grads, "needs merge=true", "add --model-arg merge=true")
+    _check("merge_dv", merge_dv, isinstance(merge_dv, bool), "must be true or false")
+    _check("merge_dv", merge_dv, merge or not merge_dv, "needs merge=true", "add --model-arg merge=true")
+    _check("dv_barrier", dv_barrier, isinstance(dv_barrier, bool), "must be true or false")
+    _check("follower_delay", follower_delay, isinstance(follower_delay, int) and not isinstance(follower_delay, bool)
+           and follower_delay >= 0, "must be an integer >= 0 (cycles)")  # fmt: skip
     isz = 2
     scale = 1.0 / math.sqrt(d)
     name = f"attention_grad-{dtype}{'-causal' if causal else ''}"
-    name += (
-        ("-balanced" if assign == "balanced" else "") + ("-merge" if merge else "") + ("-grads" if merge_grads else "")
-    )
+    name += ("-balanced" if assign == "balanced" else "") + ("-merge" if merge else "") + ("-dv" if merge_dv else "")
     k = CubeGroupKernel(chip=chip, name=name, max_steps=10**7)
     rng = np.random.default_rng(seed)
     shape_q, shape_k = (batch, heads, s1, d), (batch, heads, s2, d)
@@ -299,13 +307,13 @@ def build(
     )  # fmt: skip
 
     lay = plan(batch, heads, s1 // block_s1, s2 // block_s2, causal, aics, aivs, assign, merge, (block_s1, block_s2),
-               merge_grads)  # fmt: skip
+               merge_dv)  # fmt: skip
     barriers = {}  # (leader queue, skip) -> the GroupBarrier of that run: its followers arrive, it waits
-    if merge_grads:
+    if merge_dv and dv_barrier:
         for st in lay.steps:
             for s in st:
                 if s.role == "leader" and (s.leader, s.skip) not in barriers:
-                    barriers[(s.leader, s.skip)] = k.group_barrier(f"grads_q{s.leader}_k{s.skip}", s.skip, 1)
+                    barriers[(s.leader, s.skip)] = k.group_barrier(f"dv_q{s.leader}_k{s.skip}", s.skip, 1)
     vec_rows = max(r for r in range(1, block_s1 + 1) if block_s1 % r == 0 and r * block_s2 <= VEC_SLICE_ELEMS)
     for a in range(aivs):
         aiv = k.aiv(a)
@@ -341,6 +349,8 @@ def build(
                 dp_off = _task(aiv, g, doi, vj, dp_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True, **gaps)
             if wait_qk:
                 aiv.wait(g, s_off)
+            if follower_delay and step.role == "follower":
+                aiv.delay(follower_delay)
             for r0 in range(0, block_s1, vec_rows):
                 at = (ws + r0 * block_s2) * 4
                 vec.load(s32, s_ws.addr + at, stride=block_s2)
@@ -368,20 +378,28 @@ def build(
                 vec.cast(half, dp32)
                 vec.store(ds_ws.addr + (ws + r0 * block_s2) * isz, half)
             p_at, ds_at = p_ws.addr + ws * isz, ds_ws.addr + ws * isz
-            if merge_grads and step.role == "follower":
-                # P and dS are stored: tell the leader, whose merged tasks compute with them
-                aiv.arrive(barriers[(step.leader, step.skip)], step.position - 1)
-                aiv.fake(g)
+            one, qg, kg = block_s1 * block_s2, step.q_gap_rows * d, step.k_gap_rows * d
+            gv, gq, gk = {}, {}, {}  # merge gaps (elements) of dV, dQ, dK for a leader
+            if step.role == "leader":
+                gq = dict(skip=step.skip, a_gap=one, b_gap=kg, c_gap=qg)
+                gk = dict(skip=step.skip, a_gap=one, b_gap=qg, c_gap=kg)
+                if merge_dv:
+                    if dv_barrier:  # every follower's P and dS are stored
+                        aiv.barrier_wait(barriers[(step.leader, step.skip)], 0)
+                    gv = dict(skip=step.skip, a_gap=one, b_gap=qg, c_gap=kg)
+            if step.role == "follower":
+                if not merge_dv:
+                    # its own dV: once the AIC has received it, this AIV's P and dS are in GM, so the
+                    # leader's dQ and dK in the next rows may compute with them (the AIC serves in order)
+                    _task(aiv, g, p_at, doi, dv.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True,
+                          atomic=True)  # fmt: skip
+                else:
+                    if dv_barrier:  # P and dS are stored: the leader's merged dV may read them
+                        aiv.arrive(barriers[(step.leader, step.skip)], step.position - 1)
+                    aiv.fake(g)
                 aiv.fake(g)
                 last = aiv.fake(g)
             else:
-                one, qg, kg = block_s1 * block_s2, step.q_gap_rows * d, step.k_gap_rows * d
-                gv, gq, gk = {}, {}, {}  # merge gaps (elements) of dV, dQ, dK
-                if merge_grads and step.role == "leader":
-                    aiv.barrier_wait(barriers[(step.leader, step.skip)], 0)  # every follower's dS is stored
-                    gv = dict(skip=step.skip, a_gap=one, b_gap=qg, c_gap=kg)
-                    gq = dict(skip=step.skip, a_gap=one, b_gap=kg, c_gap=qg)
-                    gk = dict(skip=step.skip, a_gap=one, b_gap=qg, c_gap=kg)
                 _task(aiv, g, p_at, doi, dv.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True, atomic=True,
                       **gv)  # fmt: skip
                 _task(aiv, g, ds_at, kj, dq.addr + row_q * d * 4, block_s1, d, block_s2, atomic=True, **gq)
