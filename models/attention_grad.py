@@ -14,8 +14,17 @@ its row log-sum-exp ``lse`` ``[B, H, S1]`` (float32), and ``scale = 1 / sqrt(D)`
     dQ = dS K * scale,   dK = dS^T Q * scale
 
 The (b, h, s1 block, s2 block) blocks (causal: those on or below the diagonal; S2 blocks outer,
-S1 blocks inner, as the kernel's ``InitIndex`` walks them) go round robin to the AIVs. For each
-block an AIV
+S1 blocks inner, as the kernel's ``InitIndex`` walks them) go to the AIVs, AIV ``a`` bound to queue
+``a``, AIC ``k`` of the group serving ``P = ceil(aivs / aics)`` adjacent queues (``assign``):
+
+* ``"round_robin"`` (default): block ``t`` of the list to queue ``t % aivs``. Every queue gets the
+  same number of blocks, give or take one, but the ``T mod aivs`` queues with one more are the
+  first ones, so they pile up on the first AICs.
+* ``"balanced"``: the list is cut into ``aics`` contiguous runs whose lengths differ by at most
+  one, and each AIC deals its run round robin over its queues: the AICs' block counts differ by
+  at most one (every non-empty block costs an AIC the same five matmuls).
+
+For each block an AIV
 
 1. posts two matmul tasks to its queue: ``S = Q_i K_j^T`` and ``dP = dO_i V_j^T`` into its own
    float32 workspaces (the ``matmul`` callback runs each one's IterateAll);
@@ -29,12 +38,28 @@ block an AIV
    them (an AIC serves a queue in order, so the earlier two are done too) before the next block
    overwrites its workspaces.
 
+Merging (``merge``). At its ``n``-th block, every column of an AIC posts its ``n``-th five messages,
+so the ``n``-th S posts of the AIC's columns share one row of its slots. A run of adjacent columns
+whose ``n``-th blocks lie at one stride in Q and K (consecutive S1 blocks of one S2 block: Q rows
+``block_s1`` apart, the same K / V rows) becomes one task: the first column posts a leader with
+``skipCnt = k`` and the gaps (``aGap`` / ``bGap`` / ``cGap`` in elements), the next k post FAKE, and
+the callback runs the k + 1 matmuls, freeing each column's slot right after its own matmul (so a
+follower's wait on its FAKE returns when its own tile is done). This is correct without a barrier
+for the S and dP tasks, whose inputs (Q, K, V, dO) are in GM before the kernel starts, and for dQ
+and dK if each follower first posts its own dV (VALID, after storing P and dS): the AIC serves its
+slots row by row, so it has received that dV, and the follower has stored its dS, before it reaches
+the leader's dQ in the next row. The dV posts cannot merge that way: the callback runs a follower's
+matmul before it looks at the follower's FAKE, so nothing orders the follower's P store before the
+leader's merged dV. ``merge_dv`` merges them behind a ``GroupBarrier`` per run (followers arrive
+after storing dS, the leader waits before posting); ``dv_barrier=False`` drops it (a race that
+``follower_delay`` makes visible). :func:`plan` gives the layout.
+
 Numerics: Q K^T and dO V^T are exact products with float32 accumulation; P and dS are rounded once
 to the input type before the cube unit multiplies them, so dQ, dK and dV carry about one input
 rounding: the stated tolerance is 2 unit roundoffs of the input type (relative L2: 9.8e-4 for
 float16, 7.8e-3 for bfloat16; measured about 2e-4 and 1.7e-3 at the default shape) against :func:`expected`, the float64 numpy backward of the same
-inputs. Not modelled: dropout, pse, the forward's separate max / sum inputs, merging adjacent tasks
-with skip counts, double-buffered workspaces, and the final cast of dQ / dK / dV to the input type.
+inputs. Not modelled: dropout, pse, the forward's separate max / sum inputs, double-buffered
+workspaces, and the final cast of dQ / dK / dV to the input type.
 """
 
 from __future__ import annotations
@@ -67,7 +92,7 @@ ASSIGNS = ("round_robin", "balanced")
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """What one queue posts for the S and dP tasks of its ``n``-th block.
+    """What one queue posts for the S, dP, dQ and dK tasks (and with ``merge_dv`` dV) of its ``n``-th block.
 
     ``role`` is ``"single"`` (its own tasks, ``skipCnt`` 0), ``"leader"`` (its own and the next
     ``skip`` columns' tasks, ``skipCnt = skip``, gaps in elements of Q / K rows) or ``"follower"``
@@ -158,8 +183,8 @@ def plan(
       aics, aivs: the group's AICs and queues (one AIV per queue).
       assign: ``"round_robin"`` (block ``t`` to queue ``t % aivs``) or ``"balanced"`` (equal
         contiguous runs per AIC, each dealt round robin over the AIC's queues).
-      merge: merge the S and dP posts of adjacent columns of one AIC whose blocks lie at one
-        address stride (``skipCnt`` + FAKEs).
+      merge: merge the posts of adjacent columns of one AIC whose blocks lie at one address
+        stride (``skipCnt`` + FAKEs; module docstring).
       rows: (block_s1, block_s2), only to express the merge gaps in Q / K rows.
       merge_dv: the dV posts merge too (same runs; only changes :attr:`Plan.fakes`).
     """
