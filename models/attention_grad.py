@@ -64,8 +64,8 @@ workspaces, and the final cast of dQ / dK / dV to the input type.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -90,8 +90,7 @@ def _check(name: str, value: int, rule: bool, text: str, fix: str = "") -> None:
 ASSIGNS = ("round_robin", "balanced")
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """What one queue posts for the S, dP, dQ and dK tasks (and with ``merge_dv`` dV) of its ``n``-th block.
 
     ``role`` is ``"single"`` (its own tasks, ``skipCnt`` 0), ``"leader"`` (its own and the next
@@ -108,8 +107,7 @@ class Step:
     position: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """The layout of one build.
 
     Attributes:
