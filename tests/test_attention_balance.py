@@ -190,3 +190,23 @@ def test_option_errors():
         ag.build(0, merge_dv=True)
     with pytest.raises(ConfigError, match="follower_delay"):
         ag.build(0, follower_delay=-1)
+
+
+@pytest.mark.parametrize("assign", ["round_robin", "balanced"])
+def test_longer_runs_across_heads(assign):
+    """B = H = 2 on 3 AICs x 3 queues: runs of three columns (skipCnt 2), some across a head boundary."""
+    p = ag.build(1, batch=2, heads=2, s1=128, s2=128, d=32, block_s1=32, block_s2=32, causal=True, aics=3,
+                 aivs=9, assign=assign, merge=True, merge_dv=True)  # fmt: skip
+    lay = ag.plan(2, 2, 4, 4, True, 3, 9, assign, True, (32, 32), True)
+    assert max(s.skip for st in lay.steps for s in st) == 2
+    assert len(lay.blocks) == 40 and (lay.fakes, lay.valid) == (85, 115)
+    # one run starts at the last block of head 0, (3, 3), and continues into head 1's (0, 0)
+    crossing = [(lay.queues[q][n], lay.queues[q + 1][n]) for q, st in enumerate(lay.steps) for n, s in enumerate(st)
+                if s.role == "leader" and lay.queues[q][n][:2] != lay.queues[q + s.skip][n][:2]]  # fmt: skip
+    assert crossing == [((0, 0, 3, 3), (0, 1, 0, 0))]
+    res = run_reference(p)
+    assert res.status.name == "OK"
+    assert [st for log in res.received.values() for _, _, st in log].count("VALID") == lay.valid
+    want = ag.expected(p)
+    for name in ("dq", "dk", "dv"):
+        assert compare(res.tensor(name), want[name], ag.TOLERANCE["float16"])["ok"], name
