@@ -1,7 +1,8 @@
 """Attention backward (dQ, dK, dV) on a cube resource group, the AIVs computing the softmax gradient.
 
 Run it with ``ascend-jax run --model attention_grad [--schedule timed] [--json]`` (the reference
-interpreter: the JAX engine does not run vector ops yet).
+interpreter: the JAX engine does not run vector ops yet); options with ``--model-arg NAME=VALUE``
+(e.g. ``--model-arg causal=true --model-arg assign=balanced --model-arg merge=true``).
 
 The workload of Ascend's FlashAttentionScoreGrad (ops-transformer, ``attention/
 flash_attention_score_grad``; the general template ``flash_attention_score_grad_s1s2_bn2gs1s2.h``
@@ -126,6 +127,7 @@ class Plan(NamedTuple):
     merge_dv: bool = False
 
     def blocks_per_aic(self) -> list[int]:
+        """Blocks of each AIC of the group (the sum over the queues it serves)."""
         return [sum(len(self.queues[q]) for q in qs) for qs in self.aic_queues]
 
     @property
@@ -172,7 +174,7 @@ def plan(
     rows: tuple[int, int] = (1, 1),
     merge_dv: bool = False,
 ) -> Plan:
-    """Which queue handles which block, and which S / dP posts merge (module docstring).
+    """Which queue handles which block, and which posts merge (module docstring).
 
     Args:
       batch, heads: B and H.
