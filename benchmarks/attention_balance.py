@@ -130,7 +130,12 @@ def plot(rows: list[dict], path: Path) -> None:
         for i, merge in enumerate(MERGES):
             vals = [next(r for r in rows if (r["s"], r["causal"], r["assign"], r["merge"]) == (seq, c, a, merge))
                     for c, a in groups]  # fmt: skip
-            bars = axis.bar(x + (i - 1) * 0.27, [r["kernel_us"] for r in vals], 0.27, label=f"merging {merge}")
+            bars = axis.bar(
+                x + (i - 1) * 0.27,
+                [r["kernel_us"] for r in vals],
+                0.27,
+                label={"off": "no merging", "merge": "merge", "merge+dv": "merge + dV (barrier)"}[merge],
+            )
             for bar, r in zip(bars, vals, strict=True):
                 axis.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), str(r["valid_received"]),
                           ha="center", va="bottom", fontsize=6)  # fmt: skip
