@@ -1,7 +1,8 @@
 """Attention backward (dQ, dK, dV) on a cube resource group, the AIVs computing the softmax gradient.
 
 Run it with ``ascend-jax run --model attention_grad [--schedule timed] [--json]`` (the reference
-interpreter: the JAX engine does not run vector ops yet).
+interpreter: the JAX engine does not run vector ops yet); options with ``--model-arg NAME=VALUE``
+(e.g. ``--model-arg causal=true --model-arg assign=balanced --model-arg merge=true``).
 
 The workload of Ascend's FlashAttentionScoreGrad (ops-transformer, ``attention/
 flash_attention_score_grad``; the general template ``flash_attention_score_grad_s1s2_bn2gs1s2.h``
@@ -14,8 +15,17 @@ its row log-sum-exp ``lse`` ``[B, H, S1]`` (float32), and ``scale = 1 / sqrt(D)`
     dQ = dS K * scale,   dK = dS^T Q * scale
 
 The (b, h, s1 block, s2 block) blocks (causal: those on or below the diagonal; S2 blocks outer,
-S1 blocks inner, as the kernel's ``InitIndex`` walks them) go round robin to the AIVs. For each
-block an AIV
+S1 blocks inner, as the kernel's ``InitIndex`` walks them) go to the AIVs, AIV ``a`` bound to queue
+``a``, AIC ``k`` of the group serving ``P = ceil(aivs / aics)`` adjacent queues (``assign``):
+
+* ``"round_robin"`` (default): block ``t`` of the list to queue ``t % aivs``. Every queue gets the
+  same number of blocks, give or take one, but the ``T mod aivs`` queues with one more are the
+  first ones, so they pile up on the first AICs.
+* ``"balanced"``: the list is cut into ``aics`` contiguous runs whose lengths differ by at most
+  one, and each AIC deals its run round robin over its queues: the AICs' block counts differ by
+  at most one (every non-empty block costs an AIC the same five matmuls).
+
+For each block an AIV
 
 1. posts two matmul tasks to its queue: ``S = Q_i K_j^T`` and ``dP = dO_i V_j^T`` into its own
    float32 workspaces (the ``matmul`` callback runs each one's IterateAll);
@@ -29,17 +39,34 @@ block an AIV
    them (an AIC serves a queue in order, so the earlier two are done too) before the next block
    overwrites its workspaces.
 
+Merging (``merge``). At its ``n``-th block, every column of an AIC posts its ``n``-th five messages,
+so the ``n``-th S posts of the AIC's columns share one row of its slots. A run of adjacent columns
+whose ``n``-th blocks lie at one stride in Q and K (consecutive S1 blocks of one S2 block: Q rows
+``block_s1`` apart, the same K / V rows) becomes one task: the first column posts a leader with
+``skipCnt = k`` and the gaps (``aGap`` / ``bGap`` / ``cGap`` in elements), the next k post FAKE, and
+the callback runs the k + 1 matmuls, freeing each column's slot right after its own matmul (so a
+follower's wait on its FAKE returns when its own tile is done). This is correct without a barrier
+for the S and dP tasks, whose inputs (Q, K, V, dO) are in GM before the kernel starts, and for dQ
+and dK if each follower first posts its own dV (VALID, after storing P and dS): the AIC serves its
+slots row by row, so it has received that dV, and the follower has stored its dS, before it reaches
+the leader's dQ in the next row. The dV posts cannot merge that way: the callback runs a follower's
+matmul before it looks at the follower's FAKE, so nothing orders the follower's P store before the
+leader's merged dV. ``merge_dv`` merges them behind a ``GroupBarrier`` per run (followers arrive
+after storing dS, the leader waits before posting); ``dv_barrier=False`` drops it (a race that
+``follower_delay`` makes visible). :func:`plan` gives the layout.
+
 Numerics: Q K^T and dO V^T are exact products with float32 accumulation; P and dS are rounded once
 to the input type before the cube unit multiplies them, so dQ, dK and dV carry about one input
 rounding: the stated tolerance is 2 unit roundoffs of the input type (relative L2: 9.8e-4 for
 float16, 7.8e-3 for bfloat16; measured about 2e-4 and 1.7e-3 at the default shape) against :func:`expected`, the float64 numpy backward of the same
-inputs. Not modelled: dropout, pse, the forward's separate max / sum inputs, merging adjacent tasks
-with skip counts, double-buffered workspaces, and the final cast of dQ / dK / dV to the input type.
+inputs. Not modelled: dropout, pse, the forward's separate max / sum inputs, double-buffered
+workspaces, and the final cast of dQ / dK / dV to the input type.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -61,6 +88,151 @@ def _check(name: str, value: int, rule: bool, text: str, fix: str = "") -> None:
         raise ConfigError(f"attention_grad.{name}", value, text, fix)
 
 
+ASSIGNS = ("round_robin", "balanced")
+
+
+class Step(NamedTuple):
+    """What one queue posts for the S, dP, dQ and dK tasks (and with ``merge_dv`` dV) of its ``n``-th block.
+
+    ``role`` is ``"single"`` (its own tasks, ``skipCnt`` 0), ``"leader"`` (its own and the next
+    ``skip`` columns' tasks, ``skipCnt = skip``, gaps in elements of Q / K rows) or ``"follower"``
+    (a FAKE: the leader of its row computes its tasks). ``leader`` is the leader's queue and
+    ``position`` the column's place in the run (0 for the leader, 1..skip for its followers).
+    """
+
+    role: str
+    skip: int = 0
+    q_gap_rows: int = 0
+    k_gap_rows: int = 0
+    leader: int = -1
+    position: int = 0
+
+
+class Plan(NamedTuple):
+    """The layout of one build.
+
+    Attributes:
+      blocks: every (b, h, i, j) block (causal: on or below the diagonal), S2 blocks outer.
+      queues: per queue (AIV ``a`` is bound to queue ``a``) its blocks in posting order.
+      aic_queues: per AIC of the group the queues it serves (``P`` adjacent columns).
+      steps: per queue one :class:`Step` per block: its role in the S, dP, dQ and dK posts (and
+        with ``merge_dv`` the dV posts).
+      merge_dv: whether the dV posts merge too.
+    """
+
+    blocks: tuple[tuple[int, int, int, int], ...]
+    queues: tuple[tuple[tuple[int, int, int, int], ...], ...]
+    aic_queues: tuple[tuple[int, ...], ...]
+    steps: tuple[tuple[Step, ...], ...]
+    merge_dv: bool = False
+
+    def blocks_per_aic(self) -> list[int]:
+        """Blocks of each AIC of the group (the sum over the queues it serves)."""
+        return [sum(len(self.queues[q]) for q in qs) for qs in self.aic_queues]
+
+    @property
+    def fakes(self) -> int:
+        """FAKE messages posted: per follower step four (S, dP, dQ, dK), five with ``merge_dv``."""
+        return (5 if self.merge_dv else 4) * sum(s.role == "follower" for st in self.steps for s in st)
+
+    @property
+    def valid(self) -> int:
+        """VALID messages posted: five per block, less the FAKEs."""
+        return 5 * len(self.blocks) - self.fakes
+
+
+def block_list(batch: int, heads: int, n1: int, n2: int, causal: bool) -> list[tuple[int, int, int, int]]:
+    """The (b, h, i, j) blocks of ``n1 x n2`` block grids (causal: ``j <= i``), S2 blocks outer,
+    S1 blocks inner, as the kernel's ``InitIndex`` walks them."""
+    return [
+        (b, h, i, j)
+        for b in range(batch)
+        for h in range(heads)
+        for j in range(n2)
+        for i in range(n1)
+        if not causal or j <= i
+    ]
+
+
+def aic_queues(aics: int, aivs: int) -> list[tuple[int, ...]]:
+    """Queues of each AIC of the group: ``P = ceil(aivs / aics)`` adjacent ones each, the last AIC
+    the rest (docs/model/cube-groups.md)."""
+    p = -(-aivs // aics)
+    return [tuple(range(k * p, min((k + 1) * p, aivs))) for k in range(aics)]
+
+
+def plan(
+    batch: int,
+    heads: int,
+    n1: int,
+    n2: int,
+    causal: bool,
+    aics: int,
+    aivs: int,
+    assign: str = "round_robin",
+    merge: bool = False,
+    rows: tuple[int, int] = (1, 1),
+    merge_dv: bool = False,
+) -> Plan:
+    """Which queue handles which block, and which posts merge (module docstring).
+
+    Args:
+      batch, heads: B and H.
+      n1, n2: blocks along S1 and S2 (``S1 / block_s1``, ``S2 / block_s2``).
+      causal: keep only blocks with ``j <= i``.
+      aics, aivs: the group's AICs and queues (one AIV per queue).
+      assign: ``"round_robin"`` (block ``t`` to queue ``t % aivs``) or ``"balanced"`` (equal
+        contiguous runs per AIC, each dealt round robin over the AIC's queues).
+      merge: merge the posts of adjacent columns of one AIC whose blocks lie at one address
+        stride (``skipCnt`` + FAKEs; module docstring).
+      rows: (block_s1, block_s2), only to express the merge gaps in Q / K rows.
+      merge_dv: the dV posts merge too (same runs; only changes :attr:`Plan.fakes`).
+    """
+    blocks = block_list(batch, heads, n1, n2, causal)
+    per_aic = aic_queues(aics, aivs)
+    if assign == "round_robin":
+        queues = [blocks[a::aivs] for a in range(aivs)]
+    else:
+        served = [qs for qs in per_aic if qs]
+        runs = np.array_split(np.arange(len(blocks)), len(served))
+        queues = [[] for _ in range(aivs)]
+        for qs, run in zip(served, runs, strict=True):
+            for m, q in enumerate(qs):
+                queues[q] = [blocks[int(t)] for t in run[m :: len(qs)]]
+    steps: list[list[Step]] = [[Step("single")] * len(queues[q]) for q in range(aivs)]
+
+    def _addr(blk: tuple[int, int, int, int]) -> tuple[int, int]:
+        b, h, i, j = blk  # first row of the block in Q / dO [B*H*S1, D] and in K / V [B*H*S2, D]
+        return ((b * heads + h) * n1 + i) * rows[0], ((b * heads + h) * n2 + j) * rows[1]
+
+    if merge:
+        for qs in per_aic:
+            for n in range(max((len(queues[q]) for q in qs), default=0)):
+                c = 0
+                while c < len(qs):
+                    run = [qs[c]]
+                    if n < len(queues[qs[c]]):
+                        a0 = _addr(queues[qs[c]][n])
+                        unit = None
+                        while c + len(run) < len(qs) and n < len(queues[qs[c + len(run)]]):
+                            a = _addr(queues[qs[c + len(run)]][n])
+                            if unit is None:
+                                unit = (a[0] - a0[0], a[1] - a0[1])
+                                if min(unit) < 0:  # the gaps are unsigned
+                                    break
+                            elif a != (a0[0] + len(run) * unit[0], a0[1] + len(run) * unit[1]):
+                                break
+                            run.append(qs[c + len(run)])
+                    if len(run) > 1:
+                        steps[run[0]][n] = Step("leader", len(run) - 1, *unit, leader=run[0])
+                        for m, q in enumerate(run[1:], 1):
+                            steps[q][n] = Step("follower", len(run) - 1, *unit, leader=run[0], position=m)
+                    c += len(run)
+    return Plan(
+        tuple(blocks), tuple(tuple(q) for q in queues), tuple(per_aic), tuple(tuple(s) for s in steps), merge_dv
+    )
+
+
 def build(
     seed: int = 0,
     *,
@@ -77,6 +249,11 @@ def build(
     aivs: int = 4,
     wait_qk: bool = True,
     chip: str = "910B1",
+    assign: str = "round_robin",
+    merge: bool = False,
+    merge_dv: bool = False,
+    dv_barrier: bool = True,
+    follower_delay: int = 0,
 ) -> CubeGroupProgram:
     """The kernel for one shape; Q, K, V, dO uniform in [-1, 1) from ``seed`` (rounded to ``dtype``).
 
@@ -90,6 +267,15 @@ def build(
       wait_qk: False drops the AIV's wait on the Q K^T task before it reads S (a race: P is
         computed from whatever the S workspace holds).
       chip: chip preset.
+      assign: task-to-queue assignment, ``"round_robin"`` or ``"balanced"`` (:func:`plan`).
+      merge: merge the S, dP, dQ and dK posts of adjacent columns of one AIC (``skipCnt`` +
+        FAKEs; :func:`plan` and the module docstring say which and why no barrier is needed).
+      merge_dv: with ``merge``, merge the dV posts of the same runs too, the leader waiting on a
+        ``GroupBarrier`` at which its followers arrive once their P and dS are stored.
+      dv_barrier: False drops that barrier (a race: the AIC computes a follower's dV from
+        whatever its P workspace holds when the leader's message arrives).
+      follower_delay: cycles a merge follower spends (a ``delay``) before computing its P and dS,
+        as a slower AIV would; 0 for none. It shows the race of ``dv_barrier=False``.
     """
     for name, v in (("batch", batch), ("heads", heads), ("s1", s1), ("s2", s2), ("d", d), ("aics", aics),
                     ("aivs", aivs), ("block_s1", block_s1), ("block_s2", block_s2)):  # fmt: skip
@@ -100,9 +286,18 @@ def build(
     _check("d", d, d % 16 == 0, "must be a multiple of 16 (cube fractal)")
     _check("block_s2", block_s2, not causal or block_s1 == block_s2, "must equal block_s1 when causal")
     _check("aivs", aivs, aivs <= 2 * aics * 32, "too many queues for the group", "add AICs")
+    _check("assign", assign, assign in ASSIGNS, f"must be one of {list(ASSIGNS)}", "'round_robin' or 'balanced'")
+    _check("merge", merge, isinstance(merge, bool), "must be true or false")
+    _check("merge_dv", merge_dv, isinstance(merge_dv, bool), "must be true or false")
+    _check("merge_dv", merge_dv, merge or not merge_dv, "needs merge=true", "add --model-arg merge=true")
+    _check("dv_barrier", dv_barrier, isinstance(dv_barrier, bool), "must be true or false")
+    _check("follower_delay", follower_delay, isinstance(follower_delay, int) and not isinstance(follower_delay, bool)
+           and follower_delay >= 0, "must be an integer >= 0 (cycles)")  # fmt: skip
     isz = 2
     scale = 1.0 / math.sqrt(d)
-    k = CubeGroupKernel(chip=chip, name=f"attention_grad-{dtype}{'-causal' if causal else ''}", max_steps=10**7)
+    name = f"attention_grad-{dtype}{'-causal' if causal else ''}"
+    name += ("-balanced" if assign == "balanced" else "") + ("-merge" if merge else "") + ("-dv" if merge_dv else "")
+    k = CubeGroupKernel(chip=chip, name=name, max_steps=10**7)
     rng = np.random.default_rng(seed)
     shape_q, shape_k = (batch, heads, s1, d), (batch, heads, s2, d)
     q = k.alloc("q", shape_q, dtype, rng.uniform(-1, 1, shape_q))
@@ -136,19 +331,19 @@ def build(
         matmul=dict(a=dtype, b=dtype, c="float32", bias="float32"), tiling=tiling,
     )  # fmt: skip
 
-    blocks = [
-        (b, h, i, j)
-        for b in range(batch)
-        for h in range(heads)
-        for j in range(s2 // block_s2)
-        for i in range(s1 // block_s1)
-        if not causal or j <= i
-    ]
+    lay = plan(batch, heads, s1 // block_s1, s2 // block_s2, causal, aics, aivs, assign, merge, (block_s1, block_s2),
+               merge_dv)  # fmt: skip
+    barriers = {}  # (leader queue, skip) -> the GroupBarrier of that run: its followers arrive, it waits
+    if merge_dv and dv_barrier:
+        for st in lay.steps:
+            for s in st:
+                if s.role == "leader" and (s.leader, s.skip) not in barriers:
+                    barriers[(s.leader, s.skip)] = k.group_barrier(f"dv_q{s.leader}_k{s.skip}", s.skip, 1)
     vec_rows = max(r for r in range(1, block_s1 + 1) if block_s1 % r == 0 and r * block_s2 <= VEC_SLICE_ELEMS)
     for a in range(aivs):
         aiv = k.aiv(a)
         aiv.assign_queue(g, a)
-        mine = blocks[a::aivs]
+        mine = lay.queues[a]
         if not mine:
             aiv.quit(g)
             continue
@@ -164,16 +359,23 @@ def build(
         lse_r = vec.buffer("lse", vec_rows, 1, "float32")
         dsum = vec.buffer("rowsum", vec_rows, 1, "float32")
         ws = a * block_s1 * block_s2  # this AIV's workspace slot, elements
-        for b, h, i, j in mine:
+        for (b, h, i, j), step in zip(mine, lay.steps[a], strict=True):
             row_q = (b * heads + h) * s1 + i * block_s1  # first row of the block in [B*H*S1, D]
             row_k = (b * heads + h) * s2 + j * block_s2
             qi, doi, oi = (t.addr + row_q * d * isz for t in (q, do, o))
             kj, vj = (t.addr + row_k * d * isz for t in (kk, v))
 
-            s_off = _task(aiv, g, qi, kj, s_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True)
-            dp_off = _task(aiv, g, doi, vj, dp_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True)
+            if step.role == "follower":  # the leader of this row posted this block's S and dP
+                s_off, dp_off = aiv.fake(g), aiv.fake(g)
+            else:
+                gaps = dict(skip=step.skip, a_gap=step.q_gap_rows * d, b_gap=step.k_gap_rows * d,
+                            c_gap=block_s1 * block_s2)  # fmt: skip
+                s_off = _task(aiv, g, qi, kj, s_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True, **gaps)
+                dp_off = _task(aiv, g, doi, vj, dp_ws.addr + ws * 4, block_s1, block_s2, d, trans_b=True, **gaps)
             if wait_qk:
                 aiv.wait(g, s_off)
+            if follower_delay and step.role == "follower":
+                aiv.delay(follower_delay)
             for r0 in range(0, block_s1, vec_rows):
                 at = (ws + r0 * block_s2) * 4
                 vec.load(s32, s_ws.addr + at, stride=block_s2)
@@ -201,21 +403,49 @@ def build(
                 vec.cast(half, dp32)
                 vec.store(ds_ws.addr + (ws + r0 * block_s2) * isz, half)
             p_at, ds_at = p_ws.addr + ws * isz, ds_ws.addr + ws * isz
-            _task(aiv, g, p_at, doi, dv.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True, atomic=True)
-            _task(aiv, g, ds_at, kj, dq.addr + row_q * d * 4, block_s1, d, block_s2, atomic=True)
-            last = _task(aiv, g, ds_at, qi, dk.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True, atomic=True)
+            one, qg, kg = block_s1 * block_s2, step.q_gap_rows * d, step.k_gap_rows * d
+            gv, gq, gk = {}, {}, {}  # merge gaps (elements) of dV, dQ, dK for a leader
+            if step.role == "leader":
+                gq = dict(skip=step.skip, a_gap=one, b_gap=kg, c_gap=qg)
+                gk = dict(skip=step.skip, a_gap=one, b_gap=qg, c_gap=kg)
+                if merge_dv:
+                    if dv_barrier:  # every follower's P and dS are stored
+                        aiv.barrier_wait(barriers[(step.leader, step.skip)], 0)
+                    gv = dict(skip=step.skip, a_gap=one, b_gap=qg, c_gap=kg)
+            if step.role == "follower":
+                if not merge_dv:
+                    # its own dV: once the AIC has received it, this AIV's P and dS are in GM, so the
+                    # leader's dQ and dK in the next rows may compute with them (the AIC serves in order)
+                    _task(aiv, g, p_at, doi, dv.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True,
+                          atomic=True)  # fmt: skip
+                else:
+                    if dv_barrier:  # P and dS are stored: the leader's merged dV may read them
+                        aiv.arrive(barriers[(step.leader, step.skip)], step.position - 1)
+                    aiv.fake(g)
+                aiv.fake(g)
+                last = aiv.fake(g)
+            else:
+                _task(aiv, g, p_at, doi, dv.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True, atomic=True,
+                      **gv)  # fmt: skip
+                _task(aiv, g, ds_at, kj, dq.addr + row_q * d * 4, block_s1, d, block_s2, atomic=True, **gq)
+                last = _task(aiv, g, ds_at, qi, dk.addr + row_k * d * 4, block_s2, d, block_s1, trans_a=True,
+                             atomic=True, **gk)  # fmt: skip
             aiv.wait(g, last)
         aiv.quit(g)
     return k.compile()
 
 
-def _task(aiv, g, a_addr, b_addr, c_addr, m, n, kdim, trans_a=False, trans_b=False, atomic=False) -> int:
+def _task(aiv, g, a_addr, b_addr, c_addr, m, n, kdim, trans_a=False, trans_b=False, atomic=False,
+          skip=0, a_gap=0, b_gap=0, c_gap=0) -> int:  # fmt: skip
     """Posts one IterateAll (``C[m, n] (+)= A[m, kdim] B[kdim, n]``, operands stored dense, A / B
-    transposed as asked) for the ``matmul`` callback; returns the message offset to wait on."""
+    transposed as asked) for the ``matmul`` callback; returns the message offset to wait on. With
+    ``skip = k > 0`` a merge leader: the callback runs k + 1 such matmuls, the i-th at
+    ``a_addr + i * a_gap`` etc. (gaps in elements of A, B, C), for the next k columns' FAKEs."""
     fields = {
         "aAddr": a_addr, "bAddr": b_addr, "cAddr": c_addr, "tailM": m, "tailN": n, "tailK": kdim,
         "mOrgShape": m, "nOrgShape": n, "kaOrgShape": kdim, "kbOrgShape": kdim,
         "isTransA": trans_a, "isTransB": trans_b, "isAtomic": int(atomic),
+        "skipCnt": skip, "aGap": a_gap, "bGap": b_gap, "cGap": c_gap,
     }  # fmt: skip
     return aiv.post(g, fields)
 
