@@ -60,6 +60,12 @@ def describe_blocked(result) -> list[str]:
                 "AIV of the barrier must call Arrive and Wait the same number of times"
             )
             continue
+        if "queue" not in b:  # a core waiting on no slot: SyncAll
+            out.append(
+                f"{b['core']} waits in SyncAll until {b['until']}; hint: the AIC reaches SyncAll only after every "
+                "column it serves has quit: call SyncAll after the QUITs (pitfall F14)"
+            )
+            continue
         q, d, until = b["queue"], b["depth"], b["until"]
         holds = _slot_state(result, b["group"], q, d)
         where = f"queue {q} depth {d}" + (f" of group {b['group']}" if len(result.program.groups) > 1 else "")

@@ -115,3 +115,15 @@ def test_models_lists_every_shipped_model_with_a_description(capsys):
     assert names == sorted(aj_models.available_models())
     assert {"cube_group_sample", "merge_example", "p2p_send_recv", "allreduce"} <= set(names)
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # a description on every line
+
+
+@pytest.mark.parametrize("engine", ["reference", "jax"])
+def test_summary_explains_every_witness_kind(capsys, engine):
+    """A SyncAll witness has no slot: the summary names it and the F14 fix (it used to crash the
+    summary with an internal error, exit 1); a FREE witness points at backpressure."""
+    assert main(["run", "docs/examples/f14_sync_all_before_quit.toml", "--engine", engine]) == 3
+    out = capsys.readouterr().out
+    assert "aiv0 waits in SyncAll until SYNC_ALL" in out and "pitfall F14" in out
+    assert main(["run", "docs/examples/f10_unzeroed_workspace.toml", "--engine", engine]) == 3
+    out = capsys.readouterr().out
+    assert "aiv1 waits on queue 1 depth 1 for FREE" in out
