@@ -294,6 +294,14 @@ def build(
     _check("follower_delay", follower_delay, isinstance(follower_delay, int) and not isinstance(follower_delay, bool)
            and follower_delay >= 0, "must be an integer >= 0 (cycles)")  # fmt: skip
     isz = 2
+    # the inputs, outputs and workspaces must fit the simulator's 2 GiB of GM, and the float64
+    # forward pass (for O, lse and the numerics check) holds b*h*s1*s2 probabilities
+    gm_bytes = batch * heads * d * (s1 * (3 * isz + 4) + s2 * (2 * isz + 8)) + batch * heads * s1 * 4
+    gm_bytes += aivs * block_s1 * block_s2 * (8 + 2 * isz)
+    _check("s1", s1, gm_bytes < 2**31 - 2**20, f"the tensors would take {gm_bytes} B of GM (2 GiB at most)",
+           "use smaller batch, heads, s1, s2 or d")  # fmt: skip
+    _check("s2", s2, batch * heads * s1 * s2 <= 2**27, f"the float64 reference needs {batch * heads * s1 * s2 * 8} B",
+           "at most 2**27 score elements (batch * heads * s1 * s2)")  # fmt: skip
     scale = 1.0 / math.sqrt(d)
     name = f"attention_grad-{dtype}{'-causal' if causal else ''}"
     name += ("-balanced" if assign == "balanced" else "") + ("-merge" if merge else "") + ("-dv" if merge_dv else "")

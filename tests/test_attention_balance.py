@@ -223,3 +223,10 @@ def test_balanced_merged_causal_run_agrees_between_engines():
     assert eng.outcome() == ref.outcome() and eng.steps == ref.steps
     for name in ("dq", "dk", "dv"):
         np.testing.assert_allclose(eng.tensor(name), ref.tensor(name), rtol=1e-4, atol=1e-4)
+
+
+def test_sizes_beyond_gm_or_the_float64_reference_are_config_errors():
+    with pytest.raises(ConfigError, match="2 GiB at most"):
+        ag.build(s1=10**8)
+    with pytest.raises(ConfigError, match="float64 reference needs"):
+        ag.build(s1=65536, s2=65536)
