@@ -615,7 +615,7 @@ def _lane_major(shape: EngineShape, st: State) -> dict[str, np.ndarray]:
     if st.timed is not None:
         out.update({f.name: np.asarray(getattr(st.timed, f.name)) for f in dataclasses.fields(st.timed)})
     out.pop("ub")  # UB contents at the end are not part of a result
-    lane_major = {"gm", "key"}
+    lane_major = set(State.LANE_MAJOR)
     out = {k: (v if k in lane_major else np.moveaxis(v, -1, 0)) for k, v in out.items()}
     b = out["status"].shape[0]
     grid = shape.grid_of_slot

@@ -308,6 +308,9 @@ class State:
     ub: jax.Array
     timed: Timed | None = None
 
+    #: fields whose lane axis is the first (the rest, timed included, have it last)
+    LANE_MAJOR = ("gm", "key", "ub")
+
 
 #: columns of ``Tables.ver`` and ``Tables.act``
 VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3}
