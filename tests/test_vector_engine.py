@@ -52,18 +52,24 @@ def _agree(ref, eng, p, timed: bool) -> None:
         assert err["ok"], (name, err)
 
 
+#: D below the block: the matmul tile bound (64) exceeds the dQ / dK / dV row stride (32), so the
+#: compute phase writes C row by row and sends the rows it does not write (those of an AIC with no
+#: matmul in the step: two AICs) to GM's scratch margin
+NARROW = dict(SMALL, s1=128, s2=128, block_s1=64, block_s2=64, aics=2, aivs=4)
+
+
 @pytest.mark.parametrize(
-    ("dtype", "causal", "schedule"),
-    [("float16", False, "timed"), ("bfloat16", True, "timed"), ("float16", True, "lockstep"),
-     ("bfloat16", False, "random")],
+    ("dtype", "causal", "schedule", "shape"),
+    [("float16", False, "timed", SMALL), ("bfloat16", True, "timed", NARROW), ("float16", True, "lockstep", SMALL),
+     ("bfloat16", False, "random", SMALL)],
 )  # fmt: skip
-def test_attention_grad_engines_agree_and_the_race_fails(dtype, causal, schedule):
+def test_attention_grad_engines_agree_and_the_race_fails(dtype, causal, schedule, shape):
     """One batch: the kernel and the same kernel without its wait on Q K^T (lane 1). Both engines
     agree on each (the random schedule: on the protocol outcome, which no schedule changes, and on
     the numbers up to the order of atomic adds); the race's dQ, dK, dV miss the float64 backward
     in the JAX engine too."""
-    good = ag.build(0, dtype=dtype, causal=causal, **SMALL)
-    race = ag.build(0, dtype=dtype, causal=causal, wait_qk=False, **SMALL)
+    good = ag.build(0, dtype=dtype, causal=causal, **shape)
+    race = ag.build(0, dtype=dtype, causal=causal, wait_qk=False, **shape)
     res = simulate([good, race], schedule, seeds=[3, 4])
     want = ag.expected(good)
     if schedule == "random":
