@@ -142,7 +142,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.plot(s, [r["lanes"]["gm_rate_x2"]["kernel_us"] for r in sel], "x--", color=color, alpha=0.6)
         bx.plot(s, [100 * r["lanes"]["default"]["utilisation"]["mean"] for r in sel], "o-", color=color, label=label)
         bx.plot(s, [100 * r["lanes"]["gm_rate_x2"]["utilisation"]["mean"] for r in sel], "x--", color=color, alpha=0.6)
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     seqs = sorted({r["s"] for r in main})
     for axis in (ax, bx):
@@ -152,8 +152,9 @@ def plot(rows: list[dict], path: Path) -> None:
         axis.set_xlabel("sequence length S1 = S2")
         axis.legend(fontsize=8)
     ax.set_yscale("log")
+    ax.set_yticks([10, 20, 50, 100, 200, 500, 1000])
     ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel("estimated kernel time (µs); dashed: GM rate x2")
     ax.set_title("128 x 128 blocks, 24 AICs, 48 AIVs")
     bx.set_ylabel("mean AIC utilisation, busy / kernel (%)")
