@@ -1,7 +1,7 @@
 """Attention backward (dQ, dK, dV) on a cube resource group, the AIVs computing the softmax gradient.
 
-Run it with ``ascend-jax run --model attention_grad [--schedule timed] [--json]`` (the reference
-interpreter: the JAX engine does not run vector ops yet); options with ``--model-arg NAME=VALUE``
+Run it with ``ascend-jax run --model attention_grad [--schedule timed] [--json]`` (one lane runs in
+the reference interpreter, ``--batch N`` in the JAX engine); options with ``--model-arg NAME=VALUE``
 (e.g. ``--model-arg causal=true --model-arg assign=balanced --model-arg merge=true``).
 
 The workload of Ascend's FlashAttentionScoreGrad (ops-transformer, ``attention/
@@ -248,6 +248,7 @@ def build(
     aics: int = 2,
     aivs: int = 4,
     wait_qk: bool = True,
+    vec_rows: int | None = None,
     chip: str = "910B1",
     assign: str = "round_robin",
     merge: bool = False,
@@ -264,6 +265,9 @@ def build(
       causal: keep only key positions <= query position (top-left aligned).
       dtype: ``float16`` or ``bfloat16`` inputs (float32 accumulation and outputs).
       aics, aivs: AICs of the group (from AIC 0) and AIVs posting to it (one queue each).
+      vec_rows: rows of one vector slice (a divisor of ``block_s1``); default: the most rows with
+        ``rows x block_s2 <= VEC_SLICE_ELEMS``. Fewer rows shrink the UB buffers (e.g. D = 128,
+        causal, 128 x 128 blocks: 32 rows fit the 192 KiB UB, 64 do not).
       wait_qk: False drops the AIV's wait on the Q K^T task before it reads S (a race: P is
         computed from whatever the S workspace holds).
       chip: chip preset.
@@ -347,7 +351,10 @@ def build(
             for s in st:
                 if s.role == "leader" and (s.leader, s.skip) not in barriers:
                     barriers[(s.leader, s.skip)] = k.group_barrier(f"dv_q{s.leader}_k{s.skip}", s.skip, 1)
-    vec_rows = max(r for r in range(1, block_s1 + 1) if block_s1 % r == 0 and r * block_s2 <= VEC_SLICE_ELEMS)
+    if vec_rows is None:
+        vec_rows = max(r for r in range(1, block_s1 + 1) if block_s1 % r == 0 and r * block_s2 <= VEC_SLICE_ELEMS)
+    ok = isinstance(vec_rows, int) and not isinstance(vec_rows, bool) and vec_rows >= 1 and block_s1 % vec_rows == 0
+    _check("vec_rows", vec_rows, ok, f"must be an integer >= 1 dividing block_s1 ({block_s1})", "e.g. 32")
     for a in range(aivs):
         aiv = k.aiv(a)
         aiv.assign_queue(g, a)

@@ -68,7 +68,9 @@ def apply_matmuls(
         else:
             order = jnp.arange(n_aic)
         mm_, nn, _, disjoint, _, _ = dims
-        scratch = shape.gm_real - GM_BASE  # rows that are not written go to the scratch margin
+        # rows that are not written go to the scratch margin: gm index gm_real is the first byte past
+        # the tensors (index i holds address GM_BASE + i), and the margin holds a whole row window
+        scratch = shape.gm_real
 
         def write(i, gm, d=d, e=e, c=c, mt=mt, order=order, mm_=mm_, nn=nn, scratch=scratch, disjoint=disjoint):
             ci = order[i]
@@ -85,7 +87,7 @@ def apply_matmuls(
             def row(r, gm, starts=starts, live=live, ci=ci):  # rows in order, each re-read
                 cur = load_rows(gm, starts[r][None], nn, mt.dtype("c"))[0]
                 val = combine(mt, cur, c[ci][r], d["atomic"][ci])
-                val = jnp.where(jnp.arange(nn) < d["n"][ci], val, cur)
+                val = jnp.where((jnp.arange(nn) < d["n"][ci]) & live[r], val, cur)
                 return store_rows(gm, starts[r][None], val[None])  # a row not written: to scratch
 
             return jax.lax.fori_loop(0, mm_, row, gm)

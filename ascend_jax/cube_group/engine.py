@@ -2,9 +2,9 @@
 
 Data flow: every distinct program is encoded once (numpy, :mod:`ascend_jax.cube_group.encode`),
 padded to the batch's common :class:`EngineShape` and run as one jitted ``lax.while_loop`` whose
-body is the protocol :func:`step` vmapped over lanes, followed by the compute phase
-(:func:`apply_matmuls`) under a ``lax.cond`` that skips it when no AIC of any lane performed a
-matmul. Lanes that run the same program share one copy of its tables (``vmap`` with
+body is the protocol :func:`step` vmapped over lanes, then the AIVs' vector ops
+(:func:`apply_vector_ops`) and the compute phase (:func:`apply_matmuls`), each under a
+``lax.cond`` that skips it when no core of any lane performed one. Lanes that run the same program share one copy of its tables (``vmap`` with
 ``in_axes=None``). The batch axis is sharded over the chosen devices (a 1-D mesh). Each lane is
 bounded by its own ``max_steps``; the loop runs until its slowest lane stops. The final arrays
 come back as a :class:`BatchResult` (:mod:`ascend_jax.cube_group.readout`).
