@@ -225,3 +225,18 @@ def test_random_scripts_agree_between_engines(scripts, release):
         ref = aj.run_reference(p)
         assert res[i].outcome() == ref.outcome(), i
         np.testing.assert_allclose(res[i].tensor("c"), ref.tensor("c"), rtol=1e-5, atol=1e-5)
+
+
+def test_c_rows_narrower_than_the_tile_bound_take_the_row_by_row_store():
+    """orgN = 8 with a tile bound of 16 columns: the engine cannot write a padded row window at
+    once (it would cover the next row), so it stores row by row; both engines and numpy agree."""
+    msgs = [{"op": SET_TAIL | SET_A | SET_B | ITERATE, "tm": -1, "tn": 8, "tk": -1, "a": "a", "b": "b", "c": "c"}]
+    p = _kernel(msgs, init={"set_org_shape": (T, 8, T, T)})
+    before = p.gm.read("c").reshape(-1).copy()
+    r = _both(p)
+    assert r.status == Status.OK
+    a, b = _ab(p)
+    got = r.tensor("c").reshape(-1)
+    want = a[0:T] @ b.reshape(-1)[: T * 8].reshape(T, 8)  # B rows read 8 elements apart too
+    np.testing.assert_allclose(got[: T * 8].reshape(T, 8), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[T * 8 :], before[T * 8 :])  # nothing past the tile
