@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import SCRATCH, load_model_module, machine, write
+from _common import SCRATCH, load_model_module, machine, pyplot, write
 
 import ascend_jax as aj
 
@@ -75,12 +75,8 @@ def measure(ag, s: int, causal: bool, assign: str, merge: str) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     (ax, bx), (cx, dx) = axes

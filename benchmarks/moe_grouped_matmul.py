@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import SCRATCH, load_model_module, machine, write
+from _common import SCRATCH, load_model_module, machine, pyplot, write
 
 import ascend_jax as aj
 
@@ -57,12 +57,8 @@ def measure(moe, skew: float, assign: str, merge: bool) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = [f"skew {s:g}\n{a}" for s in SKEWS for a in ASSIGNS]

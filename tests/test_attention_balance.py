@@ -4,7 +4,6 @@ race a merge without its fence would have, and the command-line options."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -15,16 +14,9 @@ from ascend_jax.cli import main
 from ascend_jax.cube_group.status import Status
 from ascend_jax.errors import ConfigError
 from ascend_jax.numerics import compare
+from tests._models import load
 
-
-def _load_model():
-    spec = importlib.util.spec_from_file_location("attention_grad_balance", "models/attention_grad.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ag = _load_model()
+ag = load("attention_grad")
 
 #: causal S1 = S2 = 256 in 64 x 64 blocks (a 4 x 4 grid, 10 blocks on or below the diagonal) on
 #: 4 AICs x 2 queues: the case the written-out values below describe

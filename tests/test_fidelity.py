@@ -5,7 +5,6 @@ and the default Wait after a QUIT. Every expected value is written out; both eng
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import numpy as np
 import ascend_jax as aj
 from ascend_jax import Status
 from ascend_jax.message import CUBE_MATMUL_MSG
+from tests._models import load
 
 ROOT = Path(__file__).resolve().parent.parent
 V, F, Q = "VALID", "FAKE", "QUIT"
@@ -95,10 +95,7 @@ def test_matmul_callback_is_the_tolerant_variant_of_the_same_program():
 
 
 def _load_model(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "models" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load(name)
 
 
 def test_official_sample_protocol_receives_in_the_expected_order():

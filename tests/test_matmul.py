@@ -8,7 +8,6 @@ the numerics report against the float64 reference interpreter.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ascend_jax.gm import GM_ALIGN, GM_BASE, GlobalMemory, get_dtype
 from ascend_jax.matmul import TOLERANCE, MatmulType, TCubeTiling
 from ascend_jax.message import CUBE_MATMUL_MSG
 from ascend_jax.numerics import numerics_report
+from tests._models import load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -287,9 +287,7 @@ def test_null_address_is_an_error_and_a_tail_over_single_core_is_legal():
 
 
 def test_merge_with_gaps_and_last_tail_matches_numpy_sample():
-    spec = importlib.util.spec_from_file_location("cube_group_sample", ROOT / "models" / "cube_group_sample.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load("cube_group_sample")
     p = mod.build(seed=3)
     want = mod.expected(p)["c"]
     jax_r = simulate(p)[0]

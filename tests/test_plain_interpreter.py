@@ -8,25 +8,20 @@ shipped protocol scenarios and on the random programs of ``tests/test_properties
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 
 import ascend_jax as aj
+from tests._models import load
 from tests.test_properties import SETTINGS, programs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load(name: str, folder: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load(name, folder)
 
 
 plain = _load("plain_interpreter", "benchmarks")

@@ -10,7 +10,6 @@ of the input type (relative L2) of the float64 backward.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import ml_dtypes
@@ -24,19 +23,13 @@ from ascend_jax.cube_group.vector import VECTOR_KINDS, WORDS, vector_cycles, vec
 from ascend_jax.errors import ConfigError
 from ascend_jax.numerics import compare
 from ascend_jax.timing import CostModel
+from tests._models import load
 
 ROWS, COLS = 8, 16
 F32_U = 2.0**-24
 
 
-def _load_model():
-    spec = importlib.util.spec_from_file_location("attention_grad_model", "models/attention_grad.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ag = _load_model()
+ag = load("attention_grad")
 
 
 def kernel(*inputs, out_dtype="float32", out_init="zeros"):

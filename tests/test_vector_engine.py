@@ -12,7 +12,6 @@ tolerance against float64 (9.8e-4 for float16).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import hypothesis.strategies as st
@@ -27,16 +26,9 @@ from ascend_jax.cube_group.compute import pairwise_sum
 from ascend_jax.cube_group.program import CubeGroupKernel
 from ascend_jax.numerics import compare
 from ascend_jax.timing import CostModel
+from tests._models import load
 
-
-def _load_model():
-    spec = importlib.util.spec_from_file_location("attention_grad_model", "models/attention_grad.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ag = _load_model()
+ag = load("attention_grad")
 SMALL = dict(s1=64, s2=64, d=32, block_s1=32, block_s2=32, aics=1, aivs=2)
 ENGINE_RTOL = 1e-4  # relative L2 of dQ, dK, dV between the engines (see the module docstring)
 
