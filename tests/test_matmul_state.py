@@ -240,3 +240,17 @@ def test_c_rows_narrower_than_the_tile_bound_take_the_row_by_row_store():
     want = a[0:T] @ b.reshape(-1)[: T * 8].reshape(T, 8)  # B rows read 8 elements apart too
     np.testing.assert_allclose(got[: T * 8].reshape(T, 8), want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got[T * 8 :], before[T * 8 :])  # nothing past the tile
+
+
+def test_a_gm_error_in_the_last_compute_phase_ends_the_lane_in_that_step():
+    """The AIC's only IterateAll is out of range and nothing else is left to run: both engines end
+    the lane in the step of the error (the JAX engine used to run one more, idle, step)."""
+    msgs = [{"op": SET_A | SET_B | ITERATE, "a": "a", "b": "b", "c": 2**20}]
+    p = _kernel(msgs)
+    eng, ref = aj.simulate(p)[0], aj.run_reference(p)
+    assert eng.status == ref.status == Status.ERROR and eng.error["code"] == "GM_OUT_OF_RANGE"
+    # 1: alloc; 2: post, alloc of the QUIT; 3: QUIT posted, the AIC receives the task;
+    # 4: its IterateAll, out of range: the AIC stops and nothing else can run
+    assert eng.steps == ref.steps == 4
+    e, r = aj.simulate(p, schedule="timed")[0], aj.run_reference(p, schedule="timed")
+    assert (e.status, e.steps, e.timing) == (r.status, r.steps, r.timing)

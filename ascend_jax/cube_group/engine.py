@@ -43,8 +43,10 @@ CPU_CHUNK = 4096
 TRACE_COUNT = {"run": 0}
 
 
-def _compute(shape: EngineShape, st: State, en: jax.Array, fields: jax.Array) -> State:
-    """The compute phase of every lane (vmapped; lane-major GM), then GM errors into the state."""
+def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, fields: jax.Array) -> State:
+    """The compute phase of every lane (vmapped; lane-major GM), then GM errors into the state. An
+    AIC stopped here may leave nothing running: the lane then ends in this step, as in the
+    reference (whose compute phase comes before its end-of-step check)."""
     gm, bad, addr = jax.vmap(functools.partial(apply_matmuls, shape), in_axes=(0, 0, 1, 2))(st.gm, st.key, en, fields)
     bad = bad.T & (st.aic_phase != AicPhase.ERROR)  # [C, B]: these AICs stop here
 
@@ -52,11 +54,15 @@ def _compute(shape: EngineShape, st: State, en: jax.Array, fields: jax.Array) ->
         return jnp.where(bad, new, old).astype(jnp.int32)
 
     phase = pick(AicPhase.ERROR, st.aic_phase)
+    op_len = tab.op_len[:, None] if shape.shared else tab.op_len
+    stopped = (phase == AicPhase.DONE) | (phase == AicPhase.ERROR)
+    done = (st.aiv_pc >= op_len).all(axis=0) & stopped.all(axis=0)
+    status = jnp.where((st.status == Status.RUNNING) & done, Status.OK, st.status)
     return dataclasses.replace(
         st,
         gm=gm,
         aic_phase=phase,
-        status=final_status(st.status, phase),
+        status=final_status(status, phase),
         aic_err_code=pick(ErrorCode.GM_OUT_OF_RANGE, st.aic_err_code),
         aic_err_slot=pick(cursor_slot(shape, st), st.aic_err_slot),
         aic_err_ver=pick(st.aic_ver, st.aic_err_ver),
@@ -79,7 +85,7 @@ def batch_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> S
         st = dataclasses.replace(st, gm=gm, ub=ub)
     if not shape.has_matmul:
         return st
-    return jax.lax.cond(en.any(), lambda s: _compute(shape, s, en, fields), lambda s: s, st)
+    return jax.lax.cond(en.any(), lambda s: _compute(shape, tab, s, en, fields), lambda s: s, st)
 
 
 def _run(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start=None) -> State:
