@@ -295,44 +295,7 @@ def tensors_from_tables(tables: Any, base_dir: Path | None = None, field: str = 
 # -- device side (JAX) ---------------------------------------------------------------------
 
 
-def element_offsets(rows: int, cols: int, stride: jax.Array, trans: jax.Array) -> jax.Array:
-    """``[rows, cols]`` element offsets of a logical tile whose storage is row-major with ``stride``
-    elements per stored row; ``trans`` means the tile is stored transposed (``[cols, rows]``)."""
-    r = jnp.arange(rows, dtype=jnp.int32)[:, None]
-    c = jnp.arange(cols, dtype=jnp.int32)[None, :]
-    return jnp.where(trans, c * stride + r, r * stride + c)
-
-
-def _byte_indices(byte0: jax.Array, size: int) -> jax.Array:
-    """``[..., size]`` byte indices of elements starting at ``byte0``."""
-    return byte0[..., None] + jnp.arange(size, dtype=jnp.int32).reshape((1,) * byte0.ndim + (size,))
-
-
-def load_tile(gm: jax.Array, offsets: jax.Array, valid: jax.Array, addr: jax.Array, dtype: np.dtype) -> jax.Array:
-    """Gathers a typed tile: element ``i`` is at byte ``addr + offsets[i] * itemsize``; invalid
-    elements read as 0. ``gm`` is ``[G] uint8`` covering addresses ``GM_BASE ..``."""
-    size = dtype.itemsize
-    byte0 = addr - GM_BASE + offsets * size
-    idx = _byte_indices(byte0, size)
-    idx = jnp.where(valid[..., None], idx, 0)
-    raw = jnp.take(gm, idx, mode="clip")
-    val = jax.lax.bitcast_convert_type(raw if size > 1 else raw[..., 0], dtype)
-    return jnp.where(valid, val, jnp.zeros((), dtype))
-
-
-def store_tile(gm: jax.Array, offsets: jax.Array, valid: jax.Array, addr: jax.Array, value: jax.Array) -> jax.Array:
-    """Scatters a typed tile's bytes (only ``valid`` elements) and returns the new ``gm``."""
-    size = value.dtype.itemsize
-    raw = jax.lax.bitcast_convert_type(value, jnp.uint8)
-    if size == 1:
-        raw = raw[..., None]
-    byte0 = addr - GM_BASE + offsets * size
-    idx = _byte_indices(byte0, size)
-    idx = jnp.where(valid[..., None], idx, gm.shape[0])
-    return gm.at[idx].set(raw, mode="drop")
-
-
-def row_starts(addr: jax.Array, n_rows: int, stride: jax.Array, itemsize: int) -> jax.Array:
+def row_starts(addr: jax.Array, n_rows: int, stride: jax.Array, itemsize: int | jax.Array) -> jax.Array:
     """[n_rows] byte index in ``gm`` of each stored row of a tile at ``addr`` with ``stride``
     elements per stored row."""
     return addr - GM_BASE + jnp.arange(n_rows, dtype=jnp.int32) * stride * itemsize

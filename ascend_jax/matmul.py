@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.errors import ConfigError
-from ascend_jax.gm import GM_BASE, dtype_name, element_offsets, get_dtype, load_tile
+from ascend_jax.gm import GM_BASE, dtype_name, get_dtype
 
 # Atlas A2 (dav-c220) buffer sizes, bytes.
 L0A_SIZE = 64 * 1024
@@ -231,11 +231,6 @@ class TCubeTiling:
             raise ConfigError(f"{field}.depthA1", self.depthA1, f"A1 + B1 buffers take {l1} B > L1 {L1_SIZE}")
         return self
 
-    @property
-    def k_chunks(self) -> int:
-        """Number of baseK chunks covering singleCoreK."""
-        return -(-self.singleCoreK // self.baseK)
-
 
 class _NoMatmul:
     """``mm`` of a group configured without a Matmul type: any use is a configuration error."""
@@ -273,7 +268,6 @@ MM_FIELDS = (
     "has_bias",
     "quant_scale",
 )
-MF = {name: i for i, name in enumerate(MM_FIELDS)}
 N_MM = len(MM_FIELDS)
 #: An IterateAll action: the Matmul state it sees, then its own two arguments.
 ACTION_FIELDS = (*MM_FIELDS, "c_addr", "atomic")
@@ -553,20 +547,6 @@ def check_operands(mt: MatmulType, bounds: Any, d: dict[str, Any], xp: Any = np)
 def padded_k(tiling: TCubeTiling, k_max: int) -> int:
     """K extent of the engine's static operand tiles: ``k_max`` rounded up to whole baseK chunks."""
     return -(-k_max // tiling.baseK) * tiling.baseK
-
-
-def gather_operands(mt: MatmulType, dims: tuple[int, int, int], gm: jax.Array, d: dict[str, jax.Array]):
-    """Loads one descriptor's A [Mt, Kp], B [Kp, Nt] and bias [Nt] (masked, zero padded) from
-    ``gm`` [G] uint8; ``dims`` = (Mt, Nt, Kp) are the static tile bounds of the program."""
-    mm_, nn, kp = dims
-    m, n, k = d["m"], d["n"], d["k"]
-    a_valid = (jnp.arange(mm_)[:, None] < m) & (jnp.arange(kp)[None, :] < k)
-    a = load_tile(gm, element_offsets(mm_, kp, d["stride_a"], d["trans_a"]), a_valid, d["a_addr"], mt.dtype("a"))
-    b_valid = (jnp.arange(kp)[:, None] < k) & (jnp.arange(nn)[None, :] < n)
-    b = load_tile(gm, element_offsets(kp, nn, d["stride_b"], d["trans_b"]), b_valid, d["b_addr"], mt.dtype("b"))
-    bias_valid = (jnp.arange(nn) < n) & d["has_bias"]
-    bias = load_tile(gm, jnp.arange(nn, dtype=jnp.int32), bias_valid, d["bias_addr"], mt.dtype("bias"))
-    return a, b, bias
 
 
 def compute_tiles(

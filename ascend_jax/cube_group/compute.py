@@ -27,7 +27,7 @@ import numpy as np
 from ascend_jax.cube_group.encode import VEC
 from ascend_jax.cube_group.state import EngineShape
 from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
-from ascend_jax.gm import GM_BASE, load_rows, row_starts, store_rows
+from ascend_jax.gm import load_rows, row_starts, store_rows
 from ascend_jax.matmul import MatmulType, check_operands, combine, compute_tiles, descriptor, empty_tile
 
 
@@ -295,7 +295,7 @@ def _vector_copy(gm: jax.Array, ub: jax.Array, en: jax.Array, w: jax.Array) -> t
     kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
     rows, cols, stride = w[VEC["rows"]], w[VEC["cols"]], w[VEC["stride"]]
     size = jnp.where(dtype == _F32, 4, 2)
-    starts = w[VEC["addr"]] - GM_BASE + jnp.arange(r, dtype=jnp.int32) * stride * size
+    starts = row_starts(w[VEC["addr"]], r, stride, size)
     raw = jax.vmap(lambda s: jax.lax.dynamic_slice(gm, (s,), (c * 4,)))(jnp.where(en, starts, 0))  # [R, 4C]
     as32 = jax.lax.bitcast_convert_type(raw.reshape(r, c, 4), jnp.float32)
     half = raw[:, : 2 * c].reshape(r, c, 2)
