@@ -31,7 +31,7 @@ from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.readout import BatchResult, _Lanes
 from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables, init_state
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
-from ascend_jax.cube_group.step import cursor_slot, final_status, step
+from ascend_jax.cube_group.step import cursor_slot, final_status, lane_done, step
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import row_margin
 
@@ -54,9 +54,7 @@ def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, fields: 
         return jnp.where(bad, new, old).astype(jnp.int32)
 
     phase = pick(AicPhase.ERROR, st.aic_phase)
-    op_len = tab.op_len[:, None] if shape.shared else tab.op_len
-    stopped = (phase == AicPhase.DONE) | (phase == AicPhase.ERROR)
-    done = (st.aiv_pc >= op_len).all(axis=0) & stopped.all(axis=0)
+    done = lane_done(shape, tab, st.aiv_pc, phase)
     status = jnp.where((st.status == Status.RUNNING) & done, Status.OK, st.status)
     return dataclasses.replace(
         st,

@@ -659,8 +659,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
     new, v_ready, vec = aiv_step(shape, tab, cost, st, k_aiv, tmin)
     new, aic_ready_, mm_now, mm_fields_ = aic_step(shape, tab, cost, new, k_aic, tmin)
     steps = st.step + 1
-    stopped = (new.aic_phase == AicPhase.DONE) | (new.aic_phase == AicPhase.ERROR)
-    done = (new.aiv_pc >= _lane(shape, tab.op_len)).all(axis=0) & stopped.all(axis=0)
+    done = lane_done(shape, tab, new.aiv_pc, new.aic_phase)
     progressed = v_ready.any(axis=0) | aic_ready_.any(axis=0)
     status = _select(
         [done, ~progressed, steps >= tab.max_steps], [Status.OK, Status.DEADLOCK, Status.MAX_STEPS], Status.RUNNING
@@ -673,6 +672,12 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
         key=jnp.where(running[:, None], keys, st.key),
     )
     return new, mm_now & running[None, :], mm_fields_, vec
+
+
+def lane_done(shape: EngineShape, tab: Tables, aiv_pc: jax.Array, aic_phase: jax.Array) -> jax.Array:
+    """[B] every AIV past its last op and every AIC out of its loop or stopped at an error."""
+    stopped = (aic_phase == AicPhase.DONE) | (aic_phase == AicPhase.ERROR)
+    return (aiv_pc >= _lane(shape, tab.op_len)).all(axis=0) & stopped.all(axis=0)
 
 
 def final_status(status: jax.Array, aic_phase: jax.Array) -> jax.Array:
