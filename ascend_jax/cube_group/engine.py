@@ -29,7 +29,7 @@ from ascend_jax.cube_group.compute import apply_matmuls, apply_vector_ops
 from ascend_jax.cube_group.encode import EncodedProgram, encode_program
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.readout import BatchResult, _Lanes
-from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables, init_state
+from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables, can_pack, init_state, unpack_slots
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 from ascend_jax.cube_group.step import cursor_slot, final_status, lane_done, step
 from ascend_jax.errors import ConfigError
@@ -38,6 +38,10 @@ from ascend_jax.gm import row_margin
 #: Most lanes per compiled call on a CPU by default (measured: 16,384 lanes of the sample protocol
 #: ran 7.2 M messages/s in one call and 8.6 M/s in chunks of 4,096).
 CPU_CHUNK = 4096
+
+#: Whether batches that allow it run on the packed slot grid (:func:`can_pack`); tests turn it
+#: off to compare the packed and the wide grid.
+PACKED_GRID = True
 
 #: Incremented each time the batched run is traced (tests use it to check for retracing).
 TRACE_COUNT = {"run": 0}
@@ -93,9 +97,10 @@ def _run(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, star
     st = init_state(shape, tab, keys)
     if start is not None:
         st = dataclasses.replace(st, slot=start[0], barrier_arrive=start[1], barrier_wait=start[2])
-    return jax.lax.while_loop(
+    st = jax.lax.while_loop(
         lambda s: (s.status == Status.RUNNING).any(), functools.partial(batch_step, shape, tab, cost), st
     )
+    return dataclasses.replace(st, slot=unpack_slots(shape, tab, st.slot))
 
 
 _run_batch = jax.jit(_run, static_argnums=(0,))
@@ -153,7 +158,9 @@ def make_shape(
         n_vec_ops=_bucket(n_vec) if n_vec else 0,
         ub=ub,
     )
-    return dataclasses.replace(shape, aiv_home=_aiv_home(shape, programs, encoded))
+    shape = dataclasses.replace(shape, aiv_home=_aiv_home(shape, programs, encoded))
+    packed = PACKED_GRID and first.zero_workspace and can_pack(shape, [e.rows for e in encoded])
+    return dataclasses.replace(shape, packed=packed)
 
 
 def _gm_size(first: CubeGroupProgram, encoded: Sequence[EncodedProgram], ub_cols: int = 0) -> int:
@@ -662,7 +669,7 @@ def _run_eager(shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.ndarr
             st = dataclasses.replace(st, slot=start[0], barrier_arrive=start[1], barrier_wait=start[2])
         while bool((st.status == Status.RUNNING).any()):
             st = batch_step(shape, tab, cost, st)
-    return st
+        return dataclasses.replace(st, slot=unpack_slots(shape, tab, st.slot))
 
 
 __all__ = [

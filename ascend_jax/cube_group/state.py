@@ -63,6 +63,7 @@ class EngineShape:
     gm_bounds: tuple = ()  # ((first byte, end byte), ...) of every GM tensor (matmul bounds checks)
     n_vec_ops: int = 0  # Vn: rows of the vector op table (padded; 0: no AIV runs a vector op)
     ub: tuple = (0, 0, 0)  # (NB, R, C): UB buffers per AIV, largest buffer rows and cols
+    packed: bool = False  # the slot grid packs a queue's 4 depths in one word (see :func:`pack_slots`)
 
     @property
     def release(self) -> bool:
@@ -119,6 +120,11 @@ class EngineShape:
                 out.append(base + k * g.aiv_per_aic + c if c < g.queues_of_aic(k) else self.total_queues)
             base += g.msg_queue_size
         return np.array(out, np.int32)
+
+    @property
+    def grid_size(self) -> int:
+        """Positions of the ``[C, W, 4]`` slot grid."""
+        return len(self.aics) * self.row_width * MAX_MSG_PER_AIV
 
     @property
     def num_slots(self) -> int:
@@ -201,6 +207,8 @@ class Tables:
       Matmul state each call leaves and its keep mask; mm_init: [C, M] the state after Init (see
       :class:`ascend_jax.cube_group.encode.EncodedProgram`; [N, 0, 0], [N, 0], [C, 0] without
       a Matmul).
+    slot_ver: [C * W * 4, 64] int32 packed grid only (:attr:`EngineShape.packed`; [0, 64] else):
+      the version a slot holds after its k-th write (k mod 64; column 0: -1, the zeroed workspace).
     vec: [Vn, 12] int32 every vector op's words (:data:`ascend_jax.cube_group.encode.VEC`; [0, 12]
       without vector ops).
     max_steps, receive_limit: [] int32. gm_init: [G] uint8.
@@ -214,6 +222,7 @@ class Tables:
     ver_mmf: jax.Array
     mm_init: jax.Array
     vec: jax.Array
+    slot_ver: jax.Array
     max_steps: jax.Array
     receive_limit: jax.Array
     gm_init: jax.Array
@@ -248,7 +257,9 @@ class State:
     per lane; the lane axis ``B`` is last, except gm and key (lane-major).
 
     slot: [C, W, 4] int32 word per slot: head state in bits 0..7, current version + 1 above (0:
-      the zeroed workspace), see :func:`slot_word`.
+      the zeroed workspace), see :func:`slot_word`. With :attr:`EngineShape.packed`: [C, W] int32,
+      one byte per depth (depth d in bits 8d..8d+7, see :data:`PACK_COUNT_SHIFT`);
+      :func:`unpack_slots` gives the wide form.
     aiv_pc, aiv_timer: [V] next op, steps spent in the current delay.
     aiv_mte3: [V] bool, the KfcWorkspace's MTE3->S flag (set at launch, taken by an MTE3 alloc,
       set again by an MTE3 post). aiv_syncs: [V] SyncAll calls completed.
@@ -326,17 +337,72 @@ VERSION_BITS = 23
 MAX_VERSIONS = 1 << VERSION_BITS
 
 
+#: packed grid: a depth's byte holds the head state in bits 0..1 and, from this bit up, the
+#: number of writes to the slot modulo 64 (``Tables.slot_ver`` maps it to the version)
+PACK_COUNT_SHIFT = 2
+#: packed grid: most writes to one slot (a 6-bit write count must not wrap to a live one)
+PACK_MAX_WRITES = 63
+#: packed grid: bit of op word 0 where a WRITE's write count sits (x keeps its low 20 bits)
+PACK_OP_COUNT_BIT = 24
+
+
 def slot_word(state, ver):
     """The packed slot word: head ``state`` (0..255) and version ``ver`` (-1: zeroed workspace)."""
     return state | ((ver + 1) << 8)
 
 
-def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray) -> np.ndarray:
+def write_counts(rows: list) -> tuple[list[int], dict[int, list[int]]]:
+    """One AIV's op rows (kind, slot, a, b, c): every op's write count (the WRITE's ordinal among
+    writes to its slot, from 1; 0 for other ops) and, per slot, its versions in write order."""
+    counts, versions = [], {}
+    for kind, slot, _, _, c in rows:
+        if kind == OpKind.WRITE:
+            seq = versions.setdefault(int(slot), [])
+            seq.append(int(c))
+            counts.append(len(seq))
+        else:
+            counts.append(0)
+    return counts, versions
+
+
+def can_pack(shape: EngineShape, rows_per_program: list) -> bool:
+    """Whether a batch can use the packed slot grid: every AIV writes only its own queue (one
+    writer per slot, so a write's count is known when encoding), the workspace starts zeroed,
+    head states fit in 2 bits and no slot is written more than :data:`PACK_MAX_WRITES` times."""
+    if shape.aiv_home is None or shape.grid_size >= 1 << (PACK_OP_COUNT_BIT - KIND_BITS):
+        return False
+    for rows in rows_per_program:
+        for row in rows:
+            _, versions = write_counts(row)
+            if any(len(v) > PACK_MAX_WRITES for v in versions.values()):
+                return False
+            if any(kind == OpKind.WRITE and not 0 <= a <= 3 for kind, _, a, _, _ in row):
+                return False
+    return True
+
+
+def unpack_slots(shape: EngineShape, tab: Tables, grid: jax.Array) -> jax.Array:
+    """The wide ``[C, W, 4, B]`` slot words (:func:`slot_word`) of a grid; a packed ``[C, W, B]``
+    grid's versions come from ``Tables.slot_ver``."""
+    if not shape.packed:
+        return grid
+    c, w, b = grid.shape
+    byte = (grid[:, :, None, :] >> (8 * jnp.arange(4, dtype=jnp.int32))[None, None, :, None]) & 0xFF
+    state, count = byte & 3, byte >> PACK_COUNT_SHIFT
+    idx = (jnp.arange(c * w * 4, dtype=jnp.int32).reshape(c, w, 4, 1) << 6) + count
+    table = tab.slot_ver.reshape(-1, *tab.slot_ver.shape[2:])
+    ver = table[idx] if shape.shared else jnp.take_along_axis(table, idx.reshape(-1, b), axis=0).reshape(c, w, 4, b)
+    return slot_word(state, ver)
+
+
+def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
     """[n, 5] (kind, slot, a, b, c) op rows -> [n, 2] int32 words (one fetch per op).
 
     Word 0: ``kind | x << 4 | mte3 << 30`` with ``x`` the slot's grid index, or ``barrier << 6 |
     index`` for barrier ops; ``mte3``: an ALLOC that waits for the MTE3->S flag, a WRITE that
     sets it (``PostMessage<MTE3_MODE>``).
+    With ``counts`` ([n] write counts, packed grid) a WRITE's count mod 64 sits at bit
+    :data:`PACK_OP_COUNT_BIT` of word 0 (the packed step reads only the depth, ``x & 3``).
     Word 1: WRITE ``version | state << 23``; WAIT the sync flag; DELAY the cycles; barrier ops
     the counter threshold (-1: none); VECTOR its row of ``Tables.vec``; ALLOC 0.
     """
@@ -350,6 +416,8 @@ def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray) -> np.ndarray:
         0,
     )
     mte3 = np.where((kind == OpKind.ALLOC) | (kind == OpKind.WRITE), b, 0)
+    if counts is not None:  # packed grid: a WRITE's write count mod 64 above x's low 20 bits
+        x = np.where(kind == OpKind.WRITE, x | ((counts % 64) << (PACK_OP_COUNT_BIT - KIND_BITS)), x)
     return np.stack([kind | (x << KIND_BITS) | (mte3 << MTE3_BIT), w1], axis=-1).astype(np.int32)
 
 
@@ -357,6 +425,9 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
     """Pads one encoded program to ``shape`` and returns its tables (numpy, ready to stack)."""
     v, l_ = len(shape.aiv_blocks), shape.max_ops
     rows = np.zeros((v, l_, 5), np.int64)  # (kind, slot, a, b, c); NOP padding
+    counts = np.zeros((v, l_), np.int64)
+    slot_ver = np.zeros((shape.grid_size if shape.packed else 0, 64), np.int32)
+    slot_ver[:, 0] = -1
     lens = np.zeros(v, np.int32)
     by_block = dict(zip((b for b, _ in program.aivs), enc.rows, strict=True))
     for i, b in enumerate(shape.aiv_blocks):
@@ -364,7 +435,13 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         lens[i] = len(row)
         if row:
             rows[i, : len(row)] = row
-    ops = pack_op(rows.reshape(-1, 5), shape.grid_of_slot).reshape(v, l_, 2)
+            if shape.packed:
+                cnt, versions = write_counts(row)
+                counts[i, : len(row)] = cnt
+                for s, seq in versions.items():
+                    slot_ver[shape.grid_of_slot[s], 1 : len(seq) + 1] = seq
+    packed_counts = counts.reshape(-1) if shape.packed else None
+    ops = pack_op(rows.reshape(-1, 5), shape.grid_of_slot, packed_counts).reshape(v, l_, 2)
     n, f = shape.n_versions, shape.n_actions
     nv, fv = enc.n_versions, enc.n_actions
 
@@ -412,6 +489,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         ver_mmf=ver_mmf,
         mm_init=enc.mm_init[:, : N_MM if mm_words else 0].astype(np.int32),
         vec=vec,
+        slot_ver=slot_ver,
         max_steps=np.int32(program.max_steps),
         receive_limit=np.int32(enc.capacity),
         gm_init=gm_init,
@@ -448,7 +526,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
     alive = np.arange(w)[None, :] < consts["n"][:, None]
     gm = tab.gm_init
     return State(
-        slot=zeros(c, w, MAX_MSG_PER_AIV),
+        slot=zeros(c, w) if shape.packed else zeros(c, w, MAX_MSG_PER_AIV),
         aiv_pc=zeros(v),
         aiv_timer=zeros(v),
         aiv_mte3=jnp.ones((v, b), bool),
@@ -490,6 +568,8 @@ __all__ = [
     "init_state",
     "pack_op",
     "slot_word",
+    "unpack_slots",
+    "can_pack",
     "VER",
     "ACT",
 ]

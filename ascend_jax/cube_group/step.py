@@ -29,6 +29,8 @@ from ascend_jax.cube_group.state import (
     KIND_BITS,
     MAX_VERSIONS,
     MTE3_BIT,
+    PACK_COUNT_SHIFT,
+    PACK_OP_COUNT_BIT,
     VER,
     VERSION_BITS,
     EngineShape,
@@ -150,8 +152,9 @@ def _aiv_ops(shape: EngineShape, tab: Tables, st: State):
 
 
 def _home_rows(shape: EngineShape, grid: jax.Array) -> jax.Array:
-    """[V, 4, B] each AIV's own queue row of the ``[C, W, 4, B]`` grid (static rows)."""
-    rows = grid.reshape(-1, D4, grid.shape[-1])
+    """[V, 4, B] each AIV's own queue row of the ``[C, W, 4, B]`` grid (static rows); [V, B] words
+    of a packed ``[C, W, B]`` grid."""
+    rows = grid.reshape(-1, *grid.shape[2:])
     home = np.asarray(shape.aiv_home)
     if home.shape[0] == rows.shape[0] and (home == np.arange(home.shape[0])).all():
         return rows
@@ -160,7 +163,7 @@ def _home_rows(shape: EngineShape, grid: jax.Array) -> jax.Array:
 
 def _home_write(shape: EngineShape, grid: jax.Array, new_rows: jax.Array) -> jax.Array:
     """Writes the AIVs' rows back into the grid (inverse of :func:`_home_rows`)."""
-    rows = grid.reshape(-1, D4, grid.shape[-1])
+    rows = grid.reshape(-1, *grid.shape[2:])
     home = np.asarray(shape.aiv_home)
     if home.shape[0] == rows.shape[0] and (home == np.arange(home.shape[0])).all():
         return new_rows.reshape(grid.shape)
@@ -186,6 +189,26 @@ def _slot_write(shape: EngineShape, grid: jax.Array, x: jax.Array, mask: jax.Arr
     lanes = jnp.broadcast_to(jnp.arange(flat.shape[1])[None, :], x.shape)
     flat = flat.at[jnp.where(mask, x, flat.shape[0]), lanes].set(value, mode="drop")
     return flat.reshape(grid.shape)
+
+
+def _aiv_slot_state(shape: EngineShape, grid: jax.Array, x: jax.Array) -> jax.Array:
+    """[V, B] the head state of each AIV's target slot (grid index ``x`` [V, B])."""
+    if shape.packed:  # the AIV's own queue row, depth x & 3
+        word = _home_rows(shape, grid)
+        return (word >> ((x & (D4 - 1)) << 3)) & 3
+    return _slot_read(shape, grid, x) & 0xFF
+
+
+def _aiv_slot_post(shape: EngineShape, grid: jax.Array, x: jax.Array, mask: jax.Array, state, version, count):
+    """The grid with each masked AIV's target slot (grid index ``x``) holding head ``state`` and
+    ``version`` (wide grid) or its write ``count`` (packed grid), all [V, B]."""
+    if not shape.packed:
+        return _slot_write(shape, grid, x, mask, slot_word(state, version))
+    word = _home_rows(shape, grid)  # [V, B]
+    shift = (x & (D4 - 1)) << 3
+    byte = state | (count << PACK_COUNT_SHIFT)
+    new = (word & ~(jnp.int32(0xFF) << shift)) | (byte << shift)
+    return _home_write(shape, grid, jnp.where(mask, new, word))
 
 
 def _barrier_read(st_counter: jax.Array, bar: jax.Array, idx: jax.Array) -> jax.Array:
@@ -250,7 +273,7 @@ def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
     """[V, B] whether each AIV's next op is enabled on ``st`` (never in a lane that has stopped)."""
     active = (st.aiv_pc < _lane(shape, tab.op_len)) & (st.status == Status.RUNNING)[None, :]
     _, kind, x, a, b, c = ops
-    slot_free = (_slot_read(shape, st.slot, x) & 0xFF) == FREE
+    slot_free = _aiv_slot_state(shape, st.slot, x) == FREE
     conds = [kind == OpKind.ALLOC, kind == OpKind.WAIT]
     values = [slot_free & ((b == 0) | st.aiv_mte3), (a == 0) | slot_free]  # an MTE3 alloc waits for the flag
     if shape.has_sync:  # SyncAll: every AIV with a program at this round, every AIC out of its loop
@@ -290,7 +313,8 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         advance = act & (~is_delay | delay_done)
 
     write = act & (kind == OpKind.WRITE)
-    slot = _slot_write(shape, st.slot, x, write, slot_word(a, c))
+    count = (x >> (PACK_OP_COUNT_BIT - KIND_BITS)) & 63  # packed grid: the write's count mod 64
+    slot = _aiv_slot_post(shape, st.slot, x, write, a, c, count)
     aiv_syncs = st.aiv_syncs + (act & (kind == OpKind.SYNC)) if shape.has_sync else st.aiv_syncs
     mte3 = (b == 1) & ((kind == OpKind.ALLOC) | write)
     aiv_mte3 = jnp.where(act & mte3, kind == OpKind.WRITE, st.aiv_mte3)  # alloc takes it, post sets it
@@ -298,7 +322,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     wait_result = st.aiv_wait_result
     if shape.wait_tests:
         test = act & (kind == OpKind.WAIT) & (a == 0)
-        slot_free = (_slot_read(shape, st.slot, x) & 0xFF) == FREE
+        slot_free = _aiv_slot_state(shape, st.slot, x) == FREE
         sel = test[:, None, :] & (pc[:, None, :] == jnp.arange(wait_result.shape[1])[None, :, None])
         wait_result = jnp.where(sel, slot_free[:, None, :].astype(jnp.int8), wait_result)
 
@@ -402,8 +426,59 @@ def _free_asserts(shape: EngineShape, tab: Tables, ver: jax.Array, n: jax.Array,
     return first
 
 
-def _act_index(shape: EngineShape, tab: Tables, ver: jax.Array, pc: jax.Array) -> jax.Array:
-    return ver * tab.act.shape[1] + pc
+def _packed_states(grid: jax.Array) -> jax.Array:
+    """[C, W, 4, B] the head states of a packed ``[C, W, B]`` grid."""
+    return (grid[:, :, None, :] >> (8 * jnp.arange(D4, dtype=jnp.int32))[None, None, :, None]) & 3
+
+
+def _block_byte(shape: EngineShape, grid: jax.Array, slot: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Packed grid: the byte of global slots ``slot`` [C, B] read by AIC c, their grid index and
+    whether the slot can be read, all [C, B] (byte 0 outside the group, as :func:`_slot_pick`). A debug build's cursor and frees stay
+    in the AIC's own block (a skip past the row and a free outside it are errors), so the word is a
+    select over the block's columns; a release build's may leave it (a gather)."""
+    c_num, w, b = grid.shape
+    if not shape.release:
+        consts = shape.aic_constants()
+        block, p = (jnp.asarray(consts[k])[:, None] for k in ("block", "p"))
+        rel = slot - block
+        d = (rel >= p).astype(jnp.int32) + (rel >= 2 * p) + (rel >= 3 * p)
+        col = rel - d * p
+        inside = (rel >= 0) & (rel < D4 * p)
+        sel = col[:, None, :] == jnp.arange(w)[None, :, None]
+        word = jnp.where(sel, grid, 0).sum(axis=1)
+        idx = ((jnp.arange(c_num, dtype=jnp.int32)[:, None] * w + col) << 2) + d
+    else:
+        idx, inside = _slot_index(shape, slot)
+        word = jnp.take_along_axis(grid.reshape(-1, b), idx >> 2, axis=0)
+        d = idx & (D4 - 1)
+    return jnp.where(inside, (word >> (d << 3)) & 0xFF, 0), jnp.where(inside, idx, 0), inside
+
+
+def _packed_word(shape: EngineShape, tab: Tables, grid: jax.Array, slot: jax.Array) -> jax.Array:
+    """Packed grid: the wide word (:func:`slot_word`) of global slots ``slot`` [C, B], the version
+    looked up in ``Tables.slot_ver`` from the write count."""
+    byte, idx, _ = _block_byte(shape, grid, slot)
+    flat = tab.slot_ver.reshape(-1, *tab.slot_ver.shape[2:])
+    ver = _lookup(shape, flat[:, None], (idx << 6) + (byte >> PACK_COUNT_SHIFT))[:, 0]
+    return slot_word(byte & 3, ver)
+
+
+def _packed_free(shape: EngineShape, grid: jax.Array, slot: jax.Array, mask: jax.Array) -> jax.Array:
+    """Packed grid: FreeMessage of global slots ``slot`` [C, B] where ``mask``: the head state
+    bits cleared, the write count kept. Several AICs may clear bits of one word in one step."""
+    c_num, w, b = grid.shape
+    _, idx, inside = _block_byte(shape, grid, slot)
+    mask = mask & inside
+    bits = jnp.where(mask, jnp.int32(3) << ((idx & (D4 - 1)) << 3), 0)  # [C, B]
+    row = idx >> 2
+    if not shape.release:  # each AIC clears a bit pair of its own block
+        sel = (row - jnp.arange(c_num, dtype=jnp.int32)[:, None] * w)[:, None, :] == jnp.arange(w)[None, :, None]
+        return grid & ~jnp.where(sel, bits[:, None, :], 0)
+    flat = grid.reshape(-1, b)
+    clear = jnp.zeros_like(flat)
+    for k in range(c_num):  # an OR over AICs: two may free slots of one queue row in one step
+        clear = clear | jnp.where(row[k][None, :] == jnp.arange(flat.shape[0])[:, None], bits[k][None, :], 0)
+    return (flat & ~clear).reshape(grid.shape)
 
 
 def _aic_head(shape: EngineShape, tab: Tables, st: State):
@@ -414,6 +489,9 @@ def _aic_head(shape: EngineShape, tab: Tables, st: State):
     flat = tab.act.reshape(-1, *tab.act.shape[2:])
     act = _lookup(shape, flat, st.aic_ver * f + pc)
     cur, f_slot = cursor_slot(shape, st), act[:, ACT["slot"]]
+    if shape.packed:  # f_word: the head state only (a free keeps the write count)
+        f_word = _block_byte(shape, st.slot, f_slot)[0] & 3
+        return cur, _packed_word(shape, tab, st.slot, cur), pc, act, f_slot, f_word
     return cur, _slot_pick(shape, st.slot, cur), pc, act, f_slot, _slot_pick(shape, st.slot, f_slot)
 
 
@@ -546,8 +624,11 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     free_act = act & in_call
     mm_now = free_act & f_is_mm
     freeing = free_act & ~f_is_mm
-    freed_word = (f_word & ~0xFF) | FREE  # FreeMessage writes the head state only
-    slot = _slot_put(shape, st.slot, f_slot, freeing, freed_word)
+    if shape.packed:
+        slot = _packed_free(shape, st.slot, f_slot, freeing)
+    else:
+        freed_word = (f_word & ~0xFF) | FREE  # FreeMessage writes the head state only
+        slot = _slot_put(shape, st.slot, f_slot, freeing, freed_word)
     next_pc = act_row[:, ACT["next"]]
     aic_pc = jnp.where(call_now, first, jnp.where(free_act, next_pc, st.aic_pc))
     aic_ver = jnp.where(call_now, ver, st.aic_ver)
@@ -619,7 +700,8 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 def _occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
     """Adds the time since the last event to each queue row's occupancy level (0..4 non-FREE)."""
     tm = st.timed
-    busy = ((st.slot & 0xFF) != FREE).sum(axis=2)  # [C, W, B]
+    states = _packed_states(st.slot) if shape.packed else st.slot & 0xFF
+    busy = (states != FREE).sum(axis=2)  # [C, W, B]
     level = busy.reshape(-1, busy.shape[-1])
     finite = jnp.isfinite(tmin)
     dt = jnp.where(finite, jnp.maximum(tmin - tm.t_now, 0.0), 0.0)
