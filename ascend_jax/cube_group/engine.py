@@ -530,6 +530,14 @@ def _check_same_call(mesh, prep: Prepared, chunk_size: int) -> None:
         )
 
 
+def default_chunk(prep: Prepared) -> int:
+    """Lanes per compiled call when ``simulate`` is not told: what fits the memory budget, and on a
+    CPU at most :data:`CPU_CHUNK` (lanes beyond a few thousand fall out of the CPU caches)."""
+    n = len(prep.seeds)
+    chunk = 1 if n == 1 else max(1, min(n, _memory_budget() // (8 * _lane_bytes(prep))))
+    return min(chunk, CPU_CHUNK) if jax.default_backend() == "cpu" else chunk
+
+
 def compile_batch(prep: Prepared, chunk: int | None = None, devices: int | None = None):
     """The compiled loop of a prepared batch and its device arguments (for benchmarks):
     ``fn, args = compile_batch(prep); jax.block_until_ready(fn(*args))`` runs the loop alone."""
@@ -584,9 +592,7 @@ def simulate(
     mesh = _mesh(devices) if jit else None
     n_dev = 1 if mesh is None else mesh.size
     if chunk_size is None:
-        chunk_size = 1 if n == 1 else max(1, min(n, _memory_budget() // (8 * _lane_bytes(prep))))
-        if jax.default_backend() == "cpu":  # lanes beyond a few thousand fall out of the CPU caches
-            chunk_size = min(chunk_size, CPU_CHUNK)
+        chunk_size = default_chunk(prep)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ConfigError("chunk_size", chunk_size, "must be an integer >= 1")
     chunk_size = min(chunk_size, n)

@@ -9,6 +9,7 @@ Symbols (spec §1): ``A`` AICs in the group (``block_size / 2``), ``Q`` queues (
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -41,22 +42,22 @@ class GroupGeometry:
     base_addr: int
     slot_base: int
 
-    @property
+    @functools.cached_property
     def aic_num(self) -> int:
         """A: AICs in the group."""
         return self.block_size // MIX_NUM
 
-    @property
+    @functools.cached_property
     def first_aic(self) -> int:
         """Absolute index of the group's first AIC."""
         return self.block_start // MIX_NUM
 
-    @property
+    @functools.cached_property
     def aiv_per_aic(self) -> int:
         """P = Ceil(Q, A): row width of each AIC block."""
         return -(-self.msg_queue_size // self.aic_num)
 
-    @property
+    @functools.cached_property
     def num_slots(self) -> int:
         """P * A * 4 slots (``msgSize`` in the implementation)."""
         return self.aiv_per_aic * self.aic_num * MAX_MSG_PER_AIV

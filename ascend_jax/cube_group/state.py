@@ -351,18 +351,18 @@ def slot_word(state, ver):
     return state | ((ver + 1) << 8)
 
 
-def write_counts(rows: list) -> tuple[list[int], dict[int, list[int]]]:
-    """One AIV's op rows (kind, slot, a, b, c): every op's write count (the WRITE's ordinal among
-    writes to its slot, from 1; 0 for other ops) and, per slot, its versions in write order."""
-    counts, versions = [], {}
-    for kind, slot, _, _, c in rows:
-        if kind == OpKind.WRITE:
-            seq = versions.setdefault(int(slot), [])
-            seq.append(int(c))
-            counts.append(len(seq))
-        else:
-            counts.append(0)
-    return counts, versions
+def write_counts(rows: np.ndarray) -> np.ndarray:
+    """[n] the write count of every op of ``rows`` [n, 5] (kind, slot, a, b, c), in program order
+    per slot: a WRITE's ordinal among the writes to its slot, from 1; 0 for other ops."""
+    pos = np.flatnonzero(rows[:, 0] == OpKind.WRITE)
+    slots = rows[pos, 1]
+    order = np.argsort(slots, kind="stable")
+    ranked = slots[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    out = np.zeros(len(rows), np.int64)
+    out[pos[order]] = rank + 1
+    return out
 
 
 def can_pack(shape: EngineShape, rows_per_program: list) -> bool:
@@ -372,12 +372,10 @@ def can_pack(shape: EngineShape, rows_per_program: list) -> bool:
     if shape.aiv_home is None or shape.grid_size >= 1 << (PACK_OP_COUNT_BIT - KIND_BITS):
         return False
     for rows in rows_per_program:
-        for row in rows:
-            _, versions = write_counts(row)
-            if any(len(v) > PACK_MAX_WRITES for v in versions.values()):
-                return False
-            if any(kind == OpKind.WRITE and not 0 <= a <= 3 for kind, _, a, _, _ in row):
-                return False
+        ops = np.array([op for row in rows for op in row], np.int64).reshape(-1, 5)
+        writes = ops[ops[:, 0] == OpKind.WRITE]
+        if len(writes) and (np.bincount(writes[:, 1]).max() > PACK_MAX_WRITES or not (writes[:, 2] <= 3).all()):
+            return False
     return True
 
 
@@ -425,9 +423,6 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
     """Pads one encoded program to ``shape`` and returns its tables (numpy, ready to stack)."""
     v, l_ = len(shape.aiv_blocks), shape.max_ops
     rows = np.zeros((v, l_, 5), np.int64)  # (kind, slot, a, b, c); NOP padding
-    counts = np.zeros((v, l_), np.int64)
-    slot_ver = np.zeros((shape.grid_size if shape.packed else 0, 64), np.int32)
-    slot_ver[:, 0] = -1
     lens = np.zeros(v, np.int32)
     by_block = dict(zip((b for b, _ in program.aivs), enc.rows, strict=True))
     for i, b in enumerate(shape.aiv_blocks):
@@ -435,13 +430,15 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         lens[i] = len(row)
         if row:
             rows[i, : len(row)] = row
-            if shape.packed:
-                cnt, versions = write_counts(row)
-                counts[i, : len(row)] = cnt
-                for s, seq in versions.items():
-                    slot_ver[shape.grid_of_slot[s], 1 : len(seq) + 1] = seq
-    packed_counts = counts.reshape(-1) if shape.packed else None
-    ops = pack_op(rows.reshape(-1, 5), shape.grid_of_slot, packed_counts).reshape(v, l_, 2)
+    flat = rows.reshape(-1, 5)
+    slot_ver = np.zeros((shape.grid_size if shape.packed else 0, 64), np.int32)
+    slot_ver[:, 0] = -1
+    counts = None
+    if shape.packed:  # one writer per slot: (v, pc) order is each slot's write order
+        counts = write_counts(flat)
+        w = counts > 0
+        slot_ver[shape.grid_of_slot[flat[w, 1]], counts[w]] = flat[w, 4]
+    ops = pack_op(flat, shape.grid_of_slot, counts).reshape(v, l_, 2)
     n, f = shape.n_versions, shape.n_actions
     nv, fv = enc.n_versions, enc.n_actions
 
