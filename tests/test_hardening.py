@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ascend_jax as aj
 from ascend_jax.cli import main
 
 HOSTILE = Path(__file__).parent / "hostile"
@@ -292,3 +293,18 @@ def test_console_script_process_exits_2_without_a_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "scenario = " in proc.stderr and "is not UTF-8 text" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seeds", [True, "ab", 1.5, 2**32 - 1, -1, [0, True]])
+def test_simulate_rejects_bad_seeds_with_a_config_error(seeds):
+    """Every lane needs a uint32 seed: an integer (lane i gets seed + i, all within uint32) or one
+    integer per lane; anything else is a ConfigError naming the field, never a TypeError."""
+    k = aj.CubeGroupKernel()
+    g = k.create_cube_res_group("g", 0, 2, 1)
+    a = k.aiv(0)
+    a.assign_queue(g, 0)
+    a.post(g)
+    a.quit(g)
+    program = k.compile()
+    with pytest.raises(aj.ConfigError, match="seeds"):
+        aj.simulate([program, program], seeds=seeds)

@@ -260,24 +260,30 @@ def prepare(
             raise ConfigError("max_steps", max_steps, "must be an integer in 1..2**31-1")
         swapped = {id(p): dataclasses.replace(p, max_steps=max_steps) for p in programs}
         programs = [swapped[id(p)] for p in programs]
+    n = len(programs)
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-        seeds = [int(seeds) + i for i in range(len(programs))]
-    seeds = list(seeds)
-    if len(seeds) != len(programs):
-        raise ConfigError("seeds", seeds, f"needs one seed per lane ({len(programs)})")
-    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**32]
-    if bad:
-        raise ConfigError("seeds", bad[0], "seeds must be integers in 0..2**32-1", "lower the first seed or the batch")
-    seeds_arr = np.asarray(seeds, np.uint32)
+        if not 0 <= int(seeds) <= 2**32 - n:  # lane i gets seed + i
+            raise ConfigError(
+                "seeds", int(seeds), "seeds must be integers in 0..2**32-1", "lower the first seed or the batch"
+            )
+        seeds_arr = np.arange(int(seeds), int(seeds) + n, dtype=np.int64).astype(np.uint32)
+    else:
+        if isinstance(seeds, (bool, str, bytes)) or not isinstance(seeds, (Sequence, np.ndarray)):
+            raise ConfigError("seeds", seeds, "must be an integer (lane i gets seed + i) or one integer per lane")
+        seeds = list(seeds)
+        if len(seeds) != n:
+            raise ConfigError("seeds", seeds, f"needs one seed per lane ({n})")
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**32]
+        if bad:
+            raise ConfigError(
+                "seeds", bad[0], "seeds must be integers in 0..2**32-1", "lower the first seed or the batch"
+            )
+        seeds_arr = np.asarray(seeds, np.uint32)
     from ascend_jax.timing import CostModel
 
-    order: dict[int, int] = {}
-    distinct: list[CubeGroupProgram] = []
-    for p in programs:
-        if id(p) not in order:
-            order[id(p)] = len(distinct)
-            distinct.append(p)
-    index = np.array([order[id(p)] for p in programs], np.int64)
+    order: dict[int, int] = {}  # id of each distinct program -> its index, in order of first use
+    index = np.fromiter((order.setdefault(id(p), len(order)) for p in programs), np.int64, n)
+    distinct = list({id(p): p for p in programs}.values())
     if costs is None or isinstance(costs, CostModel):
         vecs = np.stack([(costs or CostModel.for_chip(p.chip)).vector() for p in distinct])
         cost_arr = vecs[index]  # one cost vector per distinct program, gathered per lane
