@@ -106,6 +106,14 @@ def _run(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, star
 _run_batch = jax.jit(_run, static_argnums=(0,))
 
 
+def _run_arrays(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start=None) -> dict[str, jax.Array]:
+    """The compiled loop, then its final state as lane-major result arrays (:func:`lane_major`)."""
+    return lane_major(shape, _run(shape, tab, cost, keys, start))
+
+
+_run_arrays_batch = jax.jit(_run_arrays, static_argnums=(0,))
+
+
 def _bucket(n: int) -> int:
     """Rounds a padded size up to a power of two (at least 8), so that programs of similar size
     share one compilation; the true per-lane limits stay in the traced tables."""
@@ -477,7 +485,7 @@ def _place(mesh, shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.nda
     return tab, last(cost), first(keys)
 
 
-def _fetch(mesh, st: State) -> State:
+def _fetch(mesh, st):
     """The final state as host numpy arrays, whole on every process: a multi-process run first
     replicates every field over the mesh (one compiled all-gather), then reads the local copy."""
     if mesh is not None and jax.process_count() > 1:
@@ -615,14 +623,17 @@ def simulate(
             relaunch = not prep.lanes.programs[0].zero_workspace
             if jit:
                 placed = _place(mesh, prep.shape, *args)
-                final = _run_batch(prep.shape, *placed)
+                start = None
                 if relaunch:  # report a second launch on the first one's workspace
-                    final = _run_batch(prep.shape, *placed, (final.slot, final.barrier_arrive, final.barrier_wait))
+                    first = _run_batch(prep.shape, *placed)
+                    start = (first.slot, first.barrier_arrive, first.barrier_wait)
+                final = _run_arrays_batch(prep.shape, *placed, start)
             else:
-                final = _run_eager(prep.shape, *args)
+                st = _run_eager(prep.shape, *args)
                 if relaunch:
-                    final = _run_eager(prep.shape, *args, (final.slot, final.barrier_arrive, final.barrier_wait))
-            parts.append({k: v[:real] for k, v in _lane_major(prep.shape, _fetch(mesh, final)).items()})
+                    st = _run_eager(prep.shape, *args, (st.slot, st.barrier_arrive, st.barrier_wait))
+                final = lane_major(prep.shape, st)
+            parts.append({k: np.asarray(v)[:real] for k, v in _fetch(mesh, final).items()})
             if bar is not None:
                 bar[0].update(bar[1], advance=real)
         if bar is not None:
@@ -631,15 +642,16 @@ def simulate(
     return BatchResult(prep.shape, prep.lanes, arrays, prep.seeds, prep.costs, schedule)
 
 
-def _lane_major(shape: EngineShape, st: State) -> dict[str, np.ndarray]:
-    """The final state as one flat dict of lane-major numpy arrays ``[B, ...]``; slots (and slot
-    times) in global slot order ``[B, S]``, queue occupancy in queue order ``[B, Q, 5]``."""
-    out = {f.name: np.asarray(getattr(st, f.name)) for f in dataclasses.fields(State) if f.name != "timed"}
-    if st.timed is not None:
-        out.update({f.name: np.asarray(getattr(st.timed, f.name)) for f in dataclasses.fields(st.timed)})
-    out.pop("ub")  # UB contents at the end are not part of a result
-    lane_major = set(State.LANE_MAJOR)
-    out = {k: (v if k in lane_major else np.moveaxis(v, -1, 0)) for k, v in out.items()}
+def lane_major(shape: EngineShape, st: State) -> dict[str, jax.Array]:
+    """The final state as one flat dict of lane-major arrays ``[B, ...]`` (the :class:`BatchResult`
+    arrays); slots (and slot times) in global slot order ``[B, S]`` as ``slot_state`` and
+    ``slot_ver``, queue occupancy in queue order ``[B, Q, 5]``. Traced with the loop, so that the
+    transposes run on the device (numpy transposes of the receive log cost more than the loop)."""
+    out = {f.name: getattr(st, f.name) for f in dataclasses.fields(State) if f.name not in ("timed", "ub")}
+    if st.timed is not None:  # UB contents at the end are not part of a result
+        out.update({f.name: getattr(st.timed, f.name) for f in dataclasses.fields(st.timed)})
+    lane_major_ = set(State.LANE_MAJOR)
+    out = {k: (v if k in lane_major_ else jnp.moveaxis(v, -1, 0)) for k, v in out.items()}
     b = out["status"].shape[0]
     grid = shape.grid_of_slot
     slot = out.pop("slot").reshape(b, -1)[:, grid]
