@@ -1,13 +1,10 @@
 """One engine step for a whole batch: every enabled AIV acts, then every enabled AIC acts.
 
-The step is written for the batch with the lane axis last (``[..., B]``), so its selects and
-reductions run over contiguous lanes. Per-lane look-ups avoid gathers where the structure allows:
-an AIV's next op is a one-hot select over its ops (short programs), its own queue is a static row
-of the slot grid, an AIC's cursor and the slot it frees are one-hot selects over its ``W x 4``
-block, barrier counters a one-hot over their copies. Gathers remain only for the callback's
-decision tables (``[C]`` per lane) and as the general path for long programs or AIVs that touch
-other queues. Blocking calls are predicates evaluated once per step on the state at the start of
-the phase; cores act by masks (no ``lax.cond`` / ``lax.switch``).
+The step is written for the batch with the lane axis last (``[..., B]``); reading and writing
+the slot grid and the tables goes through :mod:`ascend_jax.cube_group.access`, and the timed
+schedule's start cycles and durations come from :mod:`ascend_jax.cube_group.timed`. Blocking
+calls are predicates evaluated once per step on the state at the start of the phase; cores act
+by masks (no ``lax.cond`` / ``lax.switch``).
 
 The callback is not evaluated here: its decision for every slot version was computed when the
 program was encoded (:mod:`ascend_jax.cube_group.encode`). A lane that is not RUNNING enables no
@@ -22,100 +19,45 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group.access import (
+    aiv_slot_post,
+    aiv_slot_state,
+    barrier_read,
+    block_byte,
+    first_true,
+    lane_table,
+    lookup,
+    mm_fields,
+    packed_free,
+    packed_word,
+    select_first,
+    slot_pick,
+    slot_put,
+    slot_write,
+    vector_words,
+)
 from ascend_jax.cube_group.callbacks import NO_WAIT
-from ascend_jax.cube_group.encode import VEC
 from ascend_jax.cube_group.state import (
     ACT,
     KIND_BITS,
     MAX_VERSIONS,
     MTE3_BIT,
-    PACK_COUNT_SHIFT,
     PACK_OP_COUNT_BIT,
     VER,
     VERSION_BITS,
     EngineShape,
     State,
     Tables,
-    slot_word,
 )
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
-from ascend_jax.matmul import AF, N_ACTION, N_MM
+from ascend_jax.cube_group.timed import aic_times, aiv_times, occupancy
+from ascend_jax.matmul import N_MM
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
-from ascend_jax.timing import C as TC
 
 FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
 D4 = MAX_MSG_PER_AIV
 #: programs up to this many ops per AIV fetch ops by a one-hot select, longer ones by a gather
 ONEHOT_OPS = 32
-
-
-# -- look-up helpers (lane axis last) -----------------------------------------------------------
-def _lane(shape: EngineShape, x: jax.Array) -> jax.Array:
-    """A table field made broadcastable against ``[..., B]`` (shared tables have no lane axis)."""
-    return x[..., None] if shape.shared else x
-
-
-def _lookup(shape: EngineShape, table: jax.Array, idx: jax.Array) -> jax.Array:
-    """Rows of a table at ``idx`` [M, B]: ``table`` [K, *X] (shared) or [K, *X, B] -> [M, *X, B]."""
-    if shape.shared:
-        return jnp.moveaxis(table[idx], 1, -1)
-    extra = table.ndim - 2
-    full = jnp.broadcast_to(idx.reshape(idx.shape[0], *(1,) * extra, idx.shape[1]), (idx.shape[0], *table.shape[1:]))
-    return jnp.take_along_axis(table, full, axis=0)
-
-
-def _pick4(rows: jax.Array, d: jax.Array) -> jax.Array:
-    """``rows`` [M, 4, B] at depth ``d`` [M, B] -> [M, B] (a select chain over the 4 depths)."""
-    out = rows[:, 0]
-    for k in range(1, D4):
-        out = jnp.where(d == k, rows[:, k], out)
-    return out
-
-
-def _slot_index(shape: EngineShape, slot: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Flat grid index of global slots ``slot`` [C, B] read by AIC c, and whether the slot lies in
-    that AIC's group (a cursor or free past the group's slots, possible in a release build, reads
-    FREE and writes nothing)."""
-    consts = shape.aic_constants()
-    lo, hi = (jnp.asarray(consts[k])[:, None] for k in ("group_lo", "group_hi"))
-    inside = (slot >= lo) & (slot < hi)
-    table = jnp.asarray(shape.grid_of_slot, jnp.int32)
-    return table[jnp.clip(slot, 0, table.shape[0] - 1)], inside
-
-
-def _slot_pick(shape: EngineShape, grid: jax.Array, slot: jax.Array) -> jax.Array:
-    """The words (or times) of global slots ``slot`` [C, B] from ``grid`` [C, W, 4, B] (a gather of
-    C elements per lane; 0 outside the group)."""
-    flat = grid.reshape(-1, grid.shape[-1])
-    idx, inside = _slot_index(shape, slot)
-    return jnp.where(inside, jnp.take_along_axis(flat, idx, axis=0), jnp.zeros((), grid.dtype))
-
-
-def _slot_put(shape: EngineShape, grid: jax.Array, slot: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
-    """``grid`` with global slot ``slot`` set to ``value`` where ``mask`` (all [C, B])."""
-    flat = grid.reshape(-1, grid.shape[-1])
-    idx, inside = _slot_index(shape, slot)
-    idx = jnp.where(mask & inside, idx, flat.shape[0])
-    lanes = jnp.broadcast_to(jnp.arange(flat.shape[1])[None, :], idx.shape)
-    return flat.at[idx, lanes].set(value, mode="drop").reshape(grid.shape)
-
-
-def _select(conds: list, values: list, default):
-    """``jnp.select`` as a chain of ``where`` (the first true condition wins). ``jnp.select`` takes an
-    argmax over the stacked conditions, which XLA:CPU runs as a slow, unvectorised variadic reduce."""
-    out = default
-    for cond, value in zip(reversed(conds), reversed(values), strict=True):
-        out = jnp.where(cond, value, out)
-    return out
-
-
-def _first_true(mask: jax.Array, axis: int = 0) -> jax.Array:
-    """Index of the first True along ``axis`` (0 if none). A min over indices, not ``argmax``:
-    XLA:CPU runs argmax as a variadic reduce that does not vectorise over lanes."""
-    n = mask.shape[axis]
-    iota = jax.lax.broadcasted_iota(jnp.int32, mask.shape, axis)
-    first = jnp.where(mask, iota, n).min(axis=axis)
-    return jnp.where(first == n, 0, first)
 
 
 def _chosen(shape: EngineShape, keys: jax.Array, n: int) -> jax.Array:
@@ -134,8 +76,8 @@ def _aiv_ops(shape: EngineShape, tab: Tables, st: State):
     pc = jnp.minimum(st.aiv_pc, n_ops - 1)
     if n_ops <= ONEHOT_OPS:
         sel = pc[:, None, :] == jnp.arange(n_ops)[None, :, None]
-        w0 = jnp.where(sel, _lane(shape, tab.ops[:, :, 0]), 0).sum(axis=1)
-        w1 = jnp.where(sel, _lane(shape, tab.ops[:, :, 1]), 0).sum(axis=1)
+        w0 = jnp.where(sel, lane_table(shape, tab.ops[:, :, 0]), 0).sum(axis=1)
+        w1 = jnp.where(sel, lane_table(shape, tab.ops[:, :, 1]), 0).sum(axis=1)
     elif shape.shared:
         w = tab.ops[jnp.arange(pc.shape[0])[:, None], pc]
         w0, w1 = w[..., 0], w[..., 1]
@@ -151,143 +93,25 @@ def _aiv_ops(shape: EngineShape, tab: Tables, st: State):
     return pc, kind, x, a, b, c
 
 
-def _home_rows(shape: EngineShape, grid: jax.Array) -> jax.Array:
-    """[V, 4, B] each AIV's own queue row of the ``[C, W, 4, B]`` grid (static rows); [V, B] words
-    of a packed ``[C, W, B]`` grid."""
-    rows = grid.reshape(-1, *grid.shape[2:])
-    home = np.asarray(shape.aiv_home)
-    if home.shape[0] == rows.shape[0] and (home == np.arange(home.shape[0])).all():
-        return rows
-    return rows[np.maximum(home, 0)]
-
-
-def _home_write(shape: EngineShape, grid: jax.Array, new_rows: jax.Array) -> jax.Array:
-    """Writes the AIVs' rows back into the grid (inverse of :func:`_home_rows`)."""
-    rows = grid.reshape(-1, *grid.shape[2:])
-    home = np.asarray(shape.aiv_home)
-    if home.shape[0] == rows.shape[0] and (home == np.arange(home.shape[0])).all():
-        return new_rows.reshape(grid.shape)
-    bound = np.flatnonzero(home >= 0)
-    return rows.at[home[bound]].set(new_rows[bound]).reshape(grid.shape)
-
-
-def _slot_read(shape: EngineShape, grid: jax.Array, x: jax.Array) -> jax.Array:
-    """[V, B] the word of each AIV's target slot (grid index ``x`` [V, B])."""
-    if shape.aiv_home is not None:
-        return _pick4(_home_rows(shape, grid), x & (D4 - 1))
-    flat = grid.reshape(-1, grid.shape[-1])
-    return jnp.take_along_axis(flat, jnp.clip(x, 0, flat.shape[0] - 1), axis=0)
-
-
-def _slot_write(shape: EngineShape, grid: jax.Array, x: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
-    """The grid with each masked AIV's target slot set to ``value`` (all [V, B])."""
-    if shape.aiv_home is not None:
-        rows = _home_rows(shape, grid)
-        sel = mask[:, None, :] & ((x & (D4 - 1))[:, None, :] == jnp.arange(D4)[None, :, None])
-        return _home_write(shape, grid, jnp.where(sel, value[:, None, :], rows))
-    flat = grid.reshape(-1, grid.shape[-1])
-    lanes = jnp.broadcast_to(jnp.arange(flat.shape[1])[None, :], x.shape)
-    flat = flat.at[jnp.where(mask, x, flat.shape[0]), lanes].set(value, mode="drop")
-    return flat.reshape(grid.shape)
-
-
-def _aiv_slot_state(shape: EngineShape, grid: jax.Array, x: jax.Array) -> jax.Array:
-    """[V, B] the head state of each AIV's target slot (grid index ``x`` [V, B])."""
-    if shape.packed:  # the AIV's own queue row, depth x & 3
-        word = _home_rows(shape, grid)
-        return (word >> ((x & (D4 - 1)) << 3)) & 3
-    return _slot_read(shape, grid, x) & 0xFF
-
-
-def _aiv_slot_post(shape: EngineShape, grid: jax.Array, x: jax.Array, mask: jax.Array, state, version, count):
-    """The grid with each masked AIV's target slot (grid index ``x``) holding head ``state`` and
-    ``version`` (wide grid) or its write ``count`` (packed grid), all [V, B]."""
-    if not shape.packed:
-        return _slot_write(shape, grid, x, mask, slot_word(state, version))
-    word = _home_rows(shape, grid)  # [V, B]
-    shift = (x & (D4 - 1)) << 3
-    byte = state | (count << PACK_COUNT_SHIFT)
-    new = (word & ~(jnp.int32(0xFF) << shift)) | (byte << shift)
-    return _home_write(shape, grid, jnp.where(mask, new, word))
-
-
-def _barrier_read(st_counter: jax.Array, bar: jax.Array, idx: jax.Array) -> jax.Array:
-    """[V, B] counter copy ``idx`` of barrier ``bar`` (one-hot over the copies)."""
-    nb, nc, b = st_counter.shape
-    key = jnp.clip(bar, 0, nb - 1) * nc + jnp.clip(idx, 0, nc - 1)
-    sel = key[:, None, :] == jnp.arange(nb * nc)[None, :, None]
-    return jnp.where(sel, st_counter.reshape(1, nb * nc, b), 0).sum(axis=1)
-
-
-def _aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops):
-    """Timed schedule: [V, B] start cycle and duration of every AIV's next op (valid where ready)."""
-    _, kind, x, a, _, _ = ops
-    tm = st.timed
-    nb = tm.barrier_time.shape[0]
-    slot_t = _slot_read(shape, tm.slot_time, x)
-    bar_sel = jnp.clip(a, 0, nb - 1)[:, None, :] == jnp.arange(nb)[None, :, None]
-    bar_t = jnp.where(bar_sel, tm.barrier_time[None], 0.0).sum(axis=1)
-    last_core = jnp.maximum(tm.aiv_clock.max(axis=0), tm.aic_clock.max(axis=0))[None, :]  # SyncAll
-    enable = _select(
-        [
-            kind == OpKind.ALLOC,
-            (kind == OpKind.WAIT) & (a != 0),
-            (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT),
-            kind == OpKind.SYNC,
-        ],
-        [slot_t, slot_t, bar_t, jnp.broadcast_to(last_core, slot_t.shape)],
-        0.0,
-    )
-    start = jnp.maximum(tm.aiv_clock, enable)
-    c = cost[:, None, :]  # [12, 1, B]
-    vec_dur = 0.0
-    if shape.has_vector:  # vector.vector_cycles: a copy at the GM rate, compute at vec_rate
-        w = vector_words(shape, tab, a)
-        nbytes = w[:, VEC["bytes"]].astype(jnp.float32)
-        copy = w[:, VEC["kind"]] <= 1  # load, store
-        vec_dur = c[TC["vec_issue"]] + jnp.where(copy, nbytes / c[TC["ddr_rate"]], jnp.ceil(nbytes / c[TC["vec_rate"]]))
-    dur = _select(
-        [
-            kind == OpKind.VECTOR,
-            kind == OpKind.ALLOC,
-            (kind == OpKind.WRITE) & (a == FAKE),
-            (kind == OpKind.WRITE) & (a == QUIT),
-            kind == OpKind.WRITE,
-            kind == OpKind.WAIT,
-            kind == OpKind.DELAY,
-            (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT) | (kind == OpKind.SYNC),
-        ],
-        [vec_dur, c[TC["alloc"]], c[TC["fake"]], c[TC["quit"]], c[TC["post"]], c[TC["wait"]],
-         a.astype(jnp.float32), c[TC["barrier"]]],
-        0.0,
-    )  # fmt: skip
-    return start, dur
-
-
-def vector_words(shape: EngineShape, tab: Tables, row: jax.Array) -> jax.Array:
-    """[V, 12, B] the ``Tables.vec`` rows ``row`` [V, B] (clipped: valid where the op is VECTOR)."""
-    return _lookup(shape, tab.vec, jnp.clip(row, 0, tab.vec.shape[0] - 1))
-
-
 def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
     """[V, B] whether each AIV's next op is enabled on ``st`` (never in a lane that has stopped)."""
-    active = (st.aiv_pc < _lane(shape, tab.op_len)) & (st.status == Status.RUNNING)[None, :]
+    active = (st.aiv_pc < lane_table(shape, tab.op_len)) & (st.status == Status.RUNNING)[None, :]
     _, kind, x, a, b, c = ops
-    slot_free = _aiv_slot_state(shape, st.slot, x) == FREE
+    slot_free = aiv_slot_state(shape, st.slot, x) == FREE
     conds = [kind == OpKind.ALLOC, kind == OpKind.WAIT]
     values = [slot_free & ((b == 0) | st.aiv_mte3), (a == 0) | slot_free]  # an MTE3 alloc waits for the flag
     if shape.has_sync:  # SyncAll: every AIV with a program at this round, every AIC out of its loop
         k = st.aiv_syncs
-        at_sync = (st.aiv_pc < _lane(shape, tab.op_len)) & (kind == OpKind.SYNC)
-        absent = jnp.broadcast_to(_lane(shape, tab.op_len) == 0, k.shape)
+        at_sync = (st.aiv_pc < lane_table(shape, tab.op_len)) & (kind == OpKind.SYNC)
+        absent = jnp.broadcast_to(lane_table(shape, tab.op_len) == 0, k.shape)
         ok = (k[None] > k[:, None]) | (at_sync[None] & (k[None] == k[:, None])) | absent[None]
         aics_done = (st.aic_phase == AicPhase.DONE).all(axis=0)[None, :]
         conds.append(kind == OpKind.SYNC)
         values.append(ok.all(axis=1) & aics_done)
     if shape.barrier_copies:  # no barrier counters to read otherwise
         conds += [kind == OpKind.ARRIVE, kind == OpKind.BWAIT]
-        values += [(c < 0) | (_barrier_read(st.barrier_wait, a, b) == c), _barrier_read(st.barrier_arrive, a, b) >= c]
-    return active & _select(conds, values, True)
+        values += [(c < 0) | (barrier_read(st.barrier_wait, a, b) == c), barrier_read(st.barrier_arrive, a, b) >= c]
+    return active & select_first(conds, values, True)
 
 
 def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: jax.Array | None):
@@ -301,7 +125,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     ready = aiv_ready(shape, tab, st, ops)
     is_delay = kind == OpKind.DELAY
     if shape.timed:  # a delay is one action of `cycles` cycles
-        start, dur = _aiv_times(shape, tab, cost, st, ops)
+        start, dur = aiv_times(shape, tab, cost, st, ops)
         act = ready & (start == tmin[None, :])
         timer = st.aiv_timer
         advance = act
@@ -314,7 +138,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 
     write = act & (kind == OpKind.WRITE)
     count = (x >> (PACK_OP_COUNT_BIT - KIND_BITS)) & 63  # packed grid: the write's count mod 64
-    slot = _aiv_slot_post(shape, st.slot, x, write, a, c, count)
+    slot = aiv_slot_post(shape, st.slot, x, write, a, c, count)
     aiv_syncs = st.aiv_syncs + (act & (kind == OpKind.SYNC)) if shape.has_sync else st.aiv_syncs
     mte3 = (b == 1) & ((kind == OpKind.ALLOC) | write)
     aiv_mte3 = jnp.where(act & mte3, kind == OpKind.WRITE, st.aiv_mte3)  # alloc takes it, post sets it
@@ -322,7 +146,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     wait_result = st.aiv_wait_result
     if shape.wait_tests:
         test = act & (kind == OpKind.WAIT) & (a == 0)
-        slot_free = _aiv_slot_state(shape, st.slot, x) == FREE
+        slot_free = aiv_slot_state(shape, st.slot, x) == FREE
         sel = test[:, None, :] & (pc[:, None, :] == jnp.arange(wait_result.shape[1])[None, :, None])
         wait_result = jnp.where(sel, slot_free[:, None, :].astype(jnp.int8), wait_result)
 
@@ -346,7 +170,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         timed = dataclasses.replace(
             timed,
             aiv_clock=jnp.where(act, end, timed.aiv_clock),
-            slot_time=_slot_write(shape, timed.slot_time, x, write, end),
+            slot_time=slot_write(shape, timed.slot_time, x, write, end),
             barrier_time=jnp.maximum(timed.barrier_time, bar_end),
             aiv_alloc_stall=timed.aiv_alloc_stall
             + jnp.where(act & (kind == OpKind.ALLOC), start - timed.aiv_clock, 0.0),
@@ -386,10 +210,10 @@ def _release(
     cols = jnp.arange(w)[None, :, None]
     later = alive & (cols > col[:, None, :]) & (cols < n[:, :, None])
     has_later = later.any(axis=1) & (col + 1 < n)
-    first_later = _first_true(later, axis=1)
+    first_later = first_true(later, axis=1)
     end = pos + jnp.maximum(n - 1 - col, 0)  # msgPos at the last live column of this row
     next_row = jnp.where(end // p == D4 - 1, 0, end + (p - n) + 1)
-    first_any = _first_true(alive, axis=1)
+    first_any = first_true(alive, axis=1)
     new_pos = jnp.where(has_later, pos + first_later - col, next_row + first_any)
     new_col = jnp.where(has_later, first_later, first_any)
     return new_pos.astype(jnp.int32), new_col.astype(jnp.int32)
@@ -408,7 +232,7 @@ def _free_asserts(shape: EngineShape, tab: Tables, ver: jax.Array, n: jax.Array,
     flat = tab.act.reshape(-1, *tab.act.shape[2:])
     first = jnp.zeros_like(ver)
     for j in range(f):
-        row = _lookup(shape, flat, ver * f + j)  # [C, 5, B]
+        row = lookup(shape, flat, ver * f + j)  # [C, 5, B]
         rel = row[:, ACT["slot"]] - block
         wait = row[:, ACT["wait"]]
         out_block = (rel < 0) | (rel >= D4 * p)
@@ -426,73 +250,18 @@ def _free_asserts(shape: EngineShape, tab: Tables, ver: jax.Array, n: jax.Array,
     return first
 
 
-def _packed_states(grid: jax.Array) -> jax.Array:
-    """[C, W, 4, B] the head states of a packed ``[C, W, B]`` grid."""
-    return (grid[:, :, None, :] >> (8 * jnp.arange(D4, dtype=jnp.int32))[None, None, :, None]) & 3
-
-
-def _block_byte(shape: EngineShape, grid: jax.Array, slot: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Packed grid: the byte of global slots ``slot`` [C, B] read by AIC c, their grid index and
-    whether the slot can be read, all [C, B] (byte 0 outside the group, as :func:`_slot_pick`). A debug build's cursor and frees stay
-    in the AIC's own block (a skip past the row and a free outside it are errors), so the word is a
-    select over the block's columns; a release build's may leave it (a gather)."""
-    c_num, w, b = grid.shape
-    if not shape.release:
-        consts = shape.aic_constants()
-        block, p = (jnp.asarray(consts[k])[:, None] for k in ("block", "p"))
-        rel = slot - block
-        d = (rel >= p).astype(jnp.int32) + (rel >= 2 * p) + (rel >= 3 * p)
-        col = rel - d * p
-        inside = (rel >= 0) & (rel < D4 * p)
-        sel = col[:, None, :] == jnp.arange(w)[None, :, None]
-        word = jnp.where(sel, grid, 0).sum(axis=1)
-        idx = ((jnp.arange(c_num, dtype=jnp.int32)[:, None] * w + col) << 2) + d
-    else:
-        idx, inside = _slot_index(shape, slot)
-        word = jnp.take_along_axis(grid.reshape(-1, b), idx >> 2, axis=0)
-        d = idx & (D4 - 1)
-    return jnp.where(inside, (word >> (d << 3)) & 0xFF, 0), jnp.where(inside, idx, 0), inside
-
-
-def _packed_word(shape: EngineShape, tab: Tables, grid: jax.Array, slot: jax.Array) -> jax.Array:
-    """Packed grid: the wide word (:func:`slot_word`) of global slots ``slot`` [C, B], the version
-    looked up in ``Tables.slot_ver`` from the write count."""
-    byte, idx, _ = _block_byte(shape, grid, slot)
-    flat = tab.slot_ver.reshape(-1, *tab.slot_ver.shape[2:])
-    ver = _lookup(shape, flat[:, None], (idx << 6) + (byte >> PACK_COUNT_SHIFT))[:, 0]
-    return slot_word(byte & 3, ver)
-
-
-def _packed_free(shape: EngineShape, grid: jax.Array, slot: jax.Array, mask: jax.Array) -> jax.Array:
-    """Packed grid: FreeMessage of global slots ``slot`` [C, B] where ``mask``: the head state
-    bits cleared, the write count kept. Several AICs may clear bits of one word in one step."""
-    c_num, w, b = grid.shape
-    _, idx, inside = _block_byte(shape, grid, slot)
-    mask = mask & inside
-    bits = jnp.where(mask, jnp.int32(3) << ((idx & (D4 - 1)) << 3), 0)  # [C, B]
-    row = idx >> 2
-    if not shape.release:  # each AIC clears a bit pair of its own block
-        sel = (row - jnp.arange(c_num, dtype=jnp.int32)[:, None] * w)[:, None, :] == jnp.arange(w)[None, :, None]
-        return grid & ~jnp.where(sel, bits[:, None, :], 0)
-    flat = grid.reshape(-1, b)
-    clear = jnp.zeros_like(flat)
-    for k in range(c_num):  # an OR over AICs: two may free slots of one queue row in one step
-        clear = clear | jnp.where(row[k][None, :] == jnp.arange(flat.shape[0])[:, None], bits[k][None, :], 0)
-    return (flat & ~clear).reshape(grid.shape)
-
-
 def _aic_head(shape: EngineShape, tab: Tables, st: State):
     """Each AIC's situation, all [C, B]: cursor slot and word; the pending action of a call (pc
     clamped; its [C, 4, B] ``Tables.act`` row), the global slot it frees and that slot's word."""
     f = tab.act.shape[1]
     pc = jnp.minimum(st.aic_pc, f - 1)
     flat = tab.act.reshape(-1, *tab.act.shape[2:])
-    act = _lookup(shape, flat, st.aic_ver * f + pc)
+    act = lookup(shape, flat, st.aic_ver * f + pc)
     cur, f_slot = cursor_slot(shape, st), act[:, ACT["slot"]]
     if shape.packed:  # f_word: the head state only (a free keeps the write count)
-        f_word = _block_byte(shape, st.slot, f_slot)[0] & 3
-        return cur, _packed_word(shape, tab, st.slot, cur), pc, act, f_slot, f_word
-    return cur, _slot_pick(shape, st.slot, cur), pc, act, f_slot, _slot_pick(shape, st.slot, f_slot)
+        f_word = block_byte(shape, st.slot, f_slot)[0] & 3
+        return cur, packed_word(shape, tab, st.slot, cur), pc, act, f_slot, f_word
+    return cur, slot_pick(shape, st.slot, cur), pc, act, f_slot, slot_pick(shape, st.slot, f_slot)
 
 
 def aic_ready(shape: EngineShape, st: State, head) -> jax.Array:
@@ -504,54 +273,6 @@ def aic_ready(shape: EngineShape, st: State, head) -> jax.Array:
     call_ok = (f_wait == NO_WAIT) | ((f_word & 0xFF) == f_wait)
     running = (st.status == Status.RUNNING)[None, :]
     return running & ((in_recv & ((cur_word & 0xFF) != FREE)) | (in_call & call_ok))
-
-
-def mm_fields(shape: EngineShape, tab: Tables, mm_state: jax.Array, ver: jax.Array, pc: jax.Array) -> jax.Array:
-    """[C, A, B] the IterateAll words of action ``pc`` of version ``ver`` ([C, B]), with the fields
-    the call did not set taken from each AIC's Matmul state ``mm_state`` [C, M, B]."""
-    f = tab.act.shape[1]
-    row = _lookup(shape, tab.act_mmf.reshape(-1, *tab.act_mmf.shape[2:]), ver * f + pc)  # [C, A + 1, B]
-    bits = (row[:, N_ACTION][:, None, :] >> jnp.arange(N_MM, dtype=jnp.int32)[None, :, None]) & 1
-    state_part = jnp.where(bits > 0, mm_state, row[:, :N_MM])
-    return jnp.concatenate([state_part, row[:, N_MM:N_ACTION]], axis=1)
-
-
-def _mm_cost(shape: EngineShape, fields: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """[C, B] float32 cube fractals and GM bytes of each AIC's IterateAll (the timed schedule's
-    matmul cost; the reference's ``_mm_cycles`` computes the same in float32)."""
-    consts = shape.aic_constants()
-    per = []
-    for gi in consts["group"].tolist():
-        mt = shape.matmuls[gi][0] if shape.matmuls[gi] is not None else None
-        sizes = (1, 1, 1) if mt is None else tuple(mt.dtype(x).itemsize for x in ("a", "b", "c"))
-        per.append((32 if mt is not None and mt.a == "int8" else 16, *sizes))
-    k0, sa, sb, sc = (jnp.asarray(np.array(col, np.float32))[:, None] for col in zip(*per, strict=True))
-    m, n, k = (jnp.maximum(fields[:, AF[x]], 0).astype(jnp.float32) for x in ("single_m", "single_n", "single_k"))
-    sixteen = jnp.float32(16)
-    fractals = jnp.ceil(m / sixteen) * jnp.ceil(n / sixteen) * jnp.ceil(k / k0)
-    traffic = m * k * sa + k * n * sb + m * n * sc
-    return fractals, traffic
-
-
-def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head):
-    """Timed schedule: [C, B] start cycle and duration of every AIC's next action on ``st``."""
-    cur, cur_word, pc, act, f_slot, _ = head
-    f_wait, f_is_mm = act[:, ACT["wait"]], act[:, ACT["mm"]] > 0
-    tm = st.timed
-    in_recv = st.aic_phase == AicPhase.RECEIVE
-    cur_t = _slot_pick(shape, tm.slot_time, cur)
-    f_t = _slot_pick(shape, tm.slot_time, f_slot)
-    enable = jnp.where(in_recv, cur_t, jnp.where(f_is_mm | (f_wait == NO_WAIT), 0.0, f_t))
-    start = jnp.maximum(tm.aic_clock, enable)
-    c = cost[:, None, :]
-    recv_dur = jnp.where((cur_word & 0xFF) == QUIT, c[TC["poll"]], c[TC["dispatch"]])
-    if shape.has_matmul:
-        fields = mm_fields(shape, tab, st.mm_state, st.aic_ver, pc)
-        fr, tr = _mm_cost(shape, fields)
-        call_dur = jnp.where(f_is_mm, c[TC["mm_overhead"]] + fr + tr / c[TC["ddr_rate"]], c[TC["free"]])
-    else:
-        call_dur = jnp.broadcast_to(c[TC["free"]], pc.shape)
-    return start, jnp.where(in_recv, recv_dur, call_dur)
 
 
 def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: jax.Array | None):
@@ -582,9 +303,9 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 
     # -- dispatch: the callback's decision for the version under the cursor ------------------
     ver = jnp.maximum((cur_word >> 8) - 1, 0)
-    vt = _lookup(shape, tab.ver, ver)  # [C, 5, B]
+    vt = lookup(shape, tab.ver, ver)  # [C, 5, B]
     is_quit = cur_state == QUIT
-    log_full = st.recv_count >= _lane(shape, tab.receive_limit)[None]
+    log_full = st.recv_count >= lane_table(shape, tab.receive_limit)[None]
     skip_v = vt[:, VER["skip"]]
     # SetSkipMsg's debug assert is on the AIC's own aivWork (kernel_operator_cube_group_handle_impl.h)
     skip_code = jnp.where(
@@ -625,10 +346,10 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     mm_now = free_act & f_is_mm
     freeing = free_act & ~f_is_mm
     if shape.packed:
-        slot = _packed_free(shape, st.slot, f_slot, freeing)
+        slot = packed_free(shape, st.slot, f_slot, freeing)
     else:
         freed_word = (f_word & ~0xFF) | FREE  # FreeMessage writes the head state only
-        slot = _slot_put(shape, st.slot, f_slot, freeing, freed_word)
+        slot = slot_put(shape, st.slot, f_slot, freeing, freed_word)
     next_pc = act_row[:, ACT["next"]]
     aic_pc = jnp.where(call_now, first, jnp.where(free_act, next_pc, st.aic_pc))
     aic_ver = jnp.where(call_now, ver, st.aic_ver)
@@ -646,10 +367,10 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     finished = releasing & ~alive.any(axis=1)
     mm_state = st.mm_state
     if shape.has_matmul:  # CallBack::Call returned: the Matmul object keeps what it set
-        upd = _lookup(shape, tab.ver_mmf, aic_ver)  # [C, M + 1, B]
+        upd = lookup(shape, tab.ver_mmf, aic_ver)  # [C, M + 1, B]
         bits = (upd[:, N_MM][:, None, :] >> jnp.arange(N_MM, dtype=jnp.int32)[None, :, None]) & 1
         mm_state = jnp.where(call_end[:, None, :] & (bits == 0), upd[:, :N_MM], mm_state)
-    phase = _select(
+    phase = select_first(
         [failing, finished, releasing, call_now],
         [AicPhase.ERROR, AicPhase.DONE, AicPhase.RECEIVE, AicPhase.CALL],
         st.aic_phase,
@@ -672,7 +393,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
             aic_clock=jnp.where(done_ok, t_end, timed.aic_clock),
             aic_busy=timed.aic_busy + jnp.where(done_ok, t_dur, 0.0),
             aic_blocked=timed.aic_blocked + jnp.where(done_ok, t_start - timed.aic_clock, 0.0),
-            slot_time=_slot_put(shape, timed.slot_time, f_slot, freeing, t_end),
+            slot_time=slot_put(shape, timed.slot_time, f_slot, freeing, t_end),
         )
     st = dataclasses.replace(
         st,
@@ -697,20 +418,6 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     return st, ready, mm_now, fields
 
 
-def _occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
-    """Adds the time since the last event to each queue row's occupancy level (0..4 non-FREE)."""
-    tm = st.timed
-    states = _packed_states(st.slot) if shape.packed else st.slot & 0xFF
-    busy = (states != FREE).sum(axis=2)  # [C, W, B]
-    level = busy.reshape(-1, busy.shape[-1])
-    finite = jnp.isfinite(tmin)
-    dt = jnp.where(finite, jnp.maximum(tmin - tm.t_now, 0.0), 0.0)
-    sel = level[:, None, :] == jnp.arange(D4 + 1)[None, :, None]
-    occ = tm.occ_cycles + jnp.where(sel, dt[None, None, :], 0.0)
-    t_now = jnp.where(finite, jnp.maximum(tmin, tm.t_now), tm.t_now)
-    return dataclasses.replace(st, timed=dataclasses.replace(tm, occ_cycles=occ, t_now=t_now))
-
-
 def cursor_slot(shape: EngineShape, st: State) -> jax.Array:
     """[C, B] global slot index under each AIC's cursor."""
     consts = shape.aic_constants()
@@ -731,19 +438,19 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
     if shape.timed:  # events in time order: only the cores starting earliest act
         ops = _aiv_ops(shape, tab, st)
         r_v = aiv_ready(shape, tab, st, ops)
-        s_v, _ = _aiv_times(shape, tab, cost, st, ops)
+        s_v, _ = aiv_times(shape, tab, cost, st, ops)
         head = _aic_head(shape, tab, st)
         r_c = aic_ready(shape, st, head)
         s_c, _ = aic_times(shape, tab, cost, st, head)
         tmin = jnp.minimum(jnp.where(r_v, s_v, jnp.inf).min(axis=0), jnp.where(r_c, s_c, jnp.inf).min(axis=0))
-        st = _occupancy(shape, st, tmin)
+        st = occupancy(shape, st, tmin)
     running = st.status == Status.RUNNING
     new, v_ready, vec = aiv_step(shape, tab, cost, st, k_aiv, tmin)
     new, aic_ready_, mm_now, mm_fields_ = aic_step(shape, tab, cost, new, k_aic, tmin)
     steps = st.step + 1
     done = lane_done(shape, tab, new.aiv_pc, new.aic_phase)
     progressed = v_ready.any(axis=0) | aic_ready_.any(axis=0)
-    status = _select(
+    status = select_first(
         [done, ~progressed, steps >= tab.max_steps], [Status.OK, Status.DEADLOCK, Status.MAX_STEPS], Status.RUNNING
     )
     status = final_status(status, new.aic_phase)
@@ -759,7 +466,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
 def lane_done(shape: EngineShape, tab: Tables, aiv_pc: jax.Array, aic_phase: jax.Array) -> jax.Array:
     """[B] every AIV past its last op and every AIC out of its loop or stopped at an error."""
     stopped = (aic_phase == AicPhase.DONE) | (aic_phase == AicPhase.ERROR)
-    return (aiv_pc >= _lane(shape, tab.op_len)).all(axis=0) & stopped.all(axis=0)
+    return (aiv_pc >= lane_table(shape, tab.op_len)).all(axis=0) & stopped.all(axis=0)
 
 
 def final_status(status: jax.Array, aic_phase: jax.Array) -> jax.Array:

@@ -1,0 +1,132 @@
+"""The timed schedule's cost side of a step: when each core's next action can start, how long
+it takes, and the queue-occupancy clock.
+
+Under the ``timed`` schedule a step performs only the actions that start earliest (see
+:func:`ascend_jax.cube_group.step.step`); these functions give every core's start cycle and
+duration from the state and the lane's cost vector (:mod:`ascend_jax.timing`). The reference
+interpreter computes the same quantities in float32 with the same formulas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ascend_jax.cube_group.access import (
+    mm_fields,
+    packed_states,
+    select_first,
+    slot_pick,
+    slot_read,
+    vector_words,
+)
+from ascend_jax.cube_group.callbacks import NO_WAIT
+from ascend_jax.cube_group.encode import VEC
+from ascend_jax.cube_group.state import ACT, EngineShape, State, Tables
+from ascend_jax.cube_group.status import AicPhase, OpKind
+from ascend_jax.matmul import AF
+from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
+from ascend_jax.timing import C as TC
+
+FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
+D4 = MAX_MSG_PER_AIV
+
+
+def aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops):
+    """Timed schedule: [V, B] start cycle and duration of every AIV's next op (valid where ready)."""
+    _, kind, x, a, _, _ = ops
+    tm = st.timed
+    nb = tm.barrier_time.shape[0]
+    slot_t = slot_read(shape, tm.slot_time, x)
+    bar_sel = jnp.clip(a, 0, nb - 1)[:, None, :] == jnp.arange(nb)[None, :, None]
+    bar_t = jnp.where(bar_sel, tm.barrier_time[None], 0.0).sum(axis=1)
+    last_core = jnp.maximum(tm.aiv_clock.max(axis=0), tm.aic_clock.max(axis=0))[None, :]  # SyncAll
+    enable = select_first(
+        [
+            kind == OpKind.ALLOC,
+            (kind == OpKind.WAIT) & (a != 0),
+            (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT),
+            kind == OpKind.SYNC,
+        ],
+        [slot_t, slot_t, bar_t, jnp.broadcast_to(last_core, slot_t.shape)],
+        0.0,
+    )
+    start = jnp.maximum(tm.aiv_clock, enable)
+    c = cost[:, None, :]  # [12, 1, B]
+    vec_dur = 0.0
+    if shape.has_vector:  # vector.vector_cycles: a copy at the GM rate, compute at vec_rate
+        w = vector_words(shape, tab, a)
+        nbytes = w[:, VEC["bytes"]].astype(jnp.float32)
+        copy = w[:, VEC["kind"]] <= 1  # load, store
+        vec_dur = c[TC["vec_issue"]] + jnp.where(copy, nbytes / c[TC["ddr_rate"]], jnp.ceil(nbytes / c[TC["vec_rate"]]))
+    dur = select_first(
+        [
+            kind == OpKind.VECTOR,
+            kind == OpKind.ALLOC,
+            (kind == OpKind.WRITE) & (a == FAKE),
+            (kind == OpKind.WRITE) & (a == QUIT),
+            kind == OpKind.WRITE,
+            kind == OpKind.WAIT,
+            kind == OpKind.DELAY,
+            (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT) | (kind == OpKind.SYNC),
+        ],
+        [vec_dur, c[TC["alloc"]], c[TC["fake"]], c[TC["quit"]], c[TC["post"]], c[TC["wait"]],
+         a.astype(jnp.float32), c[TC["barrier"]]],
+        0.0,
+    )  # fmt: skip
+    return start, dur
+
+
+def mm_cost(shape: EngineShape, fields: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """[C, B] float32 cube fractals and GM bytes of each AIC's IterateAll (the timed schedule's
+    matmul cost; the reference's ``_mm_cycles`` computes the same in float32)."""
+    consts = shape.aic_constants()
+    per = []
+    for gi in consts["group"].tolist():
+        mt = shape.matmuls[gi][0] if shape.matmuls[gi] is not None else None
+        sizes = (1, 1, 1) if mt is None else tuple(mt.dtype(x).itemsize for x in ("a", "b", "c"))
+        per.append((32 if mt is not None and mt.a == "int8" else 16, *sizes))
+    k0, sa, sb, sc = (jnp.asarray(np.array(col, np.float32))[:, None] for col in zip(*per, strict=True))
+    m, n, k = (jnp.maximum(fields[:, AF[x]], 0).astype(jnp.float32) for x in ("single_m", "single_n", "single_k"))
+    sixteen = jnp.float32(16)
+    fractals = jnp.ceil(m / sixteen) * jnp.ceil(n / sixteen) * jnp.ceil(k / k0)
+    traffic = m * k * sa + k * n * sb + m * n * sc
+    return fractals, traffic
+
+
+def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head):
+    """Timed schedule: [C, B] start cycle and duration of every AIC's next action on ``st``."""
+    cur, cur_word, pc, act, f_slot, _ = head
+    f_wait, f_is_mm = act[:, ACT["wait"]], act[:, ACT["mm"]] > 0
+    tm = st.timed
+    in_recv = st.aic_phase == AicPhase.RECEIVE
+    cur_t = slot_pick(shape, tm.slot_time, cur)
+    f_t = slot_pick(shape, tm.slot_time, f_slot)
+    enable = jnp.where(in_recv, cur_t, jnp.where(f_is_mm | (f_wait == NO_WAIT), 0.0, f_t))
+    start = jnp.maximum(tm.aic_clock, enable)
+    c = cost[:, None, :]
+    recv_dur = jnp.where((cur_word & 0xFF) == QUIT, c[TC["poll"]], c[TC["dispatch"]])
+    if shape.has_matmul:
+        fields = mm_fields(shape, tab, st.mm_state, st.aic_ver, pc)
+        fr, tr = mm_cost(shape, fields)
+        call_dur = jnp.where(f_is_mm, c[TC["mm_overhead"]] + fr + tr / c[TC["ddr_rate"]], c[TC["free"]])
+    else:
+        call_dur = jnp.broadcast_to(c[TC["free"]], pc.shape)
+    return start, jnp.where(in_recv, recv_dur, call_dur)
+
+
+def occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
+    """Adds the time since the last event to each queue row's occupancy level (0..4 non-FREE)."""
+    tm = st.timed
+    states = packed_states(st.slot) if shape.packed else st.slot & 0xFF
+    busy = (states != FREE).sum(axis=2)  # [C, W, B]
+    level = busy.reshape(-1, busy.shape[-1])
+    finite = jnp.isfinite(tmin)
+    dt = jnp.where(finite, jnp.maximum(tmin - tm.t_now, 0.0), 0.0)
+    sel = level[:, None, :] == jnp.arange(D4 + 1)[None, :, None]
+    occ = tm.occ_cycles + jnp.where(sel, dt[None, None, :], 0.0)
+    t_now = jnp.where(finite, jnp.maximum(tmin, tm.t_now), tm.t_now)
+    return dataclasses.replace(st, timed=dataclasses.replace(tm, occ_cycles=occ, t_now=t_now))
