@@ -25,6 +25,7 @@ import numpy as np
 
 from ascend_jax.cube_group.callbacks import BUILTIN_CALLBACKS, MATMUL_CALLBACKS, MatmulCallback, MergeCallback
 from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
+from ascend_jax.cube_group.status import AivCall
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import DTYPE_ALIASES, DTYPES, GlobalMemory
 from ascend_jax.message import MESSAGE_TYPES
@@ -281,7 +282,7 @@ def build_kernel(
         ]
     for i, a in enumerate(sc.aiv):
         for j, op in enumerate(a.ops):
-            if op.op == "post" and op.fields and op.group in msg_types:
+            if op.op == AivCall.POST and op.fields and op.group in msg_types:
                 _check_fields(op.fields, msg_types[op.group], f"aiv[{i}].ops[{j}]")
     kernel = CubeGroupKernel(
         chip=chip,
@@ -327,23 +328,23 @@ def _apply(program, op) -> None:
     kind = op.op
     if kind == "assign_queue":
         program.assign_queue(op.group, op.queue)
-    elif kind == "post":
+    elif kind == AivCall.POST:
         program.post(op.group, op.fields, op.state, op.aiv_id, op.pipe)
-    elif kind == "fake":
+    elif kind == AivCall.FAKE:
         program.fake(op.group, op.pipe)
-    elif kind == "quit":
+    elif kind == AivCall.QUIT:
         program.quit(op.group, op.pipe)
-    elif kind == "wait":
+    elif kind == AivCall.WAIT:
         program.wait(op.group, op.offset, op.sync)
-    elif kind == "delay":
+    elif kind == AivCall.DELAY:
         program.delay(op.cycles)
-    elif kind == "arrive":
+    elif kind == AivCall.ARRIVE:
         program.arrive(op.barrier, op.index)
-    elif kind == "sync_all":
+    elif kind == AivCall.SYNC_ALL:
         program.sync_all()
     elif kind == "ub_buffer":
         program.vec.buffer(op.name, op.rows, op.cols, op.dtype)
-    elif kind == "vector":
+    elif kind == AivCall.VECTOR:
         program.vec.apply(op.model_dump(exclude={"op"}))
     else:
         program.barrier_wait(op.barrier, op.index)

@@ -223,3 +223,16 @@ def test_every_package_ships_in_the_wheel():
     data_only = {"ascend_jax.scenarios", "ascend_jax_models"}
     assert set(config["packages"]) == code | data_only
     assert config["package-dir"] == {"ascend_jax_models": "models"}
+
+
+def test_one_set_of_aiv_call_names():
+    """The builder's op kinds (AivCall), the scenario's op names and the engine's encoding agree:
+    every scenario op that becomes an AIV op is an AivCall, and every AivCall has one OpKind."""
+    from ascend_jax.cube_group.program import AivOp
+    from ascend_jax.cube_group.status import ENCODED_KIND, AivCall
+    from ascend_jax.schema import OP_MODELS
+
+    scenario_only = {"assign_queue", "ub_buffer"}  # binding and UB declarations, not AIV ops
+    assert set(OP_MODELS) - scenario_only <= {c.value for c in AivCall}
+    assert set(ENCODED_KIND) == set(AivCall)
+    assert AivOp(AivCall.POST).kind == "post"  # a StrEnum: the scenario's strings compare equal

@@ -42,7 +42,7 @@ from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView
 from ascend_jax.cube_group.dcache import call_through_lines
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.result import message_table
-from ascend_jax.cube_group.status import ErrorCode, OpKind
+from ascend_jax.cube_group.status import ENCODED_KIND, AivCall, ErrorCode, OpKind
 from ascend_jax.cube_group.vector import UB_DTYPES, VectorOp, op_bytes
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GM_BASE
@@ -141,48 +141,52 @@ def encode_ops(program: CubeGroupProgram) -> tuple[list[list[tuple]], list[tuple
         barrier_objs: dict[int, Any] = {}
         row = []
         for op in ops:
-            g = program.groups[op.group] if op.kind in ("alloc", "post", "fake", "quit", "wait") else None
+            g = (
+                program.groups[op.group]
+                if op.kind in (AivCall.ALLOC, AivCall.POST, AivCall.FAKE, AivCall.QUIT, AivCall.WAIT)
+                else None
+            )
             if g is not None:
                 q = program.queue_of[(op.group, b)]
                 head = g.slot_base + g.slot_index(q, 0)
-            if op.kind == "alloc":
+            if op.kind == AivCall.ALLOC:
                 pos = ring.get(op.group, 0)
                 alloc_slot[(op.group, op.alloc)] = head + pos * g.aiv_per_aic
                 ring[op.group] = (pos + 1) % MAX_MSG_PER_AIV
-                row.append((OpKind.ALLOC, alloc_slot[(op.group, op.alloc)], 0, int(op.pipe == "MTE3"), 0))
-            elif op.kind in ("post", "fake", "quit"):
+                row.append((ENCODED_KIND[op.kind], alloc_slot[(op.group, op.alloc)], 0, int(op.pipe == "MTE3"), 0))
+            elif op.kind in (AivCall.POST, AivCall.FAKE, AivCall.QUIT):
                 slot = alloc_slot[(op.group, op.alloc)]
                 prev = current.get(slot)
                 prev_aiv, prev_msg = (0, -1) if prev is None else versions[prev][3:5]
-                if op.kind == "post":
+                if op.kind == AivCall.POST:
                     state, aiv_id, msg = op.state, op.aiv_id, msg_counter[op.group]
                     msg_counter[op.group] += 1
-                elif op.kind == "fake":
+                elif op.kind == AivCall.FAKE:
                     state, aiv_id, msg = FAKE, prev_aiv, prev_msg
                 else:
                     state, aiv_id, msg = QUIT, op.aiv_id, prev_msg
                 current[slot] = len(versions)
                 versions.append((slot, op.group, state, aiv_id, msg))
-                sets_flag = op.kind == "post" and op.pipe == "MTE3"  # PostMessage<MTE3> sets MTE3->S again
-                row.append((OpKind.WRITE, slot, state, int(sets_flag), current[slot]))
-            elif op.kind == "wait":
-                row.append((OpKind.WAIT, head + op.offset, int(op.sync), 0, 0))
-            elif op.kind == "sync_all":
-                row.append((OpKind.SYNC, 0, 0, 0, 0))
-            elif op.kind == "vector":  # a: the op's row of vector_words (appended by encode_program)
-                row.append((OpKind.VECTOR, 0, -1, 0, 0))
-            elif op.kind == "delay":
+                sets_flag = op.kind == AivCall.POST and op.pipe == "MTE3"  # PostMessage<MTE3> sets MTE3->S again
+                row.append((ENCODED_KIND[op.kind], slot, state, int(sets_flag), current[slot]))
+            elif op.kind == AivCall.WAIT:
+                row.append((ENCODED_KIND[op.kind], head + op.offset, int(op.sync), 0, 0))
+            elif op.kind == AivCall.SYNC_ALL:
+                row.append((ENCODED_KIND[op.kind], 0, 0, 0, 0))
+            elif op.kind == AivCall.VECTOR:  # a: the op's row of vector_words (appended by encode_program)
+                row.append((ENCODED_KIND[op.kind], 0, -1, 0, 0))
+            elif op.kind == AivCall.DELAY:
                 _check_int32(
                     f"{op.where}.cycles", op.cycles, "must be in 0..2**31-1 cycles", "split the delay or shorten it"
                 )
-                row.append((OpKind.DELAY, 0, min(op.cycles, horizon, I32_MAX), 0, 0))
-            elif op.kind in ("arrive", "barrier_wait"):
+                row.append((ENCODED_KIND[op.kind], 0, min(op.cycles, horizon, I32_MAX), 0, 0))
+            elif op.kind in (AivCall.ARRIVE, AivCall.BARRIER_WAIT):
                 obj = barrier_objs.setdefault(op.group, BarrierObject(program.barriers[op.group]))
-                if op.kind == "arrive":
-                    row.append((OpKind.ARRIVE, 0, op.group, op.index, obj.arrive_threshold()))
+                if op.kind == AivCall.ARRIVE:
+                    row.append((ENCODED_KIND[op.kind], 0, op.group, op.index, obj.arrive_threshold()))
                     obj.after_arrive()
                 else:
-                    row.append((OpKind.BWAIT, 0, op.group, op.index, obj.wait_threshold()))
+                    row.append((ENCODED_KIND[op.kind], 0, op.group, op.index, obj.wait_threshold()))
                     obj.after_wait()
             else:  # pragma: no cover - the builder makes no other kinds
                 raise AssertionError(op.kind)
@@ -373,7 +377,7 @@ def vector_words(program: CubeGroupProgram, rows: list[list[tuple]]) -> tuple[np
     nb = r = c = 0
     for (_, ops), row in zip(program.aivs, rows, strict=True):
         for pc, op in enumerate(ops):
-            if op.kind != "vector":
+            if op.kind != AivCall.VECTOR:
                 continue
             vec: VectorOp = op.vec
             ints, scalar = vec.words()

@@ -30,7 +30,7 @@ from ascend_jax.cube_group.encode import EncodedProgram, encode_program
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.readout import BatchResult, _Lanes
 from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables, can_pack, init_state, unpack_slots
-from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
+from ascend_jax.cube_group.status import AicPhase, AivCall, ErrorCode, OpKind, Status
 from ascend_jax.cube_group.step import cursor_slot, final_status, lane_done, step
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import row_margin
@@ -158,10 +158,10 @@ def make_shape(
         gm_size=_gm_size(first, encoded, ub[2]) if has_gm else 1,
         gm_real=first.gm.size if has_gm else 0,
         atomic_order=atomic_order if has_mm else "fixed",
-        wait_tests=any(op.kind == "wait" and not op.sync for p in programs for _, ops in p.aivs for op in ops),
+        wait_tests=any(op.kind == AivCall.WAIT and not op.sync for p in programs for _, ops in p.aivs for op in ops),
         shared=len(programs) == 1,
         build=first.build,
-        has_sync=any(op.kind == "sync_all" for p in programs for _, ops in p.aivs for op in ops),
+        has_sync=any(op.kind == AivCall.SYNC_ALL for p in programs for _, ops in p.aivs for op in ops),
         gm_bounds=tuple(tuple(int(x) for x in b) for b in first.gm.bounds()) if has_mm else (),
         n_vec_ops=_bucket(n_vec) if n_vec else 0,
         ub=ub,

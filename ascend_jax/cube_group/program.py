@@ -35,6 +35,7 @@ from ascend_jax.cube_group.barrier import (
 )
 from ascend_jax.cube_group.callbacks import MatmulCallback, resolve_callback
 from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace, check_group
+from ascend_jax.cube_group.status import AivCall
 from ascend_jax.cube_group.vector import VectorBuilder, VectorOp
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GlobalMemory, Tensor
@@ -173,7 +174,7 @@ class AivProgram:
         if pipe not in PIPES:
             raise ConfigError(f"{self._where()}.pipe", pipe, f"must be one of {list(PIPES)}")
         slot = MsgSlot(gi, st.queue, st.allocs % MAX_MSG_PER_AIV, st.allocs, self.block_idx, pipe)
-        self.ops.append(AivOp("alloc", gi, alloc=st.allocs, where=self._where(), pipe=pipe))
+        self.ops.append(AivOp(AivCall.ALLOC, gi, alloc=st.allocs, where=self._where(), pipe=pipe))
         st.pending.add(st.allocs)
         st.allocs += 1
         return slot
@@ -240,7 +241,7 @@ class AivProgram:
     def post_fake_msg(self, slot: MsgSlot) -> int:
         """``PostFakeMsg(msg)``: writes state FAKE; the payload stays stale. Returns the offset."""
         st = self._fill(slot, "post_fake_msg")
-        self.ops.append(AivOp("fake", slot.group, alloc=slot.alloc, where=self._where()))
+        self.ops.append(AivOp(AivCall.FAKE, slot.group, alloc=slot.alloc, where=self._where()))
         return st.last_offset
 
     def send_quit_msg(self, slot: MsgSlot) -> None:
@@ -248,7 +249,7 @@ class AivProgram:
         self._fill(slot, "send_quit_msg", latest=False)
         g = self.kernel.groups[slot.group]
         self.ops.append(
-            AivOp("quit", slot.group, alloc=slot.alloc, aiv_id=slot.queue % g.aiv_per_aic, where=self._where())
+            AivOp(AivCall.QUIT, slot.group, alloc=slot.alloc, aiv_id=slot.queue % g.aiv_per_aic, where=self._where())
         )
 
     set_quit = send_quit_msg
@@ -277,7 +278,7 @@ class AivProgram:
             )
         if target % p >= g.queues_of_aic(k):
             raise ConfigError(f"{where}.offset", offset, "targets a column that no queue uses")
-        self.ops.append(AivOp("wait", gi, offset=int(offset), sync=bool(sync), where=where))
+        self.ops.append(AivOp(AivCall.WAIT, gi, offset=int(offset), sync=bool(sync), where=where))
 
     # -- other AIV actions -------------------------------------------------------------------
     def sync_all(self) -> None:
@@ -285,13 +286,13 @@ class AivProgram:
         ``SyncAll`` only after ``CreateCubeResGroup`` returns, that is after every column it serves
         has quit; so an AIV that calls it before its QUITs deadlocks the kernel (F14). It returns
         when every AIV with a program is at the same SyncAll and every AIC has left its loop."""
-        self.ops.append(AivOp("sync_all", where=self._where()))
+        self.ops.append(AivOp(AivCall.SYNC_ALL, where=self._where()))
 
     def delay(self, cycles: int) -> None:
         """Busy for ``cycles`` cycles (one step per cycle in the lockstep schedule)."""
         if not isinstance(cycles, (int, np.integer)) or cycles < 1:
             raise ConfigError(f"{self._where()}.cycles", cycles, "must be an integer >= 1")
-        self.ops.append(AivOp("delay", cycles=int(cycles), where=self._where()))
+        self.ops.append(AivOp(AivCall.DELAY, cycles=int(cycles), where=self._where()))
 
     def _barrier_op(self, kind: str, barrier: BarrierGeometry | str, index: int, size_attr: str) -> None:
         where = self._where()
@@ -300,7 +301,7 @@ class AivProgram:
         if not isinstance(index, (int, np.integer)) or not 0 <= index < size:
             raise ConfigError(f"{where}.index", index, f"must be in 0..{size - 1} ({size_attr} of {b.name!r})")
         counts = self._barriers.setdefault(b.index, [0, 0])
-        slot = 0 if kind == "arrive" else 1
+        slot = 0 if kind == AivCall.ARRIVE else 1
         counts[slot] += 1
         if counts[slot] > MAX_BARRIER_ROUNDS:
             raise ConfigError(where, kind, f"more than {MAX_BARRIER_ROUNDS} calls on one barrier (documented limit)")
@@ -316,7 +317,7 @@ class AivProgram:
 
     def _vector(self, op: VectorOp) -> None:
         """Appends a checked vector op (called by :class:`VectorBuilder`)."""
-        self.ops.append(AivOp("vector", where=self._where(), vec=op))
+        self.ops.append(AivOp(AivCall.VECTOR, where=self._where(), vec=op))
 
     # -- scenario conveniences ---------------------------------------------------------------
     def post(self, group, fields=None, state=CubeMsgState.VALID, aiv_id=None, pipe="SCALAR") -> int:
@@ -401,7 +402,7 @@ class CubeGroupProgram:
         counts = {ak: 0 for ak in self.aics}
         for b, ops in self.aivs:
             for op in ops:
-                if op.kind in ("post", "fake", "quit"):
+                if op.kind in (AivCall.POST, AivCall.FAKE, AivCall.QUIT):
                     g = self.groups[op.group]
                     counts[(op.group, g.aic_of_queue(self.queue_of[(op.group, b)]))] += 1
         return [counts[ak] for ak in self.aics]

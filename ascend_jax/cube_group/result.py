@@ -10,7 +10,7 @@ import numpy as np
 from ascend_jax.cube_group.barrier import barrier_image
 from ascend_jax.cube_group.layout import workspace_image
 from ascend_jax.cube_group.program import CubeGroupProgram
-from ascend_jax.cube_group.status import Status
+from ascend_jax.cube_group.status import AivCall, Status
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 
 
@@ -187,7 +187,7 @@ def message_table(program: CubeGroupProgram, group: int) -> np.ndarray:
 
     The index into this table is the message id that slots record (``slot_msg``).
     """
-    msgs = [op.payload for _, ops in program.aivs for op in ops if op.kind == "post" and op.group == group]
+    msgs = [op.payload for _, ops in program.aivs for op in ops if op.kind == AivCall.POST and op.group == group]
     dtype = program.msg_dtypes[group]
     return np.array(msgs, dtype=dtype) if msgs else np.zeros(0, dtype)
 

@@ -69,6 +69,38 @@ class OpKind(enum.IntEnum):
     VECTOR = 8  # an AIV vector op (vector.py): a = its row in the encoded program's ``vec_ops``
 
 
+class AivCall(enum.StrEnum):
+    """The Ascend C call an AIV program op stands for (:class:`ascend_jax.cube_group.program.AivOp`
+    ``kind``; the scenario's op names). The encoder turns each into an :class:`OpKind`
+    (:data:`ENCODED_KIND`): a post, a fake and a quit are all one slot WRITE there."""
+
+    ALLOC = "alloc"  # AllocMessage<pipe>
+    POST = "post"  # PostMessage: head state, aivID and payload
+    FAKE = "fake"  # PostFakeMsg: head state FAKE, payload stale
+    QUIT = "quit"  # SendQuitMsg / SetQuit
+    WAIT = "wait"  # Wait<sync>(offset)
+    DELAY = "delay"  # a busy stretch of cycles
+    ARRIVE = "arrive"  # GroupBarrier::Arrive
+    BARRIER_WAIT = "barrier_wait"  # GroupBarrier::Wait
+    SYNC_ALL = "sync_all"  # SyncAll
+    VECTOR = "vector"  # a UB / vector-unit op (vector.py)
+
+
+#: the engine op each AIV call is encoded as (one home for the mapping)
+ENCODED_KIND = {
+    AivCall.ALLOC: OpKind.ALLOC,
+    AivCall.POST: OpKind.WRITE,
+    AivCall.FAKE: OpKind.WRITE,
+    AivCall.QUIT: OpKind.WRITE,
+    AivCall.WAIT: OpKind.WAIT,
+    AivCall.DELAY: OpKind.DELAY,
+    AivCall.ARRIVE: OpKind.ARRIVE,
+    AivCall.BARRIER_WAIT: OpKind.BWAIT,
+    AivCall.SYNC_ALL: OpKind.SYNC,
+    AivCall.VECTOR: OpKind.VECTOR,
+}
+
+
 class AicPhase(enum.IntEnum):
     """Where an AIC is in its service loop."""
 

@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ascend_jax.cube_group.status import AivCall
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import Tensor, dtype_name, get_dtype
 
@@ -606,7 +607,7 @@ def op_bytes(op: VectorOp) -> int:
 
 def has_vector_ops(program: CubeGroupProgram) -> bool:
     """Whether any AIV of ``program`` runs a vector op."""
-    return any(op.kind == "vector" for _, ops in program.aivs for op in ops)
+    return any(op.kind == AivCall.VECTOR for _, ops in program.aivs for op in ops)
 
 
 def vector_tables(program: CubeGroupProgram) -> dict[str, np.ndarray]:
@@ -632,7 +633,7 @@ def vector_tables(program: CubeGroupProgram) -> dict[str, np.ndarray]:
     nbytes = np.zeros((v, l_max), np.float32)
     for i, (_, ops) in enumerate(program.aivs):
         for j, op in enumerate(ops):
-            if op.kind != "vector":
+            if op.kind != AivCall.VECTOR:
                 continue
             ints, s = op.vec.words()
             words[i, j] = ints
