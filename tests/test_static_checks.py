@@ -236,3 +236,9 @@ def test_one_set_of_aiv_call_names():
     assert set(OP_MODELS) - scenario_only <= {c.value for c in AivCall}
     assert set(ENCODED_KIND) == set(AivCall)
     assert AivOp(AivCall.POST).kind == "post"  # a StrEnum: the scenario's strings compare equal
+
+
+def test_fast_call_namespace_holds_the_aiv_call_members():
+    from ascend_jax.cube_group.status import CALL, AivCall
+
+    assert all(getattr(CALL, c.name) is c for c in AivCall) and len(vars(CALL)) == len(AivCall)

@@ -42,7 +42,7 @@ from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView
 from ascend_jax.cube_group.dcache import call_through_lines
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.result import message_table
-from ascend_jax.cube_group.status import ENCODED_KIND, AivCall, ErrorCode, OpKind
+from ascend_jax.cube_group.status import CALL, ENCODED_KIND, ErrorCode, OpKind
 from ascend_jax.cube_group.vector import UB_DTYPES, VectorOp, op_bytes
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GM_BASE
@@ -143,46 +143,46 @@ def encode_ops(program: CubeGroupProgram) -> tuple[list[list[tuple]], list[tuple
         for op in ops:
             g = (
                 program.groups[op.group]
-                if op.kind in (AivCall.ALLOC, AivCall.POST, AivCall.FAKE, AivCall.QUIT, AivCall.WAIT)
+                if op.kind in (CALL.ALLOC, CALL.POST, CALL.FAKE, CALL.QUIT, CALL.WAIT)
                 else None
             )
             if g is not None:
                 q = program.queue_of[(op.group, b)]
                 head = g.slot_base + g.slot_index(q, 0)
-            if op.kind == AivCall.ALLOC:
+            if op.kind == CALL.ALLOC:
                 pos = ring.get(op.group, 0)
                 alloc_slot[(op.group, op.alloc)] = head + pos * g.aiv_per_aic
                 ring[op.group] = (pos + 1) % MAX_MSG_PER_AIV
                 row.append((ENCODED_KIND[op.kind], alloc_slot[(op.group, op.alloc)], 0, int(op.pipe == "MTE3"), 0))
-            elif op.kind in (AivCall.POST, AivCall.FAKE, AivCall.QUIT):
+            elif op.kind in (CALL.POST, CALL.FAKE, CALL.QUIT):
                 slot = alloc_slot[(op.group, op.alloc)]
                 prev = current.get(slot)
                 prev_aiv, prev_msg = (0, -1) if prev is None else versions[prev][3:5]
-                if op.kind == AivCall.POST:
+                if op.kind == CALL.POST:
                     state, aiv_id, msg = op.state, op.aiv_id, msg_counter[op.group]
                     msg_counter[op.group] += 1
-                elif op.kind == AivCall.FAKE:
+                elif op.kind == CALL.FAKE:
                     state, aiv_id, msg = FAKE, prev_aiv, prev_msg
                 else:
                     state, aiv_id, msg = QUIT, op.aiv_id, prev_msg
                 current[slot] = len(versions)
                 versions.append((slot, op.group, state, aiv_id, msg))
-                sets_flag = op.kind == AivCall.POST and op.pipe == "MTE3"  # PostMessage<MTE3> sets MTE3->S again
+                sets_flag = op.kind == CALL.POST and op.pipe == "MTE3"  # PostMessage<MTE3> sets MTE3->S again
                 row.append((ENCODED_KIND[op.kind], slot, state, int(sets_flag), current[slot]))
-            elif op.kind == AivCall.WAIT:
+            elif op.kind == CALL.WAIT:
                 row.append((ENCODED_KIND[op.kind], head + op.offset, int(op.sync), 0, 0))
-            elif op.kind == AivCall.SYNC_ALL:
+            elif op.kind == CALL.SYNC_ALL:
                 row.append((ENCODED_KIND[op.kind], 0, 0, 0, 0))
-            elif op.kind == AivCall.VECTOR:  # a: the op's row of vector_words (appended by encode_program)
+            elif op.kind == CALL.VECTOR:  # a: the op's row of vector_words (appended by encode_program)
                 row.append((ENCODED_KIND[op.kind], 0, -1, 0, 0))
-            elif op.kind == AivCall.DELAY:
+            elif op.kind == CALL.DELAY:
                 _check_int32(
                     f"{op.where}.cycles", op.cycles, "must be in 0..2**31-1 cycles", "split the delay or shorten it"
                 )
                 row.append((ENCODED_KIND[op.kind], 0, min(op.cycles, horizon, I32_MAX), 0, 0))
-            elif op.kind in (AivCall.ARRIVE, AivCall.BARRIER_WAIT):
+            elif op.kind in (CALL.ARRIVE, CALL.BARRIER_WAIT):
                 obj = barrier_objs.setdefault(op.group, BarrierObject(program.barriers[op.group]))
-                if op.kind == AivCall.ARRIVE:
+                if op.kind == CALL.ARRIVE:
                     row.append((ENCODED_KIND[op.kind], 0, op.group, op.index, obj.arrive_threshold()))
                     obj.after_arrive()
                 else:
@@ -377,7 +377,7 @@ def vector_words(program: CubeGroupProgram, rows: list[list[tuple]]) -> tuple[np
     nb = r = c = 0
     for (_, ops), row in zip(program.aivs, rows, strict=True):
         for pc, op in enumerate(ops):
-            if op.kind != AivCall.VECTOR:
+            if op.kind != CALL.VECTOR:
                 continue
             vec: VectorOp = op.vec
             ints, scalar = vec.words()

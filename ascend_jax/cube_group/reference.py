@@ -41,7 +41,7 @@ from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, FreeCallback, Me
 from ascend_jax.cube_group.dcache import AicLineCache, message_lines
 from ascend_jax.cube_group.program import AivOp, CubeGroupProgram
 from ascend_jax.cube_group.result import CubeGroupResult
-from ascend_jax.cube_group.status import AivCall, ErrorCode, Status
+from ascend_jax.cube_group.status import CALL, ErrorCode, Status
 from ascend_jax.cube_group.vector import VectorUnit, vector_cycles
 from ascend_jax.errors import ConfigError
 from ascend_jax.matmul import (
@@ -190,7 +190,7 @@ class ReferenceInterpreter:
         for b, ops in program.aivs:
             ids = [-1] * len(ops)
             for i, op in enumerate(ops):  # message ids: posts per group in (block_idx, op) order
-                if op.kind == AivCall.POST:
+                if op.kind == CALL.POST:
                     ids[i] = counters[op.group]
                     counters[op.group] += 1
             self.aivs.append(_Aiv(b, ops, heads[b], ids))
@@ -248,28 +248,28 @@ class ReferenceInterpreter:
     def _aiv_ready(self, aiv: _Aiv) -> bool:
         op = aiv.ops[aiv.pc]
         kind = op.kind
-        if kind == AivCall.WAIT:  # Wait<true> spins until the slot is FREE; Wait<false> reads once
+        if kind == CALL.WAIT:  # Wait<true> spins until the slot is FREE; Wait<false> reads once
             return not op.sync or self.slots[op.group][aiv.heads[op.group] + op.offset].state == FREE
-        if kind == AivCall.ALLOC:  # AllocMessage spins until the ring slot is FREE (MTE3: after the flag)
+        if kind == CALL.ALLOC:  # AllocMessage spins until the ring slot is FREE (MTE3: after the flag)
             if op.pipe == "MTE3" and not aiv.mte3_flag:
                 return False
             pos = aiv.pos.get(op.group, 0)
             return self.slots[op.group][aiv.heads[op.group] + pos * self.widths[op.group]].state == FREE
-        if kind == AivCall.ARRIVE:
+        if kind == CALL.ARRIVE:
             obj = self._barrier_obj(aiv, op.group)
             thr = obj.arrive_threshold()
             return thr < 0 or self.counters_w[op.group, op.index] == thr
-        if kind == AivCall.BARRIER_WAIT:
+        if kind == CALL.BARRIER_WAIT:
             obj = self._barrier_obj(aiv, op.group)
             return self.counters_a[op.group, op.index] >= obj.wait_threshold()
-        if kind == AivCall.SYNC_ALL:
+        if kind == CALL.SYNC_ALL:
             return self._sync_ready(aiv)
         return True  # post, fake, quit, delay
 
     def _sync_ready(self, aiv: _Aiv) -> bool:
         """SyncAll returns when every AIV is at (or past) this round and every AIC left its loop."""
         every_aiv = all(
-            a.syncs > aiv.syncs or (not a.done and a.ops[a.pc].kind == AivCall.SYNC_ALL and a.syncs == aiv.syncs)
+            a.syncs > aiv.syncs or (not a.done and a.ops[a.pc].kind == CALL.SYNC_ALL and a.syncs == aiv.syncs)
             for a in self.aivs
             if a.ops  # an AIV without a program takes no part
         )
@@ -280,22 +280,22 @@ class ReferenceInterpreter:
         kind = op.kind
         if self.events is not None:
             self._aiv_event(aiv, op)
-        if kind == AivCall.DELAY:
+        if kind == CALL.DELAY:
             aiv.timer += 1
             if aiv.timer < op.cycles:
                 return
             aiv.timer = 0
-        elif kind == AivCall.SYNC_ALL:
+        elif kind == CALL.SYNC_ALL:
             aiv.syncs += 1
-        elif kind == AivCall.VECTOR:
+        elif kind == CALL.VECTOR:
             self.vector.run(op.vec)
-        elif kind == AivCall.ALLOC:
+        elif kind == CALL.ALLOC:
             pos = aiv.pos.get(op.group, 0)
             aiv.alloc_slot[(op.group, op.alloc)] = aiv.heads[op.group] + pos * self.widths[op.group]
             aiv.pos[op.group] = (pos + 1) % MAX_MSG_PER_AIV
             if op.pipe == "MTE3":  # WaitFlag<MTE3_S> consumed the event
                 aiv.mte3_flag = False
-        elif kind == AivCall.POST:  # the whole struct, head included
+        elif kind == CALL.POST:  # the whole struct, head included
             if op.pipe == "MTE3":  # the DMA post ends with SetFlag<MTE3_S>
                 aiv.mte3_flag = True
             slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
@@ -303,33 +303,33 @@ class ReferenceInterpreter:
             slot.payload, slot.msg_id = op.payload, aiv.msg_ids[aiv.pc]
             if self.events is not None:
                 slot.write = len(self.events) - 1
-        elif kind == AivCall.FAKE:  # head state only; payload stays stale
+        elif kind == CALL.FAKE:  # head state only; payload stays stale
             slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
             slot.state = FAKE
             if self.events is not None:
                 slot.write = len(self.events) - 1
-        elif kind == AivCall.QUIT:  # SetQuit: aivID, then the state
+        elif kind == CALL.QUIT:  # SetQuit: aivID, then the state
             slot = self.slots[op.group][aiv.alloc_slot[(op.group, op.alloc)]]
             slot.aiv_id, slot.state = op.aiv_id, QUIT
             if self.events is not None:
                 slot.write = len(self.events) - 1
-        elif kind == AivCall.WAIT and not op.sync:  # Wait<false> returns whether the slot is FREE
+        elif kind == CALL.WAIT and not op.sync:  # Wait<false> returns whether the slot is FREE
             state = self.slots[op.group][aiv.heads[op.group] + op.offset].state
             aiv.wait_results.append(state == FREE)
             if self.events is not None:
                 self.events[-1]["args"]["free"] = bool(state == FREE)
-        elif kind == AivCall.ARRIVE:
+        elif kind == CALL.ARRIVE:
             obj = self._barrier_obj(aiv, op.group)
             self.counters_a[op.group, : obj.geometry.copies] += 1
             obj.after_arrive()
-        elif kind == AivCall.BARRIER_WAIT:
+        elif kind == CALL.BARRIER_WAIT:
             obj = self._barrier_obj(aiv, op.group)
             self.counters_w[op.group, : obj.geometry.copies] += 1
             obj.after_wait()
         aiv.pc += 1
         if aiv.pc == len(aiv.ops):
             self.some_finished = True
-        if self.events is not None and kind in (AivCall.POST, AivCall.FAKE, AivCall.QUIT):
+        if self.events is not None and kind in (CALL.POST, CALL.FAKE, CALL.QUIT):
             self._occupancy_event(op.group, aiv.alloc_slot[(op.group, op.alloc)])
 
     # -- AIC -------------------------------------------------------------------------------
@@ -547,35 +547,35 @@ class ReferenceInterpreter:
 
     def _aiv_event(self, aiv: _Aiv, op: AivOp) -> None:
         core, kind = f"aiv{aiv.block_idx}", op.kind
-        if kind == AivCall.DELAY:
+        if kind == CALL.DELAY:
             if aiv.timer + 1 >= op.cycles:  # one slice when the delay ends, over all its steps
                 self._event(core, None, "delay", {"cycles": op.cycles}, self._t[0] - op.cycles + 1, op.cycles)
             return
-        if kind == AivCall.VECTOR:
+        if kind == CALL.VECTOR:
             self._event(core, None, "vector", op.vec.describe())
             return
-        if kind in (AivCall.ARRIVE, AivCall.BARRIER_WAIT):
+        if kind in (CALL.ARRIVE, CALL.BARRIER_WAIT):
             obj = self._barrier_obj(aiv, op.group)
             args = {"op": kind.replace("barrier_", ""), "barrier": obj.geometry.name, "index": op.index}
             self._event(core, None, "barrier", args)
             return
         gi = op.group
-        if kind == AivCall.ALLOC:
+        if kind == CALL.ALLOC:
             rel = aiv.heads[gi] + aiv.pos.get(gi, 0) * self.widths[gi]
-        elif kind == AivCall.WAIT:
+        elif kind == CALL.WAIT:
             rel = aiv.heads[gi] + op.offset
         else:
             rel = aiv.alloc_slot[(gi, op.alloc)]
         queue, depth = self._where(gi, rel)
         args: dict[str, Any] = {"queue": queue, "depth": depth}
-        if kind == AivCall.POST:
+        if kind == CALL.POST:
             args.update(state=_name(op.state), aivID=op.aiv_id, msg_id=aiv.msg_ids[aiv.pc])
             args["message"] = _fields(op.payload)
-        elif kind == AivCall.QUIT:
+        elif kind == CALL.QUIT:
             args.update(state="QUIT", aivID=op.aiv_id)
-        elif kind == AivCall.FAKE:
+        elif kind == CALL.FAKE:
             args["state"] = "FAKE"
-        elif kind == AivCall.WAIT:
+        elif kind == CALL.WAIT:
             args["sync"] = bool(op.sync)
         self._event(core, gi, kind, args)
 
@@ -688,28 +688,28 @@ class ReferenceInterpreter:
         op = aiv.ops[aiv.pc]
         clock = self.aiv_clock[aiv.block_idx]
         enable = F32(0)
-        if op.kind == AivCall.ALLOC:
+        if op.kind == CALL.ALLOC:
             g = self.p.groups[op.group]
             enable = self.slot_time[op.group][self._aiv_head(aiv, op.group) + aiv.pos.get(op.group, 0) * g.aiv_per_aic]
-        elif op.kind == AivCall.WAIT and op.sync:
+        elif op.kind == CALL.WAIT and op.sync:
             enable = self.slot_time[op.group][self._aiv_head(aiv, op.group) + op.offset]
-        elif op.kind in (AivCall.ARRIVE, AivCall.BARRIER_WAIT):
+        elif op.kind in (CALL.ARRIVE, CALL.BARRIER_WAIT):
             enable = self.barrier_time[op.group]
-        elif op.kind == AivCall.SYNC_ALL:  # when the last core arrives
+        elif op.kind == CALL.SYNC_ALL:  # when the last core arrives
             enable = F32(max([*self.aiv_clock.values(), *self.aic_clock]))
         dur = {
-            AivCall.ALLOC: self._c("alloc"),
-            AivCall.FAKE: self._c("fake"),
-            AivCall.QUIT: self._c("quit"),
-            AivCall.POST: self._c("post"),
-            AivCall.WAIT: self._c("wait"),
-            AivCall.ARRIVE: self._c("barrier"),
-            AivCall.BARRIER_WAIT: self._c("barrier"),
-            AivCall.SYNC_ALL: self._c("barrier"),
-        }.get(op.kind, F32(op.cycles) if op.kind == AivCall.DELAY else F32(0))
-        if op.kind == AivCall.POST and op.state in (FAKE, QUIT):  # a hand-made FAKE / QUIT costs as the engine's
+            CALL.ALLOC: self._c("alloc"),
+            CALL.FAKE: self._c("fake"),
+            CALL.QUIT: self._c("quit"),
+            CALL.POST: self._c("post"),
+            CALL.WAIT: self._c("wait"),
+            CALL.ARRIVE: self._c("barrier"),
+            CALL.BARRIER_WAIT: self._c("barrier"),
+            CALL.SYNC_ALL: self._c("barrier"),
+        }.get(op.kind, F32(op.cycles) if op.kind == CALL.DELAY else F32(0))
+        if op.kind == CALL.POST and op.state in (FAKE, QUIT):  # a hand-made FAKE / QUIT costs as the engine's
             dur = self._c("fake") if op.state == FAKE else self._c("quit")
-        elif op.kind == AivCall.VECTOR:
+        elif op.kind == CALL.VECTOR:
             dur = vector_cycles(op.vec, self.cost)
         return F32(max(clock, enable)), dur
 
@@ -752,9 +752,9 @@ class ReferenceInterpreter:
                 continue
             op = a.ops[a.pc]
             stall = F32(start - self.aiv_clock[a.block_idx])
-            if op.kind == AivCall.ALLOC:
+            if op.kind == CALL.ALLOC:
                 self.alloc_stall[a.block_idx] = F32(self.alloc_stall[a.block_idx] + stall)
-            elif op.kind in (AivCall.WAIT, AivCall.ARRIVE, AivCall.BARRIER_WAIT, AivCall.SYNC_ALL):
+            elif op.kind in (CALL.WAIT, CALL.ARRIVE, CALL.BARRIER_WAIT, CALL.SYNC_ALL):
                 self.wait_stall[a.block_idx] = F32(self.wait_stall[a.block_idx] + stall)
             end = F32(start + dur)
             if self.events is not None:
@@ -763,14 +763,14 @@ class ReferenceInterpreter:
                     self._event(
                         f"aiv{a.block_idx}", None, "blocked", {"before": op.kind}, self.aiv_clock[a.block_idx], stall
                     )
-                if op.kind == AivCall.DELAY:
+                if op.kind == CALL.DELAY:
                     self._event(f"aiv{a.block_idx}", None, "delay", {"cycles": op.cycles})
-            if op.kind in (AivCall.POST, AivCall.FAKE, AivCall.QUIT):
+            if op.kind in (CALL.POST, CALL.FAKE, CALL.QUIT):
                 self.slot_time[op.group][a.alloc_slot[(op.group, op.alloc)]] = end
-            if op.kind in (AivCall.ARRIVE, AivCall.BARRIER_WAIT):
+            if op.kind in (CALL.ARRIVE, CALL.BARRIER_WAIT):
                 self.barrier_time[op.group] = F32(max(self.barrier_time[op.group], end))
             self.aiv_clock[a.block_idx] = end
-            if op.kind == AivCall.DELAY:  # one action of `cycles` cycles
+            if op.kind == CALL.DELAY:  # one action of `cycles` cycles
                 a.pc += 1
                 self.some_finished = a.done or self.some_finished
             else:
@@ -830,8 +830,8 @@ class ReferenceInterpreter:
         if self.schedule == "lockstep":  # every enabled AIV acts (a delay's tick touches only its timer)
             acting = ready_v
         else:
-            ticking = [a for a in ready_v if a.ops[a.pc].kind == AivCall.DELAY]  # time passes for every delay
-            acting = ticking + self._chosen([a for a in ready_v if a.ops[a.pc].kind != AivCall.DELAY])
+            ticking = [a for a in ready_v if a.ops[a.pc].kind == CALL.DELAY]  # time passes for every delay
+            acting = ticking + self._chosen([a for a in ready_v if a.ops[a.pc].kind != CALL.DELAY])
         for a in acting:
             self._aiv_act(a)
         ready_c = [c for c in self.busy_aics if aic_ready(c)]
@@ -879,25 +879,25 @@ class ReferenceInterpreter:
             if a.done:
                 continue
             op = a.ops[a.pc]
-            if op.kind in (AivCall.ALLOC, AivCall.WAIT):
+            if op.kind in (CALL.ALLOC, CALL.WAIT):
                 g = self.p.groups[op.group]
                 rel = self._aiv_head(a, op.group) + (
-                    a.pos.get(op.group, 0) * g.aiv_per_aic if op.kind == AivCall.ALLOC else op.offset
+                    a.pos.get(op.group, 0) * g.aiv_per_aic if op.kind == CALL.ALLOC else op.offset
                 )
                 k, col, d = g.slot_queue_depth(rel)
-                until = "MTE3_FLAG" if op.kind == AivCall.ALLOC and op.pipe == "MTE3" and not a.mte3_flag else "FREE"
+                until = "MTE3_FLAG" if op.kind == CALL.ALLOC and op.pipe == "MTE3" and not a.mte3_flag else "FREE"
                 out.append(_entry(f"aiv{a.block_idx}", g.name, k * g.aiv_per_aic + col, d, until))
-            elif op.kind == AivCall.ARRIVE:
+            elif op.kind == CALL.ARRIVE:
                 obj = self._barrier_obj(a, op.group)
                 out.append(
                     _barrier_entry(f"aiv{a.block_idx}", obj.geometry.name, op.index, f"W=={obj.arrive_threshold()}")
                 )
-            elif op.kind == AivCall.BARRIER_WAIT:
+            elif op.kind == CALL.BARRIER_WAIT:
                 obj = self._barrier_obj(a, op.group)
                 out.append(
                     _barrier_entry(f"aiv{a.block_idx}", obj.geometry.name, op.index, f"A>={obj.wait_threshold()}")
                 )
-            elif op.kind == AivCall.SYNC_ALL:
+            elif op.kind == CALL.SYNC_ALL:
                 out.append({"core": f"aiv{a.block_idx}", "until": "SYNC_ALL"})
         return out
 
