@@ -83,7 +83,8 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> tuple[float, float, float]
     engine_s: the compiled batched loop alone, on tables already encoded and on the device, run
     the way ``simulate`` runs it: in chunks of ``engine.default_chunk`` lanes (4,096 on a CPU),
     one call per chunk.
-    Both are the best of 3 calls (2 above 4,096 lanes; small batches: as many as fit 0.5 s).
+    Both are the best of 7 calls (3 above 4,096 lanes; small batches: as many as fit 0.5 s): the
+    JAX calls are short, so on a shared machine a few of them land on a busy moment.
     compile_s: lowering and compiling the loop for one chunk (``engine.compile_batch``).
 
     This is the one place that knows the engine's internals (``engine.prepare``,
@@ -102,7 +103,7 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> tuple[float, float, float]
         engine._place(mesh, prep.shape, *prep.chunk(np.arange(lo, lo + chunk))) for lo in range(chunk, n, chunk)
     ]  # every batch measured here is a multiple of the chunk
     aj.simulate(programs)  # warm: the jit cache holds the same compilation
-    repeats, min_total_s = 3 if n <= 4096 else 2, 0.5 if n < 64 else 0.0
+    repeats, min_total_s = 7 if n <= 4096 else 3, 0.5 if n < 64 else 0.0
     end_to_end = best_time(lambda: aj.simulate(programs), repeats, min_total_s)
 
     def loop():
