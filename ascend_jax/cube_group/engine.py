@@ -321,9 +321,13 @@ def prepare(
         seeds_arr = np.asarray(seeds, np.uint32)
     from ascend_jax.timing import CostModel
 
-    order: dict[int, int] = {}  # id of each distinct program -> its index, in order of first use
-    index = np.fromiter((order.setdefault(id(p), len(order)) for p in programs), np.int64, n)
-    distinct = list({id(p): p for p in programs}.values())
+    ids = np.fromiter(map(id, programs), np.int64, n)  # distinct programs in order of first use
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    by_use = np.argsort(first)
+    rank = np.empty_like(by_use)
+    rank[by_use] = np.arange(len(by_use))
+    index = rank[inverse.reshape(-1)]
+    distinct = [programs[i] for i in first[by_use]]
     if costs is None or isinstance(costs, CostModel):
         vecs = np.stack([(costs or CostModel.for_chip(p.chip)).vector() for p in distinct])
         cost_arr = vecs[index]  # one cost vector per distinct program, gathered per lane
