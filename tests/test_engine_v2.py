@@ -146,3 +146,32 @@ def test_compiled_loop_composes_with_jax_vmap():
         else:  # lane axis last: [2, ..., 2] -> [..., 4]
             joined = np.moveaxis(m, 0, -2).reshape(*m.shape[1:-1], 4)
         np.testing.assert_array_equal(joined, np.asarray(w), err_msg=name)
+
+
+def test_step_leaves_out_op_kinds_no_lane_uses():
+    """The static shape lists the op kinds and pipes the lanes use, so the step compiles only those
+    branches; a lane with a delay or an MTE3 post in the batch brings them back for every lane."""
+    from ascend_jax.cube_group import engine as eng
+    from ascend_jax.cube_group.status import OpKind
+
+    def kernel(delay: bool, mte3: bool):
+        k = aj.CubeGroupKernel()
+        g = k.create_cube_res_group("g", 0, 2, 1)
+        a = k.aiv(0)
+        a.assign_queue(g, 0)
+        if delay:
+            a.delay(3)
+        a.post(g, pipe="MTE3" if mte3 else "SCALAR")
+        a.quit(g)
+        return k.compile()
+
+    plain, slow, flagged = kernel(False, False), kernel(True, False), kernel(False, True)
+    shape = eng.prepare(plain).shape
+    assert not shape.uses(OpKind.DELAY) and not shape.uses(OpKind.WAIT) and not shape.has_mte3
+    mixed = eng.prepare([plain, slow, flagged]).shape
+    assert mixed.uses(OpKind.DELAY) and mixed.has_mte3
+    results = aj.simulate([plain, slow, flagged])
+    for program, res in zip([plain, slow, flagged], results, strict=True):
+        ref = aj.run_reference(program)
+        assert res.status == ref.status == aj.Status.OK and res.steps == ref.steps
+    assert results[1].steps == results[0].steps + 3  # the delay's three cycles

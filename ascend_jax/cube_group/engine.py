@@ -30,7 +30,7 @@ from ascend_jax.cube_group.encode import EncodedProgram, encode_program
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.readout import BatchResult, _Lanes
 from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables, can_pack, init_state, unpack_slots
-from ascend_jax.cube_group.status import AicPhase, AivCall, ErrorCode, OpKind, Status
+from ascend_jax.cube_group.status import ENCODED_KIND, AicPhase, AivCall, ErrorCode, OpKind, Status
 from ascend_jax.cube_group.step import cursor_slot, final_status, lane_done, step
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import row_margin
@@ -194,6 +194,8 @@ def make_shape(
         shared=len(programs) == 1,
         build=first.build,
         has_sync=any(op.kind == AivCall.SYNC_ALL for p in programs for _, ops in p.aivs for op in ops),
+        op_kinds=tuple(sorted({int(ENCODED_KIND[op.kind]) for p in programs for _, ops in p.aivs for op in ops})),
+        has_mte3=any(op.pipe == "MTE3" for p in programs for _, ops in p.aivs for op in ops),
         gm_bounds=tuple(tuple(int(x) for x in b) for b in first.gm.bounds()) if has_mm else (),
         n_vec_ops=_bucket(n_vec) if n_vec else 0,
         ub=ub,

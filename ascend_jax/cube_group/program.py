@@ -226,7 +226,7 @@ class AivProgram:
         st = self._fill(slot, "post_message")
         self.ops.append(
             AivOp(
-                "post",
+                AivCall.POST,
                 slot.group,
                 alloc=slot.alloc,
                 state=state,

@@ -63,7 +63,13 @@ class EngineShape:
     gm_bounds: tuple = ()  # ((first byte, end byte), ...) of every GM tensor (matmul bounds checks)
     n_vec_ops: int = 0  # Vn: rows of the vector op table (padded; 0: no AIV runs a vector op)
     ub: tuple = (0, 0, 0)  # (NB, R, C): UB buffers per AIV, largest buffer rows and cols
+    op_kinds: tuple[int, ...] = tuple(int(k) for k in OpKind)  # OpKinds some lane's program uses
+    has_mte3: bool = True  # some AllocMessage / PostMessage runs in MTE3 mode (the flag matters)
     packed: bool = False  # the slot grid packs a queue's 4 depths in one word (see :func:`pack_slots`)
+
+    def uses(self, kind: OpKind) -> bool:
+        """Whether some lane's program has an op of this kind (the step leaves out what none has)."""
+        return int(kind) in self.op_kinds
 
     @property
     def release(self) -> bool:

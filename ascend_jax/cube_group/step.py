@@ -98,8 +98,13 @@ def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
     active = (st.aiv_pc < lane_table(shape, tab.op_len)) & (st.status == Status.RUNNING)[None, :]
     _, kind, x, a, b, c = ops
     slot_free = aiv_slot_state(shape, st.slot, x) == FREE
-    conds = [kind == OpKind.ALLOC, kind == OpKind.WAIT]
-    values = [slot_free & ((b == 0) | st.aiv_mte3), (a == 0) | slot_free]  # an MTE3 alloc waits for the flag
+    conds, values = [], []  # kinds that no lane's program has are left out
+    if shape.uses(OpKind.ALLOC):  # an MTE3 alloc also waits for the MTE3->S flag
+        conds.append(kind == OpKind.ALLOC)
+        values.append(slot_free & ((b == 0) | st.aiv_mte3) if shape.has_mte3 else slot_free)
+    if shape.uses(OpKind.WAIT):
+        conds.append(kind == OpKind.WAIT)
+        values.append((a == 0) | slot_free)
     if shape.has_sync:  # SyncAll: every AIV with a program at this round, every AIC out of its loop
         k = st.aiv_syncs
         at_sync = (st.aiv_pc < lane_table(shape, tab.op_len)) & (kind == OpKind.SYNC)
@@ -129,6 +134,10 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         act = ready & (start == tmin[None, :])
         timer = st.aiv_timer
         advance = act
+    elif not shape.uses(OpKind.DELAY):
+        act = ready & _chosen(shape, keys, v)
+        timer = st.aiv_timer
+        advance = act
     else:
         act = ready & (is_delay | _chosen(shape, keys, v))
         timer = jnp.where(act & is_delay, st.aiv_timer + 1, st.aiv_timer)
@@ -140,8 +149,10 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     count = (x >> (PACK_OP_COUNT_BIT - KIND_BITS)) & 63  # packed grid: the write's count mod 64
     slot = aiv_slot_post(shape, st.slot, x, write, a, c, count)
     aiv_syncs = st.aiv_syncs + (act & (kind == OpKind.SYNC)) if shape.has_sync else st.aiv_syncs
-    mte3 = (b == 1) & ((kind == OpKind.ALLOC) | write)
-    aiv_mte3 = jnp.where(act & mte3, kind == OpKind.WRITE, st.aiv_mte3)  # alloc takes it, post sets it
+    aiv_mte3 = st.aiv_mte3
+    if shape.has_mte3:  # an MTE3 alloc takes the flag, an MTE3 post sets it again
+        mte3 = (b == 1) & ((kind == OpKind.ALLOC) | write)
+        aiv_mte3 = jnp.where(act & mte3, kind == OpKind.WRITE, st.aiv_mte3)
 
     wait_result = st.aiv_wait_result
     if shape.wait_tests:
