@@ -175,3 +175,31 @@ def test_step_leaves_out_op_kinds_no_lane_uses():
         ref = aj.run_reference(program)
         assert res.status == ref.status == aj.Status.OK and res.steps == ref.steps
     assert results[1].steps == results[0].steps + 3  # the delay's three cycles
+
+
+@pytest.mark.parametrize("queues", [30, 31, 40])
+@pytest.mark.parametrize("build", ["debug", "release"])
+def test_wide_rows_live_columns_as_bits_or_booleans(queues, build):
+    """An AIC's live columns are an int32 bitmask for rows of up to 30 columns and booleans above:
+    both equal the reference, with merges (skip counts) and quits across the whole row."""
+    from ascend_jax.cube_group import engine as eng
+
+    k = aj.CubeGroupKernel(max_steps=5000, build=build)
+    g = k.create_cube_res_group("g", 0, 2, queues, callback="merge")
+    for q in range(queues):
+        a = k.aiv(q)
+        a.assign_queue(g, q)
+        if q % 7 == 0 and q + 2 < queues:
+            a.post(g, {"skipCnt": 2})
+        elif q % 7 in (1, 2):
+            a.fake(g)
+        else:
+            a.post(g)
+        if q % 5 != 4:  # some queues stay open: the AIC keeps serving them
+            a.post(g)
+        a.quit(g)
+    program = k.compile()
+    assert eng.prepare(program).shape.alive_bits == (queues <= 30)
+    ref = aj.run_reference(program)
+    [res] = aj.simulate(program)
+    assert res.to_json() == ref.to_json()

@@ -72,6 +72,12 @@ class EngineShape:
         return int(kind) in self.op_kinds
 
     @property
+    def alive_bits(self) -> bool:
+        """Whether ``State.aic_alive`` is a [C] bitmask (rows of at most :data:`ALIVE_BITS`
+        columns) rather than [C, W] booleans."""
+        return self.row_width <= ALIVE_BITS
+
+    @property
     def release(self) -> bool:
         return self.build == "release"
 
@@ -272,7 +278,8 @@ class State:
     aiv_wait_result: [V, L] int8 result of Wait<false> ops (-1 not run; [V, 0] when none exist).
     aic_phase, aic_pos, aic_col: [C] AicPhase and the cursor as on the device: ``msgPos`` (slots
       from the AIC's block base) and ``aivWork`` (the column it believes it is at).
-    aic_alive: [C, W] aivWorkState as booleans.
+    aic_alive: [C] aivWorkState as an int32 bitmask (bit k: column k live) when rows have at most
+      :data:`ALIVE_BITS` columns, else [C, W] booleans (:attr:`EngineShape.alive_bits`).
     aic_ver, aic_pc, aic_skip: [C] the version being served, its next action and its SetSkipMsg
       total (CALL phase).
     recv_ver: [C, R] received log (versions, int16 while they fit; their slot and state follow);
@@ -342,6 +349,9 @@ KIND_BITS = 4
 VERSION_BITS = 23
 MAX_VERSIONS = 1 << VERSION_BITS
 
+
+#: widest row whose live columns ``State.aic_alive`` holds as int32 bits (shifts stay below bit 31)
+ALIVE_BITS = 30
 
 #: packed grid: a depth's byte holds the head state in bits 0..1 and, from this bit up, the
 #: number of writes to the slot modulo 64 (``Tables.slot_ver`` maps it to the version)
@@ -538,7 +548,11 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aic_phase=zeros(c),
         aic_pos=zeros(c),
         aic_col=zeros(c),
-        aic_alive=jnp.broadcast_to(jnp.asarray(alive)[:, :, None], (c, w, b)),
+        aic_alive=(
+            jnp.broadcast_to(jnp.asarray((1 << consts["n"]) - 1, jnp.int32)[:, None], (c, b))
+            if shape.alive_bits
+            else jnp.broadcast_to(jnp.asarray(alive)[:, :, None], (c, w, b))
+        ),
         aic_ver=zeros(c),
         aic_pc=zeros(c),
         aic_skip=zeros(c),

@@ -230,6 +230,29 @@ def _release(
     return new_pos.astype(jnp.int32), new_col.astype(jnp.int32)
 
 
+def _lowest_bit(x: jax.Array) -> jax.Array:
+    """Index of the lowest set bit of each int32 ``x`` (0 where none is set)."""
+    return jnp.where(x == 0, 0, 31 - jax.lax.clz(x & -x))
+
+
+def _release_bits(
+    alive: jax.Array, n: jax.Array, p: jax.Array, pos: jax.Array, col: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`_release` on ``alive`` as a [C, B] bitmask of live columns (rows of at most
+    :data:`ascend_jax.cube_group.state.ALIVE_BITS` columns): the same arithmetic, with the
+    column scans done by bit operations instead of ``W``-wide compares and reductions."""
+    above = jnp.where(col < 0, -1, jnp.where(col >= 30, 0, ~((jnp.int32(2) << jnp.clip(col, 0, 29)) - 1)))
+    later = alive & above & ((jnp.int32(1) << n) - 1)
+    has_later = (later != 0) & (col + 1 < n)
+    first_later = _lowest_bit(later)
+    end = pos + jnp.maximum(n - 1 - col, 0)  # msgPos at the last live column of this row
+    next_row = jnp.where(end // p == D4 - 1, 0, end + (p - n) + 1)
+    first_any = _lowest_bit(alive)
+    new_pos = jnp.where(has_later, pos + first_later - col, next_row + first_any)
+    new_col = jnp.where(has_later, first_later, first_any)
+    return new_pos.astype(jnp.int32), new_col.astype(jnp.int32)
+
+
 def _free_asserts(shape: EngineShape, tab: Tables, ver: jax.Array, n: jax.Array, p: jax.Array) -> jax.Array:
     """[C, B] the first free assert of version ``ver`` judged from the receiving AIC, as the
     device's FreeMessage sees it: ``rcvMsg + i`` outside that AIC's block or on a column it does
@@ -345,7 +368,12 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     # -- QUIT: clear bit aivID ---------------------------------------------------------------
     quit_now = recv_ok & is_quit
     cols = jnp.arange(w)[None, :, None]
-    alive = st.aic_alive & ~(quit_now[:, None, :] & (cols == vt[:, None, VER["aiv_id"]]))
+    quit_col = jnp.where(quit_now, vt[:, VER["aiv_id"]], -1)  # [C, B]: the column a QUIT retires
+    if shape.alive_bits:
+        in_row = (quit_col >= 0) & (quit_col < w)
+        alive = st.aic_alive & ~jnp.where(in_row, jnp.int32(1) << jnp.clip(quit_col, 0, w - 1), 0)
+    else:
+        alive = st.aic_alive & (cols != quit_col[:, None, :])
 
     # -- a message for the callback: serve its actions -----------------------------------------
     call_now = recv_ok & ~is_quit
@@ -374,8 +402,12 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     releasing = call_end | quit_now
     skip = jnp.where(call_now, skip_v, st.aic_skip)
     skipped = jnp.where(call_end, skip, 0)  # SetSkipMsg: aivWork += k, msgPos += k
-    new_pos, new_col = _release(alive, n, p, pos + skipped, col + skipped)
-    finished = releasing & ~alive.any(axis=1)
+    if shape.alive_bits:
+        new_pos, new_col = _release_bits(alive, n, p, pos + skipped, col + skipped)
+        finished = releasing & (alive == 0)
+    else:
+        new_pos, new_col = _release(alive, n, p, pos + skipped, col + skipped)
+        finished = releasing & ~alive.any(axis=1)
     mm_state = st.mm_state
     if shape.has_matmul:  # CallBack::Call returned: the Matmul object keeps what it set
         upd = lookup(shape, tab.ver_mmf, aic_ver)  # [C, M + 1, B]
