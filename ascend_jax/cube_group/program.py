@@ -54,8 +54,9 @@ class AivOp:
     """One AIV action, symbolic.
 
     Attributes:
-      kind: ``alloc``, ``post``, ``fake``, ``quit``, ``wait``, ``delay``, ``arrive``, ``barrier_wait``,
-        ``sync_all``, ``vector`` (a UB / vector-unit op, in ``vec``).
+      kind: the :class:`~ascend_jax.cube_group.status.AivCall` (``alloc``, ``post``, ``fake``,
+        ``quit``, ``wait``, ``delay``, ``arrive``, ``barrier_wait``, ``sync_all``, ``vector``: a UB /
+        vector-unit op, in ``vec``).
       group: group index (message ops) or barrier index (barrier ops); -1 otherwise.
       alloc: for post / fake / quit, which alloc of this AIV in this group it fills (0-based).
       state: post: the head state written (VALID unless the user says otherwise).
@@ -71,7 +72,7 @@ class AivOp:
       vec: vector: the :class:`~ascend_jax.cube_group.vector.VectorOp`.
     """
 
-    kind: str
+    kind: AivCall
     group: int = -1
     alloc: int = -1
     state: int = 0
