@@ -27,6 +27,10 @@ class CubeMsgState(enum.IntEnum):
     FAKE = 3
 
 
+#: The states as plain ints, for array code and inner loops (an IntEnum member costs a Python
+#: attribute look-up and converts on every use).
+FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
+
 #: ``AscendC::CubeGroupMsgHead``: ``msgState`` (byte 0) and ``aivID`` (byte 1), spec §4.2.
 CUBE_GROUP_MSG_HEAD = np.dtype([("msgState", np.uint8), ("aivID", np.uint8)])
 

@@ -167,11 +167,6 @@ def vector_words(shape: EngineShape, tab: Tables, row: jax.Array) -> jax.Array:
     return lookup(shape, tab.vec, jnp.clip(row, 0, tab.vec.shape[0] - 1))
 
 
-def packed_states(grid: jax.Array) -> jax.Array:
-    """[C, W, 4, B] the head states of a packed ``[C, W, B]`` grid."""
-    return (grid[:, :, None, :] >> (8 * jnp.arange(D4, dtype=jnp.int32))[None, None, :, None]) & 3
-
-
 def block_byte(shape: EngineShape, grid: jax.Array, slot: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Packed grid: the byte of global slots ``slot`` [C, B] read by AIC c, their grid index and
     whether the slot can be read, all [C, B] (byte 0 outside the group, as :func:`slot_pick`). A debug build's cursor and frees stay

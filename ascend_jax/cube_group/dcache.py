@@ -63,11 +63,10 @@ from typing import Any
 import numpy as np
 
 from ascend_jax.errors import ConfigError
-from ascend_jax.message import CACHE_LINE_BYTES, CubeMsgState
+from ascend_jax.message import CACHE_LINE_BYTES, FAKE, FREE, QUIT
 
 #: a line that the cache does not hold (the next read loads it); -1 is already "zeroed payload"
 MISS = -2
-FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
 
 
 def message_lines(dtype: np.dtype) -> int:

@@ -57,9 +57,8 @@ from ascend_jax.matmul import (
     check_init_asserts,
     padded_k,
 )
-from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
+from ascend_jax.message import FAKE, MAX_MSG_PER_AIV, QUIT, VALID
 
-FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
 I32_MAX = 2**31 - 1
 
 

@@ -173,6 +173,7 @@ def make_shape(
                 p.name,
                 "lanes of one batch must share groups, matmul configs, barriers, tensors, build and zero_workspace",
             )
+    all_ops = [op for p in programs for _, ops in p.aivs for op in ops]
     has_mm = any(m is not None for m in first.matmuls)
     n_vec = max(len(e.vec_ops) for e in encoded)
     has_gm = has_mm or n_vec > 0
@@ -190,12 +191,11 @@ def make_shape(
         gm_size=_gm_size(first, encoded, ub[2]) if has_gm else 1,
         gm_real=first.gm.size if has_gm else 0,
         atomic_order=atomic_order if has_mm else "fixed",
-        wait_tests=any(op.kind == AivCall.WAIT and not op.sync for p in programs for _, ops in p.aivs for op in ops),
+        wait_tests=any(op.kind == AivCall.WAIT and not op.sync for op in all_ops),
         shared=len(programs) == 1,
         build=first.build,
-        has_sync=any(op.kind == AivCall.SYNC_ALL for p in programs for _, ops in p.aivs for op in ops),
-        op_kinds=tuple(sorted({int(ENCODED_KIND[op.kind]) for p in programs for _, ops in p.aivs for op in ops})),
-        has_mte3=any(op.pipe == "MTE3" for p in programs for _, ops in p.aivs for op in ops),
+        op_kinds=tuple(sorted({int(ENCODED_KIND[op.kind]) for op in all_ops})),
+        has_mte3=any(op.pipe == "MTE3" for op in all_ops),
         gm_bounds=tuple(tuple(int(x) for x in b) for b in first.gm.bounds()) if has_mm else (),
         n_vec_ops=_bucket(n_vec) if n_vec else 0,
         ub=ub,
@@ -688,8 +688,8 @@ def lane_major(shape: EngineShape, st: State) -> dict[str, jax.Array]:
     out = {f.name: getattr(st, f.name) for f in dataclasses.fields(State) if f.name not in ("timed", "ub")}
     if st.timed is not None:  # UB contents at the end are not part of a result
         out.update({f.name: getattr(st.timed, f.name) for f in dataclasses.fields(st.timed)})
-    lane_major_ = set(State.LANE_MAJOR)
-    out = {k: (v if k in lane_major_ else jnp.moveaxis(v, -1, 0)) for k, v in out.items()}
+    first_axis = set(State.LANE_MAJOR)
+    out = {k: (v if k in first_axis else jnp.moveaxis(v, -1, 0)) for k, v in out.items()}
     b = out["status"].shape[0]
     grid = shape.grid_of_slot
     slot = out.pop("slot").reshape(b, -1)[:, grid]

@@ -59,9 +59,8 @@ from ascend_jax.matmul import (
     np_store,
     np_tile,
 )
-from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
+from ascend_jax.message import FAKE, FREE, MAX_MSG_PER_AIV, QUIT, VALID, CubeMsgState
 
-FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
 F32 = np.float32
 
 

@@ -59,17 +59,21 @@ class EngineShape:
     # None when some AIV serves two queues, lanes bind differently or a Wait targets another queue
     shared: bool = True  # every lane runs the same program: tables carry no batch axis
     build: str = "debug"  # "debug": a failed assert stops the AIC; "release": listed, run goes on
-    has_sync: bool = False  # some AIV calls SyncAll: carry its round counter
     gm_bounds: tuple = ()  # ((first byte, end byte), ...) of every GM tensor (matmul bounds checks)
     n_vec_ops: int = 0  # Vn: rows of the vector op table (padded; 0: no AIV runs a vector op)
     ub: tuple = (0, 0, 0)  # (NB, R, C): UB buffers per AIV, largest buffer rows and cols
     op_kinds: tuple[int, ...] = tuple(int(k) for k in OpKind)  # OpKinds some lane's program uses
     has_mte3: bool = True  # some AllocMessage / PostMessage runs in MTE3 mode (the flag matters)
-    packed: bool = False  # the slot grid packs a queue's 4 depths in one word (see :func:`pack_slots`)
+    packed: bool = False  # the slot grid packs a queue's 4 depths in one word (see :func:`unpack_slots`)
 
     def uses(self, kind: OpKind) -> bool:
         """Whether some lane's program has an op of this kind (the step leaves out what none has)."""
         return int(kind) in self.op_kinds
+
+    @property
+    def has_sync(self) -> bool:
+        """Some AIV calls SyncAll: the step carries its round counter."""
+        return self.uses(OpKind.SYNC)
 
     @property
     def alive_bits(self) -> bool:
@@ -395,13 +399,19 @@ def can_pack(shape: EngineShape, rows_per_program: list) -> bool:
     return True
 
 
+def packed_bytes(grid: jax.Array) -> jax.Array:
+    """[C, W, 4, B] the byte of every depth of a packed ``[C, W, B]`` grid (state in bits 0..1)."""
+    shifts = 8 * jnp.arange(MAX_MSG_PER_AIV, dtype=jnp.int32)
+    return (grid[:, :, None, :] >> shifts[None, None, :, None]) & 0xFF
+
+
 def unpack_slots(shape: EngineShape, tab: Tables, grid: jax.Array) -> jax.Array:
     """The wide ``[C, W, 4, B]`` slot words (:func:`slot_word`) of a grid; a packed ``[C, W, B]``
     grid's versions come from ``Tables.slot_ver``."""
     if not shape.packed:
         return grid
     c, w, b = grid.shape
-    byte = (grid[:, :, None, :] >> (8 * jnp.arange(4, dtype=jnp.int32))[None, None, :, None]) & 0xFF
+    byte = packed_bytes(grid)
     state, count = byte & 3, byte >> PACK_COUNT_SHIFT
     idx = (jnp.arange(c * w * 4, dtype=jnp.int32).reshape(c, w, 4, 1) << 6) + count
     table = tab.slot_ver.reshape(-1, *tab.slot_ver.shape[2:])
@@ -536,7 +546,10 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
             occ_cycles=zeros(c * w, 5, dtype=f32),
             t_now=zeros(dtype=f32),
         )
-    alive = np.arange(w)[None, :] < consts["n"][:, None]
+    if shape.alive_bits:  # column k live: bit k
+        alive = jnp.broadcast_to(jnp.asarray((1 << consts["n"]) - 1, jnp.int32)[:, None], (c, b))
+    else:
+        alive = jnp.broadcast_to(jnp.asarray(np.arange(w)[None, :] < consts["n"][:, None])[:, :, None], (c, w, b))
     gm = tab.gm_init
     return State(
         slot=zeros(c, w) if shape.packed else zeros(c, w, MAX_MSG_PER_AIV),
@@ -548,11 +561,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aic_phase=zeros(c),
         aic_pos=zeros(c),
         aic_col=zeros(c),
-        aic_alive=(
-            jnp.broadcast_to(jnp.asarray((1 << consts["n"]) - 1, jnp.int32)[:, None], (c, b))
-            if shape.alive_bits
-            else jnp.broadcast_to(jnp.asarray(alive)[:, :, None], (c, w, b))
-        ),
+        aic_alive=alive,
         aic_ver=zeros(c),
         aic_pc=zeros(c),
         aic_skip=zeros(c),
@@ -586,6 +595,7 @@ __all__ = [
     "pack_op",
     "slot_word",
     "unpack_slots",
+    "packed_bytes",
     "can_pack",
     "VER",
     "ACT",

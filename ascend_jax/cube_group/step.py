@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.cube_group.access import (
+    D4,
     aiv_slot_post,
     aiv_slot_state,
     barrier_read,
@@ -39,6 +40,7 @@ from ascend_jax.cube_group.access import (
 from ascend_jax.cube_group.callbacks import NO_WAIT
 from ascend_jax.cube_group.state import (
     ACT,
+    ALIVE_BITS,
     KIND_BITS,
     MAX_VERSIONS,
     MTE3_BIT,
@@ -52,10 +54,8 @@ from ascend_jax.cube_group.state import (
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 from ascend_jax.cube_group.timed import aic_times, aiv_times, occupancy
 from ascend_jax.matmul import N_MM
-from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
+from ascend_jax.message import FAKE, FREE, QUIT, VALID
 
-FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
-D4 = MAX_MSG_PER_AIV
 #: programs up to this many ops per AIV fetch ops by a one-hot select, longer ones by a gather
 ONEHOT_OPS = 32
 
@@ -210,21 +210,27 @@ def _release(
     alive: jax.Array, n: jax.Array, p: jax.Array, pos: jax.Array, col: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """``__ReleaseMessage`` in closed form on the device's cursor: ``msgPos`` ``pos`` (slots from
-    the AIC's block base) and ``aivWork`` ``col``, both [C, B]; [C, W, B] alive, [C, 1] n and P.
+    the AIC's block base) and ``aivWork`` ``col``, both [C, B]; [C, 1] n and P; ``alive`` the
+    live columns, [C, B] bits (:attr:`EngineShape.alive_bits`) or [C, W, B] booleans.
 
     Advancing moves both by one inside the live part of a row; at its end (``aivWork + 1 >= n``)
     ``msgPos`` jumps over the unused columns to the next row (to 0 from row 3) and ``aivWork``
     restarts at 0; then quit columns are skipped. A skip past the row (release builds) leaves
     ``msgPos`` ahead of ``aivWork``; the arithmetic keeps that offset, as on the device.
     """
-    w = alive.shape[1]
-    cols = jnp.arange(w)[None, :, None]
-    later = alive & (cols > col[:, None, :]) & (cols < n[:, :, None])
-    has_later = later.any(axis=1) & (col + 1 < n)
-    first_later = first_true(later, axis=1)
+    if alive.ndim == 2:  # bits: the column scans are bit operations
+        clipped = jnp.clip(col, 0, ALIVE_BITS - 1)
+        above = jnp.where(col < 0, -1, jnp.where(col >= ALIVE_BITS, 0, ~((jnp.int32(2) << clipped) - 1)))
+        later = alive & above & ((jnp.int32(1) << n) - 1)
+        has_later = (later != 0) & (col + 1 < n)
+        first_later, first_any = _lowest_bit(later), _lowest_bit(alive)
+    else:
+        cols = jnp.arange(alive.shape[1])[None, :, None]
+        later = alive & (cols > col[:, None, :]) & (cols < n[:, :, None])
+        has_later = later.any(axis=1) & (col + 1 < n)
+        first_later, first_any = first_true(later, axis=1), first_true(alive, axis=1)
     end = pos + jnp.maximum(n - 1 - col, 0)  # msgPos at the last live column of this row
     next_row = jnp.where(end // p == D4 - 1, 0, end + (p - n) + 1)
-    first_any = first_true(alive, axis=1)
     new_pos = jnp.where(has_later, pos + first_later - col, next_row + first_any)
     new_col = jnp.where(has_later, first_later, first_any)
     return new_pos.astype(jnp.int32), new_col.astype(jnp.int32)
@@ -233,24 +239,6 @@ def _release(
 def _lowest_bit(x: jax.Array) -> jax.Array:
     """Index of the lowest set bit of each int32 ``x`` (0 where none is set)."""
     return jnp.where(x == 0, 0, 31 - jax.lax.clz(x & -x))
-
-
-def _release_bits(
-    alive: jax.Array, n: jax.Array, p: jax.Array, pos: jax.Array, col: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """:func:`_release` on ``alive`` as a [C, B] bitmask of live columns (rows of at most
-    :data:`ascend_jax.cube_group.state.ALIVE_BITS` columns): the same arithmetic, with the
-    column scans done by bit operations instead of ``W``-wide compares and reductions."""
-    above = jnp.where(col < 0, -1, jnp.where(col >= 30, 0, ~((jnp.int32(2) << jnp.clip(col, 0, 29)) - 1)))
-    later = alive & above & ((jnp.int32(1) << n) - 1)
-    has_later = (later != 0) & (col + 1 < n)
-    first_later = _lowest_bit(later)
-    end = pos + jnp.maximum(n - 1 - col, 0)  # msgPos at the last live column of this row
-    next_row = jnp.where(end // p == D4 - 1, 0, end + (p - n) + 1)
-    first_any = _lowest_bit(alive)
-    new_pos = jnp.where(has_later, pos + first_later - col, next_row + first_any)
-    new_col = jnp.where(has_later, first_later, first_any)
-    return new_pos.astype(jnp.int32), new_col.astype(jnp.int32)
 
 
 def _free_asserts(shape: EngineShape, tab: Tables, ver: jax.Array, n: jax.Array, p: jax.Array) -> jax.Array:
@@ -402,12 +390,8 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     releasing = call_end | quit_now
     skip = jnp.where(call_now, skip_v, st.aic_skip)
     skipped = jnp.where(call_end, skip, 0)  # SetSkipMsg: aivWork += k, msgPos += k
-    if shape.alive_bits:
-        new_pos, new_col = _release_bits(alive, n, p, pos + skipped, col + skipped)
-        finished = releasing & (alive == 0)
-    else:
-        new_pos, new_col = _release(alive, n, p, pos + skipped, col + skipped)
-        finished = releasing & ~alive.any(axis=1)
+    new_pos, new_col = _release(alive, n, p, pos + skipped, col + skipped)
+    finished = releasing & ((alive == 0) if shape.alive_bits else ~alive.any(axis=1))
     mm_state = st.mm_state
     if shape.has_matmul:  # CallBack::Call returned: the Matmul object keeps what it set
         upd = lookup(shape, tab.ver_mmf, aic_ver)  # [C, M + 1, B]

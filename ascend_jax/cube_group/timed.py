@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.cube_group.access import (
+    D4,
     mm_fields,
-    packed_states,
     select_first,
     slot_pick,
     slot_read,
@@ -25,14 +25,11 @@ from ascend_jax.cube_group.access import (
 )
 from ascend_jax.cube_group.callbacks import NO_WAIT
 from ascend_jax.cube_group.encode import VEC
-from ascend_jax.cube_group.state import ACT, EngineShape, State, Tables
+from ascend_jax.cube_group.state import ACT, EngineShape, State, Tables, packed_bytes
 from ascend_jax.cube_group.status import AicPhase, OpKind
 from ascend_jax.matmul import AF
-from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
+from ascend_jax.message import FAKE, FREE, QUIT
 from ascend_jax.timing import C as TC
-
-FREE, VALID, QUIT, FAKE = (int(s) for s in CubeMsgState)
-D4 = MAX_MSG_PER_AIV
 
 
 def aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops):
@@ -121,7 +118,7 @@ def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head)
 def occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
     """Adds the time since the last event to each queue row's occupancy level (0..4 non-FREE)."""
     tm = st.timed
-    states = packed_states(st.slot) if shape.packed else st.slot & 0xFF
+    states = (packed_bytes(st.slot) & 3) if shape.packed else st.slot & 0xFF
     busy = (states != FREE).sum(axis=2)  # [C, W, B]
     level = busy.reshape(-1, busy.shape[-1])
     finite = jnp.isfinite(tmin)
