@@ -443,6 +443,10 @@ def test_chunked_batches_equal_one_call_and_failing_lanes_replay_by_seed():
     chunked = aj.simulate([p] * len(seeds), schedule="random", seeds=seeds, chunk_size=4)
     assert engine.TRACE_COUNT["run"] - before <= 1  # 3 chunks (last one padded), one compilation
     assert [(r.outcome(), r.steps, r.seed) for r in whole] == [(r.outcome(), r.steps, r.seed) for r in chunked]
+    assert whole.arrays.keys() == chunked.arrays.keys()
+    for key in whole.arrays:  # chunks assembled give the arrays of one call
+        np.testing.assert_array_equal(whole.arrays[key], chunked.arrays[key], err_msg=key)
+    assert whole.arrays["recv_ver"].shape[2] == whole.arrays["recv_count"].max() > 0  # the log cut to its longest
     assert all(r.status == aj.Status.DEADLOCK for r in whole)
     assert len({r.steps for r in whole}) > 1  # the random schedule changes timing per seed ...
     assert len({r.outcome() for r in whole}) == 1  # ... never the received logs, slot states, witness
