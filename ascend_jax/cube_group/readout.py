@@ -43,9 +43,10 @@ class BatchResult(Sequence):
 
     Attributes:
       status: [B] int :class:`Status` values. steps: [B] engine steps.
-      seeds: [B] the lanes' seeds. arrays: every final state array, ``[B, ...]`` numpy; the
-      receive log ``recv_ver`` is ``[B, C, R]`` with ``R`` the largest ``recv_count`` of the batch
-      (entries at or past a lane's count are undefined).
+      seeds: [B] the lanes' seeds.
+      arrays: every final state array, ``[B, ...]`` numpy; the receive log ``recv_ver`` is
+        ``[B, C, R]`` with ``R`` the largest ``recv_count`` of the batch (entries at or past a
+        lane's count are undefined).
       schedule: the schedule that ran.
     Index it (``res[i]``) or iterate for per-lane :class:`CubeGroupResult` objects.
     """
