@@ -146,6 +146,10 @@ def _run_arrays(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Arra
 _run_arrays_batch = _LazyJit(_run_arrays)
 
 
+#: the rule and the fix of a seed out of range (a first seed or a per-lane one)
+_SEED_RANGE = ("seeds must be integers in 0..2**32-1", "lower the first seed or the batch")
+
+
 def _bucket(n: int) -> int:
     """Rounds a padded size up to a power of two (at least 8), so that programs of similar size
     share one compilation; the true per-lane limits stay in the traced tables."""
@@ -305,9 +309,7 @@ def prepare(
     n = len(programs)
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         if not 0 <= int(seeds) <= 2**32 - n:  # lane i gets seed + i
-            raise ConfigError(
-                "seeds", int(seeds), "seeds must be integers in 0..2**32-1", "lower the first seed or the batch"
-            )
+            raise ConfigError("seeds", int(seeds), *_SEED_RANGE)
         seeds_arr = np.arange(int(seeds), int(seeds) + n, dtype=np.int64).astype(np.uint32)
     else:
         if isinstance(seeds, (bool, str, bytes)) or not isinstance(seeds, (Sequence, np.ndarray)):
@@ -317,9 +319,7 @@ def prepare(
             raise ConfigError("seeds", seeds, f"needs one seed per lane ({n})")
         bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**32]
         if bad:
-            raise ConfigError(
-                "seeds", bad[0], "seeds must be integers in 0..2**32-1", "lower the first seed or the batch"
-            )
+            raise ConfigError("seeds", bad[0], *_SEED_RANGE)
         seeds_arr = np.asarray(seeds, np.uint32)
     from ascend_jax.timing import CostModel
 
