@@ -86,7 +86,7 @@ def measure(ag, pt: dict, check_up_to: int) -> dict:
     t3 = time.perf_counter()
     final = jax.block_until_ready(fn(*args))
     t4 = time.perf_counter()
-    res = BatchResult(prep.shape, prep.lanes, {k: np.asarray(v) for k, v in lane_major(prep.shape, final).items()}, prep.seeds,
+    res = BatchResult(prep.shape, prep.lanes, {k: np.asarray(v) for k, v in lane_major(prep.shape, args[0], final).items()}, prep.seeds,
                       prep.costs, "timed")  # fmt: skip
     lanes = {}
     for i, name in enumerate(LANES):

@@ -141,7 +141,7 @@ def test_compiled_loop_composes_with_jax_vmap():
     for path, w in leaves_whole:
         m = np.asarray(leaves_mapped[path])  # [2 chunks, ...] with each chunk's 2 lanes inside
         name = jax.tree_util.keystr(path)
-        if any(f".{k}" == name for k in eng.State.LANE_MAJOR):
+        if any(name == f".{k}" or name.startswith(f".{k}[") for k in eng.State.LANE_MAJOR):  # gm: a tuple
             joined = m.reshape(4, *m.shape[2:])
         else:  # lane axis last: [2, ..., 2] -> [..., 4]
             joined = np.moveaxis(m, 0, -2).reshape(*m.shape[1:-1], 4)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group import banks
 from ascend_jax.cube_group.encode import VEC
 from ascend_jax.cube_group.state import EngineShape
 from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
@@ -32,11 +33,18 @@ from ascend_jax.matmul import MatmulType, check_operands, combine, compute_tiles
 
 
 def apply_matmuls(
-    shape: EngineShape, gm: jax.Array, key: jax.Array, en: jax.Array, fields: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    shape: EngineShape,
+    ro: tuple[jax.Array, ...],
+    gm: tuple[jax.Array, ...],
+    key: jax.Array,
+    en: jax.Array,
+    fields: jax.Array,
+) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
     """Performs one lane's matmul requests of a step: ``en`` [C] bool, ``fields`` [C, A] int32
-    action words, on ``gm`` [G] uint8. Returns the new GM, [C] whether each AIC's matmul lies
-    outside GM (then nothing is written) and [C] the first address out of range."""
+    action words, on one lane's GM: ``ro`` its read-only typed banks and ``gm`` its written ones
+    (``State.gm``); as bytes, ``ro = ()`` and ``gm = ([G] uint8,)``. Returns the new ``gm``, [C]
+    whether each AIC's matmul lies outside GM (then nothing is written) and [C] the first address
+    out of range."""
     bounds = jnp.asarray(np.asarray(shape.gm_bounds, np.int32).reshape(-1, 2))
     d_all = descriptor(fields.T, jnp)  # each word [C]
     start = 0
@@ -54,7 +62,7 @@ def apply_matmuls(
         ok, bad = check_operands(mt, bounds, d, jnp)
         oks.append(ok)
         bads.append(bad.astype(jnp.int32))
-        a, b, bias = jax.vmap(lambda di, mt=mt, dims=dims: _operands(mt, dims, gm, di))(d)
+        a, b, bias = jax.vmap(lambda di, mt=mt, dims=dims: _operands(shape, mt, dims, ro, gm, di))(d)
         scale = jax.lax.bitcast_convert_type(d["quant_scale"], jnp.float32) if mt.dequant else None
         c = compute_tiles(mt, tiling, a, b, bias, scale)
         work.append((mt, dims, d, en[sl] & ok & ~empty_tile(d), c))
@@ -68,27 +76,26 @@ def apply_matmuls(
         else:
             order = jnp.arange(n_aic)
         mm_, nn, _, disjoint, _, _ = dims
-        # rows that are not written go to the scratch margin: gm index gm_real is the first byte past
-        # the tensors (index i holds address GM_BASE + i), and the margin holds a whole row window
-        scratch = shape.gm_real
+        c_rows = _c_rows(shape, mt)
+        if c_rows is None:  # no tensor of C's type is written: every such tile is out of range
+            continue
 
-        def write(i, gm, d=d, e=e, c=c, mt=mt, order=order, mm_=mm_, nn=nn, scratch=scratch, disjoint=disjoint):
+        def write(i, gm, d=d, e=e, c=c, mt=mt, order=order, mm_=mm_, nn=nn, disjoint=disjoint, c_rows=c_rows):
             ci = order[i]
-            size = mt.dtype("c").itemsize
+            starts, read, put = c_rows(d["c_addr"][ci], mm_, d["stride_c"][ci])
             live = e[ci] & (jnp.arange(mm_) < d["m"][ci])
-            starts = row_starts(d["c_addr"][ci], mm_, d["stride_c"][ci], size)
-            starts = jnp.where(live, starts, scratch)
-            old = load_rows(gm, starts, nn, mt.dtype("c"))
+            starts = jnp.where(live, starts, -1)  # -1: the scratch row (see _c_rows)
+            old = read(gm, starts, nn)
             new = combine(mt, old, c[ci], d["atomic"][ci])
             new = jnp.where(live[:, None] & (jnp.arange(nn)[None, :] < d["n"][ci]), new, old)
             if disjoint:  # no two rows' windows overlap: one scatter
-                return store_rows(gm, starts, new)
+                return put(gm, starts, new)
 
             def row(r, gm, starts=starts, live=live, ci=ci):  # rows in order, each re-read
-                cur = load_rows(gm, starts[r][None], nn, mt.dtype("c"))[0]
+                cur = read(gm, starts[r][None], nn)[0]
                 val = combine(mt, cur, c[ci][r], d["atomic"][ci])
                 val = jnp.where((jnp.arange(nn) < d["n"][ci]) & live[r], val, cur)
-                return store_rows(gm, starts[r][None], val[None])  # a row not written: to scratch
+                return put(gm, starts[r][None], val[None])  # a row not written: to scratch
 
             return jax.lax.fori_loop(0, mm_, row, gm)
 
@@ -97,18 +104,73 @@ def apply_matmuls(
     return gm, en & ~ok_all, bad_addr
 
 
-def _operands(mt: MatmulType, dims: tuple[int, int, int], gm: jax.Array, d: dict[str, jax.Array]):
+def _c_rows(shape: EngineShape, mt: MatmulType):
+    """How one lane's C tiles of this Matmul type reach GM: a function of (address, rows, stride)
+    giving the rows' start indices, a reader ``(gm, starts, width)`` and a writer
+    ``(gm, starts, rows)`` on the ``State.gm`` tuple. A start of -1 stands for the scratch row:
+    the first index of the margin after the tensors (``[G]`` bytes: byte ``gm_real``; a typed
+    bank: its first margin element), which holds a whole row window. None when no written bank
+    has C's type."""
+    dtype = mt.dtype("c")
+    if shape.banks is None:
+        size = dtype.itemsize
+
+        def starts_bytes(addr, rows, stride):
+            return row_starts(addr, rows, stride, size), read_bytes, put_bytes
+
+        def read_bytes(gm, starts, width):
+            return load_rows(gm[0], jnp.where(starts < 0, shape.gm_real, starts), width, dtype)
+
+        def put_bytes(gm, starts, value):
+            return (store_rows(gm[0], jnp.where(starts < 0, shape.gm_real, starts), value),)
+
+        return starts_bytes
+    bk = shape.banks
+    mine = [k for k in bk.of_dtype(dtype) if bk.writable[k]]
+    if not mine:
+        return None
+    k = mine[0]  # one bank per (type, written)
+    pos, scratch = bk.rw.index(k), bk.scratch(k)
+
+    def starts_typed(addr, rows, stride):
+        first, _ = banks.element(bk, k, addr)
+        return first + jnp.arange(rows, dtype=jnp.int32) * stride, read_typed, put_typed
+
+    def read_typed(gm, starts, width):
+        return banks.windows(gm[pos], jnp.where(starts < 0, scratch, starts), width)
+
+    def put_typed(gm, starts, value):
+        out = list(gm)
+        out[pos] = banks.store(gm[pos], jnp.where(starts < 0, scratch, starts), value)
+        return tuple(out)
+
+    return starts_typed
+
+
+def _operands(
+    shape: EngineShape,
+    mt: MatmulType,
+    dims: tuple[int, int, int],
+    ro: tuple[jax.Array, ...],
+    gm: tuple[jax.Array, ...],
+    d: dict[str, jax.Array],
+):
     """One descriptor's A [Mt, Kp], B [Kp, Nt] and bias [Nt] (masked, zero padded), each read as
-    whole stored rows (:func:`ascend_jax.gm.load_rows`); ``dims`` = (Mt, Nt, Kp)."""
+    whole stored rows (:func:`ascend_jax.gm.load_rows`, or :func:`ascend_jax.cube_group.banks.load`
+    from typed banks); ``dims`` = (Mt, Nt, Kp)."""
     mm_, nn, kp, _, a_layout, b_layout = dims
     m, n, k = d["m"], d["n"], d["k"]
 
+    def rows_at(addr, n_rows, stride, width, dtype):
+        if shape.banks is None:
+            return load_rows(gm[0], row_starts(addr, n_rows, stride, dtype.itemsize), width, dtype)
+        return banks.load(shape.banks, ro, gm, addr, n_rows, stride, width, dtype)
+
     def tile(addr, rows, cols, stride, trans, dtype, layout):
-        size = dtype.itemsize
         if layout != "trans":
-            plain = load_rows(gm, row_starts(addr, rows, stride, size), cols, dtype)
+            plain = rows_at(addr, rows, stride, cols, dtype)
         if layout != "plain":
-            flipped = load_rows(gm, row_starts(addr, cols, stride, size), rows, dtype).T
+            flipped = rows_at(addr, cols, stride, rows, dtype).T
         if layout == "both":
             return jnp.where(trans, flipped, plain)
         return plain if layout == "plain" else flipped
@@ -117,7 +179,7 @@ def _operands(mt: MatmulType, dims: tuple[int, int, int], gm: jax.Array, d: dict
     a = jnp.where((jnp.arange(mm_)[:, None] < m) & (jnp.arange(kp)[None, :] < k), a, 0)
     b = tile(d["b_addr"], kp, nn, d["stride_b"], d["trans_b"], mt.dtype("b"), b_layout)
     b = jnp.where((jnp.arange(kp)[:, None] < k) & (jnp.arange(nn)[None, :] < n), b, 0)
-    bias = load_rows(gm, row_starts(d["bias_addr"], 1, 0, 1), nn, mt.dtype("bias"))[0]
+    bias = rows_at(d["bias_addr"], 1, jnp.int32(0), nn, mt.dtype("bias"))[0]
     bias = jnp.where((jnp.arange(nn) < n) & d["has_bias"], bias, 0)
     return a, b, bias
 

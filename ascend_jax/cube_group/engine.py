@@ -25,11 +25,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group import banks
 from ascend_jax.cube_group.compute import apply_matmuls, apply_vector_ops
 from ascend_jax.cube_group.encode import EncodedProgram, encode_program
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.readout import BatchResult, _Lanes
-from ascend_jax.cube_group.state import EngineShape, State, Tables, build_tables, can_pack, init_state, unpack_slots
+from ascend_jax.cube_group.state import (
+    EngineShape,
+    State,
+    Tables,
+    build_tables,
+    can_pack,
+    init_state,
+    read_only,
+    unpack_slots,
+)
 from ascend_jax.cube_group.status import ENCODED_KIND, AicPhase, AivCall, ErrorCode, OpKind, Status
 from ascend_jax.cube_group.step import cursor_slot, final_status, lane_done, step
 from ascend_jax.errors import ConfigError
@@ -51,7 +61,10 @@ def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, fields: 
     """The compute phase of every lane (vmapped; lane-major GM), then GM errors into the state. An
     AIC stopped here may leave nothing running: the lane then ends in this step, as in the
     reference (whose compute phase comes before its end-of-step check)."""
-    gm, bad, addr = jax.vmap(functools.partial(apply_matmuls, shape), in_axes=(0, 0, 1, 2))(st.gm, st.key, en, fields)
+    ro = read_only(shape, tab)
+    gm, bad, addr = jax.vmap(
+        functools.partial(apply_matmuls, shape), in_axes=(None if shape.shared else 0, 0, 0, 1, 2)
+    )(ro, st.gm, st.key, en, fields)
     bad = bad.T & (st.aic_phase != AicPhase.ERROR)  # [C, B]: these AICs stop here
 
     def pick(new, old):
@@ -81,10 +94,10 @@ def batch_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> S
             v_en.any(),
             lambda g, u: apply_vector_ops(shape, g, u, v_en, words),
             lambda g, u: (g, u),
-            st.gm,
+            st.gm[0],  # vector ops keep GM as bytes (see banks.plan)
             st.ub,
         )
-        st = dataclasses.replace(st, gm=gm, ub=ub)
+        st = dataclasses.replace(st, gm=(gm,), ub=ub)
     if not shape.has_matmul:
         return st
     return jax.lax.cond(en.any(), lambda s: _compute(shape, tab, s, en, fields), lambda s: s, st)
@@ -140,7 +153,7 @@ _run_batch = _LazyJit(_run)
 
 def _run_arrays(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start=None) -> dict[str, jax.Array]:
     """The compiled loop, then its final state as result arrays, lanes last (:func:`batch_minor`)."""
-    return batch_minor(shape, _run(shape, tab, cost, keys, start))
+    return batch_minor(shape, tab, _run(shape, tab, cost, keys, start))
 
 
 _run_arrays_batch = _LazyJit(_run_arrays)
@@ -205,6 +218,8 @@ def make_shape(
         ub=ub,
     )
     shape = dataclasses.replace(shape, aiv_home=_aiv_home(shape, programs, encoded))
+    if banks.TYPED_BANKS and has_mm:
+        shape = dataclasses.replace(shape, banks=banks.plan(programs, encoded, _widest(encoded, ub[2])))
     packed = PACKED_GRID and first.zero_workspace and can_pack(shape, [e.rows for e in encoded])
     return dataclasses.replace(shape, packed=packed)
 
@@ -213,9 +228,13 @@ def _gm_size(first: CubeGroupProgram, encoded: Sequence[EncodedProgram], ub_cols
     """GM bytes the engine carries: the tensors, then a zero margin that a row window starting in
     GM never crosses (:func:`ascend_jax.gm.row_margin`), also the scratch of rows not written.
     ``ub_cols``: the widest UB buffer (a vector load reads rows of that many elements)."""
+    return first.gm.size + row_margin(_widest(encoded, ub_cols))
+
+
+def _widest(encoded: Sequence[EncodedProgram], ub_cols: int = 0) -> int:
+    """The widest row window in elements: a tile's M, N or K bound, or a UB buffer's columns."""
     widest = max((max(d[:3]) for e in encoded for d in e.mm_dims if d is not None), default=1)
-    widest = max(widest, ub_cols)
-    return first.gm.size + row_margin(widest)
+    return max(widest, ub_cols)
 
 
 def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) -> tuple:
@@ -275,7 +294,7 @@ class Prepared:
         if not self.shape.shared:
             tab = Tables(
                 **{
-                    f.name: (x[idx] if f.name in Tables.LANE_MAJOR else x[..., idx])
+                    f.name: (jax.tree.map(lambda y: y[idx], x) if f.name in Tables.LANE_MAJOR else x[..., idx])
                     for f in dataclasses.fields(Tables)
                     for x in [getattr(tab, f.name)]
                 }
@@ -344,11 +363,12 @@ def prepare(
     if shape.shared:
         tab = tables[0]
     else:
+        stacked = jax.tree.map(lambda *xs: np.stack(xs)[index], *tables)  # lane axis first
         tab = Tables(
             **{
                 f.name: (x if f.name in Tables.LANE_MAJOR else np.moveaxis(x, 0, -1))
                 for f in dataclasses.fields(Tables)
-                for x in [np.stack([getattr(t, f.name) for t in tables])[index]]
+                for x in [getattr(stacked, f.name)]
             }
         )
     keys = np.zeros((len(programs), 2), np.uint32)
@@ -516,8 +536,8 @@ def _place(mesh, shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.nda
 
     def table(name, x):
         if shape.shared:
-            return put(x, PartitionSpec())
-        return first(x) if name in Tables.LANE_MAJOR else last(x)
+            return jax.tree.map(lambda y: put(y, PartitionSpec()), x)
+        return jax.tree.map(first, x) if name in Tables.LANE_MAJOR else last(x)
 
     tab = Tables(**{f.name: table(f.name, getattr(tab, f.name)) for f in dataclasses.fields(Tables)})
     return tab, last(cost), first(keys)
@@ -566,10 +586,8 @@ def _check_same_call(mesh, prep: Prepared, chunk_size: int) -> None:
     from jax.experimental import multihost_utils
 
     tables = 0  # every encoded program (ops, messages, callback decisions, GM contents) of every lane
-    for f in dataclasses.fields(Tables):
-        x = getattr(prep.tables, f.name)
-        if x is not None:
-            tables = zlib.crc32(np.ascontiguousarray(x), tables)
+    for x in jax.tree.leaves(prep.tables):
+        tables = zlib.crc32(np.ascontiguousarray(x), tables)
     parts = [repr(prep.shape).encode(), prep.seeds.tobytes(), prep.costs.tobytes(), prep.keys.tobytes()]
     mine = np.array([len(prep.seeds), chunk_size, tables, *(zlib.crc32(b) for b in parts)], np.uint32)
     every = np.asarray(multihost_utils.process_allgather(mine))  # [processes, 7]
@@ -670,7 +688,7 @@ def simulate(
                 st = _run_eager(prep.shape, *args)
                 if relaunch:
                     st = _run_eager(prep.shape, *args, (st.slot, st.barrier_arrive, st.barrier_wait))
-                final = lane_major(prep.shape, st)
+                final = lane_major(prep.shape, jax.tree.map(jnp.asarray, args[0]), st)
             parts.append({k: np.asarray(v)[:real] for k, v in _fetch(mesh, final).items()})
             if bar is not None:
                 bar[0].update(bar[1], advance=real)
@@ -679,7 +697,7 @@ def simulate(
     return BatchResult(prep.shape, prep.lanes, _assemble(parts, n), prep.seeds, prep.costs, schedule)
 
 
-def batch_minor(shape: EngineShape, st: State) -> dict[str, jax.Array]:
+def batch_minor(shape: EngineShape, tab: Tables, st: State) -> dict[str, jax.Array]:
     """The final state as one flat dict of result arrays, lanes still the last axis (but
     ``State.LANE_MAJOR`` fields); slots (and slot times) in global slot order ``[S, B]`` as
     ``slot_state`` and ``slot_ver`` (both :attr:`EngineShape.version_dtype`), queue occupancy in
@@ -687,6 +705,10 @@ def batch_minor(shape: EngineShape, st: State) -> dict[str, jax.Array]:
     b = st.status.shape[-1]
     grid = shape.grid_of_slot
     out = {f.name: getattr(st, f.name) for f in dataclasses.fields(State) if f.name not in ("timed", "ub", "slot")}
+    if shape.banks is None:  # the tensors' bytes (the margin after them is the engine's scratch)
+        out["gm"] = st.gm[0][:, : shape.gm_real]
+    else:  # the bytes again, from the written banks and the read-only ones
+        out["gm"] = banks.image(shape.banks, read_only(shape, tab), st.gm, b, shape.gm_real)
     slot = st.slot.reshape(-1, b)[grid]  # whole rows of lanes move: cheap while lanes are minor
     out["slot_state"] = (slot & 0xFF).astype(shape.version_dtype)
     out["slot_ver"] = ((slot >> 8) - 1).astype(shape.version_dtype)
@@ -712,11 +734,11 @@ def _lanes_first(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: (v if k in first_axis else _move_lanes_first(v)) for k, v in arrays.items()}
 
 
-def lane_major(shape: EngineShape, st: State) -> dict[str, jax.Array]:
+def lane_major(shape: EngineShape, tab: Tables, st: State) -> dict[str, jax.Array]:
     """The final state as one flat dict of lane-major arrays ``[B, ...]`` (the :class:`BatchResult`
     arrays; see :func:`batch_minor`). The transposes run on the device: numpy transposes of the
     receive log cost more than the loop."""
-    return _lanes_first(batch_minor(shape, st))
+    return _lanes_first(batch_minor(shape, tab, st))
 
 
 def _assemble(parts: list[dict[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:

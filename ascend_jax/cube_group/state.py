@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group import banks
+from ascend_jax.cube_group.banks import GmBanks
 from ascend_jax.cube_group.encode import EncodedProgram
 from ascend_jax.cube_group.layout import GroupGeometry
 from ascend_jax.cube_group.program import CubeGroupProgram
@@ -65,6 +67,7 @@ class EngineShape:
     op_kinds: tuple[int, ...] = tuple(int(k) for k in OpKind)  # OpKinds some lane's program uses
     has_mte3: bool = True  # some AllocMessage / PostMessage runs in MTE3 mode (the flag matters)
     packed: bool = False  # the slot grid packs a queue's 4 depths in one word (see :func:`unpack_slots`)
+    banks: GmBanks | None = None  # typed GM banks (:mod:`ascend_jax.cube_group.banks`), None: GM as bytes
 
     def uses(self, kind: OpKind) -> bool:
         """Whether some lane's program has an op of this kind (the step leaves out what none has)."""
@@ -227,7 +230,9 @@ class Tables:
       the version a slot holds after its k-th write (k mod 64; column 0: -1, the zeroed workspace).
     vec: [Vn, 12] int32 every vector op's words (:data:`ascend_jax.cube_group.encode.VEC`; [0, 12]
       without vector ops).
-    max_steps, receive_limit: [] int32. gm_init: [G] uint8.
+    max_steps, receive_limit: [] int32.
+    gm_init: GM at launch, a tuple: ``([G] uint8,)`` the bytes, or with typed banks
+      (:attr:`EngineShape.banks`) every bank's contents in bank order (``[n_k]`` of its type).
     """
 
     ops: jax.Array
@@ -241,7 +246,7 @@ class Tables:
     slot_ver: jax.Array
     max_steps: jax.Array
     receive_limit: jax.Array
-    gm_init: jax.Array
+    gm_init: tuple[jax.Array, ...]
 
     LANE_MAJOR = ("gm_init",)
 
@@ -289,7 +294,9 @@ class State:
     recv_ver: [C, R] received log (versions, int16 while they fit; their slot and state follow);
       recv_count: [C].
     barrier_arrive, barrier_wait: [NB, K] counter copies.
-    gm: [B, G] uint8 global memory.
+    gm: global memory, a tuple: ``([B, G] uint8,)`` the bytes, or with typed banks
+      (:attr:`EngineShape.banks`) the written banks ``[B, n_k]`` in bank order (the read-only
+      ones stay in ``Tables.gm_init``).
     step, status: [] run bookkeeping.
     aic_err_code, aic_err_slot, aic_err_ver, aic_err_addr: [C] the error that stopped each AIC
       (phase ERROR): code, global slot under its cursor, version received, and the first GM
@@ -322,7 +329,7 @@ class State:
     recv_count: jax.Array
     barrier_arrive: jax.Array
     barrier_wait: jax.Array
-    gm: jax.Array
+    gm: tuple[jax.Array, ...]
     step: jax.Array
     status: jax.Array
     aic_err_code: jax.Array
@@ -480,9 +487,13 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
     mm_words = N_ACTION if shape.has_matmul else 0
     ver_mmf = np.zeros((n, N_MM + 1 if mm_words else 0), np.int32)
     ver_mmf[:nv] = enc.ver_mmf[:, : ver_mmf.shape[1]]
-    gm_init = np.zeros(shape.gm_size, np.uint8)
-    if shape.has_gm:  # without matmuls and vector ops nothing reads or writes GM: carry one byte
-        gm_init[: program.gm.image.size] = program.gm.image
+    if shape.banks is not None:
+        gm_init = banks.initial(shape.banks, program)
+    else:
+        image = np.zeros(shape.gm_size, np.uint8)
+        if shape.has_gm:  # without matmuls and vector ops nothing reads or writes GM: carry one byte
+            image[: program.gm.image.size] = program.gm.image
+        gm_init = (image,)
     vec = np.zeros((shape.n_vec_ops, 12), np.int32)
     vec[: len(enc.vec_ops)] = enc.vec_ops
     return Tables(
@@ -519,6 +530,13 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
     )
 
 
+def read_only(shape: EngineShape, tab: Tables) -> tuple[jax.Array, ...]:
+    """The read-only typed banks (tables, never loop state) in bank order; () when GM is bytes."""
+    if shape.banks is None:
+        return ()
+    return tuple(x for x, w in zip(tab.gm_init, shape.banks.writable, strict=True) if not w)
+
+
 def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
     """The batch at launch (``keys`` [B, 2]): zeroed workspace, every AIV at op 0, every AIC at
     (0, 0) with all columns live."""
@@ -550,7 +568,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         alive = jnp.broadcast_to(jnp.asarray((1 << consts["n"]) - 1, jnp.int32)[:, None], (c, b))
     else:
         alive = jnp.broadcast_to(jnp.asarray(np.arange(w)[None, :] < consts["n"][:, None])[:, :, None], (c, w, b))
-    gm = tab.gm_init
+    gm = tab.gm_init if shape.banks is None else tuple(tab.gm_init[k] for k in shape.banks.rw)
     return State(
         slot=zeros(c, w) if shape.packed else zeros(c, w, MAX_MSG_PER_AIV),
         aiv_pc=zeros(v),
@@ -569,7 +587,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         recv_count=zeros(c),
         barrier_arrive=zeros(nb, nc),
         barrier_wait=zeros(nb, nc),
-        gm=jnp.broadcast_to(gm, (b, gm.shape[-1])) if shape.shared else gm,
+        gm=tuple(jnp.broadcast_to(x, (b, x.shape[-1])) for x in gm) if shape.shared else gm,
         step=zeros(),
         status=zeros(),
         aic_err_code=zeros(c),
@@ -592,6 +610,7 @@ __all__ = [
     "Timed",
     "build_tables",
     "init_state",
+    "read_only",
     "pack_op",
     "slot_word",
     "unpack_slots",

@@ -1,0 +1,224 @@
+"""Typed GM banks: how the JAX engine holds GM when every matmul reads and writes tensors in
+their own element type.
+
+GM is byte-addressed, and the engine's general form is one ``[G] uint8`` array per lane: a tile
+is gathered as bytes and bit-cast to its type, and a C tile is bit-cast back to bytes and
+scattered. On a CPU those casts are shift-and-or loops, and every lane carries its own copy of
+every tensor, read-only inputs included.
+
+When the encoded program shows that no access needs byte semantics, the engine instead keeps the
+tensors in *banks*: one typed array per (element type, written or not). A tensor is **written**
+when some IterateAll's C address lies in it; the other tensors are read-only, live in the tables
+(shared by the lanes of a batch that runs one program) and never enter the loop's state. A tile
+is then a ``dynamic_slice`` per row of a typed array, and a C tile a typed scatter.
+
+The banks are used when, for every group with a Matmul and every address an A, B, bias or C
+operand can take (every IterateAll word, every state a callback leaves, every AIC's state after
+``Init``; an address the run may resolve from the AIC's state is one of these), the tensor
+holding it has the operand's element type and the address is a whole number of elements from the
+tensor's start. Addresses outside every tensor do not matter: such a tile stops its AIC with
+``GM_OUT_OF_RANGE`` and reads and writes nothing. Programs with AIV vector ops (their copies move
+GM in UB types) keep the byte form. Both forms give the same results
+(``tests/test_gm_banks.py`` compares them array by array).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ascend_jax.gm import GM_BASE
+from ascend_jax.matmul import AF, MM_FIELDS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ascend_jax.cube_group.encode import EncodedProgram
+    from ascend_jax.cube_group.program import CubeGroupProgram
+
+#: Whether batches that allow it run on typed banks (tests turn it off to compare the two forms).
+TYPED_BANKS = True
+
+#: operand roles and the Matmul state column of their address (C has no state column)
+_ROLES = {"a": "a_addr", "b": "b_addr", "bias": "bias_addr", "c": "c_addr"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GmBanks:
+    """The static layout of typed banks (part of the engine's static shape).
+
+    Attributes:
+      dtypes: per bank, its element type (numpy name).
+      writable: per bank, whether it holds written tensors (then it is loop state, one copy per
+        lane; else a table).
+      sizes: per bank, elements: its tensors back to back, then a margin of ``margin`` elements
+        (a row window starting in a tensor never crosses the bank's end; rows not written go to
+        the margin's start).
+      tensors: per GM tensor in allocation order: (bank, first element in the bank, GM byte
+        address, bytes).
+    """
+
+    dtypes: tuple[str, ...]
+    writable: tuple[bool, ...]
+    sizes: tuple[int, ...]
+    tensors: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def rw(self) -> tuple[int, ...]:
+        """Indices of the written banks (their order is the order of ``State.gm``)."""
+        return tuple(k for k, w in enumerate(self.writable) if w)
+
+    def scratch(self, k: int) -> int:
+        """First margin element of bank ``k``."""
+        return sum(n // np.dtype(self.dtypes[k]).itemsize for b, _, _, n in self.tensors if b == k)
+
+    def of_dtype(self, dtype: np.dtype) -> tuple[int, ...]:
+        return tuple(k for k, d in enumerate(self.dtypes) if np.dtype(d) == np.dtype(dtype))
+
+
+def plan(programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram], margin: int) -> GmBanks | None:
+    """The banks of a batch (lanes share GM layout, groups and matmul configs), or None when some
+    access needs the byte form (see the module docstring). ``margin``: the widest row window in
+    elements."""
+    first = programs[0]
+    if not any(m is not None for m in first.matmuls) or any(len(e.vec_ops) for e in encoded):
+        return None
+    tensors = list(first.gm.tensors.values())
+    starts = np.array([t.addr for t in tensors], np.int64)
+    ends = np.array([t.end for t in tensors], np.int64)
+    written: set[int] = set()
+    aic0 = np.cumsum([0] + [g.aic_num for g in first.groups])
+    for gi, cfg in enumerate(first.matmuls):
+        if cfg is None:
+            continue
+        mt = cfg[0]
+        for role, field in _ROLES.items():
+            values = []
+            for e in encoded:
+                mine = e.ver_group == gi
+                values.append(e.act_mmf[mine][..., AF[field]].ravel())
+                if field in MM_FIELDS:
+                    col = MM_FIELDS.index(field)
+                    values.append(e.ver_mmf[mine, col])
+                    values.append(e.mm_init[aic0[gi] : aic0[gi + 1], col])
+            addr = np.unique(np.concatenate(values))
+            owner = np.searchsorted(starts, addr, side="right") - 1
+            inside = (owner >= 0) & (addr < ends[np.maximum(owner, 0)]) & (addr > 0)
+            dt = mt.dtype(role)
+            for a, t in zip(addr[inside], owner[inside], strict=True):
+                if tensors[t].dtype != dt or (a - tensors[t].addr) % dt.itemsize:
+                    return None
+                if role == "c":
+                    written.add(int(t))
+    keys: list[tuple[str, bool]] = []
+    placed = []
+    fill: dict[tuple[str, bool], int] = {}
+    for i, t in enumerate(tensors):
+        key = (t.dtype.name, i in written)
+        if key not in fill:
+            keys.append(key)
+            fill[key] = 0
+        k = keys.index(key)
+        placed.append((k, fill[key], t.addr, t.nbytes))
+        fill[key] += t.nbytes // t.dtype.itemsize
+    margin = -(-margin // 16) * 16
+    return GmBanks(
+        dtypes=tuple(d for d, _ in keys),
+        writable=tuple(w for _, w in keys),
+        sizes=tuple(fill[key] + margin for key in keys),
+        tensors=tuple(placed),
+    )
+
+
+def initial(banks: GmBanks, program: CubeGroupProgram) -> tuple[np.ndarray, ...]:
+    """Every bank's contents at launch (numpy, one per bank)."""
+    out = [np.zeros(n, dt) for dt, n in zip(banks.dtypes, banks.sizes, strict=True)]
+    for t, (k, first, _, _) in zip(program.gm.tensors.values(), banks.tensors, strict=True):
+        values = program.gm.read(t).reshape(-1)
+        out[k][first : first + values.size] = values
+    return tuple(out)
+
+
+def element(banks: GmBanks, k: int, addr: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(index in bank ``k`` of the element at GM byte ``addr``, whether a tensor of bank ``k``
+    holds ``addr``). Outside those tensors the index is meaningless (callers mask such tiles)."""
+    size = np.dtype(banks.dtypes[k]).itemsize
+    shift = jnp.zeros_like(addr)
+    hit = jnp.zeros(addr.shape, bool)
+    for b, first, start, n in banks.tensors:
+        if b != k:
+            continue
+        mine = (addr >= start) & (addr < start + n)
+        shift = jnp.where(mine, first - start // size, shift)  # tensors start 64-byte aligned
+        hit = hit | mine
+    return addr // size + shift, hit
+
+
+def load(
+    banks: GmBanks,
+    ro: Sequence[jax.Array],
+    rw: Sequence[jax.Array],
+    addr: jax.Array,
+    n_rows: int,
+    stride: jax.Array,
+    width: int,
+    dtype: np.dtype,
+) -> jax.Array:
+    """[n_rows, width] elements of ``dtype``: ``width`` from each stored row of a tile at byte
+    ``addr`` with ``stride`` elements per row, from whichever bank of that type holds ``addr``
+    (zeros when none does). ``ro`` / ``rw``: one lane's read-only and written banks, in bank order."""
+    arrays = _by_bank(banks, ro, rw)
+    out = jnp.zeros((n_rows, width), dtype)
+    for k in banks.of_dtype(dtype):
+        first, hit = element(banks, k, addr)
+        rows = windows(arrays[k], first + jnp.arange(n_rows, dtype=jnp.int32) * stride, width)
+        out = jnp.where(hit, rows, out)
+    return out
+
+
+def windows(bank: jax.Array, starts: jax.Array, width: int) -> jax.Array:
+    """[R, width]: ``width`` consecutive elements of ``bank`` from each index of ``starts`` [R]
+    (clamped into the bank, hence its margin)."""
+    return jax.vmap(lambda s: jax.lax.dynamic_slice(bank, (s,), (width,)))(starts)
+
+
+def store(bank: jax.Array, starts: jax.Array, value: jax.Array) -> jax.Array:
+    """``bank`` with ``value`` [R, W] written as R rows of W elements at ``starts`` [R] (one
+    windowed scatter; rows must not overlap)."""
+    dnums = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(1,), inserted_window_dims=(), scatter_dims_to_operand_dims=(0,)
+    )
+    return jax.lax.scatter(bank, starts[:, None], value, dnums, indices_are_sorted=False, mode="clip")
+
+
+def image(banks: GmBanks, ro: Sequence[jax.Array], rw: Sequence[jax.Array], lanes: int, real: int) -> jax.Array:
+    """``[B, real] uint8``: the GM bytes of every lane, rebuilt from its banks (read-only banks
+    ``[n]`` shared or ``[B, n]``; written banks ``[B, n]``). Bytes between tensors are zero:
+    nothing writes outside a tensor."""
+    arrays = _by_bank(banks, ro, rw)
+    pieces = []
+    at = 0
+    order = sorted(range(len(banks.tensors)), key=lambda i: banks.tensors[i][2])
+    for i in order:
+        k, first, start, n = banks.tensors[i]
+        pos = start - GM_BASE
+        if pos > at:
+            pieces.append(jnp.zeros((lanes, pos - at), jnp.uint8))
+        size = np.dtype(banks.dtypes[k]).itemsize
+        vals = arrays[k][..., first : first + n // size]
+        vals = jnp.broadcast_to(vals, (lanes, vals.shape[-1]))
+        raw = jax.lax.bitcast_convert_type(vals, jnp.uint8)
+        pieces.append(raw.reshape(lanes, n))
+        at = pos + n
+    if real > at:
+        pieces.append(jnp.zeros((lanes, real - at), jnp.uint8))
+    return jnp.concatenate(pieces, axis=1) if pieces else jnp.zeros((lanes, real), jnp.uint8)
+
+
+def _by_bank(banks: GmBanks, ro: Sequence[Any], rw: Sequence[Any]) -> list[Any]:
+    """One lane's (or the batch's) arrays in bank order, from the read-only and written lists."""
+    ro_it, rw_it = iter(ro), iter(rw)
+    return [next(rw_it) if w else next(ro_it) for w in banks.writable]

@@ -1,0 +1,159 @@
+"""Typed GM banks (``ascend_jax.cube_group.banks``) against GM as bytes: which batches use them,
+and that every result array is identical either way (and agrees with the reference)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from _models import load
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_matmul_state import _MSG, ITERATE, SET_A, T, _kernel
+from test_packed_grid import _assert_same_arrays
+
+import ascend_jax as aj
+from ascend_jax import Status
+from ascend_jax.cube_group import banks, engine
+
+
+def _both_forms(programs, **kw):
+    """(typed run, byte run, the typed run's banks) of one batch."""
+    layout = engine.prepare(programs).shape.banks
+    typed = aj.simulate(programs, **kw)
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(banks, "TYPED_BANKS", False)
+        assert engine.prepare(programs).shape.banks is None
+        plain = aj.simulate(programs, **kw)
+    finally:
+        mp.undo()
+    return typed, plain, layout
+
+
+def _sample():
+    return load("cube_group_sample").build()
+
+
+def test_sample_model_shares_a_and_b_and_carries_only_c():
+    """The sample's A and B (float16) are read-only tables, C (float32) is the one written bank;
+    lanes agree with the byte form array by array and with the reference."""
+    program = _sample()
+    typed, plain, layout = _both_forms([program] * 3, atomic_order="random", seeds=5)
+    assert layout is not None
+    by_name = dict(zip(program.gm.tensors, layout.tensors, strict=True))
+    assert [layout.dtypes[by_name[n][0]] for n in ("a", "b", "c")] == ["float16", "float16", "float32"]
+    assert [layout.writable[by_name[n][0]] for n in ("a", "b", "c")] == [False, False, True]
+    _assert_same_arrays(typed, plain)
+    ref = aj.run_reference(program)
+    assert typed[0].outcome() == ref.outcome()
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(typed[0].tensor(name), program.gm.read(name))
+    np.testing.assert_allclose(typed[0].tensor("c"), ref.tensor("c"), rtol=1e-5, atol=1e-5)
+
+
+def _addr(p, name, offset=0):
+    return p.gm.tensors[name].addr + offset
+
+
+def test_which_batches_keep_gm_as_bytes():
+    """A tile read in another type than its tensor's, or from an address that is not a whole
+    number of elements into it, needs byte semantics; an address outside every tensor does not
+    (that tile stops its AIC and touches nothing)."""
+    base = _kernel([])
+    cases = {
+        "pun": ([{"op": SET_A | ITERATE, "tm": -1, "tn": -1, "tk": -1, "a": _addr(base, "c"), "c": "c"}], None),
+        "half_element": (
+            [{"op": SET_A | ITERATE, "tm": -1, "tn": -1, "tk": -1, "a": _addr(base, "a", 1), "c": "c"}],
+            None,
+        ),
+        "outside": ([{"op": SET_A | ITERATE, "tm": -1, "tn": -1, "tk": -1, "a": 16, "c": "c"}], "typed"),
+        "plain": ([{"op": SET_A | ITERATE, "tm": -1, "tn": -1, "tk": -1, "a": "a", "c": "c"}], "typed"),
+    }
+    for name, (msgs, want) in cases.items():
+        p = _kernel(msgs, init={"set_tensor_b": ("b",)})
+        typed, plain, layout = _both_forms([p])
+        assert (layout is not None) == (want == "typed"), name
+        _assert_same_arrays(typed, plain)
+        assert typed[0].outcome() == aj.run_reference(p).outcome(), name
+    vec = load("attention_grad").build(s1=64, s2=64, d=16, block_s1=32, block_s2=32)
+    assert engine.prepare([vec]).shape.banks is None  # AIV vector ops copy GM in UB types
+
+
+def test_lanes_with_their_own_tensor_contents():
+    """Lanes whose read-only tensors differ (no shared tables): each lane reads its own."""
+    lanes = []
+    for seed in range(3):
+        p = _kernel(
+            [{"op": SET_A | ITERATE, "tm": -1, "tn": -1, "tk": -1, "a": "a", "c": "c"}], {"set_tensor_b": ("b",)}
+        )
+        p.gm.write("a", np.random.default_rng(seed).uniform(-1, 1, (2 * T, T)))
+        lanes.append(p)
+    typed, plain, layout = _both_forms(lanes)
+    assert layout is not None and not engine.prepare(lanes).shape.shared
+    _assert_same_arrays(typed, plain)
+    for i, p in enumerate(lanes):
+        want = p.gm.read("a")[:T].astype(np.float64) @ p.gm.read("b").astype(np.float64)
+        np.testing.assert_allclose(typed[i].tensor("c")[:T], want, rtol=2e-3, atol=2e-3)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.lists(_MSG, min_size=1, max_size=4), min_size=2, max_size=3),
+    st.sampled_from(["debug", "release"]),
+    st.sampled_from(["lockstep", "timed"]),
+)
+def test_random_matmul_scripts_typed_equal_bytes(scripts, build, schedule):
+    """Random Matmul call sequences (tails, atomics, bias on and off, two C rows): the typed and
+    the byte form give the same arrays, lane by lane, and the reference's outcome."""
+    built = []
+    for msgs in scripts:
+        c = _kernel([]).gm.tensors["c"].addr
+        rows = [{**{k: v for k, v in m.items() if k != "row"}, "a": "a", "b": "b", "bias": "bias",
+                 "c": c + m["row"] * T * T * 4} for m in msgs]  # fmt: skip
+        built.append(_kernel(rows, init={"set_tensor_a": ("a",), "set_tensor_b": ("b",)}, build=build))
+    typed, plain, layout = _both_forms(built, schedule=schedule)
+    assert layout is not None
+    _assert_same_arrays(typed, plain)
+    for i, p in enumerate(built):
+        assert typed[i].outcome() == aj.run_reference(p, schedule=schedule).outcome(), i
+
+
+_SHARDED = textwrap.dedent(
+    """\
+    import json, sys
+    sys.path.insert(0, "tests")
+    import jax, numpy as np
+    import ascend_jax as aj
+    from test_matmul_state import SET_A, ITERATE, T, _kernel
+    from ascend_jax.cube_group import engine
+    assert len(jax.devices()) == 4, jax.devices()
+    lanes = []
+    for seed in range(6):
+        p = _kernel([{"op": SET_A | ITERATE, "tm": -1, "tn": -1, "tk": -1, "a": "a", "c": "c"}],
+                    {"set_tensor_b": ("b",)})
+        p.gm.write("a", np.random.default_rng(seed).uniform(-1, 1, (2 * T, T)))
+        lanes.append(p)
+    assert engine.prepare(lanes).shape.banks is not None
+    one = aj.simulate(lanes, devices=1)
+    four = aj.simulate(lanes, devices=4, chunk_size=4)
+    same = all(np.array_equal(one.arrays[k], four.arrays[k]) for k in one.arrays)
+    print(json.dumps({"same": same, "n": len(four), "status": four.status.tolist()}))
+    """
+)
+
+
+def test_typed_banks_sharded_over_four_host_devices_equal_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", _SHARDED], env=env, cwd=root, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"same": True, "n": 6, "status": [int(Status.OK)] * 6}, got
