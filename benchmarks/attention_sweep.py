@@ -34,7 +34,7 @@ import numpy as np
 from _common import SCRATCH, load_model_module, machine, pyplot, write
 
 import ascend_jax as aj
-from ascend_jax.cube_group.engine import compile_batch, lane_major, prepare
+from ascend_jax.cube_group.engine import compile_batch, gm_host, lane_major, prepare
 from ascend_jax.cube_group.readout import BatchResult
 from ascend_jax.timing import CostModel
 
@@ -86,7 +86,7 @@ def measure(ag, pt: dict, check_up_to: int) -> dict:
     t3 = time.perf_counter()
     final = jax.block_until_ready(fn(*args))
     t4 = time.perf_counter()
-    res = BatchResult(prep.shape, prep.lanes, {k: np.asarray(v) for k, v in lane_major(prep.shape, args[0], final).items()}, prep.seeds,
+    res = BatchResult(prep.shape, prep.lanes, {k: np.asarray(v) for k, v in gm_host(prep.shape, args[0], lane_major(prep.shape, final)).items()}, prep.seeds,
                       prep.costs, "timed")  # fmt: skip
     lanes = {}
     for i, name in enumerate(LANES):

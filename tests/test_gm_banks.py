@@ -102,7 +102,7 @@ def test_lanes_with_their_own_tensor_contents():
         np.testing.assert_allclose(typed[i].tensor("c")[:T], want, rtol=2e-3, atol=2e-3)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.lists(_MSG, min_size=1, max_size=4), min_size=2, max_size=3),
     st.sampled_from(["debug", "release"]),

@@ -194,28 +194,19 @@ def store(bank: jax.Array, starts: jax.Array, value: jax.Array) -> jax.Array:
     return jax.lax.scatter(bank, starts[:, None], value, dnums, indices_are_sorted=False, mode="clip")
 
 
-def image(banks: GmBanks, ro: Sequence[jax.Array], rw: Sequence[jax.Array], lanes: int, real: int) -> jax.Array:
-    """``[B, real] uint8``: the GM bytes of every lane, rebuilt from its banks (read-only banks
-    ``[n]`` shared or ``[B, n]``; written banks ``[B, n]``). Bytes between tensors are zero:
-    nothing writes outside a tensor."""
+def host_image(banks: GmBanks, ro: Sequence[np.ndarray], rw: Sequence[np.ndarray], lanes: int, real: int) -> np.ndarray:
+    """``[B, real] uint8``: every lane's GM bytes rebuilt on the host from its banks (read-only
+    banks ``[n]`` shared or ``[B, n]``, written banks ``[B, n]``, numpy). Bytes between tensors
+    are zero: nothing writes outside a tensor. numpy reinterprets typed rows as bytes for free,
+    where the same cast on the device is a loop of shifts."""
     arrays = _by_bank(banks, ro, rw)
-    pieces = []
-    at = 0
-    order = sorted(range(len(banks.tensors)), key=lambda i: banks.tensors[i][2])
-    for i in order:
-        k, first, start, n = banks.tensors[i]
-        pos = start - GM_BASE
-        if pos > at:
-            pieces.append(jnp.zeros((lanes, pos - at), jnp.uint8))
+    out = np.zeros((lanes, real), np.uint8)
+    for k, first, start, n in banks.tensors:
         size = np.dtype(banks.dtypes[k]).itemsize
-        vals = arrays[k][..., first : first + n // size]
-        vals = jnp.broadcast_to(vals, (lanes, vals.shape[-1]))
-        raw = jax.lax.bitcast_convert_type(vals, jnp.uint8)
-        pieces.append(raw.reshape(lanes, n))
-        at = pos + n
-    if real > at:
-        pieces.append(jnp.zeros((lanes, real - at), jnp.uint8))
-    return jnp.concatenate(pieces, axis=1) if pieces else jnp.zeros((lanes, real), jnp.uint8)
+        vals = np.ascontiguousarray(arrays[k][..., first : first + n // size])
+        pos = start - GM_BASE
+        out[:, pos : pos + n] = vals.view(np.uint8)
+    return out
 
 
 def _by_bank(banks: GmBanks, ro: Sequence[Any], rw: Sequence[Any]) -> list[Any]:

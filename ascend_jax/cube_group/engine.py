@@ -153,7 +153,7 @@ _run_batch = _LazyJit(_run)
 
 def _run_arrays(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start=None) -> dict[str, jax.Array]:
     """The compiled loop, then its final state as result arrays, lanes last (:func:`batch_minor`)."""
-    return batch_minor(shape, tab, _run(shape, tab, cost, keys, start))
+    return batch_minor(shape, _run(shape, tab, cost, keys, start))
 
 
 _run_arrays_batch = _LazyJit(_run_arrays)
@@ -688,8 +688,9 @@ def simulate(
                 st = _run_eager(prep.shape, *args)
                 if relaunch:
                     st = _run_eager(prep.shape, *args, (st.slot, st.barrier_arrive, st.barrier_wait))
-                final = lane_major(prep.shape, jax.tree.map(jnp.asarray, args[0]), st)
-            parts.append({k: np.asarray(v)[:real] for k, v in _fetch(mesh, final).items()})
+                final = lane_major(prep.shape, st)
+            host = {k: np.asarray(v) for k, v in _fetch(mesh, final).items()}
+            parts.append({k: v[:real] for k, v in gm_host(prep.shape, args[0], host).items()})
             if bar is not None:
                 bar[0].update(bar[1], advance=real)
         if bar is not None:
@@ -697,18 +698,21 @@ def simulate(
     return BatchResult(prep.shape, prep.lanes, _assemble(parts, n), prep.seeds, prep.costs, schedule)
 
 
-def batch_minor(shape: EngineShape, tab: Tables, st: State) -> dict[str, jax.Array]:
+def batch_minor(shape: EngineShape, st: State) -> dict[str, jax.Array]:
     """The final state as one flat dict of result arrays, lanes still the last axis (but
     ``State.LANE_MAJOR`` fields); slots (and slot times) in global slot order ``[S, B]`` as
     ``slot_state`` and ``slot_ver`` (both :attr:`EngineShape.version_dtype`), queue occupancy in
-    queue order ``[Q, 5, B]``. :func:`lane_major` finishes the job."""
+    queue order ``[Q, 5, B]``; GM as its tensors' bytes ``gm`` ``[B, gm_real]``, or with typed
+    banks the written banks ``gm_bank0`` ... ``[B, n]`` (:func:`gm_host` makes them bytes).
+    :func:`lane_major` finishes the job."""
     b = st.status.shape[-1]
     grid = shape.grid_of_slot
     out = {f.name: getattr(st, f.name) for f in dataclasses.fields(State) if f.name not in ("timed", "ub", "slot")}
     if shape.banks is None:  # the tensors' bytes (the margin after them is the engine's scratch)
         out["gm"] = st.gm[0][:, : shape.gm_real]
-    else:  # the bytes again, from the written banks and the read-only ones
-        out["gm"] = banks.image(shape.banks, read_only(shape, tab), st.gm, b, shape.gm_real)
+    else:  # the written banks as they are: gm_host turns them into bytes (no cast on the device)
+        out.pop("gm")
+        out.update({f"gm_bank{i}": x for i, x in enumerate(st.gm)})
     slot = st.slot.reshape(-1, b)[grid]  # whole rows of lanes move: cheap while lanes are minor
     out["slot_state"] = (slot & 0xFF).astype(shape.version_dtype)
     out["slot_ver"] = ((slot >> 8) - 1).astype(shape.version_dtype)
@@ -731,14 +735,27 @@ _move_lanes_first = jax.jit(lambda x: jnp.moveaxis(x, -1, 0))
 def _lanes_first(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """``arrays`` (:func:`batch_minor`) with the lane axis first."""
     first_axis = set(State.LANE_MAJOR)
-    return {k: (v if k in first_axis else _move_lanes_first(v)) for k, v in arrays.items()}
+    return {k: (v if k in first_axis or k.startswith("gm_bank") else _move_lanes_first(v)) for k, v in arrays.items()}
 
 
-def lane_major(shape: EngineShape, tab: Tables, st: State) -> dict[str, jax.Array]:
+def gm_host(shape: EngineShape, tab: Tables, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Host result arrays with the final GM as bytes: with typed banks, the written banks
+    (``gm_bank0`` ...) and the read-only ones (``tab``, numpy, the same lanes) become ``gm``
+    ``[B, gm_real] uint8``; as bytes, ``arrays`` unchanged."""
+    if shape.banks is None:
+        return arrays
+    out = {k: v for k, v in arrays.items() if not k.startswith("gm_bank")}
+    rw = [np.asarray(arrays[f"gm_bank{i}"]) for i in range(len(shape.banks.rw))]
+    ro = [np.asarray(x) for x in read_only(shape, tab)]
+    out["gm"] = banks.host_image(shape.banks, ro, rw, len(arrays["status"]), shape.gm_real)
+    return out
+
+
+def lane_major(shape: EngineShape, st: State) -> dict[str, jax.Array]:
     """The final state as one flat dict of lane-major arrays ``[B, ...]`` (the :class:`BatchResult`
     arrays; see :func:`batch_minor`). The transposes run on the device: numpy transposes of the
     receive log cost more than the loop."""
-    return _lanes_first(batch_minor(shape, tab, st))
+    return _lanes_first(batch_minor(shape, st))
 
 
 def _assemble(parts: list[dict[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:

@@ -46,7 +46,8 @@ class BatchResult(Sequence):
       seeds: [B] the lanes' seeds.
       arrays: every final state array, ``[B, ...]`` numpy; the receive log ``recv_ver`` is
         ``[B, C, R]`` with ``R`` the largest ``recv_count`` of the batch (entries at or past a
-        lane's count are undefined).
+        lane's count are undefined); ``gm`` ``[B, G]`` uint8 the final bytes of the GM tensors
+        (G: the program's GM size, address ``GM_BASE`` first).
       schedule: the schedule that ran.
     Index it (``res[i]``) or iterate for per-lane :class:`CubeGroupResult` objects.
     """
