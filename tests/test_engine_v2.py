@@ -102,14 +102,18 @@ _SHARDED = textwrap.dedent(
 )
 
 
-def test_sharded_over_four_host_devices_equals_one_device():
+def on_four_host_devices(script: str) -> dict:
+    """Runs ``script`` in a fresh Python with 4 forced CPU devices (fixed when JAX starts) from the
+    repository root; returns the JSON its last output line holds."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", _SHARDED], env=env, cwd=root, capture_output=True, text=True, timeout=600
-    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_over_four_host_devices_equals_one_device():
+    got = on_four_host_devices(_SHARDED)
     assert got["same"] is True and got["n"] == 10
     assert got["status"] == [Status.OK if i % 2 == 0 else Status.DEADLOCK for i in range(10)]
 

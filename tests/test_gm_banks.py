@@ -3,10 +3,6 @@ and that every result array is identical either way (and agrees with the referen
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -14,6 +10,7 @@ import pytest
 from _models import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_engine_v2 import on_four_host_devices
 from test_matmul_state import _MSG, ITERATE, SET_A, T, _kernel
 from test_packed_grid import _assert_same_arrays
 
@@ -149,11 +146,5 @@ _SHARDED = textwrap.dedent(
 
 
 def test_typed_banks_sharded_over_four_host_devices_equal_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", _SHARDED], env=env, cwd=root, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = on_four_host_devices(_SHARDED)
     assert got == {"same": True, "n": 6, "status": [int(Status.OK)] * 6}, got
