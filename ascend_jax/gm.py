@@ -301,28 +301,40 @@ def row_starts(addr: jax.Array, n_rows: int, stride: jax.Array, itemsize: int | 
     return addr - GM_BASE + jnp.arange(n_rows, dtype=jnp.int32) * stride * itemsize
 
 
+def load_windows(x: jax.Array, starts: jax.Array, width: int) -> jax.Array:
+    """[R, width]: ``width`` consecutive elements of ``x`` [N] from each index of ``starts`` [R]
+    (one windowed gather, a copy per row rather than a lookup per element). Windows are clamped
+    into ``x``: callers keep a margin after anything that matters."""
+    return jax.vmap(lambda s: jax.lax.dynamic_slice(x, (s,), (width,)))(starts)
+
+
+def store_windows(x: jax.Array, starts: jax.Array, value: jax.Array) -> jax.Array:
+    """``x`` [N] with ``value`` [R, W] written as R runs of W elements at ``starts`` [R] (one
+    windowed scatter). Runs must not overlap one another."""
+    dnums = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(1,), inserted_window_dims=(), scatter_dims_to_operand_dims=(0,)
+    )
+    return jax.lax.scatter(
+        x, starts[:, None], value, dnums, indices_are_sorted=False, unique_indices=False, mode="clip"
+    )
+
+
 def load_rows(gm: jax.Array, starts: jax.Array, width: int, dtype: np.dtype) -> jax.Array:
-    """[R, width] elements: ``width`` contiguous elements from each byte index of ``starts`` [R]
-    (one windowed gather, a copy per row rather than a lookup per byte). ``gm`` must extend at
-    least ``width * itemsize`` bytes past any row that matters: windows are clamped into ``gm``,
-    so a row starting too close to its end would be read from a shifted position (callers mask
-    such rows, and the engine pads GM by :func:`row_margin`)."""
+    """[R, width] elements: ``width`` contiguous elements of ``dtype`` from each byte index of
+    ``starts`` [R] of ``gm`` [G] uint8 (:func:`load_windows` of bytes, then a bit cast). ``gm`` must
+    extend at least ``width * itemsize`` bytes past any row that matters: windows are clamped
+    into ``gm``, so a row starting too close to its end would be read from a shifted position
+    (callers mask such rows, and the engine pads GM by :func:`row_margin`)."""
     size = dtype.itemsize
-    raw = jax.vmap(lambda s: jax.lax.dynamic_slice(gm, (s,), (width * size,)))(starts)
-    raw = raw.reshape(starts.shape[0], width, size)
+    raw = load_windows(gm, starts, width * size).reshape(starts.shape[0], width, size)
     return jax.lax.bitcast_convert_type(raw if size > 1 else raw[..., 0], dtype)
 
 
 def store_rows(gm: jax.Array, starts: jax.Array, value: jax.Array) -> jax.Array:
-    """Writes ``value`` [R, W] (typed) as ``R`` contiguous rows at byte indices ``starts`` [R]
-    (one windowed scatter). Rows must not overlap one another."""
-    size = value.dtype.itemsize
+    """Writes ``value`` [R, W] (typed) as ``R`` contiguous rows at byte indices ``starts`` [R] of
+    ``gm`` [G] uint8 (a bit cast, then :func:`store_windows`). Rows must not overlap one another."""
     raw = jax.lax.bitcast_convert_type(value, jnp.uint8)
-    raw = raw.reshape(value.shape[0], value.shape[1] * size)
-    dnums = jax.lax.ScatterDimensionNumbers(
-        update_window_dims=(1,), inserted_window_dims=(), scatter_dims_to_operand_dims=(0,)
-    )
-    return jax.lax.scatter(gm, starts[:, None], raw, dnums, indices_are_sorted=False, unique_indices=False, mode="clip")
+    return store_windows(gm, starts, raw.reshape(value.shape[0], value.shape[1] * value.dtype.itemsize))
 
 
 def row_margin(width_elements: int) -> int:

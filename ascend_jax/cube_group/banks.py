@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.gm import GM_BASE
+from ascend_jax.gm import GM_BASE, load_windows
 from ascend_jax.matmul import AF, MM_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -174,24 +174,9 @@ def load(
     out = jnp.zeros((n_rows, width), dtype)
     for k in banks.of_dtype(dtype):
         first, hit = element(banks, k, addr)
-        rows = windows(arrays[k], first + jnp.arange(n_rows, dtype=jnp.int32) * stride, width)
+        rows = load_windows(arrays[k], first + jnp.arange(n_rows, dtype=jnp.int32) * stride, width)
         out = jnp.where(hit, rows, out)
     return out
-
-
-def windows(bank: jax.Array, starts: jax.Array, width: int) -> jax.Array:
-    """[R, width]: ``width`` consecutive elements of ``bank`` from each index of ``starts`` [R]
-    (clamped into the bank, hence its margin)."""
-    return jax.vmap(lambda s: jax.lax.dynamic_slice(bank, (s,), (width,)))(starts)
-
-
-def store(bank: jax.Array, starts: jax.Array, value: jax.Array) -> jax.Array:
-    """``bank`` with ``value`` [R, W] written as R rows of W elements at ``starts`` [R] (one
-    windowed scatter; rows must not overlap)."""
-    dnums = jax.lax.ScatterDimensionNumbers(
-        update_window_dims=(1,), inserted_window_dims=(), scatter_dims_to_operand_dims=(0,)
-    )
-    return jax.lax.scatter(bank, starts[:, None], value, dnums, indices_are_sorted=False, mode="clip")
 
 
 def host_image(banks: GmBanks, ro: Sequence[np.ndarray], rw: Sequence[np.ndarray], lanes: int, real: int) -> np.ndarray:

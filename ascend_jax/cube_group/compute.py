@@ -28,7 +28,7 @@ from ascend_jax.cube_group import banks
 from ascend_jax.cube_group.encode import VEC
 from ascend_jax.cube_group.state import EngineShape
 from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
-from ascend_jax.gm import load_rows, row_starts, store_rows
+from ascend_jax.gm import load_rows, load_windows, row_starts, store_rows, store_windows
 from ascend_jax.matmul import MatmulType, check_operands, combine, compute_tiles, descriptor, empty_tile
 
 
@@ -82,20 +82,21 @@ def apply_matmuls(
 
         def write(i, gm, d=d, e=e, c=c, mt=mt, order=order, mm_=mm_, nn=nn, disjoint=disjoint, c_rows=c_rows):
             ci = order[i]
-            starts, read, put = c_rows(d["c_addr"][ci], mm_, d["stride_c"][ci])
+            starts, read, put = c_rows
+            at, scratch = starts(d["c_addr"][ci], mm_, d["stride_c"][ci])
             live = e[ci] & (jnp.arange(mm_) < d["m"][ci])
-            starts = jnp.where(live, starts, -1)  # -1: the scratch row (see _c_rows)
-            old = read(gm, starts, nn)
+            at = jnp.where(live, at, scratch)
+            old = read(gm, at, nn)
             new = combine(mt, old, c[ci], d["atomic"][ci])
             new = jnp.where(live[:, None] & (jnp.arange(nn)[None, :] < d["n"][ci]), new, old)
             if disjoint:  # no two rows' windows overlap: one scatter
-                return put(gm, starts, new)
+                return put(gm, at, new)
 
-            def row(r, gm, starts=starts, live=live, ci=ci):  # rows in order, each re-read
-                cur = read(gm, starts[r][None], nn)[0]
+            def row(r, gm, at=at, live=live, ci=ci, read=read, put=put):  # rows in order, each re-read
+                cur = read(gm, at[r][None], nn)[0]
                 val = combine(mt, cur, c[ci][r], d["atomic"][ci])
                 val = jnp.where((jnp.arange(nn) < d["n"][ci]) & live[r], val, cur)
-                return put(gm, starts[r][None], val[None])  # a row not written: to scratch
+                return put(gm, at[r][None], val[None])  # a row not written: to scratch
 
             return jax.lax.fori_loop(0, mm_, row, gm)
 
@@ -105,46 +106,44 @@ def apply_matmuls(
 
 
 def _c_rows(shape: EngineShape, mt: MatmulType):
-    """How one lane's C tiles of this Matmul type reach GM: a function of (address, rows, stride)
-    giving the rows' start indices, a reader ``(gm, starts, width)`` and a writer
-    ``(gm, starts, rows)`` on the ``State.gm`` tuple. A start of -1 stands for the scratch row:
-    the first index of the margin after the tensors (``[G]`` bytes: byte ``gm_real``; a typed
-    bank: its first margin element), which holds a whole row window. None when no written bank
-    has C's type."""
+    """Where one lane's C tiles of this Matmul type go in ``State.gm``: ``(starts, read, put)``.
+    ``starts(addr, rows, stride)`` gives the rows' start indices and the scratch index (the first
+    index of the margin after the tensors, which holds a whole row window: rows not written go
+    there); ``read(gm, starts, width)`` and ``put(gm, starts, rows)`` act on the ``State.gm``
+    tuple. GM as bytes: byte indices, bit casts; typed banks: element indices in the written bank
+    of C's type. None when no written bank has C's type."""
     dtype = mt.dtype("c")
     if shape.banks is None:
-        size = dtype.itemsize
+        pos, scratch = 0, shape.gm_real
 
-        def starts_bytes(addr, rows, stride):
-            return row_starts(addr, rows, stride, size), read_bytes, put_bytes
+        def starts(addr, rows, stride):
+            return row_starts(addr, rows, stride, dtype.itemsize), scratch
 
-        def read_bytes(gm, starts, width):
-            return load_rows(gm[0], jnp.where(starts < 0, shape.gm_real, starts), width, dtype)
+        def read(gm, at, width):
+            return load_rows(gm[pos], at, width, dtype)
 
-        def put_bytes(gm, starts, value):
-            return (store_rows(gm[0], jnp.where(starts < 0, shape.gm_real, starts), value),)
+        write = store_rows
 
-        return starts_bytes
-    bk = shape.banks
-    mine = [k for k in bk.of_dtype(dtype) if bk.writable[k]]
-    if not mine:
-        return None
-    k = mine[0]  # one bank per (type, written)
-    pos, scratch = bk.rw.index(k), bk.scratch(k)
+    else:
+        bk = shape.banks
+        mine = [k for k in bk.of_dtype(dtype) if bk.writable[k]]
+        if not mine:
+            return None
+        k = mine[0]  # one bank per (type, written)
+        pos, scratch = bk.rw.index(k), bk.scratch(k)
 
-    def starts_typed(addr, rows, stride):
-        first, _ = banks.element(bk, k, addr)
-        return first + jnp.arange(rows, dtype=jnp.int32) * stride, read_typed, put_typed
+        def starts(addr, rows, stride):
+            return banks.element(bk, k, addr)[0] + jnp.arange(rows, dtype=jnp.int32) * stride, scratch
 
-    def read_typed(gm, starts, width):
-        return banks.windows(gm[pos], jnp.where(starts < 0, scratch, starts), width)
+        def read(gm, at, width):
+            return load_windows(gm[pos], at, width)
 
-    def put_typed(gm, starts, value):
-        out = list(gm)
-        out[pos] = banks.store(gm[pos], jnp.where(starts < 0, scratch, starts), value)
-        return tuple(out)
+        write = store_windows
 
-    return starts_typed
+    def put(gm, at, value):
+        return (*gm[:pos], write(gm[pos], at, value), *gm[pos + 1 :])
+
+    return starts, read, put
 
 
 def _operands(
