@@ -9,7 +9,9 @@ Order within a step (documented semantics, the reference interpreter does the sa
 3. results are written to GM one AIC after the other: groups in creation order, AICs in index
    order (``atomic_order="fixed"``), or in a random permutation drawn per lane and step
    (``atomic_order="random"``), so that a user can bound how much rounding depends on the
-   arrival order of atomic accumulations.
+   arrival order of atomic accumulations. Tiles whose row windows do not overlap commute, so
+   the engine stores them together: in passes (:func:`store_passes`), each one gather and one
+   scatter, one pass for a step without overlaps (the common case).
 
 Each action arrives as its :data:`ascend_jax.matmul.ACTION_FIELDS` words, already resolved
 against the AIC's persistent Matmul state by the step. A matmul whose A, B, C or bias extent is
@@ -31,24 +33,21 @@ from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
 from ascend_jax.gm import load_rows, load_windows, row_starts, store_rows, store_windows
 from ascend_jax.matmul import MatmulType, check_operands, combine, compute_tiles, descriptor, empty_tile
 
+#: Whether tiles whose C windows are disjoint share a store pass (:func:`store_passes`); tests
+#: turn it off to compare with one pass per AIC.
+BATCHED_STORES = True
 
-def apply_matmuls(
-    shape: EngineShape,
-    ro: tuple[jax.Array, ...],
-    gm: tuple[jax.Array, ...],
-    key: jax.Array,
-    en: jax.Array,
-    fields: jax.Array,
-) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
-    """Performs one lane's matmul requests of a step: ``en`` [C] bool, ``fields`` [C, A] int32
-    action words, on one lane's GM: ``ro`` its read-only typed banks and ``gm`` its written ones
-    (``State.gm``); as bytes, ``ro = ()`` and ``gm = ([G] uint8,)``. Returns the new ``gm``, [C]
-    whether each AIC's matmul lies outside GM (then nothing is written) and [C] the first address
-    out of range."""
+
+def matmul_requests(shape: EngineShape, en: jax.Array, fields: jax.Array) -> tuple[list, jax.Array, jax.Array]:
+    """One lane's matmul requests of a step: ``en`` [C] bool, ``fields`` [C, A] int32 action
+    words. Returns, per group with a Matmul (in :func:`matmul_groups` order), ``(d, e)``: the
+    descriptor words (each [P]) and [P] whether the AIC writes a tile; then [C] whether each
+    AIC's matmul lies outside GM (then nothing is written) and [C] the first address out of
+    range. Cheap (descriptor words only): the engine decides from it how to store."""
     bounds = jnp.asarray(np.asarray(shape.gm_bounds, np.int32).reshape(-1, 2))
     d_all = descriptor(fields.T, jnp)  # each word [C]
     start = 0
-    work, oks, bads = [], [], []
+    reqs, oks, bads = [], [], []
     for gi, g in enumerate(shape.groups):
         sl = slice(start, start + g.aic_num)
         start += g.aic_num
@@ -57,52 +56,139 @@ def apply_matmuls(
             oks.append(jnp.ones(g.aic_num, bool))
             bads.append(jnp.zeros(g.aic_num, jnp.int32))
             continue
-        mt, tiling, dims = cfg
         d = {k: v[sl] for k, v in d_all.items()}
-        ok, bad = check_operands(mt, bounds, d, jnp)
+        ok, bad = check_operands(cfg[0], bounds, d, jnp)
         oks.append(ok)
         bads.append(bad.astype(jnp.int32))
+        reqs.append((d, en[sl] & ok & ~empty_tile(d)))
+    return reqs, en & ~jnp.concatenate(oks), jnp.concatenate(bads)
+
+
+def matmul_tiles(shape: EngineShape, ro: tuple[jax.Array, ...], gm: tuple[jax.Array, ...], reqs: list) -> list:
+    """The C tiles [P, M, N] of one lane's requests (:func:`matmul_requests`), per group, from its
+    GM: ``ro`` its read-only typed banks and ``gm`` its written ones (``State.gm``); as bytes,
+    ``ro = ()`` and ``gm = ([G] uint8,)``."""
+    tiles = []
+    for (gi, mt, dims), (d, _) in zip(matmul_groups(shape), reqs, strict=True):
         a, b, bias = jax.vmap(lambda di, mt=mt, dims=dims: _operands(shape, mt, dims, ro, gm, di))(d)
         scale = jax.lax.bitcast_convert_type(d["quant_scale"], jnp.float32) if mt.dequant else None
-        c = compute_tiles(mt, tiling, a, b, bias, scale)
-        work.append((mt, dims, d, en[sl] & ok & ~empty_tile(d), c))
-    ok_all, bad_addr = jnp.concatenate(oks), jnp.concatenate(bads)
+        tiles.append(compute_tiles(mt, shape.matmuls[gi][1], a, b, bias, scale))
+    return tiles
 
+
+def matmul_groups(shape: EngineShape) -> list[tuple[int, MatmulType, tuple]]:
+    """(group index, Matmul type, tile dims) of each group with a Matmul, in creation order: the
+    order of :func:`matmul_tiles`' work list and of the writes."""
+    cfgs = shape.matmuls or (None,) * len(shape.groups)
+    return [(gi, cfg[0], cfg[2]) for gi, cfg in enumerate(cfgs) if cfg is not None]
+
+
+def store_passes(shape: EngineShape, key: jax.Array, reqs: list) -> list:
+    """In which pass each AIC of one lane stores its C tile this step: per group with a Matmul,
+    [P] int32. The documented order is AIC index order (or, with ``atomic_order="random"``, a
+    permutation drawn from the lane's ``key`` per step and group). An AIC goes one pass after
+    the last AIC before it in that order whose row windows overlap its own
+    (:func:`window_overlaps`), so tiles of one pass are disjoint and overlapping ones land in
+    order: a step without overlaps is one pass. With ``BATCHED_STORES`` off, or a tile whose
+    own rows may overlap (``rows_disjoint`` false), every AIC has a pass of its own."""
     order_key = jax.random.fold_in(jax.random.wrap_key_data(key), 0x5EED)
-    for gidx, (mt, dims, d, e, c) in enumerate(work):
+    out = []
+    for gidx, ((_, mt, dims), (d, e)) in enumerate(zip(matmul_groups(shape), reqs, strict=True)):
         n_aic = e.shape[0]
         if shape.atomic_order == "random":
             order = jax.random.permutation(jax.random.fold_in(order_key, gidx), n_aic)
         else:
             order = jnp.arange(n_aic)
-        mm_, nn, _, disjoint, _, _ = dims
+        rank = jnp.zeros(n_aic, jnp.int32).at[order].set(jnp.arange(n_aic, dtype=jnp.int32))
+        mm_, nn, _, rows_disjoint, _, _ = dims
+        c_rows = _c_rows(shape, mt)
+        if not (shape.batched_stores and rows_disjoint and c_rows):
+            out.append(rank)
+            continue
+        u = mt.dtype("c").itemsize if shape.banks is None else 1  # GM indices per element
+        lo = jax.vmap(lambda a, c_rows=c_rows: c_rows[0](a, 1, 0)[0][0])(d["c_addr"])
+        over = window_overlaps(lo, jnp.minimum(d["m"], mm_), d["stride_c"] * u, nn * u, e)
+        passes = jnp.zeros(n_aic, jnp.int32)
+        for k in range(n_aic):  # in the documented order: after every earlier overlapping tile
+            ci = order[k]
+            passes = passes.at[ci].set(jnp.where(over[ci] & (rank < k), passes + 1, 0).max())
+        out.append(passes)
+    return out
+
+
+def window_overlaps(lo: jax.Array, rows: jax.Array, stride: jax.Array, width: int, live: jax.Array) -> jax.Array:
+    """[P, P] bool: whether the writes of tiles i and j (i != j, both ``live``) can touch a
+    common index. Tile i writes ``rows[i]`` windows of ``width`` indices, the r-th starting at
+    ``lo[i] + r * stride[i]`` (each [P] int32, GM indices; every row writes a whole padded
+    window, its columns past the tile's own ``n`` rewritten with what they held). Two tiles of
+    one stride ``s >= width`` are compared exactly on the (row, column) grid of that stride;
+    other pairs by their whole index ranges, which may say "overlap" for interleaved tiles
+    (that only costs the ordered store, never a wrong one)."""
+    m = jnp.where(live, rows, 0)  # idle AICs: nothing to compare, and no overflow below
+    s = jnp.where(live, stride, 0)
+    hi = lo + (m - 1) * s + width  # one past the last index a window writes
+    i, j = lo[:, None], lo[None, :]
+    span = (i < hi[None, :]) & (j < hi[:, None])
+    same = (s[:, None] == s[None, :]) & (s[:, None] >= width)
+    sd = jnp.where(same, s[:, None], 1)
+    q = jnp.floor_divide(j - i, sd)  # row of tile j's first index on tile i's grid
+    rem = (j - i) - q * sd  # its column, 0 <= rem < s
+    mi, mj = m[:, None], m[None, :]
+    piece_a = (q < mi) & (q + mj > 0) & (rem < width)
+    piece_b = (rem + width > sd) & (q + 1 < mi) & (q + 1 + mj > 0)  # the part that wraps a row
+    overlap = jnp.where(same, piece_a | piece_b, span)
+    both = live[:, None] & live[None, :] & (m[:, None] > 0) & (m[None, :] > 0)
+    return overlap & both & ~jnp.eye(lo.shape[0], dtype=bool)
+
+
+def store_tiles(
+    shape: EngineShape, gm: tuple[jax.Array, ...], reqs: list, tiles: list, passes: list, n_passes: list
+) -> tuple[jax.Array, ...]:
+    """Writes one lane's C tiles of a step (``reqs`` from :func:`matmul_requests`, ``tiles`` from
+    :func:`matmul_tiles`) to its written GM ``gm``, in ``passes`` (:func:`store_passes`): each
+    pass one gather and one scatter of the tiles in it. ``n_passes``: per group, the passes to
+    run (int32 scalar, the same for every lane so that the loop is not batched). A tile whose
+    own rows may overlap is written row after row, each row re-read."""
+    for (_, mt, dims), (d, e), c, ps, n in zip(matmul_groups(shape), reqs, tiles, passes, n_passes, strict=True):
+        n_aic = e.shape[0]
+        mm_, nn, _, rows_disjoint, _, _ = dims
         c_rows = _c_rows(shape, mt)
         if c_rows is None:  # no tensor of C's type is written: every such tile is out of range
             continue
+        starts, read, put = c_rows
 
-        def write(i, gm, d=d, e=e, c=c, mt=mt, order=order, mm_=mm_, nn=nn, disjoint=disjoint, c_rows=c_rows):
-            ci = order[i]
-            starts, read, put = c_rows
+        def rows(ci, d=d, e=e, mm_=mm_, starts=starts):  # one AIC's row starts [M], live rows [M]
             at, scratch = starts(d["c_addr"][ci], mm_, d["stride_c"][ci])
-            live = e[ci] & (jnp.arange(mm_) < d["m"][ci])
-            at = jnp.where(live, at, scratch)
-            old = read(gm, at, nn)
-            new = combine(mt, old, c[ci], d["atomic"][ci])
-            new = jnp.where(live[:, None] & (jnp.arange(nn)[None, :] < d["n"][ci]), new, old)
-            if disjoint:  # no two rows' windows overlap: one scatter
-                return put(gm, at, new)
+            return at, e[ci] & (jnp.arange(mm_) < d["m"][ci]), scratch
 
-            def row(r, gm, at=at, live=live, ci=ci, read=read, put=put):  # rows in order, each re-read
-                cur = read(gm, at[r][None], nn)[0]
-                val = combine(mt, cur, c[ci][r], d["atomic"][ci])
-                val = jnp.where((jnp.arange(nn) < d["n"][ci]) & live[r], val, cur)
-                return put(gm, at[r][None], val[None])  # a row not written: to scratch
+        def merged(old, tile, ci, live, d=d, mt=mt, nn=nn):  # what rows [R, N] of a tile become
+            new = combine(mt, old, tile, d["atomic"][ci])
+            return jnp.where(live[:, None] & (jnp.arange(nn) < d["n"][ci])[None, :], new, old)
 
-            return jax.lax.fori_loop(0, mm_, row, gm)
+        if rows_disjoint:
+            at_all, live_all, scratch = jax.vmap(rows)(jnp.arange(n_aic))  # [P, M] each
 
-        gm = jax.lax.fori_loop(0, n_aic, write, gm)
+            def one_pass(p, gm, at_all=at_all, live_all=live_all, scratch=scratch[0], ps=ps, c=c, n_aic=n_aic, mm_=mm_, nn=nn, merged=merged, read=read, put=put):  # fmt: skip
+                live = live_all & (ps == p)[:, None]
+                at = jnp.where(live, at_all, scratch).reshape(-1)  # rows not written: to scratch
+                old = read(gm, at, nn).reshape(n_aic, mm_, nn)
+                new = jax.vmap(merged)(old, c, jnp.arange(n_aic), live)
+                return put(gm, at, new.reshape(-1, nn))
 
-    return gm, en & ~ok_all, bad_addr
+        else:  # every AIC has a pass of its own
+
+            def one_pass(p, gm, ps=ps, c=c, rows=rows, merged=merged, read=read, put=put, mm_=mm_, nn=nn):  # fmt: skip
+                ci = jnp.argmax(ps == p)
+                at, live, scratch = rows(ci)
+                at = jnp.where(live, at, scratch)
+
+                def row(r, gm):  # rows in order, each re-read
+                    return put(gm, at[r][None], merged(read(gm, at[r][None], nn), c[ci][r][None], ci, live[r][None]))
+
+                return jax.lax.fori_loop(0, mm_, row, gm)
+
+        gm = jax.lax.fori_loop(0, n, one_pass, gm)
+    return gm
 
 
 def _c_rows(shape: EngineShape, mt: MatmulType):

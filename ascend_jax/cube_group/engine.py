@@ -3,7 +3,7 @@
 Data flow: every distinct program is encoded once (numpy, :mod:`ascend_jax.cube_group.encode`),
 padded to the batch's common :class:`EngineShape` and run as one jitted ``lax.while_loop`` whose
 body is the protocol :func:`step` vmapped over lanes, then the AIVs' vector ops
-(:func:`apply_vector_ops`) and the compute phase (:func:`apply_matmuls`), each under a
+(:func:`apply_vector_ops`) and the compute phase (:func:`matmul_tiles`, :func:`store_tiles`), each under a
 ``lax.cond`` that skips it when no core of any lane performed one. Lanes that run the same program share one copy of its tables (``vmap`` with
 ``in_axes=None``). The batch axis is sharded over the chosen devices (a 1-D mesh). Each lane is
 bounded by its own ``max_steps``; the loop runs until its slowest lane stops. The final arrays
@@ -25,8 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.cube_group import banks
-from ascend_jax.cube_group.compute import apply_matmuls, apply_vector_ops
+from ascend_jax.cube_group import banks, compute
+from ascend_jax.cube_group.compute import (
+    apply_vector_ops,
+    matmul_requests,
+    matmul_tiles,
+    store_passes,
+    store_tiles,
+)
 from ascend_jax.cube_group.encode import EncodedProgram, encode_program
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.readout import BatchResult, _Lanes
@@ -58,13 +64,21 @@ TRACE_COUNT = {"run": 0}
 
 
 def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, fields: jax.Array) -> State:
-    """The compute phase of every lane (vmapped; lane-major GM), then GM errors into the state. An
-    AIC stopped here may leave nothing running: the lane then ends in this step, as in the
-    reference (whose compute phase comes before its end-of-step check)."""
+    """The compute phase of every lane (vmapped; lane-major GM), then GM errors into the state. C
+    tiles are stored in passes (:func:`store_passes`): one when no two windows of a step
+    overlap, the most any lane needs otherwise. An AIC stopped here may leave nothing running:
+    the lane then ends in this step, as in the reference (whose compute phase comes before its
+    end-of-step check)."""
+    reqs, bad, addr = jax.vmap(functools.partial(matmul_requests, shape), in_axes=(1, 2))(en, fields)
     ro = read_only(shape, tab)
-    gm, bad, addr = jax.vmap(
-        functools.partial(apply_matmuls, shape), in_axes=(None if shape.shared else 0, 0, 0, 1, 2)
-    )(ro, st.gm, st.key, en, fields)
+    tiles = jax.vmap(functools.partial(matmul_tiles, shape), in_axes=(None if shape.shared else 0, 0, 0))(
+        ro, st.gm, reqs
+    )
+    passes = jax.vmap(functools.partial(store_passes, shape))(st.key, reqs)
+    n_passes = [jnp.where(e, p + 1, 0).max() for p, (_, e) in zip(passes, reqs, strict=True)]  # over all lanes
+    gm = jax.vmap(functools.partial(store_tiles, shape), in_axes=(0, 0, 0, 0, None))(
+        st.gm, reqs, tiles, passes, n_passes
+    )
     bad = bad.T & (st.aic_phase != AicPhase.ERROR)  # [C, B]: these AICs stop here
 
     def pick(new, old):
@@ -208,6 +222,7 @@ def make_shape(
         gm_size=_gm_size(first, encoded, ub[2]) if has_gm else 1,
         gm_real=first.gm.size if has_gm else 0,
         atomic_order=atomic_order if has_mm else "fixed",
+        batched_stores=compute.BATCHED_STORES,
         wait_tests=any(op.kind == AivCall.WAIT and not op.sync for op in all_ops),
         shared=len(programs) == 1,
         build=first.build,

@@ -68,6 +68,7 @@ class EngineShape:
     has_mte3: bool = True  # some AllocMessage / PostMessage runs in MTE3 mode (the flag matters)
     packed: bool = False  # the slot grid packs a queue's 4 depths in one word (see :func:`unpack_slots`)
     banks: GmBanks | None = None  # typed GM banks (:mod:`ascend_jax.cube_group.banks`), None: GM as bytes
+    batched_stores: bool = True  # C tiles with disjoint windows share a store pass (compute.store_passes)
 
     def uses(self, kind: OpKind) -> bool:
         """Whether some lane's program has an op of this kind (the step leaves out what none has)."""

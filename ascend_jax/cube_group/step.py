@@ -455,7 +455,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
     """One protocol step of the batch, then the status update. A lane that is not RUNNING enables
     no core and keeps its state. ``cost`` is [12, B]. Returns the state, the step's matmul
     requests: [C, B] enables and the [C, A, B] action words of each (for
-    :func:`ascend_jax.cube_group.compute.apply_matmuls`), and its vector ops (see :func:`aiv_step`)."""
+    :func:`ascend_jax.cube_group.compute.matmul_tiles`), and its vector ops (see :func:`aiv_step`)."""
     keys = st.key
     k_aiv = k_aic = keys
     if shape.needs_key:
