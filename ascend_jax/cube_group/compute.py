@@ -78,7 +78,8 @@ def matmul_tiles(shape: EngineShape, ro: tuple[jax.Array, ...], gm: tuple[jax.Ar
 
 def matmul_groups(shape: EngineShape) -> list[tuple[int, MatmulType, tuple]]:
     """(group index, Matmul type, tile dims) of each group with a Matmul, in creation order: the
-    order of :func:`matmul_tiles`' work list and of the writes."""
+    order of the per-group lists of :func:`matmul_requests` and :func:`matmul_tiles`, and of the
+    writes."""
     cfgs = shape.matmuls or (None,) * len(shape.groups)
     return [(gi, cfg[0], cfg[2]) for gi, cfg in enumerate(cfgs) if cfg is not None]
 
@@ -107,7 +108,8 @@ def store_passes(shape: EngineShape, key: jax.Array, reqs: list) -> list:
             continue
         u = mt.dtype("c").itemsize if shape.banks is None else 1  # GM indices per element
         lo = jax.vmap(lambda a, c_rows=c_rows: c_rows[0](a, 1, 0)[0][0])(d["c_addr"])
-        over = window_overlaps(lo, jnp.minimum(d["m"], mm_), d["stride_c"] * u, nn * u, e)
+        stride = jnp.where(e & (d["m"] > 1), d["stride_c"], 0) * u  # no product of an unused stride
+        over = window_overlaps(lo, jnp.minimum(d["m"], mm_), stride, nn * u, e)
         passes = jnp.zeros(n_aic, jnp.int32)
         for k in range(n_aic):  # in the documented order: after every earlier overlapping tile
             ci = order[k]
