@@ -22,6 +22,9 @@ nothing; an empty tile (an extent <= 0) reads and writes nothing.
 
 from __future__ import annotations
 
+import functools
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,7 +110,7 @@ def store_passes(shape: EngineShape, key: jax.Array, reqs: list) -> list:
             out.append(rank)
             continue
         u = mt.dtype("c").itemsize if shape.banks is None else 1  # GM indices per element
-        lo = jax.vmap(lambda a, c_rows=c_rows: c_rows[0](a, 1, 0)[0][0])(d["c_addr"])
+        lo = jax.vmap(lambda a, starts=c_rows.starts: starts(a, 1, 0)[0])(d["c_addr"])
         stride = jnp.where(e & (d["m"] > 1), d["stride_c"], 0) * u  # no product of an unused stride
         over = window_overlaps(lo, jnp.minimum(d["m"], mm_), stride, nn * u, e)
         passes = jnp.zeros(n_aic, jnp.int32)
@@ -152,60 +155,63 @@ def store_tiles(
     run (int32 scalar, the same for every lane so that the loop is not batched). A tile whose
     own rows may overlap is written row after row, each row re-read."""
     for (_, mt, dims), (d, e), c, ps, n in zip(matmul_groups(shape), reqs, tiles, passes, n_passes, strict=True):
-        n_aic = e.shape[0]
-        mm_, nn, _, rows_disjoint, _, _ = dims
         c_rows = _c_rows(shape, mt)
-        if c_rows is None:  # no tensor of C's type is written: every such tile is out of range
-            continue
-        starts, read, put = c_rows
-
-        def rows(ci, d=d, e=e, mm_=mm_, starts=starts):  # one AIC's row starts [M], live rows [M]
-            at, scratch = starts(d["c_addr"][ci], mm_, d["stride_c"][ci])
-            return at, e[ci] & (jnp.arange(mm_) < d["m"][ci]), scratch
-
-        def merged(old, tile, ci, live, d=d, mt=mt, nn=nn):  # what rows [R, N] of a tile become
-            new = combine(mt, old, tile, d["atomic"][ci])
-            return jnp.where(live[:, None] & (jnp.arange(nn) < d["n"][ci])[None, :], new, old)
-
-        if rows_disjoint:
-            at_all, live_all, scratch = jax.vmap(rows)(jnp.arange(n_aic))  # [P, M] each
-
-            def one_pass(p, gm, at_all=at_all, live_all=live_all, scratch=scratch[0], ps=ps, c=c, n_aic=n_aic, mm_=mm_, nn=nn, merged=merged, read=read, put=put):  # fmt: skip
-                live = live_all & (ps == p)[:, None]
-                at = jnp.where(live, at_all, scratch).reshape(-1)  # rows not written: to scratch
-                old = read(gm, at, nn).reshape(n_aic, mm_, nn)
-                new = jax.vmap(merged)(old, c, jnp.arange(n_aic), live)
-                return put(gm, at, new.reshape(-1, nn))
-
-        else:  # every AIC has a pass of its own
-
-            def one_pass(p, gm, ps=ps, c=c, rows=rows, merged=merged, read=read, put=put, mm_=mm_, nn=nn):  # fmt: skip
-                ci = jnp.argmax(ps == p)
-                at, live, scratch = rows(ci)
-                at = jnp.where(live, at, scratch)
-
-                def row(r, gm):  # rows in order, each re-read
-                    return put(gm, at[r][None], merged(read(gm, at[r][None], nn), c[ci][r][None], ci, live[r][None]))
-
-                return jax.lax.fori_loop(0, mm_, row, gm)
-
-        gm = jax.lax.fori_loop(0, n, one_pass, gm)
+        if c_rows is not None:  # else no tensor of C's type is written: every such tile is out of range
+            gm = jax.lax.fori_loop(0, n, functools.partial(_store_pass, mt, dims, c_rows, d, e, c, ps), gm)
     return gm
 
 
-def _c_rows(shape: EngineShape, mt: MatmulType):
-    """Where one lane's C tiles of this Matmul type go in ``State.gm``: ``(starts, read, put)``.
-    ``starts(addr, rows, stride)`` gives the rows' start indices and the scratch index (the first
-    index of the margin after the tensors, which holds a whole row window: rows not written go
-    there); ``read(gm, starts, width)`` and ``put(gm, starts, rows)`` act on the ``State.gm``
-    tuple. GM as bytes: byte indices, bit casts; typed banks: element indices in the written bank
-    of C's type. None when no written bank has C's type."""
+def _store_pass(mt, dims, c_rows, d, e, c, ps, p, gm):
+    """Pass ``p`` of one group's stores (see :func:`store_tiles`): ``d`` descriptor words and
+    ``e`` [P] written, ``c`` [P, M, N] tiles, ``ps`` [P] each AIC's pass."""
+    mm_, nn, _, rows_disjoint, _, _ = dims
+    n_aic = e.shape[0]
+
+    def rows(ci):  # one AIC's row starts [M] (rows not written: to scratch), live rows [M]
+        live = e[ci] & (jnp.arange(mm_) < d["m"][ci]) & (ps[ci] == p)
+        return jnp.where(live, c_rows.starts(d["c_addr"][ci], mm_, d["stride_c"][ci]), c_rows.scratch), live
+
+    def merged(old, tile, ci, live):  # what rows [R, N] of a tile become
+        new = combine(mt, old, tile, d["atomic"][ci])
+        return jnp.where(live[:, None] & (jnp.arange(nn) < d["n"][ci])[None, :], new, old)
+
+    if rows_disjoint:  # every tile of the pass at once
+        at, live = jax.vmap(rows)(jnp.arange(n_aic))  # [P, M] each
+        old = c_rows.read(gm, at.reshape(-1), nn).reshape(n_aic, mm_, nn)
+        new = jax.vmap(merged)(old, c, jnp.arange(n_aic), live)
+        return c_rows.put(gm, at.reshape(-1), new.reshape(-1, nn))
+
+    ci = jnp.argmax(ps == p)  # the pass's one AIC, its rows in order, each re-read
+    at, live = rows(ci)
+
+    def row(r, gm):
+        old = c_rows.read(gm, at[r][None], nn)
+        return c_rows.put(gm, at[r][None], merged(old, c[ci][r][None], ci, live[r][None]))
+
+    return jax.lax.fori_loop(0, mm_, row, gm)
+
+
+class _CRows(NamedTuple):
+    """Where one lane's C tiles of one Matmul type go in ``State.gm``. ``starts(addr, rows,
+    stride)``: the rows' start indices [rows]; ``scratch``: the first index of the margin after
+    the tensors, which holds a whole row window (rows not written go there); ``read(gm, starts,
+    width)`` and ``put(gm, starts, rows)`` act on the ``State.gm`` tuple. GM as bytes: byte
+    indices, bit casts; typed banks: element indices in the written bank of C's type."""
+
+    starts: Any
+    scratch: int
+    read: Any
+    put: Any
+
+
+def _c_rows(shape: EngineShape, mt: MatmulType) -> _CRows | None:
+    """:class:`_CRows` of this Matmul type; None when no written bank has C's type."""
     dtype = mt.dtype("c")
     if shape.banks is None:
         pos, scratch = 0, shape.gm_real
 
         def starts(addr, rows, stride):
-            return row_starts(addr, rows, stride, dtype.itemsize), scratch
+            return row_starts(addr, rows, stride, dtype.itemsize)
 
         def read(gm, at, width):
             return load_rows(gm[pos], at, width, dtype)
@@ -221,7 +227,7 @@ def _c_rows(shape: EngineShape, mt: MatmulType):
         pos, scratch = bk.rw.index(k), bk.scratch(k)
 
         def starts(addr, rows, stride):
-            return banks.element(bk, k, addr)[0] + jnp.arange(rows, dtype=jnp.int32) * stride, scratch
+            return banks.element(bk, k, addr)[0] + jnp.arange(rows, dtype=jnp.int32) * stride
 
         def read(gm, at, width):
             return load_windows(gm[pos], at, width)
@@ -231,7 +237,7 @@ def _c_rows(shape: EngineShape, mt: MatmulType):
     def put(gm, at, value):
         return (*gm[:pos], write(gm[pos], at, value), *gm[pos + 1 :])
 
-    return starts, read, put
+    return _CRows(starts, scratch, read, put)
 
 
 def _operands(
