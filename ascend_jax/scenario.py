@@ -15,7 +15,7 @@ with ``import_callbacks=False`` (``ascend-jax check``) no user module is importe
 
 from __future__ import annotations
 
-import sys
+import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -30,11 +30,6 @@ from ascend_jax.errors import ConfigError
 from ascend_jax.gm import DTYPE_ALIASES, DTYPES, GlobalMemory
 from ascend_jax.message import MESSAGE_TYPES
 from ascend_jax.schema import GM_LIMIT_BYTES, MAX_SCENARIO_BYTES, Scenario, did_you_mean, validate_document
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DEFAULT_SCENARIO = "default"
 #: Message fields that hold sizes or counts and so may not be negative.

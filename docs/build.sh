@@ -5,6 +5,7 @@
 # Extra arguments go to `mkdocs build`.
 set -euo pipefail
 export NO_MKDOCS_2_WARNING=1
+export PYTHONDONTWRITEBYTECODE=1  # importing hooks.py must not leave docs/__pycache__ behind
 cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -n "${VIRTUAL_ENV:-}" ]]; then PYTHON=python

@@ -213,9 +213,8 @@ def test_platform_ini_loader(tmp_path):
 
 def test_every_package_ships_in_the_wheel():
     # pyproject lists packages explicitly (models/ ships as ascend_jax_models): a new subpackage must be added
-    from pathlib import Path
-
     import tomllib
+    from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
