@@ -102,32 +102,78 @@ _NUMBER = re.compile(r"^\s*[0-9.eE+-]+(\s*/\s*[0-9.eE+-]+)?\s*$")
 
 #: Largest INI file read, bytes (real platform_config files are a few KB).
 MAX_INI_BYTES = 2**20
-#: Largest core count accepted from an INI (far above any Ascend SoC).
-MAX_CORES = 4096
+#: Largest AIC count accepted from an INI (far above any Ascend SoC: 910B has 20..24); AIVs up to twice this.
+MAX_CORES = 1024
+
+_KIB, _MIB, _GIB, _TIB = 2**10, 2**20, 2**30, 2**40
+
+#: Physical limits of every number read from an INI: key -> (low, high, unit, why). Real 910B values
+#: sit far inside: cube_freq 1500..1850 MHz, UB 192 KiB, L0A/L0B 64 KiB, L0C 128 KiB, L1 512 KiB,
+#: L2 96..192 MiB, HBM 32..64 GiB. The bounds keep every derived figure (cycles, µs, buffer
+#: placements, GM pages) finite and the host memory a run needs bounded.
+INI_LIMITS: dict[str, tuple[float, float, str, str]] = {
+    "cube_freq": (1.0, 10_000.0, "MHz", "an AI core clock between 1 MHz and 10 GHz"),
+    "ub_size": (1 * _KIB, 16 * _MIB, "bytes", "a unified buffer of 1 KiB..16 MiB per AIV (910B: 192 KiB)"),
+    "l0_a_size": (1 * _KIB, 16 * _MIB, "bytes", "an L0A of 1 KiB..16 MiB (910B: 64 KiB)"),
+    "l0_b_size": (1 * _KIB, 16 * _MIB, "bytes", "an L0B of 1 KiB..16 MiB (910B: 64 KiB)"),
+    "l0_c_size": (1 * _KIB, 16 * _MIB, "bytes", "an L0C of 1 KiB..16 MiB (910B: 128 KiB)"),
+    "l1_size": (1 * _KIB, 256 * _MIB, "bytes", "an L1 of 1 KiB..256 MiB (910B: 512 KiB)"),
+    "l2_size": (1 * _KIB, 64 * _GIB, "bytes", "an L2 of 1 KiB..64 GiB (910B: 96..192 MiB)"),
+    "memory_size": (1 * _MIB, 1 * _TIB, "bytes", "a device memory of 1 MiB..1 TiB (910B: 32..64 GiB)"),
+}
+#: Bounds of every ``[AICoreMemoryRates]`` value, bytes per cycle per core (910B: 32..512).
+RATE_LIMITS = (1.0 / 64, 65536.0)
 
 
 def _number(value: str, where: str) -> float:
     """A positive, finite INI number; ``a/b`` quotients occur in real files
     (``ub_to_ddr_rate=21474836480/680000000``)."""
     rule = "must be a positive number or a quotient a/b of positive numbers"
+    fix = "write a plain decimal number, e.g. 1850 or 21474836480/680000000"
     if len(value) > 64 or not _NUMBER.match(value):
-        raise ConfigError(where, value, rule)
+        raise ConfigError(where, value, rule, fix)
     try:
         parts = [float(x) for x in value.split("/")]
         out = parts[0] / parts[1] if len(parts) == 2 else parts[0]
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(where, value, rule) from None
+    except (ValueError, ZeroDivisionError, OverflowError):
+        raise ConfigError(where, value, rule, fix) from None
     if not (0 < out < float("inf")):
-        raise ConfigError(where, value, rule)
+        raise ConfigError(where, value, rule + " (finite, above 0)", fix)
     return out
+
+
+def _plain(x: float) -> str:
+    """``x`` as an integer when it is whole (``16777216``), else compactly (``0.015625``)."""
+    return str(int(x)) if x == int(x) else f"{x:g}"
+
+
+def _bounded(value: str, where: str, low: float, high: float, unit: str, why: str) -> float:
+    """:func:`_number` within ``low..high`` (``unit``), else a :class:`ConfigError` naming the bounds."""
+    x = _number(value, where)
+    if not low <= x <= high:
+        raise ConfigError(
+            where,
+            value,
+            f"must be in {_plain(low)}..{_plain(high)} {unit} ({why})",
+            "use the value of your CANN platform_config INI; these bounds hold for any Ascend SoC",
+        )
+    return x
 
 
 def _count(value: str, where: str, limit: int = MAX_CORES) -> int:
     """A whole number in 1..limit (core counts)."""
     n = _number(value, where)
     if n != int(n) or not 1 <= n <= limit:
-        raise ConfigError(where, value, f"must be a whole number in 1..{limit}")
+        raise ConfigError(
+            where, value, f"must be a whole number in 1..{limit}", "give the SoC's core count (910B: 20..24 AICs)"
+        )
     return int(n)
+
+
+def _small_whole(text: str) -> bool:
+    """``text`` is an ASCII whole number in 1..4096 (a fractal extent)."""
+    s = text.strip()
+    return s.isascii() and s.isdigit() and len(s) <= 4 and 1 <= int(s) <= 4096
 
 
 def load_platform_ini(path: str | Path, field: str = "chip") -> ChipSpec:
@@ -135,7 +181,11 @@ def load_platform_ini(path: str | Path, field: str = "chip") -> ChipSpec:
     (``cube_core_cnt`` or ``ai_core_cnt``, ``vector_core_cnt``, ``memory_size``, ``l2_size``),
     ``[AICoreSpec]`` (``cube_freq``, ``l0_a_size``, ``l0_b_size``, ``l0_c_size``, ``l1_size``,
     ``ub_size``), ``[AICoreMemoryRates]`` (every numeric key) and ``[DtypeMKN]``.
-    Missing optional keys keep the 910B1 defaults; a missing core count is an error."""
+    Missing optional keys keep the 910B1 defaults; a missing core count is an error.
+
+    Every number is range-checked (a :class:`ConfigError` names the INI key, the value, the bounds
+    and the fix): core counts 1.. :data:`MAX_CORES` (AIVs up to twice that), clock and buffer sizes
+    within :data:`INI_LIMITS`, memory rates within :data:`RATE_LIMITS` bytes/cycle/core."""
     p = Path(path)
     cp = configparser.ConfigParser(strict=False, interpolation=None)
     cp.optionxform = str  # keys keep their case
@@ -179,24 +229,31 @@ def load_platform_ini(path: str | Path, field: str = "chip") -> ChipSpec:
     ):
         v = get(section, key)
         if v is not None:
-            x = _number(v, f"{where}[{section}].{key}")
-            if conv is int and (x != int(x) or x >= 2**63):
-                raise ConfigError(f"{where}[{section}].{key}", v, "must be a whole number of bytes below 2^63")
+            x = _bounded(v, f"{where}[{section}].{key}", *INI_LIMITS[key])
+            if conv is int and x != int(x):
+                raise ConfigError(
+                    f"{where}[{section}].{key}", v, "must be a whole number of bytes", "drop the fraction"
+                )
             kw[attr] = conv(x)
     if cp.has_section("AICoreMemoryRates"):
         rates = {}
         for key, v in cp.items("AICoreMemoryRates"):
             if key.startswith("Intrinsic_"):
                 continue
-            rates[key] = _number(v, f"{where}[AICoreMemoryRates].{key}")
+            low, high = RATE_LIMITS
+            rates[key] = _bounded(
+                v, f"{where}[AICoreMemoryRates].{key}", low, high, "bytes/cycle/core", "910B: 32..512"
+            )
         if rates:
             kw["memory_rates"] = rates
     if cp.has_section("DtypeMKN"):
         mkn = {}
         for key, v in cp.items("DtypeMKN"):
             parts = v.split(",")
-            if len(parts) != 3 or not all(x.strip().isdigit() and 1 <= int(x) <= 4096 for x in parts):
-                raise ConfigError(f"{where}[DtypeMKN].{key}", v, "must be M,N,K: three whole numbers in 1..4096")
+            if len(parts) != 3 or not all(_small_whole(x) for x in parts):
+                raise ConfigError(
+                    f"{where}[DtypeMKN].{key}", v, "must be M,N,K: three whole numbers in 1..4096", "e.g. 16,16,16"
+                )
             nums = [int(x) for x in parts]
             mkn["default" if key == "Default" else key.removeprefix("DT_").lower()] = tuple(nums)
         kw["dtype_mkn"] = {"default": (16, 16, 16), **mkn}

@@ -16,15 +16,22 @@ histogram of kernel cycles per lane) and ``status.png`` (lanes per status); ``--
 random`` adds ``atomic_spread.png`` (each lane's relative L2 error against the float64 reference,
 per written tensor). Comm models get ``comm_timeline.png`` (per rank and queue, each task's span).
 Every run gets ``report.md`` linking the plots, with a summary.
+
+A report never writes through a link: before drawing, :func:`check_report_folder` refuses a
+folder where any of :data:`REPORT_FILES` is a link or not a plain file (as ``--dump`` and ``--trace``
+do), and every file is opened with ``O_NOFOLLOW``. The folder itself may be a link (as for ``--dump``).
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ascend_jax.errors import ConfigError
 
 # -- words -----------------------------------------------------------------------------------------
 
@@ -121,12 +128,69 @@ def _plt():
     return plt
 
 
+#: Every file a report may write into its folder (cube groups, batches, comm models).
+REPORT_FILES = (
+    "gantt.png",
+    "occupancy.png",
+    "utilisation.png",
+    "steps.png",
+    "kernel_cycles.png",
+    "status.png",
+    "atomic_spread.png",
+    "comm_timeline.png",
+    "report.md",
+)
+
+
+def _refuse_link(target: Path) -> None:
+    """Raises :class:`ConfigError` if ``target`` is a link (to anything, dangling or not), or exists
+    and is not a plain file, or would land outside its folder: the same rule as ``--dump``'s files
+    and ``--trace``, so a planted link never redirects a write."""
+    root = target.parent.resolve()
+    if target.is_symlink() or (target.exists() and not target.is_file()) or target.resolve().parent != root:
+        raise ConfigError(
+            "--report",
+            str(target),
+            "would write outside the folder (a link, or not a plain file)",
+            "remove it, or give another --report folder",
+        )
+
+
+def check_report_folder(directory: Path) -> None:
+    """Checks, before anything is drawn or written, that no file a report may write in
+    ``directory`` (:data:`REPORT_FILES`) is a link or a non-file; raises :class:`ConfigError`
+    (``--report``) naming the first one that is."""
+    for name in REPORT_FILES:
+        _refuse_link(Path(directory) / name)
+
+
+def _open_plain(path: Path):
+    """Opens ``path`` for writing (binary, truncated) without following a link at its name
+    (``O_NOFOLLOW``: a link planted after :func:`check_report_folder` still fails)."""
+    _refuse_link(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.fdopen(os.open(path, flags, 0o644), "wb")
+    except OSError as e:
+        raise ConfigError(
+            "--report", str(path), f"cannot be written ({e.strerror or e})", "free space, permissions, or remove a link"
+        ) from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    with _open_plain(path) as f:
+        f.write(text.encode("utf-8"))
+
+
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
+    try:
+        with _open_plain(path) as f:
+            fig.savefig(f, dpi=110, format="png")
+    finally:
+        import matplotlib.pyplot as plt
 
-    plt.close(fig)
+        plt.close(fig)
     return path.name
 
 
@@ -377,6 +441,7 @@ def write_cube_report(
         :func:`ascend_jax.trace.record_cube`.
       summary_lines: the terminal summary's lines (plain text), quoted in the report.
     """
+    check_report_folder(directory)
     rec, events = recorded
     timed = schedule == "timed" and rec.timing is not None
     scale = 1.0 / rec.timing["freq_mhz"] if timed else 1.0
@@ -440,12 +505,13 @@ def write_cube_report(
     lines += ["", "## Plots", ""]
     for name, text in made:
         lines += [f"### {name}", "", text, "", f"![{name}]({name})", ""]
-    (directory / "report.md").write_text("\n".join(lines))
+    _write_text(directory / "report.md", "\n".join(lines))
     return [name for name, _ in made] + ["report.md"]
 
 
 def write_comm_report(directory: Path, result, numerics: dict, elapsed: float, summary_lines: list[str]) -> list[str]:
     """Writes ``comm_timeline.png`` and ``report.md`` of a comm run into ``directory``."""
+    check_report_folder(directory)
     name = comm_timeline(result, directory / "comm_timeline.png")
     lines = [f"# Run report: {result.program.name}", "", "```text", *summary_lines, "```", ""]
     lines += [f"{result.program.n_ranks} ranks, status `{result.status.label}`, {result.steps} steps, wall time "
@@ -456,5 +522,5 @@ def write_comm_report(directory: Path, result, numerics: dict, elapsed: float, s
         )
     lines += ["", "## Plots", "", f"### {name}", "", "Every executed task per rank and queue (stream or AI CPU thread), "
               "coloured by kind, in simulated µs.", "", f"![{name}]({name})", ""]  # fmt: skip
-    (directory / "report.md").write_text("\n".join(lines))
+    _write_text(directory / "report.md", "\n".join(lines))
     return [name, "report.md"]

@@ -397,10 +397,12 @@ def _memory_budget() -> int:
     raw = os.environ.get("ASCEND_JAX_MEMORY_BUDGET", str(2 * 2**30))
     try:
         value = int(float(raw))
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc", "nan"; "inf", "1e400"
         value = 0
-    if value <= 0:
-        raise ConfigError("ASCEND_JAX_MEMORY_BUDGET", raw, "must be a positive number of bytes", "e.g. 2e9")
+    if not 1 <= value <= 2**50:
+        raise ConfigError(
+            "ASCEND_JAX_MEMORY_BUDGET", raw, "must be a number of bytes in 1..2^50 (1 PiB)", "e.g. 2e9 (default 2 GiB)"
+        )
     return value
 
 
