@@ -7,12 +7,19 @@ values, without rounding. For every tensor a matmul or a vector store wrote, the
     {"dtype": "float32", "combination": "float16xfloat16->float32", "rel_l2_error": ...,
      "max_abs_error": ..., "max_rel_error": ..., "nan": 0, "inf": 0, "tolerance": ..., "ok": true}
 
-``rel_l2_error = ||sim - ref||_2 / ||ref||_2``; ``max_rel_error`` is taken over elements whose
-reference is non-zero; ``ok`` means ``rel_l2_error <= tolerance`` and no NaN/Inf where the
-reference is finite. Tolerances by C type are :data:`ascend_jax.matmul.TOLERANCE`, unless the
+``rel_l2_error = ||sim - ref||_2 / ||ref||_2`` over the elements finite on both sides;
+``max_rel_error`` is taken over those whose reference is non-zero. ``ok`` means
+``rel_l2_error <= tolerance``, no NaN in ``sim`` (not even where the reference is NaN too) and
+every other non-finite value of either side matched by the same infinity on the other; each entry
+adds ``reason`` (why ``ok`` is what it is, in words, e.g. ``"3 NaN where the float64 reference is
+finite"``), ``nonfinite`` (those counts by position, :func:`compare`) and ``reference_shares``
+(which roundings the replay shares with the kernel: those made before it, in the GM inputs as
+stored; a kernel that reads a forward's output rounded to its input type is checked against that
+rounded value). Tolerances by C type are :data:`ascend_jax.matmul.TOLERANCE`, unless the
 program sets one for the tensor (``CubeGroupProgram.tolerances``). With several
 batch lanes (e.g. ``atomic_order="random"``) the report adds ``lane_spread``: the largest relative
-L2 distance between a lane's result and lane 0's.
+L2 distance between a lane's result and lane 0's. :func:`add_numpy_checks` adds a model's own
+numpy answer as ``numpy_check``; the entry's ``ok`` and the check's agree.
 """
 
 from __future__ import annotations
@@ -50,25 +57,105 @@ def _name(dt: np.dtype) -> str:
     return dtype_name(dt)
 
 
+#: How the float64 replay relates to the kernel (``reference_shares`` of every entry, followed by
+#: the kernel's inputs and their types).
+REPLAY_SHARES = (
+    "the float64 replay starts from the GM inputs as stored, so it shares every rounding made before "
+    "the kernel (e.g. a forward output stored in the input type) and none made inside it"
+)
+
+
 def compare(sim: np.ndarray, ref: np.ndarray, tolerance: float) -> dict[str, Any]:
-    """Error metrics of one tensor (see the module docstring)."""
-    s = sim.astype(np.float64)
-    finite_ref = np.isfinite(ref)
-    nan = int(np.isnan(s).sum())
-    inf = int(np.isinf(s).sum())
-    bad_nonfinite = int((~np.isfinite(s) & finite_ref).sum())
-    diff = np.abs(np.where(np.isfinite(s), s, 0.0) - np.where(finite_ref, ref, 0.0))
-    nz = (ref != 0) & finite_ref
-    err = rel_l2(np.where(np.isfinite(s), s, 0.0), np.where(finite_ref, ref, 0.0))
+    """Error metrics of one tensor against its reference, and whether they are ok.
+
+    Args:
+      sim: the simulated tensor, any shape and dtype (read as float64).
+      ref: the reference, same shape (float64; NaN / Inf allowed).
+      tolerance: the largest ok relative L2 error.
+
+    Returns:
+      ``rel_l2_error``, ``max_abs_error``, ``max_rel_error`` over the elements finite on both
+      sides; ``nan`` / ``inf``: counts in ``sim``; ``tolerance``; ``ok``; ``nonfinite``: counts by
+      position (``sim_nan_ref_finite``, ``sim_inf_ref_finite``, ``sim_finite_ref_nonfinite``,
+      ``both_nan``, ``same_inf``: equal infinities, ``mismatched``: NaN against Inf or Inf of the
+      other sign); ``reason``: why ``ok`` is what it is, in words.
+
+    ``ok`` needs the error within tolerance, no NaN anywhere in ``sim`` (a NaN is never a checked
+    value, even where the reference is NaN too), and every non-finite value of either side matched
+    by the same infinity on the other. Matched infinities are left out of the norms, and the
+    reason says so.
+    """
+    s = np.asarray(sim).astype(np.float64)
+    r = np.asarray(ref).astype(np.float64)
+    fin_s, fin_r = np.isfinite(s), np.isfinite(r)
+    nan_s = np.isnan(s)
+    counts = {
+        "sim_nan_ref_finite": int((nan_s & fin_r).sum()),
+        "sim_inf_ref_finite": int((np.isinf(s) & fin_r).sum()),
+        "sim_finite_ref_nonfinite": int((fin_s & ~fin_r).sum()),
+        "both_nan": int((nan_s & np.isnan(r)).sum()),
+        "same_inf": int((np.isinf(s) & (s == r)).sum()),
+    }
+    counts["mismatched"] = int((~fin_s & ~fin_r).sum()) - counts["both_nan"] - counts["same_inf"]
+    both = fin_s & fin_r
+    sb, rb = s[both], r[both]
+    err = rel_l2(sb, rb) if sb.size else 0.0
+    diff = np.abs(sb - rb)
+    nz = rb != 0
+    words = {
+        "sim_nan_ref_finite": "NaN where the float64 reference is finite",
+        "sim_inf_ref_finite": "Inf where the float64 reference is finite",
+        "sim_finite_ref_nonfinite": "finite values where the float64 reference is NaN or Inf",
+        "both_nan": "NaN where the float64 reference is NaN too (a NaN is never a checked value)",
+        "mismatched": "non-finite values where the reference has a different one (NaN against Inf, or +Inf against -Inf)",
+    }  # fmt: skip
+    bad = [f"{counts[k]} {w}" for k, w in words.items() if counts[k]]
+    within = err <= tolerance
+    if not within:
+        bad.insert(0, f"rel L2 {err:.3g} > tolerance {tolerance:.3g}")
+    notes = list(bad) or [f"rel L2 {err:.3g} <= tolerance {tolerance:.3g}"]
+    if counts["same_inf"]:
+        notes.append(f"{counts['same_inf']} Inf equal to the reference's, left out of the norms")
+    if not both.all():
+        notes.append(f"the norms cover the {int(both.sum())} of {s.size} elements finite on both sides")
     return {
         "rel_l2_error": err,
         "max_abs_error": float(diff.max()) if diff.size else 0.0,
-        "max_rel_error": float((diff[nz] / np.abs(ref[nz])).max()) if nz.any() else 0.0,
-        "nan": nan,
-        "inf": inf,
+        "max_rel_error": float((diff[nz] / np.abs(rb[nz])).max()) if nz.any() else 0.0,
+        "nan": int(nan_s.sum()),
+        "inf": int(np.isinf(s).sum()),
         "tolerance": tolerance,
-        "ok": bool(err <= tolerance and bad_nonfinite == 0),
+        "ok": not bad,
+        "nonfinite": counts,
+        "reason": "; ".join(notes),
     }
+
+
+def add_numpy_checks(report: dict[str, dict[str, Any]], program: CubeGroupProgram, result, expected) -> None:
+    """Adds ``numpy_check`` (:func:`compare` of ``result``'s tensors against ``expected(program)``,
+    a model's float64 numpy answer) to the report's entries, at each entry's tolerance (1e-5 for a
+    tensor the report has no entry for), and makes the two verdicts agree: if either comparison
+    fails, both ``ok`` are False and each ``reason`` names the other's failure.
+
+    ``expected.reference_shares`` (a string, if the model sets it) says which roundings the numpy
+    answer shares with the kernel; it becomes the check's ``reference_shares``.
+    """
+    shares = getattr(expected, "reference_shares", None)
+    for name, want in expected(program).items():
+        entry = report.setdefault(name, {})
+        check = compare(result.tensor(name), want, entry.get("tolerance", 1e-5))
+        if shares:
+            check["reference_shares"] = shares
+        entry["numpy_check"] = check
+        if "ok" not in entry:
+            continue
+        if entry["ok"] and not check["ok"]:
+            entry["ok"] = False
+            whose = f" (its reference shares: {shares})" if shares else ""
+            entry["reason"] += f"; but numpy_check{whose} fails: {check['reason']}"
+        elif check["ok"] and not entry["ok"]:
+            check["ok"] = False
+            check["reason"] += f"; but the float64 replay fails: {entry['reason']}"
 
 
 def numerics_report(
@@ -84,12 +171,24 @@ def numerics_report(
     else:
         images = [r.gm for r in results]
     refs, combos = exact_reference(program)
+    inputs = [n for n in sorted(program.gm.tensors) if n not in refs]
+    shares = REPLAY_SHARES + (
+        ": " + ", ".join(f"{n} {_name(program.gm.tensors[n].dtype)}" for n in inputs) if inputs else ""
+    )
+    bad_inputs = []
+    for n in inputs:
+        x = program.gm.read(n).astype(np.float64)
+        nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        if nan or inf:
+            bad_inputs.append(f"{n} ({nan} NaN, {inf} Inf)")
     report = {}
     for name, ref in refs.items():
         dt = program.gm.tensors[name].dtype
         tol = program.tolerances.get(name, TOLERANCE[_name(dt)])
         sim = program.gm.read(name, images[0])
-        entry = {"dtype": _name(dt), "combination": combos[name], **compare(sim, ref, tol)}
+        entry = {"dtype": _name(dt), "combination": combos[name], **compare(sim, ref, tol), "reference_shares": shares}
+        if bad_inputs and entry["nonfinite"]["both_nan"] + entry["nonfinite"]["same_inf"]:
+            entry["reason"] += "; non-finite inputs: " + ", ".join(bad_inputs)
         if len(images) > 1:
             entry["lane_spread"] = max(rel_l2(program.gm.read(name, im), sim) for im in images[1:])
         report[name] = entry
