@@ -342,6 +342,17 @@ def test_readme_and_docs_point_only_to_files_in_the_repository():
     assert "does not run vector ops" not in pages[ROOT / "docs" / "workloads" / "attention-backward.md"]
 
 
+def test_timing_page_lists_every_ini_bound():
+    from ascend_jax.chips import INI_LIMITS, MAX_CORES
+
+    page = (ROOT / "docs" / "model" / "timing.md").read_text()
+    for key in INI_LIMITS:
+        assert f"`{key}`" in page, key
+    assert f"whole number, 1..{MAX_CORES} |" in page and f"whole number, 1..{2 * MAX_CORES} |" in page
+    assert "| 1..10000 MHz |" in page and INI_LIMITS["cube_freq"][:2] == (1.0, 10_000.0)
+    assert "1/64..65536 bytes per cycle per core" in page
+
+
 def test_docs_site_leaves_out_pycache():
     """``docs/hooks.py`` is imported by mkdocs, which would write ``docs/__pycache__``: the build
     turns bytecode off and ``exclude_docs`` leaves any ``__pycache__`` folder out of the site."""
