@@ -151,8 +151,8 @@ def add_numpy_checks(report: dict[str, dict[str, Any]], program: CubeGroupProgra
             continue
         if entry["ok"] and not check["ok"]:
             entry["ok"] = False
-            whose = f" (its reference shares: {shares})" if shares else ""
-            entry["reason"] += f"; but numpy_check{whose} fails: {check['reason']}"
+            whose = f" (numpy_check's reference: {shares})" if shares else ""
+            entry["reason"] += f"; but numpy_check fails: {check['reason']}{whose}"
         elif check["ok"] and not entry["ok"]:
             check["ok"] = False
             check["reason"] += f"; but the float64 replay fails: {entry['reason']}"
