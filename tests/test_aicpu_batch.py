@@ -1,5 +1,5 @@
 """Batched comm runs: lanes that differ in message counts, data, cost parameters and timeouts run in
-one vmapped loop, one compilation, each lane equal to its own reference run."""
+one batch, each lane equal to its own reference run; lanes of one structure share a compilation."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def same(eng, ref):
     np.testing.assert_array_equal(eng.end, ref.end)
 
 
-def test_allreduce_lanes_differ_in_count_data_cost_and_timeout_one_compilation():
+def test_allreduce_lanes_differ_in_count_data_cost_and_timeout():
     slow = CommCost(link_bw=10e9, copy_latency_s=5e-6)
     lanes = [
         ring_job(int(HcclCMDType.ALLREDUCE), 4, count=16, seed=0),
@@ -31,9 +31,7 @@ def test_allreduce_lanes_differ_in_count_data_cost_and_timeout_one_compilation()
         ring_job(int(HcclCMDType.ALLREDUCE), 4, count=24, seed=2, timeout=0),
         ring_job(int(HcclCMDType.ALLREDUCE), 4, count=16, seed=3, cost=slow, timeout=60),
     ]
-    before = TRACES["count"]
     results = run_comm_batch(lanes)
-    assert TRACES["count"] - before == 1
     times = []
     for p, r in zip(lanes, results, strict=True):
         same(r, run_comm_reference(p))
@@ -42,6 +40,21 @@ def test_allreduce_lanes_differ_in_count_data_cost_and_timeout_one_compilation()
         times.append(r.to_json(timeline=False)["time_s"])
     # bigger messages and a slower link take longer; the same structure otherwise
     assert times[1] > times[3] > times[0] and times[2] > times[0]
+
+
+def test_lanes_of_one_structure_compile_once_and_a_second_batch_compiles_nothing():
+    before = TRACES["count"]
+    first = run_comm_batch([ring_job(int(HcclCMDType.ALLREDUCE), 3, count=40, seed=s) for s in range(5)])
+    assert TRACES["count"] - before == 1  # five lanes, one data schedule
+    again = [
+        ring_job(int(HcclCMDType.ALLREDUCE), 3, count=40, seed=s) for s in range(100, 106)
+    ]  # 5 and 6 lanes: one lane bucket (8)
+    before = TRACES["count"]
+    results = run_comm_batch(again)
+    assert TRACES["count"] == before  # the same structure: the cached compilation
+    for p, r in zip(again, results, strict=True):
+        same(r, run_comm_reference(p))
+    assert first[0].output("rank0.recvBuf").tolist() != results[0].output("rank0.recvBuf").tolist()
 
 
 def test_p2p_lanes_differ_in_timeouts_and_fail_when_each_lane_expires():

@@ -83,6 +83,8 @@ class DeviceApi:
         lo = addr - MEM_BASE
         if lo < 0 or lo + nbytes > self._memory.size:
             return bytes(nbytes)
+        if nbytes > 0:
+            self.model.reads.append((self.rank, lo, nbytes))
         return self._memory[lo : lo + nbytes].tobytes()
 
     def read_struct(self, addr: int, dtype: np.dtype) -> np.ndarray:
@@ -321,6 +323,9 @@ class DeviceModel:
       buffers: per device-thread queue, tasks written but not submitted yet.
       calls: every Hcomm call as ``(time s, rank, launch, call, return code)``.
       log: one line per kernel that raised a Python exception.
+      reads: every device-memory read of the kernels as ``(rank, byte offset, bytes)``: what a kernel's
+        outcome can depend on besides its argument blob (the batched engine shares a kernel run among
+        lanes whose bytes there are equal).
     """
 
     def __init__(self, program: TaskProgram):
@@ -330,6 +335,7 @@ class DeviceModel:
         self.buffers: dict[int, list[Task]] = {}
         self.calls: list[tuple[float, int, int, str, int]] = []
         self.log: list[str] = []
+        self.reads: list[tuple[int, int, int]] = []
 
     def device_api(self, rank: int, now: float = 0.0, launch: int = -1) -> DeviceApi:
         """A :class:`DeviceApi` for ``rank`` at time ``now`` over the initial memory (for direct use)."""

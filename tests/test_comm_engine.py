@@ -1,0 +1,116 @@
+"""The batched comm engine (ascend_jax/aicpu/engine.py, schedule.py): lanes grouped by task structure,
+one control pass per group, data applied to every lane at once; each lane equal to its own reference
+run, including lanes whose kernels read different bytes and so leave their group."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import hypothesis.strategies as hst
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from test_aicpu_batch import same
+from test_aicpu_launch import launch, launch_programs, one_rank, param
+
+from ascend_jax.aicpu import CommStatus, HcclCMDType, ring_job, run_comm_batch, run_comm_reference
+from ascend_jax.aicpu.engine import apply_steps, structure_key
+from ascend_jax.aicpu.schedule import DataOp
+
+
+def _variants(p, seeds):
+    """Lanes of ``p``'s structure whose memory differs: every allocated byte redrawn per seed."""
+    out = []
+    for s in seeds:
+        rng = np.random.default_rng(s)
+        memory = tuple(rng.integers(0, 255, m.size, np.uint8) for m in p.memory)
+        out.append(dataclasses.replace(p, memory=memory))
+    return out
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(launch_programs(), hst.lists(hst.integers(0, 10**6), min_size=1, max_size=5), hst.integers(1, 4))
+def test_lanes_whose_kernels_read_different_bytes_equal_their_reference(p, seeds, chunk):
+    lanes = _variants(p, seeds) + [p]
+    results = run_comm_batch(lanes, chunk=chunk)
+    for lane, r in zip(lanes, results, strict=True):
+        same(r, run_comm_reference(lane))
+
+
+def test_a_data_dependent_kernel_splits_the_group():
+    # the kernel reads one byte and makes 1, 2 or 3 copies (and fails when the byte is a multiple of 7)
+    w, h, s, (t,) = one_rank()
+    _, buf = h.aclrt_malloc(256)
+    h.aclrt_memcpy_h2d(buf, np.zeros(256, np.uint8))
+    launch(h, s, "DataDependent", param(t, buf, buf + 192))
+    p = w.program(max_steps=300)
+    lanes = _variants(p, range(12))
+    results = run_comm_batch(lanes)
+    counts = set()
+    for lane, r in zip(lanes, results, strict=True):
+        same(r, run_comm_reference(lane))
+        counts.add(sum(len(q.tasks) for q in r.program.queues))
+    assert len({structure_key(lane) for lane in lanes}) == 1  # one group at the start...
+    assert len(counts) > 1  # ...whose lanes ended with different task lists
+
+
+def test_ring_batch_equals_reference_lane_by_lane_across_chunks():
+    lanes = [ring_job(int(HcclCMDType.ALLREDUCE), 4, count=24, seed=s) for s in range(7)]
+    results = run_comm_batch(lanes, chunk=3)  # chunks of 3, 3 and 1 (padded to 1)
+    for lane, r in zip(lanes, results, strict=True):
+        same(r, run_comm_reference(lane))
+        assert r.status == CommStatus.OK
+
+
+def test_apply_steps_reads_the_step_start_and_writes_in_queue_order():
+    # one step: a copy 0->8 and a copy 8->16 both read the start of the step; then two copies into 24
+    # (the later one wins), at every word width
+    mem = np.arange(2 * 32, dtype=np.uint8).reshape(2, 32)
+    for n in (8, 4, 2, 1):
+        steps = [
+            (
+                DataOp(False, 0, 0, 0, 8, n, 0, 0),
+                DataOp(False, 0, 8, 0, 16, n, 0, 0),
+                DataOp(False, 0, 0, 0, 24, n, 0, 0),
+                DataOp(False, 0, 16, 0, 24, n, 0, 0),
+            )
+        ]
+        out = apply_steps(steps, mem.copy(), 32, chunk=2)
+        want = mem.copy()
+        want[:, 8 : 8 + n] = mem[:, 0:n]
+        want[:, 16 : 16 + n] = mem[:, 8 : 8 + n]
+        want[:, 24 : 24 + n] = mem[:, 16 : 16 + n]
+        np.testing.assert_array_equal(out, want)
+
+
+def test_reduce_at_every_word_width_equals_numpy():
+    from ascend_jax.aicpu.codes import HcclDataType, HcclReduceOp
+    from ascend_jax.aicpu.reduce import reduce_bytes
+
+    rng = np.random.default_rng(0)
+    for dtype, size in ((HcclDataType.FP32, 4), (HcclDataType.FP16, 2), (HcclDataType.INT8, 1)):
+        for op in (HcclReduceOp.SUM, HcclReduceOp.MAX):
+            for n, off in ((16, 0), (8, 4 if size <= 4 else 0), (size * 3, 2 * size)):
+                mem = rng.integers(0, 255, (3, 128), np.uint8)
+                if dtype != HcclDataType.INT8:  # finite values
+                    vals = rng.standard_normal(16).astype({4: np.float32, 2: np.float16}[size])
+                    mem[:, : 16 * size] = np.frombuffer(vals.tobytes(), np.uint8)
+                    mem[:, 64 : 64 + 16 * size] = np.frombuffer(vals[::-1].tobytes(), np.uint8)
+                steps = [(DataOp(True, 0, off, 0, 64 + off, n, int(dtype), int(op)),)]
+                out = apply_steps(steps, mem.copy(), 128, chunk=4)
+                want = mem.copy()
+                for lane in range(3):
+                    dst = want[lane, 64 + off : 64 + off + n].copy()
+                    want[lane, 64 + off : 64 + off + n] = reduce_bytes(dst, mem[lane, off : off + n].copy(), dtype, op)
+                np.testing.assert_array_equal(out, want)
+
+
+def test_memory_fault_and_hang_lanes_in_one_batch():
+    # lanes of different structures in one call: each its own group
+    from test_aicpu_batch import p2p_job
+
+    lanes = [ring_job(int(HcclCMDType.ALLGATHER), 3, count=8, seed=1), p2p_job(16, seed=2, both_send_first=True)]
+    lanes = [dataclasses.replace(lanes[0], max_steps=5), lanes[1]]
+    results = run_comm_batch(lanes)
+    assert results[0].status == CommStatus.MAX_STEPS
+    for lane, r in zip(lanes, results, strict=True):
+        same(r, run_comm_reference(lane))
