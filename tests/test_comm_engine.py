@@ -114,3 +114,17 @@ def test_memory_fault_and_hang_lanes_in_one_batch():
     assert results[0].status == CommStatus.MAX_STEPS
     for lane, r in zip(lanes, results, strict=True):
         same(r, run_comm_reference(lane))
+
+
+def test_with_memory_lanes_share_the_graph_and_equal_their_reference():
+    import pytest
+
+    base = ring_job(int(HcclCMDType.REDUCE_SCATTER), 3, count=12, seed=0)
+    others = [ring_job(int(HcclCMDType.REDUCE_SCATTER), 3, count=12, seed=s) for s in (1, 2)]
+    lanes = [base.with_memory(o.memory) for o in others]
+    assert lanes[0].queues is base.queues and lanes[0].world is base.world
+    for lane, other, r in zip(lanes, others, run_comm_batch(lanes), strict=True):
+        same(r, run_comm_reference(lane))
+        assert [m.tobytes() for m in r.memory] == [m.tobytes() for m in run_comm_reference(other).memory]
+    with pytest.raises(ValueError, match="sizes"):
+        base.with_memory([m[:-1] for m in base.memory])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import operator
 from collections.abc import Sequence
 
 import jax
@@ -31,7 +32,7 @@ import numpy as np
 
 from ascend_jax.aicpu.codes import numpy_dtype
 from ascend_jax.aicpu.device import DeviceModel
-from ascend_jax.aicpu.reduce import reduce_elements
+from ascend_jax.aicpu.reduce import reduce_bytes, reduce_elements
 from ascend_jax.aicpu.result import CommResult, CommStatus, hang_report
 from ascend_jax.aicpu.schedule import ControlPass, DataStep
 from ascend_jax.aicpu.tasks import TASK_FIELDS, TASK_TIMES, TaskProgram
@@ -48,57 +49,38 @@ def _bucket(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+_TASK = operator.attrgetter(*TASK_FIELDS, *TASK_TIMES)
+_LAUNCH = operator.attrgetter("rank", "queue", "name", "kernel_so", "function_name", "fn", "param", "param_dtype",
+                              "timeout_s")  # fmt: skip
+
+
 def structure_key(program: TaskProgram) -> tuple:
     """Everything a run's control flow and its kernels' behaviour can depend on, except the bytes
     of device memory: lanes with equal keys take the same steps at the same times."""
     w = program.world
-    queues = tuple(
-        (
-            q.name,
-            q.rank,
-            q.kind,
-            tuple(q.notifies),
-            tuple(tuple(getattr(t, f) for f in TASK_FIELDS + TASK_TIMES) for t in q.tasks),
+    world = None
+    if w is not None:
+        world = (
+            w.cost,
+            tuple(sorted(w.kernel_return_errors.items())),
+            tuple(sorted(w.threads.items())),
+            tuple((h, c.rank, c.peer, c.comm, c.protocol, tuple(c.notifies)) for h, c in sorted(w.channels.items())),
+            tuple(
+                (name, c.rank, c.size, c.buffer_addr, c.buffer_size, tuple(c.ctx.items()), tuple(c.channels.items()))
+                for comms in w.comms
+                for name, c in comms.items()
+            ),
+            tuple(w.notify_rank),
         )
-        for q in program.queues
-    )
-    launches = tuple(
-        (
-            ln.rank,
-            ln.queue,
-            ln.name,
-            ln.kernel_so,
-            ln.function_name,
-            id(ln.fn),
-            ln.param,
-            ln.param_dtype,
-            ln.timeout_s,
-        )
-        for ln in program.launches
-    )
-    world = (
-        None
-        if w is None
-        else repr(
-            (
-                w.cost,
-                sorted(w.kernel_return_errors.items()),
-                sorted(w.threads.items()),
-                sorted(w.channels.items()),
-                w.comms,
-                w.notify_rank,
-            )
-        )
-    )
     return (
         program.n_ranks,
         program.notify_names,
-        queues,
+        tuple((q.name, q.rank, q.kind, tuple(q.notifies), tuple(map(_TASK, q.tasks))) for q in program.queues),
         program.allocs,
         program.max_steps,
-        tuple(sorted(program.outputs.items())),
+        tuple(program.outputs.items()),
         program.wait_timeout_error,
-        launches,
+        tuple(map(_LAUNCH, program.launches)),
         program.reduce_dtypes,
         tuple(m.size for m in program.memory),
         world,
@@ -231,28 +213,40 @@ def apply_steps(steps: list[DataStep], mem: np.ndarray, row: int, chunk: int, ji
 # -- groups ----------------------------------------------------------------------------------------
 
 
+def replay_lane(steps: Sequence[DataStep], memory: list[np.ndarray]) -> None:
+    """The data steps applied in place to one lane's memory (per rank, uint8) with numpy: what the
+    group's first lane holds when a kernel reads it (the batch gets the same steps compiled)."""
+    for ops in steps:
+        values = []
+        for op in ops:  # the memory as the step found it
+            v = memory[op.src_rank][op.src_off : op.src_off + op.nbytes].copy()
+            if op.reduce:
+                v = reduce_bytes(memory[op.dst_rank][op.dst_off : op.dst_off + op.nbytes].copy(), v, op.dtype, op.op)
+            values.append(v)
+        for op, v in zip(ops, values, strict=True):  # written in queue order
+            memory[op.dst_rank][op.dst_off : op.dst_off + op.nbytes] = v
+
+
+@dataclasses.dataclass
+class _Segment:
+    """Data steps up to a pause (or the end), and at a pause what the kernels read: ``reads`` as
+    ``(rank, offset, bytes)``, ``seen`` the first lane's bytes there, ``before`` the control state
+    before the kernels ran (for lanes that read other bytes)."""
+
+    steps: list[DataStep]
+    reads: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
+    seen: np.ndarray | None = None
+    before: ControlPass | None = None
+
+
 @dataclasses.dataclass
 class _Group:
-    """Lanes (indices into the batch) that share a control pass, and their memory [B, R * row]."""
+    """Lanes (indices into the batch) that share a control pass, and their memory at its current
+    point ([B, R * row] uint8; None: the programs' initial memory)."""
 
     lanes: np.ndarray
     control: ControlPass
-    mem: np.ndarray
-
-
-def _split_by_reads(group: _Group, row: int) -> list[np.ndarray]:
-    """Lane positions (into the group) whose bytes at every range the kernels read differ from the
-    first lane's, grouped by those bytes; the first lane's own group is left out."""
-    reads = group.control.model.reads
-    if len(group.lanes) == 1 or not reads:
-        return []
-    cols = np.concatenate([np.arange(r * row + lo, r * row + lo + n) for r, lo, n in reads])
-    seen = group.mem[:, cols]
-    differ = np.flatnonzero((seen != seen[0]).any(axis=1))
-    if not differ.size:
-        return []
-    _, inverse = np.unique(seen[differ], axis=0, return_inverse=True)
-    return [differ[inverse.ravel() == k] for k in range(int(inverse.max()) + 1)]
+    mem: np.ndarray | None = None
 
 
 def _clone(ctl: ControlPass) -> ControlPass:
@@ -261,29 +255,26 @@ def _clone(ctl: ControlPass) -> ControlPass:
     return copy.deepcopy(ctl, {id(ctl.p.world): ctl.p.world, id(ctl.p.memory): ctl.p.memory})
 
 
-def _run_group(group: _Group, row: int, chunk: int, jit: bool, pending: list[_Group]) -> None:
-    """Runs a group to its end; lanes that a kernel's reads set apart go to ``pending``."""
+def _control(group: _Group, first: list[np.ndarray]) -> list[_Segment]:
+    """Runs the group's control pass to its end over its first lane's memory ``first`` (per rank,
+    changed in place): kernels run where they are reached, and every pause ends a segment."""
     ctl = group.control
+    segments = []
     while True:
         pause = ctl.advance()
-        steps = ctl.take_steps()
-        if steps:
-            group.mem = apply_steps(steps, group.mem, row, chunk, jit)
+        seg = _Segment(ctl.take_steps())
+        segments.append(seg)
+        replay_lane(seg.steps, first)
         if pause is None:
-            return
-        before = _clone(ctl) if len(group.lanes) > 1 else None
+            return segments
+        seg.before = _clone(ctl) if len(group.lanes) > 1 else None
         ctl.model.reads.clear()
-        first = [group.mem[0, r * row : r * row + m.size] for r, m in enumerate(ctl.p.memory)]
         for at, q in pause.kernels:  # queue order, over the first lane's memory as it is now
             ctl.model.run_kernel(ctl.p.queues[q].tasks[ctl.pc[q]], at, first)
         ctl.reopen()
-        apart = _split_by_reads(group, row)
-        if apart:
-            keep = np.ones(len(group.lanes), bool)
-            for idx in apart:
-                keep[idx] = False
-                pending.append(_Group(group.lanes[idx], _clone(before), group.mem[idx]))
-            group.lanes, group.mem = group.lanes[keep], group.mem[keep]
+        seg.reads = list(ctl.model.reads)
+        if seg.reads and seg.before is not None:
+            seg.seen = np.concatenate([first[r][lo : lo + n] for r, lo, n in seg.reads])
 
 
 def _initial_memory(programs: Sequence[TaskProgram], row: int) -> np.ndarray:
@@ -296,30 +287,83 @@ def _initial_memory(programs: Sequence[TaskProgram], row: int) -> np.ndarray:
     return mem
 
 
-def _result(program: TaskProgram, ctl: ControlPass, mem: np.ndarray, row: int, timeline) -> CommResult:
-    """Lane ``program``'s result: its own world and memory, the group's tasks and control outcome."""
-    ran = dataclasses.replace(program, queues=ctl.p.queues, launches=ctl.p.launches)
-    qstatus = np.array(ctl.qstatus, np.int64)
-    pc = np.array(ctl.pc, np.int64)
-    result = CommResult(
-        program=ran,
-        status=ctl.status,
-        steps=ctl.steps,
-        queue_status=qstatus,
-        queue_error=np.array(ctl.qerror, np.int64),
-        queue_pc=pc,
-        clock=np.array(ctl.clock, np.float32),
-        lost=np.array(ctl.lost, np.int64),
-        memory=[mem[r * row : r * row + m.size] for r, m in enumerate(program.memory)],
-        start=timeline[0],
-        end=timeline[1],
-        flags=np.array(ctl.flag, bool),
-        hang=hang_report(ran, qstatus, pc) if ctl.status == CommStatus.HANG else [],
-        device_calls=list(ctl.model.calls),
-        kernel_log=list(ctl.model.log),
-    )
-    result.fill_syncs()
-    return result
+class _Outcome:
+    """The control outcome a group's lanes share (read-only arrays)."""
+
+    def __init__(self, ctl: ControlPass):
+        def frozen(a: np.ndarray) -> np.ndarray:
+            a.flags.writeable = False
+            return a
+
+        self.ctl = ctl
+        self.qstatus = frozen(np.array(ctl.qstatus, np.int64))
+        self.qerror = frozen(np.array(ctl.qerror, np.int64))
+        self.pc = frozen(np.array(ctl.pc, np.int64))
+        self.clock = frozen(np.array(ctl.clock, np.float32))
+        self.lost = frozen(np.array(ctl.lost, np.int64))
+        self.flags = frozen(np.array(ctl.flag, bool))
+        self.start, self.end = (frozen(a) for a in ctl.timeline())
+
+    def result(self, program: TaskProgram, mem: np.ndarray, row: int) -> CommResult:
+        """Lane ``program``'s result: its own world and memory, the group's tasks and outcome."""
+        ctl = self.ctl
+        ran = dataclasses.replace(program, queues=ctl.p.queues, launches=ctl.p.launches)
+        result = CommResult(
+            program=ran,
+            status=ctl.status,
+            steps=ctl.steps,
+            queue_status=self.qstatus,
+            queue_error=self.qerror,
+            queue_pc=self.pc,
+            clock=self.clock,
+            lost=self.lost,
+            memory=[mem[r * row : r * row + m.size] for r, m in enumerate(program.memory)],
+            start=self.start,
+            end=self.end,
+            flags=self.flags,
+            hang=hang_report(ran, self.qstatus, self.pc) if ctl.status == CommStatus.HANG else [],
+            device_calls=list(ctl.model.calls),
+            kernel_log=list(ctl.model.log),
+        )
+        result.fill_syncs()
+        return result
+
+
+def _run_group(
+    group: _Group, programs: Sequence[TaskProgram], row: int, chunk: int, jit: bool, pending: list[_Group]
+) -> list[tuple[int, CommResult]]:
+    """Runs a group: its control pass once, then its lanes' data chunk by chunk (each chunk from its
+    initial memory to its results while it is in the caches). Lanes whose bytes differ from the
+    first lane's where a kernel read them go to ``pending`` as new groups, stopped at that pause."""
+    lead = programs[int(group.lanes[0])]
+    if group.mem is None:
+        first = [m.copy() for m in lead.memory]
+    else:
+        first = [group.mem[0, r * row : r * row + m.size].copy() for r, m in enumerate(lead.memory)]
+    segments = _control(group, first)
+    outcome = _Outcome(group.control)
+    out = []
+    apart: dict[tuple[int, bytes], list[tuple[int, np.ndarray]]] = {}
+    for lo in range(0, len(group.lanes), chunk):
+        lanes = group.lanes[lo : lo + chunk]
+        start = group.mem[lo : lo + chunk] if group.mem is not None else None
+        mem = _initial_memory([programs[int(i)] for i in lanes], row) if start is None else start
+        for k, seg in enumerate(segments):
+            mem = apply_steps(seg.steps, mem, row, chunk, jit)
+            if seg.seen is None:
+                continue
+            cols = np.concatenate([np.arange(r * row + a, r * row + a + n) for r, a, n in seg.reads])
+            seen = mem[:, cols]
+            differ = (seen != seg.seen).any(axis=1)
+            for j in np.flatnonzero(differ):
+                apart.setdefault((k, seen[j].tobytes()), []).append((int(lanes[j]), mem[j]))
+            if differ.any():
+                lanes, mem = lanes[~differ], mem[~differ]
+        out += [(int(i), outcome.result(programs[int(i)], mem[j], row)) for j, i in enumerate(lanes)]
+    for (k, _), rows in apart.items():
+        lanes = np.array([i for i, _ in rows])
+        pending.append(_Group(lanes, _clone(segments[k].before), np.stack([m for _, m in rows])))
+    return out
 
 
 def run_comm_batch(
@@ -329,7 +373,9 @@ def run_comm_batch(
 
     Args:
       programs: task programs (lanes of equal structure share one control pass and one compiled
-        data schedule; see :func:`structure_key`).
+        data schedule; see :func:`structure_key`; lanes made with
+        :meth:`~ascend_jax.aicpu.tasks.TaskProgram.with_memory` of one program are grouped without
+        comparing their tasks).
       max_steps: overrides every program's step bound.
       chunk: lanes per compiled call (default: as many as keep about :data:`CHUNK_BYTES` of memory).
       jit: False runs the same data steps eagerly (for debugging).
@@ -340,23 +386,24 @@ def run_comm_batch(
     if max_steps is not None:
         programs = [dataclasses.replace(p, max_steps=max_steps) for p in programs]
     by_key: dict[tuple, list[int]] = {}
+    known: dict[tuple, tuple] = {}  # lanes that share their task graph's objects share its key
     for i, p in enumerate(programs):
-        by_key.setdefault(structure_key(p), []).append(i)
+        ident = (id(p.queues), id(p.world), id(p.launches), id(p.allocs), id(p.notify_names), id(p.outputs),
+                 p.max_steps, p.wait_timeout_error, p.reduce_dtypes, tuple(m.size for m in p.memory))  # fmt: skip
+        key = known.get(ident)
+        if key is None:
+            key = known[ident] = structure_key(p)
+        by_key.setdefault(key, []).append(i)
     results: list[CommResult | None] = [None] * len(programs)
     for lanes in by_key.values():
         fork = programs[lanes[0]].fork()
         row = max(8, max(m.size for m in fork.memory))
         row += -row % 4
-        size = chunk or _bucket(max(1, CHUNK_BYTES // (fork.n_ranks * row)))
-        first = _Group(np.array(lanes), ControlPass(fork, DeviceModel(fork), fork.max_steps), None)
-        first.mem = _initial_memory([programs[i] for i in lanes], row)
-        pending = [first]
+        size = max(1, int(chunk or _bucket(max(1, CHUNK_BYTES // (fork.n_ranks * row)))))
+        pending = [_Group(np.array(lanes), ControlPass(fork, DeviceModel(fork), fork.max_steps))]
         while pending:
-            group = pending.pop()
-            _run_group(group, row, max(1, int(size)), jit, pending)
-            timeline = group.control.timeline()
-            for k, i in enumerate(group.lanes):
-                results[int(i)] = _result(programs[int(i)], group.control, group.mem[k], row, timeline)
+            for i, r in _run_group(pending.pop(), programs, row, size, jit, pending):
+                results[i] = r
     return results  # type: ignore[return-value]
 
 
@@ -365,4 +412,4 @@ def run_comm(program: TaskProgram, jit: bool = True, max_steps: int | None = Non
     return run_comm_batch([program], max_steps, jit=jit)[0]
 
 
-__all__ = ["TRACES", "apply_steps", "run_comm", "run_comm_batch", "structure_key"]
+__all__ = ["TRACES", "apply_steps", "replay_lane", "run_comm", "run_comm_batch", "structure_key"]

@@ -81,8 +81,7 @@ class CommResult:
 
     def sync_code(self, queue: int) -> int:
         """``aclrtSynchronizeStream`` of a stream: its error, 0 if done, -1 if it never finishes (hang)."""
-        st = QueueStatus(int(self.queue_status[queue]))
-        if st == QueueStatus.RUNNING:
+        if int(self.queue_status[queue]) == QueueStatus.RUNNING:
             return -1
         return int(self.queue_error[queue])
 

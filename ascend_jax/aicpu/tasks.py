@@ -195,6 +195,15 @@ class TaskProgram:
         queues = tuple(dataclasses.replace(q, tasks=[dataclasses.replace(t) for t in q.tasks]) for q in self.queues)
         return dataclasses.replace(self, queues=queues)
 
+    def with_memory(self, memory: tuple[np.ndarray, ...] | list[np.ndarray]) -> TaskProgram:
+        """The same task graph with other initial device memory (per rank, uint8, the same sizes): a
+        lane of a batch that shares this program's tasks, world and launches, so the batched engine
+        groups it without comparing them again."""
+        memory = tuple(np.asarray(m, np.uint8) for m in memory)
+        if [m.shape for m in memory] != [m.shape for m in self.memory]:
+            raise ValueError("with_memory: one uint8 array per rank, of the sizes of the program's memory")
+        return dataclasses.replace(self, memory=memory)
+
     def pending(self) -> bool:
         """Whether some kernel task has not run its function yet."""
         return any(t.launch >= 0 for q in self.queues for t in q.tasks)
