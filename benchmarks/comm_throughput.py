@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         graph = prepare(progs[0])
         tasks = graph.tasks  # tasks per lane (every task of the ring runs once)
 
-        def plain_lanes(n):
+        def plain_lanes(n, progs=progs, graph=graph):
             for p in progs[:n]:
                 run_plain(graph, [m.copy() for m in p.memory])
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         wall, cpu, _ = timed(lambda n=n_base: plain_lanes(n), 3)
         plain_rate = n_base / wall
         n_ref = min(8, len(progs))
-        rwall, rcpu, _ = timed(lambda n=n_ref: [run_comm_reference(p) for p in progs[:n]], 1)
+        rwall, rcpu, _ = timed(lambda n=n_ref, progs=progs: [run_comm_reference(p) for p in progs[:n]], 1)
         ref_rate = n_ref / rwall
         for b in batches:
             rows.append({"engine": "plain_python", "device": "cpu", "batch": b, "ranks": args.ranks, "bytes": nbytes,

@@ -148,14 +148,13 @@ def run_plain(g: PlainGraph, memory: list[np.ndarray]) -> PlainCommResult:
                     continue
                 taken.add(t[1])
                 flag[t[1]] = False
-            elif kind == COPY or kind == REDUCE:
-                if t[6] > 0:
-                    ops.append(t)
+            elif kind in (COPY, REDUCE) and t[6] > 0:
+                ops.append(t)
             clock[q] = f32(tmin + t[11])
             pc[q] += 1
             if pc[q] >= len(queues[q]):
                 status[q] = DONE
-        for q, t, what in now:  # records after every wait of the step consumed
+        for _, t, what in now:  # records after every wait of the step consumed
             if not what and (t[0] == RECORD or t[0] == KERNEL) and t[1] >= 0:
                 if flag[t[1]]:
                     lost[t[1]] += 1
