@@ -3,8 +3,9 @@
     python benchmarks/comm_throughput.py [--quick] [--ranks 8] [--out FILE]
 
 Workload: the 8-rank ring allreduce (``ascend_jax.aicpu.ring_job``, fp32 sum) at 4 KiB and 32 KiB of
-input per rank; lanes are seeds 0..B-1 (same task graph, different data). Engines, measured in one
-run on the same machine and the same programs:
+input per rank; lanes are seeds 0..B-1: one task graph (seed 0's) with each seed's data
+(``TaskProgram.with_memory``), which is also what the plain baseline takes (the graph once, each
+lane's memory). Engines, measured in one run on the same machine and the same programs:
 
 * ``plain_python``: ``benchmarks/plain_comm.py``, the sequential interpreter a user would write
   (the task graph expanded once, then one lane after another). Its rate is measured once per size on
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = device_kind()
     rows, ratios = [], []
     for nbytes in SIZES:
-        progs = jobs(args.ranks, nbytes, max(batches))
+        built = jobs(args.ranks, nbytes, max(batches))
+        progs = [built[0].with_memory(p.memory) for p in built]  # one task graph, each seed's data
         graph = prepare(progs[0])
         tasks = graph.tasks  # tasks per lane (every task of the ring runs once)
 
