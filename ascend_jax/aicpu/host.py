@@ -19,6 +19,7 @@ from ascend_jax.aicpu.codes import (
     ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT,
     ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT_US,
     AclError,
+    CommEngine,
     HcclResult,
 )
 from ascend_jax.aicpu.opinfo import OpInfo, load_op_info, resolve_symbol
@@ -338,8 +339,85 @@ class HostApi:
             n = sum(q.kind == "thread" and q.rank == self.rank for q in self.world.queues)
             qi = self.world.new_queue(self.rank, "thread", f"rank{self.rank}.thread{n}", notify_num_per_thread)
             self.world.threads[h] = qi
+            self.world.thread_engines[h] = int(engine)
             out.append(h)
         return 0, out
+
+    @_logged
+    def hccl_thread_acquire_with_stream(self, comm: Any, engine: int, stream: int, notify_num: int) -> tuple[int, int]:
+        """``HcclThreadAcquireWithStream``: the user stream as a thread of the host's ``COMM_ENGINE_CPU_TS``
+        with ``notify_num`` notifies of its own (tasks recorded on the thread go on the stream, in order).
+
+        Unknown communicator or stream -> ``HCCL_E_PTR``; another engine or a notify count outside
+        0..65535 -> ``HCCL_E_PARA`` (assumptions: the codes of the thread API are not confirmed)."""
+        c = self._comm(comm)
+        q = self._streams.get(stream)
+        if c is None or q is None:
+            return int(HcclResult.E_PTR), 0
+        if int(engine) != CommEngine.CPU_TS or not 0 <= notify_num <= 65535:
+            return int(HcclResult.E_PARA), 0
+        queue = self.world.queues[q]
+        have = len(queue.notifies)
+        queue.notifies += [self.world.new_notify(self.rank, f"{queue.name}.notify[{have + i}]") for i in range(notify_num)]
+        h = self.world.new_handle()
+        self.world.threads[h] = q
+        self.world.thread_engines[h] = int(engine)
+        return 0, h
+
+    @_logged
+    def hccl_thread_export_to_comm_engine(
+        self, comm: Any, thread_num: int, threads: list[int], engine: int
+    ) -> tuple[int, list[int]]:
+        """``HcclThreadExportToCommEngine``: handles of the same threads usable on ``engine`` (a host
+        ``CPU_TS`` thread exported to ``AICPU_TS`` for a kernel, an AI CPU thread exported to ``CPU_TS``
+        for the host). An unknown thread -> ``HCCL_E_PTR`` (assumption)."""
+        if self._comm(comm) is None:
+            return int(HcclResult.E_PTR), []
+        if thread_num != len(threads) or thread_num < 1:
+            return int(HcclResult.E_PARA), []
+        out = []
+        for t in threads:
+            q = self.world.threads.get(t)
+            if q is None or self.world.queues[q].rank != self.rank:
+                return int(HcclResult.E_PTR), []
+            h = self.world.new_handle()
+            self.world.threads[h] = q
+            self.world.thread_engines[h] = int(engine)
+            out.append(h)
+        return 0, out
+
+    def _host_thread(self, thread: int) -> Queue | None:
+        """The queue of a thread handle the host may use (``CPU_TS``, this rank), or None."""
+        q = self.world.threads.get(thread)
+        if q is None or self.world.thread_engines.get(thread) != CommEngine.CPU_TS:
+            return None
+        queue = self.world.queues[q]
+        return queue if queue.rank == self.rank else None
+
+    @_logged
+    def hcomm_thread_notify_record_on_thread(self, thread: int, dst_thread: int, dst_notify_idx: int) -> int:
+        """Host side of ``HcommThreadNotifyRecordOnThread``: on the host thread's stream, a record of
+        notify ``dst_notify_idx`` of ``dst_thread`` (a thread exported to ``CPU_TS``). A handle that is
+        not a host thread or an index out of range -> ``HCCL_E_PTR``, as on the device."""
+        queue = self._host_thread(thread)
+        dq = self.world.threads.get(dst_thread)
+        if queue is None or dq is None:
+            return int(HcclResult.E_PTR)
+        notifies = self.world.queues[dq].notifies
+        if not 0 <= dst_notify_idx < len(notifies):
+            return int(HcclResult.E_PTR)
+        queue.tasks.append(self._notify_task(TaskKind.RECORD, notifies[dst_notify_idx]))
+        return 0
+
+    @_logged
+    def hcomm_thread_notify_wait_on_thread(self, thread: int, notify_idx: int, timeout: float) -> int:
+        """Host side of ``HcommThreadNotifyWaitOnThread``: on the host thread's stream, a wait (``timeout``
+        seconds, 0 = forever) for the thread's own notify ``notify_idx``."""
+        queue = self._host_thread(thread)
+        if queue is None or not 0 <= notify_idx < len(queue.notifies):
+            return int(HcclResult.E_PTR)
+        queue.tasks.append(self._notify_task(TaskKind.WAIT, queue.notifies[notify_idx], float(timeout)))
+        return 0
 
     @_logged
     def hccl_channel_acquire(

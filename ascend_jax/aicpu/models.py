@@ -53,6 +53,33 @@ def p2p_job(count: int = 1024, seed: int = 0, both_send_first: bool = False, **o
     return world.program()
 
 
+def p2p_thread_job(count: int = 1024, seed: int = 0, timeout: int = 1836) -> TaskProgram:
+    """The current hccl P2P example on 2 ranks (thread notifies between the stream and the AI CPU
+    thread, :mod:`ascend_jax.aicpu.p2p_thread`): rank 0 sends ``count`` fp32, rank 1 receives them;
+    each host then synchronizes its stream. Same outputs as :func:`p2p_job`."""
+    from ascend_jax.aicpu.p2p_thread import hccl_recv_thread, hccl_send_thread
+
+    world = World(2, name="p2p_thread_notify")
+    world.init_comm("comm0")
+    rng = np.random.default_rng(seed)
+    data = [rng.standard_normal(count).astype(np.float32) for _ in range(2)]
+    for r in range(2):
+        h = world.host(r)
+        _, stream = h.aclrt_create_stream()
+        _, send = h.aclrt_malloc(count * 4, "sendBuf")
+        _, recv = h.aclrt_malloc(count * 4, "recvBuf")
+        h.aclrt_memcpy_h2d(send, data[r])
+        if r == 0:
+            ret = hccl_send_thread(h, send, count, int(HcclDataType.FP32), 1, "comm0", stream, timeout=timeout)
+        else:
+            ret = hccl_recv_thread(h, recv, count, int(HcclDataType.FP32), 0, "comm0", stream, timeout=timeout)
+        world.host_returns[(r, "send" if r == 0 else "recv")] = ret
+        h.aclrt_synchronize_stream(stream)
+        world.mark_output(f"rank{r}.recvBuf", r, recv, int(HcclDataType.FP32), count)
+    world.inputs.extend(data)
+    return world.program()
+
+
 def p2p_expected(program: TaskProgram) -> dict[str, np.ndarray]:
     data = program.world.inputs
     return {"rank1.recvBuf": data[0].astype(np.float64)}

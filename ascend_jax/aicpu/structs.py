@@ -57,6 +57,39 @@ RING_RES_CTX = np.dtype(
 )
 
 
+#: The current hccl P2P example's resource context (hicann/hccl ``examples/04_custom_ops_p2p/inc/common.h``,
+#: ``AlgResourceCtx``): the AI CPU thread, the host stream's thread as the AI CPU sees it, both HCCL
+#: buffers and the channel; 56 B.
+THREAD_ALG_RESOURCE_CTX = np.dtype(
+    [
+        ("aicpuThread", np.uint64),
+        ("cpuThreadOnAicpu", np.uint64),
+        ("localBuffer", COMM_BUFFER),
+        ("remoteBuffer", COMM_BUFFER),
+        ("channelHandle", np.uint64),
+    ],
+    align=True,
+)
+
+#: Its ``OpParam`` (same file): adds the device type and the two thread handles of the host side; 344 B.
+THREAD_OP_PARAM = np.dtype(
+    [
+        ("tag", "S160"),
+        ("commName", "S128"),
+        ("inputPtr", np.uint64),
+        ("outputPtr", np.uint64),
+        ("count", np.uint64),
+        ("devType", np.int32),
+        ("dataType", np.int32),
+        ("opType", np.int32),
+        ("cpuThread", np.uint64),
+        ("aicpuThreadOnCpu", np.uint64),
+        ("resCtx", np.uint64),
+    ],
+    align=True,
+)
+
+
 def to_bytes(value: np.ndarray) -> bytes:
     return np.ascontiguousarray(value).tobytes()
 

@@ -147,6 +147,7 @@ class World:
         self.channels: dict[int, Channel] = {}
         self.syncs: list[StreamSync] = []
         self.threads: dict[int, int] = {}  # thread handle (opaque uint64) -> queue index
+        self.thread_engines: dict[int, int] = {}  # thread handle -> the CommEngine it is usable on
         self.outputs: dict[str, tuple[int, int, int, int]] = {}  # name -> (rank, addr, dtype, count)
         self.launches: list[KernelLaunch] = []
         self.host_calls: list[tuple[int, str, int]] = []
