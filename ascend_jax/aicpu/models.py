@@ -18,15 +18,23 @@ from ascend_jax.numerics import compare
 COMM_TOLERANCE = {"float32": 1e-6, "float16": 2e-3, "int32": 0.0}
 
 
-def p2p_job(count: int = 1024, seed: int = 0, both_send_first: bool = False, **opts: Any) -> TaskProgram:
+def p2p_job(
+    count: int = 1024,
+    seed: int = 0,
+    both_send_first: bool = False,
+    in_place: bool = False,
+    cost: CommCost | None = None,
+    **opts: Any,
+) -> TaskProgram:
     """The seed's 2-rank flow: rank 0 HcclSendCustom ``count`` fp32 to rank 1, rank 1
     HcclRecvCustom (receiver pulls); each host then synchronizes its stream.
 
     ``both_send_first``: each rank sends to the other, then receives (pitfall F7, a deadlock that
     ends in a notify-wait timeout). Other keyword options go to the send / recv calls
-    (``op_info``, ``kernel_name``, ``comm_name_override``, ``timeout``).
+    (``op_info``, ``kernel_name``, ``comm_name_override``, ``timeout``). ``in_place``: each rank
+    receives into its send buffer (nccl-tests' in-place send / receive); ``cost``: the cost model.
     """
-    world = World(2, name="p2p_send_recv")
+    world = World(2, name="p2p_send_recv", cost=cost)
     world.init_comm("comm0")
     rng = np.random.default_rng(seed)
     data = [rng.standard_normal(count).astype(np.float32) for _ in range(2)]
@@ -35,7 +43,7 @@ def p2p_job(count: int = 1024, seed: int = 0, both_send_first: bool = False, **o
         h = world.host(r)
         _, stream = h.aclrt_create_stream()
         _, send = h.aclrt_malloc(count * 4, "sendBuf")
-        _, recv = h.aclrt_malloc(count * 4, "recvBuf")
+        recv = send if in_place else h.aclrt_malloc(count * 4, "recvBuf")[1]
         h.aclrt_memcpy_h2d(send, data[r])
         peer = 1 - r
         calls = []
@@ -93,11 +101,15 @@ def ring_job(
     dtype: int = int(HcclDataType.FP32),
     cost: CommCost | None = None,
     timeout: int = CUSTOM_TIMEOUT,
+    in_place: bool = False,
 ) -> TaskProgram:
     """A ring collective over ``ranks`` ranks, ``count`` elements per block (fp32 sum by default).
 
     ``cost``: the cost model (link bandwidth and latency are its parameters); ``timeout``: seconds
-    of the host's done-wait and of every device wait (0 = forever)."""
+    of the host's done-wait and of every device wait (0 = forever); ``in_place``: the output buffer
+    is the input buffer (AllReduce), or one holds the other at the rank's block (AllGather: the input
+    is block ``r`` of the output; ReduceScatter: the output is block ``r`` of the input), as
+    nccl-tests' in-place runs."""
     name = {HcclCMDType.ALLGATHER: "allgather", HcclCMDType.REDUCE_SCATTER: "reduce_scatter",
             HcclCMDType.ALLREDUCE: "allreduce"}[HcclCMDType(op_type)]  # fmt: skip
     world = World(
@@ -118,8 +130,16 @@ def ring_job(
         _, stream = h.aclrt_create_stream()
         x = (rng.standard_normal(in_count) if dt.kind == "f" else rng.integers(-100, 100, in_count)).astype(dt)
         inputs.append(x)
-        _, send = h.aclrt_malloc(in_count * dt.itemsize, "sendBuf")
-        _, recv = h.aclrt_malloc(out_count * dt.itemsize, "recvBuf")
+        block = count * dt.itemsize
+        if not in_place:
+            _, send = h.aclrt_malloc(in_count * dt.itemsize, "sendBuf")
+            _, recv = h.aclrt_malloc(out_count * dt.itemsize, "recvBuf")
+        elif op_type == HcclCMDType.ALLGATHER:
+            _, recv = h.aclrt_malloc(out_count * dt.itemsize, "recvBuf")
+            send = recv + r * block
+        else:
+            _, send = h.aclrt_malloc(in_count * dt.itemsize, "sendBuf")
+            recv = send + (r * block if op_type == HcclCMDType.REDUCE_SCATTER else 0)
         _, work = h.aclrt_malloc(ranks * count * dt.itemsize, "workBuf")
         h.aclrt_memcpy_h2d(send, x)
         ret = hccl_ring_custom(
@@ -157,6 +177,17 @@ def comm_numerics(result: CommResult, expected: dict[str, np.ndarray]) -> dict[s
         sim = result.output(name)
         dt = sim.dtype.name if sim.dtype.kind != "V" else "bfloat16"
         tol = COMM_TOLERANCE.get(dt, 1e-2)
-        report[name] = {"dtype": dt, **compare(sim, want, tol)}
+        entry = {"dtype": dt, **compare(sim, want, tol)}
+        if sim.dtype.kind in "iu":  # an integer sum past the type's range wraps around on the device
+            info = np.iinfo(sim.dtype)
+            over = int(np.count_nonzero((want > info.max) | (want < info.min)))
+            entry["overflow"] = over
+            if over:
+                entry["ok"] = False
+                entry["reason"] = (
+                    f"{over} of {want.size} elements of the exact answer lie outside {dt}'s range "
+                    f"{info.min}..{info.max}: the integer sum wrapped around"
+                )
+        report[name] = entry
     result.numerics = report
     return report
