@@ -3,8 +3,9 @@
     python benchmarks/protocol_throughput.py [--quick] [--scenario FILE.toml] [--out FILE]
 
 Writes ``{"meta": {...}, "ratios": [...], "results": [{"engine", "device", "devices", "batch",
-"messages_per_s", "engine_messages_per_s", "compile_s"}, ...]}`` to ``--out`` (default: a folder
-under the system's temporary directory, never ``benchmarks/results/``) and a PNG plot beside it.
+"messages_per_s", "engine_messages_per_s", "compile_s", "wall_s", "cpu_s", ...}, ...]}`` to
+``--out`` (default: a folder under the system's temporary directory, never
+``benchmarks/results/``) and a PNG plot beside it.
 
 * A message is one received-log entry (VALID, FAKE or QUIT); a lane's count is taken from a
   reference run of the workload, and every lane of a batch runs the same program object.
@@ -15,9 +16,24 @@ under the system's temporary directory, never ``benchmarks/results/``) and a PNG
   - ``reference``: ``ascend_jax.run_reference`` (the project's oracle); lanes one after another.
   - ``jax``: ``ascend_jax.simulate`` on the whole batch.
 
+* The sequential engines are timed **once per run**, before the JAX batches: the best of
+  ``SEQ_PASSES`` passes over ``MEASURED_LANES`` (256) lanes of the workload. That one rate is
+  written in each of their rows (every batch; ``"measured_lanes": 256`` says so) and every ratio
+  divides by it, so a ratio compares the JAX engine with the same baseline at every batch size
+  (timing them per batch gave the plain interpreter 2.3x more messages/s at batch 1 than at
+  4,096 lanes on a loaded machine, which flattered the large-batch ratios).
 * ``messages_per_s`` is end to end: for ``jax`` a warm ``simulate()`` call that returns results;
   ``engine_messages_per_s`` the compiled loop alone (for the sequential engines the same number);
   ``compile_s`` the first ``simulate()`` call minus a warm one (0 for the sequential engines).
+* ``wall_s`` / ``cpu_s``: wall and CPU seconds (user + sys of this process,
+  ``resource.getrusage``, every thread) of the measured call: the best pass over
+  ``measured_lanes`` lanes for the sequential engines, the best end-to-end ``simulate()`` for
+  ``jax`` (``engine_wall_s`` / ``engine_cpu_s``: its best compiled-loop pass). CPU above wall
+  means several threads; wall well above CPU means the shared machine kept this process waiting.
+* ``bytes_per_lane`` (``jax`` rows and ``meta``): ``ascend_jax.lane_bytes(program)``, the bytes
+  of one lane's engine state (every leaf of ``init_state``, shapes from ``jax.eval_shape``: GM,
+  slots, counters, logs). The op tables are not in it: every lane runs the same program object, so
+  one copy of the tables serves the whole batch (``meta.table_bytes``, once per chunk).
 * ``--quick`` (under two minutes on a 2-core CPU) measures batches 1, 1,024 and 4,096; without it
   also 16,384. ``--scenario`` replaces the default workload, the CubeGroupCustom sample's protocol
   without compute (``models/cube_group_sample.py``, ``protocol_only=True``: 6 AICs, 48 queues,
@@ -27,11 +43,14 @@ under the system's temporary directory, never ``benchmarks/results/``) and a PNG
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -43,7 +62,14 @@ from ascend_jax import ConfigError, CubeGroupProgram
 
 QUICK = [1, 1024, 4096]
 FULL = [1, 1024, 4096, 16384]
+#: lanes of one timed pass of the sequential engines, and passes (the best is kept)
+MEASURED_LANES = 256
+SEQ_PASSES = 7
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "ascend_jax_benchmarks" / "protocol_throughput.json"
+LANE_BYTES_METHOD = (
+    "ascend_jax.lane_bytes(program): bytes of every leaf of the engine's init_state for one lane "
+    "(jax.eval_shape, shape x itemsize); tables excluded (one copy shared by all lanes of the same program)"
+)
 
 
 def jax_device() -> tuple[str, int]:
@@ -52,40 +78,63 @@ def jax_device() -> tuple[str, int]:
     return f"{d.platform}:{d.device_kind}", jax.device_count()
 
 
-def best_time(fn: Callable[[], object], repeats: int, min_total_s: float = 0.0) -> float:
-    """Smallest wall time (s) of ``fn()`` over ``repeats`` calls, and more calls (up to 1,000) while
-    their total is under ``min_total_s`` (the machine is shared: the best call is the least disturbed)."""
-    best, total, n = float("inf"), 0.0, 0
+class Timing(NamedTuple):
+    """One measured call: wall seconds and CPU seconds (user + sys of the process, all threads)."""
+
+    wall_s: float
+    cpu_s: float
+
+
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def best_time(fn: Callable[[], object], repeats: int, min_total_s: float = 0.0) -> Timing:
+    """The call of ``fn()`` with the smallest wall time over ``repeats`` calls, and more calls (up
+    to 1,000) while their total is under ``min_total_s`` (the machine is shared: the best call is
+    the least disturbed); its wall and CPU seconds."""
+    best, total, n = Timing(float("inf"), float("inf")), 0.0, 0
     while n < repeats or (total < min_total_s and n < 1000):
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_s(), time.perf_counter()
         fn()
-        dt = time.perf_counter() - t0
-        best, total, n = min(best, dt), total + dt, n + 1
+        dt, dc = time.perf_counter() - t0, _cpu_s() - c0
+        if dt < best.wall_s:
+            best = Timing(dt, dc)
+        total, n = total + dt, n + 1
     return best
 
 
-def time_sequential(run: Callable[[CubeGroupProgram], object], programs: Sequence[CubeGroupProgram]) -> float:
-    """Seconds to run every lane one after another with ``run``: best of 3 passes (2 above 4,096
-    lanes), or of as many as fit half a second for small batches."""
+def time_sequential(run: Callable[[CubeGroupProgram], object], program: CubeGroupProgram) -> Timing:
+    """One pass of ``run`` over ``MEASURED_LANES`` lanes of ``program``, one after another: the
+    best of ``SEQ_PASSES`` passes."""
 
     def all_lanes():
-        for p in programs:
-            run(p)
+        for _ in range(MEASURED_LANES):
+            run(program)
 
-    n = len(programs)
-    return best_time(all_lanes, 3 if n <= 4096 else 2, 0.5 if n < 64 else 0.0)
+    return best_time(all_lanes, SEQ_PASSES)
 
 
-def time_jax(programs: Sequence[CubeGroupProgram]) -> tuple[float, float, float]:
-    """``(end_to_end_s, engine_s, compile_s)`` of the JAX engine on a batch of lanes.
+class JaxTiming(NamedTuple):
+    end_to_end: Timing  # a warm simulate() that returns every lane's result
+    engine: Timing  # the compiled loop alone
+    compile_s: float
+    table_bytes: int  # the batch's op tables: one copy when every lane runs one program
 
-    end_to_end_s: a warm ``simulate(programs)`` that returns every lane's result.
-    engine_s: the compiled batched loop alone, on tables already encoded and on the device, run
+
+def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
+    """Timings of the JAX engine on a batch of lanes.
+
+    end_to_end: a warm ``simulate(programs)`` that returns every lane's result.
+    engine: the compiled batched loop alone, on tables already encoded and on the device, run
     the way ``simulate`` runs it: in chunks of ``engine.default_chunk`` lanes (4,096 on a CPU),
     one call per chunk.
     Both are the best of 7 calls (3 above 4,096 lanes; small batches: as many as fit 0.5 s): the
     JAX calls are short, so on a shared machine a few of them land on a busy moment.
     compile_s: lowering and compiling the loop for one chunk (``engine.compile_batch``).
+    table_bytes: bytes of the encoded tables (``prepare``), shared by the lanes when they run one
+    program, else stacked per lane.
 
     This is the one place that knows the engine's internals (``engine.prepare``,
     ``engine.default_chunk``, ``engine.compile_batch``); change it with the engine.
@@ -94,6 +143,7 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> tuple[float, float, float]
 
     n = len(programs)
     prep = engine.prepare(programs, "lockstep", list(range(n)))
+    table_bytes = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(prep.tables)))
     chunk = engine.default_chunk(prep)
     t0 = time.perf_counter()
     fn, first = engine.compile_batch(prep, chunk)
@@ -110,8 +160,8 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> tuple[float, float, float]
         return [jax.block_until_ready(fn(*args)) for args in chunks]
 
     loop()
-    engine_s = best_time(loop, repeats, min_total_s)
-    return end_to_end, engine_s, compile_s
+    engine_t = best_time(loop, repeats, min_total_s)
+    return JaxTiming(end_to_end, engine_t, compile_s, table_bytes)
 
 
 def workload(scenario: str | None) -> CubeGroupProgram:
@@ -150,34 +200,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plain_python: not measured ({e})")
     device, n_devices = jax_device()
     jax.block_until_ready(jax.numpy.zeros(1) + 1)  # backend start-up is not part of compile_s
+    bytes_per_lane = int(aj.lane_bytes(program))
     batches = QUICK if args.quick else FULL
     rows = []
 
-    def add(engine: str, dev: str, devs: int, batch: int, t: float, t_engine: float, compile_s: float) -> None:
+    def add(engine: str, dev: str, devs: int, batch: int, lanes: int, t: Timing, **extra) -> dict:
+        """A row; ``t`` timed ``lanes`` lanes end to end (for ``jax``, ``extra["loop"]`` the compiled loop)."""
+        t_engine = extra.pop("loop", t)
         row = {
             "engine": engine,
             "device": dev,
             "devices": devs,
             "batch": batch,
-            "messages_per_s": batch * msgs / t,
-            "engine_messages_per_s": batch * msgs / t_engine,
-            "compile_s": compile_s,
+            "messages_per_s": lanes * msgs / t.wall_s,
+            "engine_messages_per_s": lanes * msgs / t_engine.wall_s,
+            "compile_s": extra.pop("compile_s", 0.0),
+            "wall_s": t.wall_s,
+            "cpu_s": t.cpu_s,
+            **extra,
         }
         rows.append(row)
         print(
             f"{engine:13s} batch {batch:6d}: {row['messages_per_s']:12,.0f} msgs/s end to end, "
-            f"{row['engine_messages_per_s']:12,.0f} engine only, compile {compile_s:.2f} s"
+            f"{row['engine_messages_per_s']:12,.0f} engine only, compile {row['compile_s']:.2f} s, "
+            f"wall {t.wall_s:.3f} s, cpu {t.cpu_s:.3f} s"
+            + (f" (timed once, {lanes} lanes)" if engine != "jax" else f", {bytes_per_lane:,} B/lane")
         )
+        return row
 
+    # the sequential engines: one rate each per run, on MEASURED_LANES lanes of the same program
+    sequential = {}
+    if plain_ok:
+        sequential["plain_python"] = time_sequential(run_plain, program)
+    sequential["reference"] = time_sequential(aj.run_reference, program)
+    table_bytes = 0
     for batch in batches:
-        lanes = [program] * batch
-        if plain_ok:
-            t = time_sequential(run_plain, lanes)
-            add("plain_python", "cpu:host", 1, batch, t, t, 0.0)
-        t = time_sequential(aj.run_reference, lanes)
-        add("reference", "cpu:host", 1, batch, t, t, 0.0)
-        t_end, t_eng, compile_s = time_jax(lanes)
-        add("jax", device, n_devices, batch, t_end, t_eng, compile_s)
+        for name, t in sequential.items():
+            add(name, "cpu:host", 1, batch, MEASURED_LANES, t, measured_lanes=MEASURED_LANES)
+        jt = time_jax([program] * batch)
+        table_bytes = jt.table_bytes
+        add("jax", device, n_devices, batch, batch, jt.end_to_end, loop=jt.engine, compile_s=jt.compile_s,
+            engine_wall_s=jt.engine.wall_s, engine_cpu_s=jt.engine.cpu_s, bytes_per_lane=bytes_per_lane)  # fmt: skip
 
     [res] = aj.simulate(program)  # after the timings, so that batch 1's first call compiles
     assert (res.status, res.steps, res.received) == (ref.status, ref.steps, ref.received), (
@@ -185,10 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ratios = []
     if plain_ok:
-        print("ratios against plain_python (same run):")
+        base = MEASURED_LANES * msgs / sequential["plain_python"].wall_s
+        print(f"ratios against plain_python ({base:,.0f} msgs/s, timed once on {MEASURED_LANES} lanes):")
         for batch in batches:
             by = {r["engine"]: r for r in rows if r["batch"] == batch}
-            base = by["plain_python"]["messages_per_s"]
             ratio = {
                 "batch": batch,
                 "jax_end_to_end": by["jax"]["messages_per_s"] / base,
@@ -201,21 +264,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"engine only {ratio['jax_engine_only']:7.2f}x, reference {ratio['reference']:5.2f}x"
             )
     out = Path(args.out)
-    meta = {**machine(), "workload": program.name, "messages_per_lane": msgs, "steps_per_lane": ref.steps}
+    meta = {
+        **machine(),
+        "workload": program.name,
+        "messages_per_lane": msgs,
+        "steps_per_lane": ref.steps,
+        "quick": args.quick,
+        "bytes_per_lane": bytes_per_lane,
+        "bytes_per_lane_method": LANE_BYTES_METHOD,
+        "table_bytes": table_bytes,
+        "sequential_timing": {
+            "measured_lanes": MEASURED_LANES,
+            "passes": SEQ_PASSES,
+            "rule": "timed once per run before the JAX batches (best pass); the same rate in every batch's row",
+            **{k: t._asdict() for k, t in sequential.items()},
+        },
+        "load_average": list(os.getloadavg()),
+    }
     write(out, {"meta": meta, "ratios": ratios, "results": rows})
     plot(rows, out.with_suffix(".png"), f"{program.name} on {device} ({machine()['cpu_count']} cores)")
     return 0
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    """messages/s against batch, one line per engine (and one for the JAX compiled loop)."""
+    """messages/s against batch, one line per engine (and one for the JAX compiled loop); the
+    sequential engines' lines are flat: one rate per run."""
     plt = pyplot()
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lines = (
-        ("plain Python", "plain_python", "messages_per_s"),
-        ("reference", "reference", "messages_per_s"),
+        (f"plain Python (timed once, {MEASURED_LANES} lanes)", "plain_python", "messages_per_s"),
+        (f"reference (timed once, {MEASURED_LANES} lanes)", "reference", "messages_per_s"),
         ("jax end to end", "jax", "messages_per_s"),
         ("jax compiled loop", "jax", "engine_messages_per_s"),
     )
