@@ -13,23 +13,24 @@ the system's temporary directory, never ``benchmarks/results/``), a PNG plot bes
   ``build``. The JAX engine runs the default ``lockstep`` schedule.
 * ``jax`` rows: ``batch`` lanes of the same program in one ``ascend_jax.simulate`` call.
   ``wall_s`` / ``cpu_s``: wall and CPU seconds (user + sys of this process, every thread,
-  ``resource.getrusage``) of the fastest warm call (best of ``REPEATS``); ``lane_s = wall_s /
-  batch``; ``compile_s``: the first call's wall time minus ``wall_s`` (``first_call_s`` is the
-  first call's). ``bytes_per_lane``: ``ascend_jax.lane_bytes(program)`` (the engine state of one
+  ``resource.getrusage``) of the fastest warm call (best of ``REPEATS``, fewer once they take
+  ``WARM_MAX_TOTAL_S``); ``lane_s = wall_s / batch``; ``compile_s``: the first call's wall time
+  minus ``wall_s`` (``first_call_s`` is the first call's). ``bytes_per_lane``: ``ascend_jax.lane_bytes(program)`` (the engine state of one
   lane; the op tables are one copy for the batch). ``rel_l2_error``: lane 0's dQ, dK, dV against
   the model's float64 backward (``expected``; the largest of the three; checked for S <= 2,048,
   and the run fails above the model's float16 tolerance).
 * ``plain_jnp_s``: :func:`plain_backward`, float32 ``jax.numpy`` (matmuls at
   ``Precision.HIGHEST``, jit-compiled, warm, the fastest of ``PLAIN_REPEATS`` calls or more
-  while they total under ``PLAIN_MIN_TOTAL_S``) on the same Q, K, V, dO cast to
-  float32, ``batch`` problems stacked in one call, divided by ``batch``: dQ, dK, dV from Q, K, V,
-  dO with the softmax and O recomputed (6 matmuls of S x S x D). ``plain_jnp_o_lse_s``: the same
-  backward given the forward's O and row log-sum-exp, as the kernel is (:func:`plain_backward_o_lse`,
-  5 matmuls), the closer match of the kernel's work. ``plain_jnp_wall_s`` / ``plain_jnp_cpu_s``:
+  while they total under ``PLAIN_MIN_TOTAL_S``) on the same Q, K, V, dO cast to float32,
+  ``batch`` problems stacked in one call, divided by ``batch``: dQ, dK, dV from Q, K, V, dO with
+  the softmax and O recomputed (6 matmuls of S x S x D). ``plain_jnp_o_lse_s``: the same backward
+  given the forward's O and row log-sum-exp, as the kernel is (:func:`plain_backward_o_lse`, 5
+  matmuls), the closer match of the kernel's work. ``plain_jnp_wall_s`` / ``plain_jnp_cpu_s``:
   the first one's fastest call (all ``batch`` problems). Timed on JAX's default device, in the
   same run as the simulator.
-* ``reference`` row: ``ascend_jax.run_reference`` on one lane of the run's smallest shape (full,
-  not causal), best of ``REPEATS``; its ``plain_jnp_s`` is timed at batch 1.
+* ``reference`` row: ``ascend_jax.run_reference`` on one lane of the smallest ``--quick`` shape
+  (S = 512, D = 64, not causal; in a full run too), best of ``REPEATS``; its ``plain_jnp_s`` is
+  timed at batch 1.
 * Shapes: full run S in {2,048, 4,096} x D = 64 x causal or not, batches 2 and 8; ``--quick``
   (about two minutes on 2 cores): S in {512, 1,024}, batch 2.
 
@@ -58,8 +59,10 @@ import numpy as np
 
 QUICK = {"s": (512, 1024), "d": (64,), "causal": (False, True), "batch": (2,)}
 FULL = {"s": (2048, 4096), "d": (64,), "causal": (False, True), "batch": (2, 8)}
-#: warm calls per measurement (the fastest is kept)
+#: warm calls per measurement (the fastest is kept); the simulator's stop early once they total
+#: WARM_MAX_TOTAL_S seconds (full run, S = 4,096, batch 8: about a minute a call)
 REPEATS = 3
+WARM_MAX_TOTAL_S = 60.0
 #: the plain jnp calls are short: at least this many, and more while their total is under a second
 PLAIN_REPEATS, PLAIN_MIN_TOTAL_S = 5, 1.0
 #: the kernel's blocking (attention_sweep's main grid)
@@ -88,11 +91,14 @@ def timed(fn: Callable[[], object]) -> Timing:
     return Timing(time.perf_counter() - t0, _cpu_s() - c0)
 
 
-def best_of(fn: Callable[[], object], repeats: int = REPEATS, min_total_s: float = 0.0) -> Timing:
-    """The fastest (wall) of ``repeats`` calls of ``fn``, and more calls (up to 100) while their
-    total is under ``min_total_s`` (the least disturbed call on a shared machine)."""
+def best_of(
+    fn: Callable[[], object], repeats: int = REPEATS, min_total_s: float = 0.0, max_total_s: float = float("inf")
+) -> Timing:
+    """The fastest (wall) of ``repeats`` calls of ``fn`` (fewer once they total ``max_total_s``;
+    at least one), and more calls (up to 100) while their total is under ``min_total_s``: the
+    least disturbed call on a shared machine."""
     best, total, n = Timing(float("inf"), float("inf")), 0.0, 0
-    while n < repeats or (total < min_total_s and n < 100):
+    while n == 0 or (n < repeats and total < max_total_s) or (total < min_total_s and n < 100):
         t = timed(fn)
         best, total, n = min(best, t, key=lambda x: x.wall_s), total + t.wall_s, n + 1
     return best
@@ -197,7 +203,7 @@ def measure_shape(ag, build, pt: dict, batches: Sequence[int], device: str) -> t
         err = rel_l2(res[0], want) if want is not None else None
         if err is not None and not err <= ag.TOLERANCE["float16"]:
             raise AssertionError(f"{pt}: the simulator's dQ/dK/dV are off: relative L2 {err:.2e}")
-        warm = best_of(lambda lanes=lanes: aj.simulate(lanes))
+        warm = best_of(lambda lanes=lanes: aj.simulate(lanes), REPEATS, max_total_s=WARM_MAX_TOTAL_S)
         plain, plain_given = time_plain(inputs, pt["causal"], batch)
         rows.append(
             {
@@ -228,7 +234,7 @@ def measure_reference(p, pt: dict) -> dict:
     """The ``reference`` row: one lane of ``p`` in ``run_reference``."""
     import ascend_jax as aj
 
-    t = best_of(lambda: aj.run_reference(p))
+    t = best_of(lambda: aj.run_reference(p), REPEATS, max_total_s=WARM_MAX_TOTAL_S)
     plain, plain_given = time_plain([p.gm.read(n) for n in ("q", "k", "v", "do")], pt["causal"], 1)
     row = {
         "engine": "reference",
@@ -314,14 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = jax_device()
     jax.block_until_ready(jnp.zeros(1) + 1)  # backend start-up is not part of compile_s
     t0 = time.perf_counter()
-    rows, smallest = [], None
+    rows, programs = [], {}
     for s, d, causal in itertools.product(grid["s"], grid["d"], grid["causal"]):
         pt = {"s": s, "d": d, "causal": causal}
-        new, p = measure_shape(ag, build, pt, grid["batch"], device)
+        new, programs[s, d, causal] = measure_shape(ag, build, pt, grid["batch"], device)
         rows += new
-        if smallest is None:
-            smallest = (p, pt)
-    rows.append(measure_reference(*smallest))
+    pt = {"s": QUICK["s"][0], "d": QUICK["d"][0], "causal": False}
+    p = programs.get((pt["s"], pt["d"], False)) or build(ag, {**pt, **KERNEL})[0]
+    rows.append(measure_reference(p, pt))
     meta = {
         **machine(),
         "benchmark": "attention_throughput",

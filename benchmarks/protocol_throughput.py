@@ -24,7 +24,8 @@ Writes ``{"meta": {...}, "ratios": [...], "results": [{"engine", "device", "devi
   4,096 lanes on a loaded machine, which flattered the large-batch ratios).
 * ``messages_per_s`` is end to end: for ``jax`` a warm ``simulate()`` call that returns results;
   ``engine_messages_per_s`` the compiled loop alone (for the sequential engines the same number);
-  ``compile_s`` the first ``simulate()`` call minus a warm one (0 for the sequential engines).
+  ``compile_s`` lowering and compiling the loop for one chunk (``engine.compile_batch``; 0 for
+  the sequential engines).
 * ``wall_s`` / ``cpu_s``: wall and CPU seconds (user + sys of this process,
   ``resource.getrusage``, every thread) of the measured call: the best pass over
   ``measured_lanes`` lanes for the sequential engines, the best end-to-end ``simulate()`` for
