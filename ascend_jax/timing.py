@@ -5,7 +5,8 @@ Cycles (AI core clock, ``cube_freq``):
 
 * AIV: ``AllocMessage`` (the poll that finds the slot FREE) ``alloc``; ``PostMessage`` ``post``;
   ``PostFakeMsg`` ``fake``; ``SetQuit`` ``quit``; ``Wait`` ``wait``; GroupBarrier calls ``barrier``;
-  ``delay {cycles}`` its cycles.
+  ``delay {cycles}`` its cycles (one step, exact up to 2**31 - 1: the engines add cycles as
+  float32 pairs, :mod:`ascend_jax.cube_group.clock`).
 * AIC: receiving a message and dispatching the callback ``dispatch``; receiving a QUIT ``poll``;
   ``FreeMessage`` ``free``; ``IterateAll``: ``mm_overhead`` + one cycle per cube fractal
   (ceil(m/16) * ceil(n/16) * ceil(k/K0), K0 = 16, or 32 for int8: [DtypeMKN]) + GM traffic

@@ -133,7 +133,6 @@ def encode_ops(program: CubeGroupProgram) -> tuple[list[list[tuple]], list[tuple
     versions: list[tuple[int, int, int, int, int]] = []
     current: dict[int, int] = {}  # slot -> its latest version (absent: the zeroed workspace)
     msg_counter = {gi: 0 for gi in range(len(program.groups))}
-    horizon = program.max_steps + 1  # a longer lockstep delay cannot end before max_steps
     for b, ops in program.aivs:
         ring: dict[int, int] = {}
         alloc_slot: dict[tuple[int, int], int] = {}
@@ -178,7 +177,7 @@ def encode_ops(program: CubeGroupProgram) -> tuple[list[list[tuple]], list[tuple
                 _check_int32(
                     f"{op.where}.cycles", op.cycles, "must be in 0..2**31-1 cycles", "split the delay or shorten it"
                 )
-                row.append((ENCODED_KIND[op.kind], 0, min(op.cycles, horizon, I32_MAX), 0, 0))
+                row.append((ENCODED_KIND[op.kind], 0, op.cycles, 0, 0))
             elif op.kind in (CALL.ARRIVE, CALL.BARRIER_WAIT):
                 obj = barrier_objs.setdefault(op.group, BarrierObject(program.barriers[op.group]))
                 if op.kind == CALL.ARRIVE:

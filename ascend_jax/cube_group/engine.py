@@ -735,8 +735,9 @@ def batch_minor(shape: EngineShape, st: State) -> dict[str, jax.Array]:
     out["slot_ver"] = ((slot >> 8) - 1).astype(shape.version_dtype)
     if st.timed is not None:  # UB contents at the end are not part of a result
         out.update({f.name: getattr(st.timed, f.name) for f in dataclasses.fields(st.timed)})
-        out["slot_time"] = out["slot_time"].reshape(-1, b)[grid]
-        out["occ_cycles"] = out["occ_cycles"][shape.queue_rows]
+        for lo in ("", "_lo"):
+            out[f"slot_time{lo}"] = out[f"slot_time{lo}"].reshape(-1, b)[grid]
+            out[f"occ_cycles{lo}"] = out[f"occ_cycles{lo}"][shape.queue_rows]
     return out
 
 
@@ -758,7 +759,17 @@ def _lanes_first(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
 def gm_host(shape: EngineShape, tab: Tables, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Host result arrays with the final GM as bytes: with typed banks, the written banks
     (``gm_bank0`` ...) and the read-only ones (``tab``, numpy, the same lanes) become ``gm``
-    ``[B, gm_real] uint8``; as bytes, ``arrays`` unchanged."""
+    ``[B, gm_real] uint8``; as bytes, ``arrays`` unchanged. Each timed quantity's two float32
+    words (``name``, ``name_lo``) become one float64 array ``name`` (cycles, exact)."""
+    if any(k.endswith("_lo") for k in arrays):
+        from ascend_jax.cube_group import clock  # here: the import block is shared with other edits
+
+        words = {k[:-3] for k in arrays if k.endswith("_lo") and k[:-3] in arrays}
+        arrays = {
+            k: clock.to_float((v, arrays[f"{k}_lo"])) if k in words else v
+            for k, v in arrays.items()
+            if not (k.endswith("_lo") and k[:-3] in words)
+        }
     if shape.banks is None:
         return arrays
     out = {k: v for k, v in arrays.items() if not k.startswith("gm_bank")}

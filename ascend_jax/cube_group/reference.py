@@ -38,6 +38,7 @@ import numpy as np
 
 from ascend_jax.cube_group.barrier import BarrierObject
 from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, FreeCallback, MergeCallback, MsgView
+from ascend_jax.cube_group.clock import Cycles
 from ascend_jax.cube_group.dcache import AicLineCache, message_lines
 from ascend_jax.cube_group.program import AivOp, CubeGroupProgram
 from ascend_jax.cube_group.result import CubeGroupResult
@@ -147,6 +148,7 @@ class ReferenceInterpreter:
         self.events = events
         self._t = (0.0, 1.0)  # (start, duration) of the action being performed, for ``events``
         self._tick = 0  # steps performed (the time axis of recorded events outside ``timed``)
+        self._step_room, self._more_steps = 1, 0  # steps step() may take at once; it took 1 + _more_steps
         if schedule not in ("lockstep", "random", "timed"):
             raise ValueError(f"schedule = {schedule!r}: must be 'lockstep', 'random' or 'timed'")
         if numerics not in ("hardware", "exact"):
@@ -210,7 +212,7 @@ class ReferenceInterpreter:
         self.counters_w = np.zeros_like(self.counters_a)
         if start is not None:
             self.counters_a, self.counters_w = start[1].copy(), start[2].copy()
-        if schedule == "timed":  # float32 cycles, computed as the engine computes them
+        if schedule == "timed":  # cycles as float32 pairs (clock.Cycles), computed as the engine computes them
             self._init_timed()
         for a in self.aics:  # CallBack::Init once per AIC, before its first message; its mm is Call's
             cfg = program.matmuls[a.group] if program.matmuls else None
@@ -224,15 +226,16 @@ class ReferenceInterpreter:
 
     def _init_timed(self) -> None:
         program = self.p
-        self.aiv_clock = {a.block_idx: F32(0) for a in self.aivs}
-        self.aic_clock = [F32(0)] * len(self.aics)
-        self.slot_time = {gi: [F32(0)] * g.num_slots for gi, g in enumerate(program.groups)}
-        self.barrier_time = [F32(0)] * max(len(program.barriers), 1)
-        self.alloc_stall = {a.block_idx: F32(0) for a in self.aivs}
-        self.wait_stall = {a.block_idx: F32(0) for a in self.aivs}
-        self.aic_busy = [F32(0)] * len(self.aics)
-        self.aic_blocked = [F32(0)] * len(self.aics)
-        self.t_now = F32(0)
+        zero = Cycles()
+        self.aiv_clock = {a.block_idx: zero for a in self.aivs}
+        self.aic_clock = [zero] * len(self.aics)
+        self.slot_time = {gi: [zero] * g.num_slots for gi, g in enumerate(program.groups)}
+        self.barrier_time = [zero] * max(len(program.barriers), 1)
+        self.alloc_stall = {a.block_idx: zero for a in self.aivs}
+        self.wait_stall = {a.block_idx: zero for a in self.aivs}
+        self.aic_busy = [zero] * len(self.aics)
+        self.aic_blocked = [zero] * len(self.aics)
+        self.t_now = zero
         self.occupancy: dict = {}
 
     # -- AIV -------------------------------------------------------------------------------
@@ -683,10 +686,11 @@ class ReferenceInterpreter:
 
         return F32(self.cost[C[name]])
 
-    def _aiv_time(self, aiv: _Aiv) -> tuple[np.float32, np.float32]:
+    def _aiv_time(self, aiv: _Aiv) -> tuple[Cycles, Cycles]:
+        """(start, duration) of the AIV's next op: a delay's duration is its cycles, exactly."""
         op = aiv.ops[aiv.pc]
         clock = self.aiv_clock[aiv.block_idx]
-        enable = F32(0)
+        enable = Cycles()
         if op.kind == CALL.ALLOC:
             g = self.p.groups[op.group]
             enable = self.slot_time[op.group][self._aiv_head(aiv, op.group) + aiv.pos.get(op.group, 0) * g.aiv_per_aic]
@@ -695,7 +699,7 @@ class ReferenceInterpreter:
         elif op.kind in (CALL.ARRIVE, CALL.BARRIER_WAIT):
             enable = self.barrier_time[op.group]
         elif op.kind == CALL.SYNC_ALL:  # when the last core arrives
-            enable = F32(max([*self.aiv_clock.values(), *self.aic_clock]))
+            enable = max([*self.aiv_clock.values(), *self.aic_clock])
         dur = {
             CALL.ALLOC: self._c("alloc"),
             CALL.FAKE: self._c("fake"),
@@ -705,27 +709,27 @@ class ReferenceInterpreter:
             CALL.ARRIVE: self._c("barrier"),
             CALL.BARRIER_WAIT: self._c("barrier"),
             CALL.SYNC_ALL: self._c("barrier"),
-        }.get(op.kind, F32(op.cycles) if op.kind == CALL.DELAY else F32(0))
+        }.get(op.kind, op.cycles if op.kind == CALL.DELAY else F32(0))
         if op.kind == CALL.POST and op.state in (FAKE, QUIT):  # a hand-made FAKE / QUIT costs as the engine's
             dur = self._c("fake") if op.state == FAKE else self._c("quit")
         elif op.kind == CALL.VECTOR:
             dur = vector_cycles(op.vec, self.cost)
-        return F32(max(clock, enable)), dur
+        return max(clock, enable), Cycles.of(dur)
 
-    def _aic_time(self, aic: _Aic) -> tuple[np.float32, np.float32]:
+    def _aic_time(self, aic: _Aic) -> tuple[Cycles, Cycles]:
         i = self.aics.index(aic)
         clock = self.aic_clock[i]
         slots = self.slot_time[aic.group]
         if not aic.in_call:
             cur = self.slots[aic.group][aic.base + aic.msg_pos]
             dur = self._c("poll") if cur.state == QUIT else self._c("dispatch")
-            return F32(max(clock, slots[aic.base + aic.msg_pos])), dur
+            return max(clock, slots[aic.base + aic.msg_pos]), Cycles.of(dur)
         act = aic.pending[0]
         if act[0] == "matmul":
-            return clock, self._mm_cycles(aic, act[1])
+            return clock, Cycles.of(self._mm_cycles(aic, act[1]))
         _, slot, wait = act
-        enable = F32(0) if wait == NO_WAIT else slots[slot]
-        return F32(max(clock, enable)), self._c("free")
+        enable = Cycles() if wait == NO_WAIT else slots[slot]
+        return max(clock, enable), Cycles.of(self._c("free"))
 
     def _mm_cycles(self, aic: _Aic, d: dict) -> np.float32:
         mt = self.p.matmuls[aic.group][0]
@@ -750,12 +754,12 @@ class ReferenceInterpreter:
             if start != tmin:
                 continue
             op = a.ops[a.pc]
-            stall = F32(start - self.aiv_clock[a.block_idx])
+            stall = start - self.aiv_clock[a.block_idx]
             if op.kind == CALL.ALLOC:
-                self.alloc_stall[a.block_idx] = F32(self.alloc_stall[a.block_idx] + stall)
+                self.alloc_stall[a.block_idx] += stall
             elif op.kind in (CALL.WAIT, CALL.ARRIVE, CALL.BARRIER_WAIT, CALL.SYNC_ALL):
-                self.wait_stall[a.block_idx] = F32(self.wait_stall[a.block_idx] + stall)
-            end = F32(start + dur)
+                self.wait_stall[a.block_idx] += stall
+            end = start + dur
             if self.events is not None:
                 self._t = (float(start), float(dur))
                 if stall > 0:
@@ -767,7 +771,7 @@ class ReferenceInterpreter:
             if op.kind in (CALL.POST, CALL.FAKE, CALL.QUIT):
                 self.slot_time[op.group][a.alloc_slot[(op.group, op.alloc)]] = end
             if op.kind in (CALL.ARRIVE, CALL.BARRIER_WAIT):
-                self.barrier_time[op.group] = F32(max(self.barrier_time[op.group], end))
+                self.barrier_time[op.group] = max(self.barrier_time[op.group], end)
             self.aiv_clock[a.block_idx] = end
             if op.kind == CALL.DELAY:  # one action of `cycles` cycles
                 a.pc += 1
@@ -782,7 +786,7 @@ class ReferenceInterpreter:
                 continue
             freeing = c.in_call and c.pending[0][0] == "free"
             slot = c.pending[0][1] if freeing else None
-            end = F32(start + dur)
+            end = start + dur
             if self.events is not None:
                 self._t = (float(start), float(dur))
                 if start > self.aic_clock[i]:
@@ -797,8 +801,8 @@ class ReferenceInterpreter:
                     )
             if self._aic_act(c) is not None:
                 continue
-            self.aic_busy[i] = F32(self.aic_busy[i] + dur)
-            self.aic_blocked[i] = F32(self.aic_blocked[i] + F32(start - self.aic_clock[i]))
+            self.aic_busy[i] += dur
+            self.aic_blocked[i] += start - self.aic_clock[i]
             self.aic_clock[i] = end
             if freeing:
                 self.slot_time[c.group][slot] = end
@@ -807,15 +811,15 @@ class ReferenceInterpreter:
         self._drop_finished()
         return True
 
-    def _occupancy(self, tmin: np.float32) -> None:
-        dt = F32(max(F32(tmin - self.t_now), F32(0)))
+    def _occupancy(self, tmin: Cycles) -> None:
+        dt = max(tmin - self.t_now, Cycles())
         for gi, g in enumerate(self.p.groups):
             for q in range(g.msg_queue_size):
                 level = sum(self.slots[gi][g.slot_index(q, d)].state != FREE for d in range(MAX_MSG_PER_AIV))
                 key = (gi, q)
-                row = self.occupancy.setdefault(key, [F32(0)] * (MAX_MSG_PER_AIV + 1))
-                row[level] = F32(row[level] + dt)
-        self.t_now = F32(max(tmin, self.t_now))
+                row = self.occupancy.setdefault(key, [Cycles()] * (MAX_MSG_PER_AIV + 1))
+                row[level] += dt
+        self.t_now = max(tmin, self.t_now)
 
     def step(self) -> bool:
         """One step; returns whether any core was enabled (progress was possible)."""
@@ -826,6 +830,14 @@ class ReferenceInterpreter:
             self._tick += 1
         aiv_ready, aic_ready = self._aiv_ready, self._aic_ready
         ready_v = [a for a in self.busy_aivs if aiv_ready(a)]
+        idle = self._idle_ticks(ready_v)
+        if idle:  # `idle` steps in which only delays tick, taken at once
+            for a in ready_v:
+                a.timer += idle
+            if self.events is not None:
+                self._tick += idle - 1
+            self._more_steps = idle - 1
+            return True
         if self.schedule == "lockstep":  # every enabled AIV acts (a delay's tick touches only its timer)
             acting = ready_v
         else:
@@ -841,6 +853,23 @@ class ReferenceInterpreter:
         self._drop_finished()
         return bool(ready_v or ready_c)
 
+    def _idle_ticks(self, ready_v: list[_Aiv]) -> int:
+        """Lockstep and random: how many steps from now only tick delays (every enabled AIV is in a
+        delay that does not end in them, no AIC is enabled), at most ``_step_room``; 0 if not two.
+        Such steps change nothing but the delays' timers (and draw no random number), so they are
+        taken at once: the same steps, the same results, time no longer spent per cycle."""
+        if not ready_v or self._step_room < 2:
+            return 0
+        left = self._step_room
+        for a in ready_v:
+            op = a.ops[a.pc]
+            if op.kind != CALL.DELAY:
+                return 0
+            left = min(left, op.cycles - a.timer - 1)  # ticks before the one that ends it
+        if left < 2 or any(self._aic_ready(c) for c in self.busy_aics):
+            return 0
+        return left
+
     def _drop_finished(self) -> None:
         """Keeps ``busy_aivs`` / ``busy_aics`` to the cores that still have work (index order)."""
         if self.some_finished:
@@ -851,8 +880,9 @@ class ReferenceInterpreter:
     def run(self) -> CubeGroupResult:
         status, steps = Status.RUNNING, 0
         while status == Status.RUNNING:
+            self._step_room, self._more_steps = self.max_steps - steps, 0
             progressed = self.step()
-            steps += 1
+            steps += 1 + self._more_steps
             if not self.busy_aivs and not self.busy_aics:
                 status = Status.OK
             elif not progressed:

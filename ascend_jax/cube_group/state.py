@@ -255,10 +255,14 @@ class Tables:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Timed:
-    """Timed-schedule state (cycles, float32, lane axis last): aiv_clock [V], aic_clock [C],
+    """Timed-schedule state (cycles, lane axis last): aiv_clock [V], aic_clock [C],
     slot_time [C, W, 4] (when each slot's state last changed), barrier_time [NB];
     aiv_alloc_stall, aiv_wait_stall [V]; aic_busy, aic_blocked [C]; occ_cycles [C * W, 5] cycles
-    each queue row spent with 0..4 non-FREE slots; t_now [] time of the last event."""
+    each queue row spent with 0..4 non-FREE slots; t_now [] time of the last event.
+
+    Each quantity is two float32 words, ``name`` and ``name_lo`` of the same shape, whose sum is the
+    cycle count (:mod:`ascend_jax.cube_group.clock`: exact past 2**24); :meth:`pair` and
+    :meth:`put` read and write both."""
 
     aiv_clock: jax.Array
     aic_clock: jax.Array
@@ -270,6 +274,33 @@ class Timed:
     aic_blocked: jax.Array
     occ_cycles: jax.Array
     t_now: jax.Array
+    aiv_clock_lo: jax.Array
+    aic_clock_lo: jax.Array
+    slot_time_lo: jax.Array
+    barrier_time_lo: jax.Array
+    aiv_alloc_stall_lo: jax.Array
+    aiv_wait_stall_lo: jax.Array
+    aic_busy_lo: jax.Array
+    aic_blocked_lo: jax.Array
+    occ_cycles_lo: jax.Array
+    t_now_lo: jax.Array
+
+    #: the quantities (each has a ``_lo`` word)
+    NAMES = (
+        "aiv_clock", "aic_clock", "slot_time", "barrier_time", "aiv_alloc_stall", "aiv_wait_stall", "aic_busy",
+        "aic_blocked", "occ_cycles", "t_now",
+    )  # fmt: skip
+
+    def pair(self, name: str) -> tuple[jax.Array, jax.Array]:
+        """``(hi, lo)`` words of quantity ``name``."""
+        return getattr(self, name), getattr(self, f"{name}_lo")
+
+    def put(self, **pairs: tuple[jax.Array, jax.Array]) -> Timed:
+        """A copy with the named quantities set from ``(hi, lo)`` pairs."""
+        words = {}
+        for name, (hi, lo) in pairs.items():
+            words[name], words[f"{name}_lo"] = hi, lo
+        return dataclasses.replace(self, **words)
 
 
 @jax.tree_util.register_dataclass
@@ -553,18 +584,10 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
 
     timed = None
     if shape.timed:
-        timed = Timed(
-            aiv_clock=zeros(v, dtype=f32),
-            aic_clock=zeros(c, dtype=f32),
-            slot_time=zeros(c, w, MAX_MSG_PER_AIV, dtype=f32),
-            barrier_time=zeros(nb, dtype=f32),
-            aiv_alloc_stall=zeros(v, dtype=f32),
-            aiv_wait_stall=zeros(v, dtype=f32),
-            aic_busy=zeros(c, dtype=f32),
-            aic_blocked=zeros(c, dtype=f32),
-            occ_cycles=zeros(c * w, 5, dtype=f32),
-            t_now=zeros(dtype=f32),
-        )
+        dims = {"aiv_clock": (v,), "aic_clock": (c,), "slot_time": (c, w, MAX_MSG_PER_AIV), "barrier_time": (nb,),
+                "aiv_alloc_stall": (v,), "aiv_wait_stall": (v,), "aic_busy": (c,), "aic_blocked": (c,),
+                "occ_cycles": (c * w, 5), "t_now": ()}  # fmt: skip
+        timed = Timed(**{k + lo: zeros(*d, dtype=f32) for k, d in dims.items() for lo in ("", "_lo")})
     if shape.alive_bits:  # column k live: bit k
         alive = jnp.broadcast_to(jnp.asarray((1 << consts["n"]) - 1, jnp.int32)[:, None], (c, b))
     else:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group import clock
 from ascend_jax.cube_group.access import (
     D4,
     aiv_slot_post,
@@ -119,8 +120,9 @@ def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
     return active & select_first(conds, values, True)
 
 
-def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: jax.Array | None):
-    """Every AIV whose next op is enabled performs it (timed schedule: those starting at ``tmin``).
+def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: tuple | None):
+    """Every AIV whose next op is enabled performs it (timed schedule: those starting at ``tmin``,
+    the [B] float32 pair of the step's event cycle, :mod:`ascend_jax.cube_group.clock`).
     Returns the new state, [V, B] enabled, and the vector ops performed: ([V, B] which AIVs, their
     [V, 12, B] words), or None without vector ops (:func:`ascend_jax.cube_group.compute.apply_vector_ops`
     runs them)."""
@@ -131,7 +133,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     is_delay = kind == OpKind.DELAY
     if shape.timed:  # a delay is one action of `cycles` cycles
         start, dur = aiv_times(shape, tab, cost, st, ops)
-        act = ready & (start == tmin[None, :])
+        act = ready & clock.equal(start, (tmin[0][None, :], tmin[1][None, :]))
         timer = st.aiv_timer
         advance = act
     elif not shape.uses(OpKind.DELAY):
@@ -172,20 +174,25 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         barrier_wait = barrier_wait + wait_add[:, None, :] * copies
     timed = st.timed
     if shape.timed:
-        end = start + dur
+        end = clock.add(start, dur)
         waiting = (kind == OpKind.WAIT) | (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT) | (kind == OpKind.SYNC)
         is_bar = act & ((kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT))
         nb = timed.barrier_time.shape[0]
         of_bar = (jnp.clip(a, 0, nb - 1)[:, None, :] == jnp.arange(nb)[None, :, None]) & is_bar[:, None, :]
-        bar_end = jnp.where(of_bar, end[:, None, :], -jnp.inf).max(axis=0)
-        timed = dataclasses.replace(
-            timed,
-            aiv_clock=jnp.where(act, end, timed.aiv_clock),
-            slot_time=slot_write(shape, timed.slot_time, x, write, end),
-            barrier_time=jnp.maximum(timed.barrier_time, bar_end),
-            aiv_alloc_stall=timed.aiv_alloc_stall
-            + jnp.where(act & (kind == OpKind.ALLOC), start - timed.aiv_clock, 0.0),
-            aiv_wait_stall=timed.aiv_wait_stall + jnp.where(act & waiting, start - timed.aiv_clock, 0.0),
+        bar_end = clock.reduce_max(clock.where(of_bar, (end[0][:, None], end[1][:, None]), (-jnp.inf, 0.0)), 0)
+        aiv_clock = timed.pair("aiv_clock")
+        stall = clock.sub(start, aiv_clock)
+        zero = (jnp.zeros_like(stall[0]), jnp.zeros_like(stall[0]))
+        timed = timed.put(
+            aiv_clock=clock.where(act, end, aiv_clock),
+            slot_time=tuple(
+                slot_write(shape, w, x, write, e) for w, e in zip(timed.pair("slot_time"), end, strict=True)
+            ),
+            barrier_time=clock.maximum(timed.pair("barrier_time"), bar_end),
+            aiv_alloc_stall=clock.add(
+                timed.pair("aiv_alloc_stall"), clock.where(act & (kind == OpKind.ALLOC), stall, zero)
+            ),
+            aiv_wait_stall=clock.add(timed.pair("aiv_wait_stall"), clock.where(act & waiting, stall, zero)),
         )
     st = dataclasses.replace(
         st,
@@ -297,8 +304,9 @@ def aic_ready(shape: EngineShape, st: State, head) -> jax.Array:
     return running & ((in_recv & ((cur_word & 0xFF) != FREE)) | (in_call & call_ok))
 
 
-def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: jax.Array | None):
-    """Every AIC whose next action is enabled performs it (timed schedule: those starting at ``tmin``).
+def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: tuple | None):
+    """Every AIC whose next action is enabled performs it (timed schedule: those starting at ``tmin``,
+    as in :func:`aiv_step`).
 
     Returns the new state, [C, B] enabled, and [C, B] whether each AIC performed a matmul action
     this step, with [C, A, B] its resolved IterateAll words. An AIC whose dispatch is a protocol
@@ -319,7 +327,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     ready = aic_ready(shape, st, head)
     if shape.timed:
         t_start, t_dur = aic_times(shape, tab, cost, st, head)
-        act = ready & (t_start == tmin[None, :])
+        act = ready & clock.equal(t_start, (tmin[0][None, :], tmin[1][None, :]))
     else:
         act = ready & _chosen(shape, keys, c_num)
 
@@ -413,14 +421,17 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 
     timed = st.timed
     if shape.timed:
-        t_end = t_start + t_dur
+        t_end = clock.add(t_start, t_dur)
         done_ok = act & (error == 0)  # an AIC whose action is a protocol error changes nothing
-        timed = dataclasses.replace(
-            timed,
-            aic_clock=jnp.where(done_ok, t_end, timed.aic_clock),
-            aic_busy=timed.aic_busy + jnp.where(done_ok, t_dur, 0.0),
-            aic_blocked=timed.aic_blocked + jnp.where(done_ok, t_start - timed.aic_clock, 0.0),
-            slot_time=slot_put(shape, timed.slot_time, f_slot, freeing, t_end),
+        aic_clock = timed.pair("aic_clock")
+        zero = (jnp.zeros_like(t_end[0]), jnp.zeros_like(t_end[0]))
+        timed = timed.put(
+            aic_clock=clock.where(done_ok, t_end, aic_clock),
+            aic_busy=clock.add(timed.pair("aic_busy"), clock.where(done_ok, t_dur, zero)),
+            aic_blocked=clock.add(timed.pair("aic_blocked"), clock.where(done_ok, clock.sub(t_start, aic_clock), zero)),
+            slot_time=tuple(
+                slot_put(shape, w, f_slot, freeing, e) for w, e in zip(timed.pair("slot_time"), t_end, strict=True)
+            ),
         )
     st = dataclasses.replace(
         st,
@@ -462,14 +473,17 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
         raw = jax.vmap(lambda k: jax.random.key_data(jax.random.split(jax.random.wrap_key_data(k), 3)))(keys)
         keys, k_aiv, k_aic = raw[:, 0], raw[:, 1], raw[:, 2]
     tmin = None
-    if shape.timed:  # events in time order: only the cores starting earliest act
+    if shape.timed:  # event-driven: time jumps to the earliest start; only the cores starting then act
         ops = _aiv_ops(shape, tab, st)
         r_v = aiv_ready(shape, tab, st, ops)
         s_v, _ = aiv_times(shape, tab, cost, st, ops)
         head = _aic_head(shape, tab, st)
         r_c = aic_ready(shape, st, head)
         s_c, _ = aic_times(shape, tab, cost, st, head)
-        tmin = jnp.minimum(jnp.where(r_v, s_v, jnp.inf).min(axis=0), jnp.where(r_c, s_c, jnp.inf).min(axis=0))
+        none = (jnp.inf, 0.0)  # a core that cannot act
+        t_v = clock.reduce_min(clock.where(r_v, s_v, none), 0)
+        t_c = clock.reduce_min(clock.where(r_c, s_c, none), 0)
+        tmin = clock.where(clock.less(t_c, t_v), t_c, t_v)  # the next cycle at which some core can act
         st = occupancy(shape, st, tmin)
     running = st.status == Status.RUNNING
     new, v_ready, vec = aiv_step(shape, tab, cost, st, k_aiv, tmin)

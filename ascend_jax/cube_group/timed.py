@@ -4,7 +4,9 @@ it takes, and the queue-occupancy clock.
 Under the ``timed`` schedule a step performs only the actions that start earliest (see
 :func:`ascend_jax.cube_group.step.step`); these functions give every core's start cycle and
 duration from the state and the lane's cost vector (:mod:`ascend_jax.timing`). The reference
-interpreter computes the same quantities in float32 with the same formulas.
+interpreter computes the same quantities with the same formulas: durations in float32, times and
+sums as float32 pairs (:mod:`ascend_jax.cube_group.clock`; a delay's cycles are a pair too), so
+that a step is one event whatever the time between events, and cycle counts stay exact.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group import clock
 from ascend_jax.cube_group.access import (
     D4,
     mm_fields,
@@ -33,25 +36,26 @@ from ascend_jax.timing import C as TC
 
 
 def aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops):
-    """Timed schedule: [V, B] start cycle and duration of every AIV's next op (valid where ready)."""
+    """Timed schedule: start cycle and duration of every AIV's next op (valid where ready), each a
+    [V, B] float32 pair (:mod:`ascend_jax.cube_group.clock`)."""
     _, kind, x, a, _, _ = ops
     tm = st.timed
     nb = tm.barrier_time.shape[0]
-    slot_t = slot_read(shape, tm.slot_time, x)
+    slot_t = tuple(slot_read(shape, w, x) for w in tm.pair("slot_time"))
     bar_sel = jnp.clip(a, 0, nb - 1)[:, None, :] == jnp.arange(nb)[None, :, None]
-    bar_t = jnp.where(bar_sel, tm.barrier_time[None], 0.0).sum(axis=1)
-    last_core = jnp.maximum(tm.aiv_clock.max(axis=0), tm.aic_clock.max(axis=0))[None, :]  # SyncAll
-    enable = select_first(
-        [
-            kind == OpKind.ALLOC,
-            (kind == OpKind.WAIT) & (a != 0),
-            (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT),
-            kind == OpKind.SYNC,
-        ],
-        [slot_t, slot_t, bar_t, jnp.broadcast_to(last_core, slot_t.shape)],
-        0.0,
-    )
-    start = jnp.maximum(tm.aiv_clock, enable)
+    bar_t = tuple(jnp.where(bar_sel, w[None], 0.0).sum(axis=1) for w in tm.pair("barrier_time"))  # one term
+    last_core = clock.maximum(clock.reduce_max(tm.pair("aiv_clock"), 0), clock.reduce_max(tm.pair("aic_clock"), 0))
+    conds = [
+        kind == OpKind.ALLOC,
+        (kind == OpKind.WAIT) & (a != 0),
+        (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT),
+        kind == OpKind.SYNC,
+    ]
+    enable = tuple(
+        select_first(conds, [slot_t[i], slot_t[i], bar_t[i], jnp.broadcast_to(last_core[i][None, :], a.shape)], 0.0)
+        for i in (0, 1)
+    )  # SyncAll: when the last core arrives
+    start = clock.maximum(tm.pair("aiv_clock"), enable)
     c = cost[:, None, :]  # [12, 1, B]
     vec_dur = 0.0
     if shape.has_vector:  # vector.vector_cycles: a copy at the GM rate, compute at vec_rate
@@ -59,6 +63,7 @@ def aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops):
         nbytes = w[:, VEC["bytes"]].astype(jnp.float32)
         copy = w[:, VEC["kind"]] <= 1  # load, store
         vec_dur = c[TC["vec_issue"]] + jnp.where(copy, nbytes / c[TC["ddr_rate"]], jnp.ceil(nbytes / c[TC["vec_rate"]]))
+    delay = clock.of_int32(a, jnp)  # exact cycles, also past 2**24
     dur = select_first(
         [
             kind == OpKind.VECTOR,
@@ -71,10 +76,11 @@ def aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops):
             (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT) | (kind == OpKind.SYNC),
         ],
         [vec_dur, c[TC["alloc"]], c[TC["fake"]], c[TC["quit"]], c[TC["post"]], c[TC["wait"]],
-         a.astype(jnp.float32), c[TC["barrier"]]],
+         delay[0], c[TC["barrier"]]],
         0.0,
     )  # fmt: skip
-    return start, dur
+    dur = jnp.broadcast_to(dur, a.shape).astype(jnp.float32)
+    return start, (dur, jnp.where(kind == OpKind.DELAY, delay[1], 0.0))
 
 
 def mm_cost(shape: EngineShape, fields: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -95,15 +101,18 @@ def mm_cost(shape: EngineShape, fields: jax.Array) -> tuple[jax.Array, jax.Array
 
 
 def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head):
-    """Timed schedule: [C, B] start cycle and duration of every AIC's next action on ``st``."""
+    """Timed schedule: start cycle and duration of every AIC's next action on ``st``, each a [C, B]
+    float32 pair (:mod:`ascend_jax.cube_group.clock`)."""
     cur, cur_word, pc, act, f_slot, _ = head
     f_wait, f_is_mm = act[:, ACT["wait"]], act[:, ACT["mm"]] > 0
     tm = st.timed
     in_recv = st.aic_phase == AicPhase.RECEIVE
-    cur_t = slot_pick(shape, tm.slot_time, cur)
-    f_t = slot_pick(shape, tm.slot_time, f_slot)
-    enable = jnp.where(in_recv, cur_t, jnp.where(f_is_mm | (f_wait == NO_WAIT), 0.0, f_t))
-    start = jnp.maximum(tm.aic_clock, enable)
+    no_slot = f_is_mm | (f_wait == NO_WAIT)
+    enable = tuple(
+        jnp.where(in_recv, slot_pick(shape, w, cur), jnp.where(no_slot, 0.0, slot_pick(shape, w, f_slot)))
+        for w in tm.pair("slot_time")
+    )
+    start = clock.maximum(tm.pair("aic_clock"), enable)
     c = cost[:, None, :]
     recv_dur = jnp.where((cur_word & 0xFF) == QUIT, c[TC["poll"]], c[TC["dispatch"]])
     if shape.has_matmul:
@@ -112,18 +121,21 @@ def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head)
         call_dur = jnp.where(f_is_mm, c[TC["mm_overhead"]] + fr + tr / c[TC["ddr_rate"]], c[TC["free"]])
     else:
         call_dur = jnp.broadcast_to(c[TC["free"]], pc.shape)
-    return start, jnp.where(in_recv, recv_dur, call_dur)
+    dur = jnp.where(in_recv, recv_dur, call_dur)
+    return start, (dur, jnp.zeros_like(dur))
 
 
-def occupancy(shape: EngineShape, st: State, tmin: jax.Array) -> State:
-    """Adds the time since the last event to each queue row's occupancy level (0..4 non-FREE)."""
+def occupancy(shape: EngineShape, st: State, tmin: tuple[jax.Array, jax.Array]) -> State:
+    """Adds the time since the last event to each queue row's occupancy level (0..4 non-FREE);
+    ``tmin``: the [B] pair of this step's event time (high word +inf where no core can act)."""
     tm = st.timed
     states = (packed_bytes(st.slot) & 3) if shape.packed else st.slot & 0xFF
     busy = (states != FREE).sum(axis=2)  # [C, W, B]
     level = busy.reshape(-1, busy.shape[-1])
-    finite = jnp.isfinite(tmin)
-    dt = jnp.where(finite, jnp.maximum(tmin - tm.t_now, 0.0), 0.0)
+    finite = jnp.isfinite(tmin[0])
+    zero = (jnp.zeros_like(tmin[0]), jnp.zeros_like(tmin[0]))
+    dt = clock.where(finite, clock.maximum(clock.sub(tmin, tm.pair("t_now")), zero), zero)
     sel = level[:, None, :] == jnp.arange(D4 + 1)[None, :, None]
-    occ = tm.occ_cycles + jnp.where(sel, dt[None, None, :], 0.0)
-    t_now = jnp.where(finite, jnp.maximum(tmin, tm.t_now), tm.t_now)
-    return dataclasses.replace(st, timed=dataclasses.replace(tm, occ_cycles=occ, t_now=t_now))
+    occ = clock.add(tm.pair("occ_cycles"), tuple(jnp.where(sel, w[None, None, :], 0.0) for w in dt))
+    t_now = clock.where(finite, clock.maximum(tmin, tm.pair("t_now")), tm.pair("t_now"))
+    return dataclasses.replace(st, timed=tm.put(occ_cycles=occ, t_now=t_now))
