@@ -1,52 +1,122 @@
 """ascend_jax: simulate Ascend C AIC/AIV resource groups (CubeResGroupHandle) in JAX.
 
 Public API; everything not listed in ``__all__`` is an implementation detail.
+
+The names are loaded on first use (PEP 562 ``__getattr__``): ``import ascend_jax`` imports
+neither JAX nor the engines, so the CLI and the reference interpreter start fast; JAX is imported
+when something that needs it (``simulate``, ``lane_bytes``, ``init_distributed``) is first used.
 """
 
-from importlib import metadata as _metadata
+from __future__ import annotations
 
-try:
-    __version__ = _metadata.version("ascend_jax")
-except _metadata.PackageNotFoundError:  # pragma: no cover (a source tree that was never installed)
-    __version__ = "0+unknown"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ascend_jax.chips import CHIPS, ChipSpec, get_chip, load_platform_ini
-from ascend_jax.cube_group.barrier import BarrierGeometry
-from ascend_jax.cube_group.callbacks import (
-    NO_WAIT,
-    AicHandle,
-    FreeCallback,
-    MatmulCallback,
-    MergeCallback,
-    MsgRef,
-    MsgView,
-    SampleCallback,
-    SeedCallback,
-)
-from ascend_jax.cube_group.engine import init_distributed, lane_bytes, simulate
-from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace
-from ascend_jax.cube_group.program import AivProgram, CubeGroupKernel, CubeGroupProgram, MsgSlot
-from ascend_jax.cube_group.readout import BatchResult
-from ascend_jax.cube_group.reference import ReferenceInterpreter, run_reference
-from ascend_jax.cube_group.result import CubeGroupResult
-from ascend_jax.cube_group.status import ErrorCode, Status
-from ascend_jax.cube_group.vector import UbBuffer, VectorBuilder, VectorOp
-from ascend_jax.errors import ConfigError
-from ascend_jax.gm import GlobalMemory, Tensor
-from ascend_jax.matmul import Matmul, MatmulType, TCubeTiling
-from ascend_jax.message import (
-    CUBE_GROUP_MSG_HEAD,
-    CUBE_MATMUL_MSG,
-    CUBE_MSG_BODY,
-    CubeMsgState,
-    check_message_dtype,
-    message_dtype,
-    pack_message,
-)
-from ascend_jax.numerics import numerics_report
-from ascend_jax.scenario import builtin_scenario_path, load_scenario
-from ascend_jax.timing import CostModel
-from ascend_jax.utilisation import AicTime, AivStall, Utilisation, compute_utilisation
+if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
+    from ascend_jax.chips import CHIPS, ChipSpec, get_chip, load_platform_ini
+    from ascend_jax.cube_group.barrier import BarrierGeometry
+    from ascend_jax.cube_group.callbacks import (
+        NO_WAIT,
+        AicHandle,
+        FreeCallback,
+        MatmulCallback,
+        MergeCallback,
+        MsgRef,
+        MsgView,
+        SampleCallback,
+        SeedCallback,
+    )
+    from ascend_jax.cube_group.engine import init_distributed, lane_bytes, simulate
+    from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace
+    from ascend_jax.cube_group.program import AivProgram, CubeGroupKernel, CubeGroupProgram, MsgSlot
+    from ascend_jax.cube_group.readout import BatchResult
+    from ascend_jax.cube_group.reference import ReferenceInterpreter, run_reference
+    from ascend_jax.cube_group.result import CubeGroupResult
+    from ascend_jax.cube_group.status import ErrorCode, Status
+    from ascend_jax.cube_group.vector import UbBuffer, VectorBuilder, VectorOp
+    from ascend_jax.errors import ConfigError
+    from ascend_jax.gm import GlobalMemory, Tensor
+    from ascend_jax.matmul import Matmul, MatmulType, TCubeTiling
+    from ascend_jax.message import (
+        CUBE_GROUP_MSG_HEAD,
+        CUBE_MATMUL_MSG,
+        CUBE_MSG_BODY,
+        CubeMsgState,
+        check_message_dtype,
+        message_dtype,
+        pack_message,
+    )
+    from ascend_jax.numerics import numerics_report
+    from ascend_jax.scenario import builtin_scenario_path, load_scenario
+    from ascend_jax.timing import CostModel
+    from ascend_jax.utilisation import AicTime, AivStall, Utilisation, compute_utilisation
+
+#: module -> the public names it provides (resolved by :func:`__getattr__` on first use).
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "ascend_jax.chips": ("CHIPS", "ChipSpec", "get_chip", "load_platform_ini"),
+    "ascend_jax.cube_group.barrier": ("BarrierGeometry",),
+    "ascend_jax.cube_group.callbacks": (
+        "NO_WAIT",
+        "AicHandle",
+        "FreeCallback",
+        "MatmulCallback",
+        "MergeCallback",
+        "MsgRef",
+        "MsgView",
+        "SampleCallback",
+        "SeedCallback",
+    ),
+    "ascend_jax.cube_group.engine": ("init_distributed", "lane_bytes", "simulate"),
+    "ascend_jax.cube_group.layout": ("GroupGeometry", "KfcWorkspace"),
+    "ascend_jax.cube_group.program": ("AivProgram", "CubeGroupKernel", "CubeGroupProgram", "MsgSlot"),
+    "ascend_jax.cube_group.readout": ("BatchResult",),
+    "ascend_jax.cube_group.reference": ("ReferenceInterpreter", "run_reference"),
+    "ascend_jax.cube_group.result": ("CubeGroupResult",),
+    "ascend_jax.cube_group.status": ("ErrorCode", "Status"),
+    "ascend_jax.cube_group.vector": ("UbBuffer", "VectorBuilder", "VectorOp"),
+    "ascend_jax.errors": ("ConfigError",),
+    "ascend_jax.gm": ("GlobalMemory", "Tensor"),
+    "ascend_jax.matmul": ("Matmul", "MatmulType", "TCubeTiling"),
+    "ascend_jax.message": (
+        "CUBE_GROUP_MSG_HEAD",
+        "CUBE_MATMUL_MSG",
+        "CUBE_MSG_BODY",
+        "CubeMsgState",
+        "check_message_dtype",
+        "message_dtype",
+        "pack_message",
+    ),
+    "ascend_jax.numerics": ("numerics_report",),
+    "ascend_jax.scenario": ("builtin_scenario_path", "load_scenario"),
+    "ascend_jax.timing": ("CostModel",),
+    "ascend_jax.utilisation": ("AicTime", "AivStall", "Utilisation", "compute_utilisation"),
+}
+_ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _ORIGIN:
+        value = getattr(importlib.import_module(_ORIGIN[name]), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | {"__version__"})
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ascend_jax")
+    except metadata.PackageNotFoundError:  # pragma: no cover (a source tree that was never installed)
+        return "0+unknown"
+
 
 __all__ = [
     "CHIPS",

@@ -294,7 +294,6 @@ def _dump(program, image, directory: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ascend_jax.aicpu.tasks import TaskProgram
     from ascend_jax.models import load_model, parse_model_args
     from ascend_jax.scenario import builtin_scenario_path, load_scenario
 
@@ -310,7 +309,9 @@ def _run(args: argparse.Namespace) -> int:
             allow_python=args.allow_python,
             options=parse_model_args(args.model_arg),
         )
-        if isinstance(program, TaskProgram):
+        # a comm program: a TaskProgram exists only if its module was loaded (a cube-group run never loads it)
+        tasks = sys.modules.get("ascend_jax.aicpu.tasks")
+        if tasks is not None and isinstance(program, tasks.TaskProgram):
             given = [k for k in COMM_UNSUPPORTED if getattr(args, k) is not None]
             if given:
                 flag = "--" + given[0].replace("_", "-")
@@ -417,7 +418,6 @@ class _Activity:
 
 
 def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_order, out: _Outputs) -> int:
-    from ascend_jax.cube_group.engine import simulate
     from ascend_jax.cube_group.reference import run_reference
     from ascend_jax.cube_group.status import Status
     from ascend_jax.numerics import add_numpy_checks, numerics_report
@@ -429,6 +429,8 @@ def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_o
         with _Activity(f"running {lanes} of {program.name} in the reference interpreter ({schedule})"):
             results = [run_reference(program, schedule, s) for s in seeds]
     else:
+        from ascend_jax.cube_group.engine import simulate  # imports JAX: only when the JAX engine runs
+
         enable_compilation_cache()
         if nums.devices is not None:
             import jax
@@ -527,14 +529,19 @@ def _run_comm(program, expected, args: argparse.Namespace, out: _Outputs) -> int
     """Runs a comm model (JAX engine or reference), prints JSON or a summary, returns the exit code."""
     if (args.batch or 1) > 1:
         return _run_comm_batch(program, expected, args)
-    from ascend_jax.aicpu.engine import run_comm
     from ascend_jax.aicpu.models import comm_numerics
     from ascend_jax.aicpu.reference import CommStatus, run_comm_reference
 
-    engine = "reference" if args.engine == "reference" else "jax"
+    # auto (the default): one lane runs in the reference interpreter, as for cube groups (no compile)
+    engine = "jax" if args.engine == "jax" else "reference"
     t0 = time.perf_counter()
     with _Activity(f"running comm model {program.name} ({program.n_ranks} ranks) in the {engine} engine"):
-        result = run_comm_reference(program) if engine == "reference" else run_comm(program)
+        if engine == "reference":
+            result = run_comm_reference(program)
+        else:
+            from ascend_jax.aicpu.engine import run_comm  # imports JAX
+
+            result = run_comm(program)
     elapsed = time.perf_counter() - t0
     report = comm_numerics(result, expected(program)) if expected else {}
     ok = result.status == CommStatus.OK and all(e["ok"] for e in report.values())
@@ -580,8 +587,8 @@ def _run_comm(program, expected, args: argparse.Namespace, out: _Outputs) -> int
 def _run_comm_batch(program, expected, args: argparse.Namespace) -> int:
     """``--batch N`` on a comm model: lanes seed..seed+N-1 (one vmapped JAX run, or the reference per
     lane); lane 0's JSON plus a ``"batch"`` list with every lane's status; exit 0 only if all are ok."""
-    from ascend_jax.aicpu import CommStatus, run_comm_batch, run_comm_reference
     from ascend_jax.aicpu.models import comm_numerics
+    from ascend_jax.aicpu.reference import CommStatus, run_comm_reference
     from ascend_jax.models import load_model, parse_model_args
 
     first = args.seed or 0
@@ -603,6 +610,8 @@ def _run_comm_batch(program, expected, args: argparse.Namespace) -> int:
     if args.engine == "reference":
         results = [run_comm_reference(p) for p in lanes]
     else:
+        from ascend_jax.aicpu.engine import run_comm_batch  # imports JAX
+
         results = run_comm_batch(lanes, chunk=args.chunk or 256)
     elapsed = time.perf_counter() - t0
     rows = []

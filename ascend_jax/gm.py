@@ -15,16 +15,18 @@ than the device, whose 32-byte padding would hide a small overrun).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.errors import ConfigError
+
+if TYPE_CHECKING:  # the device-side functions take and return JAX arrays; jax is imported in them
+    import jax
 
 #: First mapped GM byte address; lower addresses (null pointers included) are out of range.
 GM_BASE = 0x10000
@@ -43,14 +45,45 @@ def acl_malloc_place(cursor: int, nbytes: int) -> tuple[int, int]:
     return start, start + -(-max(nbytes, 1) // 32) * 32 + 32
 
 
-#: Element types a tensor may have (numpy dtypes; bfloat16 comes from ml_dtypes through JAX).
-DTYPES: dict[str, np.dtype] = {
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(jnp.bfloat16),
-    "float32": np.dtype(np.float32),
-    "int8": np.dtype(np.int8),
-    "int32": np.dtype(np.int32),
-}
+@functools.cache
+def bfloat16() -> np.dtype:
+    """numpy's bfloat16 (from ``ml_dtypes``, a JAX dependency; imported on first use, as its import
+    takes a good part of a second)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+class _Dtypes(Mapping[str, np.dtype]):
+    """The read-only table :data:`DTYPES`: bfloat16 is resolved (:func:`bfloat16`) when first read."""
+
+    _fixed = {
+        "float16": np.dtype(np.float16),
+        "bfloat16": None,
+        "float32": np.dtype(np.float32),
+        "int8": np.dtype(np.int8),
+        "int32": np.dtype(np.int32),
+    }
+
+    def __getitem__(self, key: str) -> np.dtype:
+        dt = self._fixed[key]
+        return bfloat16() if dt is None else dt
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._fixed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fixed)
+
+    def __len__(self) -> int:
+        return len(self._fixed)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+#: Element types a tensor may have (numpy dtypes; bfloat16 comes from ml_dtypes, loaded on first use).
+DTYPES: Mapping[str, np.dtype] = _Dtypes()
 #: Ascend C spellings accepted as aliases.
 DTYPE_ALIASES = {"half": "float16", "float": "float32", "bfloat16_t": "bfloat16", "int8_t": "int8", "int32_t": "int32"}
 
@@ -59,7 +92,7 @@ def get_dtype(name: Any, field: str = "dtype") -> np.dtype:
     """The numpy dtype for a name (``float16``, ``half``, ``bfloat16``, ``float32``, ``int8``, ``int32``)."""
     if isinstance(name, np.dtype) or (isinstance(name, type) and issubclass(name, np.generic)):
         dt = np.dtype(name)
-        if dt in DTYPES.values():
+        if dt.name in DTYPES and DTYPES[dt.name] == dt:  # by name: no bfloat16 import for other types
             return dt
         raise ConfigError(field, str(dt), f"unsupported element type; one of {sorted(DTYPES)}")
     key = DTYPE_ALIASES.get(name, name) if isinstance(name, str) else name
@@ -71,7 +104,7 @@ def get_dtype(name: Any, field: str = "dtype") -> np.dtype:
 
 
 def dtype_name(dt: np.dtype) -> str:
-    return next(k for k, v in DTYPES.items() if v == dt)
+    return next(k for k in DTYPES if k == np.dtype(dt).name and DTYPES[k] == dt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +203,7 @@ class GlobalMemory:
             if not isinstance(seed, (int, np.integer)):
                 raise ConfigError(f"{where}.seed", seed, "must be an integer")
             rng = np.random.default_rng(seed)
-            if t.dtype.kind == "f" or t.dtype == DTYPES["bfloat16"]:
+            if t.dtype.kind == "f" or dtype_name(t.dtype) == "bfloat16":
                 return rng.uniform(-1.0, 1.0, t.shape).astype(t.dtype)
             return rng.integers(-8, 8, t.shape).astype(t.dtype)
         elif isinstance(init, (str, Path)) and str(init).endswith(".npy"):
@@ -292,12 +325,14 @@ def tensors_from_tables(tables: Any, base_dir: Path | None = None, field: str = 
     return gm
 
 
-# -- device side (JAX) ---------------------------------------------------------------------
+# -- device side (JAX, imported in each function) ----------------------------------------
 
 
 def row_starts(addr: jax.Array, n_rows: int, stride: jax.Array, itemsize: int | jax.Array) -> jax.Array:
     """[n_rows] byte index in ``gm`` of each stored row of a tile at ``addr`` with ``stride``
     elements per stored row."""
+    import jax.numpy as jnp
+
     return addr - GM_BASE + jnp.arange(n_rows, dtype=jnp.int32) * stride * itemsize
 
 
@@ -305,12 +340,16 @@ def load_windows(x: jax.Array, starts: jax.Array, width: int) -> jax.Array:
     """[R, width]: ``width`` consecutive elements of ``x`` [N] from each index of ``starts`` [R]
     (one windowed gather, a copy per row rather than a lookup per element). Windows are clamped
     into ``x``: callers keep a margin after anything that matters."""
+    import jax
+
     return jax.vmap(lambda s: jax.lax.dynamic_slice(x, (s,), (width,)))(starts)
 
 
 def store_windows(x: jax.Array, starts: jax.Array, value: jax.Array) -> jax.Array:
     """``x`` [N] with ``value`` [R, W] written as R runs of W elements at ``starts`` [R] (one
     windowed scatter). Runs must not overlap one another."""
+    import jax
+
     dnums = jax.lax.ScatterDimensionNumbers(
         update_window_dims=(1,), inserted_window_dims=(), scatter_dims_to_operand_dims=(0,)
     )
@@ -325,6 +364,8 @@ def load_rows(gm: jax.Array, starts: jax.Array, width: int, dtype: np.dtype) -> 
     extend at least ``width * itemsize`` bytes past any row that matters: windows are clamped
     into ``gm``, so a row starting too close to its end would be read from a shifted position
     (callers mask such rows, and the engine pads GM by :func:`row_margin`)."""
+    import jax
+
     size = dtype.itemsize
     raw = load_windows(gm, starts, width * size).reshape(starts.shape[0], width, size)
     return jax.lax.bitcast_convert_type(raw if size > 1 else raw[..., 0], dtype)
@@ -333,6 +374,9 @@ def load_rows(gm: jax.Array, starts: jax.Array, width: int, dtype: np.dtype) -> 
 def store_rows(gm: jax.Array, starts: jax.Array, value: jax.Array) -> jax.Array:
     """Writes ``value`` [R, W] (typed) as ``R`` contiguous rows at byte indices ``starts`` [R] of
     ``gm`` [G] uint8 (a bit cast, then :func:`store_windows`). Rows must not overlap one another."""
+    import jax
+    import jax.numpy as jnp
+
     raw = jax.lax.bitcast_convert_type(value, jnp.uint8)
     return store_windows(gm, starts, raw.reshape(value.shape[0], value.shape[1] * value.dtype.itemsize))
 

@@ -32,14 +32,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GM_BASE, dtype_name, get_dtype
+
+if TYPE_CHECKING:  # the JAX compute imports jax in its functions: the reference path never loads it
+    import jax
 
 # Atlas A2 (dav-c220) buffer sizes, bytes.
 L0A_SIZE = 64 * 1024
@@ -556,6 +557,9 @@ def compute_tiles(
     ``[..., M, N]`` in the C type. One ``dot_general`` over all leading dims and the K chunks,
     then the chunk partials are added to L0C in order, then one rounding to C (int8 -> float16:
     ``half(acc * scale)``, ``scale`` [...] float32)."""
+    import jax
+    import jax.numpy as jnp
+
     acc_t = mt.dtype("acc")
     bk = tiling.baseK
     nk = a.shape[-1] // bk
@@ -574,8 +578,11 @@ def compute_tiles(
     return acc.astype(mt.dtype("c"))
 
 
-def combine(mt: MatmulType, old: Any, new: Any, atomic: Any, xp: Any = jnp) -> Any:
-    """GM write of a C tile: atomic add (1) / max (2) / min (3) in the C type, else a store."""
+def combine(mt: MatmulType, old: Any, new: Any, atomic: Any, xp: Any = None) -> Any:
+    """GM write of a C tile: atomic add (1) / max (2) / min (3) in the C type, else a store
+    (``xp``: the array module, ``jax.numpy`` by default, ``numpy`` in the reference)."""
+    if xp is None:
+        import jax.numpy as xp
     c_t = mt.dtype("c")
     added = old + new if c_t.kind == "i" else (old.astype(np.float32) + new.astype(np.float32)).astype(c_t)
     return xp.where(

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from ascend_jax.errors import ConfigError
-from ascend_jax.scenario import load_scenario
 from ascend_jax.schema import did_you_mean
 
 MODELS_ENV = "ASCEND_JAX_MODELS"
@@ -194,6 +193,8 @@ def load_model(
     :class:`CubeGroupProgram`, or a comm :class:`ascend_jax.aicpu.world.TaskProgram` for models
     whose ``build`` takes ``ranks``. ``options`` (``--model-arg``): keyword arguments of the model's
     ``build`` as text, converted to the type of each one's default."""
+    from ascend_jax.scenario import load_scenario  # here: listing models and the CLI's start need none of it
+
     path = find_model(name, allow_python)
     if path.suffix == ".toml":
         if ranks is not None:

@@ -56,6 +56,8 @@ before the launch and waited on the thread first) and the stream after the threa
 after the work), as :func:`hccl_send_custom` / :func:`p2p_kernel` do.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ascend_jax.aicpu.codes import (
     AclError,
     CommEngine,
@@ -73,7 +75,6 @@ from ascend_jax.aicpu.collectives import (
     ring_kernel,
 )
 from ascend_jax.aicpu.device import DeviceApi, DeviceModel, LaunchContext
-from ascend_jax.aicpu.engine import run_comm, run_comm_batch
 from ascend_jax.aicpu.host import HostApi
 from ascend_jax.aicpu.models import comm_numerics, p2p_expected, p2p_job, ring_expected, ring_job
 from ascend_jax.aicpu.opinfo import OpInfo, device_kernel, load_op_info
@@ -83,6 +84,22 @@ from ascend_jax.aicpu.result import CommResult, CommStatus, QueueStatus
 from ascend_jax.aicpu.structs import ALG_RESOURCE_CTX, COMM_BUFFER, OP_PARAM
 from ascend_jax.aicpu.tasks import MEM_BASE, CommCost, KernelLaunch, Queue, Task, TaskKind, TaskProgram
 from ascend_jax.aicpu.world import World, run_hosts
+
+if TYPE_CHECKING:
+    from ascend_jax.aicpu.engine import run_comm, run_comm_batch
+
+
+def __getattr__(name: str) -> Any:
+    """``run_comm`` / ``run_comm_batch`` (the JAX engine) are imported on first use, so that the
+    reference path (:func:`run_comm_reference`) never imports JAX."""
+    if name in ("run_comm", "run_comm_batch"):
+        from ascend_jax.aicpu import engine
+
+        value = getattr(engine, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALG_RESOURCE_CTX",

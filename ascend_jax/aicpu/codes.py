@@ -108,11 +108,11 @@ NUMPY_DTYPE = {
 
 
 def numpy_dtype(dt: int) -> np.dtype:
-    """numpy element type of an HcclDataType (bfloat16 from ml_dtypes through JAX)."""
-    import jax.numpy as jnp
-
+    """numpy element type of an HcclDataType (bfloat16 from ml_dtypes, a JAX dependency)."""
     if dt == HcclDataType.BFP16:
-        return np.dtype(jnp.bfloat16)
+        from ascend_jax.gm import bfloat16
+
+        return bfloat16()
     return NUMPY_DTYPE[HcclDataType(dt)]
 
 

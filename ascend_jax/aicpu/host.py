@@ -358,7 +358,9 @@ class HostApi:
             return int(HcclResult.E_PARA), 0
         queue = self.world.queues[q]
         have = len(queue.notifies)
-        queue.notifies += [self.world.new_notify(self.rank, f"{queue.name}.notify[{have + i}]") for i in range(notify_num)]
+        queue.notifies += [
+            self.world.new_notify(self.rank, f"{queue.name}.notify[{have + i}]") for i in range(notify_num)
+        ]
         h = self.world.new_handle()
         self.world.threads[h] = q
         self.world.thread_engines[h] = int(engine)
