@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -30,16 +31,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
-
 from ascend_jax.errors import ConfigError
+from ascend_jax.limits import MAX_BATCH, MAX_STEPS_LIMIT, SEED_MAX
 from ascend_jax.models import RANKS_RANGE
-from ascend_jax.schema import MAX_STEPS_LIMIT, SEED_MAX, StrictModel, config_error, scenario_json_schema
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_NOT_OK = 0, 1, 2, 3
-#: Most lanes one ``run`` accepts (lanes run in chunks; this bounds the per-lane result objects).
-MAX_BATCH = 2**20
 #: ``run`` flags that do not apply to comm models (given explicitly: exit 2).
 COMM_UNSUPPORTED = ("schedule", "atomic_order", "dump", "devices", "trace_lane", "build")
 #: how to get the optional plotting dependency of ``--report``
@@ -53,32 +49,49 @@ def package_version() -> str:
     return __version__
 
 
-class RunArgs(StrictModel):
-    """Numeric ``run`` arguments, validated like scenario keys (field names are the flags)."""
+@functools.cache
+def run_args_model() -> type:
+    """The pydantic model of the numeric ``run`` arguments, validated like scenario keys (field names
+    are the flags). Built on first use, so that ``--version``, ``models`` and ``sweep`` never import
+    pydantic."""
+    from pydantic import Field, model_validator
+    from pydantic_core import PydanticCustomError
 
-    batch: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
-    max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS_LIMIT)] | None = None
-    chunk: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
-    ranks: Annotated[int, Field(ge=RANKS_RANGE[0], le=RANKS_RANGE[1])] | None = None
-    devices: Annotated[int, Field(ge=1, le=4096)] | None = None
-    trace_lane: Annotated[int, Field(ge=0, le=MAX_BATCH - 1)] | None = None
+    from ascend_jax.schema import StrictModel
 
-    @model_validator(mode="after")
-    def _lane_seeds_fit(self) -> RunArgs:
-        if self.seed + self.batch - 1 > SEED_MAX:
-            raise PydanticCustomError(
-                "seed_range",
-                "lane seeds run from --seed to --seed + --batch - 1 = {last}, past {limit} (uint32)",
-                {"last": self.seed + self.batch - 1, "limit": SEED_MAX},
-            )
-        return self
+    class RunArgs(StrictModel):
+        """Numeric ``run`` arguments (``None``: not given)."""
+
+        batch: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1
+        seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
+        max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS_LIMIT)] | None = None
+        chunk: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
+        ranks: Annotated[int, Field(ge=RANKS_RANGE[0], le=RANKS_RANGE[1])] | None = None
+        devices: Annotated[int, Field(ge=1, le=4096)] | None = None
+        trace_lane: Annotated[int, Field(ge=0, le=MAX_BATCH - 1)] | None = None
+
+        @model_validator(mode="after")
+        def _lane_seeds_fit(self) -> RunArgs:
+            if self.seed + self.batch - 1 > SEED_MAX:
+                raise PydanticCustomError(
+                    "seed_range",
+                    "lane seeds run from --seed to --seed + --batch - 1 = {last}, past {limit} (uint32)",
+                    {"last": self.seed + self.batch - 1, "limit": SEED_MAX},
+                )
+            return self
+
+    return RunArgs
 
 
-def _validate_run_args(args: argparse.Namespace) -> RunArgs:
-    given = {k: getattr(args, k) for k in RunArgs.model_fields if getattr(args, k) is not None}
+def _validate_run_args(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from ascend_jax.schema import config_error
+
+    model = run_args_model()
+    given = {k: getattr(args, k) for k in model.model_fields if getattr(args, k) is not None}
     try:
-        return RunArgs.model_validate(given)
+        return model.model_validate(given)
     except ValidationError as e:
         err = config_error(e)
         if err.field == "scenario":  # the lane-seed rule spans two flags
@@ -213,6 +226,8 @@ def _main(argv: list[str]) -> int:
     except SystemExit as e:  # argparse: usage errors (2, message printed), --help and --version (0)
         return e.code if isinstance(e.code, int) else EXIT_INVALID
     if args.command == "schema":
+        from ascend_jax.schema import scenario_json_schema
+
         print(json.dumps(scenario_json_schema(), indent=2))
         return EXIT_OK
     if args.command == "models":
@@ -417,7 +432,7 @@ class _Activity:
             self._say(f"{self.what}: done in {time.perf_counter() - self._t0:.1f} s")
 
 
-def _run_cube(program, expected, path, nums: RunArgs, engine, schedule, atomic_order, out: _Outputs) -> int:
+def _run_cube(program, expected, path, nums, engine, schedule, atomic_order, out: _Outputs) -> int:
     from ascend_jax.cube_group.reference import run_reference
     from ascend_jax.cube_group.status import Status
     from ascend_jax.numerics import add_numpy_checks, numerics_report

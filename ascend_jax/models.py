@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ascend_jax.errors import ConfigError
-from ascend_jax.schema import did_you_mean
+from ascend_jax.limits import did_you_mean
 
 MODELS_ENV = "ASCEND_JAX_MODELS"
 #: ``--ranks`` range of the ring comm models (the range the tests cover).

@@ -14,7 +14,6 @@ types, keys, ranges and sizes.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
@@ -24,28 +23,21 @@ from pydantic_core import PydanticCustomError
 
 from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
 from ascend_jax.errors import ConfigError
+from ascend_jax.limits import (  # noqa: F401 (re-exported: the schema's limits)
+    GEOMETRY_MAX,
+    GM_LIMIT_BYTES,
+    INT32_MAX,
+    MAX_OPS,
+    MAX_RECEIVED_LIMIT,
+    MAX_SCENARIO_BYTES,
+    MAX_STEPS_LIMIT,
+    NAME_PATTERN,
+    NAME_RULE,
+    SEED_MAX,
+    did_you_mean,
+)
 
-# -- limits (each message names the limit) ---------------------------------------------------
-
-#: Largest scenario file read, bytes (a 1.7 M-op file took 96 s to check).
-MAX_SCENARIO_BYTES = 4 * 2**20
-#: Most ops in one scenario (all AIVs together).
-MAX_OPS = 100_000
-#: Largest ``max_steps``: the engines count steps in int32.
-MAX_STEPS_LIMIT = 2**31 - 1
-#: Largest per-AIC receive-log capacity (``max_received``): the log is a ``[lanes, AICs, N]`` array.
-MAX_RECEIVED_LIMIT = 2**17
-#: GM is addressed with int32 byte offsets.
-GM_LIMIT_BYTES = 2**31
-#: Largest value of any tiling field (TCubeTiling fields are int32).
-INT32_MAX = 2**31 - 1
-#: Seeds are uint32 (numpy and JAX PRNG keys).
-SEED_MAX = 2**32 - 1
-#: Geometry numbers (block_start, block_size, queues, barrier sizes) far above any chip's cores.
-GEOMETRY_MAX = 4096
-#: Names of groups, barriers and tensors: identifiers (they are printed and used as file names).
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
-NAME_RULE = "must be 1-64 characters: a letter or _ first, then letters, digits, _, . or -"
+# -- limits (each message names the limit): in ascend_jax.limits, re-exported here -------------
 
 STATE_NAMES = ("FREE", "VALID", "QUIT", "FAKE")
 DTYPE_NAMES = ("float16", "bfloat16", "float32", "int8", "int32", "half", "float", "bfloat16_t", "int8_t", "int32_t")
@@ -390,14 +382,6 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out or "scenario"
 
 
-def did_you_mean(word: Any, options: Any) -> str:
-    """``"did you mean 'x'? "`` for the closest option, or ``""``."""
-    if not isinstance(word, str):
-        return ""
-    close = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def _describe(err: Mapping[str, Any]) -> tuple[str, Any, str, str]:
     """(field, value, rule, fix) for one pydantic error."""
     kind, loc, value, ctx = err["type"], tuple(err["loc"]), err.get("input"), err.get("ctx") or {}
@@ -429,7 +413,7 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, Any, str, str]:
     if kind == "string_type":
         return field, value, "must be a string", "put it in double quotes"
     if kind == "greater_than_equal":
-        return field, value, f"must be >= {ctx['ge']}", ""
+        return field, value, f"must be >= {ctx['ge']}", f"use a value of at least {ctx['ge']}"
     if kind == "less_than_equal":
         return field, value, f"must be <= {ctx['le']} (the limit)", "use a smaller value"
     if kind == "string_pattern_mismatch":
