@@ -14,23 +14,26 @@ the system's temporary directory, never ``benchmarks/results/``), a PNG plot bes
 * ``jax`` rows: ``batch`` lanes of the same program in one ``ascend_jax.simulate`` call.
   ``wall_s`` / ``cpu_s``: wall and CPU seconds (user + sys of this process, every thread,
   ``resource.getrusage``) of the fastest warm call (best of ``REPEATS``, fewer once they take
-  ``WARM_MAX_TOTAL_S``); ``lane_s = wall_s / batch``; ``compile_s``: the first call's wall time
-  minus ``wall_s`` (``first_call_s`` is the first call's). ``bytes_per_lane``: ``ascend_jax.lane_bytes(program)`` (the engine state of one
+  ``WARM_MAX_TOTAL_S``; taken in turns with the plain jnp calls, :func:`time_interleaved`);
+  ``lane_s = wall_s / batch``; ``compile_s``: the first call's wall time minus ``wall_s``
+  (``first_call_s`` is the first call's). ``bytes_per_lane``: ``ascend_jax.lane_bytes(program)`` (the engine state of one
   lane; the op tables are one copy for the batch). ``rel_l2_error``: lane 0's dQ, dK, dV against
   the model's float64 backward (``expected``; the largest of the three; checked for S <= 2,048,
   and the run fails above the model's float16 tolerance).
 * ``plain_jnp_s``: :func:`plain_backward`, float32 ``jax.numpy`` (matmuls at
-  ``Precision.HIGHEST``, jit-compiled, warm, the fastest of ``PLAIN_REPEATS`` calls or more
-  while they total under ``PLAIN_MIN_TOTAL_S``) on the same Q, K, V, dO cast to float32,
-  ``batch`` problems stacked in one call, divided by ``batch``: dQ, dK, dV from Q, K, V, dO with
-  the softmax and O recomputed (6 matmuls of S x S x D). ``plain_jnp_o_lse_s``: the same backward
+  ``Precision.HIGHEST``, jit-compiled, warm, the fastest call of :func:`time_interleaved`'s
+  rounds) on the same Q, K, V, dO cast to float32, ``batch`` problems stacked in one call,
+  divided by ``batch``: dQ, dK, dV from Q, K, V, dO with the softmax and O recomputed (6 matmuls
+  of S x S x D). ``plain_jnp_o_lse_s``: the same backward
   given the forward's O and row log-sum-exp, as the kernel is (:func:`plain_backward_o_lse`, 5
   matmuls), the closer match of the kernel's work. ``plain_jnp_wall_s`` / ``plain_jnp_cpu_s``:
-  the first one's fastest call (all ``batch`` problems). Timed on JAX's default device, in the
-  same run as the simulator.
+  the first one's fastest call (all ``plain_batch`` problems). Timed on JAX's default device, in
+  the same run as the simulator, in turns with its calls. The printed ``cpu / cpu`` is the CPU-time
+  ratio per problem (less moved by other jobs on a shared machine than the wall-time ratio);
+  ``load_average_1m``: the machine's load when the row was measured.
 * ``reference`` row: ``ascend_jax.run_reference`` on one lane of the smallest ``--quick`` shape
-  (S = 512, D = 64, not causal; in a full run too), best of ``REPEATS``; its ``plain_jnp_s`` is
-  timed at batch 1.
+  (S = 512, D = 64, not causal; in a full run too), best of ``REPEATS`` (in turns with the plain
+  jnp calls); its ``plain_jnp_s`` is timed at batch 1.
 * Shapes: full run S in {2,048, 4,096} x D = 64 x causal or not, batches 2 and 8; ``--quick``
   (about two minutes on 2 cores): S in {512, 1,024}, batch 2.
 
@@ -63,8 +66,9 @@ FULL = {"s": (2048, 4096), "d": (64,), "causal": (False, True), "batch": (2, 8)}
 #: WARM_MAX_TOTAL_S seconds (full run, S = 4,096, batch 8: about a minute a call)
 REPEATS = 3
 WARM_MAX_TOTAL_S = 60.0
-#: the plain jnp calls are short: at least this many, and more while their total is under a second
-PLAIN_REPEATS, PLAIN_MIN_TOTAL_S = 5, 1.0
+#: per round of time_interleaved, each plain jnp backward: this many calls, and more while they
+#: total under PLAIN_ROUND_S seconds (the fastest call of every round is kept)
+PLAIN_CALLS, PLAIN_ROUND_S = 2, 0.5
 #: the kernel's blocking (attention_sweep's main grid)
 KERNEL = {"block": 128, "aics": 24}
 CHECK_UP_TO = 2048
@@ -157,18 +161,36 @@ def forward_o_lse(q, k, v, causal: bool) -> tuple[jax.Array, jax.Array]:
     return _mm(jnp.exp(s - lse[..., None]), v, "...ij,...jd->...id"), lse
 
 
-def time_plain(inputs: Sequence[np.ndarray], causal: bool, batch: int) -> tuple[Timing, Timing]:
-    """Fastest warm calls of :func:`plain_backward` and :func:`plain_backward_o_lse` on ``batch``
-    stacked copies of ``inputs`` (Q, K, V, dO as ``[S, D]``), on JAX's default device."""
+def time_interleaved(
+    engine: Callable[[], object], inputs: Sequence[np.ndarray], causal: bool, batch: int
+) -> tuple[Timing, Timing, Timing]:
+    """Fastest warm calls of ``engine()`` (a simulator call), :func:`plain_backward` and
+    :func:`plain_backward_o_lse`, the plain ones on ``batch`` stacked copies of ``inputs`` (Q, K, V,
+    dO as ``[S, D]``, cast to float32) on JAX's default device.
+
+    Measured in turns, so that both see the shared machine's quiet and busy moments alike: up to
+    ``REPEATS`` rounds (no new round once the engine's calls total ``WARM_MAX_TOTAL_S``), each one
+    ``engine()`` call and then, for each plain backward, ``PLAIN_CALLS`` calls or more while they
+    total under ``PLAIN_ROUND_S`` seconds. ``engine`` must be warm (compiled) already.
+    """
     q, k, v, do = (jax.device_put(np.broadcast_to(x.astype(np.float32), (batch, *x.shape)).copy()) for x in inputs)
     o, lse = jax.block_until_ready(forward_o_lse(q, k, v, causal))
-    full = partial(plain_backward, q, k, v, do, causal=causal)
-    given = partial(plain_backward_o_lse, q, k, v, do, o, lse, causal=causal)
-    times = []
-    for fn in (full, given):
+    plain = [
+        partial(plain_backward, q, k, v, do, causal=causal),
+        partial(plain_backward_o_lse, q, k, v, do, o, lse, causal=causal),
+    ]
+    for fn in plain:
         jax.block_until_ready(fn())  # compile and warm
-        times.append(best_of(lambda fn=fn: jax.block_until_ready(fn()), PLAIN_REPEATS, PLAIN_MIN_TOTAL_S))
-    return times[0], times[1]
+    best = [Timing(float("inf"), float("inf"))] * 3
+    engine_total = 0.0
+    for _ in range(REPEATS):
+        t = timed(engine)
+        engine_total += t.wall_s
+        times = [t] + [best_of(lambda fn=fn: jax.block_until_ready(fn()), PLAIN_CALLS, PLAIN_ROUND_S) for fn in plain]
+        best = [min(b, x, key=lambda y: y.wall_s) for b, x in zip(best, times, strict=True)]
+        if engine_total >= WARM_MAX_TOTAL_S:
+            break
+    return best[0], best[1], best[2]
 
 
 def jax_device() -> str:
@@ -203,8 +225,7 @@ def measure_shape(ag, build, pt: dict, batches: Sequence[int], device: str) -> t
         err = rel_l2(res[0], want) if want is not None else None
         if err is not None and not err <= ag.TOLERANCE["float16"]:
             raise AssertionError(f"{pt}: the simulator's dQ/dK/dV are off: relative L2 {err:.2e}")
-        warm = best_of(lambda lanes=lanes: aj.simulate(lanes), REPEATS, max_total_s=WARM_MAX_TOTAL_S)
-        plain, plain_given = time_plain(inputs, pt["causal"], batch)
+        warm, plain, plain_given = time_interleaved(lambda lanes=lanes: aj.simulate(lanes), inputs, pt["causal"], batch)
         rows.append(
             {
                 "engine": "jax",
@@ -220,6 +241,8 @@ def measure_shape(ag, build, pt: dict, batches: Sequence[int], device: str) -> t
                 "plain_jnp_o_lse_s": plain_given.wall_s / batch,
                 "plain_jnp_wall_s": plain.wall_s,
                 "plain_jnp_cpu_s": plain.cpu_s,
+                "plain_batch": batch,
+                "load_average_1m": os.getloadavg()[0],
                 "bytes_per_lane": bytes_per_lane,
                 "steps": int(res.steps[0]),
                 "vec_rows": vec_rows,
@@ -234,8 +257,8 @@ def measure_reference(p, pt: dict) -> dict:
     """The ``reference`` row: one lane of ``p`` in ``run_reference``."""
     import ascend_jax as aj
 
-    t = best_of(lambda: aj.run_reference(p), REPEATS, max_total_s=WARM_MAX_TOTAL_S)
-    plain, plain_given = time_plain([p.gm.read(n) for n in ("q", "k", "v", "do")], pt["causal"], 1)
+    inputs = [p.gm.read(n) for n in ("q", "k", "v", "do")]
+    t, plain, plain_given = time_interleaved(lambda: aj.run_reference(p), inputs, pt["causal"], 1)
     row = {
         "engine": "reference",
         "device": "cpu:host",
@@ -249,6 +272,8 @@ def measure_reference(p, pt: dict) -> dict:
         "plain_jnp_o_lse_s": plain_given.wall_s,
         "plain_jnp_wall_s": plain.wall_s,
         "plain_jnp_cpu_s": plain.cpu_s,
+        "plain_batch": 1,
+        "load_average_1m": os.getloadavg()[0],
     }
     report(row)
     return row
@@ -260,7 +285,8 @@ def report(r: dict) -> None:
         f"lane {r['lane_s'] * 1e3:9.1f} ms (cpu {r['cpu_s'] / r['batch'] * 1e3:9.1f}), "
         f"plain jnp {r['plain_jnp_s'] * 1e3:8.2f} ms ({r['plain_jnp_o_lse_s'] * 1e3:8.2f} given O, lse), "
         f"lane / plain {r['lane_s'] / r['plain_jnp_s']:7.1f}x ({r['lane_s'] / r['plain_jnp_o_lse_s']:7.1f}x), "
-        f"compile {r['compile_s']:5.2f} s",
+        f"cpu / cpu {r['cpu_s'] / r['plain_jnp_cpu_s'] * r['plain_batch'] / r['batch']:7.1f}x, "
+        f"compile {r['compile_s']:5.2f} s, load {r['load_average_1m']:.1f}",
         flush=True,
     )
 
@@ -337,7 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "schedule": "lockstep",
         "repeats": REPEATS,
         "plain_jnp": "float32 jax.numpy, Precision.HIGHEST, jit, warm, batch problems per call / batch",
-        "plain_repeats": {"min_calls": PLAIN_REPEATS, "min_total_s": PLAIN_MIN_TOTAL_S},
+        "timing": {
+            "rounds": REPEATS,
+            "engine_max_total_s": WARM_MAX_TOTAL_S,
+            "plain_calls_per_round": PLAIN_CALLS,
+            "plain_round_s": PLAIN_ROUND_S,
+        },  # fmt: skip
         "total_s": time.perf_counter() - t0,
         "load_average": list(os.getloadavg()),
     }

@@ -31,6 +31,7 @@ Writes ``{"meta": {...}, "ratios": [...], "results": [{"engine", "device", "devi
   ``measured_lanes`` lanes for the sequential engines, the best end-to-end ``simulate()`` for
   ``jax`` (``engine_wall_s`` / ``engine_cpu_s``: its best compiled-loop pass). CPU above wall
   means several threads; wall well above CPU means the shared machine kept this process waiting.
+  ``load_average_1m``: the machine's load when the row was written.
 * ``bytes_per_lane`` (``jax`` rows and ``meta``): ``ascend_jax.lane_bytes(program)``, the bytes
   of one lane's engine state (every leaf of ``init_state``, shapes from ``jax.eval_shape``: GM,
   slots, counters, logs). The op tables are not in it: every lane runs the same program object, so
@@ -218,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "compile_s": extra.pop("compile_s", 0.0),
             "wall_s": t.wall_s,
             "cpu_s": t.cpu_s,
+            "load_average_1m": os.getloadavg()[0],
             **extra,
         }
         rows.append(row)
