@@ -314,3 +314,33 @@ def test_attention_grad_follower_delay_of_2_31_cycles():
     # the follower's delay is on the critical path: the kernel ends BIG - 10**6 cycles later, exactly
     assert big.timing["kernel_cycles"] == mid.timing["kernel_cycles"] + BIG - 10**6
     assert run(BIG, "jax").to_json() == big.to_json()
+
+
+def test_clock_pairs_add_exactly_and_alike_in_numpy_and_jax():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ascend_jax.cube_group import clock
+    from ascend_jax.cube_group.clock import Cycles
+
+    rng = np.random.default_rng(0)
+    lanes, n = 16, 64
+    whole = rng.integers(0, BIG, (n, lanes), dtype=np.int64).astype(np.int32)  # delays
+    frac = (rng.integers(0, 2**16, (n, lanes)) / 32).astype(np.float32)  # durations in 1/32 cycles
+    add = jax.jit(clock.add)
+    acc_j = (jnp.zeros(lanes, jnp.float32), jnp.zeros(lanes, jnp.float32))
+    acc_n = [Cycles()] * lanes
+    exact = np.zeros(lanes, np.float64)  # < 2**53 and in 1/32 steps: float64 is exact here
+    for i in range(n):
+        d = clock.of_int32(jnp.asarray(whole[i]), jnp)
+        acc_j = add(add(acc_j, d), (jnp.asarray(frac[i]), jnp.zeros(lanes, jnp.float32)))
+        acc_n = [a + int(w) + f for a, w, f in zip(acc_n, whole[i], frac[i], strict=True)]
+        exact += whole[i].astype(np.float64) + frac[i].astype(np.float64)
+    hi, lo = (np.asarray(w) for w in acc_j)
+    assert (hi == np.array([a[0] for a in acc_n])).all() and (lo == np.array([a[1] for a in acc_n])).all()
+    assert (clock.to_float(acc_j) == exact).all()  # every cycle and 1/32 cycle kept, up to ~2**37
+    assert (hi == exact.astype(np.float32)).all()  # normalised: the high word is the float32 rounding
+    # order and equality follow the value
+    a, b = Cycles.of(BIG), Cycles.of(BIG - 1)
+    assert b < a and a > b and a == Cycles.of(BIG) and a != b and float(a - b) == 1.0

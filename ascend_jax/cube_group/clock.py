@@ -37,11 +37,10 @@ def fast_two_sum(a: Any, b: Any) -> tuple[Any, Any]:
 
 
 def add(x: tuple, y: tuple) -> tuple:
-    """``x + y`` of two pairs, normalised."""
+    """``x + y`` of two pairs, normalised: the high words' exact sum, the low words added to its
+    error (exact while the low words' sum fits 24 bits, as it does for whole and 1/2**k cycles)."""
     s, e = two_sum(x[0], y[0])
-    t, f = two_sum(x[1], y[1])
-    s, e = fast_two_sum(s, e + t)
-    return fast_two_sum(s, e + f)
+    return fast_two_sum(s, e + (x[1] + y[1]))
 
 
 def sub(x: tuple, y: tuple) -> tuple:
