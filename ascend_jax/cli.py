@@ -177,9 +177,127 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a scenario without running it (imports no user code)")
     check.add_argument("file")
     check.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    _sweep_parser(sub)
     sub.add_parser("models", help="list the models --model accepts, with a one-line description")
     sub.add_parser("schema", help="print the JSON Schema of the scenario format (for TOML editors)")
     return ap
+
+
+#: ``sweep``'s ring collectives and point-to-point model (``ascend_jax.aicpu.sweep.OPS``).
+SWEEP_MODELS = ("allreduce", "allgather", "reduce_scatter", "p2p_send_recv")
+#: ``sweep``'s data types (``ascend_jax.aicpu.sweep.DTYPES``, nccl-tests' names).
+SWEEP_DTYPES = ("float", "half", "bfloat16", "int32", "int8")
+#: Largest ``sweep`` message size, bytes (-b / -e).
+SWEEP_MAX_BYTES = 64 * 2**20
+#: Largest ``sweep`` ranks x largest size, bytes: every rank's buffers together. A sweep holds about
+#: 40 host bytes per simulated byte (measured: 8 ranks up to 16 MiB peaked at 5.2 GB in 45 s), so
+#: this keeps one sweep near 2.5 GB of memory.
+SWEEP_MAX_TOTAL_BYTES = 64 * 2**20
+#: ``sweep`` rank counts: rings 2..64 (``World``'s limit), ``p2p_send_recv`` exactly 2.
+SWEEP_RANKS = (2, 64)
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def _sweep_parser(sub) -> None:
+    sw = sub.add_parser(
+        "sweep",
+        help="a simulated collective over message sizes, printed like nccl-tests (simulated time, not measured)",
+        description="Runs a ring collective (or a send / receive) for every size from -b to -e (times -f), out of "
+        "place and in place, and prints nccl-tests' table: size, count, type, redop, time, algbw, busbw, "
+        "#wrong. Times are simulated device time from the comm cost model.",
+    )
+    sw.add_argument("--model", "-m", default="allreduce", help=f"one of {', '.join(SWEEP_MODELS)} (default allreduce)")
+    sw.add_argument("-b", "--minbytes", default="1K", help="smallest size, bytes; suffixes K, M, G (default 1K)")
+    sw.add_argument("-e", "--maxbytes", default="1M", help="largest size, bytes; suffixes K, M, G (default 1M)")
+    sw.add_argument("-f", "--stepfactor", default="2", help="multiply the size by this factor, >= 2 (default 2)")
+    sw.add_argument("-g", "--ranks", default=None, help="ranks: 2..64 for rings (default 8); p2p_send_recv: 2")
+    sw.add_argument("--dtype", "-d", default="float", help=f"one of {', '.join(SWEEP_DTYPES)} (p2p: float)")
+    sw.add_argument("--engine", default="reference", help="reference (default; no compile) or jax (one batch)")
+    sw.add_argument("--json", action="store_true", help="print the sweep as JSON (rows, average busbw, cost model)")
+    sw.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+
+def parse_size(flag: str, text: str) -> int:
+    """nccl-tests' size syntax: an integer number of bytes with an optional binary suffix K, M or G
+    (``1K`` = 1024); raises :class:`ConfigError` naming ``flag`` otherwise."""
+    t = str(text).strip().upper().removesuffix("B")
+    digits, unit = (t[:-1], t[-1]) if t[-1:] in "KMG" and t[-1:] else (t, "")
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 12):
+        raise ConfigError(flag, text, "must be a whole number of bytes, optionally with K, M or G (x1024)",
+                          "e.g. 8, 1K, 64M")  # fmt: skip
+    value = int(digits) * _SIZE_UNITS[unit]
+    if not 1 <= value <= SWEEP_MAX_BYTES:
+        raise ConfigError(flag, text, f"must be 1 .. {SWEEP_MAX_BYTES} bytes (64M, the sweep's limit)",
+                          "give a size in 1..64M")  # fmt: skip
+    return value
+
+
+def _whole(flag: str, text: str, lo: int, hi: int, fix: str) -> int:
+    t = str(text).strip()
+    if not (t.isascii() and t.isdigit() and len(t) <= 12) or not lo <= int(t) <= hi:
+        raise ConfigError(flag, text, f"must be a whole number in {lo}..{hi}", fix)
+    return int(t)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``ascend-jax sweep``: validates every flag, then runs :func:`ascend_jax.aicpu.sweep.run_sweep`
+    size by size; prints nccl-tests' lines or the JSON; exit 3 if an element is wrong or a run failed."""
+    from ascend_jax.limits import did_you_mean
+
+    op = args.model
+    if op not in SWEEP_MODELS:
+        raise ConfigError("--model", op, f"sweep runs one of {list(SWEEP_MODELS)}",
+                          (did_you_mean(op, SWEEP_MODELS) + "e.g. --model allreduce").strip())  # fmt: skip
+    if args.dtype not in SWEEP_DTYPES:
+        raise ConfigError("--dtype", args.dtype, f"must be one of {list(SWEEP_DTYPES)} (nccl-tests' names)",
+                          (did_you_mean(args.dtype, SWEEP_DTYPES) + "e.g. --dtype float").strip())  # fmt: skip
+    if args.engine not in ("reference", "jax"):
+        raise ConfigError("--engine", args.engine, "must be reference or jax", "e.g. --engine reference")
+    p2p = op == "p2p_send_recv"
+    if p2p:
+        ranks = _whole("-g", args.ranks or "2", 2, 2, "p2p_send_recv has 2 ranks: leave -g out")
+        if args.dtype != "float":
+            raise ConfigError("--dtype", args.dtype, "p2p_send_recv sends float data only", "leave --dtype out")
+    else:
+        ranks = _whole("-g", args.ranks or "8", *SWEEP_RANKS, f"give -g in {SWEEP_RANKS[0]}..{SWEEP_RANKS[1]}")
+    lo, hi = parse_size("-b", args.minbytes), parse_size("-e", args.maxbytes)
+    factor = _whole("-f", args.stepfactor, 2, 2**20, "e.g. -f 2 (each size twice the last)")
+    if lo > hi:
+        raise ConfigError("-b", args.minbytes, f"is above -e {args.maxbytes} ({lo} > {hi} bytes)",
+                          "give -b <= -e")  # fmt: skip
+    if ranks * hi > SWEEP_MAX_TOTAL_BYTES:
+        raise ConfigError("-e", args.maxbytes, f"{ranks} ranks x {hi} bytes = {ranks * hi} bytes of simulated "
+                          f"buffers is over the sweep's {SWEEP_MAX_TOTAL_BYTES} (about 40 host bytes each)",
+                          f"lower -e to {SWEEP_MAX_TOTAL_BYTES // ranks} or -g")  # fmt: skip
+    from ascend_jax.aicpu.codes import numpy_dtype
+    from ascend_jax.aicpu.sweep import DTYPES, average_busbw, nccl_lines, run_sweep, sizes
+    from ascend_jax.aicpu.tasks import CommCost
+
+    itemsize = numpy_dtype(int(DTYPES[args.dtype])).itemsize
+    byte_sizes = list(dict.fromkeys(sizes(lo, hi, factor, 1 if p2p else ranks, itemsize)))
+    cost = CommCost()
+    what = f"sweeping {op} on {ranks} ranks over {len(byte_sizes)} sizes ({args.engine} engine)"
+    with _Activity(what, total=len(byte_sizes), unit="sizes") as act:
+        if args.engine == "jax":
+            rows = run_sweep(op, ranks, byte_sizes, args.dtype, cost, engine="jax")
+            act.advance(len(byte_sizes))
+        else:
+            rows = []
+            for size in byte_sizes:
+                rows += run_sweep(op, ranks, [size], args.dtype, cost, engine="reference")
+                act.advance()
+    bad = sum(r[k]["wrong"] + (r[k]["status"] != "ok") for r in rows for k in ("out_of_place", "in_place"))
+    if args.json:
+        from ascend_jax.jsonsafe import dumps_strict
+
+        doc = {"op": op, "ranks": ranks, "dtype": args.dtype, "engine": args.engine,
+               "cost": dataclasses.asdict(cost), "rows": rows, "avg_busbw": average_busbw(rows)}  # fmt: skip
+        print(dumps_strict(doc, indent=2))
+    else:
+        shown = {"min_bytes": lo, "max_bytes": hi, "factor": factor, "dtype": args.dtype, "engine": args.engine}
+        for line in nccl_lines(rows, op, ranks, shown, cost):
+            print(line)
+    return EXIT_NOT_OK if bad else EXIT_OK
 
 
 def printable(text: Any) -> str:
@@ -230,6 +348,8 @@ def _main(argv: list[str]) -> int:
 
         print(json.dumps(scenario_json_schema(), indent=2))
         return EXIT_OK
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "models":
         from ascend_jax.models import model_table
 
@@ -393,18 +513,36 @@ class _Outputs:
 
 
 class _Activity:
-    """Tells stderr what a step that takes more than about a second is doing.
+    """Tells stderr what a step that takes more than about a second is doing, with its progress.
 
-    After ``delay`` seconds it prints ``ascend-jax: <what> ...``; when stderr is not a terminal (no
-    progress bar can show there) it repeats ``still <what> (N s)`` every ``every`` seconds; at the
-    end, if it said anything, ``<what>: done in N s``. stdout (``--json``) is never written.
+    After ``delay`` seconds: on a terminal, a rich progress line (spinner, ``what``, and with a
+    ``total`` a bar, units done / ``total``, elapsed and ETA) until the end; elsewhere (a pipe, a
+    file) ``ascend-jax: <what> ...`` and every ``every`` seconds ``still <what> (done/total units,
+    N s elapsed, ETA M s)``; at the end, if it said anything, ``<what>: done in N s``. The work
+    calls :meth:`advance` per unit. stdout (``--json``) is never written.
     """
 
-    def __init__(self, what: str, delay: float = 1.0, every: float = 15.0):
+    def __init__(self, what: str, delay: float = 1.0, every: float = 15.0, total: int | None = None,
+                 unit: str = "lanes"):  # fmt: skip
         self.what, self.delay, self.every = what, delay, every
+        self.total, self.unit, self.done = total, unit, 0
         self.said = False
         self._stop = threading.Event()
         self._t0 = 0.0
+
+    def advance(self, n: int = 1) -> None:
+        """``n`` more units done."""
+        self.done += n
+
+    def progress_text(self) -> str:
+        """``done/total units, N s elapsed, ETA M s`` (without a total: the elapsed time)."""
+        elapsed = time.perf_counter() - self._t0
+        text = f"{elapsed:.0f} s elapsed"
+        if self.total:
+            text = f"{self.done}/{self.total} {self.unit}, " + text
+            if 0 < self.done < self.total:
+                text += f", ETA {elapsed / self.done * (self.total - self.done):.0f} s"
+        return text
 
     def _say(self, text: str) -> None:
         print(f"ascend-jax: {text}", file=sys.stderr, flush=True)
@@ -413,11 +551,21 @@ class _Activity:
         if self._stop.wait(self.delay):
             return
         self.said = True
-        self._say(f"{self.what} ...")
         if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
+            columns = [SpinnerColumn(), TextColumn(safe(self.what))]
+            columns += [BarColumn()] if self.total else []
+            with Progress(*columns, TextColumn("{task.fields[info]}"), console=Console(stderr=True)) as bar:
+                task = bar.add_task("", total=self.total, info="")
+                while not self._stop.wait(0.2):
+                    bar.update(task, completed=self.done, info=self.progress_text())
+                bar.update(task, completed=self.done, info=self.progress_text())
             return
+        self._say(f"{self.what} ...")
         while not self._stop.wait(self.every):
-            self._say(f"still {self.what} ({time.perf_counter() - self._t0:.0f} s)")
+            self._say(f"still {self.what} ({self.progress_text()})")
 
     def __enter__(self) -> _Activity:
         self._t0 = time.perf_counter()
@@ -473,7 +621,7 @@ def _run_cube(program, expected, path, nums, engine, schedule, atomic_order, out
         res_json = results[0].to_json()
         if nums.batch > 1:
             res_json["batch"] = results.batch_json() if hasattr(results, "batch_json") else _batch_json(results)
-        print(json.dumps(res_json, indent=2))
+        _print_json(res_json)
     lines = _summary_lines(results, str(path), engine, schedule, atomic_order, elapsed)
     if not out.as_json:
         _emit(lines)
@@ -519,6 +667,14 @@ def _trace_and_report(program, results, seeds, engine, schedule, atomic_order, e
             files = write_cube_report(out.report, program, results, lane, (rec, events), schedule, atomic_order,
                                       engine, elapsed, lines)  # fmt: skip
         _note(f"report written to {printable(out.report)}: {', '.join(files)}")
+
+
+def _print_json(doc: dict[str, Any]) -> None:
+    """Prints a result JSON of ``run`` with the package ``version`` added, as strict JSON: every
+    non-finite float is ``null`` with a ``<key>_null_reason`` beside it (:mod:`ascend_jax.jsonsafe`)."""
+    from ascend_jax.jsonsafe import dumps_strict
+
+    print(dumps_strict({**doc, "version": package_version()}, indent=2))
 
 
 def _note(text: str) -> None:
@@ -583,7 +739,7 @@ def _run_comm(program, expected, args: argparse.Namespace, out: _Outputs) -> int
             f"stuck: rank {h['rank']} queue {printable(h['queue'])} at task {h['task']} {printable(h['label'])}{waits}"
         )
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        _print_json(result.to_json())
     else:
         _emit(lines)
     if out.trace is not None:
@@ -639,7 +795,7 @@ def _run_comm_batch(program, expected, args: argparse.Namespace) -> int:
     if args.json:
         out = results[0].to_json()
         out["batch"] = rows
-        print(json.dumps(out, indent=2))
+        _print_json(out)
     else:
         counts = Counter(r["status"] for r in rows)
         bad = sum(not r["numerics_ok"] for r in rows)

@@ -38,6 +38,7 @@ def run_json(capsys, *argv):
 def test_run_json_contract(capsys, engine):
     code, out = run_json(capsys, "models/merge_example.toml", "--engine", engine)
     assert code == 0
+    assert out.pop("version") == aj.__version__  # the CLI adds the package version
     assert out == {
         "scenario": "merge-example",
         "status": "ok",

@@ -83,3 +83,122 @@ def test_version_and_models_import_no_pydantic(argv):
 def test_run_args_still_validated_lazily(capsys):
     _refused(capsys, ["run", "--seed", "4294967295", "--batch", "2"], "--seed", "4294967295", "uint32")
     _refused(capsys, ["run", "--batch", "0"], "--batch", "= 0", ">= 1")
+
+
+# -- item 1: ascend-jax sweep ----------------------------------------------------------------
+
+
+def test_sweep_prints_the_nccl_tests_layout(capsys):
+    code, out, err = _cli(capsys, "sweep", "--model", "reduce_scatter", "-b", "256", "-e", "1K", "-f", "2", "-g", "4")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "# ascend-jax sweep: simulated ring reduce_scatter on 4 ranks"
+    assert "SIMULATED" in lines[1]
+    assert "minBytes 256 maxBytes 1024 step: 2(factor) ranks: 4 dtype: float engine: reference" in lines[2]
+    data = [ln.split() for ln in lines if not ln.startswith("#")]
+    assert [row[:5] for row in data] == [
+        ["256", "64", "float", "sum", "-1"],
+        ["512", "128", "float", "sum", "-1"],
+        ["1024", "256", "float", "sum", "-1"],
+    ]
+    assert all(row[8] == "0" and row[12] == "0" for row in data)  # #wrong, out of place and in place
+    assert "# Out of bounds values : 0 OK" in lines
+
+
+def test_sweep_json_is_strict_and_complete(capsys):
+    code, out, _ = _cli(capsys, "sweep", "--model", "allgather", "-b", "8", "-e", "64", "-f", "4", "-g", "2",
+                        "--dtype", "half", "--json")  # fmt: skip
+    assert code == 0
+    doc = _no_nan(out)
+    assert set(doc) == {"op", "ranks", "dtype", "engine", "cost", "rows", "avg_busbw"}
+    assert (doc["op"], doc["ranks"], doc["dtype"], doc["engine"]) == ("allgather", 2, "half", "reference")
+    assert [r["size"] for r in doc["rows"]] == [8, 32]  # -b 8 is already one half per rank; x4 up to 64
+    assert doc["cost"]["link_bw"] > 0 and doc["avg_busbw"] > 0
+    assert all(r[k]["status"] == "ok" and r[k]["wrong"] == 0 for r in doc["rows"] for k in ("out_of_place", "in_place"))
+
+
+def test_sweep_raises_a_small_size_to_one_element_per_rank(capsys):
+    code, out, _ = _cli(capsys, "sweep", "-b", "1", "-e", "64", "-g", "4", "--json")
+    assert code == 0
+    assert [r["size"] for r in json.loads(out)["rows"]] == [16, 32, 64]  # 1, 2, 4, 8 and 16 bytes -> 16, once
+
+
+def test_sweep_exits_3_when_elements_are_wrong(capsys):
+    # int8 sums of 8 ranks wrap around: nccl-tests' #wrong, exit 3
+    code, out, _ = _cli(capsys, "sweep", "--dtype", "int8", "-g", "8", "-b", "128", "-e", "128")
+    assert code == 3
+    assert "FAILED" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["-b", "0"], ["-b = '0'", "1 .. 67108864 bytes"]),
+        (["-b", "1X"], ["-b = '1X'", "K, M or G"]),
+        (["-b", "1e3"], ["-b = '1e3'", "whole number of bytes"]),
+        (["-b", "99999999999999999999"], ["-b = '9999", "whole number"]),
+        (["-e", "65M"], ["-e = '65M'", "64M"]),
+        (["-e", "-1"], ["-e = '-1'", "whole number"]),
+        (["-b", "8K", "-e", "1K"], ["-b = '8K'", "above -e"]),
+        (["-f", "1"], ["-f = '1'", "2..1048576"]),
+        (["-f", "two"], ["-f = 'two'", "whole number"]),
+        (["-g", "65"], ["-g = '65'", "2..64"]),
+        (["-g", "1"], ["-g = '1'", "2..64"]),
+        (["-g", "64", "-e", "2M"], ["-e = '2M'", "64 ranks x 2097152 bytes"]),
+        (["--model", "p2p_send_recv", "-g", "4"], ["-g = '4'", "2 ranks"]),
+        (["--model", "p2p_send_recv", "--dtype", "half"], ["--dtype = 'half'", "float data only"]),
+        (["--dtype", "fp8"], ["--dtype = 'fp8'", "nccl-tests' names"]),
+        (["--model", "alreduce"], ["--model = 'alreduce'", "did you mean 'allreduce'"]),
+        (["--model", "../x.py"], ["--model = '../x.py'", "sweep runs one of"]),
+        (["--engine", "gpu"], ["--engine = 'gpu'", "reference or jax"]),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0].startswith("-") else "",
+)
+def test_sweep_refuses_bad_flags(capsys, argv, words):
+    _refused(capsys, ["sweep", *argv], *words)
+
+
+# -- item 2: strict JSON with the package version --------------------------------------------
+
+HUGE_ANSWER = '''"""atomic_accumulate with a numpy answer of 1e300s: its relative L2 error is inf / inf = NaN."""
+import numpy as np
+from ascend_jax.scenario import load_scenario
+
+def build(seed: int = 0):
+    return load_scenario({path!r})
+
+def expected(program):
+    return {{"c": np.full((32, 32), 1e300)}}
+'''
+
+
+def test_run_json_is_strict_with_null_and_a_reason(capsys, tmp_path, monkeypatch):
+    import ascend_jax
+
+    (tmp_path / "acc_huge.py").write_text(HUGE_ANSWER.format(path=str(ROOT / "models" / "atomic_accumulate.toml")))
+    monkeypatch.setenv("ASCEND_JAX_MODELS", str(tmp_path))
+    code, out, _ = _cli(capsys, "run", "--model", "acc_huge", "--json")
+    assert code == 3  # the numpy check fails
+    doc = _no_nan(out)  # json.dumps would have written NaN here
+    check = doc["numerics"]["c"]["numpy_check"]
+    assert check["rel_l2_error"] is None and check["rel_l2_error_null_reason"].startswith("was NaN")
+    assert doc["version"] == ascend_jax.__version__
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "models/merge_example.toml", "--json"],
+        ["run", "--model", "p2p_send_recv", "--json"],
+        ["run", "--model", "allreduce", "--ranks", "3", "--batch", "2", "--engine", "reference", "--json"],
+    ],
+    ids=" ".join,
+)
+def test_every_run_json_has_the_version(capsys, argv):
+    import ascend_jax
+
+    code, out, _ = _cli(capsys, *argv)
+    assert code == 0
+    doc = _no_nan(out)
+    assert doc["version"] == ascend_jax.__version__
+    assert len(doc.get("batch", [0, 0])) == 2
