@@ -215,7 +215,8 @@ class GlobalMemory:
             raise ConfigError(f"{where}.init", init, "must be 'zeros', 'random' or a path to a .npy file")
         if tuple(data.shape) != t.shape:
             raise ConfigError(f"{where}.init", f"array of shape {tuple(data.shape)}", f"must have shape {t.shape}")
-        return np.asarray(data).astype(t.dtype)
+        with np.errstate(all="ignore"):  # a value beyond the type becomes Inf, as the device stores it
+            return np.asarray(data).astype(t.dtype)
 
     # -- host access -----------------------------------------------------------------------
     def tensor(self, name: str | Tensor, field: str = "tensor") -> Tensor:
@@ -299,6 +300,19 @@ class GlobalMemory:
         return paths
 
 
+def _inside(value: str, base_dir: Path | None, field: str) -> Path:
+    """A relative data path resolved against ``base_dir`` (the working directory when None); an
+    absolute path, or one that leaves that folder, is a :class:`ConfigError`."""
+    root = (base_dir if base_dir is not None else Path.cwd()).resolve()
+    if Path(value).is_absolute():
+        raise ConfigError(field, value, "is an absolute path: data paths may not leave the scenario's folder",
+                          "put the file beside the scenario and name it relatively")  # fmt: skip
+    p = (root / value).resolve()
+    if not p.is_relative_to(root):
+        raise ConfigError(field, value, "leaves the scenario's folder", "put the file beside the scenario")
+    return p
+
+
 def tensors_from_tables(tables: Any, base_dir: Path | None = None, field: str = "tensor") -> GlobalMemory:
     """Builds a :class:`GlobalMemory` from scenario ``[[tensor]]`` tables (name, shape, dtype, init, seed)."""
     gm = GlobalMemory()
@@ -319,8 +333,8 @@ def tensors_from_tables(tables: Any, base_dir: Path | None = None, field: str = 
             if key not in t:
                 raise ConfigError(f"{where}.{key}", None, "is required")
         init = t.get("init", "zeros")
-        if isinstance(init, str) and init.endswith(".npy") and base_dir is not None and not Path(init).is_absolute():
-            init = str(base_dir / init)
+        if isinstance(init, str) and init.endswith(".npy"):
+            init = str(_inside(init, base_dir, f"{where}.init"))
         gm.alloc(t["name"], t["shape"], t["dtype"], init, t.get("seed", 0), where)
     return gm
 

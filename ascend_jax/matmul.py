@@ -30,6 +30,7 @@ Numerics of the cube unit (Atlas A2), as modelled:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,16 @@ SUPPORTED = {
     "bfloat16": ("float32", _FLOATS, ("float32", "float16")),
     "float32": ("float32", _FLOATS, ("float32", "float16")),
     "int8": ("int32", ("int32", "float16"), ("int32",)),
+}
+
+#: The narrower set a scenario (TOML) accepts, after docs/reference/scenario.md: (A type) -> (C types,
+#: bias types). Nothing in a scenario sets the dequantisation scale (``SetQuantScalar`` is a Python
+#: call), so int8 inputs give int32 only; bfloat16 and float32 inputs take a float32 bias.
+SCENARIO_SUPPORTED = {
+    "float16": (_FLOATS, ("float16", "float32")),
+    "bfloat16": (_FLOATS, ("float32",)),
+    "float32": (_FLOATS, ("float32",)),
+    "int8": (("int32",), ("int32",)),
 }
 
 #: Relative-L2 tolerance against the float64 reference, by C type. fp16 / bf16: 8 unit roundoffs
@@ -141,6 +152,30 @@ class MatmulType:
             if key not in allowed:
                 raise ConfigError(f"{field}.{key}", table[key], f"unknown key; allowed: {sorted(allowed)}")
         return cls(**table)
+
+
+def check_scenario_types(table: Any, field: str = "matmul") -> MatmulType:
+    """The Matmul type of a scenario's ``[[group]] matmul`` table: :meth:`MatmulType.from_table`,
+    then the scenario's narrower combinations (:data:`SCENARIO_SUPPORTED`). Raises
+    :class:`ConfigError` naming ``{field}.c`` or ``{field}.bias``; returns the type."""
+    mt = MatmulType.from_table(table, field)
+    cs, biases = SCENARIO_SUPPORTED[mt.a]
+    if mt.c not in cs:
+        raise ConfigError(
+            f"{field}.c",
+            mt.c,
+            f"in a scenario {mt.a} inputs give C in {list(cs)} (a float16 C from int8 needs SetQuantScalar, "
+            "which nothing in a scenario calls)",
+            f"use c = {cs[0]!r}, or build the kernel in Python and call mm.set_quant_scalar",
+        )
+    if mt.bias not in biases:
+        raise ConfigError(
+            f"{field}.bias",
+            mt.bias,
+            f"in a scenario {mt.a} inputs take a bias in {list(biases)}",
+            f"use bias = {biases[-1]!r}",
+        )
+    return mt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,6 +577,19 @@ def check_operands(mt: MatmulType, bounds: Any, d: dict[str, Any], xp: Any = np)
     return ok, bad
 
 
+def quiet_fp(fn):
+    """Runs ``fn`` under ``np.errstate(all="ignore")``: NaN and Inf are data here (an injected NaN,
+    an overflowing float16), counted by the numerics report, so numpy's RuntimeWarnings would only
+    be noise on stderr."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 # -- JAX compute ---------------------------------------------------------------------------
 
 
@@ -578,6 +626,7 @@ def compute_tiles(
     return acc.astype(mt.dtype("c"))
 
 
+@quiet_fp
 def combine(mt: MatmulType, old: Any, new: Any, atomic: Any, xp: Any = None) -> Any:
     """GM write of a C tile: atomic add (1) / max (2) / min (3) in the C type, else a store
     (``xp``: the array module, ``jax.numpy`` by default, ``numpy`` in the reference)."""
@@ -613,6 +662,7 @@ def np_store(image: np.ndarray, addr: int, stride: int, value: np.ndarray) -> No
     image[idx] = np.ascontiguousarray(value).view(np.uint8).reshape(rows, cols, value.dtype.itemsize)
 
 
+@quiet_fp
 def hw_matmul(
     mt: MatmulType, tiling: TCubeTiling, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, scale: float = 1.0
 ) -> np.ndarray:
@@ -629,6 +679,7 @@ def hw_matmul(
     return acc.astype(mt.dtype("c"))
 
 
+@quiet_fp
 def exact_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, scale: float = 1.0) -> np.ndarray:
     """float64 reference of one tile: ``(bias + a @ b) * scale`` with no rounding."""
     out = a.astype(np.float64) @ b.astype(np.float64)
@@ -636,6 +687,7 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, scale: f
     return out * scale if scale != 1.0 else out
 
 
+@quiet_fp
 def exact_combine(old: np.ndarray, new: np.ndarray, atomic: int) -> np.ndarray:
     if atomic == ATOMIC_ADD:
         return old + new
@@ -646,6 +698,7 @@ def exact_combine(old: np.ndarray, new: np.ndarray, atomic: int) -> np.ndarray:
     return new
 
 
+@quiet_fp
 def rel_l2(sim: np.ndarray, ref: np.ndarray) -> float:
     sim = sim.astype(np.float64)
     ref = ref.astype(np.float64)

@@ -28,6 +28,7 @@ from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
 from ascend_jax.cube_group.status import AivCall
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import DTYPE_ALIASES, DTYPES, GlobalMemory
+from ascend_jax.matmul import check_scenario_types
 from ascend_jax.message import MESSAGE_TYPES
 from ascend_jax.schema import GM_LIMIT_BYTES, MAX_SCENARIO_BYTES, Scenario, did_you_mean, validate_document
 
@@ -111,17 +112,16 @@ def resolve_data_path(value: str, base_dir: Path | None, field: str, limit: int 
     folder) and may not leave it; the file must be a regular file of at most ``limit`` bytes."""
     raw = Path(value)
     if raw.is_absolute():
-        p = raw
-    else:
-        root = (base_dir if base_dir is not None else Path.cwd()).resolve()
-        p = (root / raw).resolve()
-        if not p.is_relative_to(root):
-            raise ConfigError(
-                field,
-                value,
-                "leaves the scenario's folder",
-                "put the file beside the scenario (or give an absolute path)",
-            )
+        raise ConfigError(
+            field,
+            value,
+            "is an absolute path: data paths may not leave the scenario's folder",
+            "put the file beside the scenario and name it relatively",
+        )
+    root = (base_dir if base_dir is not None else Path.cwd()).resolve()
+    p = (root / raw).resolve()
+    if not p.is_relative_to(root):
+        raise ConfigError(field, value, "leaves the scenario's folder", "put the file beside the scenario")
     try:
         if not p.exists():
             raise ConfigError(
@@ -272,6 +272,8 @@ def build_kernel(
     msg_types = {}
     for i, g in enumerate(sc.group):
         _check_callback(g.callback, f"group[{i}].callback", allow_python or not import_callbacks)
+        if g.matmul is not None:
+            check_scenario_types(g.matmul.model_dump(), f"group[{i}].matmul")
         msg_types[g.name] = MESSAGE_TYPES[
             g.message or ("CubeMatmulMsg" if g.callback in MATMUL_CALLBACKS else "CubeMsgBody")
         ]

@@ -445,6 +445,13 @@ class VectorBuilder:
     def _broadcast(self, kind: str, dst, x, r, rows, cols) -> None:
         dst, x, r = self._own(dst, "dst"), self._own(x, "src0"), self._own(r, "src1")
         self._arith(dst, x, r)
+        if r.cols != 1:
+            raise self._fail(
+                "src1",
+                f"{r.name}: {r.rows} x {r.cols}",
+                f"{kind}'s src1 is a [rows, 1] column, one value per row (broadcast along the row)",
+                f"declare {r.name!r} with cols = 1, e.g. the destination of a row_max / row_sum",
+            )
         rows, cols = self._region(rows, cols, (dst, False), (x, False), (r, True))
         self._append(VectorOp(kind, dst, x, r, rows, cols))
 
@@ -491,15 +498,13 @@ def _compute(op: VectorOp, x: np.ndarray, y: np.ndarray | None, dt: Any, s: Any)
     if k == "mul":
         return x * y
     if k == "div":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return x / y
+        return x / y
     if k == "muls":
         return x * s
     if k == "adds":
         return x + s
     if k == "exp":
-        with np.errstate(over="ignore"):
-            return np.exp(x)
+        return np.exp(x)
     if k == "row_max":
         return x.max(axis=1, keepdims=True)
     if k == "row_sum":
@@ -532,7 +537,12 @@ class VectorUnit:
         return self.ub[key]
 
     def run(self, op: VectorOp) -> None:
-        """Performs ``op`` now, on GM as it is."""
+        """Performs ``op`` now, on GM as it is (numpy's floating-point warnings silenced: a NaN or an
+        overflow is data, counted by the numerics report)."""
+        with np.errstate(all="ignore"):
+            self._run(op)
+
+    def _run(self, op: VectorOp) -> None:
         r, c = op.rows, op.cols
         if op.kind == "load":
             self._buf(op.dst)[:r, :c] = self.interp._tile(op.addr, r, c, op.stride, False, op.dst.dtype)
