@@ -374,6 +374,8 @@ def _prepare_dump(directory: str) -> Path:
 
 def _prepare_trace(path: str) -> Path:
     """Checks (before any run) that ``path`` names a file that can be written (its folder exists)."""
+    if not path.strip():
+        raise ConfigError("--trace", path, "is empty: no file would be written", "give a file name, e.g. trace.json")
     p = Path(path)
     if p.is_dir():
         raise ConfigError("--trace", path, "is a folder", "give a file name, e.g. trace.json")
@@ -395,10 +397,16 @@ def _prepare_report(directory: str) -> Path:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ConfigError("--report", directory, "needs matplotlib, which is not installed", INSTALL_PLOTS) from None
-    return _prepare_folder("--report", directory)
+    folder = _prepare_folder("--report", directory)
+    from ascend_jax.report import check_report_folder
+
+    check_report_folder(folder)  # a report file name that is a link: refused before any work
+    return folder
 
 
 def _prepare_folder(flag: str, directory: str) -> Path:
+    if not directory.strip():
+        raise ConfigError(flag, directory, "is empty: it names no folder", "give a folder, e.g. out/")
     p = Path(directory)
     try:
         if p.exists() and not p.is_dir():
@@ -433,6 +441,12 @@ def _run(args: argparse.Namespace) -> int:
     from ascend_jax.scenario import builtin_scenario_path, load_scenario
 
     nums = _validate_run_args(args)
+    for flag in ("trace", "report", "dump"):  # an empty path would silently write nothing
+        value = getattr(args, flag)
+        if value is not None and not value.strip():
+            if flag == "trace":
+                _prepare_trace(value)
+            _prepare_folder(f"--{flag}", value)
     expected = None
     if args.model:
         if args.file:

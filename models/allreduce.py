@@ -1,4 +1,4 @@
-"""Ring allreduce over p ranks (default 4; `--ranks 2..8`) built on the seed's primitives.
+"""Ring allreduce over p ranks (default 4; `--ranks 2..64`) built on the seed's primitives.
 
 Each rank runs one device thread with channels to its ring neighbours; per step it records ACK to
 prev, waits ACK from next, writes its block into next's HCCL buffer, records DATA to next, waits

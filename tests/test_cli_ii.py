@@ -202,3 +202,56 @@ def test_every_run_json_has_the_version(capsys, argv):
     doc = _no_nan(out)
     assert doc["version"] == ascend_jax.__version__
     assert len(doc.get("batch", [0, 0])) == 2
+
+
+# -- item 3: --report's links and an empty --trace are refused before any run -----------------
+
+
+@pytest.mark.parametrize("model", ["cube_group_sample", "p2p_send_recv"])
+def test_report_link_refused_before_the_run(capsys, tmp_path, model):
+    folder, secret = tmp_path / "r", tmp_path / "secret.txt"
+    folder.mkdir()
+    secret.write_text("keep")
+    (folder / "report.md").symlink_to(secret)
+    trace = tmp_path / "t.json"
+    err = _refused(capsys, ["run", "--model", model, "--report", str(folder), "--trace", str(trace)],
+                   "--report", "report.md", "a link")  # fmt: skip
+    assert "ascend-jax:" not in err  # no progress, trace or report note: nothing ran
+    assert secret.read_text() == "keep" and not trace.exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["report.md"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "words"),
+    [("--trace", ["--trace = ''", "no file would be written"]), ("--report", ["--report = ''", "names no folder"]),
+     ("--dump", ["--dump = ''", "names no folder"]), ("--trace", ["--trace = ' '", "is empty"])],
+)  # fmt: skip
+def test_empty_output_paths_are_refused(capsys, tmp_path, monkeypatch, flag, words):
+    monkeypatch.chdir(tmp_path)
+    value = " " if "' '" in words[0] else ""
+    _refused(capsys, ["run", str(ROOT / "models" / "merge_example.toml"), flag, value], *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- item 8: --ranks 2..64 for the ring comm models -------------------------------------------
+
+
+def test_sixteen_rank_allreduce_runs_and_matches_numpy(capsys):
+    import numpy as np
+
+    from ascend_jax.aicpu.reference import run_comm_reference
+    from ascend_jax.models import load_model
+
+    code, out, _ = _cli(capsys, "run", "--model", "allreduce", "--ranks", "16")
+    assert code == 0  # the model's numpy answer agrees (exit 3 otherwise)
+    assert "ranks=16  status=ok" in out.splitlines()[0]
+    program, _, _ = load_model("allreduce", ranks=16)
+    result = run_comm_reference(program)
+    want = np.sum([np.asarray(x, np.float64) for x in program.world.inputs], axis=0)
+    for r in range(16):
+        np.testing.assert_allclose(result.output(f"rank{r}.recvBuf"), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("value", "rule"), [("65", "must be <= 64"), ("1", "must be >= 2"), ("0", "must be >= 2")])
+def test_ranks_outside_2_to_64_refused(capsys, value, rule):
+    _refused(capsys, ["run", "--model", "reduce_scatter", "--ranks", value], f"--ranks = {value}", rule)

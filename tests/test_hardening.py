@@ -93,7 +93,7 @@ ARG_CASES = [
     (["run", "--model", "p2p_send_recv", "--schedule", "random"], "--schedule = 'random'", "does not apply"),
     (["run", "--model", "p2p_send_recv", "--dump", "{w}/d"], "--dump = ", "does not apply"),
     (["run", "--model", "p2p_send_recv", "--atomic-order", "random"], "--atomic-order = 'random'", "does not apply"),
-    (["run", "--model", "allreduce", "--ranks", "9"], "--ranks = 9", "must be <= 8"),
+    (["run", "--model", "allreduce", "--ranks", "65"], "--ranks = 65", "must be <= 64"),
     (["run", "--model", "p2p_send_recv", "--ranks", "4"], "--ranks = 4", "fixed number of ranks"),
     (["run", "--model", "merge_example", "--ranks", "4"], "--ranks = 4", "cube-group scenario"),
     (["run", "{h}/base.toml", "--ranks", "3"], "--ranks = 3", "applies only to ring comm models"),

@@ -322,8 +322,8 @@ def test_cli_page_names_every_subcommand_and_the_ranks_range():
     lo, hi = RANKS_RANGE
     assert f"| `--ranks N` | integer `{lo}..{hi}` |" in page
     assert f"`--ranks` accepts {lo}..{hi}" in (ROOT / "docs" / "model" / "comm.md").read_text()
-    for path in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
-        assert "2..64" not in path.read_text(), path
+    for path in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:  # no page keeps the old 2..8
+        assert "--ranks 2..8" not in path.read_text() and "integer `2..8`" not in path.read_text(), path
 
 
 def test_readme_and_docs_point_only_to_files_in_the_repository():
