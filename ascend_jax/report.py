@@ -194,6 +194,16 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+#: what the AIV panel of utilisation.png says when no AIV stalled
+NO_AIV_STALL = "no AIV stalled"
+
+
+def _whole(values: Any) -> bool:
+    """Whether every value is a whole number (kernel cycles are, unless a cost is fractional)."""
+    v = np.asarray(values, dtype=np.float64)
+    return bool(np.all(np.isfinite(v)) and np.all(v == np.round(v)))
+
+
 _BUSY, _BLOCKED, _IDLE, _WAIT = "#2b7bba", "#d7301f", "#e0e0e0", "#fdae61"
 
 
@@ -246,9 +256,15 @@ def gantt(events: list[dict], timed: bool, scale: float, end: float, path: Path,
 
 
 def utilisation_plot(u, path: Path, title: str) -> str:
+    """Writes :func:`utilisation_figure` to ``path``; returns the file name."""
+    return _save(utilisation_figure(u, title), path)
+
+
+def utilisation_figure(u, title: str):
     """Per AIC (left) busy / blocked / idle µs as stacked bars with the utilisation in %, per AIV
     (right) stall µs before AllocMessage and before waits / barriers (``u``: a
-    :class:`ascend_jax.utilisation.Utilisation`)."""
+    :class:`ascend_jax.utilisation.Utilisation`). When no AIV stalled the right panel says so in
+    words instead of drawing empty bars on a zero-width axis. Returns the matplotlib figure."""
     plt = _plt()
     aics = list(u.aic)
     aivs = list(u.aiv)
@@ -274,18 +290,24 @@ def utilisation_plot(u, path: Path, title: str) -> str:
     rows = np.arange(len(aivs))
     alloc = np.array([u.aiv[b].alloc_stall_us for b in aivs])
     wait = np.array([u.aiv[b].wait_stall_us for b in aivs])
+    if not (alloc > 0).any() and not (wait > 0).any():
+        bx.set_axis_off()
+        bx.text(0.5, 0.5, NO_AIV_STALL, ha="center", va="center", fontsize=10, transform=bx.transAxes)
+        bx.set_title(f"AIVs: {len(aivs)} AIVs, none stalled", fontsize=9, loc="left")
+        fig.suptitle(title)
+        return fig
     bx.barh(rows, alloc, color=_BLOCKED, label="AllocMessage")
     bx.barh(rows, wait, left=alloc, color=_WAIT, label="wait / barrier")
     bx.set_yticks(rows)
     bx.set_yticklabels([f"aiv{b}" for b in aivs], fontsize=6 if len(aivs) > 24 else 8)
     bx.set_ylim(len(aivs) - 0.5, -0.5)
-    bx.set_xlim(0, max(u.aiv_stall_max_us * 1.1, 1e-9))
+    bx.set_xlim(0, u.aiv_stall_max_us * 1.1)
     bx.set_xlabel("stall (µs)")
     bx.set_ylabel("AIV")
     bx.set_title(f"AIVs: mean stall {u.aiv_stall_mean_us:.3g} µs", fontsize=9, loc="left")
     bx.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=7, frameon=False)
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 def occupancy_heatmap(
@@ -325,18 +347,44 @@ def occupancy_heatmap(
     return _save(fig, path)
 
 
-def histogram(values: np.ndarray, xlabel: str, path: Path, title: str, label: str) -> str:
+def histogram(values: np.ndarray, xlabel: str, path: Path, title: str, label: str, integer: bool = False) -> str:
+    """Writes :func:`histogram_figure` to ``path``; returns the file name."""
+    return _save(histogram_figure(values, xlabel, title, label, integer), path)
+
+
+def integer_bins(values: np.ndarray, most: int = 50) -> np.ndarray:
+    """Integer bin edges for counts (steps, cycles): ``lo, lo + w, lo + 2w, ...`` with ``lo`` the
+    smallest value, ``w >= 1`` whole values per bin and at most ``most`` bins, the last edge above
+    the largest value. Each bin ``[e, e + w)`` holds exactly ``w`` possible counts, so no bin covers
+    a fractional range of steps."""
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = int(np.floor(v.min())), int(np.floor(v.max()))
+    width = max(1, -(-(hi - lo + 1) // most))
+    n = -(-(hi - lo + 1) // width)
+    return lo + width * np.arange(n + 1)
+
+
+def histogram_figure(values: np.ndarray, xlabel: str, title: str, label: str, integer: bool = False):
+    """Histogram of one value per lane (``values`` [lanes]). ``integer``: the values are counts
+    (steps, cycles) and get :func:`integer_bins` and integer ticks; otherwise up to 50 equal bins.
+    Returns the matplotlib figure."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     v = np.asarray(values, dtype=np.float64)
-    nb = int(min(50, max(1, len(np.unique(v)))))
+    if integer:
+        from matplotlib.ticker import MaxNLocator
+
+        nb: Any = integer_bins(v)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        nb = int(min(50, max(1, len(np.unique(v)))))
     ax.hist(v, bins=nb, color=_BUSY, label=f"{label} ({len(v)} lanes)")
     ax.axvline(float(np.mean(v)), color="black", linestyle="--", label=f"mean {np.mean(v):.4g}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("lanes")
     ax.set_title(title)
     ax.legend()
-    return _save(fig, path)
+    return fig
 
 
 def status_bars(counts: dict[str, int], path: Path, title: str) -> str:
@@ -371,10 +419,17 @@ def spread_plot(errors: dict[str, np.ndarray], tolerances: dict[str, float], pat
 
 
 def comm_timeline(result, path: Path) -> str:
-    """Per rank and queue (rows), every executed task's span in µs, coloured by task kind."""
+    """Writes :func:`comm_timeline_figure` to ``path``; returns the file name."""
+    return _save(comm_timeline_figure(result), path)
+
+
+def comm_timeline_figure(result):
+    """Per rank and queue (rows, labelled ``rank 0 stream0``), every executed task's span in µs,
+    coloured by task kind. Returns the matplotlib figure."""
     from matplotlib.patches import Patch
 
     from ascend_jax.aicpu.reference import TaskKind
+    from ascend_jax.trace import queue_row_label
 
     plt = _plt()
     p = result.program
@@ -392,14 +447,14 @@ def comm_timeline(result, path: Path) -> str:
             seen.add(kind)
             ax.broken_barh([(s * 1e6, max(e - s, 0.0) * 1e6)], (row - 0.4, 0.8), color=colours.get(kind, "grey"))
     ax.set_yticks(range(len(order)))
-    ax.set_yticklabels([f"rank {p.queues[q].rank} {p.queues[q].name}" for q in order], fontsize=7)
+    ax.set_yticklabels([queue_row_label(p.queues[q].rank, p.queues[q].name) for q in order], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("simulated time (µs)")
     ax.set_ylabel("rank and queue (stream or AI CPU thread)")
     ax.set_title(f"{p.name}: tasks per rank and queue ({result.status.label})")
     ax.legend(handles=[Patch(color=colours.get(k, "grey"), label=k) for k in sorted(seen)], fontsize=8,
               loc="upper left", bbox_to_anchor=(1.0, 1.0))  # fmt: skip
-    return _save(fig, path)
+    return fig
 
 
 # -- reports ---------------------------------------------------------------------------------------
@@ -470,12 +525,13 @@ def write_cube_report(
     steps = np.asarray(results.steps if hasattr(results, "steps") else [r.steps for r in results])
     if n > 1:
         made.append((histogram(steps, "engine steps per lane (steps)", directory / "steps.png",
-                               f"{program.name}: steps across {n} lanes ({schedule})", "lanes by steps"),
+                               f"{program.name}: steps across {n} lanes ({schedule})", "lanes by steps", True),
                      "How many engine steps each lane took."))  # fmt: skip
         cycles = results.kernel_cycles() if hasattr(results, "kernel_cycles") else None
         if cycles is not None:
             made.append((histogram(cycles, "kernel cycles per lane (cycles)", directory / "kernel_cycles.png",
-                                   f"{program.name}: kernel cycles across {n} lanes", "lanes by kernel cycles"),
+                                   f"{program.name}: kernel cycles across {n} lanes", "lanes by kernel cycles",
+                                   _whole(cycles)),
                          "When each lane's last core finished, in AI core cycles."))  # fmt: skip
         from ascend_jax.cube_group.status import Status
 

@@ -3,10 +3,11 @@
 Cube groups: one lane is re-run in the reference interpreter with event recording
 (:class:`ascend_jax.cube_group.reference.ReferenceInterpreter`, ``events=[]``); both engines take
 the same steps under ``lockstep`` and the same cycles under ``timed``, so the recording is the
-lane's history. Under ``random`` the reference draws its own interleaving from the lane's seed (not
-the JAX engine's): the outcome (received logs, final slots, witness) is the same by the schedule
-rule of the model, the order of actions and the step count are the reference's; the trace's
-metadata says so and carries the JAX lane's own status and steps.
+lane's history. Under ``random`` the recording replays the JAX engine's own draws for the lane
+(:class:`EngineDraws`, ``record_cube(..., draws="jax")``), so it is that lane's interleaving step
+for step; the interpreter's own draw from the seed (``draws="reference"``) is the history of a
+``--engine reference`` run. :func:`lane_meta` checks the recording against the run's lane (same
+outcome, same steps) and says ``matches_run: false`` with the reason when they differ.
 
 Layout: one process per group (``pid`` = group index + 1), one thread per core in it (AICs, then
 AIVs; an AIV that posts into several groups has a track in each, and its delays and barriers go
@@ -40,8 +41,22 @@ PHASES = {"X", "B", "E", "i", "I", "C", "s", "t", "f", "M"}
 _AIC_TID, _AIV_TID = 1, 1001  # thread ids: AIC core c -> 1 + c, AIV block b -> 1001 + b
 
 
-def record_cube(program, schedule: str, seed: int, max_steps: int | None = None, cost: Any = None):
+def record_cube(
+    program,
+    schedule: str,
+    seed: int,
+    max_steps: int | None = None,
+    cost: Any = None,
+    draws: str = "reference",
+    aiv_blocks: tuple[int, ...] | None = None,
+):
     """Runs one lane in the reference interpreter with event recording.
+
+    ``draws`` (``random`` schedule only): ``"reference"`` lets the interpreter draw its own
+    interleaving from ``seed`` (what ``--engine reference`` ran); ``"jax"`` replays the JAX engine's
+    draws for a lane of that seed (:class:`EngineDraws`), so the recording is the lane the JAX engine
+    ran, step for step. ``aiv_blocks``: the engine's AIV rows (the sorted block_idx of every program
+    of the batch; default this program's), which fix the shape of its draws.
 
     Returns ``(result, events)``: the lane's :class:`CubeGroupResult` and the recorded event dicts
     (see ``ReferenceInterpreter._event``: ``core``, ``group``, ``name``, ``ts`` and ``dur`` in
@@ -50,9 +65,119 @@ def record_cube(program, schedule: str, seed: int, max_steps: int | None = None,
     """
     from ascend_jax.cube_group.reference import ReferenceInterpreter
 
+    if draws not in ("reference", "jax"):
+        raise ValueError(f"draws = {draws!r}: must be 'reference' or 'jax'")
     events: list[dict] = []
-    interp = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, events=events)
+    if schedule == "random" and draws == "jax":
+        interp = _scripted_interpreter(ReferenceInterpreter)(
+            program, schedule, seed, max_steps, cost=cost, events=events
+        )
+        interp.script = EngineDraws(program, seed, aiv_blocks)
+    else:
+        interp = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, events=events)
     return interp.run(), events
+
+
+class EngineDraws:
+    """The JAX engine's ``random``-schedule choices for one lane, step by step.
+
+    The engine (``cube_group/step.py``: ``step`` and ``_chosen``) starts from the key data
+    ``[0, seed]`` and, every step the lane runs, splits its key in three: the next key, the AIVs'
+    key and the AICs' key; an enabled core acts when its Bernoulli(1/2) draw over all ``V`` AIV rows
+    (``aiv_blocks``) or all ``C`` AIC rows (every group's AICs in order) is true, delays always tick.
+    This class computes the same draws with the same ``jax.random`` calls, in chunks of steps.
+    """
+
+    CHUNK = 256
+
+    def __init__(self, program, seed: int, aiv_blocks: tuple[int, ...] | None = None):
+        self.aiv_row = {b: i for i, b in enumerate(aiv_blocks or sorted(b for b, _ in program.aivs))}
+        self.aic_row = {gk: i for i, gk in enumerate((gi, k) for gi, g in enumerate(program.groups)
+                                                     for k in range(g.aic_num))}  # fmt: skip
+        self.key = np.array([0, seed], np.uint32)
+        self.aiv: np.ndarray = np.zeros((0, len(self.aiv_row)), bool)
+        self.aic: np.ndarray = np.zeros((0, len(self.aic_row)), bool)
+
+    def _extend(self, upto: int) -> None:
+        import jax
+
+        n = max(self.CHUNK, upto + 1 - len(self.aiv))
+        v, c = len(self.aiv_row), len(self.aic_row)
+
+        def one(key, _):
+            raw = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(key), 3))
+            dv = jax.random.bernoulli(jax.random.wrap_key_data(raw[1]), 0.5, (v,))
+            dc = jax.random.bernoulli(jax.random.wrap_key_data(raw[2]), 0.5, (c,))
+            return raw[0], (dv, dc)
+
+        key, (dv, dc) = jax.jit(lambda k: jax.lax.scan(one, k, None, length=n))(self.key)
+        self.key = np.asarray(key)
+        self.aiv = np.concatenate([self.aiv, np.asarray(dv)])
+        self.aic = np.concatenate([self.aic, np.asarray(dc)])
+
+    def acts(self, step: int, core: Any) -> bool:
+        """Whether ``core`` (the interpreter's AIV or AIC) acts in engine step ``step`` (0-based)."""
+        if step >= len(self.aiv):
+            self._extend(step)
+        if hasattr(core, "block_idx"):
+            return bool(self.aiv[step, self.aiv_row[core.block_idx]])
+        return bool(self.aic[step, self.aic_row[(core.group, core.k)]])
+
+
+def _scripted_interpreter(base):
+    """A :class:`ReferenceInterpreter` whose ``random`` choices come from ``self.script`` (an
+    :class:`EngineDraws`) by step number instead of its own generator. Steps in which only delays
+    tick draw nothing in the interpreter, but the engine's key advanced in each: the step counter
+    counts them (``_more_steps``)."""
+
+    class Scripted(base):
+        script: EngineDraws
+        _at = 0
+
+        def step(self) -> bool:
+            progressed = super().step()
+            self._at += 1 + self._more_steps
+            return progressed
+
+        def _chosen(self, ready: list) -> list:
+            return [c for c in ready if self.script.acts(self._at, c)]
+
+    return Scripted
+
+
+def lane_meta(recorded, run_lane, schedule: str, engine: str) -> dict[str, Any]:
+    """The trace / report metadata that says whether the recording is the run's lane:
+    ``matches_run`` (:func:`lane_match`), ``matches_run_reason`` and, under ``random``, how the
+    recording's interleaving was drawn (``engine``: the engine that ran the batch; pass the same
+    value as :func:`record_cube`'s ``draws``)."""
+    ok, why = lane_match(recorded, run_lane, schedule)
+    meta: dict[str, Any] = {"matches_run": ok, "matches_run_reason": why}
+    if schedule == "random":
+        meta["interleaving"] = (
+            "the JAX engine's draws for this lane, replayed in the reference interpreter"
+            if engine == "jax"
+            else "the reference interpreter's draw from this seed, as the run drew it"
+        )
+    return meta
+
+
+def lane_match(recorded, run_lane, schedule: str) -> tuple[bool, str]:
+    """Whether a recording (``recorded``) is the history of the run's lane (``run_lane``): the same
+    outcome (status, received logs, final slots, witness, error, asserts) and the same number of
+    steps, under every schedule. Returns ``(matches, reason)``, the reason naming what differs."""
+    diffs = []
+    if recorded.status != run_lane.status:
+        diffs.append(f"status {recorded.status.label} in the recording, {run_lane.status.label} in the run")
+    elif recorded.outcome() != run_lane.outcome():
+        diffs.append("the received logs, final slots, witness or error differ")
+    if int(recorded.steps) != int(run_lane.steps):
+        diffs.append(f"{int(recorded.steps)} steps in the recording, {int(run_lane.steps)} in the run")
+    if not diffs:
+        return True, f"same outcome and steps ({int(run_lane.steps)}) as the run's lane"
+    why = "; ".join(diffs)
+    if schedule == "random":
+        why += " (the recording's random interleaving is not the lane's)"
+    return False, why
 
 
 def _home_groups(program) -> dict[int, int]:
@@ -159,6 +284,18 @@ def cube_trace(
     return {"traceEvents": out, "displayTimeUnit": "ns" if freq else "ms", "otherData": other}
 
 
+def queue_label(rank: int, name: str) -> str:
+    """A comm queue's name without its rank prefix (``rank0.stream0`` on rank 0 -> ``stream0``), for
+    rows already grouped or labelled by rank; a name without the prefix is kept whole."""
+    prefix = f"rank{rank}."
+    return name[len(prefix) :] if name.startswith(prefix) and len(name) > len(prefix) else name
+
+
+def queue_row_label(rank: int, name: str) -> str:
+    """One plot row's label, the rank said once: ``rank 0 stream0`` (not ``rank 0 rank0.stream0``)."""
+    return f"rank {rank} {queue_label(rank, name)}"
+
+
 def _counter(pid: int, queue: int, ts: float, level: int) -> dict:
     return {"name": f"queue {queue} occupancy", "ph": "C", "ts": ts, "pid": pid, "args": {"non-FREE slots": level}}
 
@@ -227,7 +364,8 @@ def comm_trace(result, meta: dict | None = None) -> dict:
         out.append({"name": "process_name", "ph": "M", "pid": r + 1, "args": {"name": f"rank {r}"}})
         out.append({"name": "process_sort_index", "ph": "M", "pid": r + 1, "args": {"sort_index": r}})
     for q, qu in enumerate(p.queues):
-        name = f"{qu.name} ({qu.kind})"
+        short = queue_label(qu.rank, qu.name)  # the process is "rank r": the thread says the rest
+        name = short if qu.kind in short else f"{short} ({qu.kind})"
         out.append({"name": "thread_name", "ph": "M", "pid": qu.rank + 1, "tid": q + 1, "args": {"name": name}})
         out.append(
             {"name": "thread_sort_index", "ph": "M", "pid": qu.rank + 1, "tid": q + 1, "args": {"sort_index": q}}

@@ -248,3 +248,141 @@ def test_numpy_numerics_on_inf_and_nan_warn_nothing():
         res = aj.run_reference(p)
         aj.numerics_report(p, [res])
     assert np.isinf(res.tensor("y")).sum() == 8 * 64 - 1  # every value but the 0 overflows
+
+
+# -- 5. report plots -------------------------------------------------------------------------
+
+
+def _capture(monkeypatch, name: str) -> list:
+    """Wraps ``ascend_jax.report.<name>`` (a figure builder) to keep every figure it returns."""
+    from ascend_jax import report
+
+    made = []
+    real = getattr(report, name)
+
+    def keep(*args, **kwargs):
+        fig = real(*args, **kwargs)
+        made.append(fig)
+        return fig
+
+    monkeypatch.setattr(report, name, keep)
+    return made
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_utilisation_plot_says_no_aiv_stalled_instead_of_an_empty_axis(tmp_path, capsys, monkeypatch):
+    figs = _capture(monkeypatch, "utilisation_figure")
+    assert main(["run", str(SOFTMAX_TOML), "--schedule", "timed", "--report", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    [fig] = figs
+    _, bx = fig.axes[:2]
+    assert "no AIV stalled" in _texts(fig)
+    assert not bx.axison and not bx.patches  # no bars, no 0..1e-9 axis
+
+
+def test_utilisation_plot_draws_bars_when_aivs_stall(tmp_path, capsys, monkeypatch):
+    figs = _capture(monkeypatch, "utilisation_figure")
+    toml = ROOT / "models" / "merge_example.toml"
+    assert main(["run", str(toml), "--schedule", "timed", "--report", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    [fig] = figs
+    bx = fig.axes[1]
+    assert "no AIV stalled" not in _texts(fig)
+    assert bx.axison and len(bx.patches) >= 5 and bx.get_xlim()[1] > 0.2  # 5 AIVs, the largest stall 0.238 µs
+
+
+def test_steps_histogram_has_integer_bins(tmp_path, capsys, monkeypatch):
+    figs = _capture(monkeypatch, "histogram_figure")
+    toml = ROOT / "models" / "merge_example.toml"
+    argv = ["run", str(toml), "--batch", "8", "--schedule", "random", "--report", str(tmp_path / "r")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    [steps] = [f for f in figs if "steps" in f.axes[0].get_xlabel()]
+    bars = steps.axes[0].patches
+    edges = sorted({round(p.get_x(), 9) for p in bars} | {round(p.get_x() + p.get_width(), 9) for p in bars})
+    assert len(edges) >= 3
+    assert all(float(e).is_integer() for e in edges), edges
+    assert all(float(t).is_integer() for t in steps.axes[0].get_xticks())
+
+
+def test_integer_bins_hold_whole_counts():
+    from ascend_jax.report import integer_bins
+
+    np.testing.assert_array_equal(integer_bins(np.array([10, 18, 12])), np.arange(10, 20))
+    np.testing.assert_array_equal(integer_bins(np.array([7, 7])), [7, 8])
+    wide = integer_bins(np.arange(100, 1001))
+    width = np.diff(wide)
+    assert len(wide) <= 51 and (width == width[0]).all() and width[0] == 19 and wide[-1] > 1000
+    assert np.issubdtype(wide.dtype, np.integer)
+
+
+# -- 7. comm trace labels --------------------------------------------------------------------
+
+
+def test_comm_labels_say_the_rank_once(tmp_path, capsys, monkeypatch):
+    import json
+
+    figs = _capture(monkeypatch, "comm_timeline_figure")
+    trace = tmp_path / "t.json"
+    code = main(["run", "--model", "p2p_send_recv", "--trace", str(trace), "--report", str(tmp_path / "r")])
+    assert code == 0, capsys.readouterr()
+    capsys.readouterr()
+    [fig] = figs
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert "rank 0 stream0" in labels and "rank 1 stream0" in labels, labels
+    assert all(label.count("rank") == 1 for label in labels), labels
+    events = json.loads(trace.read_text())["traceEvents"]
+    threads = [e["args"]["name"] for e in events if e.get("name") == "thread_name"]
+    processes = [e["args"]["name"] for e in events if e.get("name") == "process_name"]
+    assert sorted(set(processes)) == ["rank 0", "rank 1"]
+    assert "stream0" in threads and not any("rank" in t for t in threads), threads
+
+
+def test_queue_labels_keep_names_without_the_rank_prefix():
+    from ascend_jax.trace import queue_label, queue_row_label
+
+    assert queue_label(0, "rank0.thread1") == "thread1"
+    assert queue_label(1, "rank0.stream0") == "rank0.stream0"  # another rank's prefix is kept
+    assert queue_row_label(2, "custom") == "rank 2 custom"
+
+
+# -- 8. --trace-lane of a random batch -------------------------------------------------------
+
+
+def test_trace_lane_of_a_random_batch_is_that_lanes_run():
+    from ascend_jax.cube_group.engine import simulate
+    from ascend_jax.trace import lane_meta, record_cube
+
+    program = aj.load_scenario(ROOT / "models" / "merge_example.toml")  # has a delay: idle steps count too
+    runs = simulate([program] * 8, seeds=list(range(8)), schedule="random")
+    own_differs = 0
+    for lane in range(8):
+        rec, events = record_cube(program, "random", lane, draws="jax")
+        meta = lane_meta(rec, runs[lane], "random", "jax")
+        assert meta["matches_run"], (lane, meta)
+        assert rec.steps == runs[lane].steps and rec.outcome() == runs[lane].outcome()
+        assert max(e["ts"] for e in events) < rec.steps  # the trace's time axis is the lane's steps
+        assert "JAX engine's draws" in meta["interleaving"]
+        own, _ = record_cube(program, "random", lane)  # the interpreter's own draw: another interleaving
+        own_meta = lane_meta(own, runs[lane], "random", "jax")
+        if own.steps != runs[lane].steps:
+            own_differs += 1
+            assert not own_meta["matches_run"]
+            assert (
+                f"{own.steps} steps in the recording, {runs[lane].steps} in the run" in own_meta["matches_run_reason"]
+            )
+            assert "not the lane's" in own_meta["matches_run_reason"]
+    assert own_differs >= 4  # the old recording disagreed on most lanes while saying matches_run: true
+
+
+def test_lane_match_names_a_different_status():
+    from ascend_jax.trace import lane_match
+
+    ok = aj.run_reference(aj.load_scenario(ROOT / "models" / "merge_example.toml"))
+    short = aj.run_reference(aj.load_scenario(ROOT / "models" / "merge_example.toml"), max_steps=3)
+    assert lane_match(ok, ok, "lockstep") == (True, f"same outcome and steps ({ok.steps}) as the run's lane")
+    same, why = lane_match(short, ok, "lockstep")
+    assert not same and "status max_steps in the recording, ok in the run" in why and "3 steps" in why
