@@ -453,6 +453,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--model", args.model, "give either a scenario file or --model, not both")
         program, expected, path = load_model(
             args.model,
+            nums.seed,  # the model's generated inputs follow --seed
             max_steps=nums.max_steps,
             ranks=nums.ranks,
             allow_python=args.allow_python,
@@ -780,7 +781,7 @@ def _run_comm_batch(program, expected, args: argparse.Namespace) -> int:
     seeds = [first + i for i in range(args.batch)]
     lanes = [
         program
-        if s == 0
+        if s == first
         else load_model(
             args.model,
             s,

@@ -149,14 +149,47 @@ def parse_model_args(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}
+_NONE_WORDS = ("none", "null")
+
+
+def _option_kinds(default: Any, annotation: Any) -> list[type]:
+    """The types a ``--model-arg`` value is tried as, in order: the default's type; for a ``None``
+    default, the builtin types the annotation names (``int | None`` -> int), or else int, float,
+    bool words and text."""
+    if default is not None:
+        return [type(default)]
+    named = (
+        re.findall(r"\b(bool|int|float|str)\b", str(annotation)) if annotation is not inspect.Parameter.empty else []
+    )
+    kinds = [{"bool": bool, "int": int, "float": float, "str": str}[n] for n in dict.fromkeys(named)]
+    return kinds or [int, float, bool, str]
+
+
+def _convert(text: str, kind: type) -> Any:
+    """``text`` as ``kind``; ValueError if it is not one."""
+    if kind is bool:
+        if text.lower() not in _TRUE + _FALSE:
+            raise ValueError(text)
+        return text.lower() in _TRUE
+    if kind is float:
+        value = float(text)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(text)
+        return value
+    return kind(text)
+
+
 def _model_kwargs(path: Path, build: Callable, options: dict[str, str]) -> dict[str, Any]:
-    """``options`` converted to the types of ``build``'s keyword defaults (bool, int, float, str)."""
+    """``options`` converted to the types of ``build``'s keyword defaults (bool, int, float, str); an
+    option whose default is ``None`` takes ``none`` or a value of a type its annotation names (without
+    an annotation: an integer, a number, true / false, else text)."""
     params = inspect.signature(build).parameters
     settable = {
-        k: p.default
+        k: p
         for k, p in params.items()
         if k not in ("seed", "ranks") and p.default is not inspect.Parameter.empty
-        and isinstance(p.default, bool | int | float | str)
+        and (p.default is None or isinstance(p.default, bool | int | float | str))
     }  # fmt: skip
     kwargs: dict[str, Any] = {}
     for key, text in options.items():
@@ -165,19 +198,22 @@ def _model_kwargs(path: Path, build: Callable, options: dict[str, str]) -> dict[
                 "--model-arg", f"{key}={text}", f"model {path.stem!r} has no option {key!r}; options: {sorted(settable)}",
                 (did_you_mean(key, settable) + "run `ascend-jax models` and read the model's build()").strip(),
             )  # fmt: skip
-        default = settable[key]
-        try:
-            if isinstance(default, bool):
-                if text.lower() not in _TRUE + _FALSE:
-                    raise ValueError
-                kwargs[key] = text.lower() in _TRUE
-            else:
-                kwargs[key] = type(default)(text)
-        except ValueError:
-            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "text")
+        default = settable[key].default
+        kinds = _option_kinds(default, settable[key].annotation)
+        if default is None and text.lower() in _NONE_WORDS:
+            kwargs[key] = None
+            continue
+        for kind in kinds:
+            try:
+                kwargs[key] = _convert(text, kind)
+                break
+            except ValueError:
+                continue
+        else:
+            kind = " or ".join(_KINDS[k] for k in kinds) + (" or none" if default is None else "")
+            example = str(default).lower() if isinstance(default, bool) else ("none" if default is None else default)
             raise ConfigError("--model-arg", f"{key}={text}", f"{key} must be {kind} (default {default!r})",
-                              f"e.g. --model-arg {key}={str(default).lower() if isinstance(default, bool) else default}",
-                              ) from None  # fmt: skip
+                              f"e.g. --model-arg {key}={example}")  # fmt: skip
     return kwargs
 
 

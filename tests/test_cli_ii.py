@@ -255,3 +255,70 @@ def test_sixteen_rank_allreduce_runs_and_matches_numpy(capsys):
 @pytest.mark.parametrize(("value", "rule"), [("65", "must be <= 64"), ("1", "must be >= 2"), ("0", "must be >= 2")])
 def test_ranks_outside_2_to_64_refused(capsys, value, rule):
     _refused(capsys, ["run", "--model", "reduce_scatter", "--ranks", value], f"--ranks = {value}", rule)
+
+
+# -- item 7: --seed reaches the model; options with a None default ----------------------------
+
+
+def test_seed_changes_a_models_generated_inputs(capsys, tmp_path):
+    import numpy as np
+
+    dumps = {}
+    for seed in ("0", "1", "1"):
+        folder = tmp_path / f"d{seed}-{len(dumps)}"
+        code, _, err = _cli(capsys, "run", "--model", "cube_group_sample", "--seed", seed, "--dump", str(folder))
+        assert code == 0, err
+        dumps[folder.name] = np.load(folder / "a.npy")
+    a0, a1, a1_again = dumps.values()
+    assert not np.array_equal(a0, a1)  # another seed, other inputs
+    np.testing.assert_array_equal(a1, a1_again)  # the same seed, the same inputs
+
+
+def test_comm_model_inputs_follow_the_seed():
+    from ascend_jax.models import load_model
+
+    p0, p1 = (load_model("p2p_send_recv", seed)[0] for seed in (0, 1))
+    assert not (p0.world.inputs[0] == p1.world.inputs[0]).all()
+
+
+def test_documented_d128_causal_128_block_case_runs(capsys):
+    # the build() docstring of attention_grad: D = 128, causal, 128 x 128 blocks: 32 rows fit the UB
+    argv = ["run", "--model", "attention_grad", "--model-arg", "d=128", "--model-arg", "causal=true",
+            "--model-arg", "block_s1=128", "--model-arg", "block_s2=128"]  # fmt: skip
+    code, out, err = _cli(capsys, *argv, "--model-arg", "vec_rows=32")
+    assert code == 0, err
+    assert "status=ok" in out.splitlines()[0]
+    _refused(capsys, argv, "UB buffers take", "> UB 196608 B")  # the default slice (64 rows) does not fit
+    code, out, _ = _cli(capsys, "run", "--model", "attention_grad", "--model-arg", "vec_rows=None")
+    assert code == 0  # "none" gives the default back
+
+
+@pytest.mark.parametrize(
+    ("arg", "words"),
+    [
+        ("vec_rows=abc", ["vec_rows=abc", "an integer or none", "vec_rows=none"]),
+        ("vec_rows=1.5", ["vec_rows=1.5", "an integer or none"]),
+        ("qk_scale=nan", ["qk_scale=nan", "a finite number"]),
+        ("qk_scale=-inf", ["qk_scale=-inf", "a finite number"]),
+        ("d=" + "9" * 5000, ["--model-arg", "d must be an integer"]),
+        ("causal=maybe", ["causal=maybe", "true or false"]),
+    ],
+    ids=lambda v: v[:20] if isinstance(v, str) else "",
+)
+def test_bad_model_option_values_refused(capsys, arg, words):
+    _refused(capsys, ["run", "--model", "attention_grad", "--model-arg", arg], *words)
+
+
+def test_none_default_without_annotation_tries_int_float_bool_text(tmp_path, monkeypatch):
+    from ascend_jax.models import load_model
+
+    (tmp_path / "opt_probe.py").write_text(
+        '"""Records its options."""\nfrom ascend_jax.scenario import load_scenario\nSEEN = {}\n\n'
+        f"def build(seed=0, x=None):\n    SEEN['x'] = x\n    return load_scenario({str(ROOT / 'models' / 'merge_example.toml')!r})\n"
+    )
+    monkeypatch.setenv("ASCEND_JAX_MODELS", str(tmp_path))
+    seen = []
+    for text in ("3", "2.5", "yes", "abc", "none"):
+        load_model("opt_probe", options={"x": text})
+        seen.append(sys.modules["ascend_jax_model_opt_probe"].SEEN["x"])
+    assert seen == [3, 2.5, True, "abc", None]
