@@ -56,17 +56,37 @@ def model_dirs() -> list[Path]:
     return dirs
 
 
-def _model_files() -> dict[str, Path]:
-    found: dict[str, Path] = {}
+def _all_model_files() -> dict[str, list[Path]]:
+    """Every model file of every folder (:func:`model_dirs` order), by name: more than one path
+    means one file would shadow another."""
+    found: dict[str, list[Path]] = {}
     for d in model_dirs():
         try:
             entries = sorted(d.iterdir())
         except OSError:
             continue
         for p in entries:
-            if p.suffix in _SUFFIXES and _NAME.match(p.stem) and not p.stem.startswith("_") and p.is_file():
-                found.setdefault(p.stem, p)
+            ok = p.suffix in _SUFFIXES and _NAME.match(p.stem) and not p.stem.startswith("_") and p.is_file()
+            if ok and p.resolve() not in [q.resolve() for q in found.setdefault(p.stem, [])]:
+                found[p.stem].append(p)  # a folder listed twice (or a link to the same file) is one file
     return found
+
+
+def _model_files() -> dict[str, Path]:
+    return {name: paths[0] for name, paths in _all_model_files().items()}
+
+
+def _shadowing(name: str, paths: list[Path]) -> ConfigError:
+    """The error for a model name that more than one file defines."""
+    shipped = shipped_models_dir()
+    where = [f"{p} ({'shipped' if shipped is not None and p.parent == shipped else '$' + MODELS_ENV})" for p in paths]
+    return ConfigError(
+        "--model",
+        name,
+        f"is defined by {len(paths)} files: {' and '.join(where)}; the first would silently shadow the others",
+        f"rename your file (e.g. my_{name}{paths[0].suffix}) or remove it from the folders in ${MODELS_ENV}, "
+        "or run it by path with --allow-python",
+    )
 
 
 def available_models() -> list[str]:
@@ -101,8 +121,15 @@ def _first_sentence(text: str) -> str:
 
 
 def model_table() -> list[tuple[str, str, Path]]:
-    """(name, description, path) of every model, sorted by name."""
-    return [(name, describe(p), p) for name, p in sorted(_model_files().items())]
+    """(name, description, path) of every model, sorted by name; a name that several files define
+    (``--model`` refuses it) says so in its description."""
+    rows = []
+    for name, paths in sorted(_all_model_files().items()):
+        desc = describe(paths[0])
+        if len(paths) > 1:
+            desc = f"[refused: also defined by {', '.join(str(p) for p in paths[1:])}] {desc}"
+        rows.append((name, desc, paths[0]))
+    return rows
 
 
 def find_model(name: str, allow_python: bool = False) -> Path:
@@ -110,7 +137,10 @@ def find_model(name: str, allow_python: bool = False) -> Path:
     if not isinstance(name, str) or not name:
         raise ConfigError("--model", name, "must be a model name", "run `ascend-jax models` to list them")
     if _NAME.match(name):
-        files = _model_files()
+        every = _all_model_files()
+        files = {k: v[0] for k, v in every.items()}
+        if len(every.get(name, [])) > 1:
+            raise _shadowing(name, every[name])
         if name in files:
             return files[name]
         raise ConfigError(

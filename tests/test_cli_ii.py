@@ -322,3 +322,30 @@ def test_none_default_without_annotation_tries_int_float_bool_text(tmp_path, mon
         load_model("opt_probe", options={"x": text})
         seen.append(sys.modules["ascend_jax_model_opt_probe"].SEEN["x"])
     assert seen == [3, 2.5, True, "abc", None]
+
+
+# -- item 9: a model in $ASCEND_JAX_MODELS never silently shadows another ----------------------
+
+
+def test_a_user_model_named_like_a_shipped_one_is_refused(capsys, tmp_path, monkeypatch):
+    mine = tmp_path / "allreduce.py"
+    mine.write_text('"""Not the shipped allreduce."""\nraise SystemExit("imported!")\n')
+    monkeypatch.setenv("ASCEND_JAX_MODELS", str(tmp_path))
+    err = _refused(capsys, ["run", "--model", "allreduce"], "--model = 'allreduce'", str(mine),
+                   str(ROOT / "models" / "allreduce.py"), "shadow", "rename your file")  # fmt: skip
+    assert "imported!" not in err  # refused before importing either file
+    code, out, _ = _cli(capsys, "models")
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if ln.startswith("allreduce "))
+    assert "refused: also defined by" in line
+    # the folder listed twice (or the shipped folder listed itself) is no conflict
+    monkeypatch.setenv("ASCEND_JAX_MODELS", os.pathsep.join([str(ROOT / "models"), "models"]))
+    code, out, _ = _cli(capsys, "run", "--model", "allreduce")
+    assert code == 0
+
+
+def test_two_user_files_of_one_name_are_refused(capsys, tmp_path, monkeypatch):
+    (tmp_path / "mine.toml").write_text((ROOT / "models" / "merge_example.toml").read_text())
+    (tmp_path / "mine.py").write_text('"""A Python model of the same name."""\n')
+    monkeypatch.setenv("ASCEND_JAX_MODELS", str(tmp_path))
+    _refused(capsys, ["run", "--model", "mine"], "mine.py", "mine.toml", "defined by 2 files")
