@@ -420,7 +420,10 @@ def _prepare_folder(flag: str, directory: str) -> Path:
 
 
 def _dump(program, image, directory: Path) -> None:
-    """Writes every GM tensor to ``directory/<name>.npy``, never outside ``directory``."""
+    """Writes every GM tensor to ``directory/<name>.npy``, never outside ``directory``.
+
+    A bfloat16 tensor is written as float32 (every bfloat16 value is exactly a float32): numpy has
+    no bfloat16, so ``np.load`` of a bfloat16 ``.npy`` gives raw 2-byte voids (``|V2``)."""
     import numpy as np
 
     root = directory.resolve()
@@ -428,8 +431,11 @@ def _dump(program, image, directory: Path) -> None:
         target = directory / f"{name}.npy"
         if target.is_symlink() or target.resolve().parent != root:
             raise ConfigError("--dump", str(target), "would write outside the folder (a link or path)", "remove it")
+        data = program.gm.read(name, image)
+        if data.dtype.name == "bfloat16":
+            data = data.astype(np.float32)
         try:
-            np.save(target, program.gm.read(name, image))
+            np.save(target, data)
         except OSError as e:
             raise ConfigError(
                 "--dump", str(target), f"cannot be written ({e.strerror or e})", "free space or permissions"

@@ -349,3 +349,30 @@ def test_two_user_files_of_one_name_are_refused(capsys, tmp_path, monkeypatch):
     (tmp_path / "mine.py").write_text('"""A Python model of the same name."""\n')
     monkeypatch.setenv("ASCEND_JAX_MODELS", str(tmp_path))
     _refused(capsys, ["run", "--model", "mine"], "mine.py", "mine.toml", "defined by 2 files")
+
+
+# -- item 10: bfloat16 dumps load as numbers ---------------------------------------------------
+
+
+def test_bfloat16_dump_loads_as_float32_with_the_same_values(capsys, tmp_path):
+    import ml_dtypes
+    import numpy as np
+
+    from ascend_jax.scenario import load_scenario
+
+    text = (ROOT / "models" / "merge_example.toml").read_text()
+    text += '\n[[tensor]]\nname = "w"\nshape = [4, 8]\ndtype = "bfloat16"\ninit = "random"\nseed = 3\n'
+    text += '\n[[tensor]]\nname = "h"\nshape = [3]\ndtype = "float16"\ninit = "random"\n'
+    scenario = tmp_path / "bf16.toml"
+    scenario.write_text(text)
+    folder = tmp_path / "dump"
+    code, _, err = _cli(capsys, "run", str(scenario), "--dump", str(folder))
+    assert code == 0, err
+    w, h = np.load(folder / "w.npy"), np.load(folder / "h.npy")
+    assert w.dtype == np.float32 and h.dtype == np.float16  # not |V2; other dtypes unchanged
+    program = load_scenario(scenario)
+    want = program.gm.read("w", program.gm.image)
+    assert want.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(w, want.astype(np.float32))
+    assert np.array_equal(w.astype(ml_dtypes.bfloat16).astype(np.float32), w)  # exactly bfloat16 values
+    assert np.abs(w).max() > 0
