@@ -7,8 +7,9 @@ of any length is one step and ``max_steps`` counts steps. Clocks are kept as two
 "Today's" results are golden copies in ``tests/golden/event_time/``, made by running this file as a
 script (``python tests/test_event_time.py``) at commit 275c140, before the change: every shipped
 cube-group model under ``timed`` (status, steps, the result JSON with its ``timing`` section, and
-the recorded trace events, the last two as SHA-256 digests) and 24 random programs from the
-property tests' generator (:func:`seeded_program`).
+the recorded trace events, the last two as SHA-256 digests), 24 random programs from the
+property tests' generator (:func:`seeded_program`) and 32 more that share one JAX batch
+(:func:`batch_programs`). Both engines agreed on every entry when the files were made.
 """
 
 from __future__ import annotations
