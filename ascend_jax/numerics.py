@@ -35,9 +35,13 @@ from ascend_jax.cube_group.result import CubeGroupResult
 from ascend_jax.matmul import TOLERANCE, rel_l2
 
 
-def exact_reference(program: CubeGroupProgram) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """float64 values of every tensor a matmul or vector store writes, and each one's dtype combination label."""
-    ref = ReferenceInterpreter(program, numerics="exact")
+def exact_reference(
+    program: CubeGroupProgram, schedule: str = "lockstep"
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """float64 values of every tensor a matmul or vector store writes, and each one's dtype combination
+    label, from a replay under ``schedule`` (``lockstep`` or ``timed``: a timed run is replayed timed,
+    so a long ``delay`` costs one step there, as in the run, instead of one step per cycle)."""
+    ref = ReferenceInterpreter(program, schedule if schedule == "timed" else "lockstep", numerics="exact")
     ref.run()
     labels = {}
     for gi, cfg in enumerate(program.matmuls):
@@ -170,7 +174,7 @@ def numerics_report(
         images = [arrays["gm"][i, : program.gm.size] for i in range(len(results))]
     else:
         images = [r.gm for r in results]
-    refs, combos = exact_reference(program)
+    refs, combos = exact_reference(program, "timed" if results[0].timing is not None else "lockstep")
     inputs = [n for n in sorted(program.gm.tensors) if n not in refs]
     shares = REPLAY_SHARES + (
         ": " + ", ".join(f"{n} {_name(program.gm.tensors[n].dtype)}" for n in inputs) if inputs else ""

@@ -175,3 +175,16 @@ def test_bad_injection_args_exit_2(arg, capsys):
     rc = cli_main(["run", "--model", "attention_grad", "--engine", "reference", "--model-arg", arg])
     assert rc == 2
     assert arg.split("=")[0] in capsys.readouterr().err
+
+
+def test_a_timed_run_is_replayed_timed_so_a_long_delay_finishes():
+    # a lockstep replay steps once per cycle: a 2**31 - 1 cycle delay never finished there, and the report
+    # compared the run against an unfinished replay (p_ws, ds_ws and dv not ok)
+    argv = ["run", "--model", "attention_grad", "--engine", "reference", "--schedule", "timed", "--json",
+            "--model-arg", "merge=true", "--model-arg", "follower_delay=2147483647"]  # fmt: skip
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli_main(argv)
+    out = json.loads(buf.getvalue())
+    assert rc == 0 and out["status"] == "ok"
+    assert all(e["ok"] for e in out["numerics"].values()), {k: e["reason"] for k, e in out["numerics"].items()}
