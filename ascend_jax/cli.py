@@ -312,6 +312,14 @@ def safe(text: Any) -> str:
     return escape(printable(text))
 
 
+def describe_error(e: ConfigError) -> str:
+    """The printable message of ``e``; one raised without a fix gets a pointer to the rules."""
+    text = printable(e)
+    if not getattr(e, "fix", ""):
+        text += f" (fix: change {printable(e.field)} to follow the rule; docs/reference lists the rules of every input)"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
@@ -320,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         if debug:
             traceback.print_exc()
-        print(f"invalid input: {printable(e)}", file=sys.stderr)
+        print(f"invalid input: {describe_error(e)}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -357,9 +365,15 @@ def _main(argv: list[str]) -> int:
             print(f"{name:<20} {printable(desc)}")
         return EXIT_OK
     if args.command == "check":
-        from ascend_jax.scenario import load_scenario
+        from ascend_jax.scenario import check_scenario
 
-        program = load_scenario(args.file, import_callbacks=False)
+        program, errors, total = check_scenario(args.file)
+        if errors:
+            for e in errors:
+                print(f"invalid input: {describe_error(e)}", file=sys.stderr)
+            more = f" (the first {len(errors)} shown)" if total > len(errors) else ""
+            print(f"{printable(args.file)}: {total} error{'s' if total > 1 else ''}{more}", file=sys.stderr)
+            return EXIT_INVALID
         print(
             f"{printable(args.file)}: valid ({len(program.groups)} groups, {len(program.aivs)} AIVs, {len(program.aics)} AICs)"
         )
@@ -456,7 +470,8 @@ def _run(args: argparse.Namespace) -> int:
     expected = None
     if args.model:
         if args.file:
-            raise ConfigError("--model", args.model, "give either a scenario file or --model, not both")
+            raise ConfigError("--model", args.model, "give either a scenario file or --model, not both",
+                              "drop the file or --model")  # fmt: skip
         program, expected, path = load_model(
             args.model,
             nums.seed,  # the model's generated inputs follow --seed

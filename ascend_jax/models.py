@@ -274,7 +274,7 @@ def load_model(
         return load_scenario(path, max_steps=max_steps, allow_python=allow_python), None, path
     spec = importlib.util.spec_from_file_location(f"ascend_jax_model_{path.stem.replace('-', '_')}", path)
     if spec is None or spec.loader is None:
-        raise ConfigError("--model", name, f"{path} cannot be loaded as a Python module")
+        raise ConfigError("--model", name, f"{path} cannot be loaded as a Python module", "give a .py or .toml file")
     module = importlib.util.module_from_spec(spec)
     # registered before it runs, as an import would: dataclasses and pickling look the module up by name
     sys.modules[spec.name] = module
@@ -291,7 +291,7 @@ def load_model(
             )  # fmt: skip
         lo, hi = RANKS_RANGE
         if not lo <= ranks <= hi:
-            raise ConfigError("--ranks", ranks, f"must be in {lo}..{hi}", "")
+            raise ConfigError("--ranks", ranks, f"must be in {lo}..{hi}", f"give --ranks in {lo}..{hi}")
         program = module.build(seed, ranks=ranks, **kwargs)
     else:
         program = module.build(seed, **kwargs)

@@ -103,7 +103,7 @@ def builtin_scenario_path(name: str = DEFAULT_SCENARIO) -> Path:
     """Path of a scenario shipped with the package (``ascend_jax/scenarios/<name>.toml``)."""
     path = Path(str(resources.files("ascend_jax") / "scenarios" / f"{name}.toml"))
     if not path.exists():
-        raise ConfigError("scenario", name, "no such built-in scenario")
+        raise ConfigError("scenario", name, "no such built-in scenario", "give a scenario file instead")
     return path
 
 
@@ -166,7 +166,8 @@ def load_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, field: str, sh
                     field, f"{path.name} of dtype {file_dtype}", f"float data for a {dtype} tensor", "save integers"
                 )
             if tuple(file_shape) != tuple(shape):
-                raise ConfigError(field, f"{path.name} of shape {tuple(file_shape)}", f"must have shape {tuple(shape)}")
+                raise ConfigError(field, f"{path.name} of shape {tuple(file_shape)}", f"must have shape {tuple(shape)}",
+                                  "save an array of the tensor's shape, or change the tensor's shape")  # fmt: skip
             f.seek(0)
             data = np.load(f, allow_pickle=False)
     except ConfigError:
@@ -182,7 +183,7 @@ def _dtype(name: str) -> np.dtype:
     return DTYPES[DTYPE_ALIASES.get(name, name)]
 
 
-def _gm_from_tensors(sc: Scenario, base_dir: Path | None) -> GlobalMemory:
+def _gm_from_tensors(sc: Scenario, base_dir: Path | None, errors: list[ConfigError] | None = None) -> GlobalMemory:
     total = 0
     for t in sc.tensor:
         nbytes = int(np.prod(t.shape, dtype=object)) * _dtype(t.dtype).itemsize
@@ -196,13 +197,74 @@ def _gm_from_tensors(sc: Scenario, base_dir: Path | None) -> GlobalMemory:
             )
     gm = GlobalMemory()
     for i, t in enumerate(sc.tensor):
-        where = f"tensor[{i}]"
-        init: Any = t.init
-        if t.init.endswith(".npy"):
-            path = resolve_data_path(t.init, base_dir, f"{where}.init")
-            init = load_npy(path, tuple(t.shape), _dtype(t.dtype), f"{where}.init", t.init)
-        gm.alloc(t.name, list(t.shape), t.dtype, init, t.seed, where)
+        with _collecting(errors):
+            where = f"tensor[{i}]"
+            init: Any = t.init
+            if t.init.endswith(".npy"):
+                path = resolve_data_path(t.init, base_dir, f"{where}.init")
+                init = load_npy(path, tuple(t.shape), _dtype(t.dtype), f"{where}.init", t.init)
+            gm.alloc(t.name, list(t.shape), t.dtype, init, t.seed, where)
     return gm
+
+
+class _collecting:
+    """``with _collecting(errors):`` appends a :class:`ConfigError` raised in the block to ``errors``
+    and goes on after the block; with ``errors=None`` the error propagates (stop at the first)."""
+
+    def __init__(self, errors: list[ConfigError] | None):
+        self.errors = errors
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if self.errors is not None and isinstance(exc, ConfigError):
+            self.errors.append(exc)
+            return True
+        return False
+
+
+#: Most errors ``ascend-jax check`` lists (the count of the others is given).
+MAX_LISTED_ERRORS = 20
+
+
+def check_scenario(
+    path: str | Path, limit: int = MAX_LISTED_ERRORS
+) -> tuple[CubeGroupProgram | None, list[ConfigError], int]:
+    """Validates a scenario file like :func:`load_scenario` with ``import_callbacks=False``, but
+    collects every error instead of stopping at the first (``ascend-jax check``).
+
+    Stages run in order and a stage with errors ends the check (later stages would only repeat
+    them): the file; every key and type (all pydantic errors, one per field); the cross checks
+    (callbacks, message fields, data paths, tensors); groups and barriers; each AIV's ops (its
+    first error, every AIV); the whole kernel.
+
+    Returns:
+      ``(program or None, errors, total)``: the program when there is no error, at most ``limit``
+      errors, and how many were found in all.
+    """
+    from pydantic import ValidationError
+
+    from ascend_jax.schema import Scenario, config_errors
+
+    p = Path(path)
+    try:
+        doc = read_document(p)
+        if not isinstance(doc, Mapping):
+            validate_document(doc)
+        Scenario.model_validate(dict(doc))
+    except ConfigError as e:
+        return None, [e], 1
+    except ValidationError as e:
+        errors, total = config_errors(e, limit)
+        return None, errors, total
+    errors: list[ConfigError] = []
+    kernel = build_kernel(doc, None, p.parent, import_callbacks=False, errors=errors)
+    program = None
+    if kernel is not None and not errors:
+        with _collecting(errors):
+            program = kernel.compile()
+    return (program if not errors else None), errors[:limit], len(errors)
 
 
 def _check_callback(spec: str, field: str, allow_python: bool) -> None:
@@ -240,15 +302,16 @@ def _check_fields(fields: Mapping[str, Any], dtype: np.dtype, where: str) -> Non
         if isinstance(value, str):
             if not (name.endswith("Addr") and kind == "u"):
                 raise ConfigError(
-                    field, value, "must be an integer; only address fields (…Addr) take 'tensor+byte_offset'", ""
-                )
+                    field, value, "must be an integer; only address fields (…Addr) take 'tensor+byte_offset'",
+                    "write the number without quotes",
+                )  # fmt: skip
         elif isinstance(value, bool):
             if kind != "b":
                 raise ConfigError(field, value, "must be an integer (true/false are not integers)", "write 0 or 1")
         elif isinstance(value, float) and kind != "f":
             raise ConfigError(field, value, "must be an integer", "write it without a fraction")
         elif name in _NON_NEGATIVE_FIELDS and value < 0:
-            raise ConfigError(field, value, "must be >= 0 (a size in elements)", "")
+            raise ConfigError(field, value, "must be >= 0 (a size in elements)", "write 0 or a positive size")
 
 
 def build_kernel(
@@ -259,28 +322,38 @@ def build_kernel(
     allow_python: bool = False,
     import_callbacks: bool = True,
     build: str | None = None,
-) -> CubeGroupKernel:
+    errors: list[ConfigError] | None = None,
+) -> CubeGroupKernel | None:
     """Builds (without compiling) the kernel a parsed scenario describes.
 
     ``[[tensor]]`` tables are allocated first, in order; ``.npy`` paths are relative to
     ``base_dir`` (the scenario's folder). Message fields may be written ``"tensor+byte_offset"``.
+    ``errors``: None raises the first :class:`ConfigError`; a list collects them (see
+    :func:`check_scenario`) and the result is None when a stage had errors.
     """
     sc = validate_document(doc)
     chip: str = sc.chip
     if chip.endswith(".ini"):
-        chip = str(resolve_data_path(chip, base_dir, "chip", limit=2**20))
+        with _collecting(errors):
+            chip = str(resolve_data_path(chip, base_dir, "chip", limit=2**20))
     msg_types = {}
     for i, g in enumerate(sc.group):
-        _check_callback(g.callback, f"group[{i}].callback", allow_python or not import_callbacks)
+        with _collecting(errors):
+            _check_callback(g.callback, f"group[{i}].callback", allow_python or not import_callbacks)
         if g.matmul is not None:
-            check_scenario_types(g.matmul.model_dump(), f"group[{i}].matmul")
+            with _collecting(errors):
+                check_scenario_types(g.matmul.model_dump(), f"group[{i}].matmul")
         msg_types[g.name] = MESSAGE_TYPES[
             g.message or ("CubeMatmulMsg" if g.callback in MATMUL_CALLBACKS else "CubeMsgBody")
         ]
     for i, a in enumerate(sc.aiv):
         for j, op in enumerate(a.ops):
             if op.op == AivCall.POST and op.fields and op.group in msg_types:
-                _check_fields(op.fields, msg_types[op.group], f"aiv[{i}].ops[{j}]")
+                with _collecting(errors):
+                    _check_fields(op.fields, msg_types[op.group], f"aiv[{i}].ops[{j}]")
+    gm = _gm_from_tensors(sc, base_dir, errors)  # data paths and .npy files: checked with the cross checks
+    if errors:
+        return None
     kernel = CubeGroupKernel(
         chip=chip,
         name=sc.name,
@@ -289,36 +362,43 @@ def build_kernel(
         build=build if build is not None else sc.build,
         zero_workspace=sc.zero_workspace,
     )
-    kernel.gm = _gm_from_tensors(sc, base_dir)
+    kernel.gm = gm
     for g in sc.group:
         callback: Any = g.callback
         if callback.startswith("python:") and not import_callbacks:
             callback = MatmulCallback() if g.matmul is not None else MergeCallback()  # stand-in, never imported
-        kernel.create_cube_res_group(
-            g.name,
-            g.block_start,
-            g.block_size,
-            g.msg_queue_size,
-            callback,
-            msg_types[g.name],
-            matmul=None if g.matmul is None else g.matmul.model_dump(),
-            tiling=None if g.tiling is None else g.tiling.model_dump(),
-        )
+        with _collecting(errors):
+            kernel.create_cube_res_group(
+                g.name,
+                g.block_start,
+                g.block_size,
+                g.msg_queue_size,
+                callback,
+                msg_types[g.name],
+                matmul=None if g.matmul is None else g.matmul.model_dump(),
+                tiling=None if g.tiling is None else g.tiling.model_dump(),
+            )
     for b in sc.barrier:
-        kernel.group_barrier(b.name, b.arrive_size, b.wait_size)
+        with _collecting(errors):
+            kernel.group_barrier(b.name, b.arrive_size, b.wait_size)
+    if errors:  # the AIVs' ops name these groups, barriers and tensors: their errors would repeat these
+        return None
     seen: dict[int, int] = {}
     for i, a in enumerate(sc.aiv):
-        if a.block_idx in seen:
-            raise ConfigError(
-                f"aiv[{i}].block_idx", a.block_idx, f"already used by aiv[{seen[a.block_idx]}]", "merge their ops"
-            )
-        program = kernel.aiv(a.block_idx)
-        seen[a.block_idx] = i
-        for j, op in enumerate(a.ops):
-            program.location = f"aiv[{i}].ops[{j}]"
-            _apply(program, op)
-        program.location = None
-    return kernel
+        with _collecting(errors):  # one error per AIV: its first
+            if a.block_idx in seen:
+                raise ConfigError(
+                    f"aiv[{i}].block_idx", a.block_idx, f"already used by aiv[{seen[a.block_idx]}]", "merge their ops"
+                )
+            program = kernel.aiv(a.block_idx)
+            seen[a.block_idx] = i
+            try:
+                for j, op in enumerate(a.ops):
+                    program.location = f"aiv[{i}].ops[{j}]"
+                    _apply(program, op)
+            finally:
+                program.location = None
+    return None if errors else kernel
 
 
 def _apply(program, op) -> None:

@@ -394,7 +394,12 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, Any, str, str]:
         return field, None, "is required", f"add {loc[-1]} = ..."
     if kind == "union_tag_invalid":
         tag = ctx.get("tag")
-        return f"{field}.op", tag, f"must be one of {sorted(OP_MODELS)}", did_you_mean(tag, OP_MODELS).strip()
+        return (
+            f"{field}.op",
+            tag,
+            f"must be one of {sorted(OP_MODELS)}",
+            (did_you_mean(tag, OP_MODELS) or "use one of those").strip(),
+        )
     if kind == "union_tag_not_found":
         return f"{field}.op", None, "is required", f"every op table needs op = one of {sorted(OP_MODELS)}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
@@ -402,7 +407,7 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, Any, str, str]:
     if kind == "list_type":
         return field, value, "must be an array", "write it as [ ... ] (or [[tables]])"
     if kind == "int_type":
-        fix = "write the number without quotes" if isinstance(value, str) else ""
+        fix = "write the number without quotes" if isinstance(value, str) else "write a whole number, e.g. 4"
         if isinstance(value, bool):
             fix = "write a number (true/false are not integers)"
         return field, value, "must be an integer", fix
@@ -421,18 +426,19 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, Any, str, str]:
     if kind == "string_too_long":
         return field, value, f"must be at most {ctx['max_length']} characters", "shorten it"
     if kind == "string_too_short":
-        return field, value, "must not be empty", ""
+        return field, value, "must not be empty", "write at least one character"
     if kind == "too_short":
         return field, value, f"needs at least {ctx['min_length']} entries", f"add a [[{loc[-1]}]] table"
     if kind == "too_long":
         return field, f"{ctx.get('actual_length')} entries", f"at most {ctx['max_length']} (the limit)", "split it"
     if kind == "literal_error":
         options = [o.strip().strip("'") for o in str(ctx.get("expected", "")).replace(" or ", ", ").split(",")]
-        return field, value, f"must be one of {options}", did_you_mean(value, options).strip()
+        return field, value, f"must be one of {options}", (did_you_mean(value, options) or "use one of those").strip()
     if kind == "too_many_ops":
         return "aiv", f"{ctx['n']} ops", f"at most {ctx['limit']} ops in all (the limit)", "split the scenario"
     # custom rules and anything else: pydantic's own message is already in words
-    return field, value, str(err.get("msg", kind)).removeprefix("Value error, "), ""
+    fix = "follow the rule; docs/reference/scenario.md lists every key and its rules"
+    return field, value, str(err.get("msg", kind)).removeprefix("Value error, "), fix
 
 
 def config_error(e: ValidationError) -> ConfigError:
@@ -447,10 +453,22 @@ def config_error(e: ValidationError) -> ConfigError:
     return ConfigError(field, value, rule, fix)
 
 
+def config_errors(e: ValidationError, limit: int | None = None) -> tuple[list[ConfigError], int]:
+    """Every error of a pydantic ``ValidationError`` as a :class:`ConfigError`, one per field (unknown
+    keys first), at most ``limit`` of them; also returns how many fields have errors."""
+    errs = e.errors(include_url=False)
+    errs.sort(key=lambda err: err["type"] != "extra_forbidden")
+    seen: dict[str, dict[str, Any]] = {}
+    for err in errs:
+        seen.setdefault(_path(tuple(err["loc"])), err)
+    shown = list(seen.values())[:limit] if limit is not None else list(seen.values())
+    return [ConfigError(*_describe(err)) for err in shown], len(seen)
+
+
 def validate_document(doc: Any) -> Scenario:
     """Validates a parsed scenario document; raises :class:`ConfigError` on the first problem."""
     if not isinstance(doc, Mapping):
-        raise ConfigError("scenario", type(doc).__name__, "must be a table")
+        raise ConfigError("scenario", type(doc).__name__, "must be a table", "write key = value pairs and [tables]")
     try:
         return Scenario.model_validate(dict(doc))
     except ValidationError as e:

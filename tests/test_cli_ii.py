@@ -376,3 +376,109 @@ def test_bfloat16_dump_loads_as_float32_with_the_same_values(capsys, tmp_path):
     np.testing.assert_array_equal(w, want.astype(np.float32))
     assert np.array_equal(w.astype(ml_dtypes.bfloat16).astype(np.float32), w)  # exactly bfloat16 values
     assert np.abs(w).max() > 0
+
+
+# -- item 6: check lists every error, each with a fix -----------------------------------------
+
+MANY_ERRORS = """
+name = "multi"
+[[group]]
+name = "g"
+block_start = 1
+block_size = 0
+msg_queue_size = 2
+colour = "red"
+[[aiv]]
+block_idx = "0"
+ops = [{ op = "assign_queue", group = "g", queue = 0 }, { op = "pst", group = "g" }]
+"""
+
+CROSS_ERRORS = """
+name = "cross"
+[[group]]
+name = "g"
+block_start = 0
+block_size = 2
+msg_queue_size = 2
+callback = "mrge"
+[[tensor]]
+name = "x"
+shape = [4]
+dtype = "float32"
+init = "nope.npy"
+[[aiv]]
+block_idx = 0
+ops = [{ op = "assign_queue", group = "g", queue = 0 }, { op = "post", group = "g", fields = { funcID = "x", tailM = -1 } }]
+"""
+
+BUILD_ERRORS = """
+name = "build"
+[[group]]
+name = "g"
+block_start = 0
+block_size = 2
+msg_queue_size = 2
+[[aiv]]
+block_idx = 0
+ops = [{ op = "assign_queue", group = "g", queue = 5 }]
+[[aiv]]
+block_idx = 1
+ops = [{ op = "assign_queue", group = "h", queue = 0 }]
+[[aiv]]
+block_idx = 1
+ops = []
+"""
+
+
+def _check_lines(capsys, tmp_path, text: str) -> list[str]:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    code, out, err = _cli(capsys, "check", str(path))
+    assert code == 2 and out == "" and "Traceback" not in err
+    lines = err.splitlines()
+    assert lines[-1].startswith(f"{path}: ")
+    for line in lines[:-1]:
+        assert line.startswith("invalid input: ") and "(fix: " in line, line
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("text", "fields"),
+    [
+        (MANY_ERRORS, ["group[0].colour = 'red'", "group[0].block_size = 0", "aiv[0].block_idx = '0'",
+                       "aiv[0].ops[1].op = 'pst'"]),
+        (CROSS_ERRORS, ["group[0].callback = 'mrge'", "aiv[0].ops[1].fields.funcID = 'x'",
+                        "tensor[0].init = 'nope.npy'"]),
+        (BUILD_ERRORS, ["aiv[0].ops[0].queue = 5", "aiv[1].ops[0].group = 'h'", "aiv[2].block_idx = 1"]),
+    ],
+    ids=["schema", "cross-checks", "builders"],
+)  # fmt: skip
+def test_check_lists_every_error_with_its_fix(capsys, tmp_path, text, fields):
+    lines = _check_lines(capsys, tmp_path, text)
+    assert len(lines) == len(fields) + 1
+    for field, line in zip(fields, lines, strict=False):
+        assert field in line
+    assert lines[-1].endswith(f": {len(fields)} errors")
+
+
+def test_check_caps_the_list_at_20(capsys, tmp_path):
+    keys = "\n".join(f"bad_key_{i} = {i}" for i in range(25))
+    text = MANY_ERRORS.replace('colour = "red"', keys)
+    lines = _check_lines(capsys, tmp_path, text)
+    assert len(lines) == 21
+    assert lines[-1].endswith(": 28 errors (the first 20 shown)")
+
+
+def test_run_still_stops_at_the_first_error(capsys, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(CROSS_ERRORS)
+    err = _refused(capsys, ["run", str(path)], "group[0].callback = 'mrge'")
+    assert len(err.splitlines()) == 1
+
+
+def test_post_field_messages_carry_a_fix(capsys, tmp_path):
+    # the two post-field messages that had no fix: a quoted number and a negative size
+    lines = _check_lines(capsys, tmp_path, CROSS_ERRORS)
+    assert "funcID = 'x'" in lines[1] and "(fix: write the number without quotes)" in lines[1]
+    lines = _check_lines(capsys, tmp_path, CROSS_ERRORS.replace('funcID = "x", ', ""))
+    assert "tailM = -1: must be >= 0 (a size in elements) (fix: write 0 or a positive size)" in lines[1]
