@@ -21,6 +21,7 @@ arrays and the reference interpreter runs them directly.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,9 +43,44 @@ from ascend_jax.gm import GlobalMemory, Tensor
 from ascend_jax.matmul import MatmulType, TCubeTiling
 from ascend_jax.message import CUBE_MSG_BODY, MAX_MSG_PER_AIV, CubeMsgState, check_message_dtype, pack_message
 
-#: Build modes: debug checks ``ASCENDC_DEBUG_ASSERT`` (kernel_operator_cube_group_handle_impl.h), release
-#: compiles them out (the macro is empty outside debug / CPU-simulation builds).
-BUILDS = ("debug", "release")
+#: Build modes, after asc-devkit ``kernel_log.h`` (the ``ASCENDC_ASSERT`` / ``ASCENDC_DEBUG_ASSERT``
+#: macro definitions): ``cpu`` is the CPU twin, which checks both macros; ``npu-debug`` an NPU build
+#: with ``ASCENDC_DEBUG``, which checks only ``ASCENDC_DEBUG_ASSERT`` (``ASCENDC_ASSERT`` is empty on
+#: ``__NPU_DEVICE__``); ``release`` an NPU build without it, which checks nothing.
+BUILDS = ("cpu", "npu-debug", "release")
+#: Deprecated build names (kept for one release) and what they mean now.
+BUILD_ALIASES = {"debug": "cpu"}
+
+
+class BuildAliasWarning(DeprecationWarning):
+    """A deprecated build name was used (``debug``: say ``cpu``)."""
+
+
+def normalise_build(build: Any) -> str:
+    """The build name ``build`` stands for; a deprecated alias warns (:class:`BuildAliasWarning`).
+
+    Raises:
+      ConfigError: ``build`` is not a build name.
+    """
+    if build in BUILD_ALIASES:
+        new = BUILD_ALIASES[build]
+        warnings.warn(
+            f"build = {build!r} is deprecated and will be removed in the next release; it means {new!r} "
+            "(the CPU twin: ASCENDC_ASSERT and ASCENDC_DEBUG_ASSERT both checked)",
+            BuildAliasWarning,
+            stacklevel=3,
+        )
+        return new
+    if build not in BUILDS:
+        raise ConfigError(
+            "build",
+            build,
+            f"must be one of {list(BUILDS)}",
+            "'cpu' checks every assert (the CPU twin), 'npu-debug' only ASCENDC_DEBUG_ASSERT, 'release' none",
+        )
+    return build
+
+
 #: AllocMessage / PostMessage pipe modes (PipeMode in kernel_utils_cube_group.h)
 PIPES = ("SCALAR", "MTE3")
 
@@ -364,7 +400,8 @@ class CubeGroupProgram:
       queue_of: (group, block_idx) -> bound queue.
       max_steps: bound on the number of engine steps.
       max_received: per-AIC capacity of the received-message log (auto when None).
-      build: ``"debug"`` or ``"release"`` (see :class:`CubeGroupKernel`).
+      build: ``"cpu"``, ``"npu-debug"`` or ``"release"`` (see :class:`CubeGroupKernel`; ``"debug"`` is
+        a deprecated alias of ``"cpu"``, normalised here).
       zero_workspace: False: report a relaunch on the first launch's workspace (see :class:`CubeGroupKernel`).
       matmuls: per group, (MatmulType, TCubeTiling) or None.
       gm: the global memory (tensors and their initial bytes).
@@ -383,11 +420,15 @@ class CubeGroupProgram:
     queue_of: Mapping[tuple[int, int], int]
     max_steps: int
     max_received: int | None = None
-    build: str = "debug"
+    build: str = "cpu"
     zero_workspace: bool = True
     matmuls: tuple[Any, ...] = ()
     gm: GlobalMemory = dataclasses.field(default_factory=GlobalMemory, compare=False)
     tolerances: Mapping[str, float] = dataclasses.field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.build not in BUILDS:  # a deprecated alias (dataclasses.replace, the CLI's --build)
+            object.__setattr__(self, "build", normalise_build(self.build))
 
     @property
     def aics(self) -> list[tuple[int, int]]:
@@ -429,9 +470,11 @@ class CubeGroupKernel:
         the first launch's slots and GroupBarrier counters, as when the host does not zero the
         workspace between launches (F10: old QUITs retire live columns, old slots block allocs).
         GM tensors start from their initial values in both launches.
-      build: ``"debug"`` (a failed ``ASCENDC_DEBUG_ASSERT`` stops that AIC: status ``error``) or
-        ``"release"`` (asserts are compiled out: the run does what the device does and lists every
-        assert a debug build would have hit in ``asserts_violated``).
+      build: which asserts exist (asc-devkit ``kernel_log.h``): ``"cpu"`` (the CPU twin: a failed
+        ``ASCENDC_ASSERT`` or ``ASCENDC_DEBUG_ASSERT`` stops that AIC where the call that holds it is
+        made: status ``error``), ``"npu-debug"`` (only ``ASCENDC_DEBUG_ASSERT``) or ``"release"``
+        (none). The weaker two do what the device does and list, in ``asserts_violated``, the
+        assert the CPU twin would have stopped at. ``"debug"``: deprecated alias of ``"cpu"``.
     """
 
     def __init__(
@@ -441,7 +484,7 @@ class CubeGroupKernel:
         max_steps: int = 100_000,
         workspace_base: int = 0,
         max_received: int | None = None,
-        build: str = "debug",
+        build: str = "cpu",
         zero_workspace: bool = True,
     ):
         self.chip = get_chip(chip)
@@ -449,9 +492,7 @@ class CubeGroupKernel:
             raise ConfigError("zero_workspace", zero_workspace, "must be true or false")
         self.zero_workspace = zero_workspace
         self.name = name
-        if build not in BUILDS:
-            raise ConfigError("build", build, f"must be one of {list(BUILDS)}", "'debug' stops at a failed assert")
-        self.build = build
+        self.build = normalise_build(build)
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ConfigError("max_steps", max_steps, "must be an integer >= 1")
         if max_received is not None and (not isinstance(max_received, int) or max_received < 1):

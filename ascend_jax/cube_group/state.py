@@ -60,7 +60,7 @@ class EngineShape:
     aiv_home: tuple[int, ...] | None = None  # per AIV row: its queue row (c * W + col), -1 none;
     # None when some AIV serves two queues, lanes bind differently or a Wait targets another queue
     shared: bool = True  # every lane runs the same program: tables carry no batch axis
-    build: str = "debug"  # "debug": a failed assert stops the AIC; "release": listed, run goes on
+    build: str = "cpu"  # "cpu" | "npu-debug" | "release" (program.BUILDS: which asserts stop an AIC)
     gm_bounds: tuple = ()  # ((first byte, end byte), ...) of every GM tensor (matmul bounds checks)
     n_vec_ops: int = 0  # Vn: rows of the vector op table (padded; 0: no AIV runs a vector op)
     ub: tuple = (0, 0, 0)  # (NB, R, C): UB buffers per AIV, largest buffer rows and cols
