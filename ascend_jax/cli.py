@@ -121,10 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--build",
-        choices=["debug", "release"],
+        choices=["cpu", "npu-debug", "release", "debug"],
         default=None,
-        help="override the scenario's build: debug (a failed assert stops that AIC) or release (asserts "
-        "compiled out; the JSON lists them in asserts_violated)",
+        help="override the scenario's build: cpu (CPU twin: every assert stops that AIC), npu-debug (only "
+        "ASCENDC_DEBUG_ASSERT) or release (no assert; the JSON lists what the CPU twin would have hit in "
+        "asserts_violated); debug is a deprecated alias of cpu",
     )
     run.add_argument("--batch", type=int, default=None, help=f"number of lanes, 1..{MAX_BATCH} (seeds seed..seed+N-1)")
     run.add_argument("--seed", type=int, default=None, help=f"seed of the first lane's random schedule, 0..{SEED_MAX}")
@@ -506,6 +507,8 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--model-arg", args.model_arg[0], "applies only to --model", "leave --model-arg out")
         path = args.file or builtin_scenario_path()
         program = load_scenario(path, max_steps=nums.max_steps, allow_python=args.allow_python)
+    if args.build == "debug":  # deprecated alias (issue 24)
+        print("note: --build debug is deprecated; it means --build cpu (the CPU twin)", file=sys.stderr)
     if args.build is not None:
         program = dataclasses.replace(program, build=args.build)
     schedule = args.schedule or "lockstep"

@@ -309,10 +309,11 @@ class Scenario(StrictModel):
     chip: str = Field("910B1", description="preset 910B1..910B4, or a CANN platform .ini path (scenario-relative)")
     max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS_LIMIT)] = 100_000
     max_received: Annotated[int, Field(ge=1, le=MAX_RECEIVED_LIMIT)] | None = None
-    build: Literal["debug", "release"] = Field(
-        "debug",
-        description="debug: a failed debug assert stops that AIC (status error); release: asserts are "
-        "compiled out, the run does what the device does and lists them in asserts_violated",
+    build: Literal["cpu", "npu-debug", "release", "debug"] = Field(
+        "cpu",
+        description="cpu (the CPU twin): ASCENDC_ASSERT and ASCENDC_DEBUG_ASSERT stop that AIC (status error); "
+        "npu-debug (NPU build with ASCENDC_DEBUG): only ASCENDC_DEBUG_ASSERT; release: no assert. The weaker "
+        "builds list what the CPU twin would have hit in asserts_violated. debug: deprecated alias of cpu",
     )
     zero_workspace: bool = Field(
         True,
