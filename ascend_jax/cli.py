@@ -38,6 +38,13 @@ from ascend_jax.models import RANKS_RANGE
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID, EXIT_NOT_OK = 0, 1, 2, 3
 #: ``run`` flags that do not apply to comm models (given explicitly: exit 2).
 COMM_UNSUPPORTED = ("schedule", "atomic_order", "dump", "devices", "trace_lane", "build")
+#: Work budget of one ``run`` in the reference interpreter, AIV ops x lanes: about a minute at the
+#: ~8,000 ops/s measured for attention_grad's matmul and vector ops on one CPU core (protocol-only
+#: ops run ~20x faster). ``--allow-large`` lifts it.
+REFERENCE_MAX_WORK = 500_000
+#: Work budget in the JAX engine, AIV ops x lanes (lanes run side by side): 10x the README's
+#: 16,384-lane example of the 384-op default scenario.
+JAX_MAX_WORK = 2**26
 #: how to get the optional plotting dependency of ``--report``
 INSTALL_PLOTS = "install matplotlib: pip install 'ascend_jax[bench]' (or pip install matplotlib)"
 
@@ -173,6 +180,12 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-python",
         action="store_true",
         help="let the scenario's python: callbacks and --model file paths import and run code",
+    )
+    run.add_argument(
+        "--allow-large",
+        action="store_true",
+        help=f"run even if the work estimate (AIV ops x lanes) is over the budget ({REFERENCE_MAX_WORK:,} in the "
+        f"reference interpreter, {JAX_MAX_WORK:,} in the JAX engine)",
     )
     run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     check = sub.add_parser("check", help="validate a scenario without running it (imports no user code)")
@@ -469,18 +482,22 @@ def _run(args: argparse.Namespace) -> int:
                 _prepare_trace(value)
             _prepare_folder(f"--{flag}", value)
     expected = None
+    engine, schedule, atomic_order = _pick_engine(args, nums)
     if args.model:
         if args.file:
             raise ConfigError("--model", args.model, "give either a scenario file or --model, not both",
                               "drop the file or --model")  # fmt: skip
-        program, expected, path = load_model(
-            args.model,
-            nums.seed,  # the model's generated inputs follow --seed
-            max_steps=nums.max_steps,
-            ranks=nums.ranks,
-            allow_python=args.allow_python,
-            options=parse_model_args(args.model_arg),
-        )
+        with _Activity(f"building model {args.model}", delay=2.0):
+            program, expected, path = load_model(
+                args.model,
+                nums.seed,  # the model's generated inputs follow --seed
+                max_steps=nums.max_steps,
+                ranks=nums.ranks,
+                allow_python=args.allow_python,
+                options=parse_model_args(args.model_arg),
+                before_build=lambda ops: _check_work(ops, nums.batch, engine, args.allow_large, "estimated by the "
+                                                     "model's work()"),
+            )  # fmt: skip
         # a comm program: a TaskProgram exists only if its module was loaded (a cube-group run never loads it)
         tasks = sys.modules.get("ascend_jax.aicpu.tasks")
         if tasks is not None and isinstance(program, tasks.TaskProgram):
@@ -511,13 +528,7 @@ def _run(args: argparse.Namespace) -> int:
         print("note: --build debug is deprecated; it means --build cpu (the CPU twin)", file=sys.stderr)
     if args.build is not None:
         program = dataclasses.replace(program, build=args.build)
-    schedule = args.schedule or "lockstep"
-    atomic_order = args.atomic_order or "fixed"
-    engine = args.engine or "auto"
-    if engine == "auto":  # one deterministic lane: the interpreter answers before JAX would compile
-        jax_only = atomic_order != "fixed" or nums.chunk is not None or nums.devices is not None
-        single = nums.batch == 1 and schedule != "random"  # random lanes replay only in the engine that drew them
-        engine = "reference" if single and not jax_only else "jax"
+    _check_work(sum(len(ops) for _, ops in program.aivs), nums.batch, engine, args.allow_large, "counted")
     if engine == "reference" and atomic_order != "fixed":
         raise ConfigError("--atomic-order", atomic_order, "random needs --engine jax", "leave --engine out")
     for flag in ("chunk", "devices"):
@@ -538,6 +549,32 @@ def _run(args: argparse.Namespace) -> int:
         as_json=args.json,
     )
     return _run_cube(program, expected, path, nums, engine, schedule, atomic_order, out)
+
+
+def _pick_engine(args: argparse.Namespace, nums: Any) -> tuple[str, str, str]:
+    """``(engine, schedule, atomic_order)`` of a cube-group run from the flags (``auto`` resolved)."""
+    schedule = args.schedule or "lockstep"
+    atomic_order = args.atomic_order or "fixed"
+    engine = args.engine or "auto"
+    if engine == "auto":  # one deterministic lane: the interpreter answers before JAX would compile
+        jax_only = atomic_order != "fixed" or nums.chunk is not None or nums.devices is not None
+        single = nums.batch == 1 and schedule != "random"  # random lanes replay only in the engine that drew them
+        engine = "reference" if single and not jax_only else "jax"
+    return engine, schedule, atomic_order
+
+
+def _check_work(ops: int, lanes: int, engine: str, allow_large: bool, how: str) -> None:
+    """Refuses (exit 2) a run whose work estimate, AIV ops x lanes, is over the engine's budget
+    (:data:`REFERENCE_MAX_WORK`, :data:`JAX_MAX_WORK`) unless ``--allow-large``."""
+    limit = REFERENCE_MAX_WORK if engine == "reference" else JAX_MAX_WORK
+    work = ops * lanes
+    if work > limit and not allow_large:
+        raise ConfigError(
+            "work estimate",
+            f"{ops:,} AIV ops ({how}) x {lanes:,} lane{'s' if lanes > 1 else ''} = {work:,}",
+            f"is over the {engine} engine's budget of {limit:,} op-lanes (a run this size may take many minutes)",
+            "pass --allow-large to run it anyway, or shrink the run (smaller --model-arg sizes or --batch)",
+        )
 
 
 @dataclasses.dataclass
@@ -628,8 +665,12 @@ def _run_cube(program, expected, path, nums, engine, schedule, atomic_order, out
     lanes = f"{nums.batch} lane{'s' if nums.batch > 1 else ''}"
     t0 = time.perf_counter()
     if engine == "reference":
-        with _Activity(f"running {lanes} of {program.name} in the reference interpreter ({schedule})"):
-            results = [run_reference(program, schedule, s) for s in seeds]
+        what = f"running {lanes} of {program.name} in the reference interpreter ({schedule})"
+        with _Activity(what, delay=2.0, total=nums.batch if nums.batch > 1 else None) as act:
+            results = []
+            for s in seeds:
+                results.append(run_reference(program, schedule, s))
+                act.advance()
     else:
         from ascend_jax.cube_group.engine import simulate  # imports JAX: only when the JAX engine runs
 
@@ -642,7 +683,7 @@ def _run_cube(program, expected, path, nums, engine, schedule, atomic_order, out
                     "--devices", nums.devices, f"this machine has {len(jax.devices())} device(s)", "lower --devices"
                 )
         kw: dict[str, Any] = {"chunk_size": nums.chunk, "devices": nums.devices, "progress": True}
-        with _Activity(f"compiling and running {lanes} of {program.name} in the JAX engine ({schedule})"):
+        with _Activity(f"compiling and running {lanes} of {program.name} in the JAX engine ({schedule})", delay=2.0):
             results = simulate([program] * nums.batch, schedule=schedule, seeds=seeds, atomic_order=atomic_order, **kw)
     elapsed = time.perf_counter() - t0
     numerics_ok = True

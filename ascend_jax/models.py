@@ -254,11 +254,14 @@ def load_model(
     ranks: int | None = None,
     allow_python: bool = False,
     options: dict[str, str] | None = None,
+    before_build: Callable[[int], None] | None = None,
 ) -> tuple[Any, Callable[[Any], dict[str, Any]] | None, Path]:
     """Returns (program, expected function or None, path) of model ``name``: a
     :class:`CubeGroupProgram`, or a comm :class:`ascend_jax.aicpu.world.TaskProgram` for models
     whose ``build`` takes ``ranks``. ``options`` (``--model-arg``): keyword arguments of the model's
-    ``build`` as text, converted to the type of each one's default."""
+    ``build`` as text, converted to the type of each one's default. ``before_build``: called with
+    the model's ``work(seed, **options)`` (its estimated AIV ops) before ``build`` runs, if the model
+    defines ``work`` (e.g. to refuse a run over a work budget before a long build)."""
     from ascend_jax.scenario import load_scenario  # here: listing models and the CLI's start need none of it
 
     path = find_model(name, allow_python)
@@ -283,6 +286,8 @@ def load_model(
         raise ConfigError("--model", name, f"{path} defines no build(seed) function", "add one")
     params = inspect.signature(module.build).parameters
     kwargs = _model_kwargs(path, module.build, options or {})
+    if before_build is not None and callable(getattr(module, "work", None)):
+        before_build(int(module.work(seed, **kwargs)))
     if ranks is not None:
         if "ranks" not in params:
             raise ConfigError(

@@ -551,3 +551,19 @@ expected.reference_shares = (
     "Q, K, V and dO as stored in the input type; O and the softmax recomputed in float64, where the "
     "kernel and the float64 replay read O rounded to the input type"
 )
+
+
+def work(seed: int = 0, **options) -> int:
+    """Estimated AIV ops of ``build(seed, **options)``, without building it (``ascend-jax run``
+    checks its work budget with it before a long build): the ops of one- and two-block kernels of
+    the same options give a fixed part and a per-block part, scaled to the B x H x n1 x n2 blocks
+    (n (n + 1) / 2 per (batch, head) when causal)."""
+    b1, b2 = options.get("block_s1", 64), options.get("block_s2", 64)
+    if b1 < 1 or b2 < 1:
+        return 0  # build() names the bad block size
+    n1, n2 = max(1, options.get("s1", 128) // b1), max(1, options.get("s2", 128) // b2)
+    blocks = (n1 * (n1 + 1) // 2 if options.get("causal", False) else n1 * n2) * options.get("batch", 1)
+    blocks *= options.get("heads", 1)
+    small = {**options, "s1": b1, "s2": b2, "heads": 1}
+    one, two = (sum(len(ops) for _, ops in build(seed, **{**small, "batch": b}).aivs) for b in (1, 2))
+    return (one - (two - one)) + blocks * (two - one)

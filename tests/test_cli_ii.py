@@ -482,3 +482,72 @@ def test_post_field_messages_carry_a_fix(capsys, tmp_path):
     assert "funcID = 'x'" in lines[1] and "(fix: write the number without quotes)" in lines[1]
     lines = _check_lines(capsys, tmp_path, CROSS_ERRORS.replace('funcID = "x", ', ""))
     assert "tailM = -1: must be >= 0 (a size in elements) (fix: write 0 or a positive size)" in lines[1]
+
+
+# -- item 4: a work bound before any run, progress while it runs -----------------------------
+
+REPRO = ["run", "--model", "attention_grad", "--model-arg", "s1=8192", "--model-arg", "s2=8192",
+         "--model-arg", "batch=2", "--model-arg", "d=16"]  # fmt: skip
+
+
+def test_the_issue_repro_is_refused_before_the_build(capsys, monkeypatch):
+    import ascend_jax.models as aj_models
+
+    built = []
+    real = aj_models.load_model
+
+    def spy(*a, **k):  # the refusal must come from before_build, not from a finished build
+        hook = k["before_build"]
+        k["before_build"] = lambda ops: (built.append(ops), hook(ops))
+        return real(*a, **k)
+
+    monkeypatch.setattr(aj_models, "load_model", spy)
+    _refused(capsys, REPRO, "work estimate", "1,048,584 AIV ops", "x 1 lane", "budget of 500,000", "--allow-large")
+    assert built == [1048584]
+
+
+def test_attention_work_estimate_matches_the_build():
+    from ascend_jax.models import load_model
+
+    for opts in ({"s1": "256", "s2": "512", "heads": "2"}, {"s1": "256", "s2": "256", "causal": "true"}):
+        seen = []
+        program, _, _ = load_model("attention_grad", options=opts, before_build=seen.append)
+        ops = sum(len(o) for _, o in program.aivs)
+        assert ops <= seen[0] <= 1.1 * ops  # exact for full blocks; diagonal blocks a few ops fewer
+
+
+def test_work_over_the_budget_needs_allow_large(capsys):
+    # the 384-op default scenario, 1,303 lanes in the reference interpreter: 500,352 op-lanes
+    argv = ["run", "--batch", "1303", "--engine", "reference", "--json"]
+    _refused(capsys, argv, "work estimate", "384 AIV ops (counted) x 1,303 lanes = 500,352", "reference engine")
+    code, out, _ = _cli(capsys, *argv, "--allow-large")
+    assert code == 0 and len(json.loads(out)["batch"]) == 1303
+
+
+def test_jax_budget_is_larger(capsys):
+    _refused(capsys, ["run", "--batch", "1048576", "--engine", "jax"], "x 1,048,576 lanes", "jax engine's budget")
+
+
+def test_activity_reports_units_elapsed_and_eta(capsys):
+    import time
+
+    from ascend_jax.cli import _Activity
+
+    with _Activity("counting", delay=0.0, every=0.01, total=4, unit="lanes") as act:
+        act.advance(2)
+        time.sleep(0.05)
+        assert act.progress_text().startswith("2/4 lanes, ") and "ETA" in act.progress_text()
+    err = capsys.readouterr().err
+    assert "ascend-jax: counting ..." in err and "still counting (2/4 lanes, " in err and "counting: done in" in err
+
+
+@pytest.mark.parametrize(
+    ("arg", "words"),
+    [
+        ("block_s1=0", ["attention_grad.block_s1 = 0", ">= 1"]),
+        ("heads=0", ["attention_grad.heads = 0", ">= 1"]),
+        ("batch=100000000000", ["work estimate", "12,800,000,000,008 AIV ops", "--allow-large"]),
+    ],
+)
+def test_hostile_attention_sizes_exit_2_quickly(capsys, arg, words):
+    _refused(capsys, ["run", "--model", "attention_grad", "--model-arg", arg], *words)
