@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ascend_jax.compare import rel_l2  # noqa: F401  (re-exported: the one definition is in compare)
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GM_BASE, dtype_name, get_dtype
 
@@ -696,12 +696,3 @@ def exact_combine(old: np.ndarray, new: np.ndarray, atomic: int) -> np.ndarray:
     if atomic == ATOMIC_MIN:
         return np.minimum(old, new)
     return new
-
-
-@quiet_fp
-def rel_l2(sim: np.ndarray, ref: np.ndarray) -> float:
-    sim = sim.astype(np.float64)
-    ref = ref.astype(np.float64)
-    denom = float(np.linalg.norm(ref))
-    diff = float(np.linalg.norm(sim - ref))
-    return diff / denom if denom > 0 else (0.0 if diff == 0 else math.inf)

@@ -463,7 +463,8 @@ def comm_timeline_figure(result):
 def lane_errors(program, results) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Per tensor a matmul wrote: [lanes] relative L2 error of each lane against the float64
     reference, and the tensor's tolerance."""
-    from ascend_jax.matmul import TOLERANCE, rel_l2
+    from ascend_jax.compare import rel_l2
+    from ascend_jax.matmul import TOLERANCE
     from ascend_jax.numerics import _name, exact_reference
 
     arrays = getattr(results, "arrays", None)

@@ -23,9 +23,9 @@ from ascend_jax.aicpu.codes import (
     HcclResult,
 )
 from ascend_jax.aicpu.opinfo import OpInfo, load_op_info, resolve_symbol
+from ascend_jax.aicpu.resources import Channel, Comm, StreamSync
 from ascend_jax.aicpu.structs import to_bytes
 from ascend_jax.aicpu.tasks import KernelLaunch, Queue, Task, TaskKind, local_copy
-from ascend_jax.aicpu.world import Channel, Comm, StreamSync
 
 if TYPE_CHECKING:
     from ascend_jax.aicpu.world import World

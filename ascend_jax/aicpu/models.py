@@ -12,7 +12,7 @@ from ascend_jax.aicpu.collectives import CUSTOM_TIMEOUT, hccl_recv_custom, hccl_
 from ascend_jax.aicpu.result import CommResult
 from ascend_jax.aicpu.tasks import CommCost, TaskProgram
 from ascend_jax.aicpu.world import World
-from ascend_jax.numerics import compare
+from ascend_jax.compare import compare
 
 #: Relative-L2 tolerance of comm outputs against float64 numpy: fp32 sums over p <= 64 ranks.
 COMM_TOLERANCE = {"float32": 1e-6, "float16": 2e-3, "int32": 0.0}

@@ -20,79 +20,17 @@ from typing import Any
 
 import numpy as np
 
+from ascend_jax.aicpu.host import HostApi
+from ascend_jax.aicpu.resources import Channel, Comm, Memory, StreamSync
 from ascend_jax.aicpu.tasks import (
     DEFAULT_WAIT_TIMEOUT_ERROR,
     KERNEL_RETURN_ERRORS,
-    MEM_BASE,
     CommCost,
     KernelLaunch,
     Queue,
     TaskProgram,
 )
 from ascend_jax.errors import ConfigError
-from ascend_jax.gm import acl_malloc_place
-
-
-class Memory:
-    """One rank's device memory: allocations (``aclrtMalloc`` placement) and the byte image."""
-
-    def __init__(self) -> None:
-        self.cursor = MEM_BASE
-        self.image = np.zeros(0, np.uint8)
-        self.allocs: list[tuple[int, int, str]] = []
-
-    def malloc(self, size: int, label: str) -> int:
-        start, self.cursor = acl_malloc_place(self.cursor, size)
-        grown = np.zeros(self.cursor - MEM_BASE, np.uint8)
-        grown[: self.image.size] = self.image
-        self.image = grown
-        self.allocs.append((start, start + size, label))
-        return start
-
-    def write(self, addr: int, data: bytes) -> None:
-        lo = addr - MEM_BASE
-        self.image[lo : lo + len(data)] = np.frombuffer(bytes(data), np.uint8)
-
-    def read(self, addr: int, n: int) -> bytes:
-        lo = addr - MEM_BASE
-        return self.image[lo : lo + n].tobytes()
-
-    def inside(self, addr: int, n: int) -> bool:
-        return any(s <= addr and addr + n <= e for s, e, _ in self.allocs)
-
-
-@dataclasses.dataclass
-class Channel:
-    """This rank's side of a channel to ``peer``: ``notifies`` are the notifies this side owns."""
-
-    handle: int
-    rank: int
-    peer: int
-    comm: str
-    protocol: int
-    notifies: list[int]
-
-
-@dataclasses.dataclass
-class Comm:
-    """A communicator on one rank: name, rank, size, HCCL buffer, engine contexts by tag."""
-
-    name: str
-    rank: int
-    size: int
-    buffer_addr: int
-    buffer_size: int
-    ctx: dict = dataclasses.field(default_factory=dict)  # (tag, engine) -> (addr, size)
-    channels: dict = dataclasses.field(default_factory=dict)  # (engine, peer, protocol) -> handle
-
-
-@dataclasses.dataclass
-class StreamSync:
-    """What ``aclrtSynchronizeStream`` returns once the world has run (``code``; None before)."""
-
-    rank: int
-    stream: int
-    code: int | None = None
 
 
 class World:
@@ -155,8 +93,6 @@ class World:
         self.inputs: list[np.ndarray] = []
         self.meta: dict[str, Any] = {}
         self._handles = 0x1000
-        from ascend_jax.aicpu.host import HostApi  # host.py builds this module's resource types
-
         self._hosts = [HostApi(self, r) for r in range(ranks)]
 
     # -- resources -------------------------------------------------------------------------
