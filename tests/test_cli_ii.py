@@ -551,3 +551,41 @@ def test_activity_reports_units_elapsed_and_eta(capsys):
 )
 def test_hostile_attention_sizes_exit_2_quickly(capsys, arg, words):
     _refused(capsys, ["run", "--model", "attention_grad", "--model-arg", arg], *words)
+
+
+# -- item 5: the distributed path says whom it waits for and gives up -------------------------
+
+_RUN = "import sys; from ascend_jax.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _free_port() -> int:
+    """A local port nothing listens on (bound, read, released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _distributed(timeout: str) -> subprocess.CompletedProcess:
+    env = {"ASCEND_JAX_COORDINATOR": f"127.0.0.1:{_free_port()}", "ASCEND_JAX_NUM_PROCESSES": "2",
+           "ASCEND_JAX_PROCESS_ID": "1", "ASCEND_JAX_INIT_TIMEOUT": timeout}  # fmt: skip
+    return _fresh(_RUN, "run", "--batch", "2", env=env, timeout=120)
+
+
+def test_a_process_without_coordinator_gives_up_with_exit_2():
+    p = _distributed("1")
+    assert p.returncode == 2, p.stderr
+    assert p.stdout == "" and "Traceback" not in p.stderr
+    assert "process 1 of 2 is waiting for the coordinator (process 0) at 127.0.0.1:" in p.stderr
+    assert "gives up after 1 s; ASCEND_JAX_INIT_TIMEOUT sets it" in p.stderr
+    assert "invalid input: ASCEND_JAX_COORDINATOR = '127.0.0.1:" in p.stderr
+    assert "no coordinator answered there within 1 s" in p.stderr and "(fix: start process 0 first" in p.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1e3", "99999999"])
+def test_a_bad_init_timeout_is_refused(value):
+    p = _distributed(value)
+    assert p.returncode == 2, p.stderr
+    assert f"invalid input: ASCEND_JAX_INIT_TIMEOUT = '{value}': must be an integer in 1..86400" in p.stderr
+    assert "waiting" not in p.stderr  # refused before any wait

@@ -85,7 +85,7 @@ def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, fields: 
         return jnp.where(bad, new, old).astype(jnp.int32)
 
     phase = pick(AicPhase.ERROR, st.aic_phase)
-    done = lane_done(shape, tab, st.aiv_pc, phase)
+    done = lane_done(shape, tab, st.aiv_pc, phase, st.aiv_mte3)
     status = jnp.where((st.status == Status.RUNNING) & done, Status.OK, st.status)
     return dataclasses.replace(
         st,
@@ -226,6 +226,7 @@ def make_shape(
         wait_tests=any(op.kind == AivCall.WAIT and not op.sync for op in all_ops),
         shared=len(programs) == 1,
         build=first.build,
+        stray=any(e.stray for e in encoded),
         op_kinds=tuple(sorted({int(ENCODED_KIND[op.kind]) for op in all_ops})),
         has_mte3=any(op.pipe == "MTE3" for op in all_ops),
         gm_bounds=tuple(tuple(int(x) for x in b) for b in first.gm.bounds()) if has_mm else (),
@@ -485,8 +486,20 @@ def init_distributed(
         n - 1,
         f"one of 0..{n - 1}, a different one in each process (0: the coordinator's)",
     )
+    timeout = _whole(INIT_TIMEOUT_ENV, os.environ.get(INIT_TIMEOUT_ENV) or str(DEFAULT_INIT_TIMEOUT_S), 1, 86400,
+                     f"a whole number of seconds, e.g. {DEFAULT_INIT_TIMEOUT_S}")  # fmt: skip
+    from jax._src import xla_bridge  # private, hence the getattr: has JAX already started here?
+
+    if not getattr(xla_bridge, "backends_are_initialized", lambda: False)():  # else initialize says so at once
+        whom = f"the coordinator (process 0) at {addr}" if pid else f"{n - 1} other process(es) to join at {addr}"
+        print(f"ascend-jax: process {pid} of {n} is waiting for {whom} (gives up after {timeout} s; "
+              f"{INIT_TIMEOUT_ENV} sets it)", file=sys.stderr, flush=True)  # fmt: skip
+        if pid:  # JAX aborts the whole process when the coordinator never answers: look first
+            _wait_for_coordinator(field["coordinator"], addr, host, int(port), timeout, f"process {pid} of {n}")
     try:
-        jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
+        jax.distributed.initialize(
+            coordinator_address=addr, num_processes=n, process_id=pid, initialization_timeout=timeout
+        )
     except RuntimeError as e:
         if "must be called before" not in str(e):
             raise
@@ -497,6 +510,32 @@ def init_distributed(
             "join first (init_distributed() before any other JAX call); on the command line leave --devices out",
         ) from None
     return True
+
+
+#: Seconds ``init_distributed`` waits for the other processes (``ASCEND_JAX_INIT_TIMEOUT`` overrides).
+DEFAULT_INIT_TIMEOUT_S = 60
+INIT_TIMEOUT_ENV = "ASCEND_JAX_INIT_TIMEOUT"
+
+
+def _wait_for_coordinator(field: str, addr: str, host: str, port: int, timeout: float, who: str) -> None:
+    """Returns once something accepts a TCP connection at ``host:port``; raises :class:`ConfigError`
+    after ``timeout`` seconds (JAX's own wait ends by aborting the process, with no message)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host.strip("[]"), port), timeout=max(0.05, min(1.0, left))):
+                return
+        except OSError:
+            if left <= 0:
+                raise ConfigError(
+                    field, addr, f"no coordinator answered there within {timeout} s ({who} waits for process 0)",
+                    f"start process 0 first, check the address, or raise {INIT_TIMEOUT_ENV} (seconds)",
+                ) from None  # fmt: skip
+            time.sleep(min(0.2, max(0.0, left)))
 
 
 def _whole(field: str, value: Any, lo: int, hi: int | None, fix: str) -> int:
