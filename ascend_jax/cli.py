@@ -801,12 +801,13 @@ def _run_comm(program, expected, args: argparse.Namespace, out: _Outputs) -> int
         f"{printable(program.name)}  engine={engine}  ranks={program.n_ranks}  status={result.status.label}  "
         f"steps={result.steps}  simulated={summary['time_s'] * 1e6:.1f} us  wall={elapsed:.2f}s"
     ]
-    rows = [
-        [printable(q["queue"]), q["kind"], q["status"], str(q["error"]), f"{q['tasks_done']}/{q['tasks']}"]
+    rows = [  # the rank once, in its own column: queue names are rank<r>.<queue>
+        [str(entry["rank"]), printable(str(q["queue"]).removeprefix(f"rank{entry['rank']}.")), q["kind"],
+         q["status"], str(q["error"]), f"{q['tasks_done']}/{q['tasks']}"]
         for entry in summary["ranks"]
         for q in entry["queues"]
-    ]
-    lines += _table("queues", ["queue", "kind", "status", "error", "tasks"], rows)
+    ]  # fmt: skip
+    lines += _table("queues", ["rank", "queue", "kind", "status", "error", "tasks"], rows)
     for name, e in report.items():
         lines.append(
             f"numerics {printable(name)}: rel L2 {e['rel_l2_error']:.3g} (tolerance {e['tolerance']:.3g}) ok={e['ok']}"
@@ -927,14 +928,26 @@ def _emit(lines: list[str]) -> None:
 
 
 def _table(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
-    """A plain-text table: a title line, a header, a rule and one line per row, columns padded to
-    their widest cell (nothing cut)."""
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    """A table as plain-text lines, laid out by ``rich.table``: a title line, the header, a rule and
+    one line per row, each column as wide as its widest cell (nothing cut or wrapped; cells are
+    plain text, never markup)."""
+    import io
 
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
-    return [title, line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for h in headers:
+        table.add_column(Text(h), no_wrap=True, overflow="ignore")
+    for r in rows:
+        table.add_row(*(Text(c) for c in r))
+    widest = sum(max([len(h)] + [len(r[i]) for r in rows]) + 3 for i, h in enumerate(headers)) + 8
+    console = Console(file=io.StringIO(), width=widest, color_system=None, highlight=False, emoji=False)
+    console.print(table)
+    body = [line.rstrip() for line in console.file.getvalue().splitlines()]
+    return [title, *(line for line in body if line.strip() or not line)]
 
 
 def _stats(values) -> str:

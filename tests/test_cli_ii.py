@@ -589,3 +589,28 @@ def test_a_bad_init_timeout_is_refused(value):
     assert p.returncode == 2, p.stderr
     assert f"invalid input: ASCEND_JAX_INIT_TIMEOUT = '{value}': must be an integer in 1..86400" in p.stderr
     assert "waiting" not in p.stderr  # refused before any wait
+
+
+# -- item 11: tables laid out by rich; comm rows name each rank once --------------------------
+
+
+def test_tables_are_rich_tables_of_plain_cells():
+    from ascend_jax.cli import _table
+
+    lines = _table("t", ["name", "value"], [["[red]x[/red]", "1"], ["a-much-longer-name", "22"]])
+    assert lines[0] == "t"
+    assert lines[1].split() == ["name", "value"] and set(lines[2]) == {"─"}
+    assert lines[3].split() == ["[red]x[/red]", "1"]  # cells are text, never markup
+    assert lines[4].split() == ["a-much-longer-name", "22"]
+    assert lines[3].index("1") == lines[4].index("22") == lines[1].index("value")  # one column, aligned
+
+
+def test_comm_summary_names_each_rank_once(capsys):
+    code, out, _ = _cli(capsys, "run", "--model", "p2p_thread_notify")
+    assert code == 0
+    lines = out.splitlines()
+    head = lines.index("queues")
+    assert lines[head + 1].split() == ["rank", "queue", "kind", "status", "error", "tasks"]
+    rows = [ln.split() for ln in lines[head + 3 : head + 7]]
+    assert [r[:2] for r in rows] == [["0", "stream0"], ["0", "thread0"], ["1", "stream0"], ["1", "thread0"]]
+    assert not any("rank" in cell for r in rows for cell in r)
