@@ -200,7 +200,7 @@ def apply_steps(steps: list[DataStep], mem: np.ndarray, row: int, chunk: int, ji
         size = chunk if k == chunk else _bucket(k)
         if size != k:
             part = np.concatenate([part, np.repeat(part[-1:], size - k, axis=0)])
-        minor = jnp.asarray(np.ascontiguousarray(part.T))  # [W, lanes]
+        minor = jax.device_put(np.ascontiguousarray(part.T))  # [W, lanes] (jnp.asarray stages a copy: slower)
         if jit:
             done = fn(minor)
         else:
