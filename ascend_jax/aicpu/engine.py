@@ -99,6 +99,12 @@ def _word_bytes(steps: Sequence[DataStep], row: int) -> int:
     return 4 if g % 4 == 0 else 2 if g % 2 == 0 else 1
 
 
+@functools.lru_cache(maxsize=64)
+def _widths(steps: tuple[DataStep, ...], row: int) -> int:
+    """:func:`_word_bytes`, once per schedule (every chunk of a group asks)."""
+    return _word_bytes(steps, row)
+
+
 _WORD = {4: np.uint32, 2: np.uint16, 1: np.uint8}
 
 
@@ -176,7 +182,9 @@ def _compiled(steps: tuple[DataStep, ...], row: int, w: int, jit: bool):
     return jax.jit(fn, donate_argnums=0) if jit else fn
 
 
-def apply_steps(steps: list[DataStep], mem: np.ndarray, row: int, chunk: int, jit: bool = True) -> np.ndarray:
+def apply_steps(
+    steps: list[DataStep] | tuple[DataStep, ...], mem: np.ndarray, row: int, chunk: int, jit: bool = True
+) -> np.ndarray:
     """The data steps applied to the memory of every lane.
 
     Args:
@@ -189,8 +197,9 @@ def apply_steps(steps: list[DataStep], mem: np.ndarray, row: int, chunk: int, ji
     """
     if not steps:
         return mem
-    w = _word_bytes(steps, row)
-    fn = _compiled(tuple(steps), row, w, jit)
+    steps = tuple(steps)
+    w = _widths(steps, row)
+    fn = _compiled(steps, row, w, jit)
     words = np.ascontiguousarray(mem).view(_WORD[w])
     out = np.empty_like(words)
     n = words.shape[0]
@@ -233,7 +242,7 @@ class _Segment:
     ``(rank, offset, bytes)``, ``seen`` the first lane's bytes there, ``before`` the control state
     before the kernels ran (for lanes that read other bytes)."""
 
-    steps: list[DataStep]
+    steps: tuple[DataStep, ...]
     reads: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
     seen: np.ndarray | None = None
     before: ControlPass | None = None
@@ -262,7 +271,7 @@ def _control(group: _Group, first: list[np.ndarray]) -> list[_Segment]:
     segments = []
     while True:
         pause = ctl.advance()
-        seg = _Segment(ctl.take_steps())
+        seg = _Segment(tuple(ctl.take_steps()))
         segments.append(seg)
         replay_lane(seg.steps, first)
         if pause is None:
