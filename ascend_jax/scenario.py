@@ -418,7 +418,7 @@ def _apply(program, op) -> None:
     elif kind == AivCall.ARRIVE:
         program.arrive(op.barrier, op.index)
     elif kind == AivCall.SYNC_ALL:
-        program.sync_all()
+        program.sync_all(op.aiv_only)
     elif kind == "ub_buffer":
         program.vec.buffer(op.name, op.rows, op.cols, op.dtype)
     elif kind == AivCall.VECTOR:

@@ -137,9 +137,11 @@ class BarrierWaitOp(StrictModel):
 
 
 class SyncAllOp(StrictModel):
-    """``SyncAll()`` over every core, AICs included (they reach it only after their loop ends)."""
+    """``SyncAll<isAIVOnly>()``: the AIVs only (the default, as in Ascend C), or every core, AICs
+    included (``aiv_only = false``: they reach it only after their loop ends)."""
 
     op: Literal["sync_all"]
+    aiv_only: bool = Field(True, description="true: SyncAll<true> over the AIVs; false: the all-core form")
 
 
 class UbBufferOp(StrictModel):

@@ -180,9 +180,12 @@ def _skip_kernel(build: str):
 
 
 def test_debug_build_stops_at_a_skip_past_the_row():
-    ref, _ = both(_skip_kernel("debug"))
+    # the callback frees its message, then SetSkipMsg asserts (kernel_operator_cube_group_handle_impl.h,
+    # SetSkipMsg): the free is done before the AIC stops
+    ref, _ = both(_skip_kernel("cpu"))
     assert ref.status == Status.ERROR and ref.error["code"] == "SKIP_CROSSES_ROW"
     assert ref.received == {0: [(0, 0, V), (1, 0, V)]}
+    assert ref.slot_states(0)[0] == ["FREE", "FREE", V, V]
     assert ref.asserts_violated == []
     assert "asserts_violated" not in ref.to_json()
 
@@ -236,12 +239,14 @@ def _wait_kernel(build: str, state):
 
 
 def test_release_free_waiting_for_free_spins_forever():
-    debug, _ = both(_wait_kernel("debug", aj.CubeMsgState.FREE))
-    assert debug.status == Status.ERROR and debug.error["code"] == "BAD_WAIT_STATE"
-    ref, _ = both(_wait_kernel("release", aj.CubeMsgState.FREE))
-    assert ref.status == Status.DEADLOCK  # FreeMessage(msg, FREE) on a VALID slot never returns
-    assert ref.blocked == [{"core": "aic0", "group": "g", "queue": 0, "depth": 0, "until": "FREE"}]
-    assert [a["code"] for a in ref.asserts_violated] == ["BAD_WAIT_STATE"]
+    # issue 24: FreeMessage has no assert on its wait state (kernel_operator_cube_group_handle_impl.h,
+    # FreeMessage), so every build spins; the broken constraint is an api_misuse finding
+    for build in ("cpu", "release"):
+        ref, _ = both(_wait_kernel(build, aj.CubeMsgState.FREE))
+        assert ref.status == Status.DEADLOCK  # FreeMessage(msg, FREE) on a VALID slot never returns
+        assert ref.blocked == [{"core": "aic0", "group": "g", "queue": 0, "depth": 0, "until": "FREE"}]
+        assert ref.asserts_violated == []
+        assert [a["code"] for a in ref.api_misuse] == ["BAD_WAIT_STATE"]
 
 
 def test_release_free_waiting_for_quit_erases_the_quit():
@@ -261,7 +266,8 @@ def test_release_free_waiting_for_quit_erases_the_quit():
     ref, _ = both(k.compile())
     assert ref.slot_states(0)[1] == ["FREE"]  # the QUIT was erased before the AIC read it
     assert ref.status == Status.DEADLOCK  # so the AIC never leaves its loop
-    assert [a["code"] for a in ref.asserts_violated] == ["BAD_WAIT_STATE"]
+    assert ref.asserts_violated == []  # no assert holds it (issue 24): a finding, not an assert
+    assert [a["code"] for a in ref.api_misuse] == ["BAD_WAIT_STATE"]
 
 
 def test_cli_build_release_lists_the_asserts(capsys):
@@ -272,20 +278,13 @@ def test_cli_build_release_lists_the_asserts(capsys):
     code = main(["run", str(ROOT / "docs/examples/f7_skip_past_row.toml"), "--build", "release", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 3 and out["status"] == "deadlock"  # the merge waits for a FAKE the follower never posts
-    assert out["asserts_violated"] == [
-        {
-            "code": "SKIP_CROSSES_ROW",
-            "core": "aic0",
-            "group": "g",
-            "queue": 0,
-            "depth": 0,
-            "message": aj.ErrorCode.SKIP_CROSSES_ROW.describe(),
-        }
-    ]
+    # issue 24: the merge calls SetSkipMsg after its frees, so the CPU twin hangs in the same
+    # FreeMessage(msg + 1, FAKE) and never reaches the assert: nothing to list
+    assert out["asserts_violated"] == []
     assert out["blocked"] == [{"core": "aic0", "group": "g", "queue": 1, "depth": 0, "until": "FAKE"}]
-    code = main(["run", str(ROOT / "docs/examples/f7_skip_past_row.toml"), "--json"])  # debug by default
+    code = main(["run", str(ROOT / "docs/examples/f7_skip_past_row.toml"), "--json"])  # cpu by default
     out = json.loads(capsys.readouterr().out)
-    assert code == 3 and out["status"] == "error" and "asserts_violated" not in out
+    assert code == 3 and out["status"] == "deadlock" and "asserts_violated" not in out
 
 
 # -- effects kernel authors trip on --------------------------------------------------------------
@@ -308,7 +307,10 @@ def _mte3_kernel(fake_pipe: str):
 
 def test_mte3_alloc_after_a_fake_hangs_f13():
     ok, _ = both(_mte3_kernel("SCALAR"))  # the FAKE's alloc was SCALAR: the flag is still set
-    assert ok.status == Status.OK
+    # but the last MTE3 alloc carried a QUIT: ~KfcWorkspace waits for the flag forever (issue 24.3)
+    assert ok.status == Status.DEADLOCK
+    assert ok.blocked == [{"core": "aiv1", "until": "MTE3_FLAG", "call": "~KfcWorkspace"}]
+    assert ok.received == {0: [(0, 0, V), (1, 0, V), (0, 1, V), (0, 2, Q), (1, 2, Q)]}  # (1, 1) merged
     # an MTE3 alloc before PostFakeMsg takes the MTE3->S flag and nothing sets it again
     ref, _ = both(_mte3_kernel("MTE3"))
     assert ref.status == Status.DEADLOCK
@@ -338,7 +340,7 @@ def test_scenario_pipe_key_reaches_the_program():
     assert ref.blocked[-1] == {"core": "aiv0", "group": "g", "queue": 0, "depth": 1, "until": "MTE3_FLAG"}
 
 
-def _sync_kernel(before_quit: bool):
+def _sync_kernel(before_quit: bool, aiv_only: bool = False):
     k = aj.CubeGroupKernel(max_steps=200)
     g = k.create_cube_res_group("g", 0, 2, 2, callback="merge")
     for q in range(2):
@@ -346,10 +348,10 @@ def _sync_kernel(before_quit: bool):
         aiv.assign_queue(g, q)
         aiv.post(g, {"skipCnt": 0})
         if before_quit:
-            aiv.sync_all()
+            aiv.sync_all(aiv_only)
         aiv.quit(g)
         if not before_quit:
-            aiv.sync_all()
+            aiv.sync_all(aiv_only)
     return k.compile()
 
 

@@ -173,7 +173,7 @@ def block_byte(shape: EngineShape, grid: jax.Array, slot: jax.Array) -> tuple[ja
     in the AIC's own block (a skip past the row and a free outside it are errors), so the word is a
     select over the block's columns; a release build's may leave it (a gather)."""
     c_num, w, b = grid.shape
-    if not shape.release:
+    if not shape.stray:
         consts = shape.aic_constants()
         block, p = (jnp.asarray(consts[k])[:, None] for k in ("block", "p"))
         rel = slot - block
@@ -207,7 +207,7 @@ def packed_free(shape: EngineShape, grid: jax.Array, slot: jax.Array, mask: jax.
     mask = mask & inside
     bits = jnp.where(mask, jnp.int32(3) << ((idx & (D4 - 1)) << 3), 0)  # [C, B]
     row = idx >> 2
-    if not shape.release:  # each AIC clears a bit pair of its own block
+    if not shape.stray:  # each AIC clears a bit pair of its own block
         sel = (row - jnp.arange(c_num, dtype=jnp.int32)[:, None] * w)[:, None, :] == jnp.arange(w)[None, :, None]
         return grid & ~jnp.where(sel, bits[:, None, :], 0)
     flat = grid.reshape(-1, b)

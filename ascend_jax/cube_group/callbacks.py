@@ -91,7 +91,8 @@ class AicHandle:
         #: the received message's fields as read through the AIC's D-cache (``dcache.py``), or None
         self.dcache = dcache
         #: the call's ordered actions: ("free", offset, wait_state, when), ("matmul", words, keep,
-        #: when) or ("assert", detail, failed) (see :class:`ascend_jax.matmul.Matmul`)
+        #: when), ("assert", detail, failed) (see :class:`ascend_jax.matmul.Matmul`) or ("skip", k,
+        #: total, True) (a SetSkipMsg call and its assert, see :meth:`set_skip_msg`)
         self.actions: list[tuple] = []
         self.skip: Any = 0
 
@@ -144,10 +145,15 @@ class AicHandle:
     def set_skip_msg(self, skip_cnt: Any) -> None:
         """``SetSkipMsg(k)``: after this call the cursor skips the next k columns of the row.
 
-        Calls accumulate (``aivWork += k`` each time). A skip that would leave the row
-        (``column + k >= queues``) or a negative one is a protocol error (spec F7).
+        Calls accumulate (``aivWork += k`` each time). Each call holds the device's assert that
+        the new ``aivWork`` stays in the row (``column + k >= queues`` fails, and so does a negative
+        k: a uint8_t that wraps; spec F7): asc-devkit ``kernel_operator_cube_group_handle_impl.h``,
+        ``SetSkipMsg``, an ``ASCENDC_DEBUG_ASSERT``. The call is recorded in ``actions`` as
+        ``("skip", k, running total, True)`` so the assert fires where the call is made, after
+        the frees requested before it.
         """
         self.skip = self.skip + skip_cnt
+        self.actions.append(("skip", skip_cnt, self.skip, True))
 
 
 class Callback(Protocol):

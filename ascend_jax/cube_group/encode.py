@@ -112,6 +112,11 @@ class EncodedProgram:
     capacity: int
     vec_ops: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 12), np.int64))
     ub_dims: tuple = (0, 0, 0)
+    act_note: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 1), np.int64))
+    ver_note: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    ver_misuse: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    ver_misuse_detail: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    stray: bool = False  # a release build, or some free lands outside its AIC's block
 
     @property
     def n_versions(self) -> int:
@@ -169,8 +174,8 @@ def encode_ops(program: CubeGroupProgram) -> tuple[list[list[tuple]], list[tuple
                 row.append((ENCODED_KIND[op.kind], slot, state, int(sets_flag), current[slot]))
             elif op.kind == CALL.WAIT:
                 row.append((ENCODED_KIND[op.kind], head + op.offset, int(op.sync), 0, 0))
-            elif op.kind == CALL.SYNC_ALL:
-                row.append((ENCODED_KIND[op.kind], 0, 0, 0, 0))
+            elif op.kind == CALL.SYNC_ALL:  # a: 1 for the all-core form (waits for the AICs too)
+                row.append((ENCODED_KIND[op.kind], 0, int(not op.aiv_only), 0, 0))
             elif op.kind == CALL.VECTOR:  # a: the op's row of vector_words (appended by encode_program)
                 row.append((ENCODED_KIND[op.kind], 0, -1, 0, 0))
             elif op.kind == CALL.DELAY:
@@ -264,11 +269,16 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
         "act_en": np.zeros((nv, f), bool),
         "act_mm": np.zeros((nv, f), bool),
         "act_assert": np.zeros((nv, f), np.int64),
+        "act_note": np.zeros((nv, f), np.int64),
+        "ver_note": np.zeros(nv, np.int64),
+        "ver_misuse": np.zeros(nv, np.int64),
+        "ver_misuse_detail": np.zeros(nv, np.int64),
         "act_mmf": np.zeros((nv, f, N_ACTION + 1), np.int64),
         "ver_mmf": np.zeros((nv, N_MM + 1), np.int64),
     }
     out["ver_mmf"][:, N_MM] = all_keep
     big: list[int] = []
+    stray = program.build == "release"  # a cursor or a free may leave its AIC's block
     mm_init = _words(np.array(init_rows, np.int64).reshape(-1, N_MM), MM_FIELDS, big, "Init")
     dims_seen: dict[int, list[np.ndarray]] = {}
     for gi, ids, acts, skip, _column, queues, k, end_state in per_group:
@@ -278,20 +288,46 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
         msg_pos = versions[ids, 0] - g.slot_base - k * p * MAX_MSG_PER_AIV
         block = g.slot_base + k * p * MAX_MSG_PER_AIV
         is_quit = versions[ids, 2] == QUIT
-        # the skip asserts depend on the AIC's aivWork at run time: the engine checks them
-        code = np.zeros(n, np.int64)  # first failing action (any kind): what a debug build stops at
-        detail = np.zeros(n, np.int64)
+        # Asserts in program order (a "skip" entry is a SetSkipMsg call, an "assert" entry a Matmul
+        # setter's): the first one this build has stops the AIC once the actions before it are
+        # done (``stop_at``: the last enabled action before it, -1 none: at dispatch) and disables
+        # every action after it; the first failed one of any build (the CPU twin's stop), when this
+        # build does not stop there, is noted at its place (``note_at``) for asserts_violated.
+        # A cpu or npu-debug AIC's cursor never leaves its row (a skip past it stops the AIC), so
+        # the skip assert's aivWork is the slot's column; a release AIC's can, but only after the
+        # first failed assert, and only that one is noted (the CPU twin stops there).
+        stop_code, stop_detail, stop_at = np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64)
+        note_code, note_at = np.zeros(n, np.int64), np.full(n, -1, np.int64)
+        stopped, failed_before = np.zeros(n, bool), np.zeros(n, bool)
+        last_real = np.full(n, -1, np.int64)  # the last enabled action so far
+        mis_code, mis_detail = np.zeros(n, np.int64), np.zeros(n, np.int64)
         seen = dims_seen.setdefault(gi, [])
         for j, act in enumerate(acts):
-            en = _bcast(act[-1], n, bool)
-            a_code = np.zeros(n, np.int64)
-            a_detail = np.zeros(n, np.int64)
-            if act[0] == "assert":  # a Matmul setter's debug assert: nothing is performed
-                a_code = np.where(en, ErrorCode.MATMUL_SHAPE, 0)
-                a_detail = np.full(n, act[1], np.int64)
-                out["act_assert"][ids, j] = np.where(is_quit, 0, a_code)
-                en = np.zeros(n, bool)
-            elif act[0] == "matmul":
+            en = _bcast(act[-1], n, bool) & ~stopped
+            if act[0] in ("skip", "assert"):
+                if act[0] == "skip":  # SetSkipMsg: aivWork += k, then ASCENDC_DEBUG_ASSERT(aivWork < n)
+                    k_i, total = _bcast(act[1], n), _bcast(act[2], n)
+                    a_code = np.where(
+                        k_i < 0,
+                        ErrorCode.SKIP_NEGATIVE,
+                        np.where(column + total >= queues, ErrorCode.SKIP_CROSSES_ROW, 0),
+                    )
+                    a_detail = total
+                else:  # a Matmul setter's ASCENDC_ASSERT: the setter does nothing
+                    a_code = np.full(n, ErrorCode.MATMUL_SHAPE, np.int64)
+                    a_detail = np.full(n, act[1], np.int64)
+                a_code = np.where(en & ~is_quit, a_code, 0)
+                stops_here = _stops(a_code, program.build)
+                new_note = (a_code > 0) & ~stops_here & ~failed_before
+                note_code = np.where(new_note, a_code, note_code)
+                note_at = np.where(new_note, last_real, note_at)
+                failed_before |= a_code > 0
+                stop_code = np.where(stops_here, a_code, stop_code)
+                stop_detail = np.where(stops_here, a_detail, stop_detail)
+                stop_at = np.where(stops_here, last_real, stop_at)
+                stopped |= stops_here
+                continue  # not an action the engine performs (act_en stays False)
+            if act[0] == "matmul":
                 vals = np.stack([_bcast(w, n) for w in act[1]], axis=-1)
                 keep = np.stack([_bcast(x, n, bool) for x in act[2]], axis=-1)
                 vals = np.where(keep, 0, vals)
@@ -300,7 +336,7 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
                 out["act_mmf"][ids, j, :N_ACTION] = words
                 out["act_mmf"][ids, j, N_ACTION] = (keep[:, :N_MM] << np.arange(N_MM)).sum(axis=1)
                 seen.append((vals[:, :N_MM], (en & ~is_quit)[:, None] & ~keep[:, :N_MM]))
-            else:
+            else:  # FreeMessage: no assert in the code; a broken API-page constraint is a finding
                 offset, wait = _bcast(act[1], n), _bcast(act[2], n)
                 rel = msg_pos + offset
                 out_block = (rel < 0) | (rel >= MAX_MSG_PER_AIV * p)
@@ -311,14 +347,15 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
                     ErrorCode.FREE_OUT_OF_BLOCK,
                     np.where(unused, ErrorCode.FREE_UNUSED_COLUMN, np.where(bad_wait, ErrorCode.BAD_WAIT_STATE, 0)),
                 )
-                a_detail = np.where(bad_wait & ~out_block & ~unused, wait, offset)
-                out["act_slot"][ids, j] = block + rel  # a release build frees wherever rcvMsg + i points
+                a_code = np.where(en & ~is_quit, a_code, 0)
+                first = (mis_code == 0) & (a_code > 0)
+                mis_code = np.where(first, a_code, mis_code)
+                mis_detail = np.where(first, np.where(bad_wait & ~out_block & ~unused, wait, offset), mis_detail)
+                stray = stray or bool(np.any(en & ~is_quit & out_block))
+                out["act_slot"][ids, j] = block + rel  # the free lands wherever rcvMsg + i points
                 out["act_wait"][ids, j] = wait
-            a_code = np.where(en | (act[0] == "assert"), a_code, 0)
-            first = (code == 0) & (a_code > 0)
-            code = np.where(first, a_code, code)
-            detail = np.where(first, a_detail, detail)
             out["act_en"][ids, j] = en
+            last_real = np.where(en, j, last_real)
         if end_state is not None:  # the state each call leaves (QUIT: no call, nothing changes)
             vals = np.stack([_bcast(v, n) for v in end_state[0]], axis=-1)
             keep = np.stack([_bcast(x, n, bool) for x in end_state[1]], axis=-1) | is_quit[:, None]
@@ -326,9 +363,17 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
             out["ver_mmf"][ids, :N_MM] = _words(vals, MM_FIELDS, big, f"group {g.name!r} callback")
             out["ver_mmf"][ids, N_MM] = (keep << np.arange(N_MM)).sum(axis=1)
             seen.append((vals, ~keep))
-        out["ver_code"][ids] = np.where(is_quit, 0, code)
-        out["ver_detail"][ids] = np.where(is_quit, 0, detail)
+        stop_code, note_code = np.where(is_quit, 0, stop_code), np.where(is_quit, 0, note_code)
+        out["ver_code"][ids] = np.where(stop_at < 0, stop_code, 0)  # stops at dispatch
+        out["ver_detail"][ids] = np.where(is_quit, 0, stop_detail)
         out["ver_skip"][ids] = np.where(is_quit, 0, skip)
+        out["ver_note"][ids] = np.where(note_at < 0, note_code, 0)  # noted at dispatch
+        out["ver_misuse"][ids] = mis_code
+        out["ver_misuse_detail"][ids] = mis_detail
+        at = stop_at >= 0
+        out["act_assert"][ids[at], stop_at[at]] = stop_code[at]  # stops after performing that action
+        at = (note_at >= 0) & (note_code > 0)
+        out["act_note"][ids[at], note_at[at]] = note_code[at]
     c0 = 0
     for gi, g in enumerate(program.groups):  # what Init set counts too
         rows_ = mm_init[c0 : c0 + g.aic_num]
@@ -354,8 +399,18 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
         capacity=capacity,
         vec_ops=vec_ops,
         ub_dims=ub_dims,
+        stray=stray,
         **out,
     )
+
+
+def _stops(code: np.ndarray, build: str) -> np.ndarray:
+    """[n] whether each failed-check ``code`` (0: none) stops an AIC in ``build``
+    (:meth:`ErrorCode.stops`)."""
+    out = np.zeros(code.shape, bool)
+    for c in np.unique(code[code > 0]):
+        out |= (code == c) & ErrorCode(int(c)).stops(build)
+    return out
 
 
 #: Columns of :attr:`EncodedProgram.vec_ops`: :data:`ascend_jax.cube_group.vector.WORDS`, then the

@@ -106,6 +106,8 @@ class AivOp:
       pipe: alloc: ``"SCALAR"`` or ``"MTE3"`` (``AllocMessage<MTE3_MODE>`` first waits for the
         KfcWorkspace's MTE3->S flag); post: ``"MTE3"`` when ``PostMessage<MTE3_MODE>`` sets it again.
       vec: vector: the :class:`~ascend_jax.cube_group.vector.VectorOp`.
+      aiv_only: sync_all: ``SyncAll<true>`` (the default: the AIVs only) or ``False`` for the
+        all-core form, which also waits for every AIC.
     """
 
     kind: AivCall
@@ -121,6 +123,7 @@ class AivOp:
     where: str = ""
     pipe: str = "SCALAR"
     vec: VectorOp | None = None
+    aiv_only: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,12 +321,16 @@ class AivProgram:
         self.ops.append(AivOp(AivCall.WAIT, gi, offset=int(offset), sync=bool(sync), where=where))
 
     # -- other AIV actions -------------------------------------------------------------------
-    def sync_all(self) -> None:
-        """``SyncAll()`` over every core of the kernel, AICs included. An AIC reaches its own
-        ``SyncAll`` only after ``CreateCubeResGroup`` returns, that is after every column it serves
-        has quit; so an AIV that calls it before its QUITs deadlocks the kernel (F14). It returns
-        when every AIV with a program is at the same SyncAll and every AIC has left its loop."""
-        self.ops.append(AivOp(AivCall.SYNC_ALL, where=self._where()))
+    def sync_all(self, aiv_only: bool = True) -> None:
+        """``SyncAll<isAIVOnly>()``. The default form (``aiv_only=True``, as ``isAIVOnly = true``
+        in asc-devkit ``kernel_operator_block_sync_intf.h``, ``SyncAll``) synchronises the AIVs
+        only: it returns when every AIV with a program is at the same SyncAll. The all-core form
+        (``aiv_only=False``) also waits for every AIC, which reaches its own ``SyncAll`` only after
+        ``CreateCubeResGroup`` returns, that is after every column it serves has quit; so an AIV
+        that calls that form before its QUITs deadlocks the kernel (F14)."""
+        if not isinstance(aiv_only, bool):
+            raise ConfigError(f"{self._where()}.aiv_only", aiv_only, "must be true or false", "leave it out: true")
+        self.ops.append(AivOp(AivCall.SYNC_ALL, where=self._where(), aiv_only=aiv_only))
 
     def delay(self, cycles: int) -> None:
         """Busy for ``cycles`` cycles (one step per cycle in the lockstep schedule)."""

@@ -199,7 +199,8 @@ class BatchResult(Sequence):
             seed=int(self.seeds[i]),
             gm=a["gm"][: program.gm.size].copy() if shape.has_gm else program.gm.image,
             timing=_timing(shape, program, a, self.costs[i]) if self.schedule == "timed" else None,
-            asserts_violated=_asserts(shape, program, a) if shape.release else [],
+            asserts_violated=_asserts(shape, program, a) if shape.notes_asserts else [],
+            api_misuse=_misuse(shape, program, enc, a),
         )
 
 
@@ -223,7 +224,7 @@ def _error(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a
     # the detail of the code reported: a skip's count, else the failing action's
     detail = int(enc.ver_detail[ver])
     if code in (ErrorCode.SKIP_CROSSES_ROW, ErrorCode.SKIP_NEGATIVE):
-        out["skip"] = int(enc.ver_skip[ver])
+        out["skip"] = detail  # the SetSkipMsg total at the call that failed
     elif code in _DETAIL_KEY:
         out[_DETAIL_KEY[code]] = detail
     elif code == ErrorCode.MATMUL_SHAPE:
@@ -260,6 +261,37 @@ def _asserts(shape: EngineShape, program: CubeGroupProgram, a: dict) -> list[dic
                     "queue": q,
                     "depth": d,
                     "message": code.describe(),
+                }
+            )
+    return out
+
+
+def _misuse(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a: dict) -> list[dict[str, Any]]:
+    """The ``api_misuse`` findings: per AIC in index order, the first broken FreeMessage
+    constraint of each message it dispatched (``EncodedProgram.ver_misuse``), in dispatch order."""
+    if not enc.ver_misuse.any():
+        return []
+    consts = shape.aic_constants()
+    out = []
+    for c, core in enumerate(consts["core"]):
+        gi = int(consts["group"][c])
+        for ver in a["recv_ver"][c, : int(a["recv_count"][c])].tolist():
+            code = int(enc.ver_misuse[ver])
+            if code == 0:
+                continue
+            code = ErrorCode(code)
+            q, d = _place(program, gi, int(enc.ver_slot[ver]))
+            key = "wait_state" if code == ErrorCode.BAD_WAIT_STATE else "offset"
+            out.append(
+                {
+                    "kind": "api_misuse",
+                    "code": code.name,
+                    "core": f"aic{int(core)}",
+                    "group": program.groups[gi].name,
+                    "queue": q,
+                    "depth": d,
+                    key: int(enc.ver_misuse_detail[ver]),
+                    "constraint": code.describe(),
                 }
             )
     return out
@@ -328,6 +360,8 @@ def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram,
         pc = int(a["aiv_pc"][v])
         row = rows.get(block, [])
         if pc >= len(row):
+            if row and shape.has_mte3 and not a["aiv_mte3"][v]:  # waiting in ~KfcWorkspace for the flag
+                out.append({"core": f"aiv{block}", "until": "MTE3_FLAG", "call": "~KfcWorkspace"})
             continue
         kind, slot, op_a, op_b, op_c = row[pc]
         if kind in (OpKind.ALLOC, OpKind.WAIT):

@@ -92,7 +92,16 @@ class _Aiv:
 
     @property
     def done(self) -> bool:
-        return self.pc >= len(self.ops)
+        """Past its last op, and ``~KfcWorkspace`` returned: on the AIV the destructor waits for the
+        MTE3->S flag (asc-devkit ``kernel_operator_cube_group_handle_impl.h`` / the KfcWorkspace
+        destructor, ``WaitFlag<HardEvent::MTE3_S>``), which an MTE3 alloc took and only an MTE3
+        post gives back: an AIV whose last MTE3 alloc carried a FAKE or a QUIT never returns."""
+        return self.pc >= len(self.ops) and self.mte3_flag
+
+    @property
+    def in_destructor(self) -> bool:
+        """Past its last op, waiting in ``~KfcWorkspace`` for the MTE3->S flag."""
+        return self.pc >= len(self.ops) and not self.mte3_flag
 
 
 @dataclasses.dataclass(slots=True)
@@ -115,6 +124,7 @@ class _Aic:
     log: list = dataclasses.field(default_factory=list)
     error: dict | None = None  # the protocol error that stopped this AIC
     dcache: AicLineCache = dataclasses.field(default_factory=AicLineCache)  # message lines past the first
+    misuse: list = dataclasses.field(default_factory=list)  # api_misuse findings, in dispatch order
 
     @property
     def done(self) -> bool:
@@ -221,8 +231,7 @@ class ReferenceInterpreter:
             if cfg is not None:
                 check_init_asserts(a.mm, program.groups[a.group].name, program.build)
         self.failed = 0  # AICs stopped at a protocol error
-        self.release = program.build == "release"
-        self.asserts: dict[int, list[dict]] = {}  # release builds: AIC core -> the asserts it failed
+        self.asserts: dict[int, list[dict]] = {}  # npu-debug / release: AIC core -> the CPU twin's stop
 
     def _init_timed(self) -> None:
         program = self.p
@@ -248,6 +257,8 @@ class ReferenceInterpreter:
         return aiv.barriers[bi]
 
     def _aiv_ready(self, aiv: _Aiv) -> bool:
+        if aiv.pc >= len(aiv.ops):  # in ~KfcWorkspace: the flag is never set again
+            return False
         op = aiv.ops[aiv.pc]
         kind = op.kind
         if kind == CALL.WAIT:  # Wait<true> spins until the slot is FREE; Wait<false> reads once
@@ -269,13 +280,15 @@ class ReferenceInterpreter:
         return True  # post, fake, quit, delay
 
     def _sync_ready(self, aiv: _Aiv) -> bool:
-        """SyncAll returns when every AIV is at (or past) this round and every AIC left its loop."""
+        """SyncAll returns when every AIV is at (or past) this round and, for the all-core form
+        (``aiv_only`` False), every AIC left its loop (kernel_operator_block_sync_intf.h, SyncAll:
+        ``isAIVOnly`` defaults to true)."""
         every_aiv = all(
-            a.syncs > aiv.syncs or (not a.done and a.ops[a.pc].kind == CALL.SYNC_ALL and a.syncs == aiv.syncs)
+            a.syncs > aiv.syncs or (a.pc < len(a.ops) and a.ops[a.pc].kind == CALL.SYNC_ALL and a.syncs == aiv.syncs)
             for a in self.aivs
             if a.ops  # an AIV without a program takes no part
         )
-        return every_aiv and all(c.aiv_work_state == 0 for c in self.aics)
+        return every_aiv and (aiv.ops[aiv.pc].aiv_only or all(c.aiv_work_state == 0 for c in self.aics))
 
     def _aiv_act(self, aiv: _Aiv) -> None:
         op = aiv.ops[aiv.pc]
@@ -381,10 +394,10 @@ class ReferenceInterpreter:
         (the message it received is in its log, except when the log itself is full); the other
         cores run on, so the final state does not depend on the schedule. Returns the error."""
         err = self._dispatch(aic)
-        if err is not None:
-            if err["code"] != ErrorCode.RECEIVE_LOG_FULL.name:
-                state = self.slots[aic.group][aic.base + aic.msg_pos].state
-                aic.log.append((err["queue"], err["depth"], _name(state)))
+        if err is not None:  # the message was logged at dispatch (a full log: not at all)
+            if self.events is not None and err["code"] != ErrorCode.RECEIVE_LOG_FULL.name:
+                args = {k: v for k, v in err.items() if k not in ("core", "group", "message")}
+                self._event(f"aic{aic.core}", aic.group, "error", args, dur=0.0)
             self._fail(aic, err)
         return err
 
@@ -404,6 +417,8 @@ class ReferenceInterpreter:
                 target.state = FREE
             if self.events is not None:
                 self._aic_action_event(aic, act)
+            if (err := self._markers(aic)) is not None:
+                return err  # an assert right after this action: performed, then the AIC stops
             if not aic.pending:
                 self._finish_call(aic)
             return None
@@ -435,21 +450,35 @@ class ReferenceInterpreter:
                 aic.mm.handle = handle
             self.p.callbacks[aic.group].call(aic.mm, msg, handle)
             skip, actions = int(handle.skip), handle.actions
-        asserted: list = []  # a debug build stops at the first failed assert; release records it
-        if skip < 0 and (err := self._assert(asserted, ErrorCode.SKIP_NEGATIVE, aic, queue, depth, skip=skip)):
-            return err
-        if aic.aiv_work + skip >= aic.n and (
-            err := self._assert(asserted, ErrorCode.SKIP_CROSSES_ROW, aic, queue, depth, skip=skip)
-        ):
-            return err
-        pending = []
+        # The call's requests in program order. An assert is a marker between the performed
+        # actions: ("stop", error) where this build has the assert (the AIC stops once the actions
+        # before it are done), ("note", entry) where only the CPU twin has it (asserts_violated).
+        # The CPU twin stops at the first failed assert, so only that one is ever noted.
+        pending: list = []
+        first_failed = False  # a failed assert met earlier in this call (the CPU twin's stop)
+        misuse: list = []  # api_misuse findings of this call (FreeMessage constraints no code checks)
         for act in actions:
             if not bool(act[-1]):
                 continue
-            if act[0] == "assert":  # a Matmul API debug assert (SetTail / SetOrgShape argument)
-                detail = {"dimension": SHAPE_DETAIL[act[1]]}
-                if err := self._assert(asserted, ErrorCode.MATMUL_SHAPE, aic, queue, depth, **detail):
-                    return err
+            code, detail = None, {}
+            if act[0] == "skip":  # SetSkipMsg: ASCENDC_DEBUG_ASSERT(aivWork < n) after aivWork += k
+                k_i, total = int(act[1]), int(act[2])
+                if k_i < 0:
+                    code = ErrorCode.SKIP_NEGATIVE
+                elif aic.aiv_work + total >= aic.n:
+                    code = ErrorCode.SKIP_CROSSES_ROW
+                detail = {"skip": total}
+            elif act[0] == "assert":  # a Matmul API ASCENDC_ASSERT (SetTail / SetOrgShape argument)
+                code, detail = ErrorCode.MATMUL_SHAPE, {"dimension": SHAPE_DETAIL[act[1]]}
+            if code is not None:
+                if code.stops(self.p.build):
+                    pending.append(("stop", self._error(code, aic, queue, depth, quiet=True, **detail)))
+                    break  # nothing after the assert runs
+                if not first_failed:
+                    pending.append(("note", self._error(code, aic, queue, depth, quiet=True)))
+                first_failed = True
+                continue
+            if act[0] in ("skip", "assert"):
                 continue
             if act[0] == "matmul":
                 desc = {k: int(v) for k, v in descriptor([int(x) for x in act[1]]).items()}
@@ -457,26 +486,42 @@ class ReferenceInterpreter:
                 continue
             _, offset, wait, _ = act
             rel, wait = aic.msg_pos + int(offset), int(wait)
-            code = None
-            if not 0 <= rel < p * MAX_MSG_PER_AIV:
-                code, detail = ErrorCode.FREE_OUT_OF_BLOCK, {"offset": int(offset)}
-            elif rel % p >= aic.n:
-                code, detail = ErrorCode.FREE_UNUSED_COLUMN, {"offset": int(offset)}
-            elif wait not in (NO_WAIT, VALID, FAKE):
-                code, detail = ErrorCode.BAD_WAIT_STATE, {"wait_state": wait}
-            if code is not None and (err := self._assert(asserted, code, aic, queue, depth, **detail)):
-                return err
-            pending.append(("free", base + rel, wait))  # release: FREE lands wherever rcvMsg + i points
+            # FreeMessage has no assert (kernel_operator_cube_group_handle_impl.h, FreeMessage): a
+            # constraint of the API page broken here is a finding; the free lands where it points
+            if not misuse:
+                if not 0 <= rel < p * MAX_MSG_PER_AIV:
+                    misuse.append((ErrorCode.FREE_OUT_OF_BLOCK, {"offset": int(offset)}))
+                elif rel % p >= aic.n:
+                    misuse.append((ErrorCode.FREE_UNUSED_COLUMN, {"offset": int(offset)}))
+                elif wait not in (NO_WAIT, VALID, FAKE):
+                    misuse.append((ErrorCode.BAD_WAIT_STATE, {"wait_state": wait}))
+            pending.append(("free", base + rel, wait))
+        for code, detail in misuse:
+            aic.misuse.append(_misuse_entry(self._error(code, aic, queue, depth, quiet=True, **detail)))
         aic.log.append((queue, depth, _name(cur.state)))
         if self.events is not None:
             self._receive_event(aic, cur, queue, depth, skip)
             aic.call_start = self._t[0]
         aic.skip = skip
         aic.pending = pending
-        if pending:
+        if (err := self._markers(aic)) is not None:
+            return err
+        if aic.pending:
             aic.in_call = True
         else:
             self._finish_call(aic)
+        return None
+
+    def _markers(self, aic: _Aic) -> dict | None:
+        """Processes the assert markers at the head of ``aic.pending`` (they cost no step): a
+        note is listed (the first of this AIC only), a stop is returned as the error."""
+        while aic.pending and aic.pending[0][0] in ("stop", "note"):
+            kind, entry = aic.pending.pop(0)
+            if kind == "stop":
+                aic.pending = []
+                return entry
+            if not self.asserts.get(aic.core):
+                self.asserts.setdefault(aic.core, []).append(entry)
         return None
 
     def _capacity(self) -> int:
@@ -496,20 +541,9 @@ class ReferenceInterpreter:
         aic.msg_pos += aic.skip
         self._release(aic)
 
-    def _assert(self, asserted: list, code: ErrorCode, aic: _Aic, queue: int, depth: int, **detail) -> dict | None:
-        """A failed ``ASCENDC_DEBUG_ASSERT`` (kernel_operator_cube_group_handle_impl.h): debug builds
-        return the error (the AIC stops); release builds record the first one of this dispatch in
-        ``asserts_violated`` and go on as the device does (None)."""
-        if not self.release:
-            return self._error(code, aic, queue, depth, **detail)
-        if not asserted:
-            asserted.append(code)
-            entry = {k: v for k, v in self._error(code, aic, queue, depth).items()}
-            self.asserts.setdefault(aic.core, []).append(entry)
-        return None
-
-    def _error(self, code: ErrorCode, aic: _Aic, queue: int, depth: int, **detail) -> dict:
-        if self.events is not None:
+    def _error(self, code: ErrorCode, aic: _Aic, queue: int, depth: int, quiet: bool = False, **detail) -> dict:
+        """The error dict of ``code`` at the AIC's message (queue, depth); ``quiet``: no event."""
+        if self.events is not None and not quiet:
             args = {"code": code.name, "queue": queue, "depth": depth, **detail}
             self._event(f"aic{aic.core}", aic.group, "error", args, dur=0.0)
         return {
@@ -698,8 +732,8 @@ class ReferenceInterpreter:
             enable = self.slot_time[op.group][self._aiv_head(aiv, op.group) + op.offset]
         elif op.kind in (CALL.ARRIVE, CALL.BARRIER_WAIT):
             enable = self.barrier_time[op.group]
-        elif op.kind == CALL.SYNC_ALL:  # when the last core arrives
-            enable = max([*self.aiv_clock.values(), *self.aic_clock])
+        elif op.kind == CALL.SYNC_ALL:  # when the last core arrives (the AIVs only: SyncAll<true>)
+            enable = max([*self.aiv_clock.values(), *([] if op.aiv_only else self.aic_clock)])
         dur = {
             CALL.ALLOC: self._c("alloc"),
             CALL.FAKE: self._c("fake"),
@@ -907,6 +941,9 @@ class ReferenceInterpreter:
         for a in self.aivs:
             if a.done:
                 continue
+            if a.in_destructor:
+                out.append({"core": f"aiv{a.block_idx}", "until": "MTE3_FLAG", "call": "~KfcWorkspace"})
+                continue
             op = a.ops[a.pc]
             if op.kind in (CALL.ALLOC, CALL.WAIT):
                 g = self.p.groups[op.group]
@@ -952,6 +989,7 @@ class ReferenceInterpreter:
             blocked=self._blocked() if status == Status.DEADLOCK else [],
             error=next(c.error for c in self.aics if c.error is not None) if status == Status.ERROR else None,
             asserts_violated=[e for c in self.aics for e in self.asserts.get(c.core, [])],
+            api_misuse=[e for c in self.aics for e in c.misuse],
             barrier_arrive=self.counters_a.copy(),
             barrier_wait=self.counters_w.copy(),
             wait_results={a.block_idx: list(a.wait_results) for a in self.aivs if a.wait_results},
@@ -1015,10 +1053,18 @@ def _builtin_requests(kind: str, cur: _Slot, p: int) -> tuple[int, list[tuple]]:
     k = int(cur.payload["skipCnt"]) if cur.state == VALID and cur.payload is not None else 0
     actions = [("free", 0, VALID if k > 0 else NO_WAIT, True)]
     actions += [("free", i, FAKE, True) for i in range(1, min(k + 1, p))]
-    return k, actions
+    return k, [*actions, ("skip", k, k, True)]  # SetSkipMsg(k) last, as the seed calls it
 
 
 _STATE_NAMES = {int(s): s.name for s in CubeMsgState}
+
+
+def _misuse_entry(err: dict) -> dict:
+    """An ``api_misuse`` finding from an error dict: its keys, the kind first and the constraint
+    (the code's description) in place of the message."""
+    out = {"kind": "api_misuse", **err}
+    out["constraint"] = out.pop("message")
+    return out
 
 
 def _fields(payload: Any) -> dict[str, Any]:

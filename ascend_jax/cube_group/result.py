@@ -44,9 +44,15 @@ class CubeGroupResult:
         alone (``simulate(program, schedule, seeds=[seed])``) reproduces the lane exactly.
       gm: final GM bytes (``[G] uint8`` from ``GM_BASE``), or None when the program has no tensors.
       numerics: the numerics report (see :func:`ascend_jax.numerics.numerics_report`) once computed.
-      asserts_violated: release builds: every ``ASCENDC_DEBUG_ASSERT`` a debug build would have
-        failed (the first of each dispatch), ``{"code", "core", "group", "queue", "depth",
-        "message"}``, AICs in index order, each AIC's in the order it met them.
+      asserts_violated: ``npu-debug`` and ``release`` builds: per AIC, the assert the CPU twin
+        (``cpu``) would have stopped at, if this build's AIC reached it without stopping: at most one
+        per AIC (the twin stops there), ``{"code", "core", "group", "queue", "depth", "message"}``,
+        AICs in index order.
+      api_misuse: findings of kind ``api_misuse``: calls that break a documented constraint no
+        device code checks (``status.API_MISUSE``: FreeMessage's target and wait state); the run
+        went on as on the device. ``{"kind", "code", "core", "group", "queue", "depth",
+        "constraint", detail}``, the first of each callback call, AICs in index order, each in
+        dispatch order.
     """
 
     program: CubeGroupProgram
@@ -66,6 +72,7 @@ class CubeGroupResult:
     numerics: dict[str, Any] | None = None
     timing: dict[str, Any] | None = None
     asserts_violated: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    api_misuse: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def tensor(self, name: str) -> np.ndarray:
         """The final value of GM tensor ``name``."""
@@ -91,6 +98,7 @@ class CubeGroupResult:
             tuple(tuple(sorted(b.items())) for b in self.blocked),
             None if self.error is None else tuple(sorted(self.error.items())),
             tuple(tuple(sorted(a.items())) for a in self.asserts_violated),
+            tuple(tuple(sorted(a.items())) for a in self.api_misuse),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -111,8 +119,10 @@ class CubeGroupResult:
         }
         if self.error is not None:
             out["error"] = self.error
-        if self.program.build == "release":
+        if self.program.build != "cpu":
             out["asserts_violated"] = self.asserts_violated
+        if self.api_misuse:
+            out["api_misuse"] = self.api_misuse
         if self.status in (Status.DEADLOCK, Status.ERROR) and self.seed is not None:
             out["seed"] = self.seed
         if self.numerics is not None:

@@ -67,6 +67,7 @@ class EngineShape:
     op_kinds: tuple[int, ...] = tuple(int(k) for k in OpKind)  # OpKinds some lane's program uses
     has_mte3: bool = True  # some AllocMessage / PostMessage runs in MTE3 mode (the flag matters)
     packed: bool = False  # the slot grid packs a queue's 4 depths in one word (see :func:`unpack_slots`)
+    stray: bool = False  # a cursor (release) or a free (api_misuse) may leave its AIC's block
     banks: GmBanks | None = None  # typed GM banks (:mod:`ascend_jax.cube_group.banks`), None: GM as bytes
     batched_stores: bool = True  # C tiles with disjoint windows share a store pass (compute.store_passes)
 
@@ -88,6 +89,11 @@ class EngineShape:
     @property
     def release(self) -> bool:
         return self.build == "release"
+
+    @property
+    def notes_asserts(self) -> bool:
+        """Whether the build lists the CPU twin's failed asserts (``npu-debug``, ``release``)."""
+        return self.build != "cpu"
 
     @property
     def version_dtype(self):
@@ -218,11 +224,12 @@ class Tables:
     every field but gm_init (first).
 
     ops: [V, L, 2] int32, each AIV op packed in two words (:func:`pack_op`); op_len: [V] ops per AIV.
-    ver: [N, 4] int32 per slot version (columns :data:`VER`): the first failing action's code
-      (debug builds stop there), first action (F: none), SetSkipMsg total, head aivID (QUIT: the
-      column to retire).
-    act: [N, F, 6] int32 per action (columns :data:`ACT`): global slot freed, wait state, next
-      action (F: none), is-matmul, performed, Matmul debug assert (code or 0).
+    ver: [N, 5] int32 per slot version (columns :data:`VER`): the assert this build stops at on
+      dispatch (code or 0), first action (F: none), SetSkipMsg total, head aivID (QUIT: the
+      column to retire), the CPU twin's assert noted on dispatch (npu-debug / release, code or 0).
+    act: [N, F, 7] int32 per action (columns :data:`ACT`): global slot freed, wait state, next
+      action (F: none), is-matmul, performed, the assert this build stops at right after performing
+      the action (code or 0), the CPU twin's assert noted right after it (code or 0).
     act_mmf: [N, F, A + 1] int32 IterateAll words and their keep mask; ver_mmf: [N, M + 1] the
       Matmul state each call leaves and its keep mask; mm_init: [C, M] the state after Init (see
       :class:`ascend_jax.cube_group.encode.EncodedProgram`; [N, 0, 0], [N, 0], [C, 0] without
@@ -380,8 +387,8 @@ class State:
 
 
 #: columns of ``Tables.ver`` and ``Tables.act``
-VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3}
-ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3, "en": 4, "assert": 5}
+VER = {"code": 0, "first": 1, "skip": 2, "aiv_id": 3, "note": 4}
+ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3, "en": 4, "assert": 5, "note": 6}
 
 #: bit of word 0 that marks an MTE3 alloc / post
 MTE3_BIT = 30
@@ -466,7 +473,8 @@ def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray, counts: np.ndarray | Non
     sets it (``PostMessage<MTE3_MODE>``).
     With ``counts`` ([n] write counts, packed grid) a WRITE's count mod 64 sits at bit
     :data:`PACK_OP_COUNT_BIT` of word 0 (the packed step reads only the depth, ``x & 3``).
-    Word 1: WRITE ``version | state << 23``; WAIT the sync flag; DELAY the cycles; barrier ops
+    Word 1: WRITE ``version | state << 23``; WAIT the sync flag; DELAY the cycles; SYNC 1 for the
+    all-core form (0: AIV-only); barrier ops
     the counter threshold (-1: none); VECTOR its row of ``Tables.vec``; ALLOC 0.
     """
     kind, slot, a, b, c = rows.T
@@ -474,7 +482,11 @@ def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray, counts: np.ndarray | Non
     slot_ops = (kind == OpKind.ALLOC) | (kind == OpKind.WRITE) | (kind == OpKind.WAIT)
     x = np.where(barrier, (a << 6) | b, np.where(slot_ops, grid_of_slot[np.where(slot_ops, slot, 0)], 0))
     w1 = np.select(
-        [kind == OpKind.WRITE, (kind == OpKind.WAIT) | (kind == OpKind.DELAY) | (kind == OpKind.VECTOR), barrier],
+        [
+            kind == OpKind.WRITE,
+            (kind == OpKind.WAIT) | (kind == OpKind.DELAY) | (kind == OpKind.VECTOR) | (kind == OpKind.SYNC),
+            barrier,
+        ],
         [c | (a << VERSION_BITS), a, c],
         0,
     )
@@ -537,6 +549,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
                 pad(np.where(enc.ver_first >= fv, f, enc.ver_first), np.int32, fill=f),
                 pad(enc.ver_skip, np.int32),
                 pad(np.minimum(enc.ver_aiv_id, 2**31 - 1), np.int32),
+                pad(enc.ver_note, np.int32),
             ],
             axis=-1,
         ),
@@ -548,6 +561,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
                 pad(enc.act_mm, np.int32),
                 pad(enc.act_en, np.int32),
                 pad(enc.act_assert, np.int32),
+                pad(enc.act_note, np.int32),
             ],
             axis=-1,
         ),
@@ -619,7 +633,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aic_err_ver=zeros(c),
         aic_err_addr=zeros(c),
         mm_state=jnp.broadcast_to(_lane_last(shape, tab.mm_init), (c, tab.mm_init.shape[1], b)),
-        aic_asserts=zeros(c, r if shape.release else 0),
+        aic_asserts=zeros(c, 0 if shape.build == "cpu" else 1),  # the CPU twin's one stop per AIC
         aic_assert_n=zeros(c),
         key=keys,
         ub=jnp.zeros((b, v, *shape.ub) if shape.has_vector else (b, 0, 0, 0, 0), f32),

@@ -21,20 +21,24 @@ class Status(enum.IntEnum):
 
 
 class ErrorCode(enum.IntEnum):
-    """Protocol errors detected at run time (the device's debug asserts and documented misuse).
+    """Protocol errors detected at run time: the device's asserts, simulator limits, and (as
+    findings, never errors) documented misuse the device does not check.
 
-    Errors of a callback's request are detected when the AIC dispatches the message, before any
-    of its frees take effect. That AIC stops there (the message is in its received log); the other
-    cores run on until nothing can move, so the final state and the reported error (that of the
-    lowest-index AIC that stopped) are the same under every schedule.
+    An assert fires where the call that holds it is made, in the callback's program order: the
+    frees and matmuls requested before it are performed first (a free that waits for a state
+    waits), then the AIC stops (:data:`ASSERT_MACRO` says which builds have it). The AIC's message
+    is in its received log; the other cores run on until nothing can move, so the final state and
+    the reported error (that of the lowest-index AIC that stopped) are the same under every
+    schedule. :data:`API_MISUSE` codes are never errors: the run does what the device does and the
+    result lists them in ``api_misuse``.
     """
 
     NONE = 0
     SKIP_CROSSES_ROW = 1  # SetSkipMsg: column + k >= n (spec §6.4, F7)
     SKIP_NEGATIVE = 2  # SetSkipMsg with k < 0
-    FREE_OUT_OF_BLOCK = 3  # FreeMessage target outside the AIC's 4 x P block
-    FREE_UNUSED_COLUMN = 4  # FreeMessage target in a column no queue uses (last AIC)
-    BAD_WAIT_STATE = 5  # FreeMessage waitState FREE, QUIT or not a state (docs forbid it)
+    FREE_OUT_OF_BLOCK = 3  # api_misuse: FreeMessage target outside the AIC's 4 x P block
+    FREE_UNUSED_COLUMN = 4  # api_misuse: FreeMessage target in a column no queue uses (last AIC)
+    BAD_WAIT_STATE = 5  # api_misuse: FreeMessage waitState FREE, QUIT or not a state (docs forbid it)
     RECEIVE_LOG_FULL = 6  # the AIC received more messages than the log holds (raise max_received)
     MATMUL_SHAPE = 7  # SetTail below -1 or SetOrgShape <= 0 (detail: matmul.SHAPE_DETAIL index)
     GM_OUT_OF_RANGE = 9  # a Matmul operand or result outside every GM tensor (detail: the address)
@@ -42,14 +46,44 @@ class ErrorCode(enum.IntEnum):
     def describe(self) -> str:
         return _DESCRIPTIONS[self]
 
+    def stops(self, build: str) -> bool:
+        """Whether a failed check of this code stops an AIC in ``build`` (``program.BUILDS``):
+        an assert the build compiles in, or a simulator limit (every build)."""
+        if self in API_MISUSE:
+            return False
+        macro = ASSERT_MACRO.get(self)
+        if macro is None:
+            return True  # RECEIVE_LOG_FULL, GM_OUT_OF_RANGE: the simulator's own limits
+        return build == "cpu" or (build == "npu-debug" and macro == "ASCENDC_DEBUG_ASSERT")
+
+
+#: The macro that holds each device assert (asc-devkit ``kernel_log.h`` defines which builds have
+#: it: ``ASCENDC_DEBUG_ASSERT`` the CPU twin and NPU builds with ``ASCENDC_DEBUG``, ``ASCENDC_ASSERT``
+#: the CPU twin only, being empty on ``__NPU_DEVICE__``).
+ASSERT_MACRO = {
+    # SetSkipMsg: aivWork += skipCnt, then asserts aivWork < aivNumForCurAic (skipCnt is a uint8_t,
+    # so a negative count wraps and fails too): kernel_operator_cube_group_handle_impl.h, SetSkipMsg
+    ErrorCode.SKIP_CROSSES_ROW: "ASCENDC_DEBUG_ASSERT",
+    ErrorCode.SKIP_NEGATIVE: "ASCENDC_DEBUG_ASSERT",
+    # Matmul SetTail / SetOrgShape argument checks (matmul_impl_base.h, CheckTailShape / SetOrgShape)
+    ErrorCode.MATMUL_SHAPE: "ASCENDC_ASSERT",
+}
+
+#: Documented constraints that no assert checks (kernel_operator_cube_group_handle_impl.h has no
+#: check in FreeMessage): findings of kind ``api_misuse``, the run goes on as on the device.
+API_MISUSE = frozenset({ErrorCode.FREE_OUT_OF_BLOCK, ErrorCode.FREE_UNUSED_COLUMN, ErrorCode.BAD_WAIT_STATE})
+
 
 _DESCRIPTIONS = {
     ErrorCode.NONE: "no error",
     ErrorCode.SKIP_CROSSES_ROW: "SetSkipMsg(k) would move the cursor past the end of the row (column + k >= n)",
     ErrorCode.SKIP_NEGATIVE: "SetSkipMsg(k) with k < 0",
-    ErrorCode.FREE_OUT_OF_BLOCK: "FreeMessage on a slot outside this AIC's block",
-    ErrorCode.FREE_UNUSED_COLUMN: "FreeMessage on a column that no queue uses",
-    ErrorCode.BAD_WAIT_STATE: "FreeMessage waitState must be VALID or FAKE (the docs forbid FREE and QUIT)",
+    ErrorCode.FREE_OUT_OF_BLOCK: "FreeMessage may only free the received message or a later slot of its AIC's "
+    "block (the device writes FREE wherever the pointer lands)",
+    ErrorCode.FREE_UNUSED_COLUMN: "FreeMessage may only free slots of columns a queue uses (the device writes FREE "
+    "into the unused column all the same)",
+    ErrorCode.BAD_WAIT_STATE: "FreeMessage's waitState may only be VALID or FAKE; the API page rules out FREE and "
+    "QUIT (the device spins until the slot holds that state, then frees it)",
     ErrorCode.RECEIVE_LOG_FULL: "the AIC received more messages than max_received; raise it",
     ErrorCode.MATMUL_SHAPE: "a Matmul SetTail argument is below -1 or a SetOrgShape argument is not positive",
     ErrorCode.GM_OUT_OF_RANGE: "a Matmul reads or writes GM outside every allocated tensor; nothing was written",

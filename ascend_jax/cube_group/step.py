@@ -55,7 +55,7 @@ from ascend_jax.cube_group.state import (
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 from ascend_jax.cube_group.timed import aic_times, aiv_times, occupancy
 from ascend_jax.matmul import N_MM
-from ascend_jax.message import FAKE, FREE, QUIT, VALID
+from ascend_jax.message import FREE, QUIT
 
 #: programs up to this many ops per AIV fetch ops by a one-hot select, longer ones by a gather
 ONEHOT_OPS = 32
@@ -113,7 +113,7 @@ def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
         ok = (k[None] > k[:, None]) | (at_sync[None] & (k[None] == k[:, None])) | absent[None]
         aics_done = (st.aic_phase == AicPhase.DONE).all(axis=0)[None, :]
         conds.append(kind == OpKind.SYNC)
-        values.append(ok.all(axis=1) & aics_done)
+        values.append(ok.all(axis=1) & (aics_done | (a == 0)))  # a == 0: SyncAll<true>, the AIVs only
     if shape.barrier_copies:  # no barrier counters to read otherwise
         conds += [kind == OpKind.ARRIVE, kind == OpKind.BWAIT]
         values += [(c < 0) | (barrier_read(st.barrier_wait, a, b) == c), barrier_read(st.barrier_arrive, a, b) >= c]
@@ -248,37 +248,6 @@ def _lowest_bit(x: jax.Array) -> jax.Array:
     return jnp.where(x == 0, 0, 31 - jax.lax.clz(x & -x))
 
 
-def _free_asserts(shape: EngineShape, tab: Tables, ver: jax.Array, n: jax.Array, p: jax.Array) -> jax.Array:
-    """[C, B] the first free assert of version ``ver`` judged from the receiving AIC, as the
-    device's FreeMessage sees it: ``rcvMsg + i`` outside that AIC's block or on a column it does
-    not serve, or a wait state other than VALID / FAKE, or a Matmul setter's assert (0: none).
-    Release builds only: there a
-    misaligned cursor can read a slot of another AIC's block, so the encode-time check (made for
-    the slot's own AIC) does not apply."""
-    consts = shape.aic_constants()
-    block = jnp.asarray(consts["block"])[:, None]
-    f = tab.act.shape[1]
-    flat = tab.act.reshape(-1, *tab.act.shape[2:])
-    first = jnp.zeros_like(ver)
-    for j in range(f):
-        row = lookup(shape, flat, ver * f + j)  # [C, 5, B]
-        rel = row[:, ACT["slot"]] - block
-        wait = row[:, ACT["wait"]]
-        out_block = (rel < 0) | (rel >= D4 * p)
-        code = jnp.where(
-            out_block,
-            ErrorCode.FREE_OUT_OF_BLOCK,
-            jnp.where(
-                rel % p >= n,
-                ErrorCode.FREE_UNUSED_COLUMN,
-                jnp.where((wait != NO_WAIT) & (wait != VALID) & (wait != FAKE), ErrorCode.BAD_WAIT_STATE, 0),
-            ),
-        )
-        code = jnp.where((row[:, ACT["en"]] > 0) & (row[:, ACT["mm"]] == 0), code, row[:, ACT["assert"]])
-        first = jnp.where(first == 0, code, first)
-    return first
-
-
 def _aic_head(shape: EngineShape, tab: Tables, st: State):
     """Each AIC's situation, all [C, B]: cursor slot and word; the pending action of a call (pc
     clamped; its [C, 4, B] ``Tables.act`` row), the global slot it frees and that slot's word."""
@@ -337,18 +306,12 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     is_quit = cur_state == QUIT
     log_full = st.recv_count >= lane_table(shape, tab.receive_limit)[None]
     skip_v = vt[:, VER["skip"]]
-    # SetSkipMsg's debug assert is on the AIC's own aivWork (kernel_operator_cube_group_handle_impl.h)
-    skip_code = jnp.where(
-        skip_v < 0, ErrorCode.SKIP_NEGATIVE, jnp.where(col + skip_v >= n, ErrorCode.SKIP_CROSSES_ROW, 0)
-    )
-    if shape.release:  # asserts are compiled out: nothing stops the AIC at dispatch
-        dispatch = jnp.zeros_like(skip_code)
-        asserted = jnp.where(skip_code > 0, skip_code, _free_asserts(shape, tab, ver, n, p))
-    else:
-        dispatch = jnp.where(skip_code > 0, skip_code, vt[:, VER["code"]])
-    code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, dispatch))
+    # an assert fires where its call is made (encode.py decides per version and build): VER["code"]
+    # before any action of the call, ACT["assert"] right after the action it follows
+    code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, vt[:, VER["code"]]))
     recv_act = act & in_recv
-    error = jnp.where(recv_act, code, 0)
+    call_stop = jnp.where(act & in_call, act_row[:, ACT["assert"]], 0)  # the action is performed first
+    error = jnp.where(recv_act, code, call_stop)
     recv_ok = recv_act & (code == 0)
     failing = error > 0  # this AIC stops here (AicPhase.ERROR)
 
@@ -412,11 +375,13 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     ).astype(jnp.int32)
 
     aic_asserts, aic_assert_n = st.aic_asserts, st.aic_assert_n
-    if shape.release:  # list each dispatch's first failed assert, in the AIC's order
-        noted = recv_act & ~log_full & ~is_quit & (asserted > 0)
-        at = jnp.arange(aic_asserts.shape[1])[None, :, None] == aic_assert_n[:, None, :]
+    if shape.notes_asserts:  # the CPU twin's stop, where this build passes it (once per AIC)
+        asserted = jnp.where(
+            recv_act & ~log_full & ~is_quit, vt[:, VER["note"]], jnp.where(act & in_call, act_row[:, ACT["note"]], 0)
+        )
+        noted = (asserted > 0) & (aic_assert_n == 0)
         entry = (cur << 5) | asserted
-        aic_asserts = jnp.where(noted[:, None, :] & at, entry[:, None, :], aic_asserts)
+        aic_asserts = jnp.where(noted[:, None, :], entry[:, None, :], aic_asserts)
         aic_assert_n = aic_assert_n + noted
 
     timed = st.timed
@@ -430,7 +395,8 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
             aic_busy=clock.add(timed.pair("aic_busy"), clock.where(done_ok, t_dur, zero)),
             aic_blocked=clock.add(timed.pair("aic_blocked"), clock.where(done_ok, clock.sub(t_start, aic_clock), zero)),
             slot_time=tuple(
-                slot_put(shape, w, f_slot, freeing, e) for w, e in zip(timed.pair("slot_time"), t_end, strict=True)
+                slot_put(shape, w, f_slot, freeing & ~failing, e)
+                for w, e in zip(timed.pair("slot_time"), t_end, strict=True)
             ),
         )
     st = dataclasses.replace(
@@ -447,7 +413,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         recv_count=st.recv_count + logged,
         aic_err_code=jnp.where(failing, error, st.aic_err_code),
         aic_err_slot=jnp.where(failing, cur, st.aic_err_slot),
-        aic_err_ver=jnp.where(failing, ver, st.aic_err_ver),
+        aic_err_ver=jnp.where(failing, jnp.where(in_call, st.aic_ver, ver), st.aic_err_ver),
         mm_state=mm_state,
         aic_asserts=aic_asserts,
         aic_assert_n=aic_assert_n,
@@ -489,7 +455,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
     new, v_ready, vec = aiv_step(shape, tab, cost, st, k_aiv, tmin)
     new, aic_ready_, mm_now, mm_fields_ = aic_step(shape, tab, cost, new, k_aic, tmin)
     steps = st.step + 1
-    done = lane_done(shape, tab, new.aiv_pc, new.aic_phase)
+    done = lane_done(shape, tab, new.aiv_pc, new.aic_phase, new.aiv_mte3)
     progressed = v_ready.any(axis=0) | aic_ready_.any(axis=0)
     status = select_first(
         [done, ~progressed, steps >= tab.max_steps], [Status.OK, Status.DEADLOCK, Status.MAX_STEPS], Status.RUNNING
@@ -504,10 +470,16 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
     return new, mm_now & running[None, :], mm_fields_, vec
 
 
-def lane_done(shape: EngineShape, tab: Tables, aiv_pc: jax.Array, aic_phase: jax.Array) -> jax.Array:
-    """[B] every AIV past its last op and every AIC out of its loop or stopped at an error."""
+def lane_done(
+    shape: EngineShape, tab: Tables, aiv_pc: jax.Array, aic_phase: jax.Array, aiv_mte3: jax.Array | None = None
+) -> jax.Array:
+    """[B] every AIV past its last op and out of ``~KfcWorkspace`` (which waits for the MTE3->S
+    flag: the reference's ``_Aiv.done``), and every AIC out of its loop or stopped at an error."""
     stopped = (aic_phase == AicPhase.DONE) | (aic_phase == AicPhase.ERROR)
-    return (aiv_pc >= lane_table(shape, tab.op_len)).all(axis=0) & stopped.all(axis=0)
+    past = aiv_pc >= lane_table(shape, tab.op_len)
+    if shape.has_mte3 and aiv_mte3 is not None:  # ~KfcWorkspace on the AIV waits for the MTE3->S flag
+        past = past & aiv_mte3
+    return past.all(axis=0) & stopped.all(axis=0)
 
 
 def final_status(status: jax.Array, aic_phase: jax.Array) -> jax.Array:

@@ -44,7 +44,9 @@ def aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops):
     slot_t = tuple(slot_read(shape, w, x) for w in tm.pair("slot_time"))
     bar_sel = jnp.clip(a, 0, nb - 1)[:, None, :] == jnp.arange(nb)[None, :, None]
     bar_t = tuple(jnp.where(bar_sel, w[None], 0.0).sum(axis=1) for w in tm.pair("barrier_time"))  # one term
-    last_core = clock.maximum(clock.reduce_max(tm.pair("aiv_clock"), 0), clock.reduce_max(tm.pair("aic_clock"), 0))
+    last_aiv = clock.reduce_max(tm.pair("aiv_clock"), 0)
+    last_core = clock.maximum(last_aiv, clock.reduce_max(tm.pair("aic_clock"), 0))
+    sync_t = clock.where(a != 0, last_core, last_aiv)  # the all-core form also waits for the AICs
     conds = [
         kind == OpKind.ALLOC,
         (kind == OpKind.WAIT) & (a != 0),
@@ -52,8 +54,7 @@ def aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops):
         kind == OpKind.SYNC,
     ]
     enable = tuple(
-        select_first(conds, [slot_t[i], slot_t[i], bar_t[i], jnp.broadcast_to(last_core[i][None, :], a.shape)], 0.0)
-        for i in (0, 1)
+        select_first(conds, [slot_t[i], slot_t[i], bar_t[i], jnp.broadcast_to(sync_t[i], a.shape)], 0.0) for i in (0, 1)
     )  # SyncAll: when the last core arrives
     start = clock.maximum(tm.pair("aiv_clock"), enable)
     c = cost[:, None, :]  # [12, 1, B]

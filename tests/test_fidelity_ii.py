@@ -1,0 +1,200 @@
+"""Device fidelity II (issue 24): asserts where the code has them, checks the device lacks as
+``api_misuse`` findings, the ``~KfcWorkspace`` MTE3 wait, SyncAll's two forms. Every behaviour is
+run in both engines, which must agree exactly; each test names the source it follows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ascend_jax as aj
+from ascend_jax import Status
+from ascend_jax.cube_group.status import API_MISUSE, ErrorCode
+
+ROOT = Path(__file__).resolve().parent.parent
+V, F, Q = "VALID", "FAKE", "QUIT"
+
+
+def both(program, schedule="lockstep"):
+    ref, [eng] = aj.run_reference(program, schedule=schedule), aj.simulate(program, schedule=schedule)
+    assert eng.outcome() == ref.outcome() and eng.steps == ref.steps, (ref.to_json(), eng.to_json())
+    assert eng.to_json() == ref.to_json()
+    return ref
+
+
+class Calls:
+    """A callback made of a fixed list of calls: ("free", offset, wait) or ("skip", k)."""
+
+    required_fields = ()
+
+    def __init__(self, *calls):
+        self.calls = calls
+
+    def __eq__(self, other):
+        return type(other) is Calls and other.calls == self.calls
+
+    def __hash__(self):
+        return hash(self.calls)
+
+    def init(self, mm, tiling):
+        pass
+
+    def call(self, mm, msg, handle):
+        for c in self.calls:
+            if c[0] == "skip":
+                handle.set_skip_msg(c[1])
+            else:
+                handle.free_message(msg + c[1], c[2])
+
+
+def _row(callback, build="cpu", follower="fake", queues=2, aics=1):
+    """``aics`` AICs with ``queues`` queues in all; queue 0 posts, the others post a FAKE (or
+    ``follower``: "post"), then every queue quits."""
+    k = aj.CubeGroupKernel(build=build, max_steps=200)
+    g = k.create_cube_res_group("g", 0, 2 * aics, queues, callback=callback)
+    for q in range(queues):
+        aiv = k.aiv(q)
+        aiv.assign_queue(g, q)
+        if q == 0 or follower == "post":
+            aiv.post(g)
+        else:
+            aiv.fake(g)
+        aiv.quit(g)
+    return k.compile()
+
+
+# -- 24.2: an assert fires at the call that holds it, in program order ---------------------------------
+def test_skip_assert_fires_after_the_frees_before_it():
+    # kernel_operator_cube_group_handle_impl.h, SetSkipMsg: the assert is in SetSkipMsg, so the frees
+    # the callback requested before it are done first (here both slots of the row)
+    cb = Calls(("free", 0, None), ("free", 1, aj.CubeMsgState.FAKE), ("skip", 2))
+    for build in ("cpu", "npu-debug"):
+        r = both(_row(cb, build))
+        assert r.status == Status.ERROR and r.error["code"] == "SKIP_CROSSES_ROW"
+        assert r.slot_states(0)[0] == ["FREE", "FREE"]
+        assert r.received == {0: [(0, 0, V)]}
+    r = both(_row(cb, "release"))
+    assert r.error is None and [a["code"] for a in r.asserts_violated] == ["SKIP_CROSSES_ROW"]
+
+
+def test_skip_past_the_row_hangs_in_the_free_before_the_assert_f7():
+    # the seed's and the sample's callbacks (and merge) call SetSkipMsg after FreeMessage(msg + i, FAKE):
+    # with no FAKE in queue 1 every build hangs there and never reaches the assert (issue 24.2)
+    program = aj.load_scenario(ROOT / "docs/examples/f7_skip_past_row.toml")
+    for build in ("cpu", "npu-debug", "release"):
+        import dataclasses
+
+        r = both(dataclasses.replace(program, build=build))
+        assert r.status == Status.DEADLOCK and r.error is None and r.asserts_violated == []
+        assert r.blocked == [{"core": "aic0", "group": "g", "queue": 1, "depth": 0, "until": "FAKE"}]
+
+
+def test_only_the_first_failed_assert_of_an_aic_is_listed():
+    # the CPU twin stops at its first failed assert (kernel_operator_cube_group_handle_impl.h,
+    # SetSkipMsg), so a release run lists one per AIC however often it passes the check
+    cb = Calls(("free", 0, None), ("skip", 2))  # every message skips past the row of two
+    r = both(_row(cb, "release", follower="post"))
+    assert len(r.received[0]) > 1  # the AIC passed the failing SetSkipMsg more than once
+    assert [(a["code"], a["queue"]) for a in r.asserts_violated] == [("SKIP_CROSSES_ROW", 0)]
+
+
+# -- 24.2: checks the device does not have are api_misuse findings --------------------------------
+def test_bad_wait_state_is_a_finding_and_the_free_spins():
+    # kernel_operator_cube_group_handle_impl.h, FreeMessage: no assert on waitState; it spins until the
+    # slot holds the state asked for
+    for build in ("cpu", "release"):
+        r = both(_row(Calls(("free", 0, aj.CubeMsgState.FREE)), build))
+        assert r.status == Status.DEADLOCK and r.error is None
+        assert r.blocked[0] == {"core": "aic0", "group": "g", "queue": 0, "depth": 0, "until": "FREE"}
+        [m] = r.api_misuse
+        assert m["kind"] == "api_misuse" and m["code"] == "BAD_WAIT_STATE" and m["wait_state"] == 0
+        assert m["constraint"] == ErrorCode.BAD_WAIT_STATE.describe()
+        assert r.to_json()["api_misuse"] == r.api_misuse
+
+
+def test_free_out_of_block_writes_free_into_another_aics_block():
+    # kernel_operator_cube_group_handle_impl.h, FreeMessage: no bounds check; FREE lands where msg + i
+    # points. One queue per AIC (P = 1): AIC 0's msg + 4 is AIC 1's depth-0 slot, queue 1's task,
+    # which is freed before AIC 1 reads it
+    cb = Calls(("free", 0, None), ("free", 4, None))
+    r = both(_row(cb, "cpu", follower="post", queues=2, aics=2))
+    assert r.status != Status.ERROR and r.error is None
+    codes = [(m["code"], m["core"], m["offset"]) for m in r.api_misuse]
+    assert ("FREE_OUT_OF_BLOCK", "aic0", 4) in codes
+
+
+def test_free_of_an_unused_column_is_a_finding():
+    # 3 queues on 2 AICs (P = 2): the last AIC serves one column; its msg + 1 is unused
+    cb = Calls(("free", 0, None), ("free", 1, None))
+    r = both(_row(cb, "cpu", follower="post", queues=3, aics=2))
+    assert r.error is None
+    assert ("FREE_UNUSED_COLUMN", "aic1") in [(m["code"], m["core"]) for m in r.api_misuse]
+    assert {ErrorCode.FREE_OUT_OF_BLOCK, ErrorCode.FREE_UNUSED_COLUMN, ErrorCode.BAD_WAIT_STATE} == API_MISUSE
+    assert not any(c.stops(b) for c in API_MISUSE for b in ("cpu", "npu-debug", "release"))
+
+
+# -- 24.3: ~KfcWorkspace waits on the MTE3 flag -------------------------------------------------------
+def _mte3_program(last_post_mte3: bool):
+    k = aj.CubeGroupKernel(max_steps=100)
+    g = k.create_cube_res_group("g", 0, 2, 1, callback="free")
+    aiv = k.aiv(0)
+    aiv.assign_queue(g, 0)
+    aiv.post(g, pipe="MTE3")
+    if last_post_mte3:
+        aiv.quit(g)  # SCALAR: the flag the MTE3 post set is still up
+    else:
+        aiv.quit(g, pipe="MTE3")  # the MTE3 alloc takes the flag; SetQuit never sets it again
+    return k.compile()
+
+
+def test_destructor_waits_for_the_mte3_flag():
+    # KfcWorkspace's destructor on the AIV waits for the MTE3->S event (spec S1: ~KfcWorkspace,
+    # WaitFlag<MTE3_S>); AllocMessage<MTE3_MODE> takes it, only PostMessage<MTE3_MODE> sets it again
+    for schedule in ("lockstep", "timed"):
+        r = both(_mte3_program(False), schedule)
+        assert r.status == Status.DEADLOCK
+        assert r.blocked == [{"core": "aiv0", "until": "MTE3_FLAG", "call": "~KfcWorkspace"}]
+        assert r.received == {0: [(0, 0, V), (0, 1, Q)]}  # the AIC finished; only the AIV hangs
+        assert both(_mte3_program(True), schedule).status == Status.OK
+
+
+# -- 24.4: SyncAll defaults to the AIVs only ----------------------------------------------------------
+def _sync_program(aiv_only):
+    k = aj.CubeGroupKernel(max_steps=100)
+    g = k.create_cube_res_group("g", 0, 2, 2, callback="free")
+    for q in range(2):
+        aiv = k.aiv(q)
+        aiv.assign_queue(g, q)
+        aiv.post(g)
+        aiv.sync_all() if aiv_only is None else aiv.sync_all(aiv_only=aiv_only)
+        aiv.quit(g)
+    return k.compile()
+
+
+def test_sync_all_default_is_aiv_only_and_all_core_form_deadlocks_f14():
+    # kernel_operator_block_sync_intf.h, SyncAll: template <bool isAIVOnly = true>
+    for schedule in ("lockstep", "timed"):
+        assert both(_sync_program(None), schedule).status == Status.OK
+        assert both(_sync_program(True), schedule).status == Status.OK
+        r = both(_sync_program(False), schedule)
+        assert r.status == Status.DEADLOCK
+        assert {"core": "aiv0", "until": "SYNC_ALL"} in r.blocked
+
+
+def test_sync_all_scenario_key():
+    doc = {
+        "group": [{"name": "g", "block_start": 0, "block_size": 2, "msg_queue_size": 1}],
+        "aiv": [
+            {
+                "block_idx": 0,
+                "ops": [
+                    {"op": "assign_queue", "group": "g", "queue": 0},
+                    {"op": "sync_all", "aiv_only": False},
+                    {"op": "sync_all"},
+                    {"op": "quit", "group": "g"},
+                ],
+            }
+        ],
+    }
+    ops = aj.load_scenario(doc).aivs[0][1]
+    assert [o.aiv_only for o in ops if o.kind == "sync_all"] == [False, True]
