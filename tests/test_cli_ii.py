@@ -328,18 +328,21 @@ def test_none_default_without_annotation_tries_int_float_bool_text(tmp_path, mon
 
 
 def test_a_user_model_named_like_a_shipped_one_is_refused(capsys, tmp_path, monkeypatch):
+    from ascend_jax.models import shipped_models_dir
+
+    shipped = shipped_models_dir()
     mine = tmp_path / "allreduce.py"
     mine.write_text('"""Not the shipped allreduce."""\nraise SystemExit("imported!")\n')
     monkeypatch.setenv("ASCEND_JAX_MODELS", str(tmp_path))
     err = _refused(capsys, ["run", "--model", "allreduce"], "--model = 'allreduce'", str(mine),
-                   str(ROOT / "models" / "allreduce.py"), "shadow", "rename your file")  # fmt: skip
+                   str(shipped / "allreduce.py"), "shadow", "rename your file")  # fmt: skip
     assert "imported!" not in err  # refused before importing either file
     code, out, _ = _cli(capsys, "models")
     assert code == 0
     line = next(ln for ln in out.splitlines() if ln.startswith("allreduce "))
     assert "refused: also defined by" in line
     # the folder listed twice (or the shipped folder listed itself) is no conflict
-    monkeypatch.setenv("ASCEND_JAX_MODELS", os.pathsep.join([str(ROOT / "models"), "models"]))
+    monkeypatch.setenv("ASCEND_JAX_MODELS", os.pathsep.join([str(shipped), str(shipped / ".." / shipped.name)]))
     code, out, _ = _cli(capsys, "run", "--model", "allreduce")
     assert code == 0
 
