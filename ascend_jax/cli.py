@@ -595,12 +595,13 @@ class _Activity:
     ``total`` a bar, units done / ``total``, elapsed and ETA) until the end; elsewhere (a pipe, a
     file) ``ascend-jax: <what> ...`` and every ``every`` seconds ``still <what> (done/total units,
     N s elapsed, ETA M s)``; at the end, if it said anything, ``<what>: done in N s``. The work
-    calls :meth:`advance` per unit. stdout (``--json``) is never written.
+    calls :meth:`advance` per unit. stdout (``--json``) is never written. ``live=False`` keeps to
+    the line on a terminal too (for work that draws its own rich progress bar: two would garble).
     """
 
     def __init__(self, what: str, delay: float = 1.0, every: float = 15.0, total: int | None = None,
-                 unit: str = "lanes"):  # fmt: skip
-        self.what, self.delay, self.every = what, delay, every
+                 unit: str = "lanes", live: bool = True):  # fmt: skip
+        self.what, self.delay, self.every, self.live = what, delay, every, live
         self.total, self.unit, self.done = total, unit, 0
         self.said = False
         self._stop = threading.Event()
@@ -627,7 +628,7 @@ class _Activity:
         if self._stop.wait(self.delay):
             return
         self.said = True
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and self.live:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
@@ -640,6 +641,8 @@ class _Activity:
                 bar.update(task, completed=self.done, info=self.progress_text())
             return
         self._say(f"{self.what} ...")
+        if sys.stderr.isatty():  # live=False: the work's own bar shows the progress
+            return
         while not self._stop.wait(self.every):
             self._say(f"still {self.what} ({self.progress_text()})")
 
@@ -683,7 +686,8 @@ def _run_cube(program, expected, path, nums, engine, schedule, atomic_order, out
                     "--devices", nums.devices, f"this machine has {len(jax.devices())} device(s)", "lower --devices"
                 )
         kw: dict[str, Any] = {"chunk_size": nums.chunk, "devices": nums.devices, "progress": True}
-        with _Activity(f"compiling and running {lanes} of {program.name} in the JAX engine ({schedule})", delay=2.0):
+        what = f"compiling and running {lanes} of {program.name} in the JAX engine ({schedule})"
+        with _Activity(what, delay=2.0, live=False):  # the engine draws its bar over chunks
             results = simulate([program] * nums.batch, schedule=schedule, seeds=seeds, atomic_order=atomic_order, **kw)
     elapsed = time.perf_counter() - t0
     numerics_ok = True

@@ -617,3 +617,18 @@ def test_comm_summary_names_each_rank_once(capsys):
     rows = [ln.split() for ln in lines[head + 3 : head + 7]]
     assert [r[:2] for r in rows] == [["0", "stream0"], ["0", "thread0"], ["1", "stream0"], ["1", "thread0"]]
     assert not any("rank" in cell for r in rows for cell in r)
+
+
+def test_activity_on_a_terminal_draws_a_rich_progress_line(capsys, monkeypatch):
+    import time
+
+    from ascend_jax.cli import _Activity
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with _Activity("drawing", delay=0.0, total=3, unit="sizes") as act:
+        for _ in range(3):
+            act.advance()
+        time.sleep(0.5)
+    err = capsys.readouterr().err
+    assert "drawing" in err and "3/3 sizes" in err and "drawing: done in" in err
+    assert "ascend-jax: drawing ..." not in err  # the rich line, not the plain one
