@@ -72,7 +72,9 @@ print(json.dumps({"rc": rc, "loaded": [m for m in ("pydantic", "pydantic_core", 
 """
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["models"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "argv", [["--version"], ["models"], ["sweep", "-b", "64", "-e", "256", "-g", "2"]], ids=" ".join
+)
 def test_version_and_models_import_no_pydantic(argv):
     p = _fresh(_LOADED, *argv)
     assert p.returncode == 0, p.stderr
