@@ -206,6 +206,7 @@ def test_longer_runs_across_heads(assign):
         assert compare(res.tensor(name), want[name], ag.TOLERANCE["float16"])["ok"], name
 
 
+@pytest.mark.slow
 def test_balanced_merged_causal_run_agrees_between_engines():
     """The load-balance and merge options run the same in the JAX engine as in the reference
     (timed schedule: status, logs, timing; dQ / dK / dV within fp32 rounding of each other)."""

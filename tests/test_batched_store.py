@@ -122,6 +122,7 @@ def _check(programs, **kw):
     return batched
 
 
+@pytest.mark.slow
 def test_disjoint_and_overlapping_steps_equal_the_ordered_store():
     """Lane 0: every step writes disjoint tiles (side by side and stacked); lane 1: AICs add
     into one tile in the same steps (split-K style atomics) and one plain store overlaps them."""
@@ -133,6 +134,7 @@ def test_disjoint_and_overlapping_steps_equal_the_ordered_store():
 _POST = st.tuples(st.integers(0, 3 * T), st.sampled_from([0, 5, T]), st.integers(0, 1), st.sampled_from([0, 8]))
 
 
+@pytest.mark.slow
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(_POST, min_size=1, max_size=3), min_size=3, max_size=3), st.sampled_from(["fixed", "random"]))
 def test_random_tiles_batched_equal_ordered(posts, atomic_order):

@@ -141,6 +141,7 @@ def _run_both(program):
     return ref, eng
 
 
+@pytest.mark.slow
 def test_seed_invalidates_line_one_so_every_tile_lands_where_it_should():
     program = _six_tasks("seed")
     ref, _ = _run_both(program)
@@ -289,6 +290,7 @@ def far_skip_programs(draw):
     return k.compile()
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(far_skip_programs())
 def test_engine_reads_the_same_stale_lines_as_the_reference(program):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 from test_engine_v2 import _merge_kernel
 
 import ascend_jax as aj
@@ -30,6 +31,7 @@ def _same(a: aj.CubeGroupResult, b: aj.CubeGroupResult) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_eager_lockstep_equals_jit_and_reference():
     lanes = _lanes()
     with jax.disable_jit():
@@ -43,6 +45,7 @@ def test_eager_lockstep_equals_jit_and_reference():
         assert e.to_json() == ref.to_json()
 
 
+@pytest.mark.slow
 def test_eager_random_schedule_draws_what_the_compiled_run_draws():
     lanes = _lanes()
     with jax.disable_jit():

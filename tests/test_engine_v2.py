@@ -51,6 +51,7 @@ def test_batch_result_arrays_and_lazy_lanes():
     assert [r.status for r in res[0:2]] == [Status.OK, Status.DEADLOCK]
 
 
+@pytest.mark.slow
 def test_values_that_do_not_fit_int32_never_wrap():
     # a uint32 message field at its maximum is legal and only the callback's decision reads it
     p = _merge_kernel(value=2**32 - 1)
@@ -63,6 +64,7 @@ def test_values_that_do_not_fit_int32_never_wrap():
         aj.simulate(_merge_kernel(), max_steps=2**31)
 
 
+@pytest.mark.slow
 def test_gm_addresses_near_2_31_are_out_of_range_not_wrapped():
     k = aj.CubeGroupKernel()
     k.alloc("a", (32, 32), "float16", init="random")
@@ -112,6 +114,7 @@ def on_four_host_devices(script: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sharded_over_four_host_devices_equals_one_device():
     got = on_four_host_devices(_SHARDED)
     assert got["same"] is True and got["n"] == 10
@@ -123,6 +126,7 @@ def test_devices_argument_is_checked():
         aj.simulate(_merge_kernel(), devices=0)
 
 
+@pytest.mark.slow
 def test_compiled_loop_composes_with_jax_vmap():
     """``jax.vmap`` over the engine's loop (two chunks of two lanes, stacked) gives every final
     state field equal to one batched run of the four lanes: the loop is a pure function of its
@@ -152,6 +156,7 @@ def test_compiled_loop_composes_with_jax_vmap():
         np.testing.assert_array_equal(joined, np.asarray(w), err_msg=name)
 
 
+@pytest.mark.slow
 def test_step_leaves_out_op_kinds_no_lane_uses():
     """The static shape lists the op kinds and pipes the lanes use, so the step compiles only those
     branches; a lane with a delay or an MTE3 post in the batch brings them back for every lane."""
@@ -181,6 +186,7 @@ def test_step_leaves_out_op_kinds_no_lane_uses():
     assert results[1].steps == results[0].steps + 3  # the delay's three cycles
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("queues", [30, 31, 40])
 @pytest.mark.parametrize("build", ["debug", "release"])
 def test_wide_rows_live_columns_as_bits_or_booleans(queues, build):

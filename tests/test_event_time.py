@@ -187,6 +187,7 @@ def _run(engine: str, program, schedule: str = "timed", **kw):
     return aj.simulate(program, schedule=schedule, **kw)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["reference", "jax"])
 def test_longest_delay_is_one_step_with_exact_cycles(engine):
     # after the delay (default costs, cycles): alloc 40 + post 120; the AIC's dispatch 80 and free 40;
@@ -203,6 +204,7 @@ def test_longest_delay_is_one_step_with_exact_cycles(engine):
     assert lv[0] == sv[0] + shift and lv[1:] == sv[1:]
 
 
+@pytest.mark.slow
 def test_longest_delay_engine_equals_reference():
     program = _delay_program(BIG)
     eng, ref = aj.simulate(program, schedule="timed")[0], aj.run_reference(program, schedule="timed")
@@ -231,6 +233,7 @@ def test_lockstep_delays_still_take_one_step_per_cycle(engine):
     assert longer.status == Status.OK and longer.steps == ok.steps + 480
 
 
+@pytest.mark.slow
 def test_reference_lockstep_takes_idle_ticks_at_once_with_the_same_trace():
     # two delays that end apart, an AIC waiting: the idle steps are skipped in bulk, not one by one
     k = aj.CubeGroupKernel(max_steps=10**6)
@@ -255,6 +258,7 @@ def test_reference_lockstep_takes_idle_ticks_at_once_with_the_same_trace():
     assert aj.simulate(program)[0].steps == result.steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", cube_models())
 def test_shipped_models_keep_todays_timed_results(model):
     program = load_model(model)[0]
@@ -264,6 +268,7 @@ def test_shipped_models_keep_todays_timed_results(model):
     assert summary(aj.simulate(program, schedule="timed")[0])["json_sha256"] == gold["json_sha256"]
 
 
+@pytest.mark.slow
 def test_random_programs_keep_todays_timed_results():
     gold = _golden("random")
     for seed in range(N_RANDOM):
@@ -305,6 +310,7 @@ def test_random_programs_with_huge_delays_engine_equals_reference():
             assert ref.timing["kernel_cycles"] > BIG - 64  # the delay took its cycles
 
 
+@pytest.mark.slow
 def test_attention_grad_follower_delay_of_2_31_cycles():
     def run(delay, engine="reference"):
         program = load_model("attention_grad", options={"merge": "true", "follower_delay": str(delay)})[0]

@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import ascend_jax as aj
 from ascend_jax import Status
@@ -49,6 +50,7 @@ def _merge_kernel(callback: str, fake_followers: int, skip: int = 2):
     return k.compile(), (a, b, c)
 
 
+@pytest.mark.slow
 def test_seed_callback_merges_like_the_seed_and_computes_every_task():
     program, _ = _merge_kernel("seed", fake_followers=2)
     ref, eng = both(program)
@@ -78,6 +80,7 @@ def _lap_kernel(callback: str):
     return k.compile()
 
 
+@pytest.mark.slow
 def test_seed_callback_hangs_on_a_fake_that_no_skip_covers():
     # the FAKE reaches Call: the seed's callback computes on the stale payload (task 0 again) and
     # then FreeMessage(rcvMsg, VALID) waits for VALID on a FAKE slot forever
@@ -238,6 +241,7 @@ def _wait_kernel(build: str, state):
     return k.compile()
 
 
+@pytest.mark.slow
 def test_release_free_waiting_for_free_spins_forever():
     # issue 24: FreeMessage has no assert on its wait state (kernel_operator_cube_group_handle_impl.h,
     # FreeMessage), so every build spins; the broken constraint is an api_misuse finding
@@ -355,6 +359,7 @@ def _sync_kernel(before_quit: bool, aiv_only: bool = False):
     return k.compile()
 
 
+@pytest.mark.slow
 def test_sync_all_before_the_quits_deadlocks_f14():
     ok, _ = both(_sync_kernel(before_quit=False))
     assert ok.status == Status.OK
@@ -379,6 +384,7 @@ def test_sync_all_before_the_quits_deadlocks_f14():
     )
 
 
+@pytest.mark.slow
 def test_unzeroed_workspace_relaunch_f10():
     """zero_workspace = false: the reported launch starts from the first launch's slots."""
     k = aj.CubeGroupKernel(zero_workspace=False, max_steps=100)
@@ -401,6 +407,7 @@ def test_unzeroed_workspace_relaunch_f10():
     assert fresh.status == Status.OK
 
 
+@pytest.mark.slow
 def test_scenario_zero_workspace_key():
     doc = {
         "zero_workspace": False,

@@ -37,6 +37,7 @@ def _sample():
     return load("cube_group_sample").build()
 
 
+@pytest.mark.slow
 def test_sample_model_shares_a_and_b_and_carries_only_c():
     """The sample's A and B (float16) are read-only tables, C (float32) is the one written bank;
     lanes agree with the byte form array by array and with the reference."""
@@ -58,6 +59,7 @@ def _addr(p, name, offset=0):
     return p.gm.tensors[name].addr + offset
 
 
+@pytest.mark.slow
 def test_which_batches_keep_gm_as_bytes():
     """A tile read in another type than its tensor's, or from an address that is not a whole
     number of elements into it, needs byte semantics; an address outside every tensor does not
@@ -82,6 +84,7 @@ def test_which_batches_keep_gm_as_bytes():
     assert engine.prepare([vec]).shape.banks is None  # AIV vector ops copy GM in UB types
 
 
+@pytest.mark.slow
 def test_lanes_with_their_own_tensor_contents():
     """Lanes whose read-only tensors differ (no shared tables): each lane reads its own."""
     lanes = []
@@ -99,6 +102,7 @@ def test_lanes_with_their_own_tensor_contents():
         np.testing.assert_allclose(typed[i].tensor("c")[:T], want, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.lists(_MSG, min_size=1, max_size=4), min_size=2, max_size=3),
@@ -145,6 +149,7 @@ _SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_typed_banks_sharded_over_four_host_devices_equal_one_device():
     got = on_four_host_devices(_SHARDED)
     assert got == {"same": True, "n": 6, "status": [int(Status.OK)] * 6}, got

@@ -386,3 +386,27 @@ def test_lane_match_names_a_different_status():
     assert lane_match(ok, ok, "lockstep") == (True, f"same outcome and steps ({ok.steps}) as the run's lane")
     same, why = lane_match(short, ok, "lockstep")
     assert not same and "status max_steps in the recording, ok in the run" in why and "3 steps" in why
+
+
+# -- 6. test tiers ---------------------------------------------------------------------------
+
+
+def test_slow_marker_is_registered_and_the_quick_tier_is_documented():
+    import ast
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert any(m.startswith("slow:") for m in cfg["markers"])
+    assert "--strict-markers" in cfg["addopts"].split() and "-m" not in cfg["addopts"].split()  # full run keeps all
+    quick = 'python -m pytest -n auto -m "not slow"'
+    assert f".venv/bin/{quick}" in (ROOT / "README.md").read_text()
+    assert quick in (ROOT / "docs" / "getting-started.md").read_text()
+    marked = {}
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                ast.unparse(d) == "pytest.mark.slow" for d in node.decorator_list
+            ):
+                marked.setdefault(path.name, []).append(node.name)
+    assert len(marked) >= 10 and sum(map(len, marked.values())) >= 30, marked
+    assert "test_hardening_iii.py" not in marked  # this file's checks stay in the quick tier

@@ -211,6 +211,7 @@ def test_several_aics_atomically_add_into_one_tile():
     assert numerics_report(p, jax_r)["c"]["ok"]
 
 
+@pytest.mark.slow
 def test_random_atomic_order_per_lane_is_reported_and_fixed_order_is_deterministic():
     p = _load_toml("atomic_accumulate.toml")
     fixed = simulate([p] * 4, atomic_order="fixed")
@@ -262,6 +263,7 @@ def test_out_of_range_address_is_an_error_and_writes_nothing():
     assert simulate(p)[0].outcome() == run_reference(p).outcome()
 
 
+@pytest.mark.slow
 def test_null_address_is_an_error_and_a_tail_over_single_core_is_legal():
     p = _kernel(tails=(0, 0, 0))
     big = _kernel(tails=(17, 0, 0))  # tailM 17 > singleCoreM 16: legal in the Norm configuration
@@ -305,6 +307,7 @@ def test_merge_with_gaps_and_last_tail_matches_numpy_sample():
         assert states.count("VALID") == 9 and states.count("QUIT") == 8 and "FAKE" not in states
 
 
+@pytest.mark.slow
 def test_eager_jit_and_vmapped_lanes_agree():
     lanes = [_kernel(seed=s, k=32) for s in (0, 10, 20)]
     batched = simulate(lanes)
@@ -459,6 +462,7 @@ def matmul_programs(draw):
     return kern.compile()
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(matmul_programs())
 def test_random_matmul_programs_match_the_reference(p):

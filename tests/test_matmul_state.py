@@ -207,6 +207,7 @@ _MSG = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(_MSG, min_size=1, max_size=5), min_size=2, max_size=4), st.booleans())
 def test_random_scripts_agree_between_engines(scripts, release):
@@ -242,6 +243,7 @@ def test_c_rows_narrower_than_the_tile_bound_take_the_row_by_row_store():
     np.testing.assert_array_equal(got[T * 8 :], before[T * 8 :])  # nothing past the tile
 
 
+@pytest.mark.slow
 def test_a_gm_error_in_the_last_compute_phase_ends_the_lane_in_that_step():
     """The AIC's only IterateAll is out of range and nothing else is left to run: both engines end
     the lane in the step of the error (the JAX engine used to run one more, idle, step)."""

@@ -73,6 +73,7 @@ def test_hand_case_messages_time_and_numerics():
     assert rel <= TOLERANCE["float32"]
 
 
+@pytest.mark.slow
 def test_hand_case_jax_engine_matches():
     p = moe.build(0, merge=True, **HAND)
     jax_r = aj.simulate(p, schedule="timed")[0]

@@ -32,6 +32,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_lane_by_lane(tmp_path):
     port = _free_port()
     base = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}

@@ -112,6 +112,7 @@ def programs(draw):
     return k.compile()
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(programs(), st.sampled_from(["debug", "release"]), st.sampled_from(["lockstep", "timed", "random"]))
 def test_packed_grid_equals_wide_grid_and_reference(program, build, schedule):

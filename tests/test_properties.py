@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 import ascend_jax as aj
@@ -83,6 +84,7 @@ def programs(draw, geometry=None, with_barrier=None):
     return k.compile()
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(programs())
 def test_jit_engine_equals_reference(program):
@@ -93,6 +95,7 @@ def test_jit_engine_equals_reference(program):
     assert eng.to_json() == ref.to_json()
 
 
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None)
 @given(programs(geometry=[(0, 2, 2, "merge")], with_barrier=False))
 def test_eager_engine_equals_reference(program):
@@ -101,6 +104,7 @@ def test_eager_engine_equals_reference(program):
     assert eng.outcome() == ref.outcome() and eng.steps == ref.steps
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_vmapped_batch_of_different_lanes_equals_reference(data):
@@ -113,6 +117,7 @@ def test_vmapped_batch_of_different_lanes_equals_reference(data):
         assert eng.steps == ref.steps
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs(), st.integers(0, 2**16))
 def test_random_schedules_do_not_change_results(program, seed):
@@ -154,6 +159,7 @@ def test_jitted_run_traces_once_for_programs_of_one_shape():
     assert engine.TRACE_COUNT["run"] - before <= 1
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs())
 def test_timed_schedule_equals_reference_and_keeps_results(program):
@@ -167,6 +173,7 @@ def test_timed_schedule_equals_reference_and_keeps_results(program):
         assert ref.outcome() == ref_lock.outcome()
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs())
 def test_release_build_engine_equals_reference(program):

@@ -50,6 +50,7 @@ def _agree(ref, eng, p, timed: bool) -> None:
 NARROW = dict(SMALL, s1=128, s2=128, block_s1=64, block_s2=64, aics=2, aivs=4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("dtype", "causal", "schedule", "shape"),
     [("float16", False, "timed", SMALL), ("bfloat16", True, "timed", NARROW), ("float16", True, "lockstep", SMALL),
@@ -196,6 +197,7 @@ aiv_ops = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(aiv_ops, min_size=2, max_size=2), st.integers(0, 2**16))
 def test_random_vector_programs_match_the_reference(lanes, seed):
@@ -254,6 +256,7 @@ def test_same_step_order_of_loads_and_stores():
         assert _same_bits(eng.tensor("y32"), run_reference(p).tensor("y32"))
 
 
+@pytest.mark.slow
 def test_vector_costs_per_lane():
     """Lanes with different vector costs share one compilation and time their ops from their own
     cost vector, as the reference does."""
@@ -265,6 +268,7 @@ def test_vector_costs_per_lane():
     assert res.kernel_cycles()[1] > res.kernel_cycles()[0]
 
 
+@pytest.mark.slow
 def test_cli_auto_runs_a_batch_of_vector_programs_in_the_jax_engine(capsys, monkeypatch):
     import ascend_jax.cube_group.reference as reference
 
