@@ -45,6 +45,9 @@ REFERENCE_MAX_WORK = 500_000
 #: Work budget in the JAX engine, AIV ops x lanes (lanes run side by side): 10x the README's
 #: 16,384-lane example of the 384-op default scenario.
 JAX_MAX_WORK = 2**26
+#: Work budget of a comm ``run``, input elements x lanes (a batch builds every lane's buffers
+#: first): 2^26 fp32 elements, 256 MiB.
+COMM_MAX_WORK = 2**26
 #: how to get the optional plotting dependency of ``--report``
 INSTALL_PLOTS = "install matplotlib: pip install 'ascend_jax[bench]' (or pip install matplotlib)"
 
@@ -512,6 +515,13 @@ def _run(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     flag, args.trace or args.report, "shows one comm run, not a --batch of them", "drop --batch"
                 )
+            elements = sum(int(x.size) for x in getattr(getattr(program, "world", None), "inputs", None) or [])
+            if nums.batch * elements > COMM_MAX_WORK and not args.allow_large:
+                raise ConfigError(
+                    "work estimate", f"{elements:,} input elements x {nums.batch:,} lanes = {nums.batch * elements:,}",
+                    f"is over the comm budget of {COMM_MAX_WORK:,} elements (every lane's buffers are built first)",
+                    "pass --allow-large to run it anyway, or lower --batch or --model-arg count",
+                )  # fmt: skip
             out = _Outputs(
                 trace=_prepare_trace(args.trace) if args.trace else None,
                 report=_prepare_report(args.report) if args.report else None,

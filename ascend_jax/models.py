@@ -32,6 +32,10 @@ from ascend_jax.limits import did_you_mean
 MODELS_ENV = "ASCEND_JAX_MODELS"
 #: ``--ranks`` range of the ring comm models (``World`` takes up to 64 ranks; the tests check 2..8 and 16 against numpy).
 RANKS_RANGE = (2, 64)
+#: Largest number of elements a comm model's ``--model-arg count=N`` may give all ranks together:
+#: ``count`` for a 2-rank send / receive, ``ranks x ranks x count`` for a ring (``count`` elements
+#: per block, ``ranks`` blocks per rank); 2^24 fp32 elements = 64 MiB per buffer set.
+MAX_COMM_ELEMENTS = 2**24
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 _SUFFIXES = (".py", ".toml")
 
@@ -286,6 +290,17 @@ def load_model(
         raise ConfigError("--model", name, f"{path} defines no build(seed) function", "add one")
     params = inspect.signature(module.build).parameters
     kwargs = _model_kwargs(path, module.build, options or {})
+    if "count" in kwargs and isinstance(kwargs["count"], int):  # a comm model's elements per rank or block
+        p = ranks if ranks is not None else params["ranks"].default if "ranks" in params else 1
+        p = p if isinstance(p, int) and p > 0 else 1
+        blocks = p * p if "ranks" in params else 1
+        if not 1 <= kwargs["count"] <= MAX_COMM_ELEMENTS // blocks:
+            size = f"{p} x {p} blocks of count elements" if blocks > 1 else "count elements"
+            raise ConfigError(
+                "--model-arg", f"count={kwargs['count']}",
+                f"count must be in 1..{MAX_COMM_ELEMENTS // blocks} ({size} <= {MAX_COMM_ELEMENTS}, 64 MiB of fp32)",
+                f"e.g. --model-arg count={params['count'].default}",
+            )  # fmt: skip
     if before_build is not None and callable(getattr(module, "work", None)):
         before_build(int(module.work(seed, **kwargs)))
     if ranks is not None:

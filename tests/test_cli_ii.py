@@ -634,3 +634,21 @@ def test_activity_on_a_terminal_draws_a_rich_progress_line(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "drawing" in err and "3/3 sizes" in err and "drawing: done in" in err
     assert "ascend-jax: drawing ..." not in err  # the rich line, not the plain one
+
+
+# -- comm model sizes: bounded before anything is allocated ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--model", "allreduce", "--model-arg", "count=100000000"], ["count=100000000", "1..1048576", "4 x 4 blocks"]),
+        (["--model", "allgather", "--ranks", "64", "--model-arg", "count=4097"], ["count=4097", "1..4096"]),
+        (["--model", "p2p_send_recv", "--model-arg", "count=-5"], ["count=-5", "1..16777216"]),
+        (["--model", "p2p_thread_notify", "--model-arg", "count=0"], ["count=0", "1..16777216"]),
+        (["--model", "allreduce", "--model-arg", "count=1000000", "--batch", "8"],
+         ["work estimate", "16,000,000 input elements x 8 lanes", "--allow-large"]),
+    ],
+)  # fmt: skip
+def test_comm_sizes_are_bounded(capsys, argv, words):
+    _refused(capsys, ["run", *argv], *words)
