@@ -85,13 +85,47 @@ CHIPS: dict[str, ChipSpec] = {
 }
 
 
+#: Chips ``CreateCubeResGroup`` is not documented for, with the reason (a name is matched on its
+#: prefix, without "Ascend"; lower case). The API page lists Atlas A2 (910B) and Ascend 950PR/DT
+#: only; Atlas A3 (SoC ``Ascend910_93xx``) is absent, though the platform code maps it to 910B.
+REFUSED_CHIPS: dict[str, str] = {
+    "910_93": "Atlas A3 (Ascend910_93xx): the CreateCubeResGroup API page does not list Atlas A3 among the "
+    "supported products",
+    "a3": "Atlas A3: the CreateCubeResGroup API page does not list Atlas A3 among the supported products",
+}
+
+#: Ascend 950 parts: CreateCubeResGroup is documented for them and their handle code (asc-devkit
+#: ``dav_3510``) is the same as Atlas A2's, but this project has found no public platform numbers
+#: (core counts, UB size, clock) it could cite, so there is no preset: load the part's CANN
+#: ``platform_config/Ascend950PR_xxxx.ini`` / ``Ascend950DT_xxxx.ini`` instead. The bins differ in
+#: core counts, so a number copied from one would be wrong for another.
+NO_PUBLIC_NUMBERS = ("950pr", "950dt", "950")
+
+
 def get_chip(name: str | ChipSpec, field: str = "chip") -> ChipSpec:
-    """Returns the preset called ``name`` (``"910B1"`` or ``"Ascend910B1"``), or loads a ``.ini`` path."""
+    """Returns the preset called ``name`` (``"910B1"`` or ``"Ascend910B1"``), or loads a ``.ini`` path.
+
+    Raises:
+      ConfigError: an unknown name; Atlas A3 (:data:`REFUSED_CHIPS`: no CreateCubeResGroup there);
+        an Ascend 950 name without an INI (:data:`NO_PUBLIC_NUMBERS`).
+    """
     if isinstance(name, ChipSpec):
         return name
     if isinstance(name, (str, Path)) and str(name).endswith(".ini"):
         return load_platform_ini(name, field)
     key = name.removeprefix("Ascend") if isinstance(name, str) else name
+    low = key.lower() if isinstance(key, str) else ""
+    for prefix, why in REFUSED_CHIPS.items():
+        if low.startswith(prefix):
+            raise ConfigError(field, name, f"is refused: {why}", f"use a 910B preset ({', '.join(sorted(CHIPS))})")
+    if any(low.startswith(p) for p in NO_PUBLIC_NUMBERS):
+        raise ConfigError(
+            field,
+            name,
+            "Ascend 950PR/950DT support CreateCubeResGroup, but no public core counts, UB size or clock were "
+            "found to build a preset from",
+            "pass your CANN platform_config .ini for that part (chip = 'path/Ascend950PR_xxxx.ini')",
+        )
     if key not in CHIPS:
         raise ConfigError(field, name, f"unknown chip; presets are {sorted(CHIPS)} (or a platform_config .ini path)")
     return CHIPS[key]

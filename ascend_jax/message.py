@@ -82,8 +82,31 @@ CUBE_MATMUL_MSG = np.dtype(
     }
 )  # fmt: skip
 
+#: The official CubeGroupCustom sample's own 128-byte ``CubeMsgBody`` (asc-devkit examples,
+#: ``op_kernel/cube_group_custom.cpp``, ``struct CubeMsgBody``), C offsets under natural alignment:
+#: head @0, funcId @2, two reserved head fields @3/@4, isTransA..isLast @8..11, Time / tailN / tailK
+#: @12..20, aivStartTime @24, aAddr..cGap @32..72, the five org shapes (int64) @80..112,
+#: enPartialSum @120, reserved @122; 124 bytes padded to 128. It has no skipCnt: the sample's
+#: leader callback skips a fixed 3. Its ``rcvMsg + 64 B`` invalidate is the message's own second line.
+SAMPLE_MSG_BODY = np.dtype(
+    {
+        "names": [
+            "head", "funcId", "reservedHead1", "reservedHead2", "isTransA", "isTransB", "isAtomic", "isLast",
+            "Time", "tailN", "tailK", "aivStartTime", "aAddr", "bAddr", "cAddr", "aGap", "bGap", "cGap",
+            "mOrgShape", "nOrgShape", "kaOrgShape", "kbOrgShape", "kcOrgShape", "enPartialSum", "reserved",
+        ],
+        "formats": [
+            CUBE_GROUP_MSG_HEAD, np.uint8, np.uint8, np.uint32, np.bool_, np.bool_, np.bool_, np.bool_,
+            np.int32, np.int32, np.int32, np.int64, np.uint64, np.uint64, np.uint64, np.uint64, np.uint64, np.uint64,
+            np.int64, np.int64, np.int64, np.int64, np.int64, np.bool_, np.uint16,
+        ],
+        "offsets": [0, 2, 3, 4, 8, 9, 10, 11, 12, 16, 20, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 122],
+        "itemsize": 128,
+    }
+)  # fmt: skip
+
 #: Message types by name (scenario ``message = "..."``).
-MESSAGE_TYPES = {"CubeMsgBody": CUBE_MSG_BODY, "CubeMatmulMsg": CUBE_MATMUL_MSG}
+MESSAGE_TYPES = {"CubeMsgBody": CUBE_MSG_BODY, "CubeMatmulMsg": CUBE_MATMUL_MSG, "SampleCubeMsgBody": SAMPLE_MSG_BODY}
 
 
 def check_message_dtype(dtype: np.dtype, field: str = "msg_dtype") -> np.dtype:

@@ -3,8 +3,10 @@
 Run it with ``ascend-jax run --model cube_group_custom [--json]``.
 
 A MIX 1:2 kernel on 910B1: ``CreateCubeResGroup`` with blockStart 12 and blockSize 12 (AICs
-6..11), msgQueueSize 48 (P = 8 queues per AIC), the 64-byte ``CubeMsgBody``, and the built-in
-``sample`` callback (it frees and skips by ``funcID``; no Matmul). Every AIV binds queue
+6..11), msgQueueSize 48 (P = 8 queues per AIC), the sample's own 128-byte ``CubeMsgBody``
+(``message.SAMPLE_MSG_BODY``: aivStartTime, cGap, five org shapes, enPartialSum; no skipCnt), and
+the built-in ``sample`` callback (it frees and skips by ``funcId``; no Matmul). Every message
+carries the sample's initial values (org shapes 2, 3, 4; the rest 0). Every AIV binds queue
 ``GetBlockIdx()`` and then
 
 * AIV 0 posts a funcID 1 merge leader (its callback skips the next 3 columns);
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from ascend_jax.cube_group.callbacks import SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE
 from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
+from ascend_jax.message import SAMPLE_MSG_BODY
 
 BLOCK_START, BLOCK_SIZE, QUEUES = 12, 12, 48
 P = QUEUES // (BLOCK_SIZE // 2)
@@ -30,16 +33,17 @@ def build(seed: int = 0) -> CubeGroupProgram:
     """The sample kernel (``seed`` is unused: the protocol draws nothing at random)."""
     del seed
     k = CubeGroupKernel(chip="910B1", name="cube_group_custom")
-    g = k.create_cube_res_group("qk", BLOCK_START, BLOCK_SIZE, QUEUES, "sample")
+    g = k.create_cube_res_group("qk", BLOCK_START, BLOCK_SIZE, QUEUES, "sample", SAMPLE_MSG_BODY)
+    shapes = {"mOrgShape": 2, "nOrgShape": 3, "kaOrgShape": 4}  # the sample's message initialisers
     for q in range(QUEUES):
         aiv = k.aiv(q)
         aiv.assign_queue(g, q)
-        if q == 0:
-            aiv.post(g, {"funcID": SAMPLE_LEADER_FUNC_ID, "skipCnt": SAMPLE_MERGE})
+        if q == 0:  # the sample's leader skips a fixed SAMPLE_MERGE columns; its message has no skipCnt
+            aiv.post(g, {"funcId": SAMPLE_LEADER_FUNC_ID, **shapes})
         elif q <= SAMPLE_MERGE:
             aiv.fake(g)
         else:
-            aiv.post(g, {"funcID": 0})
+            aiv.post(g, {"funcId": 0, **shapes})
         aiv.wait(g)
         aiv.quit(g)
     return k.compile()

@@ -198,3 +198,123 @@ def test_sync_all_scenario_key():
     }
     ops = aj.load_scenario(doc).aivs[0][1]
     assert [o.aiv_only for o in ops if o.kind == "sync_all"] == [False, True]
+
+
+# -- 24.8: GroupBarrier against group_barrier_impl.h ---------------------------------------------------
+def _barrier(arrive_size, wait_size, programs):
+    """One group (every AIV binds a queue and quits last) and barrier ``b``; ``programs``: per AIV
+    a list of ("arrive", index), ("wait", index) or ("delay", cycles), run before the QUIT."""
+    k = aj.CubeGroupKernel(max_steps=300)
+    g = k.create_cube_res_group("g", 0, 2, len(programs), callback="free")
+    b = k.group_barrier("b", arrive_size, wait_size)
+    for v, ops in enumerate(programs):
+        aiv = k.aiv(v)
+        aiv.assign_queue(g, v)
+        for op, x in ops:
+            if op == "arrive":
+                aiv.arrive(b, x)
+            elif op == "wait":
+                aiv.barrier_wait(b, x)
+            else:
+                aiv.delay(x)
+        aiv.quit(g)
+    return k.compile()
+
+
+def test_barrier_first_arrive_does_not_wait():
+    # group_barrier_impl.h, GroupBarrier::Arrive: only counter > 1 waits (the previous round's end)
+    r = both(_barrier(1, 1, [[("arrive", 0)], []]))
+    assert r.status == Status.OK
+    assert r.barrier_arrive[0].tolist() == [1]  # every Arrive adds 1 to each copy of A
+
+
+def test_barrier_second_arrive_waits_for_the_previous_rounds_waits():
+    # GroupBarrier::Arrive: with counter = 2 it spins until W[i] == (counter - 1) * waitSize
+    r = both(_barrier(1, 2, [[("arrive", 0), ("arrive", 0)], [("wait", 0)], []]))
+    assert r.status == Status.DEADLOCK  # only one of the two waiters waited: W = 1, not 2
+    assert {"core": "aiv0", "barrier": "b", "index": 0, "until": "W==2"} in r.blocked
+    r = both(_barrier(1, 2, [[("arrive", 0), ("arrive", 0)], [("wait", 0)], [("wait", 1)]]))
+    assert r.status == Status.OK and r.barrier_wait[0].tolist() == [2, 2]
+
+
+def test_barrier_arrive_compares_with_equality():
+    # GroupBarrier::Arrive spins while W != expected: one wait too many (W = 2 with waitSize 1)
+    # leaves the second Arrive spinning forever
+    r = both(_barrier(1, 1, [[("delay", 20), ("arrive", 0), ("arrive", 0)], [("wait", 0)], [("wait", 0)]]))
+    assert r.status == Status.DEADLOCK
+    assert {"core": "aiv0", "barrier": "b", "index": 0, "until": "W==1"} in r.blocked
+
+
+def test_barrier_wait_waits_for_counter_times_arrive_size_arrivals():
+    # group_barrier_impl.h, GroupBarrier::Wait: spins while A[j] < waitCounter * arriveSize
+    r = both(_barrier(2, 1, [[("wait", 0)], [("arrive", 0)], []]))
+    assert r.status == Status.DEADLOCK
+    assert {"core": "aiv0", "barrier": "b", "index": 0, "until": "A>=2"} in r.blocked
+    # ">=": three arrivals pass a wait for two
+    r = both(_barrier(2, 1, [[("delay", 20), ("wait", 0)], [("arrive", 0)], [("arrive", 1)], [("arrive", 0)]]))
+    assert r.status == Status.OK and r.barrier_arrive[0].tolist() == [3, 3]
+
+
+def test_barrier_wait_after_arrive_uses_the_same_round():
+    # GroupBarrier::Wait: waitCounter = counter - 1 after an Arrive (hasArrive), and counter stays
+    r = both(_barrier(2, 2, [[("arrive", 0), ("wait", 0), ("arrive", 0), ("wait", 0)]] * 2))
+    assert r.status == Status.OK
+    assert r.barrier_arrive[0].tolist() == [4, 4] and r.barrier_wait[0].tolist() == [4, 4]
+
+
+# -- 24.7: chips --------------------------------------------------------------------------------------
+def test_atlas_a3_is_refused_with_the_reason():
+    # the CreateCubeResGroup API page lists Atlas A2 and Ascend 950PR/DT, not Atlas A3
+    import pytest
+
+    from ascend_jax.errors import ConfigError
+
+    for name in ("Ascend910_9391", "910_9382", "A3"):
+        with pytest.raises(ConfigError, match="does not list Atlas A3") as e:
+            aj.CubeGroupKernel(chip=name)
+        assert e.value.field == "chip"
+    for name in ("Ascend950PR", "950DT_9582"):  # no public numbers to build a preset from: an INI is asked for
+        with pytest.raises(ConfigError, match=r"platform_config \.ini"):
+            aj.CubeGroupKernel(chip=name)
+    assert aj.CubeGroupKernel(chip="Ascend910B2").chip.aiv_num == 48
+
+
+# -- 24.5: merge frees as the seed does -----------------------------------------------------------------
+def test_merge_frees_msg_plus_i_for_every_i_up_to_k_past_the_row():
+    # the seed's callback: for i in 1..skipCnt FreeMessage(rcvMsg + i, FAKE), then SetSkipMsg; msg + 2
+    # from column 0 of a 2-column row is the next row's column 0 (queue 0's QUIT), waited for forever
+    program = _row("merge", "cpu")  # queue 0 posts (skipCnt from a zeroed payload: 0) ...
+    k = aj.CubeGroupKernel(max_steps=100)
+    g = k.create_cube_res_group("g", 0, 2, 2, callback="merge")
+    for q in range(2):
+        aiv = k.aiv(q)
+        aiv.assign_queue(g, q)
+        aiv.post(g, {"skipCnt": 2}) if q == 0 else aiv.fake(g)
+        aiv.quit(g)
+    for build in ("cpu", "release"):
+        import dataclasses
+
+        r = both(dataclasses.replace(k.compile(), build=build))
+        assert r.status == Status.DEADLOCK and r.error is None and r.asserts_violated == []
+        assert r.blocked == [{"core": "aic0", "group": "g", "queue": 0, "depth": 1, "until": "FAKE"}]
+        assert r.slot_states(0)[0] == ["FREE", "FREE"]  # msg and msg + 1 were freed first
+    assert both(program).status == Status.OK
+
+
+# -- 24.6: the sample's 128-byte message ----------------------------------------------------------------
+def test_sample_message_is_the_samples_128_byte_struct():
+    # op_kernel/cube_group_custom.cpp, struct CubeMsgBody (natural C alignment)
+    from ascend_jax.message import SAMPLE_MSG_BODY
+
+    assert SAMPLE_MSG_BODY.itemsize == 128 and "skipCnt" not in SAMPLE_MSG_BODY.names
+    offsets = {
+        n: SAMPLE_MSG_BODY.fields[n][1] for n in ("funcId", "aivStartTime", "cGap", "kcOrgShape", "enPartialSum")
+    }
+    assert offsets == {"funcId": 2, "aivStartTime": 24, "cGap": 72, "kcOrgShape": 112, "enPartialSum": 120}
+    from tests._models import load
+
+    sample = load("cube_group_custom")
+    program = sample.build()
+    assert program.msg_dtypes[0] == SAMPLE_MSG_BODY  # the model posts the sample's own message
+    r = both(program)
+    assert r.status == Status.OK and r.received == sample.expected_received()

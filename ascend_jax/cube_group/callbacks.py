@@ -193,8 +193,11 @@ class MergeCallback(_StatelessCallback):
     """Built-in ``merge`` (DESIGN.md): message merging by ``skipCnt`` as in the seed's callback.
 
     A VALID message with ``skipCnt`` 0 is freed. With ``skipCnt = k > 0`` the leader is freed with
-    wait state VALID, the k following slots of the row with wait state FAKE, then
-    ``SetSkipMsg(k)``. A FAKE that no skip covered is freed (its stale skipCnt is ignored). Like
+    wait state VALID, then ``msg + i`` for every i = 1..k with wait state FAKE, then
+    ``SetSkipMsg(k)``: the seed's free loop exactly, so a k past the row end waits for a FAKE in
+    the slot after the row (an unused column or the next row's first) before ``SetSkipMsg``'s
+    assert can fire (issue 24.5; earlier versions stopped the frees at the row end). The loop runs
+    to the largest k of the messages it is called with, ``when`` masking the rest. A FAKE that no skip covered is freed (its stale skipCnt is ignored). Like
     the seed's callback it first invalidates the message's lines past the first (none for a
     64-byte message), so it never reads a stale line.
     """
@@ -207,7 +210,7 @@ class MergeCallback(_StatelessCallback):
             handle.data_cache_clean_and_invalid(msg, line)
         k = xp.where(msg.state == CubeMsgState.VALID, msg.skipCnt, 0)
         handle.free_message(msg, xp.where(k > 0, int(CubeMsgState.VALID), NO_WAIT))
-        for i in range(1, handle.aiv_per_aic):
+        for i in range(1, int(xp.max(k)) + 1):  # the seed: for i in 1..k, past the row end too
             handle.free_message(msg + i, CubeMsgState.FAKE, when=k >= i)
         handle.set_skip_msg(k)
 
@@ -301,7 +304,7 @@ class SeedCallback(_StatelessCallback):
         handle.data_cache_clean_and_invalid(msg, 1)  # the seed: DataCacheCleanAndInvalid at rcvMsg + 64 B
         k = msg.skipCnt
         mm.set_org_shape(msg.mOrgShape, msg.nOrgShape, msg.kaOrgShape, msg.kbOrgShape, msg.kcOrgShape)
-        for i in range(handle.aiv_per_aic):
+        for i in range(max(int(handle.xp.max(k)), 0) + 1):  # the seed's loop: i = 0..k, past the row end too
             run = i <= k
             mm.set_tail(handle.xp.where(i == k, msg.lastTailM, msg.tailM), msg.tailN, msg.tailK, when=run)
             mm.set_tensor_a(msg.aAddr + i * msg.aGap * mm.a_itemsize, msg.isTransA, when=run)
@@ -319,26 +322,39 @@ SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE = 1, 3
 class SampleCallback(_StatelessCallback):
     """Built-in ``sample``: the official CubeGroupCustom sample's callback (no Matmul).
 
-    It dispatches on the payload's ``funcID`` (asc-devkit docs, ``CubeResGroupHandle`` usage page,
+    It dispatches on the payload's ``funcId`` (the sample's own 128-byte message,
+    ``message.SAMPLE_MSG_BODY``) or ``funcID`` (the seed's 64-byte one) (asc-devkit docs,
+    ``CubeResGroupHandle`` usage page, and the sample's ``op_kernel/cube_group_custom.cpp``,
     ``MyCallbackFunc::Call`` and ``CubeGroupCallBack<funcId>``): 0 is a single task, freed with
     ``FreeMessage(rcvMsg)`` (no wait state) and SetSkipMsg(0); 1 is a merge leader that frees itself
     with wait state VALID and the next three columns with FAKE, then SetSkipMsg(3); any other funcID
     frees nothing and skips nothing. It does not look at the head state, so an uncovered FAKE is
     handled by its stale funcID: 0 frees it, 1 hangs in ``FreeMessage(rcvMsg, VALID)``. As in the
-    sample, funcID is read before ``rcvMsg + 64 B`` is invalidated (line 1; with the sample's
-    64-byte message that is the next slot's head line, a no-op here).
+    sample, funcId is read before ``rcvMsg + 64 B`` is invalidated (line 1: with the sample's
+    128-byte message its own second line; with a 64-byte message the next slot's head line, a
+    no-op here).
     """
 
-    required_fields: tuple[str, ...] = ("funcID",)
+    required_fields: tuple[str, ...] = ()  # funcId or funcID: checked in call
 
     def call(self, mm: Any, msg: MsgView, handle: AicHandle) -> None:
         xp = handle.xp
-        single, leader = msg.funcID == 0, msg.funcID == SAMPLE_LEADER_FUNC_ID
+        fields = object.__getattribute__(msg, "_fields")
+        name = "funcId" if "funcId" in fields else "funcID"
+        if name not in fields:
+            raise ConfigError(
+                "callback 'sample'",
+                sorted(fields),
+                "the message needs a funcId (or funcID) field",
+                "use message SampleCubeMsgBody or CubeMsgBody",
+            )
+        func = fields[name]
+        single, leader = func == 0, func == SAMPLE_LEADER_FUNC_ID
         k = xp.where(leader, SAMPLE_MERGE, 0)
         handle.data_cache_clean_and_invalid(msg, 1)
         handle.free_message(msg, xp.where(leader, int(CubeMsgState.VALID), NO_WAIT), when=single | leader)
-        for i in range(1, handle.aiv_per_aic):
-            handle.free_message(msg + i, CubeMsgState.FAKE, when=leader & (i <= k))
+        for i in range(1, SAMPLE_MERGE + 1):  # the sample's loop, whatever P is
+            handle.free_message(msg + i, CubeMsgState.FAKE, when=leader)
         handle.set_skip_msg(k)
 
 

@@ -1046,13 +1046,14 @@ def _builtin_requests(kind: str, cur: _Slot, p: int) -> tuple[int, list[tuple]]:
     Actions are in the handle's format, ``("free", offset, wait_state, when)``, and go through the
     same checks as a user callback's. ``free``: ``FreeMessage(msg)``. ``merge``: with ``k`` the
     ``skipCnt`` of a VALID message (0 otherwise), ``FreeMessage(msg, VALID if k else no wait)``, then
-    ``FreeMessage(msg + i, FAKE)`` for i = 1..min(k, P - 1), then ``SetSkipMsg(k)``.
+    ``FreeMessage(msg + i, FAKE)`` for i = 1..k (as the seed: past the row end too), then
+    ``SetSkipMsg(k)``.
     """
     if kind == "free":
         return 0, [("free", 0, NO_WAIT, True)]
     k = int(cur.payload["skipCnt"]) if cur.state == VALID and cur.payload is not None else 0
     actions = [("free", 0, VALID if k > 0 else NO_WAIT, True)]
-    actions += [("free", i, FAKE, True) for i in range(1, min(k + 1, p))]
+    actions += [("free", i, FAKE, True) for i in range(1, k + 1)]
     return k, [*actions, ("skip", k, k, True)]  # SetSkipMsg(k) last, as the seed calls it
 
 
