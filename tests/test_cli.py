@@ -81,6 +81,7 @@ def test_invalid_scenario_exit_code(capsys, tmp_path):
     assert main(["run", str(tmp_path / "missing.toml")]) == 2
 
 
+@pytest.mark.slow
 def test_batch_random_schedule_lanes_agree(capsys):
     code, out = run_json(capsys, "models/merge_example.toml", "--batch", "6", "--schedule", "random", "--seed", "3")
     assert code == 0
@@ -102,6 +103,7 @@ def test_public_api_names_import():
         assert getattr(aj, name) is not None, name
 
 
+@pytest.mark.slow
 def test_chunk_runs_a_batch_in_chunks(capsys):
     code, out = run_json(capsys, "models/merge_example.toml", "--batch", "3", "--chunk", "2", "--schedule", "random")
     assert code == 0
@@ -118,6 +120,7 @@ def test_models_lists_every_shipped_model_with_a_description(capsys):
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # a description on every line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["reference", "jax"])
 def test_summary_explains_every_witness_kind(capsys, engine):
     """A SyncAll witness has no slot: the summary names it and the F14 fix (it used to crash the

@@ -8,6 +8,7 @@ import dataclasses
 
 import hypothesis.strategies as hst
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from test_aicpu_batch import same
 from test_aicpu_launch import launch, launch_programs, one_rank, param
@@ -82,6 +83,7 @@ def test_apply_steps_reads_the_step_start_and_writes_in_queue_order():
         np.testing.assert_array_equal(out, want)
 
 
+@pytest.mark.slow
 def test_reduce_at_every_word_width_equals_numpy():
     from ascend_jax.aicpu.codes import HcclDataType, HcclReduceOp
     from ascend_jax.aicpu.reduce import reduce_bytes

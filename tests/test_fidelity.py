@@ -91,6 +91,7 @@ def test_seed_callback_hangs_on_a_fake_that_no_skip_covers():
     assert ref.blocked == [{"core": "aic0", "group": "g", "queue": 0, "depth": 0, "until": "VALID"}]
 
 
+@pytest.mark.slow
 def test_matmul_callback_is_the_tolerant_variant_of_the_same_program():
     ref, _ = both(_lap_kernel("matmul"))
     assert ref.status == Status.OK  # the uncovered FAKE is freed without compute
@@ -101,6 +102,7 @@ def _load_model(name: str):
     return load(name)
 
 
+@pytest.mark.slow
 def test_official_sample_protocol_receives_in_the_expected_order():
     sample = _load_model("cube_group_custom")
     ref, eng = both(sample.build())

@@ -150,6 +150,7 @@ COMBOS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ab,c,bias", COMBOS, ids=[f"{a}->{c}" + ("+bias" if b else "") for a, c, b in COMBOS])
 def test_dtype_combinations(ab, c, bias):
     p = _kernel(ab, c, bias)

@@ -93,6 +93,7 @@ def _ab(p):
     return p.gm.read("a").astype(np.float64), p.gm.read("b").astype(np.float64)
 
 
+@pytest.mark.slow
 def test_init_object_is_the_one_call_sees_and_state_persists_across_calls():
     # Init sets B; call 1 sets tail 8 x 16 x 16 and A; call 2 sets nothing but C (SetTail -1: keeps 8)
     msgs = [

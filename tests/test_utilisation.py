@@ -40,6 +40,7 @@ KERNEL = 480.0
 AIC = {0: (280.0, 200.0, 0.0), 1: (40.0, 80.0, 360.0)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["reference", "jax"])
 def test_two_aic_hand_case(engine):
     p = _two_aics()
@@ -62,6 +63,7 @@ def test_two_aic_hand_case(engine):
     assert (u.aiv_stall_mean_us, u.aiv_stall_max_us, u.most_stalled) == (0.0, 0.0, 0)
 
 
+@pytest.mark.slow
 def test_backpressure_and_wait_stalls():
     """One AIC, one queue: the AIV posts five messages into its four-slot ring, then waits for
     the last to be freed. A slow AIC (1,000-cycle dispatch) fills the ring, so the fifth
