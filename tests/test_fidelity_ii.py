@@ -318,3 +318,21 @@ def test_sample_message_is_the_samples_128_byte_struct():
     assert program.msg_dtypes[0] == SAMPLE_MSG_BODY  # the model posts the sample's own message
     r = both(program)
     assert r.status == Status.OK and r.received == sample.expected_received()
+
+
+def test_queue_count_and_aic_range_are_checked_against_the_chip():
+    # the CreateCubeResGroup API page: msgQueueSize <= the AIV count, the AIC range inside the chip,
+    # an AIC in at most one group (no code checks these: the builder does)
+    import pytest
+
+    from ascend_jax.errors import ConfigError
+
+    k = aj.CubeGroupKernel(chip="910B1")
+    with pytest.raises(ConfigError, match="AIV count") as e:
+        k.create_cube_res_group("g", 0, 2, 50, "free")  # one AIC, 50 queues: P fits 64, the chip has 48 AIVs
+    assert e.value.field == "group[0].msg_queue_size"
+    with pytest.raises(ConfigError, match="exceed the chip"):
+        k.create_cube_res_group("g", 46, 4, 2, "free")
+    k.create_cube_res_group("g", 0, 4, 4, "free")
+    with pytest.raises(ConfigError, match="overlap"):
+        k.create_cube_res_group("h", 2, 2, 1, "free")

@@ -210,7 +210,9 @@ class MergeCallback(_StatelessCallback):
             handle.data_cache_clean_and_invalid(msg, line)
         k = xp.where(msg.state == CubeMsgState.VALID, msg.skipCnt, 0)
         handle.free_message(msg, xp.where(k > 0, int(CubeMsgState.VALID), NO_WAIT))
-        for i in range(1, int(xp.max(k)) + 1):  # the seed: for i in 1..k, past the row end too
+        # the seed: for i in 1..k, past the row end too; at least the row's P - 1 followers, so
+        # programs of one geometry keep one action count (one compiled engine) unless a k passes it
+        for i in range(1, max(int(xp.max(k)), handle.aiv_per_aic - 1) + 1):
             handle.free_message(msg + i, CubeMsgState.FAKE, when=k >= i)
         handle.set_skip_msg(k)
 
@@ -304,7 +306,8 @@ class SeedCallback(_StatelessCallback):
         handle.data_cache_clean_and_invalid(msg, 1)  # the seed: DataCacheCleanAndInvalid at rcvMsg + 64 B
         k = msg.skipCnt
         mm.set_org_shape(msg.mOrgShape, msg.nOrgShape, msg.kaOrgShape, msg.kbOrgShape, msg.kcOrgShape)
-        for i in range(max(int(handle.xp.max(k)), 0) + 1):  # the seed's loop: i = 0..k, past the row end too
+        # the seed's loop: i = 0..k, past the row end too (at least 0..P - 1: one action count per geometry)
+        for i in range(max(int(handle.xp.max(k)), handle.aiv_per_aic - 1) + 1):
             run = i <= k
             mm.set_tail(handle.xp.where(i == k, msg.lastTailM, msg.tailM), msg.tailN, msg.tailK, when=run)
             mm.set_tensor_a(msg.aAddr + i * msg.aGap * mm.a_itemsize, msg.isTransA, when=run)

@@ -281,7 +281,7 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
     stray = program.build == "release"  # a cursor or a free may leave its AIC's block
     mm_init = _words(np.array(init_rows, np.int64).reshape(-1, N_MM), MM_FIELDS, big, "Init")
     dims_seen: dict[int, list[np.ndarray]] = {}
-    for gi, ids, acts, skip, _column, queues, k, end_state in per_group:
+    for gi, ids, acts, skip, column, queues, k, end_state in per_group:
         g = program.groups[gi]
         n = len(ids)
         p = g.aiv_per_aic

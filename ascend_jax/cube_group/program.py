@@ -558,6 +558,14 @@ class CubeGroupKernel:
         cb = resolve_callback(callback, f"{field}.callback")
         probe = GroupGeometry(name, block_start, block_size, msg_queue_size, 64, 0, 0)
         check_group(probe, self.chip.aic_num, field)
+        if msg_queue_size > self.chip.aiv_num:  # the CreateCubeResGroup API page: msgQueueSize <= the AIV count
+            raise ConfigError(
+                f"{field}.msg_queue_size",
+                msg_queue_size,
+                f"must be at most the chip's AIV count ({self.chip.aiv_num} on {self.chip.name}): the "
+                "CreateCubeResGroup API page allows one queue per AIV (no code checks it)",
+                f"use msg_queue_size <= {self.chip.aiv_num}",
+            )
         for other in self.groups:
             lo, hi = other.first_aic, other.first_aic + other.aic_num
             if probe.first_aic < hi and lo < probe.first_aic + probe.aic_num:
