@@ -336,3 +336,25 @@ def test_queue_count_and_aic_range_are_checked_against_the_chip():
     k.create_cube_res_group("g", 0, 4, 4, "free")
     with pytest.raises(ConfigError, match="overlap"):
         k.create_cube_res_group("h", 2, 2, 1, "free")
+
+
+def test_ub_reserve_for_the_handle():
+    # the CreateCubeResGroup API page: the last 1600 B + sizeof(msg) of UB are the handle's
+    import pytest
+
+    from ascend_jax.errors import ConfigError
+
+    def program(nbytes):
+        k = aj.CubeGroupKernel(chip="910B1")
+        g = k.create_cube_res_group("g", 0, 2, 1, "free")  # the 64-byte CubeMsgBody
+        aiv = k.aiv(0)
+        aiv.assign_queue(g, 0)
+        aiv.vec.buffer("x", 1, nbytes // 4, "float32")
+        aiv.quit(g)
+        return k.compile()
+
+    free = 196608 - 1600 - 64
+    assert program(free).aivs[0][0] == 0  # up to the reserve: fine
+    with pytest.raises(ConfigError, match="reserved by CreateCubeResGroup") as e:
+        program(free + 32)
+    assert e.value.field == "aiv[0] UB buffers"

@@ -81,6 +81,9 @@ def normalise_build(build: Any) -> str:
     return build
 
 
+#: Bytes at the end of UB that CreateCubeResGroup takes besides sizeof(msg): GroupBarrier's 50
+#: blocks of 32 B (group_barrier_impl.h, UB_START_ADDR; the API page's "1600 B + sizeof(msg)")
+UB_RESERVE = 1600
 #: AllocMessage / PostMessage pipe modes (PipeMode in kernel_utils_cube_group.h)
 PIPES = ("SCALAR", "MTE3")
 
@@ -643,6 +646,26 @@ class CubeGroupKernel:
             field, getattr(barrier, "name", barrier), f"no such barrier; barriers: {[b.name for b in self.barriers]}"
         )
 
+    def _check_ub_reserve(self, block_idx: int, aiv: AivProgram) -> None:
+        """The CreateCubeResGroup API page reserves the last 1600 B + sizeof(msg) of an AIV's UB
+        (GroupBarrier's 50 blocks of 32 B and the MTE3 post's staging copy; spec S1, S6): an AIV
+        bound to a queue whose UB buffers reach into it is refused (the largest message of its
+        groups counts)."""
+        if not aiv._groups or not aiv.vec.buffers:
+            return
+        msg = max(self.msg_dtypes[gi].itemsize for gi in aiv._groups)
+        limit = self.chip.ub_size - UB_RESERVE - msg
+        used = aiv.vec._used
+        if used > limit:
+            raise ConfigError(
+                f"aiv[{block_idx}] UB buffers",
+                f"{used} B",
+                f"the last {UB_RESERVE} B + sizeof(msg) = {UB_RESERVE + msg} B of the {self.chip.ub_size} B UB "
+                "are reserved by CreateCubeResGroup (API page), leaving "
+                f"{limit} B for buffers",
+                "use smaller UB buffers",
+            )
+
     def compile(self) -> CubeGroupProgram:
         """Checks the whole kernel (bindings, pending allocs) and freezes it."""
         if not self.groups:
@@ -658,6 +681,7 @@ class CubeGroupKernel:
                     "assign these queues or lower msg_queue_size",
                 )
         for b, aiv in sorted(self._aivs.items()):
+            self._check_ub_reserve(b, aiv)
             for gi, st in aiv._groups.items():
                 if st.pending:
                     raise ConfigError(
