@@ -410,3 +410,23 @@ def test_slow_marker_is_registered_and_the_quick_tier_is_documented():
                 marked.setdefault(path.name, []).append(node.name)
     assert len(marked) >= 10 and sum(map(len, marked.values())) >= 30, marked
     assert "test_hardening_iii.py" not in marked  # this file's checks stay in the quick tier
+
+
+def test_random_batch_report_says_whether_the_recording_is_the_lane(tmp_path, capsys):
+    import re
+
+    from ascend_jax.cube_group.engine import simulate
+
+    toml = ROOT / "models" / "merge_example.toml"
+    folder = tmp_path / "r"
+    argv = ["run", str(toml), "--batch", "8", "--schedule", "random", "--trace-lane", "5", "--report", str(folder)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    md = (folder / "report.md").read_text()
+    [lane5] = simulate([aj.load_scenario(toml)], seeds=[5], schedule="random")
+    m = re.search(r"Under `random` the recording (is|is not) lane 5's run: ([^\n]*)\.", md)
+    assert m is not None, md
+    if m[1] == "is":
+        assert f"same outcome and steps ({lane5.steps})" in m[2]
+    else:  # the recording drew its own interleaving: the report says so and names the step counts
+        assert f"in the recording, {lane5.steps} in the run" in m[2]
