@@ -729,11 +729,11 @@ def _run_cube(program, expected, path, nums, engine, schedule, atomic_order, out
 def _trace_and_report(program, results, seeds, engine, schedule, atomic_order, elapsed, lines, out: _Outputs) -> None:
     """Re-runs lane ``out.lane`` in the reference interpreter with event recording and writes the
     trace and / or the report (see :mod:`ascend_jax.trace`)."""
-    from ascend_jax.trace import cube_trace, record_cube, write_trace
+    from ascend_jax.trace import cube_trace, lane_meta, record_cube, write_trace
 
     lane = out.lane
     with _Activity(f"recording lane {lane} in the reference interpreter for --trace / --report"):
-        rec, events = record_cube(program, schedule, seeds[lane])
+        rec, events = record_cube(program, schedule, seeds[lane], draws=engine)
     run_lane = results[lane]
     meta: dict[str, Any] = {
         "lane": lane,
@@ -742,13 +742,8 @@ def _trace_and_report(program, results, seeds, engine, schedule, atomic_order, e
         "run_engine": engine,
         "run_status": run_lane.status.label,
         "run_steps": int(run_lane.steps),
-        "matches_run": rec.outcome() == run_lane.outcome() and (schedule == "random" or rec.steps == run_lane.steps),
     }
-    if schedule == "random":
-        meta["interleaving"] = (
-            "the reference interpreter's random draw from this seed, not the JAX engine's: the outcome (received "
-            "logs, final slots, witness) is the run's, the order of actions and the step count are not"
-        )
+    meta.update(lane_meta(rec, run_lane, schedule, engine))
     if atomic_order == "random":
         meta["atomic_order"] = "the run used a random atomic order; this recording writes matmul results in AIC order"
     if out.trace is not None:

@@ -430,3 +430,17 @@ def test_random_batch_report_says_whether_the_recording_is_the_lane(tmp_path, ca
         assert f"same outcome and steps ({lane5.steps})" in m[2]
     else:  # the recording drew its own interleaving: the report says so and names the step counts
         assert f"in the recording, {lane5.steps} in the run" in m[2]
+
+
+def test_cli_trace_lane_of_a_random_jax_batch_is_that_lanes_run(tmp_path):
+    import json
+
+    from ascend_jax.cli import main
+
+    trace = tmp_path / "t.json"
+    argv = ["run", str(ROOT / "models" / "merge_example.toml"), "--batch", "8", "--schedule", "random",
+            "--engine", "jax", "--trace", str(trace), "--trace-lane", "5"]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads(trace.read_text())["otherData"]
+    assert meta["matches_run"] is True and meta["steps"] == meta["run_steps"], meta
+    assert "JAX engine's draws" in meta["interleaving"]
