@@ -70,13 +70,16 @@ class EncodedProgram:
     WRITE's ``c`` the version it creates.
     Versions ``[N]``: ``ver_slot`` (global slot), ``ver_group``, ``ver_state``, ``ver_aiv_id``,
     ``ver_msg`` (per-group message id of the payload, -1 zeros); the callback's decision:
-    ``ver_code`` (first failing action, 0 none: where a debug build stops), ``ver_detail`` (offset,
-    wait state or Matmul argument, by code; a release build judges the free asserts at run time,
-    from the receiving AIC), ``ver_skip``, ``ver_first`` (first enabled action, F if none). The
-    skip asserts depend on the AIC's ``aivWork`` at run time, so the engine checks them.
+    ``ver_code`` (the assert this build stops at before any action of the call, 0 none),
+    ``ver_detail`` (the stopping assert's detail: skip total or Matmul argument), ``ver_skip``,
+    ``ver_first`` (first enabled action, F if none), ``ver_note`` (the CPU twin's assert, noted on
+    dispatch by npu-debug / release), ``ver_misuse`` / ``ver_misuse_detail`` (the call's first
+    api_misuse finding: code and offset or wait state).
     Actions ``[N, F]``: ``act_slot`` (global slot of a free), ``act_wait``, ``act_mm``, ``act_en``
-    (the action is performed), ``act_next`` (next enabled action, F if none), ``act_assert``
-    (``MATMUL_SHAPE`` where a Matmul setter broke its debug assert, else 0).
+    (the action is performed; none after a stopping assert), ``act_next`` (next enabled action, F
+    if none), ``act_assert`` (the assert this build stops at right after performing the action),
+    ``act_note`` (the CPU twin's assert, noted right after it). ``stray``: some free (or, in
+    release, the cursor) may leave its AIC's block.
     Matmul state (groups with a Matmul): ``act_mmf`` ``[N, F, A + 1]`` the :data:`ACTION_FIELDS`
     words of each IterateAll plus a bit mask (bit i: field i is the AIC's state before the call,
     resolved at run time); ``ver_mmf`` ``[N, M + 1]`` the state a call leaves, with the same mask

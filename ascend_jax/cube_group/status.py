@@ -146,4 +146,4 @@ class AicPhase(enum.IntEnum):
     RECEIVE = 0  # spinning on the cursor slot until it is not FREE
     CALL = 1  # performing the actions (frees, matmuls) its callback requested, one per step
     DONE = 2  # aivWorkState == 0: CreateCubeResGroup returned
-    ERROR = 3  # stopped at a protocol error (a failed debug assert); never acts again
+    ERROR = 3  # stopped at a protocol error (an assert this build has, or a simulator limit); never acts again
