@@ -163,3 +163,23 @@ def test_init_shape_assert_stops_only_the_cpu_twin():
     with pytest.raises(ConfigError, match="Matmul"):
         aj.run_reference(program("cpu"))
     assert aj.run_reference(program("npu-debug")).status == Status.OK
+
+
+def test_random_programs_agree_in_every_build():
+    # random programs with merges, misuse frees and skips past the row (the event-time batch, one
+    # geometry: one compilation per build); every build's engine run equals its reference run
+    import dataclasses
+
+    from tests.test_event_time import batch_programs
+
+    programs = batch_programs()
+    seen = set()
+    for build in BUILDS:
+        lanes = aj.simulate([dataclasses.replace(p, build=build) for p in programs])
+        for p, eng in zip(programs, lanes, strict=True):
+            ref = aj.run_reference(dataclasses.replace(p, build=build))
+            assert eng.outcome() == ref.outcome() and eng.steps == ref.steps, (build, ref.to_json())
+            seen.add((build, ref.status.label, bool(ref.asserts_violated), bool(ref.api_misuse)))
+    assert any(s[:2] == ("cpu", "error") for s in seen)  # the sample has a failed assert ...
+    assert any(s[0] == "release" and s[2] for s in seen)  # ... which release lists
+    assert any(s[0] == "cpu" and s[3] for s in seen)  # and some api_misuse finding
