@@ -428,6 +428,7 @@ def test_default_scenario_runs_ok(engine):
         assert log[:5] == [(8 * core, 0, V)] + [(8 * core + c, 0, V) for c in range(4, 8)]
 
 
+@pytest.mark.slow
 def test_chunked_batches_equal_one_call_and_failing_lanes_replay_by_seed():
     import ascend_jax as aj
     from ascend_jax.cube_group import engine
@@ -461,6 +462,7 @@ def test_chunked_batches_equal_one_call_and_failing_lanes_replay_by_seed():
         assert (alone.outcome(), alone.steps) == (r.outcome(), r.steps)
 
 
+@pytest.mark.slow
 def test_timed_schedule_matches_reference_and_keeps_results():
     import sys
     from pathlib import Path
@@ -497,6 +499,7 @@ def test_timed_schedule_matches_reference_and_keeps_results():
     assert slow.timing == aj.run_reference(p, schedule="timed", cost=CostModel(post=500)).timing
 
 
+@pytest.mark.slow
 def test_timed_delay_is_cycles_and_backpressure_stalls_allocs():
     import ascend_jax as aj
     from ascend_jax.timing import CostModel
