@@ -149,7 +149,7 @@ def run_plain(program: CubeGroupProgram, max_steps: int | None = None) -> PlainR
     live_v = [v for v, t in enumerate(tables) if t]
 
     # AIC state, one list entry per AIC: static geometry then the cursor
-    cores, base, width, used, first_q, cb = [], [], [], [], [], []
+    cores, base, width, used, first_q, cb, end = [], [], [], [], [], [], []
     for gi, k in program.aics:
         g = program.groups[gi]
         callback = program.callbacks[gi]
@@ -164,6 +164,7 @@ def run_plain(program: CubeGroupProgram, max_steps: int | None = None) -> PlainR
         width.append(g.aiv_per_aic)
         used.append(g.queues_of_aic(k))
         first_q.append(k * g.aiv_per_aic)
+        end.append(g.slot_base + g.num_slots)  # a free past the group's slots reads FREE, writes nothing
     n_aic = len(cores)
     msg_pos = [0] * n_aic
     aiv_work = [0] * n_aic
@@ -242,13 +243,18 @@ def run_plain(program: CubeGroupProgram, max_steps: int | None = None) -> PlainR
             todo = frees[c]
             if todo is not None:  # inside Call: the next FreeMessage(msg, waitState)
                 s, wait = todo[0]
-                if wait != NO_WAIT and state[s] != wait:
+                inside = s < end[c]
+                if wait != NO_WAIT and (state[s] if inside else FREE) != wait:
                     continue
                 progressed = True
-                state[s] = FREE
+                if inside:
+                    state[s] = FREE
                 del todo[0]
                 if not todo:
                     frees[c] = None
+                    if skip[c] and aiv_work[c] + skip[c] >= used[c]:  # SetSkipMsg's debug assert
+                        failed[c], done_c = "SKIP_CROSSES_ROW", True
+                        continue
                     if skip[c]:  # SetSkipMsg
                         aiv_work[c] += skip[c]
                         msg_pos[c] += skip[c]
@@ -274,9 +280,6 @@ def run_plain(program: CubeGroupProgram, max_steps: int | None = None) -> PlainR
                 continue
             k = skip_of[s] if cb[c] == CB_MERGE and st == VALID else 0
             log.append((queue, depth, STATE_NAMES.get(st) or str(st)))
-            if aiv_work[c] + k >= used[c]:  # this AIC stops here; the others run on
-                failed[c], done_c = "SKIP_CROSSES_ROW", True
-                continue
             if k:  # merge leader: wait VALID on itself, then FAKE on the k followers
                 frees[c] = [(s, VALID)] + [(s + i, FAKE) for i in range(1, k + 1)]
             else:

@@ -70,13 +70,26 @@ def test_shipped_scenarios(source, max_steps, status, steps, messages):
 
 
 def test_protocol_errors_and_deadlock():
-    k = aj.CubeGroupKernel()  # skipCnt 2 from column 1 of a 2-queue row: SetSkipMsg crosses the row
-    g = k.create_cube_res_group("g", 0, 2, 2)
+    k = aj.CubeGroupKernel()  # skipCnt 2 from column 1 of a 2-queue row: the merge's frees of msg + 1 and
+    g = k.create_cube_res_group("g", 0, 2, 2)  # msg + 2 wait for FAKEs that never come, before SetSkipMsg
     for q in range(2):
         a = k.aiv(q)
         a.assign_queue(g, q)
         a.post(g, {"skipCnt": 2 * q})
         a.quit(g)
+    r = assert_same(k.compile())
+    assert (r.status, r.error) == ("deadlock", None)
+
+    k = aj.CubeGroupKernel()  # skipCnt 1 from column 1, and the slot after the row holds a FAKE: the free
+    g = k.create_cube_res_group("g", 0, 2, 2)  # returns, then SetSkipMsg's assert stops the AIC
+    a0, a1 = k.aiv(0), k.aiv(1)
+    a0.assign_queue(g, 0)
+    a1.assign_queue(g, 1)
+    a0.post(g, {"skipCnt": 0})
+    a0.fake(g)
+    a0.quit(g)
+    a1.post(g, {"skipCnt": 1})
+    a1.quit(g)
     r = assert_same(k.compile())
     assert (r.status, r.error) == ("error", "SKIP_CROSSES_ROW")
 
