@@ -42,11 +42,33 @@ def read_document(path: str | Path, field: str = "scenario", limit: int = MAX_SC
     p = Path(path)
     text = _read_text(p, field, limit)
     try:
-        return tomllib.loads(text)
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(field, str(p), f"is not valid TOML ({e})", "fix the syntax at the position given") from None
     except RecursionError:
         raise ConfigError(field, str(p), "is nested too deeply to read", "flatten the tables") from None
+    depth = _depth(doc)
+    if depth > MAX_NESTING:
+        raise ConfigError(field, str(p), f"nests tables or arrays {depth} levels deep; the limit is {MAX_NESTING}",
+                          "flatten the tables (a scenario needs at most 4 levels)")  # fmt: skip
+    return doc
+
+
+#: Deepest nesting of tables and arrays a scenario may have (a real one has at most 4 levels).
+MAX_NESTING = 32
+
+
+def _depth(doc: Any) -> int:
+    """Levels of nested tables and arrays in a parsed document (iterative: no recursion limit)."""
+    deepest, todo = 0, [(doc, 1)]
+    while todo:
+        node, level = todo.pop()
+        deepest = max(deepest, level)
+        if level > MAX_NESTING:
+            return level
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        todo.extend((c, level + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 def _read_text(p: Path, field: str, limit: int) -> str:

@@ -321,7 +321,9 @@ def build(
         _check(name, v, isinstance(v, int) and not isinstance(v, bool) and v >= 1, "must be an integer >= 1")
     _check("dtype", dtype, dtype in ("float16", "bfloat16"), "must be 'float16' or 'bfloat16'")
     for name, blk, s in (("block_s1", block_s1, s1), ("block_s2", block_s2, s2)):
-        _check(name, blk, blk % 16 == 0 and s % blk == 0, f"must be a multiple of 16 dividing {s}", "e.g. 64")
+        fits = [b for b in range(16, min(s, 128) + 1, 16) if s % b == 0]
+        hint = f"e.g. {fits[-1]}" if fits else f"make {name[-2:]} a multiple of 16"
+        _check(name, blk, blk % 16 == 0 and s % blk == 0, f"must be a multiple of 16 dividing {s}", hint)
     _check("d", d, d % 16 == 0, "must be a multiple of 16 (cube fractal)")
     _check("block_s2", block_s2, not causal or block_s1 == block_s2, "must equal block_s1 when causal")
     _check("aivs", aivs, aivs <= 2 * aics * 32, "too many queues for the group", "add AICs")

@@ -654,3 +654,19 @@ def test_activity_on_a_terminal_draws_a_rich_progress_line(capsys, monkeypatch):
 )  # fmt: skip
 def test_comm_sizes_are_bounded(capsys, argv, words):
     _refused(capsys, ["run", *argv], *words)
+
+
+# -- a deeply nested scenario and a block-size hint that works --------------------------------
+
+
+def test_a_deeply_nested_scenario_is_refused_without_recursion(capsys, tmp_path):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[" + ".".join(["a"] * 50_000) + "]\n")
+    _refused(capsys, ["check", str(deep)], "deep.toml", "levels deep", "the limit is 32")
+
+
+def test_the_block_size_hint_is_a_value_that_divides(capsys):
+    err = _refused(capsys, ["run", "--model", "attention_grad", "--model-arg", "s1=96"], "block_s1 = 64", "dividing 96")
+    assert "(fix: e.g. 96)" in err
+    code, _, _ = _cli(capsys, "run", "--model", "attention_grad", "--model-arg", "s1=96", "--model-arg", "block_s1=96")
+    assert code == 0
