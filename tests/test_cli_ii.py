@@ -670,3 +670,30 @@ def test_the_block_size_hint_is_a_value_that_divides(capsys):
     assert "(fix: e.g. 96)" in err
     code, _, _ = _cli(capsys, "run", "--model", "attention_grad", "--model-arg", "s1=96", "--model-arg", "block_s1=96")
     assert code == 0
+
+
+def test_a_large_batch_with_progress_runs_in_chunks_the_bar_can_count(monkeypatch):
+    import ascend_jax as aj
+    from ascend_jax.cube_group import engine
+
+    shown = []
+    real = engine._progress
+    monkeypatch.setattr(engine, "_progress", lambda show, total: shown.append((show, total)) or real(False, total))
+    p = _merge_program()
+    with_bar = aj.simulate([p] * engine.PROGRESS_LANES, progress=True)
+    assert shown == [(True, engine.PROGRESS_LANES)]  # more than one chunk: the bar counts lanes
+    plain = aj.simulate([p] * engine.PROGRESS_LANES)
+    assert (with_bar.status == plain.status).all() and (with_bar.steps == plain.steps).all()
+
+
+def _merge_program():
+    import ascend_jax as aj
+
+    k = aj.CubeGroupKernel()
+    g = k.create_cube_res_group("g", 0, 2, 2, callback="merge")
+    for q in range(2):
+        a = k.aiv(q)
+        a.assign_queue(g, q)
+        a.post(g, {"skipCnt": 0})
+        a.quit(g)
+    return k.compile()

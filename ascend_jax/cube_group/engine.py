@@ -699,7 +699,8 @@ def simulate(
       chunk_size: lanes per compiled call; default: as many as fit ``ASCEND_JAX_MEMORY_BUDGET``
         bytes (see :func:`lane_bytes`). A batch larger than a chunk runs chunk by chunk with one
         compilation (the last chunk is padded with copies of its first lane).
-      progress: show a progress bar over chunks.
+      progress: show a progress bar over chunks (lanes done, elapsed, ETA); with an automatic chunk
+        size, a batch of :data:`PROGRESS_LANES` lanes or more runs in about four chunks or more.
       costs: the ``timed`` schedule's :class:`ascend_jax.timing.CostModel`: one for every lane or
         one per lane (lanes may differ without recompiling); default ``CostModel.for_chip``.
       devices: shard the batch axis over this many devices (default: all of them). In a
@@ -719,6 +720,8 @@ def simulate(
     n_dev = 1 if mesh is None else mesh.size
     if chunk_size is None:
         chunk_size = default_chunk(prep)
+        if progress and n >= PROGRESS_LANES:  # a few chunks, so the bar can count lanes and estimate the rest
+            chunk_size = min(chunk_size, max(PROGRESS_LANES // 4, 1 << ((-(-n // 4)).bit_length() - 1)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ConfigError("chunk_size", chunk_size, "must be an integer >= 1")
     chunk_size = min(chunk_size, n)
@@ -847,13 +850,27 @@ def _assemble(parts: list[dict[str, np.ndarray]], n: int) -> dict[str, np.ndarra
     return out
 
 
+#: With ``progress``, a batch of at least this many lanes runs in at least about four chunks when
+#: the chunk size is automatic (one compiled call cannot report how far it got).
+PROGRESS_LANES = 1024
+
+
 def _progress(show: bool, total: int):
     if not show:
         return None
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    bar = Progress(console=Console(stderr=True), transient=True)  # stdout stays clean for --json
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
+    bar = Progress(*columns, console=Console(stderr=True), transient=True)  # stdout stays clean for --json
     task = bar.add_task("lanes", total=total)
     bar.start()
     return bar, task
