@@ -697,3 +697,15 @@ def _merge_program():
         a.post(g, {"skipCnt": 0})
         a.quit(g)
     return k.compile()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "99999999999999999999"])
+def test_a_bad_process_count_is_refused(monkeypatch, value):
+    import ascend_jax as aj
+    from ascend_jax.cube_group.engine import init_distributed
+
+    monkeypatch.setenv("ASCEND_JAX_COORDINATOR", "127.0.0.1:1")
+    monkeypatch.setenv("ASCEND_JAX_NUM_PROCESSES", value)
+    monkeypatch.setenv("ASCEND_JAX_PROCESS_ID", "0")
+    with pytest.raises(aj.ConfigError, match="ASCEND_JAX_NUM_PROCESSES"):  # before any connection is tried
+        init_distributed()

@@ -431,6 +431,8 @@ def _measure_lane_bytes(prep: Prepared) -> int:
 
 
 #: Environment variables that join this process to a multi-process run (see :func:`init_distributed`).
+#: Largest number of processes of a multi-process run (JAX's distributed runtime takes an int32 count).
+MAX_PROCESSES = 65536
 DISTRIBUTED_ENV = ("ASCEND_JAX_COORDINATOR", "ASCEND_JAX_NUM_PROCESSES", "ASCEND_JAX_PROCESS_ID")
 
 
@@ -442,7 +444,7 @@ def init_distributed(
 
     Each argument left out is read from its environment variable (:data:`DISTRIBUTED_ENV`):
     ``ASCEND_JAX_COORDINATOR`` (``host:port`` of process 0, reachable from every process),
-    ``ASCEND_JAX_NUM_PROCESSES`` (an integer >= 1) and ``ASCEND_JAX_PROCESS_ID`` (0..N-1, distinct
+    ``ASCEND_JAX_NUM_PROCESSES`` (an integer in 1..:data:`MAX_PROCESSES`) and ``ASCEND_JAX_PROCESS_ID`` (0..N-1, distinct
     per process). Give all three or none. Must run before anything else in the process uses JAX;
     :func:`simulate` calls it first, so setting the variables is enough for the CLI. Idempotent.
 
@@ -478,7 +480,7 @@ def init_distributed(
         raise ConfigError(
             field["coordinator"], addr, "must be HOST:PORT with a port in 1..65535", "e.g. localhost:12345"
         )
-    n = _whole(field["num_processes"], given["num_processes"], 1, None, "the number of processes, e.g. 2")
+    n = _whole(field["num_processes"], given["num_processes"], 1, MAX_PROCESSES, "the number of processes, e.g. 2")
     pid = _whole(
         field["process_id"],
         given["process_id"],
