@@ -249,7 +249,7 @@ class GroupTable(StrictModel):
     callback: str = Field(
         "merge", description="built-in callback name, or 'python:package.module:Class' (needs --allow-python)"
     )
-    message: Literal["CubeMsgBody", "CubeMatmulMsg"] | None = None
+    message: Literal["CubeMsgBody", "CubeMatmulMsg", "SampleCubeMsgBody"] | None = None
     matmul: MatmulTable | None = None
     tiling: TilingTable | None = None
 

@@ -709,3 +709,20 @@ def test_a_bad_process_count_is_refused(monkeypatch, value):
     monkeypatch.setenv("ASCEND_JAX_PROCESS_ID", "0")
     with pytest.raises(aj.ConfigError, match="ASCEND_JAX_NUM_PROCESSES"):  # before any connection is tried
         init_distributed()
+
+
+def test_a_scenario_can_post_the_samples_own_message(capsys, tmp_path):
+    # CubeGroupCustom's 128-byte CubeMsgBody (message.SAMPLE_MSG_BODY) with the sample's callback
+    aivs = "".join(
+        f'\n[[aiv]]\nblock_idx = {q}\nops = [\n  {{ op = "assign_queue", group = "g", queue = {q} }},\n'
+        f'  {{ op = "post", group = "g", fields = {{ funcId = 0 }} }},\n  {{ op = "quit", group = "g" }},\n]\n'
+        for q in range(2)
+    )
+    path = tmp_path / "sample_msg.toml"
+    path.write_text(
+        'name = "sample-msg"\n\n[[group]]\nname = "g"\nblock_start = 0\nblock_size = 2\nmsg_queue_size = 2\n'
+        'callback = "sample"\nmessage = "SampleCubeMsgBody"\n' + aivs
+    )
+    for engine in ("reference", "jax"):
+        code, out, _ = _cli(capsys, "run", str(path), "--engine", engine, "--json")
+        assert code == 0 and json.loads(out)["status"] == "ok", out
