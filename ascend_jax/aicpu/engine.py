@@ -36,17 +36,13 @@ from ascend_jax.aicpu.reduce import reduce_bytes, reduce_elements
 from ascend_jax.aicpu.result import CommResult, CommStatus, hang_report
 from ascend_jax.aicpu.schedule import ControlPass, DataStep
 from ascend_jax.aicpu.tasks import TASK_FIELDS, TASK_TIMES, TaskProgram
+from ascend_jax.buckets import bucket
 
 #: How many times a data schedule was traced (compiled), per process.
 TRACES = {"count": 0}
 #: Default lanes per compiled call: chosen so a chunk's memory stays near this many bytes (the data
 #: steps are memory-bound; a chunk that fits the caches runs several times faster per lane).
 CHUNK_BYTES = 8 << 20
-
-
-def _bucket(n: int) -> int:
-    """The power of two >= n: lane counts share compilations."""
-    return 1 << max(0, n - 1).bit_length()
 
 
 _TASK = operator.attrgetter(*TASK_FIELDS, *TASK_TIMES)
@@ -206,7 +202,7 @@ def apply_steps(
     for lo in range(0, n, chunk):
         part = words[lo : lo + chunk]
         k = part.shape[0]
-        size = chunk if k == chunk else _bucket(k)
+        size = chunk if k == chunk else bucket(k)
         if size != k:
             part = np.concatenate([part, np.repeat(part[-1:], size - k, axis=0)])
         minor = jax.device_put(np.ascontiguousarray(part.T))  # [W, lanes] (jnp.asarray stages a copy: slower)
@@ -408,7 +404,7 @@ def run_comm_batch(
         fork = programs[lanes[0]].fork()
         row = max(8, max(m.size for m in fork.memory))
         row += -row % 4
-        size = max(1, int(chunk or _bucket(max(1, CHUNK_BYTES // (fork.n_ranks * row)))))
+        size = max(1, int(chunk or bucket(max(1, CHUNK_BYTES // (fork.n_ranks * row)))))
         pending = [_Group(np.array(lanes), ControlPass(fork, DeviceModel(fork), fork.max_steps))]
         while pending:
             for i, r in _run_group(pending.pop(), programs, row, size, jit, pending):

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.buckets import bucket
 from ascend_jax.cube_group import banks, compute
 from ascend_jax.cube_group.compute import (
     apply_vector_ops,
@@ -178,9 +179,8 @@ _SEED_RANGE = ("seeds must be integers in 0..2**32-1", "lower the first seed or 
 
 
 def _bucket(n: int) -> int:
-    """Rounds a padded size up to a power of two (at least 8), so that programs of similar size
-    share one compilation; the true per-lane limits stay in the traced tables."""
-    return max(8, 1 << max(0, n - 1).bit_length())
+    """A padded size of the cube-group engine: :func:`ascend_jax.buckets.bucket`, at least 8."""
+    return bucket(n, 8)
 
 
 def make_shape(
