@@ -115,6 +115,31 @@ def _notifies(host: HostApi, key: str) -> list[int]:
     return st.notifies[key]
 
 
+def p2p_op_param(
+    host: HostApi,
+    dtype: np.dtype,
+    tag: str,
+    comm: str,
+    buf: int,
+    count: int,
+    data_type: int,
+    op_type: int,
+    comm_name_override: str | None = None,
+) -> tuple[int, np.ndarray]:
+    """The OpParam fields a P2P host wrapper fills before its resources (both sample flows): tag, the
+    communicator's name, the send buffer as ``inputPtr`` or the receive buffer as ``outputPtr``,
+    count, data type, op type. ``dtype``: the flow's OpParam layout. Returns (HcclResult, param)."""
+    param = np.zeros((), dtype)
+    param["tag"] = tag.encode()
+    ret, name = host.hccl_get_comm_name(comm)
+    if ret:
+        return ret, param
+    param["commName"] = (comm_name_override if comm_name_override is not None else name).encode()
+    param["inputPtr" if op_type == HcclCMDType.SEND else "outputPtr"] = buf
+    param["count"], param["dataType"], param["opType"] = count, data_type, op_type
+    return 0, param
+
+
 def _p2p(
     host: HostApi,
     buf: int,
@@ -132,16 +157,9 @@ def _p2p(
 ) -> int:
     if not buf or comm is None or stream is None:
         return int(HcclResult.E_PTR)
-    param = np.zeros((), OP_PARAM)
-    param["tag"] = tag.encode()
-    ret, name = host.hccl_get_comm_name(comm)
+    ret, param = p2p_op_param(host, OP_PARAM, tag, comm, buf, count, data_type, op_type, comm_name_override)
     if ret:
         return ret
-    param["commName"] = (comm_name_override if comm_name_override is not None else name).encode()
-    param["inputPtr" if op_type == HcclCMDType.SEND else "outputPtr"] = buf
-    param["count"] = count
-    param["dataType"] = data_type
-    param["opType"] = op_type
     engine = int(CommEngine.AICPU)
     ret, ctx, _ = host.hccl_engine_ctx_get(comm, tag, engine)
     if ret:
@@ -210,11 +228,26 @@ def hccl_recv_custom(
 
 def _fail_unless(ret: int) -> None:
     if ret:
-        raise _KernelError(ret)
+        raise KernelError(ret)
 
 
-class _KernelError(Exception):
-    pass
+class KernelError(Exception):
+    """A kernel's Hcomm call failed (the kernel returns 1, as the samples' ``CHK_RET`` paths do)."""
+
+
+def exec_p2p(dev: DeviceApi, param: np.ndarray, thread: int, channel: int, local: int, remote: int) -> None:
+    """The samples' ``ExecOp`` (both flows): a send stages ``inputPtr`` into this rank's HCCL buffer
+    ``local``, records ACK and waits for DATA; a receive waits for ACK, reads the peer's HCCL buffer
+    ``remote`` into ``outputPtr`` and records DATA. Raises :class:`KernelError` on a failed call."""
+    nbytes = int(param["count"]) * SIZE_TABLE[int(param["dataType"])]
+    if int(param["opType"]) == HcclCMDType.SEND:
+        _fail_unless(dev.hcomm_local_copy_on_thread(thread, local, int(param["inputPtr"]), nbytes))
+        _fail_unless(dev.hcomm_channel_notify_record_on_thread(thread, channel, NOTIFY_IDX_ACK))
+        _fail_unless(dev.hcomm_channel_notify_wait_on_thread(thread, channel, NOTIFY_IDX_DATA_SIGNAL, CUSTOM_TIMEOUT))
+    elif int(param["opType"]) == HcclCMDType.RECEIVE:
+        _fail_unless(dev.hcomm_channel_notify_wait_on_thread(thread, channel, NOTIFY_IDX_ACK, CUSTOM_TIMEOUT))
+        _fail_unless(dev.hcomm_read_on_thread(thread, channel, int(param["outputPtr"]), remote, nbytes))
+        _fail_unless(dev.hcomm_channel_notify_record_on_thread(thread, channel, NOTIFY_IDX_DATA_SIGNAL))
 
 
 @device_kernel(P2P_SO, P2P_KERNEL)
@@ -227,27 +260,11 @@ def p2p_kernel(dev: DeviceApi, param: np.ndarray) -> int:
         _fail_unless(dev.hcomm_batch_mode_start(param["tag"].decode()))
         thread, channel = int(ctx["threadHandle"]), int(ctx["channelHandle"])
         _fail_unless(dev.hcomm_aclrt_notify_wait_on_thread(thread, int(ctx["notifyIds"][0]), CUSTOM_TIMEOUT))
-        nbytes = int(param["count"]) * SIZE_TABLE[int(param["dataType"])]
-        if int(param["opType"]) == HcclCMDType.SEND:
-            _fail_unless(
-                dev.hcomm_local_copy_on_thread(thread, int(ctx["localBuffer"]["addr"]), int(param["inputPtr"]), nbytes)
-            )
-            _fail_unless(dev.hcomm_channel_notify_record_on_thread(thread, channel, NOTIFY_IDX_ACK))
-            _fail_unless(
-                dev.hcomm_channel_notify_wait_on_thread(thread, channel, NOTIFY_IDX_DATA_SIGNAL, CUSTOM_TIMEOUT)
-            )
-        elif int(param["opType"]) == HcclCMDType.RECEIVE:
-            _fail_unless(dev.hcomm_channel_notify_wait_on_thread(thread, channel, NOTIFY_IDX_ACK, CUSTOM_TIMEOUT))
-            _fail_unless(
-                dev.hcomm_read_on_thread(
-                    thread, channel, int(param["outputPtr"]), int(ctx["remoteBuffer"]["addr"]), nbytes
-                )
-            )
-            _fail_unless(dev.hcomm_channel_notify_record_on_thread(thread, channel, NOTIFY_IDX_DATA_SIGNAL))
+        exec_p2p(dev, param, thread, channel, int(ctx["localBuffer"]["addr"]), int(ctx["remoteBuffer"]["addr"]))
         _fail_unless(dev.hcomm_aclrt_notify_record_on_thread(thread, int(ctx["notifyIds"][1])))
         _fail_unless(dev.hcomm_batch_mode_end(param["tag"].decode()))
         _fail_unless(dev.hcomm_release_comm(name))
-    except _KernelError:
+    except KernelError:
         return 1
     return 0
 
@@ -353,7 +370,7 @@ def ring_kernel(dev: DeviceApi, param: np.ndarray) -> int:
         _fail_unless(dev.hcomm_aclrt_notify_record_on_thread(thread, int(c["notifyIds"][1])))
         _fail_unless(dev.hcomm_batch_mode_end("ring"))
         _fail_unless(dev.hcomm_release_comm(op["commName"]))
-    except _KernelError:
+    except KernelError:
         return 1
     return 0
 

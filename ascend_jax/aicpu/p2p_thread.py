@@ -25,14 +25,12 @@ from typing import Any
 import numpy as np
 
 from ascend_jax.aicpu.codes import (
-    NOTIFY_IDX_ACK,
-    NOTIFY_IDX_DATA_SIGNAL,
-    SIZE_TABLE,
     CommEngine,
     CommProtocol,
     HcclCMDType,
     HcclResult,
 )
+from ascend_jax.aicpu.collectives import KernelError, exec_p2p, p2p_op_param
 from ascend_jax.aicpu.device import DeviceApi
 from ascend_jax.aicpu.host import HostApi
 from ascend_jax.aicpu.opinfo import device_kernel
@@ -60,14 +58,9 @@ def _p2p(host: HostApi, buf: int, count: int, data_type: int, peer: int, comm: s
          timeout: int) -> int:  # fmt: skip
     if not buf or comm is None or stream is None:
         return int(HcclResult.E_PTR)
-    param = np.zeros((), THREAD_OP_PARAM)
-    param["tag"] = TAG.encode()
-    ret, name = host.hccl_get_comm_name(comm)
+    ret, param = p2p_op_param(host, THREAD_OP_PARAM, TAG, comm, buf, count, data_type, op_type)
     if ret:
         return ret
-    param["commName"] = name.encode()
-    param["inputPtr" if op_type == HcclCMDType.SEND else "outputPtr"] = buf
-    param["count"], param["dataType"], param["opType"] = count, data_type, op_type
     param["devType"] = DEVICE_TYPE_A2
     engine = int(CommEngine.AICPU)
     ret, ctx, _ = host.hccl_engine_ctx_get(comm, TAG, engine)
@@ -144,13 +137,9 @@ def hccl_recv_thread(host: HostApi, recv_buf: int, count: int, data_type: int, s
     return _p2p(host, recv_buf, count, data_type, src_rank, comm, stream, int(HcclCMDType.RECEIVE), timeout)
 
 
-class _Failed(Exception):
-    pass
-
-
 def _ok(ret: int) -> None:
     if ret:
-        raise _Failed(ret)
+        raise KernelError(ret)
 
 
 @device_kernel(THREAD_P2P_SO, THREAD_P2P_KERNEL)
@@ -164,21 +153,12 @@ def p2p_thread_kernel(dev: DeviceApi, param: Any) -> int:
         _ok(dev.hcomm_batch_mode_start(param["tag"].decode()))
         thread, channel = int(ctx["aicpuThread"]), int(ctx["channelHandle"])
         _ok(dev.hcomm_thread_notify_wait_on_thread(thread, 0, CUSTOM_TIMEOUT))
-        size = int(param["count"]) * SIZE_TABLE[int(param["dataType"])]
-        if int(param["opType"]) == HcclCMDType.SEND:
-            _ok(dev.hcomm_local_copy_on_thread(thread, int(ctx["localBuffer"]["addr"]), int(param["inputPtr"]), size))
-            _ok(dev.hcomm_channel_notify_record_on_thread(thread, channel, NOTIFY_IDX_ACK))
-            _ok(dev.hcomm_channel_notify_wait_on_thread(thread, channel, NOTIFY_IDX_DATA_SIGNAL, CUSTOM_TIMEOUT))
-        elif int(param["opType"]) == HcclCMDType.RECEIVE:
-            _ok(dev.hcomm_channel_notify_wait_on_thread(thread, channel, NOTIFY_IDX_ACK, CUSTOM_TIMEOUT))
-            remote = int(ctx["remoteBuffer"]["addr"])
-            _ok(dev.hcomm_read_on_thread(thread, channel, int(param["outputPtr"]), remote, size))
-            _ok(dev.hcomm_channel_notify_record_on_thread(thread, channel, NOTIFY_IDX_DATA_SIGNAL))
+        exec_p2p(dev, param, thread, channel, int(ctx["localBuffer"]["addr"]), int(ctx["remoteBuffer"]["addr"]))
         _ok(dev.hcomm_thread_notify_record_on_thread(thread, int(ctx["cpuThreadOnAicpu"]), 0))
         _ok(dev.hcomm_batch_mode_end(param["tag"].decode()))
         if a2:
             _ok(dev.hcomm_release_comm(param["commName"]))
-    except _Failed:
+    except KernelError:
         return 1
     return 0
 
