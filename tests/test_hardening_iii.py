@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _exit2 import exit_2
 
 import ascend_jax as aj
 from ascend_jax.cli import main
@@ -25,17 +26,7 @@ BASE_MATMUL = 'matmul = { a = "float16", b = "float16", c = "float16", bias = "f
 
 
 def _exit_2(capsys, argv: list[str], *words: str) -> str:
-    """Runs ``argv``; expects exit 2 and an ``invalid input:`` line holding every one of ``words``
-    (field, value, rule) and a fix, and no traceback."""
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 2, (argv, out, err)
-    assert "Traceback" not in out + err and "internal error" not in err
-    line = next(x for x in err.splitlines() if x.startswith("invalid input: "))
-    for w in words:
-        assert w in line, (w, line)
-    assert "(fix: " in line, line
-    return line
+    return exit_2(capsys, argv, *words)
 
 
 def _matmul_scenario(tmp_path: Path, matmul: str, tensor_types: dict[str, str] | None = None) -> Path:
