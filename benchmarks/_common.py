@@ -6,11 +6,12 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
@@ -43,6 +44,19 @@ def machine() -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+class Timing(NamedTuple):
+    """One measured call: wall seconds and CPU seconds (user + sys of the process, all threads)."""
+
+    wall_s: float
+    cpu_s: float
+
+
+def cpu_s() -> float:
+    """User + sys CPU seconds of this process so far (every thread)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def best_of(fn, repeats: int = 3) -> float:

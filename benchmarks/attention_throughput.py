@@ -47,18 +47,19 @@ import argparse
 import itertools
 import math
 import os
-import resource
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common beside this script (also when loaded by path)
+from _common import Timing, cpu_s  # noqa: E402
 
 QUICK = {"s": (512, 1024), "d": (64,), "causal": (False, True), "batch": (2,)}
 FULL = {"s": (2048, 4096), "d": (64,), "causal": (False, True), "batch": (2, 8)}
@@ -76,23 +77,11 @@ DEFAULT_OUT = Path(tempfile.gettempdir()) / "ascend_jax_benchmarks" / "attention
 HI = jax.lax.Precision.HIGHEST
 
 
-class Timing(NamedTuple):
-    """One measured call: wall seconds and CPU seconds (user + sys of the process, all threads)."""
-
-    wall_s: float
-    cpu_s: float
-
-
-def _cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 def timed(fn: Callable[[], object]) -> Timing:
     """Wall and CPU seconds of one call of ``fn``."""
-    c0, t0 = _cpu_s(), time.perf_counter()
+    c0, t0 = cpu_s(), time.perf_counter()
     fn()
-    return Timing(time.perf_counter() - t0, _cpu_s() - c0)
+    return Timing(time.perf_counter() - t0, cpu_s() - c0)
 
 
 def best_of(

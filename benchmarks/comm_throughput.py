@@ -25,13 +25,12 @@ measured call). Building the programs is not timed. ``--out`` writes the JSON an
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import SCRATCH, device_kind, machine, pyplot, write
+from _common import SCRATCH, cpu_s, device_kind, machine, pyplot, write
 from plain_comm import prepare, run_plain
 
 from ascend_jax.aicpu import HcclCMDType, ring_job, run_comm_batch, run_comm_reference
@@ -41,18 +40,13 @@ FULL = [1, 64, 1024, 4096]
 SIZES = [4096, 32768]
 
 
-def cpu_time() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def timed(fn, repeats: int = 1):
     """(best wall s, its cpu s, last value) over ``repeats`` calls."""
     best, best_cpu, value = float("inf"), 0.0, None
     for _ in range(repeats):
-        c0, t0 = cpu_time(), time.perf_counter()
+        c0, t0 = cpu_s(), time.perf_counter()
         value = fn()
-        wall, cpu = time.perf_counter() - t0, cpu_time() - c0
+        wall, cpu = time.perf_counter() - t0, cpu_s() - c0
         if wall < best:
             best, best_cpu = wall, cpu
     return best, best_cpu, value

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -56,7 +55,7 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-from _common import load_model_module, machine, pyplot, write
+from _common import Timing, cpu_s, load_model_module, machine, pyplot, write
 from plain_interpreter import run_plain
 
 import ascend_jax as aj
@@ -80,27 +79,15 @@ def jax_device() -> tuple[str, int]:
     return f"{d.platform}:{d.device_kind}", jax.device_count()
 
 
-class Timing(NamedTuple):
-    """One measured call: wall seconds and CPU seconds (user + sys of the process, all threads)."""
-
-    wall_s: float
-    cpu_s: float
-
-
-def _cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 def best_time(fn: Callable[[], object], repeats: int, min_total_s: float = 0.0) -> Timing:
     """The call of ``fn()`` with the smallest wall time over ``repeats`` calls, and more calls (up
     to 1,000) while their total is under ``min_total_s`` (the machine is shared: the best call is
     the least disturbed); its wall and CPU seconds."""
     best, total, n = Timing(float("inf"), float("inf")), 0.0, 0
     while n < repeats or (total < min_total_s and n < 1000):
-        c0, t0 = _cpu_s(), time.perf_counter()
+        c0, t0 = cpu_s(), time.perf_counter()
         fn()
-        dt, dc = time.perf_counter() - t0, _cpu_s() - c0
+        dt, dc = time.perf_counter() - t0, cpu_s() - c0
         if dt < best.wall_s:
             best = Timing(dt, dc)
         total, n = total + dt, n + 1
