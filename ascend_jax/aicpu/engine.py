@@ -172,7 +172,7 @@ def _apply(steps: tuple[DataStep, ...], row: int, w: int, mem: jax.Array) -> jax
     return mem
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)  # a sweep compiles one schedule per size: keep the recent ones
 def _compiled(steps: tuple[DataStep, ...], row: int, w: int, jit: bool):
     fn = functools.partial(_apply, steps, row, w)
     return jax.jit(fn, donate_argnums=0) if jit else fn
