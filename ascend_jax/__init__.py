@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
     )
     from ascend_jax.cube_group.engine import init_distributed, lane_bytes, simulate
     from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace
+    from ascend_jax.cube_group.matmul import Matmul, MatmulType, TCubeTiling
     from ascend_jax.cube_group.program import AivProgram, CubeGroupKernel, CubeGroupProgram, MsgSlot
     from ascend_jax.cube_group.readout import BatchResult
     from ascend_jax.cube_group.reference import ReferenceInterpreter, run_reference
@@ -36,7 +37,6 @@ if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
     from ascend_jax.cube_group.vector import UbBuffer, VectorBuilder, VectorOp
     from ascend_jax.errors import ConfigError
     from ascend_jax.gm import GlobalMemory, Tensor
-    from ascend_jax.matmul import Matmul, MatmulType, TCubeTiling
     from ascend_jax.message import (
         CUBE_GROUP_MSG_HEAD,
         CUBE_MATMUL_MSG,
@@ -76,7 +76,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "ascend_jax.cube_group.vector": ("UbBuffer", "VectorBuilder", "VectorOp"),
     "ascend_jax.errors": ("ConfigError",),
     "ascend_jax.gm": ("GlobalMemory", "Tensor"),
-    "ascend_jax.matmul": ("Matmul", "MatmulType", "TCubeTiling"),
+    "ascend_jax.cube_group.matmul": ("Matmul", "MatmulType", "TCubeTiling"),
     "ascend_jax.message": (
         "CUBE_GROUP_MSG_HEAD",
         "CUBE_MATMUL_MSG",

@@ -15,7 +15,7 @@ adds ``reason`` (why ``ok`` is what it is, in words, e.g. ``"3 NaN where the flo
 finite"``), ``nonfinite`` (those counts by position, :func:`compare`) and ``reference_shares``
 (which roundings the replay shares with the kernel: those made before it, in the GM inputs as
 stored; a kernel that reads a forward's output rounded to its input type is checked against that
-rounded value). Tolerances by C type are :data:`ascend_jax.matmul.TOLERANCE`, unless the
+rounded value). Tolerances by C type are :data:`ascend_jax.cube_group.matmul.TOLERANCE`, unless the
 program sets one for the tensor (``CubeGroupProgram.tolerances``). With several
 batch lanes (e.g. ``atomic_order="random"``) the report adds ``lane_spread``: the largest relative
 L2 distance between a lane's result and lane 0's. :func:`add_numpy_checks` adds a model's own
@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from ascend_jax.compare import compare, rel_l2
+from ascend_jax.cube_group.matmul import TOLERANCE
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.reference import ReferenceInterpreter
 from ascend_jax.cube_group.result import CubeGroupResult
-from ascend_jax.matmul import TOLERANCE
 
 
 def exact_reference(

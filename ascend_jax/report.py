@@ -464,7 +464,7 @@ def lane_errors(program, results) -> tuple[dict[str, np.ndarray], dict[str, floa
     """Per tensor a matmul wrote: [lanes] relative L2 error of each lane against the float64
     reference, and the tensor's tolerance."""
     from ascend_jax.compare import rel_l2
-    from ascend_jax.matmul import TOLERANCE
+    from ascend_jax.cube_group.matmul import TOLERANCE
     from ascend_jax.numerics import _name, exact_reference
 
     arrays = getattr(results, "arrays", None)

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from ascend_jax.cube_group.callbacks import BUILTIN_CALLBACKS, MATMUL_CALLBACKS, MatmulCallback, MergeCallback
+from ascend_jax.cube_group.matmul import check_scenario_types
 from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
 from ascend_jax.cube_group.status import AivCall
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import DTYPE_ALIASES, DTYPES, GlobalMemory
-from ascend_jax.matmul import check_scenario_types
 from ascend_jax.message import MESSAGE_TYPES
 from ascend_jax.schema import GM_LIMIT_BYTES, MAX_SCENARIO_BYTES, Scenario, did_you_mean, validate_document
 

@@ -91,7 +91,7 @@ def test_python_api_keeps_the_dequant_combination():
     # int8 -> float16 goes through SetQuantScalar, which only Python code can call: the API keeps it
     mt = aj.MatmulType("int8", "int8", "float16", "int32")
     assert mt.dequant
-    from ascend_jax.matmul import check_scenario_types
+    from ascend_jax.cube_group.matmul import check_scenario_types
 
     with pytest.raises(ConfigError, match=r"matmul\.c = 'float16'"):
         check_scenario_types({"a": "int8", "b": "int8", "c": "float16", "bias": "int32"})
@@ -195,7 +195,7 @@ def test_attention_with_an_injected_nan_prints_no_runtime_warning():
 def test_numpy_numerics_on_inf_and_nan_warn_nothing():
     """Inputs that make numpy warn on any machine (Inf * 0, Inf - Inf, overflow, 0 / 0) go through
     the reference's matmul and vector numerics with warnings turned into errors."""
-    from ascend_jax.matmul import combine, exact_combine, exact_matmul, hw_matmul, rel_l2
+    from ascend_jax.cube_group.matmul import combine, exact_combine, exact_matmul, hw_matmul, rel_l2
 
     mt = aj.MatmulType("float32", "float32", "float32", "float32")
     tiling = aj.TCubeTiling(16, 16, 16, 16, 16, 16, 16, 16, 16, 8)

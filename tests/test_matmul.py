@@ -17,12 +17,12 @@ import pytest
 from ascend_jax.cli import main
 from ascend_jax.cube_group.compute import count_dot_generals
 from ascend_jax.cube_group.engine import batch_jaxpr, simulate
+from ascend_jax.cube_group.matmul import TOLERANCE, MatmulType, TCubeTiling
 from ascend_jax.cube_group.program import CubeGroupKernel
 from ascend_jax.cube_group.reference import run_reference
 from ascend_jax.cube_group.status import Status
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GM_ALIGN, GM_BASE, GlobalMemory, get_dtype
-from ascend_jax.matmul import TOLERANCE, MatmulType, TCubeTiling
 from ascend_jax.message import CUBE_MATMUL_MSG
 from ascend_jax.numerics import numerics_report
 from tests._models import load

@@ -11,7 +11,7 @@ from ascend_jax_models import moe_grouped_matmul as moe
 
 import ascend_jax as aj
 from ascend_jax.cli import main
-from ascend_jax.matmul import TOLERANCE
+from ascend_jax.cube_group.matmul import TOLERANCE
 
 # Two experts with 200 and 40 rows, 64-row tiles, 2 AICs with 4 queues each, expert-parallel:
 # AIC 0 gets expert 0's tiles (rows 0-63, 64-127, 128-191, 192-199), AIC 1 expert 1's (200-239).

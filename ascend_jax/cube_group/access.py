@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group.matmul import N_ACTION, N_MM
 from ascend_jax.cube_group.state import PACK_COUNT_SHIFT, EngineShape, Tables, slot_word
-from ascend_jax.matmul import N_ACTION, N_MM
 from ascend_jax.message import MAX_MSG_PER_AIV
 
 D4 = MAX_MSG_PER_AIV

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group.matmul import AF, MM_FIELDS
 from ascend_jax.gm import GM_BASE, load_windows
-from ascend_jax.matmul import AF, MM_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from ascend_jax.cube_group.encode import EncodedProgram

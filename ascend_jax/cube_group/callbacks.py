@@ -91,7 +91,7 @@ class AicHandle:
         #: the received message's fields as read through the AIC's D-cache (``dcache.py``), or None
         self.dcache = dcache
         #: the call's ordered actions: ("free", offset, wait_state, when), ("matmul", words, keep,
-        #: when), ("assert", detail, failed) (see :class:`ascend_jax.matmul.Matmul`) or ("skip", k,
+        #: when), ("assert", detail, failed) (see :class:`ascend_jax.cube_group.matmul.Matmul`) or ("skip", k,
         #: total, True) (a SetSkipMsg call and its assert, see :meth:`set_skip_msg`)
         self.actions: list[tuple] = []
         self.skip: Any = 0

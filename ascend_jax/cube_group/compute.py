@@ -13,9 +13,9 @@ Order within a step (documented semantics, the reference interpreter does the sa
    the engine stores them together: in passes (:func:`store_passes`), each one gather and one
    scatter, one pass for a step without overlaps (the common case).
 
-Each action arrives as its :data:`ascend_jax.matmul.ACTION_FIELDS` words, already resolved
+Each action arrives as its :data:`ascend_jax.cube_group.matmul.ACTION_FIELDS` words, already resolved
 against the AIC's persistent Matmul state by the step. A matmul whose A, B, C or bias extent is
-not inside one tensor (checked here, in int32 without overflow: :func:`ascend_jax.matmul.tile_inside`)
+not inside one tensor (checked here, in int32 without overflow: :func:`ascend_jax.cube_group.matmul.tile_inside`)
 ends its AIC with ``GM_OUT_OF_RANGE`` (core, message and address in the result) and writes
 nothing; an empty tile (an extent <= 0) reads and writes nothing.
 """
@@ -31,10 +31,10 @@ import numpy as np
 
 from ascend_jax.cube_group import banks
 from ascend_jax.cube_group.encode import VEC
+from ascend_jax.cube_group.matmul import MatmulType, check_operands, combine, compute_tiles, descriptor, empty_tile
 from ascend_jax.cube_group.state import EngineShape
 from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
 from ascend_jax.gm import load_rows, load_windows, row_starts, store_rows, store_windows
-from ascend_jax.matmul import MatmulType, check_operands, combine, compute_tiles, descriptor, empty_tile
 
 #: Whether tiles whose C windows are disjoint share a store pass (:func:`store_passes`); tests
 #: turn it off to compare with one pass per AIC.

@@ -40,13 +40,7 @@ import numpy as np
 from ascend_jax.cube_group.barrier import BarrierObject
 from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView
 from ascend_jax.cube_group.dcache import call_through_lines
-from ascend_jax.cube_group.program import CubeGroupProgram
-from ascend_jax.cube_group.result import message_table
-from ascend_jax.cube_group.status import CALL, ENCODED_KIND, ErrorCode, OpKind
-from ascend_jax.cube_group.vector import UB_DTYPES, VectorOp, op_bytes
-from ascend_jax.errors import ConfigError
-from ascend_jax.gm import GM_BASE
-from ascend_jax.matmul import (
+from ascend_jax.cube_group.matmul import (
     ACTION_FIELDS,
     ADDRESS_FIELDS,
     MM_FIELDS,
@@ -57,6 +51,12 @@ from ascend_jax.matmul import (
     check_init_asserts,
     padded_k,
 )
+from ascend_jax.cube_group.program import CubeGroupProgram
+from ascend_jax.cube_group.result import message_table
+from ascend_jax.cube_group.status import CALL, ENCODED_KIND, ErrorCode, OpKind
+from ascend_jax.cube_group.vector import UB_DTYPES, VectorOp, op_bytes
+from ascend_jax.errors import ConfigError
+from ascend_jax.gm import GM_BASE
 from ascend_jax.message import FAKE, MAX_MSG_PER_AIV, QUIT, VALID
 
 I32_MAX = 2**31 - 1

@@ -36,11 +36,11 @@ from ascend_jax.cube_group.barrier import (
 )
 from ascend_jax.cube_group.callbacks import MatmulCallback, resolve_callback
 from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace, check_group
+from ascend_jax.cube_group.matmul import MatmulType, TCubeTiling
 from ascend_jax.cube_group.status import AivCall
 from ascend_jax.cube_group.vector import VectorBuilder, VectorOp
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GlobalMemory, Tensor
-from ascend_jax.matmul import MatmulType, TCubeTiling
 from ascend_jax.message import CUBE_MSG_BODY, MAX_MSG_PER_AIV, CubeMsgState, check_message_dtype, pack_message
 
 #: Build modes, after asc-devkit ``kernel_log.h`` (the ``ASCENDC_ASSERT`` / ``ASCENDC_DEBUG_ASSERT``
@@ -526,7 +526,7 @@ class CubeGroupKernel:
 
     def set_tolerance(self, tensor: str | Tensor, rel_l2: float) -> None:
         """The numerics report's relative-L2 tolerance for ``tensor`` (default: by its type,
-        :data:`ascend_jax.matmul.TOLERANCE`), for kernels whose algorithm rounds more than a matmul."""
+        :data:`ascend_jax.cube_group.matmul.TOLERANCE`), for kernels whose algorithm rounds more than a matmul."""
         t = self.gm.tensor(tensor, "tolerance.tensor")
         if isinstance(rel_l2, bool) or not isinstance(rel_l2, (int, float)) or not 0 <= rel_l2 < 1:
             raise ConfigError(f"tolerance[{t.name!r}]", rel_l2, "must be a number in [0, 1)")

@@ -15,11 +15,11 @@ import numpy as np
 
 from ascend_jax.cube_group.callbacks import NO_WAIT
 from ascend_jax.cube_group.encode import EncodedProgram
+from ascend_jax.cube_group.matmul import SHAPE_DETAIL
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.result import CubeGroupResult, slot_location, state_name, timing_report
 from ascend_jax.cube_group.state import EngineShape
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
-from ascend_jax.matmul import SHAPE_DETAIL
 
 #: error dict key carrying the detail of each dispatch-time error code
 _DETAIL_KEY = {

@@ -22,7 +22,7 @@ Matmul actions performed in a step are computed after every AIC of the step has 
 first (GM as it was), then the writes in AIC order, as in the engine's compute phase. Numerics:
 
 * ``numerics="hardware"``: GM is a byte image and tiles are computed as the cube unit does
-  (:func:`ascend_jax.matmul.hw_matmul`); this is what the engine is compared with.
+  (:func:`ascend_jax.cube_group.matmul.hw_matmul`); this is what the engine is compared with.
 * ``numerics="exact"``: every tensor has a float64 shadow; matmuls and atomics are computed in
   float64 without rounding. This is the float64 numpy reference of the numerics report; tiles
   must then be read with their tensor's element type.
@@ -40,12 +40,7 @@ from ascend_jax.cube_group.barrier import BarrierObject
 from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, FreeCallback, MergeCallback, MsgView
 from ascend_jax.cube_group.clock import Cycles
 from ascend_jax.cube_group.dcache import AicLineCache, message_lines
-from ascend_jax.cube_group.program import AivOp, CubeGroupProgram
-from ascend_jax.cube_group.result import CubeGroupResult
-from ascend_jax.cube_group.status import CALL, ErrorCode, Status
-from ascend_jax.cube_group.vector import VectorUnit, vector_cycles
-from ascend_jax.errors import ConfigError
-from ascend_jax.matmul import (
+from ascend_jax.cube_group.matmul import (
     SHAPE_DETAIL,
     Matmul,
     _NoMatmul,
@@ -60,6 +55,11 @@ from ascend_jax.matmul import (
     np_store,
     np_tile,
 )
+from ascend_jax.cube_group.program import AivOp, CubeGroupProgram
+from ascend_jax.cube_group.result import CubeGroupResult
+from ascend_jax.cube_group.status import CALL, ErrorCode, Status
+from ascend_jax.cube_group.vector import VectorUnit, vector_cycles
+from ascend_jax.errors import ConfigError
 from ascend_jax.message import FAKE, FREE, MAX_MSG_PER_AIV, QUIT, VALID, CubeMsgState
 
 F32 = np.float32

@@ -28,9 +28,9 @@ from ascend_jax.cube_group import banks
 from ascend_jax.cube_group.banks import GmBanks
 from ascend_jax.cube_group.encode import EncodedProgram
 from ascend_jax.cube_group.layout import GroupGeometry
+from ascend_jax.cube_group.matmul import N_ACTION, N_MM
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.status import OpKind
-from ascend_jax.matmul import N_ACTION, N_MM
 from ascend_jax.message import MAX_MSG_PER_AIV
 
 _AIC_CONSTANTS: dict = {}
@@ -341,7 +341,7 @@ class State:
       (phase ERROR): code, global slot under its cursor, version received, and the first GM
       address out of range (``GM_OUT_OF_RANGE``; < 0: entry ``-1 - x`` of the encoder's
       ``big_addresses``).
-    mm_state: [C, M] each AIC's Matmul object (:data:`ascend_jax.matmul.MM_FIELDS`; M = 0 without
+    mm_state: [C, M] each AIC's Matmul object (:data:`ascend_jax.cube_group.matmul.MM_FIELDS`; M = 0 without
       a Matmul).
     aic_asserts: [C, R] release builds: each failed assert as ``slot << 5 | code`` in the order
       the AIC met them ([C, 0] in debug builds); aic_assert_n: [C] how many.

@@ -39,6 +39,7 @@ from ascend_jax.cube_group.access import (
     vector_words,
 )
 from ascend_jax.cube_group.callbacks import NO_WAIT
+from ascend_jax.cube_group.matmul import N_MM
 from ascend_jax.cube_group.state import (
     ACT,
     ALIVE_BITS,
@@ -54,7 +55,6 @@ from ascend_jax.cube_group.state import (
 )
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 from ascend_jax.cube_group.timed import aic_times, aiv_times, occupancy
-from ascend_jax.matmul import N_MM
 from ascend_jax.message import FREE, QUIT
 
 #: programs up to this many ops per AIV fetch ops by a one-hot select, longer ones by a gather

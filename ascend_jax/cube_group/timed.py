@@ -28,9 +28,9 @@ from ascend_jax.cube_group.access import (
 )
 from ascend_jax.cube_group.callbacks import NO_WAIT
 from ascend_jax.cube_group.encode import VEC
+from ascend_jax.cube_group.matmul import AF
 from ascend_jax.cube_group.state import ACT, EngineShape, State, Tables, packed_bytes
 from ascend_jax.cube_group.status import AicPhase, OpKind
-from ascend_jax.matmul import AF
 from ascend_jax.message import FAKE, FREE, QUIT
 from ascend_jax.timing import C as TC
 

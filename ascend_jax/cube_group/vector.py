@@ -579,7 +579,7 @@ class VectorUnit:
             flat[off] = flat[off] + value if op.atomic else value
             interp.written.add(name)
             return
-        from ascend_jax.matmul import np_store, np_tile
+        from ascend_jax.cube_group.matmul import np_store, np_tile
 
         if op.atomic:
             old = np_tile(interp.image, op.addr, op.rows, op.cols, op.stride, False, value.dtype)
