@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
     from ascend_jax.chips import CHIPS, ChipSpec, get_chip, load_platform_ini
+    from ascend_jax.config import AtomicOrder, Build, Engine, RunConfig, Schedule
     from ascend_jax.cube_group.barrier import BarrierGeometry
     from ascend_jax.cube_group.callbacks import (
         NO_WAIT,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
         pack_message,
     )
     from ascend_jax.numerics import numerics_report
+    from ascend_jax.runner import RunResult, run
     from ascend_jax.scenario import builtin_scenario_path, load_scenario
     from ascend_jax.timing import CostModel
     from ascend_jax.utilisation import AicTime, AivStall, Utilisation, compute_utilisation
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
 #: module -> the public names it provides (resolved by :func:`__getattr__` on first use).
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "ascend_jax.chips": ("CHIPS", "ChipSpec", "get_chip", "load_platform_ini"),
+    "ascend_jax.config": ("AtomicOrder", "Build", "Engine", "RunConfig", "Schedule"),
     "ascend_jax.cube_group.barrier": ("BarrierGeometry",),
     "ascend_jax.cube_group.callbacks": (
         "NO_WAIT",
@@ -87,6 +90,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "pack_message",
     ),
     "ascend_jax.numerics": ("numerics_report",),
+    "ascend_jax.runner": ("RunResult", "run"),
     "ascend_jax.scenario": ("builtin_scenario_path", "load_scenario"),
     "ascend_jax.timing": ("CostModel",),
     "ascend_jax.utilisation": ("AicTime", "AivStall", "Utilisation", "compute_utilisation"),
@@ -172,4 +176,11 @@ __all__ = [
     "Utilisation",
     "compute_utilisation",
     "init_distributed",
+    "AtomicOrder",
+    "Build",
+    "Engine",
+    "RunConfig",
+    "RunResult",
+    "Schedule",
+    "run",
 ]
