@@ -13,13 +13,63 @@ from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.status import AivCall, Status
 from ascend_jax.message import MAX_MSG_PER_AIV, CubeMsgState
 
+_STATE_NAMES = {int(s): s.name for s in CubeMsgState}
+
 
 def state_name(value: int) -> str:
     """Name of a head state; values outside the enum print as numbers."""
-    try:
-        return CubeMsgState(int(value)).name
-    except ValueError:
-        return str(int(value))
+    value = int(value)
+    return _STATE_NAMES.get(value) or str(value)
+
+
+# -- witness and error entries: one builder per kind, for both engines ---------------------------
+# The reference (cube_group/reference/outcome.py, protocol.py) builds its entries here; the JAX
+# engine's readout builds the same dicts by hand today. Key order is part of the JSON contract.
+
+
+def slot_witness(core: str, group: str, queue: int, depth: int, until: str) -> dict[str, Any]:
+    """A deadlock witness entry: ``core`` spins on slot (queue, depth) of ``group`` until ``until``
+    (``FREE``, ``NOT_FREE``, ``MTE3_FLAG`` or a head state's name)."""
+    return {"core": core, "group": group, "queue": int(queue), "depth": int(depth), "until": until}
+
+
+def barrier_witness(core: str, barrier: str, index: int, until: str) -> dict[str, Any]:
+    """A deadlock witness entry: ``core`` spins on copy ``index`` of a GroupBarrier's counters
+    until ``until`` (``W==n`` before an Arrive, ``A>=n`` in a Wait)."""
+    return {"core": core, "barrier": barrier, "index": int(index), "until": until}
+
+
+def sync_witness(core: str) -> dict[str, Any]:
+    """A deadlock witness entry: ``core`` waits in SyncAll."""
+    return {"core": core, "until": "SYNC_ALL"}
+
+
+def destructor_witness(core: str) -> dict[str, Any]:
+    """A deadlock witness entry: the AIV ``core`` finished its ops and waits in ``~KfcWorkspace``
+    for the MTE3->S flag that no post gives back."""
+    return {"core": core, "until": "MTE3_FLAG", "call": "~KfcWorkspace"}
+
+
+def error_entry(code: Any, core: str, group: str, queue: int, depth: int, **detail: Any) -> dict[str, Any]:
+    """The error dict of ``code`` (an :class:`~ascend_jax.cube_group.status.ErrorCode`) at message
+    (queue, depth) of ``group`` on the AIC ``core``; ``detail`` (ints, or strings) follows."""
+    return {
+        "code": code.name,
+        "core": core,
+        "group": group,
+        "queue": int(queue),
+        "depth": int(depth),
+        "message": code.describe(),
+        **{k: v if isinstance(v, str) else int(v) for k, v in detail.items()},
+    }
+
+
+def misuse_entry(err: dict[str, Any]) -> dict[str, Any]:
+    """An ``api_misuse`` finding from an :func:`error_entry` dict: the kind first, its keys, and the
+    constraint (the code's description) last in place of the message."""
+    out = {"kind": "api_misuse", **err}
+    out["constraint"] = out.pop("message")
+    return out
 
 
 @dataclasses.dataclass
