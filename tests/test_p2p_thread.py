@@ -52,19 +52,25 @@ def test_a_second_call_with_the_same_tag_passes_an_unset_thread_handle():
 
 
 def test_thread_api_argument_checks():
+    # hicann/hcomm src/coll_communicator_mgr/api_c_adpt/resource/thread_c_adpt.cc and
+    # resource_mgr/local/my_rank/comm_engine/threads/thread_manager.cc (HcclThreadAcquireWithStream,
+    # HcclThreadExportToCommEngine, ThreadMgr::GetExportedThread: an unknown thread is HCCL_E_PARA)
     w = World(1)
     w.init_comm("c")
     h = w.host(0)
     _, s = h.aclrt_create_stream()
+    # CommHostEngineToNotifyLoadType: a new stream thread only for a host engine
     assert h.hccl_thread_acquire_with_stream("c", int(CommEngine.AICPU_TS), s, 1)[0] == int(HcclResult.E_PARA)
+    assert h.hccl_thread_acquire_with_stream("c", 9, s, 1)[0] == int(HcclResult.E_PARA)  # IsValidCommEngine
     assert h.hccl_thread_acquire_with_stream("nope", int(CommEngine.CPU_TS), s, 1)[0] == int(HcclResult.E_PTR)
     assert h.hccl_thread_acquire_with_stream("c", int(CommEngine.CPU_TS), 12345, 1)[0] == int(HcclResult.E_PTR)
     ret, t = h.hccl_thread_acquire_with_stream("c", int(CommEngine.CPU_TS), s, 1)
     assert ret == 0
-    assert h.hccl_thread_export_to_comm_engine("c", 1, [999], int(CommEngine.AICPU_TS))[0] == int(HcclResult.E_PTR)
+    assert h.hccl_thread_export_to_comm_engine("c", 1, [999], int(CommEngine.AICPU_TS))[0] == int(HcclResult.E_PARA)
     ret, (exported,) = h.hccl_thread_export_to_comm_engine("c", 1, [t], int(CommEngine.AICPU_TS))
     assert ret == 0 and w.threads[exported] == w.threads[t]
     # the host may not use the AI CPU view of its own stream, nor a notify index it does not have
+    # (cpu_primitives_c_adpt.cc HcommThreadNotifyWaitOnThread: GetNotify gives NULL -> HCCL_E_PTR)
     assert h.hcomm_thread_notify_wait_on_thread(exported, 0, 1) == int(HcclResult.E_PTR)
     assert h.hcomm_thread_notify_wait_on_thread(t, 1, 1) == int(HcclResult.E_PTR)
     assert h.hcomm_thread_notify_wait_on_thread(t, 0, 1) == 0

@@ -30,6 +30,22 @@ from ascend_jax.aicpu.tasks import KernelLaunch, Queue, Task, TaskKind, local_co
 if TYPE_CHECKING:
     from ascend_jax.aicpu.world import World
 
+#: ``HCCL_RES_TAG_MAX_LEN``: longest engine-context tag (hicann/hcomm docs, HcclEngineCtxCreate).
+HCCL_RES_TAG_MAX_LEN = 255
+#: ``HCCL_THREAD_NOTIFY_MAX_NUM`` (hicann/hcomm ``src/base_comm/resources/comm_engine_res/threads/thread.h``).
+HCCL_THREAD_NOTIFY_MAX_NUM = 65536
+#: ``MAX_EXPORT_THREAD_NUM`` (hicann/hcomm ``thread_c_adpt.cc``).
+MAX_EXPORT_THREAD_NUM = 40
+#: Every ``CommEngine`` value (``IsValidCommEngine``, hicann/hcomm ``hccl_independent_common.h``).
+_ENGINES = frozenset(int(e) for e in CommEngine)
+_HOST_ENGINES = frozenset({int(CommEngine.CPU), int(CommEngine.CPU_TS), int(CommEngine.CCU)})
+
+
+def _side(engine: int) -> str:
+    """Which side a thread handle of ``engine`` lives on: ``"host"`` for CPU, CPU_TS and CCU (hcomm's
+    ``ThreadExportToCommEngineCpu`` serves those), ``"aicpu"`` for the rest."""
+    return "host" if int(engine) in _HOST_ENGINES else "aicpu"
+
 
 def _logged(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Logs ``(rank, call, return code)`` of a host call in ``World.host_calls``."""
@@ -71,6 +87,11 @@ class HostApi:
         self._bins: dict[int, dict[str, OpInfo]] = {}
         self._funcs: dict[int, OpInfo] = {}
         self._args: dict[int, _Args] = {}
+        # HCCL threads, per communicator as in hcomm's ThreadMgr (one per comm): the thread made
+        # from a stream, the owner of every thread handle, and each queue's handle per side
+        self._stream_threads: dict[tuple[str, int], int] = {}  # (comm, stream handle) -> thread
+        self._thread_comm: dict[int, str] = {}  # thread handle -> comm name
+        self._side_handle: dict[tuple[str, int, str], int] = {}  # (comm, queue, "host"|"aicpu") -> handle
 
     # -- memory ----------------------------------------------------------------------------
     @_logged
@@ -170,12 +191,13 @@ class HostApi:
     # -- kernels -------------------------------------------------------------------------------
     @_logged
     def aclrt_binary_load_from_file(self, path: Any, cpu_kernel_mode: int = 0) -> tuple[int, int]:
-        """Registers the kernels of an op-info JSON (path or parsed dict).
+        """Registers the kernels of an op-info JSON (path or parsed document).
 
-        Lenient like the runtime: entries without ``opInfo`` are skipped and missing fields only
-        warn (:func:`ascend_jax.aicpu.opinfo.parse_op_info`); a file that cannot be read or is not
-        a JSON object returns 107000 (hicann/runtime ``src/runtime/core/src/kernel/binary_loader.cc``,
-        ``ParseJsonAndRegisterCpuKernel``: EE1012 then ``RT_ERROR_INVALID_VALUE``).
+        Lenient like the runtime (:func:`ascend_jax.aicpu.opinfo.parse_op_info` lists what is skipped
+        and what only warns); a file that cannot be read or does not parse as JSON returns 107000
+        (hicann/runtime ``src/runtime/core/src/kernel/binary_loader.cc``,
+        ``ParseJsonAndRegisterCpuKernel``: ``GetJsonObj`` fails, EE1012, then ``RT_ERROR_INVALID_VALUE``).
+        A document that parses but registers nothing still loads; the kernel lookup fails later.
         """
         lib = load_op_info(path)
         if lib is None:
@@ -285,6 +307,12 @@ class HostApi:
 
     # -- HCCL control plane --------------------------------------------------------------------
     def _comm(self, comm: Any) -> Comm | None:
+        """The communicator, or None. Every HCCL call here returns ``HCCL_E_PTR`` for None: NULL ``comm``
+        is ``CHK_PTR_NULL(comm)`` in each of them (hicann/hcomm: ``HcclGetCommName`` in
+        ``src/legacy/ascend910/framework/op_base/src/op_base.cc``; ``HcclGetRankId`` / ``HcclGetRankSize``
+        in ``src/coll_communicator_mgr/api_c_adpt/coll_comm_rank_graph_a_adpt.cc``; the thread, context,
+        channel and buffer calls in ``api_c_adpt/resource/``). A name no communicator has stands for a
+        non-NULL handle that is no communicator, undefined in C: modelled as NULL."""
         name = comm.name if isinstance(comm, Comm) else comm
         return self.world.comms[self.rank].get(name)
 
@@ -304,66 +332,101 @@ class HostApi:
         return (int(HcclResult.E_PTR), 0) if c is None else (0, c.size)
 
     @_logged
-    def hccl_engine_ctx_get(self, comm: Any, tag: str, engine: int) -> tuple[int, int, int]:
+    def hccl_engine_ctx_get(self, comm: Any, tag: str | None, engine: int) -> tuple[int, int, int]:
+        """``HcclEngineCtxGet``. An unknown communicator -> ``HCCL_E_PTR``; a NULL tag is the reserved
+        tag ``""``; a tag over 255 characters -> ``HCCL_E_PARA``; no context under (tag, engine) ->
+        ``HCCL_E_PARA`` (hicann/hcomm ``src/coll_communicator_mgr/api_c_adpt/resource/engine_ctx_c_adpt.cc``
+        ``HcclEngineCtxGet``, then on Atlas A2 ``src/base_comm/resources/comm_engine_res/engine_ctxs/
+        independent_op_context_manager.cc`` ``ContextManager::GetCommEngineCtx``; the Ascend 950 path,
+        ``EngineCtxs::GetCommEngineCtx``, returns ``HCCL_E_NOT_FOUND`` instead)."""
         c = self._comm(comm)
         if c is None:
             return int(HcclResult.E_PTR), 0, 0
+        tag = tag or ""
+        if len(tag) > HCCL_RES_TAG_MAX_LEN:
+            return int(HcclResult.E_PARA), 0, 0
         if (tag, engine) not in c.ctx:
-            return int(HcclResult.E_NOT_FOUND), 0, 0
+            return int(HcclResult.E_PARA), 0, 0
         addr, size = c.ctx[(tag, engine)]
         return 0, addr, size
 
     @_logged
-    def hccl_engine_ctx_create(self, comm: Any, tag: str, engine: int, size: int) -> tuple[int, int]:
+    def hccl_engine_ctx_create(self, comm: Any, tag: str | None, engine: int, size: int) -> tuple[int, int]:
+        """``HcclEngineCtxCreate``. An unknown communicator -> ``HCCL_E_PTR``; a NULL tag is the reserved
+        tag ``""``; a tag over 255 characters, size 0, an engine outside ``CommEngine`` or a second
+        context under the same (tag, engine) -> ``HCCL_E_PARA`` (same files as :meth:`hccl_engine_ctx_get`,
+        ``HcclEngineCtxCreate`` and ``ContextManager::CreateCommEngineCtx``)."""
         c = self._comm(comm)
-        if c is None or not tag:
+        if c is None:
             return int(HcclResult.E_PTR), 0
-        if len(tag) > 255 or size <= 0:
+        tag = tag or ""
+        if len(tag) > HCCL_RES_TAG_MAX_LEN or size <= 0 or engine not in _ENGINES or (tag, engine) in c.ctx:
             return int(HcclResult.E_PARA), 0
         addr = self.world.mem[self.rank].malloc(size, f"engine_ctx[{tag}]")
         c.ctx[(tag, engine)] = (addr, size)
         return 0, addr
 
+    def _new_thread(self, comm: str, queue: int, engine: int) -> int:
+        """A handle of ``queue`` usable on ``engine``, owned by ``comm``; one per side and queue."""
+        h = self.world.new_handle()
+        self.world.threads[h] = queue
+        self.world.thread_engines[h] = int(engine)
+        self._thread_comm[h] = comm
+        self._side_handle[(comm, queue, _side(engine))] = h
+        return h
+
     @_logged
     def hccl_thread_acquire(
         self, comm: Any, engine: int, thread_num: int, notify_num_per_thread: int
     ) -> tuple[int, list[int]]:
+        """``HcclThreadAcquire``: ``thread_num`` new threads with ``notify_num_per_thread`` notifies each.
+
+        An unknown communicator -> ``HCCL_E_PTR``; an engine outside ``CommEngine``, no thread, or
+        65,536 notifies or more -> ``HCCL_E_PARA`` (hicann/hcomm
+        ``src/coll_communicator_mgr/api_c_adpt/resource/thread_c_adpt.cc`` ``HcclThreadAcquire``:
+        ``IsValidCommEngine``, ``threadNum == 0``, ``HCCL_THREAD_NOTIFY_MAX_NUM``). The per-comm notify
+        quota (``ThreadMgr::CheckNotifyNum``, ``HCCL_E_UNAVAIL``) is not modelled."""
         c = self._comm(comm)
         if c is None:
             return int(HcclResult.E_PTR), []
-        if thread_num < 1 or not 0 <= notify_num_per_thread <= 65535:
+        if engine not in _ENGINES or thread_num < 1 or not 0 <= notify_num_per_thread < HCCL_THREAD_NOTIFY_MAX_NUM:
             return int(HcclResult.E_PARA), []
         out = []
         for _ in range(thread_num):
-            h = self.world.new_handle()
             n = sum(q.kind == "thread" and q.rank == self.rank for q in self.world.queues)
             qi = self.world.new_queue(self.rank, "thread", f"rank{self.rank}.thread{n}", notify_num_per_thread)
-            self.world.threads[h] = qi
-            self.world.thread_engines[h] = int(engine)
-            out.append(h)
+            out.append(self._new_thread(c.name, qi, engine))
         return 0, out
 
     @_logged
     def hccl_thread_acquire_with_stream(self, comm: Any, engine: int, stream: int, notify_num: int) -> tuple[int, int]:
-        """``HcclThreadAcquireWithStream``: the user stream as a thread of the host's ``COMM_ENGINE_CPU_TS``
-        with ``notify_num`` notifies of its own (tasks recorded on the thread go on the stream, in order).
+        """``HcclThreadAcquireWithStream``: the user stream as a host thread with notifies of its own
+        (tasks recorded on the thread go on the stream, in order).
 
-        Unknown communicator or stream -> ``HCCL_E_PTR``; another engine or a notify count outside
-        0..65535 -> ``HCCL_E_PARA`` (assumptions: the codes of the thread API are not confirmed)."""
+        As hicann/hcomm does (``thread_c_adpt.cc`` ``HcclThreadAcquireWithStream``, then
+        ``src/coll_communicator_mgr/resource_mgr/local/my_rank/comm_engine/threads/thread_manager.cc``
+        ``ThreadMgr::HcclThreadAcquireWithStream`` and ``threads/thread.cc``
+        ``CommHostEngineToNotifyLoadType``): an unknown communicator or stream -> ``HCCL_E_PTR``; an
+        engine outside ``CommEngine`` -> ``HCCL_E_PARA``. A stream already made a thread of this
+        communicator gives the same handle back, its notifies topped up to ``notify_num`` (before the
+        engine is looked at); otherwise only the host engines (CPU, CPU_TS, CCU) are accepted, others ->
+        ``HCCL_E_PARA``. More than 65,535 notifies -> ``HCCL_E_PARA``: not decided by public sources
+        (the call itself has no limit), modelled as :meth:`hccl_thread_acquire`'s."""
         c = self._comm(comm)
         q = self._streams.get(stream)
         if c is None or q is None:
             return int(HcclResult.E_PTR), 0
-        if int(engine) != CommEngine.CPU_TS or not 0 <= notify_num <= 65535:
+        if engine not in _ENGINES or not 0 <= notify_num < HCCL_THREAD_NOTIFY_MAX_NUM:
             return int(HcclResult.E_PARA), 0
         queue = self.world.queues[q]
+        h = self._stream_threads.get((c.name, stream))
+        if h is None and _side(engine) != "host":
+            return int(HcclResult.E_PARA), 0
         have = len(queue.notifies)
-        queue.notifies += [
-            self.world.new_notify(self.rank, f"{queue.name}.notify[{have + i}]") for i in range(notify_num)
-        ]
-        h = self.world.new_handle()
-        self.world.threads[h] = q
-        self.world.thread_engines[h] = int(engine)
+        more = max(0, notify_num - have) if h is not None else notify_num
+        queue.notifies += [self.world.new_notify(self.rank, f"{queue.name}.notify[{have + i}]") for i in range(more)]
+        if h is None:
+            h = self._stream_threads[(c.name, stream)] = self._new_thread(c.name, q, int(CommEngine.CPU_TS))
         return 0, h
 
     @_logged
@@ -371,27 +434,35 @@ class HostApi:
         self, comm: Any, thread_num: int, threads: list[int], engine: int
     ) -> tuple[int, list[int]]:
         """``HcclThreadExportToCommEngine``: handles of the same threads usable on ``engine`` (a host
-        ``CPU_TS`` thread exported to ``AICPU_TS`` for a kernel, an AI CPU thread exported to ``CPU_TS``
-        for the host). An unknown thread -> ``HCCL_E_PTR`` (assumption)."""
-        if self._comm(comm) is None:
+        thread exported to ``AICPU_TS`` for a kernel, an AI CPU thread exported to ``CPU_TS`` for the
+        host); exporting a thread twice gives the same handle.
+
+        As hicann/hcomm does (``thread_c_adpt.cc`` ``HcclThreadExportToCommEngine``, ``thread_manager.cc``
+        ``ThreadMgr::HcclThreadExportToCommEngine``, ``ThreadExportToCommEngineCpu``,
+        ``GetExportedThread``): an unknown communicator -> ``HCCL_E_PTR``; no thread or more than 40, an
+        engine outside ``CommEngine`` or ``AIV``, or a thread this communicator does not know on the
+        other side (an AI CPU handle exported to the AI CPU, a host handle to the host, another
+        communicator's thread, a handle that is no thread) -> ``HCCL_E_PARA``."""
+        c = self._comm(comm)
+        if c is None:
             return int(HcclResult.E_PTR), []
-        if thread_num != len(threads) or thread_num < 1:
+        if thread_num != len(threads) or not 1 <= thread_num <= MAX_EXPORT_THREAD_NUM:
+            return int(HcclResult.E_PARA), []
+        if engine not in _ENGINES or engine == CommEngine.AIV:
             return int(HcclResult.E_PARA), []
         out = []
         for t in threads:
             q = self.world.threads.get(t)
-            if q is None or self.world.queues[q].rank != self.rank:
-                return int(HcclResult.E_PTR), []
-            h = self.world.new_handle()
-            self.world.threads[h] = q
-            self.world.thread_engines[h] = int(engine)
-            out.append(h)
+            if q is None or self._thread_comm.get(t) != c.name or _side(self.world.thread_engines[t]) == _side(engine):
+                return int(HcclResult.E_PARA), []
+            h = self._side_handle.get((c.name, q, _side(engine)))
+            out.append(self._new_thread(c.name, q, engine) if h is None else h)
         return 0, out
 
     def _host_thread(self, thread: int) -> Queue | None:
         """The queue of a thread handle the host may use (``CPU_TS``, this rank), or None."""
         q = self.world.threads.get(thread)
-        if q is None or self.world.thread_engines.get(thread) != CommEngine.CPU_TS:
+        if q is None or _side(self.world.thread_engines.get(thread, -1)) != "host":
             return None
         queue = self.world.queues[q]
         return queue if queue.rank == self.rank else None
@@ -399,8 +470,14 @@ class HostApi:
     @_logged
     def hcomm_thread_notify_record_on_thread(self, thread: int, dst_thread: int, dst_notify_idx: int) -> int:
         """Host side of ``HcommThreadNotifyRecordOnThread``: on the host thread's stream, a record of
-        notify ``dst_notify_idx`` of ``dst_thread`` (a thread exported to ``CPU_TS``). A handle that is
-        not a host thread or an index out of range -> ``HCCL_E_PTR``, as on the device."""
+        notify ``dst_notify_idx`` of ``dst_thread`` (a thread exported to the host).
+
+        A NULL thread or an index outside ``[0, notifyNum)`` -> ``HCCL_E_PTR`` (hicann/hcomm
+        ``src/base_comm/primitives/api_c_adpt/cpu_primitives_c_adpt.cc``
+        ``HcommThreadNotifyRecordOnThread``: ``CHK_PTR_NULL`` on the thread, on its stream and on
+        ``GetNotify``, which gives NULL for an index out of range, ``CpuTsThread::GetNotify``). A
+        non-NULL handle that is no thread, or an AI CPU handle used on the host, is undefined in C
+        (a pointer cast): not decided by public sources; modelled as ``HCCL_E_PTR``."""
         queue = self._host_thread(thread)
         dq = self.world.threads.get(dst_thread)
         if queue is None or dq is None:
@@ -414,7 +491,9 @@ class HostApi:
     @_logged
     def hcomm_thread_notify_wait_on_thread(self, thread: int, notify_idx: int, timeout: float) -> int:
         """Host side of ``HcommThreadNotifyWaitOnThread``: on the host thread's stream, a wait (``timeout``
-        seconds, 0 = forever) for the thread's own notify ``notify_idx``."""
+        seconds, 0 = forever) for the thread's own notify ``notify_idx``. Codes as
+        :meth:`hcomm_thread_notify_record_on_thread` (``cpu_primitives_c_adpt.cc``
+        ``HcommThreadNotifyWaitOnThread``)."""
         queue = self._host_thread(thread)
         if queue is None or not 0 <= notify_idx < len(queue.notifies):
             return int(HcclResult.E_PTR)
@@ -425,7 +504,12 @@ class HostApi:
     def hccl_channel_acquire(
         self, comm: Any, engine: int, remote_rank: int, protocol: int, notify_num: int
     ) -> tuple[int, int]:
-        """``HcclChannelAcquire`` with one descriptor; channels are reused per (engine, peer, protocol)."""
+        """``HcclChannelAcquire`` with one descriptor; channels are reused per (engine, peer, protocol).
+
+        An unknown communicator -> ``HCCL_E_PTR`` (hicann/hcomm ``coll_comm_res_c_adpt.cc``
+        ``CheckChannelResParams``). A remote rank outside the communicator or equal to this one is
+        rejected deeper, in channel creation: its code is not decided by the sources read here;
+        modelled as ``HCCL_E_PARA``."""
         c = self._comm(comm)
         if c is None:
             return int(HcclResult.E_PTR), 0
@@ -454,10 +538,16 @@ class HostApi:
 
     @_logged
     def hccl_channel_get_hccl_buffer(self, comm: Any, channel: int) -> tuple[int, int, int]:
+        """``HcclChannelGetHcclBuffer``: the peer's HCCL buffer. An unknown communicator ->
+        ``HCCL_E_PTR``; a channel the communicator does not have -> ``HCCL_E_PARA`` (hicann/hcomm
+        ``src/coll_communicator_mgr/api_c_adpt/resource/channel_c_adpt.cc``, then
+        ``resource_mgr/remote/rank_pairs/channel_manager.cc`` ``ChannelManager::IsChannelExist``)."""
         c = self._comm(comm)
-        ch = self.world.channels.get(channel)
-        if c is None or ch is None or ch.rank != self.rank:
+        if c is None:
             return int(HcclResult.E_PTR), 0, 0
+        ch = self.world.channels.get(channel)
+        if ch is None or ch.rank != self.rank or ch.comm != c.name:
+            return int(HcclResult.E_PARA), 0, 0
         peer = self.world.comms[ch.peer][c.name]
         return 0, peer.buffer_addr, peer.buffer_size
 
