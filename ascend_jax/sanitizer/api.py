@@ -1,0 +1,150 @@
+"""``sanitize(program)``: one observed reference run, then the four checks on its event log.
+
+The analysis always runs on the reference interpreter's event log, whatever engine the user
+runs: the JAX engine keeps no per-access history, and the findings do not depend on the
+interleaving (module docstring of :mod:`ascend_jax.sanitizer.events`), so one observed run per
+distinct program answers for every schedule and every lane that runs that program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ascend_jax.cube_group.reference import ReferenceInterpreter
+from ascend_jax.sanitizer.events import EventLog
+from ascend_jax.sanitizer.findings import TOOLS, Finding, render, report_json, sort_findings
+from ascend_jax.sanitizer.initcheck import initcheck
+from ascend_jax.sanitizer.memcheck import memcheck
+from ascend_jax.sanitizer.observer import Observer
+from ascend_jax.sanitizer.racecheck import racecheck
+from ascend_jax.sanitizer.synccheck import run_synccheck, static_synccheck
+
+
+def _observed(interp: ReferenceInterpreter, observer: Observer) -> ReferenceInterpreter:
+    """``interp`` with ``observer`` called before every AIV op and AIC action (wraps the two
+    protocol methods of this one instance)."""
+    proto = interp.proto
+    aiv_act, dispatch = proto.aiv_act, proto.dispatch
+
+    def observed_aiv_act(aiv: Any) -> None:
+        observer.aiv_act(proto, aiv, aiv.ops[aiv.pc])
+        aiv_act(aiv)
+
+    def observed_dispatch(aic: Any) -> dict | None:
+        observer.aic_act(proto, aic)
+        return dispatch(aic)
+
+    proto.aiv_act, proto.dispatch = observed_aiv_act, observed_dispatch
+    return interp
+
+
+@dataclasses.dataclass
+class SanitizerReport:
+    """What :func:`sanitize` found.
+
+    Attributes:
+      tools: the tools run, in :data:`TOOLS` order.
+      findings: sorted findings.
+      result: the observed reference run's result.
+      log: its event log.
+    """
+
+    tools: tuple[str, ...]
+    findings: list[Finding]
+    result: Any = None
+    log: EventLog | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``"sanitizer"`` object of the result JSON."""
+        return report_json(self.tools, self.findings)
+
+    def render(self) -> str:
+        return render(self.tools, self.findings)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def parse_tools(tools: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"all"`` / None -> every tool; ``"racecheck,initcheck"`` or a list -> those, in report order."""
+    if tools is None or tools == "all":
+        return TOOLS
+    names = [t.strip() for t in tools.split(",")] if isinstance(tools, str) else list(tools)
+    if "all" in names:
+        return TOOLS
+    unknown = [t for t in names if t not in TOOLS]
+    if unknown or not names:
+        from ascend_jax.errors import ConfigError
+
+        raise ConfigError("tool", ",".join(unknown) or "", f"must be 'all' or a comma-separated list of {list(TOOLS)}")
+    return tuple(t for t in TOOLS if t in names)
+
+
+def analyse(
+    log: EventLog,
+    tools: tuple[str, ...] = TOOLS,
+    program: Any = None,
+    result: Any = None,
+    pcs: dict[int, int] | None = None,
+    source_of: Callable[[int, int], str] | None = None,
+) -> list[Finding]:
+    """The findings of ``tools`` on ``log`` (and, for synccheck and memcheck, on the program and
+    the run's result when given)."""
+    found: list[Finding] = []
+    if "racecheck" in tools:
+        found += racecheck(log)
+    if "initcheck" in tools:
+        found += initcheck(log)
+    if "synccheck" in tools and program is not None:
+        src = source_of or (lambda b, i: "")
+        found += static_synccheck(program, src)
+        if result is not None:
+            found += run_synccheck(program, result, pcs or {}, src)
+    if "memcheck" in tools:
+        found += memcheck(log, program)
+    return sort_findings(found)
+
+
+def sanitize(
+    program: Any,
+    schedule: str = "lockstep",
+    seed: int = 0,
+    max_steps: int | None = None,
+    cost: Any = None,
+    tools: str | Iterable[str] | None = None,
+    uninitialised: Iterable[str] = (),
+    source_of: Callable[[int, int], str] | None = None,
+) -> SanitizerReport:
+    """Runs ``program`` once in the reference interpreter with an observer and checks the log.
+
+    Args:
+      program: a :class:`~ascend_jax.cube_group.program.CubeGroupProgram`.
+      schedule, seed, max_steps, cost: as :func:`ascend_jax.run_reference` (the findings do not
+        depend on them; the run's own result, returned beside them, does).
+      tools: ``"all"`` (default) or some of :data:`TOOLS`.
+      uninitialised: tensors whose initial contents a device would not define (initcheck).
+      source_of: ``(block_idx, op index) -> "file:line"`` for messages (default: the op's ``where``).
+
+    Returns:
+      a :class:`SanitizerReport`.
+    """
+    tools = parse_tools(tools)
+    unknown = sorted(set(uninitialised) - set(program.gm.tensors))
+    if unknown:
+        from ascend_jax.errors import ConfigError
+
+        raise ConfigError("uninitialised", unknown, f"no such tensor; tensors: {sorted(program.gm.tensors)}")
+    start = None
+    if not program.zero_workspace:  # the reported launch starts from the first launch's workspace
+        first = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost)
+        first.run()
+        start = (first.proto.slots, first.proto.counters_a, first.proto.counters_w)
+    obs = Observer(program, frozenset(uninitialised), source_of)
+    interp = _observed(ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, start=start), obs)
+    result = interp.run()
+    pcs = {a.block_idx: a.pc for a in interp.proto.aivs}
+    findings = analyse(obs.log, tools, program, result, pcs, obs.source_of)
+    return SanitizerReport(tools, findings, result, obs.log)

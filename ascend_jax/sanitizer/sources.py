@@ -1,0 +1,80 @@
+"""Where each AIV op was written: the Python model line, or the scenario file's op.
+
+A program keeps, for each op, only ``where`` (``aiv[3].ops[2]``: the op's place, or the scenario
+table it came from). To name the model line in a finding, :func:`capture_sources` records, while
+a model builds its program, the first stack frame outside the ``ascend_jax`` package for every op
+the builder appends (and its caller, when that is a helper in the same file). It wraps the
+builder's one location hook (``AivProgram._where``) for the duration of the ``with`` block only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import ascend_jax
+from ascend_jax.cube_group.program import AivProgram
+
+_PACKAGE = str(Path(ascend_jax.__file__).resolve().parent) + os.sep
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _caller() -> str:
+    """``file:line`` of the innermost frame outside ascend_jax (with its same-file caller)."""
+    f = sys._getframe(2)
+    while f is not None and str(Path(f.f_code.co_filename).resolve()).startswith(_PACKAGE):
+        f = f.f_back
+    if f is None:
+        return ""
+    where = f"{_short(f.f_code.co_filename)}:{f.f_lineno}"
+    up = f.f_back
+    if up is not None and up.f_code.co_filename == f.f_code.co_filename and f.f_code.co_name != "build":
+        where += f" ({f.f_code.co_name}, called from line {up.f_lineno})"
+    return where
+
+
+@contextlib.contextmanager
+def capture_sources() -> Iterator[dict[tuple[int, int], str]]:
+    """Records ``(block_idx, op index) -> "file:line"`` for the ops built inside the block."""
+    table: dict[tuple[int, int], str] = {}
+    original = AivProgram._where
+
+    def _where(self: AivProgram) -> str:
+        key = (self.block_idx, len(self.ops))
+        if key not in table and self.location is None:
+            table[key] = _caller()
+        return original(self)
+
+    AivProgram._where = _where
+    try:
+        yield table
+    finally:
+        AivProgram._where = original
+
+
+def source_lookup(
+    program: Any, table: dict[tuple[int, int], str] | None = None, prefix: str = ""
+) -> Callable[[int, int], str]:
+    """``(block_idx, op index) -> str``: the captured line, else ``prefix`` + the op's ``where``."""
+    ops = dict(program.aivs)
+    table = table or {}
+
+    def source_of(b: int, i: int) -> str:
+        line = table.get((b, i))
+        if line:
+            return line
+        mine = ops.get(b, ())
+        return prefix + mine[i].where if 0 <= i < len(mine) and mine[i].where else ""
+
+    return source_of

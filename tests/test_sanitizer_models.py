@@ -1,0 +1,121 @@
+"""The sanitizer on every shipped cube-group model and docs example, and on the attention races,
+under the lockstep, random (several seeds) and timed schedules: the same findings every time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ascend_jax.cube_group.program import CubeGroupProgram
+from ascend_jax.models import available_models, load_model
+from ascend_jax.sanitizer import sanitize
+from ascend_jax.sanitizer.sources import capture_sources, source_lookup
+from ascend_jax.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.toml"))
+SCHEDULES = (("lockstep", 0), ("random", 1), ("random", 7), ("timed", 0))
+
+#: Docs examples that show a synchronisation bug on purpose, and what synccheck says about them
+#: (sanitizer_*.toml: the sanitizer page's own seeded bugs, checked in test_sanitizer_cli.py).
+EXPECTED = {
+    "f13_mte3_after_fake": {("synccheck", "deadlock"), ("synccheck", "mte3_flag_unpaired")},
+    "f14_sync_all_before_quit": {("synccheck", "deadlock"), ("synccheck", "sync_all_before_quit")},
+    "f5_skip_over_quit": {("synccheck", "deadlock")},
+    "f5_too_few_fakes": {("synccheck", "deadlock")},
+    "f8_forgotten_valid": {("synccheck", "deadlock")},
+    "f10_unzeroed_workspace": {("synccheck", "deadlock")},
+    "f2_backpressure": {("synccheck", "deadlock"), ("synccheck", "queue_never_quit")},
+    "f7_skip_past_row": {("synccheck", "deadlock")},
+    # its first op multiplies the never-written UB buffer `one` by 0 to clear it: on a device that
+    # buffer holds whatever the last kernel left, and NaN * 0 is NaN
+    "vector_softmax": {("initcheck", "uninitialised_ub_read")},
+}
+
+
+def _every_schedule(program: CubeGroupProgram, **kw) -> list[dict]:
+    """The findings JSON under every schedule, asserting they are all the same."""
+    reports = [sanitize(program, schedule=s, seed=seed, **kw).to_json() for s, seed in SCHEDULES]
+    for (s, seed), r in zip(SCHEDULES[1:], reports[1:], strict=True):
+        assert r == reports[0], (
+            f"{s} (seed {seed}) found {json.dumps(r)[:400]}, lockstep {json.dumps(reports[0])[:400]}"
+        )
+    return reports[0]["findings"]
+
+
+def _cube_models() -> list[str]:
+    """The shipped cube-group models (TOML scenarios and Python models that build a
+    CubeGroupKernel); the comm models are AI CPU task programs, outside the sanitizer."""
+    out = []
+    for name in available_models():
+        toml, py = ROOT / "models" / f"{name}.toml", ROOT / "models" / f"{name}.py"
+        if toml.exists() or (py.exists() and "CubeGroupKernel" in py.read_text()):
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("name", _cube_models())
+def test_shipped_model_is_clean_under_every_schedule(name):
+    program = load_model(name)[0]
+    if not isinstance(program, CubeGroupProgram):
+        pytest.skip(f"{name} is a comm model: the sanitizer checks cube-group kernels")
+    assert _every_schedule(program) == []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_docs_example_findings_under_every_schedule(path):
+    if path.stem.startswith("sanitizer_") or path.stem.startswith("invalid_"):
+        pytest.skip("the sanitizer page's examples (test_sanitizer_cli.py); a file the loader refuses")
+    program = load_scenario(path)
+    found = _every_schedule(program)
+    assert {(f["tool"], f["kind"]) for f in found} == EXPECTED.get(path.stem, set())
+
+
+def _attention(**kw) -> tuple[CubeGroupProgram, object]:
+    with capture_sources() as table:
+        program = load_model("attention_grad", options={k: str(v).lower() for k, v in kw.items()})[0]
+    return program, source_lookup(program, table)
+
+
+RACES = {
+    "wait_qk": (dict(wait_qk=False), "s_ws", ("load", "read"), ("matmul.C", "write"), "a Wait<true>"),
+    "wait_qk_causal": (dict(wait_qk=False, causal=True), "s_ws", ("load", "read"), ("matmul.C", "write"), "a Wait<true>"),
+    "dv_barrier": (dict(merge=True, merge_dv=True, dv_barrier=False), "p_ws", ("store", "write"), ("matmul.A", "read"),
+                   "an order between"),
+    "dv_barrier_delayed": (dict(merge=True, merge_dv=True, dv_barrier=False, follower_delay=5000), "p_ws",
+                           ("store", "write"), ("matmul.A", "read"), "an order between"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(RACES))
+def test_attention_races_are_named_under_every_schedule(case):
+    kw, tensor, aiv_op, aic_op, missing = RACES[case]
+    program, src = _attention(**kw)
+    (f,) = _every_schedule(program, source_of=src)
+    assert (f["tool"], f["kind"]) == ("racecheck", "race")
+    aiv, aic = f["ops"]
+    assert aiv["core"].startswith("aiv") and aic["core"].startswith("aic")
+    assert (aiv["op"], aiv["access"], aiv["tensor"]) == (*aiv_op, tensor)
+    assert (aic["op"], aic["access"], aic["tensor"]) == (*aic_op, tensor)
+    assert aiv["elements"][0] <= aic["elements"][1] and aic["elements"][0] <= aiv["elements"][1]
+    assert f["missing"].startswith(missing)
+    assert "models/attention_grad.py:" in f["message"]
+
+
+def test_attention_fixed_twins_are_clean():
+    for kw in (dict(causal=True), dict(merge=True), dict(merge=True, merge_dv=True, follower_delay=5000)):
+        program, src = _attention(**kw)
+        assert _every_schedule(program, source_of=src) == [], kw
+
+
+def test_the_wait_qk_race_names_the_wait_to_add():
+    program, src = _attention(wait_qk=False)
+    rep = sanitize(program, source_of=src)
+    (f,) = rep.findings
+    load, post = f.ops[0].site, f.ops[1].site
+    assert post.origin == (load.core, 1)  # the S task aiv0 posted at op 1 (alloc 0, post 1)
+    text = rep.render()
+    assert "wait on the message before the load" in text
+    assert f"{load.core} op {load.op_index}" in text
