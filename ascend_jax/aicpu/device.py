@@ -126,7 +126,9 @@ class DeviceApi:
     # -- control -----------------------------------------------------------------------------
     @_logged
     def hcomm_acquire_comm(self, comm_id: str | bytes | None) -> int:
-        """NULL or unknown name -> ``HCCL_E_PTR`` (``HcommAcquireComm``: "AicpuGetCommbyGroup is null")."""
+        """NULL or unknown name -> ``HCCL_E_PTR`` (hicann/hcomm
+        ``src/base_comm/primitives/api_c_adpt/aicpu_ts_primitives_c_adpt.cc`` ``HcommAcquireComm``:
+        ``CHK_PTR_NULL(commId)``, then on Atlas A2 ``AicpuGetCommbyGroup`` gives NULL)."""
         name = comm_id.decode() if isinstance(comm_id, bytes) else comm_id
         if not name or name not in self.world.comms[self.rank]:
             return int(HcclResult.E_PTR)
@@ -134,6 +136,7 @@ class DeviceApi:
 
     @_logged
     def hcomm_release_comm(self, comm_id: str | bytes | None) -> int:
+        """NULL -> ``HCCL_E_PTR``, any name else 0 (``HcommReleaseComm``, same file)."""
         return int(HcclResult.E_PTR) if not comm_id else 0
 
     @_logged
@@ -196,8 +199,12 @@ class DeviceApi:
 
     @_logged
     def hcomm_thread_notify_record_on_thread(self, thread: int, dst_thread: int, dst_notify_idx: int) -> int:
-        """An unknown thread or a notify index outside ``[0, notifyNumPerThread)`` -> ``HCCL_E_PTR``
-        (``HcommThreadNotifyRecordOnThread``: ``GetNotify`` gives NULL, then ``CHK_PTR_NULL``)."""
+        """A NULL thread or destination thread, or a notify index outside ``[0, notifyNumPerThread)``
+        -> ``HCCL_E_PTR`` (hicann/hcomm ``aicpu_ts_primitives_c_adpt.cc``
+        ``HcommThreadNotifyRecordOnThread``: ``CHK_PTR_NULL`` on both threads, on the stream and on
+        ``GetNotify``, which gives NULL out of range, ``threads/aicpu_ts_thread.cc``
+        ``AicpuTsThread::GetNotify``). A non-NULL handle that is no thread is undefined in C: not
+        decided by public sources; modelled as NULL."""
         dq = self.world.threads.get(dst_thread)
         if dq is None or self._queue(thread) is None:
             return int(HcclResult.E_PTR)
@@ -209,7 +216,8 @@ class DeviceApi:
 
     @_logged
     def hcomm_thread_notify_wait_on_thread(self, thread: int, notify_idx: int, timeout: float) -> int:
-        """Index out of range -> ``HCCL_E_PTR`` (``HcommThreadNotifyWaitOnThread``, as for the record)."""
+        """NULL thread or index out of range -> ``HCCL_E_PTR`` (``HcommThreadNotifyWaitOnThread``, same
+        file and checks as the record)."""
         q = self._queue(thread)
         if q is None:
             return int(HcclResult.E_PTR)
@@ -224,6 +232,11 @@ class DeviceApi:
 
     @_logged
     def hcomm_aclrt_notify_record_on_thread(self, thread: int, notify_id: int) -> int:
+        """A NULL thread -> ``HCCL_E_PTR``. ``HcommAclrtNotifyRecordOnThread`` passes the notify id on
+        unchecked (``aicpu_ts_primitives_c_adpt.cc``, then ``HcclLocalBareNotifyRecord``): what an id of
+        no notify of this rank does is not decided by public sources; modelled as ``HCCL_E_PARA``."""
+        if self._queue(thread) is None:
+            return int(HcclResult.E_PTR)
         if not self._acl_notify_ok(notify_id):
             return int(HcclResult.E_PARA)
         label = f"record {self.world.notify_names[notify_id]}"
@@ -231,6 +244,9 @@ class DeviceApi:
 
     @_logged
     def hcomm_aclrt_notify_wait_on_thread(self, thread: int, notify_id: int, timeout: float) -> int:
+        """As :meth:`hcomm_aclrt_notify_record_on_thread` (``HcommAclrtNotifyWaitOnThread``)."""
+        if self._queue(thread) is None:
+            return int(HcclResult.E_PTR)
         if not self._acl_notify_ok(notify_id):
             return int(HcclResult.E_PARA)
         label = f"wait {self.world.notify_names[notify_id]}"
@@ -370,6 +386,11 @@ class DeviceModel:
                 self.log.append(f"kernel {launch.name} (launch {task.launch}) raised {type(e).__name__}: {e}")
                 ret = 1
             if ret != 0:
+                # hicann/runtime src/aicpu_sched/aicpu_processer/ae_kernel_lib_aicpu.cc
+                # TransformKernelErrorCode: 201 is end of sequence (the stream reports 507005); 101 is
+                # the task-wait flag, no error to the scheduler, whose stream code is not decided by
+                # public sources (modelled as 507018); 1000..1099 pass through only for KFC kernels
+                # (ae_kernel_lib_aicpu_kfc.cpp), so for an AICPUKernel they fail like any other value
                 error = self.world.kernel_return_errors.get(ret, KERNEL_FAILURE_ERROR)
         duration = cost.kernel_s + dev.elapsed
         if launch.timeout_s > 0 and duration > launch.timeout_s:

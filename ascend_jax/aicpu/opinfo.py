@@ -45,52 +45,79 @@ class OpInfo:
     user_defined: bool = False
 
 
-def parse_op_info(doc: Any, warnings: list[str] | None = None) -> dict[str, OpInfo] | None:
+def parse_op_info(doc: Any, warnings: list[str] | None = None) -> dict[str, OpInfo]:
     """Registers the entries of a parsed op-info document as the runtime does; returns kernel name ->
-    :class:`OpInfo`, or None when ``doc`` is not a JSON object (the load then fails).
+    :class:`OpInfo`.
 
-    Lenient like hicann/runtime ``src/runtime/core/src/kernel/json_parse.cc`` and ``program.cc``
-    (``Program::RegisterCpuKernel``): an entry without an ``opInfo`` object is skipped with a
-    warning; a missing ``kernelSo`` or ``functionName`` only warns (the entry is registered with an
-    empty name, so the kernel fails on the device when it runs); ``opKernelLib`` is stored as free
-    text. ``warnings`` (if given) receives one line per skipped entry or missing field.
+    Follows hicann/runtime ``src/runtime/core/src/kernel/json_parse.cc`` ``GetCpuKernelFromJson`` and
+    ``program.cc`` ``Program::RegisterCpuKernel`` (nlohmann::json):
+
+    * the top level is iterated as nlohmann's ``items()`` does: an object by key, an array by index
+      (keys ``"0"``, ``"1"``, ...), a scalar as one keyless value that has no ``opInfo``;
+    * an entry without an ``opInfo`` key (or that is no object) is skipped with a warning;
+    * an ``opInfo`` that is no object registers with every field empty (``contains`` is false);
+    * a missing ``functionName`` or ``kernelSo`` only warns (the entry registers with an empty name,
+      so the kernel fails on the device when it runs); a missing ``opKernelLib`` is stored empty (the
+      runtime logs an error when it sets the kernel type, ``program_common.cc``);
+    * a present ``functionName``, ``kernelSo``, ``opKernelLib`` or ``userDefined`` that is not a
+      string makes ``get<std::string>`` throw: that entry is skipped with a warning;
+    * ``userDefined`` counts only as the string ``"True"``; unknown keys are ignored.
+
+    ``warnings`` (if given) receives one line per skipped entry or missing field.
     """
-    if not isinstance(doc, Mapping):
-        return None
     notes = warnings if warnings is not None else []
-    out = {}
-    for name, entry in doc.items():
-        info = entry.get("opInfo") if isinstance(entry, Mapping) else None
-        if not isinstance(info, Mapping):
+    if isinstance(doc, Mapping):
+        items = [(str(k), v) for k, v in doc.items()]
+    elif isinstance(doc, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(doc)]
+    else:
+        items = [("", doc)]
+    out: dict[str, OpInfo] = {}
+    for name, entry in items:
+        if not isinstance(entry, Mapping) or "opInfo" not in entry:
             notes.append(f"{name!r}: no opInfo object; entry skipped")
             continue
-        if name in out:
+        info = entry["opInfo"]
+        if not isinstance(info, Mapping):
+            info = {}
+        fields, bad = {}, None
+        for key in ("functionName", "kernelSo", "opKernelLib", "userDefined"):
+            if key not in info:
+                if key in ("functionName", "kernelSo"):
+                    notes.append(f"{name!r}: opInfo.{key} missing")
+                fields[key] = ""
+            elif isinstance(info[key], str):
+                fields[key] = info[key]
+            else:
+                bad = key
+                break
+        if bad is not None:
+            notes.append(f"{name!r}: opInfo.{bad} is not a string; entry skipped")
+            continue
+        if name in out:  # an array cannot repeat an index, nor an object a key: kept for safety
             notes.append(f"{name!r}: already registered; duplicate skipped")
             continue
-        fields = {}
-        for key in ("opKernelLib", "kernelSo", "functionName"):
-            value = info.get(key)
-            if not isinstance(value, str) or not value:
-                notes.append(f"{name!r}: opInfo.{key} missing")
-                value = ""
-            fields[key] = value
         out[name] = OpInfo(
-            name,
-            fields["kernelSo"],
-            fields["functionName"],
-            fields["opKernelLib"],
-            str(info.get("userDefined")) == "True",
+            name, fields["kernelSo"], fields["functionName"], fields["opKernelLib"], fields["userDefined"] == "True"
         )
     return out
 
 
-def load_op_info(path: str | Path | Mapping[str, Any], warnings: list[str] | None = None) -> dict[str, OpInfo] | None:
-    """Loads an op-info JSON file (or an already parsed document); None if the file cannot be read
-    or is not a JSON object (``aclrtBinaryLoadFromFile`` then returns 107000)."""
-    if isinstance(path, Mapping):
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not JSON")
+
+
+def load_op_info(path: str | Path | Any, warnings: list[str] | None = None) -> dict[str, OpInfo] | None:
+    """Loads an op-info JSON file (or an already parsed document); None if the file cannot be read or
+    does not parse (``aclrtBinaryLoadFromFile`` then returns 107000).
+
+    Parsing is nlohmann's, as far as Python's ``json`` allows: a UTF-8 byte-order mark is skipped, and
+    ``NaN`` / ``Infinity`` (which Python would accept) are errors. Python's nesting limit (about 1,000
+    levels) is an error here although nlohmann has none: not modelled."""
+    if not isinstance(path, (str, Path)):
         return parse_op_info(path, warnings)
     try:  # unreadable, not UTF-8, not JSON, nested past Python's limit, or a 100k-digit number
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = json.loads(Path(path).read_text(encoding="utf-8-sig"), parse_constant=_no_constant)
     except (OSError, ValueError, TypeError, RecursionError):
         return None
     return parse_op_info(doc, warnings)

@@ -15,7 +15,17 @@ Modelled on hicann/hccl ``examples/04_custom_ops_p2p`` (``op_host/send.cc`` ``Hc
 
 As in the example, the two host thread handles live in the OpParam, which is filled only when the
 engine context is created: a second call with the same tag finds the context and passes handle 0,
-so its first thread record fails with ``HCCL_E_PTR``.
+so its first thread record fails with ``HCCL_E_PTR`` (hicann/hcomm
+``src/base_comm/primitives/api_c_adpt/cpu_primitives_c_adpt.cc`` ``HcommThreadNotifyRecordOnThread``:
+``CHK_PTR_NULL`` on the thread).
+
+Return codes, each from the example's own code (``inc/log.h`` macros) or the hcomm call it makes:
+NULL buffer, communicator or stream -> ``HCCL_E_PTR`` (``HcclSendCustom``, ``CHK_PTR_NULL``); any
+failing ACL call (``aclrtMemcpy`` of the context, the function lookup, the argument calls, the
+launch) -> ``HCCL_E_RUNTIME`` (``ACLCHECK``); a library that does not load ->
+``HCCL_E_OPEN_FILE_FAILURE`` (``op_host/load_kernel.cc`` ``LoadBinaryFromFile``); every HCCL / Hcomm
+call's own code is passed on unchanged (``CHK_RET``); the thread API's codes are those of
+:class:`~ascend_jax.aicpu.host.HostApi`, checked against hicann/hcomm there.
 """
 
 from __future__ import annotations
@@ -104,7 +114,9 @@ def _launch(host: HostApi, stream: int, param: np.ndarray, timeout: int) -> int:
     """``LaunchKernelWithAclrt``: load the op-info library once per host thread, record the AI CPU
     thread's notify, launch, wait on the host thread's notify."""
     binary = host.thread_local.get("hccl_custom_thread_binary")
-    if binary is None:  # LoadAICPUKernel: HCCL_E_OPEN_FILE_FAILURE when the library does not load
+    # LoadAICPUKernel (op_host/load_kernel.cc) runs before the first thread record, as here; the model
+    # passes the op-info document itself, not a path, so realpath's HCCL_E_INTERNAL cannot arise
+    if binary is None:  # LoadBinaryFromFile: HCCL_E_OPEN_FILE_FAILURE when aclrtBinaryLoadFromFile fails
         ret, binary = host.aclrt_binary_load_from_file(THREAD_P2P_OP_INFO)
         if ret:
             return int(HcclResult.E_OPEN_FILE_FAILURE)
