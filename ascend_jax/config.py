@@ -11,8 +11,9 @@ Values are checked when the record is made: a bad one raises
 :class:`~ascend_jax.errors.ConfigError` naming the field (``batch = 0: must be >= 1 ...``). The
 numeric bounds are defined once here (:data:`Batch`, :data:`Seed`, ...); the CLI's flags use them.
 
-A new setting that reaches an engine is one field here, one flag in ``cli/parser.py`` and its use
-in the engine (see :func:`ascend_jax.runner.run`).
+A new setting that reaches an engine is one field here (with its entry in
+:meth:`RunConfig.simulate_options`), one ``add_argument`` in ``cli/parser.py`` and its parameter in
+the engine; :func:`ascend_jax.runner.run` passes it on unchanged.
 """
 
 from __future__ import annotations
@@ -137,6 +138,21 @@ class RunConfig(StrictModel):
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied and checked (the fields given stay given)."""
         return RunConfig(**{**{k: getattr(self, k) for k in self.model_fields_set}, **changes})
+
+    def simulate_options(self) -> dict[str, Any]:
+        """The keyword arguments of the JAX engine's ``simulate`` that come straight from this
+        config (a new engine setting is a field above plus its entry here)."""
+        return {
+            "schedule": self.schedule.value,
+            "seeds": self.seeds,
+            "atomic_order": self.atomic_order.value,
+            "chunk_size": self.chunk,
+            "devices": self.devices,
+        }
+
+    def reference_options(self, lane: int = 0) -> dict[str, Any]:
+        """The keyword arguments of ``run_reference`` for lane ``lane`` of this config."""
+        return {"schedule": self.schedule.value, "seed": self.seed + lane}
 
     @property
     def seeds(self) -> list[int]:

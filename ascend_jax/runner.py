@@ -26,10 +26,15 @@ import enum
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ascend_jax.config import AtomicOrder, Engine, RunConfig, Schedule
 from ascend_jax.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ascend_jax.config import Engine, RunConfig
+
+# ascend_jax.config (pydantic) is imported where a config is made or resolved: the CLI reads the
+# budgets below for `--help` without it.
 
 #: Work budget of one run in the reference interpreter, AIV ops x lanes: about a minute at the
 #: ~8,000 ops/s measured for attention_grad's matmul and vector ops on one CPU core (protocol-only
@@ -55,6 +60,8 @@ def resolve_engine(config: RunConfig, comm: bool = False) -> Engine:
     JAX. A random schedule's lanes replay only in the engine that drew them, and a random atomic
     order, ``chunk`` or ``devices`` exist only in JAX (for a comm program ``chunk`` only sizes a
     batch, so it does not choose)."""
+    from ascend_jax.config import AtomicOrder, Engine, Schedule
+
     if config.engine != Engine.AUTO:
         return config.engine
     jax_only = not comm and (
@@ -67,7 +74,7 @@ def resolve_engine(config: RunConfig, comm: bool = False) -> Engine:
 def check_work(ops: int, lanes: int, engine: str, allow_large: bool, how: str) -> None:
     """Refuses (:class:`ConfigError`) a run whose work estimate, AIV ops x lanes, is over the
     engine's budget (:data:`REFERENCE_MAX_WORK`, :data:`JAX_MAX_WORK`) unless ``allow_large``."""
-    limit = REFERENCE_MAX_WORK if engine == Engine.REFERENCE else JAX_MAX_WORK
+    limit = REFERENCE_MAX_WORK if engine == "reference" else JAX_MAX_WORK
     work = ops * lanes
     if work > limit and not allow_large:
         raise ConfigError(
@@ -93,14 +100,16 @@ class RunPlan:
       program: the program, with the config's overrides applied.
       config: the settings as given.
       engine: the engine that runs (``auto`` resolved).
-      lanes: a comm batch's programs, one per lane (lane 0 is ``program``); ``(program,)`` otherwise.
+      lanes: a comm batch's programs, one per lane (lane 0 is ``program``), or a function that builds
+        lane ``i``'s program from its seed (called by :func:`execute` for lanes 1..); ``(program,)``
+        for a cube-group run.
       expected: the model's own float64 numpy answer (a function of the program), or None.
     """
 
     program: Any
     config: RunConfig
     engine: Engine
-    lanes: tuple[Any, ...]
+    lanes: tuple[Any, ...] | Callable[[int], Any]
     expected: Callable[[Any], dict[str, Any]] | None = None
 
     @property
@@ -227,7 +236,7 @@ def prepare(
     config: RunConfig | None = None,
     *,
     expected: Callable[[Any], dict[str, Any]] | None = None,
-    lanes: Sequence[Any] | None = None,
+    lanes: Sequence[Any] | Callable[[int], Any] | None = None,
 ) -> RunPlan:
     """Checks a run of ``program`` under ``config`` without running it (see the module docstring).
 
@@ -237,11 +246,14 @@ def prepare(
       expected: a model's float64 numpy answer, ``expected(program) -> {tensor: array}``; the
         numerics report then checks the run against it too.
       lanes: a comm batch's programs, one per lane, lane 0 first (a model builds each lane with its
-        own seed); default: ``program`` in every lane.
+        own seed), or a function ``seed -> program`` that builds lanes 1.. when the run starts;
+        default: ``program`` in every lane.
 
     Raises:
       ConfigError: a setting does not apply, or the run is over its work budget.
     """
+    from ascend_jax.config import AtomicOrder, Engine, RunConfig
+
     config = RunConfig() if config is None else config
     if is_comm(program):
         given = [k for k in COMM_UNSUPPORTED_FIELDS if k in config.model_fields_set]
@@ -249,10 +261,13 @@ def prepare(
             flag, value = _flag(given[0]), getattr(config, given[0])
             raise ConfigError(flag, value.value if isinstance(value, enum.Enum) else value, f"does not apply to comm model {program.name!r}",
                               f"leave {flag} out")  # fmt: skip
-        lanes = tuple(lanes) if lanes is not None else (program,) * config.batch
-        if len(lanes) != config.batch or lanes[0] is not program:
-            raise ConfigError("lanes", f"{len(lanes)} programs", f"must be {config.batch} (batch), lane 0 the program",
-                              "pass one program per lane, or none")  # fmt: skip
+        if lanes is None:
+            lanes = (program,) * config.batch
+        elif not callable(lanes):
+            lanes = tuple(lanes)
+            if len(lanes) != config.batch or lanes[0] is not program:
+                raise ConfigError("lanes", f"{len(lanes)} programs", f"must be {config.batch} (batch), lane 0 the "
+                                  "program", "pass one program per lane, or none")  # fmt: skip
         elements = sum(int(x.size) for x in getattr(getattr(program, "world", None), "inputs", None) or [])
         if config.batch * elements > COMM_MAX_WORK and not config.allow_large:
             raise ConfigError(
@@ -262,7 +277,7 @@ def prepare(
             )  # fmt: skip
         return RunPlan(program, config, resolve_engine(config, comm=True), lanes, expected)
     if lanes is not None:
-        raise ConfigError("lanes", f"{len(lanes)} programs", "apply to comm programs only",
+        raise ConfigError("lanes", type(lanes).__name__, "apply to comm programs only",
                           "give a cube-group program's lanes by --batch / seeds")  # fmt: skip
     engine = resolve_engine(config)
     program = _overridden(program, config.build, config.max_steps)
@@ -297,7 +312,7 @@ def run(
     config: RunConfig | None = None,
     *,
     expected: Callable[[Any], dict[str, Any]] | None = None,
-    lanes: Sequence[Any] | None = None,
+    lanes: Sequence[Any] | Callable[[int], Any] | None = None,
     progress: Callable[..., Any] | None = None,
 ) -> RunResult:
     """Runs ``program`` (cube-group or comm) as ``config`` says: :func:`prepare`, then :func:`execute`.
@@ -318,6 +333,7 @@ def run(
 
 
 def _execute_cube(plan: RunPlan, progress: Callable[..., Any] | None, compile_cache: bool) -> RunResult:
+    from ascend_jax.config import Engine
     from ascend_jax.cube_group.vector import has_vector_ops
     from ascend_jax.numerics import add_numpy_checks, numerics_report
 
@@ -333,8 +349,8 @@ def _execute_cube(plan: RunPlan, progress: Callable[..., Any] | None, compile_ca
         what = f"running {lanes} of {program.name} in the reference interpreter ({schedule})"
         with activity(what, delay=2.0, total=config.batch if config.batch > 1 else None) as act:
             results: Any = []
-            for s in seeds:
-                results.append(run_reference(program, schedule=schedule, seed=s))
+            for lane in range(config.batch):
+                results.append(run_reference(program, **config.reference_options(lane)))
                 act.advance()
     else:
         from ascend_jax.cube_group.engine import simulate  # imports JAX: only when the JAX engine runs
@@ -350,15 +366,7 @@ def _execute_cube(plan: RunPlan, progress: Callable[..., Any] | None, compile_ca
                 )
         what = f"compiling and running {lanes} of {program.name} in the JAX engine ({schedule})"
         with activity(what, delay=2.0, live=False):  # the engine draws its bar over chunks
-            results = simulate(
-                [program] * config.batch,
-                schedule=schedule,
-                seeds=seeds,
-                atomic_order=config.atomic_order.value,
-                chunk_size=config.chunk,
-                devices=config.devices,
-                progress=progress is not None,
-            )
+            results = simulate([program] * config.batch, progress=progress is not None, **config.simulate_options())
     elapsed = time.perf_counter() - t0
     report = None
     if any(m is not None for m in program.matmuls) or has_vector_ops(program):
@@ -372,8 +380,11 @@ def _execute_cube(plan: RunPlan, progress: Callable[..., Any] | None, compile_ca
 def _execute_comm(plan: RunPlan, activity: Callable[..., Any]) -> RunResult:
     from ascend_jax.aicpu.models import comm_numerics
     from ascend_jax.aicpu.reference import run_comm_reference
+    from ascend_jax.config import Engine
 
     program, config, engine, lanes = plan.program, plan.config, plan.engine, plan.lanes
+    if callable(lanes):  # a model builds each lane with its own seed
+        lanes = (program, *(lanes(s) for s in config.seeds[1:]))
     max_steps = config.max_steps
     if max_steps is not None and all(p.max_steps == max_steps for p in lanes):
         max_steps = None  # already the programs' own bound (the CLI builds them with it)
