@@ -29,10 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from ascend_jax.cube_group.callbacks import NO_WAIT
-from ascend_jax.cube_group.matmul import empty_tile, tile_inside
+from ascend_jax.cube_group.matmul import empty_tile
 from ascend_jax.cube_group.status import CALL
 from ascend_jax.cube_group.vector import BROADCAST, REDUCE
 from ascend_jax.message import FREE
@@ -77,7 +75,6 @@ class Observer:
         self._current: dict[int, tuple[int, tuple[str, int, str] | None]] = {}  # AIC core -> (msg #, origin)
         self._parts: dict[int, int] = {}  # AIC core -> IterateAlls of the current call so far
         self._synced: set[tuple[str, int]] = set()
-        self._bounds = np.asarray(program.gm.bounds(), np.int64).reshape(-1, 2)
 
     # -- AIV -------------------------------------------------------------------------------
     def aiv_act(self, proto: Any, aiv: Any, op: Any) -> None:
@@ -160,6 +157,14 @@ class Observer:
         elif act[0] == "matmul":
             self._matmul(aic, act[1])
 
+    def _inside(self, addr: int, rows: int, cols: int, stride: int, trans: bool, itemsize: int) -> bool:
+        """Whether a tile lies in one tensor (``matmul.tile_inside``'s rule, on Python ints)."""
+        runs, per = (cols, rows) if trans else (rows, cols)
+        if addr < 0 or (runs > 1 and stride < 0):
+            return False
+        t = self.log.owner(addr)
+        return t is not None and addr + ((runs - 1) * stride + per) * itemsize <= t.end
+
     def _matmul(self, aic: Any, d: dict) -> None:
         core = f"aic{aic.core}"
         n_msg, origin = self._current.get(aic.core, (-1, None))
@@ -180,7 +185,7 @@ class Observer:
         post = (origin[0], origin[1]) if origin is not None else ("?", -1)
         src = origin[2] if origin is not None else ""
         sites = {name: Site(core, n_msg, f"matmul.{name}", src, post, part) for name, *_ in operands}
-        bad = [o for o in operands if not bool(tile_inside(self._bounds, o[2], o[3], o[4], o[5], o[6], o[7]))]
+        bad = [o for o in operands if not self._inside(*o[2:])]
         if bad:  # the engines stop this AIC and write nothing of the tile
             name, kind, addr, rows, cols, stride, trans, isz = bad[0]
             runs, per = (cols, rows) if trans else (rows, cols)
