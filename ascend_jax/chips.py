@@ -1,11 +1,12 @@
 """Chip descriptions: core counts, clocks, buffer sizes and memory rates; CANN platform INI loader.
 
-Presets for Ascend 910B1..B4. Core counts and UB size follow the spec (§10, S15); the clock, L2
-size and ``[AICoreMemoryRates]`` values are public notes quoting CANN's
-``platform_config/Ascend910B*.ini`` and are **unconfirmed here** (910B1: cube_freq 1850 MHz,
-l2_read_rate 110 / l2_write_rate 86 B/cycle/core; 910B4: cube_freq 1500 MHz, ddr_rate 32). Load
-the INI of your CANN installation with :func:`load_platform_ini` for authoritative numbers; every
-rate is also a calibratable parameter of the cost model.
+Presets for Ascend 910B1..B4 (Atlas A2) and every Ascend 950PR / 950DT bin. Every number is the
+public platform INI's, as published in hicann/runtime (commit 681ef76, ``src/platform/
+platform_config/cann/Ascend910B<n>.ini`` and ``cann-dev/Ascend950{PR,DT}_<bin>.ini``): ``[SoCInfo]``
+core counts, L2 and memory size, ``[AICoreSpec]`` clock and buffer sizes, ``[AICoreMemoryRates]``
+and ``[DtypeMKN]``. A preset equals what :func:`load_platform_ini` reads from that file. Load the INI
+of your CANN installation the same way if it differs; every rate is also a calibratable parameter
+of the cost model.
 """
 
 from __future__ import annotations
@@ -74,15 +75,146 @@ class ChipSpec:
         return cycles / self.cube_freq_mhz
 
 
-_B4_RATES = {"ddr_rate": 32.0, "l2_read_rate": 110.0, "l2_write_rate": 86.0}
-CHIPS: dict[str, ChipSpec] = {
-    "910B1": ChipSpec("Ascend910B1", 24, 48),
-    "910B2": ChipSpec("Ascend910B2", 24, 48),
-    "910B3": ChipSpec("Ascend910B3", 20, 40, cube_freq_mhz=1800.0),
-    "910B4": ChipSpec(
-        "Ascend910B4", 20, 40, cube_freq_mhz=1500.0, l2_size=96 * 2**20, memory_size=32 * 2**30, memory_rates=_B4_RATES
-    ),  # fmt: skip
+#: ``[AICoreMemoryRates]`` and ``[DtypeMKN]`` of every 910B INI (the four files agree); the cost
+#: model reads ``ddr_rate`` only (:mod:`ascend_jax.timing`).
+A2_RATES = {
+    "ddr_rate": 32.0,
+    "ddr_read_rate": 32.0,
+    "ddr_write_rate": 32.0,
+    "l2_rate": 110.0,
+    "l2_read_rate": 110.0,
+    "l2_write_rate": 86.0,
+    "l1_to_l0_a_rate": 512.0,
+    "l1_to_l0_b_rate": 256.0,
+    "l1_to_ub_rate": 128.0,
+    "l0_c_to_ub_rate": 256.0,
+    "ub_to_l2_rate": 64.0,
+    "ub_to_ddr_rate": 64.0,
+    "ub_to_l1_rate": 128.0,
 }
+A2_DTYPE_MKN = {
+    "default": (16, 16, 16),
+    "int8": (16, 32, 16),
+    "uint8": (16, 32, 16),
+    "int4": (16, 64, 16),
+    "int2": (16, 128, 16),
+    "uint2": (16, 128, 16),
+    "uint1": (16, 256, 16),
+}
+
+
+def _a2(name: str, aic: int, freq: float, **kw: Any) -> ChipSpec:
+    return ChipSpec(
+        f"Ascend{name}",
+        aic,
+        2 * aic,
+        cube_freq_mhz=freq,
+        memory_rates=dict(A2_RATES),
+        dtype_mkn=dict(A2_DTYPE_MKN),
+        **kw,
+    )
+
+
+#: Atlas A2 (hicann/runtime ``platform_config/cann/Ascend910B<n>.ini``): UB 192 KiB, L0A / L0B 64 KiB,
+#: L0C 128 KiB, L1 512 KiB, L2 192 MiB (910B4: 96 MiB), memory 64 GiB (910B4: 32 GiB). 910B2 runs at
+#: 1800 MHz (``cube_freq=1800``), not 910B1's 1850.
+CHIPS: dict[str, ChipSpec] = {
+    "910B1": _a2("910B1", 24, 1850.0),
+    "910B2": _a2("910B2", 24, 1800.0),
+    "910B3": _a2("910B3", 20, 1800.0),
+    "910B4": _a2("910B4", 20, 1500.0, l2_size=96 * 2**20, memory_size=32 * 2**30),
+}
+
+#: Ascend 950PR / 950DT bins, from hicann/runtime ``src/platform/platform_config/cann-dev/
+#: Ascend950{PR,DT}_<bin>.ini`` (commit 681ef76): bin -> (``cube_core_cnt``, ``cube_freq`` MHz,
+#: ``l2_size``, ``memory_size``, ``[AICoreMemoryRates] ddr_rate``). What every bin shares is below.
+A950_BINS: dict[str, tuple[int, int, int, int, int]] = {
+    "950DT_950x": (8, 1650, 33554432, 25769803776, 19),
+    "950DT_950y": (8, 1650, 33554432, 17179869184, 14),
+    "950DT_9571": (28, 1650, 134217728, 154618822656, 80),
+    "950DT_9572": (28, 1650, 134217728, 103079215104, 80),
+    "950DT_9573": (28, 1650, 117440512, 135291569824, 70),
+    "950DT_9574": (28, 1650, 117440512, 90194313216, 70),
+    "950DT_9575": (28, 1650, 134217728, 103079215104, 61),
+    "950DT_9576": (28, 1650, 134217728, 68719476736, 61),
+    "950DT_9577": (28, 1650, 117440512, 90194313216, 54),
+    "950DT_9578": (28, 1650, 117440512, 60129542144, 54),
+    "950DT_9581": (32, 1650, 134217728, 154618822656, 80),
+    "950DT_9581x": (32, 1650, 134217728, 154618822656, 80),
+    "950DT_9582": (32, 1650, 134217728, 103079215104, 80),
+    "950DT_9582x": (32, 1650, 134217728, 103079215104, 80),
+    "950DT_9583": (32, 1650, 117440512, 135291469824, 70),
+    "950DT_9584": (32, 1650, 117440512, 90194313216, 70),
+    "950DT_9585": (32, 1650, 134217728, 103079215104, 61),
+    "950DT_9586": (32, 1650, 134217728, 68719476736, 61),
+    "950DT_9587": (32, 1650, 117440512, 90194313216, 54),
+    "950DT_9588": (32, 1650, 117440512, 60129542144, 54),
+    "950DT_9591": (36, 1800, 134217728, 154618822656, 80),
+    "950DT_9592": (36, 1800, 134217728, 103079215104, 80),
+    "950DT_9595": (36, 1800, 134217728, 103079215104, 61),
+    "950DT_9596": (36, 1800, 134217728, 68719476736, 61),
+    "950DT_95A1": (36, 1800, 134217728, 154618822656, 80),
+    "950DT_95A2": (36, 1800, 134217728, 103079215104, 80),
+    "950PR_950z": (4, 1650, 16777216, 25769803776, 4),
+    "950PR_9579": (28, 1650, 134217728, 137438953472, 31),
+    "950PR_957b": (28, 1650, 117440512, 120259084288, 27),
+    "950PR_957bx": (28, 1650, 117440512, 120259084288, 27),
+    "950PR_957c": (28, 1650, 117440512, 90194313216, 27),
+    "950PR_957d": (28, 1650, 100663296, 103079215104, 23),
+    "950PR_9589": (32, 1650, 134217728, 137438953472, 31),
+    "950PR_958b": (32, 1650, 117440512, 120259084288, 27),
+    "950PR_9599": (36, 1800, 134217728, 137438953472, 31),
+}
+#: Shared by every 950 bin's INI: ``vector_core_cnt`` = 2 x ``cube_core_cnt``; ``ub_size`` 253952
+#: (248 KiB); L0A / L0B 64 KiB, L0C 256 KiB, L1 512 KiB; these ``[AICoreMemoryRates]`` beside the
+#: bin's ``ddr_rate`` (also its ``ddr_read_rate`` / ``ddr_write_rate``); and this ``[DtypeMKN]``.
+A950_RATES = {
+    "l2_rate": 100.0,
+    "l2_read_rate": 100.0,
+    "l2_write_rate": 100.0,
+    "l1_to_l0_a_rate": 256.0,
+    "l1_to_l0_b_rate": 256.0,
+    "l1_to_ub_rate": 128.0,
+    "l0_c_to_ub_rate": 128.0,
+    "ub_to_l2_rate": 128.0,
+    "ub_to_ddr_rate": 128.0,
+    "ub_to_l1_rate": 128.0,
+}
+A950_DTYPE_MKN = {
+    "default": (16, 16, 16),
+    "float8_e4m3fn": (16, 32, 16),
+    "hifloat8": (16, 32, 16),
+    "hifloat4": (16, 64, 16),
+    "float4_e2m1": (16, 64, 16),
+    "float4_e1m2": (16, 64, 16),
+    "int8": (16, 32, 16),
+    "uint8": (16, 32, 16),
+    "int4": (16, 64, 16),
+    "int2": (16, 128, 16),
+    "uint2": (16, 128, 16),
+    "uint1": (16, 256, 16),
+    "float": (16, 8, 16),
+    "int32": (16, 8, 16),
+}
+
+
+def _a950(name: str, aic: int, freq: int, l2: int, memory: int, ddr: int) -> ChipSpec:
+    rates = {"ddr_rate": float(ddr), "ddr_read_rate": float(ddr), "ddr_write_rate": float(ddr), **A950_RATES}
+    return ChipSpec(
+        f"Ascend{name}",
+        aic,
+        2 * aic,
+        ub_size=253952,
+        cube_freq_mhz=float(freq),
+        l0c_size=262144,
+        l2_size=l2,
+        memory_size=memory,
+        memory_rates=rates,
+        dtype_mkn=dict(A950_DTYPE_MKN),
+    )
+
+
+CHIPS.update({name: _a950(name, *numbers) for name, numbers in A950_BINS.items()})
 
 
 #: Chips ``CreateCubeResGroup`` is not documented for, with the reason (a name is matched on its
@@ -94,12 +226,10 @@ REFUSED_CHIPS: dict[str, str] = {
     "a3": "Atlas A3: the CreateCubeResGroup API page does not list Atlas A3 among the supported products",
 }
 
-#: Ascend 950 parts: CreateCubeResGroup is documented for them and their handle code (asc-devkit
-#: ``dav_3510``) is the same as Atlas A2's, but this project has found no public platform numbers
-#: (core counts, UB size, clock) it could cite, so there is no preset: load the part's CANN
-#: ``platform_config/Ascend950PR_xxxx.ini`` / ``Ascend950DT_xxxx.ini`` instead. The bins differ in
-#: core counts, so a number copied from one would be wrong for another.
-NO_PUBLIC_NUMBERS = ("950pr", "950dt", "950")
+#: Ascend 950: CreateCubeResGroup is documented for it and its handle code (asc-devkit ``dav_3510``)
+#: is the same as Atlas A2's. Only a bin has numbers (4..36 AICs, 1650 or 1800 MHz): a family name
+#: such as ``950PR`` is refused with the list of bins.
+A950_PREFIXES = ("950pr", "950dt", "950")
 
 
 def get_chip(name: str | ChipSpec, field: str = "chip") -> ChipSpec:
@@ -107,27 +237,39 @@ def get_chip(name: str | ChipSpec, field: str = "chip") -> ChipSpec:
 
     Raises:
       ConfigError: an unknown name; Atlas A3 (:data:`REFUSED_CHIPS`: no CreateCubeResGroup there);
-        an Ascend 950 name without an INI (:data:`NO_PUBLIC_NUMBERS`).
+        an Ascend 950 name that is no bin (``950PR``, ``950DT_9500``: :data:`A950_BINS` lists them).
     """
     if isinstance(name, ChipSpec):
         return name
     if isinstance(name, (str, Path)) and str(name).endswith(".ini"):
         return load_platform_ini(name, field)
     key = name.removeprefix("Ascend") if isinstance(name, str) else name
-    low = key.lower() if isinstance(key, str) else ""
+    low = key.lower().removeprefix("ascend") if isinstance(key, str) else ""
     for prefix, why in REFUSED_CHIPS.items():
         if low.startswith(prefix):
-            raise ConfigError(field, name, f"is refused: {why}", f"use a 910B preset ({', '.join(sorted(CHIPS))})")
-    if any(low.startswith(p) for p in NO_PUBLIC_NUMBERS):
+            raise ConfigError(
+                field, name, f"is refused: {why}", "use an Atlas A2 preset (910B1..910B4) or an Ascend 950 bin"
+            )
+    if key not in CHIPS and any(low.startswith(p) for p in A950_PREFIXES):
+        family = "950DT" if low.startswith("950dt") else "950PR" if low.startswith("950pr") else "950"
+        bins = [b for b in A950_BINS if b.lower().startswith(family.lower())]
+        match = [b for b in A950_BINS if b.lower() == low]
         raise ConfigError(
             field,
             name,
-            "Ascend 950PR/950DT support CreateCubeResGroup, but no public core counts, UB size or clock were "
-            "found to build a preset from",
-            "pass your CANN platform_config .ini for that part (chip = 'path/Ascend950PR_xxxx.ini')",
+            f"is no Ascend {family} bin with a preset: the bins differ in core count (4..36 AICs) and clock, "
+            "so the family name has no numbers",
+            f"use {match[0]!r} (the spelling is case-sensitive)"
+            if match
+            else f"name a bin: {', '.join(bins)}; or pass the part's CANN platform_config .ini",
         )
     if key not in CHIPS:
-        raise ConfigError(field, name, f"unknown chip; presets are {sorted(CHIPS)} (or a platform_config .ini path)")
+        raise ConfigError(
+            field,
+            name,
+            f"unknown chip; presets are 910B1..910B4 and {len(A950_BINS)} Ascend 950 bins such as 950PR_9599 "
+            "(ascend_jax.chips.A950_BINS lists them), or a platform_config .ini path",
+        )
     return CHIPS[key]
 
 

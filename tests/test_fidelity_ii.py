@@ -273,10 +273,51 @@ def test_atlas_a3_is_refused_with_the_reason():
         with pytest.raises(ConfigError, match="does not list Atlas A3") as e:
             aj.CubeGroupKernel(chip=name)
         assert e.value.field == "chip"
-    for name in ("Ascend950PR", "950DT_9582"):  # no public numbers to build a preset from: an INI is asked for
-        with pytest.raises(ConfigError, match=r"platform_config \.ini"):
-            aj.CubeGroupKernel(chip=name)
     assert aj.CubeGroupKernel(chip="Ascend910B2").chip.aiv_num == 48
+
+
+def test_ascend_950_bins_are_presets_from_the_public_platform_ini():
+    # hicann/runtime src/platform/platform_config/cann-dev/Ascend950PR_9599.ini (commit 681ef76):
+    # [SoCInfo] cube_core_cnt=36, vector_core_cnt=72; [AICoreSpec] cube_freq=1800, ub_size=253952,
+    # l0_c_size=262144, l1_size=524288; [AICoreMemoryRates] ddr_rate=31. Ascend950DT_9571.ini: 28 AICs,
+    # 1650 MHz, ddr_rate=80. Ascend950PR_950z.ini: 4 AICs.
+    import pytest
+
+    from ascend_jax.chips import A950_BINS
+    from ascend_jax.errors import ConfigError
+
+    pr = aj.CubeGroupKernel(chip="Ascend950PR_9599").chip
+    assert (pr.name, pr.aic_num, pr.aiv_num, pr.cube_freq_mhz) == ("Ascend950PR_9599", 36, 72, 1800.0)
+    assert (pr.ub_size, pr.l0c_size, pr.l1_size, pr.rate("ddr_rate")) == (253952, 262144, 524288, 31.0)
+    dt = aj.get_chip("950DT_9571")
+    assert (dt.aic_num, dt.aiv_num, dt.cube_freq_mhz, dt.rate("ddr_rate")) == (28, 56, 1650.0, 80.0)
+    assert aj.get_chip("950PR_950z").aiv_num == 8
+    assert len(A950_BINS) == 35 and all(aj.get_chip(b).aiv_num == 2 * aj.get_chip(b).aic_num for b in A950_BINS)
+    # a family name has no numbers: the bins differ (4..36 AICs); the error lists them
+    for name, hint in (("Ascend950PR", "950PR_9599"), ("950DT", "950DT_9571"), ("950", "950PR_9589")):
+        with pytest.raises(ConfigError, match=hint) as e:
+            aj.CubeGroupKernel(chip=name)
+        assert e.value.field == "chip" and "no Ascend" in e.value.rule
+    with pytest.raises(ConfigError, match="'950PR_9599'"):  # the spelling is case-sensitive
+        aj.get_chip("ascend950pr_9599")
+    # a 950 group obeys the same API-page limits against its own counts: 4 AICs, 8 AIVs
+    k = aj.CubeGroupKernel(chip="950PR_950z")
+    with pytest.raises(ConfigError, match="AIV count"):
+        k.create_cube_res_group("g", 0, 2, 9, "free")
+    k.create_cube_res_group("g", 0, 8, 8, "free")
+
+
+def test_910b_presets_are_the_public_platform_ini():
+    # hicann/runtime src/platform/platform_config/cann/Ascend910B<n>.ini: cube_freq 1850 / 1800 / 1800 /
+    # 1500 MHz, 24 / 24 / 20 / 20 AICs, ddr_rate=32, l2_size 192 MiB (910B4: 96 MiB)
+    got = {n: (c.aic_num, c.aiv_num, c.cube_freq_mhz, c.l2_size >> 20) for n, c in aj.CHIPS.items() if "910B" in n}
+    assert got == {
+        "910B1": (24, 48, 1850.0, 192),
+        "910B2": (24, 48, 1800.0, 192),
+        "910B3": (20, 40, 1800.0, 192),
+        "910B4": (20, 40, 1500.0, 96),
+    }
+    assert all(aj.CHIPS[n].rate("ddr_rate") == 32.0 for n in got)
 
 
 # -- 24.5: merge frees as the seed does -----------------------------------------------------------------
