@@ -2,7 +2,7 @@
 
 Pure Python, no JAX and no numpy in the loop, one action at a time, written for speed. It runs a
 compiled :class:`ascend_jax.CubeGroupProgram` in the lockstep schedule with the same step semantics
-as the project's engines (``ascend_jax/cube_group/reference.py``, ``ReferenceInterpreter.step``),
+as the project's engines (``ascend_jax/cube_group/reference/``, ``ReferenceInterpreter.step``),
 so step counts, statuses and received logs agree:
 
 * each step, every AIV whose next action is enabled performs it (enabledness judged on the state
