@@ -58,11 +58,31 @@ def test_run_and_the_cli_give_the_same_json(capsys, model, engine, batch):
     program, expected, _ = load_model(model, config.seed)
     lanes = None
     if is_comm(program) and batch > 1:  # a comm model builds each lane with its own seed
-        lanes = [program] + [load_model(model, s)[0] for s in config.seeds[1:]]
+        lanes = lambda seed: load_model(model, seed)[0]  # noqa: E731
     result = aj.run(program, config, expected=expected, lanes=lanes)
     assert result.engine == engine
     assert _api_json(result) == cli
     assert (code == 0) == result.ok
+
+
+def test_comm_lanes_as_a_list_or_a_builder_give_the_same_batch():
+    config = RunConfig(batch=3, seed=5, engine="reference")
+    program, expected, _ = load_model("allreduce", 5)
+    listed = aj.run(
+        program, config, expected=expected, lanes=[program] + [load_model("allreduce", s)[0] for s in (6, 7)]
+    )
+    built = aj.run(program, config, expected=expected, lanes=lambda seed: load_model("allreduce", seed)[0])
+    assert _api_json(listed) == _api_json(built) and [row["seed"] for row in listed.batch_json()] == [5, 6, 7]
+    with pytest.raises(ConfigError, match="lanes"):
+        aj.run(program, config, lanes=[program])
+
+
+def test_every_run_config_field_is_a_run_flag_of_the_same_name():
+    from ascend_jax.cli import _parser
+
+    sub = next(a for a in _parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    flags = {a.dest for a in sub.choices["run"]._actions}
+    assert set(RunConfig.model_fields) <= flags  # cli/parser.py's run_config reads each field's flag by name
 
 
 # -- the auto engine rule ---------------------------------------------------------------------------

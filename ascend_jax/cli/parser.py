@@ -190,8 +190,8 @@ def validate_run_args(args: argparse.Namespace) -> Any:
 
 def run_config(args: argparse.Namespace) -> Any:
     """The :class:`~ascend_jax.config.RunConfig` of the ``run`` flags: every field whose flag was
-    given (``--atomic-order`` sets ``atomic_order``), so ``model_fields_set`` says which were. ``--build debug`` gives no warning here: the
-    CLI prints its own note."""
+    given (``--atomic-order`` sets ``atomic_order``), so ``model_fields_set`` says which were.
+    ``--build debug`` gives no warning here: the CLI prints its own note."""
     import warnings
 
     from ascend_jax.config import RunConfig
