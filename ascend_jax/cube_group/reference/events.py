@@ -6,7 +6,7 @@
      "dur": float, "args": {...}}
 
 ``ts`` / ``dur`` are cycles under the ``timed`` schedule, steps otherwise. ``name`` is the action
-(alloc, post, fake, quit, wait, delay, vector, barrier, receive, call, free, matmul), ``blocked`` (a
+(alloc, post, fake, quit, wait, delay, vector, barrier, sync_all, receive, call, free, matmul), ``blocked`` (a
 timed core spinning before an action), ``error`` or ``occupancy`` (``args["level"]``: the non-FREE
 slots of ``args["queue"]`` at the end of an action). A receive adds ``"from"``: the index of the
 event that wrote the head it read (-1: none).
@@ -84,6 +84,9 @@ class EventRecorder:
         if kind in (CALL.ARRIVE, CALL.BARRIER_WAIT):
             args = {"op": kind.replace("barrier_", ""), "barrier": self.p.barriers[op.group].name, "index": op.index}
             self.event(core, None, "barrier", args)
+            return
+        if kind == CALL.SYNC_ALL:  # not a group's: every AIV (and, aiv_only False, every AIC) meets here
+            self.event(core, None, kind, {"aiv_only": bool(op.aiv_only)})
             return
         gi = op.group
         if kind == CALL.ALLOC:  # the ring slot it takes
