@@ -84,7 +84,8 @@ def test_thread_acquire_checks_engine_count_and_notifies():
 
 def test_a_stream_made_a_thread_twice_is_the_same_thread_topped_up():
     # thread_manager.cc ThreadMgr::HcclThreadAcquireWithStream: mainThread_ per stream; a second call
-    # returns it and SupplementNotify adds only what is missing, before the engine is checked
+    # returns it and supplements only the missing notifies, whatever the engine;
+    # hcomm_thread_c_adpt.cc HcommThreadAllocWithStream: a new one only for CPU / CPU_TS
     w, h = _host()
     _, s = h.aclrt_create_stream()
     ret, t = h.hccl_thread_acquire_with_stream("c", int(CommEngine.CPU_TS), s, 1)
@@ -93,9 +94,10 @@ def test_a_stream_made_a_thread_twice_is_the_same_thread_topped_up():
     assert len(w.queues[w.threads[t]].notifies) == 3
     assert h.hccl_thread_acquire_with_stream("c", int(CommEngine.AICPU_TS), s, 2) == (0, t)  # found first
     assert len(w.queues[w.threads[t]].notifies) == 3
-    # CPU and CCU are host engines too (threads/thread.cc CommHostEngineToNotifyLoadType)
     _, s2 = h.aclrt_create_stream()
     assert h.hccl_thread_acquire_with_stream("c", int(CommEngine.CPU), s2, 1)[0] == 0
+    _, s3 = h.aclrt_create_stream()
+    assert h.hccl_thread_acquire_with_stream("c", int(CommEngine.CCU), s3, 1)[0] == int(HcclResult.E_PARA)
     # another communicator has its own ThreadMgr: a thread of its own for the same stream
     w.init_comm("d")
     ret, t2 = h.hccl_thread_acquire_with_stream("d", int(CommEngine.CPU_TS), s, 1)
@@ -104,10 +106,11 @@ def test_a_stream_made_a_thread_twice_is_the_same_thread_topped_up():
 
 def test_export_codes_and_handles():
     # thread_c_adpt.cc HcclThreadExportToCommEngine (threadNum 0 or > MAX_EXPORT_THREAD_NUM = 40,
-    # IsValidCommEngine); thread_manager.cc HcclThreadExportToCommEngine (AIV: E_PARA),
-    # ThreadExportToCommEngineCpu and GetExportedThread (a thread unknown on that side: E_PARA)
+    # IsValidCommEngine); hcomm_thread_c_adpt.cc HcommThreadExportToCommEngine (AIV: E_PARA; towards
+    # the host LookupD2HHandle, towards the AI CPU LookupThreadByHandle + FindThreadByCommEngine; a
+    # handle not found: HCCL_E_NOT_FOUND; the maps are process-wide, not per communicator)
     w, h = _host()
-    para = int(HcclResult.E_PARA)
+    para, missing = int(HcclResult.E_PARA), int(HcclResult.E_NOT_FOUND)
     _, s = h.aclrt_create_stream()
     _, cpu = h.hccl_thread_acquire_with_stream("c", int(CommEngine.CPU_TS), s, 1)
     _, (aicpu,) = h.hccl_thread_acquire("c", int(CommEngine.AICPU_TS), 1, 1)
@@ -116,16 +119,16 @@ def test_export_codes_and_handles():
     assert h.hccl_thread_export_to_comm_engine("c", 41, [cpu] * 41, ts)[0] == para
     assert h.hccl_thread_export_to_comm_engine("c", 1, [cpu], int(CommEngine.AIV))[0] == para
     assert h.hccl_thread_export_to_comm_engine("c", 1, [cpu], 17)[0] == para
-    assert h.hccl_thread_export_to_comm_engine("c", 1, [0], ts)[0] == para  # no such thread
-    assert h.hccl_thread_export_to_comm_engine("c", 1, [aicpu], ts)[0] == para  # already an AI CPU handle
-    assert h.hccl_thread_export_to_comm_engine("c", 1, [cpu], int(CommEngine.CPU_TS))[0] == para
+    assert h.hccl_thread_export_to_comm_engine("c", 1, [0], ts)[0] == missing  # no such thread
+    assert h.hccl_thread_export_to_comm_engine("c", 1, [cpu], int(CommEngine.CPU_TS))[0] == missing  # host -> host
+    assert h.hccl_thread_export_to_comm_engine("c", 1, [aicpu], ts) == (0, [aicpu])  # its own AI CPU handle
     ret, (on_aicpu,) = h.hccl_thread_export_to_comm_engine("c", 1, [cpu], ts)
     assert ret == 0 and w.threads[on_aicpu] == w.threads[cpu]
     assert h.hccl_thread_export_to_comm_engine("c", 1, [cpu], ts) == (0, [on_aicpu])  # FindThreadByCommEngine
     ret, (on_cpu,) = h.hccl_thread_export_to_comm_engine("c", 1, [aicpu], int(CommEngine.CPU_TS))
     assert ret == 0 and w.threads[on_cpu] == w.threads[aicpu]
-    w.init_comm("d")  # another communicator does not know c's threads
-    assert h.hccl_thread_export_to_comm_engine("d", 1, [cpu], ts)[0] == para
+    w.init_comm("d")  # process-wide maps: another communicator finds c's threads too
+    assert h.hccl_thread_export_to_comm_engine("d", 1, [cpu], ts) == (0, [on_aicpu])
 
 
 def test_thread_notify_codes_on_host_and_device():

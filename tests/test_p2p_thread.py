@@ -52,21 +52,24 @@ def test_a_second_call_with_the_same_tag_passes_an_unset_thread_handle():
 
 
 def test_thread_api_argument_checks():
-    # hicann/hcomm src/coll_communicator_mgr/api_c_adpt/resource/thread_c_adpt.cc and
-    # resource_mgr/local/my_rank/comm_engine/threads/thread_manager.cc (HcclThreadAcquireWithStream,
-    # HcclThreadExportToCommEngine, ThreadMgr::GetExportedThread: an unknown thread is HCCL_E_PARA)
+    # hicann/hcomm src/coll_communicator_mgr/api_c_adpt/resource/thread_c_adpt.cc (HcclThreadAcquireWithStream,
+    # HcclThreadExportToCommEngine) and src/base_comm/primitives/api_c_adpt/hcomm_thread_c_adpt.cc
+    # (HcommThreadAllocWithStream: CPU / CPU_TS only; HcommThreadExportToCommEngine: an unknown thread is
+    # HCCL_E_NOT_FOUND)
     w = World(1)
     w.init_comm("c")
     h = w.host(0)
     _, s = h.aclrt_create_stream()
-    # CommHostEngineToNotifyLoadType: a new stream thread only for a host engine
+    # HcommThreadAllocWithStream: a new stream thread only for CPU / CPU_TS
     assert h.hccl_thread_acquire_with_stream("c", int(CommEngine.AICPU_TS), s, 1)[0] == int(HcclResult.E_PARA)
     assert h.hccl_thread_acquire_with_stream("c", 9, s, 1)[0] == int(HcclResult.E_PARA)  # IsValidCommEngine
     assert h.hccl_thread_acquire_with_stream("nope", int(CommEngine.CPU_TS), s, 1)[0] == int(HcclResult.E_PTR)
     assert h.hccl_thread_acquire_with_stream("c", int(CommEngine.CPU_TS), 12345, 1)[0] == int(HcclResult.E_PTR)
     ret, t = h.hccl_thread_acquire_with_stream("c", int(CommEngine.CPU_TS), s, 1)
     assert ret == 0
-    assert h.hccl_thread_export_to_comm_engine("c", 1, [999], int(CommEngine.AICPU_TS))[0] == int(HcclResult.E_PARA)
+    assert h.hccl_thread_export_to_comm_engine("c", 1, [999], int(CommEngine.AICPU_TS))[0] == int(
+        HcclResult.E_NOT_FOUND
+    )
     ret, (exported,) = h.hccl_thread_export_to_comm_engine("c", 1, [t], int(CommEngine.AICPU_TS))
     assert ret == 0 and w.threads[exported] == w.threads[t]
     # the host may not use the AI CPU view of its own stream, nor a notify index it does not have

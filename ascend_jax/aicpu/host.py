@@ -87,11 +87,10 @@ class HostApi:
         self._bins: dict[int, dict[str, OpInfo]] = {}
         self._funcs: dict[int, OpInfo] = {}
         self._args: dict[int, _Args] = {}
-        # HCCL threads, per communicator as in hcomm's ThreadMgr (one per comm): the thread made
-        # from a stream, the owner of every thread handle, and each queue's handle per side
+        # HCCL threads: the thread each communicator made of a stream (hcomm's ThreadMgr is per
+        # communicator), and each queue's handle per side (hcomm's thread maps are process-wide)
         self._stream_threads: dict[tuple[str, int], int] = {}  # (comm, stream handle) -> thread
-        self._thread_comm: dict[int, str] = {}  # thread handle -> comm name
-        self._side_handle: dict[tuple[str, int, str], int] = {}  # (comm, queue, "host"|"aicpu") -> handle
+        self._side_handle: dict[tuple[int, str], int] = {}  # (queue, "host" | "aicpu") -> handle
 
     # -- memory ----------------------------------------------------------------------------
     @_logged
@@ -366,13 +365,12 @@ class HostApi:
         c.ctx[(tag, engine)] = (addr, size)
         return 0, addr
 
-    def _new_thread(self, comm: str, queue: int, engine: int) -> int:
-        """A handle of ``queue`` usable on ``engine``, owned by ``comm``; one per side and queue."""
+    def _new_thread(self, queue: int, engine: int) -> int:
+        """A new handle of ``queue`` usable on ``engine``; remembered as that queue's handle on its side."""
         h = self.world.new_handle()
         self.world.threads[h] = queue
         self.world.thread_engines[h] = int(engine)
-        self._thread_comm[h] = comm
-        self._side_handle[(comm, queue, _side(engine))] = h
+        self._side_handle[(queue, _side(engine))] = h
         return h
 
     @_logged
@@ -395,7 +393,7 @@ class HostApi:
         for _ in range(thread_num):
             n = sum(q.kind == "thread" and q.rank == self.rank for q in self.world.queues)
             qi = self.world.new_queue(self.rank, "thread", f"rank{self.rank}.thread{n}", notify_num_per_thread)
-            out.append(self._new_thread(c.name, qi, engine))
+            out.append(self._new_thread(qi, engine))
         return 0, out
 
     @_logged
@@ -403,15 +401,17 @@ class HostApi:
         """``HcclThreadAcquireWithStream``: the user stream as a host thread with notifies of its own
         (tasks recorded on the thread go on the stream, in order).
 
-        As hicann/hcomm does (``thread_c_adpt.cc`` ``HcclThreadAcquireWithStream``, then
-        ``src/coll_communicator_mgr/resource_mgr/local/my_rank/comm_engine/threads/thread_manager.cc``
-        ``ThreadMgr::HcclThreadAcquireWithStream`` and ``threads/thread.cc``
-        ``CommHostEngineToNotifyLoadType``): an unknown communicator or stream -> ``HCCL_E_PTR``; an
-        engine outside ``CommEngine`` -> ``HCCL_E_PARA``. A stream already made a thread of this
-        communicator gives the same handle back, its notifies topped up to ``notify_num`` (before the
-        engine is looked at); otherwise only the host engines (CPU, CPU_TS, CCU) are accepted, others ->
-        ``HCCL_E_PARA``. More than 65,535 notifies -> ``HCCL_E_PARA``: not decided by public sources
-        (the call itself has no limit), modelled as :meth:`hccl_thread_acquire`'s."""
+        As hicann/hcomm does (``src/coll_communicator_mgr/api_c_adpt/resource/thread_c_adpt.cc``
+        ``HcclThreadAcquireWithStream``, then ``resource_mgr/local/my_rank/comm_engine/threads/
+        thread_manager.cc`` ``ThreadMgr::HcclThreadAcquireWithStream`` and
+        ``src/base_comm/primitives/api_c_adpt/hcomm_thread_c_adpt.cc`` ``HcommThreadAllocWithStream``):
+        an unknown communicator or stream -> ``HCCL_E_PTR``; an engine outside ``CommEngine`` ->
+        ``HCCL_E_PARA``. A stream this communicator already made a thread gives the same handle back,
+        its notifies topped up to ``notify_num``, whatever the engine; a new one needs ``CPU`` or
+        ``CPU_TS``, else ``HCCL_E_PARA`` (earlier hcomm also took ``CCU``). Another communicator makes
+        its own thread of the same stream; here the two share the stream's notify list. 65,536
+        notifies or more -> ``HCCL_E_PARA``: not decided by public sources (the call has no limit of
+        its own), modelled as :meth:`hccl_thread_acquire`'s."""
         c = self._comm(comm)
         q = self._streams.get(stream)
         if c is None or q is None:
@@ -420,13 +420,13 @@ class HostApi:
             return int(HcclResult.E_PARA), 0
         queue = self.world.queues[q]
         h = self._stream_threads.get((c.name, stream))
-        if h is None and _side(engine) != "host":
+        if h is None and engine not in (CommEngine.CPU, CommEngine.CPU_TS):
             return int(HcclResult.E_PARA), 0
         have = len(queue.notifies)
         more = max(0, notify_num - have) if h is not None else notify_num
         queue.notifies += [self.world.new_notify(self.rank, f"{queue.name}.notify[{have + i}]") for i in range(more)]
         if h is None:
-            h = self._stream_threads[(c.name, stream)] = self._new_thread(c.name, q, int(CommEngine.CPU_TS))
+            h = self._stream_threads[(c.name, stream)] = self._new_thread(q, int(CommEngine.CPU_TS))
         return 0, h
 
     @_logged
@@ -435,14 +435,18 @@ class HostApi:
     ) -> tuple[int, list[int]]:
         """``HcclThreadExportToCommEngine``: handles of the same threads usable on ``engine`` (a host
         thread exported to ``AICPU_TS`` for a kernel, an AI CPU thread exported to ``CPU_TS`` for the
-        host); exporting a thread twice gives the same handle.
+        host); a thread already exported to that side gives the same handle.
 
-        As hicann/hcomm does (``thread_c_adpt.cc`` ``HcclThreadExportToCommEngine``, ``thread_manager.cc``
-        ``ThreadMgr::HcclThreadExportToCommEngine``, ``ThreadExportToCommEngineCpu``,
-        ``GetExportedThread``): an unknown communicator -> ``HCCL_E_PTR``; no thread or more than 40, an
-        engine outside ``CommEngine`` or ``AIV``, or a thread this communicator does not know on the
-        other side (an AI CPU handle exported to the AI CPU, a host handle to the host, another
-        communicator's thread, a handle that is no thread) -> ``HCCL_E_PARA``."""
+        As hicann/hcomm does (``thread_c_adpt.cc`` ``HcclThreadExportToCommEngine``, then
+        ``thread_manager.cc`` ``ThreadMgr::HcclThreadExportToCommEngine`` and
+        ``hcomm_thread_c_adpt.cc`` ``HcommThreadExportToCommEngine``): an unknown communicator ->
+        ``HCCL_E_PTR``; no thread or more than 40, or an engine outside ``CommEngine`` ->
+        ``HCCL_E_PARA``; ``AIV`` -> ``HCCL_E_PARA``. Towards the host (CPU, CPU_TS, CCU) each handle
+        must be an AI CPU handle (``LookupD2HHandle``); towards the AI CPU any thread handle is looked
+        up (``LookupThreadByHandle``, its AI CPU handle reused when there is one); a handle not found
+        -> ``HCCL_E_NOT_FOUND``. Thread handles are process-wide there, so the communicator does not
+        matter. (hcomm before its thread rework, up to August 2026, answered ``HCCL_E_PARA`` for an
+        unknown handle, per communicator.)"""
         c = self._comm(comm)
         if c is None:
             return int(HcclResult.E_PTR), []
@@ -453,10 +457,12 @@ class HostApi:
         out = []
         for t in threads:
             q = self.world.threads.get(t)
-            if q is None or self._thread_comm.get(t) != c.name or _side(self.world.thread_engines[t]) == _side(engine):
-                return int(HcclResult.E_PARA), []
-            h = self._side_handle.get((c.name, q, _side(engine)))
-            out.append(self._new_thread(c.name, q, engine) if h is None else h)
+            if q is None or self.world.queues[q].rank != self.rank:
+                return int(HcclResult.E_NOT_FOUND), []
+            if _side(engine) == "host" and _side(self.world.thread_engines[t]) == "host":
+                return int(HcclResult.E_NOT_FOUND), []  # a host handle is no key of the device-to-host map
+            h = self._side_handle.get((q, _side(engine)))
+            out.append(self._new_thread(q, engine) if h is None else h)
         return 0, out
 
     def _host_thread(self, thread: int) -> Queue | None:
