@@ -40,7 +40,9 @@ class AclError(enum.IntEnum):
 
 
 class HcclResult(enum.IntEnum):
-    """``HcclResult``, every member (spec §7.3; hicann/hcomm ``include/hccl/hccl_types.h``)."""
+    """``HcclResult``, every member (spec §7.3; hicann/hcomm ``include/hccl/hccl_types.h``). Which call
+    returns ``E_PTR``, ``E_PARA``, ``E_NOT_FOUND`` or ``E_RUNTIME``, and the source of each: the table
+    "Return codes of the host and device calls" in ``docs/model/comm.md``."""
 
     SUCCESS = 0
     E_PARA = 1
@@ -169,7 +171,8 @@ REDUCE_OPS = frozenset({HcclReduceOp.SUM, HcclReduceOp.MAX, HcclReduceOp.MIN})
 ACL_NOTIFY_DEFAULT, ACL_NOTIFY_DEVICE_USE_ONLY = 0x0, 0x1
 #: ``ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT`` (seconds, uint16) and ``..._TIMEOUT_US``.
 ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT, ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT_US = 7, 8
-#: ``NOTIFY_DEFAULT_WAIT_TIME`` of the samples, seconds.
+#: ``NOTIFY_DEFAULT_WAIT_TIME`` of the samples, seconds (hicann/hccl ``examples/04_custom_ops_p2p``
+#: ``op_host/launch_kernel.cc`` ``LaunchKernelWithAclrt``: the launch's timeout attribute).
 NOTIFY_DEFAULT_WAIT_TIME = 27 * 68
 #: Channel notify indices used by HCCL (spec §6.3).
 NOTIFY_IDX_ACK, NOTIFY_IDX_DATA_SIGNAL, NOTIFY_IDX_FIN_ACK = 0, 1, 2
