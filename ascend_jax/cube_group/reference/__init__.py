@@ -13,6 +13,11 @@ the JAX engine. By stage:
 * :mod:`~ascend_jax.cube_group.reference.timed`: the ``timed`` schedule's costs and clocks.
 * :mod:`~ascend_jax.cube_group.reference.events`: trace events recorded during a run.
 * :mod:`~ascend_jax.cube_group.reference.outcome`: the result, deadlock witness included.
+
+The engine-independent pieces both engines share (the result, its witness and error entries) live
+in :mod:`ascend_jax.cube_group.result`. Points where a run can be watched: every core action goes
+through ``Protocol.aiv_act`` / ``Protocol.dispatch``, every GM access through
+``compute.read_tile`` / ``compute.write_tile``.
 """
 
 from ascend_jax.cube_group.reference.interpreter import ReferenceInterpreter, run_reference
