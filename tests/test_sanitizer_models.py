@@ -87,9 +87,9 @@ RACES = {
     "wait_qk": (dict(wait_qk=False), "s_ws", ("load", "read"), ("matmul.C", "write"), "a Wait<true>"),
     "wait_qk_causal": (dict(wait_qk=False, causal=True), "s_ws", ("load", "read"), ("matmul.C", "write"), "a Wait<true>"),
     "dv_barrier": (dict(merge=True, merge_dv=True, dv_barrier=False), "p_ws", ("store", "write"), ("matmul.A", "read"),
-                   "an order between"),
+                   "a GroupBarrier from"),
     "dv_barrier_delayed": (dict(merge=True, merge_dv=True, dv_barrier=False, follower_delay=5000), "p_ws",
-                           ("store", "write"), ("matmul.A", "read"), "an order between"),
+                           ("store", "write"), ("matmul.A", "read"), "a GroupBarrier from"),
 }  # fmt: skip
 
 

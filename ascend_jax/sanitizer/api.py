@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ascend_jax.cube_group.reference import ReferenceInterpreter
+from ascend_jax.cube_group.status import CALL
 from ascend_jax.sanitizer.events import EventLog
 from ascend_jax.sanitizer.findings import TOOLS, Finding, render, report_json, sort_findings
 from ascend_jax.sanitizer.initcheck import initcheck
@@ -83,6 +84,13 @@ def parse_tools(tools: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(t for t in TOOLS if t in names)
 
 
+def touches_gm(program: Any) -> bool:
+    """Whether any op of ``program`` reads or writes a GM tensor (a vector op or a Matmul)."""
+    if any(cfg is not None for cfg in program.matmuls):
+        return True
+    return any(op.kind == CALL.VECTOR for _, ops in program.aivs for op in ops)
+
+
 def analyse(
     log: EventLog,
     tools: tuple[str, ...] = TOOLS,
@@ -143,7 +151,9 @@ def sanitize(
         first.run()
         start = (first.proto.slots, first.proto.counters_a, first.proto.counters_w)
     obs = Observer(program, frozenset(uninitialised), source_of)
-    interp = _observed(ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, start=start), obs)
+    interp = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, start=start)
+    if touches_gm(program):  # without a GM access there is nothing to order: no log needed
+        interp = _observed(interp, obs)
     result = interp.run()
     pcs = {a.block_idx: a.pc for a in interp.proto.aivs}
     findings = analyse(obs.log, tools, program, result, pcs, obs.source_of)

@@ -79,17 +79,25 @@ def _canon(a: Access, b: Access) -> tuple[Access, Access]:
     return (a, b) if ka <= kb else (b, a)
 
 
-def missing_sync(x: Site, y: Site) -> tuple[str, str]:
-    """(the synchronisation that would order ``x`` and ``y``, the fix in words)."""
+def missing_sync(x: Site, y: Site, x_writes: bool = True, y_writes: bool = True) -> tuple[str, str]:
+    """(the synchronisation that would order ``x`` and ``y``, the fix in words). A writer whose
+    partner only reads is taken to be the producer (it must go first)."""
     aiv_x, aiv_y = x.origin is None, y.origin is None
     if aiv_x and aiv_y:
+        if x_writes != y_writes:  # producer -> consumer
+            p, c = (x, y) if x_writes else (y, x)
+            return (
+                f"a GroupBarrier (or SyncAll) from {p.core} op {p.op_index} to {c.core} op {c.op_index}",
+                f"{p.core} arrives at a GroupBarrier after op {p.op_index} and {c.core} waits at it before op "
+                f"{c.op_index} (or both call SyncAll between them).",
+            )
         return (
             f"no synchronisation between {x.core} op {x.op_index} and {y.core} op {y.op_index}",
             f"a GroupBarrier between them (the core that must go first arrives after its op, the other waits "
             f"before its own) or a SyncAll between {x.core} op {x.op_index} and {y.core} op {y.op_index}.",
         )
     if aiv_x != aiv_y:
-        v, c = (x, y) if aiv_x else (y, x)
+        v, c, v_writes, c_writes = (x, y, x_writes, y_writes) if aiv_x else (y, x, y_writes, x_writes)
         poster, post = c.origin
         if poster == v.core and v.op_index > post:
             return (
@@ -101,6 +109,18 @@ def missing_sync(x: Site, y: Site) -> tuple[str, str]:
             return (
                 f"an order between {v.core} op {v.op_index} and the AIC's work for its message of op {post}",
                 f"move op {v.op_index} before the post at op {post}, or wait on that message before it.",
+            )
+        if v_writes and not c_writes:  # v produces what the AIC reads for poster's message
+            return (
+                f"a GroupBarrier from {v.core} op {v.op_index} to {poster}'s post at op {post}",
+                f"{v.core} arrives at a GroupBarrier after op {v.op_index} and {poster} waits at it before the "
+                f"post at op {post}, so the message is sent only once {v.core}'s data is in GM.",
+            )
+        if c_writes and not v_writes:  # the AIC produces, for poster's message, what v reads
+            return (
+                f"an order from the AIC's work for {poster}'s message of op {post} to {v.core} op {v.op_index}",
+                f"{poster} waits on that message (Wait<true>), then arrives at a GroupBarrier at which {v.core} "
+                f"waits before op {v.op_index}.",
             )
         return (
             f"an order between {v.core} op {v.op_index} and {poster}'s post at op {post}",
@@ -136,7 +156,7 @@ def racecheck(log: EventLog) -> list[Finding]:
         x, y, (lo, hi) = items[0]
         t = log.tensors[x.tensor]
         first, last = element_range(t, lo, hi)
-        missing, fix = missing_sync(x.site, y.site)
+        missing, fix = missing_sync(x.site, y.site, x.kind != "read", y.kind != "read")
         more = ""
         if len(items) > 1:
             pairs = sorted(

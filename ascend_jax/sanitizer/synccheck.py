@@ -156,9 +156,10 @@ def _foreign_waits(program: Any, b: int, ops: tuple, source_of: SourceOf) -> lis
 def _never_quit(program: Any, source_of: SourceOf) -> list[Finding]:
     out = []
     ops_of = dict(program.aivs)
+    quits = {(b, op.group) for b, ops in program.aivs for op in ops if _is_quit(op)}
     for (gi, b), q in sorted(program.queue_of.items()):
         ops = ops_of.get(b, ())
-        if any(_is_quit(op) and op.group == gi for op in ops):
+        if (b, gi) in quits:
             continue
         g = program.groups[gi]
         site = Site(f"aiv{b}", len(ops), "end of program", source_of(b, len(ops)) if ops else "")

@@ -1,0 +1,125 @@
+"""What the sanitizer costs: a sanitized run of every shipped cube-group model against the same run
+without it (issue 23 asks for at most 2x).
+
+Reference interpreter (one lane; the engine ``--engine auto`` picks for one lane): ``run_reference``
+against ``sanitize`` (one observed run of the same schedule plus the four checks), under
+``lockstep`` and ``timed``, best of ``--repeats`` wall times, CPU seconds of those calls beside them.
+With ``--jax``, the JAX engine too: a two-lane ``simulate`` (compilation included, as a user pays it
+on the command line) against the same plus the sanitizer's one observed reference run (the
+analysis always runs on the reference's event log).
+
+    python benchmarks/sanitizer_cost.py [--repeats 5] [--jax] [--out benchmarks/results/sanitizer_cost.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, SCRATCH, cpu_s, machine, write  # noqa: E402
+
+from ascend_jax.cube_group.program import CubeGroupProgram  # noqa: E402
+from ascend_jax.cube_group.reference import run_reference  # noqa: E402
+from ascend_jax.models import available_models, load_model  # noqa: E402
+from ascend_jax.sanitizer import sanitize  # noqa: E402
+
+
+def cube_models() -> list[str]:
+    """The shipped cube-group models (TOML scenarios, Python models building a CubeGroupKernel)."""
+    out = []
+    for name in available_models():
+        toml, py = ROOT / "models" / f"{name}.toml", ROOT / "models" / f"{name}.py"
+        if toml.exists() or (py.exists() and "CubeGroupKernel" in py.read_text()):
+            out.append(name)
+    return out
+
+
+def measure(fn, repeats: int) -> tuple[float, float]:
+    """(best wall seconds, CPU seconds of that same call) over ``repeats`` calls, or more for a
+    call under 10 ms (at least 0.2 s of calls: short runs are noisy on a shared machine)."""
+    best = (float("inf"), 0.0)
+    spent, n = 0.0, 0
+    while n < repeats or spent < 0.2:
+        n += 1
+        c0, t0 = cpu_s(), time.perf_counter()
+        fn()
+        wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+        spent += wall
+        best = min(best, (wall, cpu))
+    return best
+
+
+def row(name: str, engine: str, schedule: str, plain: tuple[float, float], sanitized: tuple[float, float], **extra):
+    return {
+        "model": name,
+        "engine": engine,
+        "schedule": schedule,
+        "plain_wall_s": round(plain[0], 6),
+        "plain_cpu_s": round(plain[1], 6),
+        "sanitized_wall_s": round(sanitized[0], 6),
+        "sanitized_cpu_s": round(sanitized[1], 6),
+        "ratio_wall": round(sanitized[0] / plain[0], 3),
+        **extra,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--jax", action="store_true", help="also the JAX engine (two lanes, random schedule)")
+    ap.add_argument("--models", default=None, help="comma-separated subset of the cube-group models")
+    ap.add_argument("--out", type=Path, default=SCRATCH / "sanitizer_cost.json")
+    args = ap.parse_args(argv)
+    names = args.models.split(",") if args.models else cube_models()
+    rows = []
+    for name in names:
+        program = load_model(name)[0]
+        assert isinstance(program, CubeGroupProgram), name
+        for schedule in ("lockstep", "timed"):
+            run_reference(program, schedule=schedule)  # warm caches (imports, numpy paths)
+            sanitize(program, schedule=schedule)
+            plain = measure(lambda p=program, s=schedule: run_reference(p, schedule=s), args.repeats)
+            san = measure(lambda p=program, s=schedule: sanitize(p, schedule=s), args.repeats)
+            findings = len(sanitize(program, schedule=schedule).findings)
+            rows.append(row(name, "reference", schedule, plain, san, findings=findings))
+            print(f"{name:20s} reference {schedule:8s} plain {plain[0] * 1e3:8.2f} ms  "
+                  f"sanitized {san[0] * 1e3:8.2f} ms  x{san[0] / plain[0]:.2f}")  # fmt: skip
+        if args.jax:
+            from ascend_jax import simulate
+
+            def jax_run(p=program):
+                simulate([p, p], schedule="random", seeds=7)
+
+            def jax_sanitized(p=program):
+                simulate([p, p], schedule="random", seeds=7)
+                sanitize(p, schedule="random", seed=7)
+
+            c0, t0 = cpu_s(), time.perf_counter()
+            jax_run()  # the first call compiles, as on the command line
+            compile_run = (time.perf_counter() - t0, cpu_s() - c0)
+            plain = measure(jax_run, 2)  # compiled: the steady-state run
+            san = measure(jax_sanitized, 2)
+            rows.append(row(name, "jax", "random", plain, san, lanes=2, first_call_wall_s=round(compile_run[0], 3)))
+            print(f"{name:20s} jax       random   plain {plain[0]:8.3f} s   sanitized {san[0]:8.3f} s  "
+                  f"(first call, compiling: {compile_run[0]:.1f} s)")  # fmt: skip
+    ratios = [r["ratio_wall"] for r in rows]
+    payload = {
+        "benchmark": "sanitizer_cost",
+        "machine": machine(),
+        "repeats": args.repeats,
+        "rows": rows,
+        "max_ratio_wall": max(ratios),
+        "note": "best of `repeats` wall times per row (more for calls under 10 ms; the machine is shared); "
+        "cpu_s is the CPU time of that same call. JAX rows: the compiled two-lane run against the same plus "
+        "the sanitizer's observed reference run; first_call_wall_s is the run that compiled.",
+    }
+    write(args.out, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
