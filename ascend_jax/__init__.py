@@ -27,11 +27,10 @@ if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
         SampleCallback,
         SeedCallback,
     )
-    from ascend_jax.cube_group.engine import init_distributed, lane_bytes, simulate
+    from ascend_jax.cube_group.engine import BatchResult, init_distributed, lane_bytes, simulate
     from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace
     from ascend_jax.cube_group.matmul import Matmul, MatmulType, TCubeTiling
     from ascend_jax.cube_group.program import AivProgram, CubeGroupKernel, CubeGroupProgram, MsgSlot
-    from ascend_jax.cube_group.readout import BatchResult
     from ascend_jax.cube_group.reference import ReferenceInterpreter, run_reference
     from ascend_jax.cube_group.result import CubeGroupResult
     from ascend_jax.cube_group.status import ErrorCode, Status
@@ -69,10 +68,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "SampleCallback",
         "SeedCallback",
     ),
-    "ascend_jax.cube_group.engine": ("init_distributed", "lane_bytes", "simulate"),
+    "ascend_jax.cube_group.engine": ("BatchResult", "init_distributed", "lane_bytes", "simulate"),
     "ascend_jax.cube_group.layout": ("GroupGeometry", "KfcWorkspace"),
     "ascend_jax.cube_group.program": ("AivProgram", "CubeGroupKernel", "CubeGroupProgram", "MsgSlot"),
-    "ascend_jax.cube_group.readout": ("BatchResult",),
     "ascend_jax.cube_group.reference": ("ReferenceInterpreter", "run_reference"),
     "ascend_jax.cube_group.result": ("CubeGroupResult",),
     "ascend_jax.cube_group.status": ("ErrorCode", "Status"),

@@ -81,7 +81,7 @@ def record_cube(
 class EngineDraws:
     """The JAX engine's ``random``-schedule choices for one lane, step by step.
 
-    The engine (``cube_group/step.py``: ``step`` and ``_chosen``) starts from the key data
+    The engine (``cube_group/engine/step.py``: ``step`` and ``_chosen``) starts from the key data
     ``[0, seed]`` and, every step the lane runs, splits its key in three: the next key, the AIVs'
     key and the AICs' key; an enabled core acts when its Bernoulli(1/2) draw over all ``V`` AIV rows
     (``aiv_blocks``) or all ``C`` AIC rows (every group's AICs in order) is true, delays always tick.

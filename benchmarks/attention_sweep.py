@@ -34,8 +34,7 @@ import numpy as np
 from _common import SCRATCH, load_model_module, machine, pyplot, write
 
 import ascend_jax as aj
-from ascend_jax.cube_group.engine import compile_batch, gm_host, lane_major, prepare
-from ascend_jax.cube_group.readout import BatchResult
+from ascend_jax.cube_group.engine import BatchResult, compile_batch, gm_host, lane_major, prepare
 from ascend_jax.timing import CostModel
 
 LANES = ("default", "gm_rate_x2")
@@ -80,7 +79,7 @@ def measure(ag, pt: dict, check_up_to: int) -> dict:
     t1 = time.perf_counter()
     base = CostModel.for_chip(p.chip)
     costs = [base, dataclasses.replace(base, ddr_rate=2 * base.ddr_rate)]
-    prep = prepare([p, p], "timed", costs=costs)
+    prep = prepare([p, p], schedule="timed", costs=costs)
     t2 = time.perf_counter()
     fn, args = compile_batch(prep)
     t3 = time.perf_counter()

@@ -54,7 +54,7 @@ def main() -> None:
         tiles = jnp.asarray(np.concatenate([a] * lanes))
         bb = jnp.asarray(b)
         jax.block_until_ready(plain(tiles, bb))
-        prep = engine.prepare([program] * lanes, "lockstep", list(range(lanes)))
+        prep = engine.prepare([program] * lanes, schedule="lockstep", seeds=list(range(lanes)))
         compiled, dev_args = engine.compile_batch(prep)
         jax.block_until_ready(compiled(*dev_args))
         t_plain = t_eng = float("inf")

@@ -131,7 +131,7 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     from ascend_jax.cube_group import engine
 
     n = len(programs)
-    prep = engine.prepare(programs, "lockstep", list(range(n)))
+    prep = engine.prepare(programs, schedule="lockstep", seeds=list(range(n)))
     table_bytes = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(prep.tables)))
     chunk = engine.default_chunk(prep)
     t0 = time.perf_counter()

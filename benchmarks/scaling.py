@@ -42,7 +42,7 @@ def measure(program, batch: int) -> dict:
     msgs = sum(len(v) for v in ref.received.values())
     t_ref = best_of(lambda: run_reference(program), 3)
     t_plain = best_of(lambda: run_plain(program), 3)
-    prep = engine.prepare([program] * batch, "lockstep", list(range(batch)))
+    prep = engine.prepare([program] * batch, schedule="lockstep", seeds=list(range(batch)))
     t0 = time.perf_counter()
     compiled, args = engine.compile_batch(prep)
     compile_s = time.perf_counter() - t0

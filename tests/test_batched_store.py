@@ -15,7 +15,8 @@ from test_packed_grid import _assert_same_arrays
 
 import ascend_jax as aj
 from ascend_jax import CUBE_MATMUL_MSG, CubeGroupKernel
-from ascend_jax.cube_group import compute, engine
+from ascend_jax.cube_group import engine
+from ascend_jax.cube_group.engine import EngineOptions, compute
 
 P = 4  # tiles compared at once
 WIDTH = 8  # indices a row window writes
@@ -100,15 +101,14 @@ def _kernel(posts, aics=3, atomic_order="fixed"):
     return kern.compile()
 
 
+#: the engine with every store in the documented order (no batched store)
+ORDERED = EngineOptions(batched_stores=False)
+
+
 def _ordered(programs, **kw):
     """The same run with every store in the documented order (no batched store)."""
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setattr(compute, "BATCHED_STORES", False)
-        assert not engine.prepare(programs).shape.batched_stores
-        return aj.simulate(programs, **kw)
-    finally:
-        mp.undo()
+    assert not engine.prepare(programs, options=ORDERED).shape.batched_stores
+    return aj.simulate(programs, options=ORDERED, **kw)
 
 
 def _check(programs, **kw):
@@ -164,10 +164,5 @@ def test_store_passes_put_overlapping_tiles_in_their_order():
         order_key = jax.random.fold_in(jax.random.wrap_key_data(key), 0x5EED)  # as compute.store_passes
         order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, 0), 3)).tolist()
         assert (got[0] < got[2]) == (order.index(0) < order.index(2)), (got, order)
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setattr(compute, "BATCHED_STORES", False)
-        shape = engine.prepare([p]).shape
-        assert np.asarray(compute.store_passes(shape, key, reqs)[0]).tolist() == [0, 1, 2]
-    finally:
-        mp.undo()
+    shape = engine.prepare([p], options=ORDERED).shape
+    assert np.asarray(compute.store_passes(shape, key, reqs)[0]).tolist() == [0, 1, 2]

@@ -674,7 +674,7 @@ def test_the_block_size_hint_is_a_value_that_divides(capsys):
 
 def test_a_large_batch_with_progress_runs_in_chunks_the_bar_can_count(monkeypatch):
     import ascend_jax as aj
-    from ascend_jax.cube_group import engine
+    from ascend_jax.cube_group.engine import run as engine
 
     shown = []
     real = engine._progress

@@ -6,6 +6,7 @@ The sharded run happens in a subprocess because the number of host devices
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -138,7 +139,7 @@ def test_compiled_loop_composes_with_jax_vmap():
     from ascend_jax.cube_group import engine as eng
 
     lanes = [_merge_kernel(skip=i % 2, delay=i % 3) for i in range(4)]
-    prep = eng.prepare(lanes, "random", [3, 4, 5, 6])
+    prep = eng.prepare(lanes, schedule="random", seeds=[3, 4, 5, 6])
     whole = eng._run_batch(prep.shape, *prep.chunk(np.arange(4)))
     parts = [prep.chunk(np.arange(2 * i, 2 * i + 2)) for i in range(2)]
     stacked = jax.tree_util.tree_map(lambda *x: np.stack(x), *parts)
@@ -213,3 +214,56 @@ def test_wide_rows_live_columns_as_bits_or_booleans(queues, build):
     ref = aj.run_reference(program)
     [res] = aj.simulate(program)
     assert res.to_json() == ref.to_json()
+
+
+def test_equal_programs_built_apart_are_encoded_once(monkeypatch):
+    """Lanes are grouped by program content, not by object: two programs built apart from the same
+    description share one encoding and one set of tables; one differing in a message field, in GM
+    contents or in its name is a program of its own."""
+    from ascend_jax.cube_group.engine import batch as batch_module
+    from ascend_jax.cube_group.engine.encode import program_key
+
+    encoded = []
+    real = batch_module.encode_program
+    monkeypatch.setattr(batch_module, "encode_program", lambda p: encoded.append(p) or real(p))
+    a, b = _merge_kernel(value=5), _merge_kernel(value=5)
+    assert a is not b and program_key(a) == program_key(b)
+    prep = batch_module.prepare([a, b, a])
+    assert len(encoded) == 1 and prep.shape.shared and prep.lanes.index.tolist() == [0, 0, 0]
+
+    other = _merge_kernel(value=6)
+    renamed = dataclasses.replace(b, name="renamed")
+    with_gm = [_merge_kernel(value=5) for _ in range(3)]
+    for p in with_gm:
+        p.gm.alloc("x", (4,), "float32")
+    with_gm[2].gm.write("x", np.ones(4, np.float32))
+    for odd in (other, renamed):
+        assert program_key(odd) != program_key(a)
+        encoded.clear()
+        prep = batch_module.prepare([a, odd, b])
+        assert len(encoded) == 2 and not prep.shape.shared and prep.lanes.index.tolist() == [0, 1, 0]
+    assert program_key(with_gm[0]) == program_key(with_gm[1]) != program_key(with_gm[2])
+
+    res = aj.simulate([a, other, b], seeds=[7, 8, 7])
+    assert res[0].to_json() == res[2].to_json() == aj.run_reference(b, seed=7).to_json()
+    assert res[1].to_json() == aj.run_reference(other, seed=8).to_json()
+
+
+def test_engine_options_are_static_and_checked():
+    """``EngineOptions`` reach the static shape (a new option is a new compilation, never a stale
+    one) and leave results unchanged; anything but an ``EngineOptions`` (or None) is refused."""
+    from ascend_jax.cube_group import engine as eng
+    from ascend_jax.cube_group.engine import EngineOptions
+
+    p = _merge_kernel(value=3)
+    fast, wide = eng.prepare(p).shape, eng.prepare(p, options=EngineOptions(packed_grid=False)).shape
+    assert fast.packed and not wide.packed and fast != wide
+    before = eng.TRACE_COUNT["run"]
+    assert aj.simulate(p, options=EngineOptions(packed_grid=False))[0].to_json() == aj.simulate(p)[0].to_json()
+    assert eng.TRACE_COUNT["run"] > before
+    with pytest.raises(ConfigError, match="options"):
+        aj.simulate(p, options={"packed_grid": False})
+    with pytest.raises(ConfigError, match="options.typed_banks"):
+        EngineOptions(typed_banks=1)
+    with pytest.raises(TypeError):
+        aj.simulate(p, "lockstep")  # everything after the programs is keyword-only

@@ -1,4 +1,4 @@
-"""Typed GM banks (``ascend_jax.cube_group.banks``) against GM as bytes: which batches use them,
+"""Typed GM banks (``ascend_jax.cube_group.engine.banks``) against GM as bytes: which batches use them,
 and that every result array is identical either way (and agrees with the reference)."""
 
 from __future__ import annotations
@@ -16,20 +16,17 @@ from test_packed_grid import _assert_same_arrays
 
 import ascend_jax as aj
 from ascend_jax import Status
-from ascend_jax.cube_group import banks, engine
+from ascend_jax.cube_group import engine
+from ascend_jax.cube_group.engine import EngineOptions
 
 
 def _both_forms(programs, **kw):
     """(typed run, byte run, the typed run's banks) of one batch."""
     layout = engine.prepare(programs).shape.banks
     typed = aj.simulate(programs, **kw)
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setattr(banks, "TYPED_BANKS", False)
-        assert engine.prepare(programs).shape.banks is None
-        plain = aj.simulate(programs, **kw)
-    finally:
-        mp.undo()
+    bytes_only = EngineOptions(typed_banks=False)
+    assert engine.prepare(programs, options=bytes_only).shape.banks is None
+    plain = aj.simulate(programs, options=bytes_only, **kw)
     return typed, plain, layout
 
 

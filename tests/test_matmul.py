@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from ascend_jax.cli import main
-from ascend_jax.cube_group.compute import count_dot_generals
 from ascend_jax.cube_group.engine import batch_jaxpr, simulate
+from ascend_jax.cube_group.engine.compute import count_dot_generals
 from ascend_jax.cube_group.matmul import TOLERANCE, MatmulType, TCubeTiling
 from ascend_jax.cube_group.program import CubeGroupKernel
 from ascend_jax.cube_group.reference import run_reference

@@ -13,18 +13,21 @@ from hypothesis import HealthCheck, given, settings
 import ascend_jax as aj
 from ascend_jax import Status
 from ascend_jax.cube_group import engine
+from ascend_jax.cube_group.engine import EngineOptions
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _both_grids(monkeypatch, programs, **kw):
+#: the engine with the packed grid turned off
+WIDE = EngineOptions(packed_grid=False)
+
+
+def _both_grids(programs, **kw):
     """(packed run, wide run, packed flag) of one batch."""
     packed_shape = engine.prepare(programs).shape
     packed = aj.simulate(programs, **kw)
-    monkeypatch.setattr(engine, "PACKED_GRID", False)
-    assert not engine.prepare(programs).shape.packed
-    wide = aj.simulate(programs, **kw)
-    monkeypatch.setattr(engine, "PACKED_GRID", True)
+    assert not engine.prepare(programs, options=WIDE).shape.packed
+    wide = aj.simulate(programs, options=WIDE, **kw)
     return packed, wide, packed_shape.packed
 
 
@@ -67,10 +70,10 @@ def test_which_batches_use_the_packed_grid():
 
 
 @pytest.mark.parametrize("posts", [4 * 63 - 1, 4 * 63 + 1])
-def test_many_writes_per_slot_equal_the_reference(monkeypatch, posts):
+def test_many_writes_per_slot_equal_the_reference(posts):
     """Around the 63-writes bound: every write count up to 63 maps to its version."""
     program = _one_queue_kernel(posts)
-    packed, wide, was_packed = _both_grids(monkeypatch, program)
+    packed, wide, was_packed = _both_grids(program)
     assert was_packed == (posts < 4 * 63)
     ref = aj.run_reference(program)
     assert ref.status == Status.OK
@@ -117,11 +120,7 @@ def programs(draw):
 @given(programs(), st.sampled_from(["debug", "release"]), st.sampled_from(["lockstep", "timed", "random"]))
 def test_packed_grid_equals_wide_grid_and_reference(program, build, schedule):
     program = dataclasses.replace(program, build=build)
-    mp = pytest.MonkeyPatch()
-    try:
-        packed, wide, was_packed = _both_grids(mp, [program, program], schedule=schedule, seeds=[3, 4])
-    finally:
-        mp.undo()
+    packed, wide, was_packed = _both_grids([program, program], schedule=schedule, seeds=[3, 4])
     assert was_packed
     _assert_same_arrays(packed, wide)
     if schedule != "random":  # the reference draws its own random interleaving

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 
 from ascend_jax import run_reference, simulate
 from ascend_jax.cli import main
-from ascend_jax.cube_group.compute import pairwise_sum
+from ascend_jax.cube_group.engine.compute import pairwise_sum
 from ascend_jax.cube_group.program import CubeGroupKernel
 from ascend_jax.numerics import compare
 from ascend_jax.timing import CostModel
@@ -63,7 +63,7 @@ def test_attention_grad_engines_agree_and_the_race_fails(dtype, causal, schedule
     in the JAX engine too."""
     good = ag.build(0, dtype=dtype, causal=causal, **shape)
     race = ag.build(0, dtype=dtype, causal=causal, wait_qk=False, **shape)
-    res = simulate([good, race], schedule, seeds=[3, 4])
+    res = simulate([good, race], schedule=schedule, seeds=[3, 4])
     want = ag.expected(good)
     if schedule == "random":
         ref = run_reference(good)
@@ -206,7 +206,7 @@ def test_random_vector_programs_match_the_reference(lanes, seed):
     status, steps, timing and GM (bit-identical without an ``exp``)."""
     programs = [build_lane(ops, seed + i) for i, ops in enumerate(lanes)]
     for schedule in ("lockstep", "timed"):
-        res = simulate(programs, schedule)
+        res = simulate(programs, schedule=schedule)
         for p, ops, eng in zip(programs, lanes, res, strict=True):
             ref = run_reference(p, schedule)
             assert eng.status == ref.status and eng.steps == ref.steps
@@ -244,7 +244,7 @@ def test_same_step_order_of_loads_and_stores():
          ("store", "a", *_row("y32", 6), True), FILL, FILL, FILL],
     ]  # fmt: skip
     programs = [build_lane(ops, 7), build_lane(ops, 8)]
-    res = simulate(programs, "lockstep")
+    res = simulate(programs, schedule="lockstep")
     for p, eng in zip(programs, res, strict=True):
         x, y0 = p.gm.read("x32")[:, :8], p.gm.read("y32")[:, :8]
         y = eng.tensor("y32")[:, :8]
@@ -262,7 +262,7 @@ def test_vector_costs_per_lane():
     cost vector, as the reference does."""
     p = ag.build(0, **SMALL)
     slow = CostModel(vec_issue=80.0, vec_rate=64.0)
-    res = simulate([p, p], "timed", costs=[None, slow])
+    res = simulate([p, p], schedule="timed", costs=[None, slow])
     assert res[0].timing == run_reference(p, "timed").timing
     assert res[1].timing == run_reference(p, "timed", cost=slow).timing
     assert res.kernel_cycles()[1] > res.kernel_cycles()[0]

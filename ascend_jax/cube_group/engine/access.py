@@ -7,7 +7,7 @@ an AIC reads its block by a column select, barrier counters by a one-hot over th
 Gathers remain for the callback's decision tables and as the general path (AIVs touching several
 queues, a release build's cursor outside its block).
 
-The slot grid has two layouts (see :class:`ascend_jax.cube_group.state.State`): the wide grid
+The slot grid has two layouts (see :class:`ascend_jax.cube_group.engine.state.State`): the wide grid
 ``[C, W, 4, B]`` (one word per slot: head state and version) and the packed grid ``[C, W, B]``
 (one word per queue row, a byte per depth: head state and write count); the ``aiv_slot_*`` and
 ``block_byte`` / ``packed_*`` helpers hide the difference from the step.
@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group.engine.shape import EngineShape
+from ascend_jax.cube_group.engine.state import PACK_COUNT_SHIFT, Tables, slot_word
 from ascend_jax.cube_group.matmul import N_ACTION, N_MM
-from ascend_jax.cube_group.state import PACK_COUNT_SHIFT, EngineShape, Tables, slot_word
 from ascend_jax.message import MAX_MSG_PER_AIV
 
 D4 = MAX_MSG_PER_AIV

@@ -18,8 +18,8 @@ operand can take (every IterateAll word, every state a callback leaves, every AI
 holding it has the operand's element type and the address is a whole number of elements from the
 tensor's start. Addresses outside every tensor do not matter: such a tile stops its AIC with
 ``GM_OUT_OF_RANGE`` and reads and writes nothing. Programs with AIV vector ops (their copies move
-GM in UB types) keep the byte form. Both forms give the same results
-(``tests/test_gm_banks.py`` compares them array by array).
+GM in UB types) keep the byte form, as does every batch run with ``EngineOptions(typed_banks=False)``.
+Both forms give the same results (``tests/test_gm_banks.py`` compares them array by array).
 """
 
 from __future__ import annotations
@@ -36,11 +36,8 @@ from ascend_jax.cube_group.matmul import AF, MM_FIELDS
 from ascend_jax.gm import GM_BASE, load_windows
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ascend_jax.cube_group.encode import EncodedProgram
+    from ascend_jax.cube_group.engine.encode import EncodedProgram
     from ascend_jax.cube_group.program import CubeGroupProgram
-
-#: Whether batches that allow it run on typed banks (tests turn it off to compare the two forms).
-TYPED_BANKS = True
 
 #: operand roles and the Matmul state column of their address (C has no state column)
 _ROLES = {"a": "a_addr", "b": "b_addr", "bias": "bias_addr", "c": "c_addr"}

@@ -29,16 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.cube_group import banks
-from ascend_jax.cube_group.encode import VEC
+import ascend_jax.cube_group.engine.banks as banks
+from ascend_jax.cube_group.engine.encode import VEC
+from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.matmul import MatmulType, check_operands, combine, compute_tiles, descriptor, empty_tile
-from ascend_jax.cube_group.state import EngineShape
 from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
 from ascend_jax.gm import load_rows, load_windows, row_starts, store_rows, store_windows
-
-#: Whether tiles whose C windows are disjoint share a store pass (:func:`store_passes`); tests
-#: turn it off to compare with one pass per AIC.
-BATCHED_STORES = True
 
 
 def matmul_requests(shape: EngineShape, en: jax.Array, fields: jax.Array) -> tuple[list, jax.Array, jax.Array]:
@@ -93,8 +89,9 @@ def store_passes(shape: EngineShape, key: jax.Array, reqs: list) -> list:
     permutation drawn from the lane's ``key`` per step and group). An AIC goes one pass after
     the last AIC before it in that order whose row windows overlap its own
     (:func:`window_overlaps`), so tiles of one pass are disjoint and overlapping ones land in
-    order: a step without overlaps is one pass. With ``BATCHED_STORES`` off, or a tile whose
-    own rows may overlap (``rows_disjoint`` false), every AIC has a pass of its own."""
+    order: a step without overlaps is one pass. With ``shape.batched_stores`` off
+    (``EngineOptions(batched_stores=False)``), or a tile whose own rows may overlap
+    (``rows_disjoint`` false), every AIC has a pass of its own."""
     order_key = jax.random.fold_in(jax.random.wrap_key_data(key), 0x5EED)
     out = []
     for gidx, ((_, mt, dims), (d, e)) in enumerate(zip(matmul_groups(shape), reqs, strict=True)):
@@ -249,7 +246,7 @@ def _operands(
     d: dict[str, jax.Array],
 ):
     """One descriptor's A [Mt, Kp], B [Kp, Nt] and bias [Nt] (masked, zero padded), each read as
-    whole stored rows (:func:`ascend_jax.gm.load_rows`, or :func:`ascend_jax.cube_group.banks.load`
+    whole stored rows (:func:`ascend_jax.gm.load_rows`, or :func:`ascend_jax.cube_group.engine.banks.load`
     from typed banks); ``dims`` = (Mt, Nt, Kp)."""
     mm_, nn, kp, _, a_layout, b_layout = dims
     m, n, k = d["m"], d["n"], d["k"]
@@ -301,7 +298,7 @@ def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.A
     """Performs the vector ops the AIVs performed this step, before the step's matmuls are written.
 
     ``gm`` [B, G] uint8, ``ub`` [B, V, NB, R, C] float32 (lane-major), ``en`` [V, B] which AIVs ran
-    a vector op, ``words`` [V, 12, B] its :data:`ascend_jax.cube_group.encode.VEC` row. Returns the
+    a vector op, ``words`` [V, 12, B] its :data:`ascend_jax.cube_group.engine.encode.VEC` row. Returns the
     new (gm, ub).
 
     Order (the reference's, ``ReferenceInterpreter.step``): the AIVs act in block_idx order, so a

@@ -33,12 +33,15 @@ Size letters: ``V`` AIVs, ``L`` ops per AIV, ``N`` versions (all groups), ``F`` 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ascend_jax.cube_group.barrier import BarrierObject
-from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView
+from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView, _StatelessCallback
 from ascend_jax.cube_group.dcache import call_through_lines
 from ascend_jax.cube_group.matmul import (
     ACTION_FIELDS,
@@ -56,7 +59,7 @@ from ascend_jax.cube_group.result import message_table
 from ascend_jax.cube_group.status import CALL, ENCODED_KIND, ErrorCode, OpKind
 from ascend_jax.cube_group.vector import UB_DTYPES, VectorOp, op_bytes
 from ascend_jax.errors import ConfigError
-from ascend_jax.gm import GM_BASE
+from ascend_jax.gm import GM_BASE, GlobalMemory
 from ascend_jax.message import FAKE, MAX_MSG_PER_AIV, QUIT, VALID
 
 I32_MAX = 2**31 - 1
@@ -520,4 +523,69 @@ def _words(vals: np.ndarray, names: tuple[str, ...], big: list[int], where: str,
     return out
 
 
-__all__ = ["EncodedProgram", "encode_program", "GM_BASE"]
+def program_key(program: CubeGroupProgram) -> bytes:
+    """A digest of a program's content: equal for two programs that encode alike, even when they
+    were built apart (``simulate`` encodes each distinct key once and shares its tables).
+
+    It covers every field (name, geometry, callbacks, message types, every AIV op and its payload,
+    limits, build, matmul configs, the GM's tensors and initial bytes, tolerances), walking
+    dataclasses, containers and numpy arrays by value. Built-in callbacks count by their type
+    (they hold no state); any other object (a user's callback, a function) counts by identity,
+    so only the same object makes two programs equal there: a safe miss, never a false match.
+    """
+    h = hashlib.blake2b(digest_size=20)
+    _feed(h, program, set())
+    return h.digest()
+
+
+def _feed(h: Any, x: Any, seen: set[int]) -> None:
+    """Adds ``x`` to the digest ``h``: a type tag, then its content (see :func:`program_key`)."""
+
+    def put(tag: str, data: bytes | str = b"") -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        h.update(f"{tag}:{len(raw)}:".encode())
+        h.update(raw)
+
+    if x is None or isinstance(x, (bool, str, bytes, float, complex)) or type(x) is int:
+        put(type(x).__name__, repr(x))
+    elif isinstance(x, enum.Enum):
+        put("enum", f"{type(x).__module__}.{type(x).__qualname__}.{x.name}")
+    elif isinstance(x, int):  # an int subclass that is not an enum
+        put(f"int/{type(x).__qualname__}", repr(int(x)))
+    elif isinstance(x, np.ndarray):
+        put("ndarray", f"{x.dtype!r}{x.shape}")
+        put("data", np.ascontiguousarray(x).tobytes())
+    elif isinstance(x, np.generic):
+        put("scalar", repr(x.dtype))
+        put("data", x.tobytes())
+    elif isinstance(x, np.dtype):
+        put("dtype", repr(x))
+    elif isinstance(x, _StatelessCallback):
+        put("callback", f"{type(x).__module__}.{type(x).__qualname__}")
+    elif id(x) in seen:  # a reference back into a container being walked
+        put("cycle", str(id(x)))
+    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+        seen.add(id(x))
+        put("dataclass", f"{type(x).__module__}.{type(x).__qualname__}")
+        for f in dataclasses.fields(x):
+            put("field", f.name)
+            _feed(h, getattr(x, f.name), seen)
+        seen.discard(id(x))
+    elif isinstance(x, GlobalMemory):
+        seen.add(id(x))
+        put("gm")
+        _feed(h, x.tensors, seen)
+        _feed(h, x.image, seen)
+        seen.discard(id(x))
+    elif isinstance(x, (tuple, list, Mapping)):
+        seen.add(id(x))
+        items = list(x.items()) if isinstance(x, Mapping) else list(x)
+        put(type(x).__qualname__, str(len(items)))  # a mapping in insertion order: order may matter
+        for item in items:
+            _feed(h, item, seen)
+        seen.discard(id(x))
+    else:  # an object we cannot compare by value: by identity (unequal to every other object)
+        put("object", f"{type(x).__module__}.{type(x).__qualname__}@{id(x)}")
+
+
+__all__ = ["GM_BASE", "EncodedProgram", "encode_program", "program_key"]

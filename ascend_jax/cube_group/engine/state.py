@@ -1,4 +1,5 @@
-"""Engine data: the static shape, the traced tables (program and lane), and the state pytree.
+"""Engine data: the traced tables (program and lane) and the state pytree (the static shape they
+are built for is :class:`EngineShape`, :mod:`ascend_jax.cube_group.engine.shape`).
 
 Layout: the batch axis ``B`` is the **last** axis of every protocol array (state and per-lane
 tables), so that the step's selects and reductions run over contiguous lanes (the step is
@@ -8,7 +9,7 @@ depth): an AIV's own queue is a row of the ``[C * W, 4]`` view and an AIC's bloc
 the matmul tables stay lane-major (``[B, ...]``) for the vmapped compute phase.
 
 Size letters: ``S`` slots of all groups, ``V`` AIVs with a program, ``L`` ops per AIV (padded),
-``N`` slot versions (padded, see :mod:`ascend_jax.cube_group.encode`), ``F`` actions per callback
+``N`` slot versions (padded, see :mod:`ascend_jax.cube_group.engine.encode`), ``F`` actions per callback
 call, ``D`` matmul descriptor words, ``C`` AICs serving a group, ``W`` row width bound (max P),
 ``R`` receive-log entries per AIC, ``B`` barriers, ``K`` counter copies (max), ``Q`` queues of all
 groups, ``G`` GM bytes.
@@ -17,202 +18,26 @@ groups, ``G`` GM bytes.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.cube_group import banks
-from ascend_jax.cube_group.banks import GmBanks
-from ascend_jax.cube_group.encode import EncodedProgram
-from ascend_jax.cube_group.layout import GroupGeometry
+import ascend_jax.cube_group.engine.banks as banks
+from ascend_jax.cube_group.engine.encode import EncodedProgram
+from ascend_jax.cube_group.engine.shape import (
+    ALIVE_BITS,
+    KIND_BITS,
+    PACK_MAX_WRITES,
+    PACK_OP_COUNT_BIT,
+    EngineShape,
+    can_pack,
+)
 from ascend_jax.cube_group.matmul import N_ACTION, N_MM
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.status import OpKind
 from ascend_jax.message import MAX_MSG_PER_AIV
-
-_AIC_CONSTANTS: dict = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineShape:
-    """Everything that fixes array shapes or trace structure (static, hashable).
-
-    Lanes of one batch share it; programs that differ in ops, messages, callbacks' decisions,
-    delays, ``max_steps`` or ``max_received`` share it after padding and reuse one compilation.
-    """
-
-    groups: tuple[GroupGeometry, ...]
-    aiv_blocks: tuple[int, ...]  # block_idx of each AIV row
-    max_ops: int  # L
-    n_versions: int  # N
-    n_actions: int  # F
-    receive_capacity: int  # R (array size; the per-lane limit is traced)
-    barrier_copies: tuple[int, ...]  # K_b per barrier
-    schedule: str  # "lockstep" | "random" | "timed"
-    matmuls: tuple[Any, ...] = ()  # per group: (MatmulType, TCubeTiling, (M, N, Kp, rows_disjoint)) or None
-    gm_size: int = 1  # G (bytes: the tensors, then a zero margin for row windows)
-    gm_real: int = 0  # bytes of the tensors (the margin starts here)
-    atomic_order: str = "fixed"  # "fixed" (AIC index order) | "random" (per lane and step)
-    wait_tests: bool = False  # some AIV runs Wait<false>: carry its results
-    aiv_home: tuple[int, ...] | None = None  # per AIV row: its queue row (c * W + col), -1 none;
-    # None when some AIV serves two queues, lanes bind differently or a Wait targets another queue
-    shared: bool = True  # every lane runs the same program: tables carry no batch axis
-    build: str = "cpu"  # "cpu" | "npu-debug" | "release" (program.BUILDS: which asserts stop an AIC)
-    gm_bounds: tuple = ()  # ((first byte, end byte), ...) of every GM tensor (matmul bounds checks)
-    n_vec_ops: int = 0  # Vn: rows of the vector op table (padded; 0: no AIV runs a vector op)
-    ub: tuple = (0, 0, 0)  # (NB, R, C): UB buffers per AIV, largest buffer rows and cols
-    op_kinds: tuple[int, ...] = tuple(int(k) for k in OpKind)  # OpKinds some lane's program uses
-    has_mte3: bool = True  # some AllocMessage / PostMessage runs in MTE3 mode (the flag matters)
-    packed: bool = False  # the slot grid packs a queue's 4 depths in one word (see :func:`unpack_slots`)
-    stray: bool = False  # a cursor (release) or a free (api_misuse) may leave its AIC's block
-    banks: GmBanks | None = None  # typed GM banks (:mod:`ascend_jax.cube_group.banks`), None: GM as bytes
-    batched_stores: bool = True  # C tiles with disjoint windows share a store pass (compute.store_passes)
-
-    def uses(self, kind: OpKind) -> bool:
-        """Whether some lane's program has an op of this kind (the step leaves out what none has)."""
-        return int(kind) in self.op_kinds
-
-    @property
-    def has_sync(self) -> bool:
-        """Some AIV calls SyncAll: the step carries its round counter."""
-        return self.uses(OpKind.SYNC)
-
-    @property
-    def alive_bits(self) -> bool:
-        """Whether ``State.aic_alive`` is a [C] bitmask (rows of at most :data:`ALIVE_BITS`
-        columns) rather than [C, W] booleans."""
-        return self.row_width <= ALIVE_BITS
-
-    @property
-    def release(self) -> bool:
-        return self.build == "release"
-
-    @property
-    def notes_asserts(self) -> bool:
-        """Whether the build lists the CPU twin's failed asserts (``npu-debug``, ``release``)."""
-        return self.build != "cpu"
-
-    @property
-    def version_dtype(self):
-        """The receive log's element type: int16 while version ids fit (half the memory traffic)."""
-        return jnp.int16 if self.n_versions <= 2**15 else jnp.int32
-
-    @property
-    def grid_of_slot(self) -> np.ndarray:
-        """[S] flat index in the ``[C, W, 4]`` slot grid of every global slot (cached per geometry)."""
-        return _grid_maps(self.groups)[0]
-
-    @property
-    def queue_rows(self) -> np.ndarray:
-        """[Q] the ``[C * W]`` queue row of every queue (groups in order; cached per geometry)."""
-        return _grid_maps(self.groups)[1]
-
-    @property
-    def has_matmul(self) -> bool:
-        return any(m is not None for m in self.matmuls)
-
-    @property
-    def has_vector(self) -> bool:
-        return self.n_vec_ops > 0
-
-    @property
-    def has_gm(self) -> bool:
-        """Whether anything reads or writes GM (a matmul or a vector op); else GM is one byte."""
-        return self.has_matmul or self.has_vector
-
-    @property
-    def timed(self) -> bool:
-        return self.schedule == "timed"
-
-    @property
-    def needs_key(self) -> bool:
-        """Whether the loop draws random numbers (random schedule or random atomic order)."""
-        return self.schedule == "random" or (self.has_matmul and self.atomic_order == "random")
-
-    @property
-    def total_queues(self) -> int:
-        return sum(g.msg_queue_size for g in self.groups)
-
-    def queue_of_slot(self) -> np.ndarray:
-        """[S] global queue index (groups in order) of every slot; unused columns -> total_queues."""
-        out = []
-        base = 0
-        for g in self.groups:
-            for s in range(g.num_slots):
-                k, c, _ = g.slot_queue_depth(s)
-                out.append(base + k * g.aiv_per_aic + c if c < g.queues_of_aic(k) else self.total_queues)
-            base += g.msg_queue_size
-        return np.array(out, np.int32)
-
-    @property
-    def grid_size(self) -> int:
-        """Positions of the ``[C, W, 4]`` slot grid."""
-        return len(self.aics) * self.row_width * MAX_MSG_PER_AIV
-
-    @property
-    def num_slots(self) -> int:
-        return sum(g.num_slots for g in self.groups)
-
-    @property
-    def aics(self) -> list[tuple[int, int]]:
-        return [(gi, k) for gi, g in enumerate(self.groups) for k in range(g.aic_num)]
-
-    @property
-    def row_width(self) -> int:
-        return max(g.aiv_per_aic for g in self.groups)
-
-    def aic_constants(self) -> dict[str, np.ndarray]:
-        """[C] per-AIC geometry: group, block base slot, P, n, absolute core index, and the group's
-        slot range [group_lo, group_hi) (cached)."""
-        hit = _AIC_CONSTANTS.get(self.groups)
-        if hit is None:
-            rows = [
-                (
-                    gi,
-                    g.slot_base + k * g.aiv_per_aic * MAX_MSG_PER_AIV,
-                    g.aiv_per_aic,
-                    g.queues_of_aic(k),
-                    g.first_aic + k,
-                )
-                for gi, k in self.aics
-                for g in [self.groups[gi]]
-            ]
-            arr = np.array(rows, np.int32).reshape(-1, 5)
-            lo = np.array([self.groups[gi].slot_base for gi, _ in self.aics], np.int32).reshape(-1)
-            hi = np.array([self.groups[gi].slot_base + self.groups[gi].num_slots for gi, _ in self.aics], np.int32)
-            hit = _AIC_CONSTANTS[self.groups] = dict(
-                group=arr[:, 0],
-                block=arr[:, 1],
-                p=arr[:, 2],
-                n=arr[:, 3],
-                core=arr[:, 4],
-                group_lo=lo,
-                group_hi=hi.reshape(-1),
-            )
-        return hit
-
-
-@functools.lru_cache(maxsize=64)
-def _grid_maps(groups: tuple[GroupGeometry, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(grid index of every slot, queue row of every queue) for a tuple of group geometries."""
-    w = max(g.aiv_per_aic for g in groups)
-    slots, rows = [], []
-    c0 = 0
-    for g in groups:
-        p = g.aiv_per_aic
-        k, rem = np.divmod(np.arange(g.num_slots), p * MAX_MSG_PER_AIV)
-        d, col = np.divmod(rem, p)
-        slots.append(((c0 + k) * w + col) * MAX_MSG_PER_AIV + d)
-        q = np.arange(g.msg_queue_size)
-        rows.append((c0 + q // p) * w + q % p)
-        c0 += g.aic_num
-    out = np.concatenate(slots).astype(np.int64), np.concatenate(rows).astype(np.int64)
-    for x in out:
-        x.flags.writeable = False
-    return out
 
 
 @jax.tree_util.register_dataclass
@@ -232,11 +57,11 @@ class Tables:
       the action (code or 0), the CPU twin's assert noted right after it (code or 0).
     act_mmf: [N, F, A + 1] int32 IterateAll words and their keep mask; ver_mmf: [N, M + 1] the
       Matmul state each call leaves and its keep mask; mm_init: [C, M] the state after Init (see
-      :class:`ascend_jax.cube_group.encode.EncodedProgram`; [N, 0, 0], [N, 0], [C, 0] without
+      :class:`ascend_jax.cube_group.engine.encode.EncodedProgram`; [N, 0, 0], [N, 0], [C, 0] without
       a Matmul).
     slot_ver: [C * W * 4, 64] int32 packed grid only (:attr:`EngineShape.packed`; [0, 64] else):
       the version a slot holds after its k-th write (k mod 64; column 0: -1, the zeroed workspace).
-    vec: [Vn, 12] int32 every vector op's words (:data:`ascend_jax.cube_group.encode.VEC`; [0, 12]
+    vec: [Vn, 12] int32 every vector op's words (:data:`ascend_jax.cube_group.engine.encode.VEC`; [0, 12]
       without vector ops).
     max_steps, receive_limit: [] int32.
     gm_init: GM at launch, a tuple: ``([G] uint8,)`` the bytes, or with typed banks
@@ -392,24 +217,14 @@ ACT = {"slot": 0, "wait": 1, "next": 2, "mm": 3, "en": 4, "assert": 5, "note": 6
 
 #: bit of word 0 that marks an MTE3 alloc / post
 MTE3_BIT = 30
-#: low bits of word 0 holding the op kind
-KIND_BITS = 4
 
 #: bits of a WRITE's version in the second op word (the head state sits above them)
 VERSION_BITS = 23
 MAX_VERSIONS = 1 << VERSION_BITS
 
-
-#: widest row whose live columns ``State.aic_alive`` holds as int32 bits (shifts stay below bit 31)
-ALIVE_BITS = 30
-
 #: packed grid: a depth's byte holds the head state in bits 0..1 and, from this bit up, the
 #: number of writes to the slot modulo 64 (``Tables.slot_ver`` maps it to the version)
 PACK_COUNT_SHIFT = 2
-#: packed grid: most writes to one slot (a 6-bit write count must not wrap to a live one)
-PACK_MAX_WRITES = 63
-#: packed grid: bit of op word 0 where a WRITE's write count sits (x keeps its low 20 bits)
-PACK_OP_COUNT_BIT = 24
 
 
 def slot_word(state, ver):
@@ -429,20 +244,6 @@ def write_counts(rows: np.ndarray) -> np.ndarray:
     out = np.zeros(len(rows), np.int64)
     out[pos[order]] = rank + 1
     return out
-
-
-def can_pack(shape: EngineShape, rows_per_program: list) -> bool:
-    """Whether a batch can use the packed slot grid: every AIV writes only its own queue (one
-    writer per slot, so a write's count is known when encoding), the workspace starts zeroed,
-    head states fit in 2 bits and no slot is written more than :data:`PACK_MAX_WRITES` times."""
-    if shape.aiv_home is None or shape.grid_size >= 1 << (PACK_OP_COUNT_BIT - KIND_BITS):
-        return False
-    for rows in rows_per_program:
-        ops = np.array([op for row in rows for op in row], np.int64).reshape(-1, 5)
-        writes = ops[ops[:, 0] == OpKind.WRITE]
-        if len(writes) and (np.bincount(writes[:, 1]).max() > PACK_MAX_WRITES or not (writes[:, 2] <= 3).all()):
-            return False
-    return True
 
 
 def packed_bytes(grid: jax.Array) -> jax.Array:
@@ -642,6 +443,12 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
 
 
 __all__ = [
+    "ACT",
+    "ALIVE_BITS",
+    "KIND_BITS",
+    "PACK_MAX_WRITES",
+    "PACK_OP_COUNT_BIT",
+    "VER",
     "EngineShape",
     "State",
     "Tables",
@@ -654,8 +461,6 @@ __all__ = [
     "unpack_slots",
     "packed_bytes",
     "can_pack",
-    "VER",
-    "ACT",
 ]
 
 

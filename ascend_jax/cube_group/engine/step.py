@@ -1,13 +1,13 @@
 """One engine step for a whole batch: every enabled AIV acts, then every enabled AIC acts.
 
 The step is written for the batch with the lane axis last (``[..., B]``); reading and writing
-the slot grid and the tables goes through :mod:`ascend_jax.cube_group.access`, and the timed
-schedule's start cycles and durations come from :mod:`ascend_jax.cube_group.timed`. Blocking
+the slot grid and the tables goes through :mod:`ascend_jax.cube_group.engine.access`, and the timed
+schedule's start cycles and durations come from :mod:`ascend_jax.cube_group.engine.timed`. Blocking
 calls are predicates evaluated once per step on the state at the start of the phase; cores act
 by masks (no ``lax.cond`` / ``lax.switch``).
 
 The callback is not evaluated here: its decision for every slot version was computed when the
-program was encoded (:mod:`ascend_jax.cube_group.encode`). A lane that is not RUNNING enables no
+program was encoded (:mod:`ascend_jax.cube_group.engine.encode`). A lane that is not RUNNING enables no
 core, so its state stays as it is.
 """
 
@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.cube_group import clock
-from ascend_jax.cube_group.access import (
+from ascend_jax.cube_group.callbacks import NO_WAIT
+from ascend_jax.cube_group.engine.access import (
     D4,
     aiv_slot_post,
     aiv_slot_state,
@@ -38,23 +39,11 @@ from ascend_jax.cube_group.access import (
     slot_write,
     vector_words,
 )
-from ascend_jax.cube_group.callbacks import NO_WAIT
+from ascend_jax.cube_group.engine.shape import ALIVE_BITS, KIND_BITS, PACK_OP_COUNT_BIT, EngineShape
+from ascend_jax.cube_group.engine.state import ACT, MAX_VERSIONS, MTE3_BIT, VER, VERSION_BITS, State, Tables
+from ascend_jax.cube_group.engine.timed import aic_times, aiv_times, occupancy
 from ascend_jax.cube_group.matmul import N_MM
-from ascend_jax.cube_group.state import (
-    ACT,
-    ALIVE_BITS,
-    KIND_BITS,
-    MAX_VERSIONS,
-    MTE3_BIT,
-    PACK_OP_COUNT_BIT,
-    VER,
-    VERSION_BITS,
-    EngineShape,
-    State,
-    Tables,
-)
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
-from ascend_jax.cube_group.timed import aic_times, aiv_times, occupancy
 from ascend_jax.message import FREE, QUIT
 
 #: programs up to this many ops per AIV fetch ops by a one-hot select, longer ones by a gather
@@ -72,7 +61,7 @@ def _chosen(shape: EngineShape, keys: jax.Array, n: int) -> jax.Array:
 # -- AIV side ----------------------------------------------------------------------------------
 def _aiv_ops(shape: EngineShape, tab: Tables, st: State):
     """Each AIV's next op: (pc, kind, x, a, b, c), all [V, B] (pc clamped for finished AIVs),
-    unpacked from the two words of :func:`ascend_jax.cube_group.state.pack_op`."""
+    unpacked from the two words of :func:`ascend_jax.cube_group.engine.state.pack_op`."""
     n_ops = tab.ops.shape[1]
     pc = jnp.minimum(st.aiv_pc, n_ops - 1)
     if n_ops <= ONEHOT_OPS:
@@ -124,7 +113,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     """Every AIV whose next op is enabled performs it (timed schedule: those starting at ``tmin``,
     the [B] float32 pair of the step's event cycle, :mod:`ascend_jax.cube_group.clock`).
     Returns the new state, [V, B] enabled, and the vector ops performed: ([V, B] which AIVs, their
-    [V, 12, B] words), or None without vector ops (:func:`ascend_jax.cube_group.compute.apply_vector_ops`
+    [V, 12, B] words), or None without vector ops (:func:`ascend_jax.cube_group.engine.compute.apply_vector_ops`
     runs them)."""
     ops = _aiv_ops(shape, tab, st)
     pc, kind, x, a, b, c = ops
@@ -432,7 +421,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
     """One protocol step of the batch, then the status update. A lane that is not RUNNING enables
     no core and keeps its state. ``cost`` is [12, B]. Returns the state, the step's matmul
     requests: [C, B] enables and the [C, A, B] action words of each (for
-    :func:`ascend_jax.cube_group.compute.matmul_tiles`), and its vector ops (see :func:`aiv_step`)."""
+    :func:`ascend_jax.cube_group.engine.compute.matmul_tiles`), and its vector ops (see :func:`aiv_step`)."""
     keys = st.key
     k_aiv = k_aic = keys
     if shape.needs_key:

@@ -2,7 +2,7 @@
 it takes, and the queue-occupancy clock.
 
 Under the ``timed`` schedule a step performs only the actions that start earliest (see
-:func:`ascend_jax.cube_group.step.step`); these functions give every core's start cycle and
+:func:`ascend_jax.cube_group.engine.step.step`); these functions give every core's start cycle and
 duration from the state and the lane's cost vector (:mod:`ascend_jax.timing`). The reference
 interpreter computes the same quantities with the same formulas: durations in float32, times and
 sums as float32 pairs (:mod:`ascend_jax.cube_group.clock`; a delay's cycles are a pair too), so
@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascend_jax.cube_group import clock
-from ascend_jax.cube_group.access import (
+from ascend_jax.cube_group.callbacks import NO_WAIT
+from ascend_jax.cube_group.engine.access import (
     D4,
     mm_fields,
     select_first,
@@ -26,10 +27,10 @@ from ascend_jax.cube_group.access import (
     slot_read,
     vector_words,
 )
-from ascend_jax.cube_group.callbacks import NO_WAIT
-from ascend_jax.cube_group.encode import VEC
+from ascend_jax.cube_group.engine.encode import VEC
+from ascend_jax.cube_group.engine.shape import EngineShape
+from ascend_jax.cube_group.engine.state import ACT, State, Tables, packed_bytes
 from ascend_jax.cube_group.matmul import AF
-from ascend_jax.cube_group.state import ACT, EngineShape, State, Tables, packed_bytes
 from ascend_jax.cube_group.status import AicPhase, OpKind
 from ascend_jax.message import FAKE, FREE, QUIT
 from ascend_jax.timing import C as TC
