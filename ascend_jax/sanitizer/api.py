@@ -23,24 +23,6 @@ from ascend_jax.sanitizer.racecheck import racecheck
 from ascend_jax.sanitizer.synccheck import run_synccheck, static_synccheck
 
 
-def _observed(interp: ReferenceInterpreter, observer: Observer) -> ReferenceInterpreter:
-    """``interp`` with ``observer`` called before every AIV op and AIC action (wraps the two
-    protocol methods of this one instance)."""
-    proto = interp.proto
-    aiv_act, dispatch = proto.aiv_act, proto.dispatch
-
-    def observed_aiv_act(aiv: Any) -> None:
-        observer.aiv_act(proto, aiv, aiv.ops[aiv.pc])
-        aiv_act(aiv)
-
-    def observed_dispatch(aic: Any) -> dict | None:
-        observer.aic_act(proto, aic)
-        return dispatch(aic)
-
-    proto.aiv_act, proto.dispatch = observed_aiv_act, observed_dispatch
-    return interp
-
-
 @dataclasses.dataclass
 class SanitizerReport:
     """What :func:`sanitize` found.
@@ -151,9 +133,8 @@ def sanitize(
         first.run()
         start = (first.proto.slots, first.proto.counters_a, first.proto.counters_w)
     obs = Observer(program, frozenset(uninitialised), source_of)
-    interp = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, start=start)
-    if touches_gm(program):  # without a GM access there is nothing to order: no log needed
-        interp = _observed(interp, obs)
+    watch = obs if touches_gm(program) else None  # without a GM access there is nothing to order
+    interp = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, start=start, observer=watch)
     result = interp.run()
     pcs = {a.block_idx: a.pc for a in interp.proto.aivs}
     findings = analyse(obs.log, tools, program, result, pcs, obs.source_of)

@@ -49,6 +49,8 @@ class ReferenceInterpreter:
         and nothing costs). :mod:`ascend_jax.trace` reads it.
       start: ``(slots, arrive counters, wait counters)`` of a previous launch whose workspace this
         launch inherits (``zero_workspace = false``; :func:`run_reference`).
+      observer: the sanitizer's hook (``ascend_jax.sanitizer.observer.Observer``), told of every
+        core action before it happens; None (the default) costs nothing.
 
     Attributes:
       proto: the protocol state (:class:`~ascend_jax.cube_group.reference.protocol.Protocol`).
@@ -66,6 +68,7 @@ class ReferenceInterpreter:
         cost: Any = None,
         events: list | None = None,
         start: tuple | None = None,
+        observer: Any = None,
     ):
         if schedule not in ("lockstep", "random", "timed"):
             raise ValueError(f"schedule = {schedule!r}: must be 'lockstep', 'random' or 'timed'")
@@ -79,7 +82,7 @@ class ReferenceInterpreter:
         self.cost = cost_vector(program, cost) if schedule == "timed" else None
         self.gm = Gm(program, numerics)
         self.vector = VectorUnit(self.gm)
-        self.proto = Protocol(program, self.vector, events, start)
+        self.proto = Protocol(program, self.vector, events, start, observer)
         self.rec = self.proto.rec
         self.rng = np.random.default_rng(seed) if schedule == "random" else None
         self.max_steps = program.max_steps if max_steps is None else max_steps

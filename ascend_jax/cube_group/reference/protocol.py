@@ -117,6 +117,8 @@ class Protocol:
       events: a list to record events in (``events.EventRecorder``), or None.
       start: ``(slots, barrier arrive counters, barrier wait counters)`` of a previous launch whose
         workspace this one inherits (``zero_workspace = false``), or None.
+      observer: the sanitizer's hook, or None: ``observer.aiv_act(self, aiv, op)`` before an AIV op,
+        ``observer.aic_act(self, aic)`` before an AIC action (``ascend_jax.sanitizer.observer``).
 
     Attributes:
       slots: group -> its slots (group numbering).
@@ -129,10 +131,16 @@ class Protocol:
     """
 
     def __init__(
-        self, program: CubeGroupProgram, vector: VectorUnit, events: list | None = None, start: tuple | None = None
+        self,
+        program: CubeGroupProgram,
+        vector: VectorUnit,
+        events: list | None = None,
+        start: tuple | None = None,
+        observer: Any = None,
     ):
         self.p = program
         self.vector = vector
+        self.observer = observer  # sanitizer hook: aiv_act / aic_act before each action (None: no cost)
         # receive-log capacity: the exact value walks every op, so it is computed only once a log
         # reaches its lower bound (two laps of the widest row) unless the program fixes it
         self.capacity = program.max_received
@@ -242,6 +250,8 @@ class Protocol:
         """Performs the AIV's next op (enabled); a delay ticks once."""
         op = aiv.ops[aiv.pc]
         kind = op.kind
+        if self.observer is not None:  # sanitizer hook: sees the op before it acts
+            self.observer.aiv_act(self, aiv, op)
         rec = self.rec
         if rec is not None:
             rec.aiv_op(aiv, op)
@@ -367,6 +377,8 @@ class Protocol:
 
     def dispatch(self, aic: Aic) -> dict | None:
         """The AIC's next action; an error dict instead when it is a protocol error."""
+        if self.observer is not None:  # sanitizer hook: sees the action before it happens
+            self.observer.aic_act(self, aic)
         rec = self.rec
         if aic.in_call:
             act = aic.pending.pop(0)
