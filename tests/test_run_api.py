@@ -83,6 +83,10 @@ def test_every_run_config_field_is_a_run_flag_of_the_same_name():
     sub = next(a for a in _parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     flags = {a.dest for a in sub.choices["run"]._actions}
     assert set(RunConfig.model_fields) <= flags  # cli/parser.py's run_config reads each field's flag by name
+    from ascend_jax.cli.parser import COMM_UNSUPPORTED
+    from ascend_jax.runner import COMM_UNSUPPORTED_FIELDS
+
+    assert set(COMM_UNSUPPORTED_FIELDS) <= set(COMM_UNSUPPORTED)  # the CLI refuses them first, as flags
 
 
 # -- the auto engine rule ---------------------------------------------------------------------------
