@@ -296,7 +296,7 @@ def test_cli_page_names_every_subcommand_and_the_ranks_range():
     sub = next(a for a in _parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     names = list(sub.choices)
     page = (ROOT / "docs" / "reference" / "cli.md").read_text()
-    words = {2: "two", 3: "three", 4: "four", 5: "five"}
+    words = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
     assert f"with {words[len(names)]} subcommands" in page
     for name in names:
         assert f"## `ascend-jax {name}`" in page, name

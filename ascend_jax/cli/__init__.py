@@ -83,6 +83,8 @@ def _main(argv: list[str]) -> int:
         for name, desc, _ in model_table():
             print(f"{name:<20} {printable(desc)}")
         return EXIT_OK
+    if args.command == "sanitize":  # a run with the sanitizer (ascend_jax/sanitizer/cli.py)
+        return _run(args)
     if args.command == "check":
         from ascend_jax.scenario import check_scenario
 
@@ -106,8 +108,11 @@ def _run(args: argparse.Namespace) -> int:
     from ascend_jax.cli import parser, render
     from ascend_jax.models import load_model, parse_model_args
     from ascend_jax.runner import check_work, execute, is_comm, prepare, resolve_engine
+    from ascend_jax.sanitizer import cli as sanitizer
     from ascend_jax.scenario import builtin_scenario_path, load_scenario
 
+    sanitizing = sanitizer.wanted(args)
+    op_lines: dict = {}  # sanitizer: the model line of every op
     nums = parser.validate_run_args(args)
     config = parser.run_config(args)
     parser.check_empty_paths(args)
@@ -123,12 +128,13 @@ def _run(args: argparse.Namespace) -> int:
             return load_model(args.model, seed, max_steps=nums.max_steps, ranks=nums.ranks,
                               allow_python=args.allow_python, options=options, before_build=before_build)  # fmt: skip
 
-        with Activity(f"building model {args.model}", delay=2.0):
+        with Activity(f"building model {args.model}", delay=2.0), sanitizer.sources(args) as op_lines:
             program, expected, path = build(
                 nums.seed,  # the model's generated inputs follow --seed
                 lambda ops: check_work(ops, nums.batch, engine, args.allow_large, "estimated by the model's work()"),
             )
         if is_comm(program):
+            sanitizer.refuse_comm(args)
             return _run_comm(program, expected, args, nums, config, lambda seed: build(seed)[0])
     else:
         if nums.ranks is not None:
@@ -143,16 +149,21 @@ def _run(args: argparse.Namespace) -> int:
     parser.check_trace_lane(args, nums)
     out = parser.outputs(args, nums)
     res = execute(plan, progress=Activity, compile_cache=True)
+    found = sanitizer.analyse(args, res, path, op_lines) if sanitizing else None
+    if args.command == "sanitize":
+        return sanitizer.emit_sanitize(args, res, found, path)
     if out.dump is not None:
         render.dump_tensors(res.program, res.results[0].gm, out.dump)
     if out.as_json:
-        render.print_json(res.to_json())
+        render.print_json(res.to_json() | ({"sanitizer": found.to_json()} if found else {}))
     lines = render.cube_lines(res, str(path))
     if not out.as_json:
         render.emit(lines)
+        if found:
+            print(found.text())
     if out.trace is not None or out.report is not None:
         render.trace_and_report(res, lines, out)
-    return EXIT_OK if res.ok else EXIT_NOT_OK
+    return EXIT_OK if res.ok and not (found and found.found) else EXIT_NOT_OK
 
 
 def _run_comm(program: Any, expected: Any, args: argparse.Namespace, nums: Any, config: Any, lane: Any) -> int:

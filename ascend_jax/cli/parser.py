@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
         f"reference interpreter, {JAX_MAX_WORK:,} in the JAX engine)",
     )
     run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    from ascend_jax.sanitizer.cli import add_arguments as add_sanitizer  # `sanitize`, `run --sanitize`
+
+    add_sanitizer(sub, run)
     check = sub.add_parser("check", help="validate a scenario without running it (imports no user code)")
     check.add_argument("file")
     check.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)

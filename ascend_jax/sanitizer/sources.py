@@ -51,9 +51,10 @@ def capture_sources() -> Iterator[dict[tuple[int, int], str]]:
     original = AivProgram._where
 
     def _where(self: AivProgram) -> str:
-        key = (self.block_idx, len(self.ops))
-        if key not in table and self.location is None:
-            table[key] = _caller()
+        # the last call at a given length is the op that is then appended (a buffer declaration or
+        # an assign_queue asks too, before it, at the same length)
+        if self.location is None:
+            table[(self.block_idx, len(self.ops))] = _caller()
         return original(self)
 
     AivProgram._where = _where
