@@ -116,3 +116,9 @@ def test_the_model_line_names_the_attention_race():
     assert code == 3 and "1 finding(s)" in out
     assert "load at models/attention_grad.py:" in out and "(_task, called from line" in out
     assert "races 4 times in all (cores aiv0/aic0, aiv1/aic0, aiv2/aic1, aiv3/aic1)" in out
+
+
+def test_the_jax_engine_reports_what_the_reference_reports():
+    ref = json.loads(cli("sanitize", RACE, "--json", "--engine", "reference")[1])["sanitizer"]
+    jax = json.loads(cli("sanitize", RACE, "--json", "--engine", "jax")[1])["sanitizer"]
+    assert jax == ref and len(ref["findings"]) == 1

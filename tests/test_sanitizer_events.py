@@ -200,3 +200,14 @@ def test_findings_are_sorted_and_rendered_one_paragraph_each():
 def test_unknown_access_kind_is_refused():
     with pytest.raises(ValueError, match="access kind"):
         _log().access("aiv0", _site("aiv0", 0), "scribble", 0x1000, 1, 4, 4, 4)
+
+
+def test_memcheck_overlapping_regions():
+    from ascend_jax.sanitizer.memcheck import overlapping_regions
+
+    found = overlapping_regions(
+        [("tensor 'a'", 0x1000, 0x1100), ("tensor 'b'", 0x10C0, 0x1200), ("tensor 'c'", 0x1200, 0x1300)]
+    )
+    (f,) = found
+    assert f.kind == "overlapping_tensors" and "0x10c0..0x10ff" in f.message
+    assert "tensor 'a'" in f.message and "tensor 'b'" in f.message

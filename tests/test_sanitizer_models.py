@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ascend_jax.cube_group.program import CubeGroupProgram
+from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
 from ascend_jax.models import available_models, load_model
 from ascend_jax.sanitizer import sanitize
 from ascend_jax.sanitizer.sources import capture_sources, source_lookup
@@ -123,3 +123,53 @@ def test_the_wait_qk_race_names_the_wait_to_add():
     text = rep.render()
     assert "wait on the message before the load" in text
     assert f"{load.core} op {load.op_index}" in text
+
+
+def _one_aiv(sync: str):
+    """AIV 0 posts C = A @ B, quits, then (SyncAll in the given form) loads C without waiting."""
+    k = CubeGroupKernel(chip="910B1", name="sync-forms")
+    t = dict(M=16, N=16, Ka=16, Kb=16, singleCoreM=16, singleCoreN=16, singleCoreK=16, baseM=16, baseN=16, baseK=16)
+    g = k.create_cube_res_group("g", 0, 2, 1, "matmul", matmul=dict(a="float16", b="float16", c="float32",
+                                bias="float32"), tiling=t)  # fmt: skip
+    a, b = (k.alloc(n, (16, 16), "float16", "random", seed=i) for i, n in enumerate("ab"))
+    c = k.alloc("c", (16, 16), "float32")
+    aiv = k.aiv(0)
+    aiv.assign_queue(g, 0)
+    f = aiv.vec.buffer("f", 16, 16, "float32")
+    aiv.post(g, dict(aAddr=a.addr, bAddr=b.addr, cAddr=c.addr))
+    aiv.quit(g)
+    if sync != "none":
+        aiv.sync_all(aiv_only=sync == "aiv_only")
+    aiv.vec.load(f, c.addr)
+    return k.compile()
+
+
+def test_only_the_all_core_sync_all_orders_the_aics_work():
+    assert _every_schedule(_one_aiv("all_cores")) == []  # it waits for the AIC to leave its loop
+    for form in ("aiv_only", "none"):
+        (f,) = _every_schedule(_one_aiv(form))
+        assert (f["kind"], f["ops"][0]["op"], f["ops"][1]["op"]) == ("race", "load", "matmul.C"), form
+
+
+def test_synccheck_on_barriers_and_foreign_waits():
+    k = CubeGroupKernel(chip="910B1", name="sync-shapes")
+    g = k.create_cube_res_group("g", 0, 2, 2, "free")
+    bar = k.group_barrier("b", 1, 1)
+    for q in range(2):
+        aiv = k.aiv(q)
+        aiv.assign_queue(g, q)
+        aiv.post(g)
+        if q == 0:
+            aiv.arrive(bar, 0)
+            aiv.arrive(bar, 0)  # a second round nobody waits for
+            aiv.wait(g, 1)  # queue 1's slot (P = 2): another queue's message
+        else:
+            aiv.barrier_wait(bar, 0)
+        aiv.quit(g)
+    found = _every_schedule(k.compile())
+    assert {(f["tool"], f["kind"]) for f in found} == {
+        ("synccheck", "barrier_unbalanced"),
+        ("synccheck", "wait_other_queue"),
+    }
+    bad = next(f for f in found if f["kind"] == "barrier_unbalanced")
+    assert "Arrive calls per index [2], Wait calls per index [1]" in bad["message"]

@@ -14,19 +14,34 @@ Findings are a property of the program, not of the schedule that ran (docs/model
 
 from __future__ import annotations
 
-from ascend_jax.sanitizer.api import SanitizerReport, analyse, parse_tools, sanitize
-from ascend_jax.sanitizer.events import EventLog, Site, TensorInfo
-from ascend_jax.sanitizer.findings import TOOLS, Finding, OpRef
+import importlib
+from typing import Any
 
-__all__ = [
-    "TOOLS",
-    "EventLog",
-    "Finding",
-    "OpRef",
-    "SanitizerReport",
-    "Site",
-    "TensorInfo",
-    "analyse",
-    "parse_tools",
-    "sanitize",
-]
+#: public name -> the module defining it; loaded on first use (PEP 562), so that building the
+#: command line (which registers ``sanitize`` from :mod:`.cli`) imports no interpreter
+_HOME = {
+    "SanitizerReport": "api",
+    "analyse": "api",
+    "parse_tools": "api",
+    "sanitize": "api",
+    "EventLog": "events",
+    "Site": "events",
+    "TensorInfo": "events",
+    "TOOLS": "findings",
+    "Finding": "findings",
+    "OpRef": "findings",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
