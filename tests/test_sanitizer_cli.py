@@ -34,7 +34,7 @@ def test_sanitize_reports_the_race_and_exits_3():
     assert code == 3
     assert "sanitizer: 1 finding(s) (racecheck 1, initcheck 0, synccheck 0, memcheck 0)" in out
     assert "[racecheck] race: aiv0 op 2 (load at" in out and "wait on the message before the load" in out
-    assert "sanitizer_race.toml aiv[0].ops[3]" in out  # the scenario's own op
+    assert "sanitizer_race.toml:47, aiv[0].ops[3]" in out  # the scenario's line and op
     code, out, _ = cli("sanitize", FIXED)
     assert code == 0 and "no findings" in out
 

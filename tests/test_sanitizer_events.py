@@ -211,3 +211,15 @@ def test_memcheck_overlapping_regions():
     (f,) = found
     assert f.kind == "overlapping_tensors" and "0x10c0..0x10ff" in f.message
     assert "tensor 'a'" in f.message and "tensor 'b'" in f.message
+
+
+def test_scenario_lines_find_each_ops_line(tmp_path):
+    from ascend_jax.sanitizer.sources import scenario_lines
+
+    f = tmp_path / "s.toml"
+    f.write_text(
+        'name = "x"\n[[group]]\nname = "g"\n[[aiv]]\nblock_idx = 0\nops = [\n  { op = "assign_queue" },  # { op = no\n'
+        '  { op = "post" }, { op = "quit" },\n]\n[[tensor]]\nname = "t"\n[[aiv]]\nops = [{ op = "quit" }]\n'
+    )
+    assert scenario_lines(f) == {(0, 0): 7, (0, 1): 8, (0, 2): 8, (1, 0): 13}
+    assert scenario_lines(tmp_path / "missing.toml") == {}

@@ -138,14 +138,14 @@ def analyse(args: argparse.Namespace, res: Any, path: Any, lines: dict) -> Outco
     program = res.program
     schedule = _name(res.config.schedule)
     seed = int(res.seeds[0]) if res.seeds else 0
-    prefix = f"{path} " if path is not None and not args.model else ""
+    scenario = path if path is not None and not args.model else None
     report = sanitize(
         program,
         schedule=schedule,
         seed=seed,
         tools=parse_tools(args.tool),
         uninitialised=args.uninit or (),
-        source_of=source_lookup(program, lines, prefix),
+        source_of=source_lookup(program, lines, scenario),
     )
     return Outcome(report, max(len(res.seeds), 1), schedule, seed, _name(res.engine))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,18 +65,55 @@ def capture_sources() -> Iterator[dict[tuple[int, int], str]]:
         AivProgram._where = original
 
 
+_AIV_TABLE = re.compile(r"^\s*\[\[\s*aiv\s*\]\]")
+_TABLE = re.compile(r"^\s*\[")
+_OP = re.compile(r"\{\s*op\s*=")
+_WHERE = re.compile(r"^aiv\[(\d+)\]\.ops\[(\d+)\]$")
+
+
+def scenario_lines(path: str | Path) -> dict[tuple[int, int], int]:
+    """``(i, j) -> line`` of op ``j`` of the ``i``-th ``[[aiv]]`` table of a scenario file (ops
+    written as inline tables ``{ op = ... }``, as the scenario format has them); {} if unreadable."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {}
+    out: dict[tuple[int, int], int] = {}
+    aiv, j, inside = -1, -1, False
+    for n, line in enumerate(lines, 1):
+        code = line.split("#", 1)[0]
+        if _AIV_TABLE.match(code):
+            aiv, j, inside = aiv + 1, -1, True
+            continue
+        if _TABLE.match(code) and "=" not in code.split("]", 1)[0]:
+            inside = False  # another table
+            continue
+        if inside:
+            for _ in _OP.finditer(code):
+                j += 1
+                out[(aiv, j)] = n
+    return out
+
+
 def source_lookup(
-    program: Any, table: dict[tuple[int, int], str] | None = None, prefix: str = ""
+    program: Any, table: dict[tuple[int, int], str] | None = None, scenario: str | Path | None = None
 ) -> Callable[[int, int], str]:
-    """``(block_idx, op index) -> str``: the captured line, else ``prefix`` + the op's ``where``."""
+    """``(block_idx, op index) -> str``: the captured model line; for a scenario file,
+    ``file:line, aiv[i].ops[j]``; else the op's ``where``."""
     ops = dict(program.aivs)
     table = table or {}
+    lines = scenario_lines(scenario) if scenario is not None else {}
 
     def source_of(b: int, i: int) -> str:
         line = table.get((b, i))
         if line:
             return line
         mine = ops.get(b, ())
-        return prefix + mine[i].where if 0 <= i < len(mine) and mine[i].where else ""
+        where = mine[i].where if 0 <= i < len(mine) else ""
+        if scenario is None or not where:
+            return where
+        m = _WHERE.match(where)
+        n = lines.get((int(m.group(1)), int(m.group(2)))) if m else None
+        return f"{_short(str(scenario))}:{n}, {where}" if n else f"{_short(str(scenario))} {where}"
 
     return source_of
