@@ -122,3 +122,8 @@ def test_the_jax_engine_reports_what_the_reference_reports():
     ref = json.loads(cli("sanitize", RACE, "--json", "--engine", "reference")[1])["sanitizer"]
     jax = json.loads(cli("sanitize", RACE, "--json", "--engine", "jax")[1])["sanitizer"]
     assert jax == ref and len(ref["findings"]) == 1
+
+
+def test_a_run_cut_short_says_so():
+    code, out, _ = cli("sanitize", "--model", "attention_grad", "--max-steps", "5")
+    assert code == 3 and "the run ended max_steps" in out and "raise --max-steps" in flat(out)

@@ -125,7 +125,18 @@ class Outcome:
         return f"sanitizer: analysed on {where}"
 
     def text(self) -> str:
-        return f"{self.how()}\n{self.report.render()}"
+        return f"{self.how()}\n{partial_note(self.report)}{self.report.render()}"
+
+
+def partial_note(report: Any) -> str:
+    """A line saying that a run cut short by ``max_steps`` was analysed only up to there."""
+    status = getattr(getattr(report.result, "status", None), "label", "")
+    if status != "max_steps":
+        return ""
+    return (
+        "sanitizer: the observed run stopped at max_steps, so only the accesses before that were analysed, "
+        "and where a run stops depends on the schedule: raise --max-steps for a complete answer\n"
+    )
 
 
 def analyse(args: argparse.Namespace, res: Any, path: Any, lines: dict) -> Outcome | None:
