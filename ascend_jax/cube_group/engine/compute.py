@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ascend_jax.cube_group.engine.banks as banks
-from ascend_jax.cube_group.engine.encode import VEC
+from ascend_jax.cube_group.engine.encode import VEC, MatmulDims
 from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.matmul import MatmulType, check_operands, combine, compute_tiles, descriptor, empty_tile
 from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
@@ -75,7 +75,7 @@ def matmul_tiles(shape: EngineShape, ro: tuple[jax.Array, ...], gm: tuple[jax.Ar
     return tiles
 
 
-def matmul_groups(shape: EngineShape) -> list[tuple[int, MatmulType, tuple]]:
+def matmul_groups(shape: EngineShape) -> list[tuple[int, MatmulType, MatmulDims]]:
     """(group index, Matmul type, tile dims) of each group with a Matmul, in creation order: the
     order of the per-group lists of :func:`matmul_requests` and :func:`matmul_tiles`, and of the
     writes."""
@@ -101,7 +101,7 @@ def store_passes(shape: EngineShape, key: jax.Array, reqs: list) -> list:
         else:
             order = jnp.arange(n_aic)
         rank = jnp.zeros(n_aic, jnp.int32).at[order].set(jnp.arange(n_aic, dtype=jnp.int32))
-        mm_, nn, _, rows_disjoint, _, _ = dims
+        mm_, nn, rows_disjoint = dims.m, dims.n, dims.rows_disjoint
         c_rows = _c_rows(shape, mt)
         if not (shape.batched_stores and rows_disjoint and c_rows):
             out.append(rank)
@@ -154,14 +154,27 @@ def store_tiles(
     for (_, mt, dims), (d, e), c, ps, n in zip(matmul_groups(shape), reqs, tiles, passes, n_passes, strict=True):
         c_rows = _c_rows(shape, mt)
         if c_rows is not None:  # else no tensor of C's type is written: every such tile is out of range
-            gm = jax.lax.fori_loop(0, n, functools.partial(_store_pass, mt, dims, c_rows, d, e, c, ps), gm)
+            group = StoreGroup(mt, dims, c_rows, d, e, c, ps)
+            gm = jax.lax.fori_loop(0, n, functools.partial(_store_pass, group), gm)
     return gm
 
 
-def _store_pass(mt, dims, c_rows, d, e, c, ps, p, gm):
-    """Pass ``p`` of one group's stores (see :func:`store_tiles`): ``d`` descriptor words and
-    ``e`` [P] written, ``c`` [P, M, N] tiles, ``ps`` [P] each AIC's pass."""
-    mm_, nn, _, rows_disjoint, _, _ = dims
+class StoreGroup(NamedTuple):
+    """One group's C tiles of a step in one lane, as :func:`_store_pass` writes them."""
+
+    mt: MatmulType  # the group's Matmul type
+    dims: MatmulDims  # its tile bound
+    c_rows: _CRows  # where its C rows go in ``State.gm``
+    d: dict[str, jax.Array]  # [P] each AIC's descriptor words (:func:`matmul_requests`)
+    e: jax.Array  # [P] which AICs store a tile this step
+    c: jax.Array  # [P, M, N] the tiles
+    ps: jax.Array  # [P] the pass each AIC stores in (:func:`store_passes`)
+
+
+def _store_pass(group: StoreGroup, p: jax.Array, gm: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """Pass ``p`` of one group's stores (see :func:`store_tiles`) into the written GM ``gm``."""
+    mt, c_rows, d, e, c, ps = group.mt, group.c_rows, group.d, group.e, group.c, group.ps
+    mm_, nn, rows_disjoint = group.dims.m, group.dims.n, group.dims.rows_disjoint
     n_aic = e.shape[0]
 
     def rows(ci):  # one AIC's row starts [M] (rows not written: to scratch), live rows [M]
@@ -240,15 +253,15 @@ def _c_rows(shape: EngineShape, mt: MatmulType) -> _CRows | None:
 def _operands(
     shape: EngineShape,
     mt: MatmulType,
-    dims: tuple[int, int, int],
+    dims: MatmulDims,
     ro: tuple[jax.Array, ...],
     gm: tuple[jax.Array, ...],
     d: dict[str, jax.Array],
 ):
     """One descriptor's A [Mt, Kp], B [Kp, Nt] and bias [Nt] (masked, zero padded), each read as
     whole stored rows (:func:`ascend_jax.gm.load_rows`, or :func:`ascend_jax.cube_group.engine.banks.load`
-    from typed banks); ``dims`` = (Mt, Nt, Kp)."""
-    mm_, nn, kp, _, a_layout, b_layout = dims
+    from typed banks); ``dims``: the group's tile bound (Mt, Nt, Kp) and operand layouts."""
+    mm_, nn, kp, a_layout, b_layout = dims.m, dims.n, dims.kp, dims.a_layout, dims.b_layout
     m, n, k = d["m"], d["n"], d["k"]
 
     def rows_at(addr, n_rows, stride, width, dtype):

@@ -24,9 +24,9 @@ from ascend_jax.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from ascend_jax.cube_group.engine.batch import Prepared
 
-#: Environment variables that join this process to a multi-process run (see :func:`init_distributed`).
 #: Largest number of processes of a multi-process run (JAX's distributed runtime takes an int32 count).
 MAX_PROCESSES = 65536
+#: Environment variables that join this process to a multi-process run (see :func:`init_distributed`).
 DISTRIBUTED_ENV = ("ASCEND_JAX_COORDINATOR", "ASCEND_JAX_NUM_PROCESSES", "ASCEND_JAX_PROCESS_ID")
 
 

@@ -36,7 +36,7 @@ import dataclasses
 import enum
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -65,6 +65,18 @@ from ascend_jax.message import FAKE, MAX_MSG_PER_AIV, QUIT, VALID
 I32_MAX = 2**31 - 1
 
 
+class MatmulDims(NamedTuple):
+    """One group's static tile bound and what the engine may assume of its tiles: per program from
+    :func:`_tile_dims` (``EncodedProgram.mm_dims``), over a batch in ``EngineShape.matmuls``."""
+
+    m: int  # M: rows of every tile (the largest any call or Init can set)
+    n: int  # N: columns of every tile
+    kp: int  # K, padded to the tiling's baseK
+    rows_disjoint: bool  # every C row stride the run can use is at least N: one scatter per tile
+    a_layout: str  # "plain", "trans" or "both": the layouts A can be read in
+    b_layout: str  # the same for B
+
+
 @dataclasses.dataclass
 class EncodedProgram:
     """One program as numpy tables (unpadded; see the module docstring for the size letters).
@@ -88,8 +100,8 @@ class EncodedProgram:
     resolved at run time); ``ver_mmf`` ``[N, M + 1]`` the state a call leaves, with the same mask
     (bit set: unchanged); ``mm_init`` ``[C, M]`` each AIC's state after ``Init``. Address words
     outside 0..2**31-1 are stored as ``-1 - i`` with the true value in ``big_addresses[i]``.
-    ``mm_dims``: per group with a Matmul, the static (M, N, K) tile bound (the largest extent any
-    call or Init can set).
+    ``mm_dims``: per group, a :class:`MatmulDims` (the static tile bound, the largest extent any
+    call or Init can set), None for a group without a Matmul.
     Vector ops: ``vec_ops`` ``[Vn, 12]`` every AIV vector op as :data:`VEC` words (a VECTOR op row's
     ``a`` is its index); ``ub_dims`` (NB, R, C) the UB bound (see :func:`vector_words`).
     """
@@ -455,8 +467,8 @@ MAX_TILE_ELEMENTS = 1 << 22
 
 
 def _tile_dims(program: CubeGroupProgram, seen: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> tuple:
-    """Per group: (M, N, Kp, rows_disjoint, a_layout, b_layout) from every Matmul state value a
-    call or Init can set
+    """Per group: :class:`MatmulDims` (M, N, Kp, rows_disjoint, a_layout, b_layout) from every
+    Matmul state value a call or Init can set
     (``seen``: (values, set mask) pairs of :data:`MM_FIELDS` rows). M, N, K bound every tile (the
     tiling's singleCore, or a larger SetTail: legal in the Norm configuration), K padded to baseK;
     ``rows_disjoint``: every C row stride the run can use is at least N, so the engine may write a
@@ -492,7 +504,7 @@ def _tile_dims(program: CubeGroupProgram, seen: dict[int, list[tuple[np.ndarray,
             vals_f = [v[:, f][mk[:, f]] != 0 for v, mk in seen.get(gi, []) if len(v)]
             flags = np.concatenate(vals_f) if vals_f else np.zeros(1, bool)
             modes.append("both" if flags.any() and not flags.all() else "trans" if flags.all() else "plain")
-        dims.append((m, n, k, bool(all_strides.size == 0 or all_strides.min() >= n), *modes))
+        dims.append(MatmulDims(m, n, k, bool(all_strides.size == 0 or all_strides.min() >= n), *modes))
     return tuple(dims)
 
 
@@ -588,4 +600,4 @@ def _feed(h: Any, x: Any, seen: set[int]) -> None:
         put("object", f"{type(x).__module__}.{type(x).__qualname__}@{id(x)}")
 
 
-__all__ = ["GM_BASE", "EncodedProgram", "encode_program", "program_key"]
+__all__ = ["GM_BASE", "EncodedProgram", "MatmulDims", "encode_program", "program_key"]

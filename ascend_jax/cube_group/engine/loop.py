@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,27 @@ from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.engine.state import State, Tables, init_state, read_only, unpack_slots
 from ascend_jax.cube_group.engine.step import cursor_slot, final_status, lane_done, step
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, Status
+
+
+class Start(NamedTuple):
+    """Where a launch starts other than from a zeroed workspace: the slot grid and barrier counters
+    a previous launch left (``CubeGroupKernel(zero_workspace=False)`` reports a second launch)."""
+
+    slot: jax.Array  # State.slot
+    barrier_arrive: jax.Array  # State.barrier_arrive
+    barrier_wait: jax.Array  # State.barrier_wait
+
+    @classmethod
+    def after(cls, st: State) -> Start:
+        """The start a launch that ended in ``st`` leaves to the next one."""
+        return cls(st.slot, st.barrier_arrive, st.barrier_wait)
+
+    def apply(self, st: State) -> State:
+        """``st`` (a launch's initial state) starting from this workspace instead."""
+        return dataclasses.replace(
+            st, slot=self.slot, barrier_arrive=self.barrier_arrive, barrier_wait=self.barrier_wait
+        )
+
 
 #: Incremented each time the batched run is traced (tests use it to check for retracing).
 TRACE_COUNT = {"run": 0}
@@ -72,12 +94,12 @@ def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, fields: 
 
 def batch_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> State:
     """One step of every lane: the protocol step, then the compute phase if any lane needs it."""
-    st, en, fields, vec = step(shape, tab, cost, st)
+    out = step(shape, tab, cost, st)
+    st, vec = out.state, out.vec
     if vec is not None:  # the AIVs' vector ops act before the step's matmuls are written
-        v_en, words = vec
         gm, ub = jax.lax.cond(
-            v_en.any(),
-            lambda g, u: apply_vector_ops(shape, g, u, v_en, words),
+            vec.en.any(),
+            lambda g, u: apply_vector_ops(shape, g, u, vec.en, vec.words),
             lambda g, u: (g, u),
             st.gm[0],  # vector ops keep GM as bytes (see banks.plan)
             st.ub,
@@ -85,16 +107,16 @@ def batch_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> S
         st = dataclasses.replace(st, gm=(gm,), ub=ub)
     if not shape.has_matmul:
         return st
-    return jax.lax.cond(en.any(), lambda s: _compute(shape, tab, s, en, fields), lambda s: s, st)
+    return jax.lax.cond(out.mm_en.any(), lambda s: _compute(shape, tab, s, out.mm_en, out.mm_fields), lambda s: s, st)
 
 
-def _run(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start=None) -> State:
-    """The compiled loop. ``start``: (slot grid, barrier arrive, barrier wait) of a previous launch
-    to start from (a workspace that was not zeroed), or None for a zeroed workspace."""
+def _run(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start: Start | None = None) -> State:
+    """The compiled loop. ``start``: the workspace a previous launch left (:class:`Start`), or None
+    for a zeroed workspace."""
     TRACE_COUNT["run"] += 1
     st = init_state(shape, tab, keys)
     if start is not None:
-        st = dataclasses.replace(st, slot=start[0], barrier_arrive=start[1], barrier_wait=start[2])
+        st = start.apply(st)
     st = jax.lax.while_loop(
         lambda s: (s.status == Status.RUNNING).any(), functools.partial(batch_step, shape, tab, cost), st
     )
@@ -136,7 +158,9 @@ class _LazyJit:
 _run_batch = _LazyJit(_run)
 
 
-def _run_arrays(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start=None) -> dict[str, jax.Array]:
+def _run_arrays(
+    shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start: Start | None = None
+) -> dict[str, jax.Array]:
     """The compiled loop, then its final state as result arrays, lanes last (:func:`batch_minor`)."""
     return batch_minor(shape, _run(shape, tab, cost, keys, start))
 
@@ -144,13 +168,15 @@ def _run_arrays(shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Arra
 _run_arrays_batch = _LazyJit(_run_arrays)
 
 
-def _run_eager(shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.ndarray, start=None) -> State:
+def _run_eager(
+    shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.ndarray, start: Start | None = None
+) -> State:
     """The same semantics without jit: a Python loop over steps of the batch."""
     tab, cost = jax.tree.map(jnp.asarray, tab), jnp.asarray(cost)
     with jax.disable_jit():
         st = init_state(shape, tab, jnp.asarray(keys))
         if start is not None:
-            st = dataclasses.replace(st, slot=start[0], barrier_arrive=start[1], barrier_wait=start[2])
+            st = start.apply(st)
         while bool((st.status == Status.RUNNING).any()):
             st = batch_step(shape, tab, cost, st)
         return dataclasses.replace(st, slot=unpack_slots(shape, tab, st.slot))

@@ -26,7 +26,7 @@ from ascend_jax.cube_group.engine.devices import (
     _place,
     init_distributed,
 )
-from ascend_jax.cube_group.engine.loop import _run_arrays_batch, _run_batch, _run_eager, batch_step
+from ascend_jax.cube_group.engine.loop import Start, _run_arrays_batch, _run_batch, _run_eager, batch_step
 from ascend_jax.cube_group.engine.options import EngineOptions
 from ascend_jax.cube_group.engine.readout import BatchResult, _assemble, _lanes_first, gm_host, lane_major
 from ascend_jax.cube_group.engine.state import init_state
@@ -123,12 +123,12 @@ def simulate(
                 start = None
                 if relaunch:  # report a second launch on the first one's workspace
                     first = _run_batch(prep.shape, *placed)
-                    start = (first.slot, first.barrier_arrive, first.barrier_wait)
+                    start = Start.after(first)
                 final = _lanes_first(_run_arrays_batch(prep.shape, *placed, start))
             else:
                 st = _run_eager(prep.shape, *args)
                 if relaunch:
-                    st = _run_eager(prep.shape, *args, (st.slot, st.barrier_arrive, st.barrier_wait))
+                    st = _run_eager(prep.shape, *args, Start.after(st))
                 final = lane_major(prep.shape, st)
             host = {k: np.asarray(v) for k, v in _fetch(mesh, final).items()}
             parts.append({k: v[:real] for k, v in gm_host(prep.shape, args[0], host).items()})

@@ -18,7 +18,7 @@ import numpy as np
 import ascend_jax.cube_group.engine.banks as banks
 from ascend_jax.buckets import bucket
 from ascend_jax.cube_group.engine.banks import GmBanks
-from ascend_jax.cube_group.engine.encode import EncodedProgram
+from ascend_jax.cube_group.engine.encode import EncodedProgram, MatmulDims
 from ascend_jax.cube_group.engine.options import EngineOptions, resolve
 from ascend_jax.cube_group.layout import GroupGeometry
 from ascend_jax.cube_group.program import CubeGroupProgram
@@ -58,7 +58,7 @@ class EngineShape:
     receive_capacity: int  # R (array size; the per-lane limit is traced)
     barrier_copies: tuple[int, ...]  # K_b per barrier
     schedule: str  # "lockstep" | "random" | "timed"
-    matmuls: tuple[Any, ...] = ()  # per group: (MatmulType, TCubeTiling, (M, N, Kp, rows_disjoint)) or None
+    matmuls: tuple[Any, ...] = ()  # per group: (MatmulType, TCubeTiling, MatmulDims over every lane) or None
     gm_size: int = 1  # G (bytes: the tensors, then a zero margin for row windows)
     gm_real: int = 0  # bytes of the tensors (the margin starts here)
     atomic_order: str = "fixed"  # "fixed" (AIC index order) | "random" (per lane and step)
@@ -314,13 +314,13 @@ def _gm_size(first: CubeGroupProgram, encoded: Sequence[EncodedProgram], ub_cols
 
 def _widest(encoded: Sequence[EncodedProgram], ub_cols: int = 0) -> int:
     """The widest row window in elements: a tile's M, N or K bound, or a UB buffer's columns."""
-    widest = max((max(d[:3]) for e in encoded for d in e.mm_dims if d is not None), default=1)
+    widest = max((max(d.m, d.n, d.kp) for e in encoded for d in e.mm_dims if d is not None), default=1)
     return max(widest, ub_cols)
 
 
 def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) -> tuple:
-    """Per group: (MatmulType, TCubeTiling, (M, N, Kp, rows_disjoint, a_layout, b_layout) over
-    every lane; see ``encode._tile_dims``) or None."""
+    """Per group: (MatmulType, TCubeTiling, :class:`MatmulDims` over every lane: the largest bound,
+    rows disjoint in every lane, a layout every lane shares or ``"both"``) or None."""
     if not first.matmuls:
         return (None,) * len(first.groups)
     out = []
@@ -328,11 +328,17 @@ def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) 
         if cfg is None:
             out.append(None)
             continue
-        dims = np.max([e.mm_dims[gi][:3] for e in encoded], axis=0)
-        disjoint = all(e.mm_dims[gi][3] for e in encoded)
-        layouts = [{e.mm_dims[gi][j] for e in encoded} for j in (4, 5)]
-        layouts = [x.pop() if len(x) == 1 else "both" for x in layouts]
-        out.append((cfg[0], cfg[1], (*(int(x) for x in dims), disjoint, *layouts)))
+        lanes = [e.mm_dims[gi] for e in encoded]
+        layouts = [{d.a_layout for d in lanes}, {d.b_layout for d in lanes}]
+        dims = MatmulDims(
+            m=int(max(d.m for d in lanes)),
+            n=int(max(d.n for d in lanes)),
+            kp=int(max(d.kp for d in lanes)),
+            rows_disjoint=all(d.rows_disjoint for d in lanes),
+            a_layout=layouts[0].pop() if len(layouts[0]) == 1 else "both",
+            b_layout=layouts[1].pop() if len(layouts[1]) == 1 else "both",
+        )
+        out.append((cfg[0], cfg[1], dims))
     return tuple(out)
 
 

@@ -18,7 +18,7 @@ groups, ``G`` GM bytes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -209,6 +209,30 @@ class State:
 
     #: fields whose lane axis is the first (the rest, timed included, have it last)
     LANE_MAJOR = ("gm", "key", "ub")
+
+
+class AivOps(NamedTuple):
+    """Each AIV's next op (the step's :func:`_aiv_ops`), all ``[V, B]`` int32, unpacked from the
+    op's two words (:func:`pack_op`)."""
+
+    pc: jax.Array  # the op's index (clamped for an AIV past its last op)
+    kind: jax.Array  # OpKind
+    x: jax.Array  # slot ops: the slot's grid index (packed grid: its write count above); barriers: barrier << 6 | copy
+    a: jax.Array  # WRITE: the head state; barriers: the barrier; else word 1 (WAIT: sync, DELAY: cycles, ...)
+    b: jax.Array  # barriers: the copy index; ALLOC / WRITE: 1 in MTE3 mode
+    c: jax.Array  # WRITE: the version written; barriers: the counter threshold (-1: none); else word 1
+
+
+class AicHead(NamedTuple):
+    """Each AIC's situation at the start of a step (the step's :func:`_aic_head`), ``[C, B]`` but
+    ``act`` ``[C, 7, B]``."""
+
+    cur: jax.Array  # global slot under the cursor
+    cur_word: jax.Array  # its slot word (:func:`slot_word`; packed grid: the state and version)
+    pc: jax.Array  # the pending action of a call (clamped to the callback's actions)
+    act: jax.Array  # that action's ``Tables.act`` row (columns :data:`ACT`)
+    f_slot: jax.Array  # the global slot the action frees
+    f_word: jax.Array  # that slot's word (packed grid: its head state only)
 
 
 #: columns of ``Tables.ver`` and ``Tables.act``
@@ -449,6 +473,8 @@ __all__ = [
     "PACK_MAX_WRITES",
     "PACK_OP_COUNT_BIT",
     "VER",
+    "AicHead",
+    "AivOps",
     "EngineShape",
     "State",
     "Tables",

@@ -14,6 +14,7 @@ core, so its state stays as it is.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,11 +41,39 @@ from ascend_jax.cube_group.engine.access import (
     vector_words,
 )
 from ascend_jax.cube_group.engine.shape import ALIVE_BITS, KIND_BITS, PACK_OP_COUNT_BIT, EngineShape
-from ascend_jax.cube_group.engine.state import ACT, MAX_VERSIONS, MTE3_BIT, VER, VERSION_BITS, State, Tables
+from ascend_jax.cube_group.engine.state import (
+    ACT,
+    MAX_VERSIONS,
+    MTE3_BIT,
+    VER,
+    VERSION_BITS,
+    AicHead,
+    AivOps,
+    State,
+    Tables,
+)
 from ascend_jax.cube_group.engine.timed import aic_times, aiv_times, occupancy
 from ascend_jax.cube_group.matmul import N_MM
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 from ascend_jax.message import FREE, QUIT
+
+
+class VectorOps(NamedTuple):
+    """The vector ops the AIVs performed in a step (:func:`ascend_jax.cube_group.engine.compute.apply_vector_ops`
+    runs them)."""
+
+    en: jax.Array  # [V, B] which AIVs performed one
+    words: jax.Array  # [V, 12, B] its row of ``Tables.vec`` (:data:`ascend_jax.cube_group.engine.encode.VEC`)
+
+
+class StepOut(NamedTuple):
+    """What one protocol step of the batch (:func:`step`) gives the compute phase."""
+
+    state: State  # the state after the step (status updated)
+    mm_en: jax.Array  # [C, B] which AICs performed a matmul action (IterateAll) this step
+    mm_fields: jax.Array  # [C, A, B] the resolved IterateAll words of each
+    vec: VectorOps | None  # the AIVs' vector ops; None when no lane has one
+
 
 #: programs up to this many ops per AIV fetch ops by a one-hot select, longer ones by a gather
 ONEHOT_OPS = 32
@@ -59,9 +88,9 @@ def _chosen(shape: EngineShape, keys: jax.Array, n: int) -> jax.Array:
 
 
 # -- AIV side ----------------------------------------------------------------------------------
-def _aiv_ops(shape: EngineShape, tab: Tables, st: State):
-    """Each AIV's next op: (pc, kind, x, a, b, c), all [V, B] (pc clamped for finished AIVs),
-    unpacked from the two words of :func:`ascend_jax.cube_group.engine.state.pack_op`."""
+def _aiv_ops(shape: EngineShape, tab: Tables, st: State) -> AivOps:
+    """Each AIV's next op, all [V, B] (pc clamped for finished AIVs), unpacked from the two words
+    of :func:`ascend_jax.cube_group.engine.state.pack_op`."""
     n_ops = tab.ops.shape[1]
     pc = jnp.minimum(st.aiv_pc, n_ops - 1)
     if n_ops <= ONEHOT_OPS:
@@ -80,13 +109,13 @@ def _aiv_ops(shape: EngineShape, tab: Tables, st: State):
     a = jnp.where(write, w1 >> VERSION_BITS, jnp.where(barrier, x >> 6, w1))
     c = jnp.where(write, w1 & (MAX_VERSIONS - 1), w1)
     b = jnp.where(barrier, x & 63, (w0 >> MTE3_BIT) & 1)  # barrier: the copy index; alloc/write: MTE3
-    return pc, kind, x, a, b, c
+    return AivOps(pc, kind, x, a, b, c)
 
 
-def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
+def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops: AivOps) -> jax.Array:
     """[V, B] whether each AIV's next op is enabled on ``st`` (never in a lane that has stopped)."""
     active = (st.aiv_pc < lane_table(shape, tab.op_len)) & (st.status == Status.RUNNING)[None, :]
-    _, kind, x, a, b, c = ops
+    kind, x, a, b, c = ops.kind, ops.x, ops.a, ops.b, ops.c
     slot_free = aiv_slot_state(shape, st.slot, x) == FREE
     conds, values = [], []  # kinds that no lane's program has are left out
     if shape.uses(OpKind.ALLOC):  # an MTE3 alloc also waits for the MTE3->S flag
@@ -112,9 +141,8 @@ def aiv_ready(shape: EngineShape, tab: Tables, st: State, ops) -> jax.Array:
 def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: jax.Array, tmin: tuple | None):
     """Every AIV whose next op is enabled performs it (timed schedule: those starting at ``tmin``,
     the [B] float32 pair of the step's event cycle, :mod:`ascend_jax.cube_group.clock`).
-    Returns the new state, [V, B] enabled, and the vector ops performed: ([V, B] which AIVs, their
-    [V, 12, B] words), or None without vector ops (:func:`ascend_jax.cube_group.engine.compute.apply_vector_ops`
-    runs them)."""
+    Returns the new state, [V, B] enabled, and the vector ops performed (:class:`VectorOps`), or
+    None without vector ops."""
     ops = _aiv_ops(shape, tab, st)
     pc, kind, x, a, b, c = ops
     v = pc.shape[0]
@@ -197,7 +225,7 @@ def aiv_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     )
     vec = None
     if shape.has_vector:
-        vec = (act & (kind == OpKind.VECTOR), vector_words(shape, tab, a))
+        vec = VectorOps(act & (kind == OpKind.VECTOR), vector_words(shape, tab, a))
     return st, ready, vec
 
 
@@ -237,9 +265,9 @@ def _lowest_bit(x: jax.Array) -> jax.Array:
     return jnp.where(x == 0, 0, 31 - jax.lax.clz(x & -x))
 
 
-def _aic_head(shape: EngineShape, tab: Tables, st: State):
+def _aic_head(shape: EngineShape, tab: Tables, st: State) -> AicHead:
     """Each AIC's situation, all [C, B]: cursor slot and word; the pending action of a call (pc
-    clamped; its [C, 4, B] ``Tables.act`` row), the global slot it frees and that slot's word."""
+    clamped; its [C, 7, B] ``Tables.act`` row), the global slot it frees and that slot's word."""
     f = tab.act.shape[1]
     pc = jnp.minimum(st.aic_pc, f - 1)
     flat = tab.act.reshape(-1, *tab.act.shape[2:])
@@ -247,14 +275,14 @@ def _aic_head(shape: EngineShape, tab: Tables, st: State):
     cur, f_slot = cursor_slot(shape, st), act[:, ACT["slot"]]
     if shape.packed:  # f_word: the head state only (a free keeps the write count)
         f_word = block_byte(shape, st.slot, f_slot)[0] & 3
-        return cur, packed_word(shape, tab, st.slot, cur), pc, act, f_slot, f_word
-    return cur, slot_pick(shape, st.slot, cur), pc, act, f_slot, slot_pick(shape, st.slot, f_slot)
+        return AicHead(cur, packed_word(shape, tab, st.slot, cur), pc, act, f_slot, f_word)
+    return AicHead(cur, slot_pick(shape, st.slot, cur), pc, act, f_slot, slot_pick(shape, st.slot, f_slot))
 
 
-def aic_ready(shape: EngineShape, st: State, head) -> jax.Array:
+def aic_ready(shape: EngineShape, st: State, head: AicHead) -> jax.Array:
     """[C, B] whether each AIC's next action is enabled on ``st``."""
-    _, cur_word, _, act, _, f_word = head
-    f_wait = act[:, ACT["wait"]]
+    cur_word, f_word = head.cur_word, head.f_word
+    f_wait = head.act[:, ACT["wait"]]
     in_recv = st.aic_phase == AicPhase.RECEIVE
     in_call = st.aic_phase == AicPhase.CALL
     call_ok = (f_wait == NO_WAIT) | ((f_word & 0xFF) == f_wait)
@@ -417,11 +445,11 @@ def cursor_slot(shape: EngineShape, st: State) -> jax.Array:
     return jnp.asarray(consts["block"])[:, None] + st.aic_pos
 
 
-def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
+def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> StepOut:
     """One protocol step of the batch, then the status update. A lane that is not RUNNING enables
-    no core and keeps its state. ``cost`` is [12, B]. Returns the state, the step's matmul
-    requests: [C, B] enables and the [C, A, B] action words of each (for
-    :func:`ascend_jax.cube_group.engine.compute.matmul_tiles`), and its vector ops (see :func:`aiv_step`)."""
+    no core and keeps its state. ``cost`` is [12, B]. Returns a :class:`StepOut`: the state, the
+    step's matmul requests (for :func:`ascend_jax.cube_group.engine.compute.matmul_tiles`) and its
+    vector ops."""
     keys = st.key
     k_aiv = k_aic = keys
     if shape.needs_key:
@@ -456,7 +484,7 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State):
         status=jnp.where(running, status, st.status),
         key=jnp.where(running[:, None], keys, st.key),
     )
-    return new, mm_now & running[None, :], mm_fields_, vec
+    return StepOut(new, mm_now & running[None, :], mm_fields_, vec)
 
 
 def lane_done(

@@ -29,17 +29,17 @@ from ascend_jax.cube_group.engine.access import (
 )
 from ascend_jax.cube_group.engine.encode import VEC
 from ascend_jax.cube_group.engine.shape import EngineShape
-from ascend_jax.cube_group.engine.state import ACT, State, Tables, packed_bytes
+from ascend_jax.cube_group.engine.state import ACT, AicHead, AivOps, State, Tables, packed_bytes
 from ascend_jax.cube_group.matmul import AF
 from ascend_jax.cube_group.status import AicPhase, OpKind
 from ascend_jax.message import FAKE, FREE, QUIT
 from ascend_jax.timing import C as TC
 
 
-def aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops):
+def aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops: AivOps):
     """Timed schedule: start cycle and duration of every AIV's next op (valid where ready), each a
     [V, B] float32 pair (:mod:`ascend_jax.cube_group.clock`)."""
-    _, kind, x, a, _, _ = ops
+    kind, x, a = ops.kind, ops.x, ops.a
     tm = st.timed
     nb = tm.barrier_time.shape[0]
     slot_t = tuple(slot_read(shape, w, x) for w in tm.pair("slot_time"))
@@ -102,10 +102,10 @@ def mm_cost(shape: EngineShape, fields: jax.Array) -> tuple[jax.Array, jax.Array
     return fractals, traffic
 
 
-def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head):
+def aic_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, head: AicHead):
     """Timed schedule: start cycle and duration of every AIC's next action on ``st``, each a [C, B]
     float32 pair (:mod:`ascend_jax.cube_group.clock`)."""
-    cur, cur_word, pc, act, f_slot, _ = head
+    cur, cur_word, pc, act, f_slot = head.cur, head.cur_word, head.pc, head.act, head.f_slot
     f_wait, f_is_mm = act[:, ACT["wait"]], act[:, ACT["mm"]] > 0
     tm = st.timed
     in_recv = st.aic_phase == AicPhase.RECEIVE
