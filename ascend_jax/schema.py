@@ -308,7 +308,10 @@ class Scenario(StrictModel):
     )
 
     name: Annotated[str, Field(min_length=1, max_length=200)] = "scenario"
-    chip: str = Field("910B1", description="preset 910B1..910B4, or a CANN platform .ini path (scenario-relative)")
+    chip: str = Field(
+        "910B1",
+        description="preset 910B1..910B4 or an Ascend 950PR/950DT bin (e.g. 950PR_9599), or a CANN platform .ini path (scenario-relative)",
+    )
     max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS_LIMIT)] = 100_000
     max_received: Annotated[int, Field(ge=1, le=MAX_RECEIVED_LIMIT)] | None = None
     build: Literal["cpu", "npu-debug", "release", "debug"] = Field(

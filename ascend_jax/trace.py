@@ -59,7 +59,7 @@ def record_cube(
     of the batch; default this program's), which fix the shape of its draws.
 
     Returns ``(result, events)``: the lane's :class:`CubeGroupResult` and the recorded event dicts
-    (see ``ReferenceInterpreter._event``: ``core``, ``group``, ``name``, ``ts`` and ``dur`` in
+    (see ``EventRecorder.event`` in ``cube_group/reference/events.py``: ``core``, ``group``, ``name``, ``ts`` and ``dur`` in
     cycles under ``timed``, else steps, ``args``; receives add ``from``, the index of the event
     that wrote the head they read).
     """

@@ -34,9 +34,11 @@ MEMORY_FAULT_ERROR = int(AclError.RT_AICPU_EXCEPTION)
 #: Kernel return values with their own stream code. 201 is the AI CPU ``KERNEL_STATUS_END_OF_SEQUENCE``
 #: (CANN AI CPU kernel context ``common/status.h``); the runtime turns the task's end-of-sequence state
 #: into ``RT_ERROR_END_OF_SEQUENCE`` / ``ACL_ERROR_RT_END_OF_SEQUENCE`` 507005 (hicann/runtime
-#: ``rt_error_codes.h``; ``Stream::GetError`` maps ``TS_ERROR_END_OF_SEQUENCE``). 101 and 1000..1099 are
-#: reserved by the AI CPU scheduler too, but the stream code they give is unconfirmed: they stay at the
-#: default 507018 here and can be overridden per world (``World(kernel_return_errors=...)``).
+#: ``rt_error_codes.h``; ``Stream::GetError`` maps ``TS_ERROR_END_OF_SEQUENCE``). 101 is the
+#: scheduler's "task wait" flag, not an error to it, and the stream code it leads to is not public;
+#: 1000..1099 pass through unchanged only for KFC kernels and are ordinary failures of an AI CPU
+#: kernel (hicann/runtime ``ae_kernel_lib_aicpu.cc``, ``TransformKernelErrorCode``). Both stay at
+#: the default 507018 here and can be overridden per world (``World(kernel_return_errors=...)``).
 KERNEL_RETURN_ERRORS: Mapping[int, int] = {201: int(AclError.RT_END_OF_SEQUENCE)}
 #: Kernel return values the AI CPU scheduler reserves (see above).
 RESERVED_KERNEL_RETURNS = frozenset({101, 201, *range(1000, 1100)})
