@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.cube_group.engine.encode import encode_program, program_key
+from ascend_jax.cube_group.engine.encode import encode_program, program_content
 from ascend_jax.cube_group.engine.options import EngineOptions
 from ascend_jax.cube_group.engine.readout import _Lanes
 from ascend_jax.cube_group.engine.shape import EngineShape, make_shape
@@ -177,17 +178,31 @@ def default_chunk(prep: Prepared) -> int:
 
 def group_programs(programs: Sequence[CubeGroupProgram]) -> tuple[list[CubeGroupProgram], np.ndarray]:
     """The distinct programs of a batch, in order of first use, and ``[B]`` each lane's index into
-    them. Programs are distinct by content (:func:`program_key`), so equal programs built apart
-    share one encoding; each object is keyed once however many lanes run it."""
+    them. Programs are distinct by content (:func:`program_content`), so equal programs built
+    apart share one encoding; each object is looked at once however many lanes run it.
+
+    Contents are bucketed by their tokens and a CRC of each array (cheap next to a digest of a
+    large GM image), and a program joins a bucket's member only when every array's bytes are
+    equal, so the grouping is exact."""
     n = len(programs)
     ids = np.fromiter(map(id, programs), np.int64, n)
     _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)  # one entry per object
+    if len(first) == 1:  # one object for every lane (the common batch): nothing to compare
+        return [programs[0]], np.zeros(n, np.int64)
     group_of = np.empty(len(first), np.int64)
-    by_key: dict[bytes, int] = {}
+    buckets: dict[tuple, list[int]] = {}  # (tokens, array CRCs) -> indices into distinct
+    arrays_of: list[tuple[np.ndarray, ...]] = []
     distinct: list[CubeGroupProgram] = []
     for k in np.argsort(first, kind="stable"):  # objects in order of first use
         p = programs[first[k]]
-        j = group_of[k] = by_key.setdefault(program_key(p), len(distinct))
-        if j == len(distinct):
+        tokens, arrays = program_content(p)
+        members = buckets.setdefault((tokens, tuple(zlib.crc32(a) for a in arrays)), [])
+        same = [j for j in members if all(np.array_equal(a, b) for a, b in zip(arrays, arrays_of[j], strict=True))]
+        if same:
+            group_of[k] = same[0]
+        else:
+            group_of[k] = len(distinct)
+            members.append(len(distinct))
+            arrays_of.append(arrays)
             distinct.append(p)
     return distinct, group_of[inverse.reshape(-1)]

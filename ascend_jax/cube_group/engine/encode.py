@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -536,68 +537,97 @@ def _words(vals: np.ndarray, names: tuple[str, ...], big: list[int], where: str,
 
 
 def program_key(program: CubeGroupProgram) -> bytes:
-    """A digest of a program's content: equal for two programs that encode alike, even when they
-    were built apart (``simulate`` encodes each distinct key once and shares its tables).
-
-    It covers every field (name, geometry, callbacks, message types, every AIV op and its payload,
-    limits, build, matmul configs, the GM's tensors and initial bytes, tolerances), walking
-    dataclasses, containers and numpy arrays by value. Built-in callbacks count by their type
-    (they hold no state); any other object (a user's callback, a function) counts by identity,
-    so only the same object makes two programs equal there: a safe miss, never a false match.
-    """
-    h = hashlib.blake2b(digest_size=20)
-    _feed(h, program, set())
+    """A SHA-256 digest of a program's content (:func:`program_content`): equal for two programs
+    that encode alike, even when they were built apart."""
+    tokens, arrays = program_content(program)
+    h = hashlib.sha256("\0".join(tokens).encode())  # a repr holds no NUL, so NUL separates tokens
+    for a in arrays:
+        h.update(a)
     return h.digest()
 
 
-def _feed(h: Any, x: Any, seen: set[int]) -> None:
-    """Adds ``x`` to the digest ``h``: a type tag, then its content (see :func:`program_key`)."""
+def program_content(program: CubeGroupProgram) -> tuple[tuple[str, ...], tuple[np.ndarray, ...]]:
+    """A program's content as (tokens, arrays): two programs that encode alike give equal tokens and
+    arrays of equal bytes (``simulate`` encodes each distinct content once and shares its tables).
 
-    def put(tag: str, data: bytes | str = b"") -> None:
-        raw = data.encode() if isinstance(data, str) else data
-        h.update(f"{tag}:{len(raw)}:".encode())
-        h.update(raw)
+    It covers every field (name, geometry, callbacks, message types, every AIV op and its payload,
+    limits, build, matmul configs, the GM's tensors and initial bytes, tolerances), walking
+    dataclasses, containers and numpy arrays by value: tokens name each value's type and content
+    (an array's dtype, shape and size), ``arrays`` hold the arrays' raw bytes (``[n] uint8``) in
+    the order the tokens name them. Built-in callbacks count by their type (they hold no state);
+    any other object (a user's callback, a function) counts by identity, so only the same object
+    makes two programs equal there: a safe miss, never a false match.
+    """
+    tokens: list[str] = []
+    arrays: list[np.ndarray] = []
+    _walk(program, tokens, arrays, set())
+    return tuple(tokens), tuple(arrays)
 
-    if x is None or isinstance(x, (bool, str, bytes, float, complex)) or type(x) is int:
-        put(type(x).__name__, repr(x))
+
+#: types whose repr is their whole content (and tells them apart)
+_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def _type_text(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@functools.cache
+def _dtype_text(dtype: np.dtype) -> str:
+    return repr(dtype)  # slow for a message struct: once per dtype
+
+
+def _walk(x: Any, tokens: list[str], arrays: list[np.ndarray], seen: set[int]) -> None:
+    """Adds ``x`` to a program's content (see :func:`program_content`). Plain values inside a
+    dataclass or a container are added in place (most of a program is op fields)."""
+    t = type(x)
+    if t in _PLAIN:
+        tokens.append(repr(x))
     elif isinstance(x, enum.Enum):
-        put("enum", f"{type(x).__module__}.{type(x).__qualname__}.{x.name}")
+        tokens.append(f"enum {_type_text(t)}.{x.name}")
     elif isinstance(x, int):  # an int subclass that is not an enum
-        put(f"int/{type(x).__qualname__}", repr(int(x)))
-    elif isinstance(x, np.ndarray):
-        put("ndarray", f"{x.dtype!r}{x.shape}")
-        put("data", np.ascontiguousarray(x).tobytes())
-    elif isinstance(x, np.generic):
-        put("scalar", repr(x.dtype))
-        put("data", x.tobytes())
+        tokens.append(f"int {_type_text(t)} {int(x)}")
+    elif isinstance(x, (np.ndarray, np.generic)):
+        a = np.ascontiguousarray(x)
+        tokens.append(f"array {_dtype_text(a.dtype)} {a.shape} {a.nbytes}")
+        if a.dtype.hasobject:  # Python objects: by identity
+            a = np.fromiter(map(id, a.reshape(-1)), np.int64, a.size)
+        arrays.append(a.reshape(-1).view(np.uint8))
     elif isinstance(x, np.dtype):
-        put("dtype", repr(x))
+        tokens.append(f"dtype {_dtype_text(x)}")
     elif isinstance(x, _StatelessCallback):
-        put("callback", f"{type(x).__module__}.{type(x).__qualname__}")
+        tokens.append(f"callback {_type_text(t)}")
     elif id(x) in seen:  # a reference back into a container being walked
-        put("cycle", str(id(x)))
-    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
-        seen.add(id(x))
-        put("dataclass", f"{type(x).__module__}.{type(x).__qualname__}")
-        for f in dataclasses.fields(x):
-            put("field", f.name)
-            _feed(h, getattr(x, f.name), seen)
-        seen.discard(id(x))
+        tokens.append(f"cycle {id(x)}")
     elif isinstance(x, GlobalMemory):
         seen.add(id(x))
-        put("gm")
-        _feed(h, x.tensors, seen)
-        _feed(h, x.image, seen)
+        tokens.append("gm")
+        _walk(x.tensors, tokens, arrays, seen)
+        _walk(x.image, tokens, arrays, seen)
         seen.discard(id(x))
-    elif isinstance(x, (tuple, list, Mapping)):
+    else:
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            tokens.append(f"dataclass {_type_text(t)}")
+            items: Any = [getattr(x, name) for name in _field_names(t)]
+        elif isinstance(x, (tuple, list, Mapping)):
+            items = list(x.items()) if isinstance(x, Mapping) else x  # a mapping in insertion order
+            tokens.append(f"{_type_text(t)} {len(items)}")
+        else:  # an object we cannot compare by value: by identity (unequal to every other object)
+            tokens.append(f"object {_type_text(t)} {id(x)}")
+            return
         seen.add(id(x))
-        items = list(x.items()) if isinstance(x, Mapping) else list(x)
-        put(type(x).__qualname__, str(len(items)))  # a mapping in insertion order: order may matter
         for item in items:
-            _feed(h, item, seen)
+            if type(item) in _PLAIN:
+                tokens.append(repr(item))
+            else:
+                _walk(item, tokens, arrays, seen)
         seen.discard(id(x))
-    else:  # an object we cannot compare by value: by identity (unequal to every other object)
-        put("object", f"{type(x).__module__}.{type(x).__qualname__}@{id(x)}")
 
 
-__all__ = ["GM_BASE", "EncodedProgram", "MatmulDims", "encode_program", "program_key"]
+__all__ = ["GM_BASE", "EncodedProgram", "MatmulDims", "encode_program", "program_content", "program_key"]
