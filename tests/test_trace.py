@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,10 @@ from ascend_jax.aicpu.reference import TaskKind, run_comm_reference
 from ascend_jax.cli import main
 from ascend_jax.cube_group.reference import ReferenceInterpreter
 from ascend_jax.models import load_model
+from ascend_jax.scenario import load_scenario
 from ascend_jax.trace import check_trace, comm_trace, count_events, cube_trace, record_cube
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(capsys, tmp_path, *argv):
@@ -236,3 +240,19 @@ def test_comm_rejects_trace_lane(capsys, tmp_path):
     assert main(["run", "--model", "p2p_send_recv", "--trace", str(tmp_path / "t.json"), "--trace-lane", "0"]) == 2
     assert "--trace-lane = 0: does not apply to comm model" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("schedule", ["lockstep", "random", "timed"])
+def test_a_returning_sync_all_is_recorded(schedule, tmp_path):
+    # The AIV-only SyncAll returns (the all-core form of f14 hangs); recording used to fail on it.
+    text = (ROOT / "docs" / "examples" / "f14_sync_all_before_quit.toml").read_text()
+    assert text.count("aiv_only = false") == 2
+    path = tmp_path / "f14_aiv_only.toml"
+    path.write_text(text.replace("aiv_only = false", "aiv_only = true"))
+    program = load_scenario(path)
+    result, events = record_cube(program, schedule, 0)
+    assert result.status.name == "OK"
+    syncs = [e for e in events if e["name"] == "sync_all"]
+    assert len(syncs) == 2 and {e["core"] for e in syncs} == {"aiv0", "aiv1"}
+    trace = cube_trace(program, result, events, schedule)
+    assert check_trace(trace) == []
