@@ -26,7 +26,18 @@ from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.engine.state import State, Tables, read_only
 from ascend_jax.cube_group.matmul import SHAPE_DETAIL
 from ascend_jax.cube_group.program import CubeGroupProgram
-from ascend_jax.cube_group.result import CubeGroupResult, slot_location, state_name, timing_report
+from ascend_jax.cube_group.result import (
+    CubeGroupResult,
+    barrier_witness,
+    destructor_witness,
+    error_entry,
+    misuse_entry,
+    slot_location,
+    slot_witness,
+    state_name,
+    sync_witness,
+    timing_report,
+)
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, OpKind, Status
 
 #: error dict key carrying the detail of each dispatch-time error code
@@ -221,26 +232,19 @@ def _error(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a
     ver = int(a["aic_err_ver"][c])
     gi = int(consts["group"][c])
     q, d = _place(program, gi, int(a["aic_err_slot"][c]))
-    out: dict[str, Any] = {
-        "code": code.name,
-        "core": f"aic{int(consts['core'][c])}",
-        "group": program.groups[gi].name,
-        "queue": q,
-        "depth": d,
-        "message": code.describe(),
-    }
     # the detail of the code reported: a skip's count, else the failing action's
-    detail = int(enc.ver_detail[ver])
+    detail: dict[str, Any] = {}
+    value = int(enc.ver_detail[ver])
     if code in (ErrorCode.SKIP_CROSSES_ROW, ErrorCode.SKIP_NEGATIVE):
-        out["skip"] = detail  # the SetSkipMsg total at the call that failed
+        detail["skip"] = value  # the SetSkipMsg total at the call that failed
     elif code in _DETAIL_KEY:
-        out[_DETAIL_KEY[code]] = detail
+        detail[_DETAIL_KEY[code]] = value
     elif code == ErrorCode.MATMUL_SHAPE:
-        out["dimension"] = SHAPE_DETAIL[detail]
+        detail["dimension"] = SHAPE_DETAIL[value]
     elif code == ErrorCode.GM_OUT_OF_RANGE:
         addr = int(a["aic_err_addr"][c])
-        out["address"] = program.gm.describe(addr if addr >= 0 else enc.big_addresses[-1 - addr])
-    return out
+        detail["address"] = program.gm.describe(addr if addr >= 0 else enc.big_addresses[-1 - addr])
+    return error_entry(code, f"aic{int(consts['core'][c])}", program.groups[gi].name, q, d, **detail)
 
 
 def _place(program: CubeGroupProgram, gi: int, slot: int) -> tuple[int, int]:
@@ -261,16 +265,7 @@ def _asserts(shape: EngineShape, program: CubeGroupProgram, a: dict) -> list[dic
         for entry in a["aic_asserts"][c, : int(a["aic_assert_n"][c])].tolist():
             code = ErrorCode(entry & 31)
             q, d = _place(program, gi, entry >> 5)
-            out.append(
-                {
-                    "code": code.name,
-                    "core": f"aic{int(core)}",
-                    "group": program.groups[gi].name,
-                    "queue": q,
-                    "depth": d,
-                    "message": code.describe(),
-                }
-            )
+            out.append(error_entry(code, f"aic{int(core)}", program.groups[gi].name, q, d))
     return out
 
 
@@ -290,18 +285,8 @@ def _misuse(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, 
             code = ErrorCode(code)
             q, d = _place(program, gi, int(enc.ver_slot[ver]))
             key = "wait_state" if code == ErrorCode.BAD_WAIT_STATE else "offset"
-            out.append(
-                {
-                    "kind": "api_misuse",
-                    "code": code.name,
-                    "core": f"aic{int(core)}",
-                    "group": program.groups[gi].name,
-                    "queue": q,
-                    "depth": d,
-                    key: int(enc.ver_misuse_detail[ver]),
-                    "constraint": code.describe(),
-                }
-            )
+            detail = {key: int(enc.ver_misuse_detail[ver])}
+            out.append(misuse_entry(error_entry(code, f"aic{int(core)}", program.groups[gi].name, q, d, **detail)))
     return out
 
 
@@ -360,30 +345,26 @@ def _witness(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram,
             until_name = "NOT_FREE"
         gi = int(consts["group"][c])
         q, d = _place(program, gi, slot)
-        out.append(
-            {"core": f"aic{int(core)}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": until_name}
-        )
+        out.append(slot_witness(f"aic{int(core)}", program.groups[gi].name, q, d, until_name))
     rows = dict(zip((b for b, _ in program.aivs), enc.rows, strict=True))
     for v, block in enumerate(shape.aiv_blocks):
         pc = int(a["aiv_pc"][v])
         row = rows.get(block, [])
         if pc >= len(row):
             if row and shape.has_mte3 and not a["aiv_mte3"][v]:  # waiting in ~KfcWorkspace for the flag
-                out.append({"core": f"aiv{block}", "until": "MTE3_FLAG", "call": "~KfcWorkspace"})
+                out.append(destructor_witness(f"aiv{block}"))
             continue
         kind, slot, op_a, op_b, op_c = row[pc]
         if kind in (OpKind.ALLOC, OpKind.WAIT):
             gi, q, d = slot_location(program, slot)
             flag_down = kind == OpKind.ALLOC and op_b == 1 and not a["aiv_mte3"][v]
             until = "MTE3_FLAG" if flag_down else "FREE"
-            out.append(
-                {"core": f"aiv{block}", "group": program.groups[gi].name, "queue": q, "depth": d, "until": until}
-            )
+            out.append(slot_witness(f"aiv{block}", program.groups[gi].name, q, d, until))
         elif kind == OpKind.SYNC:
-            out.append({"core": f"aiv{block}", "until": "SYNC_ALL"})
+            out.append(sync_witness(f"aiv{block}"))
         elif kind in (OpKind.ARRIVE, OpKind.BWAIT):
             until = f"W=={op_c}" if kind == OpKind.ARRIVE else f"A>={op_c}"
-            out.append({"core": f"aiv{block}", "barrier": program.barriers[op_a].name, "index": op_b, "until": until})
+            out.append(barrier_witness(f"aiv{block}", program.barriers[op_a].name, op_b, until))
     return out
 
 
