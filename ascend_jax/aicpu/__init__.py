@@ -76,13 +76,22 @@ from ascend_jax.aicpu.collectives import (
 )
 from ascend_jax.aicpu.device import DeviceApi, DeviceModel, LaunchContext
 from ascend_jax.aicpu.host import HostApi
-from ascend_jax.aicpu.models import comm_numerics, p2p_expected, p2p_job, ring_expected, ring_job
+from ascend_jax.aicpu.models import comm_numerics, p2p_expected, p2p_job, p2p_thread_job, ring_expected, ring_job
 from ascend_jax.aicpu.opinfo import OpInfo, device_kernel, load_op_info
 from ascend_jax.aicpu.reduce import reduce_bytes, reduce_elements
 from ascend_jax.aicpu.reference import CommReference, run_comm_reference
 from ascend_jax.aicpu.result import CommResult, CommStatus, QueueStatus
 from ascend_jax.aicpu.structs import ALG_RESOURCE_CTX, COMM_BUFFER, OP_PARAM
-from ascend_jax.aicpu.tasks import MEM_BASE, CommCost, KernelLaunch, Queue, Task, TaskKind, TaskProgram
+from ascend_jax.aicpu.tasks import (
+    MEM_BASE,
+    MEMORY_FAULT_ERROR,
+    CommCost,
+    KernelLaunch,
+    Queue,
+    Task,
+    TaskKind,
+    TaskProgram,
+)
 from ascend_jax.aicpu.world import World, run_hosts
 
 if TYPE_CHECKING:
@@ -101,9 +110,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: the comm simulator's public names, sorted (constants, classes, functions)
 __all__ = [
     "ALG_RESOURCE_CTX",
     "COMM_BUFFER",
+    "MEMORY_FAULT_ERROR",
     "MEM_BASE",
     "OP_PARAM",
     "AclError",
@@ -129,15 +140,16 @@ __all__ = [
     "TaskKind",
     "TaskProgram",
     "World",
+    "comm_numerics",
     "device_kernel",
     "hccl_recv_custom",
     "hccl_ring_custom",
     "hccl_send_custom",
-    "comm_numerics",
     "load_op_info",
     "p2p_expected",
     "p2p_job",
     "p2p_kernel",
+    "p2p_thread_job",
     "reduce_bytes",
     "reduce_elements",
     "ring_expected",

@@ -32,7 +32,19 @@ _HOME = {
     "OpRef": "findings",
 }
 
-__all__ = sorted(_HOME)
+#: the sanitizer's public names, sorted (constants, classes, functions); the same names as ``_HOME``
+__all__ = [
+    "TOOLS",
+    "EventLog",
+    "Finding",
+    "OpRef",
+    "SanitizerReport",
+    "Site",
+    "TensorInfo",
+    "analyse",
+    "parse_tools",
+    "sanitize",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,9 @@
 - :mod:`.readout`: the final state as result arrays and a :class:`BatchResult`.
 - :mod:`.run`: :func:`simulate`, which runs the stages chunk by chunk.
 
-The names below are the engine's surface; everything else is internal to its modules.
+``__all__`` below is the engine's surface; everything else is internal to its modules (the few
+``_``-prefixed names imported here serve the engine's own tests, and no model or benchmark may use
+them: tests/test_architecture.py checks).
 """
 
 from __future__ import annotations
