@@ -34,8 +34,8 @@ import numpy as np
 from _common import SCRATCH, load_model_module, machine, pyplot, write
 
 import ascend_jax as aj
+from ascend_jax import CostModel
 from ascend_jax.cube_group.engine import BatchResult, compile_batch, gm_host, lane_major, prepare
-from ascend_jax.timing import CostModel
 
 LANES = ("default", "gm_rate_x2")
 

@@ -21,11 +21,7 @@ from pathlib import Path
 
 import jax
 
-from ascend_jax.cube_group.engine import simulate
-from ascend_jax.cube_group.program import CubeGroupKernel
-from ascend_jax.gm import get_dtype
-from ascend_jax.message import CUBE_MATMUL_MSG
-from ascend_jax.numerics import numerics_report
+from ascend_jax import CUBE_MATMUL_MSG, CubeGroupKernel, numerics_report, simulate
 
 COMBOS = [
     ("float16", "float32", "float32"),
@@ -53,7 +49,7 @@ def build(ab: str, c: str, bias: str, atomic: bool):
         matmul=dict(a=ab, b=ab, c=c, bias=bias),
         tiling=dict(M=M, N=N, Ka=K, Kb=K, singleCoreM=M, singleCoreN=N, singleCoreK=K, baseM=64, baseN=64, baseK=64),
     )  # fmt: skip
-    isz = get_dtype(ab).itemsize
+    isz = a.dtype.itemsize
     for q in range(TASKS):
         aiv = kern.aiv(q)
         aiv.assign_queue(g, q)
@@ -62,7 +58,7 @@ def build(ab: str, c: str, bias: str, atomic: bool):
             {
                 "aAddr": a.addr + q * M * K * isz,
                 "bAddr": b.addr + q * K * N * isz,
-                "cAddr": cc.addr + (0 if atomic else q * M * N * get_dtype(c).itemsize),
+                "cAddr": cc.addr + (0 if atomic else q * M * N * cc.dtype.itemsize),
                 "biasAddr": bias_t.addr,
                 "isAtomic": int(atomic),
             },

@@ -28,9 +28,7 @@ import struct
 
 import numpy as np
 
-from ascend_jax.aicpu import TaskKind, TaskProgram, run_comm_reference
-from ascend_jax.aicpu.reduce import reduce_bytes
-from ascend_jax.aicpu.tasks import MEM_BASE, MEMORY_FAULT_ERROR
+from ascend_jax.aicpu import MEM_BASE, MEMORY_FAULT_ERROR, TaskKind, TaskProgram, reduce_bytes, run_comm_reference
 
 WAIT, RECORD, KERNEL, COPY, REDUCE = (int(TaskKind.WAIT), int(TaskKind.RECORD), int(TaskKind.KERNEL),
                                       int(TaskKind.COPY), int(TaskKind.REDUCE))  # fmt: skip

@@ -22,10 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, SCRATCH, cpu_s, machine, write  # noqa: E402
 
-from ascend_jax.cube_group.program import CubeGroupProgram  # noqa: E402
-from ascend_jax.cube_group.reference import run_reference  # noqa: E402
-from ascend_jax.models import available_models, load_model  # noqa: E402
-from ascend_jax.sanitizer import sanitize  # noqa: E402
+from ascend_jax import CubeGroupProgram, available_models, load_model, run_reference, sanitize  # noqa: E402
 
 
 def cube_models() -> list[str]:

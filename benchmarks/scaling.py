@@ -20,9 +20,8 @@ import jax
 from _common import SCRATCH, best_of, device_kind, machine, pyplot, write
 from plain_interpreter import run_plain
 
+from ascend_jax import CubeGroupKernel, run_reference
 from ascend_jax.cube_group import engine
-from ascend_jax.cube_group.program import CubeGroupKernel
-from ascend_jax.cube_group.reference import run_reference
 
 
 def kernel(aics: int, queues: int, msgs: int):

@@ -21,9 +21,7 @@ shape with real Matmul work (the ``matmul`` callback) and a merge in every AIC.
 
 from __future__ import annotations
 
-from ascend_jax.cube_group.callbacks import SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE
-from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
-from ascend_jax.message import SAMPLE_MSG_BODY
+from ascend_jax import SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE, SAMPLE_MSG_BODY, CubeGroupKernel, CubeGroupProgram
 
 BLOCK_START, BLOCK_SIZE, QUEUES = 12, 12, 48
 P = QUEUES // (BLOCK_SIZE // 2)

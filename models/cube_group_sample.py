@@ -24,8 +24,7 @@ import types
 
 import numpy as np
 
-from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
-from ascend_jax.message import CUBE_MATMUL_MSG
+from ascend_jax import CUBE_MATMUL_MSG, CubeGroupKernel, CubeGroupProgram
 
 M, N, K = 64, 64, 128
 BLOCK_START, BLOCK_SIZE, QUEUES = 12, 12, 48

@@ -34,9 +34,7 @@ import dataclasses
 
 import numpy as np
 
-from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
-from ascend_jax.errors import ConfigError
-from ascend_jax.message import CUBE_MATMUL_MSG
+from ascend_jax import CUBE_MATMUL_MSG, ConfigError, CubeGroupKernel, CubeGroupProgram
 
 ASSIGNS = ("expert", "balanced")
 DTYPES = ("float16", "bfloat16")

@@ -10,7 +10,7 @@ Run: ``ascend-jax run --model p2p_thread_notify --json``.
 
 from __future__ import annotations
 
-from ascend_jax.aicpu.models import p2p_expected, p2p_thread_job
+from ascend_jax.aicpu import p2p_expected, p2p_thread_job
 
 
 def build(seed: int = 0, count: int = 1024):
