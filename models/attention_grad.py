@@ -91,9 +91,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
-from ascend_jax.errors import ConfigError
-from ascend_jax.message import CUBE_MATMUL_MSG
+from ascend_jax import CUBE_MATMUL_MSG, ConfigError, CubeGroupKernel, CubeGroupProgram
 
 #: Unit roundoff of the input types.
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
