@@ -182,6 +182,91 @@ def test_channel_buffer_of_an_unknown_channel_is_e_para():
     assert ret == 0 and addr == w.comms[1]["c"].buffer_addr and size == w.hccl_buffer_size
 
 
+def test_channel_acquire_codes_follow_the_a2_channel_manager():
+    # hicann/hcomm coll_comm_res_c_adpt.cc HcclChannelAcquire (CheckChannelResParams, ProcessHcclChannelDesc),
+    # then channel_manager.cc ChannelManager::ChannelCommCreate -> CheckChannelParam: notifyNum > NOTIFY_NUM_MAX
+    # (64), remoteRank == userRank_, a protocol the engine does not take, an engine outside CPU / CPU_TS /
+    # AICPU / AICPU_TS / AIV: all HCCL_E_PARA, checked before PrepareHandleArray reuses a channel
+    w, h = _host(3)
+    para = int(HcclResult.E_PARA)
+    hccs, roce = int(CommProtocol.HCCS), int(CommProtocol.ROCE)
+    assert h.hccl_channel_acquire(None, AICPU, 1, hccs, 2)[0] == int(HcclResult.E_PTR)
+    assert h.hccl_channel_acquire("c", AICPU, 1, hccs, 65)[0] == para
+    assert h.hccl_channel_acquire("c", AICPU, 0, hccs, 2)[0] == para  # to itself
+    for protocol in (CommProtocol.PCIE, CommProtocol.UB_CTP, CommProtocol.UB_MEM, CommProtocol.UBOE, 17):
+        assert h.hccl_channel_acquire("c", AICPU, 1, int(protocol), 2)[0] == para, protocol
+    assert h.hccl_channel_acquire("c", int(CommEngine.AIV), 1, roce, 2)[0] == para  # AIV: no RoCE
+    assert h.hccl_channel_acquire("c", int(CommEngine.CCU), 1, hccs, 2)[0] == para
+    assert h.hccl_channel_acquire("c", 9, 1, hccs, 2)[0] == para
+    ret, ch = h.hccl_channel_acquire("c", AICPU, 1, hccs, 64)
+    assert ret == 0 and len(w.channels[ch].notifies) == 64
+    for protocol in (roce, int(CommProtocol.SIO), int(CommProtocol.HCCS_ONLY)):
+        ret, other = h.hccl_channel_acquire("c", AICPU, 1, protocol, 2)
+        assert ret == 0 and other != ch  # the protocol is part of the key
+    assert h.hccl_channel_acquire("c", int(CommEngine.AIV), 2, int(CommProtocol.SIO), 2)[0] == 0
+    # the key is (tag, engine, remote rank, protocol): a second call reuses the channel with its notifies
+    assert h.hccl_channel_acquire("c", AICPU, 1, hccs, 2) == (0, ch) and len(w.channels[ch].notifies) == 64
+    assert h.hccl_channel_acquire("c", AICPU, 1, hccs, 65)[0] == para  # checked before the reuse
+    # a remote rank outside the communicator is not checked by CheckChannelParam (it reaches the
+    # transport set-up): not decided by public sources, modelled as HCCL_E_PARA
+    assert h.hccl_channel_acquire("c", AICPU, 3, hccs, 2)[0] == para
+    assert h.hccl_channel_acquire("c", AICPU, -1, hccs, 2)[0] == para
+
+
+def test_device_channel_op_codes():
+    # hicann/hcomm aicpu_ts_primitives_c_adpt.cc HcommChannelNotifyRecordOnThread / WaitOnThread and
+    # HcommRead/Write(Reduce)OnThread: CHK_PTR_NULL(dst, src), UnwrapChannelHandle (aicpu_ts_channel_helper.h:
+    # handle 0 -> HCCL_E_PTR), CHK_PTR_NULL(thread), then on Atlas A2 IsSupportReduce -> HCCL_E_PARA; a
+    # notify index outside [0, notifyNum) fails in TransportP2p::Post / Wait (transport_p2p.cc) with
+    # HCCL_E_INTERNAL
+    from ascend_jax.aicpu.device import DeviceModel
+    from ascend_jax.aicpu.tasks import MEM_BASE
+
+    w, h = _host(2)
+    _, ch = h.hccl_channel_acquire("c", AICPU, 1, int(CommProtocol.HCCS), 2)
+    w.host(1).hccl_channel_acquire("c", AICPU, 0, int(CommProtocol.HCCS), 2)
+    _, (t,) = h.hccl_thread_acquire("c", int(CommEngine.AICPU_TS), 1, 0)
+    dev = DeviceModel(w.program()).device_api(0)
+    ptr, para, internal = int(HcclResult.E_PTR), int(HcclResult.E_PARA), int(HcclResult.E_INTERNAL)
+    for idx, code in ((0, 0), (1, 0), (2, internal), (-1, internal)):
+        assert dev.hcomm_channel_notify_record_on_thread(t, ch, idx) == code, idx
+        assert dev.hcomm_channel_notify_wait_on_thread(t, ch, idx, 5) == code, idx
+    assert dev.hcomm_channel_notify_record_on_thread(t, 0, 0) == ptr
+    assert dev.hcomm_channel_notify_wait_on_thread(t, 0, 0, 5) == ptr
+    assert dev.hcomm_channel_notify_record_on_thread(0, ch, 9) == ptr  # the thread is checked before Post
+    assert dev.hcomm_channel_notify_wait_on_thread(0, ch, 9, 5) == ptr
+    a, b = MEM_BASE, MEM_BASE + 64
+    fp32, fp64 = int(HcclDataType.FP32), int(HcclDataType.FP64)
+    for call in (dev.hcomm_read_on_thread, dev.hcomm_write_on_thread):
+        assert call(t, ch, 0, b, 16) == ptr and call(t, ch, a, 0, 16) == ptr
+        assert call(t, 0, a, b, 16) == ptr and call(0, ch, a, b, 16) == ptr
+        assert call(t, ch, a, b, 16) == 0
+    for call in (dev.hcomm_read_reduce_on_thread, dev.hcomm_write_reduce_on_thread):
+        assert call(t, ch, 0, b, 4, fp32, 0) == ptr and call(t, 0, a, b, 4, fp32, 0) == ptr
+        assert call(0, ch, a, b, 4, fp64, 0) == ptr  # the thread before IsSupportReduce
+        assert call(t, ch, a, b, 4, fp64, 0) == para and call(t, ch, a, b, 4, fp32, 1) == para  # PROD
+        assert call(t, ch, a, b, 4, fp32, 0) == 0
+    total = sum(1 for c in dev.model.calls if c[4] == 0)
+    assert total == 4 + 2 + 2  # only the calls that returned 0 wrote a task ...
+    assert len(dev.model.buffers[w.threads[t]]) == total  # ... into the thread's buffer
+
+
+def test_local_op_codes_check_the_thread_before_the_reduce():
+    # aicpu_ts_primitives_c_adpt.cc HcommLocalCopyOnThread / HcommLocalReduceOnThread: CHK_PTR_NULL(dst,
+    # src, thread), then on Atlas A2 IsSupportReduce -> HCCL_E_PARA
+    from ascend_jax.aicpu.device import DeviceModel
+    from ascend_jax.aicpu.tasks import MEM_BASE
+
+    w, h = _host()
+    _, (t,) = h.hccl_thread_acquire("c", int(CommEngine.AICPU_TS), 1, 0)
+    dev = DeviceModel(w.program()).device_api(0)
+    a, b, fp64 = MEM_BASE, MEM_BASE + 64, int(HcclDataType.FP64)
+    assert dev.hcomm_local_copy_on_thread(0, a, b, -1) == int(HcclResult.E_PTR)
+    assert dev.hcomm_local_copy_on_thread(t, a, b, -1) == int(HcclResult.E_PARA)  # modelled (uint64_t)
+    assert dev.hcomm_local_reduce_on_thread(0, a, b, 4, fp64, 0) == int(HcclResult.E_PTR)
+    assert dev.hcomm_local_reduce_on_thread(t, a, b, 4, fp64, 0) == int(HcclResult.E_PARA)
+
+
 # -- HCCL_E_RUNTIME -----------------------------------------------------------------------------------
 def test_a_failing_acl_call_in_the_thread_samples_launch_is_e_runtime():
     # hicann/hccl examples/04_custom_ops_p2p inc/log.h ACLCHECK (any aclError != 0 -> HCCL_E_RUNTIME),

@@ -148,10 +148,30 @@ class CommEngine(enum.IntEnum):
 
 
 class CommProtocol(enum.IntEnum):
+    """``CommProtocol`` of hicann/hcomm's public ``hccl_res`` headers (``UBC_CTP`` and ``UBG`` are old
+    names of ``UB_CTP`` and ``UB_RTP``)."""
+
     HCCS = 0
     ROCE = 1
     PCIE = 2
     SIO = 3
+    UB_CTP = 4
+    UBC_TP = 5
+    UB_MEM = 6
+    UBOE = 7
+    HCCS_ONLY = 8
+    UB_RTP = 9
+
+
+#: ``HcclChannelDesc.notifyNum`` limit of the Atlas A2 channel manager (hicann/hcomm
+#: ``channel_manager.cc``, ``NOTIFY_NUM_MAX``).
+CHANNEL_NOTIFY_NUM_MAX = 64
+#: Protocols ``ChannelManager::CheckChannelParam`` accepts on Atlas A2: for the AIV engine, and for
+#: the others.
+CHANNEL_PROTOCOLS_AIV = frozenset({CommProtocol.HCCS, CommProtocol.HCCS_ONLY, CommProtocol.SIO})
+CHANNEL_PROTOCOLS = CHANNEL_PROTOCOLS_AIV | {CommProtocol.ROCE}
+#: Engines ``ChannelManager::CheckChannelParam`` accepts (every one but ``CCU``).
+CHANNEL_ENGINES = frozenset({CommEngine.CPU, CommEngine.CPU_TS, CommEngine.AICPU, CommEngine.AICPU_TS, CommEngine.AIV})
 
 
 #: Atlas A2/A3 hardware reduce support (spec §5.2): dtype x op; anything else is HCCL_E_PARA.

@@ -160,7 +160,10 @@ class DeviceApi:
     # -- local operations --------------------------------------------------------------------
     @_logged
     def hcomm_local_copy_on_thread(self, thread: int, dst: int, src: int, length: int) -> int:
-        if not dst or not src:
+        """NULL ``dst`` or ``src``, then a NULL thread -> ``HCCL_E_PTR`` (``aicpu_ts_primitives_c_adpt.cc``
+        ``HcommLocalCopyOnThread``: ``CHK_PTR_NULL`` in that order). The length is a ``uint64_t`` there;
+        a negative one here is not decided by public sources: modelled as ``HCCL_E_PARA``."""
+        if not dst or not src or self._queue(thread) is None:
             return int(HcclResult.E_PTR)
         if length < 0:
             return int(HcclResult.E_PARA)
@@ -176,7 +179,10 @@ class DeviceApi:
 
     @_logged
     def hcomm_local_reduce_on_thread(self, thread: int, dst: int, src: int, count: int, dtype: int, op: int) -> int:
-        if not dst or not src:
+        """NULL ``dst`` / ``src`` / thread -> ``HCCL_E_PTR``, then (Atlas A2) a dtype x op outside
+        ``IsSupportReduce`` -> ``HCCL_E_PARA`` (``HcommLocalReduceOnThread``, same file). A negative
+        count (``uint64_t`` there): modelled as ``HCCL_E_PARA``."""
+        if not dst or not src or self._queue(thread) is None:
             return int(HcclResult.E_PTR)
         if not self._reduce_args_ok(dtype, op) or count < 0:
             return int(HcclResult.E_PARA)
@@ -259,12 +265,19 @@ class DeviceApi:
 
     @_logged
     def hcomm_channel_notify_record_on_thread(self, thread: int, channel: int, remote_notify_idx: int) -> int:
-        """Sets notify ``remote_notify_idx`` on the peer's side of ``channel``."""
+        """Sets notify ``remote_notify_idx`` on the peer's side of ``channel``.
+
+        A NULL channel -> ``HCCL_E_PTR`` (hicann/hcomm ``aicpu_ts_channel_helper.h``
+        ``UnwrapChannelHandle``: handle 0), then a NULL thread -> ``HCCL_E_PTR``
+        (``aicpu_ts_primitives_c_adpt.cc`` ``HcommChannelNotifyRecordOnThread``), then, on Atlas A2, an
+        index outside ``[0, notifyNum)`` of the channel -> ``HCCL_E_INTERNAL`` (``HcclRemoteNotifyRecord``
+        calls ``TransportP2p::Post``, which checks the index against the transport's ``notifyNum_``).
+        A handle that is not 0 but no channel of this rank is undefined in C: modelled as NULL."""
         ch = self._channel(channel)
-        if ch is None:
+        if ch is None or self._queue(thread) is None:
             return int(HcclResult.E_PTR)
-        if remote_notify_idx < 0:
-            return int(HcclResult.E_PARA)
+        if not 0 <= remote_notify_idx < len(ch.notifies):
+            return int(HcclResult.E_INTERNAL)
         label = f"record rank{ch.peer}.ch->{ch.rank}.notify[{remote_notify_idx}]"
         return self._record(thread, self._notify_task(TaskKind.RECORD, ("peer", channel, remote_notify_idx), label))
 
@@ -272,23 +285,31 @@ class DeviceApi:
     def hcomm_channel_notify_wait_on_thread(
         self, thread: int, channel: int, local_notify_idx: int, timeout: float
     ) -> int:
-        """Waits on notify ``local_notify_idx`` of this side of ``channel``."""
+        """Waits on notify ``local_notify_idx`` of this side of ``channel``. Codes as the record:
+        ``HCCL_E_PTR`` for a NULL channel or thread, ``HCCL_E_INTERNAL`` for an index outside
+        ``[0, notifyNum)`` (``HcommChannelNotifyWaitOnThread`` -> ``HcclRemoteNotifyWait`` ->
+        ``TransportP2p::Wait``)."""
         ch = self._channel(channel)
-        if ch is None:
+        if ch is None or self._queue(thread) is None:
             return int(HcclResult.E_PTR)
         if not 0 <= local_notify_idx < len(ch.notifies):
-            return int(HcclResult.E_PARA)
+            return int(HcclResult.E_INTERNAL)
         n = ch.notifies[local_notify_idx]
         return self._record(thread, self._notify_task(TaskKind.WAIT, n, f"wait {self.world.notify_names[n]}", timeout))
 
     def _transfer(self, thread, channel, dst, src, nbytes, read: bool, dtype=0, op=-1) -> int:
+        """``HcommReadOnThread`` / ``WriteOnThread`` / ``ReadReduceOnThread`` / ``WriteReduceOnThread``
+        (``aicpu_ts_primitives_c_adpt.cc``): NULL ``dst`` or ``src``, a NULL channel
+        (``UnwrapChannelHandle``) and a NULL thread are ``HCCL_E_PTR``; for the reduces, on Atlas A2, a
+        dtype x op outside ``IsSupportReduce`` is then ``HCCL_E_PARA``. The length is unsigned there; a
+        negative one here: modelled as ``HCCL_E_PARA``."""
         ch = self._channel(channel)
-        if ch is None or not dst or not src:
+        if ch is None or not dst or not src or self._queue(thread) is None:
             return int(HcclResult.E_PTR)
-        if nbytes < 0:
-            return int(HcclResult.E_PARA)
         reduce = op >= 0
         if reduce and not self._reduce_args_ok(dtype, op):
+            return int(HcclResult.E_PARA)
+        if nbytes < 0:
             return int(HcclResult.E_PARA)
         src_rank, dst_rank = (ch.peer, self.rank) if read else (self.rank, ch.peer)
         what = ("read" if read else "write") + (" reduce" if reduce else "")

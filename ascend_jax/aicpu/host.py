@@ -18,6 +18,10 @@ from ascend_jax.aicpu.codes import (
     ACL_NOTIFY_DEVICE_USE_ONLY,
     ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT,
     ACL_RT_LAUNCH_KERNEL_ATTR_TIMEOUT_US,
+    CHANNEL_ENGINES,
+    CHANNEL_NOTIFY_NUM_MAX,
+    CHANNEL_PROTOCOLS,
+    CHANNEL_PROTOCOLS_AIV,
     AclError,
     CommEngine,
     HcclResult,
@@ -513,13 +517,27 @@ class HostApi:
         """``HcclChannelAcquire`` with one descriptor; channels are reused per (engine, peer, protocol).
 
         An unknown communicator -> ``HCCL_E_PTR`` (hicann/hcomm ``coll_comm_res_c_adpt.cc``
-        ``CheckChannelResParams``). A remote rank outside the communicator or equal to this one is
-        rejected deeper, in channel creation: its code is not decided by the sources read here;
-        modelled as ``HCCL_E_PARA``."""
+        ``CheckChannelResParams``). On Atlas A2 the descriptor then goes to
+        ``channel_manager.cc`` ``ChannelManager::ChannelCommCreate``, whose ``CheckChannelParam``
+        returns ``HCCL_E_PARA``, in this order, for more than ``NOTIFY_NUM_MAX`` (64) notifies, a remote
+        rank equal to this one, a protocol the engine does not take (AIV: HCCS, HCCS_ONLY, SIO; the
+        others also RoCE) and the ``CCU`` engine; a protocol outside ``CommProtocol`` is already
+        ``HCCL_E_PARA`` in ``ProcessHcclChannelDesc``. Only then is an existing channel of the same key
+        reused (``PrepareHandleArray``), with the notify count it was made with. A remote rank outside
+        the communicator is not checked there (it goes on to the transport set-up): not decided by
+        public sources, modelled as ``HCCL_E_PARA``; so is a negative notify count (``uint32_t`` there,
+        so above 64)."""
         c = self._comm(comm)
         if c is None:
             return int(HcclResult.E_PTR), 0
-        if not 0 <= remote_rank < c.size or remote_rank == self.rank or notify_num < 0:
+        protocols = CHANNEL_PROTOCOLS_AIV if engine == int(CommEngine.AIV) else CHANNEL_PROTOCOLS
+        if (
+            not 0 <= notify_num <= CHANNEL_NOTIFY_NUM_MAX
+            or remote_rank == self.rank
+            or protocol not in {int(p) for p in protocols}
+            or engine not in {int(e) for e in CHANNEL_ENGINES}
+            or not 0 <= remote_rank < c.size
+        ):
             return int(HcclResult.E_PARA), 0
         key = (engine, remote_rank, protocol)
         if key in c.channels:
