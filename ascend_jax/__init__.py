@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
     from ascend_jax.chips import CHIPS, ChipSpec, get_chip, load_platform_ini
-    from ascend_jax.config import AtomicOrder, Build, Engine, RunConfig, Schedule
+    from ascend_jax.config import RunConfig
     from ascend_jax.cube_group.barrier import BarrierGeometry
     from ascend_jax.cube_group.callbacks import (
         NO_WAIT,
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
     from ascend_jax.cube_group.result import CubeGroupResult
     from ascend_jax.cube_group.status import ErrorCode, Status
     from ascend_jax.cube_group.vector import UbBuffer, VectorBuilder, VectorOp
+    from ascend_jax.enums import AtomicOrder, Build, Engine, Schedule
     from ascend_jax.errors import ConfigError
     from ascend_jax.gm import GlobalMemory, Tensor
     from ascend_jax.message import (
@@ -61,7 +62,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
 #: module -> the public names it provides (resolved by :func:`__getattr__` on first use).
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "ascend_jax.chips": ("CHIPS", "ChipSpec", "get_chip", "load_platform_ini"),
-    "ascend_jax.config": ("AtomicOrder", "Build", "Engine", "RunConfig", "Schedule"),
+    "ascend_jax.config": ("RunConfig",),
     "ascend_jax.cube_group.barrier": ("BarrierGeometry",),
     "ascend_jax.cube_group.callbacks": (
         "NO_WAIT",
@@ -84,6 +85,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "ascend_jax.cube_group.result": ("CubeGroupResult",),
     "ascend_jax.cube_group.status": ("ErrorCode", "Status"),
     "ascend_jax.cube_group.vector": ("UbBuffer", "VectorBuilder", "VectorOp"),
+    "ascend_jax.enums": ("AtomicOrder", "Build", "Engine", "Schedule"),
     "ascend_jax.errors": ("ConfigError",),
     "ascend_jax.gm": ("GlobalMemory", "Tensor"),
     "ascend_jax.message": (

@@ -24,46 +24,10 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from ascend_jax.enums import AtomicOrder, Build, Engine, Schedule
 from ascend_jax.errors import ConfigError
 from ascend_jax.limits import MAX_BATCH, MAX_STEPS_LIMIT, SEED_MAX, did_you_mean
 from ascend_jax.schema import StrictModel, config_error
-
-
-class Schedule(enum.StrEnum):
-    """Order in which ready cores step: ``lockstep`` (all at once), ``random`` (a seeded draw per
-    step), ``timed`` (events in cycle order by the cost model; the JSON gets ``timing``)."""
-
-    LOCKSTEP = "lockstep"
-    RANDOM = "random"
-    TIMED = "timed"
-
-
-class AtomicOrder(enum.StrEnum):
-    """Order in which one step's matmul results reach GM: ``fixed`` (AIC order) or ``random``
-    (drawn per lane and step; the JAX engine only)."""
-
-    FIXED = "fixed"
-    RANDOM = "random"
-
-
-class Build(enum.StrEnum):
-    """Which asserts the kernel has (see :class:`~ascend_jax.cube_group.program.CubeGroupKernel`):
-    ``cpu`` (the CPU twin), ``npu-debug`` (only ``ASCENDC_DEBUG_ASSERT``), ``release`` (none).
-    The deprecated name ``debug`` is accepted as ``cpu``, with a ``BuildAliasWarning``."""
-
-    CPU = "cpu"
-    NPU_DEBUG = "npu-debug"
-    RELEASE = "release"
-
-
-class Engine(enum.StrEnum):
-    """Which engine runs: ``auto`` (the reference interpreter for one lane of a deterministic
-    schedule, else JAX; see :func:`ascend_jax.runner.resolve_engine`), ``jax`` or ``reference``."""
-
-    AUTO = "auto"
-    JAX = "jax"
-    REFERENCE = "reference"
-
 
 # -- the numeric bounds (the CLI's flags use the same types) ---------------------------------------
 Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
+from ascend_jax.enums import ATOMIC_ORDERS, ENGINES, SCHEDULES
 from ascend_jax.errors import ConfigError
 from ascend_jax.limits import MAX_BATCH, MAX_STEPS_LIMIT, SEED_MAX
 from ascend_jax.models import RANKS_RANGE
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the result JSON (DESIGN.md contract)")
     run.add_argument(
         "--engine",
-        choices=["auto", "jax", "reference"],
+        choices=ENGINES,
         default=None,
         help="default auto: the reference interpreter for one lane of a deterministic schedule (no compile), "
         "else the JAX engine",
@@ -84,14 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--schedule",
-        choices=["lockstep", "random", "timed"],
+        choices=SCHEDULES,
         default=None,
         help="default lockstep; timed: events in cycle order by the cost model; the JSON gets a 'timing' section",
     )
     run.add_argument("--model", help="run a shipped model (see `ascend-jax models`) or one in $ASCEND_JAX_MODELS")
     run.add_argument(
         "--atomic-order",
-        choices=["fixed", "random"],
+        choices=ATOMIC_ORDERS,
         default=None,
         help="order in which a step's matmul results reach GM (default fixed; random: per lane and step)",
     )

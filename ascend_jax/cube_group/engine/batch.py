@@ -23,6 +23,7 @@ from ascend_jax.cube_group.engine.readout import _Lanes
 from ascend_jax.cube_group.engine.shape import EngineShape, make_shape
 from ascend_jax.cube_group.engine.state import Tables, build_tables, init_state
 from ascend_jax.cube_group.program import CubeGroupProgram
+from ascend_jax.enums import ATOMIC_ORDERS, SCHEDULES, one_of
 from ascend_jax.errors import ConfigError
 
 #: Most lanes per compiled call on a CPU by default (measured: 16,384 lanes of the sample protocol
@@ -70,10 +71,10 @@ def prepare(
 ) -> Prepared:
     """Validates the arguments and encodes a batch (each distinct program once: lanes whose programs
     have equal content (:func:`group_programs`) share one encoding and one set of tables)."""
-    if schedule not in ("lockstep", "random", "timed"):
-        raise ConfigError("schedule", schedule, "must be 'lockstep', 'random' or 'timed'")
-    if atomic_order not in ("fixed", "random"):
-        raise ConfigError("atomic_order", atomic_order, "must be 'fixed' or 'random'")
+    if schedule not in SCHEDULES:
+        raise ConfigError("schedule", schedule, f"must be {one_of(SCHEDULES)}")
+    if atomic_order not in ATOMIC_ORDERS:
+        raise ConfigError("atomic_order", atomic_order, f"must be {one_of(ATOMIC_ORDERS)}")
     if isinstance(programs, CubeGroupProgram):
         programs = [programs]
     programs = list(programs)

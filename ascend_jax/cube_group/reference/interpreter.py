@@ -31,6 +31,7 @@ from ascend_jax.cube_group.reference.protocol import Aiv, Protocol
 from ascend_jax.cube_group.reference.timed import Clocks, cost_vector
 from ascend_jax.cube_group.result import CubeGroupResult
 from ascend_jax.cube_group.status import CALL, Status
+from ascend_jax.enums import SCHEDULES, one_of
 
 
 class ReferenceInterpreter:
@@ -70,8 +71,8 @@ class ReferenceInterpreter:
         start: tuple | None = None,
         observer: Any = None,
     ):
-        if schedule not in ("lockstep", "random", "timed"):
-            raise ValueError(f"schedule = {schedule!r}: must be 'lockstep', 'random' or 'timed'")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule = {schedule!r}: must be {one_of(SCHEDULES)}")
         if numerics not in ("hardware", "exact"):
             raise ValueError(f"numerics = {numerics!r}: must be 'hardware' or 'exact'")
         self.p = program
