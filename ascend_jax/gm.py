@@ -142,6 +142,9 @@ class GlobalMemory:
 
     def __init__(self) -> None:
         self.tensors: dict[str, Tensor] = {}
+        #: name -> whether ``alloc`` was given an ``init`` (False: zero-filled by default, which on a
+        #: device is whatever the memory held; the sanitizer's initcheck treats it as undefined)
+        self.init_given: dict[str, bool] = {}
         self._cursor = GM_BASE
         self._image = np.zeros(0, np.uint8)
 
@@ -151,7 +154,7 @@ class GlobalMemory:
         name: str,
         shape: Any,
         dtype: Any,
-        init: Any = "zeros",
+        init: Any = None,
         seed: int = 0,
         field: str | None = None,
     ) -> Tensor:
@@ -162,7 +165,11 @@ class GlobalMemory:
           shape: tuple of positive ints.
           dtype: element type name (see :data:`DTYPES`).
           init: ``"zeros"``, ``"random"`` (uniform in [-1, 1) for floats, [-8, 8) for ints, rounded to
-            the dtype; from ``seed``), a path to a ``.npy`` file, or a numpy array.
+            the dtype; from ``seed``), a path to a ``.npy`` file, or a numpy array. None (the
+            default): zero-filled too, so that runs are deterministic, but recorded as not given
+            (:attr:`init_given`): on a device such memory holds whatever was there, and the
+            sanitizer's initcheck reports a read of it that no earlier write covers. A kernel that
+            relies on zeros (a host memset) says ``init="zeros"``.
           seed: seed of ``"random"``.
           field: location for error messages (default ``tensor[<name>]``).
         """
@@ -190,7 +197,8 @@ class GlobalMemory:
         grown[: self._image.size] = self._image
         self._image = grown
         self.tensors[name] = t
-        self.write(name, self._initial(t, init, seed, where))
+        self.init_given[name] = init is not None
+        self.write(name, self._initial(t, "zeros" if init is None else init, seed, where))
         return t
 
     @staticmethod
@@ -284,6 +292,7 @@ class GlobalMemory:
     def copy(self) -> GlobalMemory:
         out = GlobalMemory()
         out.tensors = dict(self.tensors)
+        out.init_given = dict(self.init_given)
         out._cursor = self._cursor
         out._image = self._image.copy()
         return out
@@ -332,7 +341,7 @@ def tensors_from_tables(tables: Any, base_dir: Path | None = None, field: str = 
         for key in ("name", "shape", "dtype"):
             if key not in t:
                 raise ConfigError(f"{where}.{key}", None, "is required")
-        init = t.get("init", "zeros")
+        init = t.get("init")  # absent: zero-filled, but not given (GlobalMemory.alloc)
         if isinstance(init, str) and init.endswith(".npy"):
             init = str(_inside(init, base_dir, f"{where}.init"))
         gm.alloc(t["name"], t["shape"], t["dtype"], init, t.get("seed", 0), where)

@@ -221,7 +221,7 @@ def _gm_from_tensors(sc: Scenario, base_dir: Path | None, errors: list[ConfigErr
     for i, t in enumerate(sc.tensor):
         with _collecting(errors):
             where = f"tensor[{i}]"
-            init: Any = t.init
+            init: Any = t.init if "init" in t.model_fields_set else None  # None: not given (GlobalMemory.alloc)
             if t.init.endswith(".npy"):
                 path = resolve_data_path(t.init, base_dir, f"{where}.init")
                 init = load_npy(path, tuple(t.shape), _dtype(t.dtype), f"{where}.init", t.init)

@@ -285,7 +285,11 @@ class TensorTable(StrictModel):
     name: Name
     shape: list[Annotated[int, Field(ge=1, le=INT32_MAX)]] = Field(min_length=1, max_length=8)
     dtype: Literal[DTYPE_NAMES]  # type: ignore[valid-type]
-    init: str = Field("zeros", description="'zeros', 'random' or a .npy path relative to the scenario's folder")
+    init: str = Field(
+        "zeros",
+        description="'zeros', 'random' or a .npy path relative to the scenario's folder; absent: zero-filled, "
+        "but the sanitizer's initcheck counts it as undefined (device memory is not zeroed)",
+    )
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
 
     @field_validator("init")

@@ -363,9 +363,11 @@ def build(
     lse_val[0, 0, 0] -= lse_offset
     o = k.alloc("o", shape_q, dtype, o_val)
     lse = k.alloc("lse", (batch, heads, s1), "float32", lse_val)
-    dq = k.alloc("dq", shape_q, "float32")
-    dk = k.alloc("dk", shape_k, "float32")
-    dv = k.alloc("dv", shape_k, "float32")
+    # dQ, dK, dV gather every block's share with atomic adds, so they start at zero: a device
+    # kernel has them zeroed before it runs (a memset on the host, or InitGlobalMemory and a SyncAll)
+    dq = k.alloc("dq", shape_q, "float32", "zeros")
+    dk = k.alloc("dk", shape_k, "float32", "zeros")
+    dv = k.alloc("dv", shape_k, "float32", "zeros")
     ws_shape = (aivs, block_s1, block_s2)
     s_ws = k.alloc("s_ws", ws_shape, "float32")
     dp_ws = k.alloc("dp_ws", ws_shape, "float32")

@@ -85,15 +85,27 @@ def test_a_jax_batch_lists_each_lanes_findings():
 
 
 def test_tool_selection_and_uninitialised_tensors():
-    code, out, _ = cli("sanitize", RACE, "--json", "--tool", "initcheck,memcheck")
+    code, out, _ = cli("sanitize", RACE, "--json", "--tool", "synccheck,memcheck")
     san = json.loads(out)["sanitizer"]
-    assert code == 0 and san == {"tools": ["initcheck", "memcheck"], "findings": []}
-    code, out, _ = cli("sanitize", FIXED, "--json", "--tool", "initcheck", "--uninit", "c")
-    # c is written by the matmul before the AIV, which waited, loads it: covered
-    assert code == 0 and json.loads(out)["sanitizer"]["findings"] == []
-    code, out, _ = cli("sanitize", RACE, "--json", "--tool", "initcheck", "--uninit", "c")
+    assert code == 0 and san == {"tools": ["synccheck", "memcheck"], "findings": []}
+    # c has no init: the early load reads memory nothing defined yet (with racecheck on, the race
+    # is the one finding; initcheck alone names the read)
+    code, out, _ = cli("sanitize", RACE, "--json", "--tool", "initcheck")
     (f,) = json.loads(out)["sanitizer"]["findings"]
-    assert code == 3 and (f["kind"], f["ops"][0]["tensor"]) == ("uninitialised_gm_read", "c")
+    assert code == 3 and (f["kind"], f["ops"][0]["op"], f["ops"][0]["tensor"]) == ("uninitialised_gm_read", "load", "c")
+    assert "c has no init" in f["message"]
+    # the twin waits: the matmul's write of c happens before the load
+    code, out, _ = cli("sanitize", FIXED, "--json", "--tool", "initcheck")
+    assert code == 0 and json.loads(out)["sanitizer"]["findings"] == []
+    # --uninit asks whether a given init is needed: atomic_accumulate's atomics read C's zeros
+    code, out, _ = cli("sanitize", "--model", "atomic_accumulate", "--json", "--tool", "initcheck")
+    assert code == 0 and json.loads(out)["sanitizer"]["findings"] == []
+    code, out, _ = cli("sanitize", "--model", "atomic_accumulate", "--json", "--tool", "initcheck", "--uninit", "c")
+    found = json.loads(out)["sanitizer"]["findings"]
+    assert (
+        code == 3 and found and {(f["ops"][0]["access"], f["ops"][0]["tensor"]) for f in found} == {("atomic_add", "c")}
+    )
+    assert all("c is marked uninitialised" in f["message"] for f in found)
 
 
 @pytest.mark.parametrize(

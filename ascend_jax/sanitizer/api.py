@@ -87,7 +87,7 @@ def analyse(
     if "racecheck" in tools:
         found += racecheck(log)
     if "initcheck" in tools:
-        found += initcheck(log)
+        found += initcheck(log, races_reported="racecheck" in tools)
     if "synccheck" in tools and program is not None:
         src = source_of or (lambda b, i: "")
         found += static_synccheck(program, src)

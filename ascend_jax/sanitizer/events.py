@@ -20,7 +20,8 @@ same whatever interleaving produced the log.
 
 Accesses are strided byte footprints: ``rows`` runs of ``width`` bytes, ``stride`` bytes apart,
 from ``addr`` (a matmul operand, a vector copy; a transposed operand is stored as its transpose).
-Tensor ``init`` counts as a write before every core's first op (``TensorInfo.initialised``).
+A tensor's ``init`` counts as a write before every core's first op (``TensorInfo.initialised``);
+a tensor without one is undefined until a core writes it.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ class TensorInfo:
 
     Attributes:
       name, addr, nbytes, itemsize, shape: as :class:`ascend_jax.gm.Tensor` (bytes).
-      initialised: its ``init`` is written before the kernel starts (every tensor of a program
-        has one, ``zeros`` by default; ``sanitize(uninitialised=...)`` marks scratch tensors whose
-        initial value a device would not define).
+      initialised: its ``init`` is written before the kernel starts. False for a tensor
+        allocated without ``init`` (the simulator zero-fills it, a device does not) and for one
+        the caller marks (``sanitize(uninitialised=...)``).
+      marked: undefined because the caller marked it, although it has an ``init``.
     """
 
     name: str
@@ -56,6 +58,7 @@ class TensorInfo:
     itemsize: int
     shape: tuple[int, ...] = ()
     initialised: bool = True
+    marked: bool = False
 
     @property
     def end(self) -> int:

@@ -1,11 +1,13 @@
 """initcheck: reads of memory that nothing defined first.
 
-* GM: a read (or an atomic, which reads the old value) of bytes of a tensor marked uninitialised
-  that no write happening before it covers. Every tensor of a program has an ``init`` (``zeros``
-  by default, which stands for the host zeroing it before the launch), so only tensors the caller
-  marks (``sanitize(uninitialised=...)``, ``--uninit``: scratch workspaces whose device contents
-  are garbage) are checked. "Before" is happens-before, not the order of the run: a write that
-  came first only by luck of the schedule does not count (racecheck reports that pair too).
+* GM: a read (or an atomic, which reads the old value) of bytes of a tensor without ``init``
+  that no write happening before it covers. The simulator zero-fills such a tensor (runs stay
+  deterministic), but a device's memory holds whatever was there: a kernel that relies on zeros
+  needs the host to zero the tensor (a memset before the launch), which the scenario or model
+  states as ``init = "zeros"``. ``sanitize(uninitialised=...)`` (``--uninit``) also marks tensors
+  that do have an ``init``, to ask whether the kernel needs it. "Before" is happens-before, not
+  the order of the run: a write that came first only by luck of the schedule does not count
+  (racecheck reports that pair too).
 * UB: a vector op that reads a region of a UB buffer that no earlier op of the same AIV wrote
   (UB is private to its AIV, so program order decides).
 """
@@ -37,8 +39,11 @@ def _uncovered(mask: np.ndarray, base: int, r: Access) -> tuple[int, int] | None
     return None if lo_b is None else (lo_b, hi_b)
 
 
-def gm_initcheck(log: EventLog) -> list[Finding]:
-    """Reads of uninitialised tensors not covered by a happens-before-earlier write."""
+def gm_initcheck(log: EventLog, races_reported: bool = False) -> list[Finding]:
+    """Reads of uninitialised tensors not covered by a happens-before-earlier write.
+
+    With ``races_reported`` (racecheck runs too), a read whose every undefined byte some write
+    races with is left to racecheck: the missing order is the bug, and one finding names it."""
     out: dict[tuple, Finding] = {}
     for name, t in log.tensors.items():
         if t.initialised:
@@ -49,20 +54,38 @@ def gm_initcheck(log: EventLog) -> list[Finding]:
             if r.kind == "write":
                 continue
             mask = np.zeros(r.hi - r.lo, bool)
+            racing = []
             for w in writes:
-                if w is not r and w.lo < r.hi and r.lo < w.hi and happens_before(w, r):
-                    _mark(mask, r.lo, w)
+                if w is not r and w.lo < r.hi and r.lo < w.hi:
+                    if happens_before(w, r):
+                        _mark(mask, r.lo, w)
+                    elif races_reported and not happens_before(r, w) and w.kind != r.kind:
+                        racing.append(w)
             gap = _uncovered(mask, r.lo, r)
             if gap is None:
                 continue
+            if racing:
+                for w in racing:
+                    _mark(mask, r.lo, w)
+                if _uncovered(mask, r.lo, r) is None:
+                    continue
             key = (name, _signature(r.site), r.kind)
             if key in out:
                 continue
             first, last = (gap[0] - t.addr) // t.itemsize, (gap[1] - t.addr) // t.itemsize
             verb = "reads" if r.kind == "read" else "atomically updates (reading the old value of)"
+            why = (
+                f"{name} is marked uninitialised, so its init does not count" if t.marked
+                else f"{name} has no init: the simulator zero-fills it, a device's memory holds whatever was there"
+            )  # fmt: skip
+            fix = (
+                f"the kernel relies on {name}'s init: keep it (the host sets {name} before the launch)." if t.marked
+                else "write those elements first and order that write before the read (a wait on its message, or a "
+                f'barrier), or, if the host zeroes {name} before the launch, say so: init = "zeros".'
+            )  # fmt: skip
             message = (
                 f"{describe_site(r.site)} {verb} {name} elements {first}..{last} ({t.cell(first)}..{t.cell(last)}), "
-                f"which no init and no write that happens before it defines ({name} is marked uninitialised)."
+                f"which no init and no write that happens before it defines ({why})."
             )
             out[key] = Finding(
                 "initcheck",
@@ -70,8 +93,7 @@ def gm_initcheck(log: EventLog) -> list[Finding]:
                 (op_ref(r, log),),
                 f"a write of {name} elements {first}..{last} that happens before {r.site.core} op {r.site.op_index}",
                 message,
-                "write those elements first and order that write before the read (a wait on its message, or a "
-                "barrier), or give the tensor an init.",
+                fix,
             )
     return list(out.values())
 
@@ -113,5 +135,5 @@ def ub_initcheck(log: EventLog) -> list[Finding]:
     return list(out.values())
 
 
-def initcheck(log: EventLog) -> list[Finding]:
-    return gm_initcheck(log) + ub_initcheck(log)
+def initcheck(log: EventLog, races_reported: bool = False) -> list[Finding]:
+    return gm_initcheck(log, races_reported) + ub_initcheck(log)

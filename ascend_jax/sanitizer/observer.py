@@ -38,8 +38,19 @@ from ascend_jax.sanitizer.events import ATOMIC_KIND, EventLog, Site, TensorInfo
 
 
 def tensor_infos(program: Any, uninitialised: frozenset[str] = frozenset()) -> list[TensorInfo]:
+    """The program's tensors; one allocated without ``init`` (``GlobalMemory.init_given``), or
+    named in ``uninitialised``, is undefined at launch."""
+    given = program.gm.init_given
     return [
-        TensorInfo(t.name, t.addr, t.nbytes, t.dtype.itemsize, tuple(t.shape), t.name not in uninitialised)
+        TensorInfo(
+            t.name,
+            t.addr,
+            t.nbytes,
+            t.dtype.itemsize,
+            tuple(t.shape),
+            given.get(t.name, True) and t.name not in uninitialised,
+            given.get(t.name, True) and t.name in uninitialised,  # marked although it has an init
+        )  # fmt: skip
         for t in program.gm.tensors.values()
     ]
 
@@ -55,7 +66,8 @@ class Observer:
 
     Args:
       program: the program being run.
-      uninitialised: tensor names initcheck treats as undefined before the kernel writes them.
+      uninitialised: tensor names initcheck treats as undefined before the kernel writes them,
+        even though they have an ``init`` (tensors without one are undefined anyway).
       source_of: ``(block_idx, op index) -> "file:line"`` where an AIV op was written (default:
         the op's ``where``, e.g. ``aiv[0].ops[3]`` in a scenario).
     """
