@@ -124,7 +124,8 @@ def test_free_out_of_block_writes_free_into_another_aics_block():
 
 
 def test_free_of_an_unused_column_is_a_finding():
-    # 3 queues on 2 AICs (P = 2): the last AIC serves one column; its msg + 1 is unused
+    # kernel_operator_cube_group_handle_impl.h, FreeMessage: no check of the column either. 3 queues on
+    # 2 AICs (P = 2): the last AIC serves one column; its msg + 1 is unused
     cb = Calls(("free", 0, None), ("free", 1, None))
     r = both(_row(cb, "cpu", follower="post", queues=3, aics=2))
     assert r.error is None
@@ -148,8 +149,9 @@ def _mte3_program(last_post_mte3: bool):
 
 
 def test_destructor_waits_for_the_mte3_flag():
-    # KfcWorkspace's destructor on the AIV waits for the MTE3->S event (spec S1: ~KfcWorkspace,
-    # WaitFlag<MTE3_S>); AllocMessage<MTE3_MODE> takes it, only PostMessage<MTE3_MODE> sets it again
+    # kernel_operator_cube_group_handle_impl.h: KfcWorkspace::~KfcWorkspace on the AIV does
+    # WaitFlag<HardEvent::MTE3_S>(evtID) (the constructor set it once); AllocMessage<MTE3_MODE> waits for
+    # it, only PostMessage<MTE3_MODE> sets it again (PostFakeMsg and SetQuit never do)
     for schedule in ("lockstep", "timed"):
         r = both(_mte3_program(False), schedule)
         assert r.status == Status.DEADLOCK
@@ -182,6 +184,8 @@ def test_sync_all_default_is_aiv_only_and_all_core_form_deadlocks_f14():
 
 
 def test_sync_all_scenario_key():
+    # kernel_operator_block_sync_intf.h, SyncAll<isAIVOnly = true>: a scenario's sync_all op without
+    # aiv_only is the default (AIV-only) form
     doc = {
         "group": [{"name": "g", "block_start": 0, "block_size": 2, "msg_queue_size": 1}],
         "aiv": [
@@ -264,7 +268,8 @@ def test_barrier_wait_after_arrive_uses_the_same_round():
 
 # -- 24.7: chips --------------------------------------------------------------------------------------
 def test_atlas_a3_is_refused_with_the_reason():
-    # the CreateCubeResGroup API page lists Atlas A2 and Ascend 950PR/DT, not Atlas A3
+    # the CreateCubeResGroup API page lists Atlas A2 and Ascend 950PR/DT, not Atlas A3 (so does the
+    # KfcWorkspace constructor's page); a refusal at build time, so the same for both engines
     import pytest
 
     from ascend_jax.errors import ConfigError
@@ -322,8 +327,10 @@ def test_910b_presets_are_the_public_platform_ini():
 
 # -- 24.5: merge frees as the seed does -----------------------------------------------------------------
 def test_merge_frees_msg_plus_i_for_every_i_up_to_k_past_the_row():
-    # the seed's callback: for i in 1..skipCnt FreeMessage(rcvMsg + i, FAKE), then SetSkipMsg; msg + 2
-    # from column 0 of a 2-column row is the next row's column 0 (queue 0's QUIT), waited for forever
+    # the seed's callback and the sample's (op_kernel/cube_group_custom.cpp, MyCallbackFunc::Call): for
+    # i in 1..skipCnt FreeMessage(rcvMsg + i, FAKE), then SetSkipMsg (kernel_operator_cube_group_handle_impl.h,
+    # no cap at the row end); msg + 2 from column 0 of a 2-column row is the next row's column 0 (queue 0's
+    # QUIT), waited for forever
     program = _row("merge", "cpu")  # queue 0 posts (skipCnt from a zeroed payload: 0) ...
     k = aj.CubeGroupKernel(max_steps=100)
     g = k.create_cube_res_group("g", 0, 2, 2, callback="merge")
@@ -399,3 +406,57 @@ def test_ub_reserve_for_the_handle():
     with pytest.raises(ConfigError, match="reserved by CreateCubeResGroup") as e:
         program(free + 32)
     assert e.value.field == "aiv[0] UB buffers"
+
+
+# -- 24 Build: the checks the device lacks reach the sanitizer; the run stays the device's ---------------
+class FreeWaitingForFree:
+    """FreeMessage(msg, FREE): a scenario names it as ``python:tests.test_fidelity_ii:FreeWaitingForFree``."""
+
+    required_fields = ()
+
+    def init(self, mm, tiling):
+        pass
+
+    def call(self, mm, msg, handle):
+        handle.free_message(msg, aj.CubeMsgState.FREE)
+
+
+def test_api_misuse_entries_are_sanitizer_findings_and_the_run_is_the_devices():
+    # kernel_operator_cube_group_handle_impl.h, FreeMessage(msg, waitState): no assert, no bounds or column
+    # check. The sanitizer's synccheck takes the run's api_misuse entries as findings (kind: the code in
+    # lower case); the observed run is the plain run, equal in both engines
+    programs = [
+        _row(Calls(("free", 0, aj.CubeMsgState.FREE)), "release"),
+        _row(Calls(("free", 0, None), ("free", 4, None)), "cpu", follower="post", queues=2, aics=2),
+        _row(Calls(("free", 0, None), ("free", 1, None)), "npu-debug", follower="post", queues=3, aics=2),
+    ]
+    for program in programs:
+        ref = both(program)
+        report = aj.sanitize(program, tools="synccheck")
+        assert report.result.to_json() == ref.to_json()
+        found = [(f.tool, f.kind, f.ops[0].site.core) for f in report.findings]
+        assert ref.api_misuse
+        for m in ref.api_misuse:
+            assert ("synccheck", m["code"].lower(), m["core"]) in found
+        assert not report.ok
+
+
+def test_sanitize_cli_reports_the_misuse_in_both_engines(tmp_path, capsys):
+    import json
+
+    from ascend_jax.cli import main
+
+    path = tmp_path / "bad_wait.toml"
+    path.write_text(
+        '[[group]]\nname = "g"\nblock_start = 0\nblock_size = 2\nmsg_queue_size = 1\n'
+        'callback = "python:tests.test_fidelity_ii:FreeWaitingForFree"\n'
+        '[[aiv]]\nblock_idx = 0\nops = [{ op = "assign_queue", group = "g", queue = 0 }, '
+        '{ op = "post", group = "g" }, { op = "quit", group = "g" }]\n'
+    )
+    for engine in ("reference", "jax"):
+        argv = ["sanitize", str(path), "--allow-python", "--json", "--engine", engine, "--max-steps", "100"]
+        assert main(argv) == 3
+        out = json.loads(capsys.readouterr().out)
+        assert out["status"] == "deadlock"  # FreeMessage spins for FREE, as on the device
+        kinds = [(f["tool"], f["kind"]) for f in out["sanitizer"]["findings"]]
+        assert ("synccheck", "bad_wait_state") in kinds and ("synccheck", "deadlock") in kinds
