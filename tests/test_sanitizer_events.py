@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ascend_jax.sanitizer import EventLog, Site, TensorInfo, analyse
 from ascend_jax.sanitizer.events import happens_before, overlap
 from ascend_jax.sanitizer.findings import TOOLS, render
+
+ROOT_DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 CORES = ["aiv0", "aiv1", "aic0"]
 
@@ -230,3 +234,22 @@ def test_scenario_lines_find_each_ops_line(tmp_path):
     )
     assert scenario_lines(f) == {(0, 0): 7, (0, 1): 8, (0, 2): 8, (1, 0): 13}
     assert scenario_lines(tmp_path / "missing.toml") == {}
+
+
+def test_gm_remembers_whether_a_tensor_was_given_an_init():
+    import numpy as np
+
+    from ascend_jax.gm import GlobalMemory
+    from ascend_jax.scenario import load_scenario
+
+    gm = GlobalMemory()
+    gm.alloc("bare", (4,), "float32")
+    gm.alloc("zeroed", (4,), "float32", "zeros")
+    gm.alloc("given", (4,), "float32", np.ones(4))
+    assert gm.init_given == {"bare": False, "zeroed": True, "given": True}
+    assert not gm.read("bare").any() and not gm.read("zeroed").any()  # both zero-filled all the same
+    assert gm.copy().init_given == gm.init_given
+    examples = ROOT_DOCS / "examples"
+    assert load_scenario(examples / "sanitizer_race.toml").gm.init_given == {"a": True, "b": True, "c": False,
+                                                                             "out": False}  # fmt: skip
+    assert load_scenario(examples / "sanitizer_uninit_fixed.toml").gm.init_given == {"x": True, "y": True}
