@@ -31,6 +31,7 @@ def both(program):
 
 # -- names -----------------------------------------------------------------------------------------
 def test_debug_is_a_deprecated_alias_of_cpu():
+    # kernel_log.h: the old `debug` checked both macros, which is what the CPU twin does
     with pytest.warns(BuildAliasWarning, match="deprecated"):
         assert normalise_build("debug") == "cpu"
     assert issubclass(BuildAliasWarning, DeprecationWarning)
@@ -45,12 +46,14 @@ def test_debug_is_a_deprecated_alias_of_cpu():
 
 
 def test_an_unknown_build_names_the_three():
+    # kernel_log.h: ASCENDC_ASSERT / ASCENDC_DEBUG_ASSERT give exactly three combinations a developer can build
     with pytest.raises(ConfigError) as e:
         aj.CubeGroupKernel(build="profile")
     assert e.value.field == "build" and "npu-debug" in str(e.value)
 
 
 def test_scenario_key_and_cli_flag(capsys, tmp_path):
+    # kernel_log.h (which macros each build keeps); the key and the flag only choose the build
     from ascend_jax.cli import main
 
     doc = {
@@ -160,9 +163,35 @@ def test_init_shape_assert_stops_only_the_cpu_twin():
         aiv.quit(g)
         return k.compile()
 
-    with pytest.raises(ConfigError, match="Matmul"):
-        aj.run_reference(program("cpu"))
-    assert aj.run_reference(program("npu-debug")).status == Status.OK
+    # matmul_impl_base.h (SetTail's shape check) is an ASCENDC_ASSERT, empty on __NPU_DEVICE__
+    # (kernel_log.h); Init runs before the service loop, so the CPU twin cannot start; in both engines
+    for run in (aj.run_reference, aj.simulate):
+        with pytest.raises(ConfigError, match="Matmul"):
+            run(program("cpu"))
+    for build in ("npu-debug", "release"):
+        r = both(program(build))
+        assert r.status == Status.OK
+        # not listed (a gap: asserts_violated should name the MATMUL_SHAPE the twin stopped at)
+        assert r.asserts_violated == []
+
+
+def test_geometry_debug_asserts_are_refused_in_every_build():
+    # kernel_operator_cube_group_handle_impl.h: the CubeResGroupHandle constructor (blockStart and blockSize
+    # even, the last AIC keeps a queue) and AssignQueue (queueIdIn < msgQueueSize) hold ASCENDC_DEBUG_ASSERTs,
+    # so a release build would run on with that geometry. What it then does is outside the model: the
+    # builder refuses it in every build (docs/model/cube-groups.md, Builds), before either engine runs
+    cases = {  # (block_start, block_size, msg_queue_size, queue bound) -> the field refused
+        (1, 2, 1, 0): "group[0].block_start",
+        (0, 3, 1, 0): "group[0].block_size",
+        (0, 6, 4, 0): "group[0].msg_queue_size",
+        (0, 2, 1, 1): "aiv[0].ops[0].queue",
+    }
+    for build in BUILDS:
+        for (start, size, queues, q), field in cases.items():
+            k = aj.CubeGroupKernel(build=build)
+            with pytest.raises(ConfigError) as e:
+                k.aiv(0).assign_queue(k.create_cube_res_group("g", start, size, queues, "free"), q)
+            assert e.value.field == field, (build, field)
 
 
 def test_random_programs_agree_in_every_build():
