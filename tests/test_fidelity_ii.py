@@ -266,6 +266,37 @@ def test_barrier_wait_after_arrive_uses_the_same_round():
     assert r.barrier_arrive[0].tolist() == [4, 4] and r.barrier_wait[0].tolist() == [4, 4]
 
 
+def test_barrier_wait_without_arrive_moves_to_the_next_round():
+    # group_barrier_impl.h, GroupBarrier::Wait: without a preceding Arrive, waitCounter = counter and then
+    # counter += 1, so a core that only waits needs counter * arriveSize arrivals on its second Wait
+    r = both(_barrier(1, 1, [[("wait", 0), ("wait", 0)], [("arrive", 0)], []]))
+    assert r.status == Status.DEADLOCK
+    assert {"core": "aiv0", "barrier": "b", "index": 0, "until": "A>=2"} in r.blocked
+    r = both(_barrier(1, 1, [[("wait", 0), ("wait", 0)], [("arrive", 0), ("arrive", 0)], []]))
+    assert r.status == Status.OK and r.barrier_wait[0].tolist() == [2]
+
+
+def test_barrier_constructor_debug_asserts_are_refused_in_every_build():
+    # group_barrier_impl.h, GroupBarrier::GroupBarrier: ASCENDC_DEBUG_ASSERTs that arriveSize and waitSize
+    # are in 1..GetBlockNum(); a release build would run on with them, which the model does not cover,
+    # so the builder refuses them in every build, before either engine runs
+    import pytest
+
+    from ascend_jax.errors import ConfigError
+
+    for build in ("cpu", "npu-debug", "release"):
+        for arrive, wait, field in (
+            (0, 1, "arrive_size"),
+            (1, 0, "wait_size"),
+            (49, 1, "arrive_size"),
+            (1, 49, "wait_size"),
+        ):
+            with pytest.raises(ConfigError) as e:
+                aj.CubeGroupKernel(chip="910B1", build=build).group_barrier("b", arrive, wait)
+            assert e.value.field == f"barrier[0].{field}"
+        aj.CubeGroupKernel(chip="910B1", build=build).group_barrier("b", 48, 48)
+
+
 # -- 24.7: chips --------------------------------------------------------------------------------------
 def test_atlas_a3_is_refused_with_the_reason():
     # the CreateCubeResGroup API page lists Atlas A2 and Ascend 950PR/DT, not Atlas A3 (so does the
