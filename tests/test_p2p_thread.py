@@ -31,7 +31,7 @@ def test_stream_order_is_record_kernel_wait_on_thread_notifies():
     thread = next(q for q in p.queues if q.name == "rank0.thread0")
     assert stream.tasks[0].notify == thread.notifies[0]  # the AI CPU thread's notify 0
     assert stream.tasks[2].notify == stream.notifies[0] and stream.tasks[2].timeout == CUSTOM_TIMEOUT
-    assert p.launches[0].timeout_s == LAUNCH_TIMEOUT == 1836
+    assert p.launches[0].timeout_s == LAUNCH_TIMEOUT == 27 * 68 and CUSTOM_TIMEOUT == 1836  # inc/common.h
 
 
 def test_the_kernel_waits_on_its_notify_then_records_the_host_threads():
