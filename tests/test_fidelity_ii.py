@@ -418,7 +418,9 @@ def test_queue_count_and_aic_range_are_checked_against_the_chip():
 
 
 def test_ub_reserve_for_the_handle():
-    # the CreateCubeResGroup API page: the last 1600 B + sizeof(msg) of UB are the handle's
+    # the CreateCubeResGroup API page: the last 1600 B + sizeof(msg) of UB are the handle's; the code:
+    # kernel_operator_cube_group_handle_impl.h, CubeResGroupHandle constructor, ubMsgAddr = TOTAL_UB_SIZE -
+    # ONE_BLK_SIZE * AIV_CORE_NUM - sizeof(CubeMsgType) (32 B x 50 = 1600 B)
     import pytest
 
     from ascend_jax.errors import ConfigError
