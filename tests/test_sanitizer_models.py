@@ -170,3 +170,22 @@ def test_synccheck_on_barriers_and_foreign_waits():
     }
     bad = next(f for f in found if f["kind"] == "barrier_unbalanced")
     assert "Arrive calls per index [2], Wait calls per index [1]" in bad["message"]
+
+
+def test_reports_are_cached_by_program_content():
+    race, fixed = (
+        ROOT / "docs" / "examples" / "sanitizer_race.toml",
+        ROOT / "docs" / "examples" / "sanitizer_race_fixed.toml",
+    )
+    first = sanitize(load_scenario(race), seed=5)
+    again = sanitize(load_scenario(race), seed=5)  # built apart, equal content: the cached report
+    assert again.log is first.log and again.to_json() == first.to_json()
+    fresh = sanitize(load_scenario(race), seed=5, cache=False)
+    assert fresh.log is not first.log and fresh.to_json() == first.to_json()
+    assert sanitize(load_scenario(fixed), seed=5).findings == []
+    # what initcheck reads is content too: c given an init, the early load reads defined bytes
+    assert [f.kind for f in sanitize(load_scenario(race), tools="initcheck").findings] == ["uninitialised_gm_read"]
+    given = load_scenario(race)
+    given.gm.init_given["c"] = True
+    assert sanitize(given, tools="initcheck").findings == []
+    assert len(sanitize(given, tools="initcheck", uninitialised=["c"]).findings) == 1

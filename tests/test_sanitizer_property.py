@@ -12,6 +12,7 @@ store, 1 waits before its load) or by a SyncAll, or (planted) by nothing.
 from __future__ import annotations
 
 import hypothesis.strategies as st
+import numpy as np
 from hypothesis import given, settings
 
 from ascend_jax.cube_group.program import CubeGroupKernel
@@ -95,3 +96,31 @@ def test_planted_missing_wait_is_reported_and_the_twin_is_clean(case):
     if dropped or handoff == "missing":
         twin = build(aivs, aics, blocks, set(), "barrier" if handoff == "missing" else handoff)
         assert sanitize(twin, schedule="random", seed=seed).findings == []
+
+
+def test_the_jax_engine_reports_the_same_findings_as_the_reference():
+    """The JAX engine keeps no access log: a JAX run's findings are the analysis of the observed
+    reference run of its program (``ascend-jax sanitize --engine jax``). That stands for the JAX
+    engine when each of its lanes makes the run the reference observed (the same received logs,
+    slot states and status), and the findings do not depend on the seed; a clean program also ends
+    with the same output in both engines (up to the float32 summation order of the matmuls)."""
+    from ascend_jax import simulate
+
+    cases = [  # one batch: the lanes share groups, barriers and tensors
+        (2, 1, [2, 1], set(), "sync_all"),
+        (2, 1, [2, 1], {(0, 1)}, "sync_all"),
+        (2, 1, [1, 2], set(), "missing"),
+        (2, 1, [2, 2], set(), "none"),
+    ]
+    programs = [build(*case) for case in cases]
+    seeds = [3, 11, 5, 8]
+    batch = simulate(programs, schedule="random", seeds=seeds)
+    for i, (program, seed) in enumerate(zip(programs, seeds, strict=True)):
+        observed = sanitize(program, schedule="random", seed=seed, cache=False)
+        assert batch[i].outcome() == observed.result.outcome(), i
+        for other in (1, 2, 99):  # another lane's seed: the same findings
+            assert sanitize(program, schedule="random", seed=other).to_json() == observed.to_json(), (i, other)
+        if not observed.findings:
+            np.testing.assert_allclose(batch[i].tensor("out"), observed.result.tensor("out"), rtol=1e-4, atol=1e-6)
+    counts = [len(sanitize(p).findings) for p in programs]
+    assert counts[0] == 0 and counts[3] == 0 and counts[1] > 0 and counts[2] > 0

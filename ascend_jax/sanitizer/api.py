@@ -4,11 +4,21 @@ The analysis always runs on the reference interpreter's event log, whatever engi
 runs: the JAX engine keeps no per-access history, and the findings do not depend on the
 interleaving (module docstring of :mod:`ascend_jax.sanitizer.events`), so one observed run per
 distinct program answers for every schedule and every lane that runs that program.
+
+Reports are cached by content: the program's pickled bytes (every op, tensor, initial byte and
+callback state, a dataclass by its fields; a program that cannot be pickled is not cached) and every argument of the call.
+The reference interpreter is deterministic, so a hit returns what the run would give again; it
+makes a sanitized run of an already analysed program cost a hash of the program, which matters
+beside the JAX engine, whose compiled runs are faster than one reference run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import pickle
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -98,6 +108,39 @@ def analyse(
     return sort_findings(found)
 
 
+#: the reports of the last few distinct sanitize calls, by :func:`_cache_key`
+_CACHE: OrderedDict[bytes, SanitizerReport] = OrderedDict()
+CACHE_SIZE = 16
+
+
+def _fields(cls: type, *values: Any) -> None:
+    """Stands for a dataclass in :class:`_ContentPickler`'s output (never called)."""
+
+
+class _ContentPickler(pickle.Pickler):
+    """Pickles a dataclass as its type and field values only: what a run caches on it later
+    (``functools.cached_property`` values, such as a group's first AIC) does not change its key."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return _fields, (type(obj), *(getattr(obj, f.name) for f in dataclasses.fields(obj)))
+        return NotImplemented
+
+
+def _cache_key(program: Any, args: tuple, source_of: Callable[[int, int], str] | None) -> bytes | None:
+    """A digest of the program's content and the call's arguments (None: not cacheable). A
+    ``source_of`` counts by the source text it gives each AIV op."""
+    buf = io.BytesIO()
+    try:
+        _ContentPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump((program, args))
+    except Exception:  # a user's callback or cost model that does not pickle: run every time
+        return None
+    h = hashlib.blake2b(buf.getbuffer(), digest_size=32)
+    if source_of is not None:
+        h.update(repr([source_of(b, i) for b, ops in program.aivs for i in range(len(ops))]).encode())
+    return h.digest()
+
+
 def sanitize(
     program: Any,
     schedule: str = "lockstep",
@@ -107,6 +150,7 @@ def sanitize(
     tools: str | Iterable[str] | None = None,
     uninitialised: Iterable[str] = (),
     source_of: Callable[[int, int], str] | None = None,
+    cache: bool = True,
 ) -> SanitizerReport:
     """Runs ``program`` once in the reference interpreter with an observer and checks the log.
 
@@ -117,9 +161,12 @@ def sanitize(
       tools: ``"all"`` (default) or some of :data:`TOOLS`.
       uninitialised: tensors whose initial contents a device would not define (initcheck).
       source_of: ``(block_idx, op index) -> "file:line"`` for messages (default: the op's ``where``).
+      cache: look the report up in, and add it to, the report cache (module docstring); False
+        runs and analyses every time.
 
     Returns:
-      a :class:`SanitizerReport`.
+      a :class:`SanitizerReport` (from the cache when the same program was sanitized with the
+      same arguments before: module docstring).
     """
     tools = parse_tools(tools)
     unknown = sorted(set(uninitialised) - set(program.gm.tensors))
@@ -127,6 +174,31 @@ def sanitize(
         from ascend_jax.errors import ConfigError
 
         raise ConfigError("uninitialised", unknown, f"no such tensor; tensors: {sorted(program.gm.tensors)}")
+    args = (schedule, seed, max_steps, cost, tools, sorted(uninitialised))
+    key = _cache_key(program, args, source_of) if cache else None
+    hit = _CACHE.get(key) if key is not None else None
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return dataclasses.replace(hit, findings=list(hit.findings))
+    report = _run_and_analyse(program, schedule, seed, max_steps, cost, tools, uninitialised, source_of)
+    if key is not None:
+        _CACHE[key] = report
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return dataclasses.replace(report, findings=list(report.findings))
+    return report
+
+
+def _run_and_analyse(
+    program: Any,
+    schedule: str,
+    seed: int,
+    max_steps: int | None,
+    cost: Any,
+    tools: tuple[str, ...],
+    uninitialised: Iterable[str],
+    source_of: Callable[[int, int], str] | None,
+) -> SanitizerReport:
     start = None
     if not program.zero_workspace:  # the reported launch starts from the first launch's workspace
         first = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost)
