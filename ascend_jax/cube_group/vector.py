@@ -29,6 +29,14 @@ column, one value per row; ``s`` the scalar):
                       scalar mode).
 ====================  =======================================================================
 
+The kinds live in one table, :data:`KINDS` (a :class:`VectorKind` row each: name, code, operand
+pattern, numpy semantics, JAX semantics, cost): the builder, the scenario keys, the schema's
+literal, both engines and both timed models read it, so a new op is one row (plus a named builder
+method, if wanted, and its test). The numpy semantics (what the reference interpreter runs) and
+the JAX semantics (what the engine runs on padded, masked arrays) are two separately written
+functions in each row, so that the reference remains an independent check of the engine; only the
+list of kinds, their operand patterns and their cost are shared.
+
 Numerics (``hardware``): an op computes in its buffers' dtype, each result rounded once to that
 dtype (round to nearest even); float32 ops are IEEE float32 (numpy), float16 ops are computed in
 float32 and rounded to float16, which is the correctly rounded float16 result for add, sub, mul,
@@ -69,6 +77,7 @@ aligned, back to back. The 32-byte granularity of ``DataCopy`` lengths is not ch
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -80,18 +89,159 @@ from ascend_jax.gm import Tensor, dtype_name, get_dtype
 if TYPE_CHECKING:
     from ascend_jax.cube_group.program import AivProgram, CubeGroupProgram
 
+# -- the op table ------------------------------------------------------------------------------
+# Semantics of a compute op, written twice on purpose: ``numpy`` is what the reference interpreter
+# runs (``reference/compute.py``), on the op's region exactly; ``jax`` is what the JAX engine runs
+# (``engine/compute.py``), on padded, masked arrays. The two are written separately so that the
+# reference stays an independent check of the engine; the table only makes both (and the builder,
+# the schema and the timed models) read the same list of kinds, codes, operand patterns and costs.
+#
+# ``numpy(x, b, s, dt)``: ``x`` the src0 region, ``b`` the second operand as the pattern gives it
+# (a tile, a ``[rows, 1]`` column, the mask of ``select``, or None), ``s`` the scalar, ``dt`` the
+# compute type; returns the result region (``[rows, 1]`` for a reduction).
+# ``jax(jnp, x, b, s, n)``: elementwise kinds get ``x`` and ``b`` of one shape (``b`` already
+# broadcast: the scalar, the row's column value or the tile); a reduction gets ``x [..., W]`` and
+# ``n [...]``, the live length of each row, and returns ``[...]``.
+
+
+def _np_exp(x, b, s, dt):
+    return np.exp(x)
+
+
+def _np_row_sum(x, b, s, dt):
+    return np.add.reduce(x, axis=1, keepdims=True, dtype=dt)
+
+
+def _jx_add(jnp, x, b, s, n):
+    return x + b
+
+
+def _jx_sub(jnp, x, b, s, n):
+    return x - b
+
+
+def _jx_mul(jnp, x, b, s, n):
+    return x * b
+
+
+def _jx_div(jnp, x, b, s, n):
+    return x / b
+
+
+def _jx_exp(jnp, x, b, s, n):
+    return jnp.exp(x)
+
+
+def _jx_select(jnp, x, b, s, n):
+    return jnp.where(b != 0, x, s)
+
+
+def _jx_same(jnp, x, b, s, n):  # cast: the value, rounded to the destination's type by the engine
+    return x
+
+
+def _jx_row_max(jnp, x, b, s, n):
+    live = jnp.arange(x.shape[-1]).reshape((1,) * n.ndim + (-1,)) < n[..., None]
+    return jnp.where(live, x, -jnp.inf).max(axis=-1)
+
+
+def _jx_row_sum(jnp, x, b, s, n):
+    from ascend_jax.cube_group.engine.compute import pairwise_sum  # numpy's summation order, in JAX
+
+    return pairwise_sum(x, n)
+
+
+def copy_cycles(xp, nbytes, issue, ddr_rate, vec_rate):
+    """A GM <-> UB copy: ``vec_issue + bytes / ddr_rate`` (float32 in, float32 out, any ``xp``)."""
+    return issue + nbytes / ddr_rate
+
+
+def compute_cycles(xp, nbytes, issue, ddr_rate, vec_rate):
+    """A compute op: ``vec_issue + ceil(bytes / vec_rate)`` (one repeat handles ``vec_rate`` bytes)."""
+    return issue + xp.ceil(nbytes / vec_rate)
+
+
+#: Operand patterns: the scenario keys a kind takes (required, optional) besides ``kind``.
+_REGION = frozenset({"rows", "cols"})
+PATTERNS: dict[str, tuple[frozenset, frozenset]] = {
+    "load": (frozenset({"dst", "addr"}), _REGION | {"stride"}),
+    "store": (frozenset({"src0", "addr"}), _REGION | {"stride", "atomic"}),
+    "binary": (frozenset({"dst", "src0", "src1"}), _REGION),  # dst = f(x, y), y a tile
+    "broadcast": (frozenset({"dst", "src0", "src1"}), _REGION),  # dst = f(x, y[:, :1])
+    "scalar": (frozenset({"dst", "src0", "scalar"}), _REGION),  # dst = f(x, s)
+    "unary": (frozenset({"dst", "src0"}), _REGION),  # dst = f(x)
+    "reduce": (frozenset({"dst", "src0"}), _REGION),  # dst[:, 0] = f(x over its cols)
+    "cast": (frozenset({"dst", "src0"}), _REGION),  # dst = x in dst's type
+    "select": (frozenset({"dst", "src0", "src1", "scalar"}), _REGION),  # dst = f(x, mask y, s)
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorKind:
+    """One vector op kind: the single place that says what it is (see :data:`KINDS`).
+
+    Attributes:
+      name: the kind's name (``VectorOp.kind``, the scenario's ``kind``, the schema's literal).
+      code: its number in the engine's op words (its index in :data:`KINDS`).
+      pattern: its operands, a key of :data:`PATTERNS` (``load`` and ``store`` are the GM copies).
+      numpy: the reference's semantics (see the comment above :func:`copy_cycles`); None for copies.
+      jax: the JAX engine's semantics, written separately; None for copies.
+      cycles: ``cycles(xp, nbytes, issue, ddr_rate, vec_rate)``, the timed cost in float32, for
+        numpy scalars (reference) and JAX arrays (engine) alike.
+      doc: one line for the docs.
+    """
+
+    name: str
+    code: int
+    pattern: str
+    numpy: Callable | None
+    jax: Callable | None
+    cycles: Callable
+    doc: str = ""
+
+    @property
+    def is_copy(self) -> bool:
+        """A GM <-> UB copy (``load`` / ``store``), not a compute op."""
+        return self.pattern in ("load", "store")
+
+
+def _kinds(*rows: tuple) -> tuple[VectorKind, ...]:
+    return tuple(VectorKind(name, code, *rest) for code, (name, *rest) in enumerate(rows))
+
+
+_C, _X = copy_cycles, compute_cycles
+#: Every vector op kind, in the order of their codes.
+KINDS: tuple[VectorKind, ...] = _kinds(
+    ("load", "load", None, None, _C, "DataCopy GM -> UB"),
+    ("store", "store", None, None, _C, "DataCopy UB -> GM (atomic: SetAtomicAdd)"),
+    ("add", "binary", lambda x, b, s, dt: x + b, _jx_add, _X, "Add"),
+    ("sub", "binary", lambda x, b, s, dt: x - b, _jx_sub, _X, "Sub"),
+    ("mul", "binary", lambda x, b, s, dt: x * b, _jx_mul, _X, "Mul"),
+    ("div", "binary", lambda x, b, s, dt: x / b, _jx_div, _X, "Div"),
+    ("muls", "scalar", lambda x, b, s, dt: x * s, _jx_mul, _X, "Muls"),
+    ("adds", "scalar", lambda x, b, s, dt: x + s, _jx_add, _X, "Adds"),
+    ("exp", "unary", _np_exp, _jx_exp, _X, "Exp"),
+    ("row_max", "reduce", lambda x, b, s, dt: x.max(axis=1, keepdims=True), _jx_row_max, _X, "WholeReduceMax"),
+    ("row_sum", "reduce", _np_row_sum, _jx_row_sum, _X, "WholeReduceSum"),
+    ("sub_row", "broadcast", lambda x, b, s, dt: x - b, _jx_sub, _X, "Brcb + Sub"),
+    ("mul_row", "broadcast", lambda x, b, s, dt: x * b, _jx_mul, _X, "Brcb + Mul"),
+    ("cast", "cast", lambda x, b, s, dt: x, _jx_same, _X, "Cast (CAST_RINT)"),
+    ("select", "select", lambda x, b, s, dt: np.where(b != 0, x, s), _jx_select, _X, "Select (tensor / scalar)"),
+)
+#: name -> :class:`VectorKind`
+KIND: dict[str, VectorKind] = {k.name: k for k in KINDS}
 #: Vector op kinds, in the order of their codes (``VectorOp.words()[0]``).
-VECTOR_KINDS = (
-    "load", "store", "add", "sub", "mul", "div", "muls", "adds", "exp", "row_max", "row_sum", "sub_row",
-    "mul_row", "cast", "select",
-)  # fmt: skip
-KIND_CODE = {k: i for i, k in enumerate(VECTOR_KINDS)}
-#: Kinds that compute (not GM copies), with their operand pattern.
-BINARY = ("add", "sub", "mul", "div")
-SCALAR = ("muls", "adds")
-UNARY = ("exp",)
-REDUCE = ("row_max", "row_sum")
-BROADCAST = ("sub_row", "mul_row")
+VECTOR_KINDS = tuple(k.name for k in KINDS)
+KIND_CODE = {k.name: k.code for k in KINDS}
+
+
+def kinds_of(pattern: str) -> tuple[str, ...]:
+    """The kinds with this operand pattern."""
+    return tuple(k.name for k in KINDS if k.pattern == pattern)
+
+
+BINARY, SCALAR, UNARY = kinds_of("binary"), kinds_of("scalar"), kinds_of("unary")
+REDUCE, BROADCAST = kinds_of("reduce"), kinds_of("broadcast")
 #: Types the vector ALU computes in (Atlas A2: no bfloat16 arithmetic).
 ARITH_DTYPES = ("float16", "float32")
 #: Casts modelled: (from, to).
@@ -100,16 +250,8 @@ CASTS = {("float16", "float32"), ("float32", "float16"), ("bfloat16", "float32")
 UB_ALIGN = 32
 #: Buffer dtypes (codes in ``words``).
 UB_DTYPES = ("float16", "bfloat16", "float32")
-_REGION = frozenset({"rows", "cols"})
 #: Scenario table keys per kind: (required, optional).
-TABLE_KEYS: dict[str, tuple[frozenset, frozenset]] = {
-    "load": (frozenset({"dst", "addr"}), _REGION | {"stride"}),
-    "store": (frozenset({"src0", "addr"}), _REGION | {"stride", "atomic"}),
-    **{k: (frozenset({"dst", "src0", "src1"}), _REGION) for k in BINARY + BROADCAST},
-    **{k: (frozenset({"dst", "src0", "scalar"}), _REGION) for k in SCALAR},
-    **{k: (frozenset({"dst", "src0"}), _REGION) for k in UNARY + REDUCE + ("cast",)},
-    "select": (frozenset({"dst", "src0", "src1", "scalar"}), _REGION),
-}
+TABLE_KEYS: dict[str, tuple[frozenset, frozenset]] = {k.name: PATTERNS[k.pattern] for k in KINDS}
 #: Int words of :meth:`VectorOp.words` (``scalar`` travels separately as a float).
 WORDS = ("kind", "dst", "src0", "src1", "rows", "cols", "addr", "stride", "atomic", "dtype")
 
@@ -194,11 +336,11 @@ class VectorOp:
             b = getattr(self, role)
             if b is not None:
                 d[role] = b.name
-        if self.kind in ("load", "store"):
+        if KIND[self.kind].is_copy:
             d.update(addr=self.addr, stride=self.stride)
             if self.atomic:
                 d["atomic"] = "add"
-        if self.kind in SCALAR or self.kind == "select":
+        if "scalar" in PATTERNS[KIND[self.kind].pattern][0]:
             d["scalar"] = self.scalar
         return d
 
@@ -327,14 +469,50 @@ class VectorBuilder:
             self.load(t["dst"], t["addr"], stride=t.get("stride"), **region)
         elif kind == "store":
             self.store(t["addr"], t["src0"], stride=t.get("stride"), atomic=bool(t.get("atomic", False)), **region)
-        elif kind in BINARY or kind in BROADCAST:
-            getattr(self, kind)(t["dst"], t["src0"], t["src1"], **region)
-        elif kind in SCALAR:
-            getattr(self, kind)(t["dst"], t["src0"], t["scalar"], **region)
-        elif kind == "select":
-            self.select(t["dst"], t["src1"], t["src0"], t["scalar"], **region)
-        else:  # exp, row_max, row_sum, cast
-            getattr(self, kind)(t["dst"], t["src0"], **region)
+        else:
+            self.op(kind, t["dst"], t["src0"], t.get("src1"), t.get("scalar"), **region)
+
+    def op(self, kind: str, dst, x, y=None, scalar=None, rows=None, cols=None) -> None:
+        """Appends a compute op of any kind of :data:`KINDS` (not a copy), its operands checked by
+        its pattern: ``y`` the second tile (``binary``), the ``[rows, 1]`` column (``broadcast``)
+        or the mask (``select``); ``scalar`` for ``scalar`` and ``select``. The named methods
+        (:meth:`add`, :meth:`exp`, ...) call this."""
+        k = KIND.get(kind)
+        if k is None or k.is_copy:
+            raise self._fail("kind", kind, f"must be a compute kind of {[k.name for k in KINDS if not k.is_copy]}")
+        dst, x = self._own(dst, "dst"), self._own(x, "src0")
+        pat = k.pattern
+        two = pat in ("binary", "broadcast", "select")  # takes a second tile
+        if two:
+            y = self._own(y, "src1")
+        if pat == "cast":
+            pair = (x.dtype_name, dst.dtype_name)
+            if pair not in CASTS:
+                raise self._fail(
+                    "dtype", f"{pair[0]} -> {pair[1]}", f"casts modelled: {sorted(CASTS)}", "cast through float32"
+                )
+        elif pat in ("binary", "broadcast"):
+            self._arith(dst, x, y)
+        else:
+            self._arith(dst, x)
+        if pat == "broadcast" and y.cols != 1:
+            raise self._fail(
+                "src1",
+                f"{y.name}: {y.rows} x {y.cols}",
+                f"{kind}'s src1 is a [rows, 1] column, one value per row (broadcast along the row)",
+                f"declare {y.name!r} with cols = 1, e.g. the destination of a row_max / row_sum",
+            )
+        number = isinstance(scalar, (int, float, np.floating, np.integer)) and not isinstance(scalar, bool)
+        if pat in ("scalar", "select") and not number:
+            raise self._fail("scalar", scalar, "must be a number")
+        if pat == "reduce":
+            rows, cols = self._region(rows, cols, (x, False), (dst, True))
+        else:
+            bufs = [(dst, False), (x, False)] + ([(y, pat == "broadcast")] if two else [])
+            rows, cols = self._region(rows, cols, *bufs)
+        src1 = y if two else None
+        s = float(scalar) if pat in ("scalar", "select") else 0.0
+        self._append(VectorOp(kind, dst, x, src1, rows, cols, scalar=s))
 
     # -- declarations
     def buffer(self, name: str, rows: int, cols: int, dtype: Any = "float32") -> UbBuffer:
@@ -382,210 +560,58 @@ class VectorBuilder:
             raise self._fail("atomic", atomic, "must be true or false")
         self._append(VectorOp("store", None, src, rows=rows, cols=cols, addr=a, stride=s, atomic=int(atomic)))
 
-    # -- compute
-    def _binary(self, kind: str, dst, x, y, rows, cols) -> None:
-        dst, x, y = self._own(dst, "dst"), self._own(x, "src0"), self._own(y, "src1")
-        self._arith(dst, x, y)
-        rows, cols = self._region(rows, cols, (dst, False), (x, False), (y, False))
-        self._append(VectorOp(kind, dst, x, y, rows, cols))
-
+    # -- compute (each a named call of :meth:`op`)
     def add(self, dst, x, y, rows=None, cols=None) -> None:
         """``Add``: dst = x + y."""
-        self._binary("add", dst, x, y, rows, cols)
+        self.op("add", dst, x, y, rows=rows, cols=cols)
 
     def sub(self, dst, x, y, rows=None, cols=None) -> None:
         """``Sub``: dst = x - y."""
-        self._binary("sub", dst, x, y, rows, cols)
+        self.op("sub", dst, x, y, rows=rows, cols=cols)
 
     def mul(self, dst, x, y, rows=None, cols=None) -> None:
         """``Mul``: dst = x * y."""
-        self._binary("mul", dst, x, y, rows, cols)
+        self.op("mul", dst, x, y, rows=rows, cols=cols)
 
     def div(self, dst, x, y, rows=None, cols=None) -> None:
         """``Div``: dst = x / y."""
-        self._binary("div", dst, x, y, rows, cols)
-
-    def _scalar(self, kind: str, dst, x, scalar, rows, cols) -> None:
-        dst, x = self._own(dst, "dst"), self._own(x, "src0")
-        self._arith(dst, x)
-        if not isinstance(scalar, (int, float, np.floating, np.integer)) or isinstance(scalar, bool):
-            raise self._fail("scalar", scalar, "must be a number")
-        rows, cols = self._region(rows, cols, (dst, False), (x, False))
-        self._append(VectorOp(kind, dst, x, None, rows, cols, scalar=float(scalar)))
+        self.op("div", dst, x, y, rows=rows, cols=cols)
 
     def muls(self, dst, x, scalar, rows=None, cols=None) -> None:
         """``Muls``: dst = x * scalar (the scalar rounded to the buffer's type)."""
-        self._scalar("muls", dst, x, scalar, rows, cols)
+        self.op("muls", dst, x, scalar=scalar, rows=rows, cols=cols)
 
     def adds(self, dst, x, scalar, rows=None, cols=None) -> None:
         """``Adds``: dst = x + scalar (the scalar rounded to the buffer's type)."""
-        self._scalar("adds", dst, x, scalar, rows, cols)
+        self.op("adds", dst, x, scalar=scalar, rows=rows, cols=cols)
 
     def exp(self, dst, x, rows=None, cols=None) -> None:
         """``Exp``: dst = exp(x)."""
-        dst, x = self._own(dst, "dst"), self._own(x, "src0")
-        self._arith(dst, x)
-        rows, cols = self._region(rows, cols, (dst, False), (x, False))
-        self._append(VectorOp("exp", dst, x, None, rows, cols))
-
-    def _reduce(self, kind: str, dst, x, rows, cols) -> None:
-        dst, x = self._own(dst, "dst"), self._own(x, "src0")
-        self._arith(dst, x)
-        rows, cols = self._region(rows, cols, (x, False), (dst, True))
-        self._append(VectorOp(kind, dst, x, None, rows, cols))
+        self.op("exp", dst, x, rows=rows, cols=cols)
 
     def row_max(self, dst, x, rows=None, cols=None) -> None:
         """``WholeReduceMax`` per row: dst[r, 0] = max(x[r, :cols])."""
-        self._reduce("row_max", dst, x, rows, cols)
+        self.op("row_max", dst, x, rows=rows, cols=cols)
 
     def row_sum(self, dst, x, rows=None, cols=None) -> None:
         """``WholeReduceSum`` per row: dst[r, 0] = sum(x[r, :cols])."""
-        self._reduce("row_sum", dst, x, rows, cols)
-
-    def _broadcast(self, kind: str, dst, x, r, rows, cols) -> None:
-        dst, x, r = self._own(dst, "dst"), self._own(x, "src0"), self._own(r, "src1")
-        self._arith(dst, x, r)
-        if r.cols != 1:
-            raise self._fail(
-                "src1",
-                f"{r.name}: {r.rows} x {r.cols}",
-                f"{kind}'s src1 is a [rows, 1] column, one value per row (broadcast along the row)",
-                f"declare {r.name!r} with cols = 1, e.g. the destination of a row_max / row_sum",
-            )
-        rows, cols = self._region(rows, cols, (dst, False), (x, False), (r, True))
-        self._append(VectorOp(kind, dst, x, r, rows, cols))
+        self.op("row_sum", dst, x, rows=rows, cols=cols)
 
     def sub_row(self, dst, x, r, rows=None, cols=None) -> None:
         """dst = x - r[:, 0] broadcast along each row (``Brcb`` + ``Sub``)."""
-        self._broadcast("sub_row", dst, x, r, rows, cols)
+        self.op("sub_row", dst, x, r, rows=rows, cols=cols)
 
     def mul_row(self, dst, x, r, rows=None, cols=None) -> None:
         """dst = x * r[:, 0] broadcast along each row (``Brcb`` + ``Mul``)."""
-        self._broadcast("mul_row", dst, x, r, rows, cols)
+        self.op("mul_row", dst, x, r, rows=rows, cols=cols)
 
     def cast(self, dst, x, rows=None, cols=None) -> None:
         """``Cast(dst, x, CAST_RINT)``: float16 / bfloat16 <-> float32, round to nearest even."""
-        dst, x = self._own(dst, "dst"), self._own(x, "src0")
-        pair = (x.dtype_name, dst.dtype_name)
-        if pair not in CASTS:
-            raise self._fail(
-                "dtype", f"{pair[0]} -> {pair[1]}", f"casts modelled: {sorted(CASTS)}", "cast through float32"
-            )
-        rows, cols = self._region(rows, cols, (dst, False), (x, False))
-        self._append(VectorOp("cast", dst, x, None, rows, cols))
+        self.op("cast", dst, x, rows=rows, cols=cols)
 
     def select(self, dst, mask, x, scalar, rows=None, cols=None) -> None:
         """``Select`` (tensor / scalar mode): dst = x where mask != 0, else ``scalar``."""
-        dst, x, mask = self._own(dst, "dst"), self._own(x, "src0"), self._own(mask, "src1")
-        self._arith(dst, x)
-        if not isinstance(scalar, (int, float, np.floating, np.integer)) or isinstance(scalar, bool):
-            raise self._fail("scalar", scalar, "must be a number")
-        rows, cols = self._region(rows, cols, (dst, False), (x, False), (mask, False))
-        self._append(VectorOp("select", dst, x, mask, rows, cols, scalar=float(scalar)))
-
-
-# -- numpy semantics ---------------------------------------------------------------------------
-
-
-def _compute(op: VectorOp, x: np.ndarray, y: np.ndarray | None, dt: Any, s: Any) -> np.ndarray:
-    """The result of a compute op on regions ``x`` / ``y`` (already in the compute type ``dt``;
-    ``s`` the op's scalar in that type)."""
-    k = op.kind
-    if k == "add":
-        return x + y
-    if k == "sub":
-        return x - y
-    if k == "mul":
-        return x * y
-    if k == "div":
-        return x / y
-    if k == "muls":
-        return x * s
-    if k == "adds":
-        return x + s
-    if k == "exp":
-        return np.exp(x)
-    if k == "row_max":
-        return x.max(axis=1, keepdims=True)
-    if k == "row_sum":
-        return np.add.reduce(x, axis=1, keepdims=True, dtype=dt)
-    if k == "sub_row":
-        return x - y[:, :1]
-    if k == "mul_row":
-        return x * y[:, :1]
-    if k == "select":
-        return np.where(y != 0, x, s)
-    raise AssertionError(k)  # pragma: no cover - the builder makes no other kinds
-
-
-class VectorUnit:
-    """The UB contents of every AIV in one run and the execution of vector ops.
-
-    ``interp`` is the :class:`ReferenceInterpreter`; GM goes through its ``_tile`` /
-    ``_exact_index`` (so ``numerics="exact"`` reads the float64 shadow) and its byte ``image``.
-    """
-
-    def __init__(self, interp: Any):
-        self.interp = interp
-        self.exact = interp.numerics == "exact"
-        self.ub: dict[tuple[int, int], np.ndarray] = {}
-
-    def _buf(self, b: UbBuffer) -> np.ndarray:
-        key = (b.block_idx, b.index)
-        if key not in self.ub:  # UB contents before the first write are not defined; zeros here
-            self.ub[key] = np.zeros((b.rows, b.cols), np.float64 if self.exact else b.dtype)
-        return self.ub[key]
-
-    def run(self, op: VectorOp) -> None:
-        """Performs ``op`` now, on GM as it is (numpy's floating-point warnings silenced: a NaN or an
-        overflow is data, counted by the numerics report)."""
-        with np.errstate(all="ignore"):
-            self._run(op)
-
-    def _run(self, op: VectorOp) -> None:
-        r, c = op.rows, op.cols
-        if op.kind == "load":
-            self._buf(op.dst)[:r, :c] = self.interp._tile(op.addr, r, c, op.stride, False, op.dst.dtype)
-            return
-        if op.kind == "store":
-            self._store(op, self._buf(op.src0)[:r, :c])
-            return
-        x = self._buf(op.src0)[:r, :c]
-        if op.kind == "cast":
-            out = x if self.exact else x.astype(op.dst.dtype)
-            self._buf(op.dst)[:r, :c] = out
-            return
-        y = None
-        if op.src1 is not None:
-            y = self._buf(op.src1)[:r, :1] if op.kind in BROADCAST else self._buf(op.src1)[:r, :c]
-        if self.exact:
-            res = _compute(op, x, y, np.float64, np.float64(op.scalar))
-        elif op.dst.dtype == np.float16:  # the ALU's float16 result: computed wider, rounded once
-            s = np.float32(np.float16(op.scalar))
-            res = _compute(op, x.astype(np.float32), None if y is None else y.astype(np.float32), np.float32, s)
-            res = res.astype(np.float16)
-        else:
-            res = _compute(op, x, y, np.float32, np.float32(op.scalar))
-        dst = self._buf(op.dst)
-        if op.kind in REDUCE:
-            dst[:r, :1] = res
-        else:
-            dst[:r, :c] = res
-
-    def _store(self, op: VectorOp, value: np.ndarray) -> None:
-        interp = self.interp
-        if self.exact:
-            name, flat, off = interp._exact_index(op.addr, op.rows, op.cols, op.stride, False, op.src0.dtype)
-            flat[off] = flat[off] + value if op.atomic else value
-            interp.written.add(name)
-            return
-        from ascend_jax.cube_group.matmul import np_store, np_tile
-
-        if op.atomic:
-            old = np_tile(interp.image, op.addr, op.rows, op.cols, op.stride, False, value.dtype)
-            value = (old.astype(np.float32) + value.astype(np.float32)).astype(value.dtype)
-        np_store(interp.image, op.addr, op.stride, value)
-        interp.written.add(interp.p.gm.owner(op.addr))
+        self.op("select", dst, x, mask, scalar, rows=rows, cols=cols)
 
 
 # -- cost --------------------------------------------------------------------------------------
@@ -597,17 +623,14 @@ def vector_cycles(op: VectorOp, cost: np.ndarray) -> np.float32:
     from ascend_jax.timing import C
 
     f32 = np.float32
-    issue = f32(cost[C["vec_issue"]])
-    nbytes = f32(op_bytes(op))
-    if op.kind in ("load", "store"):
-        return f32(issue + nbytes / f32(cost[C["ddr_rate"]]))
-    return f32(issue + f32(np.ceil(nbytes / f32(cost[C["vec_rate"]]))))
+    rates = (f32(cost[C[k]]) for k in ("vec_issue", "ddr_rate", "vec_rate"))
+    return f32(KIND[op.kind].cycles(np, f32(op_bytes(op)), *rates))
 
 
 def op_bytes(op: VectorOp) -> int:
     """Bytes an op moves (a copy: the GM tile) or processes (compute: region x widest operand's
     item size), the size its cost scales with."""
-    if op.kind in ("load", "store"):
+    if KIND[op.kind].is_copy:
         return op.rows * op.cols * op.gm_dtype.itemsize
     return op.rows * op.cols * max(b.dtype.itemsize for b in (op.dst, op.src0, op.src1) if b is not None)
 
@@ -672,10 +695,12 @@ def vector_tables(program: CubeGroupProgram) -> dict[str, np.ndarray]:
 
 
 __all__ = [
+    "KIND",
+    "KINDS",
     "UbBuffer",
     "VectorBuilder",
+    "VectorKind",
     "VectorOp",
-    "VectorUnit",
     "VECTOR_KINDS",
     "has_vector_ops",
     "vector_cycles",

@@ -33,7 +33,7 @@ import ascend_jax.cube_group.engine.banks as banks
 from ascend_jax.cube_group.engine.encode import VEC, MatmulDims
 from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.matmul import MatmulType, check_operands, combine, compute_tiles, descriptor, empty_tile
-from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
+from ascend_jax.cube_group.vector import KIND, KINDS, UB_DTYPES
 from ascend_jax.gm import load_rows, load_windows, row_starts, store_rows, store_windows
 
 
@@ -302,8 +302,8 @@ def count_dot_generals(jaxpr) -> int:
 
 
 # -- AIV vector ops ----------------------------------------------------------------------------
-# Kind codes of ascend_jax.cube_group.vector.VECTOR_KINDS, UB dtype codes of UB_DTYPES.
-_K = {k: i for i, k in enumerate(VECTOR_KINDS)}
+# Op kinds come from the table ascend_jax.cube_group.vector.KINDS (codes, patterns, JAX semantics);
+# UB dtype codes of UB_DTYPES.
 _F16, _BF16, _F32 = (UB_DTYPES.index(t) for t in ("float16", "bfloat16", "float32"))
 
 
@@ -322,9 +322,9 @@ def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.A
     """
     w = jnp.moveaxis(words, -1, 0)  # [B, V, 12]
     e = en.T  # [B, V]
-    kind = w[..., VEC["kind"]]
-    is_copy = e & (kind <= _K["store"])
-    is_compute = e & (kind > _K["store"])
+    copy = kind_in(w[..., VEC["kind"]], [k for k in KINDS if k.is_copy])
+    is_copy = e & copy
+    is_compute = e & ~copy
     ub = jax.lax.cond(is_compute.any(), lambda u: jax.vmap(_vector_compute)(u, is_compute, w), lambda u: u, ub)
 
     def one_aiv(v, carry):
@@ -364,44 +364,41 @@ def _vector_compute(ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
     ri = jnp.arange(r)[None, :, None]
     ci = jnp.arange(c)[None, None, :]
 
-    def isk(*names):
-        out = kind == _K[names[0]]
-        for n in names[1:]:
-            out = out | (kind == _K[n])
-        return out
+    def pattern(*names):
+        return kind_in(kind, [k for k in KINDS if k.pattern in names])
 
-    yb = jnp.where(isk("muls", "adds"), s, jnp.where(isk("sub_row", "mul_row"), y[:, :, :1], y))
-    inside = ci < cols
-    reduced_max = jnp.where(inside, x, -jnp.inf).max(axis=2, keepdims=True)
-    reduced_sum = pairwise_sum(x, cols[:, :, 0])[..., None]
-    res = _select_kind(
-        kind,
-        [
-            (("add", "adds"), x + yb),
-            (("sub", "sub_row"), x - yb),
-            (("mul", "muls", "mul_row"), x * yb),
-            (("div",), x / yb),
-            (("exp",), jnp.exp(x)),
-            (("row_max",), jnp.broadcast_to(reduced_max, x.shape)),
-            (("row_sum",), jnp.broadcast_to(reduced_sum, x.shape)),
-            (("select",), jnp.where(y != 0, x, s)),
-        ],
-        x,  # cast: the source value, rounded below
-    )
+    b = jnp.where(pattern("scalar"), s, jnp.where(pattern("broadcast"), y[:, :, :1], y))  # the second operand
+    n = jnp.broadcast_to(cols[:, :, 0], (nv, r))  # live length of every row
+    res = x  # cast: the source value, rounded below
+    for fn, kinds in semantics(k for k in KINDS if not k.is_copy):
+        value = fn(jnp, x, b, s, n)
+        if value is x:  # the identity (cast): already the default
+            continue
+        if value.ndim < x.ndim:  # a reduction: the row's value in every column (column 0 is written)
+            value = jnp.broadcast_to(value[..., None], x.shape)
+        res = jnp.where(kind_in(kind, kinds), value, res)
     res = _round(res, dtype)
-    region = (ri < rows) & jnp.where(isk("row_max", "row_sum"), ci < 1, inside) & en[:, None, None]
+    region = (ri < rows) & jnp.where(pattern("reduce"), ci < 1, ci < cols) & en[:, None, None]
     dst = jnp.clip(w[:, VEC["dst"]], 0, nb - 1)
     return ub.at[aivs, dst].set(jnp.where(region, res, ub[aivs, dst]))
 
 
-def _select_kind(kind: jax.Array, cases: list, default: jax.Array) -> jax.Array:
-    out = default
-    for names, value in cases:
-        hit = kind == _K[names[0]]
-        for n in names[1:]:
-            hit = hit | (kind == _K[n])
-        out = jnp.where(hit, value, out)
+def kind_in(kind: jax.Array, kinds) -> jax.Array:
+    """Whether each op code in ``kind`` is one of ``kinds`` (:class:`VectorKind` rows)."""
+    out = jnp.zeros(kind.shape, bool)
+    for k in kinds:
+        out = out | (kind == k.code)
     return out
+
+
+def semantics(kinds) -> list:
+    """``[(jax semantics, [kinds])]``: the distinct JAX functions of ``kinds`` (compute rows of
+    :data:`KINDS`), each with the kinds that share it (``add`` and ``adds`` are both ``x + b``),
+    so each function is traced once."""
+    out: dict = {}
+    for k in kinds:
+        out.setdefault(k.jax, []).append(k)
+    return list(out.items())
 
 
 def pairwise_sum(x: jax.Array, n: jax.Array) -> jax.Array:
@@ -468,11 +465,11 @@ def _vector_copy(gm: jax.Array, ub: jax.Array, en: jax.Array, w: jax.Array) -> t
     asbf = jax.lax.bitcast_convert_type(half, jnp.bfloat16).astype(jnp.float32)
     old = jnp.where(dtype == _F32, as32, jnp.where(dtype == _F16, as16, asbf))  # [R, C] GM's values
     region = (jnp.arange(r)[:, None] < rows) & (jnp.arange(c)[None, :] < cols)
-    loading = en & (kind == _K["load"])
+    loading = en & (kind == KIND["load"].code)
     dst = jnp.clip(w[VEC["dst"]], 0, nb - 1)
     ub = ub.at[dst].set(jnp.where(region & loading, old, ub[dst]))
 
-    storing = en & (kind == _K["store"])
+    storing = en & (kind == KIND["store"].code)
     val = ub[jnp.clip(w[VEC["src0"]], 0, nb - 1)]
     val = jnp.where(w[VEC["atomic"]] != 0, _round(old + val, dtype), val)
     b32 = jax.lax.bitcast_convert_type(val, jnp.uint8)  # [R, C, 4]

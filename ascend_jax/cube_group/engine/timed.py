@@ -27,11 +27,13 @@ from ascend_jax.cube_group.engine.access import (
     slot_read,
     vector_words,
 )
+from ascend_jax.cube_group.engine.compute import kind_in
 from ascend_jax.cube_group.engine.encode import VEC
 from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.engine.state import ACT, AicHead, AivOps, State, Tables, packed_bytes
 from ascend_jax.cube_group.matmul import AF
 from ascend_jax.cube_group.status import AicPhase, OpKind
+from ascend_jax.cube_group.vector import KINDS
 from ascend_jax.message import FAKE, FREE, QUIT
 from ascend_jax.timing import C as TC
 
@@ -60,11 +62,15 @@ def aiv_times(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, ops: 
     start = clock.maximum(tm.pair("aiv_clock"), enable)
     c = cost[:, None, :]  # [12, 1, B]
     vec_dur = 0.0
-    if shape.has_vector:  # vector.vector_cycles: a copy at the GM rate, compute at vec_rate
+    if shape.has_vector:  # each kind's cost function of the op table (vector.KINDS), as vector_cycles
         w = vector_words(shape, tab, a)
         nbytes = w[:, VEC["bytes"]].astype(jnp.float32)
-        copy = w[:, VEC["kind"]] <= 1  # load, store
-        vec_dur = c[TC["vec_issue"]] + jnp.where(copy, nbytes / c[TC["ddr_rate"]], jnp.ceil(nbytes / c[TC["vec_rate"]]))
+        rates = tuple(c[TC[k]] for k in ("vec_issue", "ddr_rate", "vec_rate"))
+        by_cost: dict = {}
+        for k in KINDS:
+            by_cost.setdefault(k.cycles, []).append(k)
+        for fn, kinds in by_cost.items():
+            vec_dur = jnp.where(kind_in(w[:, VEC["kind"]], kinds), fn(jnp, nbytes, *rates), vec_dur)
     delay = clock.of_int32(a, jnp)  # exact cycles, also past 2**24
     dur = select_first(
         [

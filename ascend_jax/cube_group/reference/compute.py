@@ -35,8 +35,7 @@ from ascend_jax.cube_group.matmul import (
     np_store,
     np_tile,
 )
-from ascend_jax.cube_group.vector import BROADCAST, REDUCE, UbBuffer, VectorOp
-from ascend_jax.cube_group.vector import _compute as vector_result
+from ascend_jax.cube_group.vector import KIND, UbBuffer, VectorOp
 from ascend_jax.errors import ConfigError
 
 
@@ -199,31 +198,32 @@ class VectorUnit:
 
     def _run(self, core: str, op: VectorOp) -> None:
         r, c = op.rows, op.cols
-        if op.kind == "load":
+        kind = KIND[op.kind]  # the op table: pattern and numpy semantics (vector.KINDS)
+        if kind.pattern == "load":
             self.buffer(op.dst)[:r, :c] = read_tile(self.gm, core, op.addr, r, c, op.stride, False, op.dst.dtype)
             return
-        if op.kind == "store":
+        if kind.pattern == "store":
             value = self.buffer(op.src0)[:r, :c]
             merge = (_exact_add if self.gm.exact else _hw_add) if op.atomic else None
             write_tile(self.gm, core, op.addr, r, c, op.stride, op.src0.dtype, value, merge)
             return
         x = self.buffer(op.src0)[:r, :c]
-        if op.kind == "cast":
+        if kind.pattern == "cast":
             self.buffer(op.dst)[:r, :c] = x if self.gm.exact else x.astype(op.dst.dtype)
             return
         y = None
         if op.src1 is not None:
-            y = self.buffer(op.src1)[:r, :1] if op.kind in BROADCAST else self.buffer(op.src1)[:r, :c]
+            y = self.buffer(op.src1)[:r, :1] if kind.pattern == "broadcast" else self.buffer(op.src1)[:r, :c]
         if self.gm.exact:
-            res = vector_result(op, x, y, np.float64, np.float64(op.scalar))
+            res = kind.numpy(x, y, np.float64(op.scalar), np.float64)
         elif op.dst.dtype == np.float16:  # the ALU's float16 result: computed wider, rounded once
             s = np.float32(np.float16(op.scalar))
-            res = vector_result(op, x.astype(np.float32), None if y is None else y.astype(np.float32), np.float32, s)
+            res = kind.numpy(x.astype(np.float32), None if y is None else y.astype(np.float32), s, np.float32)
             res = res.astype(np.float16)
         else:
-            res = vector_result(op, x, y, np.float32, np.float32(op.scalar))
+            res = kind.numpy(x, y, np.float32(op.scalar), np.float32)
         dst = self.buffer(op.dst)
-        if op.kind in REDUCE:
+        if kind.pattern == "reduce":
             dst[:r, :1] = res
         else:
             dst[:r, :c] = res
