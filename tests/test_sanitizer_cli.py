@@ -112,7 +112,7 @@ def test_tool_selection_and_uninitialised_tensors():
     "argv, words",
     [
         (("sanitize", RACE, "--tool", "lint"), "--tool"),
-        (("sanitize", RACE, "--uninit", "nope"), "no such tensor"),
+        (("sanitize", RACE, "--uninit", "nope"), "--uninit = 'nope': no such tensor"),
         (("run", RACE, "--tool", "racecheck"), "applies only with --sanitize"),
         (("sanitize", "--model", "allreduce"), "comm model"),
     ],
