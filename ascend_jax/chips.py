@@ -232,7 +232,7 @@ REFUSED_CHIPS: dict[str, str] = {
 A950_PREFIXES = ("950pr", "950dt", "950")
 
 
-def get_chip(name: str | ChipSpec, field: str = "chip") -> ChipSpec:
+def get_chip(name: str | ChipSpec, *, field: str = "chip") -> ChipSpec:
     """Returns the preset called ``name`` (``"910B1"`` or ``"Ascend910B1"``), or loads a ``.ini`` path.
 
     Raises:
@@ -242,7 +242,7 @@ def get_chip(name: str | ChipSpec, field: str = "chip") -> ChipSpec:
     if isinstance(name, ChipSpec):
         return name
     if isinstance(name, (str, Path)) and str(name).endswith(".ini"):
-        return load_platform_ini(name, field)
+        return load_platform_ini(name, field=field)
     key = name.removeprefix("Ascend") if isinstance(name, str) else name
     low = key.lower().removeprefix("ascend") if isinstance(key, str) else ""
     for prefix, why in REFUSED_CHIPS.items():
@@ -352,7 +352,7 @@ def _small_whole(text: str) -> bool:
     return s.isascii() and s.isdigit() and len(s) <= 4 and 1 <= int(s) <= 4096
 
 
-def load_platform_ini(path: str | Path, field: str = "chip") -> ChipSpec:
+def load_platform_ini(path: str | Path, *, field: str = "chip") -> ChipSpec:
     """Reads a CANN ``platform_config/<SoC>.ini``: ``[version] SoC_version``, ``[SoCInfo]``
     (``cube_core_cnt`` or ``ai_core_cnt``, ``vector_core_cnt``, ``memory_size``, ``l2_size``),
     ``[AICoreSpec]`` (``cube_freq``, ``l0_a_size``, ``l0_b_size``, ``l0_c_size``, ``l1_size``,

@@ -253,6 +253,7 @@ def _model_kwargs(path: Path, build: Callable, options: dict[str, str]) -> dict[
 
 def load_model(
     name: str,
+    *,
     seed: int = 0,
     max_steps: int | None = None,
     ranks: int | None = None,

@@ -127,7 +127,7 @@ class RunResult:
       config: the settings as given.
       engine: the engine that ran (``jax`` or ``reference``).
       seeds: every lane's seed.
-      results: per lane: a :class:`~ascend_jax.cube_group.readout.BatchResult` (JAX engine) or a
+      results: per lane: a :class:`~ascend_jax.cube_group.engine.BatchResult` (JAX engine) or a
         list of :class:`~ascend_jax.cube_group.result.CubeGroupResult` (reference), or a list of
         comm results.
       numerics: a cube-group run's numerics report (lane 0 against the float64 reference; None when

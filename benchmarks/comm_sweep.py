@@ -57,7 +57,7 @@ def sweep(op: str, ranks: int, sizes: list[int], cost: CommCost) -> tuple[list[d
     lanes = []
     for size in sizes:
         block = size // (ranks * itemsize)  # elements per rank's block (size covers p blocks)
-        lanes.append(ring_job(int(OPS[op]), ranks, count=block, seed=size, cost=cost))
+        lanes.append(ring_job(int(OPS[op]), ranks=ranks, count=block, seed=size, cost=cost))
     t0 = time.perf_counter()
     results = run_comm_batch(lanes)
     wall = time.perf_counter() - t0

@@ -54,7 +54,7 @@ def timed(fn, repeats: int = 1):
 
 def jobs(ranks: int, nbytes: int, lanes: int) -> list:
     count = nbytes // (4 * ranks)  # allreduce input: ranks blocks of count fp32 elements
-    return [ring_job(int(HcclCMDType.ALLREDUCE), ranks, count=count, seed=s) for s in range(lanes)]
+    return [ring_job(int(HcclCMDType.ALLREDUCE), ranks=ranks, count=count, seed=s) for s in range(lanes)]
 
 
 def main(argv: list[str] | None = None) -> int:

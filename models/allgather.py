@@ -12,7 +12,7 @@ from ascend_jax.aicpu import HcclCMDType, ring_expected, ring_job
 
 
 def build(seed: int = 0, ranks: int = 4, count: int = 256):
-    return ring_job(int(HcclCMDType.ALLGATHER), ranks, count, seed)
+    return ring_job(int(HcclCMDType.ALLGATHER), ranks=ranks, count=count, seed=seed)
 
 
 def expected(program):

@@ -14,7 +14,7 @@ from ascend_jax.aicpu import p2p_expected, p2p_job
 
 
 def build(seed: int = 0, count: int = 1024):
-    return p2p_job(count, seed)
+    return p2p_job(count, seed=seed)
 
 
 def expected(program):

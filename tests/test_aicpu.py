@@ -137,7 +137,7 @@ def test_p2p_send_recv_both_engines_and_happens_before():
 @pytest.mark.parametrize("ranks", range(2, 9))
 def test_ring_collectives_match_numpy(ranks):
     for op in (HcclCMDType.ALLGATHER, HcclCMDType.REDUCE_SCATTER, HcclCMDType.ALLREDUCE):
-        p = ring_job(int(op), ranks, count=32, seed=ranks)
+        p = ring_job(int(op), ranks=ranks, count=32, seed=ranks)
         r = run_both(p)
         assert r.status == CommStatus.OK, r.to_json(timeline=False)
         report = comm_numerics(r, ring_expected(p))
@@ -146,7 +146,7 @@ def test_ring_collectives_match_numpy(ranks):
 
 
 def test_ring_int32_sum_is_exact():
-    p = ring_job(int(HcclCMDType.ALLREDUCE), 4, count=16, dtype=int(HcclDataType.INT32))
+    p = ring_job(int(HcclCMDType.ALLREDUCE), ranks=4, count=16, dtype=int(HcclDataType.INT32))
     r = run_both(p)
     for name, want in ring_expected(p).items():
         np.testing.assert_array_equal(r.output(name), want.astype(np.int32))

@@ -26,10 +26,10 @@ def same(eng, ref):
 def test_allreduce_lanes_differ_in_count_data_cost_and_timeout():
     slow = CommCost(link_bw=10e9, copy_latency_s=5e-6)
     lanes = [
-        ring_job(int(HcclCMDType.ALLREDUCE), 4, count=16, seed=0),
-        ring_job(int(HcclCMDType.ALLREDUCE), 4, count=32, seed=1, cost=slow),
-        ring_job(int(HcclCMDType.ALLREDUCE), 4, count=24, seed=2, timeout=0),
-        ring_job(int(HcclCMDType.ALLREDUCE), 4, count=16, seed=3, cost=slow, timeout=60),
+        ring_job(int(HcclCMDType.ALLREDUCE), ranks=4, count=16, seed=0),
+        ring_job(int(HcclCMDType.ALLREDUCE), ranks=4, count=32, seed=1, cost=slow),
+        ring_job(int(HcclCMDType.ALLREDUCE), ranks=4, count=24, seed=2, timeout=0),
+        ring_job(int(HcclCMDType.ALLREDUCE), ranks=4, count=16, seed=3, cost=slow, timeout=60),
     ]
     results = run_comm_batch(lanes)
     times = []
@@ -44,10 +44,10 @@ def test_allreduce_lanes_differ_in_count_data_cost_and_timeout():
 
 def test_lanes_of_one_structure_compile_once_and_a_second_batch_compiles_nothing():
     before = TRACES["count"]
-    first = run_comm_batch([ring_job(int(HcclCMDType.ALLREDUCE), 3, count=40, seed=s) for s in range(5)])
+    first = run_comm_batch([ring_job(int(HcclCMDType.ALLREDUCE), ranks=3, count=40, seed=s) for s in range(5)])
     assert TRACES["count"] - before == 1  # five lanes, one data schedule
     again = [
-        ring_job(int(HcclCMDType.ALLREDUCE), 3, count=40, seed=s) for s in range(100, 106)
+        ring_job(int(HcclCMDType.ALLREDUCE), ranks=3, count=40, seed=s) for s in range(100, 106)
     ]  # 5 and 6 lanes: one lane bucket (8)
     before = TRACES["count"]
     results = run_comm_batch(again)

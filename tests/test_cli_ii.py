@@ -281,7 +281,7 @@ def test_seed_changes_a_models_generated_inputs(capsys, tmp_path):
 def test_comm_model_inputs_follow_the_seed():
     from ascend_jax.models import load_model
 
-    p0, p1 = (load_model("p2p_send_recv", seed)[0] for seed in (0, 1))
+    p0, p1 = (load_model("p2p_send_recv", seed=seed)[0] for seed in (0, 1))
     assert not (p0.world.inputs[0] == p1.world.inputs[0]).all()
 
 

@@ -55,7 +55,7 @@ def test_a_data_dependent_kernel_splits_the_group():
 
 
 def test_ring_batch_equals_reference_lane_by_lane_across_chunks():
-    lanes = [ring_job(int(HcclCMDType.ALLREDUCE), 4, count=24, seed=s) for s in range(7)]
+    lanes = [ring_job(int(HcclCMDType.ALLREDUCE), ranks=4, count=24, seed=s) for s in range(7)]
     results = run_comm_batch(lanes, chunk=3)  # chunks of 3, 3 and 1 (padded to 1)
     for lane, r in zip(lanes, results, strict=True):
         same(r, run_comm_reference(lane))
@@ -110,7 +110,7 @@ def test_memory_fault_and_hang_lanes_in_one_batch():
     # lanes of different structures in one call: each its own group
     from test_aicpu_batch import p2p_job
 
-    lanes = [ring_job(int(HcclCMDType.ALLGATHER), 3, count=8, seed=1), p2p_job(16, seed=2, both_send_first=True)]
+    lanes = [ring_job(int(HcclCMDType.ALLGATHER), ranks=3, count=8, seed=1), p2p_job(16, seed=2, both_send_first=True)]
     lanes = [dataclasses.replace(lanes[0], max_steps=5), lanes[1]]
     results = run_comm_batch(lanes)
     assert results[0].status == CommStatus.MAX_STEPS
@@ -121,8 +121,8 @@ def test_memory_fault_and_hang_lanes_in_one_batch():
 def test_with_memory_lanes_share_the_graph_and_equal_their_reference():
     import pytest
 
-    base = ring_job(int(HcclCMDType.REDUCE_SCATTER), 3, count=12, seed=0)
-    others = [ring_job(int(HcclCMDType.REDUCE_SCATTER), 3, count=12, seed=s) for s in (1, 2)]
+    base = ring_job(int(HcclCMDType.REDUCE_SCATTER), ranks=3, count=12, seed=0)
+    others = [ring_job(int(HcclCMDType.REDUCE_SCATTER), ranks=3, count=12, seed=s) for s in (1, 2)]
     lanes = [base.with_memory(o.memory) for o in others]
     assert lanes[0].queues is base.queues and lanes[0].world is base.world
     for lane, other, r in zip(lanes, others, run_comm_batch(lanes), strict=True):

@@ -17,7 +17,7 @@ from ascend_jax.aicpu.tasks import MEM_BASE
 
 @pytest.mark.parametrize("op", [HcclCMDType.ALLREDUCE, HcclCMDType.ALLGATHER, HcclCMDType.REDUCE_SCATTER])
 def test_in_place_ring_jobs_alias_their_buffers_and_match_numpy(op):
-    p = ring_job(int(op), 3, count=8, seed=1, in_place=True)
+    p = ring_job(int(op), ranks=3, count=8, seed=1, in_place=True)
     r = run_both(p)
     assert all(e["ok"] for e in comm_numerics(r, ring_expected(p)).values())
     allocs = [name for _, _, name in p.allocs[0]]
@@ -31,7 +31,7 @@ def test_in_place_p2p_receives_into_the_send_buffer():
 
 
 def test_wrong_elements_counts_a_corrupted_output_and_wrapped_int8_sums():
-    p = ring_job(int(HcclCMDType.ALLREDUCE), 4, count=4, seed=2)
+    p = ring_job(int(HcclCMDType.ALLREDUCE), ranks=4, count=4, seed=2)
     r = run_both(p)
     dt = np.dtype(np.float32)
     assert wrong_elements("allreduce", r, p.world.inputs, dt) == 0
@@ -40,7 +40,7 @@ def test_wrong_elements_counts_a_corrupted_output_and_wrapped_int8_sums():
     off = addr - MEM_BASE + 4 * 5
     r.memory[rank][off : off + 4] = np.float32(1e9).reshape(1).view(np.uint8)
     assert wrong_elements("allreduce", r, p.world.inputs, dt) == 1
-    q = ring_job(int(HcclCMDType.ALLREDUCE), 8, count=16, seed=3, dtype=int(HcclDataType.INT8))
+    q = ring_job(int(HcclCMDType.ALLREDUCE), ranks=8, count=16, seed=3, dtype=int(HcclDataType.INT8))
     rq = run_both(q)
     assert wrong_elements("allreduce", rq, q.world.inputs, np.dtype(np.int8)) > 0
     report = comm_numerics(rq, ring_expected(q))["rank0.recvBuf"]

@@ -39,7 +39,7 @@ def test_eager_lockstep_equals_jit_and_reference():
     jitted = aj.simulate(lanes)
     assert eager.status.tolist() == [Status.OK, Status.DEADLOCK, Status.OK]
     for program, e, j in zip(lanes, eager, jitted, strict=True):
-        ref = aj.run_reference(program, "lockstep", e.seed)
+        ref = aj.run_reference(program, schedule="lockstep", seed=e.seed)
         assert _same(e, j)
         assert e.outcome() == ref.outcome() and e.steps == ref.steps
         assert e.to_json() == ref.to_json()

@@ -119,6 +119,6 @@ def test_init_distributed_arguments_are_checked_and_nothing_asked_is_a_no_op(mon
         monkeypatch.delenv(k, raising=False)
     assert init_distributed() is False  # a single-process run: nothing to join
     with pytest.raises(ConfigError, match=r"process_id = -1: must be an integer in 0\.\.3"):
-        init_distributed("localhost:1234", 4, -1)
+        init_distributed(coordinator="localhost:1234", num_processes=4, process_id=-1)
     with pytest.raises(ConfigError, match=r"num_processes = None: .*only coordinator and process_id given"):
-        init_distributed("localhost:1234", None, 0)
+        init_distributed(coordinator="localhost:1234", num_processes=None, process_id=0)

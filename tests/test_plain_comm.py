@@ -34,7 +34,7 @@ def agree(program):
 @pytest.mark.parametrize("op", [HcclCMDType.ALLREDUCE, HcclCMDType.ALLGATHER, HcclCMDType.REDUCE_SCATTER])
 @pytest.mark.parametrize("ranks", [2, 5])
 def test_ring_collectives(op, ranks):
-    assert agree(ring_job(int(op), ranks, count=24, seed=ranks)).status == "ok"
+    assert agree(ring_job(int(op), ranks=ranks, count=24, seed=ranks)).status == "ok"
 
 
 def test_p2p_and_its_timeout_pitfall():
@@ -43,7 +43,7 @@ def test_p2p_and_its_timeout_pitfall():
 
 
 def test_a_plain_run_of_a_lane_with_other_data_matches_that_lanes_reference():
-    a, b = (ring_job(int(HcclCMDType.ALLREDUCE), 3, count=16, seed=s) for s in (0, 1))
+    a, b = (ring_job(int(HcclCMDType.ALLREDUCE), ranks=3, count=16, seed=s) for s in (0, 1))
     graph = plain.prepare(a)  # the graph of lane 0, the data of lane 1 (no kernel reads data)
     out = plain.run_plain(graph, [m.copy() for m in b.memory])
     assert [m.tobytes() for m in out.memory] == [m.tobytes() for m in run_comm_reference(b).memory]

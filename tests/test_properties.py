@@ -122,7 +122,9 @@ def test_vmapped_batch_of_different_lanes_equals_reference(data):
 @given(programs(), st.integers(0, 2**16))
 def test_random_schedules_do_not_change_results(program, seed):
     lock = aj.run_reference(program)
-    randoms = aj.simulate([program] * 4, schedule="random", seeds=seed) + [aj.run_reference(program, "random", seed)]
+    randoms = aj.simulate([program] * 4, schedule="random", seeds=seed) + [
+        aj.run_reference(program, schedule="random", seed=seed)
+    ]
     if lock.status == Status.MAX_STEPS:  # the bound cuts each interleaving at a different point
         return
     for r in randoms:  # errors too: an erring AIC stops, the others run on until nothing can move

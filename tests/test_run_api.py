@@ -55,10 +55,10 @@ def _api_json(result) -> dict:
 def test_run_and_the_cli_give_the_same_json(capsys, model, engine, batch):
     code, cli = _cli_json(capsys, "--model", model, "--engine", engine, "--batch", str(batch))
     config = RunConfig(engine=engine, batch=batch)
-    program, expected, _ = load_model(model, config.seed)
+    program, expected, _ = load_model(model, seed=config.seed)
     lanes = None
     if is_comm(program) and batch > 1:  # a comm model builds each lane with its own seed
-        lanes = lambda seed: load_model(model, seed)[0]  # noqa: E731
+        lanes = lambda seed: load_model(model, seed=seed)[0]  # noqa: E731
     result = aj.run(program, config, expected=expected, lanes=lanes)
     assert result.engine == engine
     assert _api_json(result) == cli
@@ -67,11 +67,11 @@ def test_run_and_the_cli_give_the_same_json(capsys, model, engine, batch):
 
 def test_comm_lanes_as_a_list_or_a_builder_give_the_same_batch():
     config = RunConfig(batch=3, seed=5, engine="reference")
-    program, expected, _ = load_model("allreduce", 5)
+    program, expected, _ = load_model("allreduce", seed=5)
     listed = aj.run(
-        program, config, expected=expected, lanes=[program] + [load_model("allreduce", s)[0] for s in (6, 7)]
+        program, config, expected=expected, lanes=[program] + [load_model("allreduce", seed=s)[0] for s in (6, 7)]
     )
-    built = aj.run(program, config, expected=expected, lanes=lambda seed: load_model("allreduce", seed)[0])
+    built = aj.run(program, config, expected=expected, lanes=lambda seed: load_model("allreduce", seed=seed)[0])
     assert _api_json(listed) == _api_json(built) and [row["seed"] for row in listed.batch_json()] == [5, 6, 7]
     with pytest.raises(ConfigError, match="lanes"):
         aj.run(program, config, lanes=[program])
@@ -139,7 +139,7 @@ def test_settings_the_engine_lacks_are_refused_like_the_cli():
 
 
 def test_a_comm_program_refuses_cube_group_settings():
-    program, _, _ = load_model("p2p_send_recv", 0)
+    program, _, _ = load_model("p2p_send_recv", seed=0)
     with pytest.raises(ConfigError, match="--schedule = 'lockstep': does not apply to comm model"):
         aj.run(program, RunConfig(schedule="lockstep"))  # given explicitly, even the default
     with pytest.raises(ConfigError, match="--devices = 1: does not apply"):

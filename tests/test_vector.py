@@ -235,7 +235,7 @@ def test_a_load_reads_gm_as_it_is_then():
     aiv.quit(g)
     p = k.compile()
     for schedule in ("lockstep", "timed"):
-        res = run_reference(p, schedule)
+        res = run_reference(p, schedule=schedule)
         assert not res.tensor("early").any()
         want = p.gm.read("a").astype(np.float32) @ p.gm.read("b").astype(np.float32)
         np.testing.assert_allclose(res.tensor("late"), want, rtol=1e-6, atol=1e-6)
@@ -254,10 +254,10 @@ def test_timed_cost_of_vector_ops():
     cost = CostModel.for_chip("910B1")
     ops = [op.vec for op in p.aivs[0][1] if op.kind == "vector"]
     assert [float(vector_cycles(op, cost.vector())) for op in ops] == [36.0, 22.0, 22.0, 28.0]
-    res = run_reference(p, "timed")
+    res = run_reference(p, schedule="timed")
     # AIV: the vector ops, then AllocMessage (40) and SetQuit (40); the AIC polls the QUIT (40)
     assert res.timing["kernel_cycles"] == 36 + 22 + 22 + 28 + 40 + 40 + 40
-    slow = run_reference(p, "timed", cost=CostModel.for_chip("910B1", vec_issue=120.0))
+    slow = run_reference(p, schedule="timed", cost=CostModel.for_chip("910B1", vec_issue=120.0))
     assert slow.timing["kernel_cycles"] == res.timing["kernel_cycles"] + 4 * 100
 
 

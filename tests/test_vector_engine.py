@@ -73,7 +73,7 @@ def test_attention_grad_engines_agree_and_the_race_fails(dtype, causal, schedule
             assert compare(res[0].tensor(name), ref.tensor(name).astype(np.float64), ENGINE_RTOL)["ok"]
     else:
         for lane, p in enumerate((good, race)):
-            _agree(run_reference(p, schedule), res[lane], p, schedule == "timed")
+            _agree(run_reference(p, schedule=schedule), res[lane], p, schedule == "timed")
     for name in ("dq", "dk", "dv"):
         ok = compare(res[0].tensor(name), want[name], ag.TOLERANCE[dtype])
         assert ok["ok"] and ok["rel_l2_error"] > 0, (name, ok)
@@ -208,7 +208,7 @@ def test_random_vector_programs_match_the_reference(lanes, seed):
     for schedule in ("lockstep", "timed"):
         res = simulate(programs, schedule=schedule)
         for p, ops, eng in zip(programs, lanes, res, strict=True):
-            ref = run_reference(p, schedule)
+            ref = run_reference(p, schedule=schedule)
             assert eng.status == ref.status and eng.steps == ref.steps
             assert eng.timing == ref.timing
             has_exp = any(op[0] == "exp" for aiv in ops for op in aiv)
@@ -263,8 +263,8 @@ def test_vector_costs_per_lane():
     p = ag.build(0, **SMALL)
     slow = CostModel(vec_issue=80.0, vec_rate=64.0)
     res = simulate([p, p], schedule="timed", costs=[None, slow])
-    assert res[0].timing == run_reference(p, "timed").timing
-    assert res[1].timing == run_reference(p, "timed", cost=slow).timing
+    assert res[0].timing == run_reference(p, schedule="timed").timing
+    assert res[1].timing == run_reference(p, schedule="timed", cost=slow).timing
     assert res.kernel_cycles()[1] > res.kernel_cycles()[0]
 
 

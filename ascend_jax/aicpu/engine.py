@@ -372,7 +372,7 @@ def _run_group(
 
 
 def run_comm_batch(
-    programs: Sequence[TaskProgram], max_steps: int | None = None, chunk: int | None = None, jit: bool = True
+    programs: Sequence[TaskProgram], *, max_steps: int | None = None, chunk: int | None = None, jit: bool = True
 ) -> list[CommResult]:
     """Runs programs as lanes; each lane's result equals its own reference run.
 
@@ -412,9 +412,9 @@ def run_comm_batch(
     return results  # type: ignore[return-value]
 
 
-def run_comm(program: TaskProgram, jit: bool = True, max_steps: int | None = None) -> CommResult:
+def run_comm(program: TaskProgram, *, jit: bool = True, max_steps: int | None = None) -> CommResult:
     """Runs one task program in the JAX engine (``jit=False``: the same data steps, eagerly)."""
-    return run_comm_batch([program], max_steps, jit=jit)[0]
+    return run_comm_batch([program], max_steps=max_steps, jit=jit)[0]
 
 
 __all__ = ["TRACES", "apply_steps", "replay_lane", "run_comm", "run_comm_batch", "structure_key"]

@@ -20,6 +20,7 @@ COMM_TOLERANCE = {"float32": 1e-6, "float16": 2e-3, "int32": 0.0}
 
 def p2p_job(
     count: int = 1024,
+    *,
     seed: int = 0,
     both_send_first: bool = False,
     in_place: bool = False,
@@ -61,7 +62,7 @@ def p2p_job(
     return world.program()
 
 
-def p2p_thread_job(count: int = 1024, seed: int = 0, timeout: int = 1836) -> TaskProgram:
+def p2p_thread_job(count: int = 1024, *, seed: int = 0, timeout: int = 1836) -> TaskProgram:
     """The current hccl P2P example on 2 ranks (thread notifies between the stream and the AI CPU
     thread, :mod:`ascend_jax.aicpu.p2p_thread`): rank 0 sends ``count`` fp32, rank 1 receives them;
     each host then synchronizes its stream. Same outputs as :func:`p2p_job`."""
@@ -95,6 +96,7 @@ def p2p_expected(program: TaskProgram) -> dict[str, np.ndarray]:
 
 def ring_job(
     op_type: int,
+    *,
     ranks: int = 4,
     count: int = 256,
     seed: int = 0,

@@ -49,7 +49,7 @@ class CommReference:
     """Runs a :class:`TaskProgram` one step at a time in plain Python / numpy (on a private fork:
     kernels append to it; ``self.p`` is the program as it ran)."""
 
-    def __init__(self, program: TaskProgram, max_steps: int | None = None):
+    def __init__(self, program: TaskProgram, *, max_steps: int | None = None):
         self.p = program.fork()
         self.model = DeviceModel(self.p)
         self.max_steps = program.max_steps if max_steps is None else max_steps
@@ -206,9 +206,9 @@ class CommReference:
         )
 
 
-def run_comm_reference(program: TaskProgram, max_steps: int | None = None) -> CommResult:
+def run_comm_reference(program: TaskProgram, *, max_steps: int | None = None) -> CommResult:
     """Runs ``program`` in the reference interpreter and fills the hosts' ``StreamSync`` codes."""
-    result = CommReference(program, max_steps).run()
+    result = CommReference(program, max_steps=max_steps).run()
     result.fill_syncs()
     return result
 

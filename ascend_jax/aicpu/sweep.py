@@ -128,7 +128,7 @@ def run_sweep(
             if op == "p2p_send_recv":
                 jobs.append(p2p_job(size // itemsize, seed=size, in_place=in_place, cost=cost))
             else:
-                jobs.append(ring_job(int(OPS[op]), ranks, count=count, seed=size, dtype=int(dt), cost=cost,
+                jobs.append(ring_job(int(OPS[op]), ranks=ranks, count=count, seed=size, dtype=int(dt), cost=cost,
                                      in_place=in_place))  # fmt: skip
     if engine == "jax":
         from ascend_jax.aicpu.engine import run_comm_batch

@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         options = parse_model_args(args.model_arg)
 
         def build(seed: int, before_build: Any = None) -> tuple[Any, Any, Any]:
-            return load_model(args.model, seed, max_steps=nums.max_steps, ranks=nums.ranks,
+            return load_model(args.model, seed=seed, max_steps=nums.max_steps, ranks=nums.ranks,
                               allow_python=args.allow_python, options=options, before_build=before_build)  # fmt: skip
 
         with Activity(f"building model {args.model}", delay=2.0), sanitizer.sources(args) as op_lines:

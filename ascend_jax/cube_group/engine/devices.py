@@ -31,7 +31,7 @@ DISTRIBUTED_ENV = ("ASCEND_JAX_COORDINATOR", "ASCEND_JAX_NUM_PROCESSES", "ASCEND
 
 
 def init_distributed(
-    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+    *, coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> bool:
     """Joins this process to a multi-process run (``jax.distributed.initialize``), so that
     :func:`simulate` shards its lanes over the devices of every process.

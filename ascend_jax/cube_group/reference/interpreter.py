@@ -272,6 +272,7 @@ class ReferenceInterpreter:
 
 def run_reference(
     program: CubeGroupProgram,
+    *,
     schedule: str = "lockstep",
     seed: int = 0,
     max_steps: int | None = None,
