@@ -143,7 +143,7 @@ def check_message_dtype(dtype: np.dtype, field: str = "msg_dtype") -> np.dtype:
     return dtype
 
 
-def message_dtype(fields: Sequence[tuple[str, object]], size: int | None = None) -> np.dtype:
+def message_dtype(fields: Sequence[tuple[str, object]], *, size: int | None = None) -> np.dtype:
     """Builds a message struct type: ``head`` first, then ``fields`` with C alignment.
 
     Args:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +252,53 @@ def test_the_public_name_check_finds_private_and_deep_names(tmp_path):
     assert any("ascend_jax.gm" in f for f in found)
     assert any("ascend_jax.cube_group.engine._mesh (private)" in f for f in found)
     assert len(found) == 4, found
+
+
+# -- keyword-only arguments after the program ----------------------------------------------------------
+
+#: public functions that take a second positional argument, and why
+TWO_POSITIONAL = {
+    "run": "run(program, config): the settings are the run's second input",
+    "numerics_report": "numerics_report(program, results): the report compares the two",
+}
+#: functions whose files other helpers own, still positional past the first argument; each entry
+#: must go once its signature is fixed (test_pending_positional_arguments_are_still_there)
+PENDING_POSITIONAL = {
+    "ascend_jax.check_message_dtype": "field",  # callers in cube_group/program.py and layout.py
+    "ascend_jax.pack_message": "fields",  # a caller in cube_group/program.py passes field_path by position
+    "ascend_jax.load_scenario": "max_steps",  # scenario.py
+    "ascend_jax.sanitize": "schedule",  # sanitizer/api.py
+}
+#: the comm simulator's run and job functions (its hccl_* / kernel functions mirror C signatures)
+COMM_RUNNERS = ("p2p_job", "p2p_thread_job", "ring_job", "run_comm", "run_comm_batch", "run_comm_reference")
+
+
+def _positional(fn) -> list[str]:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds]
+
+
+def _public_functions():
+    import ascend_jax
+    import ascend_jax.aicpu
+
+    for name in ascend_jax.__all__:
+        if inspect.isfunction(getattr(ascend_jax, name)):
+            yield f"ascend_jax.{name}", getattr(ascend_jax, name)
+    for name in COMM_RUNNERS:
+        yield f"ascend_jax.aicpu.{name}", getattr(ascend_jax.aicpu, name)
+
+
+def test_public_functions_take_keywords_after_the_program():
+    too_many = {}
+    for qual, fn in _public_functions():
+        allowed = 2 if qual.rpartition(".")[2] in TWO_POSITIONAL else 1
+        extra = _positional(fn)[allowed:]
+        if extra and PENDING_POSITIONAL.get(qual) != extra[0]:
+            too_many[qual] = extra
+    assert too_many == {}
+
+
+def test_pending_positional_arguments_are_still_there():
+    found = {qual: _positional(fn)[1:2] for qual, fn in _public_functions()}
+    assert [q for q, first in PENDING_POSITIONAL.items() if found.get(q) != [first]] == [], "fixed: remove it"
