@@ -302,3 +302,22 @@ def test_public_functions_take_keywords_after_the_program():
 def test_pending_positional_arguments_are_still_there():
     found = {qual: _positional(fn)[1:2] for qual, fn in _public_functions()}
     assert [q for q, first in PENDING_POSITIONAL.items() if found.get(q) != [first]] == [], "fixed: remove it"
+
+
+# -- contracts written twice, until each has one home ---------------------------------------------------
+
+
+def test_the_scenario_tiling_table_has_the_tcubetiling_fields():
+    """``schema.TilingTable`` (the scenario format) spells out the fields of
+    ``cube_group.matmul.TCubeTiling`` again; until one is built from the other, they must agree
+    (names, order, which are required, defaults)."""
+    import dataclasses
+
+    from ascend_jax.cube_group.matmul import TCubeTiling
+    from ascend_jax.schema import TilingTable
+
+    want = [
+        (f.name, "required" if f.default is dataclasses.MISSING else f.default) for f in dataclasses.fields(TCubeTiling)
+    ]
+    got = [(name, "required" if f.is_required() else f.default) for name, f in TilingTable.model_fields.items()]
+    assert got == want
