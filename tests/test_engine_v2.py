@@ -267,3 +267,45 @@ def test_engine_options_are_static_and_checked():
         EngineOptions(typed_banks=1)
     with pytest.raises(TypeError):
         aj.simulate(p, "lockstep")  # everything after the programs is keyword-only
+
+
+class _KeepCallback:
+    """Frees nothing: the AIC meets the same message again on every lap of its cursor."""
+
+    required_fields: tuple[str, ...] = ()
+
+    def init(self, mm, tiling):
+        pass
+
+    def call(self, mm, msg, handle):
+        pass
+
+
+def _lapping_kernel(keep: bool):
+    """Two AIVs fill their queues (8 writes) and never quit: with ``keep`` the AIC receives the
+    same 8 messages lap after lap until its log is full; without, it frees them and waits on a FREE
+    slot (deadlock)."""
+    k = aj.CubeGroupKernel()
+    g = k.create_cube_res_group("g", 0, 2, 2, callback=_KeepCallback() if keep else "free")
+    for q in range(2):
+        a = k.aiv(q)
+        a.assign_queue(g, q)
+        for _ in range(4):
+            a.post(g)
+    return k.compile()
+
+
+def test_receive_log_carries_the_writes_and_reruns_a_lane_that_receives_more():
+    from ascend_jax.cube_group.engine import prepare
+
+    keep, free = _lapping_kernel(True), _lapping_kernel(False)
+    shape = prepare([keep]).shape
+    assert shape.receive_capacity == 8 < shape.receive_full  # the 8 writes into the block; writes + two laps
+    for chunk in (None, 1):  # lanes that need the whole log beside lanes that do not, in one or two chunks
+        res = aj.simulate([free, keep], chunk_size=chunk)
+        for lane, program in zip(res, (free, keep), strict=True):
+            ref = aj.run_reference(program)
+            assert lane.outcome() == ref.outcome()
+        assert res[1].error["code"] == "RECEIVE_LOG_FULL"
+        assert len(res[1].received[0]) == keep.receive_capacity() > shape.receive_capacity
+        assert res.arrays["recv_ver"].shape[2] == keep.receive_capacity()

@@ -129,6 +129,10 @@ class EncodedProgram:
     mm_dims: tuple
     big_addresses: list[int]
     capacity: int
+    #: entries a receive log needs unless a message is received twice: the most writes into one
+    #: AIC's block (plus its slots on a relaunch, whose first launch may leave messages), at most
+    #: ``capacity``
+    receivable: int = 0
     vec_ops: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 12), np.int64))
     ub_dims: tuple = (0, 0, 0)
     act_note: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 1), np.int64))
@@ -244,6 +248,15 @@ def _evaluate_group(program: CubeGroupProgram, gi: int, ids: np.ndarray, version
     handle = call_through_lines(call, program.msg_dtypes[gi], message_table(program, gi), versions, ids)
     end_state = None if cfg is None else handle.mm.state_keep()
     return handle.actions, _bcast(handle.skip, n), column, queues, k, end_state
+
+
+def receive_bound(program: CubeGroupProgram, capacity: int) -> int:
+    """Entries an AIC's receive log takes when every message it receives is one of the writes into
+    its block (on a relaunch also one left in a slot by the first launch): the most writes into one
+    block, not above ``capacity``. A callback that leaves a message for the cursor's next lap makes
+    the AIC receive it again, so a run may need more (the engine then reruns with the whole log)."""
+    left = 0 if program.zero_workspace else MAX_MSG_PER_AIV * max((g.aiv_per_aic for g in program.groups), default=1)
+    return min(capacity, max(program.writes_per_aic(), default=0) + left)
 
 
 def encode_program(program: CubeGroupProgram) -> EncodedProgram:
@@ -416,6 +429,7 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
         mm_dims=_tile_dims(program, dims_seen),
         big_addresses=big,
         capacity=capacity,
+        receivable=receive_bound(program, capacity),
         vec_ops=vec_ops,
         ub_dims=ub_dims,
         stray=stray,

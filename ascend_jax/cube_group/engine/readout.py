@@ -450,10 +450,15 @@ def _assemble(parts: list[dict[str, np.ndarray]], n: int) -> dict[str, np.ndarra
     out = {}
     for k, first in parts[0].items():
         cut = (..., slice(used)) if k == "recv_ver" else (...,)
-        whole = np.empty((n, *first[cut].shape[1:]), first.dtype)
+        dims = (*first.shape[1:-1], used) if k == "recv_ver" else first.shape[1:]
+        whole = np.empty((n, *dims), first.dtype)  # a chunk run with the whole log has a longer one
         lo = 0
         for p in parts:
-            whole[lo : lo + len(p[k])] = p[k][cut]
-            lo += len(p[k])
+            part = p[k][cut]
+            if k == "recv_ver":
+                whole[lo : lo + len(part), ..., : part.shape[-1]] = part
+            else:
+                whole[lo : lo + len(part)] = part
+            lo += len(part)
         out[k] = whole
     return out

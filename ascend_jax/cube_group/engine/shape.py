@@ -55,7 +55,7 @@ class EngineShape:
     max_ops: int  # L
     n_versions: int  # N
     n_actions: int  # F
-    receive_capacity: int  # R (array size; the per-lane limit is traced)
+    receive_capacity: int  # R: receive log entries carried (array size; the per-lane limit is traced)
     barrier_copies: tuple[int, ...]  # K_b per barrier
     schedule: str  # "lockstep" | "random" | "timed"
     matmuls: tuple[Any, ...] = ()  # per group: (MatmulType, TCubeTiling, MatmulDims over every lane) or None
@@ -76,6 +76,14 @@ class EngineShape:
     stray: bool = False  # a cursor (release) or a free (api_misuse) may leave its AIC's block
     banks: GmBanks | None = None  # typed GM banks (:mod:`ascend_jax.cube_group.engine.banks`), None: GM as bytes
     batched_stores: bool = True  # C tiles with disjoint windows share a store pass (compute.store_passes)
+    #: R that holds every entry up to each program's limit (``max_received``, or writes + two laps);
+    #: ``receive_capacity`` is the writes into one block, bucketed, and a lane that receives more is
+    #: run again with this one (:meth:`whole_log`); 0: the same as ``receive_capacity``
+    receive_full: int = 0
+
+    def whole_log(self) -> EngineShape:
+        """This shape with a receive log that holds every entry up to the programs' limits."""
+        return dataclasses.replace(self, receive_capacity=max(self.receive_full, self.receive_capacity), receive_full=0)
 
     def uses(self, kind: OpKind) -> bool:
         """Whether some lane's program has an op of this kind (the step leaves out what none has)."""
@@ -280,7 +288,8 @@ def make_shape(
         max_ops=bucket(max((len(r) for e in encoded for r in e.rows), default=1), LEAST_BUCKET),
         n_versions=bucket(max(e.n_versions for e in encoded), LEAST_BUCKET),
         n_actions=max(e.n_actions for e in encoded),
-        receive_capacity=bucket(max(e.capacity for e in encoded), LEAST_BUCKET),
+        receive_capacity=bucket(max(e.receivable for e in encoded), LEAST_BUCKET),
+        receive_full=bucket(max(e.capacity for e in encoded), LEAST_BUCKET),
         barrier_copies=tuple(b.copies for b in first.barriers),
         schedule=schedule,
         matmuls=_matmul_configs(first, encoded),

@@ -333,13 +333,13 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     failing = error > 0  # this AIC stops here (AicPhase.ERROR)
 
     # -- log every received message (a message that caused an error too) -----------------------
+    # by a select over the log's R entries (a scatter into [C, R, B] runs element by element on a
+    # CPU); an entry past R is counted but not kept (simulate runs such a lane again with the
+    # whole log: EngineShape.whole_log)
     logged = recv_act & (code != ErrorCode.RECEIVE_LOG_FULL)
     r = st.recv_ver.shape[1]
-    rows_c = jnp.broadcast_to(jnp.arange(c_num)[:, None], (c_num, b))
-    lanes = jnp.broadcast_to(jnp.arange(b)[None, :], (c_num, b))
-    recv_ver = st.recv_ver.at[rows_c, jnp.where(logged, st.recv_count, r), lanes].set(
-        ver.astype(st.recv_ver.dtype), mode="drop"
-    )
+    at = jnp.where(logged, st.recv_count, r)[:, None, :] == jnp.arange(r, dtype=jnp.int32)[None, :, None]
+    recv_ver = jnp.where(at, ver.astype(st.recv_ver.dtype)[:, None, :], st.recv_ver)
 
     # -- QUIT: clear bit aivID ---------------------------------------------------------------
     quit_now = recv_ok & is_quit
