@@ -53,6 +53,10 @@ class Engine(enum.StrEnum):
 SCHEDULES: tuple[str, ...] = tuple(s.value for s in Schedule)
 #: every atomic order name
 ATOMIC_ORDERS: tuple[str, ...] = tuple(a.value for a in AtomicOrder)
+#: every build name (``cpu`` first)
+BUILDS: tuple[str, ...] = tuple(b.value for b in Build)
+#: deprecated build names and the build each stands for (accepted with a ``BuildAliasWarning``)
+BUILD_ALIASES: dict[str, str] = {"debug": Build.CPU.value}
 #: every engine name (``auto`` first)
 ENGINES: tuple[str, ...] = tuple(e.value for e in Engine)
 
@@ -63,4 +67,15 @@ def one_of(values: Iterable[str]) -> str:
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
-__all__ = ["ATOMIC_ORDERS", "ENGINES", "SCHEDULES", "AtomicOrder", "Build", "Engine", "Schedule", "one_of"]
+__all__ = [
+    "ATOMIC_ORDERS",
+    "BUILDS",
+    "BUILD_ALIASES",
+    "ENGINES",
+    "SCHEDULES",
+    "AtomicOrder",
+    "Build",
+    "Engine",
+    "Schedule",
+    "one_of",
+]

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from ascend_jax.enums import ATOMIC_ORDERS, ENGINES, SCHEDULES
+from ascend_jax.enums import ATOMIC_ORDERS, BUILD_ALIASES, BUILDS, ENGINES, SCHEDULES
 from ascend_jax.errors import ConfigError
 from ascend_jax.limits import MAX_BATCH, MAX_STEPS_LIMIT, SEED_MAX
 from ascend_jax.models import RANKS_RANGE
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--build",
-        choices=["cpu", "npu-debug", "release", "debug"],
+        choices=[*BUILDS, *BUILD_ALIASES],
         default=None,
         help="override the scenario's build: cpu (CPU twin: every assert stops that AIC), npu-debug (only "
         "ASCENDC_DEBUG_ASSERT) or release (no assert; the JSON lists what the CPU twin would have hit in "
