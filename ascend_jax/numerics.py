@@ -42,7 +42,7 @@ def exact_reference(
     """float64 values of every tensor a matmul or vector store writes, and each one's dtype combination
     label, from a replay under ``schedule`` (``lockstep`` or ``timed``: a timed run is replayed timed,
     so a long ``delay`` costs one step there, as in the run, instead of one step per cycle)."""
-    ref = ReferenceInterpreter(program, schedule if schedule == "timed" else "lockstep", numerics="exact")
+    ref = ReferenceInterpreter(program, schedule=schedule if schedule == "timed" else "lockstep", numerics="exact")
     ref.run()
     labels = {}
     for gi, cfg in enumerate(program.matmuls):

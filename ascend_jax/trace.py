@@ -70,11 +70,13 @@ def record_cube(
     events: list[dict] = []
     if schedule == "random" and draws == "jax":
         interp = _scripted_interpreter(ReferenceInterpreter)(
-            program, schedule, seed, max_steps, cost=cost, events=events
+            program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost, events=events
         )
         interp.script = EngineDraws(program, seed, aiv_blocks)
     else:
-        interp = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, events=events)
+        interp = ReferenceInterpreter(
+            program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost, events=events
+        )
     return interp.run(), events
 
 

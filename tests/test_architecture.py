@@ -267,7 +267,6 @@ PENDING_POSITIONAL = {
     "ascend_jax.check_message_dtype": "field",  # callers in cube_group/program.py and layout.py
     "ascend_jax.pack_message": "fields",  # a caller in cube_group/program.py passes field_path by position
     "ascend_jax.load_scenario": "max_steps",  # scenario.py
-    "ascend_jax.sanitize": "schedule",  # sanitizer/api.py
 }
 #: the comm simulator's run and job functions (its hccl_* / kernel functions mirror C signatures)
 COMM_RUNNERS = ("p2p_job", "p2p_thread_job", "ring_job", "run_comm", "run_comm_batch", "run_comm_reference")

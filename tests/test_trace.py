@@ -129,9 +129,9 @@ def test_deadlock_trace_has_every_core_and_no_flow_without_a_receive(capsys, tmp
 def test_recording_changes_nothing():
     program, _, _ = load_model("cube_group_sample")
     for schedule in ("lockstep", "random", "timed"):
-        plain = ReferenceInterpreter(program, schedule, 3).run()
+        plain = ReferenceInterpreter(program, schedule=schedule, seed=3).run()
         events: list = []
-        recorded = ReferenceInterpreter(program, schedule, 3, events=events).run()
+        recorded = ReferenceInterpreter(program, schedule=schedule, seed=3, events=events).run()
         assert events and recorded.outcome() == plain.outcome() and recorded.steps == plain.steps
         assert recorded.timing == plain.timing
         assert (recorded.gm == plain.gm).all()

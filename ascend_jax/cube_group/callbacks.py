@@ -318,8 +318,10 @@ class SeedCallback(_StatelessCallback):
         handle.set_skip_msg(k)
 
 
-#: funcID of a merge leader in the official sample, and the followers it covers
-SAMPLE_LEADER_FUNC_ID, SAMPLE_MERGE = 1, 3
+#: funcID of a merge leader in the official sample
+SAMPLE_LEADER_FUNC_ID = 1
+#: how many followers a merge leader of the official sample covers
+SAMPLE_MERGE = 3
 
 
 class SampleCallback(_StatelessCallback):

@@ -15,7 +15,12 @@ Findings are a property of the program, not of the schedule that ran (docs/model
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
+    from ascend_jax.sanitizer.api import SanitizerReport, analyse, parse_tools, sanitize
+    from ascend_jax.sanitizer.events import EventLog, Site, TensorInfo
+    from ascend_jax.sanitizer.findings import TOOLS, Finding, OpRef
 
 #: public name -> the module defining it; loaded on first use (PEP 562), so that building the
 #: command line (which registers ``sanitize`` from :mod:`.cli`) imports no interpreter

@@ -143,6 +143,7 @@ def _cache_key(program: Any, args: tuple, source_of: Callable[[int, int], str] |
 
 def sanitize(
     program: Any,
+    *,
     schedule: str = "lockstep",
     seed: int = 0,
     max_steps: int | None = None,
@@ -156,8 +157,11 @@ def sanitize(
 
     Args:
       program: a :class:`~ascend_jax.cube_group.program.CubeGroupProgram`.
-      schedule, seed, max_steps, cost: as :func:`ascend_jax.run_reference` (the findings do not
-        depend on them; the run's own result, returned beside them, does).
+      schedule: as :func:`ascend_jax.run_reference`; the findings do not depend on it, seed,
+        max_steps or cost (the run's own result, returned beside them, does).
+      seed: as :func:`ascend_jax.run_reference`.
+      max_steps: as :func:`ascend_jax.run_reference`.
+      cost: as :func:`ascend_jax.run_reference` (the ``timed`` schedule's cost model).
       tools: ``"all"`` (default) or some of :data:`TOOLS`.
       uninitialised: tensors whose initial contents a device would not define (initcheck).
       source_of: ``(block_idx, op index) -> "file:line"`` for messages (default: the op's ``where``).
@@ -201,12 +205,14 @@ def _run_and_analyse(
 ) -> SanitizerReport:
     start = None
     if not program.zero_workspace:  # the reported launch starts from the first launch's workspace
-        first = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost)
+        first = ReferenceInterpreter(program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost)
         first.run()
         start = (first.proto.slots, first.proto.counters_a, first.proto.counters_w)
     obs = Observer(program, frozenset(uninitialised), source_of)
     watch = obs if touches_gm(program) else None  # without a GM access there is nothing to order
-    interp = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, start=start, observer=watch)
+    interp = ReferenceInterpreter(
+        program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost, start=start, observer=watch
+    )
     result = interp.run()
     pcs = {a.block_idx: a.pc for a in interp.proto.aivs}
     findings = analyse(obs.log, tools, program, result, pcs, obs.source_of)

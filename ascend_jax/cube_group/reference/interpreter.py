@@ -62,6 +62,7 @@ class ReferenceInterpreter:
     def __init__(
         self,
         program: CubeGroupProgram,
+        *,
         schedule: str = "lockstep",
         seed: int = 0,
         max_steps: int | None = None,
@@ -280,8 +281,10 @@ def run_reference(
 ) -> CubeGroupResult:
     """Runs ``program`` in the reference interpreter (hardware numerics; ``cost`` for ``timed``)."""
     if program.zero_workspace:
-        return ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost).run()
-    first = ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost)
+        return ReferenceInterpreter(program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost).run()
+    first = ReferenceInterpreter(program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost)
     first.run()  # the launch whose workspace the reported one inherits
     start = (first.proto.slots, first.proto.counters_a, first.proto.counters_w)
-    return ReferenceInterpreter(program, schedule, seed, max_steps, cost=cost, start=start).run()
+    return ReferenceInterpreter(
+        program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost, start=start
+    ).run()
