@@ -149,7 +149,7 @@ def analyse(args: argparse.Namespace, res: Any, path: Any, lines: dict) -> Outco
     program = res.program
     schedule = _name(res.config.schedule)
     seed = int(res.seeds[0]) if res.seeds else 0
-    scenario = path if path is not None and not args.model else None
+    scenario = path if path is not None and str(path).endswith(".toml") else None  # a file, or a TOML model
     unknown = sorted(set(args.uninit or ()) - set(program.gm.tensors))
     if unknown:
         raise ConfigError("--uninit", unknown[0], f"no such tensor; tensors: {sorted(program.gm.tensors)}")
