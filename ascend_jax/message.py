@@ -109,7 +109,7 @@ SAMPLE_MSG_BODY = np.dtype(
 MESSAGE_TYPES = {"CubeMsgBody": CUBE_MSG_BODY, "CubeMatmulMsg": CUBE_MATMUL_MSG, "SampleCubeMsgBody": SAMPLE_MSG_BODY}
 
 
-def check_message_dtype(dtype: np.dtype, field: str = "msg_dtype") -> np.dtype:
+def check_message_dtype(dtype: np.dtype, *, field: str = "msg_dtype") -> np.dtype:
     """Checks that ``dtype`` can be a CubeResGroupHandle message type and returns it.
 
     Rules (spec §2.4): a structured dtype whose first member is named ``head`` and is a
@@ -167,10 +167,12 @@ def message_dtype(fields: Sequence[tuple[str, object]], *, size: int | None = No
                 "itemsize": size,
             }
         )
-    return check_message_dtype(dtype, "message")
+    return check_message_dtype(dtype, field="message")
 
 
-def pack_message(dtype: np.dtype, fields: Mapping[str, object] | None = None, field_path: str = "fields") -> np.ndarray:
+def pack_message(
+    dtype: np.dtype, fields: Mapping[str, object] | None = None, *, field_path: str = "fields"
+) -> np.ndarray:
     """Returns one zero-initialised message of ``dtype`` with ``fields`` set (a 0-d struct array).
 
     ``head`` cannot be set here: the head is written by the post call (state and aivID).

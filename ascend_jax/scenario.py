@@ -91,8 +91,8 @@ def _read_text(p: Path, field: str, limit: int) -> str:
 
 def load_scenario(
     source: str | Path | Mapping[str, Any],
-    max_steps: int | None = None,
     *,
+    max_steps: int | None = None,
     allow_python: bool = False,
     import_callbacks: bool = True,
     build: str | None = None,

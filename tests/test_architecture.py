@@ -260,13 +260,7 @@ def test_the_public_name_check_finds_private_and_deep_names(tmp_path):
 TWO_POSITIONAL = {
     "run": "run(program, config): the settings are the run's second input",
     "numerics_report": "numerics_report(program, results): the report compares the two",
-}
-#: functions whose files other helpers own, still positional past the first argument; each entry
-#: must go once its signature is fixed (test_pending_positional_arguments_are_still_there)
-PENDING_POSITIONAL = {
-    "ascend_jax.check_message_dtype": "field",  # callers in cube_group/program.py and layout.py
-    "ascend_jax.pack_message": "fields",  # a caller in cube_group/program.py passes field_path by position
-    "ascend_jax.load_scenario": "max_steps",  # scenario.py
+    "pack_message": "pack_message(dtype, fields): the fields are packed into the type",
 }
 #: the comm simulator's run and job functions (its hccl_* / kernel functions mirror C signatures)
 COMM_RUNNERS = ("p2p_job", "p2p_thread_job", "ring_job", "run_comm", "run_comm_batch", "run_comm_reference")
@@ -293,14 +287,9 @@ def test_public_functions_take_keywords_after_the_program():
     for qual, fn in _public_functions():
         allowed = 2 if qual.rpartition(".")[2] in TWO_POSITIONAL else 1
         extra = _positional(fn)[allowed:]
-        if extra and PENDING_POSITIONAL.get(qual) != extra[0]:
+        if extra:
             too_many[qual] = extra
     assert too_many == {}
-
-
-def test_pending_positional_arguments_are_still_there():
-    found = {qual: _positional(fn)[1:2] for qual, fn in _public_functions()}
-    assert [q for q, first in PENDING_POSITIONAL.items() if found.get(q) != [first]] == [], "fixed: remove it"
 
 
 # -- contracts written twice, until each has one home ---------------------------------------------------

@@ -168,7 +168,7 @@ class KfcWorkspace:
         Only the geometry is checked here against nothing but itself; chip limits are checked by
         the kernel builder.
         """
-        dtype = check_message_dtype(msg_dtype, f"group {name!r}.msg_dtype")
+        dtype = check_message_dtype(msg_dtype, field=f"group {name!r}.msg_dtype")
         g = GroupGeometry(
             name=name,
             block_start=block_start,

@@ -265,7 +265,7 @@ class AivProgram:
                 for k, v in fields.items()
             }
             fields = {k: v.addr if isinstance(v, Tensor) else v for k, v in fields.items()}
-        payload = pack_message(dtype, fields, f"{where}.fields")
+        payload = pack_message(dtype, fields, field_path=f"{where}.fields")
         st = self._fill(slot, "post_message")
         self.ops.append(
             AivOp(
@@ -581,7 +581,7 @@ class CubeGroupKernel:
                     "move the group to free AICs",
                 )
         # every check before the workspace moves, so a rejected call changes nothing
-        msg_dtype = check_message_dtype(msg_dtype, f"{field}.msg_dtype")
+        msg_dtype = check_message_dtype(msg_dtype, field=f"{field}.msg_dtype")
         missing = [f for f in getattr(cb, "required_fields", ()) if f not in msg_dtype.names]
         if missing:
             raise ConfigError(
