@@ -24,7 +24,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ascend_jax.enums import AtomicOrder, Build, Engine, Schedule
+from ascend_jax.enums import BUILD_ALIASES, AtomicOrder, Build, Engine, Schedule
 from ascend_jax.errors import ConfigError
 from ascend_jax.limits import MAX_BATCH, MAX_STEPS_LIMIT, SEED_MAX, did_you_mean
 from ascend_jax.schema import StrictModel, config_error
@@ -87,11 +87,10 @@ class RunConfig(StrictModel):
     @field_validator("build", mode="before")
     @classmethod
     def _build_alias(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in {b.value for b in Build}:
-            from ascend_jax.cube_group.program import BUILD_ALIASES, normalise_build
+        if isinstance(value, str) and value in BUILD_ALIASES:
+            from ascend_jax.cube_group.program import normalise_build
 
-            if value in BUILD_ALIASES:
-                return normalise_build(value)  # warns BuildAliasWarning
+            return normalise_build(value)  # warns BuildAliasWarning
         return value
 
     @model_validator(mode="after")

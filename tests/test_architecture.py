@@ -309,12 +309,3 @@ def test_the_scenario_tiling_table_has_the_tcubetiling_fields():
     ]
     got = [(name, "required" if f.is_required() else f.default) for name, f in TilingTable.model_fields.items()]
     assert got == want
-
-
-def test_the_builder_knows_the_same_builds_as_the_settings():
-    """``cube_group.program`` keeps its own ``BUILDS`` / ``BUILD_ALIASES``; they must be
-    ``ascend_jax.enums``'s (which the CLI and ``RunConfig`` use) until it imports them."""
-    from ascend_jax import enums
-    from ascend_jax.cube_group import program
-
-    assert (program.BUILDS, program.BUILD_ALIASES) == (enums.BUILDS, enums.BUILD_ALIASES)

@@ -39,17 +39,17 @@ from ascend_jax.cube_group.layout import GroupGeometry, KfcWorkspace, check_grou
 from ascend_jax.cube_group.matmul import MatmulType, TCubeTiling
 from ascend_jax.cube_group.status import AivCall
 from ascend_jax.cube_group.vector import VectorBuilder, VectorOp
+from ascend_jax.enums import BUILD_ALIASES, BUILDS
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GlobalMemory, Tensor
 from ascend_jax.message import CUBE_MSG_BODY, MAX_MSG_PER_AIV, CubeMsgState, check_message_dtype, pack_message
 
-#: Build modes, after asc-devkit ``kernel_log.h`` (the ``ASCENDC_ASSERT`` / ``ASCENDC_DEBUG_ASSERT``
-#: macro definitions): ``cpu`` is the CPU twin, which checks both macros; ``npu-debug`` an NPU build
-#: with ``ASCENDC_DEBUG``, which checks only ``ASCENDC_DEBUG_ASSERT`` (``ASCENDC_ASSERT`` is empty on
-#: ``__NPU_DEVICE__``); ``release`` an NPU build without it, which checks nothing.
-BUILDS = ("cpu", "npu-debug", "release")
-#: Deprecated build names (kept for one release) and what they mean now.
-BUILD_ALIASES = {"debug": "cpu"}
+# BUILDS (the build modes) and BUILD_ALIASES (deprecated names) live in ascend_jax.enums, beside
+# the Build enum the CLI and RunConfig use; asc-devkit ``kernel_log.h`` (the ``ASCENDC_ASSERT`` /
+# ``ASCENDC_DEBUG_ASSERT`` macro definitions) is where the modes come from: ``cpu`` is the CPU twin,
+# which checks both macros; ``npu-debug`` an NPU build with ``ASCENDC_DEBUG``, which checks only
+# ``ASCENDC_DEBUG_ASSERT`` (``ASCENDC_ASSERT`` is empty on ``__NPU_DEVICE__``); ``release`` an NPU
+# build without it, which checks nothing.
 
 
 class BuildAliasWarning(DeprecationWarning):
