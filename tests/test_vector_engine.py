@@ -23,6 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from ascend_jax import run_reference, simulate
 from ascend_jax.cli import main
 from ascend_jax.cube_group.engine.compute import pairwise_sum
+from ascend_jax.cube_group.engine.encode import encode_program
+from ascend_jax.cube_group.engine.shape import make_shape
 from ascend_jax.cube_group.program import CubeGroupKernel
 from ascend_jax.numerics import compare
 from ascend_jax.timing import CostModel
@@ -282,3 +284,34 @@ def test_cli_auto_runs_a_batch_of_vector_programs_in_the_jax_engine(capsys, monk
     assert code == 0 and out["status"] == "ok"
     assert [lane["same_as_lane0"] for lane in out["batch"]] == [True, True]
     assert all(out["numerics"][n]["ok"] for n in ("dq", "dk", "dv"))
+
+
+def test_long_thin_buffers_are_stored_at_their_own_size():
+    """A 1 x 48,000 and a 48,000 x 1 float16 buffer (192,000 B of UB): the engine stores each at its
+    own size (a flat UB of the summed, bucketed sizes, not 48,000 x 48,000) and equals the
+    reference bit for bit."""
+    n = 48_000
+    k = CubeGroupKernel(chip="910B1", name="long-ub")
+    g = k.create_cube_res_group("g", 0, 2, 1, "free")
+    k.alloc("x", (n,), "float16", np.random.default_rng(0).uniform(-2, 2, n))
+    k.alloc("row", (n,), "float16", np.zeros(n))
+    k.alloc("col", (n,), "float16", np.zeros(n))
+    aiv = k.aiv(0)
+    aiv.assign_queue(g, 0)
+    v = aiv.vec
+    a, b = v.buffer("a", 1, n, "float16"), v.buffer("b", n, 1, "float16")
+    v.load(a, "x")
+    v.load(b, "x")
+    v.muls(a, a, 3.0)
+    v.adds(b, b, -1.0)
+    v.store("row", a)
+    v.store("col", b)
+    aiv.quit(g)
+    p = k.compile()
+    shape = make_shape([p], [encode_program(p)], "lockstep")
+    assert shape.ub[0] < 5 * n and shape.ub[1] < 2 * n and shape.ub_flat  # bucketed sizes, summed
+    ref, eng = run_reference(p), simulate([p])[0]
+    assert eng.status == ref.status
+    for name in ("row", "col"):
+        assert _same_bits(eng.tensor(name), ref.tensor(name))
+    np.testing.assert_array_equal(ref.tensor("row"), (p.gm.read("x").astype(np.float32) * 3).astype(np.float16))

@@ -58,13 +58,14 @@ itemsize / vec_rate)``, itemsize the widest of its buffers (the vector unit hand
 256 bytes per cycle, one repeat). Issue and copy never overlap (no double buffering modelled).
 
 The JAX engine runs the same ops batched (``encode.vector_words``, ``compute.apply_vector_ops``):
-every op is a row of int words + scalar + bytes; each lane carries a ``[V, NB, R, C] float32`` UB
-(R, C the largest buffer; float16 and bfloat16 values are exact in float32) and rounds a result
-to its buffer's type by a float32 -> type -> float32 round trip chosen by the ``dtype`` word;
-regions are iota masks ``r < rows, c < cols``. Order: within a step every AIV's op acts in
-block_idx order (an AIV's store is visible to a later AIV's load in the same step), before the
-AICs and before the step's matmuls are written, so a load sees the matmuls of earlier steps only.
-:func:`vector_tables` gives the same ops as padded ``[V, L, ...]`` tables by ``pc``.
+every op is a row of int words + scalar + bytes + where its buffers lie; each lane carries a flat
+``[V, U] float32`` UB in which every buffer lies at its own size (float16 and bfloat16 values are
+exact in float32) and rounds a result to its buffer's type by a float32 -> type -> float32 round
+trip chosen by the ``dtype`` word; an op reads and writes windows of E elements (the largest
+region, bucketed). Order: within a step every AIV's op acts in block_idx order (an AIV's store is
+visible to a later AIV's load in the same step), before the AICs and before the step's matmuls
+are written, so a load sees the matmuls of earlier steps only. :func:`vector_tables` gives the
+same ops as padded ``[V, L, ...]`` tables by ``pc``.
 
 Fidelity notes: the ops and their layout follow the Ascend C vector API (``DataCopy``, ``Add``,
 ``Muls``, ``Exp``, ``WholeReduceSum``, ``Cast``, ``Select``); the loop of GM->UB copy, float32

@@ -34,7 +34,7 @@ from ascend_jax.cube_group.engine.encode import VEC, MatmulDims
 from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.matmul import MatmulType, check_operands, combine, compute_tiles, descriptor, empty_tile
 from ascend_jax.cube_group.vector import KIND, KINDS, UB_DTYPES
-from ascend_jax.gm import load_rows, load_windows, row_starts, store_rows, store_windows
+from ascend_jax.gm import GM_BASE, load_rows, load_windows, row_starts, store_rows, store_windows
 
 
 def matmul_requests(shape: EngineShape, en: jax.Array, fields: jax.Array) -> tuple[list, jax.Array, jax.Array]:
@@ -303,16 +303,20 @@ def count_dot_generals(jaxpr) -> int:
 
 # -- AIV vector ops ----------------------------------------------------------------------------
 # Op kinds come from the table ascend_jax.cube_group.vector.KINDS (codes, patterns, JAX semantics);
-# UB dtype codes of UB_DTYPES.
+# UB dtype codes of UB_DTYPES. Each AIV's UB is one flat float32 array (``State.ub`` [B, V, U]) in
+# which every buffer lies at its own size (offset and row stride in the op words); an op reads and
+# writes windows of E elements (``EngineShape.ub``): element k of the region it writes is row
+# k // w, column k % w (w its cols, 1 for a reduction). With ``EngineShape.ub_flat`` every region
+# is consecutive in its buffers and in GM, and windows are slices; else they are gathers / scatters.
 _F16, _BF16, _F32 = (UB_DTYPES.index(t) for t in ("float16", "bfloat16", "float32"))
 
 
 def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.Array, words: jax.Array):
     """Performs the vector ops the AIVs performed this step, before the step's matmuls are written.
 
-    ``gm`` [B, G] uint8, ``ub`` [B, V, NB, R, C] float32 (lane-major), ``en`` [V, B] which AIVs ran
-    a vector op, ``words`` [V, 12, B] its :data:`ascend_jax.cube_group.engine.encode.VEC` row. Returns the
-    new (gm, ub).
+    ``gm`` [B, G] uint8, ``ub`` [B, V, U] float32 (lane-major), ``en`` [V, B] which AIVs ran
+    a vector op, ``words`` [V, N_VEC, B] its :data:`ascend_jax.cube_group.engine.encode.VEC` row.
+    Returns the new (gm, ub).
 
     Order (the reference's, ``ReferenceInterpreter.step``): the AIVs act in block_idx order, so a
     store is visible to a later AIV's load in the same step. Compute ops touch only their own AIV's
@@ -320,27 +324,34 @@ def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.A
     ``fori_loop`` over the AIVs (each vectorised over lanes, skipped when no lane's AIV copies),
     which keeps that order exactly, atomic stores included.
     """
-    w = jnp.moveaxis(words, -1, 0)  # [B, V, 12]
+    w = jnp.moveaxis(words, -1, 0)  # [B, V, N_VEC]
     e = en.T  # [B, V]
-    copy = kind_in(w[..., VEC["kind"]], [k for k in KINDS if k.is_copy])
+    copy = kind_in(w[..., VEC["kind"]], [k for k in _used(shape) if k.is_copy])
     is_copy = e & copy
     is_compute = e & ~copy
-    ub = jax.lax.cond(is_compute.any(), lambda u: jax.vmap(_vector_compute)(u, is_compute, w), lambda u: u, ub)
+    one = jax.vmap(jax.vmap(functools.partial(_vector_compute, shape)))  # over lanes, then AIVs
+    ub = jax.lax.cond(is_compute.any(), lambda u: one(u, is_compute, w), lambda u: u, ub)
+    copy_one = jax.vmap(functools.partial(_vector_copy, shape))  # over lanes
 
     def one_aiv(v, carry):
         gm, ub = carry
 
         def run(c):
             gm, ub = c
-            ub_v = jax.lax.dynamic_index_in_dim(ub, v, axis=1, keepdims=False)  # [B, NB, R, C]
-            w_v = jax.lax.dynamic_index_in_dim(w, v, axis=1, keepdims=False)  # [B, 12]
+            ub_v = jax.lax.dynamic_index_in_dim(ub, v, axis=1, keepdims=False)  # [B, U]
+            w_v = jax.lax.dynamic_index_in_dim(w, v, axis=1, keepdims=False)  # [B, N_VEC]
             e_v = jax.lax.dynamic_index_in_dim(is_copy, v, axis=1, keepdims=False)  # [B]
-            gm, ub_v = jax.vmap(_vector_copy)(gm, ub_v, e_v, w_v)
+            gm, ub_v = copy_one(gm, ub_v, e_v, w_v)
             return gm, jax.lax.dynamic_update_index_in_dim(ub, ub_v, v, axis=1)
 
         return jax.lax.cond(is_copy[:, v].any(), run, lambda c: c, (gm, ub))
 
     return jax.lax.fori_loop(0, e.shape[1], one_aiv, (gm, ub))
+
+
+def _used(shape: EngineShape) -> list:
+    """The rows of :data:`KINDS` some lane's program uses (the step leaves the others out)."""
+    return [k for k in KINDS if k.code in shape.vec_kinds]
 
 
 def _round(x: jax.Array, dtype: jax.Array) -> jax.Array:
@@ -350,37 +361,75 @@ def _round(x: jax.Array, dtype: jax.Array) -> jax.Array:
     return jnp.where(dtype == _F16, f16, jnp.where(dtype == _BF16, bf16, x))
 
 
-def _vector_compute(ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
-    """One lane's compute ops (no GM copies): ``ub`` [V, NB, R, C], ``en`` [V], ``w`` [V, 12].
-    Each result is computed in float32 and rounded once to its buffer's type (``VectorUnit.run``)."""
-    nv, nb, r, c = ub.shape
-    col = w.T[:, :, None, None]  # [12, V, 1, 1]
-    kind, dtype = col[VEC["kind"]], col[VEC["dtype"]]
-    aivs = jnp.arange(nv)
-    x = ub[aivs, jnp.clip(w[:, VEC["src0"]], 0, nb - 1)]
-    y = ub[aivs, jnp.clip(w[:, VEC["src1"]], 0, nb - 1)]
-    s = jax.lax.bitcast_convert_type(col[VEC["scalar"]], jnp.float32)
-    rows, cols = col[VEC["rows"]], col[VEC["cols"]]
-    ri = jnp.arange(r)[None, :, None]
-    ci = jnp.arange(c)[None, None, :]
+class _Region(NamedTuple):
+    """The E elements of the region an op writes: element k is row ``r`` [E], column ``c`` [E] of
+    a ``rows x width`` region; ``live`` [E] whether k is inside it (and the op runs)."""
+
+    r: jax.Array
+    c: jax.Array
+    live: jax.Array
+
+
+def _region(shape: EngineShape, rows: jax.Array, width: jax.Array, en: jax.Array) -> _Region:
+    k = jnp.arange(shape.ub[1], dtype=jnp.int32)
+    width = jnp.maximum(width, 1)
+    r = k // width
+    return _Region(r, k - r * width, en & (k < rows * width))
+
+
+def _read(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg: _Region) -> jax.Array:
+    """[E] the region's elements of the buffer at ``off`` with row stride ``ld`` in one AIV's ``ub``
+    [U]; outside the region, whatever lies there."""
+    if shape.ub_flat:
+        return jax.lax.dynamic_slice(ub, (off,), (shape.ub[1],))
+    return ub[jnp.clip(off + reg.r * ld + reg.c, 0, ub.shape[0] - 1)]
+
+
+def _write(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg: _Region, value: jax.Array):
+    """``ub`` [U] with the live elements of ``value`` [E] written into the buffer at ``off``."""
+    if shape.ub_flat:
+        old = jax.lax.dynamic_slice(ub, (off,), (shape.ub[1],))
+        return jax.lax.dynamic_update_slice(ub, jnp.where(reg.live, value, old), (off,))
+    return ub.at[jnp.where(reg.live, off + reg.r * ld + reg.c, ub.shape[0])].set(value, mode="drop")
+
+
+def _vector_compute(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
+    """One AIV's compute op (no GM copy) in one lane: ``ub`` [U], ``en`` [], ``w`` [N_VEC]. The
+    result is computed in float32 and rounded once to its buffer's type (the reference's
+    ``VectorUnit.run``)."""
+    used = [k for k in _used(shape) if not k.is_copy]
+    kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
+    rows, cols = w[VEC["rows"]], w[VEC["cols"]]
 
     def pattern(*names):
-        return kind_in(kind, [k for k in KINDS if k.pattern in names])
+        return kind_in(kind, [k for k in used if k.pattern in names])
 
-    b = jnp.where(pattern("scalar"), s, jnp.where(pattern("broadcast"), y[:, :, :1], y))  # the second operand
-    n = jnp.broadcast_to(cols[:, :, 0], (nv, r))  # live length of every row
+    def uses(*names):
+        return any(k.pattern in names for k in used)
+
+    reg = _region(shape, rows, jnp.where(pattern("reduce"), 1, cols), en)
+    x = _read(shape, ub, w[VEC["off_src0"]], w[VEC["ld_src0"]], reg)
+    s = jax.lax.bitcast_convert_type(w[VEC["scalar"]], jnp.float32)
+    b = jnp.broadcast_to(s, x.shape)  # the second operand: the scalar, a tile or the row's value
+    if uses("binary", "select"):
+        b = jnp.where(pattern("binary", "select"), _read(shape, ub, w[VEC["off_src1"]], w[VEC["ld_src1"]], reg), b)
+    if uses("broadcast"):
+        column = ub[jnp.clip(w[VEC["off_src1"]] + reg.r * w[VEC["ld_src1"]], 0, ub.shape[0] - 1)]
+        b = jnp.where(pattern("broadcast"), column, b)
     res = x  # cast: the source value, rounded below
-    for fn, kinds in semantics(k for k in KINDS if not k.is_copy):
-        value = fn(jnp, x, b, s, n)
-        if value is x:  # the identity (cast): already the default
-            continue
-        if value.ndim < x.ndim:  # a reduction: the row's value in every column (column 0 is written)
-            value = jnp.broadcast_to(value[..., None], x.shape)
-        res = jnp.where(kind_in(kind, kinds), value, res)
-    res = _round(res, dtype)
-    region = (ri < rows) & jnp.where(pattern("reduce"), ci < 1, ci < cols) & en[:, None, None]
-    dst = jnp.clip(w[:, VEC["dst"]], 0, nb - 1)
-    return ub.at[aivs, dst].set(jnp.where(region, res, ub[aivs, dst]))
+    for fn, kinds in semantics(k for k in used if k.pattern != "reduce"):
+        value = fn(jnp, x, b, s, None)
+        if value is not x:  # the identity (cast) is already the default
+            res = jnp.where(kind_in(kind, kinds), value, res)
+    if uses("reduce"):  # the [Rr, Cr] region as a gather, reduced per row, into the first rows
+        rr, cr = shape.ub[2], shape.ub[3]
+        at = w[VEC["off_src0"]] + jnp.arange(rr)[:, None] * w[VEC["ld_src0"]] + jnp.arange(cr)[None, :]
+        x2 = ub[jnp.clip(at, 0, ub.shape[0] - 1)]
+        for fn, kinds in semantics(k for k in used if k.pattern == "reduce"):
+            red = fn(jnp, x2, None, s, jnp.broadcast_to(cols, (rr,)))
+            red = jnp.concatenate([red, jnp.zeros(shape.ub[1] - rr, red.dtype)])
+            res = jnp.where(kind_in(kind, kinds), red, res)
+    return _write(shape, ub, w[VEC["off_dst"]], w[VEC["ld_dst"]], reg, _round(res, dtype))
 
 
 def kind_in(kind: jax.Array, kinds) -> jax.Array:
@@ -448,37 +497,49 @@ def _pairwise_block(x: jax.Array, n: jax.Array) -> jax.Array:
     return jnp.where(n < 8, seq, res)
 
 
-def _vector_copy(gm: jax.Array, ub: jax.Array, en: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One lane's GM copy of one AIV (``VectorUnit.run``): ``gm`` [G] uint8, ``ub`` [NB, R, C] its
-    buffers, ``en`` [] whether it copies, ``w`` [12]. A load reads ``rows`` windows of C elements
-    (GM is padded by :func:`ascend_jax.gm.row_margin` of C); a store scatters the region's bytes
-    only (an atomic store adds to GM's value in float32 and rounds once to the GM type)."""
-    nb, r, c = ub.shape
+def _vector_copy(
+    shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.Array, w: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One lane's GM copy of one AIV (the reference's ``VectorUnit.run``): ``gm`` [G] uint8, ``ub``
+    [U] its flat UB, ``en`` [] whether it copies, ``w`` [N_VEC]. Element k of the region is read
+    from GM as 4 bytes at its address (GM is padded by :func:`ascend_jax.gm.row_margin` of E); a
+    store writes the region's bytes only (an atomic store adds to GM's value in float32 and rounds
+    once to the GM type)."""
+    e = shape.ub[1]
     kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
     rows, cols, stride = w[VEC["rows"]], w[VEC["cols"]], w[VEC["stride"]]
     size = jnp.where(dtype == _F32, 4, 2)
-    starts = row_starts(w[VEC["addr"]], r, stride, size)
-    raw = jax.vmap(lambda s: jax.lax.dynamic_slice(gm, (s,), (c * 4,)))(jnp.where(en, starts, 0))  # [R, 4C]
-    as32 = jax.lax.bitcast_convert_type(raw.reshape(r, c, 4), jnp.float32)
-    half = raw[:, : 2 * c].reshape(r, c, 2)
+    reg = _region(shape, rows, cols, en)
+    start = jnp.where(en, w[VEC["addr"]] - GM_BASE, 0)  # byte index in gm
+    if shape.ub_flat:  # one window of 4E bytes: element k at byte k * size
+        raw = jax.lax.dynamic_slice(gm, (start,), (4 * e,))
+        as32 = jax.lax.bitcast_convert_type(raw.reshape(e, 4), jnp.float32)
+        half = raw[: 2 * e].reshape(e, 2)
+    else:
+        at = start + (reg.r * stride + reg.c) * size  # [E] each element's first byte
+        raw = gm[jnp.clip(at[:, None] + jnp.arange(4)[None, :], 0, gm.shape[0] - 1)]  # [E, 4]
+        as32 = jax.lax.bitcast_convert_type(raw, jnp.float32)
+        half = raw[:, :2]
     as16 = jax.lax.bitcast_convert_type(half, jnp.float16).astype(jnp.float32)
     asbf = jax.lax.bitcast_convert_type(half, jnp.bfloat16).astype(jnp.float32)
-    old = jnp.where(dtype == _F32, as32, jnp.where(dtype == _F16, as16, asbf))  # [R, C] GM's values
-    region = (jnp.arange(r)[:, None] < rows) & (jnp.arange(c)[None, :] < cols)
-    loading = en & (kind == KIND["load"].code)
-    dst = jnp.clip(w[VEC["dst"]], 0, nb - 1)
-    ub = ub.at[dst].set(jnp.where(region & loading, old, ub[dst]))
+    old = jnp.where(dtype == _F32, as32, jnp.where(dtype == _F16, as16, asbf))  # [E] GM's values
+    loading = kind == KIND["load"].code
+    load_reg = reg._replace(live=reg.live & loading)
+    ub = _write(shape, ub, w[VEC["off_dst"]], w[VEC["ld_dst"]], load_reg, old)
 
     storing = en & (kind == KIND["store"].code)
-    val = ub[jnp.clip(w[VEC["src0"]], 0, nb - 1)]
+    val = _read(shape, ub, w[VEC["off_src0"]], w[VEC["ld_src0"]], reg)
     val = jnp.where(w[VEC["atomic"]] != 0, _round(old + val, dtype), val)
-    b32 = jax.lax.bitcast_convert_type(val, jnp.uint8)  # [R, C, 4]
+    b32 = jax.lax.bitcast_convert_type(val, jnp.uint8)  # [E, 4]
     b16 = jax.lax.bitcast_convert_type(val.astype(jnp.float16), jnp.uint8)
     bbf = jax.lax.bitcast_convert_type(val.astype(jnp.bfloat16), jnp.uint8)
-    b2 = jnp.where(dtype == _F16, b16, bbf)
-    data = jnp.where(dtype == _F32, b32, jnp.concatenate([b2, b2], axis=-1))  # [R, C, 4]
-    k = jnp.arange(4)[None, None, :]
-    idx = starts[:, None, None] + jnp.arange(c)[None, :, None] * size + k
-    ok = storing & region[:, :, None] & (k < size)
-    gm = gm.at[jnp.where(ok, idx, gm.shape[0])].set(data, mode="drop")
+    b2 = jnp.where(dtype == _F16, b16, bbf)  # [E, 2]
+    if shape.ub_flat:
+        data = jnp.where(dtype == _F32, b32.reshape(-1), jnp.concatenate([b2.reshape(-1), raw[2 * e :]]))
+        live = storing & (jnp.arange(4 * e) < rows * cols * size)
+        return jax.lax.dynamic_update_slice(gm, jnp.where(live, data, raw), (start,)), ub
+    data = jnp.where(dtype == _F32, b32, jnp.concatenate([b2, b2], axis=-1))  # [E, 4]
+    k = jnp.arange(4)[None, :]
+    ok = storing & reg.live[:, None] & (k < size)
+    gm = gm.at[jnp.where(ok, at[:, None] + k, gm.shape[0])].set(data, mode="drop")
     return gm, ub

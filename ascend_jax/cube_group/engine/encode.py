@@ -58,7 +58,7 @@ from ascend_jax.cube_group.matmul import (
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.cube_group.result import message_table
 from ascend_jax.cube_group.status import CALL, ENCODED_KIND, ErrorCode, OpKind
-from ascend_jax.cube_group.vector import UB_DTYPES, VectorOp, op_bytes
+from ascend_jax.cube_group.vector import KIND, UB_DTYPES, VectorOp, op_bytes
 from ascend_jax.errors import ConfigError
 from ascend_jax.gm import GM_BASE, GlobalMemory
 from ascend_jax.message import FAKE, MAX_MSG_PER_AIV, QUIT, VALID
@@ -103,8 +103,8 @@ class EncodedProgram:
     outside 0..2**31-1 are stored as ``-1 - i`` with the true value in ``big_addresses[i]``.
     ``mm_dims``: per group, a :class:`MatmulDims` (the static tile bound, the largest extent any
     call or Init can set), None for a group without a Matmul.
-    Vector ops: ``vec_ops`` ``[Vn, 12]`` every AIV vector op as :data:`VEC` words (a VECTOR op row's
-    ``a`` is its index); ``ub_dims`` (NB, R, C) the UB bound (see :func:`vector_words`).
+    Vector ops: ``vec_ops`` ``[Vn, N_VEC]`` every AIV vector op as :data:`VEC` words (a VECTOR op
+    row's ``a`` is its index); ``ub_dims`` the UB it needs (:class:`UbDims`, see :func:`vector_words`).
     """
 
     rows: list[list[tuple[int, int, int, int, int]]]
@@ -133,8 +133,8 @@ class EncodedProgram:
     #: AIC's block (plus its slots on a relaunch, whose first launch may leave messages), at most
     #: ``capacity``
     receivable: int = 0
-    vec_ops: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 12), np.int64))
-    ub_dims: tuple = (0, 0, 0)
+    vec_ops: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, N_VEC), np.int64))
+    ub_dims: UbDims = dataclasses.field(default_factory=lambda: UbDims())
     act_note: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 1), np.int64))
     ver_note: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     ver_misuse: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
@@ -447,34 +447,74 @@ def _stops(code: np.ndarray, build: str) -> np.ndarray:
 
 
 #: Columns of :attr:`EncodedProgram.vec_ops`: :data:`ascend_jax.cube_group.vector.WORDS`, then the
-#: scalar (float32 bits, already rounded to the result type as the vector unit rounds it) and the
-#: op's bytes (:func:`ascend_jax.cube_group.vector.op_bytes`, the size its timed cost scales with).
+#: scalar (float32 bits, already rounded to the result type as the vector unit rounds it), the
+#: op's bytes (:func:`ascend_jax.cube_group.vector.op_bytes`, the size its timed cost scales with),
+#: and where each buffer the op names lies in its AIV's flat UB (``State.ub``): the element offset
+#: (``off_*``) and the row stride, the buffer's cols (``ld_*``); 0 for a buffer the op does not name.
 VEC = {name: i for i, name in enumerate(("kind", "dst", "src0", "src1", "rows", "cols", "addr", "stride", "atomic",
-                                         "dtype", "scalar", "bytes"))}  # fmt: skip
+                                         "dtype", "scalar", "bytes", "off_dst", "off_src0", "off_src1", "ld_dst",
+                                         "ld_src0", "ld_src1"))}  # fmt: skip
 N_VEC = len(VEC)
 F16_CODE = UB_DTYPES.index("float16")
 
 
-def vector_words(program: CubeGroupProgram, rows: list[list[tuple]]) -> tuple[np.ndarray, tuple[int, int, int]]:
+class UbDims(NamedTuple):
+    """What one program's vector ops need of the engine's flat UB (:func:`vector_words`)."""
+
+    size: int = 0  # elements of the largest AIV's buffers (each stored at its own rows x cols)
+    window: int = 0  # elements of the largest region an op writes (rows x cols; rows for a reduction)
+    reduce_rows: int = 0  # largest rows of a row_max / row_sum (0: none)
+    reduce_cols: int = 0  # largest cols of a row_max / row_sum
+    flat: bool = True  # every op's region is one run of consecutive elements in each buffer and GM
+
+
+def vector_words(program: CubeGroupProgram, rows: list[list[tuple]]) -> tuple[np.ndarray, UbDims]:
     """Every AIV vector op of ``program`` as one int row (:data:`VEC`), ``[Vn, N_VEC]`` int64 in
-    (AIV, pc) order, and the UB bound ``(NB, R, C)``: buffers per AIV and the largest rows and cols
-    of any buffer ((0, 0, 0) without vector ops). Points each VECTOR op row's ``a`` at its row."""
+    (AIV, pc) order, and the UB it needs (:class:`UbDims`; all 0 without vector ops). An AIV's
+    buffers lie back to back in its flat UB, each at its own size, in declaration order. Points each
+    VECTOR op row's ``a`` at its row."""
     out: list[list[int]] = []
-    nb = r = c = 0
+    size = window = red_rows = red_cols = 0
+    flat = True
     for (_, ops), row in zip(program.aivs, rows, strict=True):
+        offset: dict[int, int] = {}
+        bufs = {}
+        for op in ops:
+            if op.kind == CALL.VECTOR:
+                for b in (op.vec.dst, op.vec.src0, op.vec.src1):
+                    if b is not None:
+                        bufs[b.index] = b
+        at = 0
+        for i in sorted(bufs):
+            offset[i] = at
+            at += bufs[i].rows * bufs[i].cols
+        size = max(size, at)
         for pc, op in enumerate(ops):
             if op.kind != CALL.VECTOR:
                 continue
             vec: VectorOp = op.vec
+            kind = KIND[vec.kind]
             ints, scalar = vec.words()
-            # the ALU's scalar: rounded to float16 when the result is float16 (VectorUnit.run)
+            # the ALU's scalar: rounded to float16 when the result is float16 (the reference's VectorUnit)
             s32 = np.float32(np.float16(scalar)) if ints[9] == F16_CODE else np.float32(scalar)
-            out.append([*ints, int(s32.view(np.int32)), op_bytes(vec)])
+            where = [(offset[b.index], b.cols) if b is not None else (0, 0) for b in (vec.dst, vec.src0, vec.src1)]
+            out.append(
+                [*ints, int(s32.view(np.int32)), op_bytes(vec), *(o for o, _ in where), *(ld for _, ld in where)]
+            )
             row[pc] = (OpKind.VECTOR, 0, len(out) - 1, 0, 0)
-            for b in (vec.dst, vec.src0, vec.src1):
-                if b is not None:
-                    nb, r, c = max(nb, b.index + 1), max(r, b.rows), max(c, b.cols)
-    return np.array(out, np.int64).reshape(-1, N_VEC), (nb, r, c)
+            reduce = kind.pattern == "reduce"
+            out_cols = 1 if reduce else vec.cols
+            window = max(window, vec.rows * out_cols)
+            if reduce:
+                red_rows, red_cols = max(red_rows, vec.rows), max(red_cols, vec.cols)
+            if vec.rows > 1:  # a region of several rows is consecutive where it spans whole rows
+                tiles = [(vec.dst, out_cols)] + ([] if reduce else [(vec.src0, vec.cols)])
+                if kind.pattern in ("binary", "select"):
+                    tiles.append((vec.src1, vec.cols))
+                flat &= all(b is None or b.cols == width for b, width in tiles)
+                if kind.is_copy:
+                    flat &= vec.stride == vec.cols
+    return np.array(out, np.int64).reshape(-1, N_VEC), UbDims(size, window, red_rows, red_cols, flat)
 
 
 #: Largest operand tile (elements) the engine allocates per AIC and step.

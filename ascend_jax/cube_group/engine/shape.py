@@ -18,7 +18,7 @@ import numpy as np
 import ascend_jax.cube_group.engine.banks as banks
 from ascend_jax.buckets import bucket
 from ascend_jax.cube_group.engine.banks import GmBanks
-from ascend_jax.cube_group.engine.encode import EncodedProgram, MatmulDims
+from ascend_jax.cube_group.engine.encode import VEC, EncodedProgram, MatmulDims
 from ascend_jax.cube_group.engine.options import EngineOptions, resolve
 from ascend_jax.cube_group.layout import GroupGeometry
 from ascend_jax.cube_group.program import CubeGroupProgram
@@ -69,7 +69,12 @@ class EngineShape:
     build: str = "cpu"  # "cpu" | "npu-debug" | "release" (program.BUILDS: which asserts stop an AIC)
     gm_bounds: tuple = ()  # ((first byte, end byte), ...) of every GM tensor (matmul bounds checks)
     n_vec_ops: int = 0  # Vn: rows of the vector op table (padded; 0: no AIV runs a vector op)
-    ub: tuple = (0, 0, 0)  # (NB, R, C): UB buffers per AIV, largest buffer rows and cols
+    #: (U, E, Rr, Cr) of the flat UB (``State.ub`` [B, V, U]): U elements per AIV (every buffer at
+    #: its own size, bucketed, plus E), E the largest region an op writes (bucketed; every UB and GM
+    #: window is E elements), Rr x Cr the largest row_max / row_sum (bucketed; 0 without)
+    ub: tuple = (0, 0, 0, 0)
+    ub_flat: bool = True  # every op's region is consecutive in its buffers and GM: windows are slices
+    vec_kinds: tuple[int, ...] = ()  # codes of the vector op kinds some lane's program uses
     op_kinds: tuple[int, ...] = tuple(int(k) for k in OpKind)  # OpKinds some lane's program uses
     has_mte3: bool = True  # some AllocMessage / PostMessage runs in MTE3 mode (the flag matters)
     packed: bool = False  # the slot grid packs a queue's 4 depths in one word (see :func:`unpack_slots`)
@@ -281,7 +286,7 @@ def make_shape(
     has_mm = any(m is not None for m in first.matmuls)
     n_vec = max(len(e.vec_ops) for e in encoded)
     has_gm = has_mm or n_vec > 0
-    ub = tuple(int(x) for x in np.max([e.ub_dims for e in encoded], axis=0)) if n_vec else (0, 0, 0)
+    ub, ub_flat, vec_kinds = _ub_shape(encoded) if n_vec else ((0, 0, 0, 0), True, ())
     shape = EngineShape(
         groups=first.groups,
         aiv_blocks=tuple(sorted({b for p in programs for b, _ in p.aivs})),
@@ -293,7 +298,7 @@ def make_shape(
         barrier_copies=tuple(b.copies for b in first.barriers),
         schedule=schedule,
         matmuls=_matmul_configs(first, encoded),
-        gm_size=_gm_size(first, encoded, ub[2]) if has_gm else 1,
+        gm_size=_gm_size(first, encoded, ub[1]) if has_gm else 1,
         gm_real=first.gm.size if has_gm else 0,
         atomic_order=atomic_order if has_mm else "fixed",
         batched_stores=options.batched_stores,
@@ -306,25 +311,40 @@ def make_shape(
         gm_bounds=tuple(tuple(int(x) for x in b) for b in first.gm.bounds()) if has_mm else (),
         n_vec_ops=bucket(n_vec, LEAST_BUCKET) if n_vec else 0,
         ub=ub,
+        ub_flat=ub_flat,
+        vec_kinds=vec_kinds,
     )
     shape = dataclasses.replace(shape, aiv_home=_aiv_home(shape, programs, encoded))
     if options.typed_banks and has_mm:
-        shape = dataclasses.replace(shape, banks=banks.plan(programs, encoded, _widest(encoded, ub[2])))
+        shape = dataclasses.replace(shape, banks=banks.plan(programs, encoded, _widest(encoded, ub[1])))
     packed = options.packed_grid and first.zero_workspace and can_pack(shape, [e.rows for e in encoded])
     return dataclasses.replace(shape, packed=packed)
 
 
-def _gm_size(first: CubeGroupProgram, encoded: Sequence[EncodedProgram], ub_cols: int = 0) -> int:
+def _ub_shape(encoded: Sequence[EncodedProgram]) -> tuple[tuple[int, int, int, int], bool, tuple[int, ...]]:
+    """(:attr:`EngineShape.ub`, ``ub_flat``, ``vec_kinds``) of a batch with vector ops: sizes
+    bucketed (:func:`ascend_jax.buckets.bucket`) so programs whose buffers differ only in extent
+    within a power of two share one compilation."""
+    dims = [e.ub_dims for e in encoded]
+    window = bucket(max(d.window for d in dims), LEAST_BUCKET)
+    size = bucket(max(d.size for d in dims), LEAST_BUCKET) + window  # a window from any buffer stays inside
+    rr, cr = (max(getattr(d, k) for d in dims) for k in ("reduce_rows", "reduce_cols"))
+    red = (bucket(rr), bucket(cr, LEAST_BUCKET)) if rr else (0, 0)
+    kinds = {int(k) for e in encoded for k in e.vec_ops[:, VEC["kind"]]}
+    return (size, window, *red), all(d.flat for d in dims), tuple(sorted(kinds))
+
+
+def _gm_size(first: CubeGroupProgram, encoded: Sequence[EncodedProgram], ub_window: int = 0) -> int:
     """GM bytes the engine carries: the tensors, then a zero margin that a row window starting in
     GM never crosses (:func:`ascend_jax.gm.row_margin`), also the scratch of rows not written.
-    ``ub_cols``: the widest UB buffer (a vector load reads rows of that many elements)."""
-    return first.gm.size + row_margin(_widest(encoded, ub_cols))
+    ``ub_window``: the largest vector op region (a vector copy reads a window of that many elements)."""
+    return first.gm.size + row_margin(_widest(encoded, ub_window))
 
 
-def _widest(encoded: Sequence[EncodedProgram], ub_cols: int = 0) -> int:
-    """The widest row window in elements: a tile's M, N or K bound, or a UB buffer's columns."""
+def _widest(encoded: Sequence[EncodedProgram], ub_window: int = 0) -> int:
+    """The widest window in elements: a tile's M, N or K bound, or a vector op's region."""
     widest = max((max(d.m, d.n, d.kp) for e in encoded for d in e.mm_dims if d is not None), default=1)
-    return max(widest, ub_cols)
+    return max(widest, ub_window)
 
 
 def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) -> tuple:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ascend_jax.cube_group.engine.banks as banks
-from ascend_jax.cube_group.engine.encode import EncodedProgram
+from ascend_jax.cube_group.engine.encode import N_VEC, EncodedProgram
 from ascend_jax.cube_group.engine.shape import (
     ALIVE_BITS,
     KIND_BITS,
@@ -61,8 +61,8 @@ class Tables:
       a Matmul).
     slot_ver: [C * W * 4, 64] int32 packed grid only (:attr:`EngineShape.packed`; [0, 64] else):
       the version a slot holds after its k-th write (k mod 64; column 0: -1, the zeroed workspace).
-    vec: [Vn, 12] int32 every vector op's words (:data:`ascend_jax.cube_group.engine.encode.VEC`; [0, 12]
-      without vector ops).
+    vec: [Vn, N_VEC] int32 every vector op's words (:data:`ascend_jax.cube_group.engine.encode.VEC`;
+      [0, N_VEC] without vector ops).
     max_steps, receive_limit: [] int32.
     gm_init: GM at launch, a tuple: ``([G] uint8,)`` the bytes, or with typed banks
       (:attr:`EngineShape.banks`) every bank's contents in bank order (``[n_k]`` of its type).
@@ -171,8 +171,9 @@ class State:
     aic_asserts: [C, R] release builds: each failed assert as ``slot << 5 | code`` in the order
       the AIC met them ([C, 0] in debug builds); aic_assert_n: [C] how many.
     key: [B, 2] PRNG key data of the random schedule / atomic order (unused otherwise).
-    ub: [B, V, NB, R, C] float32 every AIV's UB buffers (a float16 / bfloat16 value is exact in
-      float32; [B, 0, 0, 0, 0] without vector ops), lane-major like gm.
+    ub: [B, V, U] float32 every AIV's UB buffers, flat, each at its own size (offsets in the op
+      words, :data:`ascend_jax.cube_group.engine.encode.VEC`; a float16 / bfloat16 value is exact in
+      float32; [B, 0, 0] without vector ops), lane-major like gm.
     timed: :class:`Timed` under the timed schedule, else None.
     """
 
@@ -363,7 +364,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         if shape.has_gm:  # without matmuls and vector ops nothing reads or writes GM: carry one byte
             image[: program.gm.image.size] = program.gm.image
         gm_init = (image,)
-    vec = np.zeros((shape.n_vec_ops, 12), np.int32)
+    vec = np.zeros((shape.n_vec_ops, N_VEC), np.int32)
     vec[: len(enc.vec_ops)] = enc.vec_ops
     return Tables(
         ops=ops,
@@ -461,7 +462,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aic_asserts=zeros(c, 0 if shape.build == "cpu" else 1),  # the CPU twin's one stop per AIC
         aic_assert_n=zeros(c),
         key=keys,
-        ub=jnp.zeros((b, v, *shape.ub) if shape.has_vector else (b, 0, 0, 0, 0), f32),
+        ub=jnp.zeros((b, v, shape.ub[0]) if shape.has_vector else (b, 0, 0), f32),
         timed=timed,
     )
 
