@@ -309,3 +309,14 @@ def test_receive_log_carries_the_writes_and_reruns_a_lane_that_receives_more():
         assert res[1].error["code"] == "RECEIVE_LOG_FULL"
         assert len(res[1].received[0]) == keep.receive_capacity() > shape.receive_capacity
         assert res.arrays["recv_ver"].shape[2] == keep.receive_capacity()
+
+
+def test_action_word_holds_every_error_code_and_note():
+    """The AIC's action word packs the error code below its decision bits and the noted assert
+    above them: every ErrorCode must fit both fields of the int32 word."""
+    from ascend_jax.cube_group.engine.step import ERROR_MASK, FLAG_BIT, NOTE_SHIFT
+    from ascend_jax.cube_group.status import ErrorCode
+
+    assert max(ErrorCode) <= ERROR_MASK and min(FLAG_BIT.values()) > ERROR_MASK.bit_length() - 1
+    assert len(set(FLAG_BIT.values())) == len(FLAG_BIT) and max(FLAG_BIT.values()) < NOTE_SHIFT
+    assert NOTE_SHIFT + max(ErrorCode).bit_length() <= 31

@@ -4,7 +4,12 @@ The step is written for the batch with the lane axis last (``[..., B]``); readin
 the slot grid and the tables goes through :mod:`ascend_jax.cube_group.engine.access`, and the timed
 schedule's start cycles and durations come from :mod:`ascend_jax.cube_group.engine.timed`. Blocking
 calls are predicates evaluated once per step on the state at the start of the phase; cores act
-by masks (no ``lax.cond`` / ``lax.switch``).
+by masks (no ``lax.cond`` / ``lax.switch`` chooses what a core does).
+
+Each AIC's decision for the step is one int32 action word (:data:`FLAG_BIT`: the error it stops
+at, then a bit per decision), computed once and materialised (:func:`materialise`); every field
+update, the receive-log write and the grid free are shifts and selects of it. The grid the AIVs
+leave is materialised the same way before the AICs read it.
 
 The callback is not evaluated here: its decision for every slot version was computed when the
 program was encoded (:mod:`ascend_jax.cube_group.engine.encode`). A lane that is not RUNNING enables no
@@ -322,7 +327,6 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     vt = lookup(shape, tab.ver, ver)  # [C, 5, B]
     is_quit = cur_state == QUIT
     log_full = st.recv_count >= lane_table(shape, tab.receive_limit)[None]
-    skip_v = vt[:, VER["skip"]]
     # an assert fires where its call is made (encode.py decides per version and build): VER["code"]
     # before any action of the call, ACT["assert"] right after the action it follows
     code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, vt[:, VER["code"]]))
@@ -330,19 +334,47 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     call_stop = jnp.where(act & in_call, act_row[:, ACT["assert"]], 0)  # the action is performed first
     error = jnp.where(recv_act, code, call_stop)
     recv_ok = recv_act & (code == 0)
+    free_act = act & in_call
+    call_now = recv_ok & ~is_quit
+    first, next_pc = vt[:, VER["first"]], act_row[:, ACT["next"]]
+    flags = {
+        "ready": ready,
+        "acts": act,
+        "logged": recv_act & (code != ErrorCode.RECEIVE_LOG_FULL),  # a message that caused an error too
+        "quit": recv_ok & is_quit,
+        "call": call_now,
+        "free_act": free_act,
+        "freeing": free_act & ~f_is_mm,
+        "call_end": (call_now & (first >= f)) | (free_act & (next_pc >= f)),
+        "mm": free_act & f_is_mm,
+    }
+    word = error | _flag_bits(flags)
+    if shape.notes_asserts:  # the CPU twin's stop, where this build passes it
+        asserted = jnp.where(
+            recv_act & ~log_full & ~is_quit, vt[:, VER["note"]], jnp.where(act & in_call, act_row[:, ACT["note"]], 0)
+        )
+        word = word | (asserted << NOTE_SHIFT)
+    # the word and the version under the cursor are materialised once: every update below is a
+    # shift / select of them (fused into its consumers, the decision above would be recomputed in
+    # each of them, and per column in the grid free)
+    word, ver, f_slot = materialise((st.status == Status.RUNNING).any(), word, ver, f_slot)
+    error = word & ERROR_MASK
     failing = error > 0  # this AIC stops here (AicPhase.ERROR)
+    bit = {k: (word & (1 << i)) != 0 for k, i in FLAG_BIT.items()}
+    quit_now, call_now, free_act, freeing, call_end = (
+        bit[k] for k in ("quit", "call", "free_act", "freeing", "call_end")
+    )
+    logged = bit["logged"]
 
-    # -- log every received message (a message that caused an error too) -----------------------
-    # by a select over the log's R entries (a scatter into [C, R, B] runs element by element on a
-    # CPU); an entry past R is counted but not kept (simulate runs such a lane again with the
-    # whole log: EngineShape.whole_log)
-    logged = recv_act & (code != ErrorCode.RECEIVE_LOG_FULL)
+    # -- log every received message, by a select over the log's R entries (a scatter into
+    # [C, R, B] runs element by element on a CPU); an entry past R is counted but not kept
+    # (simulate runs such a lane again with the whole log: EngineShape.whole_log)
     r = st.recv_ver.shape[1]
     at = jnp.where(logged, st.recv_count, r)[:, None, :] == jnp.arange(r, dtype=jnp.int32)[None, :, None]
     recv_ver = jnp.where(at, ver.astype(st.recv_ver.dtype)[:, None, :], st.recv_ver)
 
     # -- QUIT: clear bit aivID ---------------------------------------------------------------
-    quit_now = recv_ok & is_quit
+    vt = lookup(shape, tab.ver, ver)  # [C, 5, B], from the materialised version
     cols = jnp.arange(w)[None, :, None]
     quit_col = jnp.where(quit_now, vt[:, VER["aiv_id"]], -1)  # [C, B]: the column a QUIT retires
     if shape.alive_bits:
@@ -351,22 +383,13 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     else:
         alive = st.aic_alive & (cols != quit_col[:, None, :])
 
-    # -- a message for the callback: serve its actions -----------------------------------------
-    call_now = recv_ok & ~is_quit
-    first = vt[:, VER["first"]]
-    any_act = first < f
-
     # -- CALL: perform the next action (a free, or a matmul handed to the compute phase) ---------
-    free_act = act & in_call
-    mm_now = free_act & f_is_mm
-    freeing = free_act & ~f_is_mm
     if shape.packed:
         slot = packed_free(shape, st.slot, f_slot, freeing)
     else:
         freed_word = (f_word & ~0xFF) | FREE  # FreeMessage writes the head state only
         slot = slot_put(shape, st.slot, f_slot, freeing, freed_word)
-    next_pc = act_row[:, ACT["next"]]
-    aic_pc = jnp.where(call_now, first, jnp.where(free_act, next_pc, st.aic_pc))
+    aic_pc = jnp.where(call_now, vt[:, VER["first"]], jnp.where(free_act, act_row[:, ACT["next"]], st.aic_pc))
     aic_ver = jnp.where(call_now, ver, st.aic_ver)
     if shape.has_matmul:  # the IterateAll performed now sees the state from before this call's end
         fields = mm_fields(shape, tab, st.mm_state, st.aic_ver, pc)
@@ -374,9 +397,8 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         fields = jnp.zeros((c_num, 0, b), jnp.int32)
 
     # -- end of Call (SetSkipMsg, then release) or after a QUIT (release) ----------------------
-    call_end = (call_now & ~any_act) | (free_act & (next_pc >= f))
     releasing = call_end | quit_now
-    skip = jnp.where(call_now, skip_v, st.aic_skip)
+    skip = jnp.where(call_now, vt[:, VER["skip"]], st.aic_skip)
     skipped = jnp.where(call_end, skip, 0)  # SetSkipMsg: aivWork += k, msgPos += k
     new_pos, new_col = _release(alive, n, p, pos + skipped, col + skipped)
     finished = releasing & ((alive == 0) if shape.alive_bits else ~alive.any(axis=1))
@@ -393,9 +415,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 
     aic_asserts, aic_assert_n = st.aic_asserts, st.aic_assert_n
     if shape.notes_asserts:  # the CPU twin's stop, where this build passes it (once per AIC)
-        asserted = jnp.where(
-            recv_act & ~log_full & ~is_quit, vt[:, VER["note"]], jnp.where(act & in_call, act_row[:, ACT["note"]], 0)
-        )
+        asserted = word >> NOTE_SHIFT
         noted = (asserted > 0) & (aic_assert_n == 0)
         entry = (cur << 5) | asserted
         aic_asserts = jnp.where(noted[:, None, :], entry[:, None, :], aic_asserts)
@@ -404,7 +424,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     timed = st.timed
     if shape.timed:
         t_end = clock.add(t_start, t_dur)
-        done_ok = act & (error == 0)  # an AIC whose action is a protocol error changes nothing
+        done_ok = bit["acts"] & ~failing  # an AIC whose action is a protocol error changes nothing
         aic_clock = timed.pair("aic_clock")
         zero = (jnp.zeros_like(t_end[0]), jnp.zeros_like(t_end[0]))
         timed = timed.put(
@@ -436,7 +456,34 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         aic_assert_n=aic_assert_n,
         timed=timed,
     )
-    return st, ready, mm_now, fields
+    return st, bit["ready"], bit["mm"], fields
+
+
+#: the action word (:func:`aic_step`): bits 0..4 the error the action stops at (an ErrorCode,
+#: 0: none); then one bit per decision; from NOTE_SHIFT up the assert the CPU twin would stop at
+ERROR_MASK = 31
+FLAG_BIT = {
+    k: 5 + i for i, k in enumerate(("ready", "acts", "logged", "quit", "call", "free_act", "freeing", "call_end", "mm"))
+}
+NOTE_SHIFT = 5 + len(FLAG_BIT)
+
+
+def materialise(pred: jax.Array, *xs: jax.Array) -> tuple[jax.Array, ...]:
+    """``xs`` unchanged, computed once into memory: they pass through a ``lax.cond`` on ``pred``
+    (any scalar the compiler cannot fold), whose operands XLA must materialise. XLA:CPU fuses an
+    elementwise producer into each of its consumers and recomputes it there, and it drops an
+    ``optimization_barrier`` before fusion, so a decision read by many updates is otherwise
+    computed once per update."""
+    return jax.lax.cond(pred, lambda *a: a, lambda *a: tuple(jnp.zeros_like(x) for x in a), *xs)
+
+
+def _flag_bits(flags: dict[str, jax.Array]) -> jax.Array:
+    """The decision bits of the action word (:data:`FLAG_BIT`) from [C, B] booleans."""
+    out = None
+    for k, v in flags.items():
+        x = v.astype(jnp.int32) << FLAG_BIT[k]
+        out = x if out is None else out | x
+    return out
 
 
 def cursor_slot(shape: EngineShape, st: State) -> jax.Array:
@@ -470,6 +517,9 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> StepOut
         st = occupancy(shape, st, tmin)
     running = st.status == Status.RUNNING
     new, v_ready, vec = aiv_step(shape, tab, cost, st, k_aiv, tmin)
+    # the AICs read the grid the AIVs left: computed once, not per AIC read (see materialise)
+    slot, v_ready = materialise(running.any(), new.slot, v_ready)
+    new = dataclasses.replace(new, slot=slot)
     new, aic_ready_, mm_now, mm_fields_ = aic_step(shape, tab, cost, new, k_aic, tmin)
     steps = st.step + 1
     done = lane_done(shape, tab, new.aiv_pc, new.aic_phase, new.aiv_mte3)
