@@ -15,6 +15,7 @@ beside the JAX engine, whose compiled runs are faster than one reference run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import pickle
@@ -122,9 +123,16 @@ class _ContentPickler(pickle.Pickler):
     (``functools.cached_property`` values, such as a group's first AIC) does not change its key."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return _fields, (type(obj), *(getattr(obj, f.name) for f in dataclasses.fields(obj)))
-        return NotImplemented
+        names = _field_names(type(obj))
+        if names is None:
+            return NotImplemented
+        return _fields, (type(obj), *(getattr(obj, name) for name in names))
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """A dataclass's field names; None for any other type."""
+    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
 
 
 def _cache_key(program: Any, args: tuple, source_of: Callable[[int, int], str] | None) -> bytes | None:
