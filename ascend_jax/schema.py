@@ -14,13 +14,15 @@ types, keys, ranges and sizes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from ascend_jax.cube_group.matmul import TCubeTiling
 from ascend_jax.cube_group.vector import UB_DTYPES, VECTOR_KINDS
 from ascend_jax.errors import ConfigError
 from ascend_jax.limits import (  # noqa: F401 (re-exported: the schema's limits)
@@ -218,25 +220,14 @@ class MatmulTable(StrictModel):
     c_format: Literal["ND"] = "ND"
 
 
-class TilingTable(StrictModel):
-    """The ``TCubeTiling`` fields a single-core IterateAll uses, in elements (int32, > 0)."""
-
-    M: Tile
-    N: Tile
-    Ka: Tile
-    Kb: Tile
-    singleCoreM: Tile
-    singleCoreN: Tile
-    singleCoreK: Tile
-    baseM: Tile
-    baseN: Tile
-    baseK: Tile
-    depthA1: Tile = 1
-    depthB1: Tile = 1
-    stepM: Tile = 1
-    stepN: Tile = 1
-    stepKa: Tile = 1
-    stepKb: Tile = 1
+#: ``[group.tiling]``: the fields of :class:`~ascend_jax.cube_group.matmul.TCubeTiling` (its one
+#: home), each an int32 > 0, required where the dataclass has no default
+TilingTable = create_model(
+    "TilingTable",
+    __base__=StrictModel,
+    __doc__="The ``TCubeTiling`` fields a single-core IterateAll uses, in elements (int32, > 0).",
+    **{f.name: (Tile, ... if f.default is dataclasses.MISSING else f.default) for f in dataclasses.fields(TCubeTiling)},
+)
 
 
 class GroupTable(StrictModel):

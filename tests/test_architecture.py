@@ -290,22 +290,3 @@ def test_public_functions_take_keywords_after_the_program():
         if extra:
             too_many[qual] = extra
     assert too_many == {}
-
-
-# -- contracts written twice, until each has one home ---------------------------------------------------
-
-
-def test_the_scenario_tiling_table_has_the_tcubetiling_fields():
-    """``schema.TilingTable`` (the scenario format) spells out the fields of
-    ``cube_group.matmul.TCubeTiling`` again; until one is built from the other, they must agree
-    (names, order, which are required, defaults)."""
-    import dataclasses
-
-    from ascend_jax.cube_group.matmul import TCubeTiling
-    from ascend_jax.schema import TilingTable
-
-    want = [
-        (f.name, "required" if f.default is dataclasses.MISSING else f.default) for f in dataclasses.fields(TCubeTiling)
-    ]
-    got = [(name, "required" if f.is_required() else f.default) for name, f in TilingTable.model_fields.items()]
-    assert got == want
