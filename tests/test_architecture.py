@@ -125,7 +125,7 @@ PENDING: dict[str, set[str]] = {
         "ascend_jax.message.MAX_MSG_PER_AIV",  # ascend_jax.MAX_MSG_PER_AIV
     },
     "benchmarks/protocol_throughput.py": {
-        "ascend_jax.cube_group.engine._mesh",  # needs a public way to place a chunk's arrays
+        "ascend_jax.cube_group.engine._mesh",  # engine.place_lanes(prep, lanes) does both
         "ascend_jax.cube_group.engine._place",
     },
 }

@@ -9,7 +9,8 @@
   writes of the slot grid and tables, and the timed schedule's cycles.
 - :mod:`.compute`, :mod:`.banks`: vector ops and matmuls on GM (as bytes or as typed banks).
 - :mod:`.loop`: one step of a batch and the bounded, jitted loop around it (or an eager one).
-- :mod:`.devices`: multi-process runs, the device mesh, placing and fetching arrays.
+- :mod:`.devices`: multi-process runs, the device mesh, placing and fetching arrays
+  (:func:`place_lanes`: a chunk's arguments for the function :func:`compile_batch` returns).
 - :mod:`.readout`: the final state as result arrays and a :class:`BatchResult`.
 - :mod:`.run`: :func:`simulate`, which runs the stages chunk by chunk.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from ascend_jax.cube_group.engine.batch import Prepared, default_chunk, lane_bytes, prepare
 from ascend_jax.cube_group.engine.batch import _memory_budget as _memory_budget
-from ascend_jax.cube_group.engine.devices import DISTRIBUTED_ENV, init_distributed
+from ascend_jax.cube_group.engine.devices import DISTRIBUTED_ENV, init_distributed, place_lanes
 from ascend_jax.cube_group.engine.devices import _mesh as _mesh
 from ascend_jax.cube_group.engine.devices import _place as _place
 from ascend_jax.cube_group.engine.loop import TRACE_COUNT
@@ -52,6 +53,7 @@ __all__ = [
     "lane_bytes",
     "lane_major",
     "make_shape",
+    "place_lanes",
     "prepare",
     "simulate",
 ]

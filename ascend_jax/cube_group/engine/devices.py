@@ -1,6 +1,7 @@
 """Devices: joining a multi-process run (:func:`init_distributed`), the 1-D mesh the batch axis is
-sharded over (:func:`_mesh`), placing a chunk's arrays on it (:func:`_place`) and fetching the
-final state back (:func:`_fetch`), plus the checks and the stdout guard a multi-process run needs.
+sharded over (:func:`_mesh`), placing a chunk's arrays on it (:func:`_place`; :func:`place_lanes`
+for callers outside the engine) and fetching the final state back (:func:`_fetch`), plus the checks
+and the stdout guard a multi-process run needs.
 """
 
 from __future__ import annotations
@@ -193,6 +194,14 @@ def _place(mesh, shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.nda
 
     tab = Tables(**{f.name: table(f.name, getattr(tab, f.name)) for f in dataclasses.fields(Tables)})
     return tab, last(cost), first(keys)
+
+
+def place_lanes(prep: Prepared, lanes: Any, *, devices: int | None = None):
+    """The device arguments of lanes ``lanes`` (indices into ``prep``'s batch) for the function
+    :func:`~ascend_jax.cube_group.engine.compile_batch` returns: tables, costs and keys, the lane
+    axes sharded over the first ``devices`` devices (all by default) as :func:`simulate` places a
+    chunk. Give as many lanes as the compiled chunk has."""
+    return _place(_mesh(devices), prep.shape, *prep.chunk(np.asarray(lanes)))
 
 
 def _fetch(mesh, st):
