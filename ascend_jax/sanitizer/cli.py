@@ -44,7 +44,8 @@ def add_arguments(sub: Any, run: argparse.ArgumentParser) -> argparse.ArgumentPa
             "--uninit",
             action="append",
             metavar="TENSOR",
-            help="a tensor whose initial contents a device would not define (initcheck; repeatable)",
+            help="initcheck: treat TENSOR as undefined at launch although it has an init, to see whether the "
+            "kernel needs that init (tensors without init are undefined anyway; repeatable)",
         )
     run.add_argument(
         "--sanitize",
