@@ -77,6 +77,38 @@ def test_comm_lanes_as_a_list_or_a_builder_give_the_same_batch():
         aj.run(program, config, lanes=[program])
 
 
+def test_every_run_flag_reaches_its_run_config_field():
+    # A flag that is not given is None; any value it gives (a False included) reaches the field.
+    import argparse
+
+    from ascend_jax.cli import _parser
+    from ascend_jax.cli.parser import run_config
+
+    sub = next(a for a in _parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    run = sub.choices["run"]
+    actions = {a.dest: a for a in run._actions if a.dest in RunConfig.model_fields}
+    assert set(actions) == set(RunConfig.model_fields)
+    plain = run_config(run.parse_args(["--model", "merge_example"]))
+    assert plain.model_fields_set == set()
+    for field, action in actions.items():
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            argv, want = [flag], True
+        elif isinstance(action, argparse.BooleanOptionalAction):
+            default = RunConfig.model_fields[field].default
+            argv, want = [flag if not default else "--no-" + flag[2:]], not default
+        elif action.choices:
+            default = str(getattr(plain, field).value if getattr(plain, field) is not None else "")
+            want = next(c for c in action.choices if c not in (default, "debug"))
+            argv = [flag, want]
+        else:
+            argv, want = [flag, "2"], 2
+        config = run_config(run.parse_args(["--model", "merge_example", *argv]))
+        got = getattr(config, field)
+        assert (got.value if hasattr(got, "value") else got) == want, (field, argv, got)
+        assert config.model_fields_set == {field}, (field, config.model_fields_set)
+
+
 def test_every_run_config_field_is_a_run_flag_of_the_same_name():
     from ascend_jax.cli import _parser
 

@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--allow-large",
         action="store_true",
+        default=None,  # a RunConfig field's flag is None when not given (see run_config)
         help=f"run even if the work estimate (AIV ops x lanes) is over the budget ({REFERENCE_MAX_WORK:,} in the "
         f"reference interpreter, {JAX_MAX_WORK:,} in the JAX engine)",
     )
@@ -201,8 +202,9 @@ def run_config(args: argparse.Namespace) -> Any:
     from ascend_jax.config import RunConfig
     from ascend_jax.cube_group.program import BuildAliasWarning
 
-    given = {k: getattr(args, k, None) for k in RunConfig.model_fields}  # a field's flag has its name
-    values = {k: v for k, v in given.items() if v is not None and v is not False}
+    # A field's flag has its name and is None when not given (so a False a flag gives is kept).
+    given = {k: getattr(args, k, None) for k in RunConfig.model_fields}
+    values = {k: v for k, v in given.items() if v is not None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BuildAliasWarning)
         return RunConfig(**values)
