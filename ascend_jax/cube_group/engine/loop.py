@@ -25,7 +25,7 @@ from ascend_jax.cube_group.engine.compute import (
     store_passes,
     store_tiles,
 )
-from ascend_jax.cube_group.engine.readout import batch_minor
+from ascend_jax.cube_group.engine.readout import PACK_LAYOUT, batch_minor, pack_minor
 from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.engine.state import State, Tables, init_state, read_only, unpack_slots
 from ascend_jax.cube_group.engine.step import cursor_slot, final_status, lane_done, step
@@ -161,8 +161,11 @@ _run_batch = _LazyJit(_run)
 def _run_arrays(
     shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start: Start | None = None
 ) -> dict[str, jax.Array]:
-    """The compiled loop, then its final state as result arrays, lanes last (:func:`batch_minor`)."""
-    return batch_minor(shape, _run(shape, tab, cost, keys, start))
+    """The compiled loop, then its final state as result arrays, lanes last (:func:`batch_minor`),
+    packed one ``[K, B]`` array per element type (:func:`pack_minor`; its layout goes to
+    ``PACK_LAYOUT[shape]``)."""
+    packed, PACK_LAYOUT[shape] = pack_minor(batch_minor(shape, _run(shape, tab, cost, keys, start)))
+    return packed
 
 
 _run_arrays_batch = _LazyJit(_run_arrays)

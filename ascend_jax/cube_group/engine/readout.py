@@ -1,6 +1,7 @@
-"""Final engine arrays -> results: the final state as flat result arrays (:func:`batch_minor`,
-:func:`lane_major`, :func:`gm_host`, :func:`_assemble`), then a :class:`BatchResult` of numpy arrays,
-per-lane objects on demand.
+"""Final engine arrays -> results: the final state as flat result arrays (:func:`batch_minor`),
+packed one ``[K, B]`` array per element type on the device (:func:`pack_minor`) and viewed lanes
+first on the host without a transpose (:func:`unpack_lanes`, :func:`_assemble`, :func:`gm_host`),
+then a :class:`BatchResult` of numpy arrays, per-lane objects on demand.
 
 ``simulate`` returns one :class:`BatchResult`. Batch questions (how many lanes deadlocked, which
 lanes differ from lane 0, steps and kernel cycles per lane) are numpy operations on its arrays;
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -403,10 +404,70 @@ def batch_minor(shape: EngineShape, st: State) -> dict[str, jax.Array]:
 _move_lanes_first = jax.jit(lambda x: jnp.moveaxis(x, -1, 0))
 
 
+#: per static shape, where each result array lies in the packed arrays of :func:`pack_minor`
+#: (recorded when the loop is traced; the same for every chunk of the shape)
+PACK_LAYOUT: dict[EngineShape, tuple] = {}
+
+
+def _lane_first_field(name: str) -> bool:
+    return name in State.LANE_MAJOR or name.startswith("gm_bank")
+
+
+def pack_minor(arrays: dict[str, jax.Array]) -> tuple[dict[str, jax.Array], tuple]:
+    """The lanes-last result arrays (:func:`batch_minor`) as one ``[K, B]`` array per element type
+    (``packed_int32``, ``packed_int16``, ...: each array's elements as rows, arrays one after
+    another) and the layout :func:`unpack_lanes` reads them back with; the lane-major fields stay
+    as they are. The host takes the packed arrays as they are: nothing is transposed."""
+    out: dict[str, jax.Array] = {}
+    rows: dict[str, list[jax.Array]] = {}
+    layout = []
+    for k, v in arrays.items():
+        if _lane_first_field(k):
+            out[k] = v
+            layout.append((k, None, 0, 0, ()))
+            continue
+        group = np.dtype(v.dtype).name
+        lo = sum(x.shape[0] for x in rows.get(group, []))
+        size = int(np.prod(v.shape[:-1], dtype=np.int64))
+        rows.setdefault(group, []).append(v.reshape(size, v.shape[-1]))
+        layout.append((k, group, lo, lo + size, tuple(v.shape[:-1])))
+    for group, parts in rows.items():
+        out[f"packed_{group}"] = jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    return out, tuple(layout)
+
+
+def unpack_lanes(host: dict[str, np.ndarray], layout: tuple) -> dict[str, np.ndarray]:
+    """Host arrays of :func:`pack_minor` (packed ones ``[K, B]``, lanes last) -> the result arrays
+    ``[B, ...]`` by name: views of the packed arrays with the lane axis first (numpy strides; no
+    copy, no transpose)."""
+    out = {}
+    for k, group, lo, hi, dims in layout:
+        if group is None:
+            out[k] = host[k]
+        else:
+            x = host[f"packed_{group}"].T
+            out[k] = x[:, lo:hi].reshape(x.shape[0], *dims)
+    return out
+
+
+class Chunk(NamedTuple):
+    """One chunk's final arrays on the host: :func:`pack_minor`'s arrays (packed ones lanes last,
+    the rest lanes first) and their layout."""
+
+    arrays: dict[str, np.ndarray]
+    layout: tuple
+
+    def lanes(self, n: int) -> Chunk:
+        """The chunk's first ``n`` lanes (its real ones)."""
+        return Chunk({k: v[:, :n] if k.startswith("packed_") else v[:n] for k, v in self.arrays.items()}, self.layout)
+
+    def unpacked(self) -> dict[str, np.ndarray]:
+        return unpack_lanes(self.arrays, self.layout)
+
+
 def _lanes_first(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """``arrays`` (:func:`batch_minor`) with the lane axis first."""
-    first_axis = set(State.LANE_MAJOR)
-    return {k: (v if k in first_axis or k.startswith("gm_bank") else _move_lanes_first(v)) for k, v in arrays.items()}
+    return {k: (v if _lane_first_field(k) else _move_lanes_first(v)) for k, v in arrays.items()}
 
 
 def gm_host(shape: EngineShape, tab: Tables, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -437,27 +498,37 @@ def lane_major(shape: EngineShape, st: State) -> dict[str, jax.Array]:
     return _lanes_first(batch_minor(shape, st))
 
 
-def _assemble(parts: list[dict[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:
-    """One dict of ``[n, ...]`` arrays from the chunks' lane-major arrays (each already cut to its
-    real lanes). The receive log keeps only the entries some lane filled (``R`` becomes the largest
-    ``recv_count``): its capacity is a power-of-two bucket with room for two extra laps, mostly
-    empty, and copying it whole was the largest host cost of a big batch."""
-    used = max(int(p["recv_count"].max(initial=0)) for p in parts)
-    if len(parts) == 1:
-        out = dict(parts[0])
+def _assemble(chunks: list[Chunk], n: int) -> dict[str, np.ndarray]:
+    """One dict of ``[n, ...]`` arrays from the chunks (each already cut to its real lanes). Chunks
+    of one layout are joined lanes last (whole rows: memory copies), then viewed lanes first
+    (:func:`unpack_lanes`). The receive log keeps only the entries some lane filled (``R`` becomes
+    the largest ``recv_count``): its capacity is a power-of-two bucket, mostly empty."""
+    if all(c.layout == chunks[0].layout for c in chunks):
+        first = chunks[0].arrays
+        whole = {
+            k: first[k]
+            if len(chunks) == 1
+            else np.concatenate([c.arrays[k] for c in chunks], axis=1 if k.startswith("packed_") else 0)
+            for k in first
+        }
+        out = unpack_lanes(whole, chunks[0].layout)
+        used = int(out["recv_count"].max(initial=0))
         out["recv_ver"] = out["recv_ver"][..., :used]
         return out
+    # a chunk run again with the whole receive log (EngineShape.whole_log) has a longer one
+    parts = [c.unpacked() for c in chunks]
+    used = max(int(p["recv_count"].max(initial=0)) for p in parts)
     out = {}
     for k, first in parts[0].items():
-        cut = (..., slice(used)) if k == "recv_ver" else (...,)
         dims = (*first.shape[1:-1], used) if k == "recv_ver" else first.shape[1:]
-        whole = np.empty((n, *dims), first.dtype)  # a chunk run with the whole log has a longer one
+        whole = np.empty((n, *dims), first.dtype)
         lo = 0
         for p in parts:
-            part = p[k][cut]
             if k == "recv_ver":
+                part = p[k][..., :used]
                 whole[lo : lo + len(part), ..., : part.shape[-1]] = part
             else:
+                part = p[k]
                 whole[lo : lo + len(part)] = part
             lo += len(part)
         out[k] = whole

@@ -28,7 +28,15 @@ from ascend_jax.cube_group.engine.devices import (
 )
 from ascend_jax.cube_group.engine.loop import Start, _run_arrays_batch, _run_batch, _run_eager, batch_step
 from ascend_jax.cube_group.engine.options import EngineOptions
-from ascend_jax.cube_group.engine.readout import BatchResult, _assemble, _lanes_first, gm_host, lane_major
+from ascend_jax.cube_group.engine.readout import (
+    PACK_LAYOUT,
+    BatchResult,
+    Chunk,
+    _assemble,
+    batch_minor,
+    gm_host,
+    pack_minor,
+)
 from ascend_jax.cube_group.engine.state import init_state
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.errors import ConfigError
@@ -110,28 +118,29 @@ def simulate(
     chunk_size = -(-chunk_size // n_dev) * n_dev  # every device gets the same number of lanes
     with _native_stdout_to_stderr(mesh):  # a multi-process run's collectives chat on stdout
         _check_same_call(mesh, prep, chunk_size)
-        parts: list[dict[str, np.ndarray]] = []
+        parts: list[Chunk] = []
         bar = _progress(progress and n > chunk_size, n)
         for lo in range(0, n, chunk_size):
             idx = np.arange(lo, lo + chunk_size)
             real = min(chunk_size, n - lo)
             idx[real:] = lo  # pad: one compilation for every chunk
             args = prep.chunk(idx)
-            host = _run_chunk(prep, prep.shape, mesh, jit, args)
-            if host["recv_count"].max(initial=0) > prep.shape.receive_capacity:
+            part = _run_chunk(prep, prep.shape, mesh, jit, args)
+            if part.unpacked()["recv_count"].max(initial=0) > prep.shape.receive_capacity:
                 # some AIC received a message twice and its log ran past the entries carried
-                host = _run_chunk(prep, prep.shape.whole_log(), mesh, jit, args)
-            parts.append({k: v[:real] for k, v in gm_host(prep.shape, args[0], host).items()})
+                part = _run_chunk(prep, prep.shape.whole_log(), mesh, jit, args)
+            parts.append(part.lanes(real))
             if bar is not None:
                 bar[0].update(bar[1], advance=real)
         if bar is not None:
             bar[0].stop()
-    return BatchResult(prep.shape, prep.lanes, _assemble(parts, n), prep.seeds, prep.costs, schedule)
+    arrays = gm_host(prep.shape, prep.tables, _assemble(parts, n))
+    return BatchResult(prep.shape, prep.lanes, arrays, prep.seeds, prep.costs, schedule)
 
 
-def _run_chunk(prep: Prepared, shape, mesh, jit: bool, args) -> dict[str, np.ndarray]:
+def _run_chunk(prep: Prepared, shape, mesh, jit: bool, args) -> Chunk:
     """One chunk of lanes (``args``: its tables, costs and keys) run in ``shape``: its final
-    arrays on the host, lanes first."""
+    arrays on the host (:class:`Chunk`)."""
     relaunch = not prep.lanes.programs[0].zero_workspace
     if jit:
         placed = _place(mesh, shape, *args)
@@ -139,13 +148,13 @@ def _run_chunk(prep: Prepared, shape, mesh, jit: bool, args) -> dict[str, np.nda
         if relaunch:  # report a second launch on the first one's workspace
             first = _run_batch(shape, *placed)
             start = Start.after(first)
-        final = _lanes_first(_run_arrays_batch(shape, *placed, start))
+        final, layout = _run_arrays_batch(shape, *placed, start), PACK_LAYOUT[shape]
     else:
         st = _run_eager(shape, *args)
         if relaunch:
             st = _run_eager(shape, *args, Start.after(st))
-        final = lane_major(shape, st)
-    return {k: np.asarray(v) for k, v in _fetch(mesh, final).items()}
+        final, layout = pack_minor(batch_minor(shape, st))
+    return Chunk({k: np.asarray(v) for k, v in _fetch(mesh, final).items()}, layout)
 
 
 #: With ``progress``, a batch of at least this many lanes runs in at least about four chunks when
