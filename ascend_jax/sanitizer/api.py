@@ -171,7 +171,8 @@ def sanitize(
       max_steps: as :func:`ascend_jax.run_reference`.
       cost: as :func:`ascend_jax.run_reference` (the ``timed`` schedule's cost model).
       tools: ``"all"`` (default) or some of :data:`TOOLS`.
-      uninitialised: tensors whose initial contents a device would not define (initcheck).
+      uninitialised: tensors initcheck treats as undefined at launch although they have an
+        ``init`` (is the init needed?); a tensor allocated without one is undefined anyway.
       source_of: ``(block_idx, op index) -> "file:line"`` for messages (default: the op's ``where``).
       cache: look the report up in, and add it to, the report cache (module docstring); False
         runs and analyses every time.
