@@ -329,8 +329,7 @@ def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.A
     copy = kind_in(w[..., VEC["kind"]], [k for k in _used(shape) if k.is_copy])
     is_copy = e & copy
     is_compute = e & ~copy
-    one = jax.vmap(jax.vmap(functools.partial(_vector_compute, shape)))  # over lanes, then AIVs
-    ub = jax.lax.cond(is_compute.any(), lambda u: one(u, is_compute, w), lambda u: u, ub)
+    ub = jax.lax.cond(is_compute.any(), lambda u: _compute_ops(shape, u, is_compute, w), lambda u: u, ub)
     copy_one = jax.vmap(functools.partial(_vector_copy, shape))  # over lanes
 
     def one_aiv(v, carry):
@@ -347,6 +346,39 @@ def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.A
         return jax.lax.cond(is_copy[:, v].any(), run, lambda c: c, (gm, ub))
 
     return jax.lax.fori_loop(0, e.shape[1], one_aiv, (gm, ub))
+
+
+def _gm_values(raw4: jax.Array, raw2: jax.Array, dtype: jax.Array) -> jax.Array:
+    """[E] float32 values of GM elements of the UB type ``dtype`` (code) given their bytes: ``raw4``
+    [E, 4] as 4-byte elements, ``raw2`` [E, 2] as 2-byte ones."""
+    as32 = jax.lax.bitcast_convert_type(raw4, jnp.float32)
+    as16 = jax.lax.bitcast_convert_type(raw2, jnp.float16).astype(jnp.float32)
+    asbf = jax.lax.bitcast_convert_type(raw2, jnp.bfloat16).astype(jnp.float32)
+    return jnp.where(dtype == _F32, as32, jnp.where(dtype == _F16, as16, asbf))
+
+
+def _gm_bytes(val: jax.Array, dtype: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The bytes of [E] values ``val`` as float32 ([E, 4]) and as the 2-byte type ``dtype`` ([E, 2])."""
+    b32 = jax.lax.bitcast_convert_type(val, jnp.uint8)
+    b16 = jax.lax.bitcast_convert_type(val.astype(jnp.float16), jnp.uint8)
+    bbf = jax.lax.bitcast_convert_type(val.astype(jnp.bfloat16), jnp.uint8)
+    return b32, jnp.where(dtype == _F16, b16, bbf)
+
+
+def _compute_ops(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
+    """Every AIV's compute op in every lane, all at once: ``ub`` [B, V, U], ``en`` [B, V], ``w``
+    [B, V, N_VEC]. Row reductions (a gather of their region and numpy's pairwise sum) are computed
+    only in a step where some AIV reduces: computed in every step they made up most of the
+    compute phase."""
+    reduce = [k for k in _used(shape) if k.pattern == "reduce"]
+    red = jnp.zeros((*en.shape, shape.ub[1]), jnp.float32)
+    if reduce:  # only in a step where some AIV reduces: the rows x cols gather and the sums are costly
+        red = jax.lax.cond(
+            (en & kind_in(w[..., VEC["kind"]], reduce)).any(),
+            lambda: jax.vmap(jax.vmap(functools.partial(_reduction, shape)))(ub, w),
+            lambda: red,
+        )
+    return jax.vmap(jax.vmap(functools.partial(_vector_compute, shape)))(ub, en, w, red)
 
 
 def _used(shape: EngineShape) -> list:
@@ -393,10 +425,25 @@ def _write(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg
     return ub.at[jnp.where(reg.live, off + reg.r * ld + reg.c, ub.shape[0])].set(value, mode="drop")
 
 
-def _vector_compute(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
-    """One AIV's compute op (no GM copy) in one lane: ``ub`` [U], ``en`` [], ``w`` [N_VEC]. The
-    result is computed in float32 and rounded once to its buffer's type (the reference's
-    ``VectorUnit.run``)."""
+def _reduction(shape: EngineShape, ub: jax.Array, w: jax.Array) -> jax.Array:
+    """One AIV's row reduction in one lane (``ub`` [U], ``w`` [N_VEC]): its ``rows x cols`` region
+    gathered as [Rr, Cr], reduced per row by the kind's JAX semantics, in the first rows of an [E]
+    window (the values written to the destination's column)."""
+    kind, cols = w[VEC["kind"]], w[VEC["cols"]]
+    rr, cr = shape.ub[2], shape.ub[3]
+    at = w[VEC["off_src0"]] + jnp.arange(rr)[:, None] * w[VEC["ld_src0"]] + jnp.arange(cr)[None, :]
+    x2 = ub[jnp.clip(at, 0, ub.shape[0] - 1)]
+    s = jax.lax.bitcast_convert_type(w[VEC["scalar"]], jnp.float32)
+    out = jnp.zeros(rr, jnp.float32)
+    for fn, kinds in semantics(k for k in _used(shape) if k.pattern == "reduce"):
+        out = jnp.where(kind_in(kind, kinds), fn(jnp, x2, None, s, jnp.broadcast_to(cols, (rr,))), out)
+    return jnp.concatenate([out, jnp.zeros(shape.ub[1] - rr, out.dtype)])
+
+
+def _vector_compute(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array, red: jax.Array) -> jax.Array:
+    """One AIV's compute op (no GM copy) in one lane: ``ub`` [U], ``en`` [], ``w`` [N_VEC], ``red``
+    [E] its row reduction if it is one (:func:`_reduction`). Returns the new ``ub``. The result is
+    computed in float32 and rounded once to its buffer's type (the reference's ``VectorUnit.run``)."""
     used = [k for k in _used(shape) if not k.is_copy]
     kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
     rows, cols = w[VEC["rows"]], w[VEC["cols"]]
@@ -421,14 +468,8 @@ def _vector_compute(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Arr
         value = fn(jnp, x, b, s, None)
         if value is not x:  # the identity (cast) is already the default
             res = jnp.where(kind_in(kind, kinds), value, res)
-    if uses("reduce"):  # the [Rr, Cr] region as a gather, reduced per row, into the first rows
-        rr, cr = shape.ub[2], shape.ub[3]
-        at = w[VEC["off_src0"]] + jnp.arange(rr)[:, None] * w[VEC["ld_src0"]] + jnp.arange(cr)[None, :]
-        x2 = ub[jnp.clip(at, 0, ub.shape[0] - 1)]
-        for fn, kinds in semantics(k for k in used if k.pattern == "reduce"):
-            red = fn(jnp, x2, None, s, jnp.broadcast_to(cols, (rr,)))
-            red = jnp.concatenate([red, jnp.zeros(shape.ub[1] - rr, red.dtype)])
-            res = jnp.where(kind_in(kind, kinds), red, res)
+    if uses("reduce"):
+        res = jnp.where(pattern("reduce"), red, res)
     return _write(shape, ub, w[VEC["off_dst"]], w[VEC["ld_dst"]], reg, _round(res, dtype))
 
 
@@ -513,16 +554,14 @@ def _vector_copy(
     start = jnp.where(en, w[VEC["addr"]] - GM_BASE, 0)  # byte index in gm
     if shape.ub_flat:  # one window of 4E bytes: element k at byte k * size
         raw = jax.lax.dynamic_slice(gm, (start,), (4 * e,))
-        as32 = jax.lax.bitcast_convert_type(raw.reshape(e, 4), jnp.float32)
+        as32 = raw.reshape(e, 4)
         half = raw[: 2 * e].reshape(e, 2)
     else:
         at = start + (reg.r * stride + reg.c) * size  # [E] each element's first byte
         raw = gm[jnp.clip(at[:, None] + jnp.arange(4)[None, :], 0, gm.shape[0] - 1)]  # [E, 4]
-        as32 = jax.lax.bitcast_convert_type(raw, jnp.float32)
+        as32 = raw
         half = raw[:, :2]
-    as16 = jax.lax.bitcast_convert_type(half, jnp.float16).astype(jnp.float32)
-    asbf = jax.lax.bitcast_convert_type(half, jnp.bfloat16).astype(jnp.float32)
-    old = jnp.where(dtype == _F32, as32, jnp.where(dtype == _F16, as16, asbf))  # [E] GM's values
+    old = _gm_values(as32, half, dtype)  # [E] GM's values
     loading = kind == KIND["load"].code
     load_reg = reg._replace(live=reg.live & loading)
     ub = _write(shape, ub, w[VEC["off_dst"]], w[VEC["ld_dst"]], load_reg, old)
@@ -530,10 +569,7 @@ def _vector_copy(
     storing = en & (kind == KIND["store"].code)
     val = _read(shape, ub, w[VEC["off_src0"]], w[VEC["ld_src0"]], reg)
     val = jnp.where(w[VEC["atomic"]] != 0, _round(old + val, dtype), val)
-    b32 = jax.lax.bitcast_convert_type(val, jnp.uint8)  # [E, 4]
-    b16 = jax.lax.bitcast_convert_type(val.astype(jnp.float16), jnp.uint8)
-    bbf = jax.lax.bitcast_convert_type(val.astype(jnp.bfloat16), jnp.uint8)
-    b2 = jnp.where(dtype == _F16, b16, bbf)  # [E, 2]
+    b32, b2 = _gm_bytes(val, dtype)  # [E, 4], [E, 2]
     if shape.ub_flat:
         data = jnp.where(dtype == _F32, b32.reshape(-1), jnp.concatenate([b2.reshape(-1), raw[2 * e :]]))
         live = storing & (jnp.arange(4 * e) < rows * cols * size)
