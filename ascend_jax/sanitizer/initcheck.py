@@ -6,8 +6,9 @@
   needs the host to zero the tensor (a memset before the launch), which the scenario or model
   states as ``init = "zeros"``. ``sanitize(uninitialised=...)`` (``--uninit``) also marks tensors
   that do have an ``init``, to ask whether the kernel needs it. "Before" is happens-before, not
-  the order of the run: a write that came first only by luck of the schedule does not count
-  (racecheck reports that pair too).
+  the order of the run: a write that came first only by luck of the schedule does not count.
+  When racecheck runs too, a read whose undefined bytes racing writes would define is left to
+  racecheck's finding of the pair (one finding per bug: the missing order).
 * UB: a vector op that reads a region of a UB buffer that no earlier op of the same AIV wrote
   (UB is private to its AIV, so program order decides).
 """
