@@ -320,3 +320,15 @@ def test_action_word_holds_every_error_code_and_note():
     assert max(ErrorCode) <= ERROR_MASK and min(FLAG_BIT.values()) > ERROR_MASK.bit_length() - 1
     assert len(set(FLAG_BIT.values())) == len(FLAG_BIT) and max(FLAG_BIT.values()) < NOTE_SHIFT
     assert NOTE_SHIFT + max(ErrorCode).bit_length() <= 31
+
+
+def test_default_chunk_keeps_a_chunk_state_in_half_the_l2_cache(monkeypatch):
+    from ascend_jax.cube_group.engine import batch
+
+    assert batch.l2_bytes() >= 2**14  # read from the system, or the default
+    prep = batch.prepare([_merge_kernel()] * 5000)
+    per_lane = batch._lane_bytes(prep)
+    for l2, chunk in ((2 * 3000 * per_lane, 2048), (2 * 64 * per_lane, batch.CPU_MIN_CHUNK), (2**40, batch.CPU_CHUNK)):
+        monkeypatch.setattr(batch, "l2_bytes", lambda l2=l2: l2)
+        assert batch.default_chunk(prep) == chunk
+    assert batch.default_chunk(batch.prepare([_merge_kernel()] * 100)) == 100  # never more than the batch
