@@ -467,10 +467,10 @@ def test_api_misuse_entries_are_sanitizer_findings_and_the_run_is_the_devices():
         ref = both(program)
         report = aj.sanitize(program, tools="synccheck")
         assert report.result.to_json() == ref.to_json()
-        found = [(f.tool, f.kind, f.ops[0].site.core) for f in report.findings]
+        found = [(f.tool, f.kind, f.message.split(":")[0], f.ops[0].site.core) for f in report.findings]
         assert ref.api_misuse
         for m in ref.api_misuse:
-            assert ("synccheck", m["code"].lower(), m["core"]) in found
+            assert ("synccheck", "api_misuse", m["code"], m["core"]) in found
         assert not report.ok
 
 
@@ -492,4 +492,6 @@ def test_sanitize_cli_reports_the_misuse_in_both_engines(tmp_path, capsys):
         out = json.loads(capsys.readouterr().out)
         assert out["status"] == "deadlock"  # FreeMessage spins for FREE, as on the device
         kinds = [(f["tool"], f["kind"]) for f in out["sanitizer"]["findings"]]
-        assert ("synccheck", "bad_wait_state") in kinds and ("synccheck", "deadlock") in kinds
+        assert ("synccheck", "api_misuse") in kinds and ("synccheck", "deadlock") in kinds
+        misuse = next(f for f in out["sanitizer"]["findings"] if f["kind"] == "api_misuse")
+        assert misuse["message"].startswith("BAD_WAIT_STATE: ")

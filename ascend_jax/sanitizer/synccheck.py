@@ -19,8 +19,9 @@ Read from the program itself (each check is a property of the ops, whatever the 
 Taken from the run (the engines' own analysis, the same under every schedule):
 
 * ``deadlock``: the run's deadlock witness (which core waits on what);
-* ``api_misuse`` entries (``free_out_of_block``, ``free_unused_column``, ``bad_wait_state``):
-  FreeMessage calls that break a documented constraint.
+* ``api_misuse``: the run's ``api_misuse`` entries (codes ``FREE_OUT_OF_BLOCK``,
+  ``FREE_UNUSED_COLUMN``, ``BAD_WAIT_STATE``, named first in the message): FreeMessage calls that
+  break a documented constraint the device does not check.
 """
 
 from __future__ import annotations
@@ -242,10 +243,11 @@ def run_synccheck(program: Any, result: Any, pcs: dict[int, int], source_of: Sou
         out.append(
             Finding(
                 "synccheck",
-                e["code"].lower(),
+                "api_misuse",
                 (_sync(Site(core, idx, "FreeMessage")),),
                 "a FreeMessage that keeps the documented constraint",
-                f"{core}'s callback for the message it received as number {idx} ({detail}): {e['constraint']}.",
+                f"{e['code']}: {core}'s callback for the message it received as number {idx} ({detail}): "
+                f"{e['constraint']}.",
                 "free only slots of the AIC's own block, with wait state VALID or FAKE (or none).",
             )  # fmt: skip
         )
