@@ -93,9 +93,21 @@ def _shadowing(name: str, paths: list[Path]) -> ConfigError:
     )
 
 
-def available_models() -> list[str]:
-    """Names of every model ``--model`` accepts (without a path)."""
-    return sorted(_model_files())
+def available_models(*, kind: str | None = None) -> list[str]:
+    """Names of every model ``--model`` accepts (without a path).
+
+    ``kind``: ``"cube_group"`` keeps the models that build a cube-group program, ``"comm"`` the AI CPU
+    comm models (each model is built once with its defaults to tell); ``None`` keeps every model.
+    """
+    names = sorted(_model_files())
+    if kind is None:
+        return names
+    if kind not in ("cube_group", "comm"):
+        raise ConfigError("kind", kind, "must be 'cube_group', 'comm' or None", "e.g. kind='cube_group'")
+    from ascend_jax.cube_group.program import CubeGroupProgram
+
+    cube = {n for n in names if isinstance(load_model(n)[0], CubeGroupProgram)}
+    return [n for n in names if (n in cube) == (kind == "cube_group")]
 
 
 def describe(path: Path) -> str:

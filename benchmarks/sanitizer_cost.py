@@ -28,19 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, SCRATCH, cpu_s, machine, write  # noqa: E402
+from _common import SCRATCH, cpu_s, machine, write  # noqa: E402
 
 from ascend_jax import CubeGroupProgram, available_models, load_model, run_reference, sanitize  # noqa: E402
 
 
 def cube_models() -> list[str]:
-    """The shipped cube-group models (TOML scenarios, Python models building a CubeGroupKernel)."""
-    out = []
-    for name in available_models():
-        toml, py = ROOT / "models" / f"{name}.toml", ROOT / "models" / f"{name}.py"
-        if toml.exists() or (py.exists() and "CubeGroupKernel" in py.read_text()):
-            out.append(name)
-    return out
+    """The shipped cube-group models (the comm models are outside the sanitizer)."""
+    return available_models(kind="cube_group")
 
 
 def measure(fn, repeats: int) -> tuple[float, float]:

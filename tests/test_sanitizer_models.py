@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
+from ascend_jax.errors import ConfigError
 from ascend_jax.models import available_models, load_model
 from ascend_jax.sanitizer import sanitize
 from ascend_jax.sanitizer.sources import capture_sources, source_lookup
@@ -49,14 +50,10 @@ def _every_schedule(program: CubeGroupProgram, **kw) -> list[dict]:
 
 
 def _cube_models() -> list[str]:
-    """The shipped cube-group models (TOML scenarios and Python models that build a
-    CubeGroupKernel); the comm models are AI CPU task programs, outside the sanitizer."""
-    out = []
-    for name in available_models():
-        toml, py = ROOT / "models" / f"{name}.toml", ROOT / "models" / f"{name}.py"
-        if toml.exists() or (py.exists() and "CubeGroupKernel" in py.read_text()):
-            out.append(name)
-    return out
+    """The shipped cube-group models; the comm models are AI CPU task programs, outside the sanitizer."""
+    names = available_models(kind="cube_group")
+    assert set(available_models()) - set(names) == set(available_models(kind="comm"))
+    return names
 
 
 @pytest.mark.parametrize("name", _cube_models())
@@ -189,3 +186,11 @@ def test_reports_are_cached_by_program_content():
     given.gm.init_given["c"] = True
     assert sanitize(given, tools="initcheck").findings == []
     assert len(sanitize(given, tools="initcheck", uninitialised=["c"]).findings) == 1
+
+
+def test_available_models_by_kind_splits_the_shipped_models():
+    cube, comm = available_models(kind="cube_group"), available_models(kind="comm")
+    assert {"attention_grad", "merge_example"} <= set(cube) and {"allreduce", "p2p_send_recv"} <= set(comm)
+    assert sorted(cube + comm) == available_models()
+    with pytest.raises(ConfigError, match="kind"):
+        available_models(kind="cube")
