@@ -1,6 +1,6 @@
 """Attention backward: the simulator's time per lane against a plain ``jax.numpy`` backward of the same shape.
 
-    python benchmarks/attention_throughput.py [--quick] [--out FILE]
+    python benchmarks/attention_throughput.py [--quick] [--s S ...] [--batch B ...] [--causal full|causal] [--out FILE]
 
 Writes ``{"meta": {...}, "results": [{"engine", "device", "batch", "s", "d", "causal", "lane_s",
 "plain_jnp_s", "compile_s", "wall_s", "cpu_s", ...}, ...]}`` to ``--out`` (default: a folder under
@@ -35,7 +35,9 @@ the system's temporary directory, never ``benchmarks/results/``), a PNG plot bes
   (S = 512, D = 64, not causal; in a full run too), best of ``REPEATS`` (in turns with the plain
   jnp calls); its ``plain_jnp_s`` is timed at batch 1.
 * Shapes: full run S in {2,048, 4,096} x D = 64 x causal or not, batches 2 and 8; ``--quick``
-  (about two minutes on 2 cores): S in {512, 1,024}, batch 2.
+  (about two minutes on 2 cores): S in {512, 1,024}, batch 2. ``--s``, ``--batch`` and
+  ``--causal`` replace the grid's values (e.g. the target point alone: ``--s 2048 --batch 8
+  --causal full``).
 
 Every number is host time on this machine (a shared one: compare rows of one run). The issue's
 target is ``lane_s / plain_jnp_s <= 4`` at S = 2,048, D = 64, batch >= 8.
@@ -326,12 +328,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="S in {512, 1024}, batch 2 (about two minutes)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    ap.add_argument("--s", type=int, nargs="+", help="sequence lengths instead of the grid's")
+    ap.add_argument("--batch", type=int, nargs="+", help="batch sizes instead of the grid's")
+    ap.add_argument("--causal", choices=("both", "full", "causal"), default="both", help="which masks (default both)")
     args = ap.parse_args(argv)
     from _common import load_model_module, machine, write
     from attention_sweep import build
 
     ag = load_model_module("attention_grad")
-    grid = QUICK if args.quick else FULL
+    grid = dict(QUICK if args.quick else FULL)
+    if args.s:
+        grid["s"] = tuple(args.s)
+    if args.batch:
+        grid["batch"] = tuple(args.batch)
+    if args.causal != "both":
+        grid["causal"] = (args.causal == "causal",)
     device = jax_device()
     jax.block_until_ready(jnp.zeros(1) + 1)  # backend start-up is not part of compile_s
     t0 = time.perf_counter()
@@ -347,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **machine(),
         "benchmark": "attention_throughput",
         "quick": args.quick,
+        "grid": {k: list(v) for k, v in grid.items()},
         "model": "attention_grad",
         "kernel": {**KERNEL, "aivs": 2 * KERNEL["aics"], "dtype": "float16", "assign": "round_robin"},
         "schedule": "lockstep",
