@@ -330,22 +330,36 @@ def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.A
     is_copy = e & copy
     is_compute = e & ~copy
     ub = jax.lax.cond(is_compute.any(), lambda u: _compute_ops(shape, u, is_compute, w), lambda u: u, ub)
+    if not shape.vec_kinds or not any(k.is_copy for k in _used(shape)):
+        return gm, ub
+    # An AIV performs one op per step, so a store's UB window is as it was after the compute ops:
+    # read every store's source window at once. The loop over AIVs (block_idx order) then carries
+    # only GM and the values each load read; the loaded windows are written to the UB at the end.
+    reg = jax.vmap(jax.vmap(lambda w, e: _region(shape, w[VEC["rows"]], w[VEC["cols"]], e)))(w, is_copy)
+    read = functools.partial(_read, shape)
+    src = jax.vmap(jax.vmap(lambda u, w, r: read(u, w[VEC["off_src0"]], w[VEC["ld_src0"]], r)))(ub, w, reg)
     copy_one = jax.vmap(functools.partial(_vector_copy, shape))  # over lanes
 
     def one_aiv(v, carry):
-        gm, ub = carry
+        gm, loaded = carry
 
         def run(c):
-            gm, ub = c
-            ub_v = jax.lax.dynamic_index_in_dim(ub, v, axis=1, keepdims=False)  # [B, U]
-            w_v = jax.lax.dynamic_index_in_dim(w, v, axis=1, keepdims=False)  # [B, N_VEC]
-            e_v = jax.lax.dynamic_index_in_dim(is_copy, v, axis=1, keepdims=False)  # [B]
-            gm, ub_v = copy_one(gm, ub_v, e_v, w_v)
-            return gm, jax.lax.dynamic_update_index_in_dim(ub, ub_v, v, axis=1)
+            gm, loaded = c
+            at = functools.partial(jax.lax.dynamic_index_in_dim, index=v, axis=1, keepdims=False)
+            gm, old = copy_one(gm, at(is_copy), at(w), at(src), jax.tree.map(at, reg))
+            return gm, jax.lax.dynamic_update_index_in_dim(loaded, old, v, axis=1)
 
-        return jax.lax.cond(is_copy[:, v].any(), run, lambda c: c, (gm, ub))
+        return jax.lax.cond(is_copy[:, v].any(), run, lambda c: c, (gm, loaded))
 
-    return jax.lax.fori_loop(0, e.shape[1], one_aiv, (gm, ub))
+    loaded = jnp.zeros((*e.shape, shape.ub[1]), jnp.float32)
+    gm, loaded = jax.lax.fori_loop(0, e.shape[1], one_aiv, (gm, loaded))
+    loads = is_copy & (w[..., VEC["kind"]] == KIND["load"].code)
+
+    def put(u, w, r, value, on):  # a load's window into its AIV's UB
+        return _write(shape, u, w[VEC["off_dst"]], w[VEC["ld_dst"]], r._replace(live=r.live & on), value)
+
+    ub = jax.lax.cond(loads.any(), lambda u: jax.vmap(jax.vmap(put))(u, w, reg, loaded, loads), lambda u: u, ub)
+    return gm, ub
 
 
 def _gm_values(raw4: jax.Array, raw2: jax.Array, dtype: jax.Array) -> jax.Array:
@@ -539,43 +553,33 @@ def _pairwise_block(x: jax.Array, n: jax.Array) -> jax.Array:
 
 
 def _vector_copy(
-    shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.Array, w: jax.Array
+    shape: EngineShape, gm: jax.Array, en: jax.Array, w: jax.Array, src: jax.Array, reg: _Region
 ) -> tuple[jax.Array, jax.Array]:
-    """One lane's GM copy of one AIV (the reference's ``VectorUnit.run``): ``gm`` [G] uint8, ``ub``
-    [U] its flat UB, ``en`` [] whether it copies, ``w`` [N_VEC]. Element k of the region is read
-    from GM as 4 bytes at its address (GM is padded by :func:`ascend_jax.gm.row_margin` of E); a
-    store writes the region's bytes only (an atomic store adds to GM's value in float32 and rounds
-    once to the GM type)."""
+    """One lane's GM copy of one AIV (the reference's ``VectorUnit.run``): ``gm`` [G] uint8, ``en``
+    [] whether it copies, ``w`` [N_VEC], ``src`` [E] a store's UB window, ``reg`` its region.
+    Element k of the region is the 4 bytes at its address: with flat windows one slice of 4E bytes
+    (GM is padded by :func:`ascend_jax.gm.row_margin` of E), else a gather. A store writes the
+    region's bytes only (an atomic store adds to GM's value in float32 and rounds once to the GM
+    type). Returns the new gm and the [E] values GM held (what a load reads)."""
     e = shape.ub[1]
     kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
-    rows, cols, stride = w[VEC["rows"]], w[VEC["cols"]], w[VEC["stride"]]
     size = jnp.where(dtype == _F32, 4, 2)
-    reg = _region(shape, rows, cols, en)
     start = jnp.where(en, w[VEC["addr"]] - GM_BASE, 0)  # byte index in gm
-    if shape.ub_flat:  # one window of 4E bytes: element k at byte k * size
+    if shape.ub_flat:
         raw = jax.lax.dynamic_slice(gm, (start,), (4 * e,))
-        as32 = raw.reshape(e, 4)
-        half = raw[: 2 * e].reshape(e, 2)
+        old = _gm_values(raw.reshape(e, 4), raw[: 2 * e].reshape(e, 2), dtype)
     else:
-        at = start + (reg.r * stride + reg.c) * size  # [E] each element's first byte
+        at = start + (reg.r * w[VEC["stride"]] + reg.c) * size  # [E] each element's first byte
         raw = gm[jnp.clip(at[:, None] + jnp.arange(4)[None, :], 0, gm.shape[0] - 1)]  # [E, 4]
-        as32 = raw
-        half = raw[:, :2]
-    old = _gm_values(as32, half, dtype)  # [E] GM's values
-    loading = kind == KIND["load"].code
-    load_reg = reg._replace(live=reg.live & loading)
-    ub = _write(shape, ub, w[VEC["off_dst"]], w[VEC["ld_dst"]], load_reg, old)
-
+        old = _gm_values(raw, raw[:, :2], dtype)
     storing = en & (kind == KIND["store"].code)
-    val = _read(shape, ub, w[VEC["off_src0"]], w[VEC["ld_src0"]], reg)
-    val = jnp.where(w[VEC["atomic"]] != 0, _round(old + val, dtype), val)
+    val = jnp.where(w[VEC["atomic"]] != 0, _round(old + src, dtype), src)
     b32, b2 = _gm_bytes(val, dtype)  # [E, 4], [E, 2]
     if shape.ub_flat:
         data = jnp.where(dtype == _F32, b32.reshape(-1), jnp.concatenate([b2.reshape(-1), raw[2 * e :]]))
-        live = storing & (jnp.arange(4 * e) < rows * cols * size)
-        return jax.lax.dynamic_update_slice(gm, jnp.where(live, data, raw), (start,)), ub
+        live = storing & (jnp.arange(4 * e) < w[VEC["rows"]] * w[VEC["cols"]] * size)
+        return jax.lax.dynamic_update_slice(gm, jnp.where(live, data, raw), (start,)), old
     data = jnp.where(dtype == _F32, b32, jnp.concatenate([b2, b2], axis=-1))  # [E, 4]
     k = jnp.arange(4)[None, :]
     ok = storing & reg.live[:, None] & (k < size)
-    gm = gm.at[jnp.where(ok, at[:, None] + k, gm.shape[0])].set(data, mode="drop")
-    return gm, ub
+    return gm.at[jnp.where(ok, at[:, None] + k, gm.shape[0])].set(data, mode="drop"), old
