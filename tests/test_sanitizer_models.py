@@ -194,3 +194,43 @@ def test_available_models_by_kind_splits_the_shipped_models():
     assert sorted(cube + comm) == available_models()
     with pytest.raises(ConfigError, match="kind"):
         available_models(kind="cube")
+
+
+def _record_only_matches_a_computing_run(program, source_of=None, schedule="lockstep", seed=0) -> None:
+    """The observed run skips the arithmetic (reference.compute's record-only mode): its event
+    log, findings and result JSON must be those of an observed run that computes, and the report's
+    ``result`` must be the plain run's, tensors included."""
+    from ascend_jax import run_reference
+    from ascend_jax.sanitizer.api import TOOLS, _run_and_analyse
+
+    args = (program, schedule, seed, None, None, TOOLS, (), source_of)
+    skip, full = _run_and_analyse(*args), _run_and_analyse(*args, arithmetic=True)
+    assert skip.to_json() == full.to_json()
+
+    def accesses(log):
+        return [(a.site, a.kind, a.tensor, a.addr, a.rows, a.width, a.stride, a.vc.tolist()) for a in log.accesses]
+
+    assert accesses(skip.log) == accesses(full.log) and skip.log.ub == full.log.ub
+    assert skip.log.notes == full.log.notes
+    assert skip.observed.to_json() == full.observed.to_json()
+    assert skip.observed.outcome() == full.observed.outcome()
+    plain = run_reference(program, schedule=schedule, seed=seed)
+    assert skip.result.to_json() == plain.to_json()
+    for name in program.gm.tensors:
+        assert skip.result.tensor(name).tobytes() == plain.tensor(name).tobytes(), name
+
+
+@pytest.mark.parametrize("name", _cube_models())
+def test_record_only_run_matches_a_computing_run_on_models(name):
+    program = load_model(name)[0]
+    for schedule, seed in (("lockstep", 0), ("timed", 0)):
+        _record_only_matches_a_computing_run(program, schedule=schedule, seed=seed)
+
+
+def test_record_only_run_matches_a_computing_run_on_examples_and_races():
+    for path in EXAMPLES:
+        if not path.stem.startswith("invalid_"):
+            _record_only_matches_a_computing_run(load_scenario(path), schedule="random", seed=3)
+    for kw, *_ in RACES.values():
+        program, src = _attention(**kw)
+        _record_only_matches_a_computing_run(program, src, schedule="random", seed=1)

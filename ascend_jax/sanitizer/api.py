@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ascend_jax.cube_group.reference import ReferenceInterpreter
+from ascend_jax.cube_group.reference import ReferenceInterpreter, run_reference
 from ascend_jax.cube_group.status import CALL
 from ascend_jax.sanitizer.events import EventLog
 from ascend_jax.sanitizer.findings import TOOLS, Finding, render, report_json, sort_findings
@@ -41,14 +41,28 @@ class SanitizerReport:
     Attributes:
       tools: the tools run, in :data:`TOOLS` order.
       findings: sorted findings.
-      result: the observed reference run's result.
+      observed: the observed run's result. That run records accesses without doing the
+        arithmetic (:mod:`ascend_jax.cube_group.reference.compute`), so its status, outcome and
+        messages are the run's but its tensors hold their launch contents: read numbers from
+        :attr:`result`.
       log: its event log.
+      rerun: ``() -> result``: the plain reference run with the same arguments (None: none).
     """
 
     tools: tuple[str, ...]
     findings: list[Finding]
-    result: Any = None
+    observed: Any = None
     log: EventLog | None = None
+    rerun: Callable[[], Any] | None = dataclasses.field(default=None, repr=False, compare=False)
+    _result: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def result(self) -> Any:
+        """The reference run's result, numbers included: run (plainly, with the same schedule,
+        seed, max_steps and cost) the first time it is asked for, then kept."""
+        if self._result is None and self.rerun is not None:
+            self._result = self.rerun()
+        return self._result
 
     def to_json(self) -> dict[str, Any]:
         """The ``"sanitizer"`` object of the result JSON."""
@@ -211,18 +225,32 @@ def _run_and_analyse(
     tools: tuple[str, ...],
     uninitialised: Iterable[str],
     source_of: Callable[[int, int], str] | None,
+    arithmetic: bool = False,
 ) -> SanitizerReport:
+    """The observed run and the checks (``arithmetic=True``: the observed run computes the
+    numbers too, as tests/test_sanitizer_models.py does to show that it changes nothing)."""
+    # Both runs record accesses without the arithmetic (arithmetic=False, the default): no decision of a
+    # reference run reads GM or UB data (reference.compute's docstring), so the log, the status and
+    # the protocol state are those of a plain run; only the tensors' values are not computed.
+    run = functools.partial(
+        ReferenceInterpreter,
+        program,
+        schedule=schedule,
+        seed=seed,
+        max_steps=max_steps,
+        cost=cost,
+        arithmetic=arithmetic,
+    )
     start = None
     if not program.zero_workspace:  # the reported launch starts from the first launch's workspace
-        first = ReferenceInterpreter(program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost)
+        first = run()
         first.run()
         start = (first.proto.slots, first.proto.counters_a, first.proto.counters_w)
     obs = Observer(program, frozenset(uninitialised), source_of)
     watch = obs if touches_gm(program) else None  # without a GM access there is nothing to order
-    interp = ReferenceInterpreter(
-        program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost, start=start, observer=watch
-    )
-    result = interp.run()
+    interp = run(start=start, observer=watch)
+    observed = interp.run()
     pcs = {a.block_idx: a.pc for a in interp.proto.aivs}
-    findings = analyse(obs.log, tools, program, result, pcs, obs.source_of)
-    return SanitizerReport(tools, findings, result, obs.log)
+    findings = analyse(obs.log, tools, program, observed, pcs, obs.source_of)
+    rerun = functools.partial(run_reference, program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost)
+    return SanitizerReport(tools, findings, observed, obs.log, rerun)

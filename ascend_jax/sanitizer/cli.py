@@ -131,7 +131,7 @@ class Outcome:
 
 def partial_note(report: Any) -> str:
     """A line saying that a run cut short by ``max_steps`` was analysed only up to there."""
-    status = getattr(getattr(report.result, "status", None), "label", "")
+    status = getattr(getattr(report.observed, "status", None), "label", "")
     if status != "max_steps":
         return ""
     return (

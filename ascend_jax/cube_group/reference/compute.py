@@ -16,6 +16,13 @@ Numerics (:class:`Gm`): ``hardware``: GM is the program's byte image and tiles a
 the cube unit does (:func:`ascend_jax.cube_group.matmul.hw_matmul`); ``exact``: every tensor has a
 float64 shadow, matmuls and atomics are float64 without rounding, and tiles must be read with their
 tensor's element type.
+
+Record only (``Gm(..., arithmetic=False)``, the sanitizer's observed run): matmuls and vector ops
+are checked (out-of-range operands still stop their AIC) but compute and move nothing, so GM and UB
+keep their launch contents. This is sound for the sanitizer because no decision of a reference run
+depends on GM or UB data: which op runs next, the messages, the matmul descriptors (built by the
+callbacks from message payloads, which are program constants) and every address are fixed by the
+program; data only flows into GM and UB. A normal run never takes this path.
 """
 
 from __future__ import annotations
@@ -48,11 +55,13 @@ class Gm:
       shadow: tensor name -> float64 copy of its value (``exact`` numerics only, else empty).
       bounds: the program's tensor extents, [tensors, 2] int64 byte ranges.
       written: names of the tensors a matmul or a vector store wrote.
+      arithmetic: False for a record-only run (module docstring): nothing is computed or stored.
     """
 
-    def __init__(self, program: Any, numerics: str):
+    def __init__(self, program: Any, numerics: str, arithmetic: bool = True):
         self.layout = program.gm
         self.numerics = numerics
+        self.arithmetic = arithmetic  # False: record only, skip the arithmetic (module docstring)
         self.exact = numerics == "exact"
         self.image = program.gm.image
         self.bounds = np.asarray(program.gm.bounds(), np.int64).reshape(-1, 2)
@@ -138,6 +147,9 @@ def run_matmuls(gm: Gm, matmuls: list, queue: list[tuple[Any, dict]]) -> list[tu
             continue
         if empty_tile(d):  # an extent <= 0: IterateAll reads and writes nothing
             continue
+        if not gm.arithmetic:  # record only (module docstring): the fault check above, no numbers
+            gm.written.add(gm.layout.owner(d["c_addr"]))
+            continue
         core = f"aic{aic.core}"
         m, n, k = d["m"], d["n"], d["k"]
         a = read_tile(gm, core, d["a_addr"], m, k, d["stride_a"], bool(d["trans_a"]), mt.dtype("a"))
@@ -193,6 +205,10 @@ class VectorUnit:
     def run(self, core: str, op: VectorOp) -> None:
         """Performs ``op`` for the AIV ``core`` now (numpy's floating-point warnings silenced: a
         NaN or an overflow is data, counted by the numerics report)."""
+        if not self.gm.arithmetic:  # record only (module docstring): nothing moves
+            if op.kind == "store":
+                self.gm.written.add(self.gm.layout.owner(op.addr))
+            return
         with np.errstate(all="ignore"):
             self._run(core, op)
 

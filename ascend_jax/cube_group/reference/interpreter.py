@@ -52,6 +52,9 @@ class ReferenceInterpreter:
         launch inherits (``zero_workspace = false``; :func:`run_reference`).
       observer: the sanitizer's hook (``ascend_jax.sanitizer.observer.Observer``), told of every
         core action before it happens; None (the default) costs nothing.
+      arithmetic: False for the sanitizer's record-only run: matmuls and vector ops are checked but
+        compute nothing (:mod:`~ascend_jax.cube_group.reference.compute`); True (the default)
+        for every other run.
 
     Attributes:
       proto: the protocol state (:class:`~ascend_jax.cube_group.reference.protocol.Protocol`).
@@ -71,6 +74,7 @@ class ReferenceInterpreter:
         events: list | None = None,
         start: tuple | None = None,
         observer: Any = None,
+        arithmetic: bool = True,
     ):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule = {schedule!r}: must be {one_of(SCHEDULES)}")
@@ -82,7 +86,7 @@ class ReferenceInterpreter:
         self.numerics = numerics
         self.events = events
         self.cost = cost_vector(program, cost) if schedule == "timed" else None
-        self.gm = Gm(program, numerics)
+        self.gm = Gm(program, numerics, arithmetic)
         self.vector = VectorUnit(self.gm)
         self.proto = Protocol(program, self.vector, events, start, observer)
         self.rec = self.proto.rec
