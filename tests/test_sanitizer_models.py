@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ascend_jax.cube_group.program import CubeGroupKernel, CubeGroupProgram
@@ -186,6 +187,22 @@ def test_reports_are_cached_by_program_content():
     given.gm.init_given["c"] = True
     assert sanitize(given, tools="initcheck").findings == []
     assert len(sanitize(given, tools="initcheck", uninitialised=["c"]).findings) == 1
+
+
+def test_programs_differing_only_in_data_share_a_report_but_not_a_result():
+    from ascend_jax import run_reference
+
+    path = ROOT / "docs" / "examples" / "sanitizer_race_fixed.toml"
+    first, other = load_scenario(path), load_scenario(path)
+    other.gm.write("a", np.full(other.gm.tensors["a"].shape, 0.5))  # a sweep over inputs
+    one, two = sanitize(first, seed=2), sanitize(other, seed=2)
+    assert two.log is one.log and two.to_json() == one.to_json()
+    for program, report in ((first, one), (other, two)):  # each result is its own program's run
+        assert report.result.tensor("out").tobytes() == run_reference(program, seed=2).tensor("out").tobytes()
+    assert one.result.tensor("out").tobytes() != two.result.tensor("out").tobytes()
+    moved = load_scenario(path)  # a different layout is different content
+    moved.gm.alloc("pad", (16,), "float32", init="zeros")
+    assert sanitize(moved, seed=2).log is not one.log
 
 
 def test_available_models_by_kind_splits_the_shipped_models():

@@ -5,11 +5,16 @@ runs: the JAX engine keeps no per-access history, and the findings do not depend
 interleaving (module docstring of :mod:`ascend_jax.sanitizer.events`), so one observed run per
 distinct program answers for every schedule and every lane that runs that program.
 
-Reports are cached by content: the program's pickled bytes (every op, tensor, initial byte and
-callback state, a dataclass by its fields; a program that cannot be pickled is not cached) and every argument of the call.
+Reports are cached by content: the program's pickled bytes (every op, tensor, init mark and
+callback state, a dataclass by its fields; a program that cannot be pickled is not cached) less
+GM's bytes (tensor data), and every argument of the call. The observed run reads no tensor data
+(it skips the arithmetic, and no decision of a reference run depends on data:
+:mod:`ascend_jax.cube_group.reference.compute`), so two programs that differ only in their data
+get the same findings, and the key leaves the data out: a sweep over inputs is analysed once.
 The reference interpreter is deterministic, so a hit returns what the run would give again; it
 makes a sanitized run of an already analysed program cost a hash of the program, which matters
-beside the JAX engine, whose compiled runs are faster than one reference run.
+beside the JAX engine, whose compiled runs are faster than one reference run. A hit's
+:attr:`SanitizerReport.result` is the plain run of the program passed, its own data included.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 from ascend_jax.cube_group.reference import ReferenceInterpreter, run_reference
 from ascend_jax.cube_group.status import CALL
+from ascend_jax.gm import GlobalMemory
 from ascend_jax.sanitizer.events import EventLog
 from ascend_jax.sanitizer.findings import TOOLS, Finding, render, report_json, sort_findings
 from ascend_jax.sanitizer.initcheck import initcheck
@@ -134,9 +140,13 @@ def _fields(cls: type, *values: Any) -> None:
 
 class _ContentPickler(pickle.Pickler):
     """Pickles a dataclass as its type and field values only: what a run caches on it later
-    (``functools.cached_property`` values, such as a group's first AIC) does not change its key."""
+    (``functools.cached_property`` values, such as a group's first AIC) does not change its key.
+    GM counts by its tensors (names, addresses, shapes, types) and init marks, not its bytes
+    (module docstring)."""
 
     def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, GlobalMemory):  # its layout and init marks, not its bytes (module docstring)
+            return _fields, (GlobalMemory, obj.tensors, obj.init_given)
         names = _field_names(type(obj))
         if names is None:
             return NotImplemented
@@ -205,8 +215,9 @@ def sanitize(
     key = _cache_key(program, args, source_of) if cache else None
     hit = _CACHE.get(key) if key is not None else None
     if hit is not None:
-        _CACHE.move_to_end(key)
-        return dataclasses.replace(hit, findings=list(hit.findings))
+        _CACHE.move_to_end(key)  # the findings hold; the plain run is this program's (its data)
+        rerun = functools.partial(run_reference, program, schedule=schedule, seed=seed, max_steps=max_steps, cost=cost)
+        return dataclasses.replace(hit, findings=list(hit.findings), rerun=rerun, _result=None)
     report = _run_and_analyse(program, schedule, seed, max_steps, cost, tools, uninitialised, source_of)
     if key is not None:
         _CACHE[key] = report
