@@ -19,10 +19,11 @@ tensor's element type.
 
 Record only (``Gm(..., arithmetic=False)``, the sanitizer's observed run): matmuls and vector ops
 are checked (out-of-range operands still stop their AIC) but compute and move nothing, so GM and UB
-keep their launch contents. This is sound for the sanitizer because no decision of a reference run
-depends on GM or UB data: which op runs next, the messages, the matmul descriptors (built by the
-callbacks from message payloads, which are program constants) and every address are fixed by the
-program; data only flows into GM and UB. A normal run never takes this path.
+keep their launch contents (and :attr:`Gm.written` stays empty). This is sound for the sanitizer
+because no decision of a reference run depends on GM or UB data: which op runs next, the messages,
+the matmul descriptors (built by the callbacks from message payloads, which are program constants,
+not GM) and every address are fixed by the program; data only flows into GM and UB. A normal run
+never takes this path.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Gm:
       shadow: tensor name -> float64 copy of its value (``exact`` numerics only, else empty).
       bounds: the program's tensor extents, [tensors, 2] int64 byte ranges.
       written: names of the tensors a matmul or a vector store wrote.
-      arithmetic: False for a record-only run (module docstring): nothing is computed or stored.
+      arithmetic: False for a record-only run (module docstring): nothing is computed or stored,
+        and ``written`` stays empty.
     """
 
     def __init__(self, program: Any, numerics: str, arithmetic: bool = True):
@@ -148,7 +150,6 @@ def run_matmuls(gm: Gm, matmuls: list, queue: list[tuple[Any, dict]]) -> list[tu
         if empty_tile(d):  # an extent <= 0: IterateAll reads and writes nothing
             continue
         if not gm.arithmetic:  # record only (module docstring): the fault check above, no numbers
-            gm.written.add(gm.layout.owner(d["c_addr"]))
             continue
         core = f"aic{aic.core}"
         m, n, k = d["m"], d["n"], d["k"]
@@ -206,8 +207,6 @@ class VectorUnit:
         """Performs ``op`` for the AIV ``core`` now (numpy's floating-point warnings silenced: a
         NaN or an overflow is data, counted by the numerics report)."""
         if not self.gm.arithmetic:  # record only (module docstring): nothing moves
-            if op.kind == "store":
-                self.gm.written.add(self.gm.layout.owner(op.addr))
             return
         with np.errstate(all="ignore"):
             self._run(core, op)
