@@ -357,7 +357,10 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     # the word and the version under the cursor are materialised once: every update below is a
     # shift / select of them (fused into its consumers, the decision above would be recomputed in
     # each of them, and per column in the grid free)
-    word, ver, f_slot = materialise((st.status == Status.RUNNING).any(), word, ver, f_slot)
+    # (with the version row's columns the updates read: gathering the row again costs more)
+    word, ver, f_slot, first, skip_v, aiv_id = materialise(
+        (st.status == Status.RUNNING).any(), word, ver, f_slot, first, vt[:, VER["skip"]], vt[:, VER["aiv_id"]]
+    )
     error = word & ERROR_MASK
     failing = error > 0  # this AIC stops here (AicPhase.ERROR)
     bit = {k: (word & (1 << i)) != 0 for k, i in FLAG_BIT.items()}
@@ -374,9 +377,8 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     recv_ver = jnp.where(at, ver.astype(st.recv_ver.dtype)[:, None, :], st.recv_ver)
 
     # -- QUIT: clear bit aivID ---------------------------------------------------------------
-    vt = lookup(shape, tab.ver, ver)  # [C, 5, B], from the materialised version
     cols = jnp.arange(w)[None, :, None]
-    quit_col = jnp.where(quit_now, vt[:, VER["aiv_id"]], -1)  # [C, B]: the column a QUIT retires
+    quit_col = jnp.where(quit_now, aiv_id, -1)  # [C, B]: the column a QUIT retires
     if shape.alive_bits:
         in_row = (quit_col >= 0) & (quit_col < w)
         alive = st.aic_alive & ~jnp.where(in_row, jnp.int32(1) << jnp.clip(quit_col, 0, w - 1), 0)
@@ -389,7 +391,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     else:
         freed_word = (f_word & ~0xFF) | FREE  # FreeMessage writes the head state only
         slot = slot_put(shape, st.slot, f_slot, freeing, freed_word)
-    aic_pc = jnp.where(call_now, vt[:, VER["first"]], jnp.where(free_act, act_row[:, ACT["next"]], st.aic_pc))
+    aic_pc = jnp.where(call_now, first, jnp.where(free_act, act_row[:, ACT["next"]], st.aic_pc))
     aic_ver = jnp.where(call_now, ver, st.aic_ver)
     if shape.has_matmul:  # the IterateAll performed now sees the state from before this call's end
         fields = mm_fields(shape, tab, st.mm_state, st.aic_ver, pc)
@@ -398,7 +400,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
 
     # -- end of Call (SetSkipMsg, then release) or after a QUIT (release) ----------------------
     releasing = call_end | quit_now
-    skip = jnp.where(call_now, vt[:, VER["skip"]], st.aic_skip)
+    skip = jnp.where(call_now, skip_v, st.aic_skip)
     skipped = jnp.where(call_end, skip, 0)  # SetSkipMsg: aivWork += k, msgPos += k
     new_pos, new_col = _release(alive, n, p, pos + skipped, col + skipped)
     finished = releasing & ((alive == 0) if shape.alive_bits else ~alive.any(axis=1))
