@@ -129,8 +129,7 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     program, else stacked per lane.
 
     This is the one place that knows the engine's internals (``engine.prepare``,
-    ``engine.default_chunk``, ``engine.compile_batch``, ``engine.place_lanes``); change it with the
-    engine.
+    ``engine.default_chunk``, ``engine.compile_batch``); change it with the engine.
     """
     from ascend_jax.cube_group import engine
 
@@ -141,8 +140,9 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     t0 = time.perf_counter()
     fn, first = engine.compile_batch(prep, chunk)
     compile_s = time.perf_counter() - t0
+    mesh = engine._mesh(None)
     chunks = [first] + [
-        engine.place_lanes(prep, np.arange(lo, lo + chunk)) for lo in range(chunk, n, chunk)
+        engine._place(mesh, prep.shape, *prep.chunk(np.arange(lo, lo + chunk))) for lo in range(chunk, n, chunk)
     ]  # every batch measured here is a multiple of the chunk
     aj.simulate(programs)  # warm: the jit cache holds the same compilation
     repeats, min_total_s = 7 if n <= 4096 else 3, 0.5 if n < 64 else 0.0
