@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ascend_jax.cube_group.callbacks import FreeCallback, MergeCallback
-from ascend_jax.cube_group.program import CubeGroupProgram
-from ascend_jax.message import MAX_MSG_PER_AIV
+from ascend_jax import MAX_MSG_PER_AIV, CubeGroupProgram, FreeCallback, MergeCallback
 
 FREE, VALID, QUIT, FAKE = 0, 1, 2, 3
 NO_WAIT = -1

@@ -140,9 +140,8 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     t0 = time.perf_counter()
     fn, first = engine.compile_batch(prep, chunk)
     compile_s = time.perf_counter() - t0
-    mesh = engine._mesh(None)
     chunks = [first] + [
-        engine._place(mesh, prep.shape, *prep.chunk(np.arange(lo, lo + chunk))) for lo in range(chunk, n, chunk)
+        engine.place_lanes(prep, np.arange(lo, lo + chunk)) for lo in range(chunk, n, chunk)
     ]  # every batch measured here is a multiple of the chunk
     aj.simulate(programs)  # warm: the jit cache holds the same compilation
     repeats, min_total_s = 7 if n <= 4096 else 3, 0.5 if n < 64 else 0.0

@@ -117,18 +117,7 @@ PUBLIC_PACKAGES = (
 
 #: scripts owned elsewhere that still reach past the surface, with the names they use; an entry must
 #: shrink when its script is fixed (test_pending_private_imports_are_still_there fails otherwise)
-PENDING: dict[str, set[str]] = {
-    "benchmarks/plain_interpreter.py": {
-        "ascend_jax.cube_group.callbacks.FreeCallback",  # public as ascend_jax.FreeCallback
-        "ascend_jax.cube_group.callbacks.MergeCallback",  # ascend_jax.MergeCallback
-        "ascend_jax.cube_group.program.CubeGroupProgram",  # ascend_jax.CubeGroupProgram
-        "ascend_jax.message.MAX_MSG_PER_AIV",  # ascend_jax.MAX_MSG_PER_AIV
-    },
-    "benchmarks/protocol_throughput.py": {
-        "ascend_jax.cube_group.engine._mesh",  # engine.place_lanes(prep, lanes) does both
-        "ascend_jax.cube_group.engine._place",
-    },
-}
+PENDING: dict[str, set[str]] = {}
 
 
 def _ruff_order(name: str) -> tuple:

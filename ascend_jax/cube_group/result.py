@@ -24,7 +24,8 @@ def state_name(value: int) -> str:
 
 # -- witness and error entries: one builder per kind, for both engines ---------------------------
 # The reference (cube_group/reference/outcome.py, protocol.py) builds its entries here; the JAX
-# engine's readout builds the same dicts by hand today. Key order is part of the JSON contract.
+# engine's readout (cube_group/engine/readout.py) builds them with the same functions. Key order is
+# part of the JSON contract.
 
 
 def slot_witness(core: str, group: str, queue: int, depth: int, until: str) -> dict[str, Any]:

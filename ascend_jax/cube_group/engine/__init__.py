@@ -24,8 +24,6 @@ from __future__ import annotations
 from ascend_jax.cube_group.engine.batch import Prepared, default_chunk, lane_bytes, prepare
 from ascend_jax.cube_group.engine.batch import _memory_budget as _memory_budget
 from ascend_jax.cube_group.engine.devices import DISTRIBUTED_ENV, init_distributed, place_lanes
-from ascend_jax.cube_group.engine.devices import _mesh as _mesh
-from ascend_jax.cube_group.engine.devices import _place as _place
 from ascend_jax.cube_group.engine.loop import TRACE_COUNT
 from ascend_jax.cube_group.engine.loop import _run as _run
 from ascend_jax.cube_group.engine.loop import _run_batch as _run_batch
