@@ -169,10 +169,11 @@ def test_init_shape_assert_stops_only_the_cpu_twin():
         with pytest.raises(ConfigError, match="Matmul"):
             run(program("cpu"))
     for build in ("npu-debug", "release"):
-        r = both(program(build))
+        r = both(program(build))  # both engines, results equal
         assert r.status == Status.OK
-        # not listed (a gap: asserts_violated should name the MATMUL_SHAPE the twin stopped at)
-        assert r.asserts_violated == []
+        # the NPU builds run on and list, per AIC of the group, the assert the CPU twin stopped at
+        want = {"code": "MATMUL_SHAPE", "core": "aic0", "group": "g", "call": "Init", "dimension": "M"}
+        assert [{k: e[k] for k in want} for e in r.asserts_violated] == [want]
 
 
 def test_geometry_debug_asserts_are_refused_in_every_build():

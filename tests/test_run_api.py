@@ -213,7 +213,7 @@ def test_build_override_goes_through_the_program_and_its_checks():
     for build in ("npu-debug", Build.RELEASE):
         res = aj.run(program, RunConfig(engine="reference", build=build))
         assert res.ok and res.program.build == build and res.program is not program
-    with pytest.raises(ConfigError, match="breaks a Matmul debug assert"):  # the CLI's exit 2
+    with pytest.raises(ConfigError, match="breaks a Matmul ASCENDC_ASSERT"):  # the CLI's exit 2
         aj.run(program, RunConfig(engine="reference", build="cpu"))
     assert program.build == "release"  # the given program is not changed
     with warnings.catch_warnings(record=True) as caught:

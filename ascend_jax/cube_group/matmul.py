@@ -493,18 +493,24 @@ class Matmul:
         self.handle.actions.append(("matmul", [*vals, c_addr, en_atomic], [*keeps, False, False], when))
 
 
-def check_init_asserts(mm: Matmul, group: str, build: str) -> None:
-    """A debug build cannot start when ``Init`` broke a Matmul assert (the kernel aborts before
-    any message); a release build keeps the value (e.g. a negative singleCore: empty tiles)."""
-    if mm.init_asserts and build == "cpu":  # ASCENDC_ASSERT: only the CPU twin has it (kernel_log.h)
-        detail, name = mm.init_asserts[0]
+def check_init_asserts(mm: Matmul, group: str, build: str) -> str | None:
+    """The Matmul assert ``Init`` broke, if any. The CPU twin cannot start (the kernel aborts
+    before any message): raised. The NPU builds have no such assert (``ASCENDC_ASSERT`` is empty
+    on ``__NPU_DEVICE__``, kernel_log.h) and keep the value (e.g. a negative singleCore: empty
+    tiles): the name of the first broken argument (``SHAPE_DETAIL``) is returned, for the run's
+    ``asserts_violated``; None when every assert holds."""
+    if not mm.init_asserts:
+        return None
+    detail, name = mm.init_asserts[0]
+    if build == "cpu":
         arg = f"SetOrgShape {name}" if detail >= 4 else f"SetTail {name}"
         raise ConfigError(
             f"group {group!r} callback init",
             arg,
-            "breaks a Matmul debug assert (tails must be >= -1, org shapes > 0)",
+            "breaks a Matmul ASCENDC_ASSERT, which the CPU twin checks (tails must be >= -1, org shapes > 0)",
             "fix the value, or run with build = 'release' to see what the device does",
         )
+    return name
 
 
 def descriptor(f: Any, xp: Any = np) -> dict[str, Any]:

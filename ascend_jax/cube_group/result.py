@@ -65,6 +65,19 @@ def error_entry(code: Any, core: str, group: str, queue: int, depth: int, **deta
     }
 
 
+def init_assert_entry(code: Any, core: str, group: str, **detail: Any) -> dict[str, Any]:
+    """The ``asserts_violated`` entry of an assert broken in ``CallBack::Init`` on the AIC ``core``
+    (before any message, so no queue or depth: ``call`` says where)."""
+    return {
+        "code": code.name,
+        "core": core,
+        "group": group,
+        "call": "Init",
+        "message": code.describe(),
+        **{k: v if isinstance(v, str) else int(v) for k, v in detail.items()},
+    }
+
+
 def misuse_entry(err: dict[str, Any]) -> dict[str, Any]:
     """An ``api_misuse`` finding from an :func:`error_entry` dict: the kind first, its keys, and the
     constraint (the code's description) last in place of the message."""

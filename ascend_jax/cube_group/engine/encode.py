@@ -140,6 +140,8 @@ class EncodedProgram:
     ver_misuse: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     ver_misuse_detail: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     stray: bool = False  # a release build, or some free lands outside its AIC's block
+    #: per AIC (in the order of ``mm_init``): the Matmul argument its ``Init`` broke (NPU builds), or None
+    init_asserts: tuple[str | None, ...] = ()
 
     @property
     def n_versions(self) -> int:
@@ -264,14 +266,14 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
     _check_int32("max_steps", program.max_steps, "must be in 1..2**31-1", "lower max_steps")
     capacity = program.receive_capacity()
     _check_int32("max_received", capacity, "must be in 0..2**31-1", "lower max_received")
-    init_rows = []
+    init_rows, init_asserts = [], []
     for gi, cb in enumerate(program.callbacks):
         cfg = program.matmuls[gi] if program.matmuls else None
         for _ in range(program.groups[gi].aic_num):  # CallBack::Init once per AIC; its mm is Call's
             mm = None if cfg is None else Matmul(cfg[0], cfg[1])
             cb.init(mm, None if cfg is None else cfg[1])
-            if cfg is not None:
-                check_init_asserts(mm, program.groups[gi].name, program.build)
+            broken = None if cfg is None else check_init_asserts(mm, program.groups[gi].name, program.build)
+            init_asserts.append(broken)
             state = mm.state if mm is not None else dict.fromkeys(MM_FIELDS, 0)
             init_rows.append([np.asarray(state[f]).item() for f in MM_FIELDS])
     rows, vlist = encode_ops(program)
@@ -433,6 +435,7 @@ def encode_program(program: CubeGroupProgram) -> EncodedProgram:
         vec_ops=vec_ops,
         ub_dims=ub_dims,
         stray=stray,
+        init_asserts=tuple(init_asserts),
         **out,
     )
 

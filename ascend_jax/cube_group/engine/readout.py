@@ -32,6 +32,7 @@ from ascend_jax.cube_group.result import (
     barrier_witness,
     destructor_witness,
     error_entry,
+    init_assert_entry,
     misuse_entry,
     slot_location,
     slot_witness,
@@ -219,7 +220,7 @@ class BatchResult(Sequence):
             seed=int(self.seeds[i]),
             gm=a["gm"][: program.gm.size].copy() if shape.has_gm else program.gm.image,
             timing=_timing(shape, program, a, self.costs[i]) if self.schedule == "timed" else None,
-            asserts_violated=_asserts(shape, program, a) if shape.notes_asserts else [],
+            asserts_violated=_asserts(shape, program, enc, a),
             api_misuse=_misuse(shape, program, enc, a),
         )
 
@@ -257,12 +258,22 @@ def _place(program: CubeGroupProgram, gi: int, slot: int) -> tuple[int, int]:
     return slot_location(program, slot)[1:]
 
 
-def _asserts(shape: EngineShape, program: CubeGroupProgram, a: dict) -> list[dict[str, Any]]:
-    """Release builds: every failed assert, AICs in index order, each in the order it met them."""
+def _asserts(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProgram, a: dict) -> list[dict[str, Any]]:
+    """NPU builds: the assert the CPU twin would have stopped at, AICs in index order: one its
+    ``Init`` broke (known when the program was encoded), else the first one met in the run."""
+    if not shape.notes_asserts and not any(enc.init_asserts):
+        return []
     consts = shape.aic_constants()
     out = []
     for c, core in enumerate(consts["core"]):
         gi = int(consts["group"][c])
+        broken = enc.init_asserts[c] if c < len(enc.init_asserts) else None
+        if broken is not None:
+            out.append(init_assert_entry(ErrorCode.MATMUL_SHAPE, f"aic{int(core)}", program.groups[gi].name,
+                                         dimension=broken))  # fmt: skip
+            continue
+        if not shape.notes_asserts:
+            continue
         for entry in a["aic_asserts"][c, : int(a["aic_assert_n"][c])].tolist():
             code = ErrorCode(entry & 31)
             q, d = _place(program, gi, entry >> 5)

@@ -32,7 +32,7 @@ from ascend_jax.cube_group.matmul import SHAPE_DETAIL, Matmul, _NoMatmul, check_
 from ascend_jax.cube_group.program import AivOp, CubeGroupProgram
 from ascend_jax.cube_group.reference.compute import VectorUnit
 from ascend_jax.cube_group.reference.events import EventRecorder
-from ascend_jax.cube_group.result import error_entry, misuse_entry, state_name
+from ascend_jax.cube_group.result import error_entry, init_assert_entry, misuse_entry, state_name
 from ascend_jax.cube_group.status import CALL, ErrorCode
 from ascend_jax.message import FAKE, FREE, MAX_MSG_PER_AIV, QUIT, VALID
 
@@ -194,7 +194,11 @@ class Protocol:
             a.mm = _NoMatmul(program.groups[a.group].name) if cfg is None else Matmul(cfg[0], cfg[1], np)
             program.callbacks[a.group].init(a.mm, None if cfg is None else cfg[1])
             if cfg is not None:
-                check_init_asserts(a.mm, program.groups[a.group].name, program.build)
+                broken = check_init_asserts(a.mm, program.groups[a.group].name, program.build)
+                if broken is not None:  # the CPU twin's stop, before any message of this AIC
+                    entry = init_assert_entry(ErrorCode.MATMUL_SHAPE, f"aic{a.core}", program.groups[a.group].name,
+                                              dimension=broken)  # fmt: skip
+                    self.asserts[a.core] = [entry]
 
     def drop_finished(self) -> None:
         """Keeps ``busy_aivs`` / ``busy_aics`` to the cores that still have work (index order)."""
@@ -502,7 +506,7 @@ class Protocol:
             if kind == "stop":
                 aic.pending = []
                 return entry
-            if not self.asserts.get(aic.core):
+            if not self.asserts.get(aic.core):  # an Init assert (init_callbacks) came first
                 self.asserts.setdefault(aic.core, []).append(entry)
         return None
 
