@@ -40,12 +40,14 @@ from ascend_jax import CubeGroupProgram, available_models, load_model, run_refer
 
 
 def data_variants(program: CubeGroupProgram, n: int) -> list[CubeGroupProgram]:
-    """``n`` copies of ``program``, each with new values in its first tensor that has an init."""
-    name = next(t for t, given in program.gm.init_given.items() if given)
+    """``n`` copies of ``program``, each with new values in its first tensor that has an init (plain
+    copies for a program without one)."""
+    name = next((t for t, given in program.gm.init_given.items() if given), None)
     out = []
     for i in range(n):
         v = copy.deepcopy(program)
-        v.gm.write(name, np.random.default_rng(i).uniform(-1, 1, program.gm.tensors[name].shape))
+        if name is not None:
+            v.gm.write(name, np.random.default_rng(i).uniform(-1, 1, program.gm.tensors[name].shape))
         out.append(v)
     return out
 
