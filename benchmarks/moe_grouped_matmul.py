@@ -4,7 +4,7 @@ For each skew of the expert token counts (Zipf exponent 0, 1.2, 2), each task-to
 (``expert``: expert e on AIC e % 4; ``balanced``: equal contiguous runs of tiles) and merging off /
 on, one run of ``models/moe_grouped_matmul.py`` (2,048 rows, 8 experts, hidden = ffn = 128, 64-row
 tiles, 4 AICs x 4 queues, seed 0) in the reference interpreter under ``schedule="timed"`` (the
-JAX engine gives the same timing: tests/test_moe.py): kernel µs, received VALID messages, FAKEs
+JAX engine gives the same timing: tests/models/test_moe_grouped_matmul.py): kernel µs, received VALID messages, FAKEs
 posted, per-AIC busy µs, the utilisation summary and the relative L2 error of Y against float64.
 
     python benchmarks/moe_grouped_matmul.py [--out benchmarks/results/moe_grouped_matmul.json]

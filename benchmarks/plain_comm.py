@@ -14,7 +14,7 @@ found it and write in queue order.
 The task graph is the one a run produces: a program's kernel launches are expanded once by a
 reference run (:func:`prepare`), so this baseline does not run kernels per lane (the engines do);
 that favours the baseline. Times are Python floats rounded to float32 after every addition, as the
-engines compute them, so step counts agree exactly (``tests/test_plain_comm.py``).
+engines compute them, so step counts agree exactly (``tests/benchmarks/test_plain_comm.py``).
 
     from plain_comm import prepare, run_plain
     graph = prepare(program)

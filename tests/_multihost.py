@@ -1,4 +1,4 @@
-"""The batch of the multi-process test (``tests/test_multihost.py``) and its worker.
+"""The batch of the multi-process test (``tests/cube_group/engine/test_devices.py``) and its worker.
 
 Run as a script, this is one process of a multi-process run: it joins through the
 ``ASCEND_JAX_*`` variables (``simulate`` reads them), runs :func:`batch` and prints, as the last

@@ -10,7 +10,7 @@ fenced block:
   :func:`ascend_jax.cli.main`, from the repository root); anything else is a test failure, so a
   page never marks as runnable a command the test cannot run. A single-lane ``ascend-jax run``
   that names no ``--engine`` runs with ``--engine reference``: the output is the same for both
-  engines (``tests/test_cli.py`` and ``tests/test_scenarios.py`` check that), and the reference
+  engines (``tests/cli/test_result_json.py`` and ``tests/cube_group/test_hand_cases.py`` check that), and the reference
   needs no compilation, which keeps this test fast.
 * ``<!-- output -->`` before the block showing what the previous runnable block printed: every
   non-empty shown line (spaces collapsed) must occur in the real output; a line ``...`` is skipped.

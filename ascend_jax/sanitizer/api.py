@@ -239,7 +239,7 @@ def _run_and_analyse(
     arithmetic: bool = False,
 ) -> SanitizerReport:
     """The observed run and the checks (``arithmetic=True``: the observed run computes the
-    numbers too, as tests/test_sanitizer_models.py does to show that it changes nothing)."""
+    numbers too, as tests/sanitizer/test_models.py does to show that it changes nothing)."""
     # Both runs record accesses without the arithmetic (arithmetic=False, the default): no decision of a
     # reference run reads GM or UB data (reference.compute's docstring), so the log, the status and
     # the protocol state are those of a plain run; only the tensors' values are not computed.

@@ -19,7 +19,7 @@ holding it has the operand's element type and the address is a whole number of e
 tensor's start. Addresses outside every tensor do not matter: such a tile stops its AIC with
 ``GM_OUT_OF_RANGE`` and reads and writes nothing. Programs with AIV vector ops (their copies move
 GM in UB types) keep the byte form, as does every batch run with ``EngineOptions(typed_banks=False)``.
-Both forms give the same results (``tests/test_gm_banks.py`` compares them array by array).
+Both forms give the same results (``tests/cube_group/engine/test_banks.py`` compares them array by array).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from ascend_jax.message import CUBE_MATMUL_MSG
 from ascend_jax.numerics import numerics_report
 from tests._models import load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ulp_close(x: np.ndarray, y: np.ndarray, dtype: str) -> None:

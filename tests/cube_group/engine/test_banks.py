@@ -10,9 +10,9 @@ import pytest
 from _models import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_engine_v2 import on_four_host_devices
+from test_access import _assert_same_arrays
 from test_matmul_state import _MSG, ITERATE, SET_A, T, _kernel
-from test_packed_grid import _assert_same_arrays
+from test_run import on_four_host_devices
 
 import ascend_jax as aj
 from ascend_jax import Status
@@ -125,7 +125,7 @@ def test_random_matmul_scripts_typed_equal_bytes(scripts, build, schedule):
 _SHARDED = textwrap.dedent(
     """\
     import json, sys
-    sys.path.insert(0, "tests")
+    sys.path[:0] = ["tests", "tests/cube_group", "tests/cube_group/engine"]
     import jax, numpy as np
     import ascend_jax as aj
     from test_matmul_state import SET_A, ITERATE, T, _kernel

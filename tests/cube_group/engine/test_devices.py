@@ -23,7 +23,7 @@ from ascend_jax.cli import main as cli_main
 from ascend_jax.cube_group.engine import DISTRIBUTED_ENV, init_distributed
 from ascend_jax.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _free_port() -> int:

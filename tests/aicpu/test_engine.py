@@ -10,8 +10,8 @@ import hypothesis.strategies as hst
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from test_aicpu_batch import same
-from test_aicpu_launch import launch, launch_programs, one_rank, param
+from test_batch import same
+from test_launch import launch, launch_programs, one_rank, param
 
 from ascend_jax.aicpu import CommStatus, HcclCMDType, ring_job, run_comm_batch, run_comm_reference
 from ascend_jax.aicpu.engine import apply_steps, structure_key
@@ -108,7 +108,7 @@ def test_reduce_at_every_word_width_equals_numpy():
 
 def test_memory_fault_and_hang_lanes_in_one_batch():
     # lanes of different structures in one call: each its own group
-    from test_aicpu_batch import p2p_job
+    from test_batch import p2p_job
 
     lanes = [ring_job(int(HcclCMDType.ALLGATHER), ranks=3, count=8, seed=1), p2p_job(16, seed=2, both_send_first=True)]
     lanes = [dataclasses.replace(lanes[0], max_steps=5), lanes[1]]

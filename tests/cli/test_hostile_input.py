@@ -20,7 +20,7 @@ import pytest
 import ascend_jax as aj
 from ascend_jax.cli import main
 
-HOSTILE = Path(__file__).parent / "hostile"
+HOSTILE = Path(__file__).resolve().parents[1] / "hostile"
 
 #: (file in tests/hostile, field named in the message, words of the rule)
 FILE_CASES = [

@@ -16,7 +16,7 @@ from ascend_jax.sanitizer import sanitize
 from ascend_jax.sanitizer.sources import capture_sources, source_lookup
 from ascend_jax.scenario import load_scenario
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.toml"))
 SCHEDULES = (("lockstep", 0), ("random", 1), ("random", 7), ("timed", 0))
 

@@ -200,7 +200,7 @@ def test_random_programs_agree_in_every_build():
     # geometry: one compilation per build); every build's engine run equals its reference run
     import dataclasses
 
-    from tests.test_event_time import batch_programs
+    from test_timed import batch_programs
 
     programs = batch_programs()
     seen = set()

@@ -3,7 +3,7 @@
 ``benchmarks/plain_interpreter.py`` is the baseline the throughput benchmark divides by, so it
 must run the same protocol with the same lockstep steps: status, steps, received logs, error
 codes and ``Wait<false>`` results are compared with :func:`ascend_jax.run_reference` on the
-shipped protocol scenarios and on the random programs of ``tests/test_properties.py``.
+shipped protocol scenarios and on the random programs of ``tests/cube_group/test_engine_equals_reference.py``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given
+from test_engine_equals_reference import SETTINGS, programs
 
 import ascend_jax as aj
 from tests._models import load
-from tests.test_properties import SETTINGS, programs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(name: str, folder: str):

@@ -471,7 +471,7 @@ def test_timed_schedule_matches_reference_and_keeps_results():
     from ascend_jax.cube_group import engine
     from ascend_jax.timing import CostModel
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
     import cube_group_sample
 
     for p in (aj.load_scenario(aj.builtin_scenario_path()), cube_group_sample.build(seed=2)):

@@ -19,7 +19,7 @@ import pytest
 
 from ascend_jax.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -15,7 +15,7 @@ from ascend_jax import Status
 from ascend_jax.message import CUBE_MATMUL_MSG
 from tests._models import load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 V, F, Q = "VALID", "FAKE", "QUIT"
 TILING = dict(M=16, N=16, Ka=32, Kb=32, singleCoreM=16, singleCoreN=16, singleCoreK=32, baseM=16, baseN=16, baseK=16)
 MATMUL = dict(a="float16", b="float16", c="float32", bias="float32")

@@ -5,7 +5,7 @@ of any length is one step and ``max_steps`` counts steps. Clocks are kept as two
 (:mod:`ascend_jax.cube_group.clock`), so cycle counts past 2**24 stay exact.
 
 "Today's" results are golden copies in ``tests/golden/event_time/``, made by running this file as a
-script (``python tests/test_event_time.py``) at commit 275c140, before the change: every shipped
+script (``python tests/cube_group/test_timed.py``) at commit 275c140, before the change: every shipped
 cube-group model under ``timed`` (status, steps, the result JSON with its ``timing`` section, and
 the recorded trace events, the last two as SHA-256 digests), 24 random programs from the
 property tests' generator (:func:`seeded_program`) and 32 more that share one JAX batch
@@ -31,10 +31,10 @@ from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.models import available_models, load_model
 from ascend_jax.trace import record_cube
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_properties  # noqa: E402  (the property tests' program generator)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import test_engine_equals_reference as test_properties  # noqa: E402  (the property tests' program generator)
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "event_time"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "event_time"
 N_RANDOM = 24
 #: the random programs of one JAX batch (one compilation): two groups, a barrier
 BATCH_GEOMETRY = [(0, 4, 3, "merge"), (4, 2, 2, "free")]

@@ -10,7 +10,7 @@ from ascend_jax.sanitizer import EventLog, Site, TensorInfo, analyse
 from ascend_jax.sanitizer.events import happens_before, overlap
 from ascend_jax.sanitizer.findings import TOOLS, render
 
-ROOT_DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT_DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 CORES = ["aiv0", "aiv1", "aic0"]
 

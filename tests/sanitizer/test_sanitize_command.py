@@ -11,7 +11,7 @@ import pytest
 
 from ascend_jax.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RACE = str(ROOT / "docs" / "examples" / "sanitizer_race.toml")
 FIXED = str(ROOT / "docs" / "examples" / "sanitizer_race_fixed.toml")
 

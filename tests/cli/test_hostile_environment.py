@@ -22,8 +22,8 @@ from _exit2 import exit_2
 from ascend_jax.cli import _parser, main
 from ascend_jax.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
-HOSTILE = Path(__file__).parent / "hostile"
+ROOT = Path(__file__).resolve().parents[2]
+HOSTILE = Path(__file__).resolve().parents[1] / "hostile"
 
 
 @pytest.fixture

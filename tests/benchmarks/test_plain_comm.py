@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from test_aicpu import task_programs
-from test_aicpu_launch import launch_programs
+from test_launch import launch_programs
+from test_ops import task_programs
 
 from ascend_jax.aicpu import HcclCMDType, p2p_job, ring_job, run_comm_reference
 from tests._models import load

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_packed_grid import _assert_same_arrays
+from test_access import _assert_same_arrays
 
 import ascend_jax as aj
 from ascend_jax import CUBE_MATMUL_MSG, CubeGroupKernel

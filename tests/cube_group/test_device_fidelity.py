@@ -11,7 +11,7 @@ import ascend_jax as aj
 from ascend_jax import Status
 from ascend_jax.cube_group.status import API_MISUSE, ErrorCode
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 V, F, Q = "VALID", "FAKE", "QUIT"
 
 
@@ -443,7 +443,7 @@ def test_ub_reserve_for_the_handle():
 
 # -- 24 Build: the checks the device lacks reach the sanitizer; the run stays the device's ---------------
 class FreeWaitingForFree:
-    """FreeMessage(msg, FREE): a scenario names it as ``python:tests.test_fidelity_ii:FreeWaitingForFree``."""
+    """FreeMessage(msg, FREE): a scenario names it as ``python:test_device_fidelity:FreeWaitingForFree``."""
 
     required_fields = ()
 
@@ -482,7 +482,7 @@ def test_sanitize_cli_reports_the_misuse_in_both_engines(tmp_path, capsys):
     path = tmp_path / "bad_wait.toml"
     path.write_text(
         '[[group]]\nname = "g"\nblock_start = 0\nblock_size = 2\nmsg_queue_size = 1\n'
-        'callback = "python:tests.test_fidelity_ii:FreeWaitingForFree"\n'
+        'callback = "python:test_device_fidelity:FreeWaitingForFree"\n'
         '[[aiv]]\nblock_idx = 0\nops = [{ op = "assign_queue", group = "g", queue = 0 }, '
         '{ op = "post", group = "g" }, { op = "quit", group = "g" }]\n'
     )

@@ -216,7 +216,7 @@ def test_every_package_ships_in_the_wheel():
     import tomllib
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
     code = {".".join(p.parent.relative_to(root).parts) for p in (root / "ascend_jax").rglob("__init__.py")}
     data_only = {"ascend_jax.scenarios", "ascend_jax_models"}

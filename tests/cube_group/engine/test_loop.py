@@ -1,6 +1,6 @@
 """The jitted engine run op by op under ``jax.disable_jit()`` equals the compiled run and the reference.
 
-``simulate(jit=False)`` (tests/test_properties.py, tests/test_matmul.py) has its own Python loop
+``simulate(jit=False)`` (tests/cube_group/test_engine_equals_reference.py, tests/cube_group/test_matmul.py) has its own Python loop
 over steps; here the default path runs instead, its ``jax.jit``, ``lax.while_loop`` and
 ``lax.cond`` executed eagerly, so the compiled program's semantics are checked without XLA's
 fusion. Small lanes: every eager step dispatches each of the step's operations one by one.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from test_engine_v2 import _merge_kernel
+from test_run import _merge_kernel
 
 import ascend_jax as aj
 from ascend_jax import Status

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,10 +92,10 @@ def test_gm_addresses_near_2_31_are_out_of_range_not_wrapped():
 _SHARDED = textwrap.dedent(
     """
     import json, sys
-    sys.path.insert(0, "tests")
+    sys.path[:0] = ["tests", "tests/cube_group/engine"]
     import jax
     import ascend_jax as aj
-    from test_engine_v2 import _merge_kernel
+    from test_run import _merge_kernel
     assert len(jax.devices()) == 4, jax.devices()
     lanes = [_merge_kernel(skip=i % 2, delay=i % 3) for i in range(10)]
     one = aj.simulate(lanes, schedule="random", seeds=7, devices=1)
@@ -109,7 +110,7 @@ def on_four_host_devices(script: str) -> dict:
     """Runs ``script`` in a fresh Python with 4 forced CPU devices (fixed when JAX starts) from the
     repository root; returns the JSON its last output line holds."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(Path(__file__).resolve().parents[3])
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -27,7 +27,7 @@ from ascend_jax.message import CUBE_MATMUL_MSG
 from ascend_jax.models import load_model
 from ascend_jax.runner import is_comm, prepare, resolve_engine
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli_json(capsys, *argv: str) -> tuple[int, dict]:
