@@ -259,19 +259,24 @@ class MatmulCallback(_StatelessCallback):
             xp.where(get("kbOrgShape") > 0, get("kbOrgShape"), t.Kb),
             get("kcOrgShape"),
         )
+        # what does not depend on i, computed once (the same values as computed in the loop: the
+        # loop runs at least once, P >= 1, so the same fields are read, and nothing in it writes them)
+        last_tail_m = get("lastTailM")
+        has_last = last_tail_m > 0
+        tail_n = xp.where(msg.tailN > 0, msg.tailN, t.singleCoreN)
+        tail_k = xp.where(msg.tailK > 0, msg.tailK, t.singleCoreK)
+        a_addr, a_gap, a_size, trans_a = msg.aAddr, get("aGap"), mm.a_itemsize, msg.isTransA
+        b_addr, b_gap, b_size, trans_b = msg.bAddr, get("bGap"), mm.b_itemsize, msg.isTransB
+        c_addr, c_gap, c_size, atomic = msg.cAddr, get("cGap"), mm.c_itemsize, msg.isAtomic
+        bias = get("biasAddr")
         for i in range(handle.aiv_per_aic):
             run = valid & (i <= k)
-            tail_m = xp.where((i == k) & (get("lastTailM") > 0), get("lastTailM"), msg.tailM)
-            mm.set_tail(
-                xp.where(tail_m > 0, tail_m, t.singleCoreM),
-                xp.where(msg.tailN > 0, msg.tailN, t.singleCoreN),
-                xp.where(msg.tailK > 0, msg.tailK, t.singleCoreK),
-                when=run,
-            )
-            mm.set_tensor_a(msg.aAddr + i * get("aGap") * mm.a_itemsize, msg.isTransA, when=run)
-            mm.set_tensor_b(msg.bAddr + i * get("bGap") * mm.b_itemsize, msg.isTransB, when=run)
-            mm.set_bias(get("biasAddr"), when=run)
-            mm.iterate_all(msg.cAddr + i * get("cGap") * mm.c_itemsize, msg.isAtomic, when=run)
+            tail_m = xp.where((i == k) & has_last, last_tail_m, msg.tailM)
+            mm.set_tail(xp.where(tail_m > 0, tail_m, t.singleCoreM), tail_n, tail_k, when=run)
+            mm.set_tensor_a(a_addr + i * a_gap * a_size, trans_a, when=run)
+            mm.set_tensor_b(b_addr + i * b_gap * b_size, trans_b, when=run)
+            mm.set_bias(bias, when=run)
+            mm.iterate_all(c_addr + i * c_gap * c_size, atomic, when=run)
             mm.end()
             if i == 0:
                 handle.free_message(msg, xp.where(valid, int(CubeMsgState.VALID), NO_WAIT))

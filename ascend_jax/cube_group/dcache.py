@@ -57,6 +57,7 @@ they do not invalidate first:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -78,6 +79,13 @@ def field_lines(dtype: np.dtype, name: str) -> range:
     """The lines that field ``name`` of message type ``dtype`` covers (most fields: one)."""
     ftype, offset = dtype.fields[name][:2]
     return range(offset // CACHE_LINE_BYTES, (offset + ftype.itemsize - 1) // CACHE_LINE_BYTES + 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(dtype: np.dtype) -> dict[str, tuple[range, np.dtype, int]]:
+    """Per payload field of ``dtype`` (head excluded): (its lines, its type, its byte offset),
+    computed once per message type for :class:`CachedMessage`'s reads."""
+    return {name: (field_lines(dtype, name), *dtype.fields[name][:2]) for name in dtype.names or () if name != "head"}
 
 
 def check_line(line: Any, lines: int) -> int:
@@ -119,13 +127,17 @@ class AicLineCache:
 class CachedMessage(Mapping):
     """One received message's payload fields, each read through :class:`AicLineCache` (reference)."""
 
-    __slots__ = ("cache", "slot", "payload", "raw", "n_lines", "seen")
+    __slots__ = ("cache", "slot", "payload", "raw", "n_lines", "seen", "layout", "fresh")
 
     def __init__(self, cache: AicLineCache, slot: int, payload: np.ndarray):
         self.cache, self.slot, self.payload = cache, slot, payload
         self.raw: bytes | None = None  # the slot's bytes in GM now, head included (on first need)
         self.n_lines = message_lines(payload.dtype)
         self.seen: dict[str, Any] = {}  # field -> value read, until an invalidate
+        self.layout = _layout(payload.dtype)
+        # field of line 0 -> value read: line 0 is the slot as it is, and nothing writes the slot
+        # while Call runs (its requests are performed after it returns), so a read stays valid
+        self.fresh: dict[str, Any] = {}
 
     def _line(self, line: int) -> bytes:
         if self.raw is None:
@@ -138,18 +150,28 @@ class CachedMessage(Mapping):
         return self.cache.lines[key]
 
     def __getitem__(self, name: str) -> Any:
-        dtype = self.payload.dtype
-        if name == "head" or name not in dtype.names:
+        value = self.fresh.get(name, self)  # self: "not read yet" (no field value is this object)
+        if value is not self:
+            return value
+        value = self.seen.get(name, self)
+        if value is not self:
+            return value
+        entry = self.layout.get(name)
+        if entry is None:
             raise KeyError(name)
-        lines = field_lines(dtype, name)
+        lines, ftype, offset = entry
         if lines[-1] == 0:  # the first line: the slot as it is
-            return self.payload[name][()]
-        if name not in self.seen:
-            held = b"".join(self._line(line) for line in lines)
-            ftype, offset = dtype.fields[name][:2]
-            start = offset - lines[0] * CACHE_LINE_BYTES
-            self.seen[name] = np.frombuffer(held[start : start + ftype.itemsize], ftype.base).reshape(ftype.shape)[()]
-        return self.seen[name]
+            value = self.fresh[name] = self.payload[name][()]
+            return value
+        held = b"".join(self._line(line) for line in lines)
+        start = offset - lines[0] * CACHE_LINE_BYTES
+        value = self.seen[name] = np.frombuffer(held[start : start + ftype.itemsize], ftype.base).reshape(ftype.shape)[
+            ()
+        ]
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self.layout else default
 
     def invalidate(self, line: int) -> None:
         """``DataCacheCleanAndInvalid`` on line ``line`` of this slot."""
@@ -157,7 +179,7 @@ class CachedMessage(Mapping):
         self.seen.clear()
 
     def __contains__(self, name: object) -> bool:
-        return name != "head" and name in self.payload.dtype.names
+        return name in self.layout
 
     def __iter__(self):
         return iter(self.payload.dtype.names[1:])

@@ -334,6 +334,12 @@ def initial_state(tiling: TCubeTiling) -> dict[str, int]:
     return out
 
 
+@functools.cache
+def _itemsize(name: str) -> int:
+    """``sizeof`` of the element type ``name`` (``get_dtype(name).itemsize``), looked up once."""
+    return get_dtype(name).itemsize
+
+
 class Matmul:
     """The ``mm`` object of an AIC (``MatmulImpl``): state that persists from ``Init`` across
     every ``Call`` of that AIC, as on the device.
@@ -377,15 +383,15 @@ class Matmul:
     # Element sizes for address arithmetic (``sizeof(aType)`` ...).
     @property
     def a_itemsize(self) -> int:
-        return self.mtype.dtype("a").itemsize
+        return _itemsize(self.mtype.a)
 
     @property
     def b_itemsize(self) -> int:
-        return self.mtype.dtype("b").itemsize
+        return _itemsize(self.mtype.b)
 
     @property
     def c_itemsize(self) -> int:
-        return self.mtype.dtype("c").itemsize
+        return _itemsize(self.mtype.c)
 
     @property
     def state(self) -> dict[str, Any]:
@@ -441,9 +447,11 @@ class Matmul:
         """``SetTail(m, n, k)``: replaces each singleCore extent whose argument is not -1."""
         xp = self.xp
         skip = xp.asarray(self._skip(when))
+        not_skip = ~skip
         for i, (name, v) in enumerate(zip(("single_m", "single_n", "single_k"), (tail_m, tail_n, tail_k), strict=True)):
-            self._assert(1 + i, (xp.asarray(v) < -1) & ~skip)
-            self._set(name, v, keep_if=(xp.asarray(v) == -1) | skip)
+            a = xp.asarray(v)
+            self._assert(1 + i, (a < -1) & not_skip)
+            self._set(name, v, keep_if=(a == -1) | skip)
 
     set_single_shape = set_tail
 
@@ -552,6 +560,8 @@ def tile_inside(bounds: Any, addr: Any, rows: Any, cols: Any, stride: Any, trans
     leave int32 (the JAX engine's type): the tile fits iff its stored row width fits in the
     tensor from ``addr`` and its stored rows fit in what is left, one stride at a time. A negative
     stride over several rows, or a negative address, is outside."""
+    if xp is np and (fast := _tile_inside_ints(bounds, addr, rows, cols, stride, trans, itemsize)) is not None:
+        return fast  # the reference: Python ints
     r = xp.where(trans, cols, rows)  # stored rows
     c = xp.where(trans, rows, cols)  # elements per stored row
     addr, r, c, stride = xp.broadcast_arrays(*(xp.asarray(x) for x in (addr, r, c, stride)))
@@ -563,6 +573,37 @@ def tile_inside(bounds: Any, addr: Any, rows: Any, cols: Any, stride: Any, trans
     room = cap - c
     rows_ok = (r == 1) | (stride == 0) | ((stride > 0) & (r - 1 <= room // xp.maximum(stride, 1)))
     return (live & (room >= 0) & rows_ok).any(axis=0)
+
+
+#: |value| bound under which the int64 arithmetic of :func:`tile_inside` cannot overflow (every
+#: intermediate stays below 2**62), so Python ints compute exactly what numpy int64 computes
+_SMALL = 1 << 60
+
+
+def _tile_inside_ints(bounds: Any, addr: Any, rows: Any, cols: Any, stride: Any, trans: Any, itemsize: int):
+    """:func:`tile_inside` computed on Python ints, or None where it does not apply: it needs
+    Python ints (not bools) ``addr``, ``rows``, ``cols``, ``stride``, an int or bool ``trans``,
+    and int64 ``bounds``, every value under 2**60 in magnitude. Then no int64 intermediate can
+    overflow and floor division agrees, so the result (a numpy bool) is the array form's; the
+    reference interpreter's descriptors are such ints, and this skips numpy's per-call cost."""
+    if type(trans) not in (int, bool) or not all(
+        type(x) is int and -_SMALL < x < _SMALL for x in (addr, rows, cols, stride)
+    ):
+        return None
+    if not isinstance(bounds, np.ndarray) or bounds.dtype != np.int64 or bounds.ndim != 2:
+        return None
+    pairs = bounds[:, :2].tolist()
+    if not all(-_SMALL < b0 < _SMALL and -_SMALL < b1 < _SMALL for b0, b1 in pairs):
+        return None
+    r, c = (cols, rows) if trans else (rows, cols)  # stored rows, elements per stored row
+    for b0, b1 in pairs:
+        live = b0 <= addr < b1 and b0 < b1
+        cap = (b1 - addr) // itemsize if live else 0  # elements from addr to the tensor's end
+        room = cap - c
+        rows_ok = r == 1 or stride == 0 or (stride > 0 and r - 1 <= room // max(stride, 1))
+        if live and room >= 0 and rows_ok:
+            return np.True_
+    return np.False_
 
 
 def check_operands(mt: MatmulType, bounds: Any, d: dict[str, Any], xp: Any = np):
