@@ -263,6 +263,7 @@ class MatmulCallback(_StatelessCallback):
         # loop runs at least once, P >= 1, so the same fields are read, and nothing in it writes them)
         last_tail_m = get("lastTailM")
         has_last = last_tail_m > 0
+        msg_tail_m = msg.tailM
         tail_n = xp.where(msg.tailN > 0, msg.tailN, t.singleCoreN)
         tail_k = xp.where(msg.tailK > 0, msg.tailK, t.singleCoreK)
         a_addr, a_gap, a_size, trans_a = msg.aAddr, get("aGap"), mm.a_itemsize, msg.isTransA
@@ -271,7 +272,7 @@ class MatmulCallback(_StatelessCallback):
         bias = get("biasAddr")
         for i in range(handle.aiv_per_aic):
             run = valid & (i <= k)
-            tail_m = xp.where((i == k) & has_last, last_tail_m, msg.tailM)
+            tail_m = xp.where((i == k) & has_last, last_tail_m, msg_tail_m)
             mm.set_tail(xp.where(tail_m > 0, tail_m, t.singleCoreM), tail_n, tail_k, when=run)
             mm.set_tensor_a(a_addr + i * a_gap * a_size, trans_a, when=run)
             mm.set_tensor_b(b_addr + i * b_gap * b_size, trans_b, when=run)

@@ -81,6 +81,40 @@ SCENARIO_SUPPORTED = {
 TOLERANCE = {"float16": 8 * 2.0**-11, "bfloat16": 8 * 2.0**-8, "float32": 1e-5, "int32": 0.0}
 
 
+#: np.where's result dtype for two numpy operand dtypes (computed by np.where itself, once per pair)
+_WHERE_DTYPE: dict[tuple[np.dtype, np.dtype], np.dtype] = {}
+
+
+def _numpy_scalar_where(keep_if: Any, old: Any, value: Any, old_keep: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(np.where(keep_if, old, value), np.where(keep_if, old_keep, False))`` without np.where, for
+    the reference's case: a 0-d boolean ``keep_if`` and two 0-d numpy operands (arrays or numpy
+    scalars; no Python numbers, whose promotion depends on their value). The same result: a new 0-d
+    array of np.where's dtype for the pair (asked of np.where once per dtype pair), holding the
+    chosen operand cast to it, as np.where casts it. None for any other case (the caller uses np.where)."""
+    if type(keep_if) is not np.bool_ and not (
+        type(keep_if) is np.ndarray and keep_if.ndim == 0 and keep_if.dtype.kind == "b"
+    ):
+        return None
+    if type(old_keep) is np.ndarray:
+        if old_keep.ndim or old_keep.dtype.kind != "b":
+            return None
+    elif type(old_keep) is not bool:
+        return None
+    if type(old) is not np.ndarray and not isinstance(old, np.generic):
+        return None
+    if type(value) is not np.ndarray and not isinstance(value, np.generic):
+        return None  # (ndarray subclasses, Python numbers: np.where)
+    if old.ndim or value.ndim:
+        return None
+    pair = (old.dtype, value.dtype)
+    dtype = _WHERE_DTYPE.get(pair)
+    if dtype is None:
+        dtype = _WHERE_DTYPE[pair] = np.where(keep_if, old, value).dtype
+    if keep_if:
+        return np.array(old, dtype), np.array(old_keep, bool)
+    return np.array(value, dtype), np.array(False)
+
+
 @dataclasses.dataclass(frozen=True)
 class MatmulType:
     """``MatmulType<pos, format, T>`` for A, B, C and bias (position GM, format ND).
@@ -406,10 +440,13 @@ class Matmul:
         """Sets a field, or keeps it where ``keep_if`` holds (SetTail's -1, a call not made)."""
         if keep_if is False:
             self._val[name], self._keep[name] = value, False
-        else:
-            xp = self.xp
-            self._val[name] = xp.where(keep_if, self._val[name], value)
-            self._keep[name] = xp.where(keep_if, self._keep[name], False)
+            return
+        xp = self.xp
+        if xp is np and (fast := _numpy_scalar_where(keep_if, self._val[name], value, self._keep[name])):
+            self._val[name], self._keep[name] = fast
+            return
+        self._val[name] = xp.where(keep_if, self._val[name], value)
+        self._keep[name] = xp.where(keep_if, self._keep[name], False)
 
     def _assert(self, detail: int, failed: Any) -> None:
         """A debug assert of the Matmul API (``MATMUL_SHAPE`` with ``detail``)."""
@@ -457,20 +494,23 @@ class Matmul:
 
     def set_tensor_a(self, addr, is_transpose_a=False, *, when=True) -> None:
         """``SetTensorA(gm, isTransposeA)``: A is [M, Ka] row-major, or [Ka, M] when transposed."""
-        self._set("a_addr", addr, self._skip(when))
-        self._set("trans_a", self.xp.asarray(is_transpose_a).astype(np.int32), self._skip(when))
+        skip = self._skip(when)
+        self._set("a_addr", addr, skip)
+        self._set("trans_a", self.xp.asarray(is_transpose_a).astype(np.int32), skip)
 
     def set_tensor_b(self, addr, is_transpose_b=False, *, when=True) -> None:
         """``SetTensorB(gm, isTransposeB)``: B is [Kb, N] row-major, or [N, Kb] when transposed."""
-        self._set("b_addr", addr, self._skip(when))
-        self._set("trans_b", self.xp.asarray(is_transpose_b).astype(np.int32), self._skip(when))
+        skip = self._skip(when)
+        self._set("b_addr", addr, skip)
+        self._set("trans_b", self.xp.asarray(is_transpose_b).astype(np.int32), skip)
 
     def set_bias(self, addr, *, when=True) -> None:
         """``SetBias(gm)``: a [N] bias row, L0C's initial value, until ``disable_bias``. Address 0
         (a null tensor) disables the bias instead: the project's convention for messages that
         carry an optional bias address."""
-        self._set("bias_addr", addr, self._skip(when))
-        self._set("has_bias", (self.xp.asarray(addr) != 0).astype(np.int32), self._skip(when))
+        skip = self._skip(when)
+        self._set("bias_addr", addr, skip)
+        self._set("has_bias", (self.xp.asarray(addr) != 0).astype(np.int32), skip)
 
     def disable_bias(self, *, when=True) -> None:
         """``DisableBias()`` / ``ClearBias()``."""

@@ -87,6 +87,7 @@ class Observer:
         self._current: dict[int, tuple[int, tuple[str, int, str] | None]] = {}  # AIC core -> (msg #, origin)
         self._parts: dict[int, int] = {}  # AIC core -> IterateAlls of the current call so far
         self._synced: set[tuple[str, int]] = set()
+        self._itemsizes: dict[int, tuple[int, int, int, int]] = {}  # group -> A, B, bias, C element bytes
 
     # -- AIV -------------------------------------------------------------------------------
     def aiv_act(self, proto: Any, aiv: Any, op: Any) -> None:
@@ -184,16 +185,20 @@ class Observer:
         self._parts[aic.core] = part + 1
         if empty_tile(d):
             return
-        mt = self.program.matmuls[aic.group][0]
+        sizes = self._itemsizes.get(aic.group)
+        if sizes is None:
+            mt = self.program.matmuls[aic.group][0]
+            sizes = self._itemsizes[aic.group] = tuple(mt.dtype(w).itemsize for w in ("a", "b", "bias", "c"))
+        a_size, b_size, bias_size, c_size = sizes
         m, n, k = d["m"], d["n"], d["k"]
         operands = [
-            ("A", "read", d["a_addr"], m, k, d["stride_a"], bool(d["trans_a"]), mt.dtype("a").itemsize),
-            ("B", "read", d["b_addr"], k, n, d["stride_b"], bool(d["trans_b"]), mt.dtype("b").itemsize),
+            ("A", "read", d["a_addr"], m, k, d["stride_a"], bool(d["trans_a"]), a_size),
+            ("B", "read", d["b_addr"], k, n, d["stride_b"], bool(d["trans_b"]), b_size),
         ]
         if d["has_bias"]:
-            operands.append(("bias", "read", d["bias_addr"], 1, n, n, False, mt.dtype("bias").itemsize))
+            operands.append(("bias", "read", d["bias_addr"], 1, n, n, False, bias_size))
         operands.append(("C", ATOMIC_KIND.get(int(d["atomic"]), "write"), d["c_addr"], m, n, d["stride_c"], False,
-                         mt.dtype("c").itemsize))  # fmt: skip
+                         c_size))  # fmt: skip
         post = (origin[0], origin[1]) if origin is not None else ("?", -1)
         src = origin[2] if origin is not None else ""
         sites = {name: Site(core, n_msg, f"matmul.{name}", src, post, part) for name, *_ in operands}
