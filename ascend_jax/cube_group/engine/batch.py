@@ -29,15 +29,11 @@ from ascend_jax.errors import ConfigError
 #: Most lanes per compiled call on a CPU by default (measured: 16,384 lanes of the sample protocol
 #: ran 7.2 M messages/s in one call and 8.6 M/s in chunks of 4,096).
 CPU_CHUNK = 4096
-#: Fewest lanes per compiled call on a CPU by default (below this a call's fixed costs grow).
-CPU_MIN_CHUNK = 256
-#: On a CPU, a chunk's state (:func:`lane_bytes` per lane) fits this share of one core's L2 cache
-#: by default. Measured on a 2-core Xeon (2 MiB L2 per core), the sample protocol (1,537 B a lane),
-#: 16,384 lanes in chunks: 233 ns CPU per lane-step in chunks of 512 (0.8 MiB), 247 at 1,024, 263 at
-#: 2,048, 353 at 4,096 (6 MiB) and 512 at 16,384: past the L2 each step streams the state from L3.
-CACHE_SHARE = 0.5
-#: L2 bytes assumed where the system does not say (Linux: /sys/devices/system/cpu)
-DEFAULT_L2 = 2 * 2**20
+# A cache-sized chunk was tried (512 lanes: the chunk's state in half a core's L2): the loop alone
+# ran fewer CPU ns per lane-step (233 against 353 at 4,096 lanes a chunk, 16,384 lanes), but
+# simulate() end to end was slower with it, in wall and CPU time alike (default scenario, best of 5:
+# 4,096 lanes 46.0 ms wall / 61.5 ms CPU in chunks of 512 against 36.5 / 59.1 in one chunk;
+# 16,384 lanes 181 / 262 against 143 / 233): each chunk pays its placement, call and readout.
 
 #: the rule and the fix of a seed out of range (a first seed or a per-lane one)
 _SEED_RANGE = ("seeds must be integers in 0..2**32-1", "lower the first seed or the batch")
@@ -180,34 +176,10 @@ def _measure_lane_bytes(prep: Prepared) -> int:
 
 def default_chunk(prep: Prepared) -> int:
     """Lanes per compiled call when ``simulate`` is not told: what fits the memory budget, and on a
-    CPU the power of two whose state fills :data:`CACHE_SHARE` of a core's L2 cache (between
-    :data:`CPU_MIN_CHUNK` and :data:`CPU_CHUNK`): a step reads and writes the whole chunk's state,
-    so a chunk that leaves the cache runs at memory speed."""
+    CPU at most :data:`CPU_CHUNK`."""
     n = len(prep.seeds)
-    per_lane = _lane_bytes(prep)
-    chunk = 1 if n == 1 else max(1, min(n, _memory_budget() // (8 * per_lane)))
-    if jax.default_backend() != "cpu":
-        return chunk
-    fit = int(CACHE_SHARE * l2_bytes()) // per_lane
-    return min(chunk, CPU_CHUNK, max(CPU_MIN_CHUNK, 1 << max(fit.bit_length() - 1, 0)))
-
-
-@functools.cache
-def l2_bytes() -> int:
-    """Bytes of one core's L2 cache (Linux sysfs), :data:`DEFAULT_L2` where it cannot be read."""
-    root = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for entry in sorted(os.listdir(root)):
-            with open(os.path.join(root, entry, "level")) as f:
-                if f.read().strip() != "2":
-                    continue
-            with open(os.path.join(root, entry, "size")) as f:
-                size = f.read().strip().upper()
-            scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:], 1)
-            return int(size.rstrip("KMG")) * scale
-    except (OSError, ValueError):
-        pass
-    return DEFAULT_L2
+    chunk = 1 if n == 1 else max(1, min(n, _memory_budget() // (8 * _lane_bytes(prep))))
+    return chunk if jax.default_backend() != "cpu" else min(chunk, CPU_CHUNK)
 
 
 def group_programs(programs: Sequence[CubeGroupProgram]) -> tuple[list[CubeGroupProgram], np.ndarray]:

@@ -323,13 +323,12 @@ def test_action_word_holds_every_error_code_and_note():
     assert NOTE_SHIFT + max(ErrorCode).bit_length() <= 31
 
 
-def test_default_chunk_keeps_a_chunk_state_in_half_the_l2_cache(monkeypatch):
+def test_default_chunk_on_a_cpu_is_at_most_cpu_chunk_and_the_memory_budget(monkeypatch):
     from ascend_jax.cube_group.engine import batch
 
-    assert batch.l2_bytes() >= 2**14  # read from the system, or the default
     prep = batch.prepare([_merge_kernel()] * 5000)
+    assert batch.default_chunk(prep) == batch.CPU_CHUNK
     per_lane = batch._lane_bytes(prep)
-    for l2, chunk in ((2 * 3000 * per_lane, 2048), (2 * 64 * per_lane, batch.CPU_MIN_CHUNK), (2**40, batch.CPU_CHUNK)):
-        monkeypatch.setattr(batch, "l2_bytes", lambda l2=l2: l2)
-        assert batch.default_chunk(prep) == chunk
+    monkeypatch.setattr(batch, "_memory_budget", lambda: 8 * per_lane * 1000)
+    assert batch.default_chunk(prep) == 1000  # the memory budget binds first
     assert batch.default_chunk(batch.prepare([_merge_kernel()] * 100)) == 100  # never more than the batch
