@@ -40,8 +40,6 @@ MEMORY_FAULT_ERROR = int(AclError.RT_AICPU_EXCEPTION)
 #: kernel (hicann/runtime ``ae_kernel_lib_aicpu.cc``, ``TransformKernelErrorCode``). Both stay at
 #: the default 507018 here and can be overridden per world (``World(kernel_return_errors=...)``).
 KERNEL_RETURN_ERRORS: Mapping[int, int] = {201: int(AclError.RT_END_OF_SEQUENCE)}
-#: Kernel return values the AI CPU scheduler reserves (see above).
-RESERVED_KERNEL_RETURNS = frozenset({101, 201, *range(1000, 1100)})
 
 
 class TaskKind(enum.IntEnum):

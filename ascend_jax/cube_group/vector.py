@@ -233,7 +233,6 @@ KINDS: tuple[VectorKind, ...] = _kinds(
 KIND: dict[str, VectorKind] = {k.name: k for k in KINDS}
 #: Vector op kinds, in the order of their codes (``VectorOp.words()[0]``).
 VECTOR_KINDS = tuple(k.name for k in KINDS)
-KIND_CODE = {k.name: k.code for k in KINDS}
 
 
 def kinds_of(pattern: str) -> tuple[str, ...]:
@@ -241,7 +240,7 @@ def kinds_of(pattern: str) -> tuple[str, ...]:
     return tuple(k.name for k in KINDS if k.pattern == pattern)
 
 
-BINARY, SCALAR, UNARY = kinds_of("binary"), kinds_of("scalar"), kinds_of("unary")
+SCALAR = kinds_of("scalar")
 REDUCE, BROADCAST = kinds_of("reduce"), kinds_of("broadcast")
 #: Types the vector ALU computes in (Atlas A2: no bfloat16 arithmetic).
 ARITH_DTYPES = ("float16", "float32")
@@ -326,7 +325,7 @@ class VectorOp:
             return -1 if b is None else b.index
 
         out = self.src0 if self.kind == "store" else self.dst
-        ints = [KIND_CODE[self.kind], idx(self.dst), idx(self.src0), idx(self.src1), self.rows, self.cols]
+        ints = [KIND[self.kind].code, idx(self.dst), idx(self.src0), idx(self.src1), self.rows, self.cols]
         ints += [self.addr, self.stride, self.atomic, UB_DTYPES.index(out.dtype_name)]
         return ints, float(self.scalar)
 
