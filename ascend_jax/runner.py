@@ -218,8 +218,9 @@ class _Quiet:
 
 
 def _overridden(program: Any, build: Any, max_steps: int | None) -> Any:
-    """``program`` with another build and / or step bound, made again through its constructor (so
-    its own checks, e.g. the build name's, run); the same object when nothing changes."""
+    """``program`` with another build and / or step bound; ``dataclasses.replace`` makes it again
+    through its constructor, so its own checks (e.g. the build name's) run. The same object when
+    nothing changes."""
     changes: dict[str, Any] = {}
     if build is not None:
         changes["build"] = str(build)
@@ -227,8 +228,7 @@ def _overridden(program: Any, build: Any, max_steps: int | None) -> Any:
         changes["max_steps"] = max_steps
     if not changes:
         return program
-    values = {f.name: getattr(program, f.name) for f in dataclasses.fields(program) if f.init}
-    return type(program)(**{**values, **changes})
+    return dataclasses.replace(program, **changes)
 
 
 def prepare(
