@@ -40,8 +40,9 @@ from ascend_jax.buckets import bucket
 
 #: How many times a data schedule was traced (compiled), per process.
 TRACES = {"count": 0}
-#: Default lanes per compiled call: chosen so a chunk's memory stays near this many bytes (the data
-#: steps are memory-bound; a chunk that fits the caches runs several times faster per lane).
+#: Default lanes per compiled call: the largest power of two whose memory is at most this many bytes
+#: (the data steps are memory-bound; a chunk that fits the caches runs several times faster per lane;
+#: rounding up instead, to 13.6 MB chunks, cost 15-25 % more CPU time on 4 and 32 KiB allreduces).
 CHUNK_BYTES = 8 << 20
 
 
@@ -382,7 +383,7 @@ def run_comm_batch(
         :meth:`~ascend_jax.aicpu.tasks.TaskProgram.with_memory` of one program are grouped without
         comparing their tasks).
       max_steps: overrides every program's step bound.
-      chunk: lanes per compiled call (default: as many as keep about :data:`CHUNK_BYTES` of memory).
+      chunk: lanes per compiled call (default: the largest power of two whose memory fits in :data:`CHUNK_BYTES`).
       jit: False runs the same data steps eagerly (for debugging).
     """
     if not programs:
@@ -404,7 +405,8 @@ def run_comm_batch(
         fork = programs[lanes[0]].fork()
         row = max(8, max(m.size for m in fork.memory))
         row += -row % 4
-        size = max(1, int(chunk or bucket(max(1, CHUNK_BYTES // (fork.n_ranks * row)))))
+        fit = max(1, CHUNK_BYTES // (fork.n_ranks * row))
+        size = max(1, int(chunk or 1 << (fit.bit_length() - 1)))  # a power of two that fits, not above
         pending = [_Group(np.array(lanes), ControlPass(fork, DeviceModel(fork), fork.max_steps))]
         while pending:
             for i, r in _run_group(pending.pop(), programs, row, size, jit, pending):
