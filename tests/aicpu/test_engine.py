@@ -91,18 +91,23 @@ def test_reduce_at_every_word_width_equals_numpy():
     rng = np.random.default_rng(0)
     for dtype, size in ((HcclDataType.FP32, 4), (HcclDataType.FP16, 2), (HcclDataType.INT8, 1)):
         for op in (HcclReduceOp.SUM, HcclReduceOp.MAX):
-            for n, off in ((16, 0), (8, 4 if size <= 4 else 0), (size * 3, 2 * size)):
-                mem = rng.integers(0, 255, (3, 128), np.uint8)
+            # (bytes, offset, rank row, destination base): the last two make 6-byte blocks of
+            # 2-byte words and 2-byte blocks, which a 4-byte element straddles
+            for n, off, row, base in ((16, 0, 128, 64), (8, 4 if size <= 4 else 0, 128, 64),
+                                      (size * 3, 2 * size, 128, 64), (12, 6, 120, 60), (size * 3, 2, 128, 64)):  # fmt: skip
+                mem = rng.integers(0, 255, (3, row), np.uint8)
                 if dtype != HcclDataType.INT8:  # finite values
-                    vals = rng.standard_normal(16).astype({4: np.float32, 2: np.float16}[size])
-                    mem[:, : 16 * size] = np.frombuffer(vals.tobytes(), np.uint8)
-                    mem[:, 64 : 64 + 16 * size] = np.frombuffer(vals[::-1].tobytes(), np.uint8)
-                steps = [(DataOp(True, 0, off, 0, 64 + off, n, int(dtype), int(op)),)]
-                out = apply_steps(steps, mem.copy(), 128, chunk=4)
+                    vals = rng.standard_normal(12).astype({4: np.float32, 2: np.float16}[size])
+                    mem[:, : 12 * size] = np.frombuffer(vals.tobytes(), np.uint8)
+                    mem[:, base : base + 12 * size] = np.frombuffer(vals[::-1].tobytes(), np.uint8)
+                steps = [(DataOp(True, 0, off, 0, base + off, n, int(dtype), int(op)),)]
+                out = apply_steps(steps, mem.copy(), row, chunk=4)
                 want = mem.copy()
                 for lane in range(3):
-                    dst = want[lane, 64 + off : 64 + off + n].copy()
-                    want[lane, 64 + off : 64 + off + n] = reduce_bytes(dst, mem[lane, off : off + n].copy(), dtype, op)
+                    dst = want[lane, base + off : base + off + n].copy()
+                    want[lane, base + off : base + off + n] = reduce_bytes(
+                        dst, mem[lane, off : off + n].copy(), dtype, op
+                    )
                 np.testing.assert_array_equal(out, want)
 
 
