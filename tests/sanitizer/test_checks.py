@@ -194,6 +194,17 @@ def test_memcheck_out_of_range_and_straddle():
     assert sorted(f.kind for f in found) == ["out_of_range", "straddle"]
     straddle = next(f for f in found if f.kind == "straddle")
     assert "a, b" in straddle.message
+    # a tile's elements are null; its tensor is named only when it partly covers exactly one
+    assert [f.to_json()["ops"][0]["tensor"] for f in found] == [None, None]
+    assert all(f.to_json()["ops"][0]["elements"] is None for f in found)
+    log = _log(a, b)
+    log.tile("aic0", _site("aic0", 0, "matmul.A"), "read", 0x11F0, 1, 64, 64, 4)  # b's end into nothing
+    (alone,) = analyse(log, ("memcheck",))
+    assert (alone.kind, alone.to_json()["ops"][0]["tensor"], alone.to_json()["ops"][0]["elements"]) == (
+        "straddle",
+        "b",
+        None,
+    )
 
 
 def test_findings_are_sorted_and_rendered_one_paragraph_each():
@@ -221,6 +232,7 @@ def test_memcheck_overlapping_regions():
     )
     (f,) = found
     assert f.kind == "overlapping_tensors" and "0x10c0..0x10ff" in f.message
+    assert (f.to_json()["ops"], f.to_json()["cores"]) == ([], [])
     assert "tensor 'a'" in f.message and "tensor 'b'" in f.message
 
 

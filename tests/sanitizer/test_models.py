@@ -168,6 +168,8 @@ def test_synccheck_on_barriers_and_foreign_waits():
     }
     bad = next(f for f in found if f["kind"] == "barrier_unbalanced")
     assert "Arrive calls per index [2], Wait calls per index [1]" in bad["message"]
+    # a sync op touches no tensor: both fields null (docs/model/sanitizer.md, the JSON section)
+    assert all(o["access"] == "sync" and o["tensor"] is None and o["elements"] is None for f in found for o in f["ops"])
 
 
 def test_reports_are_cached_by_program_content():
