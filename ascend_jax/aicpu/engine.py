@@ -309,11 +309,13 @@ class _Outcome:
         self.lost = frozen(np.array(ctl.lost, np.int64))
         self.flags = frozen(np.array(ctl.flag, bool))
         self.start, self.end = (frozen(a) for a in ctl.timeline())
+        self.filled: set[int] = set()  # worlds whose stream syncs this outcome has set
 
     def result(self, program: TaskProgram, mem: np.ndarray, row: int) -> CommResult:
         """Lane ``program``'s result: its own world and memory, the group's tasks and outcome."""
         ctl = self.ctl
-        ran = dataclasses.replace(program, queues=ctl.p.queues, launches=ctl.p.launches)
+        ran = object.__new__(type(program))  # the lane's fields with the group's tasks (all checked already)
+        ran.__dict__.update(program.__dict__, queues=ctl.p.queues, launches=ctl.p.launches)
         result = CommResult(
             program=ran,
             status=ctl.status,
@@ -331,7 +333,9 @@ class _Outcome:
             device_calls=list(ctl.model.calls),
             kernel_log=list(ctl.model.log),
         )
-        result.fill_syncs()
+        if id(program.world) not in self.filled:  # lanes of one world get the same codes: set them once
+            result.fill_syncs()
+            self.filled.add(id(program.world))
         return result
 
 
