@@ -155,8 +155,8 @@ class State:
       :data:`ALIVE_BITS` columns, else [C, W] booleans (:attr:`EngineShape.alive_bits`).
     aic_ver, aic_pc, aic_skip: [C] the version being served, its next action and its SetSkipMsg
       total (CALL phase).
-    recv_ver: [C, R] received log (versions, int16 while they fit; their slot and state follow);
-      recv_count: [C].
+    recv_ver: [C, R] received log (versions, int8 / int16 while they fit: :func:`recv_dtype`;
+      their slot and state follow); recv_count: [C].
     barrier_arrive, barrier_wait: [NB, K] counter copies.
     gm: global memory, a tuple: ``([B, G] uint8,)`` the bytes, or with typed banks
       (:attr:`EngineShape.banks`) the written banks ``[B, n_k]`` in bank order (the read-only
@@ -409,6 +409,12 @@ def read_only(shape: EngineShape, tab: Tables) -> tuple[jax.Array, ...]:
     return tuple(x for x, w in zip(tab.gm_init, shape.banks.writable, strict=True) if not w)
 
 
+def recv_dtype(shape: EngineShape):
+    """The receive log's element type: int8 while version ids fit (the step rewrites the log by a
+    select every step: its bytes are the step's largest stream), else :attr:`EngineShape.version_dtype`."""
+    return jnp.int8 if shape.n_versions <= 128 else shape.version_dtype
+
+
 def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
     """The batch at launch (``keys`` [B, 2]): zeroed workspace, every AIV at op 0, every AIC at
     (0, 0) with all columns live."""
@@ -447,7 +453,7 @@ def init_state(shape: EngineShape, tab: Tables, keys: jax.Array) -> State:
         aic_ver=zeros(c),
         aic_pc=zeros(c),
         aic_skip=zeros(c),
-        recv_ver=zeros(c, r, dtype=shape.version_dtype),
+        recv_ver=zeros(c, r, dtype=recv_dtype(shape)),
         recv_count=zeros(c),
         barrier_arrive=zeros(nb, nc),
         barrier_wait=zeros(nb, nc),

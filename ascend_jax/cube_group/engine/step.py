@@ -38,7 +38,6 @@ from ascend_jax.cube_group.engine.access import (
     lookup,
     mm_fields,
     packed_free,
-    packed_word,
     select_first,
     slot_pick,
     slot_put,
@@ -50,12 +49,14 @@ from ascend_jax.cube_group.engine.state import (
     ACT,
     MAX_VERSIONS,
     MTE3_BIT,
+    PACK_COUNT_SHIFT,
     VER,
     VERSION_BITS,
     AicHead,
     AivOps,
     State,
     Tables,
+    slot_word,
 )
 from ascend_jax.cube_group.engine.timed import aic_times, aiv_times, occupancy
 from ascend_jax.cube_group.matmul import N_MM
@@ -265,6 +266,19 @@ def _release(
     return new_pos.astype(jnp.int32), new_col.astype(jnp.int32)
 
 
+def _free_bits(shape: EngineShape, grid: jax.Array, f_slot: jax.Array, freeing: jax.Array):
+    """Packed grid, frees in each AIC's own block (a debug build): [C, B] the column of the AIC's
+    rows that holds the freed slot and the head-state bits the free clears in that column's word
+    (0 where the AIC frees nothing), as :func:`ascend_jax.cube_group.engine.access.packed_free`
+    clears them; (None, None) otherwise (the step calls ``packed_free``)."""
+    if not shape.packed or shape.stray:
+        return None, None
+    c_num, w, _ = grid.shape
+    _, idx, inside = block_byte(shape, grid, f_slot)
+    bits = jnp.where(freeing & inside, jnp.int32(3) << ((idx & (D4 - 1)) << 3), 0)
+    return (idx >> 2) - jnp.arange(c_num, dtype=jnp.int32)[:, None] * w, bits
+
+
 def _lowest_bit(x: jax.Array) -> jax.Array:
     """Index of the lowest set bit of each int32 ``x`` (0 where none is set)."""
     return jnp.where(x == 0, 0, 31 - jax.lax.clz(x & -x))
@@ -276,11 +290,23 @@ def _aic_head(shape: EngineShape, tab: Tables, st: State) -> AicHead:
     f = tab.act.shape[1]
     pc = jnp.minimum(st.aic_pc, f - 1)
     flat = tab.act.reshape(-1, *tab.act.shape[2:])
-    act = lookup(shape, flat, st.aic_ver * f + pc)
-    cur, f_slot = cursor_slot(shape, st), act[:, ACT["slot"]]
+    cur = cursor_slot(shape, st)
+    # the gathers' indices are materialised (see materialise): fused into a gather, an index is
+    # computed again for every element gathered, in scalar code (the cursor's byte is a select
+    # over the block's columns)
+    running = (st.status == Status.RUNNING).any()
+    if shape.packed:  # the cursor's version: Tables.slot_ver at (grid index, write count)
+        byte, idx, _ = block_byte(shape, st.slot, cur)
+        act_at, ver_at, byte = materialise(running, st.aic_ver * f + pc, (idx << 6) + (byte >> PACK_COUNT_SHIFT), byte)
+    else:
+        (act_at,) = materialise(running, st.aic_ver * f + pc)
+    act = lookup(shape, flat, act_at)
+    f_slot = act[:, ACT["slot"]]
     if shape.packed:  # f_word: the head state only (a free keeps the write count)
         f_word = block_byte(shape, st.slot, f_slot)[0] & 3
-        return AicHead(cur, packed_word(shape, tab, st.slot, cur), pc, act, f_slot, f_word)
+        vflat = tab.slot_ver.reshape(-1, *tab.slot_ver.shape[2:])
+        cur_word = slot_word(byte & 3, lookup(shape, vflat[:, None], ver_at)[:, 0])  # as access.packed_word
+        return AicHead(cur, cur_word, pc, act, f_slot, f_word)
     return AicHead(cur, slot_pick(shape, st.slot, cur), pc, act, f_slot, slot_pick(shape, st.slot, f_slot))
 
 
@@ -358,9 +384,18 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     # shift / select of them (fused into its consumers, the decision above would be recomputed in
     # each of them, and per column in the grid free)
     # (with the version row's columns the updates read: gathering the row again costs more)
-    word, ver, f_slot, first, skip_v, aiv_id = materialise(
-        (st.status == Status.RUNNING).any(), word, ver, f_slot, first, vt[:, VER["skip"]], vt[:, VER["aiv_id"]]
-    )
+    # (and, at [C, B], where the log entry goes and which bits of its block row the free clears,
+    # so that the [C, R, B] log and the [C, W, B] grid are a compare and a select per element)
+    r = st.recv_ver.shape[1]
+    small = r < 128 and st.recv_ver.dtype == jnp.int8  # the position fits the log's element type
+    log_at = jnp.where(flags["logged"], st.recv_count, r).astype(jnp.int8 if small else jnp.int32)
+    free_col, free_bits = _free_bits(shape, st.slot, f_slot, flags["freeing"])
+    free = () if free_col is None else (free_col, free_bits)
+    word, ver, f_slot, first, skip_v, aiv_id, log_at, log_ver, *free = materialise(
+        (st.status == Status.RUNNING).any(),
+        word, ver, f_slot, first, vt[:, VER["skip"]], vt[:, VER["aiv_id"]],
+        log_at, ver.astype(st.recv_ver.dtype), *free,
+    )  # fmt: skip
     error = word & ERROR_MASK
     failing = error > 0  # this AIC stops here (AicPhase.ERROR)
     bit = {k: (word & (1 << i)) != 0 for k, i in FLAG_BIT.items()}
@@ -372,9 +407,8 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     # -- log every received message, by a select over the log's R entries (a scatter into
     # [C, R, B] runs element by element on a CPU); an entry past R is counted but not kept
     # (simulate runs such a lane again with the whole log: EngineShape.whole_log)
-    r = st.recv_ver.shape[1]
-    at = jnp.where(logged, st.recv_count, r)[:, None, :] == jnp.arange(r, dtype=jnp.int32)[None, :, None]
-    recv_ver = jnp.where(at, ver.astype(st.recv_ver.dtype)[:, None, :], st.recv_ver)
+    at = log_at[:, None, :] == jnp.arange(r, dtype=log_at.dtype)[None, :, None]
+    recv_ver = jnp.where(at, log_ver[:, None, :], st.recv_ver)
 
     # -- QUIT: clear bit aivID ---------------------------------------------------------------
     cols = jnp.arange(w)[None, :, None]
@@ -386,7 +420,13 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
         alive = st.aic_alive & (cols != quit_col[:, None, :])
 
     # -- CALL: perform the next action (a free, or a matmul handed to the compute phase) ---------
-    if shape.packed:
+    if free:  # packed grid, frees in the AIC's own block: bits of one column
+        free_col, free_bits = free
+        cleared = jnp.where(
+            free_col[:, None, :] == jnp.arange(w, dtype=jnp.int32)[None, :, None], free_bits[:, None, :], 0
+        )
+        slot = st.slot & ~cleared
+    elif shape.packed:
         slot = packed_free(shape, st.slot, f_slot, freeing)
     else:
         freed_word = (f_word & ~0xFF) | FREE  # FreeMessage writes the head state only
