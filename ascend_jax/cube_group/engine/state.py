@@ -291,7 +291,21 @@ def unpack_slots(shape: EngineShape, tab: Tables, grid: jax.Array) -> jax.Array:
     return slot_word(state, ver)
 
 
-def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+#: the op kinds a one-word op table holds (:func:`one_word_ops`)
+ONE_WORD_KINDS = frozenset({int(OpKind.NOP), int(OpKind.ALLOC), int(OpKind.WRITE)})
+
+
+def one_word_ops(shape: EngineShape) -> bool:
+    """Whether the step reads only word 0 of each op (:func:`pack_op` with ``one_word``): a packed
+    grid (an AIV's slot is a depth of its own queue row), the lockstep or random schedule (the
+    timed one keeps each slot's grid index for its slot times) and no op but ALLOC and WRITE
+    (their head state is all word 1 holds that such a step reads). Halves the op fetch."""
+    return shape.packed and not shape.timed and set(shape.op_kinds) <= ONE_WORD_KINDS
+
+
+def pack_op(
+    rows: np.ndarray, grid_of_slot: np.ndarray, counts: np.ndarray | None = None, one_word: bool = False
+) -> np.ndarray:
     """[n, 5] (kind, slot, a, b, c) op rows -> [n, 2] int32 words (one fetch per op).
 
     Word 0: ``kind | x << 4 | mte3 << 30`` with ``x`` the slot's grid index, or ``barrier << 6 |
@@ -302,6 +316,8 @@ def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray, counts: np.ndarray | Non
     Word 1: WRITE ``version | state << 23``; WAIT the sync flag; DELAY the cycles; SYNC 1 for the
     all-core form (0: AIV-only); barrier ops
     the counter threshold (-1: none); VECTOR its row of ``Tables.vec``; ALLOC 0.
+    With ``one_word`` (:func:`one_word_ops`) word 0's ``x`` holds the depth ``x & 3`` and a WRITE's
+    head state at bit 2 instead of the grid index, so the step needs no word 1.
     """
     kind, slot, a, b, c = rows.T
     barrier = (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
@@ -317,6 +333,8 @@ def pack_op(rows: np.ndarray, grid_of_slot: np.ndarray, counts: np.ndarray | Non
         0,
     )
     mte3 = np.where((kind == OpKind.ALLOC) | (kind == OpKind.WRITE), b, 0)
+    if one_word:  # the depth and a WRITE's head state (word 1 is kept but never read)
+        x = (x & 3) | np.where(kind == OpKind.WRITE, (a & 0xFF) << 2, 0)
     if counts is not None:  # packed grid: a WRITE's write count mod 64 above x's low 20 bits
         x = np.where(kind == OpKind.WRITE, x | ((counts % 64) << (PACK_OP_COUNT_BIT - KIND_BITS)), x)
     return np.stack([kind | (x << KIND_BITS) | (mte3 << MTE3_BIT), w1], axis=-1).astype(np.int32)
@@ -341,7 +359,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         counts = write_counts(flat)
         w = counts > 0
         slot_ver[shape.grid_of_slot[flat[w, 1]], counts[w]] = flat[w, 4]
-    ops = pack_op(flat, shape.grid_of_slot, counts).reshape(v, l_, 2)
+    ops = pack_op(flat, shape.grid_of_slot, counts, one_word_ops(shape)).reshape(v, l_, 2)
     n, f = shape.n_versions, shape.n_actions
     nv, fv = enc.n_versions, enc.n_actions
 
@@ -489,6 +507,7 @@ __all__ = [
     "build_tables",
     "init_state",
     "read_only",
+    "one_word_ops",
     "pack_op",
     "slot_word",
     "unpack_slots",

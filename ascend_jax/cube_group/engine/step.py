@@ -56,6 +56,7 @@ from ascend_jax.cube_group.engine.state import (
     AivOps,
     State,
     Tables,
+    one_word_ops,
     slot_word,
 )
 from ascend_jax.cube_group.engine.timed import aic_times, aiv_times, occupancy
@@ -99,10 +100,11 @@ def _aiv_ops(shape: EngineShape, tab: Tables, st: State) -> AivOps:
     of :func:`ascend_jax.cube_group.engine.state.pack_op`."""
     n_ops = tab.ops.shape[1]
     pc = jnp.minimum(st.aiv_pc, n_ops - 1)
+    one_word = one_word_ops(shape)
     if n_ops <= ONEHOT_OPS:
         sel = pc[:, None, :] == jnp.arange(n_ops)[None, :, None]
         w0 = jnp.where(sel, lane_table(shape, tab.ops[:, :, 0]), 0).sum(axis=1)
-        w1 = jnp.where(sel, lane_table(shape, tab.ops[:, :, 1]), 0).sum(axis=1)
+        w1 = None if one_word else jnp.where(sel, lane_table(shape, tab.ops[:, :, 1]), 0).sum(axis=1)
     elif shape.shared:
         w = tab.ops[jnp.arange(pc.shape[0])[:, None], pc]
         w0, w1 = w[..., 0], w[..., 1]
@@ -110,6 +112,8 @@ def _aiv_ops(shape: EngineShape, tab: Tables, st: State) -> AivOps:
         w0 = jnp.take_along_axis(tab.ops[:, :, 0], pc[:, None, :], axis=1)[:, 0]
         w1 = jnp.take_along_axis(tab.ops[:, :, 1], pc[:, None, :], axis=1)[:, 0]
     kind, x = w0 & ((1 << KIND_BITS) - 1), (w0 >> KIND_BITS) & ((1 << (MTE3_BIT - KIND_BITS)) - 1)
+    if one_word:  # ALLOC and WRITE only: a is a WRITE's head state, c unused (see pack_op)
+        return AivOps(pc, kind, x, (x >> 2) & 0xFF, (w0 >> MTE3_BIT) & 1, jnp.zeros_like(x))
     write = kind == OpKind.WRITE
     barrier = (kind == OpKind.ARRIVE) | (kind == OpKind.BWAIT)
     a = jnp.where(write, w1 >> VERSION_BITS, jnp.where(barrier, x >> 6, w1))
