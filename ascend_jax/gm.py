@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -104,7 +105,12 @@ def get_dtype(name: Any, field: str = "dtype") -> np.dtype:
 
 
 def dtype_name(dt: np.dtype) -> str:
-    return next(k for k in DTYPES if k == np.dtype(dt).name and DTYPES[k] == dt)
+    return _dtype_name(np.dtype(dt))
+
+
+@functools.cache
+def _dtype_name(dt: np.dtype) -> str:  # memoised: encoding calls it once per vector op
+    return next(k for k in DTYPES if k == dt.name and DTYPES[k] == dt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +124,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return int(math.prod(self.shape)) * self.dtype.itemsize
 
     @property
     def end(self) -> int:

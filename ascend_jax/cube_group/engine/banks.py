@@ -1,5 +1,5 @@
-"""Typed GM banks: how the JAX engine holds GM when every matmul reads and writes tensors in
-their own element type.
+"""Typed GM banks: how the JAX engine holds GM when every matmul operand and every AIV GM copy
+reads and writes tensors in their own element type.
 
 GM is byte-addressed, and the engine's general form is one ``[G] uint8`` array per lane: a tile
 is gathered as bytes and bit-cast to its type, and a C tile is bit-cast back to bytes and
@@ -8,18 +8,25 @@ every tensor, read-only inputs included.
 
 When the encoded program shows that no access needs byte semantics, the engine instead keeps the
 tensors in *banks*: one typed array per (element type, written or not). A tensor is **written**
-when some IterateAll's C address lies in it; the other tensors are read-only, live in the tables
-(shared by the lanes of a batch that runs one program) and never enter the loop's state. A tile
-is then a ``dynamic_slice`` per row of a typed array, and a C tile a typed scatter.
+when some IterateAll's C address lies in it or some AIV ``store`` (``DataCopy`` UB -> GM) targets
+it; the other tensors are read-only, live in the tables (shared by the lanes of a batch that runs
+one program) and never enter the loop's state. A tile is then a ``dynamic_slice`` per row of a
+typed array, and a C tile a typed scatter; an AIV ``load`` / ``store`` is a slice (or, for a
+strided tile, a gather / scatter) of the bank of its UB type, converted exactly to and from the
+UB's float32.
 
 The banks are used when, for every group with a Matmul and every address an A, B, bias or C
 operand can take (every IterateAll word, every state a callback leaves, every AIC's state after
 ``Init``; an address the run may resolve from the AIC's state is one of these), the tensor
 holding it has the operand's element type and the address is a whole number of elements from the
-tensor's start. Addresses outside every tensor do not matter: such a tile stops its AIC with
-``GM_OUT_OF_RANGE`` and reads and writes nothing. Programs with AIV vector ops (their copies move
-GM in UB types) keep the byte form, as does every batch run with ``EngineOptions(typed_banks=False)``.
-Both forms give the same results (``tests/cube_group/engine/test_banks.py`` compares them array by array).
+tensor's start; and when every AIV GM copy of every lane has its whole tile inside one tensor of
+the copy's UB type, starting a whole number of elements into it (the builder refuses other
+copies; a program assembled by hand may hold one that reinterprets bytes, and then the batch
+keeps the byte form). Addresses of matmul operands outside every tensor do not matter: such a
+tile stops its AIC with ``GM_OUT_OF_RANGE`` and reads and writes nothing. A batch without a
+Matmul keeps the byte form, as does every batch run with ``EngineOptions(typed_banks=False)``.
+Both forms give the same results (``tests/cube_group/engine/test_banks.py`` and
+``test_banks_vector.py`` compare them array by array).
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.cube_group.engine.encode import VEC
 from ascend_jax.cube_group.matmul import AF, MM_FIELDS
+from ascend_jax.cube_group.vector import KIND, UB_DTYPES
 from ascend_jax.gm import GM_BASE, load_windows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,12 +90,14 @@ def plan(programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]
     access needs the byte form (see the module docstring). ``margin``: the widest row window in
     elements."""
     first = programs[0]
-    if not any(m is not None for m in first.matmuls) or any(len(e.vec_ops) for e in encoded):
+    if not any(m is not None for m in first.matmuls):
         return None
     tensors = list(first.gm.tensors.values())
     starts = np.array([t.addr for t in tensors], np.int64)
     ends = np.array([t.end for t in tensors], np.int64)
-    written: set[int] = set()
+    written = _copies_in_type(tensors, starts, encoded)
+    if written is None:
+        return None
     aic0 = np.cumsum([0] + [g.aic_num for g in first.groups])
     for gi, cfg in enumerate(first.matmuls):
         if cfg is None:
@@ -130,6 +141,34 @@ def plan(programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]
     )
 
 
+def _copies_in_type(tensors: list, starts: np.ndarray, encoded: Sequence[EncodedProgram]) -> set[int] | None:
+    """The tensors some AIV ``store`` writes, or None when some GM copy (``load`` / ``store``) of
+    some lane reinterprets bytes: its tile is not inside one tensor of the copy's UB type, starting
+    a whole number of elements into it (the builder refuses such copies; a program assembled by
+    hand may hold one)."""
+    load, store = KIND["load"].code, KIND["store"].code
+    ends = np.array([t.end for t in tensors], np.int64)
+    sizes = np.array([t.dtype.itemsize for t in tensors], np.int64)
+    # each tensor's type as a UB type code (-1: none)
+    codes = np.array([UB_DTYPES.index(t.dtype.name) if t.dtype.name in UB_DTYPES else -1 for t in tensors])
+    written: set[int] = set()
+    for e in encoded:
+        ops = e.vec_ops[np.isin(e.vec_ops[:, VEC["kind"]], (load, store))]
+        if not len(ops):
+            continue
+        addr, code = ops[:, VEC["addr"]], ops[:, VEC["dtype"]]
+        t = np.searchsorted(starts, addr, side="right") - 1
+        if (t < 0).any():
+            return None
+        size = sizes[t]
+        end = addr + ((np.maximum(ops[:, VEC["rows"]], 1) - 1) * ops[:, VEC["stride"]] + ops[:, VEC["cols"]]) * size
+        ok = (codes[t] == code) & ((addr - starts[t]) % size == 0) & (end <= ends[t])
+        if not ok.all():
+            return None
+        written.update(int(i) for i in np.unique(t[ops[:, VEC["kind"]] == store]))
+    return written
+
+
 def initial(banks: GmBanks, program: CubeGroupProgram) -> tuple[np.ndarray, ...]:
     """Every bank's contents at launch (numpy, one per bank)."""
     out = [np.zeros(n, dt) for dt, n in zip(banks.dtypes, banks.sizes, strict=True)]
@@ -167,7 +206,7 @@ def load(
     """[n_rows, width] elements of ``dtype``: ``width`` from each stored row of a tile at byte
     ``addr`` with ``stride`` elements per row, from whichever bank of that type holds ``addr``
     (zeros when none does). ``ro`` / ``rw``: one lane's read-only and written banks, in bank order."""
-    arrays = _by_bank(banks, ro, rw)
+    arrays = by_bank(banks, ro, rw)
     out = jnp.zeros((n_rows, width), dtype)
     for k in banks.of_dtype(dtype):
         first, hit = element(banks, k, addr)
@@ -180,18 +219,24 @@ def host_image(banks: GmBanks, ro: Sequence[np.ndarray], rw: Sequence[np.ndarray
     """``[B, real] uint8``: every lane's GM bytes rebuilt on the host from its banks (read-only
     banks ``[n]`` shared or ``[B, n]``, written banks ``[B, n]``, numpy). Bytes between tensors
     are zero: nothing writes outside a tensor. numpy reinterprets typed rows as bytes for free,
-    where the same cast on the device is a loop of shifts."""
-    arrays = _by_bank(banks, ro, rw)
-    out = np.zeros((lanes, real), np.uint8)
+    where the same cast on the device is a loop of shifts. The image is built lanes last (a
+    ``[real, B]`` array, returned as its transposed view), as the engine's arrays come back from
+    the device: each tensor is then one copy of whole rows of lanes, not a transpose."""
+    arrays = by_bank(banks, ro, rw)
+    out = np.zeros((real, lanes), np.uint8)
     for k, first, start, n in banks.tensors:
         size = np.dtype(banks.dtypes[k]).itemsize
-        vals = np.ascontiguousarray(arrays[k][..., first : first + n // size])
+        vals = arrays[k][..., first : first + n // size]  # [n // size] or [B, n // size]
         pos = start - GM_BASE
-        out[:, pos : pos + n] = vals.view(np.uint8)
-    return out
+        dst = out[pos : pos + n].reshape(n // size, size, lanes)
+        if vals.ndim == 1:  # shared: the same bytes in every lane
+            dst[...] = np.ascontiguousarray(vals).view(np.uint8).reshape(-1, size, 1)
+        else:  # [B, m] -> [m, size, B]: element-major, its bytes, then lanes
+            dst[...] = np.ascontiguousarray(vals.T).view(np.uint8).reshape(-1, lanes, size).transpose(0, 2, 1)
+    return out.T
 
 
-def _by_bank(banks: GmBanks, ro: Sequence[Any], rw: Sequence[Any]) -> list[Any]:
+def by_bank(banks: GmBanks, ro: Sequence[Any], rw: Sequence[Any]) -> list[Any]:
     """One lane's (or the batch's) arrays in bank order, from the read-only and written lists."""
     ro_it, rw_it = iter(ro), iter(rw)
     return [next(rw_it) if w else next(ro_it) for w in banks.writable]

@@ -311,12 +311,21 @@ def count_dot_generals(jaxpr) -> int:
 _F16, _BF16, _F32 = (UB_DTYPES.index(t) for t in ("float16", "bfloat16", "float32"))
 
 
-def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.Array, words: jax.Array):
+def apply_vector_ops(
+    shape: EngineShape,
+    ro: tuple[jax.Array, ...],
+    gm: tuple[jax.Array, ...],
+    ub: jax.Array,
+    en: jax.Array,
+    words: jax.Array,
+):
     """Performs the vector ops the AIVs performed this step, before the step's matmuls are written.
 
-    ``gm`` [B, G] uint8, ``ub`` [B, V, U] float32 (lane-major), ``en`` [V, B] which AIVs ran
-    a vector op, ``words`` [V, N_VEC, B] its :data:`ascend_jax.cube_group.engine.encode.VEC` row.
-    Returns the new (gm, ub).
+    ``gm``: the written GM (``State.gm``, lane-major): ``([B, G] uint8,)`` the bytes, or with typed
+    banks (:attr:`EngineShape.banks`) the written banks ``[B, n_k]``; ``ro``: the read-only banks
+    (``()`` as bytes; shared ``[n_k]`` or ``[B, n_k]`` per lane). ``ub`` [B, V, U] float32
+    (lane-major), ``en`` [V, B] which AIVs ran a vector op, ``words`` [V, N_VEC, B] its
+    :data:`ascend_jax.cube_group.engine.encode.VEC` row. Returns the new (gm, ub).
 
     Order (the reference's, ``ReferenceInterpreter.step``): the AIVs act in block_idx order, so a
     store is visible to a later AIV's load in the same step. Compute ops touch only their own AIV's
@@ -338,7 +347,9 @@ def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.A
     reg = jax.vmap(jax.vmap(lambda w, e: _region(shape, w[VEC["rows"]], w[VEC["cols"]], e)))(w, is_copy)
     read = functools.partial(_read, shape)
     src = jax.vmap(jax.vmap(lambda u, w, r: read(u, w[VEC["off_src0"]], w[VEC["ld_src0"]], r)))(ub, w, reg)
-    copy_one = jax.vmap(functools.partial(_vector_copy, shape))  # over lanes
+    lane_copy = _vector_copy if shape.banks is None else _vector_copy_banks
+    # over lanes; shared read-only banks have no lane axis
+    copy_one = jax.vmap(functools.partial(lane_copy, shape), in_axes=(None if shape.shared else 0, 0, 0, 0, 0, 0))
 
     def one_aiv(v, carry):
         gm, loaded = carry
@@ -346,7 +357,7 @@ def apply_vector_ops(shape: EngineShape, gm: jax.Array, ub: jax.Array, en: jax.A
         def run(c):
             gm, loaded = c
             at = functools.partial(jax.lax.dynamic_index_in_dim, index=v, axis=1, keepdims=False)
-            gm, old = copy_one(gm, at(is_copy), at(w), at(src), jax.tree.map(at, reg))
+            gm, old = copy_one(ro, gm, at(is_copy), at(w), at(src), jax.tree.map(at, reg))
             return gm, jax.lax.dynamic_update_index_in_dim(loaded, old, v, axis=1)
 
         return jax.lax.cond(is_copy[:, v].any(), run, lambda c: c, (gm, loaded))
@@ -553,14 +564,16 @@ def _pairwise_block(x: jax.Array, n: jax.Array) -> jax.Array:
 
 
 def _vector_copy(
-    shape: EngineShape, gm: jax.Array, en: jax.Array, w: jax.Array, src: jax.Array, reg: _Region
-) -> tuple[jax.Array, jax.Array]:
-    """One lane's GM copy of one AIV (the reference's ``VectorUnit.run``): ``gm`` [G] uint8, ``en``
+    shape: EngineShape, ro: tuple, gm: tuple[jax.Array], en: jax.Array, w: jax.Array, src: jax.Array, reg: _Region
+) -> tuple[tuple[jax.Array], jax.Array]:
+    """One lane's GM copy of one AIV (the reference's ``VectorUnit.run``) on GM as bytes: ``gm``
+    ``([G] uint8,)`` (``ro`` is empty), ``en``
     [] whether it copies, ``w`` [N_VEC], ``src`` [E] a store's UB window, ``reg`` its region.
     Element k of the region is the 4 bytes at its address: with flat windows one slice of 4E bytes
     (GM is padded by :func:`ascend_jax.gm.row_margin` of E), else a gather. A store writes the
     region's bytes only (an atomic store adds to GM's value in float32 and rounds once to the GM
     type). Returns the new gm and the [E] values GM held (what a load reads)."""
+    gm = gm[0]
     e = shape.ub[1]
     kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
     size = jnp.where(dtype == _F32, 4, 2)
@@ -578,8 +591,59 @@ def _vector_copy(
     if shape.ub_flat:
         data = jnp.where(dtype == _F32, b32.reshape(-1), jnp.concatenate([b2.reshape(-1), raw[2 * e :]]))
         live = storing & (jnp.arange(4 * e) < w[VEC["rows"]] * w[VEC["cols"]] * size)
-        return jax.lax.dynamic_update_slice(gm, jnp.where(live, data, raw), (start,)), old
+        return (jax.lax.dynamic_update_slice(gm, jnp.where(live, data, raw), (start,)),), old
     data = jnp.where(dtype == _F32, b32, jnp.concatenate([b2, b2], axis=-1))  # [E, 4]
     k = jnp.arange(4)[None, :]
     ok = storing & reg.live[:, None] & (k < size)
-    return gm.at[jnp.where(ok, at[:, None] + k, gm.shape[0])].set(data, mode="drop"), old
+    return (gm.at[jnp.where(ok, at[:, None] + k, gm.shape[0])].set(data, mode="drop"),), old
+
+
+def _vector_copy_banks(
+    shape: EngineShape,
+    ro: tuple[jax.Array, ...],
+    gm: tuple[jax.Array, ...],
+    en: jax.Array,
+    w: jax.Array,
+    src: jax.Array,
+    reg: _Region,
+) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """:func:`_vector_copy` on typed banks (:attr:`EngineShape.banks`): ``ro`` one lane's read-only
+    banks, ``gm`` its written ones. The plan (:func:`ascend_jax.cube_group.engine.banks.plan`)
+    admits banks only when every copy's tile lies in a tensor of the copy's UB type at a whole
+    element, so the copy reads (and a store writes) the bank of that type that holds its address:
+    element k of the region at element ``first + r * stride + c`` (a slice of E elements with flat
+    windows: banks end in a margin of the widest window). Values convert exactly between the
+    bank's type and the UB's float32 (an atomic store adds in float32 and rounds once, as in
+    bytes). Returns the new written banks and the [E] values GM held (what a load reads)."""
+    bk = shape.banks
+    arrays = banks.by_bank(bk, ro, gm)
+    e = shape.ub[1]
+    kind, dtype, addr = w[VEC["kind"]], w[VEC["dtype"]], w[VEC["addr"]]
+    storing = en & (kind == KIND["store"].code)
+    atomic = w[VEC["atomic"]] != 0
+    flat_live = jnp.arange(e) < w[VEC["rows"]] * w[VEC["cols"]]
+    old = jnp.zeros(e, jnp.float32)
+    out = list(arrays)
+    for k, name in enumerate(bk.dtypes):
+        if name not in UB_DTYPES:  # no copy touches it (plan)
+            continue
+        first, hit = banks.element(bk, k, addr)
+        hit = hit & en & (dtype == UB_DTYPES.index(name))
+        first = jnp.where(hit, first, 0)
+        x = arrays[k]
+        if shape.ub_flat:
+            raw = jax.lax.dynamic_slice(x, (first,), (e,))
+        else:
+            at = first + reg.r * w[VEC["stride"]] + reg.c  # [E] each element's index
+            raw = x[jnp.clip(at, 0, x.shape[0] - 1)]
+        held = raw.astype(jnp.float32)
+        old = jnp.where(hit, held, old)
+        if not bk.writable[k] or KIND["store"].code not in shape.vec_kinds:
+            continue
+        val = jnp.where(atomic, _round(held + src, dtype), src).astype(x.dtype)
+        if shape.ub_flat:
+            out[k] = jax.lax.dynamic_update_slice(x, jnp.where(storing & hit & flat_live, val, raw), (first,))
+        else:
+            live = storing & hit & reg.live
+            out[k] = x.at[jnp.where(live, at, x.shape[0])].set(val, mode="drop")
+    return tuple(out[k] for k in bk.rw), old

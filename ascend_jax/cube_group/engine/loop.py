@@ -99,12 +99,12 @@ def batch_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> S
     if vec is not None:  # the AIVs' vector ops act before the step's matmuls are written
         gm, ub = jax.lax.cond(
             vec.en.any(),
-            lambda g, u: apply_vector_ops(shape, g, u, vec.en, vec.words),
+            lambda g, u: apply_vector_ops(shape, read_only(shape, tab), g, u, vec.en, vec.words),
             lambda g, u: (g, u),
-            st.gm[0],  # vector ops keep GM as bytes (see banks.plan)
+            st.gm,
             st.ub,
         )
-        st = dataclasses.replace(st, gm=(gm,), ub=ub)
+        st = dataclasses.replace(st, gm=gm, ub=ub)
     if not shape.has_matmul:
         return st
     return jax.lax.cond(out.mm_en.any(), lambda s: _compute(shape, tab, s, out.mm_en, out.mm_fields), lambda s: s, st)
