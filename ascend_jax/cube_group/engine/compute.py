@@ -87,11 +87,15 @@ def store_passes(shape: EngineShape, key: jax.Array, reqs: list) -> list:
     """In which pass each AIC of one lane stores its C tile this step: per group with a Matmul,
     [P] int32. The documented order is AIC index order (or, with ``atomic_order="random"``, a
     permutation drawn from the lane's ``key`` per step and group). An AIC goes one pass after
-    the last AIC before it in that order whose row windows overlap its own
+    the last AIC before it in that order whose written windows overlap its own
     (:func:`window_overlaps`), so tiles of one pass are disjoint and overlapping ones land in
-    order: a step without overlaps is one pass. With ``shape.batched_stores`` off
-    (``EngineOptions(batched_stores=False)``), or a tile whose own rows may overlap
-    (``rows_disjoint`` false), every AIC has a pass of its own."""
+    order: a step without overlaps is one pass. A tile writes each row as chunks of
+    ``dims.chunk`` columns (:func:`chunk_width`), up to its own ``n`` rounded up to a chunk. With
+    ``shape.batched_stores`` off (``EngineOptions(batched_stores=False)``) every AIC has a pass of
+    its own. Passes from P on (P the group's AICs) are written row after row, each row re-read
+    (:func:`store_tiles`): a lane in which some live tile's own rows may overlap (its C row stride
+    below its written width, possible only without ``rows_disjoint``) stores every tile of the
+    step that way, AIC ``k`` of the order in pass ``P + k``."""
     order_key = jax.random.fold_in(jax.random.wrap_key_data(key), 0x5EED)
     out = []
     for gidx, ((_, mt, dims), (d, e)) in enumerate(zip(matmul_groups(shape), reqs, strict=True)):
@@ -101,43 +105,62 @@ def store_passes(shape: EngineShape, key: jax.Array, reqs: list) -> list:
         else:
             order = jnp.arange(n_aic)
         rank = jnp.zeros(n_aic, jnp.int32).at[order].set(jnp.arange(n_aic, dtype=jnp.int32))
-        mm_, nn, rows_disjoint = dims.m, dims.n, dims.rows_disjoint
+        mm_ = dims.m
+        g = chunk_width(dims)
         c_rows = _c_rows(shape, mt)
-        if not (shape.batched_stores and rows_disjoint and c_rows):
-            out.append(rank)
+        # [P] columns each row writes: its n rounded up to a chunk
+        width = dims.n if g == dims.n else jnp.minimum(-(-jnp.maximum(d["n"], 1) // g) * g, dims.n)
+        if dims.rows_disjoint:
+            seq = rank
+        else:  # a tile whose rows overlap sends its whole lane's step to the ordered row stores
+            fits = (d["m"] <= 1) | (d["stride_c"] >= width)
+            seq = jnp.where((fits | ~e).all(), rank, n_aic + rank)
+        if not (shape.batched_stores and c_rows):
+            out.append(seq)
             continue
         u = mt.dtype("c").itemsize if shape.banks is None else 1  # GM indices per element
         lo = jax.vmap(lambda a, starts=c_rows.starts: starts(a, 1, 0)[0])(d["c_addr"])
         stride = jnp.where(e & (d["m"] > 1), d["stride_c"], 0) * u  # no product of an unused stride
-        over = window_overlaps(lo, jnp.minimum(d["m"], mm_), stride, nn * u, e)
+        over = window_overlaps(lo, jnp.minimum(d["m"], mm_), stride, width * u, e)
         passes = jnp.zeros(n_aic, jnp.int32)
         for k in range(n_aic):  # in the documented order: after every earlier overlapping tile
             ci = order[k]
             passes = passes.at[ci].set(jnp.where(over[ci] & (rank < k), passes + 1, 0).max())
-        out.append(passes)
+        out.append(passes if dims.rows_disjoint else jnp.where(seq >= n_aic, seq, passes))
     return out
 
 
-def window_overlaps(lo: jax.Array, rows: jax.Array, stride: jax.Array, width: int, live: jax.Array) -> jax.Array:
+def chunk_width(dims: MatmulDims) -> int:
+    """Columns of one written window of a C row: ``dims.chunk`` (a divisor of N that divides every
+    ``n`` a tile of the group can have; :func:`ascend_jax.cube_group.engine.shape.make_shape`), or
+    N without one."""
+    return dims.chunk or dims.n
+
+
+def window_overlaps(
+    lo: jax.Array, rows: jax.Array, stride: jax.Array, width: int | jax.Array, live: jax.Array
+) -> jax.Array:
     """[P, P] bool: whether the writes of tiles i and j (i != j, both ``live``) can touch a
-    common index. Tile i writes ``rows[i]`` windows of ``width`` indices, the r-th starting at
-    ``lo[i] + r * stride[i]`` (each [P] int32, GM indices; every row writes a whole padded
-    window, its columns past the tile's own ``n`` rewritten with what they held). Two tiles of
-    one stride ``s >= width`` are compared exactly on the (row, column) grid of that stride;
-    other pairs by their whole index ranges, which may say "overlap" for interleaved tiles
-    (that only costs the ordered store, never a wrong one)."""
+    common index. Tile i writes ``rows[i]`` windows of ``width[i]`` indices (a scalar: the same
+    for every tile), the r-th starting at ``lo[i] + r * stride[i]`` (each [P] int32, GM indices;
+    every row writes its whole window, its columns past the tile's own ``n`` rewritten with what
+    they held). Two tiles of one stride ``s`` at least both widths are compared exactly on the
+    (row, column) grid of that stride; other pairs by their whole index ranges, which may say
+    "overlap" for interleaved tiles (that only costs the ordered store, never a wrong one)."""
+    width = jnp.broadcast_to(jnp.asarray(width, jnp.int32), lo.shape)
     m = jnp.where(live, rows, 0)  # idle AICs: nothing to compare, and no overflow below
     s = jnp.where(live, stride, 0)
     hi = lo + (m - 1) * s + width  # one past the last index a window writes
     i, j = lo[:, None], lo[None, :]
     span = (i < hi[None, :]) & (j < hi[:, None])
-    same = (s[:, None] == s[None, :]) & (s[:, None] >= width)
+    wi, wj = width[:, None], width[None, :]
+    same = (s[:, None] == s[None, :]) & (s[:, None] >= wi) & (s[None, :] >= wj)
     sd = jnp.where(same, s[:, None], 1)
     q = jnp.floor_divide(j - i, sd)  # row of tile j's first index on tile i's grid
     rem = (j - i) - q * sd  # its column, 0 <= rem < s
     mi, mj = m[:, None], m[None, :]
-    piece_a = (q < mi) & (q + mj > 0) & (rem < width)
-    piece_b = (rem + width > sd) & (q + 1 < mi) & (q + 1 + mj > 0)  # the part that wraps a row
+    piece_a = (q < mi) & (q + mj > 0) & (rem < wi)
+    piece_b = (rem + wj > sd) & (q + 1 < mi) & (q + 1 + mj > 0)  # the part that wraps a row
     overlap = jnp.where(same, piece_a | piece_b, span)
     both = live[:, None] & live[None, :] & (m[:, None] > 0) & (m[None, :] > 0)
     return overlap & both & ~jnp.eye(lo.shape[0], dtype=bool)
@@ -148,14 +171,17 @@ def store_tiles(
 ) -> tuple[jax.Array, ...]:
     """Writes one lane's C tiles of a step (``reqs`` from :func:`matmul_requests`, ``tiles`` from
     :func:`matmul_tiles`) to its written GM ``gm``, in ``passes`` (:func:`store_passes`): each
-    pass one gather and one scatter of the tiles in it. ``n_passes``: per group, the passes to
-    run (int32 scalar, the same for every lane so that the loop is not batched). A tile whose
-    own rows may overlap is written row after row, each row re-read."""
+    pass below P one gather and one scatter of the chunks of the tiles in it, each pass from P on
+    one tile written row after row, each row re-read. ``n_passes``: per group, one past the last
+    pass to run (int32 scalar, the same for every lane so that the loops are not batched)."""
     for (_, mt, dims), (d, e), c, ps, n in zip(matmul_groups(shape), reqs, tiles, passes, n_passes, strict=True):
         c_rows = _c_rows(shape, mt)
         if c_rows is not None:  # else no tensor of C's type is written: every such tile is out of range
             group = StoreGroup(mt, dims, c_rows, d, e, c, ps)
-            gm = jax.lax.fori_loop(0, n, functools.partial(_store_pass, group), gm)
+            n_aic = e.shape[0]
+            gm = jax.lax.fori_loop(0, jnp.minimum(n, n_aic), functools.partial(_store_pass, group), gm)
+            if not dims.rows_disjoint:
+                gm = jax.lax.fori_loop(n_aic, jnp.maximum(n, n_aic), functools.partial(_store_rows, group), gm)
     return gm
 
 
@@ -171,32 +197,50 @@ class StoreGroup(NamedTuple):
     ps: jax.Array  # [P] the pass each AIC stores in (:func:`store_passes`)
 
 
+def _merged(group: StoreGroup, old: jax.Array, tile: jax.Array, ci: jax.Array, live: jax.Array) -> jax.Array:
+    """What rows [R, N] of AIC ``ci``'s C region become (``old`` what they hold, ``tile`` its
+    rows, ``live`` [R] which are written)."""
+    new = combine(group.mt, old, tile, group.d["atomic"][ci])
+    cols = jnp.arange(group.dims.n) < group.d["n"][ci]
+    return jnp.where(live[:, None] & cols[None, :], new, old)
+
+
 def _store_pass(group: StoreGroup, p: jax.Array, gm: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    """Pass ``p`` of one group's stores (see :func:`store_tiles`) into the written GM ``gm``."""
-    mt, c_rows, d, e, c, ps = group.mt, group.c_rows, group.d, group.e, group.c, group.ps
-    mm_, nn, rows_disjoint = group.dims.m, group.dims.n, group.dims.rows_disjoint
+    """Pass ``p`` < P of one group's stores (see :func:`store_tiles`) into the written GM ``gm``:
+    every tile of the pass at once, each row as windows of :func:`chunk_width` columns (chunks
+    past the tile's ``n``, and rows not written, go to the scratch margin)."""
+    c_rows, d, e, ps = group.c_rows, group.d, group.e, group.ps
+    mm_, nn = group.dims.m, group.dims.n
+    g = chunk_width(group.dims)
+    n_chunks = nn // g
+    u = group.mt.dtype("c").itemsize if c_rows.bytes else 1  # GM indices per element
     n_aic = e.shape[0]
 
-    def rows(ci):  # one AIC's row starts [M] (rows not written: to scratch), live rows [M]
+    def rows(ci):  # one AIC's chunk starts [M, Ch] (not written: to scratch), live rows [M]
         live = e[ci] & (jnp.arange(mm_) < d["m"][ci]) & (ps[ci] == p)
-        return jnp.where(live, c_rows.starts(d["c_addr"][ci], mm_, d["stride_c"][ci]), c_rows.scratch), live
+        j = jnp.arange(n_chunks, dtype=jnp.int32)
+        at = c_rows.starts(d["c_addr"][ci], mm_, d["stride_c"][ci])[:, None] + j[None, :] * (g * u)
+        keep = live[:, None] & (j * g < d["n"][ci])[None, :]
+        return jnp.where(keep, at, c_rows.scratch), live
 
-    def merged(old, tile, ci, live):  # what rows [R, N] of a tile become
-        new = combine(mt, old, tile, d["atomic"][ci])
-        return jnp.where(live[:, None] & (jnp.arange(nn) < d["n"][ci])[None, :], new, old)
+    at, live = jax.vmap(rows)(jnp.arange(n_aic))  # [P, M, Ch], [P, M]
+    old = c_rows.read(gm, at.reshape(-1), g).reshape(n_aic, mm_, nn)
+    new = jax.vmap(functools.partial(_merged, group))(old, group.c, jnp.arange(n_aic), live)
+    return c_rows.put(gm, at.reshape(-1), new.reshape(-1, g))
 
-    if rows_disjoint:  # every tile of the pass at once
-        at, live = jax.vmap(rows)(jnp.arange(n_aic))  # [P, M] each
-        old = c_rows.read(gm, at.reshape(-1), nn).reshape(n_aic, mm_, nn)
-        new = jax.vmap(merged)(old, c, jnp.arange(n_aic), live)
-        return c_rows.put(gm, at.reshape(-1), new.reshape(-1, nn))
 
-    ci = jnp.argmax(ps == p)  # the pass's one AIC, its rows in order, each re-read
-    at, live = rows(ci)
+def _store_rows(group: StoreGroup, p: jax.Array, gm: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """Pass ``p`` >= P of one group's stores: its one AIC's tile row after row, each row re-read
+    and written as one window of N columns (its rows may overlap one another)."""
+    c_rows, d, e, ps = group.c_rows, group.d, group.e, group.ps
+    mm_, nn = group.dims.m, group.dims.n
+    ci = jnp.argmax(ps == p)
+    live = e[ci] & (jnp.arange(mm_) < d["m"][ci]) & (ps[ci] == p)
+    at = jnp.where(live, c_rows.starts(d["c_addr"][ci], mm_, d["stride_c"][ci]), c_rows.scratch)
 
     def row(r, gm):
         old = c_rows.read(gm, at[r][None], nn)
-        return c_rows.put(gm, at[r][None], merged(old, c[ci][r][None], ci, live[r][None]))
+        return c_rows.put(gm, at[r][None], _merged(group, old, group.c[ci][r][None], ci, live[r][None]))
 
     return jax.lax.fori_loop(0, mm_, row, gm)
 
@@ -212,6 +256,7 @@ class _CRows(NamedTuple):
     scratch: int
     read: Any
     put: Any
+    bytes: bool  # GM as bytes (indices are bytes), else a typed bank (indices are elements)
 
 
 def _c_rows(shape: EngineShape, mt: MatmulType) -> _CRows | None:
@@ -247,7 +292,7 @@ def _c_rows(shape: EngineShape, mt: MatmulType) -> _CRows | None:
     def put(gm, at, value):
         return (*gm[:pos], write(gm[pos], at, value), *gm[pos + 1 :])
 
-    return _CRows(starts, scratch, read, put)
+    return _CRows(starts, scratch, read, put, shape.banks is None)
 
 
 def _operands(

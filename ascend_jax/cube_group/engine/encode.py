@@ -76,6 +76,7 @@ class MatmulDims(NamedTuple):
     rows_disjoint: bool  # every C row stride the run can use is at least N: one scatter per tile
     a_layout: str  # "plain", "trans" or "both": the layouts A can be read in
     b_layout: str  # the same for B
+    chunk: int = 0  # columns of one written C window: divides N and every n a tile can have (0: N)
 
 
 @dataclasses.dataclass
@@ -530,7 +531,8 @@ def _tile_dims(program: CubeGroupProgram, seen: dict[int, list[tuple[np.ndarray,
     (``seen``: (values, set mask) pairs of :data:`MM_FIELDS` rows). M, N, K bound every tile (the
     tiling's singleCore, or a larger SetTail: legal in the Norm configuration), K padded to baseK;
     ``rows_disjoint``: every C row stride the run can use is at least N, so the engine may write a
-    tile's padded rows in one scatter; ``a_layout`` / ``b_layout``: ``"plain"``, ``"trans"`` or
+    tile's padded rows in one scatter; ``chunk``: the greatest common divisor of N and every n a
+    call or Init can set (the engine writes C rows in windows of that many columns); ``a_layout`` / ``b_layout``: ``"plain"``, ``"trans"`` or
     ``"both"``, the layouts A and B can be read in."""
     dims = []
     for gi, cfg in enumerate(program.matmuls or [None] * len(program.groups)):
@@ -540,10 +542,12 @@ def _tile_dims(program: CubeGroupProgram, seen: dict[int, list[tuple[np.ndarray,
         t = cfg[1]
         ext = np.array([t.singleCoreM, t.singleCoreN, t.singleCoreK], np.int64)
         strides = []
+        chunk = int(t.singleCoreN)
         for vals, mask in seen.get(gi, []):
             if not len(vals):
                 continue
             ext = np.maximum(ext, np.where(mask[:, 5:8], vals[:, 5:8], 0).max(axis=0))
+            chunk = int(np.gcd.reduce(np.abs(vals[:, 6][mask[:, 6]]), initial=chunk))
             strides.append(vals[:, 1][mask[:, 1]])  # org_n
             kc = vals[:, 4][mask[:, 4]]
             strides.append(kc[kc > 0])
@@ -562,7 +566,8 @@ def _tile_dims(program: CubeGroupProgram, seen: dict[int, list[tuple[np.ndarray,
             vals_f = [v[:, f][mk[:, f]] != 0 for v, mk in seen.get(gi, []) if len(v)]
             flags = np.concatenate(vals_f) if vals_f else np.zeros(1, bool)
             modes.append("both" if flags.any() and not flags.all() else "trans" if flags.all() else "plain")
-        dims.append(MatmulDims(m, n, k, bool(all_strides.size == 0 or all_strides.min() >= n), *modes))
+        disjoint = bool(all_strides.size == 0 or all_strides.min() >= n)
+        dims.append(MatmulDims(m, n, k, disjoint, *modes, chunk=int(np.gcd(chunk, n))))
     return tuple(dims)
 
 

@@ -366,9 +366,22 @@ def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) 
             rows_disjoint=all(d.rows_disjoint for d in lanes),
             a_layout=layouts[0].pop() if len(layouts[0]) == 1 else "both",
             b_layout=layouts[1].pop() if len(layouts[1]) == 1 else "both",
+            chunk=_chunk([d.chunk for d in lanes], int(max(d.n for d in lanes))),
         )
         out.append((cfg[0], cfg[1], dims))
     return tuple(out)
+
+
+#: the narrowest C window the engine writes in chunks (narrower: whole rows of N, ordered when
+#: they may overlap): a window per few elements would cost more scatter updates than it saves
+LEAST_CHUNK = 8
+
+
+def _chunk(chunks: list[int], n: int) -> int:
+    """:attr:`MatmulDims.chunk` of a batch: a divisor of ``n`` (the batch's N) and of every lane's
+    chunk, or 0 (whole rows of N) when that is under :data:`LEAST_CHUNK` columns."""
+    g = int(np.gcd.reduce(np.array([*chunks, n], np.int64)))
+    return g if g >= LEAST_CHUNK else 0
 
 
 def _aiv_home(shape: EngineShape, programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]):
