@@ -119,9 +119,8 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
 
     end_to_end: a warm ``simulate(programs)`` that returns every lane's result.
     engine: the compiled batched loop alone, on tables already encoded and on the device, run
-    the way ``simulate`` runs it: in chunks of ``engine.default_chunk`` lanes (on a CPU as many as
-    keep their state in half a core's L2: 512 for the default workload on a 2 MiB L2), one call
-    per chunk.
+    the way ``simulate`` runs it: in chunks of ``engine.default_chunk`` lanes (on a CPU at most
+    ``engine.batch.CPU_CHUNK``, 4,096), one call per chunk.
     Both are the best of 7 calls (3 above 4,096 lanes; small batches: as many as fit 0.5 s): the
     JAX calls are short, so on a shared machine a few of them land on a busy moment.
     compile_s: lowering and compiling the loop for one chunk (``engine.compile_batch``).
