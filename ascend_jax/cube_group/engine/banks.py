@@ -65,12 +65,16 @@ class GmBanks:
         the margin's start).
       tensors: per GM tensor in allocation order: (bank, first element in the bank, GM byte
         address, bytes).
+      loaded, stored: per bank, whether some AIV vector ``load`` reads it / ``store`` writes it
+        (the vector phase traces copies of those banks only).
     """
 
     dtypes: tuple[str, ...]
     writable: tuple[bool, ...]
     sizes: tuple[int, ...]
     tensors: tuple[tuple[int, int, int, int], ...]
+    loaded: tuple[bool, ...] = ()  # per bank, whether some AIV ``load`` reads it
+    stored: tuple[bool, ...] = ()  # per bank, whether some AIV ``store`` writes it
 
     @property
     def rw(self) -> tuple[int, ...]:
@@ -95,9 +99,11 @@ def plan(programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]
     tensors = list(first.gm.tensors.values())
     starts = np.array([t.addr for t in tensors], np.int64)
     ends = np.array([t.end for t in tensors], np.int64)
-    written = _copies_in_type(tensors, starts, encoded)
-    if written is None:
+    copies = _copies_in_type(tensors, starts, encoded)
+    if copies is None:
         return None
+    loads, written = copies
+    stores = set(written)
     aic0 = np.cumsum([0] + [g.aic_num for g in first.groups])
     for gi, cfg in enumerate(first.matmuls):
         if cfg is None:
@@ -138,11 +144,15 @@ def plan(programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]
         writable=tuple(w for _, w in keys),
         sizes=tuple(fill[key] + margin for key in keys),
         tensors=tuple(placed),
+        loaded=tuple(any(placed[t][0] == k for t in loads) for k in range(len(keys))),
+        stored=tuple(any(placed[t][0] == k for t in stores) for k in range(len(keys))),
     )
 
 
-def _copies_in_type(tensors: list, starts: np.ndarray, encoded: Sequence[EncodedProgram]) -> set[int] | None:
-    """The tensors some AIV ``store`` writes, or None when some GM copy (``load`` / ``store``) of
+def _copies_in_type(
+    tensors: list, starts: np.ndarray, encoded: Sequence[EncodedProgram]
+) -> tuple[set[int], set[int]] | None:
+    """(the tensors some AIV ``load`` reads, those some AIV ``store`` writes), or None when some GM copy (``load`` / ``store``) of
     some lane reinterprets bytes: its tile is not inside one tensor of the copy's UB type, starting
     a whole number of elements into it (the builder refuses such copies; a program assembled by
     hand may hold one)."""
@@ -151,6 +161,7 @@ def _copies_in_type(tensors: list, starts: np.ndarray, encoded: Sequence[Encoded
     sizes = np.array([t.dtype.itemsize for t in tensors], np.int64)
     # each tensor's type as a UB type code (-1: none)
     codes = np.array([UB_DTYPES.index(t.dtype.name) if t.dtype.name in UB_DTYPES else -1 for t in tensors])
+    read: set[int] = set()
     written: set[int] = set()
     for e in encoded:
         ops = e.vec_ops[np.isin(e.vec_ops[:, VEC["kind"]], (load, store))]
@@ -166,7 +177,8 @@ def _copies_in_type(tensors: list, starts: np.ndarray, encoded: Sequence[Encoded
         if not ok.all():
             return None
         written.update(int(i) for i in np.unique(t[ops[:, VEC["kind"]] == store]))
-    return written
+        read.update(int(i) for i in np.unique(t[ops[:, VEC["kind"]] == load]))
+    return read, written
 
 
 def initial(banks: GmBanks, program: CubeGroupProgram) -> tuple[np.ndarray, ...]:

@@ -670,7 +670,7 @@ def _vector_copy_banks(
     old = jnp.zeros(e, jnp.float32)
     out = list(arrays)
     for k, name in enumerate(bk.dtypes):
-        if name not in UB_DTYPES:  # no copy touches it (plan)
+        if not (bk.loaded[k] or bk.stored[k]):  # no copy touches it (plan)
             continue
         first, hit = banks.element(bk, k, addr)
         hit = hit & en & (dtype == UB_DTYPES.index(name))
@@ -683,7 +683,7 @@ def _vector_copy_banks(
             raw = x[jnp.clip(at, 0, x.shape[0] - 1)]
         held = raw.astype(jnp.float32)
         old = jnp.where(hit, held, old)
-        if not bk.writable[k] or KIND["store"].code not in shape.vec_kinds:
+        if not bk.stored[k]:
             continue
         val = jnp.where(atomic, _round(held + src, dtype), src).astype(x.dtype)
         if shape.ub_flat:
