@@ -122,10 +122,17 @@ def store_passes(shape: EngineShape, key: jax.Array, reqs: list) -> list:
         lo = jax.vmap(lambda a, starts=c_rows.starts: starts(a, 1, 0)[0])(d["c_addr"])
         stride = jnp.where(e & (d["m"] > 1), d["stride_c"], 0) * u  # no product of an unused stride
         over = window_overlaps(lo, jnp.minimum(d["m"], mm_), stride, width * u, e)
+
+        def place(k, passes, order=order, over=over, rank=rank):  # in the documented order: after
+            ci = order[k]  # every earlier overlapping tile
+            return passes.at[ci].set(jnp.where(over[ci] & (rank < k), passes + 1, 0).max())
+
         passes = jnp.zeros(n_aic, jnp.int32)
-        for k in range(n_aic):  # in the documented order: after every earlier overlapping tile
-            ci = order[k]
-            passes = passes.at[ci].set(jnp.where(over[ci] & (rank < k), passes + 1, 0).max())
+        if dims.rows_disjoint:  # unrolled, as before chunked stores
+            for k in range(n_aic):
+                passes = place(k, passes)
+        else:  # a loop: with the ordered row stores beside it, P unrolled steps cost seconds of compile
+            passes = jax.lax.fori_loop(0, n_aic, place, passes)
         out.append(passes if dims.rows_disjoint else jnp.where(seq >= n_aic, seq, passes))
     return out
 
