@@ -70,7 +70,8 @@ def test_attention_banks_equal_bytes(dtype, causal, schedule, shape):
     their own inputs and one shared program give the byte form's arrays and the reference's
     outcome."""
     lanes = [ag.build(seed, dtype=dtype, causal=causal, **shape) for seed in (0, 1)]
-    for programs in (lanes, lanes[:1]):
+    # one shared program (read-only banks as tables) only at the small shape: each form compiles
+    for programs in (lanes, lanes[:1]) if shape is SMALL else (lanes,):
         typed, plain, layout = _both_forms(programs, schedule=schedule)
         assert layout is not None
         p = programs[0]
