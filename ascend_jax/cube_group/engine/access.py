@@ -191,15 +191,6 @@ def block_byte(shape: EngineShape, grid: jax.Array, slot: jax.Array) -> tuple[ja
     return jnp.where(inside, (word >> (d << 3)) & 0xFF, 0), jnp.where(inside, idx, 0), inside
 
 
-def packed_word(shape: EngineShape, tab: Tables, grid: jax.Array, slot: jax.Array) -> jax.Array:
-    """Packed grid: the wide word (:func:`slot_word`) of global slots ``slot`` [C, B], the version
-    looked up in ``Tables.slot_ver`` from the write count."""
-    byte, idx, _ = block_byte(shape, grid, slot)
-    flat = tab.slot_ver.reshape(-1, *tab.slot_ver.shape[2:])
-    ver = lookup(shape, flat[:, None], (idx << 6) + (byte >> PACK_COUNT_SHIFT))[:, 0]
-    return slot_word(byte & 3, ver)
-
-
 def packed_free(shape: EngineShape, grid: jax.Array, slot: jax.Array, mask: jax.Array) -> jax.Array:
     """Packed grid: FreeMessage of global slots ``slot`` [C, B] where ``mask``: the head state
     bits cleared, the write count kept. Several AICs may clear bits of one word in one step."""

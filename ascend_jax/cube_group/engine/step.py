@@ -309,7 +309,8 @@ def _aic_head(shape: EngineShape, tab: Tables, st: State) -> AicHead:
     if shape.packed:  # f_word: the head state only (a free keeps the write count)
         f_word = block_byte(shape, st.slot, f_slot)[0] & 3
         vflat = tab.slot_ver.reshape(-1, *tab.slot_ver.shape[2:])
-        cur_word = slot_word(byte & 3, lookup(shape, vflat[:, None], ver_at)[:, 0])  # as access.packed_word
+        # the wide word of the cursor's slot: its head state and its version
+        cur_word = slot_word(byte & 3, lookup(shape, vflat[:, None], ver_at)[:, 0])
         return AicHead(cur, cur_word, pc, act, f_slot, f_word)
     return AicHead(cur, slot_pick(shape, st.slot, cur), pc, act, f_slot, slot_pick(shape, st.slot, f_slot))
 
