@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_access import _assert_same_arrays
+from test_compute_store import T, W
+from test_compute_store import _kernel as _store_kernel
 
 import ascend_jax as aj
-from ascend_jax import CUBE_MATMUL_MSG, CubeGroupKernel
 from ascend_jax.cube_group import engine
 from ascend_jax.cube_group.engine import EngineOptions, compute
 
@@ -59,29 +60,15 @@ def test_window_overlaps_with_a_width_per_tile(tiles, one_stride):
                 assert got[i, j] == truth, (i, j, tiles)
 
 
-T = 16  # tile rows and widest tile
-W = 32  # C's row width
+def _narrow(atomic, n, stride):
+    """A T x n tile whose rows lie ``stride`` elements apart."""
+    return dict(isAtomic=atomic, tailN=n, nOrgShape=stride)
 
 
 def _kernel(posts, aics=3):
-    """``aics`` AICs, one queue per AIV; ``posts[q]`` the (row, col, atomic, n, stride) of each
-    IterateAll AIV q posts: a T x n tile of C [4T, W] at (row, col), rows ``stride`` apart."""
-    kern = CubeGroupKernel(name="chunked-store")
-    a = kern.alloc("a", (T, T), "float16", "random", 1)
-    b = kern.alloc("b", (T, W), "float16", "random", 2)
-    c = kern.alloc("c", (4 * T, W), "float32", "random", 3)
-    tiling = dict(M=T, N=W, Ka=T, Kb=T, singleCoreM=T, singleCoreN=T, singleCoreK=T, baseM=16, baseN=16, baseK=16)
-    mt = dict(a="float16", b="float16", c="float32", bias="float32")
-    g = kern.create_cube_res_group("g", 0, 2 * aics, len(posts), "matmul", CUBE_MATMUL_MSG, matmul=mt, tiling=tiling)
-    for q, msgs in enumerate(posts):
-        aiv = kern.aiv(q)
-        aiv.assign_queue(g, q)
-        for row, col, atomic, n, stride in msgs:
-            fields = {"aAddr": a.addr, "bAddr": b.addr + 2 * col, "cAddr": c.addr + 4 * (row * W + col)}
-            fields.update(isAtomic=atomic, tailN=n, nOrgShape=stride, kaOrgShape=T, kbOrgShape=T)
-            aiv.post(g, fields)
-        aiv.quit(g)
-    return kern.compile()
+    """``posts[q]`` the (row, col, atomic, n, stride) of each IterateAll AIV q posts (the chunked
+    store test's kernel, :func:`test_compute_store._kernel`, with T x n tiles)."""
+    return _store_kernel(posts, aics, shape=_narrow)
 
 
 ORDERED = EngineOptions(batched_stores=False)

@@ -80,9 +80,14 @@ T = 16  # tile edge
 W = 32  # C row width (two tiles side by side), the row stride of B and C
 
 
-def _kernel(posts, aics=3, atomic_order="fixed"):
-    """``aics`` AICs, one queue per AIV; ``posts[q]`` the (row, col, atomic, tail_m) of each
-    IterateAll AIV q posts: a T x T (or tail_m x T) tile of C [4T, W] at (row, col)."""
+def _tail_m(atomic, tail_m):
+    """A post's message fields past its addresses: a T x T (or tail_m x T) tile, rows W apart."""
+    return dict(isAtomic=atomic, tailM=tail_m, nOrgShape=W)
+
+
+def _kernel(posts, aics=3, shape=_tail_m):
+    """``aics`` AICs, one queue per AIV; ``posts[q]`` the (row, col, *rest) of each IterateAll AIV
+    q posts: a tile of C [4T, W] at (row, col), ``shape(*rest)`` its other message fields."""
     kern = CubeGroupKernel(name="batched-store")
     a = kern.alloc("a", (T, T), "float16", "random", 1)
     b = kern.alloc("b", (T, W), "float16", "random", 2)
@@ -93,9 +98,9 @@ def _kernel(posts, aics=3, atomic_order="fixed"):
     for q, msgs in enumerate(posts):
         aiv = kern.aiv(q)
         aiv.assign_queue(g, q)
-        for row, col, atomic, tail_m in msgs:
+        for row, col, *rest in msgs:
             fields = {"aAddr": a.addr, "bAddr": b.addr + 2 * col, "cAddr": c.addr + 4 * (row * W + col)}
-            fields.update(isAtomic=atomic, tailM=tail_m, nOrgShape=W, kaOrgShape=T, kbOrgShape=T)
+            fields.update(kaOrgShape=T, kbOrgShape=T, **shape(*rest))
             aiv.post(g, fields)
         aiv.quit(g)
     return kern.compile()
