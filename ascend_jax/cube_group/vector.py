@@ -57,7 +57,7 @@ per-core GM rate as the AIC's matmul traffic); a compute op takes ``vec_issue + 
 itemsize / vec_rate)``, itemsize the widest of its buffers (the vector unit handles ``vec_rate`` =
 256 bytes per cycle, one repeat). Issue and copy never overlap (no double buffering modelled).
 
-The JAX engine runs the same ops batched (``encode.vector_words``, ``compute.apply_vector_ops``):
+The JAX engine runs the same ops batched (``encode.vector_words``, ``vector_ops.apply_vector_ops``):
 every op is a row of int words + scalar + bytes + where its buffers lie; each lane carries a flat
 ``[V, U] float32`` UB in which every buffer lies at its own size (float16 and bfloat16 values are
 exact in float32) and rounds a result to its buffer's type by a float32 -> type -> float32 round
@@ -93,7 +93,7 @@ if TYPE_CHECKING:
 # -- the op table ------------------------------------------------------------------------------
 # Semantics of a compute op, written twice on purpose: ``numpy`` is what the reference interpreter
 # runs (``reference/compute.py``), on the op's region exactly; ``jax`` is what the JAX engine runs
-# (``engine/compute.py``), on padded, masked arrays. The two are written separately so that the
+# (``engine/vector_ops.py``), on padded, masked arrays. The two are written separately so that the
 # reference stays an independent check of the engine; the table only makes both (and the builder,
 # the schema and the timed models) read the same list of kinds, codes, operand patterns and costs.
 #
@@ -147,7 +147,7 @@ def _jx_row_max(jnp, x, b, s, n):
 
 
 def _jx_row_sum(jnp, x, b, s, n):
-    from ascend_jax.cube_group.engine.compute import pairwise_sum  # numpy's summation order, in JAX
+    from ascend_jax.cube_group.engine.vector_ops import pairwise_sum  # numpy's summation order, in JAX
 
     return pairwise_sum(x, n)
 

@@ -24,7 +24,7 @@ and ``max_steps``, delays and descriptor words are range-checked with a clear er
 
 AIV vector ops (:mod:`ascend_jax.cube_group.vector`) are data too: each becomes one row of int
 words (kind, buffers, region, GM address and stride, atomic flag, result type, the scalar's float32
-bits, bytes), and the engine runs them on a per-lane float32 UB image (``compute.apply_vector_ops``).
+bits, bytes), and the engine runs them on a per-lane float32 UB image (``vector_ops.apply_vector_ops``).
 
 Size letters: ``V`` AIVs, ``L`` ops per AIV, ``N`` versions (all groups), ``F`` actions per call,
 ``D`` descriptor words, ``S`` slots, ``C`` AICs, ``T`` tensors, ``G`` GM bytes.

@@ -18,17 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.cube_group.engine.compute import (
-    apply_vector_ops,
-    matmul_requests,
-    matmul_tiles,
-    store_passes,
-    store_tiles,
-)
+from ascend_jax.cube_group.engine.compute import matmul_requests, matmul_tiles, store_passes, store_tiles
 from ascend_jax.cube_group.engine.readout import PACK_LAYOUT, batch_minor, pack_minor
 from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.engine.state import State, Tables, init_state, read_only, unpack_slots
 from ascend_jax.cube_group.engine.step import cursor_slot, final_status, lane_done, step
+from ascend_jax.cube_group.engine.vector_ops import apply_vector_ops
 from ascend_jax.cube_group.status import AicPhase, ErrorCode, Status
 
 

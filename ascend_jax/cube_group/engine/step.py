@@ -66,7 +66,7 @@ from ascend_jax.message import FREE, QUIT
 
 
 class VectorOps(NamedTuple):
-    """The vector ops the AIVs performed in a step (:func:`ascend_jax.cube_group.engine.compute.apply_vector_ops`
+    """The vector ops the AIVs performed in a step (:func:`ascend_jax.cube_group.engine.vector_ops.apply_vector_ops`
     runs them)."""
 
     en: jax.Array  # [V, B] which AIVs performed one

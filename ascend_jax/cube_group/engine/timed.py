@@ -27,10 +27,10 @@ from ascend_jax.cube_group.engine.access import (
     slot_read,
     vector_words,
 )
-from ascend_jax.cube_group.engine.compute import kind_in
 from ascend_jax.cube_group.engine.encode import VEC
 from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.engine.state import ACT, AicHead, AivOps, State, Tables, packed_bytes
+from ascend_jax.cube_group.engine.vector_ops import kind_in
 from ascend_jax.cube_group.matmul import AF
 from ascend_jax.cube_group.status import AicPhase, OpKind
 from ascend_jax.cube_group.vector import KINDS

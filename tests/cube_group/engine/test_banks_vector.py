@@ -1,5 +1,5 @@
 """Typed GM banks with AIV vector ops: GM <-> UB copies read and write the bank of the copy's type
-(``compute._vector_copy_banks``); a copy that reinterprets bytes keeps the batch on GM as bytes.
+(``vector_ops._vector_copy_banks``); a copy that reinterprets bytes keeps the batch on GM as bytes.
 Every result array equals the byte form's, and the outcome the reference's."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""AIV vector ops in the JAX engine (``compute.apply_vector_ops``) against the reference interpreter.
+"""AIV vector ops in the JAX engine (``vector_ops.apply_vector_ops``) against the reference interpreter.
 
 What must agree exactly: status, steps, received logs, the timed schedule's timing, and every GM
 byte a vector op writes, except after a float32 ``exp``: XLA's float32 ``exp`` and numpy's differ
@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 
 from ascend_jax import run_reference, simulate
 from ascend_jax.cli import main
-from ascend_jax.cube_group.engine.compute import pairwise_sum
 from ascend_jax.cube_group.engine.encode import encode_program
 from ascend_jax.cube_group.engine.shape import make_shape
+from ascend_jax.cube_group.engine.vector_ops import pairwise_sum
 from ascend_jax.cube_group.program import CubeGroupKernel
 from ascend_jax.numerics import compare
 from ascend_jax.timing import CostModel

@@ -1,0 +1,365 @@
+"""The vector phase of a step: every AIV vector op (UB compute, GM <-> UB copies) of the step, on
+each lane's UB image and GM.
+
+Op kinds come from the table :data:`ascend_jax.cube_group.vector.KINDS` (codes, patterns, JAX
+semantics); UB dtype codes of :data:`ascend_jax.cube_group.vector.UB_DTYPES`. Each AIV's UB is one
+flat float32 array (``State.ub`` [B, V, U]) in which every buffer lies at its own size (offset
+and row stride in the op words); an op reads and writes windows of E elements
+(``EngineShape.ub``): element k of the region it writes is row k // w, column k % w (w its cols,
+1 for a reduction). With ``EngineShape.ub_flat`` every region is consecutive in its buffers and
+in GM, and windows are slices; else they are gathers / scatters.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import ascend_jax.cube_group.engine.banks as banks
+from ascend_jax.cube_group.engine.encode import VEC
+from ascend_jax.cube_group.engine.shape import EngineShape
+from ascend_jax.cube_group.vector import KIND, KINDS, UB_DTYPES
+from ascend_jax.gm import GM_BASE
+
+_F16, _BF16, _F32 = (UB_DTYPES.index(t) for t in ("float16", "bfloat16", "float32"))
+
+
+def apply_vector_ops(
+    shape: EngineShape,
+    ro: tuple[jax.Array, ...],
+    gm: tuple[jax.Array, ...],
+    ub: jax.Array,
+    en: jax.Array,
+    words: jax.Array,
+):
+    """Performs the vector ops the AIVs performed this step, before the step's matmuls are written.
+
+    ``gm``: the written GM (``State.gm``, lane-major): ``([B, G] uint8,)`` the bytes, or with typed
+    banks (:attr:`EngineShape.banks`) the written banks ``[B, n_k]``; ``ro``: the read-only banks
+    (``()`` as bytes; shared ``[n_k]`` or ``[B, n_k]`` per lane). ``ub`` [B, V, U] float32
+    (lane-major), ``en`` [V, B] which AIVs ran a vector op, ``words`` [V, N_VEC, B] its
+    :data:`ascend_jax.cube_group.engine.encode.VEC` row. Returns the new (gm, ub).
+
+    Order (the reference's, ``ReferenceInterpreter.step``): the AIVs act in block_idx order, so a
+    store is visible to a later AIV's load in the same step. Compute ops touch only their own AIV's
+    UB, so they run for every AIV at once (vectorised over AIVs and lanes); GM copies run in a
+    ``fori_loop`` over the AIVs (each vectorised over lanes, skipped when no lane's AIV copies),
+    which keeps that order exactly, atomic stores included.
+    """
+    w = jnp.moveaxis(words, -1, 0)  # [B, V, N_VEC]
+    e = en.T  # [B, V]
+    copy = kind_in(w[..., VEC["kind"]], [k for k in _used(shape) if k.is_copy])
+    is_copy = e & copy
+    is_compute = e & ~copy
+    ub = jax.lax.cond(is_compute.any(), lambda u: _compute_ops(shape, u, is_compute, w), lambda u: u, ub)
+    if not shape.vec_kinds or not any(k.is_copy for k in _used(shape)):
+        return gm, ub
+    # An AIV performs one op per step, so a store's UB window is as it was after the compute ops:
+    # read every store's source window at once. The loop over AIVs (block_idx order) then carries
+    # only GM and the values each load read; the loaded windows are written to the UB at the end.
+    reg = jax.vmap(jax.vmap(lambda w, e: _region(shape, w[VEC["rows"]], w[VEC["cols"]], e)))(w, is_copy)
+    read = functools.partial(_read, shape)
+    src = jax.vmap(jax.vmap(lambda u, w, r: read(u, w[VEC["off_src0"]], w[VEC["ld_src0"]], r)))(ub, w, reg)
+    lane_copy = _vector_copy if shape.banks is None else _vector_copy_banks
+    # over lanes; shared read-only banks have no lane axis
+    copy_one = jax.vmap(functools.partial(lane_copy, shape), in_axes=(None if shape.shared else 0, 0, 0, 0, 0, 0))
+
+    def one_aiv(v, carry):
+        gm, loaded = carry
+
+        def run(c):
+            gm, loaded = c
+            at = functools.partial(jax.lax.dynamic_index_in_dim, index=v, axis=1, keepdims=False)
+            gm, old = copy_one(ro, gm, at(is_copy), at(w), at(src), jax.tree.map(at, reg))
+            return gm, jax.lax.dynamic_update_index_in_dim(loaded, old, v, axis=1)
+
+        return jax.lax.cond(is_copy[:, v].any(), run, lambda c: c, (gm, loaded))
+
+    loaded = jnp.zeros((*e.shape, shape.ub[1]), jnp.float32)
+    gm, loaded = jax.lax.fori_loop(0, e.shape[1], one_aiv, (gm, loaded))
+    loads = is_copy & (w[..., VEC["kind"]] == KIND["load"].code)
+
+    def put(u, w, r, value, on):  # a load's window into its AIV's UB
+        return _write(shape, u, w[VEC["off_dst"]], w[VEC["ld_dst"]], r._replace(live=r.live & on), value)
+
+    ub = jax.lax.cond(loads.any(), lambda u: jax.vmap(jax.vmap(put))(u, w, reg, loaded, loads), lambda u: u, ub)
+    return gm, ub
+
+
+def _gm_values(raw4: jax.Array, raw2: jax.Array, dtype: jax.Array) -> jax.Array:
+    """[E] float32 values of GM elements of the UB type ``dtype`` (code) given their bytes: ``raw4``
+    [E, 4] as 4-byte elements, ``raw2`` [E, 2] as 2-byte ones."""
+    as32 = jax.lax.bitcast_convert_type(raw4, jnp.float32)
+    as16 = jax.lax.bitcast_convert_type(raw2, jnp.float16).astype(jnp.float32)
+    asbf = jax.lax.bitcast_convert_type(raw2, jnp.bfloat16).astype(jnp.float32)
+    return jnp.where(dtype == _F32, as32, jnp.where(dtype == _F16, as16, asbf))
+
+
+def _gm_bytes(val: jax.Array, dtype: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The bytes of [E] values ``val`` as float32 ([E, 4]) and as the 2-byte type ``dtype`` ([E, 2])."""
+    b32 = jax.lax.bitcast_convert_type(val, jnp.uint8)
+    b16 = jax.lax.bitcast_convert_type(val.astype(jnp.float16), jnp.uint8)
+    bbf = jax.lax.bitcast_convert_type(val.astype(jnp.bfloat16), jnp.uint8)
+    return b32, jnp.where(dtype == _F16, b16, bbf)
+
+
+def _compute_ops(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
+    """Every AIV's compute op in every lane, all at once: ``ub`` [B, V, U], ``en`` [B, V], ``w``
+    [B, V, N_VEC]. Row reductions (a gather of their region and numpy's pairwise sum) are computed
+    only in a step where some AIV reduces: computed in every step they made up most of the
+    compute phase."""
+    reduce = [k for k in _used(shape) if k.pattern == "reduce"]
+    red = jnp.zeros((*en.shape, shape.ub[1]), jnp.float32)
+    if reduce:  # only in a step where some AIV reduces: the rows x cols gather and the sums are costly
+        red = jax.lax.cond(
+            (en & kind_in(w[..., VEC["kind"]], reduce)).any(),
+            lambda: jax.vmap(jax.vmap(functools.partial(_reduction, shape)))(ub, w),
+            lambda: red,
+        )
+    return jax.vmap(jax.vmap(functools.partial(_vector_compute, shape)))(ub, en, w, red)
+
+
+def _used(shape: EngineShape) -> list:
+    """The rows of :data:`KINDS` some lane's program uses (the step leaves the others out)."""
+    return [k for k in KINDS if k.code in shape.vec_kinds]
+
+
+def _round(x: jax.Array, dtype: jax.Array) -> jax.Array:
+    """float32 ``x`` rounded to the UB type ``dtype`` (code; round to nearest even) and back."""
+    f16 = x.astype(jnp.float16).astype(jnp.float32)
+    bf16 = x.astype(jnp.bfloat16).astype(jnp.float32)
+    return jnp.where(dtype == _F16, f16, jnp.where(dtype == _BF16, bf16, x))
+
+
+class _Region(NamedTuple):
+    """The E elements of the region an op writes: element k is row ``r`` [E], column ``c`` [E] of
+    a ``rows x width`` region; ``live`` [E] whether k is inside it (and the op runs)."""
+
+    r: jax.Array
+    c: jax.Array
+    live: jax.Array
+
+
+def _region(shape: EngineShape, rows: jax.Array, width: jax.Array, en: jax.Array) -> _Region:
+    k = jnp.arange(shape.ub[1], dtype=jnp.int32)
+    width = jnp.maximum(width, 1)
+    r = k // width
+    return _Region(r, k - r * width, en & (k < rows * width))
+
+
+def _read(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg: _Region) -> jax.Array:
+    """[E] the region's elements of the buffer at ``off`` with row stride ``ld`` in one AIV's ``ub``
+    [U]; outside the region, whatever lies there."""
+    if shape.ub_flat:
+        return jax.lax.dynamic_slice(ub, (off,), (shape.ub[1],))
+    return ub[jnp.clip(off + reg.r * ld + reg.c, 0, ub.shape[0] - 1)]
+
+
+def _write(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg: _Region, value: jax.Array):
+    """``ub`` [U] with the live elements of ``value`` [E] written into the buffer at ``off``."""
+    if shape.ub_flat:
+        old = jax.lax.dynamic_slice(ub, (off,), (shape.ub[1],))
+        return jax.lax.dynamic_update_slice(ub, jnp.where(reg.live, value, old), (off,))
+    return ub.at[jnp.where(reg.live, off + reg.r * ld + reg.c, ub.shape[0])].set(value, mode="drop")
+
+
+def _reduction(shape: EngineShape, ub: jax.Array, w: jax.Array) -> jax.Array:
+    """One AIV's row reduction in one lane (``ub`` [U], ``w`` [N_VEC]): its ``rows x cols`` region
+    gathered as [Rr, Cr], reduced per row by the kind's JAX semantics, in the first rows of an [E]
+    window (the values written to the destination's column)."""
+    kind, cols = w[VEC["kind"]], w[VEC["cols"]]
+    rr, cr = shape.ub[2], shape.ub[3]
+    at = w[VEC["off_src0"]] + jnp.arange(rr)[:, None] * w[VEC["ld_src0"]] + jnp.arange(cr)[None, :]
+    x2 = ub[jnp.clip(at, 0, ub.shape[0] - 1)]
+    s = jax.lax.bitcast_convert_type(w[VEC["scalar"]], jnp.float32)
+    out = jnp.zeros(rr, jnp.float32)
+    for fn, kinds in semantics(k for k in _used(shape) if k.pattern == "reduce"):
+        out = jnp.where(kind_in(kind, kinds), fn(jnp, x2, None, s, jnp.broadcast_to(cols, (rr,))), out)
+    return jnp.concatenate([out, jnp.zeros(shape.ub[1] - rr, out.dtype)])
+
+
+def _vector_compute(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array, red: jax.Array) -> jax.Array:
+    """One AIV's compute op (no GM copy) in one lane: ``ub`` [U], ``en`` [], ``w`` [N_VEC], ``red``
+    [E] its row reduction if it is one (:func:`_reduction`). Returns the new ``ub``. The result is
+    computed in float32 and rounded once to its buffer's type (the reference's ``VectorUnit.run``)."""
+    used = [k for k in _used(shape) if not k.is_copy]
+    kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
+    rows, cols = w[VEC["rows"]], w[VEC["cols"]]
+
+    def pattern(*names):
+        return kind_in(kind, [k for k in used if k.pattern in names])
+
+    def uses(*names):
+        return any(k.pattern in names for k in used)
+
+    reg = _region(shape, rows, jnp.where(pattern("reduce"), 1, cols), en)
+    x = _read(shape, ub, w[VEC["off_src0"]], w[VEC["ld_src0"]], reg)
+    s = jax.lax.bitcast_convert_type(w[VEC["scalar"]], jnp.float32)
+    b = jnp.broadcast_to(s, x.shape)  # the second operand: the scalar, a tile or the row's value
+    if uses("binary", "select"):
+        b = jnp.where(pattern("binary", "select"), _read(shape, ub, w[VEC["off_src1"]], w[VEC["ld_src1"]], reg), b)
+    if uses("broadcast"):
+        column = ub[jnp.clip(w[VEC["off_src1"]] + reg.r * w[VEC["ld_src1"]], 0, ub.shape[0] - 1)]
+        b = jnp.where(pattern("broadcast"), column, b)
+    res = x  # cast: the source value, rounded below
+    for fn, kinds in semantics(k for k in used if k.pattern != "reduce"):
+        value = fn(jnp, x, b, s, None)
+        if value is not x:  # the identity (cast) is already the default
+            res = jnp.where(kind_in(kind, kinds), value, res)
+    if uses("reduce"):
+        res = jnp.where(pattern("reduce"), red, res)
+    return _write(shape, ub, w[VEC["off_dst"]], w[VEC["ld_dst"]], reg, _round(res, dtype))
+
+
+def kind_in(kind: jax.Array, kinds) -> jax.Array:
+    """Whether each op code in ``kind`` is one of ``kinds`` (:class:`VectorKind` rows)."""
+    out = jnp.zeros(kind.shape, bool)
+    for k in kinds:
+        out = out | (kind == k.code)
+    return out
+
+
+def semantics(kinds) -> list:
+    """``[(jax semantics, [kinds])]``: the distinct JAX functions of ``kinds`` (compute rows of
+    :data:`KINDS`), each with the kinds that share it (``add`` and ``adds`` are both ``x + b``),
+    so each function is traced once."""
+    out: dict = {}
+    for k in kinds:
+        out.setdefault(k.jax, []).append(k)
+    return list(out.items())
+
+
+def pairwise_sum(x: jax.Array, n: jax.Array) -> jax.Array:
+    """``x`` [..., W] float32 summed over its first ``n`` [...] elements in numpy's order, so that
+    the result is bit-identical to ``np.add.reduce(x[..., :n], axis=-1, dtype=np.float32)`` (numpy's
+    ``pairwise_sum`` in ``loops_utils.h.src``: under 8 elements a plain loop; up to 128, eight
+    running sums over the multiples of 8 combined as a tree, then the rest one by one; above, split
+    at ``n / 2`` rounded down to a multiple of 8 and recurse; the reduction starts from 0)."""
+    res = _pairwise(x, n)
+    return jnp.where(res == 0, jnp.float32(0), res)  # 0 + res: a -0 sum is +0
+
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """``x[..., idx]`` for a per-row index ``idx`` [...] (clipped)."""
+    return jnp.take_along_axis(x, jnp.clip(idx, 0, x.shape[-1] - 1)[..., None], axis=-1)[..., 0]
+
+
+def _pairwise(x: jax.Array, n: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    small = _pairwise_block(x[..., : min(width, 128)], jnp.minimum(n, 128))
+    if width <= 128:
+        return small
+    n2 = n // 2
+    n2 = n2 - n2 % 8  # >= 64 whenever n > 128
+    left = _pairwise(x[..., : width // 2], n2)
+    idx = jnp.arange(width - 64).reshape((1,) * n2.ndim + (-1,)) + n2[..., None]
+    right = _pairwise(jnp.take_along_axis(x, jnp.clip(idx, 0, width - 1), axis=-1), n - n2)
+    return jnp.where(n <= 128, small, left + right)
+
+
+def _pairwise_block(x: jax.Array, n: jax.Array) -> jax.Array:
+    """numpy's pairwise sum of the first ``n`` <= 128 elements of ``x`` [..., <= 128]."""
+    width = x.shape[-1]
+    pad = -width % 8 + max(0, 8 - width)
+    if pad:
+        x = jnp.concatenate([x, jnp.zeros((*x.shape[:-1], pad), x.dtype)], axis=-1)
+    seq = jnp.zeros(x.shape[:-1], x.dtype)
+    for i in range(7):  # n < 8: one by one from 0
+        seq = jnp.where(i < n, seq + x[..., i], seq)
+    m = n - n % 8
+    r = x[..., :8]
+    for g in range(1, x.shape[-1] // 8):
+        r = jnp.where((8 * g < m)[..., None], r + x[..., 8 * g : 8 * g + 8], r)
+    res = ((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3])) + ((r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7]))
+    for k in range(7):  # the rest past the last multiple of 8
+        res = jnp.where(m + k < n, res + _take(x, m + k), res)
+    return jnp.where(n < 8, seq, res)
+
+
+def _vector_copy(
+    shape: EngineShape, ro: tuple, gm: tuple[jax.Array], en: jax.Array, w: jax.Array, src: jax.Array, reg: _Region
+) -> tuple[tuple[jax.Array], jax.Array]:
+    """One lane's GM copy of one AIV (the reference's ``VectorUnit.run``) on GM as bytes: ``gm``
+    ``([G] uint8,)`` (``ro`` is empty), ``en``
+    [] whether it copies, ``w`` [N_VEC], ``src`` [E] a store's UB window, ``reg`` its region.
+    Element k of the region is the 4 bytes at its address: with flat windows one slice of 4E bytes
+    (GM is padded by :func:`ascend_jax.gm.row_margin` of E), else a gather. A store writes the
+    region's bytes only (an atomic store adds to GM's value in float32 and rounds once to the GM
+    type). Returns the new gm and the [E] values GM held (what a load reads)."""
+    gm = gm[0]
+    e = shape.ub[1]
+    kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
+    size = jnp.where(dtype == _F32, 4, 2)
+    start = jnp.where(en, w[VEC["addr"]] - GM_BASE, 0)  # byte index in gm
+    if shape.ub_flat:
+        raw = jax.lax.dynamic_slice(gm, (start,), (4 * e,))
+        old = _gm_values(raw.reshape(e, 4), raw[: 2 * e].reshape(e, 2), dtype)
+    else:
+        at = start + (reg.r * w[VEC["stride"]] + reg.c) * size  # [E] each element's first byte
+        raw = gm[jnp.clip(at[:, None] + jnp.arange(4)[None, :], 0, gm.shape[0] - 1)]  # [E, 4]
+        old = _gm_values(raw, raw[:, :2], dtype)
+    storing = en & (kind == KIND["store"].code)
+    val = jnp.where(w[VEC["atomic"]] != 0, _round(old + src, dtype), src)
+    b32, b2 = _gm_bytes(val, dtype)  # [E, 4], [E, 2]
+    if shape.ub_flat:
+        data = jnp.where(dtype == _F32, b32.reshape(-1), jnp.concatenate([b2.reshape(-1), raw[2 * e :]]))
+        live = storing & (jnp.arange(4 * e) < w[VEC["rows"]] * w[VEC["cols"]] * size)
+        return (jax.lax.dynamic_update_slice(gm, jnp.where(live, data, raw), (start,)),), old
+    data = jnp.where(dtype == _F32, b32, jnp.concatenate([b2, b2], axis=-1))  # [E, 4]
+    k = jnp.arange(4)[None, :]
+    ok = storing & reg.live[:, None] & (k < size)
+    return (gm.at[jnp.where(ok, at[:, None] + k, gm.shape[0])].set(data, mode="drop"),), old
+
+
+def _vector_copy_banks(
+    shape: EngineShape,
+    ro: tuple[jax.Array, ...],
+    gm: tuple[jax.Array, ...],
+    en: jax.Array,
+    w: jax.Array,
+    src: jax.Array,
+    reg: _Region,
+) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """:func:`_vector_copy` on typed banks (:attr:`EngineShape.banks`): ``ro`` one lane's read-only
+    banks, ``gm`` its written ones. The plan (:func:`ascend_jax.cube_group.engine.banks.plan`)
+    admits banks only when every copy's tile lies in a tensor of the copy's UB type at a whole
+    element, so the copy reads (and a store writes) the bank of that type that holds its address:
+    element k of the region at element ``first + r * stride + c`` (a slice of E elements with flat
+    windows: banks end in a margin of the widest window). Values convert exactly between the
+    bank's type and the UB's float32 (an atomic store adds in float32 and rounds once, as in
+    bytes). Returns the new written banks and the [E] values GM held (what a load reads)."""
+    bk = shape.banks
+    arrays = banks.by_bank(bk, ro, gm)
+    e = shape.ub[1]
+    kind, dtype, addr = w[VEC["kind"]], w[VEC["dtype"]], w[VEC["addr"]]
+    storing = en & (kind == KIND["store"].code)
+    atomic = w[VEC["atomic"]] != 0
+    flat_live = jnp.arange(e) < w[VEC["rows"]] * w[VEC["cols"]]
+    old = jnp.zeros(e, jnp.float32)
+    out = list(arrays)
+    for k, name in enumerate(bk.dtypes):
+        if not (bk.loaded[k] or bk.stored[k]):  # no copy touches it (plan)
+            continue
+        first, hit = banks.element(bk, k, addr)
+        hit = hit & en & (dtype == UB_DTYPES.index(name))
+        first = jnp.where(hit, first, 0)
+        x = arrays[k]
+        if shape.ub_flat:
+            raw = jax.lax.dynamic_slice(x, (first,), (e,))
+        else:
+            at = first + reg.r * w[VEC["stride"]] + reg.c  # [E] each element's index
+            raw = x[jnp.clip(at, 0, x.shape[0] - 1)]
+        held = raw.astype(jnp.float32)
+        old = jnp.where(hit, held, old)
+        if not bk.stored[k]:
+            continue
+        val = jnp.where(atomic, _round(held + src, dtype), src).astype(x.dtype)
+        if shape.ub_flat:
+            out[k] = jax.lax.dynamic_update_slice(x, jnp.where(storing & hit & flat_live, val, raw), (first,))
+        else:
+            live = storing & hit & reg.live
+            out[k] = x.at[jnp.where(live, at, x.shape[0])].set(val, mode="drop")
+    return tuple(out[k] for k in bk.rw), old
