@@ -85,7 +85,7 @@ def measure(ag, pt: dict, check_up_to: int) -> dict:
     t3 = time.perf_counter()
     final = jax.block_until_ready(fn(*args))
     t4 = time.perf_counter()
-    res = BatchResult(prep.shape, prep.lanes, {k: np.asarray(v) for k, v in gm_host(prep.shape, args[0], lane_major(prep.shape, final)).items()}, prep.seeds,
+    res = BatchResult(prep.shape, prep.lanes, {k: np.asarray(v) for k, v in gm_host(prep.shape, args[0], lane_major(prep.shape, final), p.gm.size).items()}, prep.seeds,
                       prep.costs, "timed")  # fmt: skip
     lanes = {}
     for i, name in enumerate(LANES):

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax.buckets import bucket_fine
 from ascend_jax.cube_group.engine.encode import VEC
 from ascend_jax.cube_group.matmul import AF, MM_FIELDS
 from ascend_jax.cube_group.vector import KIND, UB_DTYPES
@@ -60,9 +61,11 @@ class GmBanks:
       dtypes: per bank, its element type (numpy name).
       writable: per bank, whether it holds written tensors (then it is loop state, one copy per
         lane; else a table).
-      sizes: per bank, elements: its tensors back to back, then a margin of ``margin`` elements
-        (a row window starting in a tensor never crosses the bank's end; rows not written go to
-        the margin's start).
+      sizes: per bank, elements: its tensors back to back (their total bucketed by
+        :func:`ascend_jax.buckets.bucket_fine`, so that programs whose tensors differ a little in
+        size share a compilation), then a margin of ``margin`` elements (a row window starting
+        in a tensor never crosses the bank's end; rows not written go to the margin's start).
+      margin: elements of that margin.
       tensors: per GM tensor in allocation order: (bank, first element in the bank, GM byte
         address, bytes).
       loaded, stored: per bank, whether some AIV vector ``load`` reads it / ``store`` writes it
@@ -73,6 +76,7 @@ class GmBanks:
     writable: tuple[bool, ...]
     sizes: tuple[int, ...]
     tensors: tuple[tuple[int, int, int, int], ...]
+    margin: int = 0
     loaded: tuple[bool, ...] = ()  # per bank, whether some AIV ``load`` reads it
     stored: tuple[bool, ...] = ()  # per bank, whether some AIV ``store`` writes it
 
@@ -83,7 +87,7 @@ class GmBanks:
 
     def scratch(self, k: int) -> int:
         """First margin element of bank ``k``."""
-        return sum(n // np.dtype(self.dtypes[k]).itemsize for b, _, _, n in self.tensors if b == k)
+        return self.sizes[k] - self.margin
 
     def of_dtype(self, dtype: np.dtype) -> tuple[int, ...]:
         return tuple(k for k, d in enumerate(self.dtypes) if np.dtype(d) == np.dtype(dtype))
@@ -142,8 +146,9 @@ def plan(programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]
     return GmBanks(
         dtypes=tuple(d for d, _ in keys),
         writable=tuple(w for _, w in keys),
-        sizes=tuple(fill[key] + margin for key in keys),
+        sizes=tuple(bucket_fine(fill[key]) + margin for key in keys),
         tensors=tuple(placed),
+        margin=margin,
         loaded=tuple(any(placed[t][0] == k for t in loads) for k in range(len(keys))),
         stored=tuple(any(placed[t][0] == k for t in stores) for k in range(len(keys))),
     )

@@ -56,7 +56,13 @@ class Prepared:
         if not self.shape.shared:
             tab = Tables(
                 **{
-                    f.name: (jax.tree.map(lambda y: y[idx], x) if f.name in Tables.LANE_MAJOR else x[..., idx])
+                    f.name: (
+                        x
+                        if f.name in Tables.BATCH_SHARED
+                        else jax.tree.map(lambda y: y[idx], x)
+                        if f.name in Tables.LANE_MAJOR
+                        else x[..., idx]
+                    )
                     for f in dataclasses.fields(Tables)
                     for x in [getattr(tab, f.name)]
                 }
@@ -126,7 +132,13 @@ def prepare(
         stacked = jax.tree.map(lambda *xs: np.stack(xs)[index], *tables)  # lane axis first
         tab = Tables(
             **{
-                f.name: (x if f.name in Tables.LANE_MAJOR else np.moveaxis(x, 0, -1))
+                f.name: (
+                    getattr(tables[0], f.name)  # lanes share the tensor layout (make_shape checks it)
+                    if f.name in Tables.BATCH_SHARED
+                    else x
+                    if f.name in Tables.LANE_MAJOR
+                    else np.moveaxis(x, 0, -1)
+                )
                 for f in dataclasses.fields(Tables)
                 for x in [getattr(stacked, f.name)]
             }

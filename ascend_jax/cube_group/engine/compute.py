@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import ascend_jax.cube_group.engine.banks as banks
 from ascend_jax.cube_group.engine.encode import MatmulDims
@@ -36,13 +35,15 @@ from ascend_jax.cube_group.matmul import MatmulType, check_operands, combine, co
 from ascend_jax.gm import load_rows, load_windows, row_starts, store_rows, store_windows
 
 
-def matmul_requests(shape: EngineShape, en: jax.Array, fields: jax.Array) -> tuple[list, jax.Array, jax.Array]:
-    """One lane's matmul requests of a step: ``en`` [C] bool, ``fields`` [C, A] int32 action
+def matmul_requests(
+    shape: EngineShape, bounds: jax.Array, en: jax.Array, fields: jax.Array
+) -> tuple[list, jax.Array, jax.Array]:
+    """One lane's matmul requests of a step: ``bounds`` [T, 2] int32 every GM tensor's first and
+    end byte address (``Tables.gm_tensors``), ``en`` [C] bool, ``fields`` [C, A] int32 action
     words. Returns, per group with a Matmul (in :func:`matmul_groups` order), ``(d, e)``: the
     descriptor words (each [P]) and [P] whether the AIC writes a tile; then [C] whether each
     AIC's matmul lies outside GM (then nothing is written) and [C] the first address out of
     range. Cheap (descriptor words only): the engine decides from it how to store."""
-    bounds = jnp.asarray(np.asarray(shape.gm_bounds, np.int32).reshape(-1, 2))
     d_all = descriptor(fields.T, jnp)  # each word [C]
     start = 0
     reqs, oks, bads = [], [], []
@@ -269,7 +270,7 @@ def _c_rows(shape: EngineShape, mt: MatmulType) -> _CRows | None:
     """:class:`_CRows` of this Matmul type; None when no written bank has C's type."""
     dtype = mt.dtype("c")
     if shape.banks is None:
-        pos, scratch = 0, shape.gm_real
+        pos, scratch = 0, shape.gm_data
 
         def starts(addr, rows, stride):
             return row_starts(addr, rows, stride, dtype.itemsize)

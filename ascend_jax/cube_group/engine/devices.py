@@ -188,7 +188,7 @@ def _place(mesh, shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.nda
         return put(x, PartitionSpec(*([None] * (x.ndim - 1)), "lanes"))
 
     def table(name, x):
-        if shape.shared:
+        if shape.shared or name in Tables.BATCH_SHARED:
             return jax.tree.map(lambda y: put(y, PartitionSpec()), x)
         return jax.tree.map(first, x) if name in Tables.LANE_MAJOR else last(x)
 

@@ -57,7 +57,9 @@ def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, fields: 
     overlap, the most any lane needs otherwise. An AIC stopped here may leave nothing running:
     the lane then ends in this step, as in the reference (whose compute phase comes before its
     end-of-step check)."""
-    reqs, bad, addr = jax.vmap(functools.partial(matmul_requests, shape), in_axes=(1, 2))(en, fields)
+    reqs, bad, addr = jax.vmap(functools.partial(matmul_requests, shape), in_axes=(None, 1, 2))(
+        tab.gm_tensors[:, :2], en, fields
+    )
     ro = read_only(shape, tab)
     tiles = jax.vmap(functools.partial(matmul_tiles, shape), in_axes=(None if shape.shared else 0, 0, 0))(
         ro, st.gm, reqs

@@ -384,14 +384,15 @@ def batch_minor(shape: EngineShape, st: State) -> dict[str, jax.Array]:
     """The final state as one flat dict of result arrays, lanes still the last axis (but
     ``State.LANE_MAJOR`` fields); slots (and slot times) in global slot order ``[S, B]`` as
     ``slot_state`` and ``slot_ver`` (both :attr:`EngineShape.version_dtype`), queue occupancy in
-    queue order ``[Q, 5, B]``; GM as its tensors' bytes ``gm`` ``[B, gm_real]``, or with typed
+    queue order ``[Q, 5, B]``; GM as its tensors' bytes ``gm`` ``[B, gm_data]`` (:func:`gm_host`
+    cuts them to the program's size), or with typed
     banks the written banks ``gm_bank0`` ... ``[B, n]`` (:func:`gm_host` makes them bytes).
     :func:`lane_major` finishes the job."""
     b = st.status.shape[-1]
     grid = shape.grid_of_slot
     out = {f.name: getattr(st, f.name) for f in dataclasses.fields(State) if f.name not in ("timed", "ub", "slot")}
     if shape.banks is None:  # the tensors' bytes (the margin after them is the engine's scratch)
-        out["gm"] = st.gm[0][:, : shape.gm_real]
+        out["gm"] = st.gm[0][:, : shape.gm_data]
     else:  # the written banks as they are: gm_host turns them into bytes (no cast on the device)
         out.pop("gm")
         out.update({f"gm_bank{i}": x for i, x in enumerate(st.gm)})
@@ -481,10 +482,11 @@ def _lanes_first(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: (v if _lane_first_field(k) else _move_lanes_first(v)) for k, v in arrays.items()}
 
 
-def gm_host(shape: EngineShape, tab: Tables, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Host result arrays with the final GM as bytes: with typed banks, the written banks
-    (``gm_bank0`` ...) and the read-only ones (``tab``, numpy, the same lanes) become ``gm``
-    ``[B, gm_real] uint8``; as bytes, ``arrays`` unchanged. Each timed quantity's two float32
+def gm_host(shape: EngineShape, tab: Tables, arrays: dict[str, np.ndarray], real: int) -> dict[str, np.ndarray]:
+    """Host result arrays with the final GM as bytes ``gm`` ``[B, real] uint8`` (``real``: the
+    programs' GM size, :attr:`ascend_jax.gm.GlobalMemory.size`): with typed banks, from the
+    written banks (``gm_bank0`` ...) and the read-only ones (``tab``, numpy, the same lanes); as
+    bytes, the engine's cut to ``real``. Each timed quantity's two float32
     words (``name``, ``name_lo``) become one float64 array ``name`` (cycles, exact)."""
     if any(k.endswith("_lo") for k in arrays):
         words = {k[:-3] for k in arrays if k.endswith("_lo") and k[:-3] in arrays}
@@ -494,11 +496,11 @@ def gm_host(shape: EngineShape, tab: Tables, arrays: dict[str, np.ndarray]) -> d
             if not (k.endswith("_lo") and k[:-3] in words)
         }
     if shape.banks is None:
-        return arrays
+        return {**arrays, "gm": arrays["gm"][:, :real]} if "gm" in arrays else arrays
     out = {k: v for k, v in arrays.items() if not k.startswith("gm_bank")}
     rw = [np.asarray(arrays[f"gm_bank{i}"]) for i in range(len(shape.banks.rw))]
     ro = [np.asarray(x) for x in read_only(shape, tab)]
-    out["gm"] = host_image(shape.banks, ro, rw, len(arrays["status"]), shape.gm_real)
+    out["gm"] = host_image(shape.banks, ro, rw, len(arrays["status"]), real)
     return out
 
 

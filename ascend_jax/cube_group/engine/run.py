@@ -135,7 +135,7 @@ def simulate(
                 bar[0].update(bar[1], advance=real)
         if bar is not None:
             bar[0].stop()
-    arrays = gm_host(prep.shape, prep.tables, _assemble(parts, n))
+    arrays = gm_host(prep.shape, prep.tables, _assemble(parts, n), prep.lanes.programs[0].gm.size)
     return BatchResult(prep.shape, prep.lanes, arrays, prep.seeds, prep.costs, schedule)
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ascend_jax.cube_group.engine.banks as banks
-from ascend_jax.buckets import bucket
+from ascend_jax.buckets import bucket, bucket_fine
 from ascend_jax.cube_group.engine.banks import GmBanks
 from ascend_jax.cube_group.engine.encode import VEC, EncodedProgram, MatmulDims
 from ascend_jax.cube_group.engine.options import EngineOptions, resolve
@@ -59,15 +59,16 @@ class EngineShape:
     barrier_copies: tuple[int, ...]  # K_b per barrier
     schedule: str  # "lockstep" | "random" | "timed"
     matmuls: tuple[Any, ...] = ()  # per group: (MatmulType, TCubeTiling, MatmulDims over every lane) or None
-    gm_size: int = 1  # G (bytes: the tensors, then a zero margin for row windows)
-    gm_real: int = 0  # bytes of the tensors (the margin starts here)
+    gm_size: int = 1  # G (bytes: gm_data, then a zero margin for row windows)
+    #: bytes of the tensors, bucketed (:func:`ascend_jax.buckets.bucket_fine`: programs whose GM
+    #: differs in size by a few percent share a compilation); the margin (and scratch) starts here
+    gm_data: int = 0
     atomic_order: str = "fixed"  # "fixed" (AIC index order) | "random" (per lane and step)
     wait_tests: bool = False  # some AIV runs Wait<false>: carry its results
     aiv_home: tuple[int, ...] | None = None  # per AIV row: its queue row (c * W + col), -1 none;
     # None when some AIV serves two queues, lanes bind differently or a Wait targets another queue
     shared: bool = True  # every lane runs the same program: tables carry no batch axis
     build: str = "cpu"  # "cpu" | "npu-debug" | "release" (program.BUILDS: which asserts stop an AIC)
-    gm_bounds: tuple = ()  # ((first byte, end byte), ...) of every GM tensor (matmul bounds checks)
     n_vec_ops: int = 0  # Vn: rows of the vector op table (padded; 0: no AIV runs a vector op)
     #: (U, E, Rr, Cr) of the flat UB (``State.ub`` [B, V, U]): U elements per AIV (every buffer at
     #: its own size, bucketed, plus E), E the largest region an op writes (bucketed; every UB and GM
@@ -298,8 +299,8 @@ def make_shape(
         barrier_copies=tuple(b.copies for b in first.barriers),
         schedule=schedule,
         matmuls=_matmul_configs(first, encoded),
-        gm_size=_gm_size(first, encoded, ub[1]) if has_gm else 1,
-        gm_real=first.gm.size if has_gm else 0,
+        gm_size=_gm_data(first) + row_margin(_widest(encoded, ub[1])) if has_gm else 1,
+        gm_data=_gm_data(first) if has_gm else 0,
         atomic_order=atomic_order if has_mm else "fixed",
         batched_stores=options.batched_stores,
         wait_tests=any(op.kind == AivCall.WAIT and not op.sync for op in all_ops),
@@ -308,7 +309,6 @@ def make_shape(
         stray=any(e.stray for e in encoded),
         op_kinds=tuple(sorted({int(ENCODED_KIND[op.kind]) for op in all_ops})),
         has_mte3=any(op.pipe == "MTE3" for op in all_ops),
-        gm_bounds=tuple(tuple(int(x) for x in b) for b in first.gm.bounds()) if has_mm else (),
         n_vec_ops=bucket(n_vec, LEAST_BUCKET) if n_vec else 0,
         ub=ub,
         ub_flat=ub_flat,
@@ -334,11 +334,12 @@ def _ub_shape(encoded: Sequence[EncodedProgram]) -> tuple[tuple[int, int, int, i
     return (size, window, *red), all(d.flat for d in dims), tuple(sorted(kinds))
 
 
-def _gm_size(first: CubeGroupProgram, encoded: Sequence[EncodedProgram], ub_window: int = 0) -> int:
-    """GM bytes the engine carries: the tensors, then a zero margin that a row window starting in
-    GM never crosses (:func:`ascend_jax.gm.row_margin`), also the scratch of rows not written.
-    ``ub_window``: the largest vector op region (a vector copy reads a window of that many elements)."""
-    return first.gm.size + row_margin(_widest(encoded, ub_window))
+def _gm_data(first: CubeGroupProgram) -> int:
+    """:attr:`EngineShape.gm_data`: the tensors' bytes, bucketed. The engine carries GM as these
+    bytes, then a zero margin that a row window starting in GM never crosses
+    (:func:`ascend_jax.gm.row_margin` of the widest window; a vector copy reads a window of the
+    largest vector op region), which is also the scratch of rows not written."""
+    return bucket_fine(first.gm.size)
 
 
 def _widest(encoded: Sequence[EncodedProgram], ub_window: int = 0) -> int:

@@ -64,6 +64,10 @@ class Tables:
     vec: [Vn, N_VEC] int32 every vector op's words (:data:`ascend_jax.cube_group.engine.encode.VEC`;
       [0, N_VEC] without vector ops).
     max_steps, receive_limit: [] int32.
+    gm_tensors: [T, 4] int32 every GM tensor in allocation order (:func:`gm_tensor_table`): first
+      byte address, end byte address, typed bank (-1 as bytes) and first element in that bank.
+      One copy for the batch (lanes share the tensor layout), never a lane axis: data, not part of
+      the static shape, so that programs whose tensors differ only in size share a compilation.
     gm_init: GM at launch, a tuple: ``([G] uint8,)`` the bytes, or with typed banks
       (:attr:`EngineShape.banks`) every bank's contents in bank order (``[n_k]`` of its type).
     """
@@ -79,9 +83,12 @@ class Tables:
     slot_ver: jax.Array
     max_steps: jax.Array
     receive_limit: jax.Array
+    gm_tensors: jax.Array
     gm_init: tuple[jax.Array, ...]
 
     LANE_MAJOR = ("gm_init",)
+    #: fields with one copy for the whole batch, even when lanes run different programs
+    BATCH_SHARED = ("gm_tensors",)
 
 
 @jax.tree_util.register_dataclass
@@ -378,7 +385,7 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
     if shape.banks is not None:
         gm_init = banks.initial(shape.banks, program)
     else:
-        image = np.zeros(shape.gm_size, np.uint8)
+        image = np.zeros(shape.gm_size, np.uint8)  # the tensors' bytes, then zeros
         if shape.has_gm:  # without matmuls and vector ops nothing reads or writes GM: carry one byte
             image[: program.gm.image.size] = program.gm.image
         gm_init = (image,)
@@ -416,8 +423,20 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
         slot_ver=slot_ver,
         max_steps=np.int32(program.max_steps),
         receive_limit=np.int32(enc.capacity),
+        gm_tensors=gm_tensor_table(shape, program),
         gm_init=gm_init,
     )
+
+
+def gm_tensor_table(shape: EngineShape, program: CubeGroupProgram) -> np.ndarray:
+    """:attr:`Tables.gm_tensors` of a program: ``[T, 4] int32`` (start, end, bank, first element)."""
+    bounds = program.gm.bounds()
+    out = np.zeros((len(bounds), 4), np.int64)
+    out[:, :2] = bounds
+    out[:, 2] = -1
+    if shape.banks is not None:
+        out[:, 2:] = [(k, first) for k, first, _, _ in shape.banks.tensors]
+    return out.astype(np.int32)
 
 
 def read_only(shape: EngineShape, tab: Tables) -> tuple[jax.Array, ...]:
