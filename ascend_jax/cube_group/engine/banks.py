@@ -195,16 +195,21 @@ def initial(banks: GmBanks, program: CubeGroupProgram) -> tuple[np.ndarray, ...]
     return tuple(out)
 
 
-def element(banks: GmBanks, k: int, addr: jax.Array) -> tuple[jax.Array, jax.Array]:
+def element(banks: GmBanks, k: int, addr: jax.Array, table: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(index in bank ``k`` of the element at GM byte ``addr``, whether a tensor of bank ``k``
-    holds ``addr``). Outside those tensors the index is meaningless (callers mask such tiles)."""
+    holds ``addr``). Outside those tensors the index is meaningless (callers mask such tiles).
+    ``table``: ``Tables.gm_tensors`` [T, 4] (start, end, bank, first element), the tensors'
+    places as data; None: the static ``banks.tensors``."""
     size = np.dtype(banks.dtypes[k]).itemsize
     shift = jnp.zeros_like(addr)
     hit = jnp.zeros(addr.shape, bool)
-    for b, first, start, n in banks.tensors:
+    for t, (b, first, start, n) in enumerate(banks.tensors):
         if b != k:
             continue
-        mine = (addr >= start) & (addr < start + n)
+        end = start + n
+        if table is not None:
+            start, end, first = table[t, 0], table[t, 1], table[t, 3]
+        mine = (addr >= start) & (addr < end)
         shift = jnp.where(mine, first - start // size, shift)  # tensors start 64-byte aligned
         hit = hit | mine
     return addr // size + shift, hit
@@ -219,14 +224,16 @@ def load(
     stride: jax.Array,
     width: int,
     dtype: np.dtype,
+    table: jax.Array | None = None,
 ) -> jax.Array:
     """[n_rows, width] elements of ``dtype``: ``width`` from each stored row of a tile at byte
     ``addr`` with ``stride`` elements per row, from whichever bank of that type holds ``addr``
-    (zeros when none does). ``ro`` / ``rw``: one lane's read-only and written banks, in bank order."""
+    (zeros when none does). ``ro`` / ``rw``: one lane's read-only and written banks, in bank order;
+    ``table``: the tensors' places (:func:`element`)."""
     arrays = by_bank(banks, ro, rw)
     out = jnp.zeros((n_rows, width), dtype)
     for k in banks.of_dtype(dtype):
-        first, hit = element(banks, k, addr)
+        first, hit = element(banks, k, addr, table)
         rows = load_windows(arrays[k], first + jnp.arange(n_rows, dtype=jnp.int32) * stride, width)
         out = jnp.where(hit, rows, out)
     return out

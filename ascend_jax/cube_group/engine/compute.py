@@ -63,13 +63,16 @@ def matmul_requests(
     return reqs, en & ~jnp.concatenate(oks), jnp.concatenate(bads)
 
 
-def matmul_tiles(shape: EngineShape, ro: tuple[jax.Array, ...], gm: tuple[jax.Array, ...], reqs: list) -> list:
+def matmul_tiles(
+    shape: EngineShape, table: jax.Array, ro: tuple[jax.Array, ...], gm: tuple[jax.Array, ...], reqs: list
+) -> list:
     """The C tiles [P, M, N] of one lane's requests (:func:`matmul_requests`), per group, from its
     GM: ``ro`` its read-only typed banks and ``gm`` its written ones (``State.gm``); as bytes,
-    ``ro = ()`` and ``gm = ([G] uint8,)``."""
+    ``ro = ()`` and ``gm = ([G] uint8,)``. ``table``: ``Tables.gm_tensors`` [T, 4], where the
+    tensors lie in the banks."""
     tiles = []
     for (gi, mt, dims), (d, _) in zip(matmul_groups(shape), reqs, strict=True):
-        a, b, bias = jax.vmap(lambda di, mt=mt, dims=dims: _operands(shape, mt, dims, ro, gm, di))(d)
+        a, b, bias = jax.vmap(lambda di, mt=mt, dims=dims: _operands(shape, mt, dims, table, ro, gm, di))(d)
         scale = jax.lax.bitcast_convert_type(d["quant_scale"], jnp.float32) if mt.dequant else None
         tiles.append(compute_tiles(mt, shape.matmuls[gi][1], a, b, bias, scale))
     return tiles
@@ -83,7 +86,7 @@ def matmul_groups(shape: EngineShape) -> list[tuple[int, MatmulType, MatmulDims]
     return [(gi, cfg[0], cfg[2]) for gi, cfg in enumerate(cfgs) if cfg is not None]
 
 
-def store_passes(shape: EngineShape, key: jax.Array, reqs: list) -> list:
+def store_passes(shape: EngineShape, table: jax.Array, key: jax.Array, reqs: list) -> list:
     """In which pass each AIC of one lane stores its C tile this step: per group with a Matmul,
     [P] int32. The documented order is AIC index order (or, with ``atomic_order="random"``, a
     permutation drawn from the lane's ``key`` per step and group). An AIC goes one pass after
@@ -107,7 +110,7 @@ def store_passes(shape: EngineShape, key: jax.Array, reqs: list) -> list:
         rank = jnp.zeros(n_aic, jnp.int32).at[order].set(jnp.arange(n_aic, dtype=jnp.int32))
         mm_ = dims.m
         g = chunk_width(dims)
-        c_rows = _c_rows(shape, mt)
+        c_rows = _c_rows(shape, mt, table)
         # [P] columns each row writes: its n rounded up to a chunk
         width = dims.n if g == dims.n else jnp.minimum(-(-jnp.maximum(d["n"], 1) // g) * g, dims.n)
         if dims.rows_disjoint:
@@ -174,7 +177,13 @@ def window_overlaps(
 
 
 def store_tiles(
-    shape: EngineShape, gm: tuple[jax.Array, ...], reqs: list, tiles: list, passes: list, n_passes: list
+    shape: EngineShape,
+    table: jax.Array,
+    gm: tuple[jax.Array, ...],
+    reqs: list,
+    tiles: list,
+    passes: list,
+    n_passes: list,
 ) -> tuple[jax.Array, ...]:
     """Writes one lane's C tiles of a step (``reqs`` from :func:`matmul_requests`, ``tiles`` from
     :func:`matmul_tiles`) to its written GM ``gm``, in ``passes`` (:func:`store_passes`): each
@@ -182,7 +191,7 @@ def store_tiles(
     one tile written row after row, each row re-read. ``n_passes``: per group, one past the last
     pass to run (int32 scalar, the same for every lane so that the loops are not batched)."""
     for (_, mt, dims), (d, e), c, ps, n in zip(matmul_groups(shape), reqs, tiles, passes, n_passes, strict=True):
-        c_rows = _c_rows(shape, mt)
+        c_rows = _c_rows(shape, mt, table)
         if c_rows is not None:  # else no tensor of C's type is written: every such tile is out of range
             group = StoreGroup(mt, dims, c_rows, d, e, c, ps)
             n_aic = e.shape[0]
@@ -266,8 +275,9 @@ class _CRows(NamedTuple):
     bytes: bool  # GM as bytes (indices are bytes), else a typed bank (indices are elements)
 
 
-def _c_rows(shape: EngineShape, mt: MatmulType) -> _CRows | None:
-    """:class:`_CRows` of this Matmul type; None when no written bank has C's type."""
+def _c_rows(shape: EngineShape, mt: MatmulType, table: jax.Array) -> _CRows | None:
+    """:class:`_CRows` of this Matmul type; None when no written bank has C's type. ``table``:
+    ``Tables.gm_tensors`` [T, 4]."""
     dtype = mt.dtype("c")
     if shape.banks is None:
         pos, scratch = 0, shape.gm_data
@@ -289,7 +299,7 @@ def _c_rows(shape: EngineShape, mt: MatmulType) -> _CRows | None:
         pos, scratch = bk.rw.index(k), bk.scratch(k)
 
         def starts(addr, rows, stride):
-            return banks.element(bk, k, addr)[0] + jnp.arange(rows, dtype=jnp.int32) * stride
+            return banks.element(bk, k, addr, table)[0] + jnp.arange(rows, dtype=jnp.int32) * stride
 
         def read(gm, at, width):
             return load_windows(gm[pos], at, width)
@@ -306,6 +316,7 @@ def _operands(
     shape: EngineShape,
     mt: MatmulType,
     dims: MatmulDims,
+    table: jax.Array,
     ro: tuple[jax.Array, ...],
     gm: tuple[jax.Array, ...],
     d: dict[str, jax.Array],
@@ -319,7 +330,7 @@ def _operands(
     def rows_at(addr, n_rows, stride, width, dtype):
         if shape.banks is None:
             return load_rows(gm[0], row_starts(addr, n_rows, stride, dtype.itemsize), width, dtype)
-        return banks.load(shape.banks, ro, gm, addr, n_rows, stride, width, dtype)
+        return banks.load(shape.banks, ro, gm, addr, n_rows, stride, width, dtype, table)
 
     def tile(addr, rows, cols, stride, trans, dtype, layout):
         if layout != "trans":

@@ -57,16 +57,17 @@ def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, fields: 
     overlap, the most any lane needs otherwise. An AIC stopped here may leave nothing running:
     the lane then ends in this step, as in the reference (whose compute phase comes before its
     end-of-step check)."""
+    table = tab.gm_tensors  # [T, 4] where the tensors lie (one copy for the batch)
     reqs, bad, addr = jax.vmap(functools.partial(matmul_requests, shape), in_axes=(None, 1, 2))(
-        tab.gm_tensors[:, :2], en, fields
+        table[:, :2], en, fields
     )
     ro = read_only(shape, tab)
-    tiles = jax.vmap(functools.partial(matmul_tiles, shape), in_axes=(None if shape.shared else 0, 0, 0))(
+    tiles = jax.vmap(functools.partial(matmul_tiles, shape, table), in_axes=(None if shape.shared else 0, 0, 0))(
         ro, st.gm, reqs
     )
-    passes = jax.vmap(functools.partial(store_passes, shape))(st.key, reqs)
+    passes = jax.vmap(functools.partial(store_passes, shape, table))(st.key, reqs)
     n_passes = [jnp.where(e, p + 1, 0).max() for p, (_, e) in zip(passes, reqs, strict=True)]  # over all lanes
-    gm = jax.vmap(functools.partial(store_tiles, shape), in_axes=(0, 0, 0, 0, None))(
+    gm = jax.vmap(functools.partial(store_tiles, shape, table), in_axes=(0, 0, 0, 0, None))(
         st.gm, reqs, tiles, passes, n_passes
     )
     bad = bad.T & (st.aic_phase != AicPhase.ERROR)  # [C, B]: these AICs stop here

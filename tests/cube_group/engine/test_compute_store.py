@@ -159,15 +159,16 @@ def test_store_passes_put_overlapping_tiles_in_their_order():
     d["stride_c"] = jnp.full(3, W, jnp.int32)
     reqs = [(d, jnp.ones(3, bool))]
     key = jax.random.key_data(jax.random.key(0))
-    shape = engine.prepare([p]).shape
-    assert np.asarray(compute.store_passes(shape, key, reqs)[0]).tolist() == [0, 0, 1]
+    prep = engine.prepare([p])
+    shape, table = prep.shape, prep.tables.gm_tensors
+    assert np.asarray(compute.store_passes(shape, table, key, reqs)[0]).tolist() == [0, 0, 1]
     for seed in range(6):
         shape = engine.prepare([p], atomic_order="random").shape
         key = jax.random.key_data(jax.random.key(seed))
-        got = np.asarray(compute.store_passes(shape, key, reqs)[0])
+        got = np.asarray(compute.store_passes(shape, table, key, reqs)[0])
         assert sorted([got[0], got[2]]) == [0, 1] and got[1] == 0, got
         order_key = jax.random.fold_in(jax.random.wrap_key_data(key), 0x5EED)  # as compute.store_passes
         order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, 0), 3)).tolist()
         assert (got[0] < got[2]) == (order.index(0) < order.index(2)), (got, order)
     shape = engine.prepare([p], options=ORDERED).shape
-    assert np.asarray(compute.store_passes(shape, key, reqs)[0]).tolist() == [0, 1, 2]
+    assert np.asarray(compute.store_passes(shape, table, key, reqs)[0]).tolist() == [0, 1, 2]
