@@ -54,33 +54,52 @@ def apply_vector_ops(
     copy = kind_in(w[..., VEC["kind"]], [k for k in _used(shape) if k.is_copy])
     is_copy = e & copy
     is_compute = e & ~copy
-    ub = jax.lax.cond(is_compute.any(), lambda u: _compute_ops(shape, u, is_compute, w), lambda u: u, ub)
+    ub = _compute_ops(shape, ub, is_compute, w)
     if not shape.vec_kinds or not any(k.is_copy for k in _used(shape)):
         return gm, ub
-    # An AIV performs one op per step, so a store's UB window is as it was after the compute ops:
-    # read every store's source window at once. The loop over AIVs (block_idx order) then carries
-    # only GM and the values each load read; the loaded windows are written to the UB at the end.
     reg = jax.vmap(jax.vmap(lambda w, e: _region(shape, w[VEC["rows"]], w[VEC["cols"]], e)))(w, is_copy)
-    read = functools.partial(_read, shape)
-    src = jax.vmap(jax.vmap(lambda u, w, r: read(u, w[VEC["off_src0"]], w[VEC["ld_src0"]], r)))(ub, w, reg)
     lane_copy = _vector_copy if shape.banks is None else _vector_copy_banks
     # over lanes; shared read-only banks have no lane axis
     copy_one = jax.vmap(functools.partial(lane_copy, shape), in_axes=(None if shape.shared else 0, 0, 0, 0, 0, 0))
+    stores = is_copy & (w[..., VEC["kind"]] == KIND["store"].code)
+    loads = is_copy & ~stores
 
+    any_store = stores.any()
+
+    def loads_at_once():
+        # No store in any lane: GM does not change in the step, so the AIVs' order does not
+        # matter and every load reads at once (vectorised over AIVs too; the copy's unused GM
+        # update is dead code), not one AIV at a time.
+        zero = jnp.zeros(shape.ub[1], jnp.float32)
+
+        def load(ro, gm, en, w, reg):  # one lane, one AIV: the values its load reads
+            return lane_copy(shape, ro, gm, en, w, zero, reg)[1]
+
+        over_aivs = jax.vmap(load, in_axes=(None, None, 0, 0, 0))
+        return jax.vmap(over_aivs, in_axes=(None if shape.shared else 0, 0, 0, 0, 0))(ro, gm, is_copy, w, reg)
+
+    loaded = jnp.zeros((*e.shape, shape.ub[1]), jnp.float32)
+    loaded = jax.lax.cond(loads.any() & ~any_store, loads_at_once, lambda: loaded)
+
+    # With a store, the loop over AIVs (block_idx order) carries GM and the values each load read.
+    # An AIV performs one op per step, so a store's UB window is as it was after the compute ops.
+    # GM goes through the loop, not through a conditional on the store: XLA copied the whole GM
+    # in and out of such a conditional in every step.
     def one_aiv(v, carry):
-        gm, loaded = carry
-
         def run(c):
             gm, loaded = c
             at = functools.partial(jax.lax.dynamic_index_in_dim, index=v, axis=1, keepdims=False)
-            gm, old = copy_one(ro, gm, at(is_copy), at(w), at(src), jax.tree.map(at, reg))
+            r = jax.tree.map(at, reg)
+            # its UB windows read from the lanes' whole UBs (AIV v's at v * U; not the [B, U] slice
+            # of AIV v, which XLA materialised in every iteration)
+            flat = ub.reshape(ub.shape[0], -1)
+            src = jax.vmap(lambda u, w, r: _read(shape, u, w[VEC["off_src0"]], w[VEC["ld_src0"]], r, v))(flat, at(w), r)
+            gm, old = copy_one(ro, gm, at(is_copy), at(w), src, r)
             return gm, jax.lax.dynamic_update_index_in_dim(loaded, old, v, axis=1)
 
-        return jax.lax.cond(is_copy[:, v].any(), run, lambda c: c, (gm, loaded))
+        return jax.lax.cond(any_store & is_copy[:, v].any(), run, lambda c: c, carry)
 
-    loaded = jnp.zeros((*e.shape, shape.ub[1]), jnp.float32)
     gm, loaded = jax.lax.fori_loop(0, e.shape[1], one_aiv, (gm, loaded))
-    loads = is_copy & (w[..., VEC["kind"]] == KIND["load"].code)
 
     def put(u, w, r, value, on):  # a load's window into its AIV's UB
         return _write(shape, u, w[VEC["off_dst"]], w[VEC["ld_dst"]], r._replace(live=r.live & on), value)
@@ -107,19 +126,28 @@ def _gm_bytes(val: jax.Array, dtype: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _compute_ops(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
-    """Every AIV's compute op in every lane, all at once: ``ub`` [B, V, U], ``en`` [B, V], ``w``
-    [B, V, N_VEC]. Row reductions (a gather of their region and numpy's pairwise sum) are computed
-    only in a step where some AIV reduces: computed in every step they made up most of the
-    compute phase."""
-    reduce = [k for k in _used(shape) if k.pattern == "reduce"]
-    red = jnp.zeros((*en.shape, shape.ub[1]), jnp.float32)
-    if reduce:  # only in a step where some AIV reduces: the rows x cols gather and the sums are costly
-        red = jax.lax.cond(
-            (en & kind_in(w[..., VEC["kind"]], reduce)).any(),
-            lambda: jax.vmap(jax.vmap(functools.partial(_reduction, shape)))(ub, w),
-            lambda: red,
-        )
-    return jax.vmap(jax.vmap(functools.partial(_vector_compute, shape)))(ub, en, w, red)
+    """Every AIV's compute op in every lane: ``ub`` [B, V, U], ``en`` [B, V], ``w`` [B, V, N_VEC].
+
+    One pass per distinct JAX semantics (:func:`semantics`) that some enabled op of the step uses,
+    each under a ``lax.cond`` and evaluating that semantics alone, for the AIVs whose op has it
+    (vectorised over AIVs and lanes). Each AIV performs one op and touches only its own UB, so the
+    passes commute and the result is that of all ops at once. Why: a lockstep step's AIVs mostly
+    run one or two kinds, and evaluating every used kind's semantics (and its operand reads) per
+    element made the compute phase about 2.5 times as costly as one kind's (measured on the
+    attention backward's kinds). Row reductions (a gather of their region and numpy's pairwise
+    sum) are computed only in their own pass."""
+    kind = w[..., VEC["kind"]]
+    for _, kinds in semantics(k for k in _used(shape) if not k.is_copy):
+        on = en & kind_in(kind, kinds)
+
+        def one(ub, kinds=kinds, on=on):
+            red = jnp.zeros((*on.shape, shape.ub[1]), jnp.float32)
+            if kinds[0].pattern == "reduce":  # a kind's semantics has one pattern (reductions)
+                red = jax.vmap(jax.vmap(functools.partial(_reduction, shape, kinds)))(ub, w)
+            return jax.vmap(jax.vmap(functools.partial(_vector_compute, shape, kinds)))(ub, on, w, red)
+
+        ub = jax.lax.cond(on.any(), one, lambda u: u, ub)
+    return ub
 
 
 def _used(shape: EngineShape) -> list:
@@ -150,12 +178,17 @@ def _region(shape: EngineShape, rows: jax.Array, width: jax.Array, en: jax.Array
     return _Region(r, k - r * width, en & (k < rows * width))
 
 
-def _read(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg: _Region) -> jax.Array:
+def _read(
+    shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg: _Region, aiv: jax.Array | None = None
+) -> jax.Array:
     """[E] the region's elements of the buffer at ``off`` with row stride ``ld`` in one AIV's ``ub``
-    [U]; outside the region, whatever lies there."""
+    [U]; outside the region, whatever lies there. With ``aiv``: ``ub`` [V * U] holds every AIV's UB
+    and the read is from AIV ``aiv``'s (offsets clipped to it as to a UB of its own)."""
+    u = shape.ub[0]
+    at = 0 if aiv is None else aiv * u
     if shape.ub_flat:
-        return jax.lax.dynamic_slice(ub, (off,), (shape.ub[1],))
-    return ub[jnp.clip(off + reg.r * ld + reg.c, 0, ub.shape[0] - 1)]
+        return jax.lax.dynamic_slice(ub, (at + jnp.clip(off, 0, u - shape.ub[1]),), (shape.ub[1],))
+    return ub[at + jnp.clip(off + reg.r * ld + reg.c, 0, u - 1)]
 
 
 def _write(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg: _Region, value: jax.Array):
@@ -166,26 +199,28 @@ def _write(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg
     return ub.at[jnp.where(reg.live, off + reg.r * ld + reg.c, ub.shape[0])].set(value, mode="drop")
 
 
-def _reduction(shape: EngineShape, ub: jax.Array, w: jax.Array) -> jax.Array:
-    """One AIV's row reduction in one lane (``ub`` [U], ``w`` [N_VEC]): its ``rows x cols`` region
-    gathered as [Rr, Cr], reduced per row by the kind's JAX semantics, in the first rows of an [E]
-    window (the values written to the destination's column)."""
-    kind, cols = w[VEC["kind"]], w[VEC["cols"]]
+def _reduction(shape: EngineShape, kinds: list, ub: jax.Array, w: jax.Array) -> jax.Array:
+    """One AIV's row reduction of one of ``kinds`` (reductions sharing one semantics) in one lane
+    (``ub`` [U], ``w`` [N_VEC]): its ``rows x cols`` region gathered as [Rr, Cr], reduced per row
+    by the kinds' JAX semantics, in the first rows of an [E] window (the values written to the
+    destination's column)."""
+    cols = w[VEC["cols"]]
     rr, cr = shape.ub[2], shape.ub[3]
     at = w[VEC["off_src0"]] + jnp.arange(rr)[:, None] * w[VEC["ld_src0"]] + jnp.arange(cr)[None, :]
     x2 = ub[jnp.clip(at, 0, ub.shape[0] - 1)]
     s = jax.lax.bitcast_convert_type(w[VEC["scalar"]], jnp.float32)
-    out = jnp.zeros(rr, jnp.float32)
-    for fn, kinds in semantics(k for k in _used(shape) if k.pattern == "reduce"):
-        out = jnp.where(kind_in(kind, kinds), fn(jnp, x2, None, s, jnp.broadcast_to(cols, (rr,))), out)
+    out = kinds[0].jax(jnp, x2, None, s, jnp.broadcast_to(cols, (rr,)))
     return jnp.concatenate([out, jnp.zeros(shape.ub[1] - rr, out.dtype)])
 
 
-def _vector_compute(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array, red: jax.Array) -> jax.Array:
-    """One AIV's compute op (no GM copy) in one lane: ``ub`` [U], ``en`` [], ``w`` [N_VEC], ``red``
-    [E] its row reduction if it is one (:func:`_reduction`). Returns the new ``ub``. The result is
-    computed in float32 and rounded once to its buffer's type (the reference's ``VectorUnit.run``)."""
-    used = [k for k in _used(shape) if not k.is_copy]
+def _vector_compute(
+    shape: EngineShape, used: list, ub: jax.Array, en: jax.Array, w: jax.Array, red: jax.Array
+) -> jax.Array:
+    """One AIV's compute op (no GM copy), one of ``used`` (compute rows of :data:`KINDS`; only
+    their semantics and operands are evaluated), in one lane: ``ub`` [U], ``en`` [], ``w``
+    [N_VEC], ``red`` [E] its row reduction if it is one (:func:`_reduction`). Returns the new
+    ``ub``. The result is computed in float32 and rounded once to its buffer's type (the
+    reference's ``VectorUnit.run``)."""
     kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
     rows, cols = w[VEC["rows"]], w[VEC["cols"]]
 
