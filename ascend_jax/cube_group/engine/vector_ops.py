@@ -141,10 +141,9 @@ def _compute_ops(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array)
         on = en & kind_in(kind, kinds)
 
         def one(ub, kinds=kinds, on=on):
-            red = jnp.zeros((*on.shape, shape.ub[1]), jnp.float32)
-            if kinds[0].pattern == "reduce":  # a kind's semantics has one pattern (reductions)
-                red = jax.vmap(jax.vmap(functools.partial(_reduction, shape, kinds)))(ub, w)
-            return jax.vmap(jax.vmap(functools.partial(_vector_compute, shape, kinds)))(ub, on, w, red)
+            # a semantics has one pattern where it is a reduction's
+            op = _reduce_op if kinds[0].pattern == "reduce" else _vector_compute
+            return jax.vmap(jax.vmap(functools.partial(op, shape, kinds)))(ub, on, w)
 
         ub = jax.lax.cond(on.any(), one, lambda u: u, ub)
     return ub
@@ -202,24 +201,36 @@ def _write(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg
 def _reduction(shape: EngineShape, kinds: list, ub: jax.Array, w: jax.Array) -> jax.Array:
     """One AIV's row reduction of one of ``kinds`` (reductions sharing one semantics) in one lane
     (``ub`` [U], ``w`` [N_VEC]): its ``rows x cols`` region gathered as [Rr, Cr], reduced per row
-    by the kinds' JAX semantics, in the first rows of an [E] window (the values written to the
-    destination's column)."""
+    by the kinds' JAX semantics: [Rr] (the values written to the destination's column)."""
     cols = w[VEC["cols"]]
     rr, cr = shape.ub[2], shape.ub[3]
     at = w[VEC["off_src0"]] + jnp.arange(rr)[:, None] * w[VEC["ld_src0"]] + jnp.arange(cr)[None, :]
     x2 = ub[jnp.clip(at, 0, ub.shape[0] - 1)]
     s = jax.lax.bitcast_convert_type(w[VEC["scalar"]], jnp.float32)
-    out = kinds[0].jax(jnp, x2, None, s, jnp.broadcast_to(cols, (rr,)))
-    return jnp.concatenate([out, jnp.zeros(shape.ub[1] - rr, out.dtype)])
+    return kinds[0].jax(jnp, x2, None, s, jnp.broadcast_to(cols, (rr,)))
 
 
-def _vector_compute(
-    shape: EngineShape, used: list, ub: jax.Array, en: jax.Array, w: jax.Array, red: jax.Array
-) -> jax.Array:
-    """One AIV's compute op (no GM copy), one of ``used`` (compute rows of :data:`KINDS`; only
-    their semantics and operands are evaluated), in one lane: ``ub`` [U], ``en`` [], ``w``
-    [N_VEC], ``red`` [E] its row reduction if it is one (:func:`_reduction`). Returns the new
-    ``ub``. The result is computed in float32 and rounded once to its buffer's type (the
+def _reduce_op(shape: EngineShape, kinds: list, ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
+    """:func:`_vector_compute` for a row reduction of one of ``kinds`` (:func:`_reduction`): it
+    writes its ``rows <= Rr`` values (one per row, into the destination's column) alone, not an
+    [E] window: the window's select and scatter made a reduction's pass cost about 8 times an
+    elementwise one's."""
+    rr = shape.ub[2]
+    k = jnp.arange(rr, dtype=jnp.int32)
+    value = _round(_reduction(shape, kinds, ub, w), w[VEC["dtype"]])
+    live = en & (k < w[VEC["rows"]])
+    off, ld = w[VEC["off_dst"]], w[VEC["ld_dst"]]
+    if shape.ub_flat:  # where a window of E would start (dynamic_update_slice clamps it to the UB)
+        at = jnp.clip(off, 0, ub.shape[0] - shape.ub[1])
+        old = jax.lax.dynamic_slice(ub, (at,), (rr,))
+        return jax.lax.dynamic_update_slice(ub, jnp.where(live, value, old), (at,))
+    return ub.at[jnp.where(live, off + k * ld, ub.shape[0])].set(value, mode="drop")
+
+
+def _vector_compute(shape: EngineShape, used: list, ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
+    """One AIV's elementwise compute op (no GM copy, no reduction: :func:`_reduce_op`), one of
+    ``used`` (compute rows of :data:`KINDS`; only their semantics and operands are evaluated), in
+    one lane: ``ub`` [U], ``en`` [], ``w`` [N_VEC]. Returns the new ``ub``. The result is computed in float32 and rounded once to its buffer's type (the
     reference's ``VectorUnit.run``)."""
     kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
     rows, cols = w[VEC["rows"]], w[VEC["cols"]]
@@ -230,7 +241,7 @@ def _vector_compute(
     def uses(*names):
         return any(k.pattern in names for k in used)
 
-    reg = _region(shape, rows, jnp.where(pattern("reduce"), 1, cols), en)
+    reg = _region(shape, rows, cols, en)
     x = _read(shape, ub, w[VEC["off_src0"]], w[VEC["ld_src0"]], reg)
     s = jax.lax.bitcast_convert_type(w[VEC["scalar"]], jnp.float32)
     b = jnp.broadcast_to(s, x.shape)  # the second operand: the scalar, a tile or the row's value
@@ -240,12 +251,10 @@ def _vector_compute(
         column = ub[jnp.clip(w[VEC["off_src1"]] + reg.r * w[VEC["ld_src1"]], 0, ub.shape[0] - 1)]
         b = jnp.where(pattern("broadcast"), column, b)
     res = x  # cast: the source value, rounded below
-    for fn, kinds in semantics(k for k in used if k.pattern != "reduce"):
+    for fn, kinds in semantics(used):
         value = fn(jnp, x, b, s, None)
         if value is not x:  # the identity (cast) is already the default
-            res = jnp.where(kind_in(kind, kinds), value, res)
-    if uses("reduce"):
-        res = jnp.where(pattern("reduce"), red, res)
+            res = value if len(kinds) == len(used) else jnp.where(kind_in(kind, kinds), value, res)
     return _write(shape, ub, w[VEC["off_dst"]], w[VEC["ld_dst"]], reg, _round(res, dtype))
 
 
