@@ -45,9 +45,11 @@ def apply_vector_ops(
 
     Order (the reference's, ``ReferenceInterpreter.step``): the AIVs act in block_idx order, so a
     store is visible to a later AIV's load in the same step. Compute ops touch only their own AIV's
-    UB, so they run for every AIV at once (vectorised over AIVs and lanes); GM copies run in a
-    ``fori_loop`` over the AIVs (each vectorised over lanes, skipped when no lane's AIV copies),
-    which keeps that order exactly, atomic stores included.
+    UB, so they run for every AIV at once (vectorised over AIVs and lanes; one pass per semantics
+    the step uses, :func:`_compute_ops`). GM copies: in a step where no lane stores, GM does not
+    change and every load reads at once (vectorised over AIVs and lanes); with a store, a
+    ``fori_loop`` over the AIVs (each vectorised over lanes, skipped when no lane's AIV copies)
+    keeps that order exactly, atomic stores included.
     """
     w = jnp.moveaxis(words, -1, 0)  # [B, V, N_VEC]
     e = en.T  # [B, V]
@@ -66,7 +68,10 @@ def apply_vector_ops(
 
     any_store = stores.any()
 
-    def loads_at_once():
+    def put(u, w, r, value, on):  # a load's window into its AIV's UB
+        return _write(shape, u, w[VEC["off_dst"]], w[VEC["ld_dst"]], r._replace(live=r.live & on), value)
+
+    def loads_at_once(ub):
         # No store in any lane: GM does not change in the step, so the AIVs' order does not
         # matter and every load reads at once (vectorised over AIVs too; the copy's unused GM
         # update is dead code), not one AIV at a time.
@@ -76,35 +81,35 @@ def apply_vector_ops(
             return lane_copy(shape, ro, gm, en, w, zero, reg)[1]
 
         over_aivs = jax.vmap(load, in_axes=(None, None, 0, 0, 0))
-        return jax.vmap(over_aivs, in_axes=(None if shape.shared else 0, 0, 0, 0, 0))(ro, gm, is_copy, w, reg)
+        loaded = jax.vmap(over_aivs, in_axes=(None if shape.shared else 0, 0, 0, 0, 0))(ro, gm, is_copy, w, reg)
+        return jax.vmap(jax.vmap(put))(ub, w, reg, loaded, loads)
 
-    loaded = jnp.zeros((*e.shape, shape.ub[1]), jnp.float32)
-    loaded = jax.lax.cond(loads.any() & ~any_store, loads_at_once, lambda: loaded)
+    ub = jax.lax.cond(loads.any() & ~any_store, loads_at_once, lambda u: u, ub)
 
-    # With a store, the loop over AIVs (block_idx order) carries GM and the values each load read.
-    # An AIV performs one op per step, so a store's UB window is as it was after the compute ops.
-    # GM goes through the loop, not through a conditional on the store: XLA copied the whole GM
-    # in and out of such a conditional in every step.
+    # With a store, a loop over AIVs in block_idx order (none without: its trip count is 0), each
+    # AIV's copy vectorised over lanes. An AIV performs one op per step, so a store's UB window is
+    # as it was after the compute ops. The loop carries GM and the values each load read (the UB
+    # carried through it and written there was copied whole by XLA); GM goes through the loop,
+    # not through a conditional on the store: XLA copied the whole GM in and out of such a
+    # conditional in every step.
     def one_aiv(v, carry):
         def run(c):
             gm, loaded = c
             at = functools.partial(jax.lax.dynamic_index_in_dim, index=v, axis=1, keepdims=False)
-            r = jax.tree.map(at, reg)
+            r, wv = jax.tree.map(at, reg), at(w)
             # its UB windows read from the lanes' whole UBs (AIV v's at v * U; not the [B, U] slice
             # of AIV v, which XLA materialised in every iteration)
             flat = ub.reshape(ub.shape[0], -1)
-            src = jax.vmap(lambda u, w, r: _read(shape, u, w[VEC["off_src0"]], w[VEC["ld_src0"]], r, v))(flat, at(w), r)
-            gm, old = copy_one(ro, gm, at(is_copy), at(w), src, r)
+            src = jax.vmap(lambda u, w, r: _read(shape, u, w[VEC["off_src0"]], w[VEC["ld_src0"]], r, v))(flat, wv, r)
+            gm, old = copy_one(ro, gm, at(is_copy), wv, src, r)
             return gm, jax.lax.dynamic_update_index_in_dim(loaded, old, v, axis=1)
 
-        return jax.lax.cond(any_store & is_copy[:, v].any(), run, lambda c: c, carry)
+        return jax.lax.cond(is_copy[:, v].any(), run, lambda c: c, carry)
 
-    gm, loaded = jax.lax.fori_loop(0, e.shape[1], one_aiv, (gm, loaded))
-
-    def put(u, w, r, value, on):  # a load's window into its AIV's UB
-        return _write(shape, u, w[VEC["off_dst"]], w[VEC["ld_dst"]], r._replace(live=r.live & on), value)
-
-    ub = jax.lax.cond(loads.any(), lambda u: jax.vmap(jax.vmap(put))(u, w, reg, loaded, loads), lambda u: u, ub)
+    loaded = jnp.zeros((*e.shape, shape.ub[1]), jnp.float32)
+    gm, loaded = jax.lax.fori_loop(0, jnp.where(any_store, e.shape[1], 0), one_aiv, (gm, loaded))
+    with_loads = loads.any() & any_store
+    ub = jax.lax.cond(with_loads, lambda u: jax.vmap(jax.vmap(put))(u, w, reg, loaded, loads), lambda u: u, ub)
     return gm, ub
 
 
