@@ -198,7 +198,7 @@ def initial(banks: GmBanks, program: CubeGroupProgram) -> tuple[np.ndarray, ...]
 def element(banks: GmBanks, k: int, addr: jax.Array, table: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(index in bank ``k`` of the element at GM byte ``addr``, whether a tensor of bank ``k``
     holds ``addr``). Outside those tensors the index is meaningless (callers mask such tiles).
-    ``table``: ``Tables.gm_tensors`` [T, 4] (start, end, bank, first element), the tensors'
+    ``table``: ``Tables.gm_tensors`` [T, 4] (start, end, bank, element shift), the tensors'
     places as data; None: the static ``banks.tensors``."""
     size = np.dtype(banks.dtypes[k]).itemsize
     shift = jnp.zeros_like(addr)
@@ -207,10 +207,11 @@ def element(banks: GmBanks, k: int, addr: jax.Array, table: jax.Array | None = N
         if b != k:
             continue
         end = start + n
-        if table is not None:
-            start, end, first = table[t, 0], table[t, 1], table[t, 3]
+        delta = first - start // size  # tensors start 64-byte aligned
+        if table is not None:  # delta precomputed: a traced signed division here costs the loop 2x
+            start, end, delta = table[t, 0], table[t, 1], table[t, 3]
         mine = (addr >= start) & (addr < end)
-        shift = jnp.where(mine, first - start // size, shift)  # tensors start 64-byte aligned
+        shift = jnp.where(mine, delta, shift)
         hit = hit | mine
     return addr // size + shift, hit
 

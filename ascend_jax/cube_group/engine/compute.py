@@ -63,24 +63,56 @@ def matmul_requests(
     return reqs, en & ~jnp.concatenate(oks), jnp.concatenate(bads)
 
 
-def matmul_tiles(
+def batch_tiles(
     shape: EngineShape, table: jax.Array, ro: tuple[jax.Array, ...], gm: tuple[jax.Array, ...], reqs: list
 ) -> list:
-    """The C tiles [P, M, N] of one lane's requests (:func:`matmul_requests`), per group, from its
-    GM: ``ro`` its read-only typed banks and ``gm`` its written ones (``State.gm``); as bytes,
-    ``ro = ()`` and ``gm = ([G] uint8,)``. ``table``: ``Tables.gm_tensors`` [T, 4], where the
-    tensors lie in the banks."""
-    tiles = []
-    for (gi, mt, dims), (d, _) in zip(matmul_groups(shape), reqs, strict=True):
-        a, b, bias = jax.vmap(lambda di, mt=mt, dims=dims: _operands(shape, mt, dims, table, ro, gm, di))(d)
-        scale = jax.lax.bitcast_convert_type(d["quant_scale"], jnp.float32) if mt.dequant else None
-        tiles.append(compute_tiles(mt, shape.matmuls[gi][1], a, b, bias, scale))
-    return tiles
+    """The C tiles of every lane's requests (:func:`matmul_requests`) from its GM: ``ro`` the
+    read-only typed banks (shared, or lane-major as :attr:`EngineShape.shared` says), ``gm`` the
+    written ones (``State.gm``, lane-major; as bytes ``ro = ()`` and ``gm = ([B, G] uint8,)``),
+    ``table`` ``Tables.gm_tensors`` [T, 4] (where the tensors lie in the banks). Returns, per
+    group, C tiles [B, P, M, N]. A group with
+    tile variants (:attr:`MatmulDims.variants`) runs the step at the first (smallest) one that
+    every live tile of every lane fits (n and k within it, its transposes), else at its bound:
+    one ``lax.switch`` on a batch-wide index, so only the chosen shape's loads and dot run. The
+    columns past the variant's n come back as zeros (the stores write only a tile's own n)."""
+    out = []
+    ro_axis = None if shape.shared else 0
+    for (gi, mt, dims), (d, e) in zip(matmul_groups(shape), reqs, strict=True):
+        tiling = shape.matmuls[gi][1]
+
+        def run(dv, mt=mt, dims=dims, tiling=tiling, d=d):
+            def lane(ro, gm, d):
+                a, b, bias = jax.vmap(lambda di: _operands(shape, mt, dv, table, ro, gm, di))(d)
+                scale = jax.lax.bitcast_convert_type(d["quant_scale"], jnp.float32) if mt.dequant else None
+                return compute_tiles(mt, tiling, a, b, bias, scale)
+
+            tiles = jax.vmap(lane, in_axes=(ro_axis, 0, 0))(ro, gm, d)
+            return jnp.pad(tiles, ((0, 0), (0, 0), (0, 0), (0, dims.n - dv.n)))
+
+        if not dims.variants:
+            out.append(run(dims))
+            continue
+        shapes = [dims._replace(n=n, kp=kp, a_layout=la, b_layout=lb) for n, kp, la, lb in dims.variants]
+        index = jnp.int32(len(shapes))  # the bound
+        for i in reversed(range(len(shapes))):  # the first that fits wins
+            index = jnp.where(_fits(shapes[i], d, e), i, index)
+        out.append(jax.lax.switch(index, [functools.partial(run, dv) for dv in (*shapes, dims)]))
+    return out
+
+
+def _fits(dv: MatmulDims, d: dict[str, jax.Array], e: jax.Array) -> jax.Array:
+    """Whether every live tile (``e`` [B, P]; descriptor words ``d`` [B, P] each) fits the tile
+    shape ``dv``: n and k within it, and A and B in its layouts. A scalar over the batch."""
+    ok = (d["n"] <= dv.n) & (d["k"] <= dv.kp)
+    for flag, layout in (("trans_a", dv.a_layout), ("trans_b", dv.b_layout)):
+        if layout != "both":
+            ok &= (d[flag] != 0) == (layout == "trans")
+    return (ok | ~e).all()
 
 
 def matmul_groups(shape: EngineShape) -> list[tuple[int, MatmulType, MatmulDims]]:
     """(group index, Matmul type, tile dims) of each group with a Matmul, in creation order: the
-    order of the per-group lists of :func:`matmul_requests` and :func:`matmul_tiles`, and of the
+    order of the per-group lists of :func:`matmul_requests` and :func:`batch_tiles`, and of the
     writes."""
     cfgs = shape.matmuls or (None,) * len(shape.groups)
     return [(gi, cfg[0], cfg[2]) for gi, cfg in enumerate(cfgs) if cfg is not None]
@@ -186,7 +218,7 @@ def store_tiles(
     n_passes: list,
 ) -> tuple[jax.Array, ...]:
     """Writes one lane's C tiles of a step (``reqs`` from :func:`matmul_requests`, ``tiles`` from
-    :func:`matmul_tiles`) to its written GM ``gm``, in ``passes`` (:func:`store_passes`): each
+    :func:`batch_tiles`) to its written GM ``gm``, in ``passes`` (:func:`store_passes`): each
     pass below P one gather and one scatter of the chunks of the tiles in it, each pass from P on
     one tile written row after row, each row re-read. ``n_passes``: per group, one past the last
     pass to run (int32 scalar, the same for every lane so that the loops are not batched)."""

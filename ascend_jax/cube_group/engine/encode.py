@@ -36,7 +36,7 @@ import dataclasses
 import enum
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -47,6 +47,7 @@ from ascend_jax.cube_group.dcache import call_through_lines
 from ascend_jax.cube_group.matmul import (
     ACTION_FIELDS,
     ADDRESS_FIELDS,
+    AF,
     MM_FIELDS,
     N_ACTION,
     N_MM,
@@ -77,6 +78,9 @@ class MatmulDims(NamedTuple):
     a_layout: str  # "plain", "trans" or "both": the layouts A can be read in
     b_layout: str  # the same for B
     chunk: int = 0  # columns of one written C window: divides N and every n a tile can have (0: N)
+    #: smaller tile shapes the compute phase may run a step at (:func:`tile_variants`): each
+    #: ``(n, kp, a_layout, b_layout)`` with n <= N, kp <= Kp (whole baseK chunks), one layout each
+    variants: tuple = ()
 
 
 @dataclasses.dataclass
@@ -693,3 +697,44 @@ def _walk(x: Any, tokens: list[str], arrays: list[np.ndarray], seen: set[int]) -
 
 
 __all__ = ["GM_BASE", "EncodedProgram", "MatmulDims", "encode_program", "program_content", "program_key"]
+
+
+#: the most tile variants a group's compute phase compiles beside its full bound (each is one more
+#: branch of operand loads and a dot in the compiled loop)
+MAX_TILE_VARIANTS = 4
+
+
+def tile_variants(
+    tiling: Any, dims: MatmulDims, words: Sequence[np.ndarray], least: int = 16
+) -> tuple[tuple[int, int, str, str], ...]:
+    """The tile shapes a group's IterateAll calls fit, smaller than its bound ``dims``: from every
+    IterateAll's :data:`ACTION_FIELDS` words with its mask (``words``: ``[n, A + 1]`` arrays) whose
+    n, k and transposes are its own (not the AIC's state, known only at run time), the distinct
+    ``(n, kp, a_layout, b_layout)``: n rounded up to a power of two (at least ``least``), K to a
+    power of two in whole baseK chunks (each capped at the bound), the transposes as one layout.
+    The :data:`MAX_TILE_VARIANTS` most frequent that save work; a step whose tiles all fit one
+    runs at it (``compute.batch_tiles``), else at the bound. The product is unchanged: the padded
+    columns and K chunks are zeros either way."""
+    from ascend_jax.buckets import bucket
+
+    fields = [AF[f] for f in ("single_n", "single_k", "trans_a", "trans_b")]
+    count: dict[tuple[int, int, str, str], int] = {}
+    for w in words:
+        if not len(w):
+            continue
+        mask = w[:, -1]
+        own = np.ones(len(w), bool)
+        for f in fields:
+            own &= ((mask >> f) & 1) == 0
+        for n, k, ta, tb in w[own][:, fields]:
+            v = (
+                min(dims.n, bucket(int(max(n, 1)), least)),
+                min(dims.kp, padded_k(tiling, bucket(int(max(k, 1)), least))),
+                "trans" if ta else "plain",
+                "trans" if tb else "plain",
+            )
+            count[v] = count.get(v, 0) + 1
+    full = dims.n * dims.kp
+    keep = [v for v in count if v[0] * v[1] < full or (dims.a_layout == "both" or dims.b_layout == "both")]
+    keep.sort(key=lambda v: -count[v])
+    return tuple(sorted(keep[:MAX_TILE_VARIANTS], key=lambda v: v[0] * v[1]))

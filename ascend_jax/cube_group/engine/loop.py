@@ -3,7 +3,7 @@
 (:func:`_run_eager`, for debugging).
 
 A step is the protocol :func:`ascend_jax.cube_group.engine.step.step` over every lane, then the
-AIVs' vector ops (:func:`apply_vector_ops`) and the compute phase (:func:`matmul_tiles`,
+AIVs' vector ops (:func:`apply_vector_ops`) and the compute phase (:func:`batch_tiles`,
 :func:`store_tiles`), each under a ``lax.cond`` that skips it when no core of any lane performed
 one. The loop runs until its slowest lane stops (each lane is bounded by its own ``max_steps``).
 """
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.cube_group.engine.compute import matmul_requests, matmul_tiles, store_passes, store_tiles
+from ascend_jax.cube_group.engine.compute import batch_tiles, matmul_requests, store_passes, store_tiles
 from ascend_jax.cube_group.engine.readout import PACK_LAYOUT, batch_minor, pack_minor
 from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.engine.state import State, Tables, init_state, read_only, unpack_slots
@@ -62,9 +62,7 @@ def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, fields: 
         table[:, :2], en, fields
     )
     ro = read_only(shape, tab)
-    tiles = jax.vmap(functools.partial(matmul_tiles, shape, table), in_axes=(None if shape.shared else 0, 0, 0))(
-        ro, st.gm, reqs
-    )
+    tiles = batch_tiles(shape, table, ro, st.gm, reqs)
     passes = jax.vmap(functools.partial(store_passes, shape, table))(st.key, reqs)
     n_passes = [jnp.where(e, p + 1, 0).max() for p, (_, e) in zip(passes, reqs, strict=True)]  # over all lanes
     gm = jax.vmap(functools.partial(store_tiles, shape, table), in_axes=(0, 0, 0, 0, None))(

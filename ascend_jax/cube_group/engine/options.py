@@ -24,11 +24,15 @@ class EngineOptions:
         (:mod:`ascend_jax.cube_group.engine.banks`) where the plan allows it; False: GM as bytes.
       batched_stores: C tiles whose row windows are disjoint share one store pass
         (:func:`ascend_jax.cube_group.engine.compute.store_passes`); False: one pass per AIC.
+      tile_variants: a step whose tiles all fit a smaller shape than the group's bound runs its
+        loads and dot at that shape (:func:`ascend_jax.cube_group.engine.encode.tile_variants`);
+        False: every step at the bound.
     """
 
     packed_grid: bool = True
     typed_banks: bool = True
     batched_stores: bool = True
+    tile_variants: bool = True
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

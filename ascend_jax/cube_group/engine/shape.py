@@ -18,7 +18,7 @@ import numpy as np
 import ascend_jax.cube_group.engine.banks as banks
 from ascend_jax.buckets import bucket, bucket_fine
 from ascend_jax.cube_group.engine.banks import GmBanks
-from ascend_jax.cube_group.engine.encode import VEC, EncodedProgram, MatmulDims
+from ascend_jax.cube_group.engine.encode import VEC, EncodedProgram, MatmulDims, tile_variants
 from ascend_jax.cube_group.engine.options import EngineOptions, resolve
 from ascend_jax.cube_group.layout import GroupGeometry
 from ascend_jax.cube_group.program import CubeGroupProgram
@@ -298,7 +298,7 @@ def make_shape(
         receive_full=bucket(max(e.capacity for e in encoded), LEAST_BUCKET),
         barrier_copies=tuple(b.copies for b in first.barriers),
         schedule=schedule,
-        matmuls=_matmul_configs(first, encoded),
+        matmuls=_matmul_configs(first, encoded, options.tile_variants),
         gm_size=_gm_data(first) + row_margin(_widest(encoded, ub[1])) if has_gm else 1,
         gm_data=_gm_data(first) if has_gm else 0,
         atomic_order=atomic_order if has_mm else "fixed",
@@ -348,9 +348,10 @@ def _widest(encoded: Sequence[EncodedProgram], ub_window: int = 0) -> int:
     return max(widest, ub_window)
 
 
-def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) -> tuple:
+def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram], variants: bool = True) -> tuple:
     """Per group: (MatmulType, TCubeTiling, :class:`MatmulDims` over every lane: the largest bound,
-    rows disjoint in every lane, a layout every lane shares or ``"both"``) or None."""
+    rows disjoint in every lane, a layout every lane shares or ``"both"``, and with ``variants``
+    the smaller tile shapes its calls fit) or None."""
     if not first.matmuls:
         return (None,) * len(first.groups)
     out = []
@@ -369,6 +370,9 @@ def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram]) 
             b_layout=layouts[1].pop() if len(layouts[1]) == 1 else "both",
             chunk=_chunk([d.chunk for d in lanes], int(max(d.n for d in lanes))),
         )
+        words = [e.act_mmf[(e.ver_group == gi)[:, None] & (e.act_mm != 0) & (e.act_en != 0)] for e in encoded]
+        if variants:
+            dims = dims._replace(variants=tile_variants(cfg[1], dims, words))
         out.append((cfg[0], cfg[1], dims))
     return tuple(out)
 

@@ -65,7 +65,8 @@ class Tables:
       [0, N_VEC] without vector ops).
     max_steps, receive_limit: [] int32.
     gm_tensors: [T, 4] int32 every GM tensor in allocation order (:func:`gm_tensor_table`): first
-      byte address, end byte address, typed bank (-1 as bytes) and first element in that bank.
+      byte address, end byte address, typed bank (-1 as bytes) and shift (the element at byte ``a``
+      of the tensor is element ``a // itemsize + shift`` of its bank).
       One copy for the batch (lanes share the tensor layout), never a lane axis: data, not part of
       the static shape, so that programs whose tensors differ only in size share a compilation.
     gm_init: GM at launch, a tuple: ``([G] uint8,)`` the bytes, or with typed banks
@@ -429,13 +430,14 @@ def build_tables(shape: EngineShape, program: CubeGroupProgram, enc: EncodedProg
 
 
 def gm_tensor_table(shape: EngineShape, program: CubeGroupProgram) -> np.ndarray:
-    """:attr:`Tables.gm_tensors` of a program: ``[T, 4] int32`` (start, end, bank, first element)."""
+    """:attr:`Tables.gm_tensors` of a program: ``[T, 4] int32`` (start, end, bank, shift)."""
     bounds = program.gm.bounds()
     out = np.zeros((len(bounds), 4), np.int64)
     out[:, :2] = bounds
     out[:, 2] = -1
     if shape.banks is not None:
-        out[:, 2:] = [(k, first) for k, first, _, _ in shape.banks.tensors]
+        bk = shape.banks  # element index in the bank = address // itemsize + shift
+        out[:, 2:] = [(k, first - start // np.dtype(bk.dtypes[k]).itemsize) for k, first, start, _ in bk.tensors]
     return out.astype(np.int32)
 
 

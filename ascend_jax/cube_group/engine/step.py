@@ -542,7 +542,7 @@ def cursor_slot(shape: EngineShape, st: State) -> jax.Array:
 def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> StepOut:
     """One protocol step of the batch, then the status update. A lane that is not RUNNING enables
     no core and keeps its state. ``cost`` is [12, B]. Returns a :class:`StepOut`: the state, the
-    step's matmul requests (for :func:`ascend_jax.cube_group.engine.compute.matmul_tiles`) and its
+    step's matmul requests (for :func:`ascend_jax.cube_group.engine.compute.batch_tiles`) and its
     vector ops."""
     keys = st.key
     k_aiv = k_aic = keys
