@@ -701,7 +701,7 @@ __all__ = ["GM_BASE", "EncodedProgram", "MatmulDims", "encode_program", "program
 
 #: the most tile variants a group's compute phase compiles beside its full bound (each is one more
 #: branch of operand loads and a dot in the compiled loop)
-MAX_TILE_VARIANTS = 4
+MAX_TILE_VARIANTS = 3
 
 
 def tile_variants(
@@ -710,11 +710,11 @@ def tile_variants(
     """The tile shapes a group's IterateAll calls fit, smaller than its bound ``dims``: from every
     IterateAll's :data:`ACTION_FIELDS` words with its mask (``words``: ``[n, A + 1]`` arrays) whose
     n, k and transposes are its own (not the AIC's state, known only at run time), the distinct
-    ``(n, kp, a_layout, b_layout)``: n rounded up to a power of two (at least ``least``), K to a
-    power of two in whole baseK chunks (each capped at the bound), the transposes as one layout.
-    The :data:`MAX_TILE_VARIANTS` most frequent that save work; a step whose tiles all fit one
-    runs at it (``compute.batch_tiles``), else at the bound. The product is unchanged: the padded
-    columns and K chunks are zeros either way."""
+    ``(n, kp)``: n rounded up to a power of two (at least ``least``), K to a power of two in whole
+    baseK chunks (each capped at the bound), with the layouts of A and B its calls use (one, or
+    ``"both"``). The :data:`MAX_TILE_VARIANTS` most frequent other than the bound itself; a step
+    whose tiles all fit one runs at it (``compute.batch_tiles``), else at the bound. The product
+    is unchanged: the padded columns and K chunks are zeros either way."""
     from ascend_jax.buckets import bucket
 
     fields = [AF[f] for f in ("single_n", "single_k", "trans_a", "trans_b")]
@@ -734,7 +734,13 @@ def tile_variants(
                 "trans" if tb else "plain",
             )
             count[v] = count.get(v, 0) + 1
-    full = dims.n * dims.kp
-    keep = [v for v in count if v[0] * v[1] < full or (dims.a_layout == "both" or dims.b_layout == "both")]
-    keep.sort(key=lambda v: -count[v])
+    merged: dict[tuple[int, int], list] = {}  # one variant per (n, kp): each costs compile time
+    for (n, kp, la, lb), c in count.items():
+        m = merged.setdefault((n, kp), [None, None, 0])
+        m[0] = la if m[0] in (None, la) else "both"
+        m[1] = lb if m[1] in (None, lb) else "both"
+        m[2] += c
+    full = (dims.n, dims.kp, dims.a_layout, dims.b_layout)
+    keep = [(n, kp, la, lb) for (n, kp), (la, lb, _) in merged.items() if (n, kp, la, lb) != full]
+    keep.sort(key=lambda v: -merged[v[:2]][2])
     return tuple(sorted(keep[:MAX_TILE_VARIANTS], key=lambda v: v[0] * v[1]))
