@@ -144,14 +144,79 @@ def _compute_ops(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array)
     kind = w[..., VEC["kind"]]
     for _, kinds in semantics(k for k in _used(shape) if not k.is_copy):
         on = en & kind_in(kind, kinds)
-
-        def one(ub, kinds=kinds, on=on):
-            # a semantics has one pattern where it is a reduction's
-            op = _reduce_op if kinds[0].pattern == "reduce" else _vector_compute
-            return jax.vmap(jax.vmap(functools.partial(op, shape, kinds)))(ub, on, w)
-
-        ub = jax.lax.cond(on.any(), one, lambda u: u, ub)
+        # a semantics has one pattern where it is a reduction's
+        op = functools.partial(_reduce_op if kinds[0].pattern == "reduce" else _vector_compute, shape, kinds)
+        ub = jax.lax.cond(on.any(), functools.partial(_on_active, shape, op), lambda u, o, w: u, ub, on, w)
     return ub
+
+
+#: AIVs per chunk of :func:`_on_active` (a lockstep step of the attention backward runs an op on
+#: 8, 16, 24 or 48 of its 48 AIVs)
+_CHUNK = 8
+
+
+def _on_active(shape: EngineShape, op, ub: jax.Array, on: jax.Array, w: jax.Array) -> jax.Array:
+    """``ub`` [B, V, U] after the ops of the AIVs ``on`` [B, V] (``w`` [B, V, N_VEC] their words).
+    ``op(ub, aiv, en, w)`` gives one AIV's op in one lane from that lane's UBs ``ub`` [V * U]: its
+    [W] values and where they go (:class:`_Dest`). Each lane's active AIVs come first (in block_idx
+    order), _CHUNK at a time, in as many chunks as the busiest lane needs: in a step the ops of a
+    pass mostly run on a part of the AIVs (half of them on average in the attention backward), and
+    the work follows that count, not V."""
+    b, v, u = ub.shape
+    c = min(_CHUNK, v)
+    idx = jnp.argsort(~on, axis=1, stable=True).astype(jnp.int32)  # [B, V] the active AIVs first
+    if v % c:
+        idx = jnp.concatenate([idx, jnp.zeros((b, c - v % c), jnp.int32)], axis=1)
+    count = on.sum(1)
+
+    def chunk(j, flat):
+        aiv = jax.lax.dynamic_slice_in_dim(idx, j * c, c, axis=1)  # [B, c]
+        act = (j * c + jnp.arange(c))[None, :] < count[:, None]
+        wc = jnp.take_along_axis(w, aiv[..., None], axis=1)
+        value, dest = jax.vmap(jax.vmap(op, in_axes=(None, 0, 0, 0)))(flat, aiv, act, wc)
+        return _scatter(shape, flat, value, dest._replace(start=jnp.where(act, dest.start, v * u)))
+
+    flat = jax.lax.fori_loop(0, (count.max() + c - 1) // c, chunk, ub.reshape(b, v * u))
+    return flat.reshape(b, v, u)
+
+
+class _Dest(NamedTuple):
+    """Where an op's W values go in one lane's UBs [V * U]: with flat windows, the W elements from
+    ``start`` [] (its AIV's UB at ``aiv * U``, the window clamped into that UB as
+    ``dynamic_update_slice`` clamps it), those where ``live`` [W]; else to ``pos`` [W] (out of
+    range where not written)."""
+
+    start: jax.Array
+    pos: jax.Array
+    live: jax.Array
+
+
+def _dest(shape: EngineShape, aiv: jax.Array, off: jax.Array, ld: jax.Array, r, c, live: jax.Array) -> _Dest:
+    u = shape.ub[0]
+    at = off + r * ld + c
+    at = jnp.where(at < 0, at + u, at)  # as an index into the AIV's own UB (.at[] wraps negatives)
+    ok = live & (at >= 0) & (at < u)
+    pos = jnp.where(ok, aiv * u + at, jnp.iinfo(jnp.int32).max)
+    return _Dest(aiv * u + jnp.clip(off, 0, u - shape.ub[1]), pos, live)
+
+
+def _scatter(shape: EngineShape, flat: jax.Array, value: jax.Array, dest: _Dest) -> jax.Array:
+    """``flat`` [B, V * U] (each lane's UBs) with the [B, c, W] ``value`` written to ``dest``
+    ([B, c] ops' :class:`_Dest`; a window starting past the end is dropped)."""
+    lanes = jnp.broadcast_to(jnp.arange(flat.shape[0])[:, None], dest.start.shape)
+    if not shape.ub_flat:
+        return flat.at[lanes[..., None], dest.pos].set(value, mode="drop")
+    width = value.shape[-1]
+    old = jax.vmap(jax.vmap(lambda f, at: jax.lax.dynamic_slice(f, (at,), (width,)), in_axes=(None, 0)))(
+        flat, dest.start
+    )
+    dims = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(2,), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0, 1)
+    )
+    at = jnp.stack([lanes, dest.start], axis=-1)
+    return jax.lax.scatter(
+        flat, at, jnp.where(dest.live, value, old), dims, mode=jax.lax.GatherScatterMode.FILL_OR_DROP
+    )
 
 
 def _used(shape: EngineShape) -> list:
@@ -203,40 +268,35 @@ def _write(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg
     return ub.at[jnp.where(reg.live, off + reg.r * ld + reg.c, ub.shape[0])].set(value, mode="drop")
 
 
-def _reduction(shape: EngineShape, kinds: list, ub: jax.Array, w: jax.Array) -> jax.Array:
+def _reduction(shape: EngineShape, kinds: list, ub: jax.Array, aiv: jax.Array, w: jax.Array) -> jax.Array:
     """One AIV's row reduction of one of ``kinds`` (reductions sharing one semantics) in one lane
-    (``ub`` [U], ``w`` [N_VEC]): its ``rows x cols`` region gathered as [Rr, Cr], reduced per row
+    (``ub`` [V * U] the lane's UBs, ``aiv`` the AIV, ``w`` [N_VEC]): its ``rows x cols`` region gathered as [Rr, Cr], reduced per row
     by the kinds' JAX semantics: [Rr] (the values written to the destination's column)."""
     cols = w[VEC["cols"]]
     rr, cr = shape.ub[2], shape.ub[3]
     at = w[VEC["off_src0"]] + jnp.arange(rr)[:, None] * w[VEC["ld_src0"]] + jnp.arange(cr)[None, :]
-    x2 = ub[jnp.clip(at, 0, ub.shape[0] - 1)]
+    x2 = ub[aiv * shape.ub[0] + jnp.clip(at, 0, shape.ub[0] - 1)]
     s = jax.lax.bitcast_convert_type(w[VEC["scalar"]], jnp.float32)
     return kinds[0].jax(jnp, x2, None, s, jnp.broadcast_to(cols, (rr,)))
 
 
-def _reduce_op(shape: EngineShape, kinds: list, ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
-    """:func:`_vector_compute` for a row reduction of one of ``kinds`` (:func:`_reduction`): it
-    writes its ``rows <= Rr`` values (one per row, into the destination's column) alone, not an
-    [E] window: the window's select and scatter made a reduction's pass cost about 8 times an
-    elementwise one's."""
-    rr = shape.ub[2]
-    k = jnp.arange(rr, dtype=jnp.int32)
-    value = _round(_reduction(shape, kinds, ub, w), w[VEC["dtype"]])
-    live = en & (k < w[VEC["rows"]])
-    off, ld = w[VEC["off_dst"]], w[VEC["ld_dst"]]
-    if shape.ub_flat:  # where a window of E would start (dynamic_update_slice clamps it to the UB)
-        at = jnp.clip(off, 0, ub.shape[0] - shape.ub[1])
-        old = jax.lax.dynamic_slice(ub, (at,), (rr,))
-        return jax.lax.dynamic_update_slice(ub, jnp.where(live, value, old), (at,))
-    return ub.at[jnp.where(live, off + k * ld, ub.shape[0])].set(value, mode="drop")
+def _reduce_op(shape: EngineShape, kinds: list, ub: jax.Array, aiv: jax.Array, en: jax.Array, w: jax.Array):
+    """:func:`_vector_compute` for a row reduction of one of ``kinds`` (:func:`_reduction`): its
+    ``rows <= Rr`` values (one per row, into the destination's column) alone, not an [E] window:
+    the window's select and scatter made a reduction's pass cost about 8 times an elementwise
+    one's."""
+    k = jnp.arange(shape.ub[2], dtype=jnp.int32)
+    value = _round(_reduction(shape, kinds, ub, aiv, w), w[VEC["dtype"]])
+    return value, _dest(shape, aiv, w[VEC["off_dst"]], w[VEC["ld_dst"]], k, 0, en & (k < w[VEC["rows"]]))
 
 
-def _vector_compute(shape: EngineShape, used: list, ub: jax.Array, en: jax.Array, w: jax.Array) -> jax.Array:
+def _vector_compute(shape: EngineShape, used: list, ub: jax.Array, aiv: jax.Array, en: jax.Array, w: jax.Array):
     """One AIV's elementwise compute op (no GM copy, no reduction: :func:`_reduce_op`), one of
     ``used`` (compute rows of :data:`KINDS`; only their semantics and operands are evaluated), in
-    one lane: ``ub`` [U], ``en`` [], ``w`` [N_VEC]. Returns the new ``ub``. The result is computed in float32 and rounded once to its buffer's type (the
-    reference's ``VectorUnit.run``)."""
+    one lane: ``ub`` [V * U] the lane's UBs, ``aiv`` the AIV, ``en`` [] whether it runs, ``w``
+    [N_VEC] its words. Returns its [E] values and where they go (:class:`_Dest`). The result is
+    computed in float32 and rounded once to its buffer's type (the reference's
+    ``VectorUnit.run``)."""
     kind, dtype = w[VEC["kind"]], w[VEC["dtype"]]
     rows, cols = w[VEC["rows"]], w[VEC["cols"]]
 
@@ -247,20 +307,20 @@ def _vector_compute(shape: EngineShape, used: list, ub: jax.Array, en: jax.Array
         return any(k.pattern in names for k in used)
 
     reg = _region(shape, rows, cols, en)
-    x = _read(shape, ub, w[VEC["off_src0"]], w[VEC["ld_src0"]], reg)
+    x = _read(shape, ub, w[VEC["off_src0"]], w[VEC["ld_src0"]], reg, aiv)
     s = jax.lax.bitcast_convert_type(w[VEC["scalar"]], jnp.float32)
     b = jnp.broadcast_to(s, x.shape)  # the second operand: the scalar, a tile or the row's value
     if uses("binary", "select"):
-        b = jnp.where(pattern("binary", "select"), _read(shape, ub, w[VEC["off_src1"]], w[VEC["ld_src1"]], reg), b)
+        b = jnp.where(pattern("binary", "select"), _read(shape, ub, w[VEC["off_src1"]], w[VEC["ld_src1"]], reg, aiv), b)
     if uses("broadcast"):
-        column = ub[jnp.clip(w[VEC["off_src1"]] + reg.r * w[VEC["ld_src1"]], 0, ub.shape[0] - 1)]
+        column = ub[aiv * shape.ub[0] + jnp.clip(w[VEC["off_src1"]] + reg.r * w[VEC["ld_src1"]], 0, shape.ub[0] - 1)]
         b = jnp.where(pattern("broadcast"), column, b)
     res = x  # cast: the source value, rounded below
     for fn, kinds in semantics(used):
         value = fn(jnp, x, b, s, None)
         if value is not x:  # the identity (cast) is already the default
             res = value if len(kinds) == len(used) else jnp.where(kind_in(kind, kinds), value, res)
-    return _write(shape, ub, w[VEC["off_dst"]], w[VEC["ld_dst"]], reg, _round(res, dtype))
+    return _round(res, dtype), _dest(shape, aiv, w[VEC["off_dst"]], w[VEC["ld_dst"]], reg.r, reg.c, reg.live)
 
 
 def kind_in(kind: jax.Array, kinds) -> jax.Array:
