@@ -201,19 +201,24 @@ def element(banks: GmBanks, k: int, addr: jax.Array, table: jax.Array | None = N
     ``table``: ``Tables.gm_tensors`` [T, 4] (start, end, bank, element shift), the tensors'
     places as data; None: the static ``banks.tensors``."""
     size = np.dtype(banks.dtypes[k]).itemsize
-    shift = jnp.zeros_like(addr)
-    hit = jnp.zeros(addr.shape, bool)
-    for t, (b, first, start, n) in enumerate(banks.tensors):
-        if b != k:
-            continue
-        end = start + n
-        delta = first - start // size  # tensors start 64-byte aligned
-        if table is not None:  # delta precomputed: a traced signed division here costs the loop 2x
-            start, end, delta = table[t, 0], table[t, 1], table[t, 3]
-        mine = (addr >= start) & (addr < end)
-        shift = jnp.where(mine, delta, shift)
-        hit = hit | mine
-    return addr // size + shift, hit
+    mine = [t for t, (b, *_) in enumerate(banks.tensors) if b == k]
+    if table is None:
+        shift = jnp.zeros_like(addr)
+        hit = jnp.zeros(addr.shape, bool)
+        for t in mine:
+            _, first, start, n = banks.tensors[t]
+            inside = (addr >= start) & (addr < start + n)
+            shift = jnp.where(inside, first - start // size, shift)  # tensors start 64-byte aligned
+            hit = hit | inside
+        return addr // size + shift, hit
+    # one compare of every address against the bank's tensors ([..., T_k]), then one reduction:
+    # quicker to trace than a chain per tensor, and XLA keeps the [...] result rather than
+    # recomputing it for every element of the tile it starts
+    rows = table[np.asarray(mine, np.int32)] if mine else jnp.zeros((0, 4), jnp.int32)
+    a = addr[..., None]
+    inside = (a >= rows[:, 0]) & (a < rows[:, 1])
+    shift = jnp.where(inside, rows[:, 3], 0).sum(axis=-1)  # tensors do not overlap: one at most
+    return addr // size + shift, inside.any(axis=-1)
 
 
 def load(
