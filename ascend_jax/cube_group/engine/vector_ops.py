@@ -59,32 +59,31 @@ def apply_vector_ops(
     ub = _compute_ops(shape, ub, is_compute, w)
     if not shape.vec_kinds or not any(k.is_copy for k in _used(shape)):
         return gm, ub
-    reg = jax.vmap(jax.vmap(lambda w, e: _region(shape, w[VEC["rows"]], w[VEC["cols"]], e)))(w, is_copy)
     lane_copy = _vector_copy if shape.banks is None else _vector_copy_banks
     # over lanes; shared read-only banks have no lane axis
-    copy_one = jax.vmap(functools.partial(lane_copy, shape), in_axes=(None if shape.shared else 0, 0, 0, 0, 0, 0))
+    ro_axis = None if shape.shared else 0
+    copy_one = jax.vmap(functools.partial(lane_copy, shape), in_axes=(ro_axis, 0, 0, 0, 0, 0))
     stores = is_copy & (w[..., VEC["kind"]] == KIND["store"].code)
     loads = is_copy & ~stores
-
     any_store = stores.any()
+
+    def region(w, on):  # [B, V] ops' regions (computed where used: in every step it cost ~3%)
+        return jax.vmap(jax.vmap(lambda w, e: _region(shape, w[VEC["rows"]], w[VEC["cols"]], e)))(w, on)
 
     def put(u, w, r, value, on):  # a load's window into its AIV's UB
         return _write(shape, u, w[VEC["off_dst"]], w[VEC["ld_dst"]], r._replace(live=r.live & on), value)
 
-    def loads_at_once(ub):
-        # No store in any lane: GM does not change in the step, so the AIVs' order does not
-        # matter and every load reads at once (vectorised over AIVs too; the copy's unused GM
-        # update is dead code), not one AIV at a time.
-        zero = jnp.zeros(shape.ub[1], jnp.float32)
+    def load(lane, ub, aiv, en, w):  # one lane's load of one AIV: the values it reads, where they go
+        ro, gm = lane
+        reg = _region(shape, w[VEC["rows"]], w[VEC["cols"]], en)
+        old = lane_copy(shape, ro, gm, en, w, jnp.zeros(shape.ub[1], jnp.float32), reg)[1]
+        return old, _dest(shape, aiv, w[VEC["off_dst"]], w[VEC["ld_dst"]], reg.r, reg.c, reg.live)
 
-        def load(ro, gm, en, w, reg):  # one lane, one AIV: the values its load reads
-            return lane_copy(shape, ro, gm, en, w, zero, reg)[1]
-
-        over_aivs = jax.vmap(load, in_axes=(None, None, 0, 0, 0))
-        loaded = jax.vmap(over_aivs, in_axes=(None if shape.shared else 0, 0, 0, 0, 0))(ro, gm, is_copy, w, reg)
-        return jax.vmap(jax.vmap(put))(ub, w, reg, loaded, loads)
-
-    ub = jax.lax.cond(loads.any() & ~any_store, loads_at_once, lambda u: u, ub)
+    # No store in any lane: GM does not change in the step, so the AIVs' order does not matter and
+    # the loads run at once (on each lane's loading AIVs, as the compute passes; the copy's unused
+    # GM update is dead code), not one AIV at a time.
+    at_once = functools.partial(_on_active, shape, load, lane=(ro, gm), lane_axes=((ro_axis, 0),))
+    ub = jax.lax.cond(loads.any() & ~any_store, at_once, lambda u, o, w: u, ub, loads, w)
 
     # With a store, a loop over AIVs in block_idx order (none without: its trip count is 0), each
     # AIV's copy vectorised over lanes. An AIV performs one op per step, so a store's UB window is
@@ -96,7 +95,8 @@ def apply_vector_ops(
         def run(c):
             gm, loaded = c
             at = functools.partial(jax.lax.dynamic_index_in_dim, index=v, axis=1, keepdims=False)
-            r, wv = jax.tree.map(at, reg), at(w)
+            wv = at(w)
+            r = jax.vmap(lambda w, e: _region(shape, w[VEC["rows"]], w[VEC["cols"]], e))(wv, at(is_copy))
             # its UB windows read from the lanes' whole UBs (AIV v's at v * U; not the [B, U] slice
             # of AIV v, which XLA materialised in every iteration)
             flat = ub.reshape(ub.shape[0], -1)
@@ -109,7 +109,9 @@ def apply_vector_ops(
     loaded = jnp.zeros((*e.shape, shape.ub[1]), jnp.float32)
     gm, loaded = jax.lax.fori_loop(0, jnp.where(any_store, e.shape[1], 0), one_aiv, (gm, loaded))
     with_loads = loads.any() & any_store
-    ub = jax.lax.cond(with_loads, lambda u: jax.vmap(jax.vmap(put))(u, w, reg, loaded, loads), lambda u: u, ub)
+    ub = jax.lax.cond(
+        with_loads, lambda u: jax.vmap(jax.vmap(put))(u, w, region(w, loads), loaded, loads), lambda u: u, ub
+    )
     return gm, ub
 
 
@@ -155,10 +157,13 @@ def _compute_ops(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array)
 _CHUNK = 8
 
 
-def _on_active(shape: EngineShape, op, ub: jax.Array, on: jax.Array, w: jax.Array) -> jax.Array:
+def _on_active(
+    shape: EngineShape, op, ub: jax.Array, on: jax.Array, w: jax.Array, lane=None, lane_axes=(None,)
+) -> jax.Array:
     """``ub`` [B, V, U] after the ops of the AIVs ``on`` [B, V] (``w`` [B, V, N_VEC] their words).
-    ``op(ub, aiv, en, w)`` gives one AIV's op in one lane from that lane's UBs ``ub`` [V * U]: its
-    [W] values and where they go (:class:`_Dest`). Each lane's active AIVs come first (in block_idx
+    ``op(ub, aiv, en, w)`` (``op(lane, ub, aiv, en, w)`` with ``lane``, a pytree of per-lane
+    arrays mapped over lanes with ``lane_axes``, e.g. GM) gives one AIV's op in one lane from that
+    lane's UBs ``ub`` [V * U]: its [W] values and where they go (:class:`_Dest`). Each lane's active AIVs come first (in block_idx
     order), _CHUNK at a time, in as many chunks as the busiest lane needs: in a step the ops of a
     pass mostly run on a part of the AIVs (half of them on average in the attention backward), and
     the work follows that count, not V."""
@@ -173,7 +178,11 @@ def _on_active(shape: EngineShape, op, ub: jax.Array, on: jax.Array, w: jax.Arra
         aiv = jax.lax.dynamic_slice_in_dim(idx, j * c, c, axis=1)  # [B, c]
         act = (j * c + jnp.arange(c))[None, :] < count[:, None]
         wc = jnp.take_along_axis(w, aiv[..., None], axis=1)
-        value, dest = jax.vmap(jax.vmap(op, in_axes=(None, 0, 0, 0)))(flat, aiv, act, wc)
+        if lane is None:
+            value, dest = jax.vmap(jax.vmap(op, in_axes=(None, 0, 0, 0)))(flat, aiv, act, wc)
+        else:
+            one = jax.vmap(op, in_axes=(None, None, 0, 0, 0))
+            value, dest = jax.vmap(one, in_axes=(*lane_axes, 0, 0, 0, 0))(lane, flat, aiv, act, wc)
         return _scatter(shape, flat, value, dest._replace(start=jnp.where(act, dest.start, v * u)))
 
     flat = jax.lax.fori_loop(0, (count.max() + c - 1) // c, chunk, ub.reshape(b, v * u))
