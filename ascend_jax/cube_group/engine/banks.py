@@ -66,8 +66,9 @@ class GmBanks:
         size share a compilation), then a margin of ``margin`` elements (a row window starting
         in a tensor never crosses the bank's end; rows not written go to the margin's start).
       margin: elements of that margin.
-      tensors: per GM tensor in allocation order: (bank, first element in the bank, GM byte
-        address, bytes).
+      tensor_banks: per GM tensor in allocation order, its bank. Where a tensor lies in its bank
+        (after the bank's earlier tensors, :func:`placement`) is data, ``Tables.gm_tensors``:
+        programs whose tensors differ only in size and address share this layout.
       loaded, stored: per bank, whether some AIV vector ``load`` reads it / ``store`` writes it
         (the vector phase traces copies of those banks only).
     """
@@ -75,7 +76,7 @@ class GmBanks:
     dtypes: tuple[str, ...]
     writable: tuple[bool, ...]
     sizes: tuple[int, ...]
-    tensors: tuple[tuple[int, int, int, int], ...]
+    tensor_banks: tuple[int, ...]
     margin: int = 0
     loaded: tuple[bool, ...] = ()  # per bank, whether some AIV ``load`` reads it
     stored: tuple[bool, ...] = ()  # per bank, whether some AIV ``store`` writes it
@@ -132,26 +133,36 @@ def plan(programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]
                 if role == "c":
                     written.add(int(t))
     keys: list[tuple[str, bool]] = []
-    placed = []
+    bank_of = []
     fill: dict[tuple[str, bool], int] = {}
     for i, t in enumerate(tensors):
         key = (t.dtype.name, i in written)
         if key not in fill:
             keys.append(key)
             fill[key] = 0
-        k = keys.index(key)
-        placed.append((k, fill[key], t.addr, t.nbytes))
+        bank_of.append(keys.index(key))
         fill[key] += t.nbytes // t.dtype.itemsize
     margin = -(-margin // 16) * 16
     return GmBanks(
         dtypes=tuple(d for d, _ in keys),
         writable=tuple(w for _, w in keys),
         sizes=tuple(bucket_fine(fill[key]) + margin for key in keys),
-        tensors=tuple(placed),
+        tensor_banks=tuple(bank_of),
         margin=margin,
-        loaded=tuple(any(placed[t][0] == k for t in loads) for k in range(len(keys))),
-        stored=tuple(any(placed[t][0] == k for t in stores) for k in range(len(keys))),
+        loaded=tuple(any(bank_of[t] == k for t in loads) for k in range(len(keys))),
+        stored=tuple(any(bank_of[t] == k for t in stores) for k in range(len(keys))),
     )
+
+
+def placement(banks: GmBanks, program: CubeGroupProgram) -> list[tuple[int, int, int, int]]:
+    """Where each of a program's GM tensors (allocation order) lies: (bank, first element in the
+    bank, GM byte address, bytes); a bank holds its tensors back to back in allocation order."""
+    fill = [0] * len(banks.dtypes)
+    out = []
+    for k, t in zip(banks.tensor_banks, program.gm.tensors.values(), strict=True):
+        out.append((k, fill[k], t.addr, t.nbytes))
+        fill[k] += t.nbytes // t.dtype.itemsize
+    return out
 
 
 def _copies_in_type(
@@ -189,32 +200,25 @@ def _copies_in_type(
 def initial(banks: GmBanks, program: CubeGroupProgram) -> tuple[np.ndarray, ...]:
     """Every bank's contents at launch (numpy, one per bank)."""
     out = [np.zeros(n, dt) for dt, n in zip(banks.dtypes, banks.sizes, strict=True)]
-    for t, (k, first, _, _) in zip(program.gm.tensors.values(), banks.tensors, strict=True):
+    for t, (k, first, _, _) in zip(program.gm.tensors.values(), placement(banks, program), strict=True):
         values = program.gm.read(t).reshape(-1)
         out[k][first : first + values.size] = values
     return tuple(out)
 
 
-def element(banks: GmBanks, k: int, addr: jax.Array, table: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def element(banks: GmBanks, k: int, addr: jax.Array, table: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(index in bank ``k`` of the element at GM byte ``addr``, whether a tensor of bank ``k``
     holds ``addr``). Outside those tensors the index is meaningless (callers mask such tiles).
-    ``table``: ``Tables.gm_tensors`` [T, 4] (start, end, bank, element shift), the tensors'
-    places as data; None: the static ``banks.tensors``."""
+    ``table``: ``Tables.gm_tensors`` [T, 4] (start, end, bank, element shift), where the tensors
+    lie (data: the static layout has only each tensor's bank)."""
     size = np.dtype(banks.dtypes[k]).itemsize
-    mine = [t for t, (b, *_) in enumerate(banks.tensors) if b == k]
-    if table is None:
-        shift = jnp.zeros_like(addr)
-        hit = jnp.zeros(addr.shape, bool)
-        for t in mine:
-            _, first, start, n = banks.tensors[t]
-            inside = (addr >= start) & (addr < start + n)
-            shift = jnp.where(inside, first - start // size, shift)  # tensors start 64-byte aligned
-            hit = hit | inside
-        return addr // size + shift, hit
+    mine = np.asarray([t for t, b in enumerate(banks.tensor_banks) if b == k], np.int32)
+    if not len(mine):
+        return addr // size, jnp.zeros(addr.shape, bool)
     # one compare of every address against the bank's tensors ([..., T_k]), then one reduction:
     # quicker to trace than a chain per tensor, and XLA keeps the [...] result rather than
-    # recomputing it for every element of the tile it starts
-    rows = table[np.asarray(mine, np.int32)] if mine else jnp.zeros((0, 4), jnp.int32)
+    # recomputing it for every element of the tile it starts (as it would a traced division)
+    rows = table[mine]
     a = addr[..., None]
     inside = (a >= rows[:, 0]) & (a < rows[:, 1])
     shift = jnp.where(inside, rows[:, 3], 0).sum(axis=-1)  # tensors do not overlap: one at most
@@ -230,7 +234,7 @@ def load(
     stride: jax.Array,
     width: int,
     dtype: np.dtype,
-    table: jax.Array | None = None,
+    table: jax.Array,
 ) -> jax.Array:
     """[n_rows, width] elements of ``dtype``: ``width`` from each stored row of a tile at byte
     ``addr`` with ``stride`` elements per row, from whichever bank of that type holds ``addr``
@@ -245,17 +249,21 @@ def load(
     return out
 
 
-def host_image(banks: GmBanks, ro: Sequence[np.ndarray], rw: Sequence[np.ndarray], lanes: int, real: int) -> np.ndarray:
+def host_image(
+    banks: GmBanks, ro: Sequence[np.ndarray], rw: Sequence[np.ndarray], table: np.ndarray, lanes: int, real: int
+) -> np.ndarray:
     """``[B, real] uint8``: every lane's GM bytes rebuilt on the host from its banks (read-only
-    banks ``[n]`` shared or ``[B, n]``, written banks ``[B, n]``, numpy). Bytes between tensors
+    banks ``[n]`` shared or ``[B, n]``, written banks ``[B, n]``, numpy; ``table``
+    ``Tables.gm_tensors``, where the tensors lie in them). Bytes between tensors
     are zero: nothing writes outside a tensor. numpy reinterprets typed rows as bytes for free,
     where the same cast on the device is a loop of shifts. The image is built lanes last (a
     ``[real, B]`` array, returned as its transposed view), as the engine's arrays come back from
     the device: each tensor is then one copy of whole rows of lanes, not a transpose."""
     arrays = by_bank(banks, ro, rw)
     out = np.zeros((real, lanes), np.uint8)
-    for k, first, start, n in banks.tensors:
+    for start, end, k, shift in np.asarray(table, np.int64):
         size = np.dtype(banks.dtypes[k]).itemsize
+        first, n = start // size + shift, end - start
         vals = arrays[k][..., first : first + n // size]  # [n // size] or [B, n // size]
         pos = start - GM_BASE
         dst = out[pos : pos + n].reshape(n // size, size, lanes)

@@ -95,7 +95,7 @@ def batch_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> S
     if vec is not None:  # the AIVs' vector ops act before the step's matmuls are written
         gm, ub = jax.lax.cond(
             vec.en.any(),
-            lambda g, u: apply_vector_ops(shape, read_only(shape, tab), g, u, vec.en, vec.words),
+            lambda g, u: apply_vector_ops(shape, read_only(shape, tab), g, u, vec.en, vec.words, tab.gm_tensors),
             lambda g, u: (g, u),
             st.gm,
             st.ub,

@@ -500,7 +500,7 @@ def gm_host(shape: EngineShape, tab: Tables, arrays: dict[str, np.ndarray], real
     out = {k: v for k, v in arrays.items() if not k.startswith("gm_bank")}
     rw = [np.asarray(arrays[f"gm_bank{i}"]) for i in range(len(shape.banks.rw))]
     ro = [np.asarray(x) for x in read_only(shape, tab)]
-    out["gm"] = host_image(shape.banks, ro, rw, len(arrays["status"]), real)
+    out["gm"] = host_image(shape.banks, ro, rw, np.asarray(tab.gm_tensors), len(arrays["status"]), real)
     return out
 
 

@@ -437,7 +437,8 @@ def gm_tensor_table(shape: EngineShape, program: CubeGroupProgram) -> np.ndarray
     out[:, 2] = -1
     if shape.banks is not None:
         bk = shape.banks  # element index in the bank = address // itemsize + shift
-        out[:, 2:] = [(k, first - start // np.dtype(bk.dtypes[k]).itemsize) for k, first, start, _ in bk.tensors]
+        places = banks.placement(bk, program)
+        out[:, 2:] = [(k, first - start // np.dtype(bk.dtypes[k]).itemsize) for k, first, start, _ in places]
     return out.astype(np.int32)
 
 

@@ -34,6 +34,7 @@ def apply_vector_ops(
     ub: jax.Array,
     en: jax.Array,
     words: jax.Array,
+    table: jax.Array,
 ):
     """Performs the vector ops the AIVs performed this step, before the step's matmuls are written.
 
@@ -41,7 +42,8 @@ def apply_vector_ops(
     banks (:attr:`EngineShape.banks`) the written banks ``[B, n_k]``; ``ro``: the read-only banks
     (``()`` as bytes; shared ``[n_k]`` or ``[B, n_k]`` per lane). ``ub`` [B, V, U] float32
     (lane-major), ``en`` [V, B] which AIVs ran a vector op, ``words`` [V, N_VEC, B] its
-    :data:`ascend_jax.cube_group.engine.encode.VEC` row. Returns the new (gm, ub).
+    :data:`ascend_jax.cube_group.engine.encode.VEC` row, ``table`` ``Tables.gm_tensors`` [T, 4]
+    (where the tensors lie in the banks). Returns the new (gm, ub).
 
     Order (the reference's, ``ReferenceInterpreter.step``): the AIVs act in block_idx order, so a
     store is visible to a later AIV's load in the same step. Compute ops touch only their own AIV's
@@ -59,7 +61,7 @@ def apply_vector_ops(
     ub = _compute_ops(shape, ub, is_compute, w)
     if not shape.vec_kinds or not any(k.is_copy for k in _used(shape)):
         return gm, ub
-    lane_copy = _vector_copy if shape.banks is None else _vector_copy_banks
+    lane_copy = _vector_copy if shape.banks is None else functools.partial(_vector_copy_banks, table=table)
     # over lanes; shared read-only banks have no lane axis
     ro_axis = None if shape.shared else 0
     copy_one = jax.vmap(functools.partial(lane_copy, shape), in_axes=(ro_axis, 0, 0, 0, 0, 0))
@@ -440,9 +442,10 @@ def _vector_copy_banks(
     w: jax.Array,
     src: jax.Array,
     reg: _Region,
+    table: jax.Array,
 ) -> tuple[tuple[jax.Array, ...], jax.Array]:
     """:func:`_vector_copy` on typed banks (:attr:`EngineShape.banks`): ``ro`` one lane's read-only
-    banks, ``gm`` its written ones. The plan (:func:`ascend_jax.cube_group.engine.banks.plan`)
+    banks, ``gm`` its written ones, ``table`` ``Tables.gm_tensors`` (where the tensors lie). The plan (:func:`ascend_jax.cube_group.engine.banks.plan`)
     admits banks only when every copy's tile lies in a tensor of the copy's UB type at a whole
     element, so the copy reads (and a store writes) the bank of that type that holds its address:
     element k of the region at element ``first + r * stride + c`` (a slice of E elements with flat
@@ -461,7 +464,7 @@ def _vector_copy_banks(
     for k, name in enumerate(bk.dtypes):
         if not (bk.loaded[k] or bk.stored[k]):  # no copy touches it (plan)
             continue
-        first, hit = banks.element(bk, k, addr)
+        first, hit = banks.element(bk, k, addr, table)
         hit = hit & en & (dtype == UB_DTYPES.index(name))
         first = jnp.where(hit, first, 0)
         x = arrays[k]

@@ -41,9 +41,9 @@ def test_sample_model_shares_a_and_b_and_carries_only_c():
     program = _sample()
     typed, plain, layout = _both_forms([program] * 3, atomic_order="random", seeds=5)
     assert layout is not None
-    by_name = dict(zip(program.gm.tensors, layout.tensors, strict=True))
-    assert [layout.dtypes[by_name[n][0]] for n in ("a", "b", "c")] == ["float16", "float16", "float32"]
-    assert [layout.writable[by_name[n][0]] for n in ("a", "b", "c")] == [False, False, True]
+    bank = dict(zip(program.gm.tensors, layout.tensor_banks, strict=True))
+    assert [layout.dtypes[bank[n]] for n in ("a", "b", "c")] == ["float16", "float16", "float32"]
+    assert [layout.writable[bank[n]] for n in ("a", "b", "c")] == [False, False, True]
     _assert_same_arrays(typed, plain)
     ref = aj.run_reference(program)
     assert typed[0].outcome() == ref.outcome()

@@ -35,8 +35,7 @@ def _both_forms(programs, **kw):
 
 
 def _bank_of(program, layout, name):
-    by_name = dict(zip(program.gm.tensors, layout.tensors, strict=True))
-    k = by_name[name][0]
+    k = dict(zip(program.gm.tensors, layout.tensor_banks, strict=True))[name]
     return layout.dtypes[k], layout.writable[k]
 
 

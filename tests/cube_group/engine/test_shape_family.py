@@ -1,0 +1,68 @@
+"""One compilation per shape family: programs that differ only in the extent of their tensors
+(GM sizes within one :func:`ascend_jax.buckets.bucket_fine` bucket, tensors at other addresses)
+share the compiled loop, in both GM forms, and each still equals the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ascend_jax as aj
+from ascend_jax import CUBE_MATMUL_MSG, CubeGroupKernel
+from ascend_jax.buckets import bucket, bucket_fine
+from ascend_jax.cube_group import engine
+from ascend_jax.cube_group.engine import EngineOptions
+from ascend_jax.cube_group.engine.loop import TRACE_COUNT
+
+T = 16  # tile edge
+
+
+def _kernel(extra_rows: int, pad: int):
+    """Two AICs, one matmul each into C, with C ``extra_rows`` rows longer and a ``pad``-element
+    tensor allocated before the operands (so every tensor address moves)."""
+    kern = CubeGroupKernel(name="family")
+    kern.alloc("pad", (pad,), "float32", "zeros")
+    a = kern.alloc("a", (T, T), "float16", "random", 1)
+    b = kern.alloc("b", (T, T), "float16", "random", 2)
+    c = kern.alloc("c", (2 * T + extra_rows, T), "float32", "zeros")
+    tiling = dict(M=T, N=T, Ka=T, Kb=T, singleCoreM=T, singleCoreN=T, singleCoreK=T, baseM=16, baseN=16, baseK=16)
+    mt = dict(a="float16", b="float16", c="float32", bias="float32")
+    g = kern.create_cube_res_group("g", 0, 4, 2, "matmul", CUBE_MATMUL_MSG, matmul=mt, tiling=tiling)
+    for q in range(2):
+        aiv = kern.aiv(q)
+        aiv.assign_queue(g, q)
+        aiv.post(g, {"aAddr": a.addr, "bAddr": b.addr, "cAddr": c.addr + 4 * q * T * T, "kaOrgShape": T,
+                     "kbOrgShape": T, "nOrgShape": T})  # fmt: skip
+        aiv.quit(g)
+    return kern.compile()
+
+
+def test_bucket_fine_is_at_most_an_eighth_above():
+    for n in [*range(40), 1000, 4097, 10_883_872, 2**31 - 1]:
+        b = bucket_fine(n)
+        assert n <= b <= max(n, n + n // 8 + 1), n
+        assert bucket_fine(b) == b  # a bucket is its own bucket
+    assert bucket_fine(10_703_136) == bucket_fine(10_883_872) < bucket(10_703_136)
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["typed_banks", "bytes"])
+def test_programs_of_one_family_share_a_compilation(typed):
+    options = EngineOptions(typed_banks=typed)
+    first, second = _kernel(1, 1000), _kernel(2, 1020)  # 7,328 and 7,520 B: one bucket, per bank too
+    assert first.gm.size != second.gm.size
+    assert first.gm.tensors["c"].addr != second.gm.tensors["c"].addr
+    shapes = [engine.prepare([p], options=options).shape for p in (first, second)]
+    assert (shapes[0].banks is not None) == typed
+    assert shapes[0] == shapes[1]
+    results = []
+    for p in (first, second):
+        before = TRACE_COUNT["run"]
+        results.append(aj.simulate(p, options=options)[0])
+        traced = TRACE_COUNT["run"] - before
+    assert traced == 0  # the second program ran on the first one's compilation
+    for p, res in zip((first, second), results, strict=True):
+        ref = aj.run_reference(p)
+        assert res.outcome() == ref.outcome()
+        # float32 sums of 16 products: the dot's and numpy's summation orders differ in the last bit
+        np.testing.assert_allclose(res.tensor("c"), ref.tensor("c"), rtol=1e-5, atol=1e-5)
+        assert res.tensor("c").shape == p.gm.tensors["c"].shape
