@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.buckets import bucket_fine
+from ascend_jax.buckets import bucket, bucket_fine
 from ascend_jax.cube_group.engine.encode import VEC
 from ascend_jax.cube_group.matmul import AF, MM_FIELDS
 from ascend_jax.cube_group.vector import KIND, UB_DTYPES
@@ -61,9 +61,8 @@ class GmBanks:
       dtypes: per bank, its element type (numpy name).
       writable: per bank, whether it holds written tensors (then it is loop state, one copy per
         lane; else a table).
-      sizes: per bank, elements: its tensors back to back (their total bucketed by
-        :func:`ascend_jax.buckets.bucket_fine`, so that programs whose tensors differ a little in
-        size share a compilation), then a margin of ``margin`` elements (a row window starting
+      sizes: per bank, elements: its tensors back to back (their total bucketed, :func:`_bucketed`,
+        so that programs whose tensors differ a little in size share a compilation), then a margin of ``margin`` elements (a row window starting
         in a tensor never crosses the bank's end; rows not written go to the margin's start).
       margin: elements of that margin.
       tensor_banks: per GM tensor in allocation order, its bank. Where a tensor lies in its bank
@@ -146,12 +145,22 @@ def plan(programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]
     return GmBanks(
         dtypes=tuple(d for d, _ in keys),
         writable=tuple(w for _, w in keys),
-        sizes=tuple(bucket_fine(fill[key]) + margin for key in keys),
+        sizes=tuple(_bucketed(fill[key], key[1]) + margin for key in keys),
         tensor_banks=tuple(bank_of),
         margin=margin,
         loaded=tuple(any(bank_of[t] == k for t in loads) for k in range(len(keys))),
         stored=tuple(any(bank_of[t] == k for t in stores) for k in range(len(keys))),
     )
+
+
+#: elements up to which a written bank's size is a power of two (above: within 12.5 %)
+SMALL_BANK = 1 << 16
+
+
+def _bucketed(n: int, written: bool) -> int:
+    """A bank's padded size: a power of two for a read-only bank (one copy for the batch) or a
+    small one, else :func:`ascend_jax.buckets.bucket_fine` (written banks are per lane)."""
+    return bucket(n) if not written or n <= SMALL_BANK else bucket_fine(n)
 
 
 def placement(banks: GmBanks, program: CubeGroupProgram) -> list[tuple[int, int, int, int]]:
