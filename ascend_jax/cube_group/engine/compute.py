@@ -89,8 +89,8 @@ def batch_tiles(
             tiles = jax.vmap(lane, in_axes=(ro_axis, 0, 0))(ro, gm, d)
             return jnp.pad(tiles, ((0, 0), (0, 0), (0, 0), (0, dims.n - dv.n)))
 
-        if not dims.variants:
-            out.append(run(dims))
+        if not dims.variants or e.size * dims.m * dims.n * dims.kp < VARIANTS_FROM:
+            out.append(run(dims))  # small tiles: the variants' compile time would outweigh them
             continue
         shapes = [dims._replace(n=n, kp=kp, a_layout=la, b_layout=lb) for n, kp, la, lb in dims.variants]
         index = jnp.int32(len(shapes))  # the bound
@@ -98,6 +98,11 @@ def batch_tiles(
             index = jnp.where(_fits(shapes[i], d, e), i, index)
         out.append(jax.lax.switch(index, [functools.partial(run, dv) for dv in (*shapes, dims)]))
     return out
+
+
+#: multiply-adds of a step's padded dot (lanes x AICs x M x N x K) from which tile variants are
+#: compiled (each is one more branch of loads and a dot)
+VARIANTS_FROM = 1 << 25
 
 
 def _fits(dv: MatmulDims, d: dict[str, jax.Array], e: jax.Array) -> jax.Array:

@@ -146,13 +146,23 @@ def _compute_ops(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array)
     attention backward's kinds). Row reductions (a gather of their region and numpy's pairwise
     sum) are computed only in their own pass."""
     kind = w[..., VEC["kind"]]
-    for _, kinds in semantics(k for k in _used(shape) if not k.is_copy):
+    groups = [kinds for _, kinds in semantics(k for k in _used(shape) if not k.is_copy)]
+    if ub.shape[0] * ub.shape[1] * shape.ub[1] < SPLIT_PASSES_FROM:  # small: compile time rules
+        elementwise = [k for g in groups if g[0].pattern != "reduce" for k in g]
+        groups = [g for g in groups if g[0].pattern == "reduce"] + ([elementwise] if elementwise else [])
+    for kinds in groups:
         on = en & kind_in(kind, kinds)
         # a semantics has one pattern where it is a reduction's
         op = functools.partial(_reduce_op if kinds[0].pattern == "reduce" else _vector_compute, shape, kinds)
         ub = jax.lax.cond(on.any(), functools.partial(_on_active, shape, op), lambda u, o, w: u, ub, on, w)
     return ub
 
+
+#: lanes x AIVs x window elements from which each semantics gets a pass of its own, run on the
+#: active AIVs in chunks (:func:`_on_active`); below, one pass evaluates every elementwise kind on
+#: all AIVs at once (each pass is a loop, a sort and a scatter to compile, which costs more than
+#: the work it saves on small windows: the test suite's programs)
+SPLIT_PASSES_FROM = 1 << 20
 
 #: AIVs per chunk of :func:`_on_active` (a lockstep step of the attention backward runs an op on
 #: 8, 16, 24 or 48 of its 48 AIVs)
@@ -170,6 +180,18 @@ def _on_active(
     pass mostly run on a part of the AIVs (half of them on average in the attention backward), and
     the work follows that count, not V."""
     b, v, u = ub.shape
+
+    def apply(flat, aiv, act, wc):  # the ops of AIVs aiv [B, c] (those where act) on flat [B, V * U]
+        if lane is None:
+            value, dest = jax.vmap(jax.vmap(op, in_axes=(None, 0, 0, 0)))(flat, aiv, act, wc)
+        else:
+            one = jax.vmap(op, in_axes=(None, None, 0, 0, 0))
+            value, dest = jax.vmap(one, in_axes=(*lane_axes, 0, 0, 0, 0))(lane, flat, aiv, act, wc)
+        return _scatter(shape, flat, value, dest._replace(start=jnp.where(act, dest.start, v * u)))
+
+    if b * v * shape.ub[1] < SPLIT_PASSES_FROM:  # small: every AIV at once (no sort, no loop to compile)
+        aiv = jnp.broadcast_to(jnp.arange(v, dtype=jnp.int32), (b, v))
+        return apply(ub.reshape(b, v * u), aiv, on, w).reshape(b, v, u)
     c = min(_CHUNK, v)
     idx = jnp.argsort(~on, axis=1, stable=True).astype(jnp.int32)  # [B, V] the active AIVs first
     if v % c:
@@ -179,13 +201,7 @@ def _on_active(
     def chunk(j, flat):
         aiv = jax.lax.dynamic_slice_in_dim(idx, j * c, c, axis=1)  # [B, c]
         act = (j * c + jnp.arange(c))[None, :] < count[:, None]
-        wc = jnp.take_along_axis(w, aiv[..., None], axis=1)
-        if lane is None:
-            value, dest = jax.vmap(jax.vmap(op, in_axes=(None, 0, 0, 0)))(flat, aiv, act, wc)
-        else:
-            one = jax.vmap(op, in_axes=(None, None, 0, 0, 0))
-            value, dest = jax.vmap(one, in_axes=(*lane_axes, 0, 0, 0, 0))(lane, flat, aiv, act, wc)
-        return _scatter(shape, flat, value, dest._replace(start=jnp.where(act, dest.start, v * u)))
+        return apply(flat, aiv, act, jnp.take_along_axis(w, aiv[..., None], axis=1))
 
     flat = jax.lax.fori_loop(0, (count.max() + c - 1) // c, chunk, ub.reshape(b, v * u))
     return flat.reshape(b, v, u)

@@ -61,7 +61,9 @@ def _replace_vector_op(program, block, which, **fields):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("dtype", "causal", "schedule", "shape"),
-    [("float16", False, "timed", SMALL), ("bfloat16", True, "lockstep", NARROW)],
+    # lockstep only (the timed schedule on typed banks: test_compute_vector's attention runs; the
+    # byte form's timed compile cost this test 30 s of the suite's budget)
+    [("float16", False, "lockstep", SMALL), ("bfloat16", True, "lockstep", NARROW)],
 )
 def test_attention_banks_equal_bytes(dtype, causal, schedule, shape):
     """The attention backward (vector loads, casts, stores, matmuls on what they store): inputs

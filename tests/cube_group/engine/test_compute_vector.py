@@ -200,7 +200,7 @@ aiv_ops = st.lists(
 
 
 @pytest.mark.slow
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(aiv_ops, min_size=2, max_size=2), st.integers(0, 2**16))
 def test_random_vector_programs_match_the_reference(lanes, seed):
     """Two random programs (lanes of one batch) of 3 AIVs x 10 vector ops on shared tensors: loads

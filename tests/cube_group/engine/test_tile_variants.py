@@ -14,11 +14,17 @@ from test_access import _assert_same_arrays
 import ascend_jax as aj
 from ascend_jax import CUBE_MATMUL_MSG, CubeGroupKernel
 from ascend_jax.cube_group import engine
-from ascend_jax.cube_group.engine import EngineOptions
+from ascend_jax.cube_group.engine import EngineOptions, compute
 from ascend_jax.cube_group.engine.encode import MAX_TILE_VARIANTS
 
 T = 16  # the smallest tile edge (baseK)
 AT_BOUND = EngineOptions(tile_variants=False)
+
+
+@pytest.fixture(autouse=True)
+def _variants_for_small_tiles(monkeypatch):
+    """These tiles are far below compute.VARIANTS_FROM: take the variants anyway."""
+    monkeypatch.setattr(compute, "VARIANTS_FROM", 0)
 
 
 def _kernel(posts: list[list[tuple[int, int, bool, bool]]]):

@@ -12,7 +12,15 @@ from __future__ import annotations
 import pytest
 
 from ascend_jax import run_reference, simulate
+from ascend_jax.cube_group.engine import vector_ops
 from tests.cube_group.engine.test_compute_vector import FILL, FIRST, _row, _same_bits, build_lane
+
+
+@pytest.fixture(autouse=True)
+def _a_pass_per_semantics(monkeypatch):
+    """These windows are below vector_ops.SPLIT_PASSES_FROM: give each semantics its own pass
+    anyway, as a large program's steps do (test_compute_vector.py covers the merged pass)."""
+    monkeypatch.setattr(vector_ops, "SPLIT_PASSES_FROM", 0)
 
 
 def _agree(lanes, seed: int) -> None:
