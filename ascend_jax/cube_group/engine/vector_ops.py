@@ -178,7 +178,8 @@ def _on_active(
     lane's UBs ``ub`` [V * U]: its [W] values and where they go (:class:`_Dest`). Each lane's active AIVs come first (in block_idx
     order), _CHUNK at a time, in as many chunks as the busiest lane needs: in a step the ops of a
     pass mostly run on a part of the AIVs (half of them on average in the attention backward), and
-    the work follows that count, not V."""
+    the work follows that count, not V. A small batch (under :data:`SPLIT_PASSES_FROM`) runs
+    every AIV at once instead: no sort and no loop to compile."""
     b, v, u = ub.shape
 
     def apply(flat, aiv, act, wc):  # the ops of AIVs aiv [B, c] (those where act) on flat [B, V * U]
