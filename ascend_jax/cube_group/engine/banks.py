@@ -62,8 +62,9 @@ class GmBanks:
       writable: per bank, whether it holds written tensors (then it is loop state, one copy per
         lane; else a table).
       sizes: per bank, elements: its tensors back to back (their total bucketed, :func:`_bucketed`,
-        so that programs whose tensors differ a little in size share a compilation), then a margin of ``margin`` elements (a row window starting
-        in a tensor never crosses the bank's end; rows not written go to the margin's start).
+        so that programs whose tensors differ a little in size share a compilation), then a
+        margin of ``margin`` elements (a row window starting in a tensor never crosses the bank's
+        end; rows not written go to the margin's start).
       margin: elements of that margin.
       tensor_banks: per GM tensor in allocation order, its bank. Where a tensor lies in its bank
         (after the bank's earlier tensors, :func:`placement`) is data, ``Tables.gm_tensors``:

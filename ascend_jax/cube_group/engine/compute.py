@@ -70,8 +70,8 @@ def batch_tiles(
     read-only typed banks (shared, or lane-major as :attr:`EngineShape.shared` says), ``gm`` the
     written ones (``State.gm``, lane-major; as bytes ``ro = ()`` and ``gm = ([B, G] uint8,)``),
     ``table`` ``Tables.gm_tensors`` [T, 4] (where the tensors lie in the banks). Returns, per
-    group, C tiles [B, P, M, N]. A group with
-    tile variants (:attr:`MatmulDims.variants`) runs the step at the first (smallest) one that
+    group, C tiles [B, P, M, N]. A group with tile variants (:attr:`MatmulDims.variants`; used
+    from :data:`VARIANTS_FROM` multiply-adds a step) runs the step at the first (smallest) one that
     every live tile of every lane fits (n and k within it, its transposes), else at its bound:
     one ``lax.switch`` on a batch-wide index, so only the chosen shape's loads and dot run. The
     columns past the variant's n come back as zeros (the stores write only a tile's own n)."""

@@ -370,8 +370,8 @@ def _matmul_configs(first: CubeGroupProgram, encoded: Sequence[EncodedProgram], 
             b_layout=layouts[1].pop() if len(layouts[1]) == 1 else "both",
             chunk=_chunk([d.chunk for d in lanes], int(max(d.n for d in lanes))),
         )
-        words = [e.act_mmf[(e.ver_group == gi)[:, None] & (e.act_mm != 0) & (e.act_en != 0)] for e in encoded]
-        if variants:
+        if variants:  # from every performed IterateAll of the group, every lane
+            words = [e.act_mmf[(e.ver_group == gi)[:, None] & (e.act_mm != 0) & (e.act_en != 0)] for e in encoded]
             dims = dims._replace(variants=tile_variants(cfg[1], dims, words))
         out.append((cfg[0], cfg[1], dims))
     return tuple(out)

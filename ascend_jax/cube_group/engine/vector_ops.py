@@ -47,8 +47,8 @@ def apply_vector_ops(
 
     Order (the reference's, ``ReferenceInterpreter.step``): the AIVs act in block_idx order, so a
     store is visible to a later AIV's load in the same step. Compute ops touch only their own AIV's
-    UB, so they run for every AIV at once (vectorised over AIVs and lanes; one pass per semantics
-    the step uses, :func:`_compute_ops`). GM copies: in a step where no lane stores, GM does not
+    UB, so they run for every AIV at once (vectorised over AIVs and lanes; in a large batch one
+    pass per semantics the step uses, :func:`_compute_ops`). GM copies: in a step where no lane stores, GM does not
     change and every load reads at once (vectorised over AIVs and lanes); with a store, a
     ``fori_loop`` over the AIVs (each vectorised over lanes, skipped when no lane's AIV copies)
     keeps that order exactly, atomic stores included.
@@ -69,15 +69,15 @@ def apply_vector_ops(
     loads = is_copy & ~stores
     any_store = stores.any()
 
-    def region(w, on):  # [B, V] ops' regions (computed where used: in every step it cost ~3%)
-        return jax.vmap(jax.vmap(lambda w, e: _region(shape, w[VEC["rows"]], w[VEC["cols"]], e)))(w, on)
+    def region(w, on):  # one op's region (computed where used: in every step it cost ~3%)
+        return _region(shape, w[VEC["rows"]], w[VEC["cols"]], on)
 
     def put(u, w, r, value, on):  # a load's window into its AIV's UB
         return _write(shape, u, w[VEC["off_dst"]], w[VEC["ld_dst"]], r._replace(live=r.live & on), value)
 
     def load(lane, ub, aiv, en, w):  # one lane's load of one AIV: the values it reads, where they go
         ro, gm = lane
-        reg = _region(shape, w[VEC["rows"]], w[VEC["cols"]], en)
+        reg = region(w, en)
         old = lane_copy(shape, ro, gm, en, w, jnp.zeros(shape.ub[1], jnp.float32), reg)[1]
         return old, _dest(shape, aiv, w[VEC["off_dst"]], w[VEC["ld_dst"]], reg.r, reg.c, reg.live)
 
@@ -98,7 +98,7 @@ def apply_vector_ops(
             gm, loaded = c
             at = functools.partial(jax.lax.dynamic_index_in_dim, index=v, axis=1, keepdims=False)
             wv = at(w)
-            r = jax.vmap(lambda w, e: _region(shape, w[VEC["rows"]], w[VEC["cols"]], e))(wv, at(is_copy))
+            r = jax.vmap(region)(wv, at(is_copy))
             # its UB windows read from the lanes' whole UBs (AIV v's at v * U; not the [B, U] slice
             # of AIV v, which XLA materialised in every iteration)
             flat = ub.reshape(ub.shape[0], -1)
@@ -112,7 +112,10 @@ def apply_vector_ops(
     gm, loaded = jax.lax.fori_loop(0, jnp.where(any_store, e.shape[1], 0), one_aiv, (gm, loaded))
     with_loads = loads.any() & any_store
     ub = jax.lax.cond(
-        with_loads, lambda u: jax.vmap(jax.vmap(put))(u, w, region(w, loads), loaded, loads), lambda u: u, ub
+        with_loads,
+        lambda u: jax.vmap(jax.vmap(put))(u, w, jax.vmap(jax.vmap(region))(w, loads), loaded, loads),
+        lambda u: u,
+        ub,
     )
     return gm, ub
 
@@ -147,7 +150,7 @@ def _compute_ops(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array)
     sum) are computed only in their own pass."""
     kind = w[..., VEC["kind"]]
     groups = [kinds for _, kinds in semantics(k for k in _used(shape) if not k.is_copy)]
-    if ub.shape[0] * ub.shape[1] * shape.ub[1] < SPLIT_PASSES_FROM:  # small: compile time rules
+    if _small(shape, ub):  # compile time rules
         elementwise = [k for g in groups if g[0].pattern != "reduce" for k in g]
         groups = [g for g in groups if g[0].pattern == "reduce"] + ([elementwise] if elementwise else [])
     for kinds in groups:
@@ -163,6 +166,12 @@ def _compute_ops(shape: EngineShape, ub: jax.Array, en: jax.Array, w: jax.Array)
 #: all AIVs at once (each pass is a loop, a sort and a scatter to compile, which costs more than
 #: the work it saves on small windows: the test suite's programs)
 SPLIT_PASSES_FROM = 1 << 20
+
+
+def _small(shape: EngineShape, ub: jax.Array) -> bool:
+    """Whether a batch's UB ``ub`` [B, V, U] is under :data:`SPLIT_PASSES_FROM` (static)."""
+    return ub.shape[0] * ub.shape[1] * shape.ub[1] < SPLIT_PASSES_FROM
+
 
 #: AIVs per chunk of :func:`_on_active` (a lockstep step of the attention backward runs an op on
 #: 8, 16, 24 or 48 of its 48 AIVs)
@@ -190,7 +199,7 @@ def _on_active(
             value, dest = jax.vmap(one, in_axes=(*lane_axes, 0, 0, 0, 0))(lane, flat, aiv, act, wc)
         return _scatter(shape, flat, value, dest._replace(start=jnp.where(act, dest.start, v * u)))
 
-    if b * v * shape.ub[1] < SPLIT_PASSES_FROM:  # small: every AIV at once (no sort, no loop to compile)
+    if _small(shape, ub):  # every AIV at once (no sort, no loop to compile)
         aiv = jnp.broadcast_to(jnp.arange(v, dtype=jnp.int32), (b, v))
         return apply(ub.reshape(b, v * u), aiv, on, w).reshape(b, v, u)
     c = min(_CHUNK, v)
