@@ -1,0 +1,62 @@
+"""The one XLA setting the JAX engines ask for on a CPU: a lower LLVM loop-unroll threshold.
+
+The engines' compiled loops hold hundreds of small kernels over ``[cores, lanes]`` arrays. With
+few lanes (a sweep point, a test, a single run) each of these loops has a small fixed trip
+count, and LLVM's default threshold unrolls it completely: measured on the attention_grad loop
+at S = 2,048 with 8 lanes, 71 % of the LLVM IR came from kernels of at most 4,096 elements, a
+192-element kernel grew from 163 lines to 2,220. ``-unroll-threshold=100`` (LLVM's default at
+-O3 is 300) makes that IR 39 % smaller (3.56 -> 2.18 MB) and XLA's compile 20-30 % cheaper in
+CPU time on a 2-core AMD EPYC, while the protocol loop at 4,096 lanes, whose loops are long,
+compiles to nearly the same code (683 -> 665 kB of IR).
+
+LLVM options are global to a process, and XLA reads them from ``XLA_FLAGS`` once, when JAX
+starts its backend: JAX's per-function ``compiler_options`` cannot carry them. So
+:func:`prefer_fast_compile` adds the option to ``XLA_FLAGS`` when the engines are imported,
+which is before JAX's first computation in the usual order (``import ascend_jax``, then
+``simulate``). It leaves the environment alone when:
+
+- ``ASCEND_JAX_XLA_FLAGS=0`` (:data:`OPT_OUT_ENV`): the user keeps XLA's defaults;
+- ``XLA_FLAGS`` already names ``xla_backend_extra_options``: the user's own LLVM options win;
+- a GPU plugin for JAX is installed and ``JAX_PLATFORMS`` does not pin the CPU: the threshold
+  was measured for CPU code only, and the option would reach the GPU compiler too.
+
+If JAX's backend has started already, the option has no effect in this process (JAX reads the
+flags once); results never depend on it, only compile time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import MutableMapping
+
+#: The LLVM option added to ``XLA_FLAGS`` (see the module's docstring for the measurement).
+LLVM_OPTIONS = "-unroll-threshold=100"
+
+#: Set to ``0`` to leave ``XLA_FLAGS`` as it is.
+OPT_OUT_ENV = "ASCEND_JAX_XLA_FLAGS"
+
+#: JAX's GPU plugins (CUDA, ROCm): when one is installed the backend may be a GPU.
+GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+
+
+def _gpu_possible(environ: MutableMapping[str, str]) -> bool:
+    """Whether JAX may start on a GPU: a GPU plugin is installed and ``JAX_PLATFORMS`` does not
+    name the CPU alone."""
+    if environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return False
+    return any(importlib.util.find_spec(name) is not None for name in GPU_PLUGINS)
+
+
+def prefer_fast_compile(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Adds :data:`LLVM_OPTIONS` to ``environ["XLA_FLAGS"]`` (default ``os.environ``) unless the
+    user opted out, set LLVM options of their own, or a GPU may run the engines. Returns whether
+    it changed ``environ``. Imports nothing of JAX."""
+    environ = os.environ if environ is None else environ
+    if environ.get(OPT_OUT_ENV, "").strip() == "0":
+        return False
+    flags = environ.get("XLA_FLAGS", "")
+    if "xla_backend_extra_options" in flags or _gpu_possible(environ):
+        return False
+    environ["XLA_FLAGS"] = f"{flags} --xla_backend_extra_options={LLVM_OPTIONS}".strip()
+    return True

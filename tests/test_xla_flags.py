@@ -1,0 +1,79 @@
+"""ascend_jax.xla_flags: the LLVM option the engines add to XLA_FLAGS, and when they leave it alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ascend_jax import xla_flags
+from ascend_jax.xla_flags import LLVM_OPTIONS, OPT_OUT_ENV, prefer_fast_compile
+
+OPTION = f"--xla_backend_extra_options={LLVM_OPTIONS}"
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """No GPU plugin installed, whatever this machine has."""
+    monkeypatch.setattr(xla_flags, "_gpu_possible", lambda environ: False)
+
+
+def test_adds_the_option_to_empty_flags(no_gpu):
+    env: dict[str, str] = {}
+    assert prefer_fast_compile(env)
+    assert env["XLA_FLAGS"] == OPTION
+
+
+def test_keeps_the_users_other_flags(no_gpu):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert prefer_fast_compile(env)
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {OPTION}"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {OPT_OUT_ENV: "0"},
+        {OPT_OUT_ENV: " 0 ", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        {"XLA_FLAGS": "--xla_backend_extra_options=-unroll-threshold=300"},
+    ],
+    ids=["opt-out", "opt-out-with-flags", "users-own-llvm-options"],
+)
+def test_leaves_the_environment_alone(no_gpu, env):
+    before = dict(env)
+    assert not prefer_fast_compile(env)
+    assert env == before
+
+
+def test_a_gpu_plugin_leaves_the_flags_unless_the_cpu_is_pinned(monkeypatch):
+    found = {"jax_cuda12_plugin"}
+    monkeypatch.setattr(xla_flags.importlib.util, "find_spec", lambda name: object() if name in found else None)
+    env: dict[str, str] = {}
+    assert not prefer_fast_compile(env)
+    assert "XLA_FLAGS" not in env
+    env = {"JAX_PLATFORMS": "cpu"}
+    assert prefer_fast_compile(env)
+    assert env["XLA_FLAGS"] == OPTION
+
+
+def _child(env_extra: dict[str, str]) -> str:
+    """XLA_FLAGS as a fresh interpreter sees it after importing the engines and running one
+    jitted function (XLA parses the option there: a bad one would fail the run)."""
+    code = (
+        "import os, jax, jax.numpy as jnp\n"
+        "import ascend_jax.cube_group.engine, ascend_jax.aicpu.engine\n"
+        "assert int(jax.jit(lambda x: (x * 3).sum())(jnp.arange(40))) == 2340\n"
+        "print(os.environ.get('XLA_FLAGS', ''))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", OPT_OUT_ENV)}
+    env.update(JAX_PLATFORMS="cpu", **env_extra)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_importing_the_engines_sets_the_flag_once_and_jax_runs():
+    assert _child({}) == OPTION  # two engines imported, the option added once
+    assert _child({OPT_OUT_ENV: "0"}) == ""
