@@ -113,7 +113,17 @@ def write_tile(
 ) -> None:
     """GM write by ``core``: the [rows, cols] tile ``value`` at byte ``addr`` (row stride
     ``stride`` elements of ``dtype``). ``merge(old, value)``, when given, computes what is stored
-    from GM's current tile (an atomic store; under ``hardware`` ``old`` is read as ``dtype``)."""
+    from GM's current tile (an atomic store; under ``hardware`` ``old`` is read as ``dtype``).
+
+    A merged tile whose own rows overlap (``stride < cols`` over several rows) is stored one row
+    after the other, each row merged with GM as the rows before it left it: the device's atomic
+    add acts on each element a row writes, so an element two rows cover gets both additions (one
+    read of the whole tile, merged and stored at once, would keep only the last row's)."""
+    if merge is not None and rows > 1 and stride < cols:
+        for r in range(rows):
+            row_addr = addr + r * stride * dtype.itemsize
+            write_tile(gm, core, row_addr, 1, cols, stride, dtype, value[r : r + 1], merge)
+        return
     if gm.exact:
         name, flat, off = gm.exact_index(addr, rows, cols, stride, False, dtype)
         flat[off] = value if merge is None else merge(flat[off], value)
