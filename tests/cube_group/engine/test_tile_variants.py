@@ -5,6 +5,7 @@ steps that fit a variant and steps that mix shapes."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,8 +24,13 @@ AT_BOUND = EngineOptions(tile_variants=False)
 
 @pytest.fixture(autouse=True)
 def _variants_for_small_tiles(monkeypatch):
-    """These tiles are far below compute.VARIANTS_FROM: take the variants anyway."""
+    """These tiles are far below compute.VARIANTS_FROM: take the variants anyway. The threshold
+    is read while tracing, so JAX's caches are emptied around the test: a loop traced earlier in
+    this process for the same shapes would otherwise run without the variants."""
+    jax.clear_caches()
     monkeypatch.setattr(compute, "VARIANTS_FROM", 0)
+    yield
+    jax.clear_caches()
 
 
 def _kernel(posts: list[list[tuple[int, int, bool, bool]]]):
