@@ -150,6 +150,11 @@ class _LazyJit:
     def lower(self, *args):
         return self.jitted.lower(*args)
 
+    def clear_cache(self) -> None:
+        """Forgets what this function compiled (nothing to do before its first use)."""
+        if "jitted" in self.__dict__:
+            self.jitted.clear_cache()
+
 
 _run_batch = _LazyJit(_run)
 
@@ -165,6 +170,14 @@ def _run_arrays(
 
 
 _run_arrays_batch = _LazyJit(_run_arrays)
+
+
+def clear_compiled() -> None:
+    """Forgets every compiled loop of this process (:data:`_run_batch`, :data:`_run_arrays_batch`):
+    a size threshold read while tracing (``compute.VARIANTS_FROM``, ``vector_ops.SPLIT_PASSES_FROM``)
+    then applies to the next call, which tests that change a threshold rely on."""
+    _run_batch.clear_cache()
+    _run_arrays_batch.clear_cache()
 
 
 def _run_eager(

@@ -12,7 +12,7 @@ from ascend_jax import CUBE_MATMUL_MSG, CubeGroupKernel
 from ascend_jax.buckets import bucket, bucket_fine
 from ascend_jax.cube_group import engine
 from ascend_jax.cube_group.engine import EngineOptions
-from ascend_jax.cube_group.engine.loop import TRACE_COUNT
+from ascend_jax.cube_group.engine.loop import TRACE_COUNT, clear_compiled
 
 T = 16  # tile edge
 
@@ -66,3 +66,17 @@ def test_programs_of_one_family_share_a_compilation(typed):
         # float32 sums of 16 products: the dot's and numpy's summation orders differ in the last bit
         np.testing.assert_allclose(res.tensor("c"), ref.tensor("c"), rtol=1e-5, atol=1e-5)
         assert res.tensor("c").shape == p.gm.tensors["c"].shape
+
+
+def test_clear_compiled_makes_the_next_call_trace_again():
+    """``loop.clear_compiled`` (what the threshold tests rely on): the same program, run again after
+    it, is traced once more, and gives the same result."""
+    p = _kernel(0, 8)
+    first = aj.simulate(p)[0]
+    before = TRACE_COUNT["run"]
+    aj.simulate(p)
+    assert TRACE_COUNT["run"] == before  # cached
+    clear_compiled()
+    again = aj.simulate(p)[0]
+    assert TRACE_COUNT["run"] == before + 1
+    np.testing.assert_array_equal(again.tensor("c"), first.tensor("c"))

@@ -5,7 +5,6 @@ steps that fit a variant and steps that mix shapes."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +16,7 @@ from ascend_jax import CUBE_MATMUL_MSG, CubeGroupKernel
 from ascend_jax.cube_group import engine
 from ascend_jax.cube_group.engine import EngineOptions, compute
 from ascend_jax.cube_group.engine.encode import MAX_TILE_VARIANTS
+from ascend_jax.cube_group.engine.loop import clear_compiled
 
 T = 16  # the smallest tile edge (baseK)
 AT_BOUND = EngineOptions(tile_variants=False)
@@ -25,12 +25,12 @@ AT_BOUND = EngineOptions(tile_variants=False)
 @pytest.fixture(autouse=True)
 def _variants_for_small_tiles(monkeypatch):
     """These tiles are far below compute.VARIANTS_FROM: take the variants anyway. The threshold
-    is read while tracing, so JAX's caches are emptied around the test: a loop traced earlier in
+    is read while tracing, so the engine's compiled loops are forgotten around the test: a loop traced earlier in
     this process for the same shapes would otherwise run without the variants."""
-    jax.clear_caches()
+    clear_compiled()
     monkeypatch.setattr(compute, "VARIANTS_FROM", 0)
     yield
-    jax.clear_caches()
+    clear_compiled()
 
 
 def _kernel(posts: list[list[tuple[int, int, bool, bool]]]):

@@ -9,11 +9,11 @@ i + 1), with no ``exp`` so that every GM byte must agree.
 
 from __future__ import annotations
 
-import jax
 import pytest
 
 from ascend_jax import run_reference, simulate
 from ascend_jax.cube_group.engine import vector_ops
+from ascend_jax.cube_group.engine.loop import clear_compiled
 from tests.cube_group.engine.test_compute_vector import FILL, FIRST, _row, _same_bits, build_lane
 
 
@@ -22,9 +22,9 @@ def _a_pass_per_semantics(monkeypatch):
     """These windows are below vector_ops.SPLIT_PASSES_FROM: give each semantics its own pass
     anyway, as a large program's steps do (test_compute_vector.py covers the merged pass)."""
     monkeypatch.setattr(vector_ops, "SPLIT_PASSES_FROM", 0)
-    jax.clear_caches()  # the threshold is read while tracing: no loop traced before with the default
+    clear_compiled()  # the threshold is read while tracing: no loop traced before with the default
     yield
-    jax.clear_caches()
+    clear_compiled()
 
 
 def _agree(lanes, seed: int) -> None:
