@@ -70,8 +70,14 @@ def test_programs_of_one_family_share_a_compilation(typed):
 
 def test_clear_compiled_makes_the_next_call_trace_again():
     """``loop.clear_compiled`` (what the threshold tests rely on): the same program, run again after
-    it, is traced once more, and gives the same result."""
-    p = _kernel(0, 8)
+    it, is traced once more and gives the same result. A protocol-only kernel (cheap to compile)."""
+    kern = CubeGroupKernel(name="retrace")
+    g = kern.create_cube_res_group("g", 0, 2, 1, "free")
+    aiv = kern.aiv(0)
+    aiv.assign_queue(g, 0)
+    aiv.post(g)
+    aiv.quit(g)
+    p = kern.compile()
     first = aj.simulate(p)[0]
     before = TRACE_COUNT["run"]
     aj.simulate(p)
@@ -79,4 +85,4 @@ def test_clear_compiled_makes_the_next_call_trace_again():
     clear_compiled()
     again = aj.simulate(p)[0]
     assert TRACE_COUNT["run"] == before + 1
-    np.testing.assert_array_equal(again.tensor("c"), first.tensor("c"))
+    assert again.outcome() == first.outcome() and again.status == first.status
