@@ -5,9 +5,10 @@ few lanes (a sweep point, a test, a single run) each of these loops has a small 
 count, and LLVM's default threshold unrolls it completely: measured on the attention_grad loop
 at S = 2,048 with 8 lanes, 71 % of the LLVM IR came from kernels of at most 4,096 elements, a
 192-element kernel grew from 163 lines to 2,220. ``-unroll-threshold=100`` (LLVM's default at
--O3 is 300) makes that IR 39 % smaller (3.56 -> 2.18 MB) and XLA's compile 20-30 % cheaper in
-CPU time on a 2-core AMD EPYC, while the protocol loop at 4,096 lanes, whose loops are long,
-compiles to nearly the same code (683 -> 665 kB of IR).
+-O3 is 300) makes that IR 39 % smaller (3.56 -> 2.18 MB) and XLA's compile about a fifth cheaper
+in wall and CPU time on a 2-core AMD EPYC (processes alternating with and without it), while the
+protocol loop at 4,096 lanes, whose loops are long, compiles to nearly the same code (683 -> 665 kB
+of IR). ``benchmarks/README.md`` ("Compile, session 13") has the measurements.
 
 LLVM options are global to a process, and XLA reads them from ``XLA_FLAGS`` once, when JAX
 starts its backend: JAX's per-function ``compiler_options`` cannot carry them. So
@@ -17,8 +18,8 @@ which is before JAX's first computation in the usual order (``import ascend_jax`
 
 - ``ASCEND_JAX_XLA_FLAGS=0`` (:data:`OPT_OUT_ENV`): the user keeps XLA's defaults;
 - ``XLA_FLAGS`` already names ``xla_backend_extra_options``: the user's own LLVM options win;
-- a GPU plugin for JAX is installed and ``JAX_PLATFORMS`` does not pin the CPU: the threshold
-  was measured for CPU code only, and the option would reach the GPU compiler too.
+- a GPU or TPU plugin for JAX is installed and ``JAX_PLATFORMS`` does not pin the CPU: the
+  threshold was measured for CPU code only, and the option would reach that compiler too.
 
 If JAX's backend has started already, the option has no effect in this process (JAX reads the
 flags once); results never depend on it, only compile time.
@@ -36,13 +37,13 @@ LLVM_OPTIONS = "-unroll-threshold=100"
 #: Set to ``0`` to leave ``XLA_FLAGS`` as it is.
 OPT_OUT_ENV = "ASCEND_JAX_XLA_FLAGS"
 
-#: JAX's GPU plugins (CUDA, ROCm): when one is installed the backend may be a GPU.
-GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+#: JAX's accelerator plugins (CUDA, ROCm, TPU): when one is installed the backend may not be the CPU.
+GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
 
 
 def _gpu_possible(environ: MutableMapping[str, str]) -> bool:
-    """Whether JAX may start on a GPU: a GPU plugin is installed and ``JAX_PLATFORMS`` does not
-    name the CPU alone."""
+    """Whether JAX may start on an accelerator: one of :data:`GPU_PLUGINS` is installed and
+    ``JAX_PLATFORMS`` does not name the CPU alone."""
     if environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
         return False
     return any(importlib.util.find_spec(name) is not None for name in GPU_PLUGINS)
@@ -50,7 +51,7 @@ def _gpu_possible(environ: MutableMapping[str, str]) -> bool:
 
 def prefer_fast_compile(environ: MutableMapping[str, str] | None = None) -> bool:
     """Adds :data:`LLVM_OPTIONS` to ``environ["XLA_FLAGS"]`` (default ``os.environ``) unless the
-    user opted out, set LLVM options of their own, or a GPU may run the engines. Returns whether
+    user opted out, set LLVM options of their own, or an accelerator may run the engines. Returns whether
     it changed ``environ``. Imports nothing of JAX."""
     environ = os.environ if environ is None else environ
     if environ.get(OPT_OUT_ENV, "").strip() == "0":
