@@ -25,8 +25,8 @@ AT_BOUND = EngineOptions(tile_variants=False)
 @pytest.fixture(autouse=True)
 def _variants_for_small_tiles(monkeypatch):
     """These tiles are far below compute.VARIANTS_FROM: take the variants anyway. The threshold
-    is read while tracing, so the engine's compiled loops are forgotten around the test: a loop traced earlier in
-    this process for the same shapes would otherwise run without the variants."""
+    is read while tracing, so the engine's compiled loops are forgotten around the test: a loop
+    traced earlier in this process for the same shapes would otherwise run without the variants."""
     clear_compiled()
     monkeypatch.setattr(compute, "VARIANTS_FROM", 0)
     yield
