@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ascend_jax.xla_flags import prefer_fast_compile
+
 if TYPE_CHECKING:  # the public names, for type checkers and documentation tools
     from ascend_jax.chips import CHIPS, ChipSpec, get_chip, load_platform_ini
     from ascend_jax.config import RunConfig
@@ -108,6 +110,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "ascend_jax.utilisation": ("AicTime", "AivStall", "Utilisation", "compute_utilisation"),
 }
 _ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+prefer_fast_compile()  # XLA_FLAGS before JAX starts its backend (ascend_jax.xla_flags); imports no JAX
 
 
 def __getattr__(name: str) -> Any:

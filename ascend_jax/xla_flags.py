@@ -12,9 +12,10 @@ of IR). ``benchmarks/README.md`` ("Compile, session 13") has the measurements.
 
 LLVM options are global to a process, and XLA reads them from ``XLA_FLAGS`` once, when JAX
 starts its backend: JAX's per-function ``compiler_options`` cannot carry them. So
-:func:`prefer_fast_compile` adds the option to ``XLA_FLAGS`` when the engines are imported,
-which is before JAX's first computation in the usual order (``import ascend_jax``, then
-``simulate``). It leaves the environment alone when:
+``import ascend_jax`` adds the option to ``XLA_FLAGS`` (:func:`prefer_fast_compile`), which
+is before JAX's first computation when a script imports ascend_jax before it computes anything
+with JAX (imported lazily, the engines would come too late: a benchmark that warmed JAX up first
+ran without the option). It leaves the environment alone when:
 
 - ``ASCEND_JAX_XLA_FLAGS=0`` (:data:`OPT_OUT_ENV`): the user keeps XLA's defaults;
 - ``XLA_FLAGS`` already names ``xla_backend_extra_options``: the user's own LLVM options win;

@@ -60,6 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import ascend_jax as aj  # before JAX computes: its XLA_FLAGS option (ascend_jax.xla_flags) must be read at start
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common beside this script (also when loaded by path)
 from _common import Timing, cpu_s  # noqa: E402
 
@@ -200,8 +202,6 @@ def rel_l2(res, want: dict[str, np.ndarray]) -> float:
 
 def measure_shape(ag, build, pt: dict, batches: Sequence[int], device: str) -> tuple[list[dict], object]:
     """The ``jax`` rows of one (S, D, causal) point, one per batch size; and its program."""
-    import ascend_jax as aj
-
     p, vec_rows = build(ag, {**pt, **KERNEL})
     want = ag.expected(p) if pt["s"] <= CHECK_UP_TO else None
     bytes_per_lane = int(aj.lane_bytes(p))
@@ -246,8 +246,6 @@ def measure_shape(ag, build, pt: dict, batches: Sequence[int], device: str) -> t
 
 def measure_reference(p, pt: dict) -> dict:
     """The ``reference`` row: one lane of ``p`` in ``run_reference``."""
-    import ascend_jax as aj
-
     inputs = [p.gm.read(n) for n in ("q", "k", "v", "do")]
     t, plain, plain_given = time_interleaved(lambda: aj.run_reference(p), inputs, pt["causal"], 1)
     row = {

@@ -1,4 +1,4 @@
-"""ascend_jax.xla_flags: the LLVM option the engines add to XLA_FLAGS, and when they leave it alone."""
+"""ascend_jax.xla_flags: the LLVM option `import ascend_jax` adds to XLA_FLAGS, and when it leaves it alone."""
 
 from __future__ import annotations
 
@@ -59,10 +59,12 @@ def test_a_gpu_plugin_leaves_the_flags_unless_the_cpu_is_pinned(monkeypatch):
 
 
 def _child(env_extra: dict[str, str]) -> str:
-    """XLA_FLAGS as a fresh interpreter sees it after importing the engines and running one
+    """XLA_FLAGS as a fresh interpreter sees it after ``import ascend_jax``, the two engines and one
     jitted function (XLA parses the option there: a bad one would fail the run)."""
     code = (
         "import os, jax, jax.numpy as jnp\n"
+        "import ascend_jax\n"
+        "assert '-unroll-threshold' in os.environ.get('XLA_FLAGS', '') or os.environ.get('ASCEND_JAX_XLA_FLAGS') == '0'\n"
         "import ascend_jax.cube_group.engine, ascend_jax.aicpu.engine\n"
         "assert int(jax.jit(lambda x: (x * 3).sum())(jnp.arange(40))) == 2340\n"
         "print(os.environ.get('XLA_FLAGS', ''))\n"
@@ -74,6 +76,6 @@ def _child(env_extra: dict[str, str]) -> str:
     return out.stdout.strip()
 
 
-def test_importing_the_engines_sets_the_flag_once_and_jax_runs():
-    assert _child({}) == OPTION  # two engines imported, the option added once
+def test_importing_ascend_jax_sets_the_flag_once_and_jax_runs():
+    assert _child({}) == OPTION  # set by import ascend_jax, once
     assert _child({OPT_OUT_ENV: "0"}) == ""

@@ -37,9 +37,6 @@ from ascend_jax.aicpu.result import CommResult, CommStatus, hang_report
 from ascend_jax.aicpu.schedule import ControlPass, DataStep
 from ascend_jax.aicpu.tasks import TASK_FIELDS, TASK_TIMES, TaskProgram
 from ascend_jax.buckets import bucket
-from ascend_jax.xla_flags import prefer_fast_compile
-
-prefer_fast_compile()  # before JAX starts its backend: see ascend_jax.xla_flags
 
 #: How many times a data schedule was traced (compiled), per process.
 TRACES = {"count": 0}

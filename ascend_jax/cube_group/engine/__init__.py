@@ -32,9 +32,6 @@ from ascend_jax.cube_group.engine.readout import BatchResult, gm_host, lane_majo
 from ascend_jax.cube_group.engine.run import PROGRESS_LANES, batch_jaxpr, compile_batch, simulate
 from ascend_jax.cube_group.engine.shape import EngineShape, make_shape
 from ascend_jax.cube_group.engine.state import State, Tables
-from ascend_jax.xla_flags import prefer_fast_compile
-
-prefer_fast_compile()  # before JAX starts its backend: see ascend_jax.xla_flags
 
 __all__ = [
     "DISTRIBUTED_ENV",
