@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ascend_jax.buckets import bucket
 from ascend_jax.cube_group.barrier import BarrierObject
 from ascend_jax.cube_group.callbacks import NO_WAIT, AicHandle, MsgView, _StatelessCallback
 from ascend_jax.cube_group.dcache import call_through_lines
@@ -696,9 +697,6 @@ def _walk(x: Any, tokens: list[str], arrays: list[np.ndarray], seen: set[int]) -
         seen.discard(id(x))
 
 
-__all__ = ["GM_BASE", "EncodedProgram", "MatmulDims", "encode_program", "program_content", "program_key"]
-
-
 #: the most tile variants a group's compute phase compiles beside its full bound (each is one more
 #: branch of operand loads and a dot in the compiled loop)
 MAX_TILE_VARIANTS = 3
@@ -715,25 +713,19 @@ def tile_variants(
     ``"both"``). The :data:`MAX_TILE_VARIANTS` most frequent other than the bound itself; a step
     whose tiles all fit one runs at it (``compute.batch_tiles``), else at the bound. The product
     is unchanged: the padded columns and K chunks are zeros either way."""
-    from ascend_jax.buckets import bucket
-
     fields = [AF[f] for f in ("single_n", "single_k", "trans_a", "trans_b")]
+    own = [w[(w[:, -1:] >> np.asarray(fields) & 1).sum(axis=1) == 0][:, fields] for w in words if len(w)]
     count: dict[tuple[int, int, str, str], int] = {}
-    for w in words:
-        if not len(w):
-            continue
-        mask = w[:, -1]
-        own = np.ones(len(w), bool)
-        for f in fields:
-            own &= ((mask >> f) & 1) == 0
-        for n, k, ta, tb in w[own][:, fields]:
+    if own:  # every call's (n, k, trans_a, trans_b) once, with how many calls have it
+        calls, times = np.unique(np.concatenate(own), axis=0, return_counts=True)
+        for (n, k, ta, tb), c in zip(calls.tolist(), times.tolist(), strict=True):
             v = (
-                min(dims.n, bucket(int(max(n, 1)), least)),
-                min(dims.kp, padded_k(tiling, bucket(int(max(k, 1)), least))),
+                min(dims.n, bucket(max(n, 1), least)),
+                min(dims.kp, padded_k(tiling, bucket(max(k, 1), least))),
                 "trans" if ta else "plain",
                 "trans" if tb else "plain",
             )
-            count[v] = count.get(v, 0) + 1
+            count[v] = count.get(v, 0) + c
     merged: dict[tuple[int, int], list] = {}  # one variant per (n, kp): each costs compile time
     for (n, kp, la, lb), c in count.items():
         m = merged.setdefault((n, kp), [None, None, 0])
@@ -744,3 +736,6 @@ def tile_variants(
     keep = [(n, kp, la, lb) for (n, kp), (la, lb, _) in merged.items() if (n, kp, la, lb) != full]
     keep.sort(key=lambda v: -merged[v[:2]][2])
     return tuple(sorted(keep[:MAX_TILE_VARIANTS], key=lambda v: v[0] * v[1]))
+
+
+__all__ = ["GM_BASE", "EncodedProgram", "MatmulDims", "encode_program", "program_content", "program_key"]

@@ -48,10 +48,10 @@ def apply_vector_ops(
     Order (the reference's, ``ReferenceInterpreter.step``): the AIVs act in block_idx order, so a
     store is visible to a later AIV's load in the same step. Compute ops touch only their own AIV's
     UB, so they run for every AIV at once (vectorised over AIVs and lanes; in a large batch one
-    pass per semantics the step uses, :func:`_compute_ops`). GM copies: in a step where no lane stores, GM does not
-    change and every load reads at once (vectorised over AIVs and lanes); with a store, a
-    ``fori_loop`` over the AIVs (each vectorised over lanes, skipped when no lane's AIV copies)
-    keeps that order exactly, atomic stores included.
+    pass per semantics the step uses, :func:`_compute_ops`). GM copies: in a step where no lane
+    stores, GM does not change and every load reads at once (vectorised over AIVs and lanes); with
+    a store, a ``fori_loop`` over the AIVs (each vectorised over lanes, skipped when no lane's AIV
+    copies) keeps that order exactly, atomic stores included.
     """
     w = jnp.moveaxis(words, -1, 0)  # [B, V, N_VEC]
     e = en.T  # [B, V]
@@ -184,11 +184,12 @@ def _on_active(
     """``ub`` [B, V, U] after the ops of the AIVs ``on`` [B, V] (``w`` [B, V, N_VEC] their words).
     ``op(ub, aiv, en, w)`` (``op(lane, ub, aiv, en, w)`` with ``lane``, a pytree of per-lane
     arrays mapped over lanes with ``lane_axes``, e.g. GM) gives one AIV's op in one lane from that
-    lane's UBs ``ub`` [V * U]: its [W] values and where they go (:class:`_Dest`). Each lane's active AIVs come first (in block_idx
-    order), _CHUNK at a time, in as many chunks as the busiest lane needs: in a step the ops of a
-    pass mostly run on a part of the AIVs (half of them on average in the attention backward), and
-    the work follows that count, not V. A small batch (under :data:`SPLIT_PASSES_FROM`) runs
-    every AIV at once instead: no sort and no loop to compile."""
+    lane's UBs ``ub`` [V * U]: its [W] values and where they go (:class:`_Dest`). Each lane's
+    active AIVs come first (in block_idx order), _CHUNK at a time, in as many chunks as the
+    busiest lane needs: in a step the ops of a pass mostly run on a part of the AIVs (half of them
+    on average in the attention backward), and the work follows that count, not V. A small batch
+    (under :data:`SPLIT_PASSES_FROM`) runs every AIV at once instead: no sort and no loop to
+    compile."""
     b, v, u = ub.shape
 
     def apply(flat, aiv, act, wc):  # the ops of AIVs aiv [B, c] (those where act) on flat [B, V * U]
@@ -229,6 +230,8 @@ class _Dest(NamedTuple):
 
 
 def _dest(shape: EngineShape, aiv: jax.Array, off: jax.Array, ld: jax.Array, r, c, live: jax.Array) -> _Dest:
+    """Where AIV ``aiv``'s values for region cells (``r``, ``c``) go in a buffer at ``off`` with
+    row stride ``ld`` (those where ``live``), as :class:`_Dest`."""
     u = shape.ub[0]
     at = off + r * ld + c
     at = jnp.where(at < 0, at + u, at)  # as an index into the AIV's own UB (.at[] wraps negatives)
@@ -291,10 +294,17 @@ def _read(
     [U]; outside the region, whatever lies there. With ``aiv``: ``ub`` [V * U] holds every AIV's UB
     and the read is from AIV ``aiv``'s (offsets clipped to it as to a UB of its own)."""
     u = shape.ub[0]
-    at = 0 if aiv is None else aiv * u
     if shape.ub_flat:
+        at = 0 if aiv is None else aiv * u
         return jax.lax.dynamic_slice(ub, (at + jnp.clip(off, 0, u - shape.ub[1]),), (shape.ub[1],))
-    return ub[at + jnp.clip(off + reg.r * ld + reg.c, 0, u - 1)]
+    return _gather(shape, ub, aiv, off + reg.r * ld + reg.c)
+
+
+def _gather(shape: EngineShape, ub: jax.Array, aiv: jax.Array | None, at: jax.Array) -> jax.Array:
+    """The elements at offsets ``at`` (any shape) of AIV ``aiv``'s UB in ``ub`` [V * U] (of the one
+    UB ``ub`` [U] for None), each offset clipped into that UB."""
+    u = shape.ub[0]
+    return ub[(0 if aiv is None else aiv * u) + jnp.clip(at, 0, u - 1)]
 
 
 def _write(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg: _Region, value: jax.Array):
@@ -307,12 +317,13 @@ def _write(shape: EngineShape, ub: jax.Array, off: jax.Array, ld: jax.Array, reg
 
 def _reduction(shape: EngineShape, kinds: list, ub: jax.Array, aiv: jax.Array, w: jax.Array) -> jax.Array:
     """One AIV's row reduction of one of ``kinds`` (reductions sharing one semantics) in one lane
-    (``ub`` [V * U] the lane's UBs, ``aiv`` the AIV, ``w`` [N_VEC]): its ``rows x cols`` region gathered as [Rr, Cr], reduced per row
-    by the kinds' JAX semantics: [Rr] (the values written to the destination's column)."""
+    (``ub`` [V * U] the lane's UBs, ``aiv`` the AIV, ``w`` [N_VEC]): its ``rows x cols`` region
+    gathered as [Rr, Cr], reduced per row by the kinds' JAX semantics: [Rr] (the values written to
+    the destination's column)."""
     cols = w[VEC["cols"]]
     rr, cr = shape.ub[2], shape.ub[3]
     at = w[VEC["off_src0"]] + jnp.arange(rr)[:, None] * w[VEC["ld_src0"]] + jnp.arange(cr)[None, :]
-    x2 = ub[aiv * shape.ub[0] + jnp.clip(at, 0, shape.ub[0] - 1)]
+    x2 = _gather(shape, ub, aiv, at)
     s = jax.lax.bitcast_convert_type(w[VEC["scalar"]], jnp.float32)
     return kinds[0].jax(jnp, x2, None, s, jnp.broadcast_to(cols, (rr,)))
 
@@ -350,7 +361,7 @@ def _vector_compute(shape: EngineShape, used: list, ub: jax.Array, aiv: jax.Arra
     if uses("binary", "select"):
         b = jnp.where(pattern("binary", "select"), _read(shape, ub, w[VEC["off_src1"]], w[VEC["ld_src1"]], reg, aiv), b)
     if uses("broadcast"):
-        column = ub[aiv * shape.ub[0] + jnp.clip(w[VEC["off_src1"]] + reg.r * w[VEC["ld_src1"]], 0, shape.ub[0] - 1)]
+        column = _gather(shape, ub, aiv, w[VEC["off_src1"]] + reg.r * w[VEC["ld_src1"]])
         b = jnp.where(pattern("broadcast"), column, b)
     res = x  # cast: the source value, rounded below
     for fn, kinds in semantics(used):
@@ -471,8 +482,8 @@ def _vector_copy_banks(
     table: jax.Array,
 ) -> tuple[tuple[jax.Array, ...], jax.Array]:
     """:func:`_vector_copy` on typed banks (:attr:`EngineShape.banks`): ``ro`` one lane's read-only
-    banks, ``gm`` its written ones, ``table`` ``Tables.gm_tensors`` (where the tensors lie). The plan (:func:`ascend_jax.cube_group.engine.banks.plan`)
-    admits banks only when every copy's tile lies in a tensor of the copy's UB type at a whole
+    banks, ``gm`` its written ones, ``table`` ``Tables.gm_tensors`` (where the tensors lie). The
+    plan (:func:`ascend_jax.cube_group.engine.banks.plan`) admits banks only when every copy's tile lies in a tensor of the copy's UB type at a whole
     element, so the copy reads (and a store writes) the bank of that type that holds its address:
     element k of the region at element ``first + r * stride + c`` (a slice of E elements with flat
     windows: banks end in a margin of the widest window). Values convert exactly between the
