@@ -266,22 +266,22 @@ def host_image(
     banks ``[n]`` shared or ``[B, n]``, written banks ``[B, n]``, numpy; ``table``
     ``Tables.gm_tensors``, where the tensors lie in them). Bytes between tensors
     are zero: nothing writes outside a tensor. numpy reinterprets typed rows as bytes for free,
-    where the same cast on the device is a loop of shifts. The image is built lanes last (a
-    ``[real, B]`` array, returned as its transposed view), as the engine's arrays come back from
-    the device: each tensor is then one copy of whole rows of lanes, not a transpose."""
+    where the same cast on the device is a loop of shifts. The image is built lanes first, as the
+    banks come back: each tensor is one copy of a contiguous run of bytes per lane (a shared one
+    is the same run copied into every lane), and only the bytes no tensor covers are zeroed."""
     arrays = by_bank(banks, ro, rw)
-    out = np.zeros((real, lanes), np.uint8)
-    for start, end, k, shift in np.asarray(table, np.int64):
+    out = np.empty((lanes, real), np.uint8)
+    pos = 0  # first byte not yet written
+    for start, end, k, shift in sorted(np.asarray(table, np.int64).tolist()):
         size = np.dtype(banks.dtypes[k]).itemsize
         first, n = start // size + shift, end - start
         vals = arrays[k][..., first : first + n // size]  # [n // size] or [B, n // size]
-        pos = start - GM_BASE
-        dst = out[pos : pos + n].reshape(n // size, size, lanes)
-        if vals.ndim == 1:  # shared: the same bytes in every lane
-            dst[...] = np.ascontiguousarray(vals).view(np.uint8).reshape(-1, size, 1)
-        else:  # [B, m] -> [m, size, B]: element-major, its bytes, then lanes
-            dst[...] = np.ascontiguousarray(vals.T).view(np.uint8).reshape(-1, lanes, size).transpose(0, 2, 1)
-    return out.T
+        lo = start - GM_BASE
+        out[:, pos:lo] = 0
+        out[:, lo : lo + n] = np.ascontiguousarray(vals).view(np.uint8).reshape(-1, n)  # shared: broadcast
+        pos = max(pos, lo + n)
+    out[:, pos:] = 0
+    return out
 
 
 def by_bank(banks: GmBanks, ro: Sequence[Any], rw: Sequence[Any]) -> list[Any]:

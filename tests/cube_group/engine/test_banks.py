@@ -148,3 +148,39 @@ _SHARDED = textwrap.dedent(
 def test_typed_banks_sharded_over_four_host_devices_equal_one_device():
     got = on_four_host_devices(_SHARDED)
     assert got == {"same": True, "n": 6, "status": [int(Status.OK)] * 6}, got
+
+
+def test_host_image_equals_a_lane_by_lane_build():
+    """``banks.host_image`` (lanes first, gaps zeroed in place) against a naive build of each
+    lane's bytes: tensors in any table order, gaps between and after them, a shared read-only
+    bank, a per-lane read-only bank and a written one, float16 and float32."""
+    from ascend_jax.cube_group.engine.banks import GmBanks, host_image
+    from ascend_jax.gm import GM_BASE
+
+    rng = np.random.default_rng(0)
+    lanes, real = 3, 400
+    layout = GmBanks(dtypes=("float16", "float32", "float32"), writable=(False, False, True),
+                     sizes=(64, 64, 64), tensor_banks=(0, 1, 2))  # fmt: skip
+    shared = rng.standard_normal(64).astype(np.float16)
+    own = rng.standard_normal((lanes, 64)).astype(np.float32)
+    written = rng.standard_normal((lanes, 64)).astype(np.float32)
+    # (start, end, bank, shift): bank element of byte `start` is start // itemsize + shift
+    table = np.array(
+        [
+            [GM_BASE + 200, GM_BASE + 240, 2, -(GM_BASE + 200) // 4 + 5],
+            [GM_BASE + 8, GM_BASE + 72, 0, -(GM_BASE + 8) // 2 + 3],
+            [GM_BASE + 100, GM_BASE + 132, 1, -(GM_BASE + 100) // 4],
+        ],
+        np.int64,
+    )
+    want = np.zeros((lanes, real), np.uint8)
+    for lane in range(lanes):
+        for start, end, k, shift in table:
+            vals = (shared, own[lane], written[lane])[k]
+            size = vals.itemsize
+            first = start // size + shift
+            want[lane, start - GM_BASE : end - GM_BASE] = vals[first : first + (end - start) // size].view(np.uint8)
+    got = host_image(layout, [shared, own], [written], table, lanes, real)
+    assert got.shape == (lanes, real) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
+    assert not want[:, :8].any() and not want[:, 240:].any()  # the layout has gaps before and after
