@@ -290,6 +290,29 @@ def test_vector_tables_are_the_ops_as_data():
     assert t["buf_dtype"][0].tolist() == [2, 2]
 
 
+def test_engine_words_of_ops_alike_but_for_address_or_scalar_sign():
+    """The engine's encoder shares the words of an AIV's ops that differ only in GM address; each
+    op still gets its own address, and -0.0 and 0.0 scalars (equal as keys) keep their own bits."""
+    from ascend_jax.cube_group.engine.encode import VEC, encode_ops, vector_words
+
+    x = data("float32", 13)
+    k, g, aiv = kernel(x, x)
+    a = aiv.vec.buffer("a", ROWS, COLS)
+    aiv.vec.load(a, "x0")
+    aiv.vec.load(a, "x1")
+    aiv.vec.muls(a, a, 0.0)
+    aiv.vec.muls(a, a, -0.0)
+    aiv.vec.store("y", a)
+    p, _ = finish(k, g, aiv)
+    rows, _ = encode_ops(p)
+    words, dims = vector_words(p, rows)
+    assert words[:, VEC["addr"]].tolist() == [p.gm.tensors["x0"].addr, p.gm.tensors["x1"].addr, 0, 0,
+                                              p.gm.tensors["y"].addr]  # fmt: skip
+    scalars = words[:, VEC["scalar"]].astype(np.int32).view(np.float32)
+    assert [np.signbit(v) for v in scalars[2:4]] == [False, True]
+    assert dims.size == ROWS * COLS and dims.window == ROWS * COLS
+
+
 @pytest.mark.parametrize(
     ("call", "field", "rule"),
     [

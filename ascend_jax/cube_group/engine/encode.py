@@ -36,6 +36,7 @@ import dataclasses
 import enum
 import functools
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -483,6 +484,7 @@ def vector_words(program: CubeGroupProgram, rows: list[list[tuple]]) -> tuple[np
     buffers lie back to back in its flat UB, each at its own size, in declaration order. Points each
     VECTOR op row's ``a`` at its row."""
     out: list[list[int]] = []
+    addr: list[int] = []
     size = window = red_rows = red_cols = 0
     flat = True
     for (_, ops), row in zip(program.aivs, rows, strict=True):
@@ -498,32 +500,62 @@ def vector_words(program: CubeGroupProgram, rows: list[list[tuple]]) -> tuple[np
             offset[i] = at
             at += bufs[i].rows * bufs[i].cols
         size = max(size, at)
+        seen: dict[tuple, list[int]] = {}  # this AIV's ops that differ only in GM address
         for pc, op in enumerate(ops):
             if op.kind != CALL.VECTOR:
                 continue
             vec: VectorOp = op.vec
-            kind = KIND[vec.kind]
-            ints, scalar = vec.words()
-            # the ALU's scalar: rounded to float16 when the result is float16 (the reference's VectorUnit)
-            s32 = np.float32(np.float16(scalar)) if ints[9] == F16_CODE else np.float32(scalar)
-            where = [(offset[b.index], b.cols) if b is not None else (0, 0) for b in (vec.dst, vec.src0, vec.src1)]
-            out.append(
-                [*ints, int(s32.view(np.int32)), op_bytes(vec), *(o for o, _ in where), *(ld for _, ld in where)]
-            )
+            key = (
+                vec.kind,
+                id(vec.dst),
+                id(vec.src0),
+                id(vec.src1),
+                vec.rows,
+                vec.cols,
+                vec.stride,
+                vec.atomic,
+                vec.scalar,
+                math.copysign(1.0, vec.scalar),
+            )  # fmt: skip  (-0.0 == 0.0, but not its bits)
+            hit = seen.get(key)
+            if hit is None:
+                hit = seen[key] = _vector_row(vec, offset)
+                w, r_rows, r_cols, f = _vector_region(vec)
+                window, red_rows, red_cols = max(window, w), max(red_rows, r_rows), max(red_cols, r_cols)
+                flat &= f
+            out.append(hit)  # shared by the ops that differ only in address: set below
+            addr.append(vec.addr)
             row[pc] = (OpKind.VECTOR, 0, len(out) - 1, 0, 0)
-            reduce = kind.pattern == "reduce"
-            out_cols = 1 if reduce else vec.cols
-            window = max(window, vec.rows * out_cols)
-            if reduce:
-                red_rows, red_cols = max(red_rows, vec.rows), max(red_cols, vec.cols)
-            if vec.rows > 1:  # a region of several rows is consecutive where it spans whole rows
-                tiles = [(vec.dst, out_cols)] + ([] if reduce else [(vec.src0, vec.cols)])
-                if kind.pattern in ("binary", "select"):
-                    tiles.append((vec.src1, vec.cols))
-                flat &= all(b is None or b.cols == width for b, width in tiles)
-                if kind.is_copy:
-                    flat &= vec.stride == vec.cols
-    return np.array(out, np.int64).reshape(-1, N_VEC), UbDims(size, window, red_rows, red_cols, flat)
+    words = np.array(out, np.int64).reshape(-1, N_VEC)
+    words[:, VEC["addr"]] = addr
+    return words, UbDims(size, window, red_rows, red_cols, flat)
+
+
+def _vector_row(vec: VectorOp, offset: dict[int, int]) -> list[int]:
+    """``vec`` as :data:`VEC` words for an AIV whose buffers start at ``offset`` (UB elements by
+    buffer index)."""
+    ints, scalar = vec.words()
+    # the ALU's scalar: rounded to float16 when the result is float16 (the reference's VectorUnit)
+    s32 = np.float32(np.float16(scalar)) if ints[9] == F16_CODE else np.float32(scalar)
+    where = [(offset[b.index], b.cols) if b is not None else (0, 0) for b in (vec.dst, vec.src0, vec.src1)]
+    return [*ints, int(s32.view(np.int32)), op_bytes(vec), *(o for o, _ in where), *(ld for _, ld in where)]
+
+
+def _vector_region(vec: VectorOp) -> tuple[int, int, int, bool]:
+    """``(window, reduce_rows, reduce_cols, flat)`` of one op (:class:`UbDims`' fields; 0 where it
+    does not reduce)."""
+    kind = KIND[vec.kind]
+    reduce = kind.pattern == "reduce"
+    out_cols = 1 if reduce else vec.cols
+    flat = True
+    if vec.rows > 1:  # a region of several rows is consecutive where it spans whole rows
+        tiles = [(vec.dst, out_cols)] + ([] if reduce else [(vec.src0, vec.cols)])
+        if kind.pattern in ("binary", "select"):
+            tiles.append((vec.src1, vec.cols))
+        flat = all(b is None or b.cols == width for b, width in tiles)
+        if kind.is_copy:
+            flat &= vec.stride == vec.cols
+    return vec.rows * out_cols, (vec.rows if reduce else 0), (vec.cols if reduce else 0), flat
 
 
 #: Largest operand tile (elements) the engine allocates per AIC and step.
