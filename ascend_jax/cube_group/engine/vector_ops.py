@@ -87,12 +87,14 @@ def apply_vector_ops(
     at_once = functools.partial(_on_active, shape, load, lane=(ro, gm), lane_axes=((ro_axis, 0),))
     ub = jax.lax.cond(loads.any() & ~any_store, at_once, lambda u, o, w: u, ub, loads, w)
 
-    # With a store, a loop over AIVs in block_idx order (none without: its trip count is 0), each
-    # AIV's copy vectorised over lanes. An AIV performs one op per step, so a store's UB window is
-    # as it was after the compute ops. The loop carries GM and the values each load read (the UB
-    # carried through it and written there was copied whole by XLA); GM goes through the loop,
-    # not through a conditional on the store: XLA copied the whole GM in and out of such a
-    # conditional in every step.
+    # With a store, a loop over AIVs in block_idx order, each AIV's copy vectorised over lanes. An
+    # AIV performs one op per step, so a store's UB window is as it was after the compute ops. The
+    # loop carries GM and the values each load read (the UB carried through it and written there
+    # was copied whole by XLA). The loop, its [B, V, E] buffer of loaded values and their writes
+    # run under a conditional on some lane storing: filling that buffer in every step cost about
+    # 6 % of the attention loop. (An earlier engine copied the whole GM in and out of such a
+    # conditional; the optimised module of the attention loop at S = 2,048 has no copy of a bank
+    # or of the UB now.)
     def one_aiv(v, carry):
         def run(c):
             gm, loaded = c
@@ -108,16 +110,18 @@ def apply_vector_ops(
 
         return jax.lax.cond(is_copy[:, v].any(), run, lambda c: c, carry)
 
-    loaded = jnp.zeros((*e.shape, shape.ub[1]), jnp.float32)
-    gm, loaded = jax.lax.fori_loop(0, jnp.where(any_store, e.shape[1], 0), one_aiv, (gm, loaded))
-    with_loads = loads.any() & any_store
-    ub = jax.lax.cond(
-        with_loads,
-        lambda u: jax.vmap(jax.vmap(put))(u, w, jax.vmap(jax.vmap(region))(w, loads), loaded, loads),
-        lambda u: u,
-        ub,
-    )
-    return gm, ub
+    def with_stores(gm, ub):
+        loaded = jnp.zeros((*e.shape, shape.ub[1]), jnp.float32)
+        gm, loaded = jax.lax.fori_loop(0, e.shape[1], one_aiv, (gm, loaded))
+        ub = jax.lax.cond(
+            loads.any(),
+            lambda u: jax.vmap(jax.vmap(put))(u, w, jax.vmap(jax.vmap(region))(w, loads), loaded, loads),
+            lambda u: u,
+            ub,
+        )
+        return gm, ub
+
+    return jax.lax.cond(any_store, with_stores, lambda gm, ub: (gm, ub), gm, ub)
 
 
 def _gm_values(raw4: jax.Array, raw2: jax.Array, dtype: jax.Array) -> jax.Array:
