@@ -221,21 +221,55 @@ def store_tiles(
     tiles: list,
     passes: list,
     n_passes: list,
+    n_writes: list,
 ) -> tuple[jax.Array, ...]:
     """Writes one lane's C tiles of a step (``reqs`` from :func:`matmul_requests`, ``tiles`` from
-    :func:`batch_tiles`) to its written GM ``gm``, in ``passes`` (:func:`store_passes`): each
-    pass below P one gather and one scatter of the chunks of the tiles in it, each pass from P on
+    :func:`batch_tiles`) to its written GM ``gm``, in ``passes`` (:func:`store_passes`): the
+    tiles of each pass below P in writes of at most :func:`pass_width` tiles (one gather and one
+    scatter of their chunks; a pass's tiles are disjoint, so it may be split), each pass from P on
     one tile written row after row, each row re-read. ``n_passes``: per group, one past the last
-    pass to run (int32 scalar, the same for every lane so that the loops are not batched)."""
-    for (_, mt, dims), (d, e), c, ps, n in zip(matmul_groups(shape), reqs, tiles, passes, n_passes, strict=True):
+    pass to run; ``n_writes``: per group, the most writes of passes below P a lane needs
+    (:func:`write_count`); both int32 scalars, the same for every lane so that the loops are not
+    batched."""
+    for (_, mt, dims), (d, e), c, ps, n, nw in zip(
+        matmul_groups(shape), reqs, tiles, passes, n_passes, n_writes, strict=True
+    ):
         c_rows = _c_rows(shape, mt, table)
         if c_rows is not None:  # else no tensor of C's type is written: every such tile is out of range
             group = StoreGroup(mt, dims, c_rows, d, e, c, ps)
             n_aic = e.shape[0]
-            gm = jax.lax.fori_loop(0, jnp.minimum(n, n_aic), functools.partial(_store_pass, group), gm)
+            gm = jax.lax.fori_loop(0, nw, functools.partial(_store_pass, group), gm)
             if not dims.rows_disjoint:
                 gm = jax.lax.fori_loop(n_aic, jnp.maximum(n, n_aic), functools.partial(_store_rows, group), gm)
     return gm
+
+
+#: Most tiles one write of a store pass holds (:func:`store_tiles`). A write gathers and scatters
+#: this many whole tiles, live or not: in the attention backward (24 AICs) passes hold 1, 3, 8 or
+#: 24 tiles, and writing every AIC's slot in every pass moved 4.6 times the live tiles.
+PASS_WIDTH = 4
+
+
+def pass_width(n_aic: int) -> int:
+    """Tiles per write of a store pass for a group of ``n_aic`` AICs."""
+    return min(PASS_WIDTH, n_aic)
+
+
+def _pass_plan(ps: jax.Array, e: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One lane's passes below P as writes (:func:`store_tiles`): ``ps`` [P] each AIC's pass,
+    ``e`` [P] which store. Returns (AICs in pass order [P], tiles per pass [P], first position of
+    each pass in that order [P], writes up to and including each pass [P])."""
+    n_aic = e.shape[0]
+    key = jnp.where(e & (ps < n_aic), ps, n_aic)  # the row-by-row passes and idle AICs last
+    order = jnp.argsort(key, stable=True).astype(jnp.int32)
+    count = jnp.zeros(n_aic + 1, jnp.int32).at[key].add(1)[:n_aic]
+    writes = -(-count // pass_width(n_aic))
+    return order, count, jnp.cumsum(count) - count, jnp.cumsum(writes)
+
+
+def write_count(ps: jax.Array, e: jax.Array) -> jax.Array:
+    """Writes one lane's passes below P take (:func:`store_tiles`); ``ps``, ``e`` [P]."""
+    return _pass_plan(ps, e)[3][-1]
 
 
 class StoreGroup(NamedTuple):
@@ -258,27 +292,35 @@ def _merged(group: StoreGroup, old: jax.Array, tile: jax.Array, ci: jax.Array, l
     return jnp.where(live[:, None] & cols[None, :], new, old)
 
 
-def _store_pass(group: StoreGroup, p: jax.Array, gm: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    """Pass ``p`` < P of one group's stores (see :func:`store_tiles`) into the written GM ``gm``:
-    every tile of the pass at once, each row as windows of :func:`chunk_width` columns (chunks
-    past the tile's ``n``, and rows not written, go to the scratch margin)."""
+def _store_pass(group: StoreGroup, t: jax.Array, gm: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """Write ``t`` of one group's passes below P (see :func:`store_tiles`) into the written GM
+    ``gm``: up to :func:`pass_width` tiles of one pass at once, each row as windows of
+    :func:`chunk_width` columns (chunks past the tile's ``n``, rows not written and slots of no
+    tile go to the scratch margin)."""
     c_rows, d, e, ps = group.c_rows, group.d, group.e, group.ps
     mm_, nn = group.dims.m, group.dims.n
     g = chunk_width(group.dims)
     n_chunks = nn // g
     u = group.mt.dtype("c").itemsize if c_rows.bytes else 1  # GM indices per element
     n_aic = e.shape[0]
+    k = pass_width(n_aic)
+    order, count, first, done = _pass_plan(ps, e)
+    p = jnp.searchsorted(done, t, side="right")  # the pass this write belongs to (P: none)
+    pc = jnp.minimum(p, n_aic - 1)
+    j = (t - (done[pc] - -(-count[pc] // k))) * k + jnp.arange(k)  # positions within the pass
+    ok = (p < n_aic) & (j < count[pc])
+    sel = order[jnp.clip(first[pc] + j, 0, n_aic - 1)]  # [k] the AICs written
 
-    def rows(ci):  # one AIC's chunk starts [M, Ch] (not written: to scratch), live rows [M]
-        live = e[ci] & (jnp.arange(mm_) < d["m"][ci]) & (ps[ci] == p)
+    def rows(ci, ok):  # one AIC's chunk starts [M, Ch] (not written: to scratch), live rows [M]
+        live = ok & (jnp.arange(mm_) < d["m"][ci])
         j = jnp.arange(n_chunks, dtype=jnp.int32)
         at = c_rows.starts(d["c_addr"][ci], mm_, d["stride_c"][ci])[:, None] + j[None, :] * (g * u)
         keep = live[:, None] & (j * g < d["n"][ci])[None, :]
         return jnp.where(keep, at, c_rows.scratch), live
 
-    at, live = jax.vmap(rows)(jnp.arange(n_aic))  # [P, M, Ch], [P, M]
-    old = c_rows.read(gm, at.reshape(-1), g).reshape(n_aic, mm_, nn)
-    new = jax.vmap(functools.partial(_merged, group))(old, group.c, jnp.arange(n_aic), live)
+    at, live = jax.vmap(rows)(sel, ok)  # [k, M, Ch], [k, M]
+    old = c_rows.read(gm, at.reshape(-1), g).reshape(k, mm_, nn)
+    new = jax.vmap(functools.partial(_merged, group))(old, group.c[sel], sel, live)
     return c_rows.put(gm, at.reshape(-1), new.reshape(-1, g))
 
 

@@ -117,3 +117,16 @@ def test_an_atomic_tile_whose_rows_overlap_adds_every_row():
 @given(st.lists(st.lists(_POST, min_size=1, max_size=3), min_size=3, max_size=3))
 def test_random_chunked_tiles_equal_ordered_bytes_and_reference(posts):
     _check([_kernel(posts)])
+
+
+@pytest.mark.slow
+def test_passes_wider_than_one_write():
+    """Six AICs: a pass holds more tiles than one write of the store (:func:`compute.pass_width`),
+    so it is written in several. Lane 0: six disjoint tiles in one step (one pass, two writes);
+    lane 1: three atomic tiles on one region and three disjoint ones (a pass of four tiles, then
+    two of one), and a narrow tile at a row stride below the widest. Equal to the ordered store,
+    the byte form and the reference."""
+    assert compute.pass_width(6) < 6
+    disjoint = [[(r * T, c * T, 0, 16, W)] for r in range(3) for c in range(2)]
+    atomic = [[(0, 0, 1, 16, W)]] * 3 + [[(T, 0, 0, 16, W)], [(2 * T, T, 0, 8, 8)], [(3 * T, 0, 0, 16, W)]]
+    _check([_kernel(disjoint, aics=6), _kernel(atomic, aics=6)])
