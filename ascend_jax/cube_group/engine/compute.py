@@ -236,7 +236,7 @@ def store_tiles(
     ):
         c_rows = _c_rows(shape, mt, table)
         if c_rows is not None:  # else no tensor of C's type is written: every such tile is out of range
-            group = StoreGroup(mt, dims, c_rows, d, e, c, ps)
+            group = StoreGroup(mt, dims, c_rows, d, e, c, ps, _pass_plan(ps, e))
             n_aic = e.shape[0]
             gm = jax.lax.fori_loop(0, nw, functools.partial(_store_pass, group), gm)
             if not dims.rows_disjoint:
@@ -257,14 +257,23 @@ def pass_width(n_aic: int) -> int:
 
 def _pass_plan(ps: jax.Array, e: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """One lane's passes below P as writes (:func:`store_tiles`): ``ps`` [P] each AIC's pass,
-    ``e`` [P] which store. Returns (AICs in pass order [P], tiles per pass [P], first position of
-    each pass in that order [P], writes up to and including each pass [P])."""
+    ``e`` [P] which store. Returns (each AIC's position in pass order [P], tiles per pass [P],
+    first position of each pass in that order [P], writes up to and including each pass [P]).
+    Counts over [P, P] comparisons (a few fused reductions; a sort, a scatter and a cumulative sum
+    were about 18 more kernels to compile)."""
     n_aic = e.shape[0]
+    i = jnp.arange(n_aic)
     key = jnp.where(e & (ps < n_aic), ps, n_aic)  # the row-by-row passes and idle AICs last
-    order = jnp.argsort(key, stable=True).astype(jnp.int32)
-    count = jnp.zeros(n_aic + 1, jnp.int32).at[key].add(1)[:n_aic]
+    before = (key[None, :] < key[:, None]) | ((key[None, :] == key[:, None]) & (i[None, :] < i[:, None]))
+    count = (key[None, :] == i[:, None]).sum(axis=1, dtype=jnp.int32)
     writes = -(-count // pass_width(n_aic))
-    return order, count, jnp.cumsum(count) - count, jnp.cumsum(writes)
+    upto = i[None, :] <= i[:, None]  # [p, q]: q <= p
+    return (
+        before.sum(axis=1, dtype=jnp.int32),
+        count,
+        jnp.where(upto, count[None, :], 0).sum(axis=1) - count,
+        jnp.where(upto, writes[None, :], 0).sum(axis=1),
+    )
 
 
 def write_count(ps: jax.Array, e: jax.Array) -> jax.Array:
@@ -282,6 +291,7 @@ class StoreGroup(NamedTuple):
     e: jax.Array  # [P] which AICs store a tile this step
     c: jax.Array  # [P, M, N] the tiles
     ps: jax.Array  # [P] the pass each AIC stores in (:func:`store_passes`)
+    plan: tuple  # its passes below P as writes (:func:`_pass_plan`)
 
 
 def _merged(group: StoreGroup, old: jax.Array, tile: jax.Array, ci: jax.Array, live: jax.Array) -> jax.Array:
@@ -297,19 +307,19 @@ def _store_pass(group: StoreGroup, t: jax.Array, gm: tuple[jax.Array, ...]) -> t
     ``gm``: up to :func:`pass_width` tiles of one pass at once, each row as windows of
     :func:`chunk_width` columns (chunks past the tile's ``n``, rows not written and slots of no
     tile go to the scratch margin)."""
-    c_rows, d, e, ps = group.c_rows, group.d, group.e, group.ps
+    c_rows, d, e = group.c_rows, group.d, group.e
     mm_, nn = group.dims.m, group.dims.n
     g = chunk_width(group.dims)
     n_chunks = nn // g
     u = group.mt.dtype("c").itemsize if c_rows.bytes else 1  # GM indices per element
     n_aic = e.shape[0]
     k = pass_width(n_aic)
-    order, count, first, done = _pass_plan(ps, e)
-    p = jnp.searchsorted(done, t, side="right")  # the pass this write belongs to (P: none)
+    pos, count, first, done = group.plan
+    p = (done <= t).sum(dtype=jnp.int32)  # the pass this write belongs to (P: none)
     pc = jnp.minimum(p, n_aic - 1)
     j = (t - (done[pc] - -(-count[pc] // k))) * k + jnp.arange(k)  # positions within the pass
     ok = (p < n_aic) & (j < count[pc])
-    sel = order[jnp.clip(first[pc] + j, 0, n_aic - 1)]  # [k] the AICs written
+    sel = jnp.argmax(pos[None, :] == (first[pc] + j)[:, None], axis=1)  # [k] the AICs written
 
     def rows(ci, ok):  # one AIC's chunk starts [M, Ch] (not written: to scratch), live rows [M]
         live = ok & (jnp.arange(mm_) < d["m"][ci])
