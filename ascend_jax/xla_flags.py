@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import MutableMapping
+
+from ascend_jax.errors import ConfigError
 
 #: The LLVM option added to ``XLA_FLAGS`` (see the module's docstring for the measurement).
 LLVM_OPTIONS = "-unroll-threshold=100"
 
-#: Set to ``0`` to leave ``XLA_FLAGS`` as it is.
+#: Set to ``0`` to leave ``XLA_FLAGS`` as it is (``1`` or unset: add the option).
 OPT_OUT_ENV = "ASCEND_JAX_XLA_FLAGS"
 
 #: JAX's accelerator plugins (CUDA, ROCm, TPU): when one is installed the backend may not be the CPU.
@@ -50,12 +53,28 @@ def _gpu_possible(environ: MutableMapping[str, str]) -> bool:
     return any(importlib.util.find_spec(name) is not None for name in GPU_PLUGINS)
 
 
+def opted_in(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Whether :data:`OPT_OUT_ENV` lets :func:`prefer_fast_compile` add the option: unset, empty or
+    ``1``; ``0`` opts out. Raises :class:`ascend_jax.errors.ConfigError` for any other value."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(OPT_OUT_ENV, "")
+    if raw.strip() in ("", "1"):
+        return True
+    if raw.strip() == "0":
+        return False
+    raise ConfigError(OPT_OUT_ENV, raw, "must be 0 or 1", "set it to 0 to keep XLA's defaults, or unset it")
+
+
 def prefer_fast_compile(environ: MutableMapping[str, str] | None = None) -> bool:
     """Adds :data:`LLVM_OPTIONS` to ``environ["XLA_FLAGS"]`` (default ``os.environ``) unless the
     user opted out, set LLVM options of their own, or an accelerator may run the engines. Returns whether
     it changed ``environ``. Imports nothing of JAX."""
     environ = os.environ if environ is None else environ
-    if environ.get(OPT_OUT_ENV, "").strip() == "0":
+    try:
+        if not opted_in(environ):
+            return False
+    except ConfigError as e:  # a library cannot exit: it warns and leaves XLA_FLAGS alone (the CLI exits 2)
+        warnings.warn(f"{e} (XLA_FLAGS left as it is)", stacklevel=2)
         return False
     flags = environ.get("XLA_FLAGS", "")
     if "xla_backend_extra_options" in flags or _gpu_possible(environ):

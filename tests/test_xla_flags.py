@@ -79,3 +79,27 @@ def _child(env_extra: dict[str, str]) -> str:
 def test_importing_ascend_jax_sets_the_flag_once_and_jax_runs():
     assert _child({}) == OPTION  # set by import ascend_jax, once
     assert _child({OPT_OUT_ENV: "0"}) == ""
+
+
+@pytest.mark.parametrize(("raw", "want"), [("", True), ("1", True), (" 1 ", True), ("0", False), (" 0", False)])
+def test_opt_out_values(raw, want):
+    assert xla_flags.opted_in({OPT_OUT_ENV: raw}) is want
+    assert xla_flags.opted_in({}) is True
+
+
+@pytest.mark.parametrize("raw", ["yes", "2", "off", "-0", "0x0"])
+def test_a_bad_opt_out_value_warns_and_leaves_the_flags(no_gpu, raw):
+    """The library warns (it cannot exit) and changes nothing; ``opted_in`` names the variable."""
+    env = {OPT_OUT_ENV: raw, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    with pytest.warns(UserWarning, match=OPT_OUT_ENV):
+        assert not prefer_fast_compile(env)
+    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+    with pytest.raises(xla_flags.ConfigError, match="must be 0 or 1"):
+        xla_flags.opted_in(env)
+
+
+def test_the_cli_exits_2_on_a_bad_opt_out_value(capsys, monkeypatch):
+    from _exit2 import exit_2
+
+    monkeypatch.setenv(OPT_OUT_ENV, "maybe")
+    exit_2(capsys, ["models"], OPT_OUT_ENV, "'maybe'", "must be 0 or 1")

@@ -70,6 +70,9 @@ def _main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse: usage errors (2, message printed), --help and --version (0)
         return e.code if isinstance(e.code, int) else EXIT_INVALID
+    from ascend_jax.xla_flags import opted_in
+
+    opted_in()  # a bad ASCEND_JAX_XLA_FLAGS: exit 2 (the import only warned)
     if args.command == "schema":
         from ascend_jax.schema import scenario_json_schema
 
