@@ -317,7 +317,8 @@ def _store_pass(group: StoreGroup, t: jax.Array, gm: tuple[jax.Array, ...]) -> t
     pos, count, first, done = group.plan
     p = (done <= t).sum(dtype=jnp.int32)  # the pass this write belongs to (P: none)
     pc = jnp.minimum(p, n_aic - 1)
-    j = (t - (done[pc] - -(-count[pc] // k))) * k + jnp.arange(k)  # positions within the pass
+    before = done[pc] - -(-count[pc] // k)  # writes of the passes before it
+    j = (t - before) * k + jnp.arange(k)  # positions within the pass
     ok = (p < n_aic) & (j < count[pc])
     sel = jnp.argmax(pos[None, :] == (first[pc] + j)[:, None], axis=1)  # [k] the AICs written
 

@@ -516,7 +516,7 @@ def vector_words(program: CubeGroupProgram, rows: list[list[tuple]]) -> tuple[np
                 vec.atomic,
                 vec.scalar,
                 math.copysign(1.0, vec.scalar),
-            )  # fmt: skip  (-0.0 == 0.0, but not its bits)
+            )  # the sign apart: -0.0 == 0.0 as keys, but not in bits
             hit = seen.get(key)
             if hit is None:
                 hit = seen[key] = _vector_row(vec, offset)
