@@ -220,6 +220,7 @@ def store_tiles(
     reqs: list,
     tiles: list,
     passes: list,
+    plans: list,
     n_passes: list,
     n_writes: list,
 ) -> tuple[jax.Array, ...]:
@@ -227,16 +228,16 @@ def store_tiles(
     :func:`batch_tiles`) to its written GM ``gm``, in ``passes`` (:func:`store_passes`): the
     tiles of each pass below P in writes of at most :func:`pass_width` tiles (one gather and one
     scatter of their chunks; a pass's tiles are disjoint, so it may be split), each pass from P on
-    one tile written row after row, each row re-read. ``n_passes``: per group, one past the last
-    pass to run; ``n_writes``: per group, the most writes of passes below P a lane needs
-    (:func:`write_count`); both int32 scalars, the same for every lane so that the loops are not
-    batched."""
-    for (_, mt, dims), (d, e), c, ps, n, nw in zip(
-        matmul_groups(shape), reqs, tiles, passes, n_passes, n_writes, strict=True
+    one tile written row after row, each row re-read. ``plans``: per group, the lane's
+    :class:`PassPlan`; ``n_passes``: per group, one past the last pass to run; ``n_writes``: per
+    group, the most writes of passes below P a lane needs; both int32 scalars, the same for every
+    lane so that the loops are not batched."""
+    for (_, mt, dims), (d, e), c, ps, plan, n, nw in zip(
+        matmul_groups(shape), reqs, tiles, passes, plans, n_passes, n_writes, strict=True
     ):
         c_rows = _c_rows(shape, mt, table)
         if c_rows is not None:  # else no tensor of C's type is written: every such tile is out of range
-            group = StoreGroup(mt, dims, c_rows, d, e, c, ps, _pass_plan(ps, e))
+            group = StoreGroup(mt, dims, c_rows, d, e, c, ps, plan)
             n_aic = e.shape[0]
             gm = jax.lax.fori_loop(0, nw, functools.partial(_store_pass, group), gm)
             if not dims.rows_disjoint:
@@ -255,30 +256,34 @@ def pass_width(n_aic: int) -> int:
     return min(PASS_WIDTH, n_aic)
 
 
-def _pass_plan(ps: jax.Array, e: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """One lane's passes below P as writes (:func:`store_tiles`): ``ps`` [P] each AIC's pass,
-    ``e`` [P] which store. Returns (each AIC's position in pass order [P], tiles per pass [P],
-    first position of each pass in that order [P], writes up to and including each pass [P]).
-    Counts over [P, P] comparisons (a few fused reductions; a sort, a scatter and a cumulative sum
-    were about 18 more kernels to compile)."""
+class PassPlan(NamedTuple):
+    """One lane's store passes below P as writes (:func:`pass_plan`), each [P]."""
+
+    pos: jax.Array  # each AIC's position in pass order (the row-by-row passes and idle AICs last)
+    count: jax.Array  # tiles per pass
+    first: jax.Array  # first position of each pass in that order
+    writes: jax.Array  # writes per pass (count over pass_width, rounded up)
+    done: jax.Array  # writes up to and including each pass
+
+
+def pass_plan(ps: jax.Array, e: jax.Array) -> PassPlan:
+    """:class:`PassPlan` of one lane's group: ``ps`` [P] each AIC's pass (:func:`store_passes`),
+    ``e`` [P] which AICs store. Counts over [P, P] comparisons (a few fused reductions; a sort, a
+    scatter and a cumulative sum were about 18 more kernels to compile)."""
     n_aic = e.shape[0]
     i = jnp.arange(n_aic)
-    key = jnp.where(e & (ps < n_aic), ps, n_aic)  # the row-by-row passes and idle AICs last
+    key = jnp.where(e & (ps < n_aic), ps, n_aic)
     before = (key[None, :] < key[:, None]) | ((key[None, :] == key[:, None]) & (i[None, :] < i[:, None]))
     count = (key[None, :] == i[:, None]).sum(axis=1, dtype=jnp.int32)
     writes = -(-count // pass_width(n_aic))
     upto = i[None, :] <= i[:, None]  # [p, q]: q <= p
-    return (
-        before.sum(axis=1, dtype=jnp.int32),
-        count,
-        jnp.where(upto, count[None, :], 0).sum(axis=1) - count,
-        jnp.where(upto, writes[None, :], 0).sum(axis=1),
+    return PassPlan(
+        pos=before.sum(axis=1, dtype=jnp.int32),
+        count=count,
+        first=jnp.where(upto, count[None, :], 0).sum(axis=1) - count,
+        writes=writes,
+        done=jnp.where(upto, writes[None, :], 0).sum(axis=1),
     )
-
-
-def write_count(ps: jax.Array, e: jax.Array) -> jax.Array:
-    """Writes one lane's passes below P take (:func:`store_tiles`); ``ps``, ``e`` [P]."""
-    return _pass_plan(ps, e)[3][-1]
 
 
 class StoreGroup(NamedTuple):
@@ -291,7 +296,7 @@ class StoreGroup(NamedTuple):
     e: jax.Array  # [P] which AICs store a tile this step
     c: jax.Array  # [P, M, N] the tiles
     ps: jax.Array  # [P] the pass each AIC stores in (:func:`store_passes`)
-    plan: tuple  # its passes below P as writes (:func:`_pass_plan`)
+    plan: PassPlan  # its passes below P as writes
 
 
 def _merged(group: StoreGroup, old: jax.Array, tile: jax.Array, ci: jax.Array, live: jax.Array) -> jax.Array:
@@ -314,13 +319,12 @@ def _store_pass(group: StoreGroup, t: jax.Array, gm: tuple[jax.Array, ...]) -> t
     u = group.mt.dtype("c").itemsize if c_rows.bytes else 1  # GM indices per element
     n_aic = e.shape[0]
     k = pass_width(n_aic)
-    pos, count, first, done = group.plan
-    p = (done <= t).sum(dtype=jnp.int32)  # the pass this write belongs to (P: none)
+    plan = group.plan
+    p = (plan.done <= t).sum(dtype=jnp.int32)  # the pass this write belongs to (P: none)
     pc = jnp.minimum(p, n_aic - 1)
-    before = done[pc] - -(-count[pc] // k)  # writes of the passes before it
-    j = (t - before) * k + jnp.arange(k)  # positions within the pass
-    ok = (p < n_aic) & (j < count[pc])
-    sel = jnp.argmax(pos[None, :] == (first[pc] + j)[:, None], axis=1)  # [k] the AICs written
+    j = (t - (plan.done[pc] - plan.writes[pc])) * k + jnp.arange(k)  # positions within the pass
+    ok = (p < n_aic) & (j < plan.count[pc])
+    sel = jnp.argmax(plan.pos[None, :] == (plan.first[pc] + j)[:, None], axis=1)  # [k] the AICs written
 
     def rows(ci, ok):  # one AIC's chunk starts [M, Ch] (not written: to scratch), live rows [M]
         live = ok & (jnp.arange(mm_) < d["m"][ci])

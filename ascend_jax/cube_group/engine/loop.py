@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.cube_group.engine.compute import batch_tiles, matmul_requests, store_passes, store_tiles, write_count
+from ascend_jax.cube_group.engine.compute import batch_tiles, matmul_requests, pass_plan, store_passes, store_tiles
 from ascend_jax.cube_group.engine.readout import PACK_LAYOUT, batch_minor, pack_minor
 from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.engine.state import State, Tables, init_state, read_only, unpack_slots
@@ -65,9 +65,10 @@ def _compute(shape: EngineShape, tab: Tables, st: State, en: jax.Array, fields: 
     tiles = batch_tiles(shape, table, ro, st.gm, reqs)
     passes = jax.vmap(functools.partial(store_passes, shape, table))(st.key, reqs)
     n_passes = [jnp.where(e, p + 1, 0).max() for p, (_, e) in zip(passes, reqs, strict=True)]  # over all lanes
-    n_writes = [jax.vmap(write_count)(p, e).max() for p, (_, e) in zip(passes, reqs, strict=True)]
-    gm = jax.vmap(functools.partial(store_tiles, shape, table), in_axes=(0, 0, 0, 0, None, None))(
-        st.gm, reqs, tiles, passes, n_passes, n_writes
+    plans = [jax.vmap(pass_plan)(p, e) for p, (_, e) in zip(passes, reqs, strict=True)]
+    n_writes = [plan.done[:, -1].max() for plan in plans]  # over all lanes
+    gm = jax.vmap(functools.partial(store_tiles, shape, table), in_axes=(0, 0, 0, 0, 0, None, None))(
+        st.gm, reqs, tiles, passes, plans, n_passes, n_writes
     )
     bad = bad.T & (st.aic_phase != AicPhase.ERROR)  # [C, B]: these AICs stop here
 
