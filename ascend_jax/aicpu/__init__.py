@@ -7,7 +7,7 @@ The pieces, one role per module:
 * :mod:`~ascend_jax.aicpu.host` the host's ACL runtime and HCCL control plane (:class:`HostApi`);
 * :mod:`~ascend_jax.aicpu.device` the Hcomm device API (:class:`DeviceApi`) and the device model
   that runs a kernel when its stream reaches the kernel task;
-* :mod:`~ascend_jax.aicpu.engine` (JAX, lanes vmapped) and :mod:`~ascend_jax.aicpu.reference`
+* :mod:`~ascend_jax.aicpu.engine` (JAX, lanes an array axis) and :mod:`~ascend_jax.aicpu.reference`
   (plain Python) run programs; :mod:`~ascend_jax.aicpu.result` is what both return;
 * :mod:`~ascend_jax.aicpu.collectives` the seed's P2P operator and ring collectives;
   :mod:`~ascend_jax.aicpu.models` whole jobs built from them (:func:`p2p_job`, :func:`ring_job`)
