@@ -23,8 +23,9 @@ tensor's start; and when every AIV GM copy of every lane has its whole tile insi
 the copy's UB type, starting a whole number of elements into it (the builder refuses other
 copies; a program assembled by hand may hold one that reinterprets bytes, and then the batch
 keeps the byte form). Addresses of matmul operands outside every tensor do not matter: such a
-tile stops its AIC with ``GM_OUT_OF_RANGE`` and reads and writes nothing. A batch without a
-Matmul keeps the byte form, as does every batch run with ``EngineOptions(typed_banks=False)``.
+tile stops its AIC with ``GM_OUT_OF_RANGE`` and reads and writes nothing. A batch with
+neither a Matmul nor an AIV GM copy (the protocol alone) keeps the byte form, as does every batch
+run with ``EngineOptions(typed_banks=False)``; AIV vector ops without a Matmul use the banks.
 Both forms give the same results (``tests/cube_group/engine/test_banks.py`` and
 ``test_banks_vector.py`` compare them array by array).
 """
@@ -99,15 +100,17 @@ def plan(programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]
     access needs the byte form (see the module docstring). ``margin``: the widest row window in
     elements."""
     first = programs[0]
-    if not any(m is not None for m in first.matmuls):
-        return None
     tensors = list(first.gm.tensors.values())
+    if not tensors:
+        return None
     starts = np.array([t.addr for t in tensors], np.int64)
     ends = np.array([t.end for t in tensors], np.int64)
     copies = _copies_in_type(tensors, starts, encoded)
     if copies is None:
         return None
     loads, written = copies
+    if not loads and not written and not any(m is not None for m in first.matmuls):
+        return None  # nothing reads or writes GM through a type: the protocol alone, on bytes
     stores = set(written)
     aic0 = np.cumsum([0] + [g.aic_num for g in first.groups])
     for gi, cfg in enumerate(first.matmuls):

@@ -20,8 +20,8 @@ class EngineOptions:
     Attributes:
       packed_grid: a batch that allows it (:func:`ascend_jax.cube_group.engine.shape.can_pack`)
         keeps a queue's four depths in one word of the slot grid; False: always the wide grid.
-      typed_banks: a batch with matmuls keeps GM as typed banks, one per element type
-        (:mod:`ascend_jax.cube_group.engine.banks`) where the plan allows it; False: GM as bytes.
+      typed_banks: a batch with matmuls or AIV GM copies keeps GM as typed banks, one per element
+        type (:mod:`ascend_jax.cube_group.engine.banks`) where the plan allows it; False: GM as bytes.
       batched_stores: C tiles whose row windows are disjoint share one store pass
         (:func:`ascend_jax.cube_group.engine.compute.store_passes`); False: one pass per AIC.
       tile_variants: a step whose tiles all fit a smaller shape than the group's bound runs its

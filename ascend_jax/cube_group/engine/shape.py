@@ -315,7 +315,7 @@ def make_shape(
         vec_kinds=vec_kinds,
     )
     shape = dataclasses.replace(shape, aiv_home=_aiv_home(shape, programs, encoded))
-    if options.typed_banks and has_mm:
+    if options.typed_banks and has_gm:  # matmul operands or AIV GM copies (banks.plan decides)
         shape = dataclasses.replace(shape, banks=banks.plan(programs, encoded, _widest(encoded, ub[1])))
     packed = options.packed_grid and first.zero_workspace and can_pack(shape, [e.rows for e in encoded])
     return dataclasses.replace(shape, packed=packed)

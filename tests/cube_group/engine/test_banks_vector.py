@@ -119,3 +119,53 @@ def test_a_copy_that_reinterprets_bytes_keeps_gm_as_bytes():
     assert engine.prepare([half]).shape.banks is None  # half an element into a float32 tensor
     res = aj.simulate([pun])
     assert res[0].outcome() == aj.run_reference(pun).outcome()
+
+
+def _vector_only(seed: int):
+    """A kernel of two AIVs and no Matmul: each loads two [8, 16] tiles (float16 and float32),
+    computes with them, and stores a float16 and a float32 result; one AIV stores atomically."""
+    from ascend_jax.cube_group.program import CubeGroupKernel
+
+    rng = np.random.default_rng(seed)
+    k = CubeGroupKernel(chip="910B1")
+    g = k.create_cube_res_group("g", 0, 2, 2, "free")
+    k.alloc("x", (16, 16), "float16", rng.uniform(-2, 2, (16, 16)).astype(np.float16))
+    k.alloc("w", (8, 16), "float32", rng.uniform(0.5, 2, (8, 16)).astype(np.float32))
+    k.alloc("y16", (16, 16), "float16", "zeros")
+    k.alloc("y32", (8, 16), "float32", "zeros")
+    for i in range(2):
+        aiv = k.aiv(i)
+        aiv.assign_queue(g, i)
+        a = aiv.vec.buffer("a", 8, 16, "float16")
+        b = aiv.vec.buffer("b", 8, 16, "float32")
+        c = aiv.vec.buffer("c", 8, 16, "float32")
+        half = 8 * 16 * 2 * i  # bytes to AIV i's rows of the float16 tensors
+        aiv.vec.load(a, k.gm.tensors["x"].addr + half)
+        aiv.vec.load(b, "w")
+        aiv.vec.cast(c, a)
+        aiv.vec.mul(c, c, b)
+        aiv.vec.cast(a, c)
+        aiv.vec.store(k.gm.tensors["y16"].addr + half, a)
+        aiv.vec.store("y32", c, atomic=bool(i))
+        aiv.quit(g)
+    return k.compile()
+
+
+def test_vector_ops_without_a_matmul_use_the_banks():
+    """AIV loads and stores with no Matmul in the kernel: inputs are read-only tables, the stored
+    tensors written banks of their own type, and every array equals the byte form's (two lanes
+    with their own data); a protocol alone (no GM copy, no Matmul) stays on bytes."""
+    lanes = [_vector_only(seed) for seed in (0, 1)]
+    typed, plain, layout = _both_forms(lanes)
+    assert layout is not None
+    p = lanes[0]
+    assert _bank_of(p, layout, "x") == ("float16", False) and _bank_of(p, layout, "w") == ("float32", False)
+    assert _bank_of(p, layout, "y16") == ("float16", True) and _bank_of(p, layout, "y32") == ("float32", True)
+    _assert_same_arrays(typed, plain)
+    for i, prog in enumerate(lanes):
+        ref = aj.run_reference(prog)
+        assert typed[i].outcome() == ref.outcome(), i
+        for name in ("y16", "y32"):
+            np.testing.assert_array_equal(typed[i].tensor(name), ref.tensor(name))
+    protocol = load("cube_group_sample").build(protocol_only=True)
+    assert engine.prepare([protocol]).shape.banks is None
