@@ -1,6 +1,7 @@
 """One compilation per shape family: programs that differ only in the extent of their tensors
 (GM sizes within one :func:`ascend_jax.buckets.bucket_fine` bucket, tensors at other addresses)
-share the compiled loop, in both GM forms, and each still equals the reference."""
+and, with AIV vector ops, of their UB tiles share the compiled loop, in both GM forms, and each
+still equals the reference."""
 
 from __future__ import annotations
 
@@ -86,3 +87,51 @@ def test_clear_compiled_makes_the_next_call_trace_again():
     again = aj.simulate(p)[0]
     assert TRACE_COUNT["run"] == before + 1
     assert again.outcome() == first.outcome() and again.status == first.status
+
+
+def _vector_kernel(rows: int, pad: int):
+    """Two AIVs and no Matmul: each loads a ``rows x 16`` float16 tile and a float32 one, scales
+    and adds them in UB buffers of ``rows`` rows, and stores both; a ``pad``-element tensor first
+    (so every tensor address moves)."""
+    kern = CubeGroupKernel(name="vector_family")
+    kern.alloc("pad", (pad,), "float32", "zeros")
+    kern.alloc("x", (2 * rows, 16), "float16", "random", 1)
+    kern.alloc("w", (rows, 16), "float32", "random", 2)
+    kern.alloc("y", (2 * rows, 16), "float32", "zeros")
+    g = kern.create_cube_res_group("g", 0, 2, 2, "free")
+    for i in range(2):
+        aiv = kern.aiv(i)
+        aiv.assign_queue(g, i)
+        a = aiv.vec.buffer("a", rows, 16, "float16")
+        b = aiv.vec.buffer("b", rows, 16, "float32")
+        c = aiv.vec.buffer("c", rows, 16, "float32")
+        aiv.vec.load(a, kern.gm.tensors["x"].addr + 2 * 16 * rows * i)
+        aiv.vec.load(b, "w")
+        aiv.vec.cast(c, a)
+        aiv.vec.muls(c, c, 0.5)
+        aiv.vec.add(c, c, b)
+        aiv.vec.store(kern.gm.tensors["y"].addr + 4 * 16 * rows * i, c)
+        aiv.quit(g)
+    return kern.compile()
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["typed_banks", "bytes"])
+def test_vector_programs_of_one_family_share_a_compilation(typed):
+    """AIV vector programs whose tensors and UB tiles differ only in extent (7 or 8 rows) and
+    whose tensors lie at other addresses run on one compilation, and each equals the reference."""
+    options = EngineOptions(typed_banks=typed)
+    first, second = _vector_kernel(7, 1000), _vector_kernel(8, 940)  # 5,984 and 6,048 B: one bucket
+    assert first.gm.size != second.gm.size
+    shapes = [engine.prepare([p], options=options).shape for p in (first, second)]
+    assert (shapes[0].banks is not None) == typed
+    assert shapes[0] == shapes[1]
+    results = []
+    for p in (first, second):
+        before = TRACE_COUNT["run"]
+        results.append(aj.simulate(p, options=options)[0])
+        traced = TRACE_COUNT["run"] - before
+    assert traced == 0  # the second program ran on the first one's compilation
+    for p, res in zip((first, second), results, strict=True):
+        ref = aj.run_reference(p)
+        assert res.outcome() == ref.outcome()
+        np.testing.assert_array_equal(res.tensor("y"), ref.tensor("y"))
