@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import MutableMapping
 
@@ -53,6 +54,13 @@ def _gpu_possible(environ: MutableMapping[str, str]) -> bool:
     return any(importlib.util.find_spec(name) is not None for name in GPU_PLUGINS)
 
 
+def _cli_process() -> bool:
+    """Whether this process is the ``ascend-jax`` command (its console script), which checks
+    :data:`OPT_OUT_ENV` itself before anything else."""
+    argv = getattr(sys, "argv", None) or [""]
+    return os.path.basename(str(argv[0])).startswith("ascend-jax")
+
+
 def opted_in(environ: MutableMapping[str, str] | None = None) -> bool:
     """Whether :data:`OPT_OUT_ENV` lets :func:`prefer_fast_compile` add the option: unset, empty or
     ``1``; ``0`` opts out. Raises :class:`ascend_jax.errors.ConfigError` for any other value."""
@@ -74,7 +82,8 @@ def prefer_fast_compile(environ: MutableMapping[str, str] | None = None) -> bool
         if not opted_in(environ):
             return False
     except ConfigError as e:  # a library cannot exit: it warns and leaves XLA_FLAGS alone (the CLI exits 2)
-        warnings.warn(f"{e} (XLA_FLAGS left as it is)", stacklevel=2)
+        if not _cli_process():  # the CLI reports it itself, once, and exits 2
+            warnings.warn(f"{e} (XLA_FLAGS left as it is)", stacklevel=2)
         return False
     flags = environ.get("XLA_FLAGS", "")
     if "xla_backend_extra_options" in flags or _gpu_possible(environ):

@@ -103,3 +103,15 @@ def test_the_cli_exits_2_on_a_bad_opt_out_value(capsys, monkeypatch):
 
     monkeypatch.setenv(OPT_OUT_ENV, "maybe")
     exit_2(capsys, ["models"], OPT_OUT_ENV, "'maybe'", "must be 0 or 1")
+
+
+def test_the_ascend_jax_command_reports_a_bad_value_once():
+    """The console script checks the variable itself: the package import does not warn first, so
+    the message appears once, as the ``invalid input:`` line, with exit code 2."""
+    script = os.path.join(os.path.dirname(sys.executable), "ascend-jax")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update({OPT_OUT_ENV: "yes", "JAX_PLATFORMS": "cpu"})
+    out = subprocess.run([script, "models"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.count("must be 0 or 1") == 1 and out.stderr.startswith("invalid input: ")
+    assert "Warning" not in out.stderr and out.stdout == ""
