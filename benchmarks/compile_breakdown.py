@@ -45,10 +45,8 @@ STAGES = ("trace", "lower", "compile")
 
 
 def _prepared(workload: str):
-    """(the engine's loop function, its static shape and device arguments) of ``workload``."""
-    import numpy as np
-
-    from ascend_jax.cube_group.engine import batch, devices, loop
+    """(the engine's jitted loop, its arguments: static shape first) of ``workload``."""
+    from ascend_jax.cube_group import engine
 
     if workload == "attention":
         from _common import load_model_module
@@ -60,9 +58,7 @@ def _prepared(workload: str):
         from protocol_throughput import workload as protocol_workload
 
         program, lanes = protocol_workload(None), 4096
-    prep = batch.prepare([program] * lanes, seeds=list(range(lanes)))
-    args = devices._place(None, prep.shape, *prep.chunk(np.arange(lanes)))
-    return loop._run_batch.jitted, prep.shape, args
+    return engine.loop_function(engine.prepare([program] * lanes, seeds=list(range(lanes))))
 
 
 def _eqns(jaxpr) -> int:
@@ -89,7 +85,7 @@ def child(workload: str) -> dict:
 
     import ascend_jax  # noqa: F401  (before the backend starts, which reads its XLA_FLAGS option)
 
-    fn, shape, args = _prepared(workload)
+    fn, args = _prepared(workload)
     jax.block_until_ready(jax.numpy.zeros(1) + 1)  # the backend's start is no stage
     out: dict = {"workload": workload}
 
@@ -99,7 +95,7 @@ def child(workload: str) -> dict:
         out[name] = {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_s() - c0}
         return r
 
-    traced = stage("trace", lambda: fn.trace(shape, *args))
+    traced = stage("trace", lambda: fn.trace(*args))
     lowered = stage("lower", traced.lower)
     stage("compile", lowered.compile)
     out["jaxpr_eqns"] = _eqns(traced.jaxpr.jaxpr)

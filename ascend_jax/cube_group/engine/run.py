@@ -42,12 +42,19 @@ from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.errors import ConfigError
 
 
+def loop_function(prep: Prepared, chunk: int | None = None, devices: int | None = None):
+    """The jitted loop of a prepared batch and its arguments, the static shape first (for
+    benchmarks that time the stages of its compile): ``fn, args = loop_function(prep)``, then
+    ``fn.trace(*args)``, ``.lower()``, ``.compile()``. ``chunk``: lanes (default all)."""
+    n = len(prep.seeds) if chunk is None else chunk
+    return _run_batch.jitted, (prep.shape, *_place(_mesh(devices), prep.shape, *prep.chunk(np.arange(n))))
+
+
 def compile_batch(prep: Prepared, chunk: int | None = None, devices: int | None = None):
     """The compiled loop of a prepared batch and its device arguments (for benchmarks):
     ``fn, args = compile_batch(prep); jax.block_until_ready(fn(*args))`` runs the loop alone."""
-    n = len(prep.seeds) if chunk is None else chunk
-    args = _place(_mesh(devices), prep.shape, *prep.chunk(np.arange(n)))
-    return _run_batch.lower(prep.shape, *args).compile(), args
+    fn, args = loop_function(prep, chunk, devices)
+    return fn.lower(*args).compile(), args[1:]
 
 
 def simulate(

@@ -332,3 +332,23 @@ def test_default_chunk_on_a_cpu_is_at_most_cpu_chunk_and_the_memory_budget(monke
     monkeypatch.setattr(batch, "_memory_budget", lambda: 8 * per_lane * 1000)
     assert batch.default_chunk(prep) == 1000  # the memory budget binds first
     assert batch.default_chunk(batch.prepare([_merge_kernel()] * 100)) == 100  # never more than the batch
+
+
+def test_loop_function_and_compile_batch_run_the_loop_simulate_runs():
+    """``engine.loop_function`` (the jitted loop and its arguments, for timing a compile's stages)
+    and ``engine.compile_batch`` give the loop ``simulate`` runs: the same steps and statuses."""
+    import jax
+
+    from ascend_jax.cube_group import engine
+
+    programs = [_merge_kernel(), _merge_kernel(skip=1)]
+    prep = engine.prepare(programs, seeds=[0, 1])
+    fn, args = engine.loop_function(prep)
+    assert args[0] == prep.shape
+    staged = jax.device_get(fn.trace(*args).lower().compile()(*args[1:]))
+    compiled, placed = engine.compile_batch(prep)
+    whole = jax.device_get(compiled(*placed))
+    res = aj.simulate(programs, seeds=[0, 1])
+    for st in (staged, whole):
+        np.testing.assert_array_equal(np.asarray(st.step), res.steps)
+        assert [int(s) for s in np.asarray(st.status)] == [int(s) for s in res.status]
