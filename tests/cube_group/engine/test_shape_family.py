@@ -38,6 +38,29 @@ def _kernel(extra_rows: int, pad: int):
     return kern.compile()
 
 
+def _one_compilation(first, second, typed: bool):
+    """Runs two programs of one family (GM sizes differ) in one GM form: they get one static shape,
+    the second runs on the first one's compilation (no trace), and each outcome equals the
+    reference's. Returns ``(program, result, reference result)`` of each for the tensor checks."""
+    options = EngineOptions(typed_banks=typed)
+    assert first.gm.size != second.gm.size
+    shapes = [engine.prepare([p], options=options).shape for p in (first, second)]
+    assert (shapes[0].banks is not None) == typed
+    assert shapes[0] == shapes[1]
+    results = []
+    for p in (first, second):
+        before = TRACE_COUNT["run"]
+        results.append(aj.simulate(p, options=options)[0])
+        traced = TRACE_COUNT["run"] - before
+    assert traced == 0  # the second program ran on the first one's compilation
+    out = []
+    for p, res in zip((first, second), results, strict=True):
+        ref = aj.run_reference(p)
+        assert res.outcome() == ref.outcome()
+        out.append((p, res, ref))
+    return out
+
+
 def test_bucket_fine_is_at_most_an_eighth_above():
     for n in [*range(40), 1000, 4097, 10_883_872, 2**31 - 1]:
         b = bucket_fine(n)
@@ -48,22 +71,9 @@ def test_bucket_fine_is_at_most_an_eighth_above():
 
 @pytest.mark.parametrize("typed", [True, False], ids=["typed_banks", "bytes"])
 def test_programs_of_one_family_share_a_compilation(typed):
-    options = EngineOptions(typed_banks=typed)
     first, second = _kernel(1, 1000), _kernel(2, 1020)  # 7,328 and 7,520 B: one bucket, per bank too
-    assert first.gm.size != second.gm.size
     assert first.gm.tensors["c"].addr != second.gm.tensors["c"].addr
-    shapes = [engine.prepare([p], options=options).shape for p in (first, second)]
-    assert (shapes[0].banks is not None) == typed
-    assert shapes[0] == shapes[1]
-    results = []
-    for p in (first, second):
-        before = TRACE_COUNT["run"]
-        results.append(aj.simulate(p, options=options)[0])
-        traced = TRACE_COUNT["run"] - before
-    assert traced == 0  # the second program ran on the first one's compilation
-    for p, res in zip((first, second), results, strict=True):
-        ref = aj.run_reference(p)
-        assert res.outcome() == ref.outcome()
+    for p, res, ref in _one_compilation(first, second, typed):
         # float32 sums of 16 products: the dot's and numpy's summation orders differ in the last bit
         np.testing.assert_allclose(res.tensor("c"), ref.tensor("c"), rtol=1e-5, atol=1e-5)
         assert res.tensor("c").shape == p.gm.tensors["c"].shape
@@ -119,19 +129,6 @@ def _vector_kernel(rows: int, pad: int):
 def test_vector_programs_of_one_family_share_a_compilation(typed):
     """AIV vector programs whose tensors and UB tiles differ only in extent (7 or 8 rows) and
     whose tensors lie at other addresses run on one compilation, and each equals the reference."""
-    options = EngineOptions(typed_banks=typed)
     first, second = _vector_kernel(7, 1000), _vector_kernel(8, 940)  # 5,984 and 6,048 B: one bucket
-    assert first.gm.size != second.gm.size
-    shapes = [engine.prepare([p], options=options).shape for p in (first, second)]
-    assert (shapes[0].banks is not None) == typed
-    assert shapes[0] == shapes[1]
-    results = []
-    for p in (first, second):
-        before = TRACE_COUNT["run"]
-        results.append(aj.simulate(p, options=options)[0])
-        traced = TRACE_COUNT["run"] - before
-    assert traced == 0  # the second program ran on the first one's compilation
-    for p, res in zip((first, second), results, strict=True):
-        ref = aj.run_reference(p)
-        assert res.outcome() == ref.outcome()
+    for _, res, ref in _one_compilation(first, second, typed):
         np.testing.assert_array_equal(res.tensor("y"), ref.tensor("y"))
