@@ -101,7 +101,7 @@ def plan(programs: Sequence[CubeGroupProgram], encoded: Sequence[EncodedProgram]
     elements."""
     first = programs[0]
     tensors = list(first.gm.tensors.values())
-    if not tensors:
+    if not tensors:  # no GM tensor: every operand address is out of range, nothing to type
         return None
     starts = np.array([t.addr for t in tensors], np.int64)
     ends = np.array([t.end for t in tensors], np.int64)

@@ -184,3 +184,24 @@ def test_host_image_equals_a_lane_by_lane_build():
     assert got.shape == (lanes, real) and got.dtype == np.uint8
     np.testing.assert_array_equal(got, want)
     assert not want[:, :8].any() and not want[:, 240:].any()  # the layout has gaps before and after
+
+
+def test_a_matmul_kernel_without_tensors_runs_on_bytes():
+    """A Matmul whose operands point at GM with no tensor allocated: the plan has nothing to type
+    (it used to index an empty tensor table and raise), the batch keeps bytes, and every AIC stops
+    with GM_OUT_OF_RANGE as in the reference."""
+    t = 16
+    kern = aj.CubeGroupKernel(name="no_tensors")
+    tiling = dict(M=t, N=t, Ka=t, Kb=t, singleCoreM=t, singleCoreN=t, singleCoreK=t, baseM=16, baseN=16, baseK=16)
+    mt = dict(a="float16", b="float16", c="float32", bias="float32")
+    g = kern.create_cube_res_group("g", 0, 2, 1, "matmul", aj.CUBE_MATMUL_MSG, matmul=mt, tiling=tiling)
+    aiv = kern.aiv(0)
+    aiv.assign_queue(g, 0)
+    aiv.post(g, {"aAddr": 4096, "bAddr": 4096, "cAddr": 4096, "kaOrgShape": t, "kbOrgShape": t, "nOrgShape": t})
+    aiv.quit(g)
+    p = kern.compile()
+    assert not p.gm.tensors
+    assert engine.prepare([p]).shape.banks is None
+    res, ref = aj.simulate(p)[0], aj.run_reference(p)
+    assert res.outcome() == ref.outcome()
+    assert ref.status.name != "OK"
