@@ -24,7 +24,7 @@ from ascend_jax import CubeGroupProgram, run_reference, simulate
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-CI_MAX_EXAMPLES = 5
+CI_MAX_EXAMPLES = 2
 NIGHTLY_FACTOR = 8
 NIGHTLY_MIN_EXAMPLES = 100
 PROFILE_ENV = "ASCEND_JAX_HYPOTHESIS_PROFILE"
