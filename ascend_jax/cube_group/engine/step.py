@@ -19,6 +19,7 @@ core, so its state stays as it is.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -300,10 +301,14 @@ def _aic_head(shape: EngineShape, tab: Tables, st: State) -> AicHead:
     # over the block's columns)
     running = (st.status == Status.RUNNING).any()
     if shape.packed:  # the cursor's version: Tables.slot_ver at (grid index, write count)
-        byte, idx, _ = block_byte(shape, st.slot, cur)
-        act_at, ver_at, byte = materialise(running, st.aic_ver * f + pc, (idx << 6) + (byte >> PACK_COUNT_SHIFT), byte)
+
+        def at():
+            byte, idx, _ = block_byte(shape, st.slot, cur)
+            return st.aic_ver * f + pc, (idx << 6) + (byte >> PACK_COUNT_SHIFT), byte
+
+        act_at, ver_at, byte = materialise(running, at)
     else:
-        (act_at,) = materialise(running, st.aic_ver * f + pc)
+        (act_at,) = materialise(running, lambda: (st.aic_ver * f + pc,))
     act = lookup(shape, flat, act_at)
     f_slot = act[:, ACT["slot"]]
     if shape.packed:  # f_word: the head state only (a free keeps the write count)
@@ -315,10 +320,11 @@ def _aic_head(shape: EngineShape, tab: Tables, st: State) -> AicHead:
     return AicHead(cur, slot_pick(shape, st.slot, cur), pc, act, f_slot, slot_pick(shape, st.slot, f_slot))
 
 
-def aic_ready(shape: EngineShape, st: State, head: AicHead) -> jax.Array:
-    """[C, B] whether each AIC's next action is enabled on ``st``."""
+def aic_ready(shape: EngineShape, st: State, head: AicHead, f_wait: jax.Array | None = None) -> jax.Array:
+    """[C, B] whether each AIC's next action is enabled on ``st`` (``f_wait``: the pending
+    action's wait column of ``head.act``, where the caller has it apart)."""
     cur_word, f_word = head.cur_word, head.f_word
-    f_wait = head.act[:, ACT["wait"]]
+    f_wait = head.act[:, ACT["wait"]] if f_wait is None else f_wait
     in_recv = st.aic_phase == AicPhase.RECEIVE
     in_call = st.aic_phase == AicPhase.CALL
     call_ok = (f_wait == NO_WAIT) | ((f_word & 0xFF) == f_wait)
@@ -338,69 +344,79 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     c_num, b = st.aic_phase.shape
     f = tab.act.shape[1]
     w = st.slot.shape[1]
+    r = st.recv_ver.shape[1]
     n = jnp.asarray(consts["n"])[:, None]
     p = jnp.asarray(consts["p"])[:, None]
     pos, col = st.aic_pos, st.aic_col
     head = _aic_head(shape, tab, st)
     cur, cur_word, pc, act_row, f_slot, f_word = head
-    cur_state, f_is_mm = cur_word & 0xFF, act_row[:, ACT["mm"]] > 0
-    in_recv = st.aic_phase == AicPhase.RECEIVE
+    # the action row's columns apart: the [C, 7, B] row read inside the branch below would be
+    # copied there into another layout
+    a_col = {k: act_row[:, ACT[k]] for k in ("wait", "mm", "assert", "next", "note")}
     in_call = st.aic_phase == AicPhase.CALL
-    ready = aic_ready(shape, st, head)
     if shape.timed:
         t_start, t_dur = aic_times(shape, tab, cost, st, head)
-        act = ready & clock.equal(t_start, (tmin[0][None, :], tmin[1][None, :]))
-    else:
-        act = ready & _chosen(shape, keys, c_num)
 
-    # -- dispatch: the callback's decision for the version under the cursor ------------------
-    ver = jnp.maximum((cur_word >> 8) - 1, 0)
-    vt = lookup(shape, tab.ver, ver)  # [C, 5, B]
-    is_quit = cur_state == QUIT
-    log_full = st.recv_count >= lane_table(shape, tab.receive_limit)[None]
-    # an assert fires where its call is made (encode.py decides per version and build): VER["code"]
-    # before any action of the call, ACT["assert"] right after the action it follows
-    code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, vt[:, VER["code"]]))
-    recv_act = act & in_recv
-    call_stop = jnp.where(act & in_call, act_row[:, ACT["assert"]], 0)  # the action is performed first
-    error = jnp.where(recv_act, code, call_stop)
-    recv_ok = recv_act & (code == 0)
-    free_act = act & in_call
-    call_now = recv_ok & ~is_quit
-    first, next_pc = vt[:, VER["first"]], act_row[:, ACT["next"]]
-    flags = {
-        "ready": ready,
-        "acts": act,
-        "logged": recv_act & (code != ErrorCode.RECEIVE_LOG_FULL),  # a message that caused an error too
-        "quit": recv_ok & is_quit,
-        "call": call_now,
-        "free_act": free_act,
-        "freeing": free_act & ~f_is_mm,
-        "call_end": (call_now & (first >= f)) | (free_act & (next_pc >= f)),
-        "mm": free_act & f_is_mm,
-    }
-    word = error | _flag_bits(flags)
-    if shape.notes_asserts:  # the CPU twin's stop, where this build passes it
-        asserted = jnp.where(
-            recv_act & ~log_full & ~is_quit, vt[:, VER["note"]], jnp.where(act & in_call, act_row[:, ACT["note"]], 0)
-        )
-        word = word | (asserted << NOTE_SHIFT)
-    # the word and the version under the cursor are materialised once: every update below is a
-    # shift / select of them (fused into its consumers, the decision above would be recomputed in
-    # each of them, and per column in the grid free)
-    # (with the version row's columns the updates read: gathering the row again costs more)
-    # (and, at [C, B], where the log entry goes and which bits of its block row the free clears,
-    # so that the [C, R, B] log and the [C, W, B] grid are a compare and a select per element)
-    r = st.recv_ver.shape[1]
-    small = r < 128 and st.recv_ver.dtype == jnp.int8  # the position fits the log's element type
-    log_at = jnp.where(flags["logged"], st.recv_count, r).astype(jnp.int8 if small else jnp.int32)
-    free_col, free_bits = _free_bits(shape, st.slot, f_slot, flags["freeing"])
-    free = () if free_col is None else (free_col, free_bits)
+    def decide():
+        """The dispatch decision as the [C, B] arrays the updates below read (see materialise)."""
+        cur_state, f_is_mm = cur_word & 0xFF, a_col["mm"] > 0
+        in_recv = st.aic_phase == AicPhase.RECEIVE
+        ready = aic_ready(shape, st, head, a_col["wait"])
+        if shape.timed:
+            act = ready & clock.equal(t_start, (tmin[0][None, :], tmin[1][None, :]))
+        else:
+            act = ready & _chosen(shape, keys, c_num)
+
+        # -- dispatch: the callback's decision for the version under the cursor ------------------
+        ver = jnp.maximum((cur_word >> 8) - 1, 0)
+        vt = lookup(shape, tab.ver, ver)  # [C, 5, B]
+        is_quit = cur_state == QUIT
+        log_full = st.recv_count >= lane_table(shape, tab.receive_limit)[None]
+        # an assert fires where its call is made (encode.py decides per version and build): VER["code"]
+        # before any action of the call, ACT["assert"] right after the action it follows
+        code = jnp.where(log_full, ErrorCode.RECEIVE_LOG_FULL, jnp.where(is_quit, 0, vt[:, VER["code"]]))
+        recv_act = act & in_recv
+        call_stop = jnp.where(act & in_call, a_col["assert"], 0)  # the action is performed first
+        error = jnp.where(recv_act, code, call_stop)
+        recv_ok = recv_act & (code == 0)
+        free_act = act & in_call
+        call_now = recv_ok & ~is_quit
+        first, next_pc = vt[:, VER["first"]], a_col["next"]
+        flags = {
+            "ready": ready,
+            "acts": act,
+            "logged": recv_act & (code != ErrorCode.RECEIVE_LOG_FULL),  # a message that caused an error too
+            "quit": recv_ok & is_quit,
+            "call": call_now,
+            "free_act": free_act,
+            "freeing": free_act & ~f_is_mm,
+            "call_end": (call_now & (first >= f)) | (free_act & (next_pc >= f)),
+            "mm": free_act & f_is_mm,
+        }
+        word = error | _flag_bits(flags)
+        if shape.notes_asserts:  # the CPU twin's stop, where this build passes it
+            asserted = jnp.where(
+                recv_act & ~log_full & ~is_quit, vt[:, VER["note"]], jnp.where(act & in_call, a_col["note"], 0)
+            )
+            word = word | (asserted << NOTE_SHIFT)
+        # the word and the version under the cursor are materialised once: every update below is a
+        # shift / select of them (fused into its consumers, the decision above would be recomputed in
+        # each of them, and per column in the grid free)
+        # (with the version row's columns the updates read: gathering the row again costs more)
+        # (and, at [C, B], where the log entry goes and which bits of its block row the free clears,
+        # so that the [C, R, B] log and the [C, W, B] grid are a compare and a select per element)
+        small = r < 128 and st.recv_ver.dtype == jnp.int8  # the position fits the log's element type
+        log_at = jnp.where(flags["logged"], st.recv_count, r).astype(jnp.int8 if small else jnp.int32)
+        free_col, free_bits = _free_bits(shape, st.slot, f_slot, flags["freeing"])
+        free = () if free_col is None else (free_col, free_bits)
+        return (
+            word, ver, f_slot, first, vt[:, VER["skip"]], vt[:, VER["aiv_id"]],
+            log_at, ver.astype(st.recv_ver.dtype), *free,
+        )  # fmt: skip
+
     word, ver, f_slot, first, skip_v, aiv_id, log_at, log_ver, *free = materialise(
-        (st.status == Status.RUNNING).any(),
-        word, ver, f_slot, first, vt[:, VER["skip"]], vt[:, VER["aiv_id"]],
-        log_at, ver.astype(st.recv_ver.dtype), *free,
-    )  # fmt: skip
+        (st.status == Status.RUNNING).any(), decide
+    )
     error = word & ERROR_MASK
     failing = error > 0  # this AIC stops here (AicPhase.ERROR)
     bit = {k: (word & (1 << i)) != 0 for k, i in FLAG_BIT.items()}
@@ -436,7 +452,7 @@ def aic_step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State, keys: 
     else:
         freed_word = (f_word & ~0xFF) | FREE  # FreeMessage writes the head state only
         slot = slot_put(shape, st.slot, f_slot, freeing, freed_word)
-    aic_pc = jnp.where(call_now, first, jnp.where(free_act, act_row[:, ACT["next"]], st.aic_pc))
+    aic_pc = jnp.where(call_now, first, jnp.where(free_act, a_col["next"], st.aic_pc))
     aic_ver = jnp.where(call_now, ver, st.aic_ver)
     if shape.has_matmul:  # the IterateAll performed now sees the state from before this call's end
         fields = mm_fields(shape, tab, st.mm_state, st.aic_ver, pc)
@@ -515,13 +531,15 @@ FLAG_BIT = {
 NOTE_SHIFT = 5 + len(FLAG_BIT)
 
 
-def materialise(pred: jax.Array, *xs: jax.Array) -> tuple[jax.Array, ...]:
-    """``xs`` unchanged, computed once into memory: they pass through a ``lax.cond`` on ``pred``
-    (any scalar the compiler cannot fold), whose operands XLA must materialise. XLA:CPU fuses an
-    elementwise producer into each of its consumers and recomputes it there, and it drops an
-    ``optimization_barrier`` before fusion, so a decision read by many updates is otherwise
-    computed once per update."""
-    return jax.lax.cond(pred, lambda *a: a, lambda *a: tuple(jnp.zeros_like(x) for x in a), *xs)
+def materialise(pred: jax.Array, fn: Callable[[], tuple[jax.Array, ...]]) -> tuple[jax.Array, ...]:
+    """``fn()``, computed once into memory: it runs as the taken branch of a ``lax.cond`` on
+    ``pred`` (any scalar the compiler cannot fold; where it is false, zeros), whose results XLA
+    must materialise. XLA:CPU fuses an elementwise producer into each of its consumers and
+    recomputes it there, and it drops an ``optimization_barrier`` before fusion, so a decision
+    read by many updates is otherwise computed once per update. The values are computed inside
+    the branch, so its kernels write them in place: a branch that returned arrays computed
+    outside it would copy each of them (one extra pass over each per step)."""
+    return jax.lax.cond(pred, fn, lambda: tuple(jnp.zeros(x.shape, x.dtype) for x in jax.eval_shape(fn)))
 
 
 def _flag_bits(flags: dict[str, jax.Array]) -> jax.Array:
@@ -564,8 +582,10 @@ def step(shape: EngineShape, tab: Tables, cost: jax.Array, st: State) -> StepOut
         st = occupancy(shape, st, tmin)
     running = st.status == Status.RUNNING
     new, v_ready, vec = aiv_step(shape, tab, cost, st, k_aiv, tmin)
-    # the AICs read the grid the AIVs left: computed once, not per AIC read (see materialise)
-    slot, v_ready = materialise(running.any(), new.slot, v_ready)
+    # the AICs read the grid the AIVs left: computed once, not per AIC read (see materialise);
+    # computed outside the branch, so copied there: running the AIV step inside it (its op
+    # gathers passed in) measured 20 % slower
+    slot, v_ready = materialise(running.any(), lambda: (new.slot, v_ready))
     new = dataclasses.replace(new, slot=slot)
     new, aic_ready_, mm_now, mm_fields_ = aic_step(shape, tab, cost, new, k_aic, tmin)
     steps = st.step + 1
