@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.cube_group.engine.encode import encode_program, program_content
-from ascend_jax.cube_group.engine.options import EngineOptions
+import ascend_jax.cube_group.engine.memo as memo
+from ascend_jax.cube_group.engine.encode import program_content
+from ascend_jax.cube_group.engine.options import EngineOptions, resolve
 from ascend_jax.cube_group.engine.readout import _Lanes
 from ascend_jax.cube_group.engine.shape import EngineShape, make_shape
 from ascend_jax.cube_group.engine.state import Tables, build_tables, init_state
@@ -112,9 +113,12 @@ def prepare(
         seeds_arr = np.asarray(seeds, np.uint32)
     from ascend_jax.timing import CostModel
 
+    options = resolve(options)  # checked before it keys the kept shapes
     distinct, index = group_programs(programs)
-    if max_steps is not None:  # one replacement per distinct program keeps shared lanes shared
-        distinct = [dataclasses.replace(p, max_steps=max_steps) for p in distinct]
+    # each distinct program encoded (or its encoding reused: memo.py); max_steps replaced once
+    # per distinct program keeps shared lanes shared
+    keep = len(distinct) <= memo.MAX_PROGRAMS
+    distinct, encoded = map(list, zip(*(memo.encoded(p, max_steps, keep) for p in distinct), strict=True))
     if costs is None or isinstance(costs, CostModel):
         vecs = np.stack([(costs or CostModel.for_chip(p.chip)).vector() for p in distinct])
         cost_arr = vecs[index]  # one cost vector per distinct program, gathered per lane
@@ -123,9 +127,16 @@ def prepare(
             raise ConfigError("costs", type(costs).__name__, f"needs a CostModel or one per lane ({len(programs)})")
         defaults = [CostModel.for_chip(p.chip).vector() for p in distinct]
         cost_arr = np.stack([defaults[i] if c is None else c.vector() for c, i in zip(costs, index, strict=True)])
-    encoded = [encode_program(p) for p in distinct]
-    shape = make_shape(distinct, encoded, schedule, atomic_order, options=options)
-    tables = [build_tables(shape, p, e) for p, e in zip(distinct, encoded, strict=True)]
+    entries = memo.kept(distinct, encoded) if keep else None
+    shape = memo.shape_of(
+        entries,
+        (schedule, atomic_order, options),
+        lambda: make_shape(distinct, encoded, schedule, atomic_order, options=options),
+    )
+    tables = [
+        memo.tables_of(None if entries is None else entries[i], shape, functools.partial(build_tables, shape, p, e))
+        for i, (p, e) in enumerate(zip(distinct, encoded, strict=True))
+    ]
     if shape.shared:
         tab = tables[0]
     else:
@@ -203,10 +214,11 @@ def group_programs(programs: Sequence[CubeGroupProgram]) -> tuple[list[CubeGroup
     large GM image), and a program joins a bucket's member only when every array's bytes are
     equal, so the grouping is exact."""
     n = len(programs)
-    ids = np.fromiter(map(id, programs), np.int64, n)
-    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)  # one entry per object
-    if len(first) == 1:  # one object for every lane (the common batch): nothing to compare
+    id_list = list(map(id, programs))
+    if id_list.count(id_list[0]) == n:  # one object for every lane (the common batch): nothing to compare
         return [programs[0]], np.zeros(n, np.int64)
+    ids = np.asarray(id_list, np.int64)
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)  # one entry per object
     group_of = np.empty(len(first), np.int64)
     buckets: dict[tuple, list[int]] = {}  # (tokens, array CRCs) -> indices into distinct
     arrays_of: list[tuple[np.ndarray, ...]] = []

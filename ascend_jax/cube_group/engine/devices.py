@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import os
 import sys
+import weakref
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -175,7 +176,7 @@ def _place(mesh, shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.nda
     programs) and copies only the lanes of its own devices (``jax.make_array_from_callback`` asks
     for the addressable shards only), so this serves one process and many alike."""
     if mesh is None:
-        return jax.tree.map(jnp.asarray, tab), jnp.asarray(cost), jnp.asarray(keys)
+        return _device_tables(tab), jnp.asarray(cost), jnp.asarray(keys)
     from jax.sharding import NamedSharding, PartitionSpec
 
     def put(x: np.ndarray, spec: PartitionSpec) -> jax.Array:
@@ -194,6 +195,25 @@ def _place(mesh, shape: EngineShape, tab: Tables, cost: np.ndarray, keys: np.nda
 
     tab = Tables(**{f.name: table(f.name, getattr(tab, f.name)) for f in dataclasses.fields(Tables)})
     return tab, last(cost), first(keys)
+
+
+#: id(numpy Tables) -> (the object, its device copy), while the object lives: a program's tables
+#: are one object across calls while :mod:`ascend_jax.cube_group.engine.memo` keeps its encoding,
+#: and every chunk of a batch of one program passes the same object (a dozen small arrays cost a
+#: millisecond to place, each time)
+_ON_DEVICE: dict[int, tuple[weakref.ref, Tables]] = {}
+
+
+def _device_tables(tab: Tables) -> Tables:
+    """``tab`` on the default device, placed once per object."""
+    key = id(tab)
+    hit = _ON_DEVICE.get(key)
+    if hit is not None and hit[0]() is tab:
+        return hit[1]
+    placed = jax.device_put(tab)
+    _ON_DEVICE[key] = (weakref.ref(tab), placed)
+    weakref.finalize(tab, _ON_DEVICE.pop, key, None)
+    return placed
 
 
 def place_lanes(prep: Prepared, lanes: Any, *, devices: int | None = None):

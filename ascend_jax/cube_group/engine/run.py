@@ -129,27 +129,37 @@ def simulate(
         _check_same_call(mesh, prep, chunk_size)
         parts: list[Chunk] = []
         bar = _progress(progress and n > chunk_size, n)
+
+        def finish(args, real: int, running) -> None:
+            part = _finish_chunk(mesh, running)
+            if part.unpacked()["recv_count"].max(initial=0) > prep.shape.receive_capacity:
+                # some AIC received a message twice and its log ran past the entries carried
+                part = _finish_chunk(mesh, _start_chunk(prep, prep.shape.whole_log(), mesh, jit, args))
+            parts.append(part.lanes(real))
+            if bar is not None:
+                bar[0].update(bar[1], advance=real)
+
+        pending = None
         for lo in range(0, n, chunk_size):
             idx = np.arange(lo, lo + chunk_size)
             real = min(chunk_size, n - lo)
             idx[real:] = lo  # pad: one compilation for every chunk
             args = prep.chunk(idx)
-            part = _run_chunk(prep, prep.shape, mesh, jit, args)
-            if part.unpacked()["recv_count"].max(initial=0) > prep.shape.receive_capacity:
-                # some AIC received a message twice and its log ran past the entries carried
-                part = _run_chunk(prep, prep.shape.whole_log(), mesh, jit, args)
-            parts.append(part.lanes(real))
-            if bar is not None:
-                bar[0].update(bar[1], advance=real)
+            # the next chunk is dispatched before this one is read back (JAX runs it meanwhile)
+            started = (args, real, _start_chunk(prep, prep.shape, mesh, jit, args))
+            if pending is not None:
+                finish(*pending)
+            pending = started
+        finish(*pending)
         if bar is not None:
             bar[0].stop()
     arrays = gm_host(prep.shape, prep.tables, _assemble(parts, n), prep.lanes.programs[0].gm.size)
     return BatchResult(prep.shape, prep.lanes, arrays, prep.seeds, prep.costs, schedule)
 
 
-def _run_chunk(prep: Prepared, shape, mesh, jit: bool, args) -> Chunk:
-    """One chunk of lanes (``args``: its tables, costs and keys) run in ``shape``: its final
-    arrays on the host (:class:`Chunk`)."""
+def _start_chunk(prep: Prepared, shape, mesh, jit: bool, args):
+    """One chunk of lanes (``args``: its tables, costs and keys) dispatched in ``shape``: its final
+    arrays (device arrays, still running under jit) and their layout (:func:`_finish_chunk`)."""
     relaunch = not prep.lanes.programs[0].zero_workspace
     if jit:
         placed = _place(mesh, shape, *args)
@@ -157,12 +167,16 @@ def _run_chunk(prep: Prepared, shape, mesh, jit: bool, args) -> Chunk:
         if relaunch:  # report a second launch on the first one's workspace
             first = _run_batch(shape, *placed)
             start = Start.after(first)
-        final, layout = _run_arrays_batch(shape, *placed, start), PACK_LAYOUT[shape]
-    else:
-        st = _run_eager(shape, *args)
-        if relaunch:
-            st = _run_eager(shape, *args, Start.after(st))
-        final, layout = pack_minor(batch_minor(shape, st))
+        return _run_arrays_batch(shape, *placed, start), PACK_LAYOUT[shape]
+    st = _run_eager(shape, *args)
+    if relaunch:
+        st = _run_eager(shape, *args, Start.after(st))
+    return pack_minor(batch_minor(shape, st))
+
+
+def _finish_chunk(mesh, running) -> Chunk:
+    """A chunk's final arrays on the host (:class:`Chunk`), once it has run."""
+    final, layout = running
     return Chunk({k: np.asarray(v) for k, v in _fetch(mesh, final).items()}, layout)
 
 

@@ -222,11 +222,13 @@ def test_equal_programs_built_apart_are_encoded_once(monkeypatch):
     description share one encoding and one set of tables; one differing in a message field, in GM
     contents or in its name is a program of its own."""
     from ascend_jax.cube_group.engine import batch as batch_module
+    from ascend_jax.cube_group.engine import memo
     from ascend_jax.cube_group.engine.encode import program_key
 
     encoded = []
-    real = batch_module.encode_program
-    monkeypatch.setattr(batch_module, "encode_program", lambda p: encoded.append(p) or real(p))
+    real = memo.encode_program
+    monkeypatch.setattr(memo, "encode_program", lambda p: encoded.append(p) or real(p))
+    monkeypatch.setattr(memo, "MAX_PROGRAMS", 0)  # every prepare encodes (no encoding kept)
     a, b = _merge_kernel(value=5), _merge_kernel(value=5)
     assert a is not b and program_key(a) == program_key(b)
     prep = batch_module.prepare([a, b, a])
@@ -302,13 +304,16 @@ def test_receive_log_carries_the_writes_and_reruns_a_lane_that_receives_more():
     keep, free = _lapping_kernel(True), _lapping_kernel(False)
     shape = prepare([keep]).shape
     assert shape.receive_capacity == 8 < shape.receive_full  # the 8 writes into the block; writes + two laps
-    for chunk in (None, 1):  # lanes that need the whole log beside lanes that do not, in one or two chunks
-        res = aj.simulate([free, keep], chunk_size=chunk)
-        for lane, program in zip(res, (free, keep), strict=True):
+    # lanes that need the whole log beside lanes that do not, in one or two chunks (the rerun
+    # chunk last, or first while the next one runs)
+    for chunk, lanes in ((None, (free, keep)), (1, (free, keep)), (1, (keep, free))):
+        res = aj.simulate(list(lanes), chunk_size=chunk)
+        for lane, program in zip(res, lanes, strict=True):
             ref = aj.run_reference(program)
             assert lane.outcome() == ref.outcome()
-        assert res[1].error["code"] == "RECEIVE_LOG_FULL"
-        assert len(res[1].received[0]) == keep.receive_capacity() > shape.receive_capacity
+        at = lanes.index(keep)
+        assert res[at].error["code"] == "RECEIVE_LOG_FULL"
+        assert len(res[at].received[0]) == keep.receive_capacity() > shape.receive_capacity
         assert res.arrays["recv_ver"].shape[2] == keep.receive_capacity()
 
 
