@@ -76,6 +76,8 @@ def simulate(
     Args:
       programs: one program or a list (lanes); lanes must share geometry, matmul configs,
         barriers and tensors but may differ in ops, messages, callbacks, delays and limits.
+        A program object run before is not encoded again while it is unchanged
+        (:mod:`ascend_jax.cube_group.engine.memo`).
       schedule: ``"lockstep"``, ``"random"`` (each enabled core acts with probability 1/2) or
         ``"timed"`` (events in cycle order from the cost model).
       seeds: one seed per lane, or a first seed (lane i gets seed + i); all in 0..2**32-1.
