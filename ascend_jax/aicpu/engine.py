@@ -384,12 +384,9 @@ def _run_group(
         start = group.mem[lo : lo + chunk] if group.mem is not None else None
         mem = [programs[int(i)] for i in lanes] if start is None else start  # programs: their initial memory
         for k, seg in enumerate(segments):
-            if seg.steps:
-                mem = apply_steps(seg.steps, mem, row, chunk, jit)
+            mem = apply_steps(seg.steps, mem, row, chunk, jit)
             if seg.seen is None:
                 continue
-            if not isinstance(mem, np.ndarray):  # no step yet: the initial memory, lanes first
-                mem = _initial_memory(mem, row)
             cols = np.concatenate([np.arange(r * row + a, r * row + a + n) for r, a, n in seg.reads])
             seen = mem[:, cols]
             differ = (seen != seg.seen).any(axis=1)
@@ -397,8 +394,6 @@ def _run_group(
                 apart.setdefault((k, seen[j].tobytes()), []).append((int(lanes[j]), mem[j]))
             if differ.any():
                 lanes, mem = lanes[~differ], mem[~differ]
-        if not isinstance(mem, np.ndarray):  # no step at all
-            mem = _initial_memory(mem, row)
         out += [(int(i), outcome.result(programs[int(i)], mem[j], row)) for j, i in enumerate(lanes)]
     for (k, _), rows in apart.items():
         lanes = np.array([i for i, _ in rows])
