@@ -180,46 +180,33 @@ def _compiled(steps: tuple[DataStep, ...], row: int, w: int, jit: bool):
 
 
 def apply_steps(
-    steps: list[DataStep] | tuple[DataStep, ...],
-    mem: np.ndarray | Sequence[TaskProgram],
-    row: int,
-    chunk: int,
-    jit: bool = True,
+    steps: list[DataStep] | tuple[DataStep, ...], mem: np.ndarray, row: int, chunk: int, jit: bool = True
 ) -> np.ndarray:
     """The data steps applied to the memory of every lane.
 
     Args:
       steps: the steps in order (each a tuple of :class:`~ascend_jax.aicpu.schedule.DataOp`).
-      mem: [B, R * row] uint8, every lane's device memory (rank r at ``r * row``); or the lanes'
-        programs, to start from their initial memory (laid out lanes minor directly: building it
-        lanes first and transposing it costs four times as much).
+      mem: [B, R * row] uint8, every lane's device memory (rank r at ``r * row``).
       row: bytes per rank (a multiple of 4).
       chunk: lanes per compiled call (the last call is padded to a power of two).
     Returns:
       [B, R * row] uint8, the memory after the steps.
     """
-    initial = not isinstance(mem, np.ndarray)
     if not steps:
-        return _initial_memory(mem, row) if initial else mem
+        return mem
     steps = tuple(steps)
     w = _widths(steps, row)
-    if initial and any(m.size % w for p in mem for m in p.memory):
-        mem, initial = _initial_memory(mem, row), False  # a rank's memory is not whole words
     fn = _compiled(steps, row, w, jit)
-    words = None if initial else np.ascontiguousarray(mem).view(_WORD[w])
-    n = len(mem) if initial else words.shape[0]
-    out = np.empty((n, len(mem[0].memory) * row // w if initial else words.shape[1]), _WORD[w])
+    words = np.ascontiguousarray(mem).view(_WORD[w])
+    out = np.empty_like(words)
+    n = words.shape[0]
     for lo in range(0, n, chunk):
-        k = min(chunk, n - lo)
+        part = words[lo : lo + chunk]
+        k = part.shape[0]
         size = chunk if k == chunk else bucket(k)
-        if initial:
-            minor = _initial_minor(mem[lo : lo + k], row, w, size)
-        else:
-            part = words[lo : lo + chunk]
-            if size != k:
-                part = np.concatenate([part, np.repeat(part[-1:], size - k, axis=0)])
-            minor = np.ascontiguousarray(part.T)
-        minor = jax.device_put(minor)  # [W, lanes] (jnp.asarray stages a copy: slower)
+        if size != k:
+            part = np.concatenate([part, np.repeat(part[-1:], size - k, axis=0)])
+        minor = jax.device_put(np.ascontiguousarray(part.T))  # [W, lanes] (jnp.asarray stages a copy: slower)
         if jit:
             done = fn(minor)
         else:
@@ -296,18 +283,6 @@ def _control(group: _Group, first: list[np.ndarray]) -> list[_Segment]:
             seg.seen = np.concatenate([first[r][lo : lo + n] for r, lo, n in seg.reads])
 
 
-def _initial_minor(programs: Sequence[TaskProgram], row: int, w: int, size: int) -> np.ndarray:
-    """[R * row / w, size] words of ``w`` bytes: the lanes' initial memory, lanes minor (lanes past
-    ``len(programs)`` repeat the last one); every rank's memory a whole number of words."""
-    ranks = programs[0].n_ranks
-    per = row // w
-    out = np.zeros((ranks * per, size), _WORD[w])
-    for j in range(size):
-        for r, m in enumerate(programs[min(j, len(programs) - 1)].memory):
-            out[r * per : r * per + m.size // w, j] = m.view(_WORD[w])
-    return out
-
-
 def _initial_memory(programs: Sequence[TaskProgram], row: int) -> np.ndarray:
     """[B, R * row] uint8: every lane's initial memory, rank r at ``r * row``."""
     ranks = programs[0].n_ranks
@@ -382,7 +357,7 @@ def _run_group(
     for lo in range(0, len(group.lanes), chunk):
         lanes = group.lanes[lo : lo + chunk]
         start = group.mem[lo : lo + chunk] if group.mem is not None else None
-        mem = [programs[int(i)] for i in lanes] if start is None else start  # programs: their initial memory
+        mem = _initial_memory([programs[int(i)] for i in lanes], row) if start is None else start
         for k, seg in enumerate(segments):
             mem = apply_steps(seg.steps, mem, row, chunk, jit)
             if seg.seen is None:

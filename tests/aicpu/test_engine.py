@@ -83,32 +83,6 @@ def test_apply_steps_reads_the_step_start_and_writes_in_queue_order():
         np.testing.assert_array_equal(out, want)
 
 
-def test_apply_steps_from_programs_starts_from_their_initial_memory():
-    """Given the lanes' programs, the steps start from their initial memory laid out lanes minor
-    directly; the same as from that memory built lanes first, at every word width, with a padded
-    chunk, and with ranks whose memory is not a whole number of words (built lanes first)."""
-    from types import SimpleNamespace
-
-    from ascend_jax.aicpu.engine import _initial_memory
-
-    rng = np.random.default_rng(1)
-    whole = [
-        SimpleNamespace(n_ranks=2, memory=[rng.integers(0, 255, 24, np.uint8) for _ in range(2)]) for _ in range(3)
-    ]
-    ragged = [
-        SimpleNamespace(n_ranks=2, memory=[rng.integers(0, 255, n, np.uint8) for n in (22, 23)]) for _ in range(3)
-    ]
-    for programs in (whole, ragged):
-        start = _initial_memory(programs, 24)
-        for n, off in ((8, 0), (6, 2), (3, 1)):  # 4-, 2- and 1-byte words
-            steps = [(DataOp(False, 0, off, 1, off + 4, n, 0, 0),)]
-            want = start.copy()
-            want[:, 24 + off + 4 : 24 + off + 4 + n] = start[:, off : off + n]
-            np.testing.assert_array_equal(apply_steps(steps, programs, 24, chunk=4), want)  # 3 lanes padded to 4
-            np.testing.assert_array_equal(apply_steps(steps, start.copy(), 24, chunk=4), want)
-        np.testing.assert_array_equal(apply_steps([], programs, 24, chunk=4), start)
-
-
 @pytest.mark.slow
 def test_reduce_at_every_word_width_equals_numpy():
     from ascend_jax.aicpu.codes import HcclDataType, HcclReduceOp
