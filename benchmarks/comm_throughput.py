@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                          "wall_s": rwall, "cpu_s": rcpu, "measured_lanes": n_ref})  # fmt: skip
         for b in batches:
             lanes = progs[:b]
-            first, _, _ = timed(lambda lanes=lanes: run_comm_batch(lanes), 1)
+            first = timed(lambda lanes=lanes: run_comm_batch(lanes), 1)[0]  # its results freed at once
             jwall, jcpu, res = timed(lambda lanes=lanes: run_comm_batch(lanes), 3 if b <= 1024 else 2)
             assert all(r.status.label == "ok" for r in res)
             ran = sum(int(r.queue_pc.sum()) for r in res[:1])
