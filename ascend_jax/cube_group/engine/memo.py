@@ -11,9 +11,10 @@ What can change in a program without changing its identity is known: a
 frozen dataclasses (the ops, the geometry), and the rest is numpy arrays (message payloads),
 mappings and lists (``queue_of``, tolerances), non-frozen dataclasses and the
 :class:`~ascend_jax.gm.GlobalMemory`. The first encoding records those mutable parts with a copy
-of their content (:func:`~ascend_jax.cube_group.engine.encode.program_content` of each, arrays
-by their bytes); a later call compares them again before it reuses anything, which is a small
-part of a full content walk (the ops are most of a program). A program holding anything that
+of their content (arrays by their dtype, shape and bytes; dicts and lists of plain values by
+their ``repr``; anything else by :func:`~ascend_jax.cube_group.engine.encode.program_content`'s
+walk); a later call compares them again before it reuses anything, which is a small part of a
+full content walk (the ops are most of a program). A program holding anything that
 cannot be compared by value (a user's callback object, a function) is never kept: its behaviour
 may change with its state.
 
@@ -66,6 +67,7 @@ class _Entry:
     tables: dict = dataclasses.field(default_factory=dict)  # EngineShape -> Tables
 
     def unchanged(self) -> bool:
+        """Whether every mutable part still holds what it held when the program was encoded."""
         if not all(a.dtype == d and a.shape == s and a.tobytes() == b for a, d, s, b in self.arrays):
             return False
         if not all(repr(x) == r for x, r in self.plain):
