@@ -118,7 +118,9 @@ def prepare(
     # each distinct program encoded (or its encoding reused: memo.py); max_steps replaced once
     # per distinct program keeps shared lanes shared
     keep = len(distinct) <= memo.MAX_PROGRAMS
-    distinct, encoded = map(list, zip(*(memo.encoded(p, max_steps, keep) for p in distinct), strict=True))
+    done = [memo.encoded(p, max_steps, keep) for p in distinct]
+    distinct, encoded = [d[0] for d in done], [d[1] for d in done]
+    entries = [d[2] for d in done] if all(d[2] is not None for d in done) else None
     if costs is None or isinstance(costs, CostModel):
         vecs = np.stack([(costs or CostModel.for_chip(p.chip)).vector() for p in distinct])
         cost_arr = vecs[index]  # one cost vector per distinct program, gathered per lane
@@ -127,7 +129,6 @@ def prepare(
             raise ConfigError("costs", type(costs).__name__, f"needs a CostModel or one per lane ({len(programs)})")
         defaults = [CostModel.for_chip(p.chip).vector() for p in distinct]
         cost_arr = np.stack([defaults[i] if c is None else c.vector() for c, i in zip(costs, index, strict=True)])
-    entries = memo.kept(distinct, encoded) if keep else None
     shape = memo.shape_of(
         entries,
         (schedule, atomic_order, options),

@@ -108,38 +108,36 @@ def _mutable_parts(x: Any, out: list[Any], seen: set[int]) -> bool:
         return all(_mutable_parts(item, out, seen) for item in x)
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         if not t.__dataclass_params__.frozen:
-            out.append(x)  # its fields may be reassigned: compared whole
-            return _comparable(x)
+            out.append(x)  # its fields may be reassigned: compared whole (its content walked)
+            return True
         return all(_mutable_parts(getattr(x, f.name), out, seen) for f in dataclasses.fields(x))
     if isinstance(x, (list, Mapping)):
-        out.append(x)
-        return _comparable(x)
+        out.append(x)  # compared whole (its content walked)
+        return True
     return False  # a user's object or a function: by identity only
-
-
-def _comparable(x: Any) -> bool:
-    """Whether every part of ``x`` compares by value (no object compared by identity)."""
-    return all(not tok.startswith(("object ", "cycle ")) for tok in _content([x])[0])
 
 
 def encoded(
     program: CubeGroupProgram, max_steps: int | None = None, keep: bool = True
-) -> tuple[CubeGroupProgram, EncodedProgram]:
-    """The program to run (``program``, with ``max_steps`` replaced when given) and its encoding,
-    from the cache when this same object was encoded before and is unchanged since; ``keep``:
-    keep a new encoding (a batch of more than :data:`MAX_PROGRAMS` distinct programs does not)."""
+) -> tuple[CubeGroupProgram, EncodedProgram, _Entry | None]:
+    """The program to run (``program``, with ``max_steps`` replaced when given), its encoding, from
+    the cache when this same object was encoded before and is unchanged since, and its cache
+    entry (None: not kept; see :func:`shape_of`, :func:`tables_of`). ``keep``: keep a new
+    encoding (a batch of more than :data:`MAX_PROGRAMS` distinct programs does not)."""
     with _LOCK:
         return _encoded(program, max_steps, keep)
 
 
-def _encoded(program: CubeGroupProgram, max_steps: int | None, keep: bool) -> tuple[CubeGroupProgram, EncodedProgram]:
+def _encoded(
+    program: CubeGroupProgram, max_steps: int | None, keep: bool
+) -> tuple[CubeGroupProgram, EncodedProgram, _Entry | None]:
     key = (id(program), max_steps)
     entry = _ENTRIES.get(key)
     if entry is not None:
         if entry.ref() is program and entry.unchanged():
             _ENTRIES.move_to_end(key)
             STATS["reused"] += 1
-            return entry.replaced or program, entry.encoded
+            return entry.replaced or program, entry.encoded, entry
         _ENTRIES.pop(key, None)
     run = program if max_steps is None else dataclasses.replace(program, max_steps=max_steps)
     enc = encode_program(run)
@@ -150,15 +148,17 @@ def _encoded(program: CubeGroupProgram, max_steps: int | None, keep: bool) -> tu
         plain = tuple((x, repr(x)) for x in parts if _is_plain(x))
         others = tuple(x for x in parts if not isinstance(x, np.ndarray) and not _is_plain(x))
         tokens, other_arrays = _content(others)
+        by_value = not any(tok.startswith(("object ", "cycle ")) for tok in tokens)  # nothing by identity
         size = sum(len(x[3]) for x in arrays) + sum(a.nbytes for a in other_arrays)
-        if size <= MAX_BYTES:
+        if by_value and size <= MAX_BYTES:
             ref = weakref.ref(program, lambda _, k=key: _forget(k))
             snap = tuple(a.tobytes() for a in other_arrays)
             replaced = None if run is program else run  # the entry must not keep the object alive
-            _ENTRIES[key] = _Entry(ref, next(_SERIAL), arrays, plain, others, tokens, snap, replaced, enc)
+            entry = _ENTRIES[key] = _Entry(ref, next(_SERIAL), arrays, plain, others, tokens, snap, replaced, enc)
             while len(_ENTRIES) > MAX_PROGRAMS:
                 _ENTRIES.popitem(last=False)
-    return run, enc
+            return run, enc, entry
+    return run, enc, None
 
 
 def _is_plain(x: Any) -> bool:
@@ -180,19 +180,6 @@ def _forget(key: tuple[int, int | None]) -> None:
         entry = _ENTRIES.get(key)
         if entry is not None and entry.ref() is None:
             _ENTRIES.pop(key, None)
-
-
-def kept(programs: Sequence[CubeGroupProgram], encodings: Sequence[EncodedProgram]) -> list[_Entry] | None:
-    """The cache entries of a batch's distinct programs (as :func:`encoded` returned them), or None
-    when some is not kept."""
-    entries = []
-    with _LOCK:
-        for p, e in zip(programs, encodings, strict=True):
-            entry = next((x for x in _ENTRIES.values() if x.encoded is e and (x.replaced or x.ref()) is p), None)
-            if entry is None:
-                return None
-            entries.append(entry)
-    return entries
 
 
 def shape_of(entries: Sequence[_Entry] | None, key: tuple, make: Any):

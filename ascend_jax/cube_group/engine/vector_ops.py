@@ -489,8 +489,9 @@ def _vector_copy_banks(
     banks, ``gm`` its written ones, ``table`` ``Tables.gm_tensors`` (where the tensors lie). The
     plan (:func:`ascend_jax.cube_group.engine.banks.plan`) admits banks only when every copy's
     tile lies in a tensor of the copy's UB type at a whole element, so the copy reads (and a store
-    writes) the bank of that type that holds its address: element k of the region at element ``first + r * stride + c`` (a slice of E elements with flat
-    windows: banks end in a margin of the widest window). Values convert exactly between the
+    writes) the bank of that type that holds its address: element k of the region at element
+    ``first + r * stride + c`` (a slice of E elements with flat windows: banks end in a margin of
+    the widest window). Values convert exactly between the
     bank's type and the UB's float32 (an atomic store adds in float32 and rounds once, as in
     bytes). Returns the new written banks and the [E] values GM held (what a load reads)."""
     bk = shape.banks
