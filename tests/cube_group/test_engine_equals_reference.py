@@ -95,6 +95,7 @@ def test_jit_engine_equals_reference(program):
     assert eng.to_json() == ref.to_json()
 
 
+@pytest.mark.xdist_group("eager")  # one worker: eager runs share its per-op compiles
 @pytest.mark.slow
 @settings(max_examples=3, deadline=None)
 @given(programs(geometry=[(0, 2, 2, "merge")], with_barrier=False))

@@ -308,6 +308,7 @@ def test_merge_with_gaps_and_last_tail_matches_numpy_sample():
         assert states.count("VALID") == 9 and states.count("QUIT") == 8 and "FAKE" not in states
 
 
+@pytest.mark.xdist_group("eager")  # one worker: eager runs share its per-op compiles
 @pytest.mark.slow
 def test_eager_jit_and_vmapped_lanes_agree():
     lanes = [_kernel(seed=s, k=32) for s in (0, 10, 20)]

@@ -31,6 +31,7 @@ def _same(a: aj.CubeGroupResult, b: aj.CubeGroupResult) -> bool:
     )
 
 
+@pytest.mark.xdist_group("eager")  # one worker: eager runs share its per-op compiles
 @pytest.mark.slow
 def test_eager_lockstep_equals_jit_and_reference():
     lanes = _lanes()
@@ -45,6 +46,7 @@ def test_eager_lockstep_equals_jit_and_reference():
         assert e.to_json() == ref.to_json()
 
 
+@pytest.mark.xdist_group("eager")  # one worker: eager runs share its per-op compiles
 @pytest.mark.slow
 def test_eager_random_schedule_draws_what_the_compiled_run_draws():
     lanes = _lanes()
