@@ -135,3 +135,56 @@ def test_with_memory_lanes_share_the_graph_and_equal_their_reference():
         assert [m.tobytes() for m in r.memory] == [m.tobytes() for m in run_comm_reference(other).memory]
     with pytest.raises(ValueError, match="sizes"):
         base.with_memory([m[:-1] for m in base.memory])
+
+
+def test_blocks_find_repeated_rounds():
+    from ascend_jax.aicpu.engine import _blocks
+
+    a, b, c = ("a",), ("b",), ("c",)
+    # a ring's reduce-scatter rounds (copy, reduce) x 3, then its gather rounds, then a last copy
+    assert _blocks([c, a, b, a, b, a, b, c, c, c, a]) == [(0, 1, 1), (1, 2, 3), (7, 1, 3), (10, 1, 1)]
+    assert _blocks([a]) == [(0, 1, 1)]
+    assert _blocks([]) == []
+    # the most steps covered wins: a period of 3 repeated twice over a period of 1 repeated twice
+    assert _blocks([a, a, b, a, a, b]) == [(0, 3, 2)]
+
+
+@hst.composite
+def _repeated_steps(draw):
+    """(steps, rank row): blocks of steps that repeat their tasks' kinds and lengths with other
+    offsets (the loops of ``_apply``), windows overlapping freely within and across steps."""
+    from ascend_jax.aicpu.codes import HcclDataType, HcclReduceOp
+
+    row = 32
+    kinds = [(False, 0, 0), (True, int(HcclDataType.INT32), int(HcclReduceOp.SUM)),
+             (True, int(HcclDataType.INT8), int(HcclReduceOp.MAX))]  # fmt: skip
+    steps = []
+    for _ in range(draw(hst.integers(1, 4))):
+        period = draw(hst.integers(1, 3))
+        shapes = [
+            [(draw(hst.sampled_from(kinds)), 4 * draw(hst.integers(1, 4))) for _ in range(draw(hst.integers(1, 4)))]
+            for _ in range(period)
+        ]
+        for _ in range(draw(hst.integers(1, 3))):
+            for ops in shapes:
+                step = []
+                for (reduce, dtype, op), n in ops:
+                    src = (draw(hst.integers(0, 1)), 4 * draw(hst.integers(0, (row - n) // 4)))
+                    dst = (draw(hst.integers(0, 1)), 4 * draw(hst.integers(0, (row - n) // 4)))
+                    step.append(DataOp(reduce, *src, *dst, n, dtype, op))
+                steps.append(tuple(step))
+    return steps, row
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_repeated_steps(), hst.integers(1, 3), hst.integers(0, 2**32 - 1))
+def test_apply_steps_equals_replay_on_repeated_blocks(case, chunk, seed):
+    from ascend_jax.aicpu.engine import replay_lane
+
+    steps, row = case
+    mem = np.random.default_rng(seed).integers(0, 255, (3, 2 * row), np.uint8)
+    out = apply_steps(steps, mem.copy(), row, chunk=chunk)
+    for lane in range(3):
+        ranks = [mem[lane, :row].copy(), mem[lane, row:].copy()]
+        replay_lane(steps, ranks)
+        np.testing.assert_array_equal(out[lane], np.concatenate(ranks))
