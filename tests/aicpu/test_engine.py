@@ -152,7 +152,9 @@ def test_blocks_find_repeated_rounds():
 @hst.composite
 def _repeated_steps(draw):
     """(steps, rank row): blocks of steps that repeat their tasks' kinds and lengths with other
-    offsets (the loops of ``_apply``), windows overlapping freely within and across steps."""
+    offsets (the loops of ``_apply``); windows overlap freely within and across steps, or, in
+    steps whose tasks all have one length, the destinations may be drawn disjoint (the scatter
+    path of ``_step_windows``)."""
     from ascend_jax.aicpu.codes import HcclDataType, HcclReduceOp
 
     row = 32
@@ -161,22 +163,26 @@ def _repeated_steps(draw):
     steps = []
     for _ in range(draw(hst.integers(1, 4))):
         period = draw(hst.integers(1, 3))
-        shapes = [
-            [(draw(hst.sampled_from(kinds)), 4 * draw(hst.integers(1, 4))) for _ in range(draw(hst.integers(1, 4)))]
-            for _ in range(period)
-        ]
+        shapes = []
+        for _ in range(period):
+            t, same_n = draw(hst.integers(1, 4)), draw(hst.integers(0, 4))  # same_n: 1-4 bytes x 4 for all
+            ops = [(draw(hst.sampled_from(kinds)), 4 * (same_n or draw(hst.integers(1, 4)))) for _ in range(t)]
+            shapes.append((ops, bool(same_n) and draw(hst.booleans())))
         for _ in range(draw(hst.integers(1, 3))):
-            for ops in shapes:
+            for ops, disjoint in shapes:
+                n = ops[0][1]
+                slots = [(r, n * i) for r in (0, 1) for i in range(row // n)]
+                free = draw(hst.permutations(slots))
                 step = []
-                for (reduce, dtype, op), n in ops:
+                for j, ((reduce, dtype, op), n) in enumerate(ops):
                     src = (draw(hst.integers(0, 1)), 4 * draw(hst.integers(0, (row - n) // 4)))
-                    dst = (draw(hst.integers(0, 1)), 4 * draw(hst.integers(0, (row - n) // 4)))
+                    dst = free[j] if disjoint else (draw(hst.integers(0, 1)), 4 * draw(hst.integers(0, (row - n) // 4)))
                     step.append(DataOp(reduce, *src, *dst, n, dtype, op))
                 steps.append(tuple(step))
     return steps, row
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_repeated_steps(), hst.integers(1, 3), hst.integers(0, 2**32 - 1))
 def test_apply_steps_equals_replay_on_repeated_blocks(case, chunk, seed):
     from ascend_jax.aicpu.engine import replay_lane
