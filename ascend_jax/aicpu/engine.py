@@ -136,6 +136,13 @@ def _offsets(ops: DataStep, row: int, w: int) -> list[tuple[int, int]]:
     return [((op.src_rank * row + op.src_off) // w, (op.dst_rank * row + op.dst_off) // w) for op in ops]
 
 
+def _reduced(old: jax.Array, v: jax.Array, dtype: int, rop: int, w: int) -> jax.Array:
+    """[B, k] words: ``v`` reduced into ``old`` (both [B, k] words of ``w`` bytes) as elements of
+    HcclDataType ``dtype`` with HcclReduceOp ``rop``."""
+    dt = numpy_dtype(dtype)
+    return _as_words(reduce_elements(jnp, _as_elements(old, dt, w), _as_elements(v, dt, w), rop), w, v.shape[1])
+
+
 def _values(sig: tuple, w: int, at: jax.Array, mem: jax.Array) -> list[jax.Array]:
     """What each task of a step writes, [B, k] words each: its source window, reduced into its
     destination window for a reduce, both read as the step found the memory. ``at`` [T, 2]: the
@@ -144,9 +151,7 @@ def _values(sig: tuple, w: int, at: jax.Array, mem: jax.Array) -> list[jax.Array
     for j, (reduce, dtype, rop, k) in enumerate(sig):
         v = jax.lax.dynamic_slice_in_dim(mem, at[j, 0], k, axis=1)
         if reduce:
-            dt = numpy_dtype(dtype)
-            old = jax.lax.dynamic_slice_in_dim(mem, at[j, 1], k, axis=1)
-            v = _as_words(reduce_elements(jnp, _as_elements(old, dt, w), _as_elements(v, dt, w), rop), w, k)
+            v = _reduced(jax.lax.dynamic_slice_in_dim(mem, at[j, 1], k, axis=1), v, dtype, rop, w)
         out.append(v)
     return out
 
@@ -181,13 +186,9 @@ def _step_windows(sig: tuple, w: int, at: jax.Array, mem: jax.Array) -> jax.Arra
     dims = jax.lax.GatherDimensionNumbers(offset_dims=(1, 2), collapsed_slice_dims=(), start_index_map=(1,))
     src = jax.lax.gather(mem, at[:, :1], dims, (b, k), mode="promise_in_bounds")
     old = jax.lax.gather(mem, at[:, 1:], dims, (b, k), mode="promise_in_bounds") if any(s[0] for s in sig) else None
-    values = []
-    for j, (reduce, dtype, rop, _) in enumerate(sig):
-        v = src[j]
-        if reduce:
-            dt = numpy_dtype(dtype)
-            v = _as_words(reduce_elements(jnp, _as_elements(old[j], dt, w), _as_elements(v, dt, w), rop), w, k)
-        values.append(v)
+    values = [
+        _reduced(old[j], src[j], dtype, rop, w) if reduce else src[j] for j, (reduce, dtype, rop, _) in enumerate(sig)
+    ]
     dims = jax.lax.ScatterDimensionNumbers(
         update_window_dims=(1, 2), inserted_window_dims=(), scatter_dims_to_operand_dims=(1,)
     )

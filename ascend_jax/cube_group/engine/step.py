@@ -611,8 +611,9 @@ def _rows(x: jax.Array, op, reduce, empty: bool) -> jax.Array:
     [48, 4,096]: half the cost of an int32 one, a quarter of a tree of elementwise ops), of
     adjacent row pairs combined first when N is even (an elementwise op that fuses into the rows'
     producer and halves what the reduction reads: the protocol loop at 4,096 lanes, exported and
-    timed alternately, 14.5 against 15.4 ms a call); a few rows: a tree of elementwise ops, which
-    fuses into its consumer (a reduction is a call of its own)."""
+    timed alternately, 15.1 against 16.2 ms a call; ``benchmarks/README.md``, session 17); a few
+    rows: a tree of elementwise ops, which fuses into its consumer (a reduction is a call of its
+    own)."""
     n = x.shape[0]
     if n > 16:
         if n % 2 == 0:
