@@ -744,7 +744,10 @@ def tile_variants(
     baseK chunks (each capped at the bound), with the layouts of A and B its calls use (one, or
     ``"both"``). The :data:`MAX_TILE_VARIANTS` most frequent other than the bound itself; a step
     whose tiles all fit one runs at it (``compute.batch_tiles``), else at the bound. The product
-    is unchanged: the padded columns and K chunks are zeros either way."""
+    is the same sum: the padded columns and K chunks are zeros either way. Its float rounding may
+    differ in the last bit, as XLA's CPU dot may add a chunk's K products in another order for
+    another tile width (seen on a CPU with AVX-512; on one without, the two were bit for bit
+    equal)."""
     fields = [AF[f] for f in ("single_n", "single_k", "trans_a", "trans_b")]
     own = [w[(w[:, -1:] >> np.asarray(fields) & 1).sum(axis=1) == 0][:, fields] for w in words if len(w)]
     count: dict[tuple[int, int, str, str], int] = {}
