@@ -231,11 +231,44 @@ def element(banks: GmBanks, k: int, addr: jax.Array, table: jax.Array) -> tuple[
     # one compare of every address against the bank's tensors ([..., T_k]), then one reduction:
     # quicker to trace than a chain per tensor, and XLA keeps the [...] result rather than
     # recomputing it for every element of the tile it starts (as it would a traced division)
-    rows = table[mine]
+    rows = table[mine].reshape(*(1,) * addr.ndim, len(mine), table.shape[1])  # [..., T_k, 4]
     a = addr[..., None]
-    inside = (a >= rows[:, 0]) & (a < rows[:, 1])
-    shift = jnp.where(inside, rows[:, 3], 0).sum(axis=-1)  # tensors do not overlap: one at most
+    inside = (a >= rows[..., 0]) & (a < rows[..., 1])
+    shift = jnp.where(inside, rows[..., 3], 0).sum(axis=-1)  # tensors do not overlap: one at most
     return addr // size + shift, inside.any(axis=-1)
+
+
+def places(
+    banks: GmBanks, addr: jax.Array, dtype: np.dtype, table: jax.Array
+) -> dict[int, tuple[jax.Array, jax.Array]]:
+    """Per bank of ``dtype``, :func:`element` of ``addr`` (any shape): where a load at ``addr``
+    starts in that bank and whether the bank holds it. Computed once per address and passed to
+    :func:`load_at`, so that loads of one address (a tile read plain and transposed, the compute
+    phase's tile variants) share it: each is a small reduction, a kernel of its own."""
+    return {k: element(banks, k, addr, table) for k in banks.of_dtype(dtype)}
+
+
+def load_at(
+    banks: GmBanks,
+    ro: Sequence[jax.Array],
+    rw: Sequence[jax.Array],
+    at: dict[int, tuple[jax.Array, jax.Array]],
+    n_rows: int,
+    stride: jax.Array,
+    width: int,
+    dtype: np.dtype,
+) -> jax.Array:
+    """[n_rows, width] elements of ``dtype``: ``width`` from each stored row of a tile with
+    ``stride`` elements per row, from whichever bank of that type holds its first element (zeros
+    when none does). ``ro`` / ``rw``: one lane's read-only and written banks, in bank order;
+    ``at``: the tile's :func:`places` (one lane's scalars)."""
+    arrays = by_bank(banks, ro, rw)
+    out = jnp.zeros((n_rows, width), dtype)
+    for k in banks.of_dtype(dtype):
+        first, hit = at[k]
+        rows = load_windows(arrays[k], first + jnp.arange(n_rows, dtype=jnp.int32) * stride, width)
+        out = jnp.where(hit, rows, out)
+    return out
 
 
 def load(
@@ -249,17 +282,8 @@ def load(
     dtype: np.dtype,
     table: jax.Array,
 ) -> jax.Array:
-    """[n_rows, width] elements of ``dtype``: ``width`` from each stored row of a tile at byte
-    ``addr`` with ``stride`` elements per row, from whichever bank of that type holds ``addr``
-    (zeros when none does). ``ro`` / ``rw``: one lane's read-only and written banks, in bank order;
-    ``table``: the tensors' places (:func:`element`)."""
-    arrays = by_bank(banks, ro, rw)
-    out = jnp.zeros((n_rows, width), dtype)
-    for k in banks.of_dtype(dtype):
-        first, hit = element(banks, k, addr, table)
-        rows = load_windows(arrays[k], first + jnp.arange(n_rows, dtype=jnp.int32) * stride, width)
-        out = jnp.where(hit, rows, out)
-    return out
+    """:func:`load_at` of a tile at byte ``addr``; ``table``: the tensors' places (:func:`element`)."""
+    return load_at(banks, ro, rw, places(banks, addr, dtype, table), n_rows, stride, width, dtype)
 
 
 def host_image(

@@ -79,14 +79,15 @@ def batch_tiles(
     ro_axis = None if shape.shared else 0
     for (gi, mt, dims), (d, e) in zip(matmul_groups(shape), reqs, strict=True):
         tiling = shape.matmuls[gi][1]
+        at = _operand_places(shape, mt, table, d)  # once, shared by the variants' branches
 
-        def run(dv, mt=mt, dims=dims, tiling=tiling, d=d):
-            def lane(ro, gm, d):
-                a, b, bias = jax.vmap(lambda di: _operands(shape, mt, dv, table, ro, gm, di))(d)
+        def run(dv, mt=mt, dims=dims, tiling=tiling, d=d, at=at):
+            def lane(ro, gm, d, at):
+                a, b, bias = jax.vmap(lambda di, ai: _operands(shape, mt, dv, table, ro, gm, di, ai))(d, at)
                 scale = jax.lax.bitcast_convert_type(d["quant_scale"], jnp.float32) if mt.dequant else None
                 return compute_tiles(mt, tiling, a, b, bias, scale)
 
-            tiles = jax.vmap(lane, in_axes=(ro_axis, 0, 0))(ro, gm, d)
+            tiles = jax.vmap(lane, in_axes=(ro_axis, 0, 0, 0))(ro, gm, d, at)
             return jnp.pad(tiles, ((0, 0), (0, 0), (0, 0), (0, dims.n - dv.n)))
 
         if not dims.variants or e.size * dims.m * dims.n * dims.kp < VARIANTS_FROM:
@@ -406,6 +407,18 @@ def _c_rows(shape: EngineShape, mt: MatmulType, table: jax.Array) -> _CRows | No
     return _CRows(starts, scratch, read, put, shape.banks is None)
 
 
+#: the operands a matmul loads: (descriptor word of the address, operand name of the element type)
+OPERANDS = (("a_addr", "a"), ("b_addr", "b"), ("bias_addr", "bias"))
+
+
+def _operand_places(shape: EngineShape, mt: MatmulType, table: jax.Array, d: dict[str, jax.Array]) -> dict:
+    """Per operand address word, :func:`ascend_jax.cube_group.engine.banks.places` of every
+    descriptor's address (each [B, P]); empty for GM as bytes. ``table``: ``Tables.gm_tensors``."""
+    if shape.banks is None:
+        return {}
+    return {w: banks.places(shape.banks, d[w], mt.dtype(op), table) for w, op in OPERANDS}
+
+
 def _operands(
     shape: EngineShape,
     mt: MatmulType,
@@ -414,32 +427,34 @@ def _operands(
     ro: tuple[jax.Array, ...],
     gm: tuple[jax.Array, ...],
     d: dict[str, jax.Array],
+    at: dict,
 ):
     """One descriptor's A [Mt, Kp], B [Kp, Nt] and bias [Nt] (masked, zero padded), each read as
-    whole stored rows (:func:`ascend_jax.gm.load_rows`, or :func:`ascend_jax.cube_group.engine.banks.load`
-    from typed banks); ``dims``: the group's tile bound (Mt, Nt, Kp) and operand layouts."""
+    whole stored rows (:func:`ascend_jax.gm.load_rows`, or :func:`ascend_jax.cube_group.engine.banks.load_at`
+    from typed banks at ``at``, the descriptor's :func:`_operand_places`); ``dims``: the group's
+    tile bound (Mt, Nt, Kp) and operand layouts."""
     mm_, nn, kp, a_layout, b_layout = dims.m, dims.n, dims.kp, dims.a_layout, dims.b_layout
     m, n, k = d["m"], d["n"], d["k"]
 
-    def rows_at(addr, n_rows, stride, width, dtype):
+    def rows_at(word, n_rows, stride, width, dtype):
         if shape.banks is None:
-            return load_rows(gm[0], row_starts(addr, n_rows, stride, dtype.itemsize), width, dtype)
-        return banks.load(shape.banks, ro, gm, addr, n_rows, stride, width, dtype, table)
+            return load_rows(gm[0], row_starts(d[word], n_rows, stride, dtype.itemsize), width, dtype)
+        return banks.load_at(shape.banks, ro, gm, at[word], n_rows, stride, width, dtype)
 
-    def tile(addr, rows, cols, stride, trans, dtype, layout):
+    def tile(word, rows, cols, stride, trans, dtype, layout):
         if layout != "trans":
-            plain = rows_at(addr, rows, stride, cols, dtype)
+            plain = rows_at(word, rows, stride, cols, dtype)
         if layout != "plain":
-            flipped = rows_at(addr, cols, stride, rows, dtype).T
+            flipped = rows_at(word, cols, stride, rows, dtype).T
         if layout == "both":
             return jnp.where(trans, flipped, plain)
         return plain if layout == "plain" else flipped
 
-    a = tile(d["a_addr"], mm_, kp, d["stride_a"], d["trans_a"], mt.dtype("a"), a_layout)
+    a = tile("a_addr", mm_, kp, d["stride_a"], d["trans_a"], mt.dtype("a"), a_layout)
     a = jnp.where((jnp.arange(mm_)[:, None] < m) & (jnp.arange(kp)[None, :] < k), a, 0)
-    b = tile(d["b_addr"], kp, nn, d["stride_b"], d["trans_b"], mt.dtype("b"), b_layout)
+    b = tile("b_addr", kp, nn, d["stride_b"], d["trans_b"], mt.dtype("b"), b_layout)
     b = jnp.where((jnp.arange(kp)[:, None] < k) & (jnp.arange(nn)[None, :] < n), b, 0)
-    bias = rows_at(d["bias_addr"], 1, jnp.int32(0), nn, mt.dtype("bias"))[0]
+    bias = rows_at("bias_addr", 1, jnp.int32(0), nn, mt.dtype("bias"))[0]
     bias = jnp.where((jnp.arange(nn) < n) & d["has_bias"], bias, 0)
     return a, b, bias
 
