@@ -165,9 +165,10 @@ def _run_arrays(
     shape: EngineShape, tab: Tables, cost: jax.Array, keys: jax.Array, start: Start | None = None
 ) -> dict[str, jax.Array]:
     """The compiled loop, then its final state as result arrays, lanes last (:func:`batch_minor`),
-    packed one ``[K, B]`` array per element type (:func:`pack_minor`; its layout goes to
-    ``PACK_LAYOUT[shape]``)."""
-    packed, PACK_LAYOUT[shape] = pack_minor(batch_minor(shape, _run(shape, tab, cost, keys, start)))
+    on an accelerator packed one ``[K, B]`` array per element type (:func:`pack_minor`; its
+    layout goes to ``PACK_LAYOUT[shape]``)."""
+    arrays = batch_minor(shape, _run(shape, tab, cost, keys, start))
+    packed, PACK_LAYOUT[shape] = pack_minor(arrays, pack=jax.default_backend() != "cpu")
     return packed
 
 
