@@ -11,8 +11,8 @@ Three layers:
   device; ``iterate_all`` appends a *matmul action* (the state it sees plus C and enAtomic,
   :data:`ACTION_FIELDS` words) to the handle's ordered action list, next to its
   ``free_message`` actions. The engines perform the actions in order, one per step.
-* The compute: :func:`compute_tiles` (JAX, one batched ``dot_general`` for every AIC of a step
-  and every batch lane), :func:`hw_matmul` (numpy emulation of the same hardware numerics, used
+* The compute: :func:`compute_tiles` (JAX, one batched ``dot_general`` per K chunk for every AIC
+  of a step and every batch lane), :func:`hw_matmul` (numpy emulation of the same hardware numerics, used
   by the reference interpreter) and :func:`exact_matmul` (float64, the numerics reference).
 
 Numerics of the cube unit (Atlas A2), as modelled:
@@ -689,9 +689,11 @@ def compute_tiles(
     mt: MatmulType, tiling: TCubeTiling, a: jax.Array, b: jax.Array, bias: jax.Array, scale: jax.Array | None = None
 ) -> jax.Array:
     """The cube unit on a batch of tiles: ``a [..., M, Kp]``, ``b [..., Kp, N]``, ``bias [..., N]`` ->
-    ``[..., M, N]`` in the C type. One ``dot_general`` over all leading dims and the K chunks,
-    then the chunk partials are added to L0C in order, then one rounding to C (int8 -> float16:
-    ``half(acc * scale)``, ``scale`` [...] float32)."""
+    ``[..., M, N]`` in the C type. One ``dot_general`` per K chunk over all leading dims (each
+    chunk's A is a slice of A's rows: one dot over a chunk axis needed A transposed chunk-major,
+    a pass that cost about 11 % of the attention loop), the chunk partials added to L0C in
+    order, then one rounding to C (int8 -> float16: ``half(acc * scale)``, ``scale`` [...]
+    float32)."""
     import jax
     import jax.numpy as jnp
 
@@ -700,13 +702,17 @@ def compute_tiles(
     nk = a.shape[-1] // bk
     lead = a.shape[:-2]
     m, n = a.shape[-2], b.shape[-1]
-    a4 = a.reshape(*lead, m, nk, bk)
-    b4 = b.reshape(*lead, nk, bk, n)
     precision = jax.lax.Precision.HIGHEST
-    parts = jnp.einsum("...mjk,...jkn->...jmn", a4, b4, preferred_element_type=acc_t, precision=precision)
     acc = jnp.broadcast_to(bias.astype(acc_t)[..., None, :], (*lead, m, n))
-    for j in range(nk):
-        acc = acc + parts[..., j, :, :]
+    for j in range(nk):  # one dot per K chunk: A's chunk is a slice of its rows, not a transpose
+        part = jnp.einsum(
+            "...mk,...kn->...mn",
+            a[..., j * bk : (j + 1) * bk],
+            b[..., j * bk : (j + 1) * bk, :],
+            preferred_element_type=acc_t,
+            precision=precision,
+        )
+        acc = acc + part
     if mt.dequant:
         s = jnp.ones(lead, jnp.float32) if scale is None else scale
         return (acc.astype(jnp.float32) * s[..., None, None]).astype(mt.dtype("c"))

@@ -4,8 +4,8 @@ Order within a step (documented semantics, the reference interpreter does the sa
 
 1. every matmul of the step loads its A, B and bias tiles from GM as it was at the start of the
    compute phase (so two AICs of one step never see each other's results);
-2. the cube compute runs as one padded, masked batched ``dot_general`` per Matmul type (per
-   group with a matmul config), over the group's AICs;
+2. the cube compute runs as padded, masked batched dots (``dot_general``) per Matmul type (per
+   group with a matmul config), one per ``baseK`` chunk of K, over the group's AICs;
 3. results are written to GM one AIC after the other: groups in creation order, AICs in index
    order (``atomic_order="fixed"``), or in a random permutation drawn per lane and step
    (``atomic_order="random"``), so that a user can bound how much rounding depends on the

@@ -212,7 +212,7 @@ def batch_jaxpr(
     programs: Sequence[CubeGroupProgram], *, atomic_order: str = "fixed", options: EngineOptions | None = None
 ):
     """The jaxpr of one engine step of a batch (protocol step and compute phase), for inspection:
-    e.g. ``count_dot_generals(batch_jaxpr([p] * 8))`` shows the compute is one batched matmul."""
+    e.g. ``count_dot_generals(batch_jaxpr([p] * 8))`` shows the compute is one batched matmul per K chunk."""
     prep = prepare(programs, seeds=list(range(len(programs))), atomic_order=atomic_order, options=options)
     tab, cost, keys = (jax.tree.map(jnp.asarray, x) for x in prep.chunk(np.arange(len(programs))))
     st = init_state(prep.shape, tab, keys)
