@@ -1,7 +1,8 @@
 """Final engine arrays -> results: the final state as flat result arrays (:func:`batch_minor`),
 packed one ``[K, B]`` array per element type on an accelerator (:func:`pack_minor`; on the CPU
-each array as it is) and viewed lanes first on the host without a transpose (:func:`unpack_lanes`, :func:`_assemble`, :func:`gm_host`),
-then a :class:`BatchResult` of numpy arrays, per-lane objects on demand.
+each array as it is) and viewed lanes first on the host without a transpose
+(:func:`unpack_lanes`, :func:`_assemble`, :func:`gm_host`), then a :class:`BatchResult` of numpy
+arrays, per-lane objects on demand.
 
 ``simulate`` returns one :class:`BatchResult`. Batch questions (how many lanes deadlocked, which
 lanes differ from lane 0, steps and kernel cycles per lane) are numpy operations on its arrays;
