@@ -225,9 +225,12 @@ def element(banks: GmBanks, k: int, addr: jax.Array, table: jax.Array) -> tuple[
     ``table``: ``Tables.gm_tensors`` [T, 4] (start, end, bank, element shift), where the tensors
     lie (data: the static layout has only each tensor's bank)."""
     size = np.dtype(banks.dtypes[k]).itemsize
+    # floor division by the element size, a power of two: an arithmetic shift is the same floor
+    # for every int32 (one operation to trace, where ``//`` is ten)
+    first = jax.lax.shift_right_arithmetic(addr, jnp.asarray(size.bit_length() - 1, addr.dtype))
     mine = np.asarray([t for t, b in enumerate(banks.tensor_banks) if b == k], np.int32)
     if not len(mine):
-        return addr // size, jnp.zeros(addr.shape, bool)
+        return first, jnp.zeros(addr.shape, bool)
     # one compare of every address against the bank's tensors ([..., T_k]), then one reduction:
     # quicker to trace than a chain per tensor, and XLA keeps the [...] result rather than
     # recomputing it for every element of the tile it starts (as it would a traced division)
@@ -237,9 +240,6 @@ def element(banks: GmBanks, k: int, addr: jax.Array, table: jax.Array) -> tuple[
     a = addr[..., None]
     inside = (a >= rows[..., 0]) & (a < rows[..., 1])
     shift = jnp.where(inside, rows[..., 3], 0).sum(axis=-1)  # tensors do not overlap: one at most
-    # floor division by the element size, a power of two: an arithmetic shift is the same floor
-    # for every int32 (one operation to trace, where ``//`` is ten)
-    first = jax.lax.shift_right_arithmetic(addr, jnp.asarray(size.bit_length() - 1, addr.dtype))
     return first + shift, inside.any(axis=-1)
 
 
@@ -274,21 +274,6 @@ def load_at(
         rows = load_windows(arrays[k], first + jnp.arange(n_rows, dtype=jnp.int32) * stride, width)
         out = jnp.where(hit, rows, out)
     return out
-
-
-def load(
-    banks: GmBanks,
-    ro: Sequence[jax.Array],
-    rw: Sequence[jax.Array],
-    addr: jax.Array,
-    n_rows: int,
-    stride: jax.Array,
-    width: int,
-    dtype: np.dtype,
-    table: jax.Array,
-) -> jax.Array:
-    """:func:`load_at` of a tile at byte ``addr``; ``table``: the tensors' places (:func:`element`)."""
-    return load_at(banks, ro, rw, places(banks, addr, dtype, table), n_rows, stride, width, dtype)
 
 
 def host_image(
