@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ascend_jax.cube_group.engine.memo as memo
+import ascend_jax.workers as ascend_workers
 from ascend_jax.cube_group.engine.encode import program_content
 from ascend_jax.cube_group.engine.options import EngineOptions, resolve
 from ascend_jax.cube_group.engine.readout import _Lanes
@@ -198,12 +199,24 @@ def _measure_lane_bytes(prep: Prepared) -> int:
     return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in leaves))
 
 
-def default_chunk(prep: Prepared) -> int:
-    """Lanes per compiled call when ``simulate`` is not told: what fits the memory budget, and on a
-    CPU at most :data:`CPU_CHUNK`."""
+def default_chunk(prep: Prepared, workers: int | None = None) -> int:
+    """Lanes per compiled call when ``simulate`` is not told: what fits the memory budget with
+    :func:`chunk_workers` chunks in flight, on a CPU at most :data:`CPU_CHUNK`, and no more than
+    gives every one of those threads a chunk."""
     n = len(prep.seeds)
-    chunk = 1 if n == 1 else max(1, min(n, _memory_budget() // (8 * _lane_bytes(prep))))
-    return chunk if jax.default_backend() != "cpu" else min(chunk, CPU_CHUNK)
+    w = chunk_workers(prep, workers)
+    chunk = 1 if n == 1 else max(1, min(n, _memory_budget() // (8 * _lane_bytes(prep) * w)))
+    if jax.default_backend() != "cpu":
+        return chunk
+    return ascend_workers.split(min(chunk, CPU_CHUNK), n, w)
+
+
+def chunk_workers(prep: Prepared, workers: int | None = None) -> int:
+    """Threads that run chunks of this batch at once (:mod:`ascend_jax.workers`): ``workers``
+    if given, else one per CPU this process may use but no more than there are groups of
+    :data:`ascend_jax.workers.MIN_LANES` lanes; 1 off the CPU backend."""
+    cpu = jax.default_backend() == "cpu"
+    return ascend_workers.count(len(prep.seeds), ascend_workers.check(workers), cpu_backend=cpu)
 
 
 def group_programs(programs: Sequence[CubeGroupProgram]) -> tuple[list[CubeGroupProgram], np.ndarray]:

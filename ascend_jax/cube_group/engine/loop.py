@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -141,6 +142,7 @@ class _LazyJit:
 
     def __init__(self, fn):
         self.fn = fn
+        self._warmed: set = set()
 
     @functools.cached_property
     def jitted(self):
@@ -152,8 +154,17 @@ class _LazyJit:
     def lower(self, *args):
         return self.jitted.lower(*args)
 
+    def warm(self, key, args: Callable[[], tuple]) -> None:
+        """Compiles the function for ``args()`` (the static shape first) without running it, once
+        per hashable ``key`` (what decides the arguments' shapes), so that threads calling it
+        next find it compiled (:mod:`ascend_jax.workers`)."""
+        if key not in self._warmed:
+            self.lower(*args()).compile()
+            self._warmed.add(key)
+
     def clear_cache(self) -> None:
         """Forgets what this function compiled (nothing to do before its first use)."""
+        self._warmed.clear()
         if "jitted" in self.__dict__:
             self.jitted.clear_cache()
 

@@ -13,6 +13,7 @@ built only when a lane is asked for (``res[i]``, iteration) and then cached.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -542,6 +543,58 @@ def lane_major(shape: EngineShape, st: State) -> dict[str, jax.Array]:
     return _lanes_first(batch_minor(shape, st))
 
 
+class Join:
+    """The batch's result arrays, filled as each chunk is read back (:meth:`add`, from any thread):
+    a chunk's arrays are copied into its lanes of batch-sized arrays allocated at the first
+    chunk, so that the copies, and the first touch of their fresh pages, run beside the chunks
+    still running (:mod:`ascend_jax.workers`) instead of after the last one (measured: joining
+    two chunks of 2,048 lanes of the sample protocol after both had run took about 4 ms, a
+    quarter of ``simulate()``). :meth:`result` gives :func:`_assemble`'s dict."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._lock = threading.Lock()
+        self._parts: dict[int, Chunk] = {}
+        self._whole: dict[str, np.ndarray] | None = None
+        self._layout: tuple | None = None
+        self._mixed = False  # a chunk of another layout (run again with the whole log) came
+
+    def add(self, lo: int, part: Chunk) -> None:
+        """Chunk ``part`` (cut to its real lanes), whose first lane is the batch's lane ``lo``."""
+        last = _lanes_last(part.layout)
+        some = next(iter(part.arrays))
+        m = part.arrays[some].shape[-1 if some in last else 0]
+        with self._lock:
+            self._parts[lo] = part
+            if m == self.n:  # the whole batch in one chunk: its arrays are the result
+                return
+            if self._whole is None:
+                self._layout = part.layout
+                self._whole = {
+                    k: np.empty((*v.shape[:-1], self.n) if k in last else (self.n, *v.shape[1:]), v.dtype)
+                    for k, v in part.arrays.items()
+                }
+            if part.layout != self._layout:
+                self._mixed = True
+                return
+            whole = self._whole
+        for k, v in part.arrays.items():  # outside the lock: numpy copies without the GIL
+            if k in last:
+                whole[k][..., lo : lo + m] = v
+            else:
+                whole[k][lo : lo + m] = v
+
+    def result(self) -> dict[str, np.ndarray]:
+        """One dict of ``[n, ...]`` arrays, once every chunk was added."""
+        parts = [self._parts[lo] for lo in sorted(self._parts)]
+        if self._whole is None or self._mixed:
+            return _assemble(parts, self.n)
+        out = unpack_lanes(self._whole, self._layout)
+        used = int(out["recv_count"].max(initial=0))
+        out["recv_ver"] = out["recv_ver"][..., :used]
+        return out
+
+
 def _assemble(chunks: list[Chunk], n: int) -> dict[str, np.ndarray]:
     """One dict of ``[n, ...]`` arrays from the chunks (each already cut to its real lanes). Chunks
     of one layout are joined lanes last (whole rows: memory copies), then viewed lanes first
@@ -565,7 +618,8 @@ def _assemble(chunks: list[Chunk], n: int) -> dict[str, np.ndarray]:
     out = {}
     for k, first in parts[0].items():
         dims = (*first.shape[1:-1], used) if k == "recv_ver" else first.shape[1:]
-        whole = np.empty((n, *dims), first.dtype)
+        # the log's entries past a shorter chunk's own stay 0, as in a chunk run with the whole log
+        whole = (np.zeros if k == "recv_ver" else np.empty)((n, *dims), first.dtype)
         lo = 0
         for p in parts:
             if k == "recv_ver":

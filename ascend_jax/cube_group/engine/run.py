@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascend_jax.cube_group.engine.batch import Prepared, default_chunk, prepare
+from ascend_jax import workers as ascend_workers
+from ascend_jax.cube_group.engine.batch import Prepared, chunk_workers, default_chunk, prepare
 from ascend_jax.cube_group.engine.devices import (
     _check_same_call,
     _fetch,
@@ -32,7 +33,7 @@ from ascend_jax.cube_group.engine.readout import (
     PACK_LAYOUT,
     BatchResult,
     Chunk,
-    _assemble,
+    Join,
     batch_minor,
     gm_host,
     pack_minor,
@@ -70,6 +71,7 @@ def simulate(
     costs: Any = None,
     devices: int | None = None,
     options: EngineOptions | None = None,
+    workers: int | None = None,
 ) -> BatchResult:
     """Runs programs in the JAX engine, one batch lane each.
 
@@ -86,9 +88,10 @@ def simulate(
       atomic_order: ``"fixed"`` writes a step's matmul results in AIC index order; ``"random"``
         in a permutation drawn per lane and step (bounds the order dependence of atomics).
       chunk_size: lanes per compiled call; default: as many as fit ``ASCEND_JAX_MEMORY_BUDGET``
-        bytes (see :func:`lane_bytes`), and on a CPU at most
-        :data:`~ascend_jax.cube_group.engine.batch.CPU_CHUNK` (4,096, measured fastest end to end;
-        :func:`ascend_jax.cube_group.engine.batch.default_chunk`). A batch larger than a chunk runs
+        bytes (see :func:`lane_bytes`) with ``workers`` chunks in flight, and on a CPU at most
+        :data:`~ascend_jax.cube_group.engine.batch.CPU_CHUNK` (4,096, measured fastest end to end)
+        and few enough lanes that every worker gets a chunk
+        (:func:`ascend_jax.cube_group.engine.batch.default_chunk`). A batch larger than a chunk runs
         chunk by chunk with one compilation (the last chunk is padded with copies of its first lane).
       progress: show a progress bar over chunks (lanes done, elapsed, ETA); with an automatic chunk
         size, a batch of :data:`PROGRESS_LANES` lanes or more runs in about four chunks or more.
@@ -102,11 +105,17 @@ def simulate(
         :class:`BatchResult` back. ``jit=False`` runs every lane in every process.
       options: the engine's array forms (:class:`EngineOptions`; default: the fast ones). Results
         do not depend on them; a change of options compiles the loop anew.
+      workers: on the CPU backend, chunks run at once from this many threads (default: one per
+        CPU this process may use, and no more than there are groups of
+        :data:`ascend_jax.workers.MIN_LANES` lanes; :mod:`ascend_jax.workers`). 1 runs one chunk
+        at a time. Ignored with a device mesh, without ``jit`` and off the CPU. Results do not
+        depend on it.
     Returns:
       a :class:`BatchResult`: arrays for the whole batch; ``res[i]`` is lane i's
       :class:`CubeGroupResult`.
     """
     init_distributed()  # before anything else touches JAX: joins a run the environment describes
+    ascend_workers.check(workers)
     prep = prepare(
         programs,
         schedule=schedule,
@@ -119,8 +128,9 @@ def simulate(
     n = len(prep.seeds)
     mesh = _mesh(devices) if jit else None
     n_dev = 1 if mesh is None else mesh.size
+    n_workers = chunk_workers(prep, workers) if mesh is None and jit else 1
     if chunk_size is None:
-        chunk_size = default_chunk(prep)
+        chunk_size = default_chunk(prep, n_workers)
         if progress and n >= PROGRESS_LANES:  # a few chunks, so the bar can count lanes and estimate the rest
             chunk_size = min(chunk_size, max(PROGRESS_LANES // 4, 1 << ((-(-n // 4)).bit_length() - 1)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -129,33 +139,38 @@ def simulate(
     chunk_size = -(-chunk_size // n_dev) * n_dev  # every device gets the same number of lanes
     with _native_stdout_to_stderr(mesh):  # a multi-process run's collectives chat on stdout
         _check_same_call(mesh, prep, chunk_size)
-        parts: list[Chunk] = []
         bar = _progress(progress and n > chunk_size, n)
 
-        def finish(args, real: int, running) -> None:
-            part = _finish_chunk(mesh, running)
-            if part.unpacked()["recv_count"].max(initial=0) > prep.shape.receive_capacity:
-                # some AIC received a message twice and its log ran past the entries carried
-                part = _finish_chunk(mesh, _start_chunk(prep, prep.shape.whole_log(), mesh, jit, args))
-            parts.append(part.lanes(real))
-            if bar is not None:
-                bar[0].update(bar[1], advance=real)
+        joined = Join(n)
 
-        pending = None
-        for lo in range(0, n, chunk_size):
+        def start(lo: int):
             idx = np.arange(lo, lo + chunk_size)
             real = min(chunk_size, n - lo)
             idx[real:] = lo  # pad: one compilation for every chunk
             args = prep.chunk(idx)
-            # the next chunk is dispatched before this one is read back (JAX runs it meanwhile)
-            started = (args, real, _start_chunk(prep, prep.shape, mesh, jit, args))
-            if pending is not None:
-                finish(*pending)
-            pending = started
-        finish(*pending)
+            return lo, args, real, _start_chunk(prep, prep.shape, mesh, jit, args)
+
+        def finish(started) -> None:
+            lo, args, real, running = started
+            part = _finish_chunk(mesh, running)
+            if part.unpacked()["recv_count"].max(initial=0) > prep.shape.receive_capacity:
+                # some AIC received a message twice and its log ran past the entries carried
+                part = _finish_chunk(mesh, _start_chunk(prep, prep.shape.whole_log(), mesh, jit, args))
+            joined.add(lo, part.lanes(real))
+            if bar is not None:
+                bar[0].update(bar[1], advance=real)
+
+        def warm(lo: int) -> None:  # compiles the loop for the worker threads, runs nothing
+            idx = np.full(chunk_size, lo)
+            _run_arrays_batch.warm(
+                (prep.shape, chunk_size), lambda: (prep.shape, *_place(mesh, prep.shape, *prep.chunk(idx)))
+            )
+
+        fresh = prep.lanes.programs[0].zero_workspace  # a second launch compiles two loops: not warmed
+        ascend_workers.run(start, finish, range(0, n, chunk_size), n_workers, warm if jit and fresh else None)
         if bar is not None:
             bar[0].stop()
-    arrays = gm_host(prep.shape, prep.tables, _assemble(parts, n), prep.lanes.programs[0].gm.size)
+    arrays = gm_host(prep.shape, prep.tables, joined.result(), prep.lanes.programs[0].gm.size)
     return BatchResult(prep.shape, prep.lanes, arrays, prep.seeds, prep.costs, schedule)
 
 

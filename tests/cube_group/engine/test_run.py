@@ -331,12 +331,56 @@ def test_action_word_holds_every_error_code_and_note():
 def test_default_chunk_on_a_cpu_is_at_most_cpu_chunk_and_the_memory_budget(monkeypatch):
     from ascend_jax.cube_group.engine import batch
 
-    prep = batch.prepare([_merge_kernel()] * 5000)
-    assert batch.default_chunk(prep) == batch.CPU_CHUNK
+    prep = batch.prepare([_merge_kernel()] * 9000)
+    assert batch.default_chunk(prep, workers=1) == batch.CPU_CHUNK
+    assert batch.default_chunk(prep, workers=2) == batch.CPU_CHUNK  # two threads get chunks either way
+    assert batch.default_chunk(batch.prepare([_merge_kernel()] * 5000), workers=2) == 2500  # one chunk each
     per_lane = batch._lane_bytes(prep)
     monkeypatch.setattr(batch, "_memory_budget", lambda: 8 * per_lane * 1000)
-    assert batch.default_chunk(prep) == 1000  # the memory budget binds first
+    assert batch.default_chunk(prep, workers=1) == 1000  # the memory budget binds first
+    assert batch.default_chunk(prep, workers=2) == 500  # ... shared by the chunks in flight
     assert batch.default_chunk(batch.prepare([_merge_kernel()] * 100)) == 100  # never more than the batch
+
+
+def test_workers_by_default_one_per_cpu_but_none_below_min_lanes(monkeypatch):
+    from ascend_jax import workers
+    from ascend_jax.cube_group.engine import batch
+
+    monkeypatch.setattr(workers, "cpus", lambda: 4)
+    assert workers.count(100, None, cpu_backend=True) == 1  # fewer lanes than MIN_LANES
+    assert workers.count(3 * workers.MIN_LANES, None, cpu_backend=True) == 3
+    assert workers.count(10**6, None, cpu_backend=True) == 4
+    assert workers.count(10**6, None, cpu_backend=False) == 1  # an accelerator runs one chunk at a time
+    assert workers.count(8, 3, cpu_backend=True) == 3  # asked for: as given
+    assert batch.chunk_workers(batch.prepare([_merge_kernel()] * 1024)) == 4
+    assert [workers.split(4096, n, 2) for n in (1, 5, 4096, 5000, 9000)] == [1, 3, 2048, 2500, 4096]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_workers_must_be_a_positive_integer(bad):
+    with pytest.raises(ConfigError, match="workers"):
+        aj.simulate([_merge_kernel()], workers=bad)
+
+
+def test_chunks_run_from_threads_give_the_lanes_of_one_call():
+    """Chunks dispatched from several threads (ascend_jax.workers) and joined as each finishes give
+    the arrays of one call, lane for lane, on the random schedule (a key per lane) with lanes
+    that end differently, and the whole-log rerun of a chunk joins too."""
+    lanes = [_merge_kernel(skip=i % 2, delay=i % 3, value=i) for i in range(11)]
+    one = aj.simulate(lanes, schedule="random", seeds=5, workers=1)
+    assert len(set(one.status.tolist())) > 1  # lanes that end differently
+    for chunk, n_workers in ((1, 3), (2, 2), (4, 5)):
+        threaded = aj.simulate(lanes, schedule="random", seeds=5, chunk_size=chunk, workers=n_workers)
+        assert threaded.arrays.keys() == one.arrays.keys()
+        for key in one.arrays:
+            np.testing.assert_array_equal(threaded.arrays[key], one.arrays[key], err_msg=key)
+    keep, free = _lapping_kernel(True), _lapping_kernel(False)
+    mixed = [free, keep, free, free]
+    alone = aj.simulate(mixed, workers=1)
+    threaded = aj.simulate(mixed, chunk_size=1, workers=2)
+    for key in alone.arrays:
+        np.testing.assert_array_equal(threaded.arrays[key], alone.arrays[key], err_msg=key)
+    assert threaded[1].error["code"] == "RECEIVE_LOG_FULL"
 
 
 def test_loop_function_and_compile_batch_run_the_loop_simulate_runs():

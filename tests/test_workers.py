@@ -1,0 +1,38 @@
+"""ascend_jax.workers: chunks dispatched from threads, finished in order."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ascend_jax import workers
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+@pytest.mark.parametrize("warm", [False, True])
+def test_run_finishes_every_item_in_order_and_warms_once(n_workers, warm):
+    threads, warmed = set(), []
+
+    def start(x):
+        threads.add(threading.current_thread().name)
+        return x * 10
+
+    out = workers.run(start, lambda r: r + 1, range(7), n_workers, warmed.append if warm else None)
+    assert out == [x * 10 + 1 for x in range(7)]
+    assert warmed == ([0] if warm and n_workers > 1 else [])
+    on_pool = {t for t in threads if t.startswith("ascend_jax_chunk")}
+    assert bool(on_pool) == (n_workers > 1)  # one worker: every chunk from the caller's thread
+    assert len(on_pool) <= n_workers
+
+
+def test_run_of_nothing_and_errors_reach_the_caller():
+    assert workers.run(lambda x: x, lambda r: r, [], 2) == []
+
+    def finish(r):
+        if r == 3:
+            raise ValueError("chunk 3")
+        return r
+
+    with pytest.raises(ValueError, match="chunk 3"):
+        workers.run(lambda x: x, finish, range(5), 2)
