@@ -11,8 +11,10 @@ CubeGroupCustom sample's protocol, every lane the same program):
   same threads): the element-operation rate of a fused chain of int32 integer ops (shifts,
   xors, ands, adds) on arrays as large as the loop's state, and the bandwidth of a fused
   ``x * a + b`` over float32 arrays the size of the loop's state and over 256 MiB (memory);
-* **the loop itself**: the compiled loop at ``--lanes`` and at 64 lanes (the two give the fixed
-  cost of a step, the kernels' launch and the loop's bookkeeping, apart from the per-lane cost);
+* **the loop itself**: the compiled loop at ``--lanes`` and at 64 lanes in one call each (the
+  two give the fixed cost of a step, the kernels' launch and the loop's bookkeeping, apart from
+  the per-lane cost), and ``--lanes`` lanes the way ``simulate`` runs them (``loop_as_run``: on a
+  CPU, chunks dispatched from one thread per core at once, ``ascend_jax.workers``);
 * **the plain sequential interpreter** (``plain_interpreter.run_plain``), 256 lanes, best of 7.
 
 From these, per lane-step (ns, wall; the same per CPU second beside it): the floor of the
@@ -42,6 +44,7 @@ from plain_interpreter import run_plain
 from protocol_throughput import MEASURED_LANES, best_time, time_sequential, workload
 
 import ascend_jax as aj
+from ascend_jax import workers
 
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "ascend_jax_benchmarks" / "protocol_ceiling.json"
 SMALL_LANES = 64
@@ -97,6 +100,27 @@ def compiled_loop(programs: list, lanes: int) -> tuple[Measure, str, int]:
     fn, args = engine.compile_batch(prep, lanes)
     steps = int(np.max(aj.simulate(programs[:lanes]).steps))
     return Measure(fn, args), fn.as_text(), steps
+
+
+class LoopAsRun(Measure):
+    """The compiled loop over every lane the way ``simulate`` runs it: chunks of
+    ``engine.default_chunk`` lanes dispatched from ``engine.chunk_workers`` threads at once
+    (``ascend_jax.workers.run``), without encoding, placement or readout."""
+
+    def __init__(self, programs: list):
+        from ascend_jax.cube_group import engine
+
+        n = len(programs)
+        prep = engine.prepare(programs, schedule="lockstep", seeds=list(range(n)))
+        self.chunk, self.workers = engine.default_chunk(prep), engine.chunk_workers(prep)
+        fn, (shape, *first) = engine.loop_function(prep, self.chunk)
+        rest = [engine.place_lanes(prep, np.arange(lo, lo + self.chunk)) for lo in range(self.chunk, n, self.chunk)]
+        chunks = [first, *rest]  # --lanes is a multiple of the chunk (a power of two)
+
+        def run():
+            return workers.run(lambda a: fn(shape, *a), jax.block_until_ready, chunks, self.workers, lambda _: None)
+
+        super().__init__(run, ())
 
 
 class Sequential(Measure):
@@ -172,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ops_m, ops_info = op_rate(lanes, state)
     bw_m, bw_info = bandwidth(state, 400)
     mem_m, mem_info = bandwidth(MEMORY_BYTES, 8)
-    seq, sim = Sequential(program), Simulate(programs)
-    measures = [seq, big, small, sim, ops_m, bw_m, mem_m]
+    seq, sim, as_run = Sequential(program), Simulate(programs), LoopAsRun(programs)
+    measures = [seq, big, small, sim, as_run, ops_m, bw_m, mem_m]
     for r in range(args.rounds):  # alternating, so a busy moment does not fall on one item only
         for m in measures if r % 2 == 0 else measures[::-1]:
             m.time()
@@ -195,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             kernels.append({"name": name, "element_ops_per_lane": o / lanes, "bytes_per_lane": b / lanes,
                             "roofline_ns": roof, "measured_ns": took, "excess_ns": took - roof})  # fmt: skip
         kernels.sort(key=lambda k: -k["excess_ns"])
-    big, small, e2e = big.best, small.best, sim.best
+    big, small, e2e, run_t = big.best, small.best, sim.best, as_run.best
 
     def rate(info: dict, m: Measure, key: str, per: str) -> dict:
         return {**info, "wall_s": m.best.wall_s, "cpu_s": m.best.cpu_s,
@@ -229,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         plain_ns = getattr(plain_lane, f"{kind}_s") / steps * 1e9
         loop_ns = per_lane_step(getattr(big, f"{kind}_s"), lanes)
         e2e_ns = per_lane_step(getattr(e2e, f"{kind}_s"), lanes)
+        as_run_ns = per_lane_step(getattr(run_t, f"{kind}_s"), lanes)
         ceiling[kind] = {
             "plain_ns_per_lane_step": plain_ns,
             "loop_ns_per_lane_step": loop_ns,
@@ -239,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             "fixed_ns": t_fixed,
             "floor_ns": floor,
             "loop_ratio": plain_ns / loop_ns,
+            "loop_as_run_ns_per_lane_step": as_run_ns,
+            "loop_as_run_ratio": plain_ns / as_run_ns,
             "simulate_ratio": plain_ns / e2e_ns,
             "ceiling_ratio": plain_ns / floor,
             **{f"{name}_ns_per_lane_step": plain_ns / x for name, x in TARGETS.items()},
@@ -269,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             "loop": big._asdict(),
             "loop_small": {**small._asdict(), "lanes": SMALL_LANES, "steps": steps_small},
             "simulate": e2e._asdict(),
+            "loop_as_run": {**run_t._asdict(), "chunk": as_run.chunk, "workers": as_run.workers},
             "fixed_per_step": fixed,
             "per_lane_step": per_lane,
         },
@@ -285,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  fixed per step {fixed['wall_s'] * 1e6:.1f} us wall ({w['fixed_ns']:.1f} ns per lane-step)")
     for kind, c in ceiling.items():
         print(f"  {kind}: plain {c['plain_ns_per_lane_step']:,.0f} ns/lane-step; loop {c['loop_ns_per_lane_step']:.0f} "
-              f"({c['loop_ratio']:.1f}x), simulate {c['simulate_ns_per_lane_step']:.0f} ({c['simulate_ratio']:.1f}x); "
+              f"({c['loop_ratio']:.1f}x) in one call, {c['loop_as_run_ns_per_lane_step']:.0f} "
+              f"({c['loop_as_run_ratio']:.1f}x) as simulate runs it ({as_run.workers} threads, chunks of {as_run.chunk}), "
+              f"simulate {c['simulate_ns_per_lane_step']:.0f} ({c['simulate_ratio']:.1f}x); "
               f"floor {c['floor_ns']:.0f} = kernels' roofline {c['roofline_ns']:.0f} (all ops {c['floor_ops_ns']:.0f}, "
               f"all bytes {c['floor_bytes_ns']:.0f}) + fixed "
               f"{c['fixed_ns']:.0f} -> ceiling {c['ceiling_ratio']:.1f}x; 120x needs {c['loop_120x_ns_per_lane_step']:.0f} ns "

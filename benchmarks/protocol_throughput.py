@@ -24,8 +24,9 @@ Writes ``{"meta": {...}, "ratios": [...], "results": [{"engine", "device", "devi
   4,096 lanes on a loaded machine, which flattered the large-batch ratios).
 * ``messages_per_s`` is end to end: for ``jax`` a warm ``simulate()`` call that returns results;
   ``engine_messages_per_s`` the compiled loop alone (for the sequential engines the same number);
-  ``compile_s`` lowering and compiling the loop for one chunk (``engine.compile_batch``; 0 for
-  the sequential engines).
+  ``compile_s`` lowering and compiling the loop for one chunk (``engine.loop_function``; 0 for
+  the sequential engines). ``jax`` rows also give ``chunk`` (lanes per compiled call) and
+  ``workers`` (the threads its chunks were dispatched from at once, as ``simulate`` does).
 * ``wall_s`` / ``cpu_s``: wall and CPU seconds (user + sys of this process,
   ``resource.getrusage``, every thread) of the measured call: the best pass over
   ``measured_lanes`` lanes for the sequential engines, the best end-to-end ``simulate()`` for
@@ -61,7 +62,7 @@ from _common import Timing, cpu_s, load_model_module, machine, pyplot, write
 from plain_interpreter import run_plain
 
 import ascend_jax as aj
-from ascend_jax import ConfigError, CubeGroupProgram
+from ascend_jax import ConfigError, CubeGroupProgram, workers
 
 QUICK = [1, 1024, 4096]
 FULL = [1, 1024, 4096, 16384, 65536]
@@ -112,6 +113,8 @@ class JaxTiming(NamedTuple):
     engine: Timing  # the compiled loop alone
     compile_s: float
     table_bytes: int  # the batch's op tables: one copy when every lane runs one program
+    chunk: int  # lanes per compiled call
+    workers: int  # threads the chunks were dispatched from
 
 
 def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
@@ -120,16 +123,19 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     end_to_end: a warm ``simulate(programs)`` that returns every lane's result.
     engine: the compiled batched loop alone, on tables already encoded and on the device, run
     the way ``simulate`` runs it: in chunks of ``engine.default_chunk`` lanes (on a CPU at most
-    ``engine.batch.CPU_CHUNK``, 4,096), one call per chunk.
+    ``engine.batch.CPU_CHUNK``, 4,096, and split so that each of ``engine.chunk_workers``
+    threads gets one), one call per chunk, the calls dispatched from that many threads
+    (``ascend_jax.workers.run``).
     Both are the best of 7 calls (3 above 4,096 lanes; small batches: as many as fit 0.5 s a
     round), the two alternating: the JAX calls are short, so on a shared machine a few of them
     land on a busy moment.
-    compile_s: lowering and compiling the loop for one chunk (``engine.compile_batch``).
+    compile_s: lowering and compiling the loop for one chunk (``engine.loop_function``).
     table_bytes: bytes of the encoded tables (``prepare``), shared by the lanes when they run one
     program, else stacked per lane.
 
     This is the one place that knows the engine's internals (``engine.prepare``,
-    ``engine.default_chunk``, ``engine.compile_batch``); change it with the engine.
+    ``engine.default_chunk``, ``engine.chunk_workers``, ``engine.loop_function``); change it with
+    the engine.
     """
     from ascend_jax.cube_group import engine
 
@@ -137,8 +143,9 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     prep = engine.prepare(programs, schedule="lockstep", seeds=list(range(n)))
     table_bytes = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(prep.tables)))
     chunk = engine.default_chunk(prep)
+    fn, (shape, *first) = engine.loop_function(prep, chunk)  # the jitted loop simulate() calls
     t0 = time.perf_counter()
-    fn, first = engine.compile_batch(prep, chunk)
+    fn.lower(shape, *first).compile()  # what the call below finds in the jit cache
     compile_s = time.perf_counter() - t0
     chunks = [first] + [
         engine.place_lanes(prep, np.arange(lo, lo + chunk)) for lo in range(chunk, n, chunk)
@@ -146,8 +153,10 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     aj.simulate(programs)  # warm: the jit cache holds the same compilation
     repeats, min_total_s = 7 if n <= 4096 else 3, 0.5 if n < 64 else 0.0
 
-    def loop():
-        return [jax.block_until_ready(fn(*args)) for args in chunks]
+    n_workers = engine.chunk_workers(prep)
+
+    def loop():  # compiled already: every chunk is dispatched from the threads, as simulate does
+        return workers.run(lambda args: fn(shape, *args), jax.block_until_ready, chunks, n_workers, lambda _: None)
 
     loop()
     # the two alternate, call by call, so that both meet the same moments of a shared machine
@@ -156,7 +165,7 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     for _ in range(repeats):
         e, g = best_time(lambda: aj.simulate(programs), 1, min_total_s), best_time(loop, 1, min_total_s)
         end_to_end, engine_t = min(end_to_end, e, key=_wall), min(engine_t, g, key=_wall)
-    return JaxTiming(end_to_end, engine_t, compile_s, table_bytes)
+    return JaxTiming(end_to_end, engine_t, compile_s, table_bytes, chunk, n_workers)
 
 
 def _wall(t: Timing) -> float:
@@ -240,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         jt = time_jax([program] * batch)
         table_bytes = jt.table_bytes
         add("jax", device, n_devices, batch, batch, jt.end_to_end, loop=jt.engine, compile_s=jt.compile_s,
-            engine_wall_s=jt.engine.wall_s, engine_cpu_s=jt.engine.cpu_s, bytes_per_lane=bytes_per_lane)  # fmt: skip
+            engine_wall_s=jt.engine.wall_s, engine_cpu_s=jt.engine.cpu_s, bytes_per_lane=bytes_per_lane,
+            chunk=jt.chunk, workers=jt.workers)  # fmt: skip
 
     [res] = aj.simulate(program)  # after the timings, so that batch 1's first call compiles
     assert (res.status, res.steps, res.received) == (ref.status, ref.steps, ref.received), (

@@ -21,7 +21,7 @@ them: tests/test_architecture.py checks).
 
 from __future__ import annotations
 
-from ascend_jax.cube_group.engine.batch import Prepared, default_chunk, lane_bytes, prepare
+from ascend_jax.cube_group.engine.batch import Prepared, chunk_workers, default_chunk, lane_bytes, prepare
 from ascend_jax.cube_group.engine.batch import _memory_budget as _memory_budget
 from ascend_jax.cube_group.engine.devices import DISTRIBUTED_ENV, init_distributed, place_lanes
 from ascend_jax.cube_group.engine.loop import TRACE_COUNT
@@ -44,6 +44,7 @@ __all__ = [
     "State",
     "Tables",
     "batch_jaxpr",
+    "chunk_workers",
     "compile_batch",
     "default_chunk",
     "gm_host",
