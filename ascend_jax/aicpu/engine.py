@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascend_jax import workers
 from ascend_jax.aicpu.codes import numpy_dtype
 from ascend_jax.aicpu.device import DeviceModel
 from ascend_jax.aicpu.reduce import reduce_bytes, reduce_elements
@@ -435,12 +436,13 @@ def _run_group(
         first = [group.mem[0, r * row : r * row + m.size].copy() for r, m in enumerate(lead.memory)]
     segments = _control(group, first)
     outcome = _Outcome(group.control)
-    out = []
-    apart: dict[tuple[int, bytes], list[tuple[int, np.ndarray]]] = {}
-    for lo in range(0, len(group.lanes), chunk):
+
+    def one(lo: int) -> tuple[list, dict]:
+        """One chunk of the group's lanes: its results, and the lanes that went apart by pause."""
         lanes = group.lanes[lo : lo + chunk]
         start = group.mem[lo : lo + chunk] if group.mem is not None else None
         mem = _initial_memory([programs[int(i)] for i in lanes], row) if start is None else start
+        apart: dict[tuple[int, bytes], list[tuple[int, np.ndarray]]] = {}
         for k, seg in enumerate(segments):
             mem = apply_steps(seg.steps, mem, row, chunk, jit)
             if seg.seen is None:
@@ -452,7 +454,18 @@ def _run_group(
                 apart.setdefault((k, seen[j].tobytes()), []).append((int(lanes[j]), mem[j]))
             if differ.any():
                 lanes, mem = lanes[~differ], mem[~differ]
-        out += [(int(i), outcome.result(programs[int(i)], mem[j], row)) for j, i in enumerate(lanes)]
+        return [(int(i), outcome.result(programs[int(i)], mem[j], row)) for j, i in enumerate(lanes)], apart
+
+    # on a CPU, chunks run at once from one thread each (ascend_jax.workers); the first one here,
+    # which compiles the group's data schedules
+    n_chunks = -(-len(group.lanes) // chunk)
+    n_workers = workers.count(n_chunks, None, cpu_backend=jit and jax.default_backend() == "cpu", min_lanes=1)
+    out: list[tuple[int, CommResult]] = []
+    apart: dict[tuple[int, bytes], list[tuple[int, np.ndarray]]] = {}
+    for part, part_apart in workers.run(one, lambda r: r, range(0, len(group.lanes), chunk), n_workers):
+        out += part
+        for key, rows in part_apart.items():  # in chunk order, as one pass over the lanes would add them
+            apart.setdefault(key, []).extend(rows)
     for (k, _), rows in apart.items():
         lanes = np.array([i for i, _ in rows])
         pending.append(_Group(lanes, _clone(segments[k].before), np.stack([m for _, m in rows])))

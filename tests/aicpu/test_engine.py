@@ -54,6 +54,27 @@ def test_a_data_dependent_kernel_splits_the_group():
     assert len(counts) > 1  # ...whose lanes ended with different task lists
 
 
+def test_chunks_run_from_threads_give_the_results_of_one_thread(monkeypatch):
+    """On a CPU the chunks of a group run at once from several threads (ascend_jax.workers); lanes
+    that go apart at a pause are regrouped in the order one pass over the lanes gives."""
+    from ascend_jax import workers
+
+    w, h, s, (t,) = one_rank()
+    _, buf = h.aclrt_malloc(256)
+    h.aclrt_memcpy_h2d(buf, np.zeros(256, np.uint8))
+    launch(h, s, "DataDependent", param(t, buf, buf + 192))
+    lanes = _variants(w.program(max_steps=300), range(9))
+    threaded = run_comm_batch(lanes, chunk=2)
+    monkeypatch.setattr(workers, "count", lambda *a, **k: 1)
+    alone = run_comm_batch(lanes, chunk=2)
+    assert len({sum(len(q.tasks) for q in r.program.queues) for r in alone}) > 1  # lanes went apart
+    for a, b in zip(threaded, alone, strict=True):
+        same(a, b)
+        assert [q.tasks for q in a.program.queues] == [q.tasks for q in b.program.queues]
+        for m, n in zip(a.memory, b.memory, strict=True):
+            np.testing.assert_array_equal(m, n)
+
+
 def test_ring_batch_equals_reference_lane_by_lane_across_chunks():
     lanes = [ring_job(int(HcclCMDType.ALLREDUCE), ranks=4, count=24, seed=s) for s in range(7)]
     results = run_comm_batch(lanes, chunk=3)  # chunks of 3, 3 and 1 (padded to 1)
