@@ -44,7 +44,6 @@ from plain_interpreter import run_plain
 from protocol_throughput import MEASURED_LANES, best_time, time_sequential, workload
 
 import ascend_jax as aj
-from ascend_jax import workers
 
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "ascend_jax_benchmarks" / "protocol_ceiling.json"
 SMALL_LANES = 64
@@ -105,7 +104,7 @@ def compiled_loop(programs: list, lanes: int) -> tuple[Measure, str, int]:
 class LoopAsRun(Measure):
     """The compiled loop over every lane the way ``simulate`` runs it: chunks of
     ``engine.default_chunk`` lanes dispatched from ``engine.chunk_workers`` threads at once
-    (``ascend_jax.workers.run``), without encoding, placement or readout."""
+    (``engine.run_chunks``), without encoding, placement or readout."""
 
     def __init__(self, programs: list):
         from ascend_jax.cube_group import engine
@@ -118,7 +117,7 @@ class LoopAsRun(Measure):
         chunks = [first, *rest]  # --lanes is a multiple of the chunk (a power of two)
 
         def run():
-            return workers.run(lambda a: fn(shape, *a), jax.block_until_ready, chunks, self.workers, lambda _: None)
+            return engine.run_chunks(fn, shape, chunks, self.workers)
 
         super().__init__(run, ())
 

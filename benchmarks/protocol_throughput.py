@@ -62,7 +62,7 @@ from _common import Timing, cpu_s, load_model_module, machine, pyplot, write
 from plain_interpreter import run_plain
 
 import ascend_jax as aj
-from ascend_jax import ConfigError, CubeGroupProgram, workers
+from ascend_jax import ConfigError, CubeGroupProgram
 
 QUICK = [1, 1024, 4096]
 FULL = [1, 1024, 4096, 16384, 65536]
@@ -125,7 +125,7 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     the way ``simulate`` runs it: in chunks of ``engine.default_chunk`` lanes (on a CPU at most
     ``engine.batch.CPU_CHUNK``, 4,096, and split so that each of ``engine.chunk_workers``
     threads gets one), one call per chunk, the calls dispatched from that many threads
-    (``ascend_jax.workers.run``).
+    (``engine.run_chunks``).
     Both are the best of 7 calls (3 above 4,096 lanes; small batches: as many as fit 0.5 s a
     round), the two alternating: the JAX calls are short, so on a shared machine a few of them
     land on a busy moment.
@@ -134,7 +134,8 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     program, else stacked per lane.
 
     This is the one place that knows the engine's internals (``engine.prepare``,
-    ``engine.default_chunk``, ``engine.chunk_workers``, ``engine.loop_function``); change it with
+    ``engine.default_chunk``, ``engine.chunk_workers``, ``engine.loop_function``,
+    ``engine.run_chunks``); change it with
     the engine.
     """
     from ascend_jax.cube_group import engine
@@ -156,7 +157,7 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     n_workers = engine.chunk_workers(prep)
 
     def loop():  # compiled already: every chunk is dispatched from the threads, as simulate does
-        return workers.run(lambda args: fn(shape, *args), jax.block_until_ready, chunks, n_workers, lambda _: None)
+        return engine.run_chunks(fn, shape, chunks, n_workers)
 
     loop()
     # the two alternate, call by call, so that both meet the same moments of a shared machine

@@ -29,7 +29,14 @@ from ascend_jax.cube_group.engine.loop import _run as _run
 from ascend_jax.cube_group.engine.loop import _run_batch as _run_batch
 from ascend_jax.cube_group.engine.options import EngineOptions
 from ascend_jax.cube_group.engine.readout import BatchResult, gm_host, lane_major
-from ascend_jax.cube_group.engine.run import PROGRESS_LANES, batch_jaxpr, compile_batch, loop_function, simulate
+from ascend_jax.cube_group.engine.run import (
+    PROGRESS_LANES,
+    batch_jaxpr,
+    compile_batch,
+    loop_function,
+    run_chunks,
+    simulate,
+)
 from ascend_jax.cube_group.engine.shape import EngineShape, make_shape
 from ascend_jax.cube_group.engine.state import State, Tables
 
@@ -55,5 +62,6 @@ __all__ = [
     "make_shape",
     "place_lanes",
     "prepare",
+    "run_chunks",
     "simulate",
 ]

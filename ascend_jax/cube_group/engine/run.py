@@ -38,6 +38,7 @@ from ascend_jax.cube_group.engine.readout import (
     gm_host,
     pack_minor,
 )
+from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.engine.state import init_state
 from ascend_jax.cube_group.program import CubeGroupProgram
 from ascend_jax.errors import ConfigError
@@ -56,6 +57,14 @@ def compile_batch(prep: Prepared, chunk: int | None = None, devices: int | None 
     ``fn, args = compile_batch(prep); jax.block_until_ready(fn(*args))`` runs the loop alone."""
     fn, args = loop_function(prep, chunk, devices)
     return fn.lower(*args).compile(), args[1:]
+
+
+def run_chunks(fn, shape: EngineShape, chunks: Sequence[tuple], workers: int) -> list:
+    """Runs ``fn`` (the jitted loop :func:`loop_function` gives, compiled already) on each placed
+    chunk (:func:`place_lanes`) the way :func:`simulate` dispatches them: from ``workers`` threads
+    at once (:func:`chunk_workers`; :mod:`ascend_jax.workers`). Returns each chunk's final state,
+    ready, in order (for benchmarks that time the loop alone)."""
+    return ascend_workers.run(lambda a: fn(shape, *a), jax.block_until_ready, chunks, workers, lambda _: None)
 
 
 def simulate(

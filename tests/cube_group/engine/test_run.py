@@ -398,6 +398,11 @@ def test_loop_function_and_compile_batch_run_the_loop_simulate_runs():
     compiled, placed = engine.compile_batch(prep)
     whole = jax.device_get(compiled(*placed))
     res = aj.simulate(programs, seeds=[0, 1])
+    # engine.run_chunks: the jitted loop on each lane as a chunk of its own, from two threads
+    halves = [engine.place_lanes(prep, np.array([i])) for i in range(2)]
+    parts = engine.run_chunks(fn, prep.shape, halves, 2)
+    assert [int(p.step[0]) for p in parts] == [int(x) for x in res.steps]
+    assert [int(p.status[0]) for p in parts] == [int(x) for x in res.status]
     for st in (staged, whole):
         np.testing.assert_array_equal(np.asarray(st.step), res.steps)
         assert [int(s) for s in np.asarray(st.status)] == [int(s) for s in res.status]
