@@ -23,10 +23,13 @@ from typing import TypeVar
 
 from ascend_jax.errors import ConfigError
 
-#: The fewest lanes a batch is split to per thread: below it one call alone was as fast (the
-#: protocol loop, 2-core EPYC: 64 lanes 0.68 ms in one call against 0.90 ms in two of 32; 256
-#: lanes 1.52 ms against 1.11 ms in two of 128).
-MIN_LANES = 128
+#: The fewest bytes of lane state a thread's chunk is given: a smaller batch runs in one call,
+#: which was as fast (the protocol loop, 1,345 B a lane, 2-core EPYC: 64 lanes 0.68 ms in one
+#: call against 0.90 ms in two of 32; 256 lanes 1.52 ms against 1.11 ms in two of 128). An
+#: attention_grad lane (megabytes) is split alone: 8 lanes at S = 2,048 ran 1.18 s in one call
+#: and 0.81 s in two of 4.
+MIN_CHUNK_BYTES = 128 << 10
+
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,14 +53,16 @@ def check(workers: int | None) -> int | None:
     return workers
 
 
-def count(lanes: int, workers: int | None, *, cpu_backend: bool, min_lanes: int = MIN_LANES) -> int:
+def count(lanes: int, workers: int | None, *, cpu_backend: bool, lane_bytes: int = MIN_CHUNK_BYTES) -> int:
     """Threads to run a batch of ``lanes`` with, on the CPU backend only: ``workers`` if given,
-    else one per CPU but no more than there are groups of ``min_lanes`` lanes."""
+    else one per CPU but no more than gives each thread :data:`MIN_CHUNK_BYTES` of lanes of
+    ``lane_bytes`` (the default: any lane is enough)."""
     if not cpu_backend:
         return 1
     if workers is not None:
         return workers
-    return max(1, min(cpus(), lanes // max(1, min_lanes)))
+    per_thread = max(1, -(-MIN_CHUNK_BYTES // max(1, lane_bytes)))
+    return max(1, min(cpus(), lanes // per_thread))
 
 
 def split(chunk: int, lanes: int, workers: int) -> int:

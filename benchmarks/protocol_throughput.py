@@ -126,7 +126,7 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
     ``engine.batch.CPU_CHUNK``, 4,096, and split so that each of ``engine.chunk_workers``
     threads gets one), one call per chunk, the calls dispatched from that many threads
     (``engine.run_chunks``).
-    Both are the best of 7 calls (3 above 4,096 lanes; small batches: as many as fit 0.5 s a
+    Both are the best of 7 calls (5 above 4,096 lanes; small batches: as many as fit 0.5 s a
     round), the two alternating: the JAX calls are short, so on a shared machine a few of them
     land on a busy moment.
     compile_s: lowering and compiling the loop for one chunk (``engine.loop_function``).
@@ -152,7 +152,7 @@ def time_jax(programs: Sequence[CubeGroupProgram]) -> JaxTiming:
         engine.place_lanes(prep, np.arange(lo, lo + chunk)) for lo in range(chunk, n, chunk)
     ]  # every batch measured here is a multiple of the chunk
     aj.simulate(programs)  # warm: the jit cache holds the same compilation
-    repeats, min_total_s = 7 if n <= 4096 else 3, 0.5 if n < 64 else 0.0
+    repeats, min_total_s = 7 if n <= 4096 else 5, 0.5 if n < 64 else 0.0
 
     n_workers = engine.chunk_workers(prep)
 

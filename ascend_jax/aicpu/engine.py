@@ -459,7 +459,7 @@ def _run_group(
     # on a CPU, chunks run at once from one thread each (ascend_jax.workers); the first one here,
     # which compiles the group's data schedules
     n_chunks = -(-len(group.lanes) // chunk)
-    n_workers = workers.count(n_chunks, None, cpu_backend=jit and jax.default_backend() == "cpu", min_lanes=1)
+    n_workers = workers.count(n_chunks, None, cpu_backend=jit and jax.default_backend() == "cpu")
     out: list[tuple[int, CommResult]] = []
     apart: dict[tuple[int, bytes], list[tuple[int, np.ndarray]]] = {}
     for part, part_apart in workers.run(one, lambda r: r, range(0, len(group.lanes), chunk), n_workers):

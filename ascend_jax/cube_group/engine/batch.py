@@ -213,10 +213,12 @@ def default_chunk(prep: Prepared, workers: int | None = None) -> int:
 
 def chunk_workers(prep: Prepared, workers: int | None = None) -> int:
     """Threads that run chunks of this batch at once (:mod:`ascend_jax.workers`): ``workers``
-    if given, else one per CPU this process may use but no more than there are groups of
-    :data:`ascend_jax.workers.MIN_LANES` lanes; 1 off the CPU backend."""
+    if given, else one per CPU this process may use but no more than gives each thread
+    :data:`ascend_jax.workers.MIN_CHUNK_BYTES` of lane state (:func:`lane_bytes`); 1 off the CPU
+    backend."""
     cpu = jax.default_backend() == "cpu"
-    return ascend_workers.count(len(prep.seeds), ascend_workers.check(workers), cpu_backend=cpu)
+    n, w = len(prep.seeds), ascend_workers.check(workers)
+    return ascend_workers.count(n, w, cpu_backend=cpu, lane_bytes=_lane_bytes(prep) if cpu and w is None else 1)
 
 
 def group_programs(programs: Sequence[CubeGroupProgram]) -> tuple[list[CubeGroupProgram], np.ndarray]:

@@ -115,9 +115,9 @@ def simulate(
       options: the engine's array forms (:class:`EngineOptions`; default: the fast ones). Results
         do not depend on them; a change of options compiles the loop anew.
       workers: on the CPU backend, chunks run at once from this many threads (default: one per
-        CPU this process may use, and no more than there are groups of
-        :data:`ascend_jax.workers.MIN_LANES` lanes; :mod:`ascend_jax.workers`). 1 runs one chunk
-        at a time. Ignored with a device mesh, without ``jit`` and off the CPU. Results do not
+        CPU this process may use, but no more than gives each thread
+        :data:`ascend_jax.workers.MIN_CHUNK_BYTES` of lane state; :mod:`ascend_jax.workers`). 1
+        runs one chunk at a time. Ignored with a device mesh, without ``jit`` and off the CPU. Results do not
         depend on it.
     Returns:
       a :class:`BatchResult`: arrays for the whole batch; ``res[i]`` is lane i's

@@ -342,17 +342,22 @@ def test_default_chunk_on_a_cpu_is_at_most_cpu_chunk_and_the_memory_budget(monke
     assert batch.default_chunk(batch.prepare([_merge_kernel()] * 100)) == 100  # never more than the batch
 
 
-def test_workers_by_default_one_per_cpu_but_none_below_min_lanes(monkeypatch):
+def test_workers_by_default_one_per_cpu_each_with_min_chunk_bytes_of_lanes(monkeypatch):
     from ascend_jax import workers
     from ascend_jax.cube_group.engine import batch
 
     monkeypatch.setattr(workers, "cpus", lambda: 4)
-    assert workers.count(100, None, cpu_backend=True) == 1  # fewer lanes than MIN_LANES
-    assert workers.count(3 * workers.MIN_LANES, None, cpu_backend=True) == 3
-    assert workers.count(10**6, None, cpu_backend=True) == 4
+    per = workers.MIN_CHUNK_BYTES // 1024  # lanes of 1 KiB a thread needs
+    assert workers.count(per - 1, None, cpu_backend=True, lane_bytes=1024) == 1  # too little for one thread
+    assert workers.count(3 * per, None, cpu_backend=True, lane_bytes=1024) == 3
+    assert workers.count(10**6, None, cpu_backend=True, lane_bytes=1024) == 4
+    assert workers.count(2, None, cpu_backend=True, lane_bytes=10**7) == 2  # large lanes go alone
     assert workers.count(10**6, None, cpu_backend=False) == 1  # an accelerator runs one chunk at a time
-    assert workers.count(8, 3, cpu_backend=True) == 3  # asked for: as given
-    assert batch.chunk_workers(batch.prepare([_merge_kernel()] * 1024)) == 4
+    assert workers.count(8, 3, cpu_backend=True, lane_bytes=1) == 3  # asked for: as given
+    small, large = (batch.prepare([_merge_kernel()] * n) for n in (8, 1 << 15))
+    per = -(-workers.MIN_CHUNK_BYTES // batch._lane_bytes(large))  # lanes a thread needs
+    assert 8 < per < (1 << 15) // 4
+    assert (batch.chunk_workers(small), batch.chunk_workers(large), batch.chunk_workers(small, 2)) == (1, 4, 2)
     assert [workers.split(4096, n, 2) for n in (1, 5, 4096, 5000, 9000)] == [1, 3, 2048, 2500, 4096]
 
 
