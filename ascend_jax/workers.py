@@ -104,7 +104,12 @@ def run(
     else:
         first = start(items[0])
         futures = [pool.submit(finish, first)] + [pool.submit(lambda x: finish(start(x)), x) for x in items[1:]]
-    return [f.result() for f in futures]
+    try:
+        return [f.result() for f in futures]
+    except BaseException:  # an error or Ctrl-C: the chunks not started yet are dropped, not run
+        for f in futures:
+            f.cancel()
+        raise
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}

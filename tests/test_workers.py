@@ -36,3 +36,19 @@ def test_run_of_nothing_and_errors_reach_the_caller():
 
     with pytest.raises(ValueError, match="chunk 3"):
         workers.run(lambda x: x, finish, range(5), 2)
+
+
+def test_an_error_drops_the_chunks_not_started():
+    ran = []
+
+    def finish(r):
+        ran.append(r)
+        if r == 0:
+            raise ValueError("chunk 0")
+        threading.Event().wait(0.01)  # the others take a while: most are still queued
+        return r
+
+    with pytest.raises(ValueError, match="chunk 0"):
+        workers.run(lambda x: x, finish, range(40), 2, lambda _: None)
+    threading.Event().wait(0.5)  # all 40 would have run by now (0.2 s on two threads)
+    assert len(ran) < 10
