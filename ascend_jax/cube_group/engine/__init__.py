@@ -11,7 +11,8 @@
 - :mod:`.loop`: one step of a batch and the bounded, jitted loop around it (or an eager one).
 - :mod:`.devices`: multi-process runs, the device mesh, placing and fetching arrays
   (:func:`place_lanes`: a chunk's arguments for the function :func:`compile_batch` returns).
-- :mod:`.readout`: the final state as result arrays and a :class:`BatchResult`.
+- :mod:`.readout`: the final state as result arrays and a :class:`BatchResult` (:mod:`.hostmem`:
+  the host buffers joined results are cut from, used again once a result is gone).
 - :mod:`.run`: :func:`simulate`, which runs the stages chunk by chunk.
 
 ``__all__`` below is the engine's surface; everything else is internal to its modules (the few

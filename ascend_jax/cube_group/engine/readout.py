@@ -25,6 +25,7 @@ from ascend_jax.cube_group import clock
 from ascend_jax.cube_group.callbacks import NO_WAIT
 from ascend_jax.cube_group.engine.banks import host_image
 from ascend_jax.cube_group.engine.encode import EncodedProgram
+from ascend_jax.cube_group.engine.hostmem import lease
 from ascend_jax.cube_group.engine.shape import EngineShape
 from ascend_jax.cube_group.engine.state import State, Tables, read_only
 from ascend_jax.cube_group.matmul import SHAPE_DETAIL
@@ -570,10 +571,12 @@ class Join:
                 return
             if self._whole is None:
                 self._layout = part.layout
-                self._whole = {
-                    k: np.empty((*v.shape[:-1], self.n) if k in last else (self.n, *v.shape[1:]), v.dtype)
-                    for k, v in part.arrays.items()
-                }
+                self._whole = _carve(
+                    {
+                        k: ((*v.shape[:-1], self.n) if k in last else (self.n, *v.shape[1:]), v.dtype)
+                        for k, v in part.arrays.items()
+                    }
+                )
             if part.layout != self._layout:
                 self._mixed = True
                 return
@@ -593,6 +596,21 @@ class Join:
         used = int(out["recv_count"].max(initial=0))
         out["recv_ver"] = out["recv_ver"][..., :used]
         return out
+
+
+def _carve(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
+    """Empty arrays of the given shapes and types, cut from one buffer of :mod:`.hostmem` (whose
+    pages a previous result may have mapped already), each at a 64-byte boundary."""
+    offsets, total = {}, 0
+    for k, (shape, dtype) in specs.items():
+        offsets[k] = total
+        total += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // 64) * 64
+    buf = lease(total)
+    out = {}
+    for k, (shape, dtype) in specs.items():
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        out[k] = buf[offsets[k] : offsets[k] + n].view(dtype).reshape(shape)
+    return out
 
 
 def _assemble(chunks: list[Chunk], n: int) -> dict[str, np.ndarray]:
