@@ -171,8 +171,10 @@ def simulate(
 
         def warm(lo: int) -> None:  # compiles the loop for the worker threads, runs nothing
             idx = np.full(chunk_size, lo)
+            # the arguments exactly as _start_chunk passes them (start=None included: a call
+            # without it is another cache entry, and the threads would compile the loop again)
             _run_arrays_batch.warm(
-                (prep.shape, chunk_size), lambda: (prep.shape, *_place(mesh, prep.shape, *prep.chunk(idx)))
+                (prep.shape, chunk_size), lambda: (prep.shape, *_place(mesh, prep.shape, *prep.chunk(idx)), None)
             )
 
         fresh = prep.lanes.programs[0].zero_workspace  # a second launch compiles two loops: not warmed

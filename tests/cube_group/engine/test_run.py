@@ -388,6 +388,20 @@ def test_chunks_run_from_threads_give_the_lanes_of_one_call():
     assert threaded[1].error["code"] == "RECEIVE_LOG_FULL"
 
 
+def test_chunks_from_threads_trace_and_compile_the_loop_once():
+    """The loop is compiled before the threads start (``_LazyJit.warm``) with the very arguments
+    the chunks are called with: a warm-up called without ``start`` was another cache entry, and
+    the threads then traced and compiled the loop a second time."""
+    from ascend_jax.cube_group import engine
+    from ascend_jax.cube_group.engine import loop
+
+    loop.clear_compiled()
+    before = engine.TRACE_COUNT["run"]
+    res = aj.simulate([_merge_kernel(value=i) for i in range(7)], chunk_size=3, workers=2)
+    assert engine.TRACE_COUNT["run"] - before == 1
+    assert all(r.status == Status.OK for r in res)
+
+
 def test_loop_function_and_compile_batch_run_the_loop_simulate_runs():
     """``engine.loop_function`` (the jitted loop and its arguments, for timing a compile's stages)
     and ``engine.compile_batch`` give the loop ``simulate`` runs: the same steps and statuses."""
