@@ -112,15 +112,17 @@ def run(
         raise
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     """A pool of ``workers`` threads, kept for the next batch (starting threads per batch delayed
-    the second chunk by milliseconds)."""
+    the second chunk by milliseconds). Per process: a forked child has none of its parent's
+    threads, so it starts its own pool."""
+    key = (os.getpid(), workers)
     with _POOLS_LOCK:
-        pool = _POOLS.get(workers)
+        pool = _POOLS.get(key)
         if pool is None:
-            pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ascend_jax_chunk")
+            pool = _POOLS[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ascend_jax_chunk")
         return pool

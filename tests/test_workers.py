@@ -52,3 +52,15 @@ def test_an_error_drops_the_chunks_not_started():
         workers.run(lambda x: x, finish, range(40), 2, lambda _: None)
     threading.Event().wait(0.5)  # all 40 would have run by now (0.2 s on two threads)
     assert len(ran) < 10
+
+
+def test_a_forked_child_gets_its_own_pool(monkeypatch):
+    """A child made by fork has none of its parent's threads: a pool made before the fork would
+    take its chunks and never run them."""
+    monkeypatch.setattr(workers, "_POOLS", {})
+    before = workers._pool(2)
+    monkeypatch.setattr(workers.os, "getpid", lambda: -1)  # as a child would see another pid
+    assert workers._pool(2) is not before
+    assert workers.run(lambda x: x, lambda r: r * 2, range(4), 2) == [0, 2, 4, 6]
+    for pool in workers._POOLS.values():
+        pool.shutdown()
