@@ -7,10 +7,10 @@ page, which cost far more than the copy: joining two chunks of 2,048 lanes of th
 AMD EPYC). :func:`lease` hands out a buffer whose pages are already mapped when a buffer of a
 fitting size was returned, and returns it to the pool when nothing uses it any more.
 
-How a buffer comes back: every array made from a lease has the lease object as its numpy
-``base`` (numpy collapses chains of views to the first owner that is not an ndarray), so the
-lease lives exactly as long as some array, view or slice of it lives. A finaliser on the lease
-puts the buffer back then; results that a caller keeps are never reused.
+How a buffer comes back: the array :func:`lease` returns is made from a lease object (through
+``__array_interface__``), and every view or slice of it keeps that object alive through its
+numpy ``base`` chain, so the lease lives exactly as long as some array made from it. A finaliser
+on the lease puts the buffer back then; results that a caller keeps are never reused.
 """
 
 from __future__ import annotations

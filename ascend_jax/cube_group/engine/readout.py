@@ -547,10 +547,10 @@ def lane_major(shape: EngineShape, st: State) -> dict[str, jax.Array]:
 class Join:
     """The batch's result arrays, filled as each chunk is read back (:meth:`add`, from any thread):
     a chunk's arrays are copied into its lanes of batch-sized arrays allocated at the first
-    chunk, so that the copies, and the first touch of their fresh pages, run beside the chunks
-    still running (:mod:`ascend_jax.workers`) instead of after the last one (measured: joining
-    two chunks of 2,048 lanes of the sample protocol after both had run took about 4 ms, a
-    quarter of ``simulate()``). :meth:`result` gives :func:`_assemble`'s dict."""
+    chunk (:func:`_carve`), so that the copies run beside the chunks still running
+    (:mod:`ascend_jax.workers`) instead of after the last one (measured: joining two chunks of
+    2,048 lanes of the sample protocol after both had run took about 4 ms, a quarter of
+    ``simulate()``). :meth:`result` gives :func:`_assemble`'s dict."""
 
     def __init__(self, n: int):
         self.n = n
