@@ -1,7 +1,7 @@
 """Final engine arrays -> results: the final state as flat result arrays (:func:`batch_minor`),
 packed one ``[K, B]`` array per element type on an accelerator (:func:`pack_minor`; on the CPU
 each array as it is) and viewed lanes first on the host without a transpose
-(:func:`unpack_lanes`, :func:`_assemble`, :func:`gm_host`), then a :class:`BatchResult` of numpy
+(:func:`unpack_lanes`, :class:`Join`, :func:`gm_host`), then a :class:`BatchResult` of numpy
 arrays, per-lane objects on demand.
 
 ``simulate`` returns one :class:`BatchResult`. Batch questions (how many lanes deadlocked, which
@@ -550,7 +550,7 @@ class Join:
     chunk (:func:`_carve`), so that the copies run beside the chunks still running
     (:mod:`ascend_jax.workers`) instead of after the last one (measured: joining two chunks of
     2,048 lanes of the sample protocol after both had run took about 4 ms, a quarter of
-    ``simulate()``). :meth:`result` gives :func:`_assemble`'s dict."""
+    ``simulate()``). :meth:`result` gives the batch's arrays lanes first."""
 
     def __init__(self, n: int):
         self.n = n
@@ -588,11 +588,14 @@ class Join:
                 whole[k][lo : lo + m] = v
 
     def result(self) -> dict[str, np.ndarray]:
-        """One dict of ``[n, ...]`` arrays, once every chunk was added."""
+        """One dict of ``[n, ...]`` arrays, once every chunk was added: viewed lanes first
+        (:func:`unpack_lanes`), the receive log keeping only the entries some lane filled (``R``
+        becomes the largest ``recv_count``: its capacity is a power-of-two bucket, mostly empty)."""
         parts = [self._parts[lo] for lo in sorted(self._parts)]
-        if self._whole is None or self._mixed:
-            return _assemble(parts, self.n)
-        out = unpack_lanes(self._whole, self._layout)
+        if self._mixed:
+            return _join_logs(parts, self.n)
+        arrays, layout = (parts[0].arrays, parts[0].layout) if self._whole is None else (self._whole, self._layout)
+        out = unpack_lanes(arrays, layout)
         used = int(out["recv_count"].max(initial=0))
         out["recv_ver"] = out["recv_ver"][..., :used]
         return out
@@ -613,24 +616,10 @@ def _carve(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.n
     return out
 
 
-def _assemble(chunks: list[Chunk], n: int) -> dict[str, np.ndarray]:
-    """One dict of ``[n, ...]`` arrays from the chunks (each already cut to its real lanes). Chunks
-    of one layout are joined lanes last (whole rows: memory copies), then viewed lanes first
-    (:func:`unpack_lanes`). The receive log keeps only the entries some lane filled (``R`` becomes
-    the largest ``recv_count``): its capacity is a power-of-two bucket, mostly empty."""
-    if all(c.layout == chunks[0].layout for c in chunks):
-        first, last = chunks[0].arrays, _lanes_last(chunks[0].layout)
-        whole = {
-            k: first[k]
-            if len(chunks) == 1
-            else np.concatenate([c.arrays[k] for c in chunks], axis=-1 if k in last else 0)
-            for k in first
-        }
-        out = unpack_lanes(whole, chunks[0].layout)
-        used = int(out["recv_count"].max(initial=0))
-        out["recv_ver"] = out["recv_ver"][..., :used]
-        return out
-    # a chunk run again with the whole receive log (EngineShape.whole_log) has a longer one
+def _join_logs(chunks: list[Chunk], n: int) -> dict[str, np.ndarray]:
+    """:meth:`Join.result` for chunks of two layouts: some chunk was run again with the whole
+    receive log (``EngineShape.whole_log``), so its log is longer. Each chunk is viewed lanes
+    first and copied into ``[n, ...]`` arrays, the log as long as the longest ``recv_count``."""
     parts = [c.unpacked() for c in chunks]
     used = max(int(p["recv_count"].max(initial=0)) for p in parts)
     out = {}
