@@ -218,7 +218,9 @@ def chunk_workers(prep: Prepared, workers: int | None = None) -> int:
     backend."""
     cpu = jax.default_backend() == "cpu"
     n, w = len(prep.seeds), ascend_workers.check(workers)
-    return ascend_workers.count(n, w, cpu_backend=cpu, lane_bytes=_lane_bytes(prep) if cpu and w is None else 1)
+    if w is None and (n == 1 or not cpu):  # one thread: no need to measure a lane (a trace)
+        return 1
+    return ascend_workers.count(n, w, cpu_backend=cpu, lane_bytes=_lane_bytes(prep) if w is None else 1)
 
 
 def group_programs(programs: Sequence[CubeGroupProgram]) -> tuple[list[CubeGroupProgram], np.ndarray]:
