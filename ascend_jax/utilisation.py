@@ -29,6 +29,8 @@ that received no work):
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from typing import Any
 
 
@@ -143,21 +145,21 @@ def compute_utilisation(source: Any) -> Utilisation:
         aiv[int(block)] = AivStall(alloc_stall_us=us(a), wait_stall_us=us(w), stall_us=us(a + w))
     util = [t.utilisation for t in aic.values()]
     b = list(busy.values())
-    mean_busy = sum(b) / len(b) if b else 0.0
+    mean_busy = _sum(b) / len(b) if b else 0.0
     stalls = {k: s.stall_us for k, s in aiv.items()}
     return Utilisation(
         kernel_us=us(kernel),
         freq_mhz=freq,
         aic=aic,
         aiv=aiv,
-        mean=sum(util) / len(util) if util else 0.0,
+        mean=_sum(util) / len(util) if util else 0.0,
         min=min(util, default=0.0),
         max=max(util, default=0.0),
         max_min_ratio=max(b) / min(b) if b and min(b) > 0 else None,
         imbalance=max(b) / mean_busy - 1.0 if mean_busy > 0 else 0.0,
         busiest=max(busy, key=lambda c: (busy[c], -c)) if busy else None,
         least_busy=min(busy, key=lambda c: (busy[c], c)) if busy else None,
-        aiv_stall_mean_us=sum(stalls.values()) / len(stalls) if stalls else 0.0,
+        aiv_stall_mean_us=_sum(stalls.values()) / len(stalls) if stalls else 0.0,
         aiv_stall_max_us=max(stalls.values(), default=0.0),
         most_stalled=max(stalls, key=lambda k: (stalls[k], -k)) if stalls else None,
     )
@@ -173,3 +175,10 @@ def summary_line(u: Utilisation) -> str:
     if u.aiv:
         line += f"; AIV stall mean {u.aiv_stall_mean_us:.3f} us, max {u.aiv_stall_max_us:.3f} us (aiv{u.most_stalled})"
     return line
+
+
+def _sum(values) -> float:
+    """Floats added left to right, one rounding per addition: the same result on every Python.
+    (Python 3.12's ``sum`` compensates its rounding, so a mean could differ in its last bit
+    between 3.11 and 3.12, and so would the result JSON.)"""
+    return functools.reduce(operator.add, values, 0.0)

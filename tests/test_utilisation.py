@@ -141,3 +141,12 @@ def test_cli_json_and_summary(capsys):
     assert main(["run", "models/merge_example.toml", "--schedule", "timed"]) == 0
     out = capsys.readouterr().out
     assert "AIC utilisation (busy / kernel): mean 80.0%, min 80.0% (aic0), max 80.0% (aic0)" in out
+
+
+def test_means_add_left_to_right_on_every_python():
+    """Python 3.12's ``sum`` compensates rounding (``sum([0.1] * 10) == 1.0`` there, 0.9999999999999999
+    on 3.11): the utilisation means add left to right, so the result JSON is the same on both."""
+    from ascend_jax import utilisation
+
+    assert utilisation._sum([0.1] * 10) == 0.9999999999999999
+    assert utilisation._sum([]) == 0.0
